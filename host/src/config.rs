@@ -1,0 +1,424 @@
+//! Host configuration: built-in defaults, then a TOML file, then `PA_` environment variables
+//! (`__` separates levels). Every section denies unknown keys and is validated at load, so a
+//! typo stops the host with a message naming the key instead of being silently ignored.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use plugin_api::Role;
+use serde::{Deserialize, Serialize};
+
+/// The file read when `--config` is not given and the file exists.
+pub const DEFAULT_CONFIG_PATH: &str = "config/default.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+    /// Longest time a request may take before the host answers 503 (streams are exempt once
+    /// their headers are sent).
+    pub request_timeout_secs: u64,
+    /// How long shutdown waits for plugin instances to finish their work.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_limit_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("./data"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub name: String,
+    pub role: RoleName,
+    /// Hex SHA-256 of the key; the key itself is never stored.
+    pub sha256: String,
+}
+
+/// A role as written in config files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleName {
+    User,
+    Developer,
+    Admin,
+}
+
+impl From<RoleName> for Role {
+    fn from(role: RoleName) -> Role {
+        match role {
+            RoleName::User => Role::User,
+            RoleName::Developer => Role::Developer,
+            RoleName::Admin => Role::Admin,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `powerautomation=debug,info`. `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The library file, or a directory holding `lib<name>.so`.
+    pub path: PathBuf,
+    /// Where the plugin's routes are served.
+    pub mount: String,
+    /// Reload when the file changes.
+    #[serde(default)]
+    pub watch: bool,
+    /// Optional pin: the hex SHA-256 the library must have. Empty means any build.
+    #[serde(default)]
+    pub sha256: String,
+    /// Handed to the plugin as JSON.
+    #[serde(default = "empty_table")]
+    pub settings: serde_json::Value,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn empty_table() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut plugins = BTreeMap::new();
+        plugins.insert(
+            "deployment_mcp".to_owned(),
+            PluginConfig {
+                enabled: true,
+                path: PathBuf::from("target/release/libdeployment_mcp.so"),
+                mount: "/api/deployment".into(),
+                watch: true,
+                sha256: String::new(),
+                settings: serde_json::json!({
+                    "environments_file": "config/remote_environments.json"
+                }),
+            },
+        );
+        Config {
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            auth: AuthConfig::default(),
+            log: LogConfig::default(),
+            plugins,
+        }
+    }
+}
+
+/// Where the configuration came from, for messages.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub file: Option<PathBuf>,
+}
+
+/// Loads the configuration. `explicit` is `--config`: it must be readable. Without it,
+/// [`DEFAULT_CONFIG_PATH`] is read when it exists.
+pub fn load(explicit: Option<&Path>) -> Result<(Config, ConfigSource), String> {
+    let file = match explicit {
+        Some(path) => Some(path.to_path_buf()),
+        None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|path| path.exists()),
+    };
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = &file {
+        // Read it ourselves: figment skips a missing file silently, we must not.
+        std::fs::read_to_string(path)
+            .map_err(|error| format!("cannot read config file {}: {error}", path.display()))?;
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment = figment.merge(Env::prefixed("PA_").split("__"));
+    let config: Config = figment.extract().map_err(|error| {
+        let mut message = String::from("invalid configuration");
+        for problem in error {
+            message.push_str("\n  - ");
+            message.push_str(&problem.to_string());
+        }
+        message
+    })?;
+    config.validate()?;
+    Ok((config, ConfigSource { file }))
+}
+
+/// Paths the host's own routes use; a plugin may not be mounted over them.
+const RESERVED_PREFIXES: &[&str] = &["/health", "/metrics", "/api/plugins", "/api/openapi.json"];
+
+impl Config {
+    /// Checks what types alone cannot; each message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if self.server.body_limit_bytes == 0 {
+            problems.push("server.body_limit_bytes: must be at least 1".to_owned());
+        }
+        if self.server.request_timeout_secs == 0 {
+            problems.push("server.request_timeout_secs: must be at least 1".to_owned());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (index, key) in self.auth.keys.iter().enumerate() {
+            if key.name.trim().is_empty() {
+                problems.push(format!("auth.keys[{index}].name: must not be empty"));
+            }
+            if !names.insert(key.name.as_str()) {
+                problems.push(format!(
+                    "auth.keys[{index}].name: {:?} is used by another key",
+                    key.name
+                ));
+            }
+            if !is_sha256_hex(&key.sha256) {
+                problems.push(format!(
+                    "auth.keys[{index}].sha256: expected 64 hexadecimal characters (the SHA-256 of the key; `powerautomation keygen` prints it)"
+                ));
+            }
+        }
+        let mut mounts: Vec<(&str, &str)> = Vec::new();
+        for (name, plugin) in &self.plugins {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                problems.push(format!(
+                    "plugins.{name}: plugin names use letters, digits, '_' and '-'"
+                ));
+            }
+            let mount = plugin.mount.as_str();
+            if !mount.starts_with('/') || mount.len() < 2 || mount.ends_with('/') {
+                problems.push(format!(
+                    "plugins.{name}.mount: expected a path like \"/api/{name}\" (leading '/', no trailing '/'), got {mount:?}"
+                ));
+            } else if mount.contains(['{', '}', '*', '?', '#']) {
+                problems.push(format!(
+                    "plugins.{name}.mount: must be a literal path, got {mount:?}"
+                ));
+            } else if RESERVED_PREFIXES
+                .iter()
+                .any(|reserved| overlaps(mount, reserved))
+            {
+                problems.push(format!(
+                    "plugins.{name}.mount: {mount:?} overlaps a host endpoint"
+                ));
+            }
+            if let Some((other, _)) = mounts
+                .iter()
+                .find(|(_, other_mount)| overlaps(mount, other_mount))
+            {
+                problems.push(format!(
+                    "plugins.{name}.mount: {mount:?} overlaps the mount of plugin {other}"
+                ));
+            }
+            mounts.push((name, mount));
+            if !plugin.sha256.is_empty() && !is_sha256_hex(&plugin.sha256) {
+                problems.push(format!(
+                    "plugins.{name}.sha256: expected empty or 64 hexadecimal characters"
+                ));
+            }
+            if !plugin.settings.is_object() {
+                problems.push(format!("plugins.{name}.settings: expected a table"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "invalid configuration\n  - {}",
+                problems.join("\n  - ")
+            ))
+        }
+    }
+
+    /// The merged configuration as TOML with secrets replaced, for `check-config`.
+    pub fn masked_toml(&self) -> Result<String, String> {
+        let mut value = serde_json::to_value(self).map_err(|error| error.to_string())?;
+        if let Some(keys) = value
+            .pointer_mut("/auth/keys")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            for key in keys {
+                if let Some(hash) = key.get_mut("sha256") {
+                    *hash = serde_json::Value::String("<redacted>".into());
+                }
+            }
+        }
+        if let Some(plugins) = value
+            .get_mut("plugins")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            for plugin in plugins.values_mut() {
+                if let Some(settings) = plugin.get_mut("settings") {
+                    mask_secrets(settings);
+                }
+            }
+        }
+        toml::to_string_pretty(&value).map_err(|error| error.to_string())
+    }
+}
+
+fn overlaps(a: &str, b: &str) -> bool {
+    let within =
+        |inner: &str, outer: &str| inner == outer || inner.starts_with(&format!("{outer}/"));
+    within(a, b) || within(b, a)
+}
+
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether a settings key names a secret value.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "secret",
+        "token",
+        "password",
+        "passphrase",
+        "api_key",
+        "access_key",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
+}
+
+fn mask_secrets(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, inner) in map.iter_mut() {
+                if is_secret_key(key) && !inner.is_null() {
+                    *inner = serde_json::Value::String("<redacted>".into());
+                } else {
+                    mask_secrets(inner);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(mask_secrets),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_mounts_and_hashes_are_named() {
+        let mut config = Config::default();
+        config.auth.keys.push(KeyConfig {
+            name: "ops".into(),
+            role: RoleName::Admin,
+            sha256: "abc".into(),
+        });
+        if let Some(plugin) = config.plugins.get_mut("deployment_mcp") {
+            plugin.mount = "/api/plugins/x".into();
+        }
+        let error = config.validate().err().unwrap_or_default();
+        assert!(error.contains("auth.keys[0].sha256"), "{error}");
+        assert!(error.contains("plugins.deployment_mcp.mount"), "{error}");
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let mut config = Config::default();
+        config.auth.keys.push(KeyConfig {
+            name: "ops".into(),
+            role: RoleName::Admin,
+            sha256: "a".repeat(64),
+        });
+        if let Some(plugin) = config.plugins.get_mut("deployment_mcp") {
+            plugin.settings = serde_json::json!({"nested": {"api_token": "t0ps3cret"}});
+        }
+        let text = config.masked_toml().unwrap_or_default();
+        assert!(
+            !text.contains("t0ps3cret") && !text.contains(&"a".repeat(64)),
+            "{text}"
+        );
+        assert!(text.contains("<redacted>"));
+    }
+
+    #[test]
+    fn mount_overlap() {
+        assert!(overlaps("/api/plugins", "/api/plugins"));
+        assert!(overlaps("/api/plugins/x", "/api/plugins"));
+        assert!(!overlaps("/api/pluginsx", "/api/plugins"));
+    }
+}

@@ -1,0 +1,68 @@
+//! The host's own endpoints: they never depend on a plugin.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::IntoResponse,
+    Extension, Json,
+};
+use plugin_api::Role;
+use serde_json::{json, Value};
+
+use super::{error::ApiError, AppState};
+use crate::auth::{require, Principal};
+
+pub async fn health(State(state): State<AppState>) -> Json<Value> {
+    let plugins: serde_json::Map<String, Value> = state
+        .slots
+        .iter()
+        .map(|slot| (slot.name.clone(), json!(slot.status().state.as_str())))
+        .collect();
+    Json(json!({ "status": "ok", "plugins": plugins }))
+}
+
+pub async fn list_plugins(
+    State(state): State<AppState>,
+    principal: Option<Extension<Principal>>,
+) -> Result<Json<Value>, ApiError> {
+    require(principal.as_deref(), Role::User)?;
+    let plugins: Vec<Value> = state
+        .slots
+        .iter()
+        .map(|slot| json!(*slot.status()))
+        .collect();
+    Ok(Json(json!({ "plugins": plugins })))
+}
+
+pub async fn reload_plugin(
+    State(state): State<AppState>,
+    principal: Option<Extension<Principal>>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let caller = require(principal.as_deref(), Role::Admin)?;
+    let slot = state
+        .slots
+        .iter()
+        .find(|slot| slot.name == name)
+        .map(Arc::clone)
+        .ok_or_else(|| ApiError::not_found(format!("no plugin named {name:?} is configured")))?;
+    if !slot.is_enabled() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "plugin_disabled",
+            format!("plugin {name} is disabled; set plugins.{name}.enabled = true and restart"),
+        ));
+    }
+    tracing::info!(plugin = %name, by = %caller.name, "reload requested");
+    match slot.reload("api").await {
+        Ok(status) => Ok(Json(json!({ "plugin": *status }))),
+        Err(error) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reload_failed",
+            error.message,
+        )
+        .with_extra(json!({ "plugin": *slot.status() }))),
+    }
+}

@@ -1,0 +1,159 @@
+//! Routes requests under a plugin's mount to the copy serving now.
+
+use std::sync::Arc;
+
+use abi_stable::std_types::{ROption, RString, RVec, Tuple2};
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    http::{header, HeaderName, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use plugin_api::{PluginRequest, Principal as AbiPrincipal};
+
+use super::{error::ApiError, RequestId};
+use crate::{
+    auth::Principal,
+    plugin::{bridge, slot::PluginSlot},
+};
+
+#[derive(Clone)]
+pub struct MountState {
+    pub slot: Arc<PluginSlot>,
+    pub body_limit: usize,
+}
+
+/// The 503 for a plugin that is not serving, with the reason.
+pub fn unavailable(slot: &PluginSlot) -> ApiError {
+    let status = slot.status();
+    let reason = status
+        .last_error
+        .clone()
+        .unwrap_or_else(|| "it is not loaded".to_owned());
+    ApiError::unavailable(
+        "plugin_unavailable",
+        format!(
+            "plugin {} is {}: {reason}",
+            status.name,
+            status.state.as_str()
+        ),
+        10,
+    )
+    .with_extra(serde_json::json!({ "plugin": status.name, "state": status.state }))
+}
+
+pub async fn dispatch(State(mount): State<MountState>, request: Request) -> Response {
+    match forward(&mount, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn forward(mount: &MountState, request: Request) -> Result<Response, ApiError> {
+    let Some(plugin) = mount.slot.active() else {
+        return Err(unavailable(&mount.slot));
+    };
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > mount.body_limit) {
+        return Err(too_large(mount.body_limit));
+    }
+    let body = axum::body::to_bytes(body, mount.body_limit)
+        .await
+        .map_err(|error| {
+            let limit_hit = std::error::Error::source(&error)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            if limit_hit {
+                too_large(mount.body_limit)
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the request body could not be read",
+                )
+            }
+        })?;
+
+    let relative = parts
+        .uri
+        .path()
+        .strip_prefix(mount.slot.config.mount.as_str())
+        .filter(|rest| !rest.is_empty())
+        .unwrap_or("/");
+    let principal = match parts.extensions.get::<Principal>() {
+        Some(principal) => ROption::RSome(AbiPrincipal {
+            name: RString::from(principal.name.as_str()),
+            role: principal.role,
+        }),
+        None => ROption::RNone,
+    };
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .map(|id| id.0.as_str())
+        .unwrap_or_default();
+    let headers: RVec<Tuple2<RString, RString>> = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| !is_credential(name))
+        .filter_map(|(name, value)| {
+            let value = value.to_str().ok()?;
+            Some(Tuple2(RString::from(name.as_str()), RString::from(value)))
+        })
+        .collect();
+    let request = PluginRequest {
+        request_id: RString::from(request_id),
+        method: RString::from(parts.method.as_str()),
+        path: RString::from(relative),
+        query: RString::from(parts.uri.query().unwrap_or("")),
+        headers,
+        body: RVec::from(body.to_vec()),
+        principal,
+    };
+    let (sink, answer) = bridge::reply_channel();
+    plugin.handle(request, sink);
+    let answer = answer.await.map_err(|_| {
+        ApiError::internal("the plugin dropped the request without answering; see the host log")
+    })?;
+    // `plugin` (the copy) stays alive until here, so a swap never cuts an in-flight request.
+    drop(plugin);
+    build_response(answer)
+}
+
+/// Credentials are the host's business: plugins get the authenticated principal instead.
+fn is_credential(name: &HeaderName) -> bool {
+    name == header::AUTHORIZATION || name.as_str() == "x-api-key" || name == header::COOKIE
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the request body exceeds server.body_limit_bytes ({limit} bytes)"),
+    )
+}
+
+fn build_response(answer: bridge::HostResponse) -> Result<Response, ApiError> {
+    let status = StatusCode::from_u16(answer.status).map_err(|_| {
+        ApiError::internal(format!(
+            "the plugin answered with an invalid status {}",
+            answer.status
+        ))
+    })?;
+    let mut response = Response::new(Body::from(answer.body));
+    *response.status_mut() = status;
+    for (name, value) in answer.headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) else {
+            continue;
+        };
+        response.headers_mut().append(name, value);
+    }
+    Ok(response)
+}

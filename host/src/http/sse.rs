@@ -1,0 +1,49 @@
+//! `GET <mount>/events`: Server-Sent Events from the host's bus. The stream belongs to the host,
+//! so it survives plugin swaps.
+
+use std::{convert::Infallible, time::Duration};
+
+use axum::{
+    extract::State,
+    response::{
+        sse::{Event as SseEvent, KeepAlive, Sse},
+        IntoResponse, Response,
+    },
+    Extension,
+};
+use futures_util::{Stream, StreamExt};
+use plugin_api::Role;
+use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
+
+use super::{dispatch::MountState, error::ApiError, AppState};
+use crate::auth::{require, Principal};
+
+pub async fn events(
+    State((app, mount)): State<(AppState, MountState)>,
+    principal: Option<Extension<Principal>>,
+) -> Result<Response, ApiError> {
+    require(principal.as_deref(), Role::User)?;
+    if mount.slot.active().is_none() {
+        return Err(super::dispatch::unavailable(&mount.slot));
+    }
+    let stream = event_stream(BroadcastStream::new(app.bus.subscribe()));
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+fn event_stream(
+    receiver: BroadcastStream<std::sync::Arc<crate::services::events::Event>>,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    receiver.map(|item| {
+        Ok(match item {
+            Ok(event) => SseEvent::default()
+                .id(event.id.to_string())
+                .event(event.kind.as_str())
+                .data(event.data.as_str()),
+            Err(BroadcastStreamRecvError::Lagged(missed)) => SseEvent::default()
+                .event("lagged")
+                .data(format!("{{\"missed\":{missed}}}")),
+        })
+    })
+}

@@ -1,0 +1,9 @@
+//! The `powerautomation` host as a library: the binary in `main.rs` is a thin CLI over it, and
+//! benchmarks and tests drive the same code.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod plugin;
+pub mod server;
+pub mod services;

@@ -1,0 +1,132 @@
+//! `powerautomation`: the host server. It serves its own endpoints, loads plugins at run time
+//! and keeps running whatever state they are in.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use plugin_api::Role;
+use powerautomation::{auth, config, server};
+
+#[derive(Parser)]
+#[command(
+    name = "powerautomation",
+    version,
+    about = "PowerAutomation host: core API plus hot-swappable plugins (deployment_mcp)",
+    after_help = "Examples:\n  powerautomation --config config/default.toml\n  powerautomation check-config --config /etc/powerautomation.toml\n  powerautomation keygen --name ci --role developer\n\nEnvironment variables PA_<SECTION>__<KEY> override the file, e.g. PA_SERVER__LISTEN=127.0.0.1:9000."
+)]
+struct Cli {
+    /// Configuration file (TOML). Default: config/default.toml when it exists.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    /// Run without loading any plugin (deployment endpoints answer 503).
+    #[arg(long)]
+    no_plugins: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the server (the default).
+    Serve,
+    /// Validate the configuration and print it merged, with secrets masked.
+    CheckConfig,
+    /// Create an API key: prints the key once and the line to add to [auth] keys.
+    Keygen {
+        /// Who the key is for, e.g. "ops" or "ci".
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    User,
+    Developer,
+    Admin,
+}
+
+/// Exit code for configuration and usage errors.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Keygen { name, role } => keygen(&name, role),
+        Command::CheckConfig => match config::load(cli.config.as_deref()) {
+            Ok((config, source)) => match config.masked_toml() {
+                Ok(text) => {
+                    let origin = source
+                        .file
+                        .map(|file| file.display().to_string())
+                        .unwrap_or_else(|| "built-in defaults".into());
+                    println!("# configuration is valid (from {origin} and PA_ variables)\n{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => fail(EXIT_CONFIG, &error),
+            },
+            Err(error) => fail(EXIT_CONFIG, &error),
+        },
+        Command::Serve => {
+            let (config, source) = match config::load(cli.config.as_deref()) {
+                Ok(loaded) => loaded,
+                Err(error) => return fail(EXIT_CONFIG, &error),
+            };
+            server::init_logging(&config);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => return fail(1, &format!("cannot start the async runtime: {error}")),
+            };
+            match runtime.block_on(server::serve(config, source, cli.no_plugins)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!("{error}");
+                    fail(1, &error)
+                }
+            }
+        }
+    }
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("powerautomation: {message}");
+    ExitCode::from(code)
+}
+
+fn keygen(name: &str, role: RoleArg) -> ExitCode {
+    if name.trim().is_empty() || name.contains(['"', '\\', '\n']) {
+        return fail(
+            EXIT_CONFIG,
+            "--name must be non-empty and contain no quotes, backslashes or newlines",
+        );
+    }
+    let role = match role {
+        RoleArg::User => Role::User,
+        RoleArg::Developer => Role::Developer,
+        RoleArg::Admin => Role::Admin,
+    };
+    match auth::generate_key() {
+        Ok(key) => {
+            let digest = hex::encode(auth::sha256(&key));
+            println!(
+                "API key for {name} ({}), shown only now; store it safely:\n",
+                role.as_str()
+            );
+            println!("  {key}\n");
+            println!("Add this entry to `keys` under [auth] in the config file:\n");
+            println!(
+                "  {{ name = \"{name}\", role = \"{}\", sha256 = \"{digest}\" }},",
+                role.as_str()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(1, &error),
+    }
+}

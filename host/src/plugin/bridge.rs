@@ -1,0 +1,148 @@
+//! The host side of the ABI: host services lent to plugins, and the per-request reply channel.
+//! Everything a plugin hands over is copied into host types right here, while the plugin is
+//! certainly loaded (it is the caller).
+
+use std::sync::{Arc, Mutex};
+
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{ROption, RResult, RStr, RString, RVec},
+};
+use axum::body::Bytes;
+use plugin_api::{
+    HostServices, HostServicesBox, HostServices_TO, LogLevel, PluginResponse, ResponseSink,
+    ResponseSinkBox, ResponseSink_TO, StoreEntry,
+};
+use tokio::sync::oneshot;
+
+use crate::services::{events::EventBus, store::Store};
+
+struct Services {
+    plugin: String,
+    store: Arc<Store>,
+    bus: Arc<EventBus>,
+}
+
+pub fn host_services(plugin: &str, store: Arc<Store>, bus: Arc<EventBus>) -> HostServicesBox {
+    HostServices_TO::from_value(
+        Services {
+            plugin: plugin.to_owned(),
+            store,
+            bus,
+        },
+        TD_Opaque,
+    )
+}
+
+impl HostServices for Services {
+    fn log(&self, level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
+        let (plugin, source, message) = (&self.plugin, target.as_str(), message.as_str());
+        match level {
+            LogLevel::Error => tracing::error!(target: "plugin", plugin, source, "{message}"),
+            LogLevel::Warn => tracing::warn!(target: "plugin", plugin, source, "{message}"),
+            LogLevel::Info => tracing::info!(target: "plugin", plugin, source, "{message}"),
+            LogLevel::Debug => tracing::debug!(target: "plugin", plugin, source, "{message}"),
+            LogLevel::Trace => tracing::trace!(target: "plugin", plugin, source, "{message}"),
+        }
+    }
+
+    fn publish(&self, kind: RStr<'_>, data: RStr<'_>) -> u64 {
+        self.bus.publish(kind.as_str(), data.as_str().to_owned())
+    }
+
+    fn store_put(
+        &self,
+        collection: RStr<'_>,
+        key: RStr<'_>,
+        value: RStr<'_>,
+    ) -> RResult<(), RString> {
+        self.store
+            .put(collection.as_str(), key.as_str(), value.as_str())
+            .map_err(RString::from)
+            .into()
+    }
+
+    fn store_get(&self, collection: RStr<'_>, key: RStr<'_>) -> RResult<ROption<RString>, RString> {
+        match self.store.get(collection.as_str(), key.as_str()) {
+            Ok(value) => RResult::ROk(value.map(RString::from).into()),
+            Err(error) => RResult::RErr(error.into()),
+        }
+    }
+
+    fn store_delete(&self, collection: RStr<'_>, key: RStr<'_>) -> RResult<bool, RString> {
+        self.store
+            .delete(collection.as_str(), key.as_str())
+            .map_err(RString::from)
+            .into()
+    }
+
+    fn store_list(
+        &self,
+        collection: RStr<'_>,
+        after: ROption<RStr<'_>>,
+        limit: u32,
+    ) -> RResult<RVec<StoreEntry>, RString> {
+        let after = after.into_option().map(|key| key.as_str());
+        match self.store.list(collection.as_str(), after, limit) {
+            Ok(rows) => RResult::ROk(
+                rows.into_iter()
+                    .map(|(key, value)| StoreEntry {
+                        key: key.into(),
+                        value: value.into(),
+                    })
+                    .collect(),
+            ),
+            Err(error) => RResult::RErr(error.into()),
+        }
+    }
+}
+
+/// A plugin's answer, copied into host memory.
+#[derive(Debug)]
+pub struct HostResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+struct ReplySlot {
+    sender: Mutex<Option<oneshot::Sender<HostResponse>>>,
+}
+
+impl ResponseSink for ReplySlot {
+    fn send(&self, response: PluginResponse) {
+        let copied = HostResponse {
+            status: response.status,
+            headers: response
+                .headers
+                .iter()
+                .map(|pair| (pair.0.as_str().to_owned(), pair.1.as_str().to_owned()))
+                .collect(),
+            body: Bytes::copy_from_slice(response.body.as_slice()),
+        };
+        // The plugin's buffers are freed through its own vtable, now, while it is loaded.
+        drop(response);
+        let sender = self
+            .sender
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(sender) = sender {
+            // The requester may have gone (timeout, disconnect): nothing to deliver to.
+            let _ = sender.send(copied);
+        }
+    }
+}
+
+/// A reply sink for one request and the receiver its answer arrives on. If the plugin drops
+/// the sink unanswered, the receiver reports it.
+pub fn reply_channel() -> (ResponseSinkBox, oneshot::Receiver<HostResponse>) {
+    let (sender, receiver) = oneshot::channel();
+    let sink = ResponseSink_TO::from_value(
+        ReplySlot {
+            sender: Mutex::new(Some(sender)),
+        },
+        TD_Opaque,
+    );
+    (sink, receiver)
+}

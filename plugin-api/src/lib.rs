@@ -1,0 +1,263 @@
+//! The stable ABI between the `powerautomation` host and its plugins.
+//!
+//! A plugin is a `cdylib` that exports a [`PluginModRef`] root module with
+//! `#[abi_stable::export_root_module]`. The host loads it at run time, and `abi_stable` checks
+//! the library's interface version (this crate's semver) and the layout of every type reachable
+//! from the root module before any plugin code runs.
+//!
+//! Rules every implementation follows (the host relies on them to unload copies safely):
+//! - Only the types of this crate and `abi_stable` cross the boundary: no std, tokio or serde types.
+//! - No panic crosses the boundary: every exported function and trait method catches panics.
+//! - Entry points called from host threads ([`PluginInstance::handle`]) only enqueue work: plugin
+//!   code that touches thread-locals (an async runtime, `tracing`) runs on threads the instance
+//!   owns and joins in [`PluginInstance::shutdown`].
+//! - Whatever one side allocates and hands to the other is dropped through its own vtable
+//!   (`RString`, `RVec`, `RBox`), so the receiver copies plugin-allocated data into its own types
+//!   before the library may be unloaded.
+
+// `#[sabi_trait]` expands to impls of items it generates beside the trait.
+#![allow(non_local_definitions)]
+
+use abi_stable::{
+    declare_root_module_statics,
+    library::RootModule,
+    package_version_strings, sabi_trait,
+    sabi_types::VersionStrings,
+    std_types::{RBox, ROption, RResult, RStr, RString, RVec, Tuple2},
+    StableAbi,
+};
+
+/// The interface version a plugin was built against (this crate's version). A plugin whose
+/// major version differs is refused by the loader.
+pub const INTERFACE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Caller roles, ordered: `User < Developer < Admin`.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    User = 0,
+    Developer = 1,
+    Admin = 2,
+}
+
+impl Role {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Developer => "developer",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "user" => Some(Role::User),
+            "developer" => Some(Role::Developer),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// Who made a request, as authenticated by the host.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct Principal {
+    pub name: RString,
+    pub role: Role,
+}
+
+/// One HTTP request routed to a plugin. `path` is relative to the plugin's mount and starts
+/// with `/`; `query` is the raw query string without `?`.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct PluginRequest {
+    pub request_id: RString,
+    pub method: RString,
+    pub path: RString,
+    pub query: RString,
+    pub headers: RVec<Tuple2<RString, RString>>,
+    pub body: RVec<u8>,
+    pub principal: ROption<Principal>,
+}
+
+/// A plugin's answer to one request.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct PluginResponse {
+    pub status: u16,
+    pub headers: RVec<Tuple2<RString, RString>>,
+    pub body: RVec<u8>,
+}
+
+/// Static facts about a plugin build.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct PluginMetadata {
+    pub name: RString,
+    pub version: RString,
+    pub description: RString,
+}
+
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Error = 0,
+    Warn = 1,
+    Info = 2,
+    Debug = 3,
+    Trace = 4,
+}
+
+/// One row of a store collection.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct StoreEntry {
+    pub key: RString,
+    pub value: RString,
+}
+
+/// Services the host owns and lends to a plugin instance. They outlive every plugin copy, so a
+/// swap loses neither stored records nor event subscribers. Implemented by the host; the methods
+/// may block briefly (SQLite), so plugins call them off their async workers.
+#[sabi_trait]
+pub trait HostServices: Send + Sync {
+    /// Emits one log record through the host's logger.
+    fn log(&self, level: LogLevel, target: RStr<'_>, message: RStr<'_>);
+
+    /// Publishes an event to every subscriber of the host's event stream. `data` is JSON.
+    /// Returns the event id the host assigned.
+    fn publish(&self, kind: RStr<'_>, data: RStr<'_>) -> u64;
+
+    /// Inserts or replaces `key` in `collection`. `value` is JSON.
+    fn store_put(
+        &self,
+        collection: RStr<'_>,
+        key: RStr<'_>,
+        value: RStr<'_>,
+    ) -> RResult<(), RString>;
+
+    fn store_get(&self, collection: RStr<'_>, key: RStr<'_>) -> RResult<ROption<RString>, RString>;
+
+    /// Removes `key`; `true` when it existed.
+    fn store_delete(&self, collection: RStr<'_>, key: RStr<'_>) -> RResult<bool, RString>;
+
+    /// Up to `limit` rows of `collection` ordered by key, starting after `after`.
+    #[sabi(last_prefix_field)]
+    fn store_list(
+        &self,
+        collection: RStr<'_>,
+        after: ROption<RStr<'_>>,
+        limit: u32,
+    ) -> RResult<RVec<StoreEntry>, RString>;
+}
+
+pub type HostServicesBox = HostServices_TO<'static, RBox<()>>;
+
+/// Where a plugin delivers the answer to one request. Implemented by the host; called once, from
+/// any plugin thread. Dropping it unanswered makes the host answer 500.
+#[sabi_trait]
+pub trait ResponseSink: Send + Sync {
+    #[sabi(last_prefix_field)]
+    fn send(&self, response: PluginResponse);
+}
+
+pub type ResponseSinkBox = ResponseSink_TO<'static, RBox<()>>;
+
+/// A started plugin instance.
+#[sabi_trait]
+pub trait PluginInstance: Send + Sync {
+    /// Accepts one request. Called from host threads: must only enqueue the work and return.
+    fn handle(&self, request: PluginRequest, reply: ResponseSinkBox);
+
+    /// Stops the instance: finishes accepted work, then stops and joins every thread it owns.
+    /// Called once, from a host thread that exits right after; no call follows.
+    #[sabi(last_prefix_field)]
+    fn shutdown(&self);
+}
+
+pub type PluginInstanceBox = PluginInstance_TO<'static, RBox<()>>;
+
+/// The root module every plugin library exports.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
+#[sabi(missing_field(panic))]
+pub struct PluginMod {
+    /// Facts about this build; safe to call before `start`.
+    pub metadata: extern "C" fn() -> PluginMetadata,
+
+    /// Starts an instance with the host's services and the plugin's settings as JSON. Called
+    /// once per loaded copy, from a short-lived host thread. The error is a message for operators.
+    #[sabi(last_prefix_field)]
+    pub start: extern "C" fn(HostServicesBox, RString) -> RResult<PluginInstanceBox, RString>,
+}
+
+impl RootModule for PluginModRef {
+    declare_root_module_statics! {PluginModRef}
+    const BASE_NAME: &'static str = "powerautomation_plugin";
+    const NAME: &'static str = "powerautomation_plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+impl PluginResponse {
+    /// A response with a JSON body.
+    pub fn json(status: u16, body: Vec<u8>) -> PluginResponse {
+        PluginResponse {
+            status,
+            headers: RVec::from(vec![Tuple2(
+                RString::from("content-type"),
+                RString::from("application/json"),
+            )]),
+            body: RVec::from(body),
+        }
+    }
+
+    /// A JSON error in the host's error shape: `{"error": code, "message": message}`.
+    pub fn error(status: u16, code: &str, message: &str) -> PluginResponse {
+        let body = format!(
+            "{{\"error\":{},\"message\":{}}}",
+            json_string(code),
+            json_string(message)
+        );
+        PluginResponse::json(status, body.into_bytes())
+    }
+}
+
+/// Quotes `text` as a JSON string without pulling a serializer into the interface crate.
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_ordered() {
+        assert!(Role::User < Role::Developer && Role::Developer < Role::Admin);
+        assert_eq!(Role::parse("developer"), Some(Role::Developer));
+        assert_eq!(Role::parse("root"), None);
+    }
+
+    #[test]
+    fn error_body_is_escaped_json() {
+        let response = PluginResponse::error(503, "x", "say \"hi\"\n");
+        let text = String::from_utf8(response.body.to_vec()).unwrap_or_default();
+        assert_eq!(text, r#"{"error":"x","message":"say \"hi\"\n"}"#);
+    }
+}

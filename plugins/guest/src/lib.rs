@@ -1,0 +1,623 @@
+//! Plugin-side runtime shared by every `powerautomation` plugin.
+//!
+//! It turns an ordinary async [`Handler`] into a [`PluginInstance`] that keeps the rules of the
+//! ABI (see `plugin-api`):
+//! - [`PluginInstance::handle`] runs on host threads, so it only pushes the job into an
+//!   [`Inbox`] guarded by a std `Mutex` + `Condvar` (futexes, no thread-locals) and returns;
+//! - a dispatcher thread owned by the instance moves jobs onto the instance's own tokio runtime;
+//! - every handler runs under `catch_unwind`; a panic becomes a 500 JSON answer;
+//! - [`PluginInstance::shutdown`] drains accepted work, then drops the runtime, which joins its
+//!   threads, so no plugin code is left running when the host unloads the library.
+
+use std::{
+    collections::VecDeque,
+    future::Future,
+    panic::AssertUnwindSafe,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Condvar, Mutex, MutexGuard,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{ROption, RResult, RStr, RString, RVec, Tuple2},
+};
+use futures_util::FutureExt;
+pub use plugin_api::Role;
+use plugin_api::{
+    HostServicesBox, LogLevel, PluginInstance, PluginInstanceBox, PluginInstance_TO, PluginRequest,
+    PluginResponse, ResponseSinkBox,
+};
+use tokio::sync::Notify;
+
+pub mod log_forward;
+
+/// A request as plugin code sees it: plain std types, owned by this copy.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub request_id: String,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub principal: Option<Caller>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+impl Request {
+    /// The first value of a header, matched case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The first value of a query parameter (no percent-decoding beyond `+` and `%XX`).
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key) == name).then(|| percent_decode(value))
+        })
+    }
+
+    /// The caller's role, or `None` for an anonymous request.
+    pub fn role(&self) -> Option<Role> {
+        self.principal.as_ref().map(|caller| caller.role)
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An answer as plugin code builds it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(status: u16, value: &serde_json::Value) -> Response {
+        Response {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: serde_json::to_vec(value).unwrap_or_default(),
+        }
+    }
+
+    /// The host's error shape: `{"error": code, "message": message}`.
+    pub fn error(status: u16, code: &str, message: impl Into<String>) -> Response {
+        Response::json(
+            status,
+            &serde_json::json!({ "error": code, "message": message.into() }),
+        )
+    }
+
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Response {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+
+    /// 403 unless the caller holds at least `role`. The host authenticates; plugins decide
+    /// which role each of their routes needs.
+    pub fn require(request: &Request, role: Role) -> Result<(), Response> {
+        match request.role() {
+            None => Err(Response::error(
+                401,
+                "unauthorized",
+                "send an API key in X-API-Key or Authorization: Bearer",
+            )),
+            Some(have) if have < role => Err(Response::error(
+                403,
+                "forbidden",
+                format!(
+                    "this endpoint needs the {} role; your key has {}",
+                    role.as_str(),
+                    have.as_str()
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// The host's services, wrapped in std types. Cheap to clone. The calls may block on SQLite:
+/// call them from `spawn_blocking` or accept a short stall of one worker.
+#[derive(Clone)]
+pub struct Host {
+    services: Arc<HostServicesBox>,
+}
+
+impl Host {
+    pub fn log(&self, level: LogLevel, target: &str, message: &str) {
+        self.services
+            .log(level, RStr::from_str(target), RStr::from_str(message));
+    }
+
+    pub fn publish(&self, kind: &str, data: &serde_json::Value) -> u64 {
+        let text = data.to_string();
+        self.services
+            .publish(RStr::from_str(kind), RStr::from_str(&text))
+    }
+
+    pub fn store_put(&self, collection: &str, key: &str, value: &str) -> Result<(), String> {
+        self.services
+            .store_put(collection.into(), key.into(), value.into())
+            .into_result()
+            .map_err(String::from)
+    }
+
+    pub fn store_get(&self, collection: &str, key: &str) -> Result<Option<String>, String> {
+        match self.services.store_get(collection.into(), key.into()) {
+            RResult::ROk(value) => Ok(value.into_option().map(String::from)),
+            RResult::RErr(error) => Err(error.into()),
+        }
+    }
+
+    pub fn store_delete(&self, collection: &str, key: &str) -> Result<bool, String> {
+        self.services
+            .store_delete(collection.into(), key.into())
+            .into_result()
+            .map_err(String::from)
+    }
+
+    pub fn store_list(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, String> {
+        let after = match after {
+            Some(key) => ROption::RSome(RStr::from_str(key)),
+            None => ROption::RNone,
+        };
+        match self
+            .services
+            .store_list(RStr::from_str(collection), after, limit)
+        {
+            RResult::ROk(rows) => Ok(rows
+                .into_iter()
+                .map(|row| (String::from(row.key), String::from(row.value)))
+                .collect()),
+            RResult::RErr(error) => Err(error.into()),
+        }
+    }
+}
+
+/// What a plugin implements.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, request: Request) -> impl Future<Output = Response> + Send;
+
+    /// Called once when the instance stops, after in-flight requests finished: finish or hand
+    /// over long-running work here.
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// How a plugin instance is started, given to [`start_instance`].
+pub struct Startup {
+    pub host: Host,
+    /// The `[plugins.<name>.settings]` table, as JSON.
+    pub settings: serde_json::Value,
+}
+
+/// Tuning of the instance runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    pub thread_name: &'static str,
+    pub worker_threads: usize,
+    /// How long `shutdown` waits for in-flight requests before cancelling them.
+    pub drain_timeout: Duration,
+}
+
+/// Starts a plugin instance: builds its runtime, runs `init` on it and wraps the handler.
+/// Every panic is caught and reported as the start error.
+pub fn start_instance<H, F, Fut>(
+    services: HostServicesBox,
+    settings: RString,
+    options: RuntimeOptions,
+    init: F,
+) -> RResult<PluginInstanceBox, RString>
+where
+    H: Handler,
+    F: FnOnce(Startup) -> Fut,
+    Fut: Future<Output = Result<H, String>>,
+{
+    let started = std::panic::catch_unwind(AssertUnwindSafe(move || {
+        start_inner(services, settings, options, init)
+    }));
+    match started {
+        Ok(Ok(instance)) => RResult::ROk(instance),
+        Ok(Err(message)) => RResult::RErr(RString::from(message)),
+        Err(panic) => RResult::RErr(RString::from(format!(
+            "plugin panicked while starting: {}",
+            panic_message(&*panic)
+        ))),
+    }
+}
+
+fn start_inner<H, F, Fut>(
+    services: HostServicesBox,
+    settings: RString,
+    options: RuntimeOptions,
+    init: F,
+) -> Result<PluginInstanceBox, String>
+where
+    H: Handler,
+    F: FnOnce(Startup) -> Fut,
+    Fut: Future<Output = Result<H, String>>,
+{
+    let host = Host {
+        services: Arc::new(services),
+    };
+    let logs = log_forward::dispatch(host.clone());
+    let settings: serde_json::Value = serde_json::from_str(settings.as_str())
+        .map_err(|error| format!("plugin settings are not valid JSON: {error}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.worker_threads.max(1))
+        .max_blocking_threads(64)
+        .thread_name(options.thread_name)
+        .on_thread_start({
+            let logs = logs.clone();
+            move || log_forward::enter(&logs)
+        })
+        .on_thread_stop(log_forward::leave)
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start the plugin runtime: {error}"))?;
+    let handler = tracing::dispatcher::with_default(&logs, || {
+        runtime.block_on(init(Startup { host, settings }))
+    })?;
+    let shared = Arc::new(Shared {
+        handler,
+        in_flight: AtomicUsize::new(0),
+        drained: Notify::new(),
+    });
+    let inbox = Arc::new(Inbox::default());
+    let dispatcher = {
+        let inbox = Arc::clone(&inbox);
+        let shared = Arc::clone(&shared);
+        let runtime_handle = runtime.handle().clone();
+        let logs = logs.clone();
+        std::thread::Builder::new()
+            .name(format!("{}-inbox", options.thread_name))
+            .spawn(move || {
+                tracing::dispatcher::with_default(&logs, || {
+                    dispatch_loop(&inbox, &shared, &runtime_handle)
+                })
+            })
+            .map_err(|error| format!("cannot start the plugin dispatcher thread: {error}"))?
+    };
+    let instance = Instance {
+        inbox,
+        state: Mutex::new(Some(Running {
+            runtime,
+            dispatcher,
+            shared,
+            drain_timeout: options.drain_timeout,
+            logs,
+        })),
+    };
+    Ok(PluginInstance_TO::from_value(instance, TD_Opaque))
+}
+
+struct Job {
+    request: PluginRequest,
+    reply: ResponseSinkBox,
+}
+
+#[derive(Default)]
+struct Inbox {
+    state: Mutex<InboxState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct InboxState {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+impl Inbox {
+    fn lock(&self) -> MutexGuard<'_, InboxState> {
+        // The lock is only held for queue pushes and pops, which cannot panic halfway.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+struct Shared<H> {
+    handler: H,
+    in_flight: AtomicUsize,
+    drained: Notify,
+}
+
+struct Running<H> {
+    runtime: tokio::runtime::Runtime,
+    dispatcher: JoinHandle<()>,
+    shared: Arc<Shared<H>>,
+    drain_timeout: Duration,
+    logs: tracing::Dispatch,
+}
+
+struct Instance<H> {
+    inbox: Arc<Inbox>,
+    state: Mutex<Option<Running<H>>>,
+}
+
+fn dispatch_loop<H: Handler>(
+    inbox: &Inbox,
+    shared: &Arc<Shared<H>>,
+    runtime: &tokio::runtime::Handle,
+) {
+    loop {
+        let batch: Vec<Job> = {
+            let mut state = inbox.lock();
+            while state.jobs.is_empty() && !state.closed {
+                state = inbox
+                    .ready
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            if state.jobs.is_empty() {
+                return;
+            }
+            state.jobs.drain(..).collect()
+        };
+        for job in batch {
+            shared.in_flight.fetch_add(1, Ordering::SeqCst);
+            let shared = Arc::clone(shared);
+            runtime.spawn(async move {
+                let request = import_request(job.request);
+                let answer = AssertUnwindSafe(shared.handler.handle(request))
+                    .catch_unwind()
+                    .await;
+                let response = match answer {
+                    Ok(response) => response,
+                    Err(panic) => {
+                        tracing::error!(
+                            panic = %panic_message(&*panic),
+                            "request handler panicked; answering 500"
+                        );
+                        Response::error(
+                            500,
+                            "plugin_panic",
+                            "the plugin failed while handling this request; it keeps serving others",
+                        )
+                    }
+                };
+                job.reply.send(export_response(response));
+                if shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    shared.drained.notify_waiters();
+                }
+            });
+        }
+    }
+}
+
+impl<H: Handler> PluginInstance for Instance<H> {
+    fn handle(&self, request: PluginRequest, reply: ResponseSinkBox) {
+        // Runs on a host thread: no runtime, no tracing, only a futex-backed queue.
+        let rejected = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut state = self.inbox.lock();
+            if state.closed {
+                return Some((request, reply));
+            }
+            state.jobs.push_back(Job { request, reply });
+            drop(state);
+            self.inbox.ready.notify_one();
+            None
+        }));
+        if let Ok(Some((_, reply))) = rejected {
+            reply.send(PluginResponse::error(
+                503,
+                "plugin_stopping",
+                "the plugin instance is shutting down; retry",
+            ));
+        }
+    }
+
+    fn shutdown(&self) {
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let running = self
+                .state
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
+            let Some(running) = running else { return };
+            {
+                self.inbox.lock().closed = true;
+            }
+            self.inbox.ready.notify_all();
+            let _ = running.dispatcher.join();
+            let shared = Arc::clone(&running.shared);
+            let _logs = tracing::dispatcher::set_default(&running.logs);
+            running.runtime.block_on(async {
+                let drained = async {
+                    loop {
+                        let notified = shared.drained.notified();
+                        if shared.in_flight.load(Ordering::SeqCst) == 0 {
+                            break;
+                        }
+                        notified.await;
+                    }
+                };
+                if tokio::time::timeout(running.drain_timeout, drained)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        in_flight = shared.in_flight.load(Ordering::SeqCst),
+                        "requests still running at shutdown are cancelled"
+                    );
+                }
+                shared.handler.shutdown().await;
+            });
+            drop(shared);
+            // Dropping the runtime cancels what is left and joins all of its threads.
+            drop(running.runtime);
+            drop(running.shared);
+        }));
+    }
+}
+
+fn import_request(request: PluginRequest) -> Request {
+    Request {
+        request_id: request.request_id.into(),
+        method: request.method.into(),
+        path: request.path.into(),
+        query: request.query.into(),
+        headers: request
+            .headers
+            .into_iter()
+            .map(|Tuple2(key, value)| (String::from(key), String::from(value)))
+            .collect(),
+        body: request.body.into(),
+        principal: request.principal.into_option().map(|principal| Caller {
+            name: principal.name.into(),
+            role: principal.role,
+        }),
+    }
+}
+
+fn export_response(response: Response) -> PluginResponse {
+    PluginResponse {
+        status: response.status,
+        headers: response
+            .headers
+            .into_iter()
+            .map(|(key, value)| Tuple2(RString::from(key), RString::from(value)))
+            .collect::<RVec<_>>(),
+        body: RVec::from(response.body),
+    }
+}
+
+/// The text of a panic payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "non-text panic payload".to_owned()
+    }
+}
+
+/// Exports a plugin's root module. `start` is a `fn(HostServicesBox, RString) ->
+/// RResult<PluginInstanceBox, RString>`, usually a call to [`start_instance`].
+#[macro_export]
+macro_rules! export_plugin {
+    (name: $name:expr, version: $version:expr, description: $description:expr, start: $start:path $(,)?) => {
+        #[::abi_stable::export_root_module]
+        pub fn powerautomation_plugin_root() -> ::plugin_api::PluginModRef {
+            extern "C" fn __plugin_metadata() -> ::plugin_api::PluginMetadata {
+                ::plugin_api::PluginMetadata {
+                    name: $name.into(),
+                    version: $version.into(),
+                    description: $description.into(),
+                }
+            }
+            extern "C" fn __plugin_start(
+                host: ::plugin_api::HostServicesBox,
+                settings: ::abi_stable::std_types::RString,
+            ) -> ::abi_stable::std_types::RResult<
+                ::plugin_api::PluginInstanceBox,
+                ::abi_stable::std_types::RString,
+            > {
+                $start(host, settings)
+            }
+            const MODULE: &::abi_stable::prefix_type::WithMetadata<::plugin_api::PluginMod> =
+                &::abi_stable::prefix_type::WithMetadata::new(::plugin_api::PluginMod {
+                    metadata: __plugin_metadata,
+                    start: __plugin_start,
+                });
+            ::plugin_api::PluginModRef(MODULE.static_as_prefix())
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(query: &str) -> Request {
+        Request {
+            request_id: String::new(),
+            method: "GET".into(),
+            path: "/".into(),
+            query: query.into(),
+            headers: vec![("X-Thing".into(), "1".into())],
+            body: Vec::new(),
+            principal: None,
+        }
+    }
+
+    #[test]
+    fn query_params_are_decoded() {
+        let request = request("id=a%20b&x=1+2&flag");
+        assert_eq!(request.query_param("id").as_deref(), Some("a b"));
+        assert_eq!(request.query_param("x").as_deref(), Some("1 2"));
+        assert_eq!(request.query_param("flag").as_deref(), Some(""));
+        assert_eq!(request.query_param("nope"), None);
+        assert_eq!(request.header("x-thing"), Some("1"));
+    }
+
+    #[test]
+    fn truncated_escape_is_kept_literally() {
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn role_gate() {
+        let mut request = request("");
+        assert_eq!(
+            Response::require(&request, Role::User).map_err(|r| r.status),
+            Err(401)
+        );
+        request.principal = Some(Caller {
+            name: "u".into(),
+            role: Role::User,
+        });
+        assert_eq!(
+            Response::require(&request, Role::Admin).map_err(|r| r.status),
+            Err(403)
+        );
+        assert!(Response::require(&request, Role::User).is_ok());
+    }
+}

@@ -1,0 +1,476 @@
+//! Harness for end-to-end tests: runs the real `powerautomation` binary with real plugin
+//! libraries from the workspace's target directory, each host in its own temporary directory
+//! and on a port the OS picks.
+//!
+//! The artifacts must be built first (`cargo build --workspace`, which README's test command
+//! does); a missing one fails the test with that instruction rather than skipping it.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+pub use nix::sys::signal::Signal;
+use sha2::{Digest, Sha256};
+
+pub const ADMIN_KEY: &str = "pa_test_admin_0123456789abcdef";
+pub const DEVELOPER_KEY: &str = "pa_test_developer_0123456789abcdef";
+pub const USER_KEY: &str = "pa_test_user_0123456789abcdef";
+
+/// How long a host may take to start before a test fails.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// The workspace root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// The profile directory this test binary was built into (`target/debug` or `target/release`).
+pub fn artifacts_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    // target/<profile>/deps/<test binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("test binaries live in target/<profile>/deps")
+}
+
+fn artifact(file: &str) -> PathBuf {
+    let path = artifacts_dir().join(file);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace first with `cargo build --workspace{}`",
+        path.display(),
+        if cfg!(debug_assertions) {
+            ""
+        } else {
+            " --release"
+        }
+    );
+    path
+}
+
+pub fn host_binary() -> PathBuf {
+    artifact("powerautomation")
+}
+
+/// A plugin library built in this workspace, by library name (e.g. `deployment_mcp`,
+/// `deployment_mcp_next`, `fixture_probe`).
+pub fn plugin_library(name: &str) -> PathBuf {
+    artifact(&format!("lib{name}.so"))
+}
+
+/// Options for [`TestHost::start`].
+#[derive(Clone)]
+pub struct HostOptions {
+    /// Library installed as the configured plugin file; `None` leaves the file absent.
+    pub plugin: Option<&'static str>,
+    pub watch: bool,
+    /// Extra environment variables for the host process.
+    pub env: Vec<(String, String)>,
+    /// Extra command-line arguments (before none: the default subcommand is `serve`).
+    pub args: Vec<String>,
+    /// The environments file content for the real plugin.
+    pub environments: String,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        HostOptions {
+            plugin: Some("deployment_mcp"),
+            watch: false,
+            env: Vec::new(),
+            args: Vec::new(),
+            environments: DEMO_ENVIRONMENTS.to_owned(),
+        }
+    }
+}
+
+pub const DEMO_ENVIRONMENTS: &str = r#"{"environments": [
+  {"environment_id": "local_demo", "environment_type": "linux_local", "connection_method": "local",
+   "command": ["true"], "timeout": 30},
+  {"environment_id": "mac_local_001", "environment_type": "mac_local", "connection_method": "ssh",
+   "host": "192.168.1.100", "port": 22, "username": "alex", "ssh_key_path": "~/.ssh/id_ed25519",
+   "init_script_path": "./init_aicore.sh", "health_check_url": "http://192.168.1.100:8081/health",
+   "timeout": 300, "api_token": "secret-token-value"}
+]}"#;
+
+/// A running host.
+pub struct TestHost {
+    child: Option<Child>,
+    pub url: String,
+    /// The host's working area: config, data dir, plugin file.
+    pub dir: PathBuf,
+    pub plugin_file: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+    client: reqwest::Client,
+}
+
+/// Writes the test configuration into `dir` and returns its path.
+pub fn write_config(dir: &Path, options: &HostOptions) -> PathBuf {
+    std::fs::create_dir_all(dir.join("plugins")).expect("create the plugin directory");
+    let environments = dir.join("environments.json");
+    std::fs::write(&environments, &options.environments).expect("write the environments file");
+    let config = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+request_timeout_secs = 60
+
+[storage]
+data_dir = "{data}"
+
+[auth]
+keys = [
+  {{ name = "ops", role = "admin", sha256 = "{admin}" }},
+  {{ name = "dev", role = "developer", sha256 = "{developer}" }},
+  {{ name = "viewer", role = "user", sha256 = "{user}" }},
+]
+
+[log]
+format = "json"
+level = "info"
+
+[plugins.deployment_mcp]
+enabled = true
+path = "{plugin}"
+mount = "/api/deployment"
+watch = {watch}
+
+[plugins.deployment_mcp.settings]
+environments_file = "{environments}"
+"#,
+        data = dir.join("data").display(),
+        admin = sha256_hex(ADMIN_KEY),
+        developer = sha256_hex(DEVELOPER_KEY),
+        user = sha256_hex(USER_KEY),
+        plugin = dir.join("plugins/libdeployment_mcp.so").display(),
+        watch = options.watch,
+        environments = environments.display(),
+    );
+    let path = dir.join("powerautomation.toml");
+    std::fs::write(&path, config).expect("write the config file");
+    path
+}
+
+/// Replaces `target` with a copy of `library` the way an operator would: write aside, rename.
+pub fn install_library(library: &Path, target: &Path) {
+    let staging = target.with_extension("so.new");
+    std::fs::copy(library, &staging).expect("copy the plugin library");
+    std::fs::rename(&staging, target).expect("move the plugin library into place");
+}
+
+impl TestHost {
+    /// Starts a host in `dir` (created when missing) with the test configuration.
+    pub async fn start(dir: &Path, options: HostOptions) -> TestHost {
+        let config = write_config(dir, &options);
+        let plugin_file = dir.join("plugins/libdeployment_mcp.so");
+        match options.plugin {
+            Some(name) => install_library(&plugin_library(name), &plugin_file),
+            None => {
+                let _ = std::fs::remove_file(&plugin_file);
+            }
+        }
+        let mut args = vec!["--config".to_owned(), config.display().to_string()];
+        args.extend(options.args.iter().cloned());
+        TestHost::spawn(dir, &args, &options.env, plugin_file).await
+    }
+
+    /// Starts the host binary with exactly these arguments and variables, from the repo root.
+    pub async fn spawn(
+        dir: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        plugin_file: PathBuf,
+    ) -> TestHost {
+        let mut command = Command::new(host_binary());
+        command
+            .args(args)
+            .current_dir(repo_root())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, _) in std::env::vars() {
+            if key.starts_with("PA_") {
+                command.env_remove(key);
+            }
+        }
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start powerautomation");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let logs = Arc::clone(&logs);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    logs.lock().expect("log buffer").push(line);
+                }
+            });
+        }
+        let mut host = TestHost {
+            child: Some(child),
+            url: String::new(),
+            dir: dir.to_path_buf(),
+            plugin_file,
+            logs,
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .build()
+                .expect("http client"),
+        };
+        let address = host
+            .wait_for_log_value("listening", "address", START_TIMEOUT)
+            .await
+            .unwrap_or_else(|| panic!("the host did not start listening; log:\n{}", host.logs()));
+        host.url = format!("http://{address}");
+        host
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Everything the host logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().expect("log buffer").join("\n")
+    }
+
+    /// Waits for a JSON log line whose message is `message` and returns its field `field`.
+    pub async fn wait_for_log_value(
+        &self,
+        message: &str,
+        field: &str,
+        timeout: Duration,
+    ) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self
+                .logs
+                .lock()
+                .expect("log buffer")
+                .iter()
+                .find_map(|line| {
+                    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+                    let fields = value.get("fields")?;
+                    (fields.get("message")?.as_str()? == message)
+                        .then(|| fields.get(field))
+                        .flatten()
+                        .map(|value| {
+                            value
+                                .as_str()
+                                .map(str::to_owned)
+                                .unwrap_or_else(|| value.to_string())
+                        })
+                });
+            if found.is_some() {
+                return found;
+            }
+            if Instant::now() >= deadline || self.has_exited() {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until some log line contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self
+                .logs
+                .lock()
+                .expect("log buffer")
+                .iter()
+                .any(|line| line.contains(needle))
+            {
+                return true;
+            }
+            if Instant::now() >= deadline || self.has_exited() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn has_exited(&self) -> bool {
+        !process_alive(self.pid())
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Sends a request and returns the status and the body as JSON (`Null` when not JSON).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self.client.request(method, format!("{}{}", self.url, path));
+        if let Some(key) = key {
+            request = request.header("X-API-Key", key);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the host answers");
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    pub async fn get(&self, path: &str, key: Option<&str>) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::GET, path, key, None).await
+    }
+
+    /// `POST /api/plugins/deployment_mcp/reload` as admin.
+    pub async fn reload(&self) -> (u16, serde_json::Value) {
+        self.call(
+            reqwest::Method::POST,
+            "/api/plugins/deployment_mcp/reload",
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await
+    }
+
+    /// The `/api/plugins` entry of deployment_mcp.
+    pub async fn plugin_status(&self) -> serde_json::Value {
+        let (status, body) = self.get("/api/plugins", Some(USER_KEY)).await;
+        assert_eq!(status, 200, "{body}");
+        body["plugins"]
+            .as_array()
+            .and_then(|plugins| {
+                plugins
+                    .iter()
+                    .find(|p| p["name"] == "deployment_mcp")
+                    .cloned()
+            })
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Installs another build as the configured plugin file.
+    pub fn install_plugin(&self, name: &str) {
+        install_library(&plugin_library(name), &self.plugin_file);
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        send_signal(self.pid(), signal);
+    }
+
+    /// Stops the host with SIGTERM and waits (bounded) for it to exit.
+    pub fn stop(mut self) -> Option<ExitStatus> {
+        self.shutdown(Signal::SIGTERM)
+    }
+
+    /// Kills the host with SIGKILL: no chance to clean up.
+    pub fn kill(mut self) -> Option<ExitStatus> {
+        self.shutdown(Signal::SIGKILL)
+    }
+
+    fn shutdown(&mut self, signal: Signal) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        send_signal(child.id(), signal);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn send_signal(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        if pid > 0 {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    }
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn process_alive(pid: u32) -> bool {
+    pid != 0
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                stat.rsplit_once(')')
+                    .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(false)
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                line.strip_prefix("VmRSS:")
+                    .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// Distinct plugin copies mapped into a process.
+pub fn mapped_plugin_copies(pid: u32) -> Vec<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let mut copies: Vec<String> = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .filter(|path| path.contains("plugin-copies"))
+        .map(str::to_owned)
+        .collect();
+    copies.sort();
+    copies.dedup();
+    copies
+}

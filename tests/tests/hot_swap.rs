@@ -1,0 +1,301 @@
+//! Hot swap: under load, with slow requests in flight, with broken files, by file change and
+//! SIGHUP, and many times over (copies must really be unloaded).
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use e2e::{mapped_plugin_copies, rss_kib, wait_until, HostOptions, Signal, TestHost, USER_KEY};
+
+fn temp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temporary directory")
+}
+
+const CURRENT: &str = "0.1.0";
+const NEXT: &str = "0.1.1-next";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn swapping_under_load_fails_no_request() {
+    let dir = temp();
+    let host = Arc::new(TestHost::start(dir.path(), HostOptions::default()).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let versions_seen = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        let (host, stop, served, failures, versions) = (
+            Arc::clone(&host),
+            Arc::clone(&stop),
+            Arc::clone(&served),
+            Arc::clone(&failures),
+            Arc::clone(&versions_seen),
+        );
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let (status, body) = host.get("/api/deployment/status", Some(USER_KEY)).await;
+                if status == 200 {
+                    served.fetch_add(1, Ordering::Relaxed);
+                    if let Some(version) = body["plugin_version"].as_str() {
+                        versions
+                            .lock()
+                            .expect("versions")
+                            .insert(version.to_owned());
+                    }
+                } else {
+                    failures
+                        .lock()
+                        .expect("failures")
+                        .push(format!("{status} {body}"));
+                }
+            }
+        }));
+    }
+
+    // Let the load build up, then swap 24 times between two genuine builds.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            served.load(Ordering::Relaxed) > 500
+        })
+        .await
+    );
+    for swap in 0..24 {
+        let (library, version) = if swap % 2 == 0 {
+            ("deployment_mcp_next", NEXT)
+        } else {
+            ("deployment_mcp", CURRENT)
+        };
+        host.install_plugin(library);
+        let before = served.load(Ordering::Relaxed);
+        let (status, body) = host.reload().await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["plugin"]["version"], version);
+        // Keep the load on between swaps so requests straddle every switch.
+        assert!(
+            wait_until(Duration::from_secs(10), || async {
+                served.load(Ordering::Relaxed) > before + 200
+            })
+            .await,
+            "requests keep being served after swap {swap}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("client task");
+    }
+
+    let failures = failures.lock().expect("failures").clone();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    let versions = versions_seen.lock().expect("versions").clone();
+    assert!(
+        versions.contains(CURRENT) && versions.contains(NEXT),
+        "both builds served: {versions:?}"
+    );
+    let plugin = host.plugin_status().await;
+    assert_eq!(plugin["version"], CURRENT);
+    assert_eq!(plugin["swaps"], 24);
+    eprintln!(
+        "served {} requests across 24 swaps",
+        served.load(Ordering::Relaxed)
+    );
+}
+
+#[tokio::test]
+async fn a_slow_request_begun_before_a_swap_completes() {
+    let dir = temp();
+    let host = Arc::new(
+        TestHost::start(
+            dir.path(),
+            HostOptions {
+                plugin: Some("fixture_probe"),
+                ..Default::default()
+            },
+        )
+        .await,
+    );
+    let slow = {
+        let host = Arc::clone(&host);
+        tokio::spawn(async move {
+            host.get("/api/deployment/slow?ms=1500", Some(USER_KEY))
+                .await
+        })
+    };
+    // The probe logs when the slow request has reached it.
+    assert!(
+        host.wait_for_log("slow request started", Duration::from_secs(10))
+            .await,
+        "the slow request reached the plugin; log:\n{}",
+        host.logs()
+    );
+
+    host.install_plugin("deployment_mcp");
+    let (status, body) = host.reload().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["plugin"]["version"], CURRENT);
+    // New requests go to the new build at once, while the slow one is still running.
+    let (status, body) = host.get("/api/deployment/status", Some(USER_KEY)).await;
+    assert_eq!(
+        (status, body["plugin_version"].as_str()),
+        (200, Some(CURRENT))
+    );
+
+    let (status, body) = slow.await.expect("slow request task");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["version"], "0.0.1-probe",
+        "answered by the copy it started on"
+    );
+    assert_eq!(host.plugin_status().await["swaps"], 1);
+}
+
+#[tokio::test]
+async fn a_broken_file_is_refused_and_the_old_build_keeps_serving() {
+    let dir = temp();
+    let host = TestHost::start(dir.path(), HostOptions::default()).await;
+
+    std::fs::write(&host.plugin_file, b"\x7fELF but not really a library").expect("write junk");
+    let (status, body) = host.reload().await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"], "reload_failed");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not a loadable library"),
+        "{body}"
+    );
+
+    host.install_plugin("fixture_wrong_abi");
+    let (status, body) = host.reload().await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("2.0.0"),
+        "{body}"
+    );
+
+    host.install_plugin("fixture_failing_start");
+    let (status, body) = host.reload().await;
+    assert_eq!(status, 422, "{body}");
+
+    std::fs::remove_file(&host.plugin_file).expect("remove the plugin file");
+    let (status, body) = host.reload().await;
+    assert_eq!(status, 422, "{body}");
+
+    let (status, body) = host.get("/api/deployment/status", Some(USER_KEY)).await;
+    assert_eq!(
+        (status, body["plugin_version"].as_str()),
+        (200, Some(CURRENT))
+    );
+    let plugin = host.plugin_status().await;
+    assert_eq!(plugin["state"], "active");
+    assert_eq!(plugin["swaps"], 0);
+    assert!(
+        plugin["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no plugin file")),
+        "{plugin}"
+    );
+}
+
+#[tokio::test]
+async fn two_hundred_reloads_leave_one_copy_mapped_and_memory_flat() {
+    let dir = temp();
+    let host = TestHost::start(dir.path(), HostOptions::default()).await;
+    // One swap first, so that one-time allocations (first retirement, pools) are in the baseline.
+    assert_eq!(host.reload().await.0, 200);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            mapped_plugin_copies(host.pid()).len() == 1
+        })
+        .await
+    );
+    let baseline = rss_kib(host.pid());
+
+    for round in 0..200 {
+        let library = if round % 2 == 0 {
+            "deployment_mcp_next"
+        } else {
+            "deployment_mcp"
+        };
+        host.install_plugin(library);
+        let (status, body) = host.reload().await;
+        assert_eq!(status, 200, "reload {round}: {body}");
+        assert_eq!(
+            host.get("/api/deployment/status", Some(USER_KEY)).await.0,
+            200
+        );
+    }
+    let settled = wait_until(Duration::from_secs(15), || async {
+        mapped_plugin_copies(host.pid()).len() <= 2
+    })
+    .await;
+    let mapped = mapped_plugin_copies(host.pid());
+    assert!(
+        settled,
+        "at most one copy besides the active one stays mapped: {mapped:#?}"
+    );
+    let grown_kib = rss_kib(host.pid()).saturating_sub(baseline);
+    eprintln!("RSS grew by {grown_kib} KiB over 200 reloads");
+    assert!(grown_kib < 20 * 1024, "RSS grew by {grown_kib} KiB");
+    let copies_on_disk = std::fs::read_dir(dir.path().join("data/plugin-copies"))
+        .map(|entries| entries.count())
+        .unwrap_or(0);
+    assert!(
+        copies_on_disk <= 2,
+        "retired copies are deleted, {copies_on_disk} left"
+    );
+    assert_eq!(host.plugin_status().await["swaps"], 201);
+}
+
+#[tokio::test]
+async fn a_changed_file_is_picked_up_by_the_watcher() {
+    let dir = temp();
+    let host = TestHost::start(
+        dir.path(),
+        HostOptions {
+            watch: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(host.plugin_status().await["version"], CURRENT);
+    host.install_plugin("deployment_mcp_next");
+    let swapped = wait_until(Duration::from_secs(15), || async {
+        host.plugin_status().await["version"] == NEXT
+    })
+    .await;
+    assert!(
+        swapped,
+        "the watcher swapped in the new build; log:\n{}",
+        host.logs()
+    );
+    let (status, body) = host.get("/api/deployment/status", Some(USER_KEY)).await;
+    assert_eq!((status, body["plugin_version"].as_str()), (200, Some(NEXT)));
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_plugin() {
+    let dir = temp();
+    let host = TestHost::start(dir.path(), HostOptions::default()).await;
+    host.install_plugin("deployment_mcp_next");
+    host.signal(Signal::SIGHUP);
+    let swapped = wait_until(Duration::from_secs(15), || async {
+        let plugin = host.plugin_status().await;
+        plugin["version"] == NEXT && plugin["swaps"] == 1
+    })
+    .await;
+    assert!(swapped, "SIGHUP swapped in the new build");
+}
