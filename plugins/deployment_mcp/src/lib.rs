@@ -4,7 +4,7 @@
 //! bottom of this file) and an `rlib`, so its logic stays usable and testable without the host.
 
 pub mod environments;
-mod routes;
+pub mod routes;
 pub mod settings;
 
 use abi_stable::std_types::{RResult, RString};
@@ -17,7 +17,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 fn start(host: HostServicesBox, settings: RString) -> RResult<PluginInstanceBox, RString> {
     let options = RuntimeOptions {
         thread_name: "deployment_mcp",
-        worker_threads: 2,
+        worker_threads: 1,
         drain_timeout: std::time::Duration::from_secs(30),
     };
     plugin_guest::start_instance(host, settings, options, |startup: Startup| async move {

@@ -7,14 +7,16 @@ use serde_json::json;
 
 use crate::environments::Environment;
 
-pub(crate) struct Api {
+/// The plugin's request handler; the library exports it through the root module, and the
+/// `rlib` lets benchmarks and tests call it in-process.
+pub struct Api {
     #[allow(dead_code)] // The store and event bus are used by the coordinator.
     host: Host,
     environments: Arc<Vec<Environment>>,
 }
 
 impl Api {
-    pub(crate) fn new(host: Host, environments: Vec<Environment>) -> Api {
+    pub fn new(host: Host, environments: Vec<Environment>) -> Api {
         Api {
             host,
             environments: Arc::new(environments),

@@ -2,22 +2,23 @@
 //!
 //! It turns an ordinary async [`Handler`] into a [`PluginInstance`] that keeps the rules of the
 //! ABI (see `plugin-api`):
-//! - [`PluginInstance::handle`] runs on host threads, so it only pushes the job into an
-//!   [`Inbox`] guarded by a std `Mutex` + `Condvar` (futexes, no thread-locals) and returns;
-//! - a dispatcher thread owned by the instance moves jobs onto the instance's own tokio runtime;
+//! - [`PluginInstance::handle`] runs on host threads, so it only pushes the job into an inbox
+//!   guarded by a std `Mutex` and, when the dispatcher sleeps, writes one byte to a socket pair:
+//!   plain syscalls, no runtime and no plugin thread-locals on the host's thread;
+//! - a dispatcher task on the instance's own tokio runtime wakes on that byte and spawns the jobs
+//!   (under load it never sleeps, so requests cost no wake-up syscall at all);
 //! - every handler runs under `catch_unwind`; a panic becomes a 500 JSON answer;
 //! - [`PluginInstance::shutdown`] drains accepted work, then drops the runtime, which joins its
 //!   threads, so no plugin code is left running when the host unloads the library.
 
 use std::{
-    collections::VecDeque,
     future::Future,
+    io::Write as _,
     panic::AssertUnwindSafe,
     sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Condvar, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
     },
-    thread::JoinHandle,
     time::Duration,
 };
 
@@ -25,6 +26,7 @@ use abi_stable::{
     sabi_trait::TD_Opaque,
     std_types::{ROption, RResult, RStr, RString, RVec, Tuple2},
 };
+use crossbeam_queue::SegQueue;
 use futures_util::FutureExt;
 pub use plugin_api::Role;
 use plugin_api::{
@@ -161,6 +163,13 @@ pub struct Host {
 }
 
 impl Host {
+    /// Wraps the services the host lent; plugins get this from [`Startup`].
+    pub fn new(services: HostServicesBox) -> Host {
+        Host {
+            services: Arc::new(services),
+        }
+    }
+
     pub fn log(&self, level: LogLevel, target: &str, message: &str) {
         self.services
             .log(level, RStr::from_str(target), RStr::from_str(message));
@@ -280,9 +289,7 @@ where
     F: FnOnce(Startup) -> Fut,
     Fut: Future<Output = Result<H, String>>,
 {
-    let host = Host {
-        services: Arc::new(services),
-    };
+    let host = Host::new(services);
     let logs = log_forward::dispatch(host.clone());
     let settings: serde_json::Value = serde_json::from_str(settings.as_str())
         .map_err(|error| format!("plugin settings are not valid JSON: {error}"))?;
@@ -306,20 +313,26 @@ where
         in_flight: AtomicUsize::new(0),
         drained: Notify::new(),
     });
-    let inbox = Arc::new(Inbox::default());
+    let (host_end, plugin_end) = std::os::unix::net::UnixStream::pair()
+        .and_then(|(host_end, plugin_end)| {
+            host_end.set_nonblocking(true)?;
+            plugin_end.set_nonblocking(true)?;
+            Ok((host_end, plugin_end))
+        })
+        .map_err(|error| format!("cannot create the plugin wake-up socket: {error}"))?;
+    let inbox = Arc::new(Inbox {
+        jobs: SegQueue::new(),
+        closed: AtomicBool::new(false),
+        sleeping: AtomicBool::new(false),
+        wake: host_end,
+    });
     let dispatcher = {
         let inbox = Arc::clone(&inbox);
         let shared = Arc::clone(&shared);
-        let runtime_handle = runtime.handle().clone();
-        let logs = logs.clone();
-        std::thread::Builder::new()
-            .name(format!("{}-inbox", options.thread_name))
-            .spawn(move || {
-                tracing::dispatcher::with_default(&logs, || {
-                    dispatch_loop(&inbox, &shared, &runtime_handle)
-                })
-            })
-            .map_err(|error| format!("cannot start the plugin dispatcher thread: {error}"))?
+        let _entered = runtime.enter();
+        let wake = tokio::net::UnixStream::from_std(plugin_end)
+            .map_err(|error| format!("cannot register the plugin wake-up socket: {error}"))?;
+        runtime.spawn(dispatch_loop(inbox, shared, wake))
     };
     let instance = Instance {
         inbox,
@@ -339,26 +352,28 @@ struct Job {
     reply: ResponseSinkBox,
 }
 
-#[derive(Default)]
 struct Inbox {
-    state: Mutex<InboxState>,
-    ready: Condvar,
-}
-
-#[derive(Default)]
-struct InboxState {
-    jobs: VecDeque<Job>,
-    closed: bool,
+    /// Lock-free, so host threads never contend with the dispatcher for a mutex.
+    jobs: SegQueue<Job>,
+    closed: AtomicBool,
+    /// Set by the dispatcher just before it waits for a wake byte.
+    sleeping: AtomicBool,
+    /// The host side of the wake-up socket pair (non-blocking).
+    wake: std::os::unix::net::UnixStream,
 }
 
 impl Inbox {
-    fn lock(&self) -> MutexGuard<'_, InboxState> {
-        // The lock is only held for queue pushes and pops, which cannot panic halfway.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Wakes the dispatcher if it is asleep. A full socket buffer means a wake is pending.
+    fn wake(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            let _ = (&self.wake).write(&[1]);
+        }
     }
 }
+
+/// How many times the dispatcher yields, finding nothing, before it goes to sleep. Under load a
+/// new job usually arrives within these few microseconds, which saves a wake-up syscall.
+const IDLE_SPINS: u32 = 64;
 
 struct Shared<H> {
     handler: H,
@@ -368,7 +383,7 @@ struct Shared<H> {
 
 struct Running<H> {
     runtime: tokio::runtime::Runtime,
-    dispatcher: JoinHandle<()>,
+    dispatcher: tokio::task::JoinHandle<()>,
     shared: Arc<Shared<H>>,
     drain_timeout: Duration,
     logs: tracing::Dispatch,
@@ -379,67 +394,87 @@ struct Instance<H> {
     state: Mutex<Option<Running<H>>>,
 }
 
-fn dispatch_loop<H: Handler>(
-    inbox: &Inbox,
-    shared: &Arc<Shared<H>>,
-    runtime: &tokio::runtime::Handle,
+async fn dispatch_loop<H: Handler>(
+    inbox: Arc<Inbox>,
+    shared: Arc<Shared<H>>,
+    wake: tokio::net::UnixStream,
 ) {
+    let mut scratch = [0u8; 64];
+    let mut idle_spins = 0;
     loop {
-        let batch: Vec<Job> = {
-            let mut state = inbox.lock();
-            while state.jobs.is_empty() && !state.closed {
-                state = inbox
-                    .ready
-                    .wait(state)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut spawned = false;
+        while let Some(job) = inbox.jobs.pop() {
+            spawn_job(job, &shared);
+            spawned = true;
+        }
+        if spawned || idle_spins < IDLE_SPINS {
+            idle_spins = if spawned { 0 } else { idle_spins + 1 };
+            // Let the jobs just spawned run on this worker before looking for more.
+            tokio::task::yield_now().await;
+            continue;
+        }
+        if inbox.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        idle_spins = 0;
+        inbox.sleeping.store(true, Ordering::SeqCst);
+        // A job pushed before `sleeping` was set did not wake us: look once more.
+        if !inbox.jobs.is_empty() || inbox.closed.load(Ordering::SeqCst) {
+            inbox.sleeping.store(false, Ordering::SeqCst);
+            continue;
+        }
+        if wake.readable().await.is_err() {
+            return;
+        }
+        loop {
+            match wake.try_read(&mut scratch) {
+                Ok(0) => return,
+                Ok(_) => continue,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => return,
             }
-            if state.jobs.is_empty() {
-                return;
-            }
-            state.jobs.drain(..).collect()
-        };
-        for job in batch {
-            shared.in_flight.fetch_add(1, Ordering::SeqCst);
-            let shared = Arc::clone(shared);
-            runtime.spawn(async move {
-                let request = import_request(job.request);
-                let answer = AssertUnwindSafe(shared.handler.handle(request))
-                    .catch_unwind()
-                    .await;
-                let response = match answer {
-                    Ok(response) => response,
-                    Err(panic) => {
-                        tracing::error!(
-                            panic = %panic_message(&*panic),
-                            "request handler panicked; answering 500"
-                        );
-                        Response::error(
-                            500,
-                            "plugin_panic",
-                            "the plugin failed while handling this request; it keeps serving others",
-                        )
-                    }
-                };
-                job.reply.send(export_response(response));
-                if shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-                    shared.drained.notify_waiters();
-                }
-            });
         }
     }
+}
+
+fn spawn_job<H: Handler>(job: Job, shared: &Arc<Shared<H>>) {
+    shared.in_flight.fetch_add(1, Ordering::SeqCst);
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let request = import_request(job.request);
+        let answer = AssertUnwindSafe(shared.handler.handle(request))
+            .catch_unwind()
+            .await;
+        let response = match answer {
+            Ok(response) => response,
+            Err(panic) => {
+                tracing::error!(
+                    panic = %panic_message(&*panic),
+                    "request handler panicked; answering 500"
+                );
+                Response::error(
+                    500,
+                    "plugin_panic",
+                    "the plugin failed while handling this request; it keeps serving others",
+                )
+            }
+        };
+        job.reply.send(export_response(response));
+        if shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            shared.drained.notify_waiters();
+        }
+    });
 }
 
 impl<H: Handler> PluginInstance for Instance<H> {
     fn handle(&self, request: PluginRequest, reply: ResponseSinkBox) {
         // Runs on a host thread: no runtime, no tracing, only a futex-backed queue.
         let rejected = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let mut state = self.inbox.lock();
-            if state.closed {
+            if self.inbox.closed.load(Ordering::SeqCst) {
                 return Some((request, reply));
             }
-            state.jobs.push_back(Job { request, reply });
-            drop(state);
-            self.inbox.ready.notify_one();
+            self.inbox.jobs.push(Job { request, reply });
+            self.inbox.wake();
             None
         }));
         if let Ok(Some((_, reply))) = rejected {
@@ -459,14 +494,22 @@ impl<H: Handler> PluginInstance for Instance<H> {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .take();
             let Some(running) = running else { return };
-            {
-                self.inbox.lock().closed = true;
-            }
-            self.inbox.ready.notify_all();
-            let _ = running.dispatcher.join();
+            self.inbox.closed.store(true, Ordering::SeqCst);
+            self.inbox.sleeping.store(true, Ordering::SeqCst);
+            self.inbox.wake();
             let shared = Arc::clone(&running.shared);
             let _logs = tracing::dispatcher::set_default(&running.logs);
+            let dispatcher = running.dispatcher;
             running.runtime.block_on(async {
+                let _ = dispatcher.await;
+                // The host sends nothing once shutdown starts; answer anything that raced it.
+                while let Some(job) = self.inbox.jobs.pop() {
+                    job.reply.send(PluginResponse::error(
+                        503,
+                        "plugin_stopping",
+                        "the plugin instance is shutting down; retry",
+                    ));
+                }
                 let drained = async {
                     loop {
                         let notified = shared.drained.notified();
