@@ -1,5 +1,5 @@
 //! The HTTP surface: routes, and the layers every request passes through (request id,
-//! tracing, JSON errors, timeout, authentication), outermost first.
+//! tracing, JSON errors, timeout, authentication, body limit), outermost first.
 
 pub mod core;
 pub mod dispatch;
@@ -24,7 +24,7 @@ use axum::{
     Router,
 };
 use tower::ServiceBuilder;
-use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
+use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer, trace::TraceLayer};
 
 use crate::{
     auth::KeyRing, config::ServerConfig, plugin::slot::PluginSlot, services::events::EventBus,
@@ -64,6 +64,8 @@ pub fn router(state: AppState, keys: Arc<KeyRing>, server: &ServerConfig) -> Rou
         app = app.merge(events).merge(forwarded);
     }
     app.fallback(|| async { ApiError::not_found(error::default_message(StatusCode::NOT_FOUND)) })
+        // Innermost: it changes the body type, which the middlewares above do not take.
+        .layer(RequestBodyLimitLayer::new(server.body_limit_bytes))
         .layer(
             ServiceBuilder::new()
                 .layer(middleware::from_fn(assign_request_id))
