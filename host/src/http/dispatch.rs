@@ -54,14 +54,7 @@ async fn forward(mount: &MountState, request: Request) -> Result<Response, ApiEr
         return Err(unavailable(&mount.slot));
     };
     let (parts, body) = request.into_parts();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > mount.body_limit) {
-        return Err(too_large(mount.body_limit));
-    }
+    // Declared lengths over the limit were refused by the limit layer; this catches streams.
     let body = axum::body::to_bytes(body, mount.body_limit)
         .await
         .map_err(|error| {
