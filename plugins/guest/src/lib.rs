@@ -2,9 +2,9 @@
 //!
 //! It turns an ordinary async [`Handler`] into a [`PluginInstance`] that keeps the rules of the
 //! ABI (see `plugin-api`):
-//! - [`PluginInstance::handle`] runs on host threads, so it only pushes the job into an inbox
-//!   guarded by a std `Mutex` and, when the dispatcher sleeps, writes one byte to a socket pair:
-//!   plain syscalls, no runtime and no plugin thread-locals on the host's thread;
+//! - [`PluginInstance::handle`] runs on host threads, so it only pushes the job into a lock-free
+//!   inbox and, when the dispatcher sleeps, writes one byte to a socket pair: atomics and a plain
+//!   syscall, no runtime and no plugin thread-locals on the host's thread;
 //! - a dispatcher task on the instance's own tokio runtime wakes on that byte and spawns the jobs
 //!   (under load it never sleeps, so requests cost no wake-up syscall at all);
 //! - every handler runs under `catch_unwind`; a panic becomes a 500 JSON answer;
@@ -468,7 +468,7 @@ fn spawn_job<H: Handler>(job: Job, shared: &Arc<Shared<H>>) {
 
 impl<H: Handler> PluginInstance for Instance<H> {
     fn handle(&self, request: PluginRequest, reply: ResponseSinkBox) {
-        // Runs on a host thread: no runtime, no tracing, only a futex-backed queue.
+        // Runs on a host thread: no runtime, no tracing; a queue push and at most one write(2).
         let rejected = std::panic::catch_unwind(AssertUnwindSafe(|| {
             if self.inbox.closed.load(Ordering::SeqCst) {
                 return Some((request, reply));
@@ -478,11 +478,7 @@ impl<H: Handler> PluginInstance for Instance<H> {
             None
         }));
         if let Ok(Some((_, reply))) = rejected {
-            reply.send(PluginResponse::error(
-                503,
-                "plugin_stopping",
-                "the plugin instance is shutting down; retry",
-            ));
+            reply.send(stopping());
         }
     }
 
@@ -504,11 +500,7 @@ impl<H: Handler> PluginInstance for Instance<H> {
                 let _ = dispatcher.await;
                 // The host sends nothing once shutdown starts; answer anything that raced it.
                 while let Some(job) = self.inbox.jobs.pop() {
-                    job.reply.send(PluginResponse::error(
-                        503,
-                        "plugin_stopping",
-                        "the plugin instance is shutting down; retry",
-                    ));
+                    job.reply.send(stopping());
                 }
                 let drained = async {
                     loop {
@@ -536,6 +528,15 @@ impl<H: Handler> PluginInstance for Instance<H> {
             drop(running.shared);
         }));
     }
+}
+
+/// The answer to a request that reaches an instance which is shutting down.
+fn stopping() -> PluginResponse {
+    PluginResponse::error(
+        503,
+        "plugin_stopping",
+        "the plugin instance is shutting down; retry",
+    )
 }
 
 fn import_request(request: PluginRequest) -> Request {
