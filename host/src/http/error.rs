@@ -104,7 +104,7 @@ pub fn code_for(status: StatusCode) -> &'static str {
 
 pub fn default_message(status: StatusCode) -> &'static str {
     match status {
-        StatusCode::NOT_FOUND => "no such endpoint; GET /api/openapi.json lists them",
+        StatusCode::NOT_FOUND => "no such endpoint; see README for the API",
         StatusCode::METHOD_NOT_ALLOWED => "this endpoint does not support that method",
         StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => {
             "the request took longer than server.request_timeout_secs"
