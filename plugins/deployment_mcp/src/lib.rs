@@ -4,6 +4,7 @@
 //! bottom of this file) and an `rlib`, so its logic stays usable and testable without the host.
 
 pub mod environments;
+pub mod triggers;
 pub mod routes;
 pub mod settings;
 

@@ -1,0 +1,101 @@
+//! `http_api`: `POST http://host:port/api/deploy/init` with a bearer token.
+
+use serde_json::json;
+
+use super::{Trigger, TriggerContext, TriggerFailure, TriggerResult, TriggerSuccess};
+use crate::environments::Environment;
+
+/// How much of a failing answer's body is kept in the error.
+pub const ERROR_BODY_BYTES: usize = 512;
+
+pub struct HttpApiTrigger {
+    environment: Environment,
+    http: reqwest::Client,
+}
+
+impl HttpApiTrigger {
+    pub fn new(environment: Environment, http: reqwest::Client) -> HttpApiTrigger {
+        HttpApiTrigger { environment, http }
+    }
+}
+
+/// `http://host:port/<path>` for an environment (port 80 when unset).
+pub fn environment_url(environment: &Environment, path: &str) -> Result<url::Url, TriggerFailure> {
+    let host = environment.host.as_deref().unwrap_or_default();
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    let port = environment.port.unwrap_or(80);
+    url::Url::parse(&format!("http://{host}:{port}{path}")).map_err(|error| {
+        TriggerFailure::failed(format!("host {host:?} and port {port} do not make a URL: {error}"))
+    })
+}
+
+impl Trigger for HttpApiTrigger {
+    async fn run(&self, context: &TriggerContext) -> TriggerResult {
+        let url = environment_url(&self.environment, "/api/deploy/init")?;
+        let body = json!({
+            "deployment_id": context.deployment_id,
+            "version": context.version,
+            "environment_id": self.environment.environment_id,
+            "platform_instance_id": context.platform_instance_id,
+            "platform_ip": context.platform_ip,
+        });
+        context.log.info(format!("POST {url}")).await;
+        let mut request = self.http.post(url.clone()).json(&body);
+        if let Some(token) = &self.environment.api_token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|error| request_failure(&url, &error))?;
+        let status = response.status();
+        if status.is_success() {
+            context.log.info(format!("{url} answered {status}")).await;
+            return Ok(TriggerSuccess {
+                exit_code: None,
+                detail: Some(format!("HTTP {}", status.as_u16())),
+            });
+        }
+        let body = bounded_body(response).await;
+        Err(TriggerFailure::failed(format!(
+            "{url} answered {status}{}",
+            if body.is_empty() { String::new() } else { format!(": {body}") }
+        )))
+    }
+}
+
+/// Says what went wrong with a request that got no answer, without echoing headers (tokens).
+pub fn request_failure(url: &url::Url, error: &reqwest::Error) -> TriggerFailure {
+    let what = if error.is_connect() {
+        "connection failed (is the service listening?)"
+    } else if error.is_timeout() {
+        return TriggerFailure::timed_out(format!("POST {url}: no answer in time"));
+    } else {
+        "request failed"
+    };
+    let mut cause = String::new();
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        cause = inner.to_string();
+        source = inner.source();
+    }
+    if cause.is_empty() {
+        TriggerFailure::failed(format!("POST {url}: {what}"))
+    } else {
+        TriggerFailure::failed(format!("POST {url}: {what}: {cause}"))
+    }
+}
+
+/// The first [`ERROR_BODY_BYTES`] of a body, as text.
+pub async fn bounded_body(mut response: reqwest::Response) -> String {
+    let mut kept = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = ERROR_BODY_BYTES.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if kept.len() >= ERROR_BODY_BYTES {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&kept).trim().to_owned()
+}

@@ -1,0 +1,302 @@
+//! Triggers: how one environment is told to run its init script. One module per connection
+//! method, all behind [`Trigger`].
+//!
+//! The coordinator owns timeouts and cancellation: it drops a trigger's future when the
+//! environment's `timeout` passes or the deployment is cancelled. Every trigger therefore holds
+//! its external resources (child processes, SSH channels, HTTP requests) in values that release
+//! them on drop.
+
+pub mod http_api;
+pub mod local;
+pub mod ssh;
+pub mod webhook;
+
+use std::{future::Future, time::SystemTime};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::environments::{ConnectionMethod, Environment};
+
+/// What every trigger is told about the deployment it is part of.
+#[derive(Debug, Clone)]
+pub struct TriggerContext {
+    pub deployment_id: String,
+    pub version: String,
+    /// The platform instance the environments should connect to, when known (EC2 phase or
+    /// `EC2_INSTANCE_ID` / `EC2_PUBLIC_IP`).
+    pub platform_instance_id: Option<String>,
+    pub platform_ip: Option<String>,
+    pub log: LogSink,
+}
+
+/// A successful trigger.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TriggerSuccess {
+    pub exit_code: Option<i32>,
+    /// A short note for the result (e.g. "HTTP 202").
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    Failed,
+    TimedOut,
+}
+
+/// A failed trigger: what went wrong, said so that an operator knows what to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerFailure {
+    pub kind: FailureKind,
+    pub message: String,
+    pub exit_code: Option<i32>,
+}
+
+impl TriggerFailure {
+    pub fn failed(message: impl Into<String>) -> TriggerFailure {
+        TriggerFailure {
+            kind: FailureKind::Failed,
+            message: message.into(),
+            exit_code: None,
+        }
+    }
+
+    pub fn timed_out(message: impl Into<String>) -> TriggerFailure {
+        TriggerFailure {
+            kind: FailureKind::TimedOut,
+            message: message.into(),
+            exit_code: None,
+        }
+    }
+
+    pub fn with_exit_code(mut self, code: Option<i32>) -> TriggerFailure {
+        self.exit_code = code;
+        self
+    }
+}
+
+pub type TriggerResult = Result<TriggerSuccess, TriggerFailure>;
+
+/// One way of starting an environment's init script.
+pub trait Trigger: Send + Sync {
+    fn run(&self, context: &TriggerContext) -> impl Future<Output = TriggerResult> + Send;
+}
+
+/// The trigger for an environment, chosen by its `connection_method`.
+pub enum AnyTrigger {
+    Ssh(ssh::SshTrigger),
+    HttpApi(http_api::HttpApiTrigger),
+    Webhook(webhook::WebhookTrigger),
+    Local(local::LocalTrigger),
+}
+
+impl AnyTrigger {
+    pub fn for_environment(environment: &Environment, http: &reqwest::Client) -> AnyTrigger {
+        match environment.connection_method {
+            ConnectionMethod::Ssh => AnyTrigger::Ssh(ssh::SshTrigger::new(environment.clone())),
+            ConnectionMethod::HttpApi => AnyTrigger::HttpApi(http_api::HttpApiTrigger::new(
+                environment.clone(),
+                http.clone(),
+            )),
+            ConnectionMethod::Webhook => AnyTrigger::Webhook(webhook::WebhookTrigger::new(
+                environment.clone(),
+                http.clone(),
+            )),
+            ConnectionMethod::Local => {
+                AnyTrigger::Local(local::LocalTrigger::new(environment.clone()))
+            }
+        }
+    }
+
+    pub async fn run(&self, context: &TriggerContext) -> TriggerResult {
+        match self {
+            AnyTrigger::Ssh(trigger) => trigger.run(context).await,
+            AnyTrigger::HttpApi(trigger) => trigger.run(context).await,
+            AnyTrigger::Webhook(trigger) => trigger.run(context).await,
+            AnyTrigger::Local(trigger) => trigger.run(context).await,
+        }
+    }
+}
+
+/// Where a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    /// Written by the coordinator or a trigger about what it does.
+    Info,
+    Stdout,
+    Stderr,
+    Error,
+}
+
+/// One line of a deployment's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct LogLine {
+    /// RFC 3339 time with milliseconds, UTC.
+    pub ts: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub environment: Option<String>,
+    pub stream: LogStream,
+    pub line: String,
+}
+
+/// Longest line kept; longer ones are cut with a marker so one noisy script cannot fill memory.
+pub const MAX_LINE_BYTES: usize = 4096;
+
+/// A handle for writing lines into a deployment's log on behalf of one environment (or of the
+/// coordinator). The channel is bounded: a trigger producing output faster than the log is
+/// stored waits, instead of growing memory.
+#[derive(Debug, Clone)]
+pub struct LogSink {
+    environment: Option<String>,
+    sender: mpsc::Sender<LogLine>,
+}
+
+impl LogSink {
+    /// A sink and the receiver its lines arrive on (used by the coordinator and by tests).
+    pub fn channel(capacity: usize) -> (LogSink, mpsc::Receiver<LogLine>) {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        (
+            LogSink {
+                environment: None,
+                sender,
+            },
+            receiver,
+        )
+    }
+
+    /// The same log, with lines attributed to `environment`.
+    pub fn for_environment(&self, environment: &str) -> LogSink {
+        LogSink {
+            environment: Some(environment.to_owned()),
+            sender: self.sender.clone(),
+        }
+    }
+
+    pub async fn line(&self, stream: LogStream, text: impl Into<String>) {
+        let mut line = text.into();
+        truncate_line(&mut line);
+        let entry = LogLine {
+            ts: timestamp(SystemTime::now()),
+            environment: self.environment.clone(),
+            stream,
+            line,
+        };
+        // A closed log means the deployment is being torn down; the line has nowhere to go.
+        let _ = self.sender.send(entry).await;
+    }
+
+    pub async fn info(&self, text: impl Into<String>) {
+        self.line(LogStream::Info, text).await;
+    }
+}
+
+fn truncate_line(line: &mut String) {
+    if line.len() > MAX_LINE_BYTES {
+        let mut cut = MAX_LINE_BYTES;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push_str(" …[line cut]");
+    }
+}
+
+/// Splits a byte stream (process output, SSH channel data) into lines. Bytes that are not
+/// UTF-8 are replaced, and a line longer than [`MAX_LINE_BYTES`] is emitted in pieces.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    pending: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// Adds `bytes` and returns every line they completed (without the line ending).
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.pending.extend_from_slice(bytes);
+        let mut lines = Vec::new();
+        while let Some(end) = self.pending.iter().position(|&byte| byte == b'\n') {
+            let mut line: Vec<u8> = self.pending.drain(..=end).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            lines.push(String::from_utf8_lossy(&line).into_owned());
+        }
+        if self.pending.len() > MAX_LINE_BYTES {
+            let piece: Vec<u8> = self.pending.drain(..).collect();
+            lines.push(String::from_utf8_lossy(&piece).into_owned());
+        }
+        lines
+    }
+
+    /// What is left after the stream ended, if anything.
+    pub fn finish(&mut self) -> Option<String> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let rest: Vec<u8> = self.pending.drain(..).collect();
+        Some(String::from_utf8_lossy(&rest).into_owned())
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-25T10:50:15.123Z`.
+pub fn timestamp(time: SystemTime) -> String {
+    let since = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs() as i64;
+    let millis = since.subsec_millis();
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rest / 3600,
+        (rest % 3600) / 60,
+        rest % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitter_joins_chunks_and_strips_endings() {
+        let mut splitter = LineSplitter::default();
+        assert_eq!(splitter.push(b"hel"), Vec::<String>::new());
+        assert_eq!(splitter.push(b"lo\r\nwor"), vec!["hello".to_owned()]);
+        assert_eq!(splitter.push(b"ld\n\n"), vec!["world".to_owned(), String::new()]);
+        assert_eq!(splitter.push(b"tail"), Vec::<String>::new());
+        assert_eq!(splitter.finish().as_deref(), Some("tail"));
+        assert_eq!(splitter.finish(), None);
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_000_000_123);
+        assert_eq!(timestamp(time), "2026-11-18T11:06:40.123Z");
+        assert_eq!(timestamp(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn long_lines_are_cut() {
+        let mut line = "é".repeat(MAX_LINE_BYTES);
+        truncate_line(&mut line);
+        assert!(line.len() <= MAX_LINE_BYTES + 20 && line.ends_with("[line cut]"));
+    }
+}
