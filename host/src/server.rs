@@ -48,6 +48,7 @@ pub async fn serve(
     };
     let store = Arc::new(store);
     tracing::info!(path = %store.path().display(), "store open");
+    let lifecycle = Lifecycle::begin(Arc::clone(&store))?;
 
     let mut keys = auth::KeyRing::from_config(&config.auth.keys)?;
     if keys.is_empty() {
@@ -122,6 +123,7 @@ pub async fn serve(
         .map_err(|error| format!("server error: {error}"))?;
 
     tracing::info!("shutting down: stopping plugins");
+    lifecycle.stopping();
     drop(watchers);
     for slot in &slots {
         slot.unload();
@@ -150,5 +152,43 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = terminate => {},
+    }
+}
+
+/// The host's lifecycle record (`host/lifecycle` in the store): a fresh `boot_id` per process and
+/// its `state`. Plugins read it to tell a hot swap (same boot, work of the old copy is still
+/// running) from a restart (work recorded under another boot was interrupted), and a swap from
+/// a host shutdown.
+struct Lifecycle {
+    store: Arc<Store>,
+    record: serde_json::Value,
+}
+
+impl Lifecycle {
+    const COLLECTION: &'static str = "host";
+    const KEY: &'static str = "lifecycle";
+
+    fn begin(store: Arc<Store>) -> Result<Lifecycle, String> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|error| format!("no system randomness: {error}"))?;
+        let record = serde_json::json!({
+            "boot_id": hex::encode(bytes),
+            "pid": std::process::id(),
+            "state": "running",
+        });
+        store.put(Self::COLLECTION, Self::KEY, &record.to_string())?;
+        Ok(Lifecycle { store, record })
+    }
+
+    /// Marks the host as stopping, before plugins are unloaded.
+    fn stopping(&self) {
+        let mut record = self.record.clone();
+        record["state"] = "stopping".into();
+        if let Err(error) = self
+            .store
+            .put(Self::COLLECTION, Self::KEY, &record.to_string())
+        {
+            tracing::warn!("{error}");
+        }
     }
 }

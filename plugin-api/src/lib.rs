@@ -23,7 +23,7 @@ use abi_stable::{
     library::RootModule,
     package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RBox, ROption, RResult, RStr, RString, RVec, Tuple2},
+    std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2},
     StableAbi,
 };
 
@@ -154,13 +154,40 @@ pub trait HostServices: Send + Sync {
 
 pub type HostServicesBox = HostServices_TO<'static, RBox<()>>;
 
-/// Where a plugin delivers the answer to one request. Implemented by the host; called once, from
-/// any plugin thread. Dropping it unanswered makes the host answer 500.
+/// Where a plugin delivers the answer to one request. Implemented by the host; called once
+/// (either method), from any plugin thread. Dropping it unanswered makes the host answer 500.
 #[sabi_trait]
 pub trait ResponseSink: Send + Sync {
-    #[sabi(last_prefix_field)]
+    /// The whole answer at once.
     fn send(&self, response: PluginResponse);
+
+    /// Starts a streamed answer: `head`'s status and headers go out now (its body first, if
+    /// any), the rest through the returned sender. Dropping the sender ends the body.
+    #[sabi(last_prefix_field)]
+    fn stream(&self, head: PluginResponse) -> BodySenderBox;
 }
+
+/// What happened to a chunk pushed into a streamed body.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Queued for the client.
+    Accepted = 0,
+    /// The host's bounded buffer is full: nothing was queued; push it again a little later.
+    Full = 1,
+    /// The client is gone (or the answer was already sent): stop producing.
+    Closed = 2,
+}
+
+/// The body of a streamed answer. Implemented by the host, which copies every chunk, so the
+/// plugin's memory is never referenced after `push` returns.
+#[sabi_trait]
+pub trait BodySender: Send + Sync {
+    #[sabi(last_prefix_field)]
+    fn push(&self, chunk: RSlice<'_, u8>) -> PushOutcome;
+}
+
+pub type BodySenderBox = BodySender_TO<'static, RBox<()>>;
 
 pub type ResponseSinkBox = ResponseSink_TO<'static, RBox<()>>;
 

@@ -16,6 +16,8 @@ use std::{
 pub use nix::sys::signal::Signal;
 use sha2::{Digest, Sha256};
 
+pub mod sshd;
+
 pub const ADMIN_KEY: &str = "pa_test_admin_0123456789abcdef";
 pub const DEVELOPER_KEY: &str = "pa_test_developer_0123456789abcdef";
 pub const USER_KEY: &str = "pa_test_user_0123456789abcdef";

@@ -9,6 +9,7 @@ use axum::{
     http::{header, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
+use futures_util::StreamExt;
 use plugin_api::{PluginRequest, Principal as AbiPrincipal};
 
 use super::{error::ApiError, RequestId};
@@ -92,11 +93,15 @@ async fn forward(mount: &MountState, request: Request) -> Result<Response, ApiEr
     let headers: RVec<Tuple2<RString, RString>> = parts
         .headers
         .iter()
-        .filter(|(name, _)| !is_credential(name))
+        .filter(|(name, _)| !is_credential(name) && *name != FORWARDED_PREFIX)
         .filter_map(|(name, value)| {
             let value = value.to_str().ok()?;
             Some(Tuple2(RString::from(name.as_str()), RString::from(value)))
         })
+        .chain(std::iter::once(Tuple2(
+            RString::from(FORWARDED_PREFIX),
+            RString::from(mount.slot.config.mount.as_str()),
+        )))
         .collect();
     let request = PluginRequest {
         request_id: RString::from(request_id),
@@ -116,6 +121,10 @@ async fn forward(mount: &MountState, request: Request) -> Result<Response, ApiEr
     drop(plugin);
     build_response(answer)
 }
+
+/// Tells the plugin where it is mounted, so it can build absolute links (`Location`). Set by
+/// the host only: a client's own value is dropped.
+const FORWARDED_PREFIX: &str = "x-forwarded-prefix";
 
 /// Credentials are the host's business: plugins get the authenticated principal instead.
 fn is_credential(name: &HeaderName) -> bool {
@@ -137,7 +146,14 @@ fn build_response(answer: bridge::HostResponse) -> Result<Response, ApiError> {
             answer.status
         ))
     })?;
-    let mut response = Response::new(Body::from(answer.body));
+    let body = match answer.body {
+        bridge::HostBody::Full(bytes) => Body::from(bytes),
+        bridge::HostBody::Stream(chunks) => Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(chunks)
+                .map(Ok::<_, std::convert::Infallible>),
+        ),
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     for (name, value) in answer.headers {
         let (Ok(name), Ok(value)) = (

@@ -10,10 +10,11 @@ use abi_stable::{
 };
 use axum::body::Bytes;
 use plugin_api::{
-    HostServices, HostServicesBox, HostServices_TO, LogLevel, PluginResponse, ResponseSink,
-    ResponseSinkBox, ResponseSink_TO, StoreEntry,
+    BodySender, BodySenderBox, BodySender_TO, HostServices, HostServicesBox, HostServices_TO,
+    LogLevel, PluginResponse, PushOutcome, ResponseSink, ResponseSinkBox, ResponseSink_TO,
+    StoreEntry,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::services::{events::EventBus, store::Store};
 
@@ -102,34 +103,90 @@ impl HostServices for Services {
 pub struct HostResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
-    pub body: Bytes,
+    pub body: HostBody,
 }
+
+#[derive(Debug)]
+pub enum HostBody {
+    Full(Bytes),
+    /// Chunks of a streamed answer; the stream ends when the plugin drops its sender.
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+/// Chunks a streamed answer may have queued before the plugin is told to wait.
+const STREAM_BUFFER_CHUNKS: usize = 64;
 
 struct ReplySlot {
     sender: Mutex<Option<oneshot::Sender<HostResponse>>>,
 }
 
-impl ResponseSink for ReplySlot {
-    fn send(&self, response: PluginResponse) {
-        let copied = HostResponse {
-            status: response.status,
-            headers: response
-                .headers
-                .iter()
-                .map(|pair| (pair.0.as_str().to_owned(), pair.1.as_str().to_owned()))
-                .collect(),
-            body: Bytes::copy_from_slice(response.body.as_slice()),
-        };
-        // The plugin's buffers are freed through its own vtable, now, while it is loaded.
-        drop(response);
+impl ReplySlot {
+    /// Delivers the answer, unless one was delivered already. False when nobody waits for it.
+    fn deliver(&self, response: HostResponse) -> bool {
         let sender = self
             .sender
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
-        if let Some(sender) = sender {
-            // The requester may have gone (timeout, disconnect): nothing to deliver to.
-            let _ = sender.send(copied);
+        // The requester may have gone (timeout, disconnect): nothing to deliver to.
+        sender.is_some_and(|sender| sender.send(response).is_ok())
+    }
+}
+
+/// Status and headers of a plugin answer, copied into host memory.
+fn copy_head(response: &PluginResponse) -> (u16, Vec<(String, String)>) {
+    let headers = response
+        .headers
+        .iter()
+        .map(|pair| (pair.0.as_str().to_owned(), pair.1.as_str().to_owned()))
+        .collect();
+    (response.status, headers)
+}
+
+impl ResponseSink for ReplySlot {
+    fn send(&self, response: PluginResponse) {
+        let (status, headers) = copy_head(&response);
+        let body = HostBody::Full(Bytes::copy_from_slice(response.body.as_slice()));
+        // The plugin's buffers are freed through its own vtable, now, while it is loaded.
+        drop(response);
+        self.deliver(HostResponse {
+            status,
+            headers,
+            body,
+        });
+    }
+
+    fn stream(&self, head: PluginResponse) -> BodySenderBox {
+        let (status, headers) = copy_head(&head);
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER_CHUNKS);
+        if !head.body.is_empty() {
+            let _ = sender.try_send(Bytes::copy_from_slice(head.body.as_slice()));
+        }
+        drop(head);
+        let delivered = self.deliver(HostResponse {
+            status,
+            headers,
+            body: HostBody::Stream(receiver),
+        });
+        let sender = delivered.then_some(sender);
+        BodySender_TO::from_value(StreamSender { sender }, TD_Opaque)
+    }
+}
+
+/// The host end of a streamed body. Runs on plugin threads: only non-blocking channel calls.
+struct StreamSender {
+    sender: Option<mpsc::Sender<Bytes>>,
+}
+
+impl BodySender for StreamSender {
+    fn push(&self, chunk: abi_stable::std_types::RSlice<'_, u8>) -> PushOutcome {
+        let Some(sender) = &self.sender else {
+            return PushOutcome::Closed;
+        };
+        match sender.try_send(Bytes::copy_from_slice(chunk.as_slice())) {
+            Ok(()) => PushOutcome::Accepted,
+            Err(mpsc::error::TrySendError::Full(_)) => PushOutcome::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => PushOutcome::Closed,
         }
     }
 }

@@ -2,35 +2,91 @@
 //!
 //! The library is both the `cdylib` the host loads (through the root module exported at the
 //! bottom of this file) and an `rlib`, so its logic stays usable and testable without the host.
+//!
+//! Data flow: `routes` (HTTP) → `coordinator` (runs) → `triggers` (one per connection method)
+//! and `health`; `catalog` keeps environments and `records` is the typed view of the host's
+//! store, which holds every record.
 
+pub mod catalog;
+pub mod coordinator;
+pub mod deployment;
 pub mod environments;
-pub mod triggers;
+pub mod health;
+pub mod records;
 pub mod routes;
 pub mod settings;
+pub mod triggers;
+
+use std::sync::Arc;
 
 use abi_stable::std_types::{RResult, RString};
 use plugin_api::{HostServicesBox, PluginInstanceBox};
 use plugin_guest::{RuntimeOptions, Startup};
+use serde::Deserialize;
 
 /// The version this build reports to the host.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The host's `host/lifecycle` record: which process is running, and whether it is stopping.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HostLifecycle {
+    pub boot_id: String,
+    pub state: String,
+}
+
+pub async fn host_lifecycle(records: &records::Records) -> Option<HostLifecycle> {
+    records.get("host", "lifecycle").await.ok().flatten()
+}
+
+/// One HTTP client for every trigger and health check: connections are pooled, TLS is rustls.
+fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .user_agent(concat!(
+            "powerautomation-deployment_mcp/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .build()
+        .map_err(|error| format!("cannot build the HTTP client: {error}"))
+}
+
+async fn init(startup: Startup) -> Result<routes::Api, String> {
+    let settings = Arc::new(settings::Settings::from_json(&startup.settings)?);
+    let records = records::Records::new(startup.host);
+    // Without a lifecycle record (an older host), every unfinished run is from another boot.
+    let boot_id = match host_lifecycle(&records).await {
+        Some(lifecycle) => lifecycle.boot_id,
+        None => format!("plugin-{}", std::process::id()),
+    };
+    let coordinator = Arc::new(coordinator::Coordinator::new(
+        records,
+        http_client()?,
+        Arc::clone(&settings),
+        boot_id,
+    ));
+    let imported = coordinator
+        .catalog()
+        .import_file(&settings.environments_file)
+        .await?;
+    let interrupted = coordinator.recover().await?;
+    tracing::info!(
+        added = imported.added,
+        updated = imported.updated,
+        kept_api_edits = imported.kept_api_edits,
+        interrupted,
+        file = %settings.environments_file.display(),
+        "deployment_mcp started"
+    );
+    Ok(routes::Api::new(coordinator))
+}
+
 fn start(host: HostServicesBox, settings: RString) -> RResult<PluginInstanceBox, RString> {
     let options = RuntimeOptions {
         thread_name: "deployment_mcp",
-        worker_threads: 1,
+        worker_threads: 2,
         drain_timeout: std::time::Duration::from_secs(30),
     };
-    plugin_guest::start_instance(host, settings, options, |startup: Startup| async move {
-        let settings = settings::Settings::from_json(&startup.settings)?;
-        let environments = environments::load_file(&settings.environments_file)?;
-        tracing::info!(
-            environments = environments.len(),
-            file = %settings.environments_file.display(),
-            "deployment_mcp started"
-        );
-        Ok(routes::Api::new(startup.host, environments))
-    })
+    plugin_guest::start_instance(host, settings, options, init)
 }
 
 plugin_guest::export_plugin! {

@@ -1,77 +1,860 @@
-//! The plugin's HTTP API under its mount (`/api/deployment` by default).
+//! The plugin's HTTP API under its mount (`/api/deployment` by default). Handlers parse and
+//! check input, call the coordinator or the catalog, and shape the answer; nothing here runs a
+//! deployment.
 
-use std::sync::Arc;
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
 
-use plugin_guest::{Handler, Host, Request, Response, Role};
+use arc_swap::ArcSwap;
+use plugin_guest::{Handler, Request, Response, Role};
+use serde::Deserialize;
 use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
 
-use crate::environments::Environment;
+use crate::{
+    catalog,
+    coordinator::{Coordinator, StartError, StartRequest},
+    deployment::{is_deployment_id, DeploymentRecord, HistoryEntry, Phase, TargetRecord},
+    environments::{self, check_id, from_json_object, Environment, FieldError},
+    health,
+    records::collection,
+    triggers::LogLine,
+};
+
+/// How long a cached `/status` answer is served before it is rebuilt from the store.
+const STATUS_MAX_AGE: Duration = Duration::from_millis(500);
+/// How often a followed log looks for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// Log lines included in a deployment's detail (all of them are at `/logs`).
+const DETAIL_LOG_LINES: usize = 200;
+
+struct CachedStatus {
+    built: Instant,
+    generation: usize,
+    body: serde_json::Value,
+}
 
 /// The plugin's request handler; the library exports it through the root module, and the
 /// `rlib` lets benchmarks and tests call it in-process.
 pub struct Api {
-    #[allow(dead_code)] // The store and event bus are used by the coordinator.
-    host: Host,
-    environments: Arc<Vec<Environment>>,
+    coordinator: Arc<Coordinator>,
+    status: ArcSwap<CachedStatus>,
+    refreshing: AtomicBool,
+    stop: CancellationToken,
+}
+
+type Answer = Result<Response, Response>;
+
+fn bad_field(error: FieldError) -> Response {
+    Response::error(400, "invalid_field", error.to_string()).with_field(&error.field)
+}
+
+trait WithField {
+    fn with_field(self, field: &str) -> Response;
+}
+
+impl WithField for Response {
+    fn with_field(mut self, field: &str) -> Response {
+        if let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(&self.body) {
+            body["field"] = json!(field);
+            self.body = serde_json::to_vec(&body).unwrap_or_default();
+        }
+        self
+    }
+}
+
+fn store_error(error: String) -> Response {
+    tracing::error!("store: {error}");
+    Response::error(
+        500,
+        "store_error",
+        "the deployment store could not be read or written; see the host log",
+    )
+}
+
+fn not_found(what: &str, id: &str) -> Response {
+    Response::error(404, "not_found", format!("no {what} {id:?}"))
+}
+
+/// The mount the host serves this plugin under, for absolute links.
+fn mount(request: &Request) -> String {
+    request
+        .header("x-forwarded-prefix")
+        .unwrap_or("/api/deployment")
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TriggerBody {
+    #[serde(default)]
+    environments: Option<Vec<String>>,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    ec2: Option<bool>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+struct IdempotentAnswer {
+    fingerprint: String,
+    deployment_id: String,
 }
 
 impl Api {
-    pub fn new(host: Host, environments: Vec<Environment>) -> Api {
+    pub fn new(coordinator: Arc<Coordinator>) -> Api {
+        let stop = CancellationToken::new();
+        tokio::spawn(Arc::clone(&coordinator).health_loop(stop.clone()));
         Api {
-            host,
-            environments: Arc::new(environments),
+            coordinator,
+            status: ArcSwap::from_pointee(CachedStatus {
+                built: Instant::now() - STATUS_MAX_AGE * 2,
+                generation: usize::MAX,
+                body: json!(null),
+            }),
+            refreshing: AtomicBool::new(false),
+            stop,
         }
     }
 
-    fn status(&self) -> Response {
-        Response::json(
-            200,
-            &json!({
-                "status": "idle",
-                "active": [],
-                "latest": null,
-                "plugin_version": crate::VERSION,
-            }),
-        )
+    async fn status(&self, request: &Request) -> Answer {
+        if let Some(id) = request.query_param("id") {
+            let entry = self.summary(&id).await?;
+            return Ok(Response::json(200, &entry));
+        }
+        let cached = self.status.load();
+        let fresh = cached.generation == self.coordinator.generation()
+            && cached.built.elapsed() < STATUS_MAX_AGE;
+        // One request rebuilds a stale view; the others keep serving the previous one.
+        if fresh || (cached.body != json!(null) && self.refreshing.swap(true, Ordering::SeqCst)) {
+            return Ok(Response::json(200, &cached.body));
+        }
+        let generation = self.coordinator.generation();
+        let built = self.build_status().await;
+        self.refreshing.store(false, Ordering::SeqCst);
+        let body = built.map_err(store_error)?;
+        self.status.store(Arc::new(CachedStatus {
+            built: Instant::now(),
+            generation,
+            body: body.clone(),
+        }));
+        Ok(Response::json(200, &body))
     }
 
-    fn environments(&self) -> Response {
-        let list: Vec<_> = self
-            .environments
-            .iter()
-            .map(Environment::public_view)
-            .collect();
-        Response::json(
-            200,
-            &json!({ "environments": list, "total_count": self.environments.len() }),
-        )
+    async fn build_status(&self) -> Result<serde_json::Value, String> {
+        let records = self.coordinator.records();
+        let mut active = Vec::new();
+        for (id, _) in records
+            .scan::<serde_json::Value>(collection::ACTIVE, "")
+            .await?
+        {
+            if let Some(record) = records
+                .get::<DeploymentRecord>(collection::DEPLOYMENTS, &id)
+                .await?
+            {
+                active.push(record.history_entry(Vec::new()));
+            }
+        }
+        let mut latest = None;
+        let mut after = None;
+        'pages: loop {
+            let page = records.page(collection::HISTORY, after.clone(), 50).await?;
+            let full = page.len() == 50;
+            for (key, text) in page {
+                after = Some(key);
+                if let Ok(entry) = serde_json::from_str::<HistoryEntry>(&text) {
+                    if entry.status.is_terminal() {
+                        latest = Some(entry);
+                        break 'pages;
+                    }
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(json!({
+            "status": if active.is_empty() { "idle" } else { "running" },
+            "active": active,
+            "latest": latest,
+            "plugin_version": crate::VERSION,
+        }))
     }
+
+    async fn record(&self, id: &str) -> Result<DeploymentRecord, Response> {
+        if !is_deployment_id(id) {
+            return Err(not_found("deployment", id));
+        }
+        self.coordinator
+            .records()
+            .get::<DeploymentRecord>(collection::DEPLOYMENTS, id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| not_found("deployment", id))
+    }
+
+    async fn targets(&self, id: &str) -> Result<Vec<TargetRecord>, Response> {
+        Ok(self
+            .coordinator
+            .records()
+            .scan::<TargetRecord>(collection::TARGETS, &format!("{id}/"))
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .map(|(_, target)| target)
+            .collect())
+    }
+
+    async fn summary(&self, id: &str) -> Result<serde_json::Value, Response> {
+        let record = self.record(id).await?;
+        let targets = self.targets(id).await?;
+        let failed = targets
+            .iter()
+            .filter(|target| target.status != crate::deployment::TargetStatus::Succeeded)
+            .map(|target| target.environment_id.clone())
+            .collect::<Vec<_>>();
+        let mut entry =
+            serde_json::to_value(record.history_entry(if record.status.is_terminal() {
+                failed
+            } else {
+                Vec::new()
+            }))
+            .unwrap_or_default();
+        entry["environment_status"] = targets
+            .iter()
+            .map(|target| (target.environment_id.clone(), json!(target.status)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        Ok(entry)
+    }
+
+    async fn log_lines(&self, id: &str) -> Result<Vec<(String, Vec<LogLine>)>, Response> {
+        self.coordinator
+            .records()
+            .scan::<Vec<LogLine>>(collection::LOGS, &format!("{id}/"))
+            .await
+            .map_err(store_error)
+    }
+
+    async fn detail(&self, id: &str) -> Answer {
+        let record = self.record(id).await?;
+        let targets = self.targets(id).await?;
+        let lines: Vec<LogLine> = self
+            .log_lines(id)
+            .await?
+            .into_iter()
+            .flat_map(|(_, chunk)| chunk)
+            .collect();
+        let skip = lines.len().saturating_sub(DETAIL_LOG_LINES);
+        let mut body = serde_json::to_value(&record).unwrap_or_default();
+        if let Some(object) = body.as_object_mut() {
+            object.remove("boot_id");
+            object.remove("created_ms");
+        }
+        body["phase"] = json!(record.status);
+        body["results"] = json!(targets);
+        body["logs"] = json!(lines[skip..]);
+        body["logs_truncated"] = json!(skip > 0);
+        Ok(Response::json(200, &body))
+    }
+
+    async fn logs(&self, request: &Request, id: &str) -> Answer {
+        let record = self.record(id).await?;
+        let follow = match request.query_param("follow").as_deref() {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") | Some("") => true,
+            Some(other) => {
+                return Err(bad_field(FieldError::new(
+                    "follow",
+                    format!("{other:?} is not a boolean; use true or false"),
+                )))
+            }
+        };
+        if !follow {
+            let lines: Vec<LogLine> = self
+                .log_lines(id)
+                .await?
+                .into_iter()
+                .flat_map(|(_, chunk)| chunk)
+                .collect();
+            return Ok(Response::json(
+                200,
+                &json!({
+                    "deployment_id": id,
+                    "status": record.status,
+                    "complete": record.status.is_terminal(),
+                    "total_lines": record.log_lines.max(lines.len() as u64),
+                    "lines": lines,
+                }),
+            ));
+        }
+        Ok(Response::streamed(
+            200,
+            "application/x-ndjson",
+            follow_stream(
+                Arc::clone(&self.coordinator),
+                id.to_owned(),
+                self.stop.clone(),
+            ),
+        ))
+    }
+
+    async fn trigger(&self, request: &Request) -> Answer {
+        let body: TriggerBody = if request.body.iter().all(u8::is_ascii_whitespace) {
+            TriggerBody {
+                environments: None,
+                version: None,
+                ec2: None,
+            }
+        } else {
+            from_json_object(&request.body).map_err(bad_field)?
+        };
+        let caller = request
+            .principal
+            .as_ref()
+            .map(|caller| caller.name.clone())
+            .unwrap_or_default();
+        let idempotency = match request.header("idempotency-key") {
+            None => None,
+            Some(key) if key.is_empty() || key.len() > 255 => {
+                return Err(bad_field(FieldError::new(
+                    "Idempotency-Key",
+                    "must be 1 to 255 characters",
+                )))
+            }
+            Some(key) => Some((
+                format!("{caller}/{}", hex::encode(Sha256::digest(key.as_bytes()))),
+                hex::encode(Sha256::digest(&request.body)),
+            )),
+        };
+        let records = self.coordinator.records();
+        if let Some((key, fingerprint)) = &idempotency {
+            if let Some(earlier) = records
+                .get::<IdempotentAnswer>(collection::IDEMPOTENCY, key)
+                .await
+                .map_err(store_error)?
+            {
+                if &earlier.fingerprint != fingerprint {
+                    return Err(Response::error(
+                        422,
+                        "idempotency_key_reused",
+                        "this Idempotency-Key was used with a different body; use a new key for a new request",
+                    ));
+                }
+                return Ok(accepted(request, &earlier.deployment_id, "pending"));
+            }
+        }
+        let started = self
+            .coordinator
+            .start(StartRequest {
+                environments: body.environments,
+                version: body.version,
+                ec2: body.ec2,
+                triggered_by: format!("api:{caller}"),
+                request_id: Some(request.request_id.clone()),
+                retry_of: None,
+            })
+            .await
+            .map_err(start_error)?;
+        if let Some((key, fingerprint)) = idempotency {
+            records
+                .put(
+                    collection::IDEMPOTENCY,
+                    &key,
+                    &IdempotentAnswer {
+                        fingerprint,
+                        deployment_id: started.deployment_id.clone(),
+                    },
+                )
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(accepted(request, &started.deployment_id, "pending"))
+    }
+
+    async fn cancel(&self, request: &Request, id: &str) -> Answer {
+        let record = self.record(id).await?;
+        if record.status.is_terminal() {
+            return Err(Response::error(
+                409,
+                "already_finished",
+                format!(
+                    "deployment {id} already ended as {}",
+                    record.status.as_str()
+                ),
+            ));
+        }
+        let by = request
+            .principal
+            .as_ref()
+            .map(|caller| caller.name.clone())
+            .unwrap_or_default();
+        self.coordinator
+            .cancel(id, &by)
+            .await
+            .map_err(store_error)?;
+        // Wait (bounded) for the run to record the end, so the answer shows it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let record = self.record(id).await?;
+            if record.status.is_terminal() {
+                return Ok(Response::json(200, &self.summary(id).await?));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Response::json(
+            202,
+            &json!({ "deployment_id": id, "status": "cancelling" }),
+        ))
+    }
+
+    async fn retry(&self, request: &Request, id: &str) -> Answer {
+        let record = self.record(id).await?;
+        if !record.status.is_terminal() {
+            return Err(Response::error(
+                409,
+                "still_running",
+                format!(
+                    "deployment {id} is still {}; retry it once it ended",
+                    record.status.as_str()
+                ),
+            ));
+        }
+        let failed: Vec<String> = self
+            .targets(id)
+            .await?
+            .into_iter()
+            .filter(|target| target.status != crate::deployment::TargetStatus::Succeeded)
+            .map(|target| target.environment_id)
+            .collect();
+        if failed.is_empty() {
+            return Err(Response::error(
+                422,
+                "nothing_to_retry",
+                format!("every environment of {id} succeeded; there is nothing to retry"),
+            ));
+        }
+        let caller = request
+            .principal
+            .as_ref()
+            .map(|caller| caller.name.clone())
+            .unwrap_or_default();
+        let started = self
+            .coordinator
+            .start(StartRequest {
+                environments: Some(failed),
+                version: Some(record.version),
+                ec2: None,
+                triggered_by: format!("retry:{caller}"),
+                request_id: Some(request.request_id.clone()),
+                retry_of: Some(id.to_owned()),
+            })
+            .await
+            .map_err(start_error)?;
+        Ok(accepted(request, &started.deployment_id, "pending"))
+    }
+
+    async fn history(&self, request: &Request) -> Answer {
+        let limit = match request.query_param("limit") {
+            None => 50,
+            Some(text) => match text.parse::<usize>() {
+                Ok(limit) if (1..=500).contains(&limit) => limit,
+                _ => {
+                    return Err(bad_field(FieldError::new(
+                        "limit",
+                        format!("{text:?} is not a number between 1 and 500"),
+                    )))
+                }
+            },
+        };
+        let status = match request.query_param("status") {
+            None => None,
+            Some(text) => match Phase::parse(&text) {
+                Some(phase) => Some(phase),
+                None => {
+                    return Err(bad_field(FieldError::new(
+                        "status",
+                        format!("{text:?} is not a deployment status (pending, local_deploying, completed, failed, cancelled, interrupted, …)"),
+                    )))
+                }
+            },
+        };
+        let environment = request.query_param("environment");
+        if let Some(id) = &environment {
+            check_id(id)
+                .map_err(|error| bad_field(FieldError::new("environment", error.message)))?;
+        }
+        let cursor = request.query_param("cursor");
+        if let Some(cursor) = &cursor {
+            let valid = cursor.split_once('/').is_some_and(|(time, id)| {
+                time.len() == 20 && time.bytes().all(|b| b.is_ascii_digit()) && is_deployment_id(id)
+            });
+            if !valid {
+                return Err(bad_field(FieldError::new(
+                    "cursor",
+                    "is not a cursor from an earlier page's next_cursor",
+                )));
+            }
+        }
+        let entries = self
+            .coordinator
+            .records()
+            .scan::<HistoryEntry>(collection::HISTORY, "")
+            .await
+            .map_err(store_error)?;
+        let matching: Vec<(String, HistoryEntry)> = entries
+            .into_iter()
+            .filter(|(_, entry)| status.is_none_or(|status| entry.status == status))
+            .filter(|(_, entry)| {
+                environment
+                    .as_ref()
+                    .is_none_or(|id| entry.environments.iter().any(|e| e == id))
+            })
+            .collect();
+        let total_count = matching.len();
+        let page: Vec<&(String, HistoryEntry)> = matching
+            .iter()
+            .filter(|(key, _)| cursor.as_ref().is_none_or(|cursor| key > cursor))
+            .take(limit + 1)
+            .collect();
+        let more = page.len() > limit;
+        let page = &page[..page.len().min(limit)];
+        let next_cursor = if more {
+            page.last().map(|(key, _)| key.clone())
+        } else {
+            None
+        };
+        Ok(Response::json(
+            200,
+            &json!({
+                "history": page.iter().map(|(_, entry)| entry).collect::<Vec<_>>(),
+                "total_count": total_count,
+                "next_cursor": next_cursor,
+            }),
+        ))
+    }
+
+    async fn environments(&self) -> Answer {
+        let catalog = self.coordinator.catalog();
+        let list = catalog.list().await.map_err(store_error)?;
+        let health = catalog.all_health().await.map_err(store_error)?;
+        let views: Vec<_> = list
+            .iter()
+            .map(|stored| {
+                catalog::public_view(stored, health.get(&stored.environment.environment_id))
+            })
+            .collect();
+        Ok(Response::json(
+            200,
+            &json!({ "environments": views, "total_count": views.len() }),
+        ))
+    }
+
+    async fn environment(&self, id: &str) -> Answer {
+        let catalog = self.coordinator.catalog();
+        let stored = catalog
+            .get(id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| not_found("environment", id))?;
+        let health = catalog.health(id).await.map_err(store_error)?;
+        Ok(Response::json(
+            200,
+            &catalog::public_view(&stored, health.as_ref()),
+        ))
+    }
+
+    async fn create_environment(&self, request: &Request) -> Answer {
+        let environment = environments::parse_one(&request.body).map_err(bad_field)?;
+        let id = environment.environment_id.clone();
+        let created = self
+            .coordinator
+            .catalog()
+            .create(environment)
+            .await
+            .map_err(store_error)?;
+        if !created {
+            return Err(Response::error(
+                409,
+                "duplicate_environment",
+                format!(
+                    "environment_id: {id:?} already exists; PUT /environments/{id} replaces it"
+                ),
+            )
+            .with_field("environment_id"));
+        }
+        let mut answer = self.environment(&id).await?;
+        answer.status = 201;
+        Ok(answer.with_header("location", format!("{}/environments/{id}", mount(request))))
+    }
+
+    async fn replace_environment(&self, request: &Request, id: &str) -> Answer {
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&request.body).map_err(|error| {
+                bad_field(FieldError::new("body", format!("malformed JSON: {error}")))
+            })?;
+        let Some(object) = body.as_object_mut() else {
+            return Err(bad_field(FieldError::new("body", "expected a JSON object")));
+        };
+        match object.get("environment_id") {
+            None => {
+                object.insert("environment_id".into(), json!(id));
+            }
+            Some(given) if given == id => {}
+            Some(_) => {
+                return Err(bad_field(FieldError::new(
+                    "environment_id",
+                    format!("does not match the id in the path ({id:?}); ids cannot be changed"),
+                )))
+            }
+        }
+        let text = serde_json::to_vec(&body).unwrap_or_default();
+        let environment: Environment = environments::parse_one(&text).map_err(bad_field)?;
+        let replaced = self
+            .coordinator
+            .catalog()
+            .replace(environment)
+            .await
+            .map_err(store_error)?;
+        if replaced.is_none() {
+            return Err(not_found("environment", id));
+        }
+        self.environment(id).await
+    }
+
+    async fn delete_environment(&self, id: &str) -> Answer {
+        let busy = self
+            .coordinator
+            .records()
+            .scan::<serde_json::Value>(collection::ACTIVE, "")
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .find(|(_, active)| {
+                active["environments"]
+                    .as_array()
+                    .is_some_and(|list| list.iter().any(|e| e == id))
+            });
+        if let Some((deployment, _)) = busy {
+            return Err(Response::error(
+                409,
+                "environment_busy",
+                format!("environment {id:?} is part of running deployment {deployment}; cancel it or wait"),
+            ));
+        }
+        let deleted = self
+            .coordinator
+            .catalog()
+            .delete(id)
+            .await
+            .map_err(store_error)?;
+        if !deleted {
+            return Err(not_found("environment", id));
+        }
+        Ok(Response::json(200, &json!({ "deleted": id })))
+    }
+
+    async fn health_check(&self, id: &str) -> Answer {
+        let stored = self
+            .coordinator
+            .catalog()
+            .get(id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| not_found("environment", id))?;
+        let Some(url) = stored.environment.health_check_url.clone() else {
+            return Err(Response::error(
+                422,
+                "no_health_check_url",
+                format!("environment {id:?} has no health_check_url to check"),
+            ));
+        };
+        let timeout = Duration::from_secs(self.coordinator.settings().health_check_timeout_secs);
+        let report = health::check(self.coordinator.http(), &url, timeout).await;
+        self.coordinator
+            .record_health(id, &report)
+            .await
+            .map_err(store_error)?;
+        Ok(Response::json(
+            200,
+            &json!({ "environment_id": id, "health": report }),
+        ))
+    }
+
+    async fn route(&self, request: &Request) -> Answer {
+        let path = request.path.trim_end_matches('/');
+        let segments: Vec<&str> = path.split('/').filter(|part| !part.is_empty()).collect();
+        let method = request.method.as_str();
+        let allowed: &[&str] = match segments.as_slice() {
+            ["status"] => &["GET"],
+            ["trigger-local"] | ["one-click"] => &["POST"],
+            ["history"] => &["GET"],
+            ["deployments", _] => &["GET"],
+            ["deployments", _, "logs"] => &["GET"],
+            ["deployments", _, "cancel" | "retry"] => &["POST"],
+            ["environments"] => &["GET", "POST"],
+            ["environments", _] => &["GET", "PUT", "DELETE"],
+            ["environments", _, "health-check"] => &["POST"],
+            _ => {
+                return Err(Response::error(
+                    404,
+                    "not_found",
+                    format!("no deployment endpoint at {}", request.path),
+                ))
+            }
+        };
+        if !allowed.contains(&method) {
+            return Err(Response::error(
+                405,
+                "method_not_allowed",
+                format!(
+                    "{method} is not supported on {}; use {}",
+                    request.path,
+                    allowed.join(" or ")
+                ),
+            )
+            .with_header("allow", allowed.join(", ")));
+        }
+        let needed = match (method, segments.as_slice()) {
+            ("GET", ["status"]) => Role::User,
+            ("GET", _) | ("POST", ["environments", _, "health-check"]) => Role::Developer,
+            _ => Role::Admin,
+        };
+        Response::require(request, needed)?;
+        match (method, segments.as_slice()) {
+            ("GET", ["status"]) => self.status(request).await,
+            ("POST", ["trigger-local" | "one-click"]) => self.trigger(request).await,
+            ("GET", ["history"]) => self.history(request).await,
+            ("GET", ["deployments", id]) => self.detail(id).await,
+            ("GET", ["deployments", id, "logs"]) => self.logs(request, id).await,
+            ("POST", ["deployments", id, "cancel"]) => self.cancel(request, id).await,
+            ("POST", ["deployments", id, "retry"]) => self.retry(request, id).await,
+            ("GET", ["environments"]) => self.environments().await,
+            ("POST", ["environments"]) => self.create_environment(request).await,
+            ("GET", ["environments", id]) => self.environment(id).await,
+            ("PUT", ["environments", id]) => self.replace_environment(request, id).await,
+            ("DELETE", ["environments", id]) => self.delete_environment(id).await,
+            ("POST", ["environments", id, "health-check"]) => self.health_check(id).await,
+            _ => Err(Response::error(404, "not_found", "no such endpoint")),
+        }
+    }
+}
+
+/// The 202 of a started deployment.
+fn accepted(request: &Request, deployment_id: &str, status: &str) -> Response {
+    let status_url = format!("{}/deployments/{deployment_id}", mount(request));
+    Response::json(
+        202,
+        &json!({
+            "deployment_id": deployment_id,
+            "status": status,
+            "status_url": status_url,
+        }),
+    )
+    .with_header("location", status_url)
+}
+
+fn start_error(error: StartError) -> Response {
+    match error {
+        StartError::BadField(error) => bad_field(error),
+        StartError::Invalid { code, message } => Response::error(422, code, message),
+        StartError::Busy {
+            environment,
+            deployment,
+        } => Response::error(
+            409,
+            "environment_busy",
+            format!("environment {environment:?} is already being deployed by {deployment}; wait for it or cancel it"),
+        ),
+        StartError::Store(error) => store_error(error),
+    }
+}
+
+/// NDJSON of a deployment's log: what is stored, then new lines as they are stored, until the
+/// deployment ends (a last `{"end": …}` line says how).
+fn follow_stream(
+    coordinator: Arc<Coordinator>,
+    id: String,
+    stop: CancellationToken,
+) -> plugin_guest::BodyStream {
+    let state = (coordinator, id, None::<String>, false, stop);
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |(coordinator, id, mut after, ended, stop)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                let records = coordinator.records();
+                // Read the status first: lines stored before it ended are then all visible.
+                let status = records
+                    .get::<DeploymentRecord>(collection::DEPLOYMENTS, &id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|record| record.status);
+                let chunks = records
+                    .page(
+                        collection::LOGS,
+                        Some(after.clone().unwrap_or_else(|| format!("{id}/"))),
+                        100,
+                    )
+                    .await
+                    .unwrap_or_default();
+                let mut out = Vec::new();
+                for (key, text) in chunks {
+                    if !key.starts_with(&format!("{id}/")) {
+                        break;
+                    }
+                    if let Ok(lines) = serde_json::from_str::<Vec<LogLine>>(&text) {
+                        for line in lines {
+                            out.extend(serde_json::to_vec(&line).unwrap_or_default());
+                            out.push(b'\n');
+                        }
+                    }
+                    after = Some(key);
+                }
+                if !out.is_empty() {
+                    return Some((out, (coordinator, id, after, false, stop)));
+                }
+                match status {
+                    Some(status) if status.is_terminal() => {
+                        let mut end = serde_json::to_vec(&json!({ "end": true, "status": status }))
+                            .unwrap_or_default();
+                        end.push(b'\n');
+                        return Some((end, (coordinator, id, after, true, stop)));
+                    }
+                    None => return None,
+                    Some(_) => {}
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                }
+            }
+        },
+    ))
 }
 
 impl Handler for Api {
     async fn handle(&self, request: Request) -> Response {
-        let route = (request.method.as_str(), request.path.trim_end_matches('/'));
-        let (needed, answer): (Role, fn(&Api) -> Response) = match route {
-            ("GET", "/status") => (Role::User, Api::status),
-            ("GET", "/environments") => (Role::Developer, Api::environments),
-            (_, "/status" | "/environments") => {
-                return Response::error(
-                    405,
-                    "method_not_allowed",
-                    format!("{} is not supported on {}", request.method, request.path),
-                )
-            }
-            _ => {
-                return Response::error(
-                    404,
-                    "not_found",
-                    format!("no deployment endpoint at {}", request.path),
-                )
-            }
-        };
-        if let Err(denied) = Response::require(&request, needed) {
-            return denied;
+        match self.route(&request).await {
+            Ok(response) | Err(response) => response,
         }
-        answer(self)
+    }
+
+    async fn shutdown(&self) {
+        self.stop.cancel();
+        let host_stopping = crate::host_lifecycle(self.coordinator.records())
+            .await
+            .is_some_and(|lifecycle| lifecycle.state == "stopping");
+        self.coordinator.shutdown(host_stopping).await;
     }
 }

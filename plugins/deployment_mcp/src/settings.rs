@@ -10,10 +10,38 @@ pub struct Settings {
     /// The environments file: the original `remote_environments.json` format.
     #[serde(default = "default_environments_file")]
     pub environments_file: PathBuf,
+    /// How many environment triggers (and health checks) run at once.
+    #[serde(default = "default_max_parallel")]
+    pub max_parallel: usize,
+    /// Seconds between periodic health checks of every environment; 0 turns them off.
+    #[serde(default = "default_health_interval")]
+    pub health_check_interval_secs: u64,
+    /// Timeout of one health check request, in seconds.
+    #[serde(default = "default_health_timeout")]
+    pub health_check_timeout_secs: u64,
+    /// Log lines kept per deployment in the store; later lines are counted, not kept.
+    #[serde(default = "default_max_log_lines")]
+    pub max_log_lines: usize,
 }
 
 fn default_environments_file() -> PathBuf {
     PathBuf::from("config/remote_environments.json")
+}
+
+fn default_max_parallel() -> usize {
+    32
+}
+
+fn default_health_interval() -> u64 {
+    60
+}
+
+fn default_health_timeout() -> u64 {
+    5
+}
+
+fn default_max_log_lines() -> usize {
+    100_000
 }
 
 impl Settings {
@@ -24,8 +52,23 @@ impl Settings {
         } else {
             value.clone()
         };
-        serde_json::from_value(value)
-            .map_err(|error| format!("invalid [plugins.deployment_mcp.settings]: {error}"))
+        let settings: Settings = serde_json::from_value(value)
+            .map_err(|error| format!("invalid [plugins.deployment_mcp.settings]: {error}"))?;
+        let problem = if !(1..=1024).contains(&settings.max_parallel) {
+            Some("max_parallel: must be between 1 and 1024")
+        } else if !(1..=300).contains(&settings.health_check_timeout_secs) {
+            Some("health_check_timeout_secs: must be between 1 and 300")
+        } else if settings.max_log_lines == 0 {
+            Some("max_log_lines: must be at least 1")
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => Err(format!(
+                "invalid [plugins.deployment_mcp.settings] {problem}"
+            )),
+            None => Ok(settings),
+        }
     }
 }
 

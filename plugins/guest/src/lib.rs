@@ -24,14 +24,14 @@ use std::{
 
 use abi_stable::{
     sabi_trait::TD_Opaque,
-    std_types::{ROption, RResult, RStr, RString, RVec, Tuple2},
+    std_types::{ROption, RResult, RSlice, RStr, RString, RVec, Tuple2},
 };
 use crossbeam_queue::SegQueue;
 use futures_util::FutureExt;
 pub use plugin_api::Role;
 use plugin_api::{
     HostServicesBox, LogLevel, PluginInstance, PluginInstanceBox, PluginInstance_TO, PluginRequest,
-    PluginResponse, ResponseSinkBox,
+    PluginResponse, PushOutcome, ResponseSinkBox,
 };
 use tokio::sync::Notify;
 
@@ -102,12 +102,27 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The rest of a streamed body, produced on the plugin's runtime.
+pub type BodyStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Vec<u8>> + Send>>;
+
 /// An answer as plugin code builds it.
-#[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// When set, `body` goes out first and then every chunk of this stream, as it comes.
+    pub stream: Option<BodyStream>,
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body_len", &self.body.len())
+            .field("streamed", &self.stream.is_some())
+            .finish()
+    }
 }
 
 impl Response {
@@ -116,6 +131,20 @@ impl Response {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
             body: serde_json::to_vec(value).unwrap_or_default(),
+            stream: None,
+        }
+    }
+
+    /// A streamed answer: the client gets each chunk as `chunks` yields it.
+    pub fn streamed(status: u16, content_type: &str, chunks: BodyStream) -> Response {
+        Response {
+            status,
+            headers: vec![
+                ("content-type".into(), content_type.into()),
+                ("cache-control".into(), "no-cache".into()),
+            ],
+            body: Vec::new(),
+            stream: Some(chunks),
         }
     }
 
@@ -459,7 +488,7 @@ fn spawn_job<H: Handler>(job: Job, shared: &Arc<Shared<H>>) {
                 )
             }
         };
-        job.reply.send(export_response(response));
+        deliver(job.reply, response).await;
         if shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             shared.drained.notify_waiters();
         }
@@ -527,6 +556,29 @@ impl<H: Handler> PluginInstance for Instance<H> {
             drop(running.runtime);
             drop(running.shared);
         }));
+    }
+}
+
+/// How long a streamed answer waits before pushing again into a full host buffer.
+const STREAM_RETRY: Duration = Duration::from_millis(5);
+
+/// Sends an answer; a streamed one is pushed chunk by chunk until the stream ends or the client
+/// goes away.
+async fn deliver(reply: ResponseSinkBox, mut response: Response) {
+    let Some(mut chunks) = response.stream.take() else {
+        reply.send(export_response(response));
+        return;
+    };
+    let body = reply.stream(export_response(response));
+    use futures_util::StreamExt as _;
+    'chunks: while let Some(chunk) = chunks.next().await {
+        loop {
+            match body.push(RSlice::from_slice(&chunk)) {
+                PushOutcome::Accepted => break,
+                PushOutcome::Full => tokio::time::sleep(STREAM_RETRY).await,
+                PushOutcome::Closed => break 'chunks,
+            }
+        }
     }
 }
 

@@ -29,7 +29,9 @@ pub fn environment_url(environment: &Environment, path: &str) -> Result<url::Url
     };
     let port = environment.port.unwrap_or(80);
     url::Url::parse(&format!("http://{host}:{port}{path}")).map_err(|error| {
-        TriggerFailure::failed(format!("host {host:?} and port {port} do not make a URL: {error}"))
+        TriggerFailure::failed(format!(
+            "host {host:?} and port {port} do not make a URL: {error}"
+        ))
     })
 }
 
@@ -48,7 +50,10 @@ impl Trigger for HttpApiTrigger {
         if let Some(token) = &self.environment.api_token {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.map_err(|error| request_failure(&url, &error))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|error| request_failure(&url, &error))?;
         let status = response.status();
         if status.is_success() {
             context.log.info(format!("{url} answered {status}")).await;
@@ -60,7 +65,11 @@ impl Trigger for HttpApiTrigger {
         let body = bounded_body(response).await;
         Err(TriggerFailure::failed(format!(
             "{url} answered {status}{}",
-            if body.is_empty() { String::new() } else { format!(": {body}") }
+            if body.is_empty() {
+                String::new()
+            } else {
+                format!(": {body}")
+            }
         )))
     }
 }

@@ -10,7 +10,10 @@ use std::{path::PathBuf, process::Stdio};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::{LineSplitter, LogSink, LogStream, Trigger, TriggerContext, TriggerFailure, TriggerResult, TriggerSuccess};
+use super::{
+    LineSplitter, LogSink, LogStream, Trigger, TriggerContext, TriggerFailure, TriggerResult,
+    TriggerSuccess,
+};
 use crate::environments::Environment;
 
 /// Lines of stderr kept for the error message of a failed run.
@@ -30,7 +33,10 @@ impl LocalTrigger {
 
     /// The argument vector: `command`, or `init_script_path` run directly.
     fn argv(&self) -> Option<Vec<String>> {
-        match (&self.environment.command, &self.environment.init_script_path) {
+        match (
+            &self.environment.command,
+            &self.environment.init_script_path,
+        ) {
             (Some(command), _) if !command.is_empty() => Some(command.clone()),
             (_, Some(script)) => Some(vec![script.clone()]),
             _ => None,
@@ -64,8 +70,11 @@ impl Trigger for LocalTrigger {
             .working_directory
             .as_deref()
             .map(PathBuf::from);
-        log.info(format!("running {}", shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_else(|_| argv.join(" "))))
-            .await;
+        log.info(format!(
+            "running {}",
+            shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_else(|_| argv.join(" "))
+        ))
+        .await;
         let mut command = tokio::process::Command::new(&argv[0]);
         command
             .args(&argv[1..])
@@ -124,8 +133,10 @@ impl Trigger for LocalTrigger {
                     Some(code) => format!("exited with code {code}"),
                     None => "was killed by a signal".to_owned(),
                 };
-                Err(TriggerFailure::failed(with_stderr(format!("command {how}"), &stderr_tail))
-                    .with_exit_code(code))
+                Err(
+                    TriggerFailure::failed(with_stderr(format!("command {how}"), &stderr_tail))
+                        .with_exit_code(code),
+                )
             }
         }
     }

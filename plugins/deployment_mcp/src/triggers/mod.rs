@@ -280,7 +280,10 @@ mod tests {
         let mut splitter = LineSplitter::default();
         assert_eq!(splitter.push(b"hel"), Vec::<String>::new());
         assert_eq!(splitter.push(b"lo\r\nwor"), vec!["hello".to_owned()]);
-        assert_eq!(splitter.push(b"ld\n\n"), vec!["world".to_owned(), String::new()]);
+        assert_eq!(
+            splitter.push(b"ld\n\n"),
+            vec!["world".to_owned(), String::new()]
+        );
         assert_eq!(splitter.push(b"tail"), Vec::<String>::new());
         assert_eq!(splitter.finish().as_deref(), Some("tail"));
         assert_eq!(splitter.finish(), None);
@@ -290,7 +293,10 @@ mod tests {
     fn timestamps_are_rfc3339() {
         let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_000_000_123);
         assert_eq!(timestamp(time), "2026-11-18T11:06:40.123Z");
-        assert_eq!(timestamp(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            timestamp(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000Z"
+        );
     }
 
     #[test]

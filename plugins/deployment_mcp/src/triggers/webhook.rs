@@ -27,8 +27,9 @@ impl WebhookTrigger {
 
     fn url(&self) -> Result<url::Url, TriggerFailure> {
         match &self.environment.webhook_url {
-            Some(url) => url::Url::parse(url)
-                .map_err(|error| TriggerFailure::failed(format!("webhook_url is not a URL: {error}"))),
+            Some(url) => url::Url::parse(url).map_err(|error| {
+                TriggerFailure::failed(format!("webhook_url is not a URL: {error}"))
+            }),
             None => environment_url(&self.environment, "/webhook/deploy"),
         }
     }
@@ -39,7 +40,10 @@ pub fn signature(secret: &str, body: &[u8]) -> Result<String, TriggerFailure> {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
         .map_err(|_| TriggerFailure::failed("webhook_secret cannot be used as an HMAC key"))?;
     mac.update(body);
-    Ok(format!("sha256={}", hex::encode(mac.finalize().into_bytes())))
+    Ok(format!(
+        "sha256={}",
+        hex::encode(mac.finalize().into_bytes())
+    ))
 }
 
 impl Trigger for WebhookTrigger {
@@ -62,8 +66,15 @@ impl Trigger for WebhookTrigger {
         if let Some(secret) = &self.environment.webhook_secret {
             request = request.header(SIGNATURE_HEADER, signature(secret, &body)?);
         }
-        context.log.info(format!("POST {url} (event {EVENT})")).await;
-        let response = request.body(body).send().await.map_err(|error| request_failure(&url, &error))?;
+        context
+            .log
+            .info(format!("POST {url} (event {EVENT})"))
+            .await;
+        let response = request
+            .body(body)
+            .send()
+            .await
+            .map_err(|error| request_failure(&url, &error))?;
         let status = response.status().as_u16();
         if status == 200 || status == 202 {
             context.log.info(format!("{url} answered {status}")).await;
@@ -75,7 +86,11 @@ impl Trigger for WebhookTrigger {
         let body = bounded_body(response).await;
         Err(TriggerFailure::failed(format!(
             "{url} answered {status} (200 or 202 expected){}",
-            if body.is_empty() { String::new() } else { format!(": {body}") }
+            if body.is_empty() {
+                String::new()
+            } else {
+                format!(": {body}")
+            }
         )))
     }
 }
@@ -88,7 +103,9 @@ mod tests {
     fn signature_matches_a_known_vector() {
         // RFC 4231 test case 2.
         assert_eq!(
-            signature("Jefe", b"what do ya want for nothing?").ok().unwrap_or_default(),
+            signature("Jefe", b"what do ya want for nothing?")
+                .ok()
+                .unwrap_or_default(),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }

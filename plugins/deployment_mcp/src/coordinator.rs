@@ -1,0 +1,1197 @@
+//! The coordinator: starts deployments, runs their phases, and keeps the store and the event bus
+//! up to date.
+//!
+//! Invariants:
+//! - every phase change and environment result is written to the store before it is
+//!   published, so an SSE client never sees what a restart would not show;
+//! - an environment is in at most one running deployment (checked under `start_lock`, across
+//!   copies through the `ACTIVE` records of the current boot);
+//! - a run belongs to the copy that started it; during a hot swap the old copy finishes it while
+//!   the new one reads it from the store (and forwards cancels through the `CANCEL` records).
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    catalog::Catalog,
+    deployment::{
+        new_deployment_id, DeploymentRecord, HealthReport, HistoryEntry, Phase, TargetRecord,
+        TargetStatus,
+    },
+    environments::{Environment, FieldError},
+    health,
+    records::{collection, Records},
+    settings::Settings,
+    triggers::{timestamp, AnyTrigger, FailureKind, LogLine, LogSink, LogStream, TriggerContext},
+};
+
+/// Event kinds published on the host's bus.
+pub mod event {
+    pub const PHASE: &str = "deployment.phase";
+    pub const ENVIRONMENT: &str = "deployment.environment";
+    pub const LOG: &str = "deployment.log";
+    pub const HEALTH: &str = "environment.health";
+}
+
+/// Lines of output kept per environment in its result (the full log is in the store).
+const OUTPUT_TAIL_LINES: usize = 20;
+/// Log lines written per store record, and how long a line may wait to be written.
+const LOG_BATCH_LINES: usize = 200;
+const LOG_BATCH_DELAY: Duration = Duration::from_millis(100);
+/// Lines in flight between triggers and the log writer.
+const LOG_CHANNEL_LINES: usize = 1024;
+/// How often a run looks for a cancel request made through another copy.
+const CANCEL_POLL: Duration = Duration::from_millis(500);
+
+/// What a caller asks to deploy.
+#[derive(Debug, Clone, Default)]
+pub struct StartRequest {
+    pub environments: Option<Vec<String>>,
+    pub version: Option<String>,
+    pub ec2: Option<bool>,
+    pub triggered_by: String,
+    pub request_id: Option<String>,
+    pub retry_of: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum StartError {
+    /// A field of the request is wrong (400).
+    BadField(FieldError),
+    /// Well-formed but cannot be done (422).
+    Invalid {
+        code: &'static str,
+        message: String,
+    },
+    /// A target is already being deployed (409).
+    Busy {
+        environment: String,
+        deployment: String,
+    },
+    Store(String),
+}
+
+impl From<String> for StartError {
+    fn from(error: String) -> StartError {
+        StartError::Store(error)
+    }
+}
+
+/// Why a run stops early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    Cancelled,
+    HostStopping,
+}
+
+struct RunHandle {
+    cancel: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+    environments: Vec<String>,
+}
+
+/// A run recorded as active in the store, so sibling copies see it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ActiveEntry {
+    boot_id: String,
+    environments: Vec<String>,
+}
+
+pub struct Coordinator {
+    records: Records,
+    catalog: Catalog,
+    http: reqwest::Client,
+    settings: Arc<Settings>,
+    boot_id: String,
+    runs: Mutex<HashMap<String, RunHandle>>,
+    start_lock: tokio::sync::Mutex<()>,
+    tasks: TaskTracker,
+    /// Bumped on every local change, so cached views know they are stale.
+    generation: AtomicUsize,
+}
+
+impl Coordinator {
+    pub fn new(
+        records: Records,
+        http: reqwest::Client,
+        settings: Arc<Settings>,
+        boot_id: String,
+    ) -> Coordinator {
+        Coordinator {
+            catalog: Catalog::new(records.clone()),
+            records,
+            http,
+            settings,
+            boot_id,
+            runs: Mutex::new(HashMap::new()),
+            start_lock: tokio::sync::Mutex::new(()),
+            tasks: TaskTracker::new(),
+            generation: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn records(&self) -> &Records {
+        &self.records
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn generation(&self) -> usize {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunHandle>> {
+        self.runs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Marks runs of earlier boots as interrupted: the host died while they ran. Runs of this
+    /// boot belong to a sibling copy (hot swap) and are left alone.
+    pub async fn recover(&self) -> Result<usize, String> {
+        let mut recovered = 0;
+        for (key, entry) in self
+            .records
+            .scan::<HistoryEntry>(collection::HISTORY, "")
+            .await?
+        {
+            if entry.status.is_terminal() {
+                continue;
+            }
+            let Some(mut record) = self
+                .records
+                .get::<DeploymentRecord>(collection::DEPLOYMENTS, &entry.deployment_id)
+                .await?
+            else {
+                continue;
+            };
+            if record.boot_id == self.boot_id {
+                continue;
+            }
+            let now = SystemTime::now();
+            let phase = record.status;
+            let mut failed = Vec::new();
+            for (target_key, mut target) in self
+                .records
+                .scan::<TargetRecord>(collection::TARGETS, &format!("{}/", record.deployment_id))
+                .await?
+            {
+                if !target.status.is_terminal() {
+                    target.error = Some(format!(
+                        "the host stopped while this environment was {}",
+                        serde_json::to_value(target.status)
+                            .ok()
+                            .and_then(|value| value.as_str().map(str::to_owned))
+                            .unwrap_or_default()
+                    ));
+                    target.status = TargetStatus::Cancelled;
+                    target.finished_at = Some(timestamp(now));
+                    self.records
+                        .put(collection::TARGETS, &target_key, &target)
+                        .await?;
+                }
+                if target.status != TargetStatus::Succeeded {
+                    failed.push(target.environment_id.clone());
+                }
+            }
+            let message = format!(
+                "interrupted: the host stopped during phase {}; everything recorded until then is kept",
+                phase.as_str()
+            );
+            let next_chunk = self.next_log_chunk(&record.deployment_id).await?;
+            let line = LogLine {
+                ts: timestamp(now),
+                environment: None,
+                stream: LogStream::Error,
+                line: message.clone(),
+            };
+            self.records
+                .put(
+                    collection::LOGS,
+                    &log_key(&record.deployment_id, next_chunk),
+                    &vec![line],
+                )
+                .await?;
+            record.log_lines += 1;
+            record.status = Phase::Interrupted;
+            record.errors.push(message);
+            record.finished_at = Some(timestamp(now));
+            self.records
+                .put(collection::DEPLOYMENTS, &record.deployment_id, &record)
+                .await?;
+            self.records
+                .put(collection::HISTORY, &key, &record.history_entry(failed))
+                .await?;
+            recovered += 1;
+        }
+        for (id, active) in self
+            .records
+            .scan::<ActiveEntry>(collection::ACTIVE, "")
+            .await?
+        {
+            if active.boot_id != self.boot_id {
+                self.records.delete(collection::ACTIVE, &id).await?;
+                self.records.delete(collection::CANCEL, &id).await?;
+            }
+        }
+        Ok(recovered)
+    }
+
+    async fn next_log_chunk(&self, deployment_id: &str) -> Result<u64, String> {
+        let chunks = self
+            .records
+            .scan::<serde_json::Value>(collection::LOGS, &format!("{deployment_id}/"))
+            .await?;
+        Ok(chunks
+            .last()
+            .and_then(|(key, _)| key.rsplit('/').next()?.parse::<u64>().ok())
+            .map_or(0, |last| last + 1))
+    }
+
+    /// Environments busy in runs of this boot, by any copy: environment → deployment.
+    async fn busy_environments(&self) -> Result<HashMap<String, String>, String> {
+        let mut busy: HashMap<String, String> = HashMap::new();
+        for (id, active) in self
+            .records
+            .scan::<ActiveEntry>(collection::ACTIVE, "")
+            .await?
+        {
+            if active.boot_id == self.boot_id {
+                for environment in active.environments {
+                    busy.insert(environment, id.clone());
+                }
+            }
+        }
+        for (id, run) in self.runs().iter() {
+            for environment in &run.environments {
+                busy.insert(environment.clone(), id.clone());
+            }
+        }
+        Ok(busy)
+    }
+
+    /// Starts a deployment and returns its first record; the run goes on in the background.
+    pub async fn start(
+        self: &Arc<Self>,
+        request: StartRequest,
+    ) -> Result<DeploymentRecord, StartError> {
+        if request.ec2 == Some(true) {
+            return Err(StartError::Invalid {
+                code: "ec2_not_configured",
+                message: "ec2: the EC2 phase is not configured for this plugin; omit `ec2` or set it to false".into(),
+            });
+        }
+        let version = request.version.clone().unwrap_or_else(|| {
+            std::env::var("DEPLOYMENT_VERSION").unwrap_or_else(|_| "unversioned".into())
+        });
+        if version.trim().is_empty() || version.len() > 128 || version.chars().any(char::is_control)
+        {
+            return Err(StartError::BadField(FieldError::new(
+                "version",
+                "must be 1 to 128 printable characters",
+            )));
+        }
+        let _guard = self.start_lock.lock().await;
+        let catalog: HashMap<String, Environment> = self
+            .catalog
+            .list()
+            .await?
+            .into_iter()
+            .map(|stored| {
+                (
+                    stored.environment.environment_id.clone(),
+                    stored.environment,
+                )
+            })
+            .collect();
+        let targets: Vec<Environment> = match &request.environments {
+            Some(ids) => {
+                if ids.is_empty() {
+                    return Err(StartError::BadField(FieldError::new(
+                        "environments",
+                        "is an empty list; omit it to deploy every enabled environment",
+                    )));
+                }
+                let mut seen = HashSet::new();
+                let mut chosen = Vec::with_capacity(ids.len());
+                for id in ids {
+                    if !seen.insert(id.as_str()) {
+                        return Err(StartError::BadField(FieldError::new(
+                            "environments",
+                            format!("{id:?} is listed twice"),
+                        )));
+                    }
+                    let Some(environment) = catalog.get(id) else {
+                        return Err(StartError::Invalid {
+                            code: "unknown_environment",
+                            message: format!(
+                                "environments: no environment {id:?}; GET /environments lists them"
+                            ),
+                        });
+                    };
+                    if !environment.enabled {
+                        return Err(StartError::Invalid {
+                            code: "environment_disabled",
+                            message: format!("environments: {id:?} is disabled (enabled = false)"),
+                        });
+                    }
+                    chosen.push(environment.clone());
+                }
+                chosen
+            }
+            None => {
+                let mut all: Vec<Environment> = catalog
+                    .into_values()
+                    .filter(|environment| environment.enabled)
+                    .collect();
+                all.sort_by(|a, b| a.environment_id.cmp(&b.environment_id));
+                if all.is_empty() {
+                    return Err(StartError::Invalid {
+                        code: "no_environments",
+                        message: "there is no enabled environment to deploy; add one with POST /environments".into(),
+                    });
+                }
+                all
+            }
+        };
+        let busy = self.busy_environments().await?;
+        if let Some(target) = targets
+            .iter()
+            .find(|target| busy.contains_key(&target.environment_id))
+        {
+            let deployment = busy
+                .get(&target.environment_id)
+                .cloned()
+                .unwrap_or_default();
+            return Err(StartError::Busy {
+                environment: target.environment_id.clone(),
+                deployment,
+            });
+        }
+
+        let now = SystemTime::now();
+        let created_ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let record = DeploymentRecord {
+            deployment_id: new_deployment_id(created_ms),
+            status: Phase::Pending,
+            progress: 0,
+            version,
+            triggered_by: request.triggered_by.clone(),
+            request_id: request.request_id.clone(),
+            environments: targets.iter().map(|t| t.environment_id.clone()).collect(),
+            ec2: json!({ "status": "skipped", "reason": "ec2 is off" }),
+            errors: Vec::new(),
+            created_at: timestamp(now),
+            finished_at: None,
+            duration_ms: None,
+            retry_of: request.retry_of.clone(),
+            log_lines: 0,
+            boot_id: self.boot_id.clone(),
+            created_ms,
+        };
+        let id = record.deployment_id.clone();
+        self.records
+            .put(
+                collection::ACTIVE,
+                &id,
+                &ActiveEntry {
+                    boot_id: self.boot_id.clone(),
+                    environments: record.environments.clone(),
+                },
+            )
+            .await?;
+        for target in &targets {
+            let pending = TargetRecord {
+                environment_id: target.environment_id.clone(),
+                connection_method: target.connection_method.as_str().to_owned(),
+                status: TargetStatus::Pending,
+                started_at: None,
+                finished_at: None,
+                duration_ms: None,
+                exit_code: None,
+                detail: None,
+                error: None,
+                output_tail: Vec::new(),
+                health: None,
+            };
+            self.records
+                .put(
+                    collection::TARGETS,
+                    &target_key(&id, &target.environment_id),
+                    &pending,
+                )
+                .await?;
+        }
+        self.save_record(&record).await?;
+        let cancel = CancellationToken::new();
+        let reason = Arc::new(Mutex::new(None));
+        self.runs().insert(
+            id.clone(),
+            RunHandle {
+                cancel: cancel.clone(),
+                reason: Arc::clone(&reason),
+                environments: record.environments.clone(),
+            },
+        );
+        drop(_guard);
+        self.publish_phase(&record, None);
+        let run = Run {
+            coordinator: Arc::clone(self),
+            record: tokio::sync::Mutex::new(record.clone()),
+            cancel,
+            reason,
+            finished_targets: AtomicUsize::new(0),
+            total_targets: targets.len(),
+        };
+        self.tasks.spawn(Arc::new(run).execute(targets));
+        Ok(record)
+    }
+
+    /// Writes the record and its history entry (terminal or not).
+    async fn save_record(&self, record: &DeploymentRecord) -> Result<(), String> {
+        self.records
+            .put(collection::DEPLOYMENTS, &record.deployment_id, record)
+            .await?;
+        let failed = if record.status.is_terminal() {
+            self.records
+                .scan::<TargetRecord>(collection::TARGETS, &format!("{}/", record.deployment_id))
+                .await?
+                .into_iter()
+                .filter(|(_, target)| target.status != TargetStatus::Succeeded)
+                .map(|(_, target)| target.environment_id)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.records
+            .put(
+                collection::HISTORY,
+                &record.history_key(),
+                &record.history_entry(failed),
+            )
+            .await?;
+        self.changed();
+        Ok(())
+    }
+
+    fn publish_phase(&self, record: &DeploymentRecord, previous: Option<Phase>) {
+        self.records.host().publish(
+            event::PHASE,
+            &json!({
+                "deployment_id": record.deployment_id,
+                "status": record.status,
+                "previous": previous,
+                "progress": record.progress,
+                "environments": record.environments,
+                "errors": record.errors,
+            }),
+        );
+    }
+
+    /// Asks a run to stop. `Ok(true)` when this copy runs it, `Ok(false)` when the request was
+    /// left for the copy that does.
+    pub async fn cancel(&self, deployment_id: &str, by: &str) -> Result<bool, String> {
+        let local = self.runs().get(deployment_id).map(|run| {
+            let mut reason = run
+                .reason
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            reason.get_or_insert(StopReason::Cancelled);
+            run.cancel.clone()
+        });
+        match local {
+            Some(token) => {
+                tracing::info!(deployment = deployment_id, by, "cancel requested");
+                token.cancel();
+                Ok(true)
+            }
+            None => {
+                self.records
+                    .put(collection::CANCEL, deployment_id, &json!({ "by": by }))
+                    .await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Stops taking work and lets runs end: at a host shutdown they are stopped and recorded
+    /// as interrupted; at a hot swap they run to completion (the new copy serves meanwhile).
+    pub async fn shutdown(&self, host_stopping: bool) {
+        self.tasks.close();
+        if host_stopping {
+            let tokens: Vec<CancellationToken> = self
+                .runs()
+                .values()
+                .map(|run| {
+                    let mut reason = run
+                        .reason
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    reason.get_or_insert(StopReason::HostStopping);
+                    run.cancel.clone()
+                })
+                .collect();
+            for token in tokens {
+                token.cancel();
+            }
+        } else if !self.runs().is_empty() {
+            tracing::info!(
+                runs = self.runs().len(),
+                "hot swap: this copy finishes its running deployments before it stops"
+            );
+        }
+        self.tasks.wait().await;
+    }
+
+    /// Ids of the runs this copy is executing.
+    pub fn local_runs(&self) -> Vec<String> {
+        self.runs().keys().cloned().collect()
+    }
+
+    /// Periodic health checks of every enabled environment with a `health_check_url`.
+    pub async fn health_loop(self: Arc<Self>, stop: CancellationToken) {
+        let interval = self.settings.health_check_interval_secs;
+        if interval == 0 {
+            return;
+        }
+        let mut ticker = tokio::time::interval(Duration::from_secs(interval));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            if let Err(error) = self.check_all_health().await {
+                tracing::warn!("periodic health check: {error}");
+            }
+        }
+    }
+
+    async fn check_all_health(&self) -> Result<(), String> {
+        let environments = self.catalog.list().await?;
+        let limit = Arc::new(Semaphore::new(self.settings.max_parallel));
+        let mut checks = tokio::task::JoinSet::new();
+        for stored in environments {
+            let environment = stored.environment;
+            if !environment.enabled || environment.health_check_url.is_none() {
+                continue;
+            }
+            let limit = Arc::clone(&limit);
+            let http = self.http.clone();
+            let timeout = Duration::from_secs(self.settings.health_check_timeout_secs);
+            checks.spawn(async move {
+                let _permit = limit.acquire_owned().await.ok();
+                let url = environment.health_check_url.clone().unwrap_or_default();
+                (
+                    environment.environment_id,
+                    health::check(&http, &url, timeout).await,
+                )
+            });
+        }
+        while let Some(done) = checks.join_next().await {
+            let Ok((id, report)) = done else { continue };
+            self.record_health(&id, &report).await?;
+        }
+        Ok(())
+    }
+
+    /// Stores an environment's health and publishes it when it changed.
+    pub async fn record_health(&self, id: &str, report: &HealthReport) -> Result<(), String> {
+        if self.catalog.set_health(id, report).await? {
+            self.records.host().publish(
+                event::HEALTH,
+                &json!({ "environment_id": id, "health": report }),
+            );
+        }
+        self.changed();
+        Ok(())
+    }
+}
+
+pub fn target_key(deployment_id: &str, environment_id: &str) -> String {
+    format!("{deployment_id}/{environment_id}")
+}
+
+pub fn log_key(deployment_id: &str, chunk: u64) -> String {
+    format!("{deployment_id}/{chunk:010}")
+}
+
+/// One deployment in progress.
+struct Run {
+    coordinator: Arc<Coordinator>,
+    record: tokio::sync::Mutex<DeploymentRecord>,
+    cancel: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+    finished_targets: AtomicUsize,
+    total_targets: usize,
+}
+
+/// Progress at the start of each phase; triggering and verification fill the gaps in between.
+const PROGRESS_TRIGGERING: u8 = 10;
+const PROGRESS_TRIGGERED: u8 = 80;
+const PROGRESS_VERIFIED: u8 = 95;
+
+impl Run {
+    fn stop_reason(&self) -> Option<StopReason> {
+        *self
+            .reason
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn execute(self: Arc<Self>, targets: Vec<Environment>) {
+        let coordinator = Arc::clone(&self.coordinator);
+        let started = Instant::now();
+        let (deployment_id, version) = {
+            let record = self.record.lock().await;
+            (record.deployment_id.clone(), record.version.clone())
+        };
+        let (log, lines) = LogSink::channel(LOG_CHANNEL_LINES);
+        let tails = Arc::new(Mutex::new(HashMap::<String, VecDeque<LogLine>>::new()));
+        let (flush, flushes) = mpsc::channel(4);
+        let writer = tokio::spawn(
+            LogWriter {
+                records: coordinator.records.clone(),
+                deployment_id: deployment_id.clone(),
+                next_chunk: 0,
+                stored_lines: 0,
+                total_lines: 0,
+                limit: coordinator.settings.max_log_lines as u64,
+                tails: Arc::clone(&tails),
+            }
+            .run(lines, flushes),
+        );
+        let watcher = tokio::spawn(watch_cancel_requests(
+            coordinator.records.clone(),
+            deployment_id.clone(),
+            self.cancel.clone(),
+            Arc::clone(&self.reason),
+        ));
+        let logs = RunLog {
+            sink: log.clone(),
+            flush,
+        };
+
+        let triggered_by = self.record.lock().await.triggered_by.clone();
+        log.info(format!(
+            "deployment {deployment_id} started by {triggered_by}: {} environment(s), version {version}",
+            targets.len()
+        ))
+        .await;
+        log.info("EC2 phase skipped: ec2 is off").await;
+        self.set_phase(&logs, Phase::LocalTriggering, PROGRESS_TRIGGERING)
+            .await;
+
+        let limit = Arc::new(Semaphore::new(coordinator.settings.max_parallel));
+        let context = TriggerContext {
+            deployment_id: deployment_id.clone(),
+            version,
+            platform_instance_id: std::env::var("EC2_INSTANCE_ID").ok(),
+            platform_ip: std::env::var("EC2_PUBLIC_IP").ok(),
+            log: log.clone(),
+        };
+        let mut running = tokio::task::JoinSet::new();
+        for environment in &targets {
+            let run = Arc::clone(&self);
+            let limit = Arc::clone(&limit);
+            let mut context = context.clone();
+            context.log = log.for_environment(&environment.environment_id);
+            let environment = environment.clone();
+            let tails = Arc::clone(&tails);
+            running.spawn(async move { run.trigger_one(environment, context, limit, tails).await });
+        }
+        self.set_phase(&logs, Phase::LocalDeploying, PROGRESS_TRIGGERING)
+            .await;
+        let mut succeeded = Vec::new();
+        while let Some(done) = running.join_next().await {
+            if let Ok(Some(environment)) = done {
+                succeeded.push(environment);
+            }
+        }
+
+        if self.stop_reason().is_none() {
+            self.set_phase(&logs, Phase::LocalCompleted, PROGRESS_TRIGGERED)
+                .await;
+            self.set_phase(&logs, Phase::Verifying, PROGRESS_TRIGGERED)
+                .await;
+            self.verify(&log, succeeded, &limit).await;
+        }
+
+        let failed_any = {
+            let targets = coordinator
+                .records
+                .scan::<TargetRecord>(collection::TARGETS, &format!("{deployment_id}/"))
+                .await
+                .unwrap_or_default();
+            targets
+                .iter()
+                .any(|(_, target)| target.status != TargetStatus::Succeeded)
+        };
+        let (phase, message) = match self.stop_reason() {
+            Some(StopReason::Cancelled) => {
+                (Phase::Cancelled, Some("cancelled by request".to_owned()))
+            }
+            Some(StopReason::HostStopping) => (
+                Phase::Interrupted,
+                Some(
+                    "interrupted: the host shut down while this deployment was running".to_owned(),
+                ),
+            ),
+            None if failed_any => (Phase::Failed, None),
+            None => (Phase::Completed, None),
+        };
+        match &message {
+            Some(message) => log.line(LogStream::Error, message.clone()).await,
+            None => {
+                log.info(format!(
+                    "deployment {} after {:.1} s",
+                    phase.as_str(),
+                    started.elapsed().as_secs_f64()
+                ))
+                .await
+            }
+        }
+        let total_lines = logs.flush().await;
+        {
+            let mut record = self.record.lock().await;
+            record.log_lines = total_lines;
+            if let Some(message) = message {
+                record.errors.push(message);
+            }
+            record.finished_at = Some(timestamp(SystemTime::now()));
+            record.duration_ms = Some(started.elapsed().as_millis() as u64);
+        }
+        watcher.abort();
+        drop(logs);
+        drop(log);
+        drop(context);
+        let _ = writer.await;
+        // Record the end, free the environments, then tell the world: whoever sees the final
+        // phase can start the next deployment of these environments at once.
+        let (record, previous) = {
+            let mut record = self.record.lock().await;
+            let previous = record.status;
+            record.status = phase;
+            if phase == Phase::Completed {
+                record.progress = 100;
+            }
+            if let Err(error) = coordinator.save_record(&record).await {
+                tracing::error!(deployment = %deployment_id, "cannot record the end: {error}");
+            }
+            (record.clone(), previous)
+        };
+        let records = &coordinator.records;
+        if let Err(error) = records.delete(collection::ACTIVE, &deployment_id).await {
+            tracing::warn!(deployment = %deployment_id, "{error}");
+        }
+        let _ = records.delete(collection::CANCEL, &deployment_id).await;
+        coordinator.runs().remove(&deployment_id);
+        coordinator.changed();
+        coordinator.publish_phase(&record, Some(previous));
+    }
+
+    /// Writes a phase change (after the log lines before it), then publishes it.
+    async fn set_phase(&self, logs: &RunLog, phase: Phase, progress: u8) {
+        let lines = logs.flush().await;
+        let mut record = self.record.lock().await;
+        let previous = record.status;
+        record.status = phase;
+        record.progress = record.progress.max(progress);
+        record.log_lines = lines;
+        if let Err(error) = self.coordinator.save_record(&record).await {
+            tracing::error!(deployment = %record.deployment_id, "cannot record phase {}: {error}", phase.as_str());
+        }
+        self.coordinator.publish_phase(&record, Some(previous));
+    }
+
+    /// Runs one environment's trigger under the parallel limit, its timeout and the cancel
+    /// token. Returns the environment when it succeeded.
+    async fn trigger_one(
+        self: Arc<Self>,
+        environment: Environment,
+        context: TriggerContext,
+        limit: Arc<Semaphore>,
+        tails: Arc<Mutex<HashMap<String, VecDeque<LogLine>>>>,
+    ) -> Option<Environment> {
+        let id = environment.environment_id.clone();
+        let mut target = TargetRecord {
+            environment_id: id.clone(),
+            connection_method: environment.connection_method.as_str().to_owned(),
+            status: TargetStatus::Pending,
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            exit_code: None,
+            detail: None,
+            error: None,
+            output_tail: Vec::new(),
+            health: None,
+        };
+        let permit = tokio::select! {
+            permit = limit.acquire_owned() => permit.ok(),
+            _ = self.cancel.cancelled() => None,
+        };
+        let started = Instant::now();
+        let outcome = match permit {
+            None => Err((
+                TargetStatus::Cancelled,
+                "stopped before it started".to_owned(),
+                None,
+            )),
+            Some(_permit) => {
+                target.started_at = Some(timestamp(SystemTime::now()));
+                target.status = TargetStatus::Triggering;
+                self.save_target(&target).await;
+                let trigger = AnyTrigger::for_environment(&environment, &self.coordinator.http);
+                target.status = TargetStatus::Running;
+                self.save_target(&target).await;
+                let timeout = Duration::from_secs(environment.timeout);
+                tokio::select! {
+                    result = tokio::time::timeout(timeout, trigger.run(&context)) => match result {
+                        Ok(Ok(success)) => Ok(success),
+                        Ok(Err(failure)) => Err((
+                            match failure.kind {
+                                FailureKind::Failed => TargetStatus::Failed,
+                                FailureKind::TimedOut => TargetStatus::TimedOut,
+                            },
+                            failure.message,
+                            failure.exit_code,
+                        )),
+                        Err(_) => Err((
+                            TargetStatus::TimedOut,
+                            format!("no result within the environment's timeout of {} s; the trigger was stopped", environment.timeout),
+                            None,
+                        )),
+                    },
+                    _ = self.cancel.cancelled() => Err((
+                        TargetStatus::Cancelled,
+                        "stopped: the deployment was cancelled".to_owned(),
+                        None,
+                    )),
+                }
+            }
+        };
+        let succeeded = match outcome {
+            Ok(success) => {
+                target.status = TargetStatus::Succeeded;
+                target.exit_code = success.exit_code;
+                target.detail = success.detail;
+                context.log.info("trigger succeeded").await;
+                true
+            }
+            Err((status, message, exit_code)) => {
+                target.status = status;
+                target.exit_code = exit_code;
+                context.log.line(LogStream::Error, message.clone()).await;
+                target.error = Some(message);
+                false
+            }
+        };
+        target.finished_at = Some(timestamp(SystemTime::now()));
+        target.duration_ms = Some(started.elapsed().as_millis() as u64);
+        // The tail includes this environment's last lines once the writer has seen them.
+        let finished = self.finished_targets.fetch_add(1, Ordering::SeqCst) + 1;
+        let progress = PROGRESS_TRIGGERING
+            + ((PROGRESS_TRIGGERED - PROGRESS_TRIGGERING) as usize * finished
+                / self.total_targets.max(1)) as u8;
+        self.finish_target(&mut target, &tails, progress).await;
+        succeeded.then_some(environment)
+    }
+
+    async fn save_target(&self, target: &TargetRecord) {
+        let (id, progress) = {
+            let record = self.record.lock().await;
+            (record.deployment_id.clone(), record.progress)
+        };
+        if let Err(error) = self
+            .coordinator
+            .records
+            .put(
+                collection::TARGETS,
+                &target_key(&id, &target.environment_id),
+                target,
+            )
+            .await
+        {
+            tracing::error!(deployment = %id, "cannot record environment {}: {error}", target.environment_id);
+        }
+        self.coordinator.changed();
+        self.coordinator.records.host().publish(
+            event::ENVIRONMENT,
+            &json!({ "deployment_id": id, "progress": progress, "environment": target }),
+        );
+    }
+
+    /// Records an environment's final result and the deployment's progress.
+    async fn finish_target(
+        &self,
+        target: &mut TargetRecord,
+        tails: &Mutex<HashMap<String, VecDeque<LogLine>>>,
+        progress: u8,
+    ) {
+        {
+            let mut record = self.record.lock().await;
+            record.progress = record.progress.max(progress);
+            if let Err(error) = self.coordinator.save_record(&record).await {
+                tracing::error!(deployment = %record.deployment_id, "cannot record progress: {error}");
+            }
+        }
+        target.output_tail = tails
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&target.environment_id)
+            .map(|tail| tail.iter().cloned().collect())
+            .unwrap_or_default();
+        self.save_target(target).await;
+    }
+
+    /// Polls each succeeded environment's health URL until healthy or its timeout. An unhealthy
+    /// environment turns `failed`, with the URL and the answer in its error.
+    async fn verify(
+        self: &Arc<Self>,
+        log: &LogSink,
+        succeeded: Vec<Environment>,
+        limit: &Arc<Semaphore>,
+    ) {
+        let deployment_id = self.record.lock().await.deployment_id.clone();
+        let checked: Vec<Environment> = succeeded
+            .into_iter()
+            .filter(|environment| environment.health_check_url.is_some())
+            .collect();
+        if checked.is_empty() {
+            log.info("verifying: no environment has a health_check_url; nothing to check")
+                .await;
+            return;
+        }
+        let total = checked.len();
+        let verified = Arc::new(AtomicUsize::new(0));
+        let mut checks = tokio::task::JoinSet::new();
+        for environment in checked {
+            let run = Arc::clone(self);
+            let limit = Arc::clone(limit);
+            let log = log.for_environment(&environment.environment_id);
+            let verified = Arc::clone(&verified);
+            let deployment_id = deployment_id.clone();
+            checks.spawn(async move {
+                let _permit = limit.acquire_owned().await.ok();
+                let url = environment.health_check_url.clone().unwrap_or_default();
+                log.info(format!("verifying: polling {url}")).await;
+                let deadline = Instant::now() + Duration::from_secs(environment.timeout);
+                let per_request = Duration::from_secs(run.coordinator.settings.health_check_timeout_secs);
+                let report = tokio::select! {
+                    report = health::wait_healthy(&run.coordinator.http, &url, per_request, deadline) => report,
+                    _ = run.cancel.cancelled() => return,
+                };
+                let key = target_key(&deployment_id, &environment.environment_id);
+                let mut target = match run.coordinator.records.get::<TargetRecord>(collection::TARGETS, &key).await {
+                    Ok(Some(target)) => target,
+                    _ => return,
+                };
+                if report.healthy {
+                    log.info(format!("healthy: {url} answered {}", report.http_status.unwrap_or_default())).await;
+                } else {
+                    let why = report.error.clone().unwrap_or_else(|| format!("{url} is unhealthy"));
+                    let message = format!("verifying failed: {why} (polled until the timeout of {} s)", environment.timeout);
+                    log.line(LogStream::Error, message.clone()).await;
+                    target.status = TargetStatus::Failed;
+                    target.error = Some(message.clone());
+                    let mut record = run.record.lock().await;
+                    record.errors.push(format!("{}: {message}", environment.environment_id));
+                }
+                target.health = Some(report.clone());
+                if let Err(error) = run.coordinator.record_health(&environment.environment_id, &report).await {
+                    tracing::warn!("{error}");
+                }
+                let done = verified.fetch_add(1, Ordering::SeqCst) + 1;
+                let progress = PROGRESS_TRIGGERED + ((PROGRESS_VERIFIED - PROGRESS_TRIGGERED) as usize * done / total) as u8;
+                {
+                    let mut record = run.record.lock().await;
+                    record.progress = record.progress.max(progress);
+                }
+                run.save_target(&target).await;
+            });
+        }
+        while checks.join_next().await.is_some() {}
+    }
+}
+
+/// The run's log, with a way to wait until every line sent so far is stored.
+struct RunLog {
+    sink: LogSink,
+    flush: mpsc::Sender<oneshot::Sender<u64>>,
+}
+
+impl RunLog {
+    /// Waits until every line sent before this call is in the store; returns the line count.
+    async fn flush(&self) -> u64 {
+        let _ = &self.sink;
+        let (done, wait) = oneshot::channel();
+        if self.flush.send(done).await.is_err() {
+            return 0;
+        }
+        wait.await.unwrap_or(0)
+    }
+}
+
+/// Writes a run's log lines to the store in batches, and publishes each batch once stored.
+struct LogWriter {
+    records: Records,
+    deployment_id: String,
+    next_chunk: u64,
+    stored_lines: u64,
+    total_lines: u64,
+    limit: u64,
+    tails: Arc<Mutex<HashMap<String, VecDeque<LogLine>>>>,
+}
+
+impl LogWriter {
+    async fn run(
+        mut self,
+        mut lines: mpsc::Receiver<LogLine>,
+        mut flushes: mpsc::Receiver<oneshot::Sender<u64>>,
+    ) {
+        let mut batch: Vec<LogLine> = Vec::new();
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let (mut lines_open, mut flushes_open) = (true, true);
+        while lines_open || flushes_open {
+            let timer = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                line = lines.recv(), if lines_open => match line {
+                    Some(line) => {
+                        self.take(&mut batch, line);
+                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + LOG_BATCH_DELAY);
+                        if batch.len() >= LOG_BATCH_LINES {
+                            self.write(&mut batch).await;
+                            deadline = None;
+                        }
+                    }
+                    None => lines_open = false,
+                },
+                flush = flushes.recv(), if flushes_open => match flush {
+                    Some(done) => {
+                        // Lines sent before the flush request are already queued: take them.
+                        while let Ok(line) = lines.try_recv() {
+                            self.take(&mut batch, line);
+                        }
+                        self.write(&mut batch).await;
+                        deadline = None;
+                        let _ = done.send(self.total_lines);
+                    }
+                    None => flushes_open = false,
+                },
+                _ = timer => {
+                    self.write(&mut batch).await;
+                    deadline = None;
+                }
+            }
+        }
+        self.write(&mut batch).await;
+    }
+
+    fn take(&mut self, batch: &mut Vec<LogLine>, line: LogLine) {
+        self.total_lines += 1;
+        if let Some(environment) = &line.environment {
+            let mut tails = self
+                .tails
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let tail = tails.entry(environment.clone()).or_default();
+            if tail.len() == OUTPUT_TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line.clone());
+        }
+        if self.stored_lines < self.limit {
+            self.stored_lines += 1;
+            batch.push(line);
+            if self.stored_lines == self.limit {
+                batch.push(LogLine {
+                    ts: timestamp(SystemTime::now()),
+                    environment: None,
+                    stream: LogStream::Error,
+                    line: format!(
+                        "log limit of {} lines reached; later lines are counted, not kept",
+                        self.limit
+                    ),
+                });
+            }
+        }
+    }
+
+    async fn write(&mut self, batch: &mut Vec<LogLine>) {
+        if batch.is_empty() {
+            return;
+        }
+        let lines = std::mem::take(batch);
+        let key = log_key(&self.deployment_id, self.next_chunk);
+        self.next_chunk += 1;
+        if let Err(error) = self.records.put(collection::LOGS, &key, &lines).await {
+            tracing::error!(deployment = %self.deployment_id, "cannot store log lines: {error}");
+            return;
+        }
+        self.records.host().publish(
+            event::LOG,
+            &json!({ "deployment_id": self.deployment_id, "lines": lines }),
+        );
+    }
+}
+
+/// Cancels a run when a cancel request for it appears in the store (made through another copy).
+async fn watch_cancel_requests(
+    records: Records,
+    deployment_id: String,
+    cancel: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(CANCEL_POLL) => {}
+        }
+        if let Ok(Some(_)) = records
+            .get::<serde_json::Value>(collection::CANCEL, &deployment_id)
+            .await
+        {
+            reason
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .get_or_insert(StopReason::Cancelled);
+            cancel.cancel();
+            return;
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Typed access to the host's store. The store is the source of truth: another copy of this
+//! plugin (during a hot swap) and the next start after a crash read exactly what is here.
+//!
+//! Store calls cross into the host and may wait on SQLite, so they run on the blocking pool,
+//! never on the runtime's worker threads.
+
+use plugin_guest::Host;
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Collections, all prefixed so they stay apart from other plugins' records.
+pub mod collection {
+    pub const ENVIRONMENTS: &str = "deployment_mcp.environments";
+    /// Ids of file environments deleted through the API, so a restart does not bring them back.
+    pub const DELETED_FILE_ENVIRONMENTS: &str = "deployment_mcp.deleted_file_environments";
+    pub const HEALTH: &str = "deployment_mcp.health";
+    pub const DEPLOYMENTS: &str = "deployment_mcp.deployments";
+    /// `<deployment>/<environment>` → per-environment result.
+    pub const TARGETS: &str = "deployment_mcp.targets";
+    /// `<deployment>/<chunk number>` → a batch of log lines.
+    pub const LOGS: &str = "deployment_mcp.logs";
+    /// Newest-first index of deployments: `<inverted created ms>/<id>` → history entry.
+    pub const HISTORY: &str = "deployment_mcp.history";
+    /// Deployments still running: id → their environments and boot.
+    pub const ACTIVE: &str = "deployment_mcp.active";
+    /// Cancel requests, for a run owned by another copy of the plugin.
+    pub const CANCEL: &str = "deployment_mcp.cancel";
+    pub const IDEMPOTENCY: &str = "deployment_mcp.idempotency";
+}
+
+/// The largest page the store hands out.
+const PAGE: u32 = 10_000;
+
+#[derive(Clone)]
+pub struct Records {
+    host: Host,
+}
+
+impl Records {
+    pub fn new(host: Host) -> Records {
+        Records { host }
+    }
+
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Host) -> Result<T, String> + Send + 'static,
+    ) -> Result<T, String> {
+        let host = self.host.clone();
+        tokio::task::spawn_blocking(move || call(&host))
+            .await
+            .map_err(|error| format!("store call did not finish: {error}"))?
+    }
+
+    pub async fn put<T: Serialize>(
+        &self,
+        collection: &'static str,
+        key: &str,
+        value: &T,
+    ) -> Result<(), String> {
+        let text = serde_json::to_string(value)
+            .map_err(|error| format!("cannot encode {collection}/{key}: {error}"))?;
+        let key = key.to_owned();
+        self.blocking(move |host| host.store_put(collection, &key, &text))
+            .await
+    }
+
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        collection: &'static str,
+        key: &str,
+    ) -> Result<Option<T>, String> {
+        let owned = key.to_owned();
+        let text = self
+            .blocking(move |host| host.store_get(collection, &owned))
+            .await?;
+        text.map(|text| decode(collection, key, &text)).transpose()
+    }
+
+    pub async fn delete(&self, collection: &'static str, key: &str) -> Result<bool, String> {
+        let key = key.to_owned();
+        self.blocking(move |host| host.store_delete(collection, &key))
+            .await
+    }
+
+    /// Rows after `after` in key order, at most `limit`.
+    pub async fn page(
+        &self,
+        collection: &'static str,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, String> {
+        self.blocking(move |host| host.store_list(collection, after.as_deref(), limit))
+            .await
+    }
+
+    /// Every row whose key starts with `prefix`, in key order, decoded.
+    pub async fn scan<T: DeserializeOwned>(
+        &self,
+        collection: &'static str,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>, String> {
+        let mut rows = Vec::new();
+        // Keys sort right after the prefix minus its last byte; start there and stop past it.
+        let mut after = if prefix.is_empty() {
+            None
+        } else {
+            Some(prefix_floor(prefix))
+        };
+        loop {
+            let page = self.page(collection, after.clone(), PAGE).await?;
+            let full = page.len() == PAGE as usize;
+            for (key, text) in page {
+                if !key.starts_with(prefix) {
+                    if key.as_str() > prefix {
+                        return Ok(rows);
+                    }
+                    after = Some(key);
+                    continue;
+                }
+                let value = decode(collection, &key, &text)?;
+                after = Some(key.clone());
+                rows.push((key, value));
+            }
+            if !full {
+                return Ok(rows);
+            }
+        }
+    }
+}
+
+/// A key that sorts just before every key starting with `prefix`.
+fn prefix_floor(prefix: &str) -> String {
+    // Keys are compared bytewise; "a/" < "a/<anything>", and nothing between them but "a/"
+    // itself, which starts with the prefix and is therefore included by taking its predecessor.
+    let mut floor = prefix.to_owned();
+    floor.pop();
+    floor
+}
+
+fn decode<T: DeserializeOwned>(collection: &str, key: &str, text: &str) -> Result<T, String> {
+    serde_json::from_str(text)
+        .map_err(|error| format!("stored record {collection}/{key} is unreadable: {error}"))
+}
