@@ -81,17 +81,17 @@ fn plugin_call(c: &mut Criterion) {
             error.message
         )
     });
-    let environments = deployment_mcp::environments::load_file(&environments_file)
-        .expect("read the environments file");
-    let in_process = deployment_mcp::routes::Api::new(
-        plugin_guest::Host::new(bridge::host_services("deployment_mcp", store, bus)),
-        environments,
-    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("bench runtime");
+    let in_process = runtime
+        .block_on(deployment_mcp::build(
+            plugin_guest::Host::new(bridge::host_services("deployment_mcp", store, bus)),
+            &settings,
+        ))
+        .expect("build the in-process handler");
 
     let mut group = c.benchmark_group("status_round_trip");
     group.bench_function("through_loaded_plugin", |b| {

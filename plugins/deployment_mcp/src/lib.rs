@@ -50,9 +50,15 @@ fn http_client() -> Result<reqwest::Client, String> {
         .map_err(|error| format!("cannot build the HTTP client: {error}"))
 }
 
-async fn init(startup: Startup) -> Result<routes::Api, String> {
-    let settings = Arc::new(settings::Settings::from_json(&startup.settings)?);
-    let records = records::Records::new(startup.host);
+/// Builds the plugin's handler on the current tokio runtime: imports the environments file,
+/// marks runs of an earlier boot as interrupted, and starts the periodic health checks. The
+/// exported plugin calls it at start; benchmarks and tests call it in-process.
+pub async fn build(
+    host: plugin_guest::Host,
+    settings: &serde_json::Value,
+) -> Result<routes::Api, String> {
+    let settings = Arc::new(settings::Settings::from_json(settings)?);
+    let records = records::Records::new(host);
     // Without a lifecycle record (an older host), every unfinished run is from another boot.
     let boot_id = match host_lifecycle(&records).await {
         Some(lifecycle) => lifecycle.boot_id,
@@ -86,7 +92,9 @@ fn start(host: HostServicesBox, settings: RString) -> RResult<PluginInstanceBox,
         worker_threads: 2,
         drain_timeout: std::time::Duration::from_secs(30),
     };
-    plugin_guest::start_instance(host, settings, options, init)
+    plugin_guest::start_instance(host, settings, options, |startup: Startup| async move {
+        build(startup.host, &startup.settings).await
+    })
 }
 
 plugin_guest::export_plugin! {
