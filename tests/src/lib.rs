@@ -17,6 +17,7 @@ pub use nix::sys::signal::Signal;
 use sha2::{Digest, Sha256};
 
 pub mod sshd;
+pub mod targets;
 
 pub const ADMIN_KEY: &str = "pa_test_admin_0123456789abcdef";
 pub const DEVELOPER_KEY: &str = "pa_test_developer_0123456789abcdef";
@@ -84,6 +85,8 @@ pub struct HostOptions {
     pub args: Vec<String>,
     /// The environments file content for the real plugin.
     pub environments: String,
+    /// Extra lines for `[plugins.deployment_mcp.settings]` (TOML).
+    pub settings: String,
 }
 
 impl Default for HostOptions {
@@ -94,6 +97,7 @@ impl Default for HostOptions {
             env: Vec::new(),
             args: Vec::new(),
             environments: DEMO_ENVIRONMENTS.to_owned(),
+            settings: String::new(),
         }
     }
 }
@@ -150,6 +154,7 @@ watch = {watch}
 
 [plugins.deployment_mcp.settings]
 environments_file = "{environments}"
+{settings}
 "#,
         data = dir.join("data").display(),
         admin = sha256_hex(ADMIN_KEY),
@@ -158,6 +163,7 @@ environments_file = "{environments}"
         plugin = dir.join("plugins/libdeployment_mcp.so").display(),
         watch = options.watch,
         environments = environments.display(),
+        settings = options.settings,
     );
     let path = dir.join("powerautomation.toml");
     std::fs::write(&path, config).expect("write the config file");
@@ -475,4 +481,44 @@ pub fn mapped_plugin_copies(pid: u32) -> Vec<String> {
     copies.sort();
     copies.dedup();
     copies
+}
+
+/// Sends a POST that declares a `Content-Length` of `declared` bytes but sends none of them, and
+/// returns the status and body of the answer. A server that enforces its body limit answers 413
+/// from the headers alone, so this never races a closing connection the way sending the bytes
+/// would.
+pub async fn post_declaring_length(
+    url: &str,
+    path: &str,
+    key: &str,
+    declared: usize,
+) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect to the host");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("send the request head");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
 }

@@ -134,7 +134,7 @@ async fn plugin_built_against_another_interface_is_incompatible() {
     assert_eq!(plugin["state"], "incompatible", "{plugin}");
     let error = plugin["last_error"].as_str().unwrap_or_default();
     assert!(
-        error.contains("2.0.0") && error.contains("1.0.0"),
+        error.contains("2.0.0") && error.contains(plugin_api::INTERFACE_VERSION),
         "names both versions: {error}"
     );
     let (status, body) = host.get("/api/deployment/status", Some(USER_KEY)).await;
@@ -368,17 +368,14 @@ async fn errors_are_json_for_unknown_routes_and_oversize_bodies() {
         (405, Some("method_not_allowed"))
     );
 
-    let huge = "x".repeat(2 * 1024 * 1024);
-    let response = host
-        .client()
-        .post(format!("{}/api/deployment/environments", host.url))
-        .header("X-API-Key", ADMIN_KEY)
-        .body(huge)
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(response.status().as_u16(), 413);
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let (status, body) = e2e::post_declaring_length(
+        &host.url,
+        "/api/deployment/environments",
+        ADMIN_KEY,
+        2 * 1024 * 1024,
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
     assert_eq!(body["error"], "payload_too_large");
 }
 

@@ -340,10 +340,14 @@ pub fn from_json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T
 
 /// A serde error as a field error: `.` is serde's name for "the document itself".
 pub fn field_error(path: String, message: String) -> FieldError {
-    let missing = message
-        .strip_prefix("missing field `")
-        .and_then(|rest| rest.split_once('`'))
-        .map(|(name, _)| name.to_owned());
+    let missing = ["missing field `", "unknown field `"]
+        .iter()
+        .find_map(|prefix| {
+            message
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.split_once('`'))
+                .map(|(name, _)| name.to_owned())
+        });
     let field = match (path.as_str(), missing) {
         (".", Some(name)) => name,
         (".", None) => "body".to_owned(),

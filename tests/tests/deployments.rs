@@ -1,0 +1,938 @@
+//! Deployments end to end: the real host with the real plugin, triggering real peers on
+//! loopback (local commands, HTTP targets, sshd).
+
+use std::{path::Path, time::Duration};
+
+use e2e::{
+    sshd::Sshd,
+    targets::{Behaviour, Target},
+    wait_until, HostOptions, TestHost, ADMIN_KEY, DEVELOPER_KEY, USER_KEY,
+};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// Bound on a deployment of quick targets.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn local(id: &str, command: &[&str], timeout: u64) -> Value {
+    json!({"environment_id": id, "environment_type": "linux_local", "connection_method": "local",
+           "command": command, "timeout": timeout})
+}
+
+fn environments(list: Vec<Value>) -> String {
+    json!({ "environments": list }).to_string()
+}
+
+fn options(list: Vec<Value>) -> HostOptions {
+    HostOptions {
+        environments: environments(list),
+        settings: "health_check_interval_secs = 0".into(),
+        ..HostOptions::default()
+    }
+}
+
+async fn trigger(host: &TestHost, body: Value) -> (u16, Value) {
+    host.call(
+        Method::POST,
+        "/api/deployment/trigger-local",
+        Some(ADMIN_KEY),
+        Some(body),
+    )
+    .await
+}
+
+async fn started(host: &TestHost, body: Value) -> String {
+    let (status, answer) = trigger(host, body).await;
+    assert_eq!(status, 202, "{answer}");
+    answer["deployment_id"]
+        .as_str()
+        .expect("a deployment id")
+        .to_owned()
+}
+
+async fn detail(host: &TestHost, id: &str) -> Value {
+    let (status, body) = host
+        .get(
+            &format!("/api/deployment/deployments/{id}"),
+            Some(DEVELOPER_KEY),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn is_terminal(status: &str) -> bool {
+    matches!(status, "completed" | "failed" | "cancelled" | "interrupted")
+}
+
+/// Waits (bounded) until the deployment ended and returns its full record.
+async fn finished(host: &TestHost, id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    loop {
+        let record = detail(host, id).await;
+        if is_terminal(record["status"].as_str().unwrap_or_default()) {
+            return record;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deployment {id} did not end: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn result<'a>(record: &'a Value, environment: &str) -> &'a Value {
+    record["results"]
+        .as_array()
+        .and_then(|results| {
+            results
+                .iter()
+                .find(|result| result["environment_id"] == environment)
+        })
+        .unwrap_or_else(|| panic!("no result for {environment} in {record}"))
+}
+
+async fn log_text(host: &TestHost, id: &str) -> Vec<String> {
+    let (status, body) = host
+        .get(
+            &format!("/api/deployment/deployments/{id}/logs"),
+            Some(DEVELOPER_KEY),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["lines"]
+        .as_array()
+        .map(|lines| {
+            lines
+                .iter()
+                .map(|line| line["line"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_demo_environment_deploys_and_shows_in_history() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let markers = dir.path().join("markers");
+    let demo = std::fs::read_to_string(e2e::repo_root().join("config/remote_environments.json"))
+        .expect("read the shipped environments file");
+    let host = TestHost::start(
+        dir.path(),
+        HostOptions {
+            environments: demo,
+            env: vec![("AICORE_MARKER_DIR".into(), markers.display().to_string())],
+            ..HostOptions::default()
+        },
+    )
+    .await;
+    let client = host.client();
+    let response = client
+        .post(format!("{}/api/deployment/one-click", host.url))
+        .header("X-API-Key", ADMIN_KEY)
+        .json(&json!({"version": "1.2.3"}))
+        .send()
+        .await
+        .expect("trigger");
+    assert_eq!(response.status().as_u16(), 202);
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+        .expect("a Location header");
+    let answer: Value = response.json().await.expect("json");
+    let id = answer["deployment_id"].as_str().expect("id").to_owned();
+    assert_eq!(answer["status"], "pending");
+    assert_eq!(location, format!("/api/deployment/deployments/{id}"));
+    assert_eq!(answer["status_url"], location);
+
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert_eq!(record["progress"], 100);
+    assert_eq!(record["version"], "1.2.3");
+    assert_eq!(record["ec2"]["status"], "skipped");
+    let demo = result(&record, "local_demo");
+    assert_eq!(demo["status"], "succeeded");
+    assert_eq!(demo["exit_code"], 0);
+    let lines = log_text(&host, &id).await;
+    assert!(
+        lines.iter().any(|line| line.contains("EC2 phase skipped")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|line| line.contains("init_aicore")),
+        "the script's own output is in the log: {lines:?}"
+    );
+    assert!(
+        std::fs::read_dir(&markers)
+            .map(|dir| dir.count())
+            .unwrap_or(0)
+            > 0,
+        "the demo script wrote its marker"
+    );
+
+    let (status, history) = host
+        .get("/api/deployment/history", Some(DEVELOPER_KEY))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(history["total_count"], 1);
+    assert_eq!(history["history"][0]["deployment_id"], id.as_str());
+    let (status, overview) = host.get("/api/deployment/status", Some(USER_KEY)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        overview["latest"]["deployment_id"],
+        id.as_str(),
+        "{overview}"
+    );
+    let (status, _) = host
+        .get(&format!("/api/deployment/deployments/{id}"), Some(USER_KEY))
+        .await;
+    assert_eq!(status, 403, "details need the developer role");
+}
+
+#[tokio::test]
+async fn http_and_webhook_targets_get_authenticated_calls_and_fail_alone() {
+    let good = Target::start(Behaviour {
+        webhook_secret: Some("hook-secret".into()),
+        ..Behaviour::default()
+    })
+    .await;
+    let broken = Target::start(Behaviour {
+        deploy_status: 500,
+        ..Behaviour::default()
+    })
+    .await;
+    let list = vec![
+        json!({"environment_id": "api_ok", "environment_type": "linux_local", "connection_method": "http_api",
+               "host": "127.0.0.1", "port": good.port(), "api_token": "target-token", "timeout": 20}),
+        json!({"environment_id": "hook_ok", "environment_type": "docker_container", "connection_method": "webhook",
+               "webhook_url": good.url("/webhook/deploy"), "webhook_secret": "hook-secret", "timeout": 20}),
+        json!({"environment_id": "api_broken", "environment_type": "linux_local", "connection_method": "http_api",
+               "host": "127.0.0.1", "port": broken.port(), "api_token": "target-token", "timeout": 20}),
+    ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = TestHost::start(dir.path(), options(list)).await;
+    let id = started(&host, json!({"version": "7.0"})).await;
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(result(&record, "api_ok")["status"], "succeeded");
+    assert_eq!(result(&record, "hook_ok")["status"], "succeeded");
+    let failure = result(&record, "api_broken");
+    assert_eq!(failure["status"], "failed");
+    let error = failure["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("500") && error.contains("deploy answered 500"),
+        "{error}"
+    );
+
+    let received = good.received();
+    let deploy = received
+        .iter()
+        .find(|call| call.path == "/api/deploy/init")
+        .expect("the http_api target was called");
+    assert!(deploy.authenticated, "bearer token checked out");
+    assert_eq!(deploy.body["deployment_id"], id.as_str());
+    assert_eq!(deploy.body["version"], "7.0");
+    let hook = received
+        .iter()
+        .find(|call| call.path == "/webhook/deploy")
+        .expect("the webhook was called");
+    assert!(hook.authenticated, "HMAC signature checked out");
+    assert_eq!(hook.body["event"], "ec2_deployment_completed");
+
+    let (status, listing) = host
+        .get("/api/deployment/environments", Some(DEVELOPER_KEY))
+        .await;
+    assert_eq!(status, 200);
+    let text = listing.to_string();
+    assert!(
+        !text.contains("target-token") && !text.contains("hook-secret"),
+        "{text}"
+    );
+    assert!(!host.logs().contains("hook-secret") && !host.logs().contains("target-token"));
+}
+
+#[tokio::test]
+async fn an_unhealthy_environment_fails_the_deployment_in_verifying() {
+    let target = Target::start(Behaviour {
+        health_status: 503,
+        ..Behaviour::default()
+    })
+    .await;
+    let list = vec![
+        json!({"environment_id": "sick", "environment_type": "linux_local",
+        "connection_method": "local", "command": ["true"], "timeout": 2,
+        "health_check_url": target.url("/health")}),
+    ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = TestHost::start(dir.path(), options(list)).await;
+    let (_, events) = subscribe(&host).await;
+    let id = started(&host, json!({})).await;
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    let sick = result(&record, "sick");
+    let error = sick["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&target.url("/health")) && error.contains("503"),
+        "{error}"
+    );
+    assert_eq!(sick["health"]["http_status"], 503);
+    let phases = phases_of(events, &id).await;
+    assert!(
+        phases.ends_with(&["verifying".to_owned(), "failed".to_owned()]),
+        "failed in verifying: {phases:?}"
+    );
+
+    // Healthy again: the explicit check updates the environment's last health.
+    target.set_health(200);
+    let (status, checked) = host
+        .call(
+            Method::POST,
+            "/api/deployment/environments/sick/health-check",
+            Some(DEVELOPER_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{checked}");
+    assert_eq!(checked["health"]["healthy"], true);
+    let (_, environment) = host
+        .get("/api/deployment/environments/sick", Some(DEVELOPER_KEY))
+        .await;
+    assert_eq!(environment["last_health"]["healthy"], true);
+}
+
+#[tokio::test]
+async fn twenty_slow_environments_run_in_parallel() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stamps = dir.path().join("stamps");
+    std::fs::create_dir_all(&stamps).expect("stamp dir");
+    // Each trigger records when it started and ended (ms), sleeping 1 s in between.
+    let script = format!(
+        "date +%s%3N > {0}/$PA_ENVIRONMENT_ID.start; sleep 1; date +%s%3N > {0}/$PA_ENVIRONMENT_ID.end",
+        stamps.display()
+    );
+    let list = (0..20)
+        .map(|n| local(&format!("slow_{n:02}"), &["sh", "-c", &script], 30))
+        .collect();
+    let host = TestHost::start(dir.path(), options(list)).await;
+    let id = started(&host, json!({})).await;
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    let read = |name: String| -> u64 {
+        std::fs::read_to_string(stamps.join(name))
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .expect("a stamp")
+    };
+    let intervals: Vec<(u64, u64)> = (0..20)
+        .map(|n| {
+            (
+                read(format!("slow_{n:02}.start")),
+                read(format!("slow_{n:02}.end")),
+            )
+        })
+        .collect();
+    // How many ran at once: every trigger had started before the first one ended.
+    let first_end = intervals.iter().map(|(_, end)| *end).min().unwrap_or(0);
+    let overlapping = intervals
+        .iter()
+        .filter(|(start, _)| *start < first_end)
+        .count();
+    assert_eq!(
+        overlapping, 20,
+        "all 20 ran at the same time: {intervals:?}"
+    );
+    let duration = record["duration_ms"].as_u64().unwrap_or(u64::MAX);
+    assert!(duration < 20_000, "took {duration} ms");
+}
+
+#[tokio::test]
+async fn cancel_stops_running_triggers_and_retry_runs_only_the_failed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pid_file = dir.path().join("sleeper.pid");
+    let sleeper = format!("echo $$ > {}; exec sleep 60", pid_file.display());
+    let list = vec![
+        local("sleeper", &["sh", "-c", &sleeper], 120),
+        local("good", &["true"], 30),
+        local("bad", &["sh", "-c", "echo broken >&2; exit 3"], 30),
+    ];
+    let host = TestHost::start(dir.path(), options(list)).await;
+
+    let id = started(&host, json!({"environments": ["sleeper"]})).await;
+    assert!(
+        wait_until(RUN_TIMEOUT, || async { pid_file.exists() }).await,
+        "the sleeper started"
+    );
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .expect("a pid");
+    // A second deployment of a busy environment is refused.
+    let (status, busy) = trigger(&host, json!({"environments": ["sleeper", "good"]})).await;
+    assert_eq!(status, 409, "{busy}");
+    assert!(busy["message"].as_str().unwrap_or_default().contains(&id));
+
+    let (status, cancelled) = host
+        .call(
+            Method::POST,
+            &format!("/api/deployment/deployments/{id}/cancel"),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "cancelled");
+    assert_eq!(result(&record, "sleeper")["status"], "cancelled");
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            !e2e::process_alive(pid)
+        })
+        .await,
+        "the cancelled command's process {pid} is gone"
+    );
+    let (status, _) = host
+        .call(
+            Method::POST,
+            &format!("/api/deployment/deployments/{id}/cancel"),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "a finished deployment cannot be cancelled");
+
+    let id = started(&host, json!({"environments": ["good", "bad"]})).await;
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "failed");
+    let bad = result(&record, "bad");
+    assert_eq!(bad["exit_code"], 3);
+    assert!(
+        bad["error"].as_str().unwrap_or_default().contains("broken"),
+        "{bad}"
+    );
+    let (status, retried) = host
+        .call(
+            Method::POST,
+            &format!("/api/deployment/deployments/{id}/retry"),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{retried}");
+    let retry_id = retried["deployment_id"].as_str().expect("id").to_owned();
+    let retry = finished(&host, &retry_id).await;
+    assert_eq!(retry["environments"], json!(["bad"]));
+    assert_eq!(retry["retry_of"], id.as_str());
+}
+
+#[tokio::test]
+async fn idempotency_key_repeats_the_first_answer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = TestHost::start(dir.path(), options(vec![local("quick", &["true"], 30)])).await;
+    let send = |key: &'static str, body: Value| {
+        let client = host.client().clone();
+        let url = format!("{}/api/deployment/trigger-local", host.url);
+        async move {
+            let response = client
+                .post(url)
+                .header("X-API-Key", ADMIN_KEY)
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+                .await
+                .expect("answer");
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (first_status, first) = send("k-1", json!({"version": "1"})).await;
+    assert_eq!(first_status, 202, "{first}");
+    let (again_status, again) = send("k-1", json!({"version": "1"})).await;
+    assert_eq!(again_status, 202);
+    assert_eq!(again["deployment_id"], first["deployment_id"]);
+    let (reused_status, reused) = send("k-1", json!({"version": "2"})).await;
+    assert_eq!(reused_status, 422, "{reused}");
+    let id = first["deployment_id"].as_str().expect("id");
+    finished(&host, id).await;
+    let (_, history) = host
+        .get("/api/deployment/history", Some(DEVELOPER_KEY))
+        .await;
+    assert_eq!(history["total_count"], 1, "one deployment for one key");
+}
+
+/// Opens the SSE stream and returns the response and a reader of `(event, data)` pairs.
+async fn subscribe(
+    host: &TestHost,
+) -> (u16, tokio::sync::mpsc::UnboundedReceiver<(String, Value)>) {
+    use futures_util::StreamExt;
+    let response = host
+        .client()
+        .get(format!("{}/api/deployment/events", host.url))
+        .header("X-API-Key", USER_KEY)
+        .send()
+        .await
+        .expect("subscribe");
+    let status = response.status().as_u16();
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = response.bytes_stream();
+        let mut buffer = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let mut event = String::new();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("event:") {
+                        event = value.trim().to_owned();
+                    } else if let Some(value) = line.strip_prefix("data:") {
+                        data.push_str(value.trim_start());
+                    }
+                }
+                if !event.is_empty() {
+                    let data = serde_json::from_str(&data).unwrap_or(Value::Null);
+                    if sender.send((event, data)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    (status, receiver)
+}
+
+/// The phases a subscriber saw for one deployment, until its last one.
+async fn phases_of(
+    mut events: tokio::sync::mpsc::UnboundedReceiver<(String, Value)>,
+    id: &str,
+) -> Vec<String> {
+    let mut phases = Vec::new();
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    while let Ok(Some((event, data))) = tokio::time::timeout_at(deadline, events.recv()).await {
+        if event == "deployment.phase" && data["deployment_id"] == id {
+            let phase = data["status"].as_str().unwrap_or_default().to_owned();
+            let done = is_terminal(&phase);
+            phases.push(phase);
+            if done {
+                break;
+            }
+        }
+    }
+    phases
+}
+
+#[tokio::test]
+async fn an_sse_subscriber_sees_every_phase_in_order() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = TestHost::start(dir.path(), options(vec![local("quick", &["true"], 30)])).await;
+    let (status, events) = subscribe(&host).await;
+    assert_eq!(status, 200);
+    let id = started(&host, json!({})).await;
+    let phases = phases_of(events, &id).await;
+    assert_eq!(
+        phases,
+        [
+            "pending",
+            "local_triggering",
+            "local_deploying",
+            "local_completed",
+            "verifying",
+            "completed"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_followed_log_streams_until_the_deployment_ends() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = "for n in 1 2 3 4 5; do echo step $n; sleep 0.2; done";
+    let host = TestHost::start(
+        dir.path(),
+        options(vec![local("steps", &["sh", "-c", script], 30)]),
+    )
+    .await;
+    let id = started(&host, json!({})).await;
+    let text = host
+        .client()
+        .get(format!(
+            "{}/api/deployment/deployments/{id}/logs?follow=true",
+            host.url
+        ))
+        .header("X-API-Key", DEVELOPER_KEY)
+        .timeout(RUN_TIMEOUT)
+        .send()
+        .await
+        .expect("follow")
+        .text()
+        .await
+        .expect("the stream ends with the deployment");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("NDJSON"))
+        .collect();
+    let steps: Vec<&str> = lines
+        .iter()
+        .filter(|line| line["stream"] == "stdout")
+        .filter_map(|line| line["line"].as_str())
+        .collect();
+    assert_eq!(steps, ["step 1", "step 2", "step 3", "step 4", "step 5"]);
+    assert_eq!(
+        lines.last().map(|end| end["status"].clone()),
+        Some(json!("completed"))
+    );
+}
+
+#[tokio::test]
+async fn kill_9_mid_deployment_leaves_it_interrupted_with_its_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = "n=0; while true; do n=$((n+1)); echo line $n; sleep 0.05; done";
+    let list = vec![local("endless", &["sh", "-c", script], 600)];
+    let host = TestHost::start(dir.path(), options(list.clone())).await;
+    let id = started(&host, json!({})).await;
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    let seen = loop {
+        let seen = log_text(&host, &id).await;
+        if seen.iter().filter(|line| line.starts_with("line ")).count() >= 10 {
+            break seen;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "log lines were recorded: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    host.kill();
+
+    let host = TestHost::start(dir.path(), options(list)).await;
+    let record = detail(&host, &id).await;
+    assert_eq!(record["status"], "interrupted", "{record}");
+    assert_eq!(result(&record, "endless")["status"], "cancelled");
+    let after = log_text(&host, &id).await;
+    assert!(
+        after.len() > seen.len() && after[..seen.len()] == seen[..],
+        "every line recorded before the kill is still there, in order"
+    );
+    assert!(after
+        .last()
+        .is_some_and(|line| line.contains("interrupted")));
+    // The environment is free again after the restart.
+    let (status, body) = trigger(&host, json!({"environments": ["endless"]})).await;
+    assert_eq!(status, 202, "{body}");
+}
+
+#[tokio::test]
+async fn a_hot_swap_during_a_deployment_lets_it_complete() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = "for n in $(seq 1 30); do echo tick $n; sleep 0.1; done";
+    let host = TestHost::start(
+        dir.path(),
+        options(vec![local("ticking", &["sh", "-c", script], 60)]),
+    )
+    .await;
+    let id = started(&host, json!({})).await;
+    assert!(
+        wait_until(RUN_TIMEOUT, || async {
+            log_text(&host, &id)
+                .await
+                .iter()
+                .any(|line| line == "tick 3")
+        })
+        .await
+    );
+    host.install_plugin("deployment_mcp_next");
+    let (status, body) = host.reload().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(host.plugin_status().await["version"], "0.1.1-next");
+    // The new copy sees the run (through the store) and refuses to double-book it.
+    let (status, _) = trigger(&host, json!({"environments": ["ticking"]})).await;
+    assert_eq!(status, 409);
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    let ticks: Vec<String> = log_text(&host, &id)
+        .await
+        .into_iter()
+        .filter(|line| line.starts_with("tick "))
+        .collect();
+    let expected: Vec<String> = (1..=30).map(|n| format!("tick {n}")).collect();
+    assert_eq!(ticks, expected, "the whole log survived the swap");
+}
+
+async fn environment_count(host: &TestHost) -> Value {
+    let (status, listing) = host
+        .get("/api/deployment/environments", Some(DEVELOPER_KEY))
+        .await;
+    assert_eq!(status, 200);
+    listing
+}
+
+async fn post_raw(host: &TestHost, path: &str, body: &str) -> (u16, Value) {
+    let response = host
+        .client()
+        .post(format!("{}{path}", host.url))
+        .header("X-API-Key", ADMIN_KEY)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("answer");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_precise_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = TestHost::start(dir.path(), options(vec![local("quick", &["true"], 30)])).await;
+    let before = environment_count(&host).await;
+    let environment = |extra: &str| {
+        format!(
+            r#"{{"environment_id": "new_one", "environment_type": "linux_local", "connection_method": "http_api", "host": "127.0.0.1"{extra}}}"#
+        )
+    };
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "/api/deployment/environments",
+            "{not json".into(),
+            400,
+            "body",
+        ),
+        (
+            "/api/deployment/environments",
+            environment(r#", "port": 0"#),
+            400,
+            "port",
+        ),
+        (
+            "/api/deployment/environments",
+            environment(r#", "port": 70000"#),
+            400,
+            "port",
+        ),
+        (
+            "/api/deployment/environments",
+            environment(r#", "timeout": "soon""#),
+            400,
+            "timeout",
+        ),
+        (
+            "/api/deployment/environments",
+            environment(r#", "color": "red""#),
+            400,
+            "color",
+        ),
+        (
+            "/api/deployment/environments",
+            environment("").replace("new_one", "quick"),
+            409,
+            "environment_id",
+        ),
+        ("/api/deployment/trigger-local", "[]".into(), 400, "body"),
+        (
+            "/api/deployment/trigger-local",
+            r#"{"environments": "quick"}"#.into(),
+            400,
+            "environments",
+        ),
+        (
+            "/api/deployment/trigger-local",
+            r#"{"environments": []}"#.into(),
+            400,
+            "environments",
+        ),
+        (
+            "/api/deployment/trigger-local",
+            r#"{"version": 5}"#.into(),
+            400,
+            "version",
+        ),
+    ];
+    for (path, body, expected, field) in cases {
+        let (status, answer) = post_raw(&host, path, &body).await;
+        assert_eq!(status, expected, "{body} → {answer}");
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(
+            answer["field"] == field || message.contains(field),
+            "{body}: the error names {field}: {answer}"
+        );
+    }
+    let (status, unknown) = trigger(&host, json!({"environments": ["nope"]})).await;
+    assert_eq!(status, 422, "{unknown}");
+    assert!(unknown["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("nope"));
+    let (status, body) = e2e::post_declaring_length(
+        &host.url,
+        "/api/deployment/trigger-local",
+        ADMIN_KEY,
+        3 * 1024 * 1024,
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"], "payload_too_large");
+    let (status, _) = host
+        .call(
+            Method::PUT,
+            "/api/deployment/environments/quick",
+            Some(ADMIN_KEY),
+            Some(json!({"environment_type": "linux_local", "connection_method": "local", "port": 70000})),
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    assert_eq!(environment_count(&host).await, before, "nothing changed");
+    let (_, history) = host
+        .get("/api/deployment/history", Some(DEVELOPER_KEY))
+        .await;
+    assert_eq!(history["total_count"], 0, "no deployment was started");
+}
+
+#[tokio::test]
+async fn environments_crud_keeps_secrets_hidden() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = TestHost::start(dir.path(), options(vec![local("quick", &["true"], 30)])).await;
+    let created = json!({"environment_id": "api_env", "environment_type": "linux_local",
+        "connection_method": "http_api", "host": "127.0.0.1", "port": 9, "api_token": "tok-secret-1"});
+    let (status, body) = host
+        .call(
+            Method::POST,
+            "/api/deployment/environments",
+            Some(ADMIN_KEY),
+            Some(created),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["has_api_token"], true);
+    assert!(!body.to_string().contains("tok-secret-1"));
+    let (status, _) = host
+        .call(
+            Method::POST,
+            "/api/deployment/environments",
+            Some(DEVELOPER_KEY),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 403, "creating needs admin");
+    let (status, body) = host
+        .call(
+            Method::PUT,
+            "/api/deployment/environments/api_env",
+            Some(ADMIN_KEY),
+            Some(
+                json!({"environment_type": "linux_local", "connection_method": "http_api",
+                        "host": "127.0.0.2", "port": 10}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["host"], "127.0.0.2");
+    assert_eq!(body["has_api_token"], true, "an omitted secret is kept");
+    let (status, _) = host
+        .call(
+            Method::DELETE,
+            "/api/deployment/environments/api_env",
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = host
+        .get("/api/deployment/environments/api_env", Some(DEVELOPER_KEY))
+        .await;
+    assert_eq!(status, 404);
+    // A file environment deleted through the API stays deleted after a restart.
+    let (status, _) = host
+        .call(
+            Method::DELETE,
+            "/api/deployment/environments/quick",
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    host.stop();
+    let host = TestHost::start(dir.path(), options(vec![local("quick", &["true"], 30)])).await;
+    let (status, _) = host
+        .get("/api/deployment/environments/quick", Some(DEVELOPER_KEY))
+        .await;
+    assert_eq!(status, 404);
+    assert!(!host.logs().contains("tok-secret-1"));
+}
+
+fn ssh_environment(sshd: &Sshd, id: &str, script: &Path, known_hosts: &Path) -> Value {
+    json!({"environment_id": id, "environment_type": "linux_local", "connection_method": "ssh",
+        "host": "127.0.0.1", "port": sshd.port, "username": sshd.username,
+        "ssh_key_path": sshd.client_key, "known_hosts_path": known_hosts,
+        "init_script_path": script, "timeout": 30})
+}
+
+#[tokio::test]
+async fn ssh_environments_run_over_a_real_sshd() {
+    let sshd = Sshd::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("init remote.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"deploying $PA_DEPLOYMENT_VERSION\"\necho warming >&2\necho done\n",
+    )
+    .expect("write the script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("make it executable");
+    let failing = dir.path().join("failing.sh");
+    std::fs::write(&failing, "#!/bin/sh\necho cannot find disk >&2\nexit 7\n").expect("write");
+    std::fs::set_permissions(
+        &failing,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let list = vec![
+        ssh_environment(&sshd, "ssh_ok", &script, &sshd.known_hosts),
+        ssh_environment(&sshd, "ssh_exit", &failing, &sshd.known_hosts),
+        ssh_environment(&sshd, "ssh_unknown", &script, &sshd.empty_known_hosts()),
+    ];
+    let host = TestHost::start(dir.path(), options(list)).await;
+    let id = started(&host, json!({"version": "9.9"})).await;
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "failed");
+    let ok = result(&record, "ssh_ok");
+    assert_eq!(ok["status"], "succeeded", "{ok}");
+    assert_eq!(ok["exit_code"], 0);
+    let exit = result(&record, "ssh_exit");
+    assert_eq!(exit["status"], "failed");
+    assert_eq!(exit["exit_code"], 7);
+    assert!(
+        exit["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot find disk"),
+        "{exit}"
+    );
+    let unknown = result(&record, "ssh_unknown");
+    assert_eq!(unknown["status"], "failed");
+    assert!(
+        unknown["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("known_hosts"),
+        "{unknown}"
+    );
+    let lines = log_text(&host, &id).await;
+    let stdout: Vec<&String> = lines
+        .iter()
+        .filter(|line| ["deploying 9.9", "done"].contains(&line.as_str()))
+        .collect();
+    assert_eq!(
+        stdout,
+        ["deploying 9.9", "done"],
+        "streamed in order: {lines:?}"
+    );
+    assert!(
+        lines.iter().any(|line| line == "warming"),
+        "stderr is logged too"
+    );
+}
