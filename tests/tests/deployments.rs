@@ -936,3 +936,90 @@ async fn ssh_environments_run_over_a_real_sshd() {
         "stderr is logged too"
     );
 }
+
+/// The healthiness in the next health event of `watched`.
+async fn next_health(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Value)>,
+) -> Option<bool> {
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    while let Ok(Some((event, data))) = tokio::time::timeout_at(deadline, events.recv()).await {
+        if event == "environment.health" && data["environment_id"] == "watched" {
+            return data["health"]["healthy"].as_bool();
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn periodic_health_checks_update_environments_and_publish_changes() {
+    let target = Target::start(Behaviour::default()).await;
+    let list = vec![
+        json!({"environment_id": "watched", "environment_type": "linux_local",
+        "connection_method": "local", "command": ["true"], "timeout": 5,
+        "health_check_url": target.url("/health")}),
+    ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = TestHost::start(
+        dir.path(),
+        HostOptions {
+            environments: environments(list),
+            settings: "health_check_interval_secs = 1".into(),
+            ..HostOptions::default()
+        },
+    )
+    .await;
+    let (_, mut events) = subscribe(&host).await;
+    // The first check runs at start; afterwards only changes are published.
+    assert!(
+        wait_until(RUN_TIMEOUT, || async {
+            let (_, environment) = host
+                .get("/api/deployment/environments/watched", Some(DEVELOPER_KEY))
+                .await;
+            environment["last_health"]["healthy"] == true
+        })
+        .await,
+        "the periodic check recorded the environment healthy"
+    );
+    target.set_health(500);
+    assert_eq!(next_health(&mut events).await, Some(false));
+    let (_, listing) = host
+        .get("/api/deployment/environments", Some(DEVELOPER_KEY))
+        .await;
+    assert_eq!(
+        listing["environments"][0]["last_health"]["http_status"],
+        500
+    );
+    target.set_health(200);
+    assert_eq!(next_health(&mut events).await, Some(true));
+}
+
+#[tokio::test]
+async fn a_host_stopped_mid_deployment_records_it_interrupted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let list = vec![local(
+        "endless",
+        &["sh", "-c", "echo started; exec sleep 600"],
+        900,
+    )];
+    let host = TestHost::start(dir.path(), options(list.clone())).await;
+    let id = started(&host, json!({})).await;
+    assert!(
+        wait_until(RUN_TIMEOUT, || async {
+            log_text(&host, &id)
+                .await
+                .iter()
+                .any(|line| line == "started")
+        })
+        .await
+    );
+    let status = host.stop();
+    assert!(
+        status.is_some_and(|status| status.success()),
+        "clean exit: {status:?}"
+    );
+    let host = TestHost::start(dir.path(), options(list)).await;
+    let record = detail(&host, &id).await;
+    assert_eq!(record["status"], "interrupted", "{record}");
+    let errors = record["errors"].to_string();
+    assert!(errors.contains("shut down"), "{errors}");
+}
