@@ -1,0 +1,113 @@
+//! Measures deployment coordination at scale against real peers on loopback (a benchmark, not
+//! a test): the time from trigger to `completed` for N webhook environments in one deployment,
+//! and the latency of the 202 answer to a trigger.
+//!
+//! ```sh
+//! cargo build --release --workspace
+//! cargo run --release -p e2e --example deploy_scale -- 1000 200
+//! ```
+//! Arguments: environments in the big deployment (default 1000), single-environment triggers
+//! timed for the 202 latency (default 200).
+
+use std::time::{Duration, Instant};
+
+use e2e::{
+    targets::{Behaviour, Target},
+    HostOptions, TestHost, ADMIN_KEY, DEVELOPER_KEY,
+};
+use serde_json::{json, Value};
+
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+    sorted.get(index).copied().unwrap_or_default()
+}
+
+async fn wait_finished(host: &TestHost, id: &str) -> Value {
+    loop {
+        let (_, record) = host
+            .get(&format!("/api/deployment/deployments/{id}"), Some(DEVELOPER_KEY))
+            .await;
+        let status = record["status"].as_str().unwrap_or_default();
+        if matches!(status, "completed" | "failed" | "cancelled" | "interrupted") {
+            return record;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let environments: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let triggers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
+
+    let target = Target::start(Behaviour::default()).await;
+    let list: Vec<Value> = (0..environments.max(triggers))
+        .map(|n| {
+            json!({"environment_id": format!("hook_{n:05}"), "environment_type": "docker_container",
+                   "connection_method": "webhook", "webhook_url": target.url("/webhook/deploy"),
+                   "timeout": 30})
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = TestHost::start(
+        dir.path(),
+        HostOptions {
+            environments: json!({ "environments": list }).to_string(),
+            settings: "health_check_interval_secs = 0\nmax_parallel = 64".into(),
+            ..HostOptions::default()
+        },
+    )
+    .await;
+
+    // One deployment of every environment.
+    let ids: Vec<String> = (0..environments).map(|n| format!("hook_{n:05}")).collect();
+    let started = Instant::now();
+    let (status, answer) = host
+        .call(
+            reqwest::Method::POST,
+            "/api/deployment/trigger-local",
+            Some(ADMIN_KEY),
+            Some(json!({ "environments": ids })),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["deployment_id"].as_str().unwrap_or_default().to_owned();
+    let record = wait_finished(&host, &id).await;
+    let elapsed = started.elapsed();
+    let calls = target.received().len();
+    println!(
+        "{environments} webhook environments: {} in {:.2} s (trigger to completed; {calls} webhook calls received)",
+        record["status"],
+        elapsed.as_secs_f64()
+    );
+
+    // Trigger latency: one environment per deployment, sequentially.
+    let mut latencies = Vec::with_capacity(triggers);
+    let mut started_ids = Vec::with_capacity(triggers);
+    for n in 0..triggers {
+        let began = Instant::now();
+        let (status, answer) = host
+            .call(
+                reqwest::Method::POST,
+                "/api/deployment/trigger-local",
+                Some(ADMIN_KEY),
+                Some(json!({ "environments": [format!("hook_{n:05}")] })),
+            )
+            .await;
+        latencies.push(began.elapsed());
+        assert_eq!(status, 202, "{answer}");
+        started_ids.push(answer["deployment_id"].as_str().unwrap_or_default().to_owned());
+    }
+    latencies.sort();
+    println!(
+        "trigger 202 latency over {triggers} triggers: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+    for id in started_ids {
+        wait_finished(&host, &id).await;
+    }
+    host.stop();
+}
