@@ -18,6 +18,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -471,7 +472,15 @@ impl Coordinator {
             finished_targets: AtomicUsize::new(0),
             total_targets: targets.len(),
         };
-        self.tasks.spawn(Arc::new(run).execute(targets));
+        let run = Arc::new(run);
+        self.tasks.spawn(async move {
+            let outcome = std::panic::AssertUnwindSafe(Arc::clone(&run).execute(targets))
+                .catch_unwind()
+                .await;
+            if let Err(panic) = outcome {
+                run.abandon(&plugin_guest::panic_message(&*panic)).await;
+            }
+        });
         Ok(record)
     }
 
@@ -816,6 +825,32 @@ impl Run {
         coordinator.runs().remove(&deployment_id);
         coordinator.changed();
         coordinator.publish_phase(&record, Some(previous));
+    }
+
+    /// Ends a run whose task panicked: records it failed and frees its environments, so a bug
+    /// cannot leave environments busy until the next restart.
+    async fn abandon(&self, panic: &str) {
+        let coordinator = &self.coordinator;
+        let record = {
+            let mut record = self.record.lock().await;
+            tracing::error!(deployment = %record.deployment_id, panic, "deployment run panicked");
+            record.status = Phase::Failed;
+            record
+                .errors
+                .push("internal error: the run stopped unexpectedly; see the host log".into());
+            record.finished_at = Some(timestamp(SystemTime::now()));
+            if let Err(error) = coordinator.save_record(&record).await {
+                tracing::error!(deployment = %record.deployment_id, "{error}");
+            }
+            record.clone()
+        };
+        let _ = coordinator
+            .records
+            .delete(collection::ACTIVE, &record.deployment_id)
+            .await;
+        coordinator.runs().remove(&record.deployment_id);
+        coordinator.changed();
+        coordinator.publish_phase(&record, None);
     }
 
     /// Writes a phase change (after the log lines before it), then publishes it.
