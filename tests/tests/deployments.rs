@@ -464,18 +464,39 @@ async fn idempotency_key_repeats_the_first_answer() {
     assert_eq!(history["total_count"], 1, "one deployment for one key");
 }
 
+type Events = tokio::sync::mpsc::UnboundedReceiver<(String, Value)>;
+
 /// Opens the SSE stream and returns the response and a reader of `(event, data)` pairs.
-async fn subscribe(
+async fn subscribe(host: &TestHost) -> (u16, Events) {
+    let (status, mut with_ids) = subscribe_after(host, None).await;
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some((_, event, data)) = with_ids.recv().await {
+            if sender.send((event, data)).is_err() {
+                return;
+            }
+        }
+    });
+    (status, receiver)
+}
+
+/// Opens the SSE stream, resuming after `last_id` when given; yields `(id, event, data)`.
+async fn subscribe_after(
     host: &TestHost,
-) -> (u16, tokio::sync::mpsc::UnboundedReceiver<(String, Value)>) {
+    last_id: Option<u64>,
+) -> (
+    u16,
+    tokio::sync::mpsc::UnboundedReceiver<(u64, String, Value)>,
+) {
     use futures_util::StreamExt;
-    let response = host
+    let mut request = host
         .client()
         .get(format!("{}/api/deployment/events", host.url))
-        .header("X-API-Key", USER_KEY)
-        .send()
-        .await
-        .expect("subscribe");
+        .header("X-API-Key", USER_KEY);
+    if let Some(id) = last_id {
+        request = request.header("Last-Event-ID", id.to_string());
+    }
+    let response = request.send().await.expect("subscribe");
     let status = response.status().as_u16();
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -487,8 +508,11 @@ async fn subscribe(
                 let block: String = buffer.drain(..end + 2).collect();
                 let mut event = String::new();
                 let mut data = String::new();
+                let mut id = 0;
                 for line in block.lines() {
-                    if let Some(value) = line.strip_prefix("event:") {
+                    if let Some(value) = line.strip_prefix("id:") {
+                        id = value.trim().parse().unwrap_or(0);
+                    } else if let Some(value) = line.strip_prefix("event:") {
                         event = value.trim().to_owned();
                     } else if let Some(value) = line.strip_prefix("data:") {
                         data.push_str(value.trim_start());
@@ -496,7 +520,7 @@ async fn subscribe(
                 }
                 if !event.is_empty() {
                     let data = serde_json::from_str(&data).unwrap_or(Value::Null);
-                    if sender.send((event, data)).is_err() {
+                    if sender.send((id, event, data)).is_err() {
                         return;
                     }
                 }
@@ -507,10 +531,7 @@ async fn subscribe(
 }
 
 /// The phases a subscriber saw for one deployment, until its last one.
-async fn phases_of(
-    mut events: tokio::sync::mpsc::UnboundedReceiver<(String, Value)>,
-    id: &str,
-) -> Vec<String> {
+async fn phases_of(mut events: Events, id: &str) -> Vec<String> {
     let mut phases = Vec::new();
     let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
     while let Ok(Some((event, data))) = tokio::time::timeout_at(deadline, events.recv()).await {
@@ -938,9 +959,7 @@ async fn ssh_environments_run_over_a_real_sshd() {
 }
 
 /// The healthiness in the next health event of `watched`.
-async fn next_health(
-    events: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Value)>,
-) -> Option<bool> {
+async fn next_health(events: &mut Events) -> Option<bool> {
     let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
     while let Ok(Some((event, data))) = tokio::time::timeout_at(deadline, events.recv()).await {
         if event == "environment.health" && data["environment_id"] == "watched" {
@@ -1022,4 +1041,44 @@ async fn a_host_stopped_mid_deployment_records_it_interrupted() {
     assert_eq!(record["status"], "interrupted", "{record}");
     let errors = record["errors"].to_string();
     assert!(errors.contains("shut down"), "{errors}");
+}
+
+#[tokio::test]
+async fn a_reconnecting_sse_client_gets_every_missed_event_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = "for n in $(seq 1 20); do echo beat $n; sleep 0.05; done";
+    let host = TestHost::start(
+        dir.path(),
+        options(vec![local("beating", &["sh", "-c", script], 30)]),
+    )
+    .await;
+    let (_, mut first) = subscribe_after(&host, None).await;
+    let id = started(&host, json!({})).await;
+    // Read a few events, then drop the connection mid-deployment.
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let next = tokio::time::timeout(RUN_TIMEOUT, first.recv()).await;
+        let Ok(Some((event_id, _, _))) = next else {
+            panic!("events arrive")
+        };
+        seen.push(event_id);
+    }
+    drop(first);
+    let last = seen.last().copied().unwrap_or_default();
+    // Let the deployment end while disconnected, so everything after `last` was missed.
+    finished(&host, &id).await;
+    let (status, mut resumed) = subscribe_after(&host, Some(last)).await;
+    assert_eq!(status, 200);
+    let mut replayed = Vec::new();
+    let mut ended = false;
+    while !ended {
+        let next = tokio::time::timeout(RUN_TIMEOUT, resumed.recv()).await;
+        let Ok(Some((event_id, event, data))) = next else {
+            panic!("the replay includes the end of the deployment: {replayed:?}")
+        };
+        replayed.push(event_id);
+        ended = event == "deployment.phase" && data["status"] == "completed";
+    }
+    let expected: Vec<u64> = (last + 1..=last + replayed.len() as u64).collect();
+    assert_eq!(replayed, expected, "every missed event, once, in order");
 }
