@@ -104,9 +104,12 @@ pub async fn serve(
     }
     watch::reload_on_sighup(slots.clone())?;
 
+    let metrics = Arc::new(http::metrics::Metrics::new());
+    Arc::clone(&metrics).observe(&bus);
     let state = http::AppState {
         slots: Arc::new(slots.clone()),
         bus,
+        metrics,
     };
     let app = http::router(state, Arc::new(keys), &config.server);
     let listener = tokio::net::TcpListener::bind(config.server.listen)

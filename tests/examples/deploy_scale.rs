@@ -25,7 +25,10 @@ fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
 async fn wait_finished(host: &TestHost, id: &str) -> Value {
     loop {
         let (_, record) = host
-            .get(&format!("/api/deployment/deployments/{id}"), Some(DEVELOPER_KEY))
+            .get(
+                &format!("/api/deployment/deployments/{id}"),
+                Some(DEVELOPER_KEY),
+            )
             .await;
         let status = record["status"].as_str().unwrap_or_default();
         if matches!(status, "completed" | "failed" | "cancelled" | "interrupted") {
@@ -72,7 +75,10 @@ async fn main() {
         )
         .await;
     assert_eq!(status, 202, "{answer}");
-    let id = answer["deployment_id"].as_str().unwrap_or_default().to_owned();
+    let id = answer["deployment_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let record = wait_finished(&host, &id).await;
     let elapsed = started.elapsed();
     let calls = target.received().len();
@@ -97,7 +103,12 @@ async fn main() {
             .await;
         latencies.push(began.elapsed());
         assert_eq!(status, 202, "{answer}");
-        started_ids.push(answer["deployment_id"].as_str().unwrap_or_default().to_owned());
+        started_ids.push(
+            answer["deployment_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
     }
     latencies.sort();
     println!(

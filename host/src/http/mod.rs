@@ -4,6 +4,7 @@
 pub mod core;
 pub mod dispatch;
 pub mod error;
+pub mod metrics;
 pub mod sse;
 
 use std::{
@@ -36,6 +37,7 @@ use error::ApiError;
 pub struct AppState {
     pub slots: Arc<Vec<Arc<PluginSlot>>>,
     pub bus: Arc<EventBus>,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// The id of one request: the caller's `X-Request-Id` when it is sane, else a new one.
@@ -45,6 +47,7 @@ pub struct RequestId(pub String);
 pub fn router(state: AppState, keys: Arc<KeyRing>, server: &ServerConfig) -> Router {
     let mut app = Router::new()
         .route("/health", get(core::health))
+        .route("/metrics", get(metrics::scrape))
         .route("/api/plugins", get(core::list_plugins))
         .route("/api/plugins/{name}/reload", post(core::reload_plugin))
         .with_state(state.clone());
@@ -69,6 +72,10 @@ pub fn router(state: AppState, keys: Arc<KeyRing>, server: &ServerConfig) -> Rou
         .layer(
             ServiceBuilder::new()
                 .layer(middleware::from_fn(assign_request_id))
+                .layer(middleware::from_fn_with_state(
+                    Arc::clone(&state.metrics),
+                    metrics::track,
+                ))
                 .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
                     let id = request
                         .extensions()

@@ -41,8 +41,14 @@ pub async fn events(
         .missed
         .into_iter()
         .map(|event| Ok(to_sse(&event)));
+    let subscribed = app.metrics.sse_subscriber();
     let stream = futures_util::stream::iter(gap.into_iter().chain(replay))
-        .chain(event_stream(BroadcastStream::new(subscription.receiver)));
+        .chain(event_stream(BroadcastStream::new(subscription.receiver)))
+        // The guard lives as long as the stream, so the gauge counts open connections.
+        .map(move |event| {
+            let _counted = &subscribed;
+            event
+        });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())

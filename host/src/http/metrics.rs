@@ -1,0 +1,240 @@
+//! `GET /metrics`: Prometheus text. Request counts and latencies come from a layer on every
+//! route (labelled by the route template, never the raw path, so ids cannot explode the label
+//! set); plugin state is read from the slots at scrape time; deployment results and environment
+//! health are counted from the event bus, which the deployment plugin publishes them on.
+
+use std::{
+    sync::{atomic::AtomicI64, Arc},
+    time::Instant,
+};
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::{header, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use super::AppState;
+use crate::services::events::EventBus;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to ~6.5 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.0, 17,
+    ))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+    plugin_state: Family<Labels, Gauge>,
+    plugin_swaps: Family<Labels, Gauge>,
+    deployments: Family<Labels, Counter>,
+    environment_results: Family<Labels, Counter>,
+    environment_healthy: Family<Labels, Gauge>,
+    sse_subscribers: Gauge<i64, AtomicI64>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("powerautomation");
+        let requests = Family::<Labels, Counter>::default();
+        let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let plugin_state = Family::<Labels, Gauge>::default();
+        let plugin_swaps = Family::<Labels, Gauge>::default();
+        let deployments = Family::<Labels, Counter>::default();
+        let environment_results = Family::<Labels, Counter>::default();
+        let environment_healthy = Family::<Labels, Gauge>::default();
+        let sse_subscribers = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route template, method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route template",
+            latency.clone(),
+        );
+        registry.register(
+            "plugin_state",
+            "1 for the state each plugin is in (active, disabled, missing, incompatible, failed)",
+            plugin_state.clone(),
+        );
+        registry.register(
+            "plugin_swaps",
+            "Hot swaps of each plugin since the host started",
+            plugin_swaps.clone(),
+        );
+        registry.register(
+            "deployments",
+            "Deployments that ended, by final status",
+            deployments.clone(),
+        );
+        registry.register(
+            "deployment_environment_results",
+            "Environment results of deployments, by status",
+            environment_results.clone(),
+        );
+        registry.register(
+            "environment_healthy",
+            "1 when an environment's last health check passed, 0 when it failed",
+            environment_healthy.clone(),
+        );
+        registry.register(
+            "sse_subscribers",
+            "Open Server-Sent Events streams",
+            sse_subscribers.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            plugin_state,
+            plugin_swaps,
+            deployments,
+            environment_results,
+            environment_healthy,
+            sse_subscribers,
+        }
+    }
+
+    /// Counts an open SSE stream until the returned guard is dropped.
+    pub fn sse_subscriber(self: &Arc<Self>) -> SubscriberGuard {
+        self.sse_subscribers.inc();
+        SubscriberGuard {
+            metrics: Arc::clone(self),
+        }
+    }
+
+    /// Follows the bus for the lifetime of the host and counts deployment outcomes and health.
+    pub fn observe(self: Arc<Self>, bus: &EventBus) {
+        let mut events = bus.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let event = match events.recv().await {
+                    Ok(event) => event,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Ok(data) = serde_json::from_str::<serde_json::Value>(&event.data) else {
+                    continue;
+                };
+                match event.kind.as_str() {
+                    "deployment.phase" => {
+                        let status = data["status"].as_str().unwrap_or_default();
+                        if matches!(status, "completed" | "failed" | "cancelled" | "interrupted") {
+                            self.deployments
+                                .get_or_create(&vec![("status", status.to_owned())])
+                                .inc();
+                        }
+                    }
+                    "deployment.environment" => {
+                        let status = data["environment"]["status"].as_str().unwrap_or_default();
+                        if matches!(status, "succeeded" | "failed" | "timed_out" | "cancelled") {
+                            self.environment_results
+                                .get_or_create(&vec![("status", status.to_owned())])
+                                .inc();
+                        }
+                    }
+                    "environment.health" => {
+                        let id = data["environment_id"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned();
+                        let healthy = data["health"]["healthy"].as_bool().unwrap_or(false);
+                        self.environment_healthy
+                            .get_or_create(&vec![("environment", id)])
+                            .set(i64::from(healthy));
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+pub struct SubscriberGuard {
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        self.metrics.sse_subscribers.dec();
+    }
+}
+
+/// The layer: counts and times every request by its route template.
+pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics
+        .requests
+        .get_or_create(&vec![
+            ("route", route.clone()),
+            ("method", method),
+            ("status", response.status().as_u16().to_string()),
+        ])
+        .inc();
+    metrics
+        .latency
+        .get_or_create(&vec![("route", route)])
+        .observe(elapsed);
+    response
+}
+
+pub async fn scrape(State(state): State<AppState>) -> Response {
+    let metrics = &state.metrics;
+    for slot in state.slots.iter() {
+        let status = slot.status();
+        for candidate in ["active", "disabled", "missing", "incompatible", "failed"] {
+            metrics
+                .plugin_state
+                .get_or_create(&vec![
+                    ("plugin", status.name.clone()),
+                    ("state", candidate.to_owned()),
+                ])
+                .set(i64::from(status.state.as_str() == candidate));
+        }
+        metrics
+            .plugin_swaps
+            .get_or_create(&vec![("plugin", status.name.clone())])
+            .set(i64::try_from(status.swaps).unwrap_or(i64::MAX));
+    }
+    let mut text = String::new();
+    if encode(&mut text, &metrics.registry).is_err() {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed").into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
