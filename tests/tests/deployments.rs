@@ -189,6 +189,22 @@ async fn the_demo_environment_deploys_and_shows_in_history() {
         .get(&format!("/api/deployment/deployments/{id}"), Some(USER_KEY))
         .await;
     assert_eq!(status, 403, "details need the developer role");
+
+    let (status, dashboard) = host.get("/api/deployment/dashboard", Some(USER_KEY)).await;
+    assert_eq!(status, 200, "{dashboard}");
+    assert_eq!(dashboard["counts"]["completed"], 1);
+    assert_eq!(dashboard["recent"]["success_rate"], 1.0);
+    let demo = dashboard["environments"]
+        .as_array()
+        .and_then(|list| list.iter().find(|e| e["environment_id"] == "local_demo"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        demo["last_deployment"]["deployment_id"],
+        id.as_str(),
+        "{demo}"
+    );
+    assert_eq!(demo["last_deployment"]["succeeded"], true);
 }
 
 #[tokio::test]

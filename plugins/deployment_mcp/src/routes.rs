@@ -541,6 +541,99 @@ impl Api {
         ))
     }
 
+    /// The aggregate the dashboard draws: counts by status, environments with their health and
+    /// last result, active runs, and success rate and mean duration over the last `window`.
+    async fn dashboard(&self, request: &Request) -> Answer {
+        let window = match request.query_param("window") {
+            None => 50,
+            Some(text) => match text.parse::<usize>() {
+                Ok(window) if (1..=1000).contains(&window) => window,
+                _ => {
+                    return Err(bad_field(FieldError::new(
+                        "window",
+                        format!("{text:?} is not a number between 1 and 1000"),
+                    )))
+                }
+            },
+        };
+        let history = self
+            .coordinator
+            .records()
+            .scan::<HistoryEntry>(collection::HISTORY, "")
+            .await
+            .map_err(store_error)?;
+        let mut counts = serde_json::Map::new();
+        let mut last_by_environment: std::collections::HashMap<&str, &HistoryEntry> =
+            std::collections::HashMap::new();
+        for (_, entry) in &history {
+            let count = counts
+                .entry(entry.status.as_str().to_owned())
+                .or_insert(json!(0));
+            *count = json!(count.as_u64().unwrap_or(0) + 1);
+            for environment in &entry.environments {
+                last_by_environment
+                    .entry(environment.as_str())
+                    .or_insert(entry);
+            }
+        }
+        let finished: Vec<&HistoryEntry> = history
+            .iter()
+            .map(|(_, entry)| entry)
+            .filter(|entry| entry.status.is_terminal())
+            .take(window)
+            .collect();
+        let succeeded = finished
+            .iter()
+            .filter(|entry| entry.status == Phase::Completed)
+            .count();
+        let durations: Vec<u64> = finished
+            .iter()
+            .filter_map(|entry| entry.duration_ms)
+            .collect();
+        let catalog = self.coordinator.catalog();
+        let stored = catalog.list().await.map_err(store_error)?;
+        let health = catalog.all_health().await.map_err(store_error)?;
+        let environments: Vec<serde_json::Value> = stored
+            .iter()
+            .map(|stored| {
+                let id = stored.environment.environment_id.as_str();
+                let mut view = catalog::public_view(stored, health.get(id));
+                view["last_deployment"] = match last_by_environment.get(id) {
+                    Some(entry) => json!({
+                        "deployment_id": entry.deployment_id,
+                        "status": entry.status,
+                        "succeeded": entry.status.is_terminal()
+                            .then(|| !entry.failed_environments.iter().any(|e| e == id)),
+                        "finished_at": entry.finished_at,
+                    }),
+                    None => json!(null),
+                };
+                view
+            })
+            .collect();
+        let active: Vec<&HistoryEntry> = history
+            .iter()
+            .map(|(_, entry)| entry)
+            .filter(|entry| !entry.status.is_terminal())
+            .collect();
+        Ok(Response::json(
+            200,
+            &json!({
+                "counts": counts,
+                "total_count": history.len(),
+                "environments": environments,
+                "active": active,
+                "recent": {
+                    "window": window,
+                    "finished": finished.len(),
+                    "success_rate": if finished.is_empty() { json!(null) } else { json!(succeeded as f64 / finished.len() as f64) },
+                    "mean_duration_ms": if durations.is_empty() { json!(null) } else { json!(durations.iter().sum::<u64>() / durations.len() as u64) },
+                },
+                "plugin_version": crate::VERSION,
+            }),
+        ))
+    }
+
     async fn environments(&self) -> Answer {
         let catalog = self.coordinator.catalog();
         let list = catalog.list().await.map_err(store_error)?;
@@ -702,6 +795,7 @@ impl Api {
             ["environments"] => &["GET", "POST"],
             ["environments", _] => &["GET", "PUT", "DELETE"],
             ["environments", _, "health-check"] => &["POST"],
+            ["dashboard"] => &["GET"],
             _ => {
                 return Err(Response::error(
                     404,
@@ -723,13 +817,14 @@ impl Api {
             .with_header("allow", allowed.join(", ")));
         }
         let needed = match (method, segments.as_slice()) {
-            ("GET", ["status"]) => Role::User,
+            ("GET", ["status" | "dashboard"]) => Role::User,
             ("GET", _) | ("POST", ["environments", _, "health-check"]) => Role::Developer,
             _ => Role::Admin,
         };
         Response::require(request, needed)?;
         match (method, segments.as_slice()) {
             ("GET", ["status"]) => self.status(request).await,
+            ("GET", ["dashboard"]) => self.dashboard(request).await,
             ("POST", ["trigger-local" | "one-click"]) => self.trigger(request).await,
             ("GET", ["history"]) => self.history(request).await,
             ("GET", ["deployments", id]) => self.detail(id).await,
