@@ -16,6 +16,7 @@ use std::{
 pub use nix::sys::signal::Signal;
 use sha2::{Digest, Sha256};
 
+pub mod moto;
 pub mod sshd;
 pub mod targets;
 
@@ -71,6 +72,11 @@ pub fn host_binary() -> PathBuf {
 /// `deployment_mcp_next`, `fixture_probe`).
 pub fn plugin_library(name: &str) -> PathBuf {
     artifact(&format!("lib{name}.so"))
+}
+
+/// The standalone CLI, `deployment-mcp`.
+pub fn cli_binary() -> PathBuf {
+    artifact("deployment-mcp")
 }
 
 /// Options for [`TestHost::start`].
@@ -205,6 +211,8 @@ impl TestHost {
             .args(args)
             .current_dir(repo_root())
             .env_remove("RUST_LOG")
+            // Test machines are not EC2 instances: skip the metadata service lookup.
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

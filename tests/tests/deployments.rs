@@ -1098,3 +1098,112 @@ async fn a_reconnecting_sse_client_gets_every_missed_event_once() {
     let expected: Vec<u64> = (last + 1..=last + replayed.len() as u64).collect();
     assert_eq!(replayed, expected, "every missed event, once, in order");
 }
+
+/// Automatic deployments in the history, oldest first.
+async fn auto_deployments(host: &TestHost) -> Vec<Value> {
+    let (status, history) = host
+        .get("/api/deployment/history", Some(DEVELOPER_KEY))
+        .await;
+    assert_eq!(status, 200);
+    let mut list: Vec<Value> = history["history"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|entry| entry["triggered_by"] == "auto:startup")
+        .collect();
+    list.reverse();
+    list
+}
+
+async fn start_with_auto_deploy(dir: &Path, when: &str, version: &str) -> TestHost {
+    TestHost::start(
+        dir,
+        HostOptions {
+            // Each run waits for the test to create `release`, so the test decides when it ends.
+            environments: environments(vec![local(
+                "gated",
+                &[
+                    "sh",
+                    "-c",
+                    &format!(
+                        "while [ ! -e '{}' ]; do sleep 0.05; done",
+                        dir.join("release").display()
+                    ),
+                ],
+                30,
+            )]),
+            settings: format!(
+                "health_check_interval_secs = 0\nauto_deploy = {{ enabled = true, when = \"{when}\" }}"
+            ),
+            env: vec![("DEPLOYMENT_VERSION".into(), version.into())],
+            ..HostOptions::default()
+        },
+    )
+    .await
+}
+
+/// Waits until `count` automatic deployments exist and all have ended.
+async fn settled_auto_deployments(host: &TestHost, count: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    loop {
+        let list = auto_deployments(host).await;
+        let ended = list
+            .iter()
+            .all(|entry| is_terminal(entry["status"].as_str().unwrap_or_default()));
+        if list.len() >= count && ended {
+            return list;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "auto deployments: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn auto_deploy_runs_once_per_version_and_never_delays_the_host() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = start_with_auto_deploy(dir.path(), "version_changed", "1.0.0").await;
+    // Serving while the automatic deployment waits for `release`.
+    let (status, _) = host.get("/health", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        wait_until(RUN_TIMEOUT, || async {
+            auto_deployments(&host).await.len() == 1
+        })
+        .await,
+        "the automatic deployment starts"
+    );
+    let running = auto_deployments(&host).await;
+    assert!(
+        !is_terminal(running[0]["status"].as_str().unwrap_or_default()),
+        "it is still running while the host serves: {running:?}"
+    );
+    std::fs::write(dir.path().join("release"), "").expect("release the gate");
+    let list = settled_auto_deployments(&host, 1).await;
+    assert_eq!(list[0]["status"], "completed");
+    assert_eq!(list[0]["version"], "1.0.0");
+    // A hot swap is not a new start.
+    host.install_plugin("deployment_mcp_next");
+    let (status, body) = host.reload().await;
+    assert_eq!(status, 200, "{body}");
+    host.stop();
+
+    let host = start_with_auto_deploy(dir.path(), "version_changed", "1.0.0").await;
+    assert_eq!(host.plugin_status().await["state"], "active");
+    let list = settled_auto_deployments(&host, 1).await;
+    assert_eq!(list.len(), 1, "same version: no second deployment");
+    host.stop();
+
+    let host = start_with_auto_deploy(dir.path(), "version_changed", "1.1.0").await;
+    let list = settled_auto_deployments(&host, 2).await;
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[1]["version"], "1.1.0");
+    host.stop();
+
+    let host = start_with_auto_deploy(dir.path(), "always", "1.1.0").await;
+    let list = settled_auto_deployments(&host, 3).await;
+    assert_eq!(list.len(), 3, "always: one per start");
+}

@@ -41,6 +41,7 @@ pub struct Catalog {
 #[derive(Debug, Default)]
 pub struct ImportSummary {
     pub added: usize,
+    pub removed: usize,
     pub updated: usize,
     pub kept_api_edits: usize,
 }
@@ -54,6 +55,18 @@ impl Catalog {
     pub async fn import_file(&self, path: &Path) -> Result<ImportSummary, String> {
         let from_file = environments::load_file(path)?;
         let mut summary = ImportSummary::default();
+        // An entry that only ever came from the file and left it is gone; API edits stay.
+        let listed: std::collections::HashSet<&str> = from_file
+            .iter()
+            .map(|environment| environment.environment_id.as_str())
+            .collect();
+        for stored in self.list().await? {
+            let id = stored.environment.environment_id.as_str();
+            if stored.source == Source::File && !listed.contains(id) {
+                self.records.delete(collection::ENVIRONMENTS, id).await?;
+                summary.removed += 1;
+            }
+        }
         for environment in from_file {
             let id = environment.environment_id.clone();
             if self

@@ -30,6 +30,7 @@ use crate::{
         new_deployment_id, DeploymentRecord, HealthReport, HistoryEntry, Phase, TargetRecord,
         TargetStatus,
     },
+    ec2::{self, Ec2Settings},
     environments::{Environment, FieldError},
     health,
     records::{collection, Records},
@@ -120,6 +121,7 @@ pub struct Coordinator {
     tasks: TaskTracker,
     /// Bumped on every local change, so cached views know they are stale.
     generation: AtomicUsize,
+    imds_identity: tokio::sync::OnceCell<Option<(String, Option<String>)>>,
 }
 
 impl Coordinator {
@@ -139,7 +141,25 @@ impl Coordinator {
             start_lock: tokio::sync::Mutex::new(()),
             tasks: TaskTracker::new(),
             generation: AtomicUsize::new(0),
+            imds_identity: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The platform's identity: from the instance metadata service when running on EC2 (asked
+    /// once per copy), else `EC2_INSTANCE_ID` / `EC2_PUBLIC_IP`. `None` lets the EC2 phase's
+    /// result stand in.
+    pub async fn platform_identity(&self) -> Option<(String, Option<String>)> {
+        let from_imds = self
+            .imds_identity
+            .get_or_init(ec2::identity_from_imds)
+            .await
+            .clone();
+        from_imds.or_else(|| {
+            let id = std::env::var("EC2_INSTANCE_ID")
+                .ok()
+                .filter(|id| !id.trim().is_empty())?;
+            Some((id, std::env::var("EC2_PUBLIC_IP").ok()))
+        })
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -301,15 +321,22 @@ impl Coordinator {
         self: &Arc<Self>,
         request: StartRequest,
     ) -> Result<DeploymentRecord, StartError> {
-        if request.ec2 == Some(true) {
-            return Err(StartError::Invalid {
-                code: "ec2_not_configured",
-                message: "ec2: the EC2 phase is not configured for this plugin; omit `ec2` or set it to false".into(),
-            });
-        }
-        let version = request.version.clone().unwrap_or_else(|| {
-            std::env::var("DEPLOYMENT_VERSION").unwrap_or_else(|_| "unversioned".into())
-        });
+        let ec2 = match (request.ec2, &self.settings.ec2) {
+            (Some(false), _) | (None, None) => None,
+            (None, Some(ec2)) => ec2.enabled.then(|| ec2.clone()),
+            (Some(true), Some(ec2)) => Some(ec2.clone()),
+            (Some(true), None) => {
+                return Err(StartError::Invalid {
+                    code: "ec2_not_configured",
+                    message: "ec2: the EC2 phase is not configured; add [plugins.deployment_mcp.settings.ec2] with instance_ids or tag_filters, or omit `ec2`".into(),
+                })
+            }
+        };
+        let version = request
+            .version
+            .clone()
+            .or_else(|| crate::auto_deploy::platform_version(&self.settings))
+            .unwrap_or_else(|| "unversioned".into());
         if version.trim().is_empty() || version.len() > 128 || version.chars().any(char::is_control)
         {
             return Err(StartError::BadField(FieldError::new(
@@ -408,7 +435,10 @@ impl Coordinator {
             triggered_by: request.triggered_by.clone(),
             request_id: request.request_id.clone(),
             environments: targets.iter().map(|t| t.environment_id.clone()).collect(),
-            ec2: json!({ "status": "skipped", "reason": "ec2 is off" }),
+            ec2: match &ec2 {
+                Some(_) => json!({ "status": "pending" }),
+                None => json!({ "status": "skipped", "reason": "ec2 is off" }),
+            },
             errors: Vec::new(),
             created_at: timestamp(now),
             finished_at: None,
@@ -471,6 +501,7 @@ impl Coordinator {
             reason,
             finished_targets: AtomicUsize::new(0),
             total_targets: targets.len(),
+            ec2,
         };
         let run = Arc::new(run);
         self.tasks.spawn(async move {
@@ -661,9 +692,12 @@ struct Run {
     reason: Arc<Mutex<Option<StopReason>>>,
     finished_targets: AtomicUsize,
     total_targets: usize,
+    /// The EC2 phase to run first, when it is on for this deployment.
+    ec2: Option<Ec2Settings>,
 }
 
 /// Progress at the start of each phase; triggering and verification fill the gaps in between.
+const PROGRESS_EC2: u8 = 2;
 const PROGRESS_TRIGGERING: u8 = 10;
 const PROGRESS_TRIGGERED: u8 = 80;
 const PROGRESS_VERIFIED: u8 = 95;
@@ -715,20 +749,71 @@ impl Run {
             targets.len()
         ))
         .await;
-        log.info("EC2 phase skipped: ec2 is off").await;
-        self.set_phase(&logs, Phase::LocalTriggering, PROGRESS_TRIGGERING)
+        let mut platform = coordinator.platform_identity().await;
+        let ec2_ok = match &self.ec2 {
+            None => {
+                log.info("EC2 phase skipped: ec2 is off").await;
+                true
+            }
+            Some(settings) => {
+                self.set_phase(&logs, Phase::Ec2Deploying, PROGRESS_EC2)
+                    .await;
+                let outcome = tokio::select! {
+                    outcome = ec2::ensure_running(settings, &log) => Some(outcome),
+                    _ = self.cancel.cancelled() => None,
+                };
+                match outcome {
+                    Some(Ok(outcome)) => {
+                        if platform.is_none() {
+                            platform = outcome.platform();
+                        }
+                        self.record.lock().await.ec2 = json!({
+                            "status": "completed",
+                            "instances": outcome.instances,
+                            "started": outcome.started,
+                        });
+                        self.set_phase(&logs, Phase::Ec2Completed, PROGRESS_TRIGGERING)
+                            .await;
+                        true
+                    }
+                    Some(Err(message)) => {
+                        log.line(LogStream::Error, format!("EC2 phase failed: {message}"))
+                            .await;
+                        let mut record = self.record.lock().await;
+                        record.ec2 = json!({ "status": "failed", "error": message });
+                        record.errors.push(format!("ec2_deploying: {message}"));
+                        false
+                    }
+                    None => false,
+                }
+            }
+        };
+        if let Some((id, ip)) = &platform {
+            log.info(format!(
+                "platform instance {id}{}",
+                ip.as_deref()
+                    .map(|ip| format!(" at {ip}"))
+                    .unwrap_or_default()
+            ))
             .await;
-
+        }
         let limit = Arc::new(Semaphore::new(coordinator.settings.max_parallel));
         let context = TriggerContext {
             deployment_id: deployment_id.clone(),
             version,
-            platform_instance_id: std::env::var("EC2_INSTANCE_ID").ok(),
-            platform_ip: std::env::var("EC2_PUBLIC_IP").ok(),
+            platform_instance_id: platform.as_ref().map(|(id, _)| id.clone()),
+            platform_ip: platform.and_then(|(_, ip)| ip),
             log: log.clone(),
         };
+        if ec2_ok {
+            self.set_phase(&logs, Phase::LocalTriggering, PROGRESS_TRIGGERING)
+                .await;
+        } else {
+            self.skip_targets(&targets, "not triggered: the EC2 phase did not complete")
+                .await;
+        }
         let mut running = tokio::task::JoinSet::new();
-        for environment in &targets {
+        for environment in targets.iter().filter(|_| ec2_ok) {
             let run = Arc::clone(&self);
             let limit = Arc::clone(&limit);
             let mut context = context.clone();
@@ -737,8 +822,10 @@ impl Run {
             let tails = Arc::clone(&tails);
             running.spawn(async move { run.trigger_one(environment, context, limit, tails).await });
         }
-        self.set_phase(&logs, Phase::LocalDeploying, PROGRESS_TRIGGERING)
-            .await;
+        if ec2_ok {
+            self.set_phase(&logs, Phase::LocalDeploying, PROGRESS_TRIGGERING)
+                .await;
+        }
         let mut succeeded = Vec::new();
         while let Some(done) = running.join_next().await {
             if let Ok(Some(environment)) = done {
@@ -746,7 +833,7 @@ impl Run {
             }
         }
 
-        if self.stop_reason().is_none() {
+        if ec2_ok && self.stop_reason().is_none() {
             self.set_phase(&logs, Phase::LocalCompleted, PROGRESS_TRIGGERED)
                 .await;
             self.set_phase(&logs, Phase::Verifying, PROGRESS_TRIGGERED)
@@ -959,6 +1046,26 @@ impl Run {
                 / self.total_targets.max(1)) as u8;
         self.finish_target(&mut target, &tails, progress).await;
         succeeded.then_some(environment)
+    }
+
+    /// Records environments that were never triggered as cancelled, with the reason.
+    async fn skip_targets(&self, targets: &[Environment], why: &str) {
+        for environment in targets {
+            let target = TargetRecord {
+                environment_id: environment.environment_id.clone(),
+                connection_method: environment.connection_method.as_str().to_owned(),
+                status: TargetStatus::Cancelled,
+                started_at: None,
+                finished_at: Some(timestamp(SystemTime::now())),
+                duration_ms: None,
+                exit_code: None,
+                detail: None,
+                error: Some(why.to_owned()),
+                output_tail: Vec::new(),
+                health: None,
+            };
+            self.save_target(&target).await;
+        }
     }
 
     async fn save_target(&self, target: &TargetRecord) {

@@ -7,14 +7,17 @@
 //! and `health`; `catalog` keeps environments and `records` is the typed view of the host's
 //! store, which holds every record.
 
+pub mod auto_deploy;
 pub mod catalog;
 pub mod coordinator;
 pub mod deployment;
+pub mod ec2;
 pub mod environments;
 pub mod health;
 pub mod records;
 pub mod routes;
 pub mod settings;
+pub mod standalone;
 pub mod triggers;
 
 use std::sync::Arc;
@@ -68,7 +71,7 @@ pub async fn build(
         records,
         http_client()?,
         Arc::clone(&settings),
-        boot_id,
+        boot_id.clone(),
     ));
     let imported = coordinator
         .catalog()
@@ -77,12 +80,25 @@ pub async fn build(
     let interrupted = coordinator.recover().await?;
     tracing::info!(
         added = imported.added,
+        removed = imported.removed,
         updated = imported.updated,
         kept_api_edits = imported.kept_api_edits,
         interrupted,
         file = %settings.environments_file.display(),
         "deployment_mcp started"
     );
+    // Ask the metadata service now, so the first deployment does not wait for it.
+    tokio::spawn({
+        let coordinator = Arc::clone(&coordinator);
+        async move {
+            coordinator.platform_identity().await;
+        }
+    });
+    tokio::spawn(auto_deploy::run(
+        Arc::clone(&coordinator),
+        Arc::clone(&settings),
+        boot_id,
+    ));
     Ok(routes::Api::new(coordinator))
 }
 

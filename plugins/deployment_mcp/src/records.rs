@@ -25,6 +25,8 @@ pub mod collection {
     /// Cancel requests, for a run owned by another copy of the plugin.
     pub const CANCEL: &str = "deployment_mcp.cancel";
     pub const IDEMPOTENCY: &str = "deployment_mcp.idempotency";
+    /// Small state records of the plugin itself (e.g. which boot ran the automatic deployment).
+    pub const META: &str = "deployment_mcp.meta";
 }
 
 /// The largest page the store hands out.

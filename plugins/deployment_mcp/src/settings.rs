@@ -22,6 +22,38 @@ pub struct Settings {
     /// Log lines kept per deployment in the store; later lines are counted, not kept.
     #[serde(default = "default_max_log_lines")]
     pub max_log_lines: usize,
+    /// The platform's version when `DEPLOYMENT_VERSION` is not set.
+    #[serde(default)]
+    pub platform_version: Option<String>,
+    /// A deployment triggered once the host has started.
+    #[serde(default)]
+    pub auto_deploy: AutoDeploy,
+    /// The EC2 phase (`[plugins.deployment_mcp.settings.ec2]`).
+    #[serde(default)]
+    pub ec2: Option<crate::ec2::Ec2Settings>,
+}
+
+/// `auto_deploy = { enabled, environments, when }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoDeploy {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Environment ids; every enabled environment when absent.
+    #[serde(default)]
+    pub environments: Option<Vec<String>>,
+    #[serde(default)]
+    pub when: AutoDeployWhen,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AutoDeployWhen {
+    /// At every host start.
+    Always,
+    /// When the platform version differs from the last successful automatic deployment's.
+    #[default]
+    VersionChanged,
 }
 
 fn default_environments_file() -> PathBuf {
@@ -60,6 +92,13 @@ impl Settings {
             Some("health_check_timeout_secs: must be between 1 and 300")
         } else if settings.max_log_lines == 0 {
             Some("max_log_lines: must be at least 1")
+        } else if settings
+            .auto_deploy
+            .environments
+            .as_ref()
+            .is_some_and(|ids| ids.is_empty())
+        {
+            Some("auto_deploy.environments: an empty list deploys nothing; omit it to deploy every enabled environment")
         } else {
             None
         };

@@ -1,0 +1,108 @@
+//! The deployment triggered once the host has started (`auto_deploy` in the settings).
+//!
+//! It runs at most once per host boot: a hot swap starts a new copy of the plugin in the same
+//! boot, and that copy must not deploy again. With `when = "version_changed"` it runs only when
+//! the platform version differs from the last automatic deployment that completed.
+
+use std::sync::Arc;
+
+use crate::{
+    coordinator::{Coordinator, StartRequest},
+    deployment::{HistoryEntry, Phase},
+    records::collection,
+    settings::{AutoDeployWhen, Settings},
+};
+
+/// Who automatic deployments are recorded as triggered by.
+pub const TRIGGERED_BY: &str = "auto:startup";
+const STATE_KEY: &str = "auto_deploy";
+
+/// The platform version: `DEPLOYMENT_VERSION`, else the configured `platform_version`.
+pub fn platform_version(settings: &Settings) -> Option<String> {
+    std::env::var("DEPLOYMENT_VERSION")
+        .ok()
+        .filter(|version| !version.trim().is_empty())
+        .or_else(|| settings.platform_version.clone())
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct AutoDeployState {
+    /// The boot that already considered an automatic deployment.
+    boot_id: String,
+}
+
+/// Decides and, if due, starts the automatic deployment. Failures are logged and, when a
+/// deployment started, recorded in it; none of them stops the plugin.
+pub async fn run(coordinator: Arc<Coordinator>, settings: Arc<Settings>, boot_id: String) {
+    let auto = &settings.auto_deploy;
+    if !auto.enabled {
+        return;
+    }
+    let records = coordinator.records();
+    match records
+        .get::<AutoDeployState>(collection::META, STATE_KEY)
+        .await
+    {
+        Ok(Some(state)) if state.boot_id == boot_id => return,
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!("auto_deploy: cannot read its state: {error}");
+            return;
+        }
+    }
+    if let Err(error) = records
+        .put(collection::META, STATE_KEY, &AutoDeployState { boot_id })
+        .await
+    {
+        tracing::warn!("auto_deploy: cannot record this boot: {error}");
+        return;
+    }
+    let version = platform_version(&settings);
+    if auto.when == AutoDeployWhen::VersionChanged {
+        let last = match last_completed_version(&coordinator).await {
+            Ok(last) => last,
+            Err(error) => {
+                tracing::warn!("auto_deploy: cannot read the history: {error}");
+                return;
+            }
+        };
+        let current = version.clone().unwrap_or_else(|| "unversioned".to_owned());
+        if last.as_deref() == Some(current.as_str()) {
+            tracing::info!(
+                version = %current,
+                "auto_deploy: version unchanged since the last automatic deployment; not deploying"
+            );
+            return;
+        }
+    }
+    let started = coordinator
+        .start(StartRequest {
+            environments: auto.environments.clone(),
+            version,
+            ec2: None,
+            triggered_by: TRIGGERED_BY.to_owned(),
+            request_id: None,
+            retry_of: None,
+        })
+        .await;
+    match started {
+        Ok(record) => tracing::info!(
+            deployment = %record.deployment_id,
+            version = %record.version,
+            "auto_deploy: deployment started"
+        ),
+        Err(error) => tracing::error!("auto_deploy: the deployment could not start: {error:?}"),
+    }
+}
+
+/// The version of the newest automatic deployment that completed.
+async fn last_completed_version(coordinator: &Coordinator) -> Result<Option<String>, String> {
+    Ok(coordinator
+        .records()
+        .scan::<HistoryEntry>(collection::HISTORY, "")
+        .await?
+        .into_iter()
+        .map(|(_, entry)| entry)
+        .find(|entry| entry.triggered_by == TRIGGERED_BY && entry.status == Phase::Completed)
+        .map(|entry| entry.version))
+}

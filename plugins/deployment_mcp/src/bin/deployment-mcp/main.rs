@@ -1,0 +1,375 @@
+//! `deployment-mcp`: the deployment plugin as a command-line tool.
+//!
+//! Every command is a client of the plugin's deployment API. By default the plugin runs in this
+//! process on an environments file, with its store in `--data-dir` (see
+//! `deployment_mcp::standalone`); with `--server` the same calls go to a running host over HTTP.
+
+mod backend;
+mod commands;
+mod deploy;
+mod output;
+mod signals;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::backend::{Backend, LocalOptions};
+
+const EXAMPLES: &str = "\
+Examples:
+  # Deploy every enabled environment of config/remote_environments.json, in this process
+  deployment-mcp deploy --version 2.1.0
+
+  # Deploy two environments of another file and show their output as it comes
+  deployment-mcp --environments envs.toml deploy --env web-1 --env web-2 --follow-logs
+
+  # The same through a running host
+  deployment-mcp deploy --server http://127.0.0.1:8080 --api-key \"$KEY\" --env web-1
+
+  # After an EC2 deployment (the original ec2_deployment_trigger.py)
+  EC2_INSTANCE_ID=i-0abc EC2_PUBLIC_IP=203.0.113.7 DEPLOYMENT_VERSION=2.1.0 deployment-mcp ec2-trigger
+
+  # Inspect
+  deployment-mcp environments list
+  deployment-mcp environments check
+  deployment-mcp status
+  deployment-mcp history --limit 10 --status failed
+
+Modes:
+  In-process (default): the plugin runs inside this command on --environments FILE; deployments,
+  logs and history are kept in --data-dir. One command at a time may use a data directory.
+  Client: with --server URL --api-key KEY (or DEPLOYMENT_MCP_SERVER / DEPLOYMENT_MCP_API_KEY)
+  every command calls the host's /api/deployment API instead; the host's environments apply.
+
+Output:
+  On a terminal, deploy shows a progress bar per environment; otherwise one timestamped line
+  per change (\"2026-11-25T11:00:00Z web-1 running\"). --json prints the API's JSON instead.
+  Ctrl-C during deploy cancels the deployment in-process, or stops following it in client mode.
+
+Exit status:
+  0  success (deploy: every environment succeeded)
+  1  failure (deploy: an environment or the deployment failed, was cancelled or interrupted;
+     an environment is busy in another deployment; the server refused or is unreachable)
+  2  usage or configuration error (bad flags, unreadable or invalid environments file,
+     unknown environment id)
+  130  interrupted";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "deployment-mcp",
+    version,
+    about = "Deploy to target environments (ssh, http_api, webhook, local) and follow the result",
+    after_help = EXAMPLES,
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// Call this powerautomation host instead of running the plugin in-process
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "DEPLOYMENT_MCP_SERVER",
+        requires = "api_key"
+    )]
+    server: Option<String>,
+
+    /// API key for --server (sent as X-API-Key; never printed)
+    #[arg(
+        long,
+        global = true,
+        value_name = "KEY",
+        env = "DEPLOYMENT_MCP_API_KEY",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
+
+    /// Environments file, JSON (remote_environments.json format) or .toml
+    /// [default: config/remote_environments.json]
+    #[arg(long, global = true, value_name = "FILE", conflicts_with = "server")]
+    environments: Option<PathBuf>,
+
+    /// Where the in-process store (deployments, logs, history) lives
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "data/deployment-mcp",
+        conflicts_with = "server"
+    )]
+    data_dir: PathBuf,
+
+    /// Environment triggers running at once, in-process [default: 32]
+    #[arg(
+        long,
+        global = true,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=1024),
+        conflicts_with = "server"
+    )]
+    max_parallel: Option<u32>,
+
+    /// Print the API's JSON instead of tables and progress
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Log what the plugin does (in-process) or each HTTP call (client mode) to stderr
+    #[arg(long, short, global = true)]
+    verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the registered environments, or validate them and run their health checks
+    Environments {
+        #[command(subcommand)]
+        action: Option<EnvironmentsAction>,
+    },
+    /// Deploy to environments and follow the deployment until it ends
+    #[command(after_help = "Examples:
+  deployment-mcp deploy
+  deployment-mcp deploy --env web-1 --env web-2 --version 2.1.0 --follow-logs
+  deployment-mcp deploy --server http://127.0.0.1:8080 --api-key \"$KEY\" --json
+
+Exits 0 only when every environment succeeded, 1 when any did not, 2 on usage errors.")]
+    Deploy(DeployArgs),
+    /// After an EC2 deployment: deploy every registered environment with $DEPLOYMENT_VERSION
+    #[command(
+        name = "ec2-trigger",
+        after_help = "Reads EC2_INSTANCE_ID, EC2_PUBLIC_IP and DEPLOYMENT_VERSION from the environment, prints
+them, then deploys every enabled environment like `deploy --version $DEPLOYMENT_VERSION`.
+In-process, the triggers get the instance as PA_PLATFORM_INSTANCE_ID / EC2_INSTANCE_ID and
+PA_PLATFORM_IP / EC2_PUBLIC_IP; with --server the host uses its own EC2 facts.
+
+Example:
+  EC2_INSTANCE_ID=i-0abc EC2_PUBLIC_IP=203.0.113.7 DEPLOYMENT_VERSION=2.1.0 deployment-mcp ec2-trigger"
+    )]
+    Ec2Trigger(FollowArgs),
+    /// Active deployments and the latest finished one, or one deployment by id
+    #[command(after_help = "Examples:
+  deployment-mcp status
+  deployment-mcp status dep-1764068400000-1a2b3c4d --json")]
+    Status {
+        /// A deployment id (as printed by deploy)
+        id: Option<String>,
+    },
+    /// Past deployments, newest first
+    #[command(after_help = "Examples:
+  deployment-mcp history
+  deployment-mcp history --limit 5 --status failed --env web-1")]
+    History {
+        /// How many to show (1-500)
+        #[arg(long, value_name = "N", default_value_t = 20,
+              value_parser = clap::value_parser!(u32).range(1..=500))]
+        limit: u32,
+        /// Only deployments with this status (completed, failed, cancelled, interrupted, ...)
+        #[arg(long, value_name = "STATUS")]
+        status: Option<String>,
+        /// Only deployments that included this environment
+        #[arg(long = "env", value_name = "ID")]
+        environment: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EnvironmentsAction {
+    /// Table of id, type, method, target, enabled and last health (the default)
+    List,
+    /// Validate the environments and run the health check of each one that has a URL; exits 1
+    /// when any is unhealthy
+    Check,
+}
+
+#[derive(Debug, Args)]
+struct DeployArgs {
+    /// Environment to deploy (repeat for more); default: every enabled environment
+    // Not named `environments`: that id is the global --environments FILE.
+    #[arg(long = "env", value_name = "ID")]
+    env_ids: Vec<String>,
+    /// Version to deploy; default: $DEPLOYMENT_VERSION where the plugin runs, else "unversioned"
+    #[arg(long, value_name = "V")]
+    version: Option<String>,
+    #[command(flatten)]
+    follow: FollowArgs,
+}
+
+#[derive(Debug, Args)]
+struct FollowArgs {
+    /// Also print the environments' output lines as they come
+    #[arg(long)]
+    follow_logs: bool,
+}
+
+/// A failure, by exit status: usage and configuration errors are 2, everything else 1.
+#[derive(Debug)]
+pub enum CliError {
+    Usage(String),
+    Failed(String),
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Usage(message) | CliError::Failed(message) => f.write_str(message),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // Before any thread exists, so every thread inherits the blocked signals.
+    let mut interrupts = signals::install();
+    let cli = Cli::parse();
+    if cli.global.verbose {
+        let _ = tracing::dispatcher::set_global_default(
+            deployment_mcp::standalone::stderr_dispatch(tracing::Level::DEBUG),
+        );
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("deployment-mcp")
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(run(cli, &mut interrupts));
+    // Store calls in flight are short; do not wait forever on a stuck one.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(CliError::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(CliError::Failed(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli, interrupts: &mut signals::Interrupts) -> Result<u8, CliError> {
+    let global = &cli.global;
+    let read_only = matches!(
+        cli.command,
+        Command::Status { .. } | Command::History { .. }
+    );
+    let backend = match &global.server {
+        Some(server) => Backend::remote(
+            server,
+            global.api_key.as_deref().unwrap_or_default(),
+            global.verbose,
+        )?,
+        None => {
+            Backend::local(LocalOptions {
+                data_dir: global.data_dir.clone(),
+                environments_file: global
+                    .environments
+                    .clone()
+                    .unwrap_or_else(|| backend::default_environments_file().to_path_buf()),
+                environments_explicit: global.environments.is_some(),
+                file_optional: read_only,
+                max_parallel: global.max_parallel,
+                verbose: global.verbose,
+            })
+            .await?
+        }
+    };
+    let result = execute(&backend, cli.command, global.json, interrupts).await;
+    backend.close().await;
+    result
+}
+
+async fn execute(
+    backend: &Backend,
+    command: Command,
+    json: bool,
+    interrupts: &mut signals::Interrupts,
+) -> Result<u8, CliError> {
+    match command {
+        Command::Environments { action } => match action.unwrap_or(EnvironmentsAction::List) {
+            EnvironmentsAction::List => commands::environments_list(backend, json).await,
+            EnvironmentsAction::Check => commands::environments_check(backend, json).await,
+        },
+        Command::Deploy(args) => {
+            let request = deploy::DeployRequest {
+                environments: args.env_ids,
+                version: args.version,
+                follow_logs: args.follow.follow_logs,
+                json,
+            };
+            deploy::run(backend, request, interrupts).await
+        }
+        Command::Ec2Trigger(args) => {
+            let variable = |name: &str| {
+                std::env::var(name)
+                    .ok()
+                    .filter(|value| !value.trim().is_empty())
+            };
+            let version = variable("DEPLOYMENT_VERSION");
+            let facts = [
+                ("EC2_INSTANCE_ID", variable("EC2_INSTANCE_ID")),
+                ("EC2_PUBLIC_IP", variable("EC2_PUBLIC_IP")),
+                ("DEPLOYMENT_VERSION", version.clone()),
+            ];
+            // On stderr with --json, so stdout stays one JSON document.
+            for (name, value) in &facts {
+                let value = value.as_deref().unwrap_or("(not set)");
+                if json {
+                    eprintln!("{name}: {value}");
+                } else {
+                    output::outln!("{name}: {value}");
+                }
+            }
+            if backend.is_remote() && (facts[0].1.is_some() || facts[1].1.is_some()) {
+                eprintln!(
+                    "note: with --server the host hands its own EC2 instance facts to the triggers"
+                );
+            }
+            let request = deploy::DeployRequest {
+                environments: Vec::new(),
+                version,
+                follow_logs: args.follow_logs,
+                json,
+            };
+            deploy::run(backend, request, interrupts).await
+        }
+        Command::Status { id } => commands::status(backend, id.as_deref(), json).await,
+        Command::History {
+            limit,
+            status,
+            environment,
+        } => {
+            let filter = commands::HistoryFilter {
+                limit: Some(limit),
+                status,
+                environment,
+            };
+            commands::history(backend, filter, json).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

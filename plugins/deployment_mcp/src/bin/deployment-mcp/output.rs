@@ -1,0 +1,147 @@
+//! Printing: tables, durations, timestamps. Writes ignore errors: a closed stdout (`| head`)
+//! must not abort a deployment half way, and `println!` would panic there.
+
+use std::{io::Write as _, time::SystemTime};
+
+use serde_json::Value;
+
+/// `println!` that never panics.
+macro_rules! outln {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock());
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+pub(crate) use outln;
+
+/// Pretty JSON on stdout, for `--json`.
+pub fn print_json(value: &Value) {
+    let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
+    outln!("{text}");
+}
+
+/// Columns padded to their widest cell; the last column is not padded.
+pub struct Table {
+    headers: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&'static str]) -> Table {
+        Table {
+            headers: headers.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn render(&self) -> String {
+        let columns = self.headers.len();
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (index, cell) in row.iter().enumerate().take(columns) {
+                widths[index] = widths[index].max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        let headers: Vec<String> = self.headers.iter().map(|h| (*h).to_owned()).collect();
+        for row in std::iter::once(&headers).chain(self.rows.iter()) {
+            let mut line = String::new();
+            for (index, cell) in row.iter().enumerate().take(columns) {
+                if index + 1 == columns {
+                    line.push_str(cell);
+                } else {
+                    let pad = widths[index].saturating_sub(cell.chars().count());
+                    line.push_str(cell);
+                    line.push_str(&" ".repeat(pad + 2));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+
+    pub fn print(&self) {
+        let _ = std::io::stdout().lock().write_all(self.render().as_bytes());
+    }
+}
+
+/// `850ms`, `1.2s`, `2m03s`; `-` when unknown.
+pub fn duration(ms: Option<u64>) -> String {
+    match ms {
+        None => "-".into(),
+        Some(ms) if ms < 1_000 => format!("{ms}ms"),
+        Some(ms) if ms < 60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        Some(ms) => format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000),
+    }
+}
+
+/// The current UTC time to the second, RFC 3339.
+pub fn now() -> String {
+    short_time(&deployment_mcp::triggers::timestamp(SystemTime::now()))
+}
+
+/// Drops the milliseconds of an RFC 3339 time (`…:00.123Z` → `…:00Z`).
+pub fn short_time(text: &str) -> String {
+    match (text.find('.'), text.ends_with('Z')) {
+        (Some(dot), true) => format!("{}Z", &text[..dot]),
+        _ => text.to_owned(),
+    }
+}
+
+/// A JSON string field, or `-`.
+pub fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(text) if text.is_empty() => "-".into(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A JSON list of strings, comma-separated, or `-`.
+pub fn list(value: &Value) -> String {
+    let items: Vec<String> = value
+        .as_array()
+        .map(|items| items.iter().map(text).collect())
+        .unwrap_or_default();
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_and_formats() {
+        let mut table = Table::new(&["A", "LONGER", "LAST"]);
+        table.row(vec!["wide-cell".into(), "x".into(), "tail text".into()]);
+        assert_eq!(
+            table.render(),
+            "A          LONGER  LAST\nwide-cell  x       tail text\n"
+        );
+        assert_eq!(duration(Some(850)), "850ms");
+        assert_eq!(duration(Some(1_240)), "1.2s");
+        assert_eq!(duration(Some(123_000)), "2m03s");
+        assert_eq!(
+            short_time("2026-11-25T11:00:00.123Z"),
+            "2026-11-25T11:00:00Z"
+        );
+    }
+}
