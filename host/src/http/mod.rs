@@ -2,6 +2,7 @@
 //! tracing, JSON errors, timeout, authentication, body limit), outermost first.
 
 pub mod core;
+pub mod dashboard;
 pub mod dispatch;
 pub mod error;
 pub mod metrics;
@@ -50,7 +51,8 @@ pub fn router(state: AppState, keys: Arc<KeyRing>, server: &ServerConfig) -> Rou
         .route("/metrics", get(metrics::scrape))
         .route("/api/plugins", get(core::list_plugins))
         .route("/api/plugins/{name}/reload", post(core::reload_plugin))
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .merge(dashboard::routes());
     for slot in state.slots.iter() {
         let mount = slot.config.mount.as_str();
         let mount_state = MountState {

@@ -1,0 +1,1055 @@
+// PowerAutomation operator dashboard. Plain JavaScript, no framework, no build step.
+// Everything comes from the host's API with the signed-in key (X-API-Key header); every
+// API-provided text reaches the page through textContent, never as markup.
+'use strict';
+
+(() => {
+  const KEY_STORAGE = 'powerautomation.apiKey';
+  const PLUGIN = 'deployment_mcp';
+  const API = '/api/deployment';
+  const TERMINAL = new Set(['completed', 'failed', 'cancelled', 'interrupted']);
+  const GOOD = new Set(['completed', 'succeeded', 'active']);
+  const BAD = new Set(['failed', 'timed_out', 'interrupted', 'missing', 'incompatible']);
+  // The state machines, in order: answers and events can arrive out of order (a snapshot
+  // fetched before an event may land after it), and the page never shows a step back.
+  const PHASES = ['pending', 'ec2_deploying', 'ec2_completed', 'local_triggering', 'local_deploying',
+    'local_completed', 'verifying', 'completed', 'failed', 'cancelled', 'interrupted'];
+  const TARGET_STATES = ['pending', 'triggering', 'running', 'succeeded', 'failed', 'timed_out', 'cancelled'];
+  const FIRST_END = new Map([[PHASES, PHASES.indexOf('completed')], [TARGET_STATES, TARGET_STATES.indexOf('succeeded')]]);
+  const LOG_TAIL = 200;
+  const HISTORY_PAGE = 10;
+
+  const state = {
+    key: null,
+    role: null, // 'admin' | 'developer' | 'user' | null (unknown)
+    canReadDetails: true, // false once a developer endpoint answered 403
+    unavailable: null, // the reason the deployment plugin cannot serve, or null
+    plugins: [],
+    environments: [],
+    active: null, // the deployment shown in the active panel
+    detailSeq: 0,
+    detailApplied: 0,
+    history: { cursors: [null], index: 0, next: null },
+    logDialogId: null,
+    logDialogSeen: new Set(),
+    events: { controller: null, lastId: null, retry: 0, timer: null, connected: false, connectedBefore: false },
+    timers: {},
+    generation: 0, // bumped at sign-out so late answers of an old session are dropped
+  };
+
+  const $ = (id) => document.getElementById(id);
+
+  // ---------------------------------------------------------------- DOM helpers
+
+  /** Creates an element; children that are strings become text nodes (never markup). */
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    if (props) {
+      for (const [name, value] of Object.entries(props)) {
+        if (value === undefined || value === null || value === false) continue;
+        if (name === 'class') node.className = value;
+        else if (name === 'text') node.textContent = String(value);
+        else if (name.startsWith('on') && typeof value === 'function') node.addEventListener(name.slice(2), value);
+        else if (name in node && typeof value !== 'string') node[name] = value;
+        else node.setAttribute(name, String(value));
+      }
+    }
+    for (const child of children.flat()) {
+      if (child === undefined || child === null || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  function clear(node) {
+    while (node.firstChild) node.removeChild(node.firstChild);
+    return node;
+  }
+
+  function show(node, visible) {
+    node.hidden = !visible;
+  }
+
+  function message(node, text, kind) {
+    node.textContent = text || '';
+    node.classList.toggle('error', kind === 'error');
+    node.classList.toggle('ok', kind === 'ok');
+    show(node, Boolean(text));
+  }
+
+  function statusClass(status) {
+    if (GOOD.has(status)) return 'good';
+    if (BAD.has(status)) return 'bad';
+    if (status === 'cancelled' || status === 'disabled') return 'neutral';
+    return 'busy';
+  }
+
+  function pill(text, status, extra) {
+    return el('span', { class: `pill ${statusClass(status || text)} ${extra || ''}`.trim(), text: text });
+  }
+
+  function formatTime(text) {
+    if (!text) return '–';
+    const date = new Date(text);
+    if (Number.isNaN(date.getTime())) return String(text);
+    const pad = (n) => String(n).padStart(2, '0');
+    const time = `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`;
+    const now = new Date();
+    if (date.toDateString() === now.toDateString()) return time;
+    return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())} ${time}`;
+  }
+
+  function timeNode(text) {
+    return el('time', { datetime: text || undefined, title: text || undefined, text: formatTime(text) });
+  }
+
+  function formatDuration(ms) {
+    if (ms === undefined || ms === null) return '–';
+    if (ms < 1000) return `${ms} ms`;
+    const seconds = ms / 1000;
+    if (seconds < 60) return `${seconds.toFixed(1)} s`;
+    const whole = Math.round(seconds);
+    return `${Math.floor(whole / 60)} m ${String(whole % 60).padStart(2, '0')} s`;
+  }
+
+  function shortId(id) {
+    return typeof id === 'string' && id.length > 20 ? `${id.slice(0, 18)}…` : id || '';
+  }
+
+  /** The further along of two states of `order` (the first ending state and those after it
+   * rank alike: the newest word on how it ended wins). Unknown states are taken as given. */
+  function later(order, current, next) {
+    if (!next) return current;
+    const end = FIRST_END.get(order);
+    const rank = (s) => Math.min(order.indexOf(s), end);
+    if (order.indexOf(next) < 0 || order.indexOf(current) < 0) return next;
+    return rank(next) >= rank(current) ? next : current;
+  }
+
+  function debounce(name, delay, fn) {
+    clearTimeout(state.timers[name]);
+    state.timers[name] = setTimeout(fn, delay);
+  }
+
+  // ---------------------------------------------------------------- API
+
+  /** Calls the API with the session's key. Resolves to {status, ok, body}; never throws. */
+  async function api(method, path, body) {
+    const generation = state.generation;
+    const headers = { Accept: 'application/json', 'X-API-Key': state.key || '' };
+    const init = { method, headers, cache: 'no-store', credentials: 'omit' };
+    if (body !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (error) {
+      return { status: 0, ok: false, body: { error: 'network', message: `The host did not answer (${error.message}).` }, stale: generation !== state.generation };
+    }
+    let parsed = null;
+    try {
+      parsed = await response.json();
+    } catch (_) {
+      parsed = null;
+    }
+    const result = { status: response.status, ok: response.ok, body: parsed, stale: generation !== state.generation };
+    if (result.stale) return result;
+    if (response.status === 401 && state.key) {
+      signOut(errorText(result, 'The API key was refused.'));
+    } else if (response.status === 503 && path.startsWith(API) && parsed && parsed.error === 'plugin_unavailable') {
+      setUnavailable(parsed.message || 'the deployment plugin is not active');
+    }
+    return result;
+  }
+
+  function errorText(result, fallback) {
+    return (result.body && result.body.message) || fallback || `The host answered ${result.status}.`;
+  }
+
+  // ---------------------------------------------------------------- session
+
+  function signOut(reason) {
+    state.generation += 1;
+    state.key = null;
+    state.role = null;
+    state.canReadDetails = true;
+    state.active = null;
+    state.unavailable = null;
+    state.history = { cursors: [null], index: 0, next: null };
+    try {
+      sessionStorage.removeItem(KEY_STORAGE);
+    } catch (_) { /* storage may be disabled */ }
+    stopEvents();
+    for (const timer of Object.values(state.timers)) clearTimeout(timer);
+    state.timers = {};
+    const dialog = $('log-dialog');
+    if (dialog.open) dialog.close();
+    $('filter-status').value = '';
+    $('filter-environment').value = '';
+    $('trigger-version').value = '';
+    clear($('trigger-environments'));
+    for (const id of ['trigger-message', 'cancel-message', 'plugin-message', 'history-message']) message($(id), '');
+    delete $('trigger-message').dataset.deploymentId;
+    showHistoryTable(true);
+    show($('app'), false);
+    show($('session'), false);
+    show($('sign-in'), true);
+    $('api-key').value = '';
+    message($('sign-in-error'), reason || '', 'error');
+    $('api-key').focus();
+  }
+
+  async function signIn(key) {
+    state.generation += 1;
+    state.key = key;
+    const result = await api('GET', '/api/plugins');
+    if (!result.ok) {
+      state.key = null;
+      message($('sign-in-error'), errorText(result, 'The key could not be checked.'), 'error');
+      return false;
+    }
+    try {
+      sessionStorage.setItem(KEY_STORAGE, key);
+    } catch (_) { /* the key then lasts for this page only */ }
+    message($('sign-in-error'), '');
+    show($('sign-in'), false);
+    show($('app'), true);
+    show($('session'), true);
+    applyPlugins(result.body);
+    await probeRole();
+    connectEvents();
+    if (!state.unavailable) loadDeploymentViews();
+    return true;
+  }
+
+  /** Learns whether the key is an admin's without side effects: a reload of a plugin that does
+   * not exist answers 404 to an admin and 403 to anyone else. */
+  async function probeRole() {
+    const result = await api('POST', '/api/plugins/role-probe/reload');
+    if (result.stale) return;
+    if (result.status === 404) setRole('admin');
+    else if (result.status === 403) setRole(state.canReadDetails ? 'developer' : 'user');
+    else setRole(null);
+  }
+
+  function setRole(role) {
+    state.role = role;
+    if (role === 'developer' && !state.canReadDetails) state.role = 'user';
+    $('role-badge').textContent = state.role || 'role unknown';
+    const admin = state.role === 'admin' || state.role === null;
+    document.body.classList.toggle('not-admin', !admin);
+    renderActive();
+    renderPlugins();
+  }
+
+  /** A developer endpoint answered 403: the key is a `user`'s. */
+  function lostDetails() {
+    if (!state.canReadDetails) return;
+    state.canReadDetails = false;
+    if (state.role !== 'admin') setRole('user');
+  }
+
+  // ---------------------------------------------------------------- plugin state
+
+  function setUnavailable(reason) {
+    const changed = state.unavailable !== reason;
+    state.unavailable = reason;
+    $('plugin-banner-reason').textContent = reason;
+    show($('plugin-banner'), true);
+    document.body.classList.add('plugin-down');
+    if (changed) debounce('plugins', 200, loadPlugins);
+  }
+
+  function setAvailable() {
+    const was = state.unavailable;
+    state.unavailable = null;
+    show($('plugin-banner'), false);
+    document.body.classList.remove('plugin-down');
+    if (was !== null) {
+      loadDeploymentViews();
+      reconnectSoon(0);
+    }
+  }
+
+  async function loadPlugins() {
+    const result = await api('GET', '/api/plugins');
+    if (result.stale || !result.ok) return;
+    applyPlugins(result.body);
+  }
+
+  function applyPlugins(body) {
+    state.plugins = (body && Array.isArray(body.plugins)) ? body.plugins : [];
+    const plugin = state.plugins.find((p) => p.name === PLUGIN);
+    if (!plugin) {
+      setUnavailable(`plugin ${PLUGIN} is not configured on this host`);
+    } else if (plugin.state !== 'active') {
+      // The same words as the host's 503 answer, so both sources agree.
+      setUnavailable(`plugin ${plugin.name} is ${plugin.state}: ${plugin.last_error || 'it is not loaded'}`);
+    } else {
+      setAvailable();
+    }
+    renderPlugins();
+  }
+
+  function renderPlugins() {
+    const list = clear($('plugin-list'));
+    if (!state.plugins.length) {
+      list.append(el('p', { class: 'muted', text: 'No plugins are configured.' }));
+      return;
+    }
+    for (const plugin of state.plugins) {
+      const sha = plugin.sha256 || '';
+      const facts = el('dl', { class: 'facts' },
+        el('dt', { text: 'Version' }), el('dd', { text: plugin.version || '–' }),
+        el('dt', { text: 'ABI' }), el('dd', { text: plugin.abi || '–' }),
+        el('dt', { text: 'SHA-256' }), el('dd', null, sha ? el('code', { class: 'sha', title: sha, text: `${sha.slice(0, 12)}…` }) : '–'),
+        el('dt', { text: 'Loaded' }), el('dd', null, plugin.loaded_at ? timeNode(plugin.loaded_at) : '–'),
+        el('dt', { text: 'Swaps' }), el('dd', { class: 'swaps', text: String(plugin.swaps ?? 0) }),
+        el('dt', { text: 'Path' }), el('dd', null, el('code', { class: 'path', title: plugin.path || '', text: plugin.path || '–' })),
+      );
+      const error = plugin.last_error
+        ? el('p', { class: 'message error last-error', text: `Last error: ${plugin.last_error}` })
+        : null;
+      const reload = el('button', {
+        type: 'button', class: 'secondary admin-only reload', text: 'Reload',
+        title: 'Hot-swap the plugin from its configured file',
+        onclick: () => reloadPlugin(plugin.name, reload),
+      });
+      list.append(el('article', { class: 'plugin', 'data-plugin': plugin.name },
+        el('div', { class: 'card-head' },
+          el('h3', null, plugin.name, ' ', pill(plugin.state, plugin.state, 'plugin-state')),
+          plugin.enabled === false ? null : reload),
+        facts, error));
+    }
+  }
+
+  async function reloadPlugin(name, button) {
+    button.disabled = true;
+    message($('plugin-message'), `Reloading ${name}…`);
+    const result = await api('POST', `/api/plugins/${encodeURIComponent(name)}/reload`);
+    button.disabled = false;
+    if (result.stale) return;
+    if (result.ok) {
+      const plugin = result.body && result.body.plugin;
+      message($('plugin-message'), `Reloaded ${name}${plugin && plugin.version ? ` (version ${plugin.version})` : ''}.`, 'ok');
+    } else if (result.status === 403) {
+      setRole(state.canReadDetails ? 'developer' : 'user');
+      message($('plugin-message'), errorText(result), 'error');
+    } else {
+      message($('plugin-message'), `Reload failed: ${errorText(result)}`, 'error');
+    }
+    loadPlugins();
+  }
+
+  // ---------------------------------------------------------------- deployment views
+
+  function loadDeploymentViews() {
+    loadDashboard();
+    loadActive();
+    loadHistory();
+  }
+
+  async function loadDashboard() {
+    const result = await api('GET', `${API}/dashboard`);
+    if (result.stale || !result.ok || !result.body) return;
+    const body = result.body;
+    state.environments = Array.isArray(body.environments) ? body.environments : [];
+    const counts = body.counts || {};
+    const running = Array.isArray(body.active) ? body.active.length : 0;
+    $('stat-total').textContent = String(body.total_count ?? 0);
+    $('stat-running').textContent = String(running);
+    $('stat-failed').textContent = String((counts.failed || 0) + (counts.interrupted || 0));
+    const recent = body.recent || {};
+    $('stat-success').textContent = typeof recent.success_rate === 'number' ? `${Math.round(recent.success_rate * 100)}%` : '–';
+    $('stat-duration').textContent = formatDuration(recent.mean_duration_ms);
+    renderEnvironments();
+    renderTriggerChoices();
+    renderEnvironmentFilter();
+  }
+
+  function target(environment) {
+    switch (environment.connection_method) {
+      case 'local':
+        return Array.isArray(environment.command) && environment.command.length
+          ? environment.command.join(' ')
+          : environment.init_script_path || 'local command';
+      case 'webhook':
+        return environment.webhook_url || `${environment.host || '?'}:${environment.port ?? ''}/webhook/deploy`;
+      default:
+        return environment.port ? `${environment.host || '?'}:${environment.port}` : environment.host || '–';
+    }
+  }
+
+  function renderEnvironments() {
+    const cards = clear($('env-cards'));
+    if (!state.environments.length) {
+      cards.append(el('p', { class: 'muted', text: 'No environments are registered.' }));
+      return;
+    }
+    for (const environment of state.environments) {
+      const health = environment.last_health;
+      let healthNode;
+      if (!health && !environment.health_check_url) {
+        healthNode = el('span', { class: 'muted', text: 'no health check URL' });
+      } else if (!health) {
+        healthNode = el('span', null, pill('not checked yet', 'unknown'));
+      } else {
+        const detail = health.error || (health.http_status ? `HTTP ${health.http_status}` : '');
+        healthNode = el('span', { class: 'health' },
+          pill(health.healthy ? 'healthy' : 'unhealthy', health.healthy ? 'active' : 'failed'),
+          ' ', timeNode(health.checked_at),
+          detail ? el('span', { class: 'muted detail', title: detail, text: ` · ${detail}` }) : null);
+      }
+      const last = environment.last_deployment;
+      let lastNode;
+      if (!last) {
+        lastNode = el('span', { class: 'muted', text: 'never deployed' });
+      } else {
+        let outcome = last.status;
+        let outcomeStatus = last.status;
+        if (last.succeeded === true) { outcome = 'succeeded'; outcomeStatus = 'succeeded'; }
+        // Not succeeded: failed, or how the whole deployment ended when it was stopped.
+        if (last.succeeded === false) {
+          outcome = ['cancelled', 'interrupted'].includes(last.status) ? last.status : 'failed';
+          outcomeStatus = outcome;
+        }
+        lastNode = el('span', null, pill(outcome, outcomeStatus), ' ',
+          last.finished_at ? timeNode(last.finished_at) : el('span', { class: 'muted', text: 'running' }),
+          ' ', el('code', { class: 'muted', title: last.deployment_id, text: shortId(last.deployment_id) }));
+      }
+      cards.append(el('article', { class: `env ${environment.enabled === false ? 'disabled' : ''}`.trim(), 'data-environment': environment.environment_id },
+        el('div', { class: 'env-head' },
+          el('h3', { text: environment.environment_id }),
+          environment.enabled === false ? pill('disabled', 'disabled') : null),
+        el('dl', { class: 'facts' },
+          el('dt', { text: 'Type' }), el('dd', { text: environment.environment_type || '–' }),
+          el('dt', { text: 'Method' }), el('dd', { text: environment.connection_method || '–' }),
+          el('dt', { text: 'Target' }), el('dd', null, el('code', { class: 'target', title: target(environment), text: target(environment) })),
+          el('dt', { text: 'Health' }), el('dd', null, healthNode),
+          el('dt', { text: 'Last run' }), el('dd', null, lastNode))));
+    }
+  }
+
+  function renderTriggerChoices() {
+    const box = $('trigger-environments');
+    const checked = new Set([...box.querySelectorAll('input:checked')].map((input) => input.value));
+    const first = !box.querySelector('input');
+    clear(box);
+    if (!state.environments.length) {
+      box.append(el('span', { class: 'muted', text: 'No environments to deploy.' }));
+      return;
+    }
+    for (const environment of state.environments) {
+      const id = environment.environment_id;
+      const input = el('input', { type: 'checkbox', name: 'environment', value: id });
+      input.checked = first ? environment.enabled !== false && environment.connection_method === 'local' : checked.has(id);
+      box.append(el('label', { class: 'check' }, input, ' ', el('span', { text: id }),
+        el('span', { class: 'muted', text: ` ${environment.connection_method || ''}${environment.enabled === false ? ', disabled' : ''}` })));
+    }
+  }
+
+  function renderEnvironmentFilter() {
+    const select = $('filter-environment');
+    const current = select.value;
+    clear(select).append(el('option', { value: '', text: 'any' }));
+    for (const environment of state.environments) {
+      select.append(el('option', { value: environment.environment_id, text: environment.environment_id }));
+    }
+    select.value = state.environments.some((e) => e.environment_id === current) ? current : '';
+  }
+
+  // ---------------------------------------------------------------- active deployment
+
+  async function loadActive() {
+    const result = await api('GET', `${API}/status`);
+    if (result.stale || !result.ok || !result.body) return;
+    const body = result.body;
+    const running = Array.isArray(body.active) ? body.active : [];
+    // Keep showing the deployment on screen while it runs; else the newest running or latest.
+    if (state.active && !TERMINAL.has(state.active.status)) {
+      loadDetail(state.active.deployment_id);
+      return;
+    }
+    const chosen = running[0] || body.latest;
+    if (!chosen) {
+      renderActive();
+      return;
+    }
+    showDeployment(chosen);
+  }
+
+  /** Shows a deployment in the active panel from a summary, then loads its full record. */
+  function showDeployment(summary) {
+    if (!state.active || state.active.deployment_id !== summary.deployment_id) {
+      state.active = {
+        deployment_id: summary.deployment_id,
+        status: summary.status || 'pending',
+        progress: summary.progress || 0,
+        version: summary.version,
+        triggered_by: summary.triggered_by,
+        environments: summary.environments || [],
+        results: [],
+        logs: [],
+        errors: summary.error ? [summary.error] : [],
+      };
+      message($('cancel-message'), '');
+    }
+    renderActive();
+    loadDetail(summary.deployment_id);
+  }
+
+  async function loadDetail(id) {
+    if (!state.canReadDetails) {
+      loadSummary(id);
+      return;
+    }
+    const seq = ++state.detailSeq;
+    const result = await api('GET', `${API}/deployments/${encodeURIComponent(id)}`);
+    if (result.stale) return;
+    if (result.status === 403) {
+      lostDetails();
+      loadSummary(id);
+      return;
+    }
+    if (!result.ok || !result.body || seq < state.detailApplied) return;
+    if (!state.active || state.active.deployment_id !== id) return;
+    state.detailApplied = seq;
+    const record = result.body;
+    const active = state.active;
+    // Events may already have shown a later state than this answer: never go back.
+    active.status = later(PHASES, active.status, record.status);
+    active.progress = Math.max(active.progress || 0, record.progress || 0);
+    active.version = record.version;
+    active.triggered_by = record.triggered_by;
+    active.created_at = record.created_at;
+    active.finished_at = record.finished_at;
+    active.duration_ms = record.duration_ms;
+    active.environments = record.environments || active.environments;
+    active.errors = Array.isArray(record.errors) ? record.errors : [];
+    if (Array.isArray(record.results)) {
+      for (const row of record.results) mergeResult(row);
+    }
+    if (Array.isArray(record.logs)) active.logs = record.logs.slice(-LOG_TAIL);
+    renderActive();
+  }
+
+  /** Without the developer role: the summary (`/status?id=`) has each environment's status. */
+  async function loadSummary(id) {
+    const seq = ++state.detailSeq;
+    const result = await api('GET', `${API}/status?id=${encodeURIComponent(id)}`);
+    if (result.stale || !result.ok || !result.body || seq < state.detailApplied) return;
+    if (!state.active || state.active.deployment_id !== id) return;
+    state.detailApplied = seq;
+    const entry = result.body;
+    const active = state.active;
+    active.status = later(PHASES, active.status, entry.status);
+    active.progress = Math.max(active.progress || 0, entry.progress || 0);
+    for (const name of ['version', 'triggered_by', 'created_at', 'finished_at', 'duration_ms']) {
+      if (entry[name] !== undefined) active[name] = entry[name];
+    }
+    if (Array.isArray(entry.environments)) active.environments = entry.environments;
+    active.errors = entry.error ? [entry.error] : [];
+    for (const [environment, status] of Object.entries(entry.environment_status || {})) {
+      mergeResult({ environment_id: environment, status });
+    }
+    renderActive();
+  }
+
+  function mergeResult(row) {
+    if (!state.active || !row || !row.environment_id) return;
+    const results = state.active.results;
+    const index = results.findIndex((r) => r.environment_id === row.environment_id);
+    if (index < 0) results.push(row);
+    else if (later(TARGET_STATES, results[index].status, row.status) === row.status) results[index] = { ...results[index], ...row };
+  }
+
+
+  function renderActive() {
+    const active = state.active;
+    show($('active-empty'), !active);
+    show($('active-body'), Boolean(active));
+    const cancel = $('cancel-button');
+    if (!active) {
+      show(cancel, false);
+      return;
+    }
+    const terminal = TERMINAL.has(active.status);
+    $('active-title').textContent = terminal ? 'Latest deployment' : 'Active deployment';
+    const phase = $('active-phase');
+    phase.textContent = active.status;
+    phase.className = `pill phase ${statusClass(active.status)}`;
+    phase.dataset.status = active.status;
+    $('active-id').textContent = active.deployment_id;
+    const meta = [];
+    if (active.version) meta.push(`version ${active.version}`);
+    if (active.triggered_by) meta.push(`by ${active.triggered_by}`);
+    if (active.created_at) meta.push(`started ${formatTime(active.created_at)}`);
+    if (active.duration_ms !== undefined && active.duration_ms !== null) meta.push(`took ${formatDuration(active.duration_ms)}`);
+    $('active-meta').textContent = meta.join(' · ');
+    const progress = Math.max(0, Math.min(100, Number(active.progress) || 0));
+    $('active-progress').setAttribute('aria-valuenow', String(progress));
+    $('active-progress').className = `progress ${statusClass(active.status)}`;
+    $('active-progress-bar').style.width = `${progress}%`;
+    $('active-progress-text').textContent = `${progress}%`;
+    const errors = active.errors || [];
+    message($('active-errors'), errors.length ? errors.join(' · ') : '', 'error');
+    show(cancel, !terminal && state.role !== 'developer' && state.role !== 'user');
+
+    const rows = clear($('active-results'));
+    const ids = [...new Set([...(active.environments || []), ...active.results.map((r) => r.environment_id)])];
+    for (const id of ids) {
+      const result = active.results.find((r) => r.environment_id === id) || { environment_id: id, status: 'pending' };
+      rows.append(el('tr', { 'data-environment': id },
+        el('td', { text: id }),
+        el('td', null, pill(result.status, result.status, 'env-status')),
+        el('td', { text: formatDuration(result.duration_ms) }),
+        el('td', { class: 'wide', text: result.exit_code ?? '–' }),
+        el('td', { class: 'error-cell', title: result.error || '', text: result.error || '' })));
+    }
+    if (!ids.length) rows.append(el('tr', null, el('td', { colspan: 5, class: 'muted', text: 'No environments.' })));
+
+    const log = $('active-log');
+    const stick = log.scrollTop + log.clientHeight >= log.scrollHeight - 8;
+    clear(log);
+    if (!state.canReadDetails && !active.logs.length) {
+      log.append(el('span', { class: 'muted', text: 'Log lines appear here live; the full log needs the developer role.' }));
+    } else if (!active.logs.length) {
+      log.append(el('span', { class: 'muted', text: 'No output yet.' }));
+    }
+    for (const line of active.logs) log.append(logLine(line));
+    if (stick) log.scrollTop = log.scrollHeight;
+  }
+
+  function logLine(line) {
+    return el('div', { class: `line ${line.stream === 'stderr' ? 'stderr' : ''} ${line.stream === 'system' ? 'system' : ''}`.trim() },
+      el('span', { class: 'ts', title: line.ts || '', text: formatTime(line.ts) }), ' ',
+      line.environment ? el('span', { class: 'log-env', text: `[${line.environment}]` }) : null,
+      line.environment ? ' ' : null,
+      el('span', { class: 'text', text: line.line ?? '' }));
+  }
+
+  async function cancelActive() {
+    const active = state.active;
+    if (!active) return;
+    const button = $('cancel-button');
+    button.disabled = true;
+    message($('cancel-message'), 'Cancelling…');
+    const result = await api('POST', `${API}/deployments/${encodeURIComponent(active.deployment_id)}/cancel`);
+    button.disabled = false;
+    if (result.stale) return;
+    if (result.ok) {
+      message($('cancel-message'), `Deployment ${result.body && result.body.status === 'cancelling' ? 'is being cancelled' : 'cancelled'}.`, 'ok');
+      loadDetail(active.deployment_id);
+    } else {
+      if (result.status === 403) setRole(state.canReadDetails ? 'developer' : 'user');
+      message($('cancel-message'), errorText(result), 'error');
+    }
+  }
+
+  // ---------------------------------------------------------------- trigger
+
+  async function trigger(event) {
+    event.preventDefault();
+    const environments = [...$('trigger-environments').querySelectorAll('input:checked')].map((input) => input.value);
+    const out = $('trigger-message');
+    if (!environments.length) {
+      message(out, 'Pick at least one environment.', 'error');
+      return;
+    }
+    const body = { environments };
+    const version = $('trigger-version').value.trim();
+    if (version) body.version = version;
+    const button = $('trigger-button');
+    button.disabled = true;
+    message(out, 'Starting…');
+    const result = await api('POST', `${API}/trigger-local`, body);
+    button.disabled = false;
+    if (result.stale) return;
+    if (result.status === 202 && result.body) {
+      const id = result.body.deployment_id;
+      message(out, `Started deployment ${id}.`, 'ok');
+      out.dataset.deploymentId = id;
+      showDeployment({ deployment_id: id, status: result.body.status, progress: 0, version, environments });
+      debounce('dashboard', 300, loadDashboard);
+      debounce('history', 300, loadHistory);
+      return;
+    }
+    if (result.status === 403) setRole(state.canReadDetails ? 'developer' : 'user');
+    const prefix = result.status === 409 ? 'Busy: ' : result.status === 422 ? 'Refused: ' : '';
+    message(out, prefix + errorText(result), 'error');
+  }
+
+  // ---------------------------------------------------------------- history
+
+  async function loadHistory() {
+    const history = state.history;
+    const params = new URLSearchParams({ limit: String(HISTORY_PAGE) });
+    const cursor = history.cursors[history.index];
+    if (cursor) params.set('cursor', cursor);
+    const status = $('filter-status').value;
+    const environment = $('filter-environment').value;
+    if (status) params.set('status', status);
+    if (environment) params.set('environment', environment);
+    const result = await api('GET', `${API}/history?${params}`);
+    if (result.stale) return;
+    const notice = $('history-message');
+    if (result.status === 403) {
+      lostDetails();
+      clear($('history-rows'));
+      message(notice, 'The history needs a key with the developer role.', 'error');
+      showHistoryTable(false);
+      return;
+    }
+    if (!result.ok || !result.body) {
+      if (result.status !== 503) message(notice, errorText(result), 'error');
+      return;
+    }
+    message(notice, '');
+    showHistoryTable(true);
+    const body = result.body;
+    const entries = Array.isArray(body.history) ? body.history : [];
+    history.next = body.next_cursor || null;
+    const rows = clear($('history-rows'));
+    if (!entries.length) {
+      rows.append(el('tr', null, el('td', { colspan: 7, class: 'muted', text: history.index ? 'No more deployments.' : 'No deployments match.' })));
+    }
+    for (const entry of entries) {
+      const failed = new Set(entry.failed_environments || []);
+      const envs = (entry.environments || []).map((id) => (failed.has(id) ? `${id} ✗` : id)).join(', ');
+      const row = el('tr', {
+        tabindex: 0, 'data-deployment-id': entry.deployment_id, 'data-status': entry.status,
+        title: entry.error || 'Open the log',
+        onclick: () => openLog(entry),
+        onkeydown: (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); openLog(entry); } },
+      },
+      el('td', null, el('code', { title: entry.deployment_id, text: shortId(entry.deployment_id) })),
+      el('td', null, pill(entry.status, entry.status, 'history-status')),
+      el('td', { class: 'wide', text: entry.version || '–' }),
+      el('td', { class: 'wide', text: envs || '–' }),
+      el('td', null, timeNode(entry.created_at)),
+      el('td', { text: TERMINAL.has(entry.status) ? formatDuration(entry.duration_ms) : `${entry.progress ?? 0}%` }),
+      el('td', { class: 'wide', text: entry.triggered_by || '–' }));
+      rows.append(row);
+    }
+    const start = history.index * HISTORY_PAGE;
+    const total = body.total_count ?? entries.length;
+    $('history-page').textContent = entries.length
+      ? `${start + 1}–${start + entries.length} of ${total}`
+      : `${total} in all`;
+    $('history-prev').disabled = history.index === 0;
+    $('history-next').disabled = !history.next;
+  }
+
+  function showHistoryTable(visible) {
+    for (const node of document.querySelectorAll('#history .table-wrap, #history .pager, #history-filters')) show(node, visible);
+  }
+
+  function historyFiltersChanged() {
+    state.history = { cursors: [null], index: 0, next: null };
+    loadHistory();
+  }
+
+  function historyOlder() {
+    const history = state.history;
+    if (!history.next) return;
+    history.cursors = history.cursors.slice(0, history.index + 1);
+    history.cursors.push(history.next);
+    history.index += 1;
+    loadHistory();
+  }
+
+  function historyNewer() {
+    const history = state.history;
+    if (history.index === 0) return;
+    history.index -= 1;
+    loadHistory();
+  }
+
+  // ---------------------------------------------------------------- log dialog
+
+  async function openLog(entry) {
+    const dialog = $('log-dialog');
+    state.logDialogId = entry.deployment_id;
+    state.logDialogSeen = new Set();
+    $('log-dialog').dataset.complete = 'true'; // no live lines until the stored ones are shown
+    $('log-title').textContent = `Log of ${entry.deployment_id}`;
+    $('log-meta').textContent = 'Loading…';
+    const lines = clear($('log-lines'));
+    if (!dialog.open) dialog.showModal();
+    const result = await api('GET', `${API}/deployments/${encodeURIComponent(entry.deployment_id)}/logs`);
+    if (result.stale || state.logDialogId !== entry.deployment_id) return;
+    if (!result.ok || !result.body) {
+      if (result.status === 403) lostDetails();
+      $('log-meta').textContent = errorText(result);
+      return;
+    }
+    const body = result.body;
+    const list = Array.isArray(body.lines) ? body.lines : [];
+    const parts = [`status ${body.status}`, `${list.length} line${list.length === 1 ? '' : 's'}`];
+    if (body.total_lines && body.total_lines > list.length) parts.push(`${body.total_lines - list.length} older lines were not kept`);
+    if (!body.complete) parts.push('still running: new lines appear live');
+    $('log-meta').textContent = parts.join(' · ');
+    dialog.dataset.complete = String(Boolean(body.complete));
+    // Lines that came as events while the log loaded are in the answer too: show them once.
+    state.logDialogSeen = new Set(list.map(lineKey));
+    clear(lines);
+    if (!list.length) lines.append(el('span', { class: 'muted', text: 'This deployment wrote no log lines.' }));
+    for (const line of list) lines.append(logLine(line));
+  }
+
+  function lineKey(line) {
+    return `${line.ts}|${line.environment || ''}|${line.stream}|${line.line}`;
+  }
+
+  function closeLog() {
+    state.logDialogId = null;
+    const dialog = $('log-dialog');
+    if (dialog.open) dialog.close();
+  }
+
+  // ---------------------------------------------------------------- live events (SSE over fetch)
+
+  function setLive(text, kind) {
+    const node = $('live-status');
+    node.textContent = text;
+    node.className = `pill ${kind}`;
+    node.dataset.state = kind === 'good' ? 'live' : kind === 'bad' ? 'down' : 'connecting';
+  }
+
+  function stopEvents() {
+    const events = state.events;
+    clearTimeout(events.timer);
+    events.timer = null;
+    if (events.controller) events.controller.abort();
+    events.controller = null;
+    events.connected = false;
+    events.connectedBefore = false;
+    events.lastId = null;
+    events.retry = 0;
+    setLive('offline', 'neutral');
+  }
+
+  function reconnectSoon(delay) {
+    const events = state.events;
+    clearTimeout(events.timer);
+    if (events.controller) events.controller.abort();
+    events.controller = null;
+    events.timer = setTimeout(connectEvents, delay);
+  }
+
+  async function connectEvents() {
+    const events = state.events;
+    if (!state.key || events.controller) return;
+    const generation = state.generation;
+    const controller = new AbortController();
+    events.controller = controller;
+    setLive('connecting…', 'busy');
+    const headers = { Accept: 'text/event-stream', 'X-API-Key': state.key };
+    if (events.lastId !== null) headers['Last-Event-ID'] = events.lastId;
+    let failure = 'the live stream ended';
+    try {
+      const response = await fetch(`${API}/events`, { headers, cache: 'no-store', credentials: 'omit', signal: controller.signal });
+      if (!response.ok || !response.body) {
+        let body = null;
+        try { body = await response.json(); } catch (_) { body = null; }
+        failure = (body && body.message) || `HTTP ${response.status}`;
+        if (response.status === 401) {
+          if (generation === state.generation) signOut(failure);
+          return;
+        }
+        if (response.status === 503 && body && body.error === 'plugin_unavailable') setUnavailable(body.message);
+        if (response.status === 403) failure = 'live updates need a key with the user role';
+      } else {
+        events.connected = true;
+        events.retry = 0;
+        const connectedBefore = events.connectedBefore;
+        events.connectedBefore = true;
+        setLive('live', 'good');
+        $('live-status').title = 'Live updates are connected';
+        // Events missed while disconnected are replayed from Last-Event-ID; without one
+        // (first connect, or after a reset) the views are reloaded.
+        if (events.lastId === null && connectedBefore && !state.unavailable) {
+          debounce('reload-views', 50, () => { loadDashboard(); loadActive(); loadHistory(); });
+        }
+        await readEvents(response.body, controller.signal);
+      }
+    } catch (error) {
+      if (controller.signal.aborted) return;
+      failure = error.message || String(error);
+    }
+    if (generation !== state.generation || events.controller !== controller) return;
+    events.controller = null;
+    events.connected = false;
+    // 1 s, 2 s, 4 s … 30 s, with a little jitter so many pages do not return at once.
+    const delay = Math.min(30000, 1000 * 2 ** Math.min(events.retry, 5)) + Math.floor(Math.random() * 250);
+    events.retry += 1;
+    setLive(state.unavailable ? 'paused: plugin down' : `reconnecting in ${Math.round(delay / 1000)} s`, 'bad');
+    $('live-status').title = `Live updates stopped: ${failure}`;
+    if (events.retry > 1 || state.unavailable) loadPlugins();
+    events.timer = setTimeout(connectEvents, delay);
+  }
+
+  /** Reads a text/event-stream body: `field: value` lines; a blank line ends an event. */
+  async function readEvents(stream, signal) {
+    const reader = stream.getReader();
+    const decoder = new TextDecoder();
+    let buffer = '';
+    let event = { id: null, type: '', data: [] };
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done || signal.aborted) break;
+        buffer += decoder.decode(value, { stream: true });
+        let newline;
+        while ((newline = buffer.search(/\r\n|\r|\n/)) >= 0) {
+          // A lone CR at the end may be the first half of CRLF: wait for more.
+          if (buffer[newline] === '\r' && newline === buffer.length - 1) break;
+          const line = buffer.slice(0, newline);
+          buffer = buffer.slice(newline + (buffer.startsWith('\r\n', newline) ? 2 : 1));
+          if (line === '') {
+            if (event.id !== null) state.events.lastId = event.id;
+            if (event.data.length) dispatchEvent(event.type || 'message', event.data.join('\n'));
+            event = { id: null, type: '', data: [] };
+            continue;
+          }
+          if (line.startsWith(':')) continue;
+          const colon = line.indexOf(':');
+          const field = colon < 0 ? line : line.slice(0, colon);
+          let value = colon < 0 ? '' : line.slice(colon + 1);
+          if (value.startsWith(' ')) value = value.slice(1);
+          if (field === 'data') event.data.push(value);
+          else if (field === 'event') event.type = value;
+          else if (field === 'id' && !value.includes('\0')) event.id = value;
+        }
+      }
+    } finally {
+      try { reader.releaseLock(); } catch (_) { /* already released */ }
+    }
+  }
+
+  function dispatchEvent(type, text) {
+    let data = null;
+    try {
+      data = JSON.parse(text);
+    } catch (_) {
+      data = null;
+    }
+    switch (type) {
+      case 'deployment.phase': onPhase(data); break;
+      case 'deployment.environment': onEnvironment(data); break;
+      case 'deployment.log': onLog(data); break;
+      case 'environment.health': onHealth(data); break;
+      case 'reset':
+      case 'lagged':
+        // Some events were dropped: this page's state may be behind, so read it again.
+        state.events.lastId = null;
+        loadDashboard();
+        loadActive();
+        loadHistory();
+        break;
+      default: break;
+    }
+  }
+
+  function onPhase(data) {
+    if (!data || !data.deployment_id) return;
+    const active = state.active;
+    if (!active || active.deployment_id !== data.deployment_id) {
+      // A new deployment takes the panel unless the one shown still runs.
+      if (!active || TERMINAL.has(active.status)) {
+        if (!TERMINAL.has(data.status) || !active) showDeployment(data);
+      }
+    } else {
+      active.status = later(PHASES, active.status, data.status);
+      active.progress = Math.max(active.progress || 0, data.progress || 0);
+      if (Array.isArray(data.environments)) active.environments = data.environments;
+      if (Array.isArray(data.errors)) active.errors = data.errors;
+      renderActive();
+      if (TERMINAL.has(data.status)) debounce('detail', 100, () => loadDetail(data.deployment_id));
+    }
+    debounce('history', 200, loadHistory);
+    if (data.previous === null || data.previous === undefined || TERMINAL.has(data.status)) debounce('dashboard', 200, loadDashboard);
+  }
+
+  function onEnvironment(data) {
+    if (!data || !state.active || state.active.deployment_id !== data.deployment_id) return;
+    state.active.progress = Math.max(state.active.progress || 0, data.progress || 0);
+    mergeResult(data.environment);
+    renderActive();
+  }
+
+  function onLog(data) {
+    if (!data || !Array.isArray(data.lines)) return;
+    if (state.active && state.active.deployment_id === data.deployment_id) {
+      state.active.logs = state.active.logs.concat(data.lines).slice(-LOG_TAIL);
+      renderActive();
+    }
+    if (state.logDialogId === data.deployment_id && $('log-dialog').dataset.complete === 'false') {
+      const box = $('log-lines');
+      for (const line of data.lines) {
+        const key = lineKey(line);
+        if (state.logDialogSeen.has(key)) continue;
+        if (!state.logDialogSeen.size) clear(box);
+        state.logDialogSeen.add(key);
+        box.append(logLine(line));
+      }
+    }
+  }
+
+  function onHealth(data) {
+    if (!data || !data.environment_id) return;
+    const environment = state.environments.find((e) => e.environment_id === data.environment_id);
+    if (!environment) return;
+    environment.last_health = data.health;
+    renderEnvironments();
+  }
+
+  // ---------------------------------------------------------------- start
+
+  function start() {
+    $('sign-in-form').addEventListener('submit', async (event) => {
+      event.preventDefault();
+      const key = $('api-key').value.trim();
+      if (!key) return;
+      $('sign-in-button').disabled = true;
+      await signIn(key);
+      $('sign-in-button').disabled = false;
+    });
+    $('sign-out').addEventListener('click', () => signOut(''));
+    $('trigger-form').addEventListener('submit', trigger);
+    $('cancel-button').addEventListener('click', cancelActive);
+    $('filter-status').addEventListener('change', historyFiltersChanged);
+    $('filter-environment').addEventListener('change', historyFiltersChanged);
+    $('history-filters').addEventListener('submit', (event) => event.preventDefault());
+    $('history-next').addEventListener('click', historyOlder);
+    $('history-prev').addEventListener('click', historyNewer);
+    $('log-close').addEventListener('click', closeLog);
+    $('log-dialog').addEventListener('close', () => { state.logDialogId = null; });
+    $('log-dialog').addEventListener('click', (event) => {
+      if (event.target === $('log-dialog')) closeLog();
+    });
+
+    let saved = null;
+    try {
+      saved = sessionStorage.getItem(KEY_STORAGE);
+    } catch (_) {
+      saved = null;
+    }
+    if (saved) {
+      signIn(saved).then((ok) => {
+        if (!ok) {
+          try { sessionStorage.removeItem(KEY_STORAGE); } catch (_) { /* ignore */ }
+          show($('sign-in'), true);
+        }
+      });
+    } else {
+      show($('sign-in'), true);
+      $('api-key').focus();
+    }
+  }
+
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
+  else start();
+})();

@@ -1,0 +1,374 @@
+#!/usr/bin/env node
+// Browser test of the operator dashboard (GET /), in Debian's headless Chromium driven by
+// playwright-core. Run by tests/tests/dashboard.rs against a real host:
+//
+//   node tests/browser/dashboard.mjs <url> <admin key> <screenshot dir> [--scenario=main|plugin-missing] [--user-key=KEY]
+//
+// Every wait is bounded; the script exits 0 only when every check passed.
+
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const CHROMIUM = '/usr/bin/chromium';
+const WAIT = 20_000; // one UI condition
+const DEPLOY_WAIT = 45_000; // a whole demo deployment
+const WHOLE_RUN = 150_000; // the script, whatever happens
+
+const [url, adminKey, screenshotDir, ...rest] = process.argv.slice(2);
+if (!url || !adminKey || !screenshotDir) {
+  console.error('usage: node dashboard.mjs <url> <admin key> <screenshot dir> [--scenario=main|plugin-missing] [--user-key=KEY]');
+  process.exit(2);
+}
+const option = (name) => rest.find((arg) => arg.startsWith(`--${name}=`))?.slice(name.length + 3);
+const scenario = option('scenario') ?? 'main';
+const userKey = option('user-key');
+
+const watchdog = setTimeout(() => {
+  console.error(`FAIL: the browser test did not finish within ${WHOLE_RUN / 1000} s`);
+  process.exit(1);
+}, WHOLE_RUN);
+watchdog.unref();
+
+mkdirSync(screenshotDir, { recursive: true });
+rmSync(path.join(screenshotDir, `${scenario}-FAILED.png`), { force: true });
+const profile = mkdtempSync(path.join(tmpdir(), 'pa-dashboard-chromium-'));
+const problems = []; // page errors, CSP violations, keys in URLs: reported at the end
+const shots = [];
+
+function step(text) {
+  console.log(`-- ${text}`);
+}
+
+function check(condition, text) {
+  if (!condition) throw new Error(`check failed: ${text}`);
+  console.log(`   ok: ${text}`);
+}
+
+/** A full-page screenshot from the top (a sticky header would else be drawn mid-page), or with
+ * `{ fullPage: false }` what the viewport shows (a modal dialog). */
+async function screenshot(page, name, { fullPage = true } = {}) {
+  const file = path.join(screenshotDir, `${scenario}-${name}.png`);
+  if (fullPage) await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: file, fullPage });
+  shots.push(file);
+  console.log(`   screenshot: ${file}`);
+}
+
+/** A TCP relay between the browser and the host, so the test can cut the browser's open
+ * connections (the live event stream among them) the way a network blip would. */
+function startRelay(target) {
+  const { hostname, port } = new URL(target);
+  const sockets = new Set();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(Number(port), hostname);
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on('close', () => sockets.delete(socket));
+      socket.on('error', () => { client.destroy(); upstream.destroy(); });
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  return new Promise((resolve) => {
+    server.listen(0, '127.0.0.1', () => resolve({
+      url: `http://127.0.0.1:${server.address().port}`,
+      cut() { for (const socket of sockets) socket.destroy(); },
+      close() { this.cut(); server.close(); },
+    }));
+  });
+}
+
+const visible = (page, selector) => page.locator(selector).first().isVisible();
+const text = async (page, selector) => (await page.locator(selector).first().textContent())?.trim() ?? '';
+
+async function signIn(page, key) {
+  await page.fill('#api-key', key);
+  await page.click('#sign-in-button');
+  await page.waitForSelector('#app', { state: 'visible', timeout: WAIT });
+}
+
+async function main(page, base, relay) {
+  step('the page loads without a key and asks for one');
+  const response = await page.goto(base, { waitUntil: 'domcontentloaded', timeout: WAIT });
+  check(response?.status() === 200, `GET / answers 200 (got ${response?.status()})`);
+  const headers = response.headers();
+  check((headers['content-security-policy'] ?? '').includes("script-src 'self'"), 'a strict content-security-policy is sent');
+  check(headers['x-content-type-options'] === 'nosniff', 'x-content-type-options: nosniff');
+  await page.waitForSelector('#sign-in', { state: 'visible', timeout: WAIT });
+
+  step('a bad key shows the API error');
+  await page.fill('#api-key', 'pa_this_key_is_wrong');
+  await page.click('#sign-in-button');
+  await page.waitForSelector('#sign-in-error', { state: 'visible', timeout: WAIT });
+  const refusal = await text(page, '#sign-in-error');
+  check(/not valid/i.test(refusal), `the refusal is the API's message ("${refusal}")`);
+  check(!(await visible(page, '#app')), 'the dashboard stays hidden');
+
+  step('sign in with the admin key');
+  await signIn(page, adminKey);
+  await page.waitForSelector('#env-cards [data-environment="local_demo"]', { timeout: WAIT });
+  await page.waitForFunction(() => document.getElementById('role-badge').textContent === 'admin', null, { timeout: WAIT });
+  await page.waitForFunction(() => document.getElementById('live-status').dataset.state === 'live', null, { timeout: WAIT });
+  await page.waitForSelector('#plugin-list [data-plugin="deployment_mcp"] .plugin-state:text-is("active")', { timeout: WAIT });
+  check(!(await visible(page, '#plugin-banner')), 'no plugin banner while the plugin is active');
+  const stored = await page.evaluate(() => sessionStorage.getItem('powerautomation.apiKey'));
+  check(stored === adminKey, 'the key is kept in sessionStorage');
+  check(!page.url().includes(adminKey), 'the key is not in the page URL');
+  const card = await text(page, '#env-cards [data-environment="local_demo"]');
+  check(/linux_local/.test(card) && /local/.test(card), `the local_demo card shows type and method ("${card.replace(/\s+/g, ' ').slice(0, 120)}")`);
+  const sha = page.locator('#plugin-list [data-plugin="deployment_mcp"] .sha');
+  const fullSha = await sha.getAttribute('title');
+  check(/^[0-9a-f]{64}$/.test(fullSha ?? '') && (await sha.textContent()).length < 20, 'the plugin sha256 is shortened, full on hover');
+  await screenshot(page, '01-signed-in');
+
+  step('trigger a deployment of local_demo from the form, and watch it live');
+  await page.evaluate(() => {
+    window.__sameDocument = true;
+    window.__phases = [];
+    const phase = document.getElementById('active-phase');
+    const record = () => {
+      const seen = window.__phases;
+      const now = `${document.getElementById('active-id').textContent} ${phase.textContent}`;
+      if (seen[seen.length - 1] !== now) seen.push(now);
+    };
+    new MutationObserver(record).observe(phase, { childList: true, characterData: true, subtree: true });
+  });
+  for (const box of await page.locator('#trigger-environments input[type="checkbox"]').all()) {
+    await box.setChecked(false);
+  }
+  await page.check('#trigger-environments input[value="local_demo"]');
+  await page.fill('#trigger-version', '1.2.3-e2e');
+  await page.click('#trigger-button');
+  await page.waitForFunction(() => document.getElementById('trigger-message').dataset.deploymentId, null, { timeout: WAIT });
+  const id = await page.locator('#trigger-message').getAttribute('data-deployment-id');
+  check(/^dep-/.test(id ?? ''), `the form started deployment ${id}`);
+  await page.waitForFunction(
+    (want) => document.getElementById('active-id').textContent === want
+      && document.getElementById('active-phase').dataset.status === 'completed'
+      && document.getElementById('active-progress').getAttribute('aria-valuenow') === '100',
+    id,
+    { timeout: DEPLOY_WAIT },
+  );
+  const phases = (await page.evaluate(() => window.__phases)).filter((entry) => entry.startsWith(id)).map((entry) => entry.split(' ')[1]);
+  console.log(`   phases seen: ${phases.join(' → ')}`);
+  check(phases.some((phase) => phase !== 'completed'), 'the page showed the deployment running before it completed');
+  const order = ['pending', 'ec2_deploying', 'ec2_completed', 'local_triggering', 'local_deploying', 'local_completed', 'verifying', 'completed'];
+  check(phases.every((phase, i) => i === 0 || order.indexOf(phase) > order.indexOf(phases[i - 1])), 'never stepping back');
+  check(phases[phases.length - 1] === 'completed', 'and then completed, with progress 100');
+  check(await page.evaluate(() => window.__sameDocument === true), 'without reloading the page');
+  await page.waitForSelector('#active-results tr[data-environment="local_demo"] .env-status:text-is("succeeded")', { timeout: WAIT });
+  await page.waitForFunction(() => document.getElementById('active-log').textContent.includes('done'), null, { timeout: WAIT });
+  check(true, 'local_demo succeeded and its output is in the live log');
+  check(!(await visible(page, '#cancel-button')), 'no cancel button once it ended');
+  // The rest of the page follows the events too: summary, environment card, history row.
+  await page.waitForFunction(
+    (want) => document.getElementById('stat-running').textContent === '0'
+      && document.querySelector(`#history-rows tr[data-deployment-id="${want}"]`)?.dataset.status === 'completed'
+      && /succeeded/.test(document.querySelector('#env-cards [data-environment="local_demo"]')?.textContent ?? ''),
+    id,
+    { timeout: WAIT },
+  );
+  check(true, 'the summary, the environment card and the history row show it completed');
+  // The bar animates its width: wait until it is drawn full.
+  await page.waitForFunction(() => {
+    const bar = document.getElementById('active-progress-bar').getBoundingClientRect().width;
+    const track = document.getElementById('active-progress').getBoundingClientRect().width;
+    return track > 0 && bar >= track - 1;
+  }, null, { timeout: WAIT });
+  await screenshot(page, '02-deployment-completed');
+
+  step('find it in the history table; filters and the log');
+  const row = `#history-rows tr[data-deployment-id="${id}"][data-status="completed"]`;
+  await page.waitForSelector(row, { timeout: WAIT });
+  await page.selectOption('#filter-status', 'failed');
+  await page.waitForSelector(`#history-rows tr[data-deployment-id="${id}"]`, { state: 'detached', timeout: WAIT });
+  await page.selectOption('#filter-status', 'completed');
+  await page.selectOption('#filter-environment', 'local_demo');
+  await page.waitForSelector(row, { timeout: WAIT });
+  check(true, 'the status and environment filters narrow the table');
+  await page.click(row);
+  await page.waitForSelector('#log-dialog[open]', { timeout: WAIT });
+  await page.waitForFunction(() => document.querySelectorAll('#log-lines .line').length > 0, null, { timeout: WAIT });
+  const log = await text(page, '#log-lines');
+  check(log.includes('done'), `the log shows the command's output (${await page.locator('#log-lines .line').count()} lines)`);
+  check(/completed/.test(await text(page, '#log-meta')), 'the log header tells the status');
+  await screenshot(page, '03-history-log', { fullPage: false });
+  await page.click('#log-close');
+  await page.waitForSelector('#log-dialog[open]', { state: 'detached', timeout: WAIT });
+
+  step('phone width');
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForFunction(() => getComputedStyle(document.querySelector('.grid')).gridTemplateColumns.split(' ').length === 1, null, { timeout: WAIT });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(overflow <= 0, `nothing is wider than the screen (overflow ${overflow}px)`);
+  await screenshot(page, '04-phone');
+  await page.setViewportSize({ width: 1280, height: 900 });
+
+  step('live updates come back by themselves, resuming from Last-Event-ID');
+  const eventRequests = [];
+  const onEvents = (request) => {
+    if (new URL(request.url()).pathname.endsWith('/events')) eventRequests.push(request.headers());
+  };
+  page.on('request', onEvents);
+  relay.cut();
+  await page.waitForFunction(() => document.getElementById('live-status').dataset.state === 'down', null, { timeout: WAIT });
+  await page.waitForFunction(() => document.getElementById('live-status').dataset.state === 'live', null, { timeout: WAIT });
+  page.off('request', onEvents);
+  const resumed = eventRequests.find((headers) => headers['last-event-id']);
+  check(Boolean(resumed), `the stream reconnected with Last-Event-ID ${resumed?.['last-event-id']}`);
+  check(eventRequests.every((headers) => headers['x-api-key'] === adminKey), 'and with the key as a header');
+
+  step('cancel a running deployment of slow_demo');
+  for (const box of await page.locator('#trigger-environments input[type="checkbox"]').all()) {
+    await box.setChecked(false);
+  }
+  await page.check('#trigger-environments input[value="slow_demo"]');
+  await page.fill('#trigger-version', '');
+  await page.click('#trigger-button');
+  await page.waitForFunction((before) => {
+    const now = document.getElementById('trigger-message').dataset.deploymentId;
+    return now && now !== before;
+  }, id, { timeout: WAIT });
+  const slow = await page.locator('#trigger-message').getAttribute('data-deployment-id');
+  await page.waitForFunction(
+    (want) => document.getElementById('active-id').textContent === want
+      && document.getElementById('active-log').textContent.includes('waiting'),
+    slow,
+    { timeout: WAIT },
+  );
+  await page.waitForSelector('#cancel-button', { state: 'visible', timeout: WAIT });
+  await page.click('#cancel-button');
+  await page.waitForFunction(
+    (want) => document.getElementById('active-id').textContent === want
+      && document.getElementById('active-phase').dataset.status === 'cancelled',
+    slow,
+    { timeout: WAIT },
+  );
+  await page.waitForSelector('#active-results tr[data-environment="slow_demo"] .env-status:text-is("cancelled")', { timeout: WAIT });
+  check(true, `deployment ${slow} is cancelled, and slow_demo with it`);
+  check(!(await visible(page, '#cancel-button')), 'the cancel button is gone');
+  await page.selectOption('#filter-status', '');
+  await page.selectOption('#filter-environment', '');
+  await page.waitForSelector(`#history-rows tr[data-deployment-id="${slow}"][data-status="cancelled"]`, { timeout: WAIT });
+  await page.waitForSelector(`#history-rows tr[data-deployment-id="${id}"][data-status="completed"]`, { timeout: WAIT });
+  check(true, 'the history lists both, newest first');
+  await page.waitForFunction(
+    () => document.getElementById('stat-total').textContent === '2'
+      && /cancelled/.test(document.querySelector('#env-cards [data-environment="slow_demo"]')?.textContent ?? ''),
+    null,
+    { timeout: WAIT },
+  );
+  check(true, 'the summary and the slow_demo card follow');
+  await screenshot(page, '05-cancelled');
+
+  step('sign out');
+  await page.click('#sign-out');
+  await page.waitForSelector('#sign-in', { state: 'visible', timeout: WAIT });
+  check(await page.evaluate(() => sessionStorage.getItem('powerautomation.apiKey') === null), 'the key is forgotten');
+
+  if (userKey) {
+    step('a user key: no admin controls, and the page still works');
+    await signIn(page, userKey);
+    await page.waitForFunction(() => document.getElementById('role-badge').textContent === 'user', null, { timeout: WAIT });
+    await page.waitForSelector('#env-cards [data-environment="local_demo"]', { timeout: WAIT });
+    await page.waitForSelector('#history-message', { state: 'visible', timeout: WAIT });
+    check(/developer/.test(await text(page, '#history-message')), 'the history says which role it needs');
+    check(!(await visible(page, '#trigger')), 'no trigger form');
+    check(!(await visible(page, '#cancel-button')), 'no cancel button');
+    check(!(await visible(page, '#plugin-list .reload')), 'no reload button');
+    check(await visible(page, '#plugin-list [data-plugin="deployment_mcp"]'), 'the plugin panel renders');
+    check(!(await visible(page, '#history .table-wrap')), 'the history table makes way for the message');
+    await page.waitForSelector('#active-results tr[data-environment="slow_demo"] .env-status:text-is("cancelled")', { timeout: WAIT });
+    check(true, 'the latest deployment shows slow_demo cancelled (from /status?id=)');
+    await page.waitForFunction(() => document.getElementById('live-status').dataset.state === 'live', null, { timeout: WAIT });
+    check(true, 'live updates are connected');
+    await screenshot(page, '06-user-key');
+  }
+}
+
+async function pluginMissing(page, base) {
+  step('the host has no plugin file: a banner, and the plugin panel still works');
+  await page.goto(base, { waitUntil: 'domcontentloaded', timeout: WAIT });
+  await page.waitForSelector('#sign-in', { state: 'visible', timeout: WAIT });
+  await signIn(page, adminKey);
+  await page.waitForSelector('#plugin-banner', { state: 'visible', timeout: WAIT });
+  const reason = await text(page, '#plugin-banner');
+  check(/missing/i.test(reason), `the banner tells why ("${reason.replace(/\s+/g, ' ')}")`);
+  await page.waitForSelector('#plugin-list [data-plugin="deployment_mcp"] .plugin-state:text-is("missing")', { timeout: WAIT });
+  check(true, 'the plugin panel shows the plugin as missing');
+  check(await visible(page, '#plugin-list .last-error'), 'with its last error');
+  check(await visible(page, '#plugin-list .reload'), 'and a reload button for the admin');
+  check(!(await visible(page, '#trigger')) && !(await visible(page, '#history')), 'the deployment panels are hidden');
+  await screenshot(page, '01-banner');
+  await page.click('#plugin-list .reload');
+  await page.waitForSelector('#plugin-message.error', { state: 'visible', timeout: WAIT });
+  check(/./.test(await text(page, '#plugin-message')), `a failed reload says why ("${await text(page, '#plugin-message')}")`);
+  check(await visible(page, '#plugin-banner'), 'the banner stays');
+  await page.setViewportSize({ width: 390, height: 844 });
+  await screenshot(page, '02-phone');
+}
+
+async function run() {
+  const relay = await startRelay(url);
+  const base = relay.url;
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+    viewport: { width: 1280, height: 900 },
+    deviceScaleFactor: 1,
+  });
+  const page = context.pages()[0] ?? (await context.newPage());
+  page.setDefaultTimeout(WAIT);
+  page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+  page.on('console', (msg) => {
+    const line = msg.text();
+    if (msg.type() === 'error' && !line.startsWith('Failed to load resource')) problems.push(`console error: ${line}`);
+    if (/Content Security Policy|Refused to/.test(line)) problems.push(`CSP: ${line}`);
+  });
+  page.on('request', (request) => {
+    const keys = [adminKey, userKey].filter(Boolean);
+    if (keys.some((key) => request.url().includes(key))) problems.push(`a key in a URL: ${request.url()}`);
+    const target = new URL(request.url());
+    if (target.origin !== new URL(base).origin) problems.push(`a request off the host: ${request.url()}`);
+    if (target.pathname.startsWith('/api/') && !request.headers()['x-api-key']) problems.push(`an API call without X-API-Key: ${request.url()}`);
+  });
+  try {
+    if (scenario === 'main') await main(page, base, relay);
+    else if (scenario === 'plugin-missing') await pluginMissing(page, base);
+    else throw new Error(`unknown scenario ${scenario}`);
+    if (problems.length) throw new Error(`the page misbehaved:\n  ${problems.join('\n  ')}`);
+  } catch (error) {
+    try {
+      await screenshot(page, 'FAILED');
+      console.error(`page text at the failure:\n${(await page.locator('body').innerText()).slice(0, 4000)}`);
+    } catch (_) { /* the page may be gone */ }
+    throw error;
+  } finally {
+    await context.close();
+    relay.close();
+  }
+}
+
+try {
+  await run();
+  console.log(`PASS (${scenario}); screenshots:\n  ${shots.join('\n  ')}`);
+  rmSync(profile, { recursive: true, force: true });
+  process.exit(0);
+} catch (error) {
+  console.error(`FAIL (${scenario}): ${error.stack || error}`);
+  if (problems.length) console.error(`also:\n  ${problems.join('\n  ')}`);
+  rmSync(profile, { recursive: true, force: true });
+  process.exit(1);
+}
