@@ -203,6 +203,11 @@ async fn keys_and_roles_are_enforced_and_never_logged() {
     let host = TestHost::start(dir.path(), HostOptions::default()).await;
     let reload = "/api/plugins/deployment_mcp/reload";
 
+    let (status, me) = host.get("/api/auth/whoami", Some(DEVELOPER_KEY)).await;
+    assert_eq!(status, 200);
+    assert_eq!(me, serde_json::json!({"name": "dev", "role": "developer"}));
+    assert_eq!(host.get("/api/auth/whoami", None).await.0, 401);
+
     let (status, body) = host.get("/api/plugins", None).await;
     assert_eq!(
         (status, body["error"].as_str()),

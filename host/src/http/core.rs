@@ -23,6 +23,17 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "status": "ok", "plugins": plugins }))
 }
 
+/// `GET /api/auth/whoami`: the name and role of the key sent, so a client can show what it may
+/// do without probing.
+pub async fn whoami(principal: Option<Extension<Principal>>) -> Result<Json<Value>, ApiError> {
+    require(principal.as_deref(), Role::User)?;
+    let principal = principal.as_deref();
+    Ok(Json(json!({
+        "name": principal.map(|p| p.name.as_str()),
+        "role": principal.map(|p| p.role.as_str()),
+    })))
+}
+
 pub async fn list_plugins(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,

@@ -50,6 +50,7 @@ pub fn router(state: AppState, keys: Arc<KeyRing>, server: &ServerConfig) -> Rou
         .route("/health", get(core::health))
         .route("/metrics", get(metrics::scrape))
         .route("/api/plugins", get(core::list_plugins))
+        .route("/api/auth/whoami", get(core::whoami))
         .route("/api/plugins/{name}/reload", post(core::reload_plugin))
         .with_state(state.clone())
         .merge(dashboard::routes());

@@ -460,19 +460,11 @@ impl Coordinator {
             )
             .await?;
         for target in &targets {
-            let pending = TargetRecord {
-                environment_id: target.environment_id.clone(),
-                connection_method: target.connection_method.as_str().to_owned(),
-                status: TargetStatus::Pending,
-                started_at: None,
-                finished_at: None,
-                duration_ms: None,
-                exit_code: None,
-                detail: None,
-                error: None,
-                output_tail: Vec::new(),
-                health: None,
-            };
+            let pending = TargetRecord::new(
+                &target.environment_id,
+                target.connection_method.as_str(),
+                TargetStatus::Pending,
+            );
             self.records
                 .put(
                     collection::TARGETS,
@@ -964,19 +956,11 @@ impl Run {
         tails: Arc<Mutex<HashMap<String, VecDeque<LogLine>>>>,
     ) -> Option<Environment> {
         let id = environment.environment_id.clone();
-        let mut target = TargetRecord {
-            environment_id: id.clone(),
-            connection_method: environment.connection_method.as_str().to_owned(),
-            status: TargetStatus::Pending,
-            started_at: None,
-            finished_at: None,
-            duration_ms: None,
-            exit_code: None,
-            detail: None,
-            error: None,
-            output_tail: Vec::new(),
-            health: None,
-        };
+        let mut target = TargetRecord::new(
+            &id,
+            environment.connection_method.as_str(),
+            TargetStatus::Pending,
+        );
         let permit = tokio::select! {
             permit = limit.acquire_owned() => permit.ok(),
             _ = self.cancel.cancelled() => None,
@@ -1051,19 +1035,13 @@ impl Run {
     /// Records environments that were never triggered as cancelled, with the reason.
     async fn skip_targets(&self, targets: &[Environment], why: &str) {
         for environment in targets {
-            let target = TargetRecord {
-                environment_id: environment.environment_id.clone(),
-                connection_method: environment.connection_method.as_str().to_owned(),
-                status: TargetStatus::Cancelled,
-                started_at: None,
-                finished_at: Some(timestamp(SystemTime::now())),
-                duration_ms: None,
-                exit_code: None,
-                detail: None,
-                error: Some(why.to_owned()),
-                output_tail: Vec::new(),
-                health: None,
-            };
+            let mut target = TargetRecord::new(
+                &environment.environment_id,
+                environment.connection_method.as_str(),
+                TargetStatus::Cancelled,
+            );
+            target.finished_at = Some(timestamp(SystemTime::now()));
+            target.error = Some(why.to_owned());
             self.save_target(&target).await;
         }
     }

@@ -115,6 +115,29 @@ pub struct TargetRecord {
     pub health: Option<HealthReport>,
 }
 
+impl TargetRecord {
+    /// An environment's result before anything happened to it.
+    pub fn new(
+        environment_id: &str,
+        connection_method: &str,
+        status: TargetStatus,
+    ) -> TargetRecord {
+        TargetRecord {
+            environment_id: environment_id.to_owned(),
+            connection_method: connection_method.to_owned(),
+            status,
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            exit_code: None,
+            detail: None,
+            error: None,
+            output_tail: Vec::new(),
+            health: None,
+        }
+    }
+}
+
 /// A deployment run (stored under its id).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeploymentRecord {

@@ -462,18 +462,7 @@ impl Api {
     }
 
     async fn history(&self, request: &Request) -> Answer {
-        let limit = match request.query_param("limit") {
-            None => 50,
-            Some(text) => match text.parse::<usize>() {
-                Ok(limit) if (1..=500).contains(&limit) => limit,
-                _ => {
-                    return Err(bad_field(FieldError::new(
-                        "limit",
-                        format!("{text:?} is not a number between 1 and 500"),
-                    )))
-                }
-            },
-        };
+        let limit = number_param(request, "limit", 50, 1..=500)?;
         let status = match request.query_param("status") {
             None => None,
             Some(text) => match Phase::parse(&text) {
@@ -544,18 +533,7 @@ impl Api {
     /// The aggregate the dashboard draws: counts by status, environments with their health and
     /// last result, active runs, and success rate and mean duration over the last `window`.
     async fn dashboard(&self, request: &Request) -> Answer {
-        let window = match request.query_param("window") {
-            None => 50,
-            Some(text) => match text.parse::<usize>() {
-                Ok(window) if (1..=1000).contains(&window) => window,
-                _ => {
-                    return Err(bad_field(FieldError::new(
-                        "window",
-                        format!("{text:?} is not a number between 1 and 1000"),
-                    )))
-                }
-            },
-        };
+        let window = number_param(request, "window", 50, 1..=1000)?;
         let history = self
             .coordinator
             .records()
@@ -839,6 +817,29 @@ impl Api {
             ("POST", ["environments", id, "health-check"]) => self.health_check(id).await,
             _ => Err(Response::error(404, "not_found", "no such endpoint")),
         }
+    }
+}
+
+/// A numeric query parameter within `range`, `default` when absent; the error names it.
+fn number_param(
+    request: &Request,
+    name: &str,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, Response> {
+    let Some(text) = request.query_param(name) else {
+        return Ok(default);
+    };
+    match text.parse::<usize>() {
+        Ok(value) if range.contains(&value) => Ok(value),
+        _ => Err(bad_field(FieldError::new(
+            name,
+            format!(
+                "{text:?} is not a number between {} and {}",
+                range.start(),
+                range.end()
+            ),
+        ))),
     }
 }
 
