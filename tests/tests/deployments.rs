@@ -130,6 +130,7 @@ async fn the_demo_environment_deploys_and_shows_in_history() {
     let response = client
         .post(format!("{}/api/deployment/one-click", host.url))
         .header("X-API-Key", ADMIN_KEY)
+        .header("X-Request-Id", "demo-request-1")
         .json(&json!({"version": "1.2.3"}))
         .send()
         .await
@@ -155,6 +156,24 @@ async fn the_demo_environment_deploys_and_shows_in_history() {
     let demo = result(&record, "local_demo");
     assert_eq!(demo["status"], "succeeded");
     assert_eq!(demo["exit_code"], 0);
+    let (_, logs) = host
+        .get(
+            &format!("/api/deployment/deployments/{id}/logs"),
+            Some(ADMIN_KEY),
+        )
+        .await;
+    let stamped = logs["lines"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !stamped.is_empty()
+            && stamped
+                .iter()
+                .all(|line| line["request_id"] == "demo-request-1"),
+        "every line leads back to the request that started the run: {logs}"
+    );
+    assert!(
+        host.logs().contains("demo-request-1"),
+        "the host logged the request under the same id"
+    );
     let lines = log_text(&host, &id).await;
     assert!(
         lines.iter().any(|line| line.contains("EC2 phase skipped")),

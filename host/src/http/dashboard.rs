@@ -25,11 +25,21 @@ pub fn routes() -> Router<()> {
         .route("/assets/{file}", get(asset))
 }
 
-async fn index() -> Response {
+/// The dashboard page.
+#[utoipa::path(get, path = "/", tag = "dashboard",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
+pub async fn index() -> Response {
     page(INDEX_HTML, "text/html; charset=utf-8")
 }
 
-async fn asset(Path(file): Path<String>) -> Response {
+/// The page's script and style sheet.
+#[utoipa::path(get, path = "/assets/{file}", tag = "dashboard",
+    params(("file" = String, Path, description = "`app.js` or `style.css`")),
+    responses((status = 200, description = "The asset", content(
+        (String = "text/javascript"),
+        (String = "text/css"),
+    ))))]
+pub async fn asset(Path(file): Path<String>) -> Response {
     match file.as_str() {
         "app.js" => page(APP_JS, "text/javascript; charset=utf-8"),
         "style.css" => page(STYLE_CSS, "text/css; charset=utf-8"),

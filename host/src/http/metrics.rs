@@ -207,6 +207,10 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
     response
 }
 
+/// Prometheus text: requests by route and status, latency, plugin state and swaps, deployments,
+/// environment health, SSE subscribers.
+#[utoipa::path(get, path = "/metrics", tag = "core",
+    responses((status = 200, description = "OpenMetrics text exposition (Prometheus scrapes it as is)", content_type = "application/openmetrics-text", body = String)))]
 pub async fn scrape(State(state): State<AppState>) -> Response {
     let metrics = &state.metrics;
     for slot in state.slots.iter() {

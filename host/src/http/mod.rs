@@ -6,6 +6,7 @@ pub mod dashboard;
 pub mod dispatch;
 pub mod error;
 pub mod metrics;
+pub mod openapi;
 pub mod sse;
 
 use std::{
@@ -51,6 +52,7 @@ pub fn router(state: AppState, keys: Arc<KeyRing>, server: &ServerConfig) -> Rou
         .route("/metrics", get(metrics::scrape))
         .route("/api/plugins", get(core::list_plugins))
         .route("/api/auth/whoami", get(core::whoami))
+        .route("/api/openapi.json", get(openapi::document))
         .route("/api/plugins/{name}/reload", post(core::reload_plugin))
         .with_state(state.clone())
         .merge(dashboard::routes());

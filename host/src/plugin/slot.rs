@@ -22,7 +22,7 @@ use crate::{
     services::{events::EventBus, store::Store},
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PluginState {
     Active,
@@ -55,7 +55,7 @@ impl From<LoadFailure> for PluginState {
 }
 
 /// What `/api/plugins` shows for one plugin.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PluginStatus {
     pub name: String,
     pub state: PluginState,

@@ -250,6 +250,7 @@ impl Coordinator {
                 environment: None,
                 stream: LogStream::Error,
                 line: message.clone(),
+                request_id: record.request_id.clone(),
             };
             self.records
                 .put(
@@ -485,6 +486,13 @@ impl Coordinator {
             },
         );
         drop(_guard);
+        tracing::info!(
+            deployment = %id,
+            request_id = record.request_id.as_deref().unwrap_or(""),
+            triggered_by = %record.triggered_by,
+            environments = record.environments.len(),
+            "deployment started"
+        );
         self.publish_phase(&record, None);
         let run = Run {
             coordinator: Arc::clone(self),
@@ -544,6 +552,7 @@ impl Coordinator {
                 "progress": record.progress,
                 "environments": record.environments,
                 "errors": record.errors,
+                "at": timestamp(SystemTime::now()),
             }),
         );
     }
@@ -705,9 +714,13 @@ impl Run {
     async fn execute(self: Arc<Self>, targets: Vec<Environment>) {
         let coordinator = Arc::clone(&self.coordinator);
         let started = Instant::now();
-        let (deployment_id, version) = {
+        let (deployment_id, version, request_id) = {
             let record = self.record.lock().await;
-            (record.deployment_id.clone(), record.version.clone())
+            (
+                record.deployment_id.clone(),
+                record.version.clone(),
+                record.request_id.clone().filter(|id| !id.is_empty()),
+            )
         };
         let (log, lines) = LogSink::channel(LOG_CHANNEL_LINES);
         let tails = Arc::new(Mutex::new(HashMap::<String, VecDeque<LogLine>>::new()));
@@ -721,6 +734,7 @@ impl Run {
                 total_lines: 0,
                 limit: coordinator.settings.max_log_lines as u64,
                 tails: Arc::clone(&tails),
+                request_id,
             }
             .run(lines, flushes),
         );
@@ -1190,6 +1204,8 @@ struct LogWriter {
     total_lines: u64,
     limit: u64,
     tails: Arc<Mutex<HashMap<String, VecDeque<LogLine>>>>,
+    /// The request that started the run, stamped on every line.
+    request_id: Option<String>,
 }
 
 impl LogWriter {
@@ -1242,8 +1258,9 @@ impl LogWriter {
         self.write(&mut batch).await;
     }
 
-    fn take(&mut self, batch: &mut Vec<LogLine>, line: LogLine) {
+    fn take(&mut self, batch: &mut Vec<LogLine>, mut line: LogLine) {
         self.total_lines += 1;
+        line.request_id.clone_from(&self.request_id);
         if let Some(environment) = &line.environment {
             let mut tails = self
                 .tails
@@ -1267,6 +1284,7 @@ impl LogWriter {
                         "log limit of {} lines reached; later lines are counted, not kept",
                         self.limit
                     ),
+                    request_id: self.request_id.clone(),
                 });
             }
         }

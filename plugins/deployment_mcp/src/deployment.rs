@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::triggers::LogLine;
 
 /// The deployment state machine (the original's phases).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Pending,
@@ -52,7 +52,7 @@ impl Phase {
 }
 
 /// One environment's state within a deployment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetStatus {
     Pending,
@@ -78,7 +78,7 @@ impl TargetStatus {
 
 /// The health of an environment as last seen, by a deployment's verification or the periodic
 /// check.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HealthReport {
     pub healthy: bool,
     pub url: String,
@@ -91,7 +91,7 @@ pub struct HealthReport {
 }
 
 /// One environment's result in a deployment (stored under `<deployment>/<environment>`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TargetRecord {
     pub environment_id: String,
     pub connection_method: String,
@@ -171,7 +171,7 @@ pub struct DeploymentRecord {
 }
 
 /// What the history lists per deployment.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub deployment_id: String,
     pub status: Phase,

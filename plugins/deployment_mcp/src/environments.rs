@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EnvironmentType {
     MacLocal,
@@ -13,7 +13,7 @@ pub enum EnvironmentType {
     DockerContainer,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectionMethod {
     Ssh,
@@ -24,15 +24,17 @@ pub enum ConnectionMethod {
 
 /// One environment as configured. `api_token` and `webhook_secret` are secrets: they are kept
 /// in the store but never shown (see [`Environment::public_view`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Environment {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     pub environment_id: String,
     pub environment_type: EnvironmentType,
     pub connection_method: ConnectionMethod,
     #[serde(default)]
     pub host: Option<String>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: Option<u16>,
     #[serde(default)]
     pub username: Option<String>,
@@ -46,7 +48,9 @@ pub struct Environment {
     pub working_directory: Option<String>,
     #[serde(default)]
     pub health_check_url: Option<String>,
+    /// Seconds this environment's trigger and verification may take.
     #[serde(default = "default_timeout")]
+    #[schema(minimum = 1, maximum = 86400, default = 300)]
     pub timeout: u64,
     #[serde(default)]
     pub api_token: Option<String>,

@@ -14,6 +14,7 @@ pub mod deployment;
 pub mod ec2;
 pub mod environments;
 pub mod health;
+pub mod openapi;
 pub mod records;
 pub mod routes;
 pub mod settings;

@@ -124,30 +124,6 @@ impl Api {
         }
     }
 
-    async fn status(&self, request: &Request) -> Answer {
-        if let Some(id) = request.query_param("id") {
-            let entry = self.summary(&id).await?;
-            return Ok(Response::json(200, &entry));
-        }
-        let cached = self.status.load();
-        let fresh = cached.generation == self.coordinator.generation()
-            && cached.built.elapsed() < STATUS_MAX_AGE;
-        // One request rebuilds a stale view; the others keep serving the previous one.
-        if fresh || (cached.body != json!(null) && self.refreshing.swap(true, Ordering::SeqCst)) {
-            return Ok(Response::json(200, &cached.body));
-        }
-        let generation = self.coordinator.generation();
-        let built = self.build_status().await;
-        self.refreshing.store(false, Ordering::SeqCst);
-        let body = built.map_err(store_error)?;
-        self.status.store(Arc::new(CachedStatus {
-            built: Instant::now(),
-            generation,
-            body: body.clone(),
-        }));
-        Ok(Response::json(200, &body))
-    }
-
     async fn build_status(&self) -> Result<serde_json::Value, String> {
         let records = self.coordinator.records();
         let mut active = Vec::new();
@@ -243,522 +219,6 @@ impl Api {
             .map_err(store_error)
     }
 
-    async fn detail(&self, id: &str) -> Answer {
-        let record = self.record(id).await?;
-        let targets = self.targets(id).await?;
-        let lines: Vec<LogLine> = self
-            .log_lines(id)
-            .await?
-            .into_iter()
-            .flat_map(|(_, chunk)| chunk)
-            .collect();
-        let skip = lines.len().saturating_sub(DETAIL_LOG_LINES);
-        let mut body = serde_json::to_value(&record).unwrap_or_default();
-        if let Some(object) = body.as_object_mut() {
-            object.remove("boot_id");
-            object.remove("created_ms");
-        }
-        body["phase"] = json!(record.status);
-        body["results"] = json!(targets);
-        body["logs"] = json!(lines[skip..]);
-        body["logs_truncated"] = json!(skip > 0);
-        Ok(Response::json(200, &body))
-    }
-
-    async fn logs(&self, request: &Request, id: &str) -> Answer {
-        let record = self.record(id).await?;
-        let follow = match request.query_param("follow").as_deref() {
-            None | Some("false") | Some("0") => false,
-            Some("true") | Some("1") | Some("") => true,
-            Some(other) => {
-                return Err(bad_field(FieldError::new(
-                    "follow",
-                    format!("{other:?} is not a boolean; use true or false"),
-                )))
-            }
-        };
-        if !follow {
-            let lines: Vec<LogLine> = self
-                .log_lines(id)
-                .await?
-                .into_iter()
-                .flat_map(|(_, chunk)| chunk)
-                .collect();
-            return Ok(Response::json(
-                200,
-                &json!({
-                    "deployment_id": id,
-                    "status": record.status,
-                    "complete": record.status.is_terminal(),
-                    "total_lines": record.log_lines.max(lines.len() as u64),
-                    "lines": lines,
-                }),
-            ));
-        }
-        Ok(Response::streamed(
-            200,
-            "application/x-ndjson",
-            follow_stream(
-                Arc::clone(&self.coordinator),
-                id.to_owned(),
-                self.stop.clone(),
-            ),
-        ))
-    }
-
-    async fn trigger(&self, request: &Request) -> Answer {
-        let body: TriggerBody = if request.body.iter().all(u8::is_ascii_whitespace) {
-            TriggerBody {
-                environments: None,
-                version: None,
-                ec2: None,
-            }
-        } else {
-            from_json_object(&request.body).map_err(bad_field)?
-        };
-        let caller = request
-            .principal
-            .as_ref()
-            .map(|caller| caller.name.clone())
-            .unwrap_or_default();
-        let idempotency = match request.header("idempotency-key") {
-            None => None,
-            Some(key) if key.is_empty() || key.len() > 255 => {
-                return Err(bad_field(FieldError::new(
-                    "Idempotency-Key",
-                    "must be 1 to 255 characters",
-                )))
-            }
-            Some(key) => Some((
-                format!("{caller}/{}", hex::encode(Sha256::digest(key.as_bytes()))),
-                hex::encode(Sha256::digest(&request.body)),
-            )),
-        };
-        let records = self.coordinator.records();
-        if let Some((key, fingerprint)) = &idempotency {
-            if let Some(earlier) = records
-                .get::<IdempotentAnswer>(collection::IDEMPOTENCY, key)
-                .await
-                .map_err(store_error)?
-            {
-                if &earlier.fingerprint != fingerprint {
-                    return Err(Response::error(
-                        422,
-                        "idempotency_key_reused",
-                        "this Idempotency-Key was used with a different body; use a new key for a new request",
-                    ));
-                }
-                return Ok(accepted(request, &earlier.deployment_id, "pending"));
-            }
-        }
-        let started = self
-            .coordinator
-            .start(StartRequest {
-                environments: body.environments,
-                version: body.version,
-                ec2: body.ec2,
-                triggered_by: format!("api:{caller}"),
-                request_id: Some(request.request_id.clone()),
-                retry_of: None,
-            })
-            .await
-            .map_err(start_error)?;
-        if let Some((key, fingerprint)) = idempotency {
-            records
-                .put(
-                    collection::IDEMPOTENCY,
-                    &key,
-                    &IdempotentAnswer {
-                        fingerprint,
-                        deployment_id: started.deployment_id.clone(),
-                    },
-                )
-                .await
-                .map_err(store_error)?;
-        }
-        Ok(accepted(request, &started.deployment_id, "pending"))
-    }
-
-    async fn cancel(&self, request: &Request, id: &str) -> Answer {
-        let record = self.record(id).await?;
-        if record.status.is_terminal() {
-            return Err(Response::error(
-                409,
-                "already_finished",
-                format!(
-                    "deployment {id} already ended as {}",
-                    record.status.as_str()
-                ),
-            ));
-        }
-        let by = request
-            .principal
-            .as_ref()
-            .map(|caller| caller.name.clone())
-            .unwrap_or_default();
-        self.coordinator
-            .cancel(id, &by)
-            .await
-            .map_err(store_error)?;
-        // Wait (bounded) for the run to record the end, so the answer shows it.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let record = self.record(id).await?;
-            if record.status.is_terminal() {
-                return Ok(Response::json(200, &self.summary(id).await?));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(Response::json(
-            202,
-            &json!({ "deployment_id": id, "status": "cancelling" }),
-        ))
-    }
-
-    async fn retry(&self, request: &Request, id: &str) -> Answer {
-        let record = self.record(id).await?;
-        if !record.status.is_terminal() {
-            return Err(Response::error(
-                409,
-                "still_running",
-                format!(
-                    "deployment {id} is still {}; retry it once it ended",
-                    record.status.as_str()
-                ),
-            ));
-        }
-        let failed: Vec<String> = self
-            .targets(id)
-            .await?
-            .into_iter()
-            .filter(|target| target.status != crate::deployment::TargetStatus::Succeeded)
-            .map(|target| target.environment_id)
-            .collect();
-        if failed.is_empty() {
-            return Err(Response::error(
-                422,
-                "nothing_to_retry",
-                format!("every environment of {id} succeeded; there is nothing to retry"),
-            ));
-        }
-        let caller = request
-            .principal
-            .as_ref()
-            .map(|caller| caller.name.clone())
-            .unwrap_or_default();
-        let started = self
-            .coordinator
-            .start(StartRequest {
-                environments: Some(failed),
-                version: Some(record.version),
-                ec2: None,
-                triggered_by: format!("retry:{caller}"),
-                request_id: Some(request.request_id.clone()),
-                retry_of: Some(id.to_owned()),
-            })
-            .await
-            .map_err(start_error)?;
-        Ok(accepted(request, &started.deployment_id, "pending"))
-    }
-
-    async fn history(&self, request: &Request) -> Answer {
-        let limit = number_param(request, "limit", 50, 1..=500)?;
-        let status = match request.query_param("status") {
-            None => None,
-            Some(text) => match Phase::parse(&text) {
-                Some(phase) => Some(phase),
-                None => {
-                    return Err(bad_field(FieldError::new(
-                        "status",
-                        format!("{text:?} is not a deployment status (pending, local_deploying, completed, failed, cancelled, interrupted, …)"),
-                    )))
-                }
-            },
-        };
-        let environment = request.query_param("environment");
-        if let Some(id) = &environment {
-            check_id(id)
-                .map_err(|error| bad_field(FieldError::new("environment", error.message)))?;
-        }
-        let cursor = request.query_param("cursor");
-        if let Some(cursor) = &cursor {
-            let valid = cursor.split_once('/').is_some_and(|(time, id)| {
-                time.len() == 20 && time.bytes().all(|b| b.is_ascii_digit()) && is_deployment_id(id)
-            });
-            if !valid {
-                return Err(bad_field(FieldError::new(
-                    "cursor",
-                    "is not a cursor from an earlier page's next_cursor",
-                )));
-            }
-        }
-        let entries = self
-            .coordinator
-            .records()
-            .scan::<HistoryEntry>(collection::HISTORY, "")
-            .await
-            .map_err(store_error)?;
-        let matching: Vec<(String, HistoryEntry)> = entries
-            .into_iter()
-            .filter(|(_, entry)| status.is_none_or(|status| entry.status == status))
-            .filter(|(_, entry)| {
-                environment
-                    .as_ref()
-                    .is_none_or(|id| entry.environments.iter().any(|e| e == id))
-            })
-            .collect();
-        let total_count = matching.len();
-        let page: Vec<&(String, HistoryEntry)> = matching
-            .iter()
-            .filter(|(key, _)| cursor.as_ref().is_none_or(|cursor| key > cursor))
-            .take(limit + 1)
-            .collect();
-        let more = page.len() > limit;
-        let page = &page[..page.len().min(limit)];
-        let next_cursor = if more {
-            page.last().map(|(key, _)| key.clone())
-        } else {
-            None
-        };
-        Ok(Response::json(
-            200,
-            &json!({
-                "history": page.iter().map(|(_, entry)| entry).collect::<Vec<_>>(),
-                "total_count": total_count,
-                "next_cursor": next_cursor,
-            }),
-        ))
-    }
-
-    /// The aggregate the dashboard draws: counts by status, environments with their health and
-    /// last result, active runs, and success rate and mean duration over the last `window`.
-    async fn dashboard(&self, request: &Request) -> Answer {
-        let window = number_param(request, "window", 50, 1..=1000)?;
-        let history = self
-            .coordinator
-            .records()
-            .scan::<HistoryEntry>(collection::HISTORY, "")
-            .await
-            .map_err(store_error)?;
-        let mut counts = serde_json::Map::new();
-        let mut last_by_environment: std::collections::HashMap<&str, &HistoryEntry> =
-            std::collections::HashMap::new();
-        for (_, entry) in &history {
-            let count = counts
-                .entry(entry.status.as_str().to_owned())
-                .or_insert(json!(0));
-            *count = json!(count.as_u64().unwrap_or(0) + 1);
-            for environment in &entry.environments {
-                last_by_environment
-                    .entry(environment.as_str())
-                    .or_insert(entry);
-            }
-        }
-        let finished: Vec<&HistoryEntry> = history
-            .iter()
-            .map(|(_, entry)| entry)
-            .filter(|entry| entry.status.is_terminal())
-            .take(window)
-            .collect();
-        let succeeded = finished
-            .iter()
-            .filter(|entry| entry.status == Phase::Completed)
-            .count();
-        let durations: Vec<u64> = finished
-            .iter()
-            .filter_map(|entry| entry.duration_ms)
-            .collect();
-        let catalog = self.coordinator.catalog();
-        let stored = catalog.list().await.map_err(store_error)?;
-        let health = catalog.all_health().await.map_err(store_error)?;
-        let environments: Vec<serde_json::Value> = stored
-            .iter()
-            .map(|stored| {
-                let id = stored.environment.environment_id.as_str();
-                let mut view = catalog::public_view(stored, health.get(id));
-                view["last_deployment"] = match last_by_environment.get(id) {
-                    Some(entry) => json!({
-                        "deployment_id": entry.deployment_id,
-                        "status": entry.status,
-                        "succeeded": entry.status.is_terminal()
-                            .then(|| !entry.failed_environments.iter().any(|e| e == id)),
-                        "finished_at": entry.finished_at,
-                    }),
-                    None => json!(null),
-                };
-                view
-            })
-            .collect();
-        let active: Vec<&HistoryEntry> = history
-            .iter()
-            .map(|(_, entry)| entry)
-            .filter(|entry| !entry.status.is_terminal())
-            .collect();
-        Ok(Response::json(
-            200,
-            &json!({
-                "counts": counts,
-                "total_count": history.len(),
-                "environments": environments,
-                "active": active,
-                "recent": {
-                    "window": window,
-                    "finished": finished.len(),
-                    "success_rate": if finished.is_empty() { json!(null) } else { json!(succeeded as f64 / finished.len() as f64) },
-                    "mean_duration_ms": if durations.is_empty() { json!(null) } else { json!(durations.iter().sum::<u64>() / durations.len() as u64) },
-                },
-                "plugin_version": crate::VERSION,
-            }),
-        ))
-    }
-
-    async fn environments(&self) -> Answer {
-        let catalog = self.coordinator.catalog();
-        let list = catalog.list().await.map_err(store_error)?;
-        let health = catalog.all_health().await.map_err(store_error)?;
-        let views: Vec<_> = list
-            .iter()
-            .map(|stored| {
-                catalog::public_view(stored, health.get(&stored.environment.environment_id))
-            })
-            .collect();
-        Ok(Response::json(
-            200,
-            &json!({ "environments": views, "total_count": views.len() }),
-        ))
-    }
-
-    async fn environment(&self, id: &str) -> Answer {
-        let catalog = self.coordinator.catalog();
-        let stored = catalog
-            .get(id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| not_found("environment", id))?;
-        let health = catalog.health(id).await.map_err(store_error)?;
-        Ok(Response::json(
-            200,
-            &catalog::public_view(&stored, health.as_ref()),
-        ))
-    }
-
-    async fn create_environment(&self, request: &Request) -> Answer {
-        let environment = environments::parse_one(&request.body).map_err(bad_field)?;
-        let id = environment.environment_id.clone();
-        let created = self
-            .coordinator
-            .catalog()
-            .create(environment)
-            .await
-            .map_err(store_error)?;
-        if !created {
-            return Err(Response::error(
-                409,
-                "duplicate_environment",
-                format!(
-                    "environment_id: {id:?} already exists; PUT /environments/{id} replaces it"
-                ),
-            )
-            .with_field("environment_id"));
-        }
-        let mut answer = self.environment(&id).await?;
-        answer.status = 201;
-        Ok(answer.with_header("location", format!("{}/environments/{id}", mount(request))))
-    }
-
-    async fn replace_environment(&self, request: &Request, id: &str) -> Answer {
-        let mut body: serde_json::Value =
-            serde_json::from_slice(&request.body).map_err(|error| {
-                bad_field(FieldError::new("body", format!("malformed JSON: {error}")))
-            })?;
-        let Some(object) = body.as_object_mut() else {
-            return Err(bad_field(FieldError::new("body", "expected a JSON object")));
-        };
-        match object.get("environment_id") {
-            None => {
-                object.insert("environment_id".into(), json!(id));
-            }
-            Some(given) if given == id => {}
-            Some(_) => {
-                return Err(bad_field(FieldError::new(
-                    "environment_id",
-                    format!("does not match the id in the path ({id:?}); ids cannot be changed"),
-                )))
-            }
-        }
-        let text = serde_json::to_vec(&body).unwrap_or_default();
-        let environment: Environment = environments::parse_one(&text).map_err(bad_field)?;
-        let replaced = self
-            .coordinator
-            .catalog()
-            .replace(environment)
-            .await
-            .map_err(store_error)?;
-        if replaced.is_none() {
-            return Err(not_found("environment", id));
-        }
-        self.environment(id).await
-    }
-
-    async fn delete_environment(&self, id: &str) -> Answer {
-        let busy = self
-            .coordinator
-            .records()
-            .scan::<serde_json::Value>(collection::ACTIVE, "")
-            .await
-            .map_err(store_error)?
-            .into_iter()
-            .find(|(_, active)| {
-                active["environments"]
-                    .as_array()
-                    .is_some_and(|list| list.iter().any(|e| e == id))
-            });
-        if let Some((deployment, _)) = busy {
-            return Err(Response::error(
-                409,
-                "environment_busy",
-                format!("environment {id:?} is part of running deployment {deployment}; cancel it or wait"),
-            ));
-        }
-        let deleted = self
-            .coordinator
-            .catalog()
-            .delete(id)
-            .await
-            .map_err(store_error)?;
-        if !deleted {
-            return Err(not_found("environment", id));
-        }
-        Ok(Response::json(200, &json!({ "deleted": id })))
-    }
-
-    async fn health_check(&self, id: &str) -> Answer {
-        let stored = self
-            .coordinator
-            .catalog()
-            .get(id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| not_found("environment", id))?;
-        let Some(url) = stored.environment.health_check_url.clone() else {
-            return Err(Response::error(
-                422,
-                "no_health_check_url",
-                format!("environment {id:?} has no health_check_url to check"),
-            ));
-        };
-        let timeout = Duration::from_secs(self.coordinator.settings().health_check_timeout_secs);
-        let report = health::check(self.coordinator.http(), &url, timeout).await;
-        self.coordinator
-            .record_health(id, &report)
-            .await
-            .map_err(store_error)?;
-        Ok(Response::json(
-            200,
-            &json!({ "environment_id": id, "health": report }),
-        ))
-    }
-
     async fn route(&self, request: &Request) -> Answer {
         let path = request.path.trim_end_matches('/');
         let segments: Vec<&str> = path.split('/').filter(|part| !part.is_empty()).collect();
@@ -773,7 +233,7 @@ impl Api {
             ["environments"] => &["GET", "POST"],
             ["environments", _] => &["GET", "PUT", "DELETE"],
             ["environments", _, "health-check"] => &["POST"],
-            ["dashboard"] => &["GET"],
+            ["dashboard"] | ["openapi.json"] => &["GET"],
             _ => {
                 return Err(Response::error(
                     404,
@@ -794,6 +254,15 @@ impl Api {
             )
             .with_header("allow", allowed.join(", ")));
         }
+        if segments.as_slice() == ["openapi.json"] {
+            // Public, like the host's `/api/openapi.json` it is merged into.
+            return Ok(Response {
+                status: 200,
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: crate::openapi::document().to_vec(),
+                stream: None,
+            });
+        }
         let needed = match (method, segments.as_slice()) {
             ("GET", ["status" | "dashboard"]) => Role::User,
             ("GET", _) | ("POST", ["environments", _, "health-check"]) => Role::Developer,
@@ -801,23 +270,654 @@ impl Api {
         };
         Response::require(request, needed)?;
         match (method, segments.as_slice()) {
-            ("GET", ["status"]) => self.status(request).await,
-            ("GET", ["dashboard"]) => self.dashboard(request).await,
-            ("POST", ["trigger-local" | "one-click"]) => self.trigger(request).await,
-            ("GET", ["history"]) => self.history(request).await,
-            ("GET", ["deployments", id]) => self.detail(id).await,
-            ("GET", ["deployments", id, "logs"]) => self.logs(request, id).await,
-            ("POST", ["deployments", id, "cancel"]) => self.cancel(request, id).await,
-            ("POST", ["deployments", id, "retry"]) => self.retry(request, id).await,
-            ("GET", ["environments"]) => self.environments().await,
-            ("POST", ["environments"]) => self.create_environment(request).await,
-            ("GET", ["environments", id]) => self.environment(id).await,
-            ("PUT", ["environments", id]) => self.replace_environment(request, id).await,
-            ("DELETE", ["environments", id]) => self.delete_environment(id).await,
-            ("POST", ["environments", id, "health-check"]) => self.health_check(id).await,
+            ("GET", ["status"]) => status(self, request).await,
+            ("GET", ["dashboard"]) => dashboard(self, request).await,
+            ("POST", ["trigger-local"]) => trigger_local(self, request).await,
+            ("POST", ["one-click"]) => one_click(self, request).await,
+            ("GET", ["history"]) => history(self, request).await,
+            ("GET", ["deployments", id]) => detail(self, id).await,
+            ("GET", ["deployments", id, "logs"]) => logs(self, request, id).await,
+            ("POST", ["deployments", id, "cancel"]) => cancel(self, request, id).await,
+            ("POST", ["deployments", id, "retry"]) => retry(self, request, id).await,
+            ("GET", ["environments"]) => list_environments(self).await,
+            ("POST", ["environments"]) => create_environment(self, request).await,
+            ("GET", ["environments", id]) => get_environment(self, id).await,
+            ("PUT", ["environments", id]) => replace_environment(self, request, id).await,
+            ("DELETE", ["environments", id]) => delete_environment(self, id).await,
+            ("POST", ["environments", id, "health-check"]) => health_check(self, id).await,
             _ => Err(Response::error(404, "not_found", "no such endpoint")),
         }
     }
+}
+
+#[utoipa::path(
+    get, path = "/status", tag = "deployment",
+    params(("id" = Option<String>, Query, description = "One deployment's summary instead of the overview")),
+    responses((status = 200, description = "Active deployments and the latest finished one, or one deployment", body = crate::openapi::StatusAnswer))
+)]
+pub(crate) async fn status(api: &Api, request: &Request) -> Answer {
+    if let Some(id) = request.query_param("id") {
+        let entry = api.summary(&id).await?;
+        return Ok(Response::json(200, &entry));
+    }
+    let cached = api.status.load();
+    let fresh = cached.generation == api.coordinator.generation()
+        && cached.built.elapsed() < STATUS_MAX_AGE;
+    // One request rebuilds a stale view; the others keep serving the previous one.
+    if fresh || (cached.body != json!(null) && api.refreshing.swap(true, Ordering::SeqCst)) {
+        return Ok(Response::json(200, &cached.body));
+    }
+    let generation = api.coordinator.generation();
+    let built = api.build_status().await;
+    api.refreshing.store(false, Ordering::SeqCst);
+    let body = built.map_err(store_error)?;
+    api.status.store(Arc::new(CachedStatus {
+        built: Instant::now(),
+        generation,
+        body: body.clone(),
+    }));
+    Ok(Response::json(200, &body))
+}
+
+#[utoipa::path(
+    get, path = "/deployments/{id}", tag = "deployment",
+    params(crate::openapi::DeploymentId),
+    responses((status = 200, description = "The full record", body = crate::openapi::DeploymentDetail))
+)]
+pub(crate) async fn detail(api: &Api, id: &str) -> Answer {
+    let record = api.record(id).await?;
+    let targets = api.targets(id).await?;
+    let lines: Vec<LogLine> = api
+        .log_lines(id)
+        .await?
+        .into_iter()
+        .flat_map(|(_, chunk)| chunk)
+        .collect();
+    let skip = lines.len().saturating_sub(DETAIL_LOG_LINES);
+    let mut body = serde_json::to_value(&record).unwrap_or_default();
+    if let Some(object) = body.as_object_mut() {
+        object.remove("boot_id");
+        object.remove("created_ms");
+    }
+    body["phase"] = json!(record.status);
+    body["results"] = json!(targets);
+    body["logs"] = json!(lines[skip..]);
+    body["logs_truncated"] = json!(skip > 0);
+    Ok(Response::json(200, &body))
+}
+
+#[utoipa::path(
+    get, path = "/deployments/{id}/logs", tag = "deployment",
+    params(crate::openapi::DeploymentId, ("follow" = Option<bool>, Query, description = "Stream NDJSON lines until the deployment ends")),
+    responses(
+        (status = 200, description = "The whole log, or with `follow` a stream of lines", content(
+            (crate::openapi::LogsAnswer = "application/json"),
+            (crate::triggers::LogLine = "application/x-ndjson"),
+        )),
+    )
+)]
+pub(crate) async fn logs(api: &Api, request: &Request, id: &str) -> Answer {
+    let record = api.record(id).await?;
+    let follow = match request.query_param("follow").as_deref() {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") | Some("") => true,
+        Some(other) => {
+            return Err(bad_field(FieldError::new(
+                "follow",
+                format!("{other:?} is not a boolean; use true or false"),
+            )))
+        }
+    };
+    if !follow {
+        let lines: Vec<LogLine> = api
+            .log_lines(id)
+            .await?
+            .into_iter()
+            .flat_map(|(_, chunk)| chunk)
+            .collect();
+        return Ok(Response::json(
+            200,
+            &json!({
+                "deployment_id": id,
+                "status": record.status,
+                "complete": record.status.is_terminal(),
+                "total_lines": record.log_lines.max(lines.len() as u64),
+                "lines": lines,
+            }),
+        ));
+    }
+    Ok(Response::streamed(
+        200,
+        "application/x-ndjson",
+        follow_stream(
+            Arc::clone(&api.coordinator),
+            id.to_owned(),
+            api.stop.clone(),
+        ),
+    ))
+}
+
+#[utoipa::path(
+    post, path = "/trigger-local", tag = "deployment",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeats the first answer for the same key and body")),
+    request_body(content = Option<crate::openapi::TriggerRequest>, content_type = "application/json"),
+    responses((status = 202, description = "Started; follow `status_url`", body = crate::openapi::Accepted))
+)]
+pub(crate) async fn trigger_local(api: &Api, request: &Request) -> Answer {
+    trigger(api, request).await
+}
+
+#[utoipa::path(
+    post, path = "/one-click", tag = "deployment",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeats the first answer for the same key and body")),
+    request_body(content = Option<crate::openapi::TriggerRequest>, content_type = "application/json"),
+    responses((status = 202, description = "Started (the original's name for trigger-local)", body = crate::openapi::Accepted))
+)]
+pub(crate) async fn one_click(api: &Api, request: &Request) -> Answer {
+    trigger(api, request).await
+}
+
+async fn trigger(api: &Api, request: &Request) -> Answer {
+    let body: TriggerBody = if request.body.iter().all(u8::is_ascii_whitespace) {
+        TriggerBody {
+            environments: None,
+            version: None,
+            ec2: None,
+        }
+    } else {
+        from_json_object(&request.body).map_err(bad_field)?
+    };
+    let caller = request
+        .principal
+        .as_ref()
+        .map(|caller| caller.name.clone())
+        .unwrap_or_default();
+    let idempotency = match request.header("idempotency-key") {
+        None => None,
+        Some(key) if key.is_empty() || key.len() > 255 => {
+            return Err(bad_field(FieldError::new(
+                "Idempotency-Key",
+                "must be 1 to 255 characters",
+            )))
+        }
+        Some(key) => Some((
+            format!("{caller}/{}", hex::encode(Sha256::digest(key.as_bytes()))),
+            hex::encode(Sha256::digest(&request.body)),
+        )),
+    };
+    let records = api.coordinator.records();
+    if let Some((key, fingerprint)) = &idempotency {
+        if let Some(earlier) = records
+            .get::<IdempotentAnswer>(collection::IDEMPOTENCY, key)
+            .await
+            .map_err(store_error)?
+        {
+            if &earlier.fingerprint != fingerprint {
+                return Err(Response::error(
+                    422,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different body; use a new key for a new request",
+                ));
+            }
+            return Ok(accepted(request, &earlier.deployment_id, "pending"));
+        }
+    }
+    let started = api
+        .coordinator
+        .start(StartRequest {
+            environments: body.environments,
+            version: body.version,
+            ec2: body.ec2,
+            triggered_by: format!("api:{caller}"),
+            request_id: Some(request.request_id.clone()),
+            retry_of: None,
+        })
+        .await
+        .map_err(start_error)?;
+    if let Some((key, fingerprint)) = idempotency {
+        records
+            .put(
+                collection::IDEMPOTENCY,
+                &key,
+                &IdempotentAnswer {
+                    fingerprint,
+                    deployment_id: started.deployment_id.clone(),
+                },
+            )
+            .await
+            .map_err(store_error)?;
+    }
+    Ok(accepted(request, &started.deployment_id, "pending"))
+}
+
+#[utoipa::path(
+    post, path = "/deployments/{id}/cancel", tag = "deployment",
+    params(crate::openapi::DeploymentId),
+    responses(
+        (status = 200, description = "Cancelled; the summary as recorded", body = crate::openapi::DeploymentSummary),
+        (status = 202, description = "Cancel requested; the run has not recorded its end yet", body = crate::openapi::Cancelling),
+    )
+)]
+pub(crate) async fn cancel(api: &Api, request: &Request, id: &str) -> Answer {
+    let record = api.record(id).await?;
+    if record.status.is_terminal() {
+        return Err(Response::error(
+            409,
+            "already_finished",
+            format!(
+                "deployment {id} already ended as {}",
+                record.status.as_str()
+            ),
+        ));
+    }
+    let by = request
+        .principal
+        .as_ref()
+        .map(|caller| caller.name.clone())
+        .unwrap_or_default();
+    api.coordinator.cancel(id, &by).await.map_err(store_error)?;
+    // Wait (bounded) for the run to record the end, so the answer shows it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let record = api.record(id).await?;
+        if record.status.is_terminal() {
+            return Ok(Response::json(200, &api.summary(id).await?));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Response::json(
+        202,
+        &json!({ "deployment_id": id, "status": "cancelling" }),
+    ))
+}
+
+#[utoipa::path(
+    post, path = "/deployments/{id}/retry", tag = "deployment",
+    params(crate::openapi::DeploymentId),
+    responses((status = 202, description = "A new deployment of the environments that did not succeed", body = crate::openapi::Accepted))
+)]
+pub(crate) async fn retry(api: &Api, request: &Request, id: &str) -> Answer {
+    let record = api.record(id).await?;
+    if !record.status.is_terminal() {
+        return Err(Response::error(
+            409,
+            "still_running",
+            format!(
+                "deployment {id} is still {}; retry it once it ended",
+                record.status.as_str()
+            ),
+        ));
+    }
+    let failed: Vec<String> = api
+        .targets(id)
+        .await?
+        .into_iter()
+        .filter(|target| target.status != crate::deployment::TargetStatus::Succeeded)
+        .map(|target| target.environment_id)
+        .collect();
+    if failed.is_empty() {
+        return Err(Response::error(
+            422,
+            "nothing_to_retry",
+            format!("every environment of {id} succeeded; there is nothing to retry"),
+        ));
+    }
+    let caller = request
+        .principal
+        .as_ref()
+        .map(|caller| caller.name.clone())
+        .unwrap_or_default();
+    let started = api
+        .coordinator
+        .start(StartRequest {
+            environments: Some(failed),
+            version: Some(record.version),
+            ec2: None,
+            triggered_by: format!("retry:{caller}"),
+            request_id: Some(request.request_id.clone()),
+            retry_of: Some(id.to_owned()),
+        })
+        .await
+        .map_err(start_error)?;
+    Ok(accepted(request, &started.deployment_id, "pending"))
+}
+
+#[utoipa::path(
+    get, path = "/history", tag = "deployment",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Page size (default 50)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("status" = Option<crate::deployment::Phase>, Query, description = "Only deployments in this status"),
+        ("environment" = Option<String>, Query, description = "Only deployments that include this environment"),
+    ),
+    responses((status = 200, description = "Deployments, newest first", body = crate::openapi::HistoryPage))
+)]
+pub(crate) async fn history(api: &Api, request: &Request) -> Answer {
+    let limit = number_param(request, "limit", 50, 1..=500)?;
+    let status = match request.query_param("status") {
+        None => None,
+        Some(text) => match Phase::parse(&text) {
+            Some(phase) => Some(phase),
+            None => {
+                return Err(bad_field(FieldError::new(
+                    "status",
+                    format!("{text:?} is not a deployment status (pending, local_deploying, completed, failed, cancelled, interrupted, …)"),
+                )))
+            }
+        },
+    };
+    let environment = request.query_param("environment");
+    if let Some(id) = &environment {
+        check_id(id).map_err(|error| bad_field(FieldError::new("environment", error.message)))?;
+    }
+    let cursor = request.query_param("cursor");
+    if let Some(cursor) = &cursor {
+        let valid = cursor.split_once('/').is_some_and(|(time, id)| {
+            time.len() == 20 && time.bytes().all(|b| b.is_ascii_digit()) && is_deployment_id(id)
+        });
+        if !valid {
+            return Err(bad_field(FieldError::new(
+                "cursor",
+                "is not a cursor from an earlier page's next_cursor",
+            )));
+        }
+    }
+    let entries = api
+        .coordinator
+        .records()
+        .scan::<HistoryEntry>(collection::HISTORY, "")
+        .await
+        .map_err(store_error)?;
+    let matching: Vec<(String, HistoryEntry)> = entries
+        .into_iter()
+        .filter(|(_, entry)| status.is_none_or(|status| entry.status == status))
+        .filter(|(_, entry)| {
+            environment
+                .as_ref()
+                .is_none_or(|id| entry.environments.iter().any(|e| e == id))
+        })
+        .collect();
+    let total_count = matching.len();
+    let page: Vec<&(String, HistoryEntry)> = matching
+        .iter()
+        .filter(|(key, _)| cursor.as_ref().is_none_or(|cursor| key > cursor))
+        .take(limit + 1)
+        .collect();
+    let more = page.len() > limit;
+    let page = &page[..page.len().min(limit)];
+    let next_cursor = if more {
+        page.last().map(|(key, _)| key.clone())
+    } else {
+        None
+    };
+    Ok(Response::json(
+        200,
+        &json!({
+            "history": page.iter().map(|(_, entry)| entry).collect::<Vec<_>>(),
+            "total_count": total_count,
+            "next_cursor": next_cursor,
+        }),
+    ))
+}
+
+/// The aggregate the dashboard draws: counts by status, environments with their health and
+/// last result, active runs, and success rate and mean duration over the last `window`.
+#[utoipa::path(
+    get, path = "/dashboard", tag = "deployment",
+    params(("window" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Finished deployments the figures cover (default 50)")),
+    responses((status = 200, description = "The aggregate the dashboard draws", body = crate::openapi::DashboardAnswer))
+)]
+pub(crate) async fn dashboard(api: &Api, request: &Request) -> Answer {
+    let window = number_param(request, "window", 50, 1..=1000)?;
+    let history = api
+        .coordinator
+        .records()
+        .scan::<HistoryEntry>(collection::HISTORY, "")
+        .await
+        .map_err(store_error)?;
+    let mut counts = serde_json::Map::new();
+    let mut last_by_environment: std::collections::HashMap<&str, &HistoryEntry> =
+        std::collections::HashMap::new();
+    for (_, entry) in &history {
+        let count = counts
+            .entry(entry.status.as_str().to_owned())
+            .or_insert(json!(0));
+        *count = json!(count.as_u64().unwrap_or(0) + 1);
+        for environment in &entry.environments {
+            last_by_environment
+                .entry(environment.as_str())
+                .or_insert(entry);
+        }
+    }
+    let finished: Vec<&HistoryEntry> = history
+        .iter()
+        .map(|(_, entry)| entry)
+        .filter(|entry| entry.status.is_terminal())
+        .take(window)
+        .collect();
+    let succeeded = finished
+        .iter()
+        .filter(|entry| entry.status == Phase::Completed)
+        .count();
+    let durations: Vec<u64> = finished
+        .iter()
+        .filter_map(|entry| entry.duration_ms)
+        .collect();
+    let catalog = api.coordinator.catalog();
+    let stored = catalog.list().await.map_err(store_error)?;
+    let health = catalog.all_health().await.map_err(store_error)?;
+    let environments: Vec<serde_json::Value> = stored
+        .iter()
+        .map(|stored| {
+            let id = stored.environment.environment_id.as_str();
+            let mut view = catalog::public_view(stored, health.get(id));
+            view["last_deployment"] = match last_by_environment.get(id) {
+                Some(entry) => json!({
+                    "deployment_id": entry.deployment_id,
+                    "status": entry.status,
+                    "succeeded": entry.status.is_terminal()
+                        .then(|| !entry.failed_environments.iter().any(|e| e == id)),
+                    "finished_at": entry.finished_at,
+                }),
+                None => json!(null),
+            };
+            view
+        })
+        .collect();
+    let active: Vec<&HistoryEntry> = history
+        .iter()
+        .map(|(_, entry)| entry)
+        .filter(|entry| !entry.status.is_terminal())
+        .collect();
+    Ok(Response::json(
+        200,
+        &json!({
+            "counts": counts,
+            "total_count": history.len(),
+            "environments": environments,
+            "active": active,
+            "recent": {
+                "window": window,
+                "finished": finished.len(),
+                "success_rate": if finished.is_empty() { json!(null) } else { json!(succeeded as f64 / finished.len() as f64) },
+                "mean_duration_ms": if durations.is_empty() { json!(null) } else { json!(durations.iter().sum::<u64>() / durations.len() as u64) },
+            },
+            "plugin_version": crate::VERSION,
+        }),
+    ))
+}
+
+#[utoipa::path(
+    get, path = "/environments", tag = "deployment",
+    responses((status = 200, description = "Every environment with its last health", body = crate::openapi::EnvironmentList))
+)]
+pub(crate) async fn list_environments(api: &Api) -> Answer {
+    let catalog = api.coordinator.catalog();
+    let list = catalog.list().await.map_err(store_error)?;
+    let health = catalog.all_health().await.map_err(store_error)?;
+    let views: Vec<_> = list
+        .iter()
+        .map(|stored| catalog::public_view(stored, health.get(&stored.environment.environment_id)))
+        .collect();
+    Ok(Response::json(
+        200,
+        &json!({ "environments": views, "total_count": views.len() }),
+    ))
+}
+
+#[utoipa::path(
+    get, path = "/environments/{id}", tag = "deployment",
+    params(crate::openapi::EnvironmentId),
+    responses((status = 200, description = "One environment (secrets shown as `has_*`)", body = crate::openapi::EnvironmentView))
+)]
+pub(crate) async fn get_environment(api: &Api, id: &str) -> Answer {
+    let catalog = api.coordinator.catalog();
+    let stored = catalog
+        .get(id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| not_found("environment", id))?;
+    let health = catalog.health(id).await.map_err(store_error)?;
+    Ok(Response::json(
+        200,
+        &catalog::public_view(&stored, health.as_ref()),
+    ))
+}
+
+#[utoipa::path(
+    post, path = "/environments", tag = "deployment",
+    request_body(content = crate::environments::Environment, content_type = "application/json"),
+    responses((status = 201, description = "Created; `Location` names it", body = crate::openapi::EnvironmentView))
+)]
+pub(crate) async fn create_environment(api: &Api, request: &Request) -> Answer {
+    let environment = environments::parse_one(&request.body).map_err(bad_field)?;
+    let id = environment.environment_id.clone();
+    let created = api
+        .coordinator
+        .catalog()
+        .create(environment)
+        .await
+        .map_err(store_error)?;
+    if !created {
+        return Err(Response::error(
+            409,
+            "duplicate_environment",
+            format!("environment_id: {id:?} already exists; PUT /environments/{id} replaces it"),
+        )
+        .with_field("environment_id"));
+    }
+    let mut answer = get_environment(api, &id).await?;
+    answer.status = 201;
+    Ok(answer.with_header("location", format!("{}/environments/{id}", mount(request))))
+}
+
+#[utoipa::path(
+    put, path = "/environments/{id}", tag = "deployment",
+    params(crate::openapi::EnvironmentId),
+    request_body(content = crate::environments::Environment, content_type = "application/json", description = "The whole environment; an omitted secret is kept, an empty one cleared"),
+    responses((status = 200, description = "Replaced", body = crate::openapi::EnvironmentView))
+)]
+pub(crate) async fn replace_environment(api: &Api, request: &Request, id: &str) -> Answer {
+    let mut body: serde_json::Value = serde_json::from_slice(&request.body)
+        .map_err(|error| bad_field(FieldError::new("body", format!("malformed JSON: {error}"))))?;
+    let Some(object) = body.as_object_mut() else {
+        return Err(bad_field(FieldError::new("body", "expected a JSON object")));
+    };
+    match object.get("environment_id") {
+        None => {
+            object.insert("environment_id".into(), json!(id));
+        }
+        Some(given) if given == id => {}
+        Some(_) => {
+            return Err(bad_field(FieldError::new(
+                "environment_id",
+                format!("does not match the id in the path ({id:?}); ids cannot be changed"),
+            )))
+        }
+    }
+    let text = serde_json::to_vec(&body).unwrap_or_default();
+    let environment: Environment = environments::parse_one(&text).map_err(bad_field)?;
+    let replaced = api
+        .coordinator
+        .catalog()
+        .replace(environment)
+        .await
+        .map_err(store_error)?;
+    if replaced.is_none() {
+        return Err(not_found("environment", id));
+    }
+    get_environment(api, id).await
+}
+
+#[utoipa::path(
+    delete, path = "/environments/{id}", tag = "deployment",
+    params(crate::openapi::EnvironmentId),
+    responses((status = 200, description = "Deleted", body = crate::openapi::Deleted))
+)]
+pub(crate) async fn delete_environment(api: &Api, id: &str) -> Answer {
+    let busy = api
+        .coordinator
+        .records()
+        .scan::<serde_json::Value>(collection::ACTIVE, "")
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .find(|(_, active)| {
+            active["environments"]
+                .as_array()
+                .is_some_and(|list| list.iter().any(|e| e == id))
+        });
+    if let Some((deployment, _)) = busy {
+        return Err(Response::error(
+            409,
+            "environment_busy",
+            format!(
+                "environment {id:?} is part of running deployment {deployment}; cancel it or wait"
+            ),
+        ));
+    }
+    let deleted = api
+        .coordinator
+        .catalog()
+        .delete(id)
+        .await
+        .map_err(store_error)?;
+    if !deleted {
+        return Err(not_found("environment", id));
+    }
+    Ok(Response::json(200, &json!({ "deleted": id })))
+}
+
+#[utoipa::path(
+    post, path = "/environments/{id}/health-check", tag = "deployment",
+    params(crate::openapi::EnvironmentId),
+    responses((status = 200, description = "The check's result, also recorded", body = crate::openapi::HealthCheckAnswer))
+)]
+pub(crate) async fn health_check(api: &Api, id: &str) -> Answer {
+    let stored = api
+        .coordinator
+        .catalog()
+        .get(id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| not_found("environment", id))?;
+    let Some(url) = stored.environment.health_check_url.clone() else {
+        return Err(Response::error(
+            422,
+            "no_health_check_url",
+            format!("environment {id:?} has no health_check_url to check"),
+        ));
+    };
+    let timeout = Duration::from_secs(api.coordinator.settings().health_check_timeout_secs);
+    let report = health::check(api.coordinator.http(), &url, timeout).await;
+    api.coordinator
+        .record_health(id, &report)
+        .await
+        .map_err(store_error)?;
+    Ok(Response::json(
+        200,
+        &json!({ "environment_id": id, "health": report }),
+    ))
 }
 
 /// A numeric query parameter within `range`, `default` when absent; the error names it.

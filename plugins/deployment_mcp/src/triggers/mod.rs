@@ -120,7 +120,7 @@ impl AnyTrigger {
 }
 
 /// Where a log line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogStream {
     /// Written by the coordinator or a trigger about what it does.
@@ -131,7 +131,7 @@ pub enum LogStream {
 }
 
 /// One line of a deployment's log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct LogLine {
     /// RFC 3339 time with milliseconds, UTC.
     pub ts: String,
@@ -139,6 +139,9 @@ pub struct LogLine {
     pub environment: Option<String>,
     pub stream: LogStream,
     pub line: String,
+    /// The request that started the deployment, so a line leads back to the host's request log.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub request_id: Option<String>,
 }
 
 /// Longest line kept; longer ones are cut with a marker so one noisy script cannot fill memory.
@@ -182,6 +185,8 @@ impl LogSink {
             environment: self.environment.clone(),
             stream,
             line,
+            // Filled in by the deployment's log writer, which knows the request.
+            request_id: None,
         };
         // A closed log means the deployment is being torn down; the line has nowhere to go.
         let _ = self.sender.send(entry).await;
