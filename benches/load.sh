@@ -16,6 +16,10 @@ command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install -y wr
 [ -x target/release/powerautomation ] && [ -f target/release/libdeployment_mcp.so ] ||
   { echo "build first: cargo build --release --workspace" >&2; exit 2; }
 
+# Nothing a benchmark starts may talk to another machine: no EC2 metadata lookups.
+export AWS_EC2_METADATA_DISABLED=true
+unset AWS_EC2_METADATA_SERVICE_ENDPOINT
+
 work=$(mktemp -d)
 trap 'kill "$host_pid" 2>/dev/null || true; wait "$host_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 key="pa_bench_$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"

@@ -54,6 +54,8 @@ fn guest_request() -> plugin_guest::Request {
 }
 
 fn plugin_call(c: &mut Criterion) {
+    // Before any thread starts: the plugin must not ask the EC2 metadata service (off-machine).
+    std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     let library = std::env::var_os("PA_BENCH_PLUGIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/release/libdeployment_mcp.so"));

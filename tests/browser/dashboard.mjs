@@ -325,6 +325,15 @@ async function run() {
       '--disable-background-networking',
       '--disable-component-update',
       '--disable-sync',
+      // Chromium looks up Google's hosts on its own (autofill, updates, accounts); the test may
+      // talk to this machine only: no name resolves, and the services that ask are off.
+      '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1',
+      '--disable-features=AutofillServerCommunication,OptimizationHints,Translate,MediaRouter,CertificateTransparencyComponentUpdater',
+      '--disable-client-side-phishing-detection',
+      '--disable-default-apps',
+      '--disable-domain-reliability',
+      '--disable-breakpad',
+      '--no-pings',
     ],
     viewport: { width: 1280, height: 900 },
     deviceScaleFactor: 1,

@@ -9,7 +9,7 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -102,20 +102,63 @@ impl Default for HostOptions {
             watch: false,
             env: Vec::new(),
             args: Vec::new(),
-            environments: DEMO_ENVIRONMENTS.to_owned(),
+            environments: demo_environments(),
             settings: String::new(),
         }
     }
 }
 
-pub const DEMO_ENVIRONMENTS: &str = r#"{"environments": [
-  {"environment_id": "local_demo", "environment_type": "linux_local", "connection_method": "local",
-   "command": ["true"], "timeout": 30},
-  {"environment_id": "mac_local_001", "environment_type": "mac_local", "connection_method": "ssh",
-   "host": "192.168.1.100", "port": 22, "username": "alex", "ssh_key_path": "~/.ssh/id_ed25519",
-   "init_script_path": "./init_aicore.sh", "health_check_url": "http://192.168.1.100:8081/health",
-   "timeout": 300, "api_token": "secret-token-value"}
-]}"#;
+/// The demo catalog: a `local` environment that succeeds, and the original's `mac_local_001`
+/// (ssh, with a health URL) pointed at a loopback port that refuses connections, so triggering
+/// or health-checking it fails at once and never leaves this machine.
+pub fn demo_environments() -> String {
+    let port = closed_port();
+    format!(
+        r#"{{"environments": [
+  {{"environment_id": "local_demo", "environment_type": "linux_local", "connection_method": "local",
+   "command": ["true"], "timeout": 30}},
+  {{"environment_id": "mac_local_001", "environment_type": "mac_local", "connection_method": "ssh",
+   "host": "127.0.0.1", "port": {port}, "username": "alex", "ssh_key_path": "~/.ssh/id_ed25519",
+   "init_script_path": "./init_aicore.sh", "health_check_url": "http://127.0.0.1:{port}/health",
+   "timeout": 300, "api_token": "secret-token-value"}}
+]}}"#
+    )
+}
+
+/// A loopback port on which nothing listens and nothing can start listening while this test
+/// process runs: a socket is bound to it and never put in the listening state, so every
+/// connection attempt is refused at once (no assumption that some well-known port is free).
+pub fn closed_port() -> u16 {
+    static HELD: OnceLock<(socket2::Socket, u16)> = OnceLock::new();
+    HELD.get_or_init(|| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("create a socket to hold a closed port");
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        socket
+            .bind(&address.into())
+            .expect("bind a loopback port to hold closed");
+        let port = socket
+            .local_addr()
+            .ok()
+            .and_then(|address| address.as_socket())
+            .map(|address| address.port())
+            .expect("the held port's number");
+        (socket, port)
+    })
+    .1
+}
+
+/// A command for a process the tests start (the host, the CLI): never asks the EC2 metadata
+/// service, whatever the machine, so nothing a test starts sends a packet off this machine.
+pub fn local_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    command
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ENDPOINT_URL_EC2");
+    command
+}
 
 /// A running host.
 pub struct TestHost {
@@ -206,13 +249,11 @@ impl TestHost {
         env: &[(String, String)],
         plugin_file: PathBuf,
     ) -> TestHost {
-        let mut command = Command::new(host_binary());
+        let mut command = local_command(host_binary());
         command
             .args(args)
             .current_dir(repo_root())
             .env_remove("RUST_LOG")
-            // Test machines are not EC2 instances: skip the metadata service lookup.
-            .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -38,7 +38,7 @@ impl std::fmt::Display for Run {
 
 /// Runs the CLI in `dir` and waits (bounded) for it to exit.
 fn cli(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut command = Command::new(cli_binary());
+    let mut command = e2e::local_command(cli_binary());
     command
         .args(args)
         .current_dir(dir)
@@ -613,12 +613,13 @@ async fn client_mode_deploys_through_a_running_host() {
     assert_eq!(in_process_only.code, Some(2), "{in_process_only}");
     drop(host);
 
+    let unreachable_url = format!("http://127.0.0.1:{}", e2e::closed_port());
     let unreachable = cli_async(
         dir.path(),
         &[
             "status",
             "--server",
-            "http://127.0.0.1:9",
+            &unreachable_url,
             "--api-key",
             ADMIN_KEY,
         ],
@@ -629,7 +630,7 @@ async fn client_mode_deploys_through_a_running_host() {
     assert!(
         unreachable
             .stderr
-            .contains("cannot reach --server http://127.0.0.1:9"),
+            .contains(&format!("cannot reach --server {unreachable_url}")),
         "{unreachable}"
     );
 }

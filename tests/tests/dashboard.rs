@@ -17,18 +17,24 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 /// The script bounds its own waits (150 s in all); this only catches a hung process.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(240);
 
-/// The demo environments, with a `local_demo` slow enough (1 s) to watch it run, and a
-/// `slow_demo` that runs until the page cancels it.
-const ENVIRONMENTS: &str = r#"{"environments": [
-  {"environment_id": "local_demo", "environment_type": "linux_local", "connection_method": "local",
-   "command": ["sh", "-c", "echo starting the demo; sleep 1; echo done"], "timeout": 30},
-  {"environment_id": "slow_demo", "environment_type": "docker_container", "connection_method": "local",
-   "command": ["sh", "-c", "echo waiting; sleep 60"], "timeout": 120},
-  {"environment_id": "mac_local_001", "environment_type": "mac_local", "connection_method": "ssh",
-   "host": "192.168.1.100", "port": 22, "username": "alex", "ssh_key_path": "~/.ssh/id_ed25519",
-   "init_script_path": "./init_aicore.sh", "health_check_url": "http://192.168.1.100:8081/health",
-   "timeout": 300, "api_token": "secret-token-value"}
-]}"#;
+/// The demo environments, with a `local_demo` slow enough (1 s) to watch it run, a `slow_demo`
+/// that runs until the page cancels it, and the original's ssh `mac_local_001` pointed at a
+/// loopback port that refuses connections.
+fn environments() -> String {
+    let port = e2e::closed_port();
+    format!(
+        r#"{{"environments": [
+  {{"environment_id": "local_demo", "environment_type": "linux_local", "connection_method": "local",
+   "command": ["sh", "-c", "echo starting the demo; sleep 1; echo done"], "timeout": 30}},
+  {{"environment_id": "slow_demo", "environment_type": "docker_container", "connection_method": "local",
+   "command": ["sh", "-c", "echo waiting; sleep 60"], "timeout": 120}},
+  {{"environment_id": "mac_local_001", "environment_type": "mac_local", "connection_method": "ssh",
+   "host": "127.0.0.1", "port": {port}, "username": "alex", "ssh_key_path": "~/.ssh/id_ed25519",
+   "init_script_path": "./init_aicore.sh", "health_check_url": "http://127.0.0.1:{port}/health",
+   "timeout": 300, "api_token": "secret-token-value"}}
+]}}"#
+    )
+}
 
 fn browser_dir() -> PathBuf {
     repo_root().join("tests/browser")
@@ -108,7 +114,7 @@ async fn dashboard_signs_in_triggers_watches_live_and_shows_history_and_logs() {
     let host = TestHost::start(
         dir.path(),
         HostOptions {
-            environments: ENVIRONMENTS.to_owned(),
+            environments: environments(),
             ..HostOptions::default()
         },
     )

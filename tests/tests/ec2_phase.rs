@@ -46,7 +46,7 @@ fn aws_env() {
         // Would send the phase somewhere other than the test's endpoint.
         std::env::remove_var("AWS_ENDPOINT_URL");
         std::env::remove_var("AWS_ENDPOINT_URL_EC2");
-        // Keeps identity lookups from probing 169.254.169.254 if this runs on a cloud VM.
+        // Keeps identity lookups from probing the metadata address if this runs on a cloud VM.
         std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     });
 }

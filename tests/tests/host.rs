@@ -405,7 +405,7 @@ async fn disabled_plugins_answer_503_and_the_core_keeps_serving() {
 }
 
 fn run_host(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut command = Command::new(host_binary());
+    let mut command = e2e::local_command(host_binary());
     command
         .args(args)
         .current_dir(repo_root())
