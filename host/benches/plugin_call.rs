@@ -16,8 +16,9 @@ use powerautomation::{
         bridge,
         loader::{self, LoadRequest, Retirements},
     },
-    services::{events::EventBus, store::Store},
+    services::events::EventBus,
 };
+use record_store::Store;
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -60,7 +61,8 @@ fn plugin_call(c: &mut Criterion) {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/release/libdeployment_mcp.so"));
     let work = std::env::temp_dir().join(format!("pa-bench-{}", std::process::id()));
-    let store = Arc::new(Store::open(&work).expect("open the bench store"));
+    std::fs::create_dir_all(&work).expect("create the bench directory");
+    let store = Arc::new(Store::open(&work, "bench.db").expect("open the bench store"));
     let bus = Arc::new(EventBus::new());
     let environments_file = repo_root().join("config/remote_environments.json");
     let settings = serde_json::json!({ "environments_file": environments_file });

@@ -42,8 +42,16 @@ pub struct ServerConfig {
     /// Longest time a request may take before the host answers 503 (streams are exempt once
     /// their headers are sent).
     pub request_timeout_secs: u64,
-    /// How long shutdown waits for plugin instances to finish their work.
+    /// How long stopping waits, at most, for requests to finish and then for plugin instances
+    /// to finish their work. Open streams (SSE, followed logs) end at once.
     pub shutdown_grace_secs: u64,
+    /// A client must send a request's headers within this many seconds, or the connection is
+    /// closed (also between requests on a kept-alive connection).
+    pub header_read_timeout_secs: u64,
+    /// Connections served at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Open event streams (SSE) and followed logs, each; one more is answered 503.
+    pub max_streams: usize,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +61,9 @@ impl Default for ServerConfig {
             body_limit_bytes: 1024 * 1024,
             request_timeout_secs: 30,
             shutdown_grace_secs: 30,
+            header_read_timeout_secs: 10,
+            max_connections: 1024,
+            max_streams: 256,
         }
     }
 }
@@ -229,6 +240,15 @@ impl Config {
         }
         if self.server.request_timeout_secs == 0 {
             problems.push("server.request_timeout_secs: must be at least 1".to_owned());
+        }
+        if self.server.header_read_timeout_secs == 0 {
+            problems.push("server.header_read_timeout_secs: must be at least 1".to_owned());
+        }
+        if self.server.max_connections == 0 {
+            problems.push("server.max_connections: must be at least 1".to_owned());
+        }
+        if self.server.max_streams == 0 {
+            problems.push("server.max_streams: must be at least 1".to_owned());
         }
         let mut names = std::collections::HashSet::new();
         for (index, key) in self.auth.keys.iter().enumerate() {

@@ -5,6 +5,9 @@ use std::{sync::Arc, time::Duration};
 use plugin_api::Role;
 use tracing_subscriber::EnvFilter;
 
+use record_store::{DataDir, Store};
+use tokio_util::sync::CancellationToken;
+
 use crate::{
     auth,
     config::{self, Config, LogFormat},
@@ -14,7 +17,7 @@ use crate::{
         slot::{LoadContext, PluginSlot},
         watch,
     },
-    services::{events::EventBus, store::Store},
+    services::events::EventBus,
 };
 
 pub fn init_logging(config: &Config) {
@@ -30,6 +33,11 @@ pub fn init_logging(config: &Config) {
     }
 }
 
+/// The lock file in `data_dir` that makes one process its only user.
+pub const LOCK_FILE: &str = "powerautomation.lock";
+/// The database file in `data_dir`.
+pub const DATABASE_FILE: &str = "powerautomation.db";
+
 pub async fn serve(
     config: Config,
     source: config::ConfigSource,
@@ -39,12 +47,34 @@ pub async fn serve(
     if let Some(file) = &source.file {
         tracing::info!(config = %file.display(), "configuration loaded");
     }
-    let data_dir = config.storage.data_dir.clone();
-    let store = {
-        let data_dir = data_dir.clone();
-        tokio::task::spawn_blocking(move || Store::open(&data_dir))
+    // Before anything touches the directory: a second process on the same data must not mark
+    // the first one's runs interrupted, free its environments or replace its records.
+    let data_dir = {
+        let path = config.storage.data_dir.clone();
+        tokio::task::spawn_blocking(move || DataDir::open(&path, LOCK_FILE, "powerautomation"))
             .await
-            .map_err(|error| format!("opening the store failed: {error}"))??
+            .map_err(|error| format!("opening the data directory failed: {error}"))?
+            .map_err(|error| error.to_string())?
+    };
+    for path in data_dir.tightened() {
+        tracing::warn!(path = %path.display(), "permissions tightened to owner-only: the data directory holds credentials and deployment records");
+    }
+    if let Err(error) = loader::fatal::install() {
+        tracing::warn!("{error}; a crash in plugin code will not be reported");
+    }
+    // A busy port fails here, before any plugin starts.
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}; set server.listen (or PA_SERVER__LISTEN) to a free address", config.server.listen))?;
+    let address = listener
+        .local_addr()
+        .map_err(|error| format!("cannot read the listening address: {error}"))?;
+    let store = {
+        let path = data_dir.path().to_path_buf();
+        tokio::task::spawn_blocking(move || Store::open(&path, DATABASE_FILE))
+            .await
+            .map_err(|error| format!("opening the store failed: {error}"))?
+            .map_err(|error| error.to_string())?
     };
     let store = Arc::new(store);
     tracing::info!(path = %store.path().display(), "store open");
@@ -52,9 +82,9 @@ pub async fn serve(
 
     let mut keys = auth::KeyRing::from_config(&config.auth.keys)?;
     if keys.is_empty() {
-        let (key, created) = auth::bootstrap_admin_key(&data_dir)?;
+        let (key, created) = auth::bootstrap_admin_key(data_dir.path())?;
         keys.add("admin", Role::Admin, &key);
-        let path = data_dir.join("admin.key");
+        let path = data_dir.path().join("admin.key");
         if created {
             tracing::warn!(path = %path.display(), "no [auth] keys configured: created an admin key in this file (mode 0600); add keys with `powerautomation keygen`");
         } else {
@@ -64,7 +94,9 @@ pub async fn serve(
 
     let bus = Arc::new(EventBus::new());
     let retirements = Retirements::default();
-    let copies_dir = data_dir.join("plugin-copies");
+    let copies_dir = data_dir
+        .private_subdir("plugin-copies")
+        .map_err(|error| error.to_string())?;
     loader::clean_stale_copies(&copies_dir);
     let context = LoadContext {
         copies_dir,
@@ -104,26 +136,48 @@ pub async fn serve(
     }
     watch::reload_on_sighup(slots.clone())?;
 
+    let shutdown = CancellationToken::new();
+    let stop_requested = Arc::new(std::sync::OnceLock::new());
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        let stop_requested = Arc::clone(&stop_requested);
+        async move {
+            let signal = shutdown_signal().await;
+            let _ = stop_requested.set(std::time::Instant::now());
+            tracing::info!(signal, "stopping: open streams end now, then requests and plugins get server.shutdown_grace_secs");
+            shutdown.cancel();
+        }
+    });
     let metrics = Arc::new(http::metrics::Metrics::new());
     Arc::clone(&metrics).observe(&bus);
-    let state = http::AppState {
-        slots: Arc::new(slots.clone()),
+    let state = http::AppState::new(
+        slots.clone(),
         bus,
         metrics,
-    };
+        shutdown.clone(),
+        config.server.max_streams,
+    );
     let app = http::router(state, Arc::new(keys), &config.server);
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|error| format!("cannot listen on {}: {error}; set server.listen (or PA_SERVER__LISTEN) to a free address", config.server.listen))?;
-    let address = listener
-        .local_addr()
-        .map_err(|error| format!("cannot read the listening address: {error}"))?;
     tracing::info!(%address, ready_ms = started.elapsed().as_millis() as u64, "listening");
 
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|error| format!("server error: {error}"))?;
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let drained = http::serve::serve(
+        listener,
+        app,
+        http::serve::ServeOptions {
+            header_read_timeout: Duration::from_secs(config.server.header_read_timeout_secs),
+            max_connections: config.server.max_connections,
+            shutdown: shutdown.clone(),
+            grace,
+        },
+    )
+    .await;
+    if drained.abandoned > 0 {
+        tracing::warn!(
+            connections = drained.abandoned,
+            "connections still busy after server.shutdown_grace_secs were closed"
+        );
+    }
 
     tracing::info!("shutting down: stopping plugins");
     lifecycle.stopping();
@@ -131,18 +185,25 @@ pub async fn serve(
     for slot in &slots {
         slot.unload();
     }
-    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let pending = tokio::task::spawn_blocking(move || retirements.wait(grace))
+    // Plugins get what is left of the grace period, and at least a moment to record their runs.
+    let spent = stop_requested
+        .get()
+        .map(|at| at.elapsed())
+        .unwrap_or_default();
+    let remaining = grace.saturating_sub(spent).max(Duration::from_secs(1));
+    let pending = tokio::task::spawn_blocking(move || retirements.wait(remaining))
         .await
         .unwrap_or(0);
     if pending > 0 {
         tracing::warn!(pending, "plugin instances still stopping at exit");
     }
     tracing::info!("stopped");
+    drop(data_dir);
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Waits for SIGTERM or SIGINT; returns its name.
+async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     let terminate = async {
         match signal(SignalKind::terminate()) {
@@ -153,8 +214,8 @@ async fn shutdown_signal() {
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = terminate => {},
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = terminate => "SIGTERM",
     }
 }
 
@@ -179,7 +240,9 @@ impl Lifecycle {
             "pid": std::process::id(),
             "state": "running",
         });
-        store.put(Self::COLLECTION, Self::KEY, &record.to_string())?;
+        store
+            .put(Self::COLLECTION, Self::KEY, &record.to_string())
+            .map_err(|error| error.to_string())?;
         Ok(Lifecycle { store, record })
     }
 
@@ -191,7 +254,7 @@ impl Lifecycle {
             .store
             .put(Self::COLLECTION, Self::KEY, &record.to_string())
         {
-            tracing::warn!("{error}");
+            tracing::warn!(%error, "cannot record that the host is stopping");
         }
     }
 }

@@ -117,9 +117,57 @@ pub struct StoreEntry {
     pub value: RString,
 }
 
+/// What must hold for one [`StoreOp`] of a batch.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreCondition {
+    Always = 0,
+    /// The key does not exist.
+    Absent = 1,
+    /// The key holds exactly [`StoreOp::expected`].
+    Equals = 2,
+}
+
+/// What one [`StoreOp`] does once every condition of its batch held.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreWrite {
+    /// Inserts or replaces the key with [`StoreOp::value`].
+    Put = 0,
+    Delete = 1,
+    /// Nothing: the operation only checks its condition.
+    Keep = 2,
+}
+
+/// One operation of an atomic batch ([`HostServices::store_apply`]).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct StoreOp {
+    pub collection: RString,
+    pub key: RString,
+    pub condition: StoreCondition,
+    /// The value required by [`StoreCondition::Equals`]; ignored otherwise.
+    pub expected: RString,
+    pub write: StoreWrite,
+    /// The value written by [`StoreWrite::Put`]; ignored otherwise.
+    pub value: RString,
+}
+
+/// Why a batch was not applied: the first operation whose condition failed (its index in the
+/// batch) and what its key holds now.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct StoreConflict {
+    pub index: u32,
+    pub current: ROption<RString>,
+}
+
 /// Services the host owns and lends to a plugin instance. They outlive every plugin copy, so a
 /// swap loses neither stored records nor event subscribers. Implemented by the host; the methods
 /// may block briefly (SQLite), so plugins call them off their async workers.
+///
+/// Methods after `store_list` came with interface 1.2; a 1.1 plugin never calls them, and a
+/// 1.2 host always provides them.
 #[sabi_trait]
 pub trait HostServices: Send + Sync {
     /// Emits one log record through the host's logger.
@@ -150,6 +198,19 @@ pub trait HostServices: Send + Sync {
         after: ROption<RStr<'_>>,
         limit: u32,
     ) -> RResult<RVec<StoreEntry>, RString>;
+
+    /// Applies every operation in one transaction when every condition holds, else none and
+    /// the first conflict (`RSome`). Conditions see the state before the batch's writes. This
+    /// is what idempotency keys, claims on shared resources and state transitions use, so two
+    /// copies of a plugin (a hot swap) or two hosts on one database cannot both win.
+    fn store_apply(&self, ops: RSlice<'_, StoreOp>) -> RResult<ROption<StoreConflict>, RString>;
+
+    /// Publishes one event in two views: `data` for developers and admins, `user_data` for
+    /// users (`RNone`: users do not get this event), so what a user may not see (connection
+    /// details, log lines) never reaches a user's stream. Both views share one event id, so
+    /// `Last-Event-ID` works alike for every subscriber. [`HostServices::publish`] is this
+    /// with the same data for everyone. Returns the event id.
+    fn publish_by_role(&self, kind: RStr<'_>, data: RStr<'_>, user_data: ROption<RStr<'_>>) -> u64;
 }
 
 pub type HostServicesBox = HostServices_TO<'static, RBox<()>>;
@@ -183,6 +244,8 @@ pub enum PushOutcome {
 /// plugin's memory is never referenced after `push` returns.
 #[sabi_trait]
 pub trait BodySender: Send + Sync {
+    /// Queues `chunk`. An empty chunk queues nothing: it only asks whether the client is still
+    /// there (`Closed` when not), so a stream with nothing to send can stop once nobody reads.
     #[sabi(last_prefix_field)]
     fn push(&self, chunk: RSlice<'_, u8>) -> PushOutcome;
 }

@@ -17,6 +17,7 @@ pub use nix::sys::signal::Signal;
 use sha2::{Digest, Sha256};
 
 pub mod moto;
+pub mod scenario;
 pub mod sshd;
 pub mod targets;
 
@@ -93,6 +94,20 @@ pub struct HostOptions {
     pub environments: String,
     /// Extra lines for `[plugins.deployment_mcp.settings]` (TOML).
     pub settings: String,
+    /// Extra lines for `[server]` (TOML).
+    pub server: String,
+    /// More plugins, each from a library of the workspace at its own mount.
+    pub extra_plugins: Vec<ExtraPlugin>,
+}
+
+/// A second plugin for [`HostOptions::extra_plugins`].
+#[derive(Clone, Debug)]
+pub struct ExtraPlugin {
+    /// The name it is configured under (must be the name the library reports).
+    pub name: &'static str,
+    /// The library, by name (`lib<library>.so` in the artifacts directory).
+    pub library: &'static str,
+    pub mount: &'static str,
 }
 
 impl Default for HostOptions {
@@ -104,6 +119,8 @@ impl Default for HostOptions {
             args: Vec::new(),
             environments: demo_environments(),
             settings: String::new(),
+            server: String::new(),
+            extra_plugins: Vec::new(),
         }
     }
 }
@@ -176,10 +193,22 @@ pub fn write_config(dir: &Path, options: &HostOptions) -> PathBuf {
     std::fs::create_dir_all(dir.join("plugins")).expect("create the plugin directory");
     let environments = dir.join("environments.json");
     std::fs::write(&environments, &options.environments).expect("write the environments file");
+    let mut extra = String::new();
+    for plugin in &options.extra_plugins {
+        let file = dir.join(format!("plugins/lib{}.so", plugin.name));
+        install_library(&plugin_library(plugin.library), &file);
+        extra.push_str(&format!(
+            "\n[plugins.{name}]\nenabled = true\npath = \"{path}\"\nmount = \"{mount}\"\nwatch = false\n",
+            name = plugin.name,
+            path = file.display(),
+            mount = plugin.mount,
+        ));
+    }
     let config = format!(
         r#"[server]
 listen = "127.0.0.1:0"
 request_timeout_secs = 60
+{server}
 
 [storage]
 data_dir = "{data}"
@@ -204,6 +233,7 @@ watch = {watch}
 [plugins.deployment_mcp.settings]
 environments_file = "{environments}"
 {settings}
+{extra}
 "#,
         data = dir.join("data").display(),
         admin = sha256_hex(ADMIN_KEY),
@@ -213,6 +243,8 @@ environments_file = "{environments}"
         watch = options.watch,
         environments = environments.display(),
         settings = options.settings,
+        server = options.server,
+        extra = extra,
     );
     let path = dir.join("powerautomation.toml");
     std::fs::write(&path, config).expect("write the config file");
@@ -292,6 +324,35 @@ impl TestHost {
             .unwrap_or_else(|| panic!("the host did not start listening; log:\n{}", host.logs()));
         host.url = format!("http://{address}");
         host
+    }
+
+    /// Waits (bounded) for the host to exit by itself; its exit status, or `None` when it
+    /// is still running at the deadline.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends `signal` and waits (bounded) for the exit; the status and how long it took.
+    pub async fn stop_with(
+        &mut self,
+        signal: Signal,
+        timeout: Duration,
+    ) -> (Option<ExitStatus>, Duration) {
+        let started = Instant::now();
+        send_signal(self.pid(), signal);
+        let status = self.wait_exit(timeout).await;
+        (status, started.elapsed())
     }
 
     pub fn pid(&self) -> u32 {

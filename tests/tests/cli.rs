@@ -6,7 +6,7 @@
 use std::{
     io::Read as _,
     path::Path,
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 

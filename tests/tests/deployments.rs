@@ -4,82 +4,15 @@
 use std::{path::Path, time::Duration};
 
 use e2e::{
+    scenario::{
+        detail, environments, finished, is_terminal, local, options, started, trigger, RUN_TIMEOUT,
+    },
     sshd::Sshd,
     targets::{Behaviour, Target},
     wait_until, HostOptions, TestHost, ADMIN_KEY, DEVELOPER_KEY, USER_KEY,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
-
-/// Bound on a deployment of quick targets.
-const RUN_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn local(id: &str, command: &[&str], timeout: u64) -> Value {
-    json!({"environment_id": id, "environment_type": "linux_local", "connection_method": "local",
-           "command": command, "timeout": timeout})
-}
-
-fn environments(list: Vec<Value>) -> String {
-    json!({ "environments": list }).to_string()
-}
-
-fn options(list: Vec<Value>) -> HostOptions {
-    HostOptions {
-        environments: environments(list),
-        settings: "health_check_interval_secs = 0".into(),
-        ..HostOptions::default()
-    }
-}
-
-async fn trigger(host: &TestHost, body: Value) -> (u16, Value) {
-    host.call(
-        Method::POST,
-        "/api/deployment/trigger-local",
-        Some(ADMIN_KEY),
-        Some(body),
-    )
-    .await
-}
-
-async fn started(host: &TestHost, body: Value) -> String {
-    let (status, answer) = trigger(host, body).await;
-    assert_eq!(status, 202, "{answer}");
-    answer["deployment_id"]
-        .as_str()
-        .expect("a deployment id")
-        .to_owned()
-}
-
-async fn detail(host: &TestHost, id: &str) -> Value {
-    let (status, body) = host
-        .get(
-            &format!("/api/deployment/deployments/{id}"),
-            Some(DEVELOPER_KEY),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-fn is_terminal(status: &str) -> bool {
-    matches!(status, "completed" | "failed" | "cancelled" | "interrupted")
-}
-
-/// Waits (bounded) until the deployment ended and returns its full record.
-async fn finished(host: &TestHost, id: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
-    loop {
-        let record = detail(host, id).await;
-        if is_terminal(record["status"].as_str().unwrap_or_default()) {
-            return record;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "deployment {id} did not end: {record}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn result<'a>(record: &'a Value, environment: &str) -> &'a Value {
     record["results"]
@@ -503,7 +436,7 @@ type Events = tokio::sync::mpsc::UnboundedReceiver<(String, Value)>;
 
 /// Opens the SSE stream and returns the response and a reader of `(event, data)` pairs.
 async fn subscribe(host: &TestHost) -> (u16, Events) {
-    let (status, mut with_ids) = subscribe_after(host, None).await;
+    let (status, mut with_ids) = subscribe_after(host, USER_KEY, None).await;
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some((_, event, data)) = with_ids.recv().await {
@@ -518,6 +451,7 @@ async fn subscribe(host: &TestHost) -> (u16, Events) {
 /// Opens the SSE stream, resuming after `last_id` when given; yields `(id, event, data)`.
 async fn subscribe_after(
     host: &TestHost,
+    key: &str,
     last_id: Option<u64>,
 ) -> (
     u16,
@@ -527,7 +461,7 @@ async fn subscribe_after(
     let mut request = host
         .client()
         .get(format!("{}/api/deployment/events", host.url))
-        .header("X-API-Key", USER_KEY);
+        .header("X-API-Key", key);
     if let Some(id) = last_id {
         request = request.header("Last-Event-ID", id.to_string());
     }
@@ -1087,7 +1021,8 @@ async fn a_reconnecting_sse_client_gets_every_missed_event_once() {
         options(vec![local("beating", &["sh", "-c", script], 30)]),
     )
     .await;
-    let (_, mut first) = subscribe_after(&host, None).await;
+    // A developer sees every event (a user's stream skips log lines), so ids are contiguous.
+    let (_, mut first) = subscribe_after(&host, DEVELOPER_KEY, None).await;
     let id = started(&host, json!({})).await;
     // Read a few events, then drop the connection mid-deployment.
     let mut seen = Vec::new();
@@ -1102,7 +1037,7 @@ async fn a_reconnecting_sse_client_gets_every_missed_event_once() {
     let last = seen.last().copied().unwrap_or_default();
     // Let the deployment end while disconnected, so everything after `last` was missed.
     finished(&host, &id).await;
-    let (status, mut resumed) = subscribe_after(&host, Some(last)).await;
+    let (status, mut resumed) = subscribe_after(&host, DEVELOPER_KEY, Some(last)).await;
     assert_eq!(status, 200);
     let mut replayed = Vec::new();
     let mut ended = false;

@@ -1,7 +1,7 @@
 //! The host with the real plugin and with broken ones: start-up states, 503s, auth, store,
 //! configuration errors.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use e2e::{
     host_binary, repo_root, sha256_hex, HostOptions, TestHost, ADMIN_KEY, DEVELOPER_KEY, USER_KEY,

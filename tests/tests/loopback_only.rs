@@ -81,7 +81,10 @@ fn bounded_runs(line: &str, allowed: impl Fn(char) -> bool) -> Vec<&str> {
     let mut start: Option<usize> = None;
     let mut previous: Option<char> = None;
     let mut before_run: Option<char> = None;
-    for (index, c) in line.char_indices().chain(std::iter::once((line.len(), ' '))) {
+    for (index, c) in line
+        .char_indices()
+        .chain(std::iter::once((line.len(), ' ')))
+    {
         let inside = index < line.len() && allowed(c);
         match (start, inside) {
             (None, true) => {

@@ -50,6 +50,7 @@ fn context(version: &str) -> (TriggerContext, mpsc::Receiver<LogLine>) {
         platform_instance_id: Some("i-0123".to_owned()),
         platform_ip: Some("203.0.113.7".to_owned()),
         log: log.for_environment("ssh-test"),
+        stop: Default::default(),
     };
     (context, lines)
 }

@@ -11,6 +11,8 @@ use axum::{
 };
 use futures_util::StreamExt;
 use plugin_api::{PluginRequest, Principal as AbiPrincipal};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use super::{error::ApiError, RequestId};
 use crate::{
@@ -22,6 +24,11 @@ use crate::{
 pub struct MountState {
     pub slot: Arc<PluginSlot>,
     pub body_limit: usize,
+    /// Cancelled when the host stops: streamed answers end at once.
+    pub shutdown: CancellationToken,
+    /// Streamed answers open at once, at most `max_streams`.
+    pub streams: Arc<Semaphore>,
+    pub max_streams: usize,
 }
 
 /// The 503 for a plugin that is not serving, with the reason.
@@ -119,7 +126,7 @@ async fn forward(mount: &MountState, request: Request) -> Result<Response, ApiEr
     })?;
     // `plugin` (the copy) stays alive until here, so a swap never cuts an in-flight request.
     drop(plugin);
-    build_response(answer)
+    build_response(answer, mount)
 }
 
 /// Tells the plugin where it is mounted, so it can build absolute links (`Location`). Set by
@@ -139,7 +146,7 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-fn build_response(answer: bridge::HostResponse) -> Result<Response, ApiError> {
+fn build_response(answer: bridge::HostResponse, mount: &MountState) -> Result<Response, ApiError> {
     let status = StatusCode::from_u16(answer.status).map_err(|_| {
         ApiError::internal(format!(
             "the plugin answered with an invalid status {}",
@@ -148,10 +155,21 @@ fn build_response(answer: bridge::HostResponse) -> Result<Response, ApiError> {
     })?;
     let body = match answer.body {
         bridge::HostBody::Full(bytes) => Body::from(bytes),
-        bridge::HostBody::Stream(chunks) => Body::from_stream(
-            tokio_stream::wrappers::ReceiverStream::new(chunks)
-                .map(Ok::<_, std::convert::Infallible>),
-        ),
+        bridge::HostBody::Stream(chunks) => {
+            // Over the limit, the receiver is dropped here: the plugin sees its client gone.
+            let Ok(slot) = Arc::clone(&mount.streams).try_acquire_owned() else {
+                return Err(super::error::too_many_streams(mount.max_streams));
+            };
+            Body::from_stream(
+                tokio_stream::wrappers::ReceiverStream::new(chunks)
+                    // The host is stopping: end the stream, so the connection can close.
+                    .take_until(mount.shutdown.clone().cancelled_owned())
+                    .map(move |chunk| {
+                        let _held = &slot;
+                        Ok::<_, std::convert::Infallible>(chunk)
+                    }),
+            )
+        }
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;

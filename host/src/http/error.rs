@@ -83,6 +83,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The 503 for a stream over `server.max_streams`.
+pub fn too_many_streams(limit: usize) -> ApiError {
+    ApiError::unavailable(
+        "too_many_streams",
+        format!("the server holds its maximum of {limit} open streams (server.max_streams); retry shortly"),
+        1,
+    )
+}
+
 /// The machine code for an error status produced outside our handlers (routing, limits,
 /// timeouts), so that those answers take the same JSON shape.
 pub fn code_for(status: StatusCode) -> &'static str {

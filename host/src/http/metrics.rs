@@ -148,6 +148,14 @@ impl Metrics {
                                 .inc();
                         }
                     }
+                    "environment.deleted" => {
+                        let id = data["environment_id"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned();
+                        // A deleted environment's series goes with it.
+                        self.environment_healthy.remove(&vec![("environment", id)]);
+                    }
                     "environment.health" => {
                         let id = data["environment_id"]
                             .as_str()
@@ -181,6 +189,30 @@ impl Drop for SubscriberGuard {
     }
 }
 
+/// A request method as a label: the standard ones, and `other` for anything a client makes up,
+/// so requests cannot grow the label set (and the scrape) without bound.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// A status as a label: a number from a small set (a plugin's answer is checked to be a valid
+/// status code before it gets here).
+fn status_label(status: axum::http::StatusCode) -> String {
+    status.as_u16().to_string()
+}
+
 /// The layer: counts and times every request by its route template.
 pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let route = request
@@ -188,7 +220,7 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method()).to_owned();
     let started = Instant::now();
     let response = next.run(request).await;
     let elapsed = started.elapsed().as_secs_f64();
@@ -197,7 +229,7 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
         .get_or_create(&vec![
             ("route", route.clone()),
             ("method", method),
-            ("status", response.status().as_u16().to_string()),
+            ("status", status_label(response.status())),
         ])
         .inc();
     metrics

@@ -7,6 +7,7 @@ pub mod dispatch;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod serve;
 pub mod sse;
 
 use std::{
@@ -26,6 +27,8 @@ use axum::{
     routing::{any, get, post},
     Router,
 };
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer, trace::TraceLayer};
 
@@ -40,6 +43,33 @@ pub struct AppState {
     pub slots: Arc<Vec<Arc<PluginSlot>>>,
     pub bus: Arc<EventBus>,
     pub metrics: Arc<metrics::Metrics>,
+    /// Cancelled when the host stops: streams end at once.
+    pub shutdown: CancellationToken,
+    /// Open SSE streams, at most `max_streams`.
+    pub event_streams: Arc<Semaphore>,
+    /// Streamed plugin answers (followed logs), at most `max_streams`.
+    pub plugin_streams: Arc<Semaphore>,
+    pub max_streams: usize,
+}
+
+impl AppState {
+    pub fn new(
+        slots: Vec<Arc<PluginSlot>>,
+        bus: Arc<EventBus>,
+        metrics: Arc<metrics::Metrics>,
+        shutdown: CancellationToken,
+        max_streams: usize,
+    ) -> AppState {
+        AppState {
+            slots: Arc::new(slots),
+            bus,
+            metrics,
+            shutdown,
+            event_streams: Arc::new(Semaphore::new(max_streams)),
+            plugin_streams: Arc::new(Semaphore::new(max_streams)),
+            max_streams,
+        }
+    }
 }
 
 /// The id of one request: the caller's `X-Request-Id` when it is sane, else a new one.
@@ -61,6 +91,9 @@ pub fn router(state: AppState, keys: Arc<KeyRing>, server: &ServerConfig) -> Rou
         let mount_state = MountState {
             slot: Arc::clone(slot),
             body_limit: server.body_limit_bytes,
+            shutdown: state.shutdown.clone(),
+            streams: Arc::clone(&state.plugin_streams),
+            max_streams: state.max_streams,
         };
         let events = Router::new()
             .route(&format!("{mount}/events"), get(sse::events))

@@ -170,6 +170,10 @@ async fn fragment(slot: &std::sync::Arc<PluginSlot>) -> Option<Value> {
     let mount = dispatch::MountState {
         slot: std::sync::Arc::clone(slot),
         body_limit: 0,
+        // A document is a whole answer: no stream, so no stream slot is ever taken.
+        shutdown: tokio_util::sync::CancellationToken::new(),
+        streams: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+        max_streams: 1,
     };
     let request = Request::builder()
         .method(Method::GET)

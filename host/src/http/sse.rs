@@ -1,7 +1,11 @@
 //! `GET <mount>/events`: Server-Sent Events from the host's bus. The stream belongs to the host,
-//! so it survives plugin swaps.
+//! so it survives plugin swaps; it ends at once when the host stops.
+//!
+//! Each subscriber sees every event in the view its role allows (see `services::events`): a
+//! user never receives log lines or connection details, whatever a plugin publishes. At most
+//! `server.max_streams` streams are open at once; one more is answered 503.
 
-use std::{convert::Infallible, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     extract::State,
@@ -16,17 +20,23 @@ use plugin_api::Role;
 use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 
 use super::{dispatch::MountState, error::ApiError, AppState};
-use crate::auth::{require, Principal};
+use crate::{
+    auth::{require, Principal},
+    services::events::Event,
+};
 
 pub async fn events(
     State((app, mount)): State<(AppState, MountState)>,
     principal: Option<Extension<Principal>>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    require(principal.as_deref(), Role::User)?;
+    let role = require(principal.as_deref(), Role::User)?.role;
     if mount.slot.active().is_none() {
         return Err(super::dispatch::unavailable(&mount.slot));
     }
+    let Ok(slot) = Arc::clone(&app.event_streams).try_acquire_owned() else {
+        return Err(super::error::too_many_streams(app.max_streams));
+    };
     let last_id = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
@@ -37,16 +47,24 @@ pub async fn events(
             "{\"reason\":\"events after Last-Event-ID are no longer buffered; reload the state\"}",
         ))
     });
-    let replay = subscription
+    let replay: Vec<_> = subscription
         .missed
-        .into_iter()
-        .map(|event| Ok(to_sse(&event)));
+        .iter()
+        .filter_map(|event| to_sse(event, role))
+        .map(Ok)
+        .collect();
     let subscribed = app.metrics.sse_subscriber();
     let stream = futures_util::stream::iter(gap.into_iter().chain(replay))
-        .chain(event_stream(BroadcastStream::new(subscription.receiver)))
-        // The guard lives as long as the stream, so the gauge counts open connections.
+        .chain(event_stream(
+            BroadcastStream::new(subscription.receiver),
+            role,
+        ))
+        // The host is stopping: end the stream, so the connection can close.
+        .take_until(app.shutdown.clone().cancelled_owned())
+        // The guards live as long as the stream: the gauge counts open streams, and the slot
+        // is given back when the client goes.
         .map(move |event| {
-            let _counted = &subscribed;
+            let _held = (&subscribed, &slot);
             event
         });
     Ok(Sse::new(stream)
@@ -54,22 +72,29 @@ pub async fn events(
         .into_response())
 }
 
-fn to_sse(event: &crate::services::events::Event) -> SseEvent {
-    SseEvent::default()
-        .id(event.id.to_string())
-        .event(event.kind.as_str())
-        .data(event.data.as_str())
+fn to_sse(event: &Event, role: Role) -> Option<SseEvent> {
+    let data = event.data_for(role)?;
+    Some(
+        SseEvent::default()
+            .id(event.id.to_string())
+            .event(event.kind.as_str())
+            .data(data),
+    )
 }
 
 fn event_stream(
-    receiver: BroadcastStream<std::sync::Arc<crate::services::events::Event>>,
+    receiver: BroadcastStream<Arc<Event>>,
+    role: Role,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    receiver.map(|item| {
-        Ok(match item {
-            Ok(event) => to_sse(&event),
-            Err(BroadcastStreamRecvError::Lagged(missed)) => SseEvent::default()
-                .event("lagged")
-                .data(format!("{{\"missed\":{missed}}}")),
-        })
+    receiver.filter_map(move |item| {
+        let event = match item {
+            Ok(event) => to_sse(&event, role),
+            Err(BroadcastStreamRecvError::Lagged(missed)) => Some(
+                SseEvent::default()
+                    .event("lagged")
+                    .data(format!("{{\"missed\":{missed}}}")),
+            ),
+        };
+        std::future::ready(event.map(Ok))
     })
 }

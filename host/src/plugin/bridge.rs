@@ -6,17 +6,18 @@ use std::sync::{Arc, Mutex};
 
 use abi_stable::{
     sabi_trait::TD_Opaque,
-    std_types::{ROption, RResult, RStr, RString, RVec},
+    std_types::{ROption, RResult, RSlice, RStr, RString, RVec},
 };
 use axum::body::Bytes;
 use plugin_api::{
     BodySender, BodySenderBox, BodySender_TO, HostServices, HostServicesBox, HostServices_TO,
     LogLevel, PluginResponse, PushOutcome, ResponseSink, ResponseSinkBox, ResponseSink_TO,
-    StoreEntry,
+    StoreConflict, StoreEntry, StoreOp,
 };
+use record_store::Store;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::services::{events::EventBus, store::Store};
+use crate::services::events::{EventBus, UserView};
 
 struct Services {
     plugin: String,
@@ -59,21 +60,21 @@ impl HostServices for Services {
     ) -> RResult<(), RString> {
         self.store
             .put(collection.as_str(), key.as_str(), value.as_str())
-            .map_err(RString::from)
+            .map_err(|error| RString::from(error.to_string()))
             .into()
     }
 
     fn store_get(&self, collection: RStr<'_>, key: RStr<'_>) -> RResult<ROption<RString>, RString> {
         match self.store.get(collection.as_str(), key.as_str()) {
             Ok(value) => RResult::ROk(value.map(RString::from).into()),
-            Err(error) => RResult::RErr(error.into()),
+            Err(error) => RResult::RErr(error.to_string().into()),
         }
     }
 
     fn store_delete(&self, collection: RStr<'_>, key: RStr<'_>) -> RResult<bool, RString> {
         self.store
             .delete(collection.as_str(), key.as_str())
-            .map_err(RString::from)
+            .map_err(|error| RString::from(error.to_string()))
             .into()
     }
 
@@ -93,8 +94,21 @@ impl HostServices for Services {
                     })
                     .collect(),
             ),
-            Err(error) => RResult::RErr(error.into()),
+            Err(error) => RResult::RErr(error.to_string().into()),
         }
+    }
+
+    fn store_apply(&self, ops: RSlice<'_, StoreOp>) -> RResult<ROption<StoreConflict>, RString> {
+        record_store::apply_abi(&self.store, ops)
+    }
+
+    fn publish_by_role(&self, kind: RStr<'_>, data: RStr<'_>, user_data: ROption<RStr<'_>>) -> u64 {
+        let user_view = match user_data {
+            ROption::RSome(view) => UserView::Redacted(view.as_str().to_owned()),
+            ROption::RNone => UserView::Hidden,
+        };
+        self.bus
+            .publish_views(kind.as_str(), data.as_str().to_owned(), user_view)
     }
 }
 
@@ -183,6 +197,14 @@ impl BodySender for StreamSender {
         let Some(sender) = &self.sender else {
             return PushOutcome::Closed;
         };
+        if chunk.is_empty() {
+            // A probe: is anybody still reading?
+            return if sender.is_closed() {
+                PushOutcome::Closed
+            } else {
+                PushOutcome::Accepted
+            };
+        }
         match sender.try_send(Bytes::copy_from_slice(chunk.as_slice())) {
             Ok(()) => PushOutcome::Accepted,
             Err(mpsc::error::TrySendError::Full(_)) => PushOutcome::Full,

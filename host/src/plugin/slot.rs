@@ -11,16 +11,14 @@ use std::{
 };
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use record_store::Store;
 use serde::Serialize;
 
 use super::{
     bridge,
     loader::{self, LoadError, LoadFailure, LoadRequest, LoadedPlugin, Retirements},
 };
-use crate::{
-    config::PluginConfig,
-    services::{events::EventBus, store::Store},
-};
+use crate::{config::PluginConfig, services::events::EventBus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]

@@ -3,12 +3,17 @@
 //! subscriber that falls more than [`CAPACITY`] events behind is told so and skips ahead, and the
 //! last [`REPLAY`] events are kept so a client that reconnects with `Last-Event-ID` gets exactly
 //! what it missed.
+//!
+//! An event may carry a second, smaller view for users: what only developers may see
+//! (connection details, log lines) is published in the full view only, and a user's stream gets
+//! the user view or nothing. Both views share the event's id.
 
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex},
 };
 
+use plugin_api::Role;
 use tokio::sync::broadcast;
 
 pub const CAPACITY: usize = 1024;
@@ -18,8 +23,34 @@ pub const REPLAY: usize = 4096;
 pub struct Event {
     pub id: u64,
     pub kind: String,
-    /// JSON text.
+    /// JSON text: what developers and admins see.
     pub data: String,
+    pub user_view: UserView,
+}
+
+/// What a subscriber with the `user` role receives of an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserView {
+    /// The same data as everyone.
+    Same,
+    /// Another (redacted) JSON text.
+    Redacted(String),
+    /// Nothing: users do not receive this event.
+    Hidden,
+}
+
+impl Event {
+    /// The JSON this event shows to a subscriber holding `role`, if any.
+    pub fn data_for(&self, role: Role) -> Option<&str> {
+        if role >= Role::Developer {
+            return Some(&self.data);
+        }
+        match &self.user_view {
+            UserView::Same => Some(&self.data),
+            UserView::Redacted(data) => Some(data),
+            UserView::Hidden => None,
+        }
+    }
 }
 
 struct Recent {
@@ -66,8 +97,13 @@ impl EventBus {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Publishes an event; returns its id. Never waits on subscribers.
+    /// Publishes an event everyone may see; returns its id. Never waits on subscribers.
     pub fn publish(&self, kind: &str, data: String) -> u64 {
+        self.publish_views(kind, data, UserView::Same)
+    }
+
+    /// Publishes an event with its user view; returns its id. Never waits on subscribers.
+    pub fn publish_views(&self, kind: &str, data: String, user_view: UserView) -> u64 {
         let mut recent = self.recent();
         let id = recent.next_id;
         recent.next_id += 1;
@@ -75,6 +111,7 @@ impl EventBus {
             id,
             kind: kind.to_owned(),
             data,
+            user_view,
         });
         if recent.events.len() == REPLAY {
             recent.events.pop_front();
@@ -137,6 +174,41 @@ mod tests {
         let a = receiver.recv().await.map(|event| event.id).ok();
         let b = receiver.recv().await.map(|event| event.id).ok();
         assert_eq!((a, b), (Some(first), Some(second)));
+    }
+
+    #[test]
+    fn users_get_the_user_view_or_nothing() {
+        let bus = EventBus::new();
+        let mut subscription = bus.subscribe_after(Some(0));
+        bus.publish_views(
+            "deployment.environment",
+            "{\"host\":\"h\"}".into(),
+            UserView::Redacted("{}".into()),
+        );
+        bus.publish_views(
+            "deployment.log",
+            "{\"line\":\"x\"}".into(),
+            UserView::Hidden,
+        );
+        bus.publish("deployment.phase", "{\"status\":\"pending\"}".into());
+        let mut seen = Vec::new();
+        while let Ok(event) = subscription.receiver.try_recv() {
+            seen.push((
+                event.data_for(Role::User).map(str::to_owned),
+                event.data_for(Role::Developer).map(str::to_owned),
+            ));
+        }
+        assert_eq!(
+            seen,
+            [
+                (Some("{}".into()), Some("{\"host\":\"h\"}".into())),
+                (None, Some("{\"line\":\"x\"}".into())),
+                (
+                    Some("{\"status\":\"pending\"}".into()),
+                    Some("{\"status\":\"pending\"}".into())
+                ),
+            ]
+        );
     }
 
     #[tokio::test]

@@ -1,4 +1,4 @@
-//! Services the host owns and lends to plugins: the store, the event bus and logging.
+//! Services the host owns and lends to plugins: the store (the `record-store` crate), the event
+//! bus and logging.
 
 pub mod events;
-pub mod store;

@@ -77,6 +77,7 @@ pub async fn run(coordinator: Arc<Coordinator>, settings: Arc<Settings>, boot_id
     }
     let started = coordinator
         .start(StartRequest {
+            deployment_id: None,
             environments: auto.environments.clone(),
             version,
             ec2: None,

@@ -3,15 +3,23 @@
 //!
 //! File entries are imported when new and updated when the file changed them, unless the API
 //! edited or deleted them since (the API's word wins until the file entry changes again).
+//!
+//! Secrets at rest: an environment's `api_token` and `webhook_secret` are stored in their own
+//! collection (`SECRETS`), not in the environment record that every list, view and dashboard
+//! reads; only a trigger about to run, and a replace that keeps them, read that collection. The
+//! store file itself is private to the host (mode 0600 in a 0700 directory).
 
 use std::{path::Path, time::SystemTime};
 
+use plugin_guest::{Condition, StoreOp};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::{
+    coordinator::Claim,
     deployment::HealthReport,
     environments::{self, Environment},
-    records::{collection, Records},
+    records::{self, collection, Records},
     triggers::timestamp,
 };
 
@@ -22,14 +30,73 @@ pub enum Source {
     Api,
 }
 
+/// An environment as the catalog keeps it. `environment` holds no secret (they are in
+/// `SECRETS`); the `has_*` flags say which are set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredEnvironment {
     pub environment: Environment,
     pub source: Source,
     pub updated_at: String,
-    /// The file's version of the entry when it was last imported, to notice file changes.
+    /// The file's version of the entry when it was last imported (without its secrets), to
+    /// notice file changes.
     #[serde(default)]
     pub file_version: Option<Environment>,
+    /// SHA-256 of the file entry's secrets when it was last imported.
+    #[serde(default)]
+    pub file_secrets_sha256: Option<String>,
+    #[serde(default)]
+    pub has_api_token: bool,
+    #[serde(default)]
+    pub has_webhook_secret: bool,
+}
+
+/// An environment's secrets, stored apart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secrets {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
+}
+
+impl Secrets {
+    /// Takes the secrets out of an environment.
+    fn take(environment: &mut Environment) -> Secrets {
+        Secrets {
+            api_token: environment.api_token.take(),
+            webhook_secret: environment.webhook_secret.take(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.api_token.is_none() && self.webhook_secret.is_none()
+    }
+
+    fn fingerprint(&self) -> String {
+        let mut digest = Sha256::new();
+        for secret in [&self.api_token, &self.webhook_secret] {
+            match secret {
+                Some(secret) => {
+                    digest.update([1u8]);
+                    digest.update((secret.len() as u64).to_be_bytes());
+                    digest.update(secret.as_bytes());
+                }
+                None => digest.update([0u8]),
+            }
+        }
+        hex::encode(digest.finalize())
+    }
+}
+
+/// What [`Catalog::delete`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deleted {
+    Deleted,
+    Missing,
+    /// A running deployment holds the environment.
+    Busy {
+        deployment: String,
+    },
 }
 
 #[derive(Clone)]
@@ -67,7 +134,7 @@ impl Catalog {
                 summary.removed += 1;
             }
         }
-        for environment in from_file {
+        for mut environment in from_file {
             let id = environment.environment_id.clone();
             if self
                 .records
@@ -78,14 +145,31 @@ impl Catalog {
                 summary.kept_api_edits += 1;
                 continue;
             }
+            let secrets = Secrets::take(&mut environment);
+            let fingerprint = secrets.fingerprint();
             let stored: Option<StoredEnvironment> =
                 self.records.get(collection::ENVIRONMENTS, &id).await?;
+            let unchanged = |stored: &StoredEnvironment| {
+                stored.file_version.as_ref() == Some(&environment)
+                    && stored.file_secrets_sha256.as_deref() == Some(fingerprint.as_str())
+            };
             let next = match stored {
                 None => {
                     summary.added += 1;
                     Some(Source::File)
                 }
-                Some(stored) if stored.file_version.as_ref() == Some(&environment) => None,
+                // Written by an older version with secrets inline: move them out.
+                Some(stored)
+                    if stored.environment.api_token.is_some()
+                        || stored.environment.webhook_secret.is_some() =>
+                {
+                    let mut moved = stored;
+                    let inline = Secrets::take(&mut moved.environment);
+                    self.save(moved, Some(inline)).await?;
+                    summary.updated += 1;
+                    None
+                }
+                Some(stored) if unchanged(&stored) => None,
                 Some(stored) if stored.source == Source::Api && stored.file_version.is_some() => {
                     // The API edited it and the file changed since: the file's change wins.
                     summary.updated += 1;
@@ -101,23 +185,68 @@ impl Catalog {
                 }
             };
             if let Some(source) = next {
-                self.save(StoredEnvironment {
-                    file_version: Some(environment.clone()),
-                    environment,
-                    source,
-                    updated_at: timestamp(SystemTime::now()),
-                })
+                self.save(
+                    StoredEnvironment {
+                        file_version: Some(environment.clone()),
+                        file_secrets_sha256: Some(fingerprint),
+                        environment,
+                        source,
+                        updated_at: timestamp(SystemTime::now()),
+                        has_api_token: false,
+                        has_webhook_secret: false,
+                    },
+                    Some(secrets),
+                )
                 .await?;
             }
         }
         Ok(summary)
     }
 
-    async fn save(&self, stored: StoredEnvironment) -> Result<(), String> {
+    /// Writes an environment and, when given, replaces its secrets; one transaction.
+    async fn save(
+        &self,
+        mut stored: StoredEnvironment,
+        secrets: Option<Secrets>,
+    ) -> Result<(), String> {
         let id = stored.environment.environment_id.clone();
-        self.records
-            .put(collection::ENVIRONMENTS, &id, &stored)
-            .await
+        let mut ops = Vec::with_capacity(2);
+        if let Some(secrets) = secrets {
+            stored.has_api_token = secrets.api_token.is_some();
+            stored.has_webhook_secret = secrets.webhook_secret.is_some();
+            ops.push(if secrets.is_empty() {
+                StoreOp::delete(collection::SECRETS, &id)
+            } else {
+                StoreOp::put(
+                    collection::SECRETS,
+                    &id,
+                    records::encode(collection::SECRETS, &id, &secrets)?,
+                )
+            });
+        }
+        ops.push(StoreOp::put(
+            collection::ENVIRONMENTS,
+            &id,
+            records::encode(collection::ENVIRONMENTS, &id, &stored)?,
+        ));
+        self.records.apply(ops).await.map(|_| ())
+    }
+
+    /// An environment's secrets, for a trigger about to run it.
+    pub async fn secrets(&self, id: &str) -> Result<Secrets, String> {
+        Ok(self
+            .records
+            .get::<Secrets>(collection::SECRETS, id)
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// The environment with its secrets put back, for its trigger.
+    pub async fn with_secrets(&self, mut environment: Environment) -> Result<Environment, String> {
+        let secrets = self.secrets(&environment.environment_id).await?;
+        environment.api_token = secrets.api_token;
+        environment.webhook_secret = secrets.webhook_secret;
+        Ok(environment)
     }
 
     pub async fn list(&self) -> Result<Vec<StoredEnvironment>, String> {
@@ -135,7 +264,7 @@ impl Catalog {
     }
 
     /// Adds a new environment; false when the id is taken.
-    pub async fn create(&self, environment: Environment) -> Result<bool, String> {
+    pub async fn create(&self, mut environment: Environment) -> Result<bool, String> {
         if self.get(&environment.environment_id).await?.is_some() {
             return Ok(false);
         }
@@ -145,18 +274,27 @@ impl Catalog {
                 &environment.environment_id,
             )
             .await?;
-        self.save(StoredEnvironment {
-            environment,
-            source: Source::Api,
-            updated_at: timestamp(SystemTime::now()),
-            file_version: None,
-        })
+        let secrets = Secrets::take(&mut environment);
+        self.save(
+            StoredEnvironment {
+                environment,
+                source: Source::Api,
+                updated_at: timestamp(SystemTime::now()),
+                file_version: None,
+                file_secrets_sha256: None,
+                has_api_token: false,
+                has_webhook_secret: false,
+            },
+            Some(secrets),
+        )
         .await?;
         Ok(true)
     }
 
-    /// Replaces an environment; secrets not given are kept, and an empty secret clears it.
-    /// Returns the stored result, or `None` when there is no such environment.
+    /// Replaces an environment; secrets not given are kept, and an empty secret clears it. A
+    /// `webhook_url` equal to the stored one as the API shows it (password masked) keeps the
+    /// stored one, so reading an environment and writing it back changes nothing. Returns the
+    /// stored result, or `None` when there is no such environment.
     pub async fn replace(
         &self,
         mut environment: Environment,
@@ -164,34 +302,63 @@ impl Catalog {
         let Some(previous) = self.get(&environment.environment_id).await? else {
             return Ok(None);
         };
-        keep_secret(&mut environment.api_token, &previous.environment.api_token);
-        keep_secret(
-            &mut environment.webhook_secret,
-            &previous.environment.webhook_secret,
-        );
-        self.save(StoredEnvironment {
-            environment: environment.clone(),
-            source: Source::Api,
-            updated_at: timestamp(SystemTime::now()),
-            file_version: previous.file_version,
-        })
+        let kept = self.secrets(&environment.environment_id).await?;
+        keep_secret(&mut environment.api_token, &kept.api_token);
+        keep_secret(&mut environment.webhook_secret, &kept.webhook_secret);
+        if let (Some(given), Some(stored)) =
+            (&environment.webhook_url, &previous.environment.webhook_url)
+        {
+            if given != stored && *given == crate::redact::url(stored) {
+                environment.webhook_url = Some(stored.clone());
+            }
+        }
+        let shown = environment.clone();
+        let secrets = Secrets::take(&mut environment);
+        self.save(
+            StoredEnvironment {
+                environment,
+                source: Source::Api,
+                updated_at: timestamp(SystemTime::now()),
+                file_version: previous.file_version,
+                file_secrets_sha256: previous.file_secrets_sha256,
+                has_api_token: false,
+                has_webhook_secret: false,
+            },
+            Some(secrets),
+        )
         .await?;
-        Ok(Some(environment))
+        Ok(Some(shown))
     }
 
-    /// Deletes an environment; false when there was none. A file entry is remembered as deleted.
-    pub async fn delete(&self, id: &str) -> Result<bool, String> {
+    /// Deletes an environment unless a running deployment holds it, in one transaction (the
+    /// claim is checked where it is taken). A file entry is remembered as deleted.
+    pub async fn delete(&self, id: &str) -> Result<Deleted, String> {
         let Some(previous) = self.get(id).await? else {
-            return Ok(false);
+            return Ok(Deleted::Missing);
         };
+        let mut ops = vec![
+            StoreOp::check(collection::CLAIMS, id, Condition::Absent),
+            StoreOp::delete(collection::ENVIRONMENTS, id),
+            StoreOp::delete(collection::SECRETS, id),
+            StoreOp::delete(collection::HEALTH, id),
+        ];
         if previous.file_version.is_some() {
-            self.records
-                .put(collection::DELETED_FILE_ENVIRONMENTS, id, &true)
-                .await?;
+            ops.push(StoreOp::put(
+                collection::DELETED_FILE_ENVIRONMENTS,
+                id,
+                "true".to_owned(),
+            ));
         }
-        self.records.delete(collection::ENVIRONMENTS, id).await?;
-        self.records.delete(collection::HEALTH, id).await?;
-        Ok(true)
+        match self.records.apply(ops).await? {
+            None => Ok(Deleted::Deleted),
+            Some(conflict) => Ok(Deleted::Busy {
+                deployment: conflict
+                    .current
+                    .and_then(|text| serde_json::from_str::<Claim>(&text).ok())
+                    .map(|claim| claim.deployment_id)
+                    .unwrap_or_default(),
+            }),
+        }
     }
 
     pub async fn health(&self, id: &str) -> Result<Option<HealthReport>, String> {
@@ -225,11 +392,29 @@ fn keep_secret(new: &mut Option<String>, old: &Option<String>) {
     }
 }
 
-/// How the API shows a stored environment: no secrets, plus its source and last health.
+/// How the API shows a stored environment to developers and admins: no secrets (only whether
+/// each is set), URLs with their passwords masked, plus its source and last health.
 pub fn public_view(stored: &StoredEnvironment, health: Option<&HealthReport>) -> serde_json::Value {
     let mut view = stored.environment.public_view();
+    view["has_api_token"] = serde_json::json!(stored.has_api_token);
+    view["has_webhook_secret"] = serde_json::json!(stored.has_webhook_secret);
     view["source"] = serde_json::json!(stored.source);
     view["updated_at"] = serde_json::json!(stored.updated_at);
     view["last_health"] = serde_json::json!(health);
     view
+}
+
+/// How a user sees an environment: what it is and how it does, no connection details (host,
+/// port, user, key paths, scripts, commands, URLs).
+pub fn user_view(stored: &StoredEnvironment, health: Option<&HealthReport>) -> serde_json::Value {
+    let environment = &stored.environment;
+    serde_json::json!({
+        "environment_id": environment.environment_id,
+        "environment_type": environment.environment_type,
+        "connection_method": environment.connection_method,
+        "enabled": environment.enabled,
+        "tags": environment.tags,
+        "description": environment.description,
+        "last_health": health.map(HealthReport::user_view),
+    })
 }

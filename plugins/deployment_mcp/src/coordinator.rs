@@ -4,8 +4,10 @@
 //! Invariants:
 //! - every phase change and environment result is written to the store before it is
 //!   published, so an SSE client never sees what a restart would not show;
-//! - an environment is in at most one running deployment (checked under `start_lock`, across
-//!   copies through the `ACTIVE` records of the current boot);
+//! - an environment is in at most one running deployment: a deployment starts only if it claims
+//!   every target at once (an insert-if-absent per environment in the `CLAIMS` collection, in
+//!   the same store transaction as its first records), and releases them when it ends; so two
+//!   copies of the plugin (a hot swap) or two hosts on one database cannot both win;
 //! - a run belongs to the copy that started it; during a hot swap the old copy finishes it while
 //!   the new one reads it from the store (and forwards cancels through the `CANCEL` records).
 
@@ -24,6 +26,8 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use plugin_guest::{Condition, StoreOp};
+
 use crate::{
     catalog::Catalog,
     deployment::{
@@ -33,9 +37,12 @@ use crate::{
     ec2::{self, Ec2Settings},
     environments::{Environment, FieldError},
     health,
-    records::{collection, Records},
+    records::{self, collection, Records},
     settings::Settings,
-    triggers::{timestamp, AnyTrigger, FailureKind, LogLine, LogSink, LogStream, TriggerContext},
+    triggers::{
+        timestamp, AnyTrigger, FailureKind, LogLine, LogSink, LogStream, TriggerContext,
+        TriggerFailure,
+    },
 };
 
 /// Event kinds published on the host's bus.
@@ -44,6 +51,7 @@ pub mod event {
     pub const ENVIRONMENT: &str = "deployment.environment";
     pub const LOG: &str = "deployment.log";
     pub const HEALTH: &str = "environment.health";
+    pub const DELETED: &str = "environment.deleted";
 }
 
 /// Lines of output kept per environment in its result (the full log is in the store).
@@ -53,12 +61,16 @@ const LOG_BATCH_LINES: usize = 200;
 const LOG_BATCH_DELAY: Duration = Duration::from_millis(100);
 /// Lines in flight between triggers and the log writer.
 const LOG_CHANNEL_LINES: usize = 1024;
+/// How long past its timeout (or a cancel) a trigger that stops itself may take to do so.
+const SELF_STOP_GRACE: Duration = Duration::from_secs(10);
 /// How often a run looks for a cancel request made through another copy.
 const CANCEL_POLL: Duration = Duration::from_millis(500);
 
 /// What a caller asks to deploy.
 #[derive(Debug, Clone, Default)]
 pub struct StartRequest {
+    /// The id to give the deployment (an idempotent caller picks it first); a new one if `None`.
+    pub deployment_id: Option<String>,
     pub environments: Option<Vec<String>>,
     pub version: Option<String>,
     pub ec2: Option<bool>,
@@ -100,7 +112,6 @@ enum StopReason {
 struct RunHandle {
     cancel: CancellationToken,
     reason: Arc<Mutex<Option<StopReason>>>,
-    environments: Vec<String>,
 }
 
 /// A run recorded as active in the store, so sibling copies see it.
@@ -110,6 +121,13 @@ struct ActiveEntry {
     environments: Vec<String>,
 }
 
+/// Who holds an environment (the value of its `CLAIMS` record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub deployment_id: String,
+    pub boot_id: String,
+}
+
 pub struct Coordinator {
     records: Records,
     catalog: Catalog,
@@ -117,7 +135,6 @@ pub struct Coordinator {
     settings: Arc<Settings>,
     boot_id: String,
     runs: Mutex<HashMap<String, RunHandle>>,
-    start_lock: tokio::sync::Mutex<()>,
     tasks: TaskTracker,
     /// Bumped on every local change, so cached views know they are stale.
     generation: AtomicUsize,
@@ -138,22 +155,26 @@ impl Coordinator {
             settings,
             boot_id,
             runs: Mutex::new(HashMap::new()),
-            start_lock: tokio::sync::Mutex::new(()),
             tasks: TaskTracker::new(),
             generation: AtomicUsize::new(0),
             imds_identity: tokio::sync::OnceCell::new(),
         }
     }
 
-    /// The platform's identity: from the instance metadata service when running on EC2 (asked
-    /// once per copy), else `EC2_INSTANCE_ID` / `EC2_PUBLIC_IP`. `None` lets the EC2 phase's
-    /// result stand in.
-    pub async fn platform_identity(&self) -> Option<(String, Option<String>)> {
-        let from_imds = self
-            .imds_identity
-            .get_or_init(ec2::identity_from_imds)
-            .await
-            .clone();
+    /// The platform's identity: when the deployment's EC2 phase is on (`ask_imds`), from the
+    /// instance metadata service if the host runs on EC2 (asked once per copy, the first time
+    /// a deployment needs it); else, or when that finds nothing, `EC2_INSTANCE_ID` /
+    /// `EC2_PUBLIC_IP`. With EC2 off nothing is ever sent to the metadata address. `None` lets
+    /// the EC2 phase's result stand in.
+    pub async fn platform_identity(&self, ask_imds: bool) -> Option<(String, Option<String>)> {
+        let from_imds = if ask_imds {
+            self.imds_identity
+                .get_or_init(ec2::identity_from_imds)
+                .await
+                .clone()
+        } else {
+            None
+        };
         from_imds.or_else(|| {
             let id = std::env::var("EC2_INSTANCE_ID")
                 .ok()
@@ -176,6 +197,10 @@ impl Coordinator {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    pub fn settings_handle(&self) -> Arc<Settings> {
+        Arc::clone(&self.settings)
     }
 
     pub fn generation(&self) -> usize {
@@ -281,6 +306,34 @@ impl Coordinator {
                 self.records.delete(collection::CANCEL, &id).await?;
             }
         }
+        // Claims of runs that died with an earlier boot free their environments. Each is
+        // released only if it still holds what was read (a compare-and-set).
+        let mut stale = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .records
+                .page(collection::CLAIMS, after.clone(), 1000)
+                .await?;
+            let full = page.len() == 1000;
+            for (environment, text) in page {
+                after = Some(environment.clone());
+                let boot = serde_json::from_str::<Claim>(&text).map(|claim| claim.boot_id);
+                if boot.as_deref().map_or(true, |boot| boot != self.boot_id) {
+                    stale.push(
+                        StoreOp::delete(collection::CLAIMS, &environment)
+                            .when(Condition::Equals(text)),
+                    );
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        for op in stale {
+            // A conflict means the claim changed since it was read: it is not stale.
+            self.records.apply(vec![op]).await?;
+        }
         Ok(recovered)
     }
 
@@ -293,28 +346,6 @@ impl Coordinator {
             .last()
             .and_then(|(key, _)| key.rsplit('/').next()?.parse::<u64>().ok())
             .map_or(0, |last| last + 1))
-    }
-
-    /// Environments busy in runs of this boot, by any copy: environment → deployment.
-    async fn busy_environments(&self) -> Result<HashMap<String, String>, String> {
-        let mut busy: HashMap<String, String> = HashMap::new();
-        for (id, active) in self
-            .records
-            .scan::<ActiveEntry>(collection::ACTIVE, "")
-            .await?
-        {
-            if active.boot_id == self.boot_id {
-                for environment in active.environments {
-                    busy.insert(environment, id.clone());
-                }
-            }
-        }
-        for (id, run) in self.runs().iter() {
-            for environment in &run.environments {
-                busy.insert(environment.clone(), id.clone());
-            }
-        }
-        Ok(busy)
     }
 
     /// Starts a deployment and returns its first record; the run goes on in the background.
@@ -345,91 +376,17 @@ impl Coordinator {
                 "must be 1 to 128 printable characters",
             )));
         }
-        let _guard = self.start_lock.lock().await;
-        let catalog: HashMap<String, Environment> = self
-            .catalog
-            .list()
-            .await?
-            .into_iter()
-            .map(|stored| {
-                (
-                    stored.environment.environment_id.clone(),
-                    stored.environment,
-                )
-            })
-            .collect();
-        let targets: Vec<Environment> = match &request.environments {
-            Some(ids) => {
-                if ids.is_empty() {
-                    return Err(StartError::BadField(FieldError::new(
-                        "environments",
-                        "is an empty list; omit it to deploy every enabled environment",
-                    )));
-                }
-                let mut seen = HashSet::new();
-                let mut chosen = Vec::with_capacity(ids.len());
-                for id in ids {
-                    if !seen.insert(id.as_str()) {
-                        return Err(StartError::BadField(FieldError::new(
-                            "environments",
-                            format!("{id:?} is listed twice"),
-                        )));
-                    }
-                    let Some(environment) = catalog.get(id) else {
-                        return Err(StartError::Invalid {
-                            code: "unknown_environment",
-                            message: format!(
-                                "environments: no environment {id:?}; GET /environments lists them"
-                            ),
-                        });
-                    };
-                    if !environment.enabled {
-                        return Err(StartError::Invalid {
-                            code: "environment_disabled",
-                            message: format!("environments: {id:?} is disabled (enabled = false)"),
-                        });
-                    }
-                    chosen.push(environment.clone());
-                }
-                chosen
-            }
-            None => {
-                let mut all: Vec<Environment> = catalog
-                    .into_values()
-                    .filter(|environment| environment.enabled)
-                    .collect();
-                all.sort_by(|a, b| a.environment_id.cmp(&b.environment_id));
-                if all.is_empty() {
-                    return Err(StartError::Invalid {
-                        code: "no_environments",
-                        message: "there is no enabled environment to deploy; add one with POST /environments".into(),
-                    });
-                }
-                all
-            }
-        };
-        let busy = self.busy_environments().await?;
-        if let Some(target) = targets
-            .iter()
-            .find(|target| busy.contains_key(&target.environment_id))
-        {
-            let deployment = busy
-                .get(&target.environment_id)
-                .cloned()
-                .unwrap_or_default();
-            return Err(StartError::Busy {
-                environment: target.environment_id.clone(),
-                deployment,
-            });
-        }
-
+        let targets = self.choose_targets(request.environments.as_deref()).await?;
         let now = SystemTime::now();
         let created_ms = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64;
         let record = DeploymentRecord {
-            deployment_id: new_deployment_id(created_ms),
+            deployment_id: request
+                .deployment_id
+                .clone()
+                .unwrap_or_else(|| new_deployment_id(created_ms)),
             status: Phase::Pending,
             progress: 0,
             version,
@@ -450,31 +407,8 @@ impl Coordinator {
             created_ms,
         };
         let id = record.deployment_id.clone();
-        self.records
-            .put(
-                collection::ACTIVE,
-                &id,
-                &ActiveEntry {
-                    boot_id: self.boot_id.clone(),
-                    environments: record.environments.clone(),
-                },
-            )
-            .await?;
-        for target in &targets {
-            let pending = TargetRecord::new(
-                &target.environment_id,
-                target.connection_method.as_str(),
-                TargetStatus::Pending,
-            );
-            self.records
-                .put(
-                    collection::TARGETS,
-                    &target_key(&id, &target.environment_id),
-                    &pending,
-                )
-                .await?;
-        }
-        self.save_record(&record).await?;
+        self.claim_and_record(&record, &targets).await?;
+        self.changed();
         let cancel = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
         self.runs().insert(
@@ -482,10 +416,8 @@ impl Coordinator {
             RunHandle {
                 cancel: cancel.clone(),
                 reason: Arc::clone(&reason),
-                environments: record.environments.clone(),
             },
         );
-        drop(_guard);
         tracing::info!(
             deployment = %id,
             request_id = record.request_id.as_deref().unwrap_or(""),
@@ -515,6 +447,204 @@ impl Coordinator {
         Ok(record)
     }
 
+    /// The environments a deployment targets: the ones named (each checked), or every enabled
+    /// one. Reads by key when ids are given, so a trigger costs the same whatever the catalog's
+    /// size.
+    async fn choose_targets(&self, ids: Option<&[String]>) -> Result<Vec<Environment>, StartError> {
+        let Some(ids) = ids else {
+            let mut all: Vec<Environment> = self
+                .catalog
+                .list()
+                .await?
+                .into_iter()
+                .map(|stored| stored.environment)
+                .filter(|environment| environment.enabled)
+                .collect();
+            all.sort_by(|a, b| a.environment_id.cmp(&b.environment_id));
+            if all.is_empty() {
+                return Err(StartError::Invalid {
+                    code: "no_environments",
+                    message:
+                        "there is no enabled environment to deploy; add one with POST /environments"
+                            .into(),
+                });
+            }
+            return Ok(all);
+        };
+        if ids.is_empty() {
+            return Err(StartError::BadField(FieldError::new(
+                "environments",
+                "is an empty list; omit it to deploy every enabled environment",
+            )));
+        }
+        let mut seen = HashSet::new();
+        for id in ids {
+            if !seen.insert(id.as_str()) {
+                return Err(StartError::BadField(FieldError::new(
+                    "environments",
+                    format!("{id:?} is listed twice"),
+                )));
+            }
+            crate::environments::check_id(id).map_err(|_| StartError::Invalid {
+                code: "unknown_environment",
+                message: format!(
+                    "environments: no environment {id:?}; GET /environments lists them"
+                ),
+            })?;
+        }
+        let mut chosen = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(stored) = self.catalog.get(id).await? else {
+                return Err(StartError::Invalid {
+                    code: "unknown_environment",
+                    message: format!(
+                        "environments: no environment {id:?}; GET /environments lists them"
+                    ),
+                });
+            };
+            if !stored.environment.enabled {
+                return Err(StartError::Invalid {
+                    code: "environment_disabled",
+                    message: format!("environments: {id:?} is disabled (enabled = false)"),
+                });
+            }
+            chosen.push(stored.environment);
+        }
+        Ok(chosen)
+    }
+
+    /// Claims every target and writes the deployment's first records, in one transaction: either
+    /// all of it happens, or (a target is claimed already) nothing and `Busy`.
+    async fn claim_and_record(
+        &self,
+        record: &DeploymentRecord,
+        targets: &[Environment],
+    ) -> Result<(), StartError> {
+        let id = &record.deployment_id;
+        let claim = records::encode(
+            collection::CLAIMS,
+            id,
+            &Claim {
+                deployment_id: id.clone(),
+                boot_id: self.boot_id.clone(),
+            },
+        )?;
+        let mut ops = Vec::with_capacity(targets.len() * 2 + 3);
+        for target in targets {
+            ops.push(StoreOp::insert(
+                collection::CLAIMS,
+                &target.environment_id,
+                claim.clone(),
+            ));
+        }
+        ops.push(StoreOp::put(
+            collection::ACTIVE,
+            id,
+            records::encode(
+                collection::ACTIVE,
+                id,
+                &ActiveEntry {
+                    boot_id: self.boot_id.clone(),
+                    environments: record.environments.clone(),
+                },
+            )?,
+        ));
+        for target in targets {
+            let key = target_key(id, &target.environment_id);
+            let pending = TargetRecord::new(
+                &target.environment_id,
+                target.connection_method.as_str(),
+                TargetStatus::Pending,
+            );
+            ops.push(StoreOp::put(
+                collection::TARGETS,
+                &key,
+                records::encode(collection::TARGETS, &key, &pending)?,
+            ));
+        }
+        ops.push(StoreOp::put(
+            collection::DEPLOYMENTS,
+            id,
+            records::encode(collection::DEPLOYMENTS, id, record)?,
+        ));
+        let history_key = record.history_key();
+        ops.push(StoreOp::put(
+            collection::HISTORY,
+            &history_key,
+            records::encode(
+                collection::HISTORY,
+                &history_key,
+                &record.history_entry(Vec::new()),
+            )?,
+        ));
+        match self.records.apply(ops).await? {
+            None => Ok(()),
+            Some(conflict) => {
+                let Some(target) = targets.get(conflict.index) else {
+                    return Err(StartError::Store(format!(
+                        "starting {id}: an unexpected store conflict at operation {}",
+                        conflict.index
+                    )));
+                };
+                let holder = conflict
+                    .current
+                    .and_then(|text| serde_json::from_str::<Claim>(&text).ok())
+                    .map(|claim| claim.deployment_id)
+                    .unwrap_or_default();
+                Err(StartError::Busy {
+                    environment: target.environment_id.clone(),
+                    deployment: holder,
+                })
+            }
+        }
+    }
+
+    /// Releases the claims a deployment holds and its `ACTIVE` record. A claim that is no
+    /// longer this deployment's (recovered by another boot) is left alone.
+    async fn release(&self, deployment_id: &str, environments: &[String]) {
+        let claim = match records::encode(
+            collection::CLAIMS,
+            deployment_id,
+            &Claim {
+                deployment_id: deployment_id.to_owned(),
+                boot_id: self.boot_id.clone(),
+            },
+        ) {
+            Ok(claim) => claim,
+            Err(error) => {
+                tracing::error!(deployment = deployment_id, "{error}");
+                return;
+            }
+        };
+        let mut ops: Vec<StoreOp> = environments
+            .iter()
+            .map(|environment| {
+                StoreOp::delete(collection::CLAIMS, environment)
+                    .when(Condition::Equals(claim.clone()))
+            })
+            .collect();
+        ops.push(StoreOp::delete(collection::ACTIVE, deployment_id));
+        ops.push(StoreOp::delete(collection::CANCEL, deployment_id));
+        // Each conflict drops one claim that is not ours; the rest are released.
+        for _ in 0..=environments.len() {
+            match self.records.apply(ops.clone()).await {
+                Ok(None) => return,
+                Ok(Some(conflict)) if conflict.index < ops.len() => {
+                    tracing::warn!(deployment = deployment_id, environment = %ops[conflict.index].key, "the environment's claim is no longer this deployment's; left as it is");
+                    ops.remove(conflict.index);
+                }
+                Ok(Some(_)) => return,
+                Err(error) => {
+                    tracing::error!(
+                        deployment = deployment_id,
+                        "cannot release the environments: {error}"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
     /// Writes the record and its history entry (terminal or not).
     async fn save_record(&self, record: &DeploymentRecord) -> Result<(), String> {
         self.records
@@ -542,19 +672,39 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Publishes a phase change: the whole picture for developers; for users, without the
+    /// error texts (they name hosts and URLs).
     fn publish_phase(&self, record: &DeploymentRecord, previous: Option<Phase>) {
-        self.records.host().publish(
-            event::PHASE,
-            &json!({
-                "deployment_id": record.deployment_id,
-                "status": record.status,
-                "previous": previous,
-                "progress": record.progress,
-                "environments": record.environments,
-                "errors": record.errors,
-                "at": timestamp(SystemTime::now()),
-            }),
-        );
+        let at = timestamp(SystemTime::now());
+        let full = json!({
+            "deployment_id": record.deployment_id,
+            "status": record.status,
+            "previous": previous,
+            "progress": record.progress,
+            "environments": record.environments,
+            "errors": record.errors,
+            "at": at,
+        });
+        let user = json!({
+            "deployment_id": record.deployment_id,
+            "status": record.status,
+            "previous": previous,
+            "progress": record.progress,
+            "environments": record.environments,
+            "error_count": record.errors.len(),
+            "at": at,
+        });
+        self.records
+            .host()
+            .publish_by_role(event::PHASE, &full, Some(&user));
+    }
+
+    /// Tells subscribers (and the host's metrics) that an environment is gone.
+    pub fn environment_deleted(&self, id: &str) {
+        self.changed();
+        self.records
+            .host()
+            .publish(event::DELETED, &json!({ "environment_id": id }));
     }
 
     /// Asks a run to stop. `Ok(true)` when this copy runs it, `Ok(false)` when the request was
@@ -667,9 +817,10 @@ impl Coordinator {
     /// Stores an environment's health and publishes it when it changed.
     pub async fn record_health(&self, id: &str, report: &HealthReport) -> Result<(), String> {
         if self.catalog.set_health(id, report).await? {
-            self.records.host().publish(
+            self.records.host().publish_by_role(
                 event::HEALTH,
                 &json!({ "environment_id": id, "health": report }),
+                Some(&json!({ "environment_id": id, "health": report.user_view() })),
             );
         }
         self.changed();
@@ -755,7 +906,7 @@ impl Run {
             targets.len()
         ))
         .await;
-        let mut platform = coordinator.platform_identity().await;
+        let mut platform = coordinator.platform_identity(self.ec2.is_some()).await;
         let ec2_ok = match &self.ec2 {
             None => {
                 log.info("EC2 phase skipped: ec2 is off").await;
@@ -810,6 +961,7 @@ impl Run {
             platform_instance_id: platform.as_ref().map(|(id, _)| id.clone()),
             platform_ip: platform.and_then(|(_, ip)| ip),
             log: log.clone(),
+            stop: Default::default(),
         };
         if ec2_ok {
             self.set_phase(&logs, Phase::LocalTriggering, PROGRESS_TRIGGERING)
@@ -910,11 +1062,9 @@ impl Run {
             }
             (record.clone(), previous)
         };
-        let records = &coordinator.records;
-        if let Err(error) = records.delete(collection::ACTIVE, &deployment_id).await {
-            tracing::warn!(deployment = %deployment_id, "{error}");
-        }
-        let _ = records.delete(collection::CANCEL, &deployment_id).await;
+        coordinator
+            .release(&deployment_id, &record.environments)
+            .await;
         coordinator.runs().remove(&deployment_id);
         coordinator.changed();
         coordinator.publish_phase(&record, Some(previous));
@@ -937,9 +1087,8 @@ impl Run {
             }
             record.clone()
         };
-        let _ = coordinator
-            .records
-            .delete(collection::ACTIVE, &record.deployment_id)
+        coordinator
+            .release(&record.deployment_id, &record.environments)
             .await;
         coordinator.runs().remove(&record.deployment_id);
         coordinator.changed();
@@ -990,32 +1139,73 @@ impl Run {
                 target.started_at = Some(timestamp(SystemTime::now()));
                 target.status = TargetStatus::Triggering;
                 self.save_target(&target).await;
-                let trigger = AnyTrigger::for_environment(&environment, &self.coordinator.http);
+                // Secrets are read only now, for the trigger, and live only as long as it.
+                let with_secrets = match self
+                    .coordinator
+                    .catalog
+                    .with_secrets(environment.clone())
+                    .await
+                {
+                    Ok(with_secrets) => with_secrets,
+                    Err(error) => {
+                        tracing::error!(environment = %id, "cannot read the environment's secrets: {error}");
+                        environment.clone()
+                    }
+                };
+                let trigger = AnyTrigger::for_environment(&with_secrets, &self.coordinator.http);
+                drop(with_secrets);
                 target.status = TargetStatus::Running;
                 self.save_target(&target).await;
                 let timeout = Duration::from_secs(environment.timeout);
-                tokio::select! {
-                    result = tokio::time::timeout(timeout, trigger.run(&context)) => match result {
-                        Ok(Ok(success)) => Ok(success),
-                        Ok(Err(failure)) => Err((
-                            match failure.kind {
-                                FailureKind::Failed => TargetStatus::Failed,
-                                FailureKind::TimedOut => TargetStatus::TimedOut,
-                            },
-                            failure.message,
-                            failure.exit_code,
-                        )),
-                        Err(_) => Err((
-                            TargetStatus::TimedOut,
-                            format!("no result within the environment's timeout of {} s; the trigger was stopped", environment.timeout),
-                            None,
-                        )),
-                    },
-                    _ = self.cancel.cancelled() => Err((
+                let mut context = context.clone();
+                context.stop = crate::triggers::StopSignal {
+                    cancel: self.cancel.clone(),
+                    deadline: Some(tokio::time::Instant::now() + timeout),
+                };
+                let timed_out = || {
+                    Err((
+                        TargetStatus::TimedOut,
+                        format!("no result within the environment's timeout of {} s; the trigger was stopped", environment.timeout),
+                        None,
+                    ))
+                };
+                let cancelled = || {
+                    Err((
                         TargetStatus::Cancelled,
                         "stopped: the deployment was cancelled".to_owned(),
                         None,
-                    )),
+                    ))
+                };
+                let run = trigger.run(&context);
+                tokio::pin!(run);
+                let result = if trigger.stops_itself() {
+                    // It kills and reaps what it started when told to stop; the bound only
+                    // guards against a trigger that does not.
+                    tokio::time::timeout(timeout + SELF_STOP_GRACE, &mut run)
+                        .await
+                        .ok()
+                } else {
+                    tokio::select! {
+                        result = tokio::time::timeout(timeout, &mut run) => result.ok(),
+                        _ = self.cancel.cancelled() => Some(Err(TriggerFailure::cancelled(String::new()))),
+                    }
+                };
+                match result {
+                    Some(Ok(success)) => Ok(success),
+                    Some(Err(failure)) => match failure.kind {
+                        FailureKind::Failed => {
+                            Err((TargetStatus::Failed, failure.message, failure.exit_code))
+                        }
+                        FailureKind::TimedOut => {
+                            Err((TargetStatus::TimedOut, failure.message, failure.exit_code))
+                        }
+                        FailureKind::Cancelled if failure.message.is_empty() => cancelled(),
+                        FailureKind::Cancelled => {
+                            Err((TargetStatus::Cancelled, failure.message, failure.exit_code))
+                        }
+                    },
+                    None if self.cancel.is_cancelled() => cancelled(),
+                    None => timed_out(),
                 }
             }
         };
@@ -1028,6 +1218,7 @@ impl Run {
                 true
             }
             Err((status, message, exit_code)) => {
+                let message = crate::redact::urls_in(&message);
                 target.status = status;
                 target.exit_code = exit_code;
                 context.log.line(LogStream::Error, message.clone()).await;
@@ -1078,9 +1269,14 @@ impl Run {
             tracing::error!(deployment = %id, "cannot record environment {}: {error}", target.environment_id);
         }
         self.coordinator.changed();
-        self.coordinator.records.host().publish(
+        self.coordinator.records.host().publish_by_role(
             event::ENVIRONMENT,
             &json!({ "deployment_id": id, "progress": progress, "environment": target }),
+            Some(&json!({
+                "deployment_id": id,
+                "progress": progress,
+                "environment": target.user_view(),
+            })),
         );
     }
 
@@ -1301,9 +1497,11 @@ impl LogWriter {
             tracing::error!(deployment = %self.deployment_id, "cannot store log lines: {error}");
             return;
         }
-        self.records.host().publish(
+        // Log lines are for developers and admins only.
+        self.records.host().publish_by_role(
             event::LOG,
             &json!({ "deployment_id": self.deployment_id, "lines": lines }),
+            None,
         );
     }
 }

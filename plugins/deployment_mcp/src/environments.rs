@@ -285,8 +285,28 @@ impl Environment {
         Ok(())
     }
 
-    /// The environment as the API shows it: every field but the secrets, plus whether each
-    /// secret is set.
+    /// A secret given as `""` is a mistake in a new environment (an empty signing key or
+    /// bearer token), not a value: the error names the field. (A replace takes `""` to clear.)
+    pub fn check_secrets_not_empty(&self) -> Result<(), FieldError> {
+        for (field, value) in [
+            ("api_token", &self.api_token),
+            ("webhook_secret", &self.webhook_secret),
+        ] {
+            if value
+                .as_deref()
+                .is_some_and(|value| value.trim().is_empty())
+            {
+                return Err(FieldError::new(
+                    field,
+                    "must not be empty; omit it to send requests without one",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The environment as the API shows it: every field but the secrets (whether each is set
+    /// comes from the catalog), URLs with their passwords masked.
     pub fn public_view(&self) -> serde_json::Value {
         serde_json::json!({
             "environment_id": self.environment_id,
@@ -299,15 +319,13 @@ impl Environment {
             "known_hosts_path": self.known_hosts_path,
             "init_script_path": self.init_script_path,
             "working_directory": self.working_directory,
-            "health_check_url": self.health_check_url,
+            "health_check_url": self.health_check_url.as_deref().map(crate::redact::url),
             "timeout": self.timeout,
-            "webhook_url": self.webhook_url,
+            "webhook_url": self.webhook_url.as_deref().map(crate::redact::url),
             "command": self.command,
             "enabled": self.enabled,
             "tags": self.tags,
             "description": self.description,
-            "has_api_token": self.api_token.is_some(),
-            "has_webhook_secret": self.webhook_secret.is_some(),
         })
     }
 }
@@ -402,6 +420,7 @@ fn check_all(environments: Vec<Environment>) -> Result<Vec<Environment>, String>
     for (index, environment) in environments.iter().enumerate() {
         environment
             .validate()
+            .and_then(|()| environment.check_secrets_not_empty())
             .map_err(|error| format!("environments[{index}].{error}"))?;
         if !seen.insert(environment.environment_id.as_str()) {
             return Err(format!(
@@ -443,7 +462,19 @@ mod tests {
             !shown.contains("tok-123") && !shown.contains("whs-456"),
             "{shown}"
         );
-        assert!(shown.contains(r#""has_api_token":true"#));
+    }
+
+    #[test]
+    fn empty_secrets_are_refused_with_the_field() {
+        let text = ORIGINAL.replace(
+            r#""timeout": 300"#,
+            r#""timeout": 300, "webhook_secret": """#,
+        );
+        let error = parse(&text).err().unwrap_or_default();
+        assert!(
+            error.contains("webhook_secret: must not be empty"),
+            "{error}"
+        );
     }
 
     #[test]

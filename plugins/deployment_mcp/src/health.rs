@@ -4,10 +4,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::{deployment::HealthReport, triggers::timestamp};
 
-/// One check, bounded by `timeout`.
-pub async fn check(http: &reqwest::Client, url: &str, timeout: Duration) -> HealthReport {
+/// One check, bounded by `timeout`. The report shows the URL with any password masked.
+pub async fn check(http: &reqwest::Client, target: &str, timeout: Duration) -> HealthReport {
     let started = Instant::now();
-    let answer = http.get(url).timeout(timeout).send().await;
+    let answer = http.get(target).timeout(timeout).send().await;
+    let url = crate::redact::url(target);
+    let url = url.as_str();
     let latency_ms = started.elapsed().as_millis() as u64;
     let checked_at = timestamp(SystemTime::now());
     match answer {

@@ -16,6 +16,8 @@ pub mod environments;
 pub mod health;
 pub mod openapi;
 pub mod records;
+pub mod redact;
+pub mod retention;
 pub mod routes;
 pub mod settings;
 pub mod standalone;
@@ -88,13 +90,6 @@ pub async fn build(
         file = %settings.environments_file.display(),
         "deployment_mcp started"
     );
-    // Ask the metadata service now, so the first deployment does not wait for it.
-    tokio::spawn({
-        let coordinator = Arc::clone(&coordinator);
-        async move {
-            coordinator.platform_identity().await;
-        }
-    });
     tokio::spawn(auto_deploy::run(
         Arc::clone(&coordinator),
         Arc::clone(&settings),

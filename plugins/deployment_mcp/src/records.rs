@@ -4,12 +4,19 @@
 //! Store calls cross into the host and may wait on SQLite, so they run on the blocking pool,
 //! never on the runtime's worker threads.
 
-use plugin_guest::Host;
+use plugin_guest::{Conflict, Host, StoreOp};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// Collections, all prefixed so they stay apart from other plugins' records.
 pub mod collection {
     pub const ENVIRONMENTS: &str = "deployment_mcp.environments";
+    /// Secrets of environments (`api_token`, `webhook_secret`), kept apart from the records
+    /// every view reads: only a trigger about to run reads them.
+    pub const SECRETS: &str = "deployment_mcp.secrets";
+    /// `<environment>` → the deployment running it now. Taken atomically for every target
+    /// when a deployment starts (insert-if-absent in one batch), released when it ends: two
+    /// copies of the plugin (a hot swap) or two hosts cannot both deploy one environment.
+    pub const CLAIMS: &str = "deployment_mcp.claims";
     /// Ids of file environments deleted through the API, so a restart does not bring them back.
     pub const DELETED_FILE_ENVIRONMENTS: &str = "deployment_mcp.deleted_file_environments";
     pub const HEALTH: &str = "deployment_mcp.health";
@@ -81,6 +88,26 @@ impl Records {
         text.map(|text| decode(collection, key, &text)).transpose()
     }
 
+    /// The stored text of a record, for a later compare-and-set on exactly that value.
+    pub async fn get_raw(
+        &self,
+        collection: &'static str,
+        key: &str,
+    ) -> Result<Option<String>, String> {
+        let key = key.to_owned();
+        self.blocking(move |host| host.store_get(collection, &key))
+            .await
+    }
+
+    /// Applies `ops` in one transaction if every condition holds; else nothing, and the first
+    /// conflict.
+    pub async fn apply(&self, ops: Vec<StoreOp>) -> Result<Option<Conflict>, String> {
+        if ops.is_empty() {
+            return Ok(None);
+        }
+        self.blocking(move |host| host.store_apply(&ops)).await
+    }
+
     pub async fn delete(&self, collection: &'static str, key: &str) -> Result<bool, String> {
         let key = key.to_owned();
         self.blocking(move |host| host.store_delete(collection, &key))
@@ -140,6 +167,12 @@ fn prefix_floor(prefix: &str) -> String {
     let mut floor = prefix.to_owned();
     floor.pop();
     floor
+}
+
+/// A value as the store holds it.
+pub fn encode<T: Serialize>(collection: &str, key: &str, value: &T) -> Result<String, String> {
+    serde_json::to_string(value)
+        .map_err(|error| format!("cannot encode {collection}/{key}: {error}"))
 }
 
 fn decode<T: DeserializeOwned>(collection: &str, key: &str, text: &str) -> Result<T, String> {

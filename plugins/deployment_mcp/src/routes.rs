@@ -11,7 +11,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use plugin_guest::{Handler, Request, Response, Role};
+use plugin_guest::{Condition, Handler, Request, Response, Role, StoreOp};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -37,7 +37,14 @@ const DETAIL_LOG_LINES: usize = 200;
 struct CachedStatus {
     built: Instant,
     generation: usize,
-    body: serde_json::Value,
+    /// The answer for developers and admins, and for users (no error texts), serialized.
+    full: Arc<Vec<u8>>,
+    user: Arc<Vec<u8>>,
+}
+
+/// Whether the caller may see what users may not (connection details, errors, output).
+fn sees_details(request: &Request) -> bool {
+    request.role().is_some_and(|role| role >= Role::Developer)
 }
 
 /// The plugin's request handler; the library exports it through the root module, and the
@@ -102,29 +109,52 @@ struct TriggerBody {
     ec2: Option<bool>,
 }
 
+/// The record of an `Idempotency-Key`: taken (insert-if-absent) before the deployment starts,
+/// with the id it will have, so concurrent requests with the key agree on one deployment.
 #[derive(Debug, Clone, serde::Serialize, Deserialize)]
 struct IdempotentAnswer {
     fingerprint: String,
     deployment_id: String,
+    /// `starting` until the deployment is recorded, then `started`.
+    #[serde(default = "started_state")]
+    state: String,
+    /// When the key was first used, for retention.
+    #[serde(default)]
+    created_ms: u64,
 }
+
+fn started_state() -> String {
+    "started".to_owned()
+}
+
+/// How long a request waits for a concurrent one with the same `Idempotency-Key` to start its
+/// deployment.
+const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(10);
 
 impl Api {
     pub fn new(coordinator: Arc<Coordinator>) -> Api {
         let stop = CancellationToken::new();
         tokio::spawn(Arc::clone(&coordinator).health_loop(stop.clone()));
+        tokio::spawn(crate::retention::run(
+            coordinator.records().clone(),
+            coordinator.settings_handle(),
+            stop.clone(),
+        ));
         Api {
             coordinator,
             status: ArcSwap::from_pointee(CachedStatus {
                 built: Instant::now() - STATUS_MAX_AGE * 2,
                 generation: usize::MAX,
-                body: json!(null),
+                full: Arc::new(Vec::new()),
+                user: Arc::new(Vec::new()),
             }),
             refreshing: AtomicBool::new(false),
             stop,
         }
     }
 
-    async fn build_status(&self) -> Result<serde_json::Value, String> {
+    /// The overview, for developers and for users.
+    async fn build_status(&self) -> Result<(serde_json::Value, serde_json::Value), String> {
         let records = self.coordinator.records();
         let mut active = Vec::new();
         for (id, _) in records
@@ -156,12 +186,20 @@ impl Api {
                 break;
             }
         }
-        Ok(json!({
-            "status": if active.is_empty() { "idle" } else { "running" },
+        let status = if active.is_empty() { "idle" } else { "running" };
+        let user = json!({
+            "status": status,
+            "active": active.iter().map(HistoryEntry::user_view).collect::<Vec<_>>(),
+            "latest": latest.as_ref().map(HistoryEntry::user_view),
+            "plugin_version": crate::VERSION,
+        });
+        let full = json!({
+            "status": status,
             "active": active,
             "latest": latest,
             "plugin_version": crate::VERSION,
-        }))
+        });
+        Ok((full, user))
     }
 
     async fn record(&self, id: &str) -> Result<DeploymentRecord, Response> {
@@ -188,7 +226,8 @@ impl Api {
             .collect())
     }
 
-    async fn summary(&self, id: &str) -> Result<serde_json::Value, Response> {
+    /// One deployment's summary; without error texts unless `details`.
+    async fn summary(&self, id: &str, details: bool) -> Result<serde_json::Value, Response> {
         let record = self.record(id).await?;
         let targets = self.targets(id).await?;
         let failed = targets
@@ -196,13 +235,16 @@ impl Api {
             .filter(|target| target.status != crate::deployment::TargetStatus::Succeeded)
             .map(|target| target.environment_id.clone())
             .collect::<Vec<_>>();
-        let mut entry =
-            serde_json::to_value(record.history_entry(if record.status.is_terminal() {
-                failed
-            } else {
-                Vec::new()
-            }))
-            .unwrap_or_default();
+        let entry = record.history_entry(if record.status.is_terminal() {
+            failed
+        } else {
+            Vec::new()
+        });
+        let mut entry = if details {
+            serde_json::to_value(entry).unwrap_or_default()
+        } else {
+            entry.user_view()
+        };
         entry["environment_status"] = targets
             .iter()
             .map(|target| (target.environment_id.clone(), json!(target.status)))
@@ -296,27 +338,40 @@ impl Api {
     responses((status = 200, description = "Active deployments and the latest finished one, or one deployment", body = crate::openapi::StatusAnswer))
 )]
 pub(crate) async fn status(api: &Api, request: &Request) -> Answer {
+    let details = sees_details(request);
     if let Some(id) = request.query_param("id") {
-        let entry = api.summary(&id).await?;
+        let entry = api.summary(&id, details).await?;
         return Ok(Response::json(200, &entry));
     }
+    let answer = |cached: &CachedStatus| {
+        let body = if details { &cached.full } else { &cached.user };
+        Response {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.as_ref().clone(),
+            stream: None,
+        }
+    };
     let cached = api.status.load();
     let fresh = cached.generation == api.coordinator.generation()
         && cached.built.elapsed() < STATUS_MAX_AGE;
     // One request rebuilds a stale view; the others keep serving the previous one.
-    if fresh || (cached.body != json!(null) && api.refreshing.swap(true, Ordering::SeqCst)) {
-        return Ok(Response::json(200, &cached.body));
+    if fresh || (!cached.full.is_empty() && api.refreshing.swap(true, Ordering::SeqCst)) {
+        return Ok(answer(&cached));
     }
     let generation = api.coordinator.generation();
     let built = api.build_status().await;
     api.refreshing.store(false, Ordering::SeqCst);
-    let body = built.map_err(store_error)?;
-    api.status.store(Arc::new(CachedStatus {
+    let (full, user) = built.map_err(store_error)?;
+    let rebuilt = CachedStatus {
         built: Instant::now(),
         generation,
-        body: body.clone(),
-    }));
-    Ok(Response::json(200, &body))
+        full: Arc::new(serde_json::to_vec(&full).unwrap_or_default()),
+        user: Arc::new(serde_json::to_vec(&user).unwrap_or_default()),
+    };
+    let response = answer(&rebuilt);
+    api.status.store(Arc::new(rebuilt));
+    Ok(response)
 }
 
 #[utoipa::path(
@@ -445,49 +500,104 @@ async fn trigger(api: &Api, request: &Request) -> Answer {
             hex::encode(Sha256::digest(&request.body)),
         )),
     };
-    let records = api.coordinator.records();
-    if let Some((key, fingerprint)) = &idempotency {
-        if let Some(earlier) = records
-            .get::<IdempotentAnswer>(collection::IDEMPOTENCY, key)
+    let request_start = |deployment_id: Option<String>| StartRequest {
+        deployment_id,
+        environments: body.environments.clone(),
+        version: body.version.clone(),
+        ec2: body.ec2,
+        triggered_by: format!("api:{caller}"),
+        request_id: Some(request.request_id.clone()),
+        retry_of: None,
+    };
+    let Some((key, fingerprint)) = idempotency else {
+        let started = api
+            .coordinator
+            .start(request_start(None))
             .await
-            .map_err(store_error)?
+            .map_err(start_error)?;
+        return Ok(accepted(request, &started.deployment_id, "pending"));
+    };
+    let records = api.coordinator.records();
+    let deadline = Instant::now() + IDEMPOTENCY_WAIT;
+    loop {
+        let created_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let mine = IdempotentAnswer {
+            fingerprint: fingerprint.clone(),
+            deployment_id: crate::deployment::new_deployment_id(created_ms),
+            state: "starting".to_owned(),
+            created_ms,
+        };
+        let text = serde_json::to_string(&mine).map_err(|error| store_error(error.to_string()))?;
+        let taken = records
+            .apply(vec![StoreOp::insert(
+                collection::IDEMPOTENCY,
+                &key,
+                text.clone(),
+            )])
+            .await
+            .map_err(store_error)?;
+        let Some(conflict) = taken else {
+            // This request owns the key: start, then record the outcome for the others.
+            return match api
+                .coordinator
+                .start(request_start(Some(mine.deployment_id.clone())))
+                .await
+            {
+                Ok(started) => {
+                    let done = IdempotentAnswer {
+                        state: started_state(),
+                        ..mine
+                    };
+                    let done = serde_json::to_string(&done)
+                        .map_err(|error| store_error(error.to_string()))?;
+                    records
+                        .apply(vec![StoreOp::put(collection::IDEMPOTENCY, &key, done)
+                            .when(Condition::Equals(text))])
+                        .await
+                        .map_err(store_error)?;
+                    Ok(accepted(request, &started.deployment_id, "pending"))
+                }
+                Err(error) => {
+                    // Nothing started: free the key, so a retry can start it.
+                    let _ = records
+                        .apply(vec![StoreOp::delete(collection::IDEMPOTENCY, &key)
+                            .when(Condition::Equals(text))])
+                        .await;
+                    Err(start_error(error))
+                }
+            };
+        };
+        match conflict
+            .current
+            .and_then(|text| serde_json::from_str::<IdempotentAnswer>(&text).ok())
         {
-            if &earlier.fingerprint != fingerprint {
+            Some(earlier) if earlier.fingerprint != fingerprint => {
                 return Err(Response::error(
                     422,
                     "idempotency_key_reused",
                     "this Idempotency-Key was used with a different body; use a new key for a new request",
-                ));
+                ))
             }
-            return Ok(accepted(request, &earlier.deployment_id, "pending"));
+            Some(earlier) if earlier.state != "starting" => {
+                return Ok(accepted(request, &earlier.deployment_id, "pending"))
+            }
+            // Another request with this key is starting it (or the key was just freed): wait
+            // for its outcome, then answer the same.
+            _ if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => {
+                return Err(Response::error(
+                    409,
+                    "idempotency_key_in_use",
+                    "a request with this Idempotency-Key is still starting its deployment; retry shortly",
+                ))
+            }
         }
     }
-    let started = api
-        .coordinator
-        .start(StartRequest {
-            environments: body.environments,
-            version: body.version,
-            ec2: body.ec2,
-            triggered_by: format!("api:{caller}"),
-            request_id: Some(request.request_id.clone()),
-            retry_of: None,
-        })
-        .await
-        .map_err(start_error)?;
-    if let Some((key, fingerprint)) = idempotency {
-        records
-            .put(
-                collection::IDEMPOTENCY,
-                &key,
-                &IdempotentAnswer {
-                    fingerprint,
-                    deployment_id: started.deployment_id.clone(),
-                },
-            )
-            .await
-            .map_err(store_error)?;
-    }
-    Ok(accepted(request, &started.deployment_id, "pending"))
 }
 
 #[utoipa::path(
@@ -521,7 +631,7 @@ pub(crate) async fn cancel(api: &Api, request: &Request, id: &str) -> Answer {
     while Instant::now() < deadline {
         let record = api.record(id).await?;
         if record.status.is_terminal() {
-            return Ok(Response::json(200, &api.summary(id).await?));
+            return Ok(Response::json(200, &api.summary(id, true).await?));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -570,6 +680,7 @@ pub(crate) async fn retry(api: &Api, request: &Request, id: &str) -> Answer {
     let started = api
         .coordinator
         .start(StartRequest {
+            deployment_id: None,
             environments: Some(failed),
             version: Some(record.version),
             ec2: None,
@@ -703,6 +814,7 @@ pub(crate) async fn dashboard(api: &Api, request: &Request) -> Answer {
         .iter()
         .filter_map(|entry| entry.duration_ms)
         .collect();
+    let details = sees_details(request);
     let catalog = api.coordinator.catalog();
     let stored = catalog.list().await.map_err(store_error)?;
     let health = catalog.all_health().await.map_err(store_error)?;
@@ -710,7 +822,12 @@ pub(crate) async fn dashboard(api: &Api, request: &Request) -> Answer {
         .iter()
         .map(|stored| {
             let id = stored.environment.environment_id.as_str();
-            let mut view = catalog::public_view(stored, health.get(id));
+            // A user sees what runs and how it does, not how it is reached.
+            let mut view = if details {
+                catalog::public_view(stored, health.get(id))
+            } else {
+                catalog::user_view(stored, health.get(id))
+            };
             view["last_deployment"] = match last_by_environment.get(id) {
                 Some(entry) => json!({
                     "deployment_id": entry.deployment_id,
@@ -724,10 +841,17 @@ pub(crate) async fn dashboard(api: &Api, request: &Request) -> Answer {
             view
         })
         .collect();
-    let active: Vec<&HistoryEntry> = history
+    let active: Vec<serde_json::Value> = history
         .iter()
         .map(|(_, entry)| entry)
         .filter(|entry| !entry.status.is_terminal())
+        .map(|entry| {
+            if details {
+                serde_json::to_value(entry).unwrap_or_default()
+            } else {
+                entry.user_view()
+            }
+        })
         .collect();
     Ok(Response::json(
         200,
@@ -791,6 +915,7 @@ pub(crate) async fn get_environment(api: &Api, id: &str) -> Answer {
 )]
 pub(crate) async fn create_environment(api: &Api, request: &Request) -> Answer {
     let environment = environments::parse_one(&request.body).map_err(bad_field)?;
+    environment.check_secrets_not_empty().map_err(bad_field)?;
     let id = environment.environment_id.clone();
     let created = api
         .coordinator
@@ -855,37 +980,26 @@ pub(crate) async fn replace_environment(api: &Api, request: &Request, id: &str) 
     responses((status = 200, description = "Deleted", body = crate::openapi::Deleted))
 )]
 pub(crate) async fn delete_environment(api: &Api, id: &str) -> Answer {
-    let busy = api
+    match api
         .coordinator
-        .records()
-        .scan::<serde_json::Value>(collection::ACTIVE, "")
+        .catalog()
+        .delete(id)
         .await
         .map_err(store_error)?
-        .into_iter()
-        .find(|(_, active)| {
-            active["environments"]
-                .as_array()
-                .is_some_and(|list| list.iter().any(|e| e == id))
-        });
-    if let Some((deployment, _)) = busy {
-        return Err(Response::error(
+    {
+        catalog::Deleted::Deleted => {
+            api.coordinator.environment_deleted(id);
+            Ok(Response::json(200, &json!({ "deleted": id })))
+        }
+        catalog::Deleted::Missing => Err(not_found("environment", id)),
+        catalog::Deleted::Busy { deployment } => Err(Response::error(
             409,
             "environment_busy",
             format!(
                 "environment {id:?} is part of running deployment {deployment}; cancel it or wait"
             ),
-        ));
+        )),
     }
-    let deleted = api
-        .coordinator
-        .catalog()
-        .delete(id)
-        .await
-        .map_err(store_error)?;
-    if !deleted {
-        return Err(not_found("environment", id));
-    }
-    Ok(Response::json(200, &json!({ "deleted": id })))
 }
 
 #[utoipa::path(

@@ -22,6 +22,13 @@ pub struct Settings {
     /// Log lines kept per deployment in the store; later lines are counted, not kept.
     #[serde(default = "default_max_log_lines")]
     pub max_log_lines: usize,
+    /// Finished deployments (and their logs) older than this many days are deleted in the
+    /// background; 0 keeps them forever. Running ones are never deleted.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// At most this many finished deployments are kept (the newest); none when unset.
+    #[serde(default)]
+    pub retention_max_deployments: Option<usize>,
     /// The platform's version when `DEPLOYMENT_VERSION` is not set.
     #[serde(default)]
     pub platform_version: Option<String>,
@@ -72,6 +79,10 @@ fn default_health_timeout() -> u64 {
     5
 }
 
+fn default_retention_days() -> u32 {
+    90
+}
+
 fn default_max_log_lines() -> usize {
     100_000
 }
@@ -90,6 +101,8 @@ impl Settings {
             Some("max_parallel: must be between 1 and 1024")
         } else if !(1..=300).contains(&settings.health_check_timeout_secs) {
             Some("health_check_timeout_secs: must be between 1 and 300")
+        } else if settings.retention_max_deployments == Some(0) {
+            Some("retention_max_deployments: keeping 0 deployments deletes each as it ends; use at least 1, or omit it")
         } else if settings.max_log_lines == 0 {
             Some("max_log_lines: must be at least 1")
         } else if settings

@@ -1,8 +1,8 @@
 //! The host's services without the host: what the standalone CLI (`deployment-mcp`) lends the
 //! plugin when it runs in-process.
 //!
-//! - the store is an SQLite file with the host's table shape (`records`, WAL), so the same
-//!   plugin code reads and writes it the same way;
+//! - the store is the host's own store (`record-store`) in its own file, so the same plugin
+//!   code reads and writes it the same way, atomic batches included;
 //! - published events go into a `tokio::sync::broadcast` channel the CLI subscribes to;
 //! - log records go to stderr when verbose, and nowhere otherwise.
 //!
@@ -10,25 +10,24 @@
 //! the plugin marks runs recorded under any other boot as interrupted (a CLI killed mid-run).
 //! For the same reason only one process may use a data directory at a time: a second one would
 //! take the first one's running deployment for an interrupted one. An exclusive lock on
-//! `<data_dir>/deployment-mcp.lock` enforces that.
+//! `<data_dir>/deployment-mcp.lock` enforces that (the directory is private, like the host's).
 
 use std::{
-    fs::File,
     io::Write as _,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard,
+        Arc,
     },
     time::SystemTime,
 };
 
 use abi_stable::{
     sabi_trait::TD_Opaque,
-    std_types::{ROption, RResult, RStr, RString, RVec},
+    std_types::{ROption, RResult, RSlice, RStr, RString, RVec},
 };
-use plugin_api::{HostServices, HostServices_TO, LogLevel, StoreEntry};
-use rusqlite::{params, Connection, OptionalExtension};
+use plugin_api::{HostServices, HostServices_TO, LogLevel, StoreConflict, StoreEntry, StoreOp};
+use record_store::{DataDir, Store};
 use tokio::sync::broadcast;
 
 /// The database file inside the data directory. Not the host's `powerautomation.db`: a CLI
@@ -37,10 +36,6 @@ pub const DATABASE_FILE: &str = "deployment-mcp.db";
 const LOCK_FILE: &str = "deployment-mcp.lock";
 /// Events a slow subscriber may fall behind before it is told it lagged.
 const EVENT_CAPACITY: usize = 4096;
-/// The host's limits, so a record the CLI accepts is one the host would accept too.
-const MAX_NAME_LEN: usize = 256;
-const MAX_VALUE_LEN: usize = 16 * 1024 * 1024;
-const MAX_LIST: u32 = 10_000;
 
 /// One published event, numbered in publish order from 1.
 #[derive(Debug, Clone)]
@@ -60,23 +55,19 @@ pub struct StandaloneHost {
     pub database: PathBuf,
     store: Arc<Store>,
     lifecycle: serde_json::Value,
-    /// Held open for the lifetime of this value: the lock goes with it.
-    _lock: File,
+    /// Held for the lifetime of this value: the directory's lock goes with it.
+    _data_dir: DataDir,
 }
 
 impl StandaloneHost {
     /// Opens (creating when missing) the store in `data_dir`, takes the directory's lock and
     /// records this process as the running boot. `verbose` sends plugin log records to stderr.
     pub fn open(data_dir: &Path, verbose: bool) -> Result<StandaloneHost, String> {
-        std::fs::create_dir_all(data_dir).map_err(|error| {
-            format!(
-                "cannot create the data directory {}: {error}; pass --data-dir with a writable directory",
-                data_dir.display()
-            )
+        let locked = DataDir::open(data_dir, LOCK_FILE, "deployment-mcp").map_err(|error| {
+            format!("{error}; pass --data-dir with a writable directory that no other process uses")
         })?;
-        let lock = lock_data_dir(data_dir)?;
         let database = data_dir.join(DATABASE_FILE);
-        let store = Arc::new(Store::open(&database)?);
+        let store = Arc::new(Store::open(data_dir, DATABASE_FILE).map_err(|e| e.to_string())?);
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).map_err(|error| format!("no system randomness: {error}"))?;
         let boot_id = hex::encode(bytes);
@@ -85,7 +76,9 @@ impl StandaloneHost {
             "pid": std::process::id(),
             "state": "running",
         });
-        store.put("host", "lifecycle", &lifecycle.to_string())?;
+        store
+            .put("host", "lifecycle", &lifecycle.to_string())
+            .map_err(|error| error.to_string())?;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let services = Services {
             store: Arc::clone(&store),
@@ -101,7 +94,7 @@ impl StandaloneHost {
             database,
             store,
             lifecycle,
-            _lock: lock,
+            _data_dir: locked,
         })
     }
 
@@ -110,164 +103,10 @@ impl StandaloneHost {
     pub fn stopping(&self) -> Result<(), String> {
         let mut record = self.lifecycle.clone();
         record["state"] = "stopping".into();
-        self.store.put("host", "lifecycle", &record.to_string())
+        self.store
+            .put("host", "lifecycle", &record.to_string())
+            .map_err(|error| error.to_string())
     }
-}
-
-fn lock_data_dir(data_dir: &Path) -> Result<File, String> {
-    let path = data_dir.join(LOCK_FILE);
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(|error| format!("cannot open the lock file {}: {error}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            let holder = holder.trim();
-            let by = if holder.is_empty() {
-                String::new()
-            } else {
-                format!(" (pid {holder})")
-            };
-            return Err(format!(
-                "another deployment-mcp{by} is using the data directory {}; wait for it to finish, or pass another --data-dir",
-                data_dir.display()
-            ));
-        }
-        Err(std::fs::TryLockError::Error(error)) => {
-            return Err(format!("cannot lock {}: {error}", path.display()))
-        }
-    }
-    // Only informative (for the message above); the lock is what counts.
-    let _ = file
-        .set_len(0)
-        .and_then(|()| write!(file, "{}", std::process::id()))
-        .and_then(|()| file.flush());
-    Ok(file)
-}
-
-/// The host's `records` table, behind one connection: a CLI has a handful of concurrent store
-/// calls at most, and SQLite serialises writers anyway.
-struct Store {
-    path: PathBuf,
-    connection: Mutex<Connection>,
-}
-
-impl Store {
-    fn open(path: &Path) -> Result<Store, String> {
-        let describe = |error: rusqlite::Error| format!("store {}: {error}", path.display());
-        let connection = Connection::open(path).map_err(describe)?;
-        connection
-            .execute_batch(
-                "PRAGMA journal_mode = WAL;
-                 PRAGMA synchronous = NORMAL;
-                 PRAGMA busy_timeout = 5000;
-                 CREATE TABLE IF NOT EXISTS records (
-                     collection TEXT NOT NULL,
-                     key        TEXT NOT NULL,
-                     value      TEXT NOT NULL,
-                     updated_at INTEGER NOT NULL,
-                     PRIMARY KEY (collection, key)
-                 ) WITHOUT ROWID;",
-            )
-            .map_err(describe)?;
-        Ok(Store {
-            path: path.to_path_buf(),
-            connection: Mutex::new(connection),
-        })
-    }
-
-    fn connection(&self) -> MutexGuard<'_, Connection> {
-        // SQLite keeps itself consistent (journal) even if a holder of the lock panicked.
-        self.connection
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn put(&self, collection: &str, key: &str, value: &str) -> Result<(), String> {
-        check_name("collection", collection)?;
-        check_name("key", key)?;
-        if value.len() > MAX_VALUE_LEN {
-            return Err(format!(
-                "value of {collection}/{key} is {} bytes; the limit is {MAX_VALUE_LEN}",
-                value.len()
-            ));
-        }
-        self.connection()
-            .prepare_cached(
-                "INSERT INTO records (collection, key, value, updated_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value,
-                                                             updated_at = excluded.updated_at",
-            )
-            .and_then(|mut statement| statement.execute(params![collection, key, value, now_ms()]))
-            .map(|_| ())
-            .map_err(|error| {
-                format!(
-                    "store write {collection}/{key} in {}: {error}",
-                    self.path.display()
-                )
-            })
-    }
-
-    fn get(&self, collection: &str, key: &str) -> Result<Option<String>, String> {
-        self.connection()
-            .prepare_cached("SELECT value FROM records WHERE collection = ?1 AND key = ?2")
-            .and_then(|mut statement| {
-                statement
-                    .query_row(params![collection, key], |row| row.get(0))
-                    .optional()
-            })
-            .map_err(|error| format!("store read {collection}/{key}: {error}"))
-    }
-
-    fn delete(&self, collection: &str, key: &str) -> Result<bool, String> {
-        self.connection()
-            .prepare_cached("DELETE FROM records WHERE collection = ?1 AND key = ?2")
-            .and_then(|mut statement| statement.execute(params![collection, key]))
-            .map(|changed| changed > 0)
-            .map_err(|error| format!("store delete {collection}/{key}: {error}"))
-    }
-
-    fn list(
-        &self,
-        collection: &str,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<(String, String)>, String> {
-        let connection = self.connection();
-        let mut statement = connection
-            .prepare_cached(
-                "SELECT key, value FROM records WHERE collection = ?1 AND key > ?2
-                 ORDER BY key LIMIT ?3",
-            )
-            .map_err(|error| format!("store list {collection}: {error}"))?;
-        let rows = statement
-            .query_map(
-                params![collection, after.unwrap_or(""), limit.min(MAX_LIST)],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|error| format!("store list {collection}: {error}"))?;
-        Ok(rows)
-    }
-}
-
-fn check_name(what: &str, name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(format!("store {what} must be 1 to {MAX_NAME_LEN} bytes"));
-    }
-    Ok(())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 struct Services {
@@ -305,21 +144,21 @@ impl HostServices for Services {
     ) -> RResult<(), RString> {
         self.store
             .put(collection.as_str(), key.as_str(), value.as_str())
-            .map_err(RString::from)
+            .map_err(|error| RString::from(error.to_string()))
             .into()
     }
 
     fn store_get(&self, collection: RStr<'_>, key: RStr<'_>) -> RResult<ROption<RString>, RString> {
         match self.store.get(collection.as_str(), key.as_str()) {
             Ok(value) => RResult::ROk(value.map(RString::from).into()),
-            Err(error) => RResult::RErr(error.into()),
+            Err(error) => RResult::RErr(error.to_string().into()),
         }
     }
 
     fn store_delete(&self, collection: RStr<'_>, key: RStr<'_>) -> RResult<bool, RString> {
         self.store
             .delete(collection.as_str(), key.as_str())
-            .map_err(RString::from)
+            .map_err(|error| RString::from(error.to_string()))
             .into()
     }
 
@@ -339,8 +178,22 @@ impl HostServices for Services {
                     })
                     .collect(),
             ),
-            Err(error) => RResult::RErr(error.into()),
+            Err(error) => RResult::RErr(error.to_string().into()),
         }
+    }
+
+    fn store_apply(&self, ops: RSlice<'_, StoreOp>) -> RResult<ROption<StoreConflict>, RString> {
+        record_store::apply_abi(&self.store, ops)
+    }
+
+    fn publish_by_role(
+        &self,
+        kind: RStr<'_>,
+        data: RStr<'_>,
+        _user_data: ROption<RStr<'_>>,
+    ) -> u64 {
+        // The CLI's reader is the operator at the terminal: the full view.
+        self.publish(kind, data)
     }
 }
 
@@ -475,6 +328,15 @@ mod tests {
         assert!(host.store_delete("c", "b")?);
         assert!(!host.store_delete("c", "b")?);
         assert!(host.store_put("", "k", "v").is_err());
+        let conflict = host.store_apply(&[
+            plugin_guest::StoreOp::insert("c", "z", "1".into()),
+            plugin_guest::StoreOp::insert("c", "a", "1".into()),
+        ])?;
+        assert_eq!(
+            conflict.map(|c| (c.index, c.current)),
+            Some((1, Some("3".into())))
+        );
+        assert_eq!(host.store_get("c", "z")?, None);
 
         let mut events = standalone.events.subscribe();
         let first = host.publish("deployment.phase", &serde_json::json!({"n": 1}));
@@ -489,7 +351,10 @@ mod tests {
 
         // A second process (here: a second open) must not take over a directory in use.
         let error = StandaloneHost::open(&dir, false).err().unwrap_or_default();
-        assert!(error.contains("another deployment-mcp"), "{error}");
+        assert!(
+            error.contains("in use by another deployment-mcp"),
+            "{error}"
+        );
         standalone.stopping()?;
         drop(standalone);
         let reopened = StandaloneHost::open(&dir, false)?;

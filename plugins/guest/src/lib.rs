@@ -31,7 +31,7 @@ use futures_util::FutureExt;
 pub use plugin_api::Role;
 use plugin_api::{
     HostServicesBox, LogLevel, PluginInstance, PluginInstanceBox, PluginInstance_TO, PluginRequest,
-    PluginResponse, PushOutcome, ResponseSinkBox,
+    PluginResponse, PushOutcome, ResponseSinkBox, StoreCondition, StoreWrite,
 };
 use tokio::sync::Notify;
 
@@ -210,6 +210,37 @@ impl Host {
             .publish(RStr::from_str(kind), RStr::from_str(&text))
     }
 
+    /// Publishes `data` to developers and admins and `user_data` to users (`None`: users do not
+    /// get this event).
+    pub fn publish_by_role(
+        &self,
+        kind: &str,
+        data: &serde_json::Value,
+        user_data: Option<&serde_json::Value>,
+    ) -> u64 {
+        let text = data.to_string();
+        let user_text = user_data.map(serde_json::Value::to_string);
+        let user = match &user_text {
+            Some(text) => ROption::RSome(RStr::from_str(text)),
+            None => ROption::RNone,
+        };
+        self.services
+            .publish_by_role(RStr::from_str(kind), RStr::from_str(&text), user)
+    }
+
+    /// Applies `ops` atomically: all of them when every condition holds, else none and the
+    /// first conflict.
+    pub fn store_apply(&self, ops: &[StoreOp]) -> Result<Option<Conflict>, String> {
+        let exported: RVec<plugin_api::StoreOp> = ops.iter().map(StoreOp::export).collect();
+        match self.services.store_apply(exported.as_rslice()) {
+            RResult::ROk(conflict) => Ok(conflict.into_option().map(|conflict| Conflict {
+                index: conflict.index as usize,
+                current: conflict.current.into_option().map(String::from),
+            })),
+            RResult::RErr(error) => Err(error.into()),
+        }
+    }
+
     pub fn store_put(&self, collection: &str, key: &str, value: &str) -> Result<(), String> {
         self.services
             .store_put(collection.into(), key.into(), value.into())
@@ -252,6 +283,103 @@ impl Host {
             RResult::RErr(error) => Err(error.into()),
         }
     }
+}
+
+/// What must hold for one [`StoreOp`] of an atomic batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    Always,
+    /// The key does not exist.
+    Absent,
+    /// The key holds exactly this value.
+    Equals(String),
+}
+
+/// What one [`StoreOp`] does once every condition of its batch held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Put(String),
+    Delete,
+    /// Nothing: the operation only checks its condition.
+    Keep,
+}
+
+/// One operation of an atomic batch ([`Host::store_apply`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOp {
+    pub collection: String,
+    pub key: String,
+    pub condition: Condition,
+    pub write: Write,
+}
+
+impl StoreOp {
+    pub fn put(collection: &str, key: &str, value: String) -> StoreOp {
+        StoreOp {
+            collection: collection.to_owned(),
+            key: key.to_owned(),
+            condition: Condition::Always,
+            write: Write::Put(value),
+        }
+    }
+
+    /// Writes only if the key does not exist yet.
+    pub fn insert(collection: &str, key: &str, value: String) -> StoreOp {
+        StoreOp::put(collection, key, value).when(Condition::Absent)
+    }
+
+    pub fn delete(collection: &str, key: &str) -> StoreOp {
+        StoreOp {
+            collection: collection.to_owned(),
+            key: key.to_owned(),
+            condition: Condition::Always,
+            write: Write::Delete,
+        }
+    }
+
+    /// Only checks that `condition` holds for the key.
+    pub fn check(collection: &str, key: &str, condition: Condition) -> StoreOp {
+        StoreOp {
+            collection: collection.to_owned(),
+            key: key.to_owned(),
+            condition,
+            write: Write::Keep,
+        }
+    }
+
+    pub fn when(mut self, condition: Condition) -> StoreOp {
+        self.condition = condition;
+        self
+    }
+
+    fn export(&self) -> plugin_api::StoreOp {
+        let (condition, expected) = match &self.condition {
+            Condition::Always => (StoreCondition::Always, RString::new()),
+            Condition::Absent => (StoreCondition::Absent, RString::new()),
+            Condition::Equals(value) => (StoreCondition::Equals, RString::from(value.as_str())),
+        };
+        let (write, value) = match &self.write {
+            Write::Put(value) => (StoreWrite::Put, RString::from(value.as_str())),
+            Write::Delete => (StoreWrite::Delete, RString::new()),
+            Write::Keep => (StoreWrite::Keep, RString::new()),
+        };
+        plugin_api::StoreOp {
+            collection: RString::from(self.collection.as_str()),
+            key: RString::from(self.key.as_str()),
+            condition,
+            expected,
+            write,
+            value,
+        }
+    }
+}
+
+/// Why a batch was not applied: the first operation whose condition failed, and what its key
+/// holds now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub index: usize,
+    pub current: Option<String>,
 }
 
 /// What a plugin implements.
@@ -331,7 +459,11 @@ where
             move || log_forward::enter(&logs)
         })
         .on_thread_stop(log_forward::leave)
-        .enable_all()
+        // I/O and timers only. The signal driver would register process-wide state in this
+        // copy (a signal registry, and a SIGCHLD handler once a child is orphaned) that outlives
+        // the copy; children are reaped through pidfds on the I/O driver instead.
+        .enable_io()
+        .enable_time()
         .build()
         .map_err(|error| format!("cannot start the plugin runtime: {error}"))?;
     let handler = tracing::dispatcher::with_default(&logs, || {
@@ -561,6 +693,9 @@ impl<H: Handler> PluginInstance for Instance<H> {
 
 /// How long a streamed answer waits before pushing again into a full host buffer.
 const STREAM_RETRY: Duration = Duration::from_millis(5);
+/// How often a streamed answer that has nothing to send asks whether its client is still there,
+/// so a stream whose client left stops (and stops polling what it streams) within this time.
+const CLIENT_PROBE: Duration = Duration::from_secs(1);
 
 /// Sends an answer; a streamed one is pushed chunk by chunk until the stream ends or the client
 /// goes away.
@@ -571,7 +706,23 @@ async fn deliver(reply: ResponseSinkBox, mut response: Response) {
     };
     let body = reply.stream(export_response(response));
     use futures_util::StreamExt as _;
-    'chunks: while let Some(chunk) = chunks.next().await {
+    let mut probe = tokio::time::interval(CLIENT_PROBE);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    probe.reset();
+    'chunks: loop {
+        let chunk = tokio::select! {
+            chunk = chunks.next() => match chunk {
+                Some(chunk) => chunk,
+                None => break,
+            },
+            _ = probe.tick() => {
+                // An empty push queues nothing; it only reports whether the client is gone.
+                if body.push(RSlice::from_slice(&[])) == PushOutcome::Closed {
+                    break;
+                }
+                continue;
+            }
+        };
         loop {
             match body.push(RSlice::from_slice(&chunk)) {
                 PushOutcome::Accepted => break,

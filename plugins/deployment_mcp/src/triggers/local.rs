@@ -2,17 +2,26 @@
 //!
 //! The command is an argument vector executed directly, never through a shell built from request
 //! data: deployment facts reach the script as environment variables (`PA_DEPLOYMENT_ID`,
-//! `PA_DEPLOYMENT_VERSION`, `PA_PLATFORM_IP`, …). The child gets its own process group, and the
-//! whole group is killed when the trigger is dropped (timeout, cancel), so a script's own
-//! children do not outlive it.
+//! `PA_DEPLOYMENT_VERSION`, `PA_PLATFORM_IP`, …).
+//!
+//! The trigger ends when the command exits: output a background process keeps open (a daemon
+//! the script started) is read for [`PIPE_GRACE`] more, then abandoned with a log line saying
+//! so, and the daemon keeps running — starting services is what init scripts do.
+//!
+//! Cancel and timeout kill the whole tree the command created, then reap the command: its
+//! process group, and every process that left the group (`setsid`, a double fork) found by the
+//! marker variable `PA_TRIGGER_ID` each process inherits with its environment. The trigger does
+//! this itself before it returns (it watches [`super::StopSignal`]); dropped mid-flight, a guard
+//! still kills the tree.
 
-use std::{path::PathBuf, process::Stdio};
+use std::{path::PathBuf, process::Stdio, time::Duration};
 
+use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{
-    LineSplitter, LogSink, LogStream, Trigger, TriggerContext, TriggerFailure, TriggerResult,
-    TriggerSuccess,
+    FailureKind, LineSplitter, LogSink, LogStream, Trigger, TriggerContext, TriggerFailure,
+    TriggerResult, TriggerSuccess,
 };
 use crate::environments::Environment;
 
@@ -20,7 +29,11 @@ use crate::environments::Environment;
 const STDERR_TAIL_LINES: usize = 10;
 
 /// How long output may keep arriving after the command exited.
-const PIPE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+const PIPE_GRACE: Duration = Duration::from_secs(2);
+/// How long a killed command may take to be reaped.
+const REAP_LIMIT: Duration = Duration::from_secs(5);
+/// The variable that marks every process of one trigger's tree.
+pub const MARKER_VARIABLE: &str = "PA_TRIGGER_ID";
 
 pub struct LocalTrigger {
     environment: Environment,
@@ -44,17 +57,80 @@ impl LocalTrigger {
     }
 }
 
-/// Kills the child's whole process group when dropped, unless the child was reaped.
-struct GroupGuard {
-    pgid: Option<nix::unistd::Pid>,
+/// The processes one run of a command created: its process group, and any process carrying
+/// the run's marker in its environment.
+struct ProcessTree {
+    group: Option<Pid>,
+    marker: String,
+    /// Cleared once the tree was killed (or must be left, after a normal exit).
+    armed: bool,
 }
 
-impl Drop for GroupGuard {
+impl ProcessTree {
+    /// Kills every process of the tree; returns how many were found outside the group.
+    fn kill(&mut self) -> usize {
+        self.armed = false;
+        if let Some(group) = self.group {
+            let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+        }
+        // Processes that left the group are found by their marker. A process may fork while
+        // the scan runs: look again until a pass finds none (bounded).
+        let mut outside = 0;
+        for _ in 0..5 {
+            let found = marked_processes(&self.marker);
+            if found.is_empty() {
+                break;
+            }
+            for pid in found {
+                if nix::sys::signal::kill(pid, Signal::SIGKILL).is_ok() {
+                    outside += 1;
+                }
+            }
+        }
+        outside
+    }
+}
+
+impl Drop for ProcessTree {
     fn drop(&mut self) {
-        if let Some(pgid) = self.pgid {
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        if self.armed {
+            self.kill();
         }
     }
+}
+
+/// Live processes whose environment holds `PA_TRIGGER_ID=<marker>` (only this user's
+/// processes are readable, which is all a trigger can have started).
+fn marked_processes(marker: &str) -> Vec<Pid> {
+    let needle = format!("{MARKER_VARIABLE}={marker}");
+    let own = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != own)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+                environ
+                    .split(|byte| *byte == 0)
+                    .any(|entry| entry == needle.as_bytes())
+            })
+        })
+        .filter_map(|pid| i32::try_from(pid).ok().map(Pid::from_raw))
+        .collect()
+}
+
+fn new_marker() -> String {
+    let mut bytes = [0u8; 12];
+    if getrandom::fill(&mut bytes).is_err() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        bytes[..8].copy_from_slice(&(now.as_nanos() as u64).to_be_bytes());
+        bytes[8..].copy_from_slice(&std::process::id().to_be_bytes());
+    }
+    hex::encode(bytes)
 }
 
 impl Trigger for LocalTrigger {
@@ -75,14 +151,15 @@ impl Trigger for LocalTrigger {
             shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_else(|_| argv.join(" "))
         ))
         .await;
+        let marker = new_marker();
         let mut command = tokio::process::Command::new(&argv[0]);
         command
             .args(&argv[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .process_group(0)
+            .env(MARKER_VARIABLE, &marker)
             .env("PA_DEPLOYMENT_ID", &context.deployment_id)
             .env("PA_DEPLOYMENT_VERSION", &context.version)
             .env("DEPLOYMENT_VERSION", &context.version)
@@ -105,24 +182,77 @@ impl Trigger for LocalTrigger {
                 .unwrap_or_default();
             TriggerFailure::failed(format!("cannot start {:?}{place}: {error}", argv[0]))
         })?;
-        let _group = GroupGuard {
-            pgid: child
+        let mut tree = ProcessTree {
+            group: child
                 .id()
                 .and_then(|id| i32::try_from(id).ok())
-                .map(nix::unistd::Pid::from_raw),
+                .map(Pid::from_raw),
+            marker,
+            armed: true,
         };
         let stdout = tokio::spawn(forward(child.stdout.take(), log.clone(), LogStream::Stdout));
         let stderr = tokio::spawn(forward(child.stderr.take(), log.clone(), LogStream::Stderr));
-        let status = child.wait().await.map_err(|error| {
-            TriggerFailure::failed(format!("waiting for the command failed: {error}"))
-        })?;
-        // A background child of the script may hold the pipes open: give the output a moment,
-        // then the group guard kills what is left.
-        let _ = tokio::time::timeout(PIPE_GRACE, stdout).await;
-        let stderr_tail = match tokio::time::timeout(PIPE_GRACE, stderr).await {
+        let waited = tokio::select! {
+            status = child.wait() => Ok(status),
+            why = context.stop.stopped() => Err(why),
+        };
+        let status = match waited {
+            Ok(status) => status.map_err(|error| {
+                TriggerFailure::failed(format!("waiting for the command failed: {error}"))
+            })?,
+            Err(why) => {
+                let outside = tokio::task::spawn_blocking(move || {
+                    let outside = tree.kill();
+                    (tree, outside)
+                })
+                .await
+                .map(|(_, outside)| outside)
+                .unwrap_or(0);
+                // Reap it, so no zombie is left behind (it was killed: this is quick).
+                let _ = tokio::time::timeout(REAP_LIMIT, child.wait()).await;
+                stdout.abort();
+                stderr.abort();
+                let also = if outside > 0 {
+                    format!(" (and {outside} process(es) it had started outside its group)")
+                } else {
+                    String::new()
+                };
+                return Err(match why {
+                    FailureKind::TimedOut => TriggerFailure::timed_out(format!(
+                        "no result within the environment's timeout of {} s; the command was killed{also}",
+                        self.environment.timeout
+                    )),
+                    _ => TriggerFailure::cancelled(format!(
+                        "stopped: the deployment was cancelled; the command was killed{also}"
+                    )),
+                });
+            }
+        };
+        // The command is done; what it started is left running.
+        tree.armed = false;
+        // A background process may hold the pipes open: read what comes for a moment, then
+        // stop reading and say so.
+        let (mut stdout, mut stderr) = (stdout, stderr);
+        let (stdout_done, stderr_tail) = tokio::join!(
+            tokio::time::timeout(PIPE_GRACE, &mut stdout),
+            tokio::time::timeout(PIPE_GRACE, &mut stderr)
+        );
+        let held_open = stdout_done.is_err() || stderr_tail.is_err();
+        // Stop the readers: they hold the pipes and the log, which must close for the run to
+        // finish.
+        stdout.abort();
+        stderr.abort();
+        let stderr_tail = match stderr_tail {
             Ok(Ok(tail)) => tail,
             _ => Vec::new(),
         };
+        if held_open {
+            log.info(format!(
+                "the command exited, but a process it started keeps its output open; output after {} s is not read",
+                PIPE_GRACE.as_secs()
+            ))
+            .await;
+        }
         match status.code() {
             Some(0) => Ok(TriggerSuccess {
                 exit_code: Some(0),

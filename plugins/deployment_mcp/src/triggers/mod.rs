@@ -28,6 +28,34 @@ pub struct TriggerContext {
     pub platform_instance_id: Option<String>,
     pub platform_ip: Option<String>,
     pub log: LogSink,
+    /// When the trigger must stop on its own: a trigger that owns local processes watches this
+    /// and cleans up (kills its whole process tree, reaps it) before it returns, instead of
+    /// being dropped mid-flight.
+    pub stop: StopSignal,
+}
+
+/// Cancel and deadline of one trigger.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal {
+    pub cancel: tokio_util::sync::CancellationToken,
+    /// The environment's `timeout`, counted from the trigger's start.
+    pub deadline: Option<tokio::time::Instant>,
+}
+
+impl StopSignal {
+    /// Resolves when the trigger must stop, saying why.
+    pub async fn stopped(&self) -> FailureKind {
+        let deadline = async {
+            match self.deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.cancel.cancelled() => FailureKind::Cancelled,
+            _ = deadline => FailureKind::TimedOut,
+        }
+    }
 }
 
 /// A successful trigger.
@@ -43,6 +71,8 @@ pub struct TriggerSuccess {
 pub enum FailureKind {
     Failed,
     TimedOut,
+    /// The deployment was cancelled (or the host is stopping).
+    Cancelled,
 }
 
 /// A failed trigger: what went wrong, said so that an operator knows what to fix.
@@ -65,6 +95,14 @@ impl TriggerFailure {
     pub fn timed_out(message: impl Into<String>) -> TriggerFailure {
         TriggerFailure {
             kind: FailureKind::TimedOut,
+            message: message.into(),
+            exit_code: None,
+        }
+    }
+
+    pub fn cancelled(message: impl Into<String>) -> TriggerFailure {
+        TriggerFailure {
+            kind: FailureKind::Cancelled,
             message: message.into(),
             exit_code: None,
         }
@@ -107,6 +145,12 @@ impl AnyTrigger {
                 AnyTrigger::Local(local::LocalTrigger::new(environment.clone()))
             }
         }
+    }
+
+    /// Whether the trigger watches [`TriggerContext::stop`] itself (and must be let finish),
+    /// rather than being dropped when it must stop.
+    pub fn stops_itself(&self) -> bool {
+        matches!(self, AnyTrigger::Local(_))
     }
 
     pub async fn run(&self, context: &TriggerContext) -> TriggerResult {
@@ -178,7 +222,8 @@ impl LogSink {
     }
 
     pub async fn line(&self, stream: LogStream, text: impl Into<String>) {
-        let mut line = text.into();
+        // A URL in a line (a script's own output included) never shows its password.
+        let mut line = crate::redact::urls_in(&text.into());
         truncate_line(&mut line);
         let entry = LogLine {
             ts: timestamp(SystemTime::now()),

@@ -695,6 +695,7 @@ mod tests {
             platform_instance_id: None,
             platform_ip: Some("10.0.0.1".to_owned()),
             log: LogSink::channel(1).0,
+            stop: Default::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Loading, checking, starting and unloading one copy of a plugin library.
 //!
-//! This is the only module with `unsafe` code. The invariants it keeps:
+//! This is the only module tree with `unsafe` code (with [`fatal`], the crash report). The
+//! invariants it keeps:
 //! - every copy is loaded from a private file (`<data_dir>/plugin-copies/`), so the operator can
 //!   replace the configured file at any time and each copy gets fresh statics;
 //! - `abi_stable` checks the interface version and the layout of the root module before any
@@ -10,6 +11,8 @@
 //! - nothing the copy allocated is kept: metadata and errors are copied into host `String`s;
 //! - the library is closed only after the instance is shut down (its threads joined) and its
 //!   object dropped, on a retirement thread the host joins at exit.
+
+pub mod fatal;
 
 use std::{
     path::{Path, PathBuf},
@@ -123,7 +126,12 @@ pub struct LoadedPlugin {
     pub info: BuildInfo,
     parts: Option<LivePlugin>,
     retirements: Retirements,
+    /// This copy's entry in the fatal-signal report.
+    report_id: u64,
 }
+
+/// Numbers copies for the fatal-signal report.
+static NEXT_REPORT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 struct LivePlugin {
     instance: PluginInstanceBox,
@@ -146,9 +154,14 @@ impl Drop for LoadedPlugin {
             return;
         };
         let label = format!("{} {}", self.info.name, self.info.version);
+        let report_id = self.report_id;
         let spawned = std::thread::Builder::new()
             .name(format!("retire-{}", self.info.name))
-            .spawn(move || retire(parts, &label));
+            .spawn(move || {
+                if retire(parts, &label) {
+                    fatal::set_loaded(report_id, None);
+                }
+            });
         match spawned {
             Ok(handle) => self.retirements.push(handle),
             Err(error) => {
@@ -160,7 +173,8 @@ impl Drop for LoadedPlugin {
     }
 }
 
-fn retire(parts: LivePlugin, label: &str) {
+/// Shuts a copy down and unloads it; false when it had to stay loaded.
+fn retire(parts: LivePlugin, label: &str) -> bool {
     let LivePlugin {
         instance,
         library,
@@ -183,7 +197,7 @@ fn retire(parts: LivePlugin, label: &str) {
             "plugin shutdown did not complete; its copy stays loaded"
         );
         std::mem::forget(library);
-        return;
+        return false;
     }
     // Closing is sound now: the instance is shut down (all its threads joined) and dropped, the threads that
     // ran plugin code on the host's behalf (start, shutdown) have exited, and the host keeps
@@ -198,6 +212,7 @@ fn retire(parts: LivePlugin, label: &str) {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "old plugin copy shut down and unloaded"
     );
+    true
 }
 
 /// Finds the library file the configuration points at.
@@ -266,23 +281,36 @@ pub fn load(request: LoadRequest, retirements: Retirements) -> Result<LoadedPlug
         )),
     };
     match outcome {
-        Ok(started) => Ok(LoadedPlugin {
-            info: BuildInfo {
-                name: started.name,
-                version: started.version,
-                description: started.description,
-                abi: started.abi,
-                sha256,
-                source,
-                loaded_at: SystemTime::now(),
-            },
-            parts: Some(LivePlugin {
-                instance: started.instance,
-                library: started.library,
-                copy,
-            }),
-            retirements,
-        }),
+        Ok(started) => {
+            let report_id = NEXT_REPORT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            fatal::set_loaded(
+                report_id,
+                Some(format!(
+                    "{} {} (sha256 {})",
+                    started.name,
+                    started.version,
+                    &sha256[..12]
+                )),
+            );
+            Ok(LoadedPlugin {
+                info: BuildInfo {
+                    name: started.name,
+                    version: started.version,
+                    description: started.description,
+                    abi: started.abi,
+                    sha256,
+                    source,
+                    loaded_at: SystemTime::now(),
+                },
+                parts: Some(LivePlugin {
+                    instance: started.instance,
+                    library: started.library,
+                    copy,
+                }),
+                retirements,
+                report_id,
+            })
+        }
         Err((library, error)) => {
             // The loader thread has exited: closing now cannot leave plugin code running.
             if let Some(library) = library {
@@ -321,7 +349,17 @@ fn private_copy(request: &LoadRequest, source: &Path) -> Result<(PathBuf, String
         std::process::id(),
         request.sequence
     ));
-    let mut output = std::fs::File::create(&staging).map_err(failed)?;
+    let mut output = {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Private like everything in the data directory.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&staging)
+            .map_err(failed)?
+    };
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 256 * 1024];
     loop {

@@ -1,0 +1,476 @@
+//! The SQLite store: one `records` table keyed by `(collection, key)`, WAL mode.
+//!
+//! Writes go through one connection; reads use a small pool so readers never queue behind each
+//! other or behind a writer. Every write is its own transaction, and [`Store::apply`] makes a
+//! batch one transaction whose conditions are checked inside it.
+//!
+//! Durability: `synchronous = FULL`. A write that returned is on disk, also after a power cut,
+//! not only after a process crash; callers batch where they write much (log lines, environment
+//! claims) so the cost is one sync per batch.
+
+use std::{
+    fs::OpenOptions,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex, MutexGuard,
+    },
+};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+const READERS: usize = 4;
+/// Collection and key limits keep one caller from filling the disk with keys nobody can list.
+const MAX_NAME_LEN: usize = 256;
+pub const MAX_VALUE_LEN: usize = 16 * 1024 * 1024;
+/// The largest page [`Store::list`] returns.
+pub const MAX_LIST: u32 = 10_000;
+/// The most operations one [`Store::apply`] batch may hold.
+const MAX_BATCH: usize = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {what} must be 1 to {MAX_NAME_LEN} bytes (got {len})")]
+    BadName { what: &'static str, len: usize },
+    #[error("value of {collection}/{key} is {len} bytes; the limit is {MAX_VALUE_LEN}")]
+    TooLarge {
+        collection: String,
+        key: String,
+        len: usize,
+    },
+    #[error("a batch of {0} operations is over the limit of {MAX_BATCH}")]
+    BatchTooLarge(usize),
+    #[error("cannot create the store file {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store {action}: {source}")]
+    Sqlite {
+        action: String,
+        source: rusqlite::Error,
+    },
+}
+
+impl StoreError {
+    fn sqlite(action: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> StoreError {
+        let action = action.into();
+        move |source| StoreError::Sqlite { action, source }
+    }
+}
+
+/// What must hold for one operation of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition<'a> {
+    Always,
+    /// The key does not exist.
+    Absent,
+    /// The key exists and holds exactly this value.
+    Equals(&'a str),
+}
+
+/// What one operation of a batch does once every condition held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write<'a> {
+    Put(&'a str),
+    Delete,
+    /// Only the condition: the key is checked, not changed.
+    Keep,
+}
+
+/// One operation of an atomic batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Op<'a> {
+    pub collection: &'a str,
+    pub key: &'a str,
+    pub condition: Condition<'a>,
+    pub write: Write<'a>,
+}
+
+impl<'a> Op<'a> {
+    pub fn put(collection: &'a str, key: &'a str, value: &'a str) -> Op<'a> {
+        Op {
+            collection,
+            key,
+            condition: Condition::Always,
+            write: Write::Put(value),
+        }
+    }
+
+    pub fn insert(collection: &'a str, key: &'a str, value: &'a str) -> Op<'a> {
+        Op {
+            condition: Condition::Absent,
+            ..Op::put(collection, key, value)
+        }
+    }
+
+    pub fn delete(collection: &'a str, key: &'a str) -> Op<'a> {
+        Op {
+            collection,
+            key,
+            condition: Condition::Always,
+            write: Write::Delete,
+        }
+    }
+
+    pub fn when(mut self, condition: Condition<'a>) -> Op<'a> {
+        self.condition = condition;
+        self
+    }
+}
+
+/// Why a batch was not applied: the first operation whose condition failed, and the value its
+/// key holds now (`None`: absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub index: usize,
+    pub current: Option<String>,
+}
+
+pub struct Store {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+impl Store {
+    /// Opens (creating when missing, mode 0600) the database `file_name` in `dir`, which must
+    /// exist (see [`crate::DataDir`]).
+    pub fn open(dir: &Path, file_name: &str) -> Result<Store, StoreError> {
+        let path = dir.join(file_name);
+        // Created private before SQLite opens it: SQLite gives its -wal and -shm files the
+        // database file's permissions.
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| StoreError::Create {
+                path: path.clone(),
+                source,
+            })?;
+        let describe = format!("open {}", path.display());
+        let writer = Connection::open(&path).map_err(StoreError::sqlite(&describe))?;
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = FULL;
+                 PRAGMA busy_timeout = 5000;
+                 CREATE TABLE IF NOT EXISTS records (
+                     collection TEXT NOT NULL,
+                     key        TEXT NOT NULL,
+                     value      TEXT NOT NULL,
+                     updated_at INTEGER NOT NULL,
+                     PRIMARY KEY (collection, key)
+                 ) WITHOUT ROWID;",
+            )
+            .map_err(StoreError::sqlite(&describe))?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let reader = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(StoreError::sqlite(&describe))?;
+            reader
+                .execute_batch("PRAGMA busy_timeout = 5000;")
+                .map_err(StoreError::sqlite(&describe))?;
+            readers.push(Mutex::new(reader));
+        }
+        Ok(Store {
+            path,
+            writer: Mutex::new(writer),
+            readers,
+            next_reader: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (it has its own journal).
+        self.writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        for offset in 0..self.readers.len() {
+            if let Ok(guard) = self.readers[(start + offset) % self.readers.len()].try_lock() {
+                return guard;
+            }
+        }
+        self.readers[start % self.readers.len()]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn put(&self, collection: &str, key: &str, value: &str) -> Result<(), StoreError> {
+        check(collection, key, Some(value))?;
+        self.writer()
+            .prepare_cached(UPSERT)
+            .and_then(|mut statement| statement.execute(params![collection, key, value, now_ms()]))
+            .map(|_| ())
+            .map_err(StoreError::sqlite(format!("write {collection}/{key}")))
+    }
+
+    pub fn get(&self, collection: &str, key: &str) -> Result<Option<String>, StoreError> {
+        read_value(&self.reader(), collection, key)
+    }
+
+    /// Removes `key`; `true` when it existed.
+    pub fn delete(&self, collection: &str, key: &str) -> Result<bool, StoreError> {
+        self.writer()
+            .prepare_cached(DELETE)
+            .and_then(|mut statement| statement.execute(params![collection, key]))
+            .map(|changed| changed > 0)
+            .map_err(StoreError::sqlite(format!("delete {collection}/{key}")))
+    }
+
+    /// Rows of `collection` in key order, after `after`, at most `limit` (capped at
+    /// [`MAX_LIST`]).
+    pub fn list(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let limit = limit.min(MAX_LIST);
+        let connection = self.reader();
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT key, value FROM records WHERE collection = ?1 AND key > ?2
+                 ORDER BY key LIMIT ?3",
+            )
+            .map_err(StoreError::sqlite(format!("list {collection}")))?;
+        statement
+            .query_map(params![collection, after.unwrap_or(""), limit], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(StoreError::sqlite(format!("list {collection}")))
+    }
+
+    /// Applies every operation in one transaction if every condition holds, else none of them
+    /// and returns the first conflict. Conditions are checked in order, against the state
+    /// before the batch's own writes.
+    pub fn apply(&self, ops: &[Op<'_>]) -> Result<Option<Conflict>, StoreError> {
+        if ops.len() > MAX_BATCH {
+            return Err(StoreError::BatchTooLarge(ops.len()));
+        }
+        for op in ops {
+            let value = match op.write {
+                Write::Put(value) => Some(value),
+                Write::Delete | Write::Keep => None,
+            };
+            check(op.collection, op.key, value)?;
+        }
+        let mut writer = self.writer();
+        let transaction = writer
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::sqlite("begin a batch"))?;
+        for (index, op) in ops.iter().enumerate() {
+            let required = match op.condition {
+                Condition::Always => continue,
+                Condition::Absent => None,
+                Condition::Equals(expected) => Some(expected),
+            };
+            let current = read_value(&transaction, op.collection, op.key)?;
+            if current.as_deref() != required {
+                // Dropping the transaction rolls it back: nothing was written.
+                return Ok(Some(Conflict { index, current }));
+            }
+        }
+        let now = now_ms();
+        for op in ops {
+            let action = || format!("batch write {}/{}", op.collection, op.key);
+            match op.write {
+                Write::Put(value) => transaction
+                    .prepare_cached(UPSERT)
+                    .and_then(|mut statement| {
+                        statement.execute(params![op.collection, op.key, value, now])
+                    })
+                    .map(|_| ())
+                    .map_err(StoreError::sqlite(action()))?,
+                Write::Delete => transaction
+                    .prepare_cached(DELETE)
+                    .and_then(|mut statement| statement.execute(params![op.collection, op.key]))
+                    .map(|_| ())
+                    .map_err(StoreError::sqlite(action()))?,
+                Write::Keep => {}
+            }
+        }
+        transaction
+            .commit()
+            .map_err(StoreError::sqlite("commit a batch"))?;
+        Ok(None)
+    }
+}
+
+const UPSERT: &str =
+    "INSERT INTO records (collection, key, value, updated_at) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value,
+                                                 updated_at = excluded.updated_at";
+const DELETE: &str = "DELETE FROM records WHERE collection = ?1 AND key = ?2";
+
+fn read_value(
+    connection: &Connection,
+    collection: &str,
+    key: &str,
+) -> Result<Option<String>, StoreError> {
+    connection
+        .prepare_cached("SELECT value FROM records WHERE collection = ?1 AND key = ?2")
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![collection, key], |row| row.get(0))
+                .optional()
+        })
+        .map_err(StoreError::sqlite(format!("read {collection}/{key}")))
+}
+
+fn check(collection: &str, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+    for (what, name) in [("collection", collection), ("key", key)] {
+        if name.is_empty() || name.len() > MAX_NAME_LEN {
+            return Err(StoreError::BadName {
+                what,
+                len: name.len(),
+            });
+        }
+    }
+    match value {
+        Some(value) if value.len() > MAX_VALUE_LEN => Err(StoreError::TooLarge {
+            collection: collection.to_owned(),
+            key: key.to_owned(),
+            len: value.len(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("record-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::create_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn put_get_list_delete_and_reopen() -> Result<(), StoreError> {
+        let dir = temp_dir("roundtrip");
+        {
+            let store = Store::open(&dir, "t.db")?;
+            store.put("runs", "b", "{\"n\":2}")?;
+            store.put("runs", "a", "{\"n\":1}")?;
+            store.put("runs", "a", "{\"n\":3}")?;
+            store.put("other", "a", "x")?;
+            assert_eq!(store.get("runs", "a")?.as_deref(), Some("{\"n\":3}"));
+            let keys: Vec<_> = store
+                .list("runs", None, 10)?
+                .into_iter()
+                .map(|r| r.0)
+                .collect();
+            assert_eq!(keys, ["a", "b"]);
+            assert_eq!(store.list("runs", Some("a"), 10)?.len(), 1);
+            assert!(store.delete("runs", "b")?);
+            assert!(!store.delete("runs", "b")?);
+        }
+        let store = Store::open(&dir, "t.db")?;
+        assert_eq!(store.get("runs", "a")?.as_deref(), Some("{\"n\":3}"));
+        assert_eq!(store.get("runs", "b")?, None);
+        assert!(matches!(
+            store.put("", "k", "v"),
+            Err(StoreError::BadName {
+                what: "collection",
+                ..
+            })
+        ));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("t.db")).map(|m| m.permissions().mode() & 0o777);
+        assert_eq!(mode.ok(), Some(0o600));
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn a_batch_applies_all_or_nothing() -> Result<(), StoreError> {
+        let dir = temp_dir("batch");
+        let store = Store::open(&dir, "t.db")?;
+        store.put("claims", "b", "dep-1")?;
+        // The second insert conflicts: the first must not be written either.
+        let conflict = store.apply(&[
+            Op::insert("claims", "a", "dep-2"),
+            Op::insert("claims", "b", "dep-2"),
+        ])?;
+        assert_eq!(
+            conflict,
+            Some(Conflict {
+                index: 1,
+                current: Some("dep-1".into())
+            })
+        );
+        assert_eq!(store.get("claims", "a")?, None);
+        // Compare-and-set: only the holder may release.
+        let wrong = store.apply(&[Op::delete("claims", "b").when(Condition::Equals("dep-9"))])?;
+        assert_eq!(wrong.map(|c| c.index), Some(0));
+        assert_eq!(store.get("claims", "b")?.as_deref(), Some("dep-1"));
+        let released =
+            store.apply(&[Op::delete("claims", "b").when(Condition::Equals("dep-1"))])?;
+        assert_eq!(released, None);
+        assert_eq!(store.get("claims", "b")?, None);
+        // A check without a write, next to writes.
+        store.put("runs", "dep-3", "running")?;
+        let applied = store.apply(&[
+            Op {
+                collection: "runs",
+                key: "dep-3",
+                condition: Condition::Equals("running"),
+                write: Write::Keep,
+            },
+            Op::put("claims", "c", "dep-3"),
+        ])?;
+        assert_eq!(applied, None);
+        assert_eq!(store.get("claims", "c")?.as_deref(), Some("dep-3"));
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn concurrent_inserts_of_one_key_have_one_winner() -> Result<(), StoreError> {
+        let dir = temp_dir("race");
+        let store = std::sync::Arc::new(Store::open(&dir, "t.db")?);
+        let winners: usize = (0..8)
+            .map(|n| {
+                let store = std::sync::Arc::clone(&store);
+                std::thread::spawn(move || {
+                    let value = format!("dep-{n}");
+                    store
+                        .apply(&[Op::insert("idempotency", "key", &value)])
+                        .map(|conflict| usize::from(conflict.is_none()))
+                        .unwrap_or(0)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|thread| thread.join().unwrap_or(0))
+            .sum();
+        assert_eq!(winners, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+}
