@@ -91,9 +91,10 @@ fn plugin_call(c: &mut Criterion) {
         .build()
         .expect("bench runtime");
     let in_process = runtime
-        .block_on(deployment_mcp::build(
+        .block_on(deployment_mcp_core::build(
             plugin_guest::Host::new(bridge::host_services("deployment_mcp", store, bus)),
             &settings,
+            "bench",
         ))
         .expect("build the in-process handler");
 

@@ -268,6 +268,21 @@ pub trait PluginInstance: Send + Sync {
 
 pub type PluginInstanceBox = PluginInstance_TO<'static, RBox<()>>;
 
+/// The address range a plugin copy's heap occupies, as the copy reports it through the symbol
+/// [`HEAP_SYMBOL`] (`extern "C" fn() -> PluginHeap`). After the host has shut the copy down and
+/// closed the library, it unmaps the range: everything the copy allocated goes with it. A
+/// library without the symbol (or reporting `size` 0) keeps the system allocator, and its
+/// leftovers stay.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginHeap {
+    pub base: usize,
+    pub size: usize,
+}
+
+/// The name of the plugin library's heap-range function, NUL-terminated.
+pub const HEAP_SYMBOL: &[u8] = b"powerautomation_plugin_heap\0";
+
 /// The root module every plugin library exports.
 #[repr(C)]
 #[derive(StableAbi)]

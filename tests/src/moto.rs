@@ -16,7 +16,7 @@ use aws_sdk_ec2::{
     types::{InstanceType, ResourceType, Tag, TagSpecification},
     Client,
 };
-use deployment_mcp::ec2::Ec2Settings;
+use deployment_mcp_core::ec2::Ec2Settings;
 
 use crate::{sshd::free_port, wait_until};
 

@@ -1,4 +1,4 @@
-//! The EC2 phase (`deployment_mcp::ec2`) against a real EC2 API: each test starts its own
+//! The EC2 phase (`deployment_mcp_core::ec2`) against a real EC2 API: each test starts its own
 //! `moto_server`. Credentials come from the standard AWS chain, here the environment's fake
 //! keys, which every test sets to the same values before doing anything else.
 //!
@@ -23,7 +23,7 @@ use axum::{
     routing::{get, post, put},
     Router,
 };
-use deployment_mcp::{
+use deployment_mcp_core::{
     ec2::{self, Ec2Outcome, Ec2Settings},
     triggers::{LogLine, LogSink},
 };

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use deployment_mcp::{
+use deployment_mcp_core::{
     environments::Environment,
     triggers::{
         ssh::SshTrigger, FailureKind, LogLine, LogSink, LogStream, Trigger, TriggerContext,

@@ -35,6 +35,7 @@ use plugin_api::{
 };
 use tokio::sync::Notify;
 
+pub mod heap;
 pub mod log_forward;
 
 /// A request as plugin code sees it: plain std types, owned by this copy.
@@ -459,9 +460,9 @@ where
             move || log_forward::enter(&logs)
         })
         .on_thread_stop(log_forward::leave)
-        // I/O and timers only. The signal driver would register process-wide state in this
-        // copy (a signal registry, and a SIGCHLD handler once a child is orphaned) that outlives
-        // the copy; children are reaped through pidfds on the I/O driver instead.
+        // I/O and timers. Children are reaped through pidfds on the I/O driver, and plugin code
+        // awaits every child it starts, so the process driver never installs a process-wide
+        // SIGCHLD handler pointing into this copy (one that would outlive it).
         .enable_io()
         .enable_time()
         .build()
@@ -786,9 +787,22 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Exports a plugin's root module. `start` is a `fn(HostServicesBox, RString) ->
 /// RResult<PluginInstanceBox, RString>`, usually a call to [`start_instance`].
+///
+/// It also makes [`heap::CopyHeap`] the library's global allocator and exports the range it
+/// occupies, so the host can free everything the copy allocated once the copy is closed. Use
+/// it once, in the `cdylib` crate.
 #[macro_export]
 macro_rules! export_plugin {
     (name: $name:expr, version: $version:expr, description: $description:expr, start: $start:path $(,)?) => {
+        #[global_allocator]
+        static __POWERAUTOMATION_COPY_HEAP: $crate::heap::CopyHeap = $crate::heap::CopyHeap;
+
+        /// The copy's heap range, for the host to unmap after closing the library.
+        #[no_mangle]
+        pub extern "C" fn powerautomation_plugin_heap() -> ::plugin_api::PluginHeap {
+            $crate::heap::reserved()
+        }
+
         #[::abi_stable::export_root_module]
         pub fn powerautomation_plugin_root() -> ::plugin_api::PluginModRef {
             extern "C" fn __plugin_metadata() -> ::plugin_api::PluginMetadata {

@@ -10,7 +10,9 @@
 //!   is closed, so no thread-local destructor registered by plugin code pins the copy;
 //! - nothing the copy allocated is kept: metadata and errors are copied into host `String`s;
 //! - the library is closed only after the instance is shut down (its threads joined) and its
-//!   object dropped, on a retirement thread the host joins at exit.
+//!   object dropped, on a retirement thread the host joins at exit;
+//! - after it is closed, the copy's own heap (reported by the library, see
+//!   `plugin_api::PluginHeap`) is unmapped, so whatever the copy left allocated is freed.
 
 pub mod fatal;
 
@@ -26,7 +28,8 @@ use abi_stable::{
     std_types::{RResult, RString},
 };
 use plugin_api::{
-    HostServicesBox, PluginInstanceBox, PluginModRef, PluginRequest, ResponseSinkBox,
+    HostServicesBox, PluginHeap, PluginInstanceBox, PluginModRef, PluginRequest, ResponseSinkBox,
+    HEAP_SYMBOL,
 };
 use sha2::{Digest, Sha256};
 
@@ -203,8 +206,12 @@ fn retire(parts: LivePlugin, label: &str) -> bool {
     // ran plugin code on the host's behalf (start, shutdown) have exited, and the host keeps
     // no pointer into the library: every value it received was copied into host types. So no
     // code or data of this copy is reachable any more when it is closed.
-    if let Err(error) = library.close() {
-        tracing::warn!(plugin = label, %error, "closing the old plugin copy failed");
+    let heap = heap_range(&library);
+    match library.close() {
+        Ok(()) => release_heap(heap, label),
+        Err(error) => {
+            tracing::warn!(plugin = label, %error, "closing the old plugin copy failed; its heap stays mapped")
+        }
     }
     let _ = std::fs::remove_file(&copy);
     tracing::info!(
@@ -213,6 +220,32 @@ fn retire(parts: LivePlugin, label: &str) -> bool {
         "old plugin copy shut down and unloaded"
     );
     true
+}
+
+/// The range of the copy's own heap, if the library reports one (see `plugin_api::PluginHeap`).
+/// Called after the instance is shut down and dropped, before the library is closed.
+fn heap_range(library: &libloading::Library) -> Option<PluginHeap> {
+    // SAFETY: `export_plugin!` defines this symbol as `extern "C" fn() -> PluginHeap`, a
+    // `#[repr(C)]` pair of integers; a library without it has no heap of its own. The function
+    // only reads two atomics of the copy, which is still loaded while this runs.
+    let report = unsafe { library.get::<extern "C" fn() -> PluginHeap>(HEAP_SYMBOL) }.ok()?;
+    let heap = report();
+    (heap.size > 0 && heap.base != 0).then_some(heap)
+}
+
+/// Unmaps a closed copy's heap: everything it allocated, statics included, is freed.
+fn release_heap(heap: Option<PluginHeap>, label: &str) {
+    let Some(heap) = heap else { return };
+    let Some(base) = std::ptr::NonNull::new(heap.base as *mut std::ffi::c_void) else {
+        return;
+    };
+    // SAFETY: the range was reserved by the copy for its heap alone, and the copy is closed:
+    // none of its code runs any more and, by the loader's invariants, the host holds no
+    // pointer into memory the copy allocated (everything it received was copied into host
+    // types while the copy was loaded; its threads were joined). Nothing reads the range again.
+    if let Err(error) = unsafe { nix::sys::mman::munmap(base, heap.size) } {
+        tracing::warn!(plugin = label, %error, "unmapping the closed copy's heap failed");
+    }
 }
 
 /// Finds the library file the configuration points at.
@@ -261,6 +294,7 @@ pub fn load(request: LoadRequest, retirements: Retirements) -> Result<LoadedPlug
     }
 
     let name = request.name.clone();
+    let request_name = request.name.clone();
     let copy_for_thread = copy.clone();
     let loader = std::thread::Builder::new()
         .name(format!("load-{name}"))
@@ -314,7 +348,10 @@ pub fn load(request: LoadRequest, retirements: Retirements) -> Result<LoadedPlug
         Err((library, error)) => {
             // The loader thread has exited: closing now cannot leave plugin code running.
             if let Some(library) = library {
-                let _ = library.close();
+                let heap = heap_range(&library);
+                if library.close().is_ok() {
+                    release_heap(heap, &request_name);
+                }
             }
             let _ = std::fs::remove_file(&copy);
             Err(error)

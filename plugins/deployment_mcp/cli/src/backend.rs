@@ -6,9 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use deployment_mcp::{environments, routes::Api, standalone::StandaloneHost};
+use deployment_mcp_core::{environments, routes::Api};
 use futures_util::StreamExt as _;
 use plugin_guest::{Caller, Handler as _, Request, Role};
+use plugin_local_host::LocalHost;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 
@@ -42,7 +43,7 @@ pub enum Backend {
 
 pub struct Local {
     api: Api,
-    standalone: StandaloneHost,
+    standalone: LocalHost,
     environments_file: PathBuf,
     /// The file's environments: (id, enabled). In-process, the file is the registry; the store
     /// may still hold environments of files used earlier with the same data directory.
@@ -73,7 +74,7 @@ impl Backend {
             }
         }
         let standalone =
-            StandaloneHost::open(&options.data_dir, options.verbose).map_err(CliError::Failed)?;
+            LocalHost::open(&options.data_dir, options.verbose).map_err(CliError::Failed)?;
         if !environments_file.exists() {
             std::fs::write(&environments_file, "{\"environments\": []}\n").map_err(|error| {
                 CliError::Failed(format!(
@@ -92,14 +93,18 @@ impl Backend {
         }
         // The plugin names the file and the field when the file is wrong: a usage error. Its
         // advice speaks of the host's configuration; here the file comes from --environments.
-        let api = deployment_mcp::build(standalone.host.clone(), &settings)
-            .await
-            .map_err(|error| {
-                CliError::Usage(error.replace(
-                    "set [plugins.deployment_mcp.settings] environments_file to an existing file",
-                    "pass --environments with an existing file",
-                ))
-            })?;
+        let api = deployment_mcp_core::build(
+            standalone.host.clone(),
+            &settings,
+            env!("CARGO_PKG_VERSION"),
+        )
+        .await
+        .map_err(|error| {
+            CliError::Usage(error.replace(
+                "set [plugins.deployment_mcp.settings] environments_file to an existing file",
+                "pass --environments with an existing file",
+            ))
+        })?;
         let file_environments = environments::load_file(&environments_file)
             .map_err(CliError::Usage)?
             .into_iter()
@@ -442,7 +447,7 @@ pub enum Incoming {
 }
 
 pub enum Events {
-    Local(broadcast::Receiver<deployment_mcp::standalone::Event>),
+    Local(broadcast::Receiver<plugin_local_host::Event>),
     Remote(mpsc::Receiver<Incoming>),
     /// No stream (the server refused it): callers poll.
     None,

@@ -54,6 +54,8 @@ pub struct Api {
     status: ArcSwap<CachedStatus>,
     refreshing: AtomicBool,
     stop: CancellationToken,
+    /// The plugin build's version, reported in answers.
+    version: &'static str,
 }
 
 type Answer = Result<Response, Response>;
@@ -132,7 +134,7 @@ fn started_state() -> String {
 const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(10);
 
 impl Api {
-    pub fn new(coordinator: Arc<Coordinator>) -> Api {
+    pub fn new(coordinator: Arc<Coordinator>, version: &'static str) -> Api {
         let stop = CancellationToken::new();
         tokio::spawn(Arc::clone(&coordinator).health_loop(stop.clone()));
         tokio::spawn(crate::retention::run(
@@ -150,6 +152,7 @@ impl Api {
             }),
             refreshing: AtomicBool::new(false),
             stop,
+            version,
         }
     }
 
@@ -191,13 +194,13 @@ impl Api {
             "status": status,
             "active": active.iter().map(HistoryEntry::user_view).collect::<Vec<_>>(),
             "latest": latest.as_ref().map(HistoryEntry::user_view),
-            "plugin_version": crate::VERSION,
+            "plugin_version": self.version,
         });
         let full = json!({
             "status": status,
             "active": active,
             "latest": latest,
-            "plugin_version": crate::VERSION,
+            "plugin_version": self.version,
         });
         Ok((full, user))
     }
@@ -866,7 +869,7 @@ pub(crate) async fn dashboard(api: &Api, request: &Request) -> Answer {
                 "success_rate": if finished.is_empty() { json!(null) } else { json!(succeeded as f64 / finished.len() as f64) },
                 "mean_duration_ms": if durations.is_empty() { json!(null) } else { json!(durations.iter().sum::<u64>() / durations.len() as u64) },
             },
-            "plugin_version": crate::VERSION,
+            "plugin_version": api.version,
         }),
     ))
 }

@@ -1,5 +1,5 @@
-//! The host's services without the host: what the standalone CLI (`deployment-mcp`) lends the
-//! plugin when it runs in-process.
+//! The host's services without the host (`LocalHost`): what the standalone CLI
+//! (`deployment-mcp`) and the tests lend a plugin's code when it runs in-process.
 //!
 //! - the store is the host's own store (`record-store`) in its own file, so the same plugin
 //!   code reads and writes it the same way, atomic batches included;
@@ -46,7 +46,7 @@ pub struct Event {
 }
 
 /// The plugin's host, in this process.
-pub struct StandaloneHost {
+pub struct LocalHost {
     /// What `deployment_mcp::build` takes.
     pub host: plugin_guest::Host,
     /// Every event the plugin publishes; subscribe before starting what you want to watch.
@@ -59,10 +59,10 @@ pub struct StandaloneHost {
     _data_dir: DataDir,
 }
 
-impl StandaloneHost {
+impl LocalHost {
     /// Opens (creating when missing) the store in `data_dir`, takes the directory's lock and
     /// records this process as the running boot. `verbose` sends plugin log records to stderr.
-    pub fn open(data_dir: &Path, verbose: bool) -> Result<StandaloneHost, String> {
+    pub fn open(data_dir: &Path, verbose: bool) -> Result<LocalHost, String> {
         let locked = DataDir::open(data_dir, LOCK_FILE, "deployment-mcp").map_err(|error| {
             format!("{error}; pass --data-dir with a writable directory that no other process uses")
         })?;
@@ -87,7 +87,7 @@ impl StandaloneHost {
             verbose,
         };
         let host = plugin_guest::Host::new(HostServices_TO::from_value(services, TD_Opaque));
-        Ok(StandaloneHost {
+        Ok(LocalHost {
             host,
             events,
             boot_id,
@@ -205,7 +205,7 @@ fn write_log(level: LogLevel, target: &str, message: &str) {
         LogLevel::Debug => "DEBUG",
         LogLevel::Trace => "TRACE",
     };
-    let now = crate::triggers::timestamp(SystemTime::now());
+    let now = humantime::format_rfc3339_millis(SystemTime::now());
     // A closed stderr is no reason to fail a deployment.
     let _ = writeln!(
         std::io::stderr().lock(),
@@ -295,7 +295,7 @@ mod tests {
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir =
-            std::env::temp_dir().join(format!("deployment-mcp-{name}-{}", std::process::id()));
+            std::env::temp_dir().join(format!("plugin-local-host-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
     }
@@ -303,7 +303,7 @@ mod tests {
     #[test]
     fn store_roundtrip_lifecycle_and_events() -> Result<(), String> {
         let dir = temp_dir("standalone");
-        let standalone = StandaloneHost::open(&dir, false)?;
+        let standalone = LocalHost::open(&dir, false)?;
         let host = &standalone.host;
         let lifecycle: serde_json::Value = serde_json::from_str(
             &host
@@ -350,14 +350,14 @@ mod tests {
         assert_eq!(received.data["n"], 1);
 
         // A second process (here: a second open) must not take over a directory in use.
-        let error = StandaloneHost::open(&dir, false).err().unwrap_or_default();
+        let error = LocalHost::open(&dir, false).err().unwrap_or_default();
         assert!(
             error.contains("in use by another deployment-mcp"),
             "{error}"
         );
         standalone.stopping()?;
         drop(standalone);
-        let reopened = StandaloneHost::open(&dir, false)?;
+        let reopened = LocalHost::open(&dir, false)?;
         assert_eq!(reopened.host.store_get("c", "a")?.as_deref(), Some("3"));
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())

@@ -90,7 +90,7 @@ pub fn duration(ms: Option<u64>) -> String {
 
 /// The current UTC time to the second, RFC 3339.
 pub fn now() -> String {
-    short_time(&deployment_mcp::triggers::timestamp(SystemTime::now()))
+    short_time(&deployment_mcp_core::triggers::timestamp(SystemTime::now()))
 }
 
 /// Drops the milliseconds of an RFC 3339 time (`…:00.123Z` → `…:00Z`).

@@ -2,7 +2,7 @@
 //!
 //! Every command is a client of the plugin's deployment API. By default the plugin runs in this
 //! process on an environments file, with its store in `--data-dir` (see
-//! `deployment_mcp::standalone`); with `--server` the same calls go to a running host over HTTP.
+//! `plugin_local_host`); with `--server` the same calls go to a running host over HTTP.
 
 mod backend;
 mod commands;
@@ -228,9 +228,9 @@ fn main() -> ExitCode {
     let mut interrupts = signals::install();
     let cli = Cli::parse();
     if cli.global.verbose {
-        let _ = tracing::dispatcher::set_global_default(
-            deployment_mcp::standalone::stderr_dispatch(tracing::Level::DEBUG),
-        );
+        let _ = tracing::dispatcher::set_global_default(plugin_local_host::stderr_dispatch(
+            tracing::Level::DEBUG,
+        ));
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,0 +1,143 @@
+//! `deployment_mcp`'s core: deployment coordination for the PowerAutomation host, as a library.
+//! The plugin the host loads (`plugins/deployment_mcp`, a cdylib) is [`export_deployment_mcp!`]
+//! over it; the CLI runs [`build`] on an in-process host; tests drive either.
+//!
+//! Data flow: `routes` (HTTP) → `coordinator` (runs) → `triggers` (one per connection method)
+//! and `health`; `catalog` keeps environments and `records` is the typed view of the host's
+//! store, which holds every record.
+
+pub mod auto_deploy;
+pub mod catalog;
+pub mod coordinator;
+pub mod deployment;
+pub mod ec2;
+pub mod environments;
+pub mod health;
+pub mod openapi;
+pub mod records;
+pub mod redact;
+pub mod retention;
+pub mod routes;
+pub mod settings;
+pub mod triggers;
+
+use std::sync::Arc;
+
+use abi_stable::std_types::{RResult, RString};
+use plugin_api::{HostServicesBox, PluginInstanceBox};
+use plugin_guest::{RuntimeOptions, Startup};
+use serde::Deserialize;
+
+/// What the plugin says it does (its metadata for the host).
+pub const DESCRIPTION: &str =
+    "Coordinates deployments: EC2 phase, parallel environment triggers, health checks";
+
+/// The host's `host/lifecycle` record: which process is running, and whether it is stopping.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HostLifecycle {
+    pub boot_id: String,
+    pub state: String,
+}
+
+pub async fn host_lifecycle(records: &records::Records) -> Option<HostLifecycle> {
+    records.get("host", "lifecycle").await.ok().flatten()
+}
+
+/// One HTTP client for every trigger and health check: connections are pooled, TLS is rustls.
+fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .user_agent(concat!(
+            "powerautomation-deployment_mcp/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .build()
+        .map_err(|error| format!("cannot build the HTTP client: {error}"))
+}
+
+/// Builds the plugin's handler on the current tokio runtime: imports the environments file,
+/// marks runs of an earlier boot as interrupted, and starts the periodic health checks. The
+/// exported plugin calls it at start; benchmarks and tests call it in-process.
+pub async fn build(
+    host: plugin_guest::Host,
+    settings: &serde_json::Value,
+    version: &'static str,
+) -> Result<routes::Api, String> {
+    let settings = Arc::new(settings::Settings::from_json(settings)?);
+    let records = records::Records::new(host);
+    // Without a lifecycle record (an older host), every unfinished run is from another boot.
+    let boot_id = match host_lifecycle(&records).await {
+        Some(lifecycle) => lifecycle.boot_id,
+        None => format!("plugin-{}", std::process::id()),
+    };
+    let coordinator = Arc::new(coordinator::Coordinator::new(
+        records,
+        http_client()?,
+        Arc::clone(&settings),
+        boot_id.clone(),
+    ));
+    let imported = coordinator
+        .catalog()
+        .import_file(&settings.environments_file)
+        .await?;
+    let interrupted = coordinator.recover().await?;
+    tracing::info!(
+        added = imported.added,
+        removed = imported.removed,
+        updated = imported.updated,
+        kept_api_edits = imported.kept_api_edits,
+        interrupted,
+        file = %settings.environments_file.display(),
+        "deployment_mcp started"
+    );
+    tokio::spawn(auto_deploy::run(
+        Arc::clone(&coordinator),
+        Arc::clone(&settings),
+        boot_id,
+    ));
+    Ok(routes::Api::new(coordinator, version))
+}
+
+/// Starts an instance for the host: the plugin's own runtime, then [`build`]. `version` is the
+/// plugin build's version, which the API reports.
+pub fn start(
+    host: HostServicesBox,
+    settings: RString,
+    version: &'static str,
+) -> RResult<PluginInstanceBox, RString> {
+    let options = RuntimeOptions {
+        thread_name: "deployment_mcp",
+        worker_threads: 2,
+        drain_timeout: std::time::Duration::from_secs(30),
+    };
+    plugin_guest::start_instance(
+        host,
+        settings,
+        options,
+        move |startup: Startup| async move { build(startup.host, &startup.settings, version).await },
+    )
+}
+
+/// Exports the plugin's root module from a cdylib, under that crate's version. The crate needs
+/// `abi_stable`, `plugin-api` and `plugin-guest` as dependencies.
+#[macro_export]
+macro_rules! export_deployment_mcp {
+    () => {
+        fn __deployment_mcp_start(
+            host: ::plugin_api::HostServicesBox,
+            settings: ::abi_stable::std_types::RString,
+        ) -> ::abi_stable::std_types::RResult<
+            ::plugin_api::PluginInstanceBox,
+            ::abi_stable::std_types::RString,
+        > {
+            $crate::start(host, settings, env!("CARGO_PKG_VERSION"))
+        }
+
+        ::plugin_guest::export_plugin! {
+            name: "deployment_mcp",
+            version: env!("CARGO_PKG_VERSION"),
+            description: $crate::DESCRIPTION,
+            start: __deployment_mcp_start,
+        }
+    };
+}
