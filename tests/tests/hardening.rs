@@ -809,3 +809,51 @@ async fn a_plugin_that_crashes_the_process_is_named_and_nothing_recorded_is_lost
 fn libc_sigsegv() -> i32 {
     nix::sys::signal::Signal::SIGSEGV as i32
 }
+
+#[tokio::test]
+async fn a_followed_log_whose_client_left_stops() {
+    let dir = temp();
+    let marker = dir.path().join("running");
+    let host = TestHost::start(
+        dir.path(),
+        options(vec![local(
+            "slow",
+            &["sh", "-c", &format!("touch '{}'; exec sleep 120", marker.display())],
+            300,
+        )]),
+    )
+    .await;
+    let id = started(&host, json!({})).await;
+    assert!(file_appears(&marker, Duration::from_secs(20)).await);
+    let follow = host
+        .client()
+        .get(format!(
+            "{}/api/deployment/deployments/{id}/logs?follow=true",
+            host.url
+        ))
+        .header("X-API-Key", DEVELOPER_KEY)
+        .header("X-Request-Id", "follow-then-leave")
+        .send()
+        .await
+        .expect("the log follows");
+    assert_eq!(follow.status(), 200);
+    drop(follow);
+    // The plugin notices within its probe interval and stops reading the store for it.
+    assert!(
+        host.wait_for_log("follow-then-leave", Duration::from_secs(10))
+            .await
+            && host
+                .wait_for_log("streamed answer left", Duration::from_secs(10))
+                .await,
+        "{}",
+        host.logs()
+    );
+    let _ = host
+        .call(
+            Method::POST,
+            &format!("/api/deployment/deployments/{id}/cancel"),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+}

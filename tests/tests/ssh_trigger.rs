@@ -589,3 +589,24 @@ fn group_members(pgid: u32) -> Vec<u32> {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn a_remote_background_job_holding_the_channel_does_not_hold_the_trigger() {
+    let sshd = Sshd::start().await;
+    let job_pid = sshd.dir().join("job.pid");
+    // The job keeps the session's stdout open after the script exits.
+    let body = format!(
+        "sleep 300 &\n\
+         echo $! > '{pid}'\n\
+         echo started",
+        pid = job_pid.display()
+    );
+    let path = script(sshd.dir(), "init.sh", &body);
+    let environment = environment(&sshd, &path, json!({}));
+    let (context, _lines) = context("1.0");
+    // `run` bounds the trigger well below the job's 300 s: it must end at the script's exit.
+    let result = run(environment, &context).await;
+    let job = read_pid(&job_pid);
+    let _ = std::process::Command::new("kill").arg(job.to_string()).status();
+    assert!(result.is_ok(), "{result:?}");
+}

@@ -604,6 +604,7 @@ fn spawn_job<H: Handler>(job: Job, shared: &Arc<Shared<H>>) {
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
         let request = import_request(job.request);
+        let request_id = request.request_id.clone();
         let answer = AssertUnwindSafe(shared.handler.handle(request))
             .catch_unwind()
             .await;
@@ -621,7 +622,7 @@ fn spawn_job<H: Handler>(job: Job, shared: &Arc<Shared<H>>) {
                 )
             }
         };
-        deliver(job.reply, response).await;
+        deliver(job.reply, response, &request_id).await;
         if shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             shared.drained.notify_waiters();
         }
@@ -700,7 +701,7 @@ const CLIENT_PROBE: Duration = Duration::from_secs(1);
 
 /// Sends an answer; a streamed one is pushed chunk by chunk until the stream ends or the client
 /// goes away.
-async fn deliver(reply: ResponseSinkBox, mut response: Response) {
+async fn deliver(reply: ResponseSinkBox, mut response: Response, request_id: &str) {
     let Some(mut chunks) = response.stream.take() else {
         reply.send(export_response(response));
         return;
@@ -719,6 +720,7 @@ async fn deliver(reply: ResponseSinkBox, mut response: Response) {
             _ = probe.tick() => {
                 // An empty push queues nothing; it only reports whether the client is gone.
                 if body.push(RSlice::from_slice(&[])) == PushOutcome::Closed {
+                    tracing::info!(request_id, "the client of a streamed answer left; the stream stopped");
                     break;
                 }
                 continue;
@@ -728,7 +730,10 @@ async fn deliver(reply: ResponseSinkBox, mut response: Response) {
             match body.push(RSlice::from_slice(&chunk)) {
                 PushOutcome::Accepted => break,
                 PushOutcome::Full => tokio::time::sleep(STREAM_RETRY).await,
-                PushOutcome::Closed => break 'chunks,
+                PushOutcome::Closed => {
+                    tracing::info!(request_id, "the client of a streamed answer left; the stream stopped");
+                    break 'chunks;
+                }
             }
         }
     }
