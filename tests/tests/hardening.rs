@@ -818,7 +818,11 @@ async fn a_followed_log_whose_client_left_stops() {
         dir.path(),
         options(vec![local(
             "slow",
-            &["sh", "-c", &format!("touch '{}'; exec sleep 120", marker.display())],
+            &[
+                "sh",
+                "-c",
+                &format!("touch '{}'; exec sleep 120", marker.display()),
+            ],
             300,
         )]),
     )

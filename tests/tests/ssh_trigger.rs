@@ -607,6 +607,8 @@ async fn a_remote_background_job_holding_the_channel_does_not_hold_the_trigger()
     // `run` bounds the trigger well below the job's 300 s: it must end at the script's exit.
     let result = run(environment, &context).await;
     let job = read_pid(&job_pid);
-    let _ = std::process::Command::new("kill").arg(job.to_string()).status();
+    let _ = std::process::Command::new("kill")
+        .arg(job.to_string())
+        .status();
     assert!(result.is_ok(), "{result:?}");
 }

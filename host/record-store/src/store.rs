@@ -7,6 +7,9 @@
 //! Durability: `synchronous = FULL`. A write that returned is on disk, also after a power cut,
 //! not only after a process crash; callers batch where they write much (log lines, environment
 //! claims) so the cost is one sync per batch.
+//!
+//! Checkpoints (copying the write-ahead log back into the database) run on a background thread
+//! with its own connection, not inside a writer's commit, so a write never waits for one.
 
 use std::{
     fs::OpenOptions,
@@ -133,6 +136,61 @@ pub struct Store {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    _checkpoints: Checkpoints,
+}
+
+/// How often the background thread copies the write-ahead log into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The background checkpoint thread; it stops when the store is dropped.
+struct Checkpoints {
+    stop: std::sync::Arc<(Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpoints {
+    fn start(path: &Path) -> Result<Checkpoints, StoreError> {
+        let describe = format!("open {} for checkpoints", path.display());
+        let connection = Connection::open(path).map_err(StoreError::sqlite(&describe))?;
+        connection
+            .execute_batch("PRAGMA busy_timeout = 5000;")
+            .map_err(StoreError::sqlite(&describe))?;
+        let stop = std::sync::Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let signal = std::sync::Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || {
+                let (stopped, wake) = &*signal;
+                let mut stopped_now = stopped.lock().unwrap_or_else(|p| p.into_inner());
+                while !*stopped_now {
+                    stopped_now = wake
+                        .wait_timeout(stopped_now, CHECKPOINT_EVERY)
+                        .map(|(guard, _)| guard)
+                        .unwrap_or_else(|p| p.into_inner().0);
+                    // PASSIVE: copies what no reader still needs, never blocks the writer.
+                    let _ = connection.execute_batch("PRAGMA wal_checkpoint(PASSIVE);");
+                }
+            })
+            .map_err(|source| StoreError::Create {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Checkpoints {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpoints {
+    fn drop(&mut self) {
+        let (stopped, wake) = &*self.stop;
+        *stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Store {
@@ -158,6 +216,7 @@ impl Store {
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
                  PRAGMA busy_timeout = 5000;
+                 PRAGMA wal_autocheckpoint = 0;
                  CREATE TABLE IF NOT EXISTS records (
                      collection TEXT NOT NULL,
                      key        TEXT NOT NULL,
@@ -179,11 +238,13 @@ impl Store {
                 .map_err(StoreError::sqlite(&describe))?;
             readers.push(Mutex::new(reader));
         }
+        let checkpoints = Checkpoints::start(&path)?;
         Ok(Store {
             path,
             writer: Mutex::new(writer),
             readers,
             next_reader: AtomicUsize::new(0),
+            _checkpoints: checkpoints,
         })
     }
 

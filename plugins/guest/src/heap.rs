@@ -175,7 +175,8 @@ fn claim(shard: &mut Shard, index: usize) -> bool {
 }
 
 /// Gives the whole pages strictly inside a freed block back to the system. The heap keeps its
-/// bookkeeping for a free block at the block's two ends, never in between.
+/// bookkeeping for a free block at the block's two ends, never in between. Called with the
+/// shard's lock held, so the block cannot be handed out again in the meantime.
 fn release(ptr: *mut u8, size: usize) {
     let page = PAGE.load(Ordering::Relaxed);
     let start = (ptr as usize + BOOKKEEPING).next_multiple_of(page);
@@ -183,9 +184,10 @@ fn release(ptr: *mut u8, size: usize) {
     if end > start {
         let length = end - start;
         if let Some(start) = NonNull::new(start as *mut std::ffi::c_void) {
-            // SAFETY: [start, end) lies inside a block just freed into the heap, whose pages
-            // hold no bookkeeping (see above); the kernel gives zero pages back on next touch,
-            // which the heap does not rely on.
+            // SAFETY: [start, end) lies inside a block just freed into the heap and not handed
+            // out again (the caller holds the shard's lock), whose pages hold no bookkeeping
+            // (see above); the kernel gives zero pages back on next touch, which the heap does
+            // not rely on.
             let _ = unsafe { nix::sys::mman::madvise(start, length, MmapAdvise::MADV_DONTNEED) };
         }
     }
@@ -222,12 +224,16 @@ unsafe impl GlobalAlloc for CopyHeap {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         match (shard_of(ptr), NonNull::new(ptr)) {
             (Some(index), Some(block)) => {
+                let mut shard = HEAPS[index].lock();
                 // SAFETY: `block` was served by this shard with `layout` (the caller's
                 // contract, and the shard is the one whose range holds it).
-                unsafe { HEAPS[index].lock().talc.free(block, layout) };
+                unsafe { shard.talc.free(block, layout) };
                 if layout.size() >= RELEASE_AT {
+                    // Still under the shard's lock: nobody can be handed these pages before
+                    // they are released.
                     release(ptr, layout.size());
                 }
+                drop(shard);
             }
             // SAFETY: not from the range: the system allocator served it.
             _ => unsafe { System.dealloc(ptr, layout) },
@@ -299,6 +305,43 @@ mod tests {
         }
         let range = reserved();
         assert!(range.size >= 1 << 30 && range.base != 0, "{range:?}");
+    }
+
+    /// Large blocks freed on one thread give their pages back while other threads allocate from
+    /// the same shard: no live block may ever lose its contents.
+    #[test]
+    fn released_pages_never_belong_to_a_live_block() {
+        // More threads than shards, so several share one.
+        let threads: Vec<_> = (0..(SHARDS * 3) as u8)
+            .map(|seed| {
+                std::thread::spawn(move || {
+                    let heap = CopyHeap;
+                    let mut damaged = 0usize;
+                    for round in 0..300usize {
+                        let size = RELEASE_AT * (1 + (round + seed as usize) % 4);
+                        let Ok(layout) = Layout::from_size_align(size, 16) else {
+                            continue;
+                        };
+                        let fill = seed.wrapping_mul(31).wrapping_add(round as u8) | 1;
+                        // SAFETY: a non-zero layout; the block is written, read and freed here.
+                        unsafe {
+                            let block = heap.alloc(layout);
+                            if block.is_null() {
+                                continue;
+                            }
+                            std::ptr::write_bytes(block, fill, size);
+                            std::thread::yield_now();
+                            let bytes = std::slice::from_raw_parts(block, size);
+                            damaged += bytes.iter().filter(|byte| **byte != fill).count();
+                            heap.dealloc(block, layout);
+                        }
+                    }
+                    damaged
+                })
+            })
+            .collect();
+        let damaged: usize = threads.into_iter().map(|t| t.join().unwrap_or(1)).sum();
+        assert_eq!(damaged, 0, "bytes of live blocks were lost");
     }
 
     #[test]

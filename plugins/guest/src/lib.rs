@@ -731,7 +731,10 @@ async fn deliver(reply: ResponseSinkBox, mut response: Response, request_id: &st
                 PushOutcome::Accepted => break,
                 PushOutcome::Full => tokio::time::sleep(STREAM_RETRY).await,
                 PushOutcome::Closed => {
-                    tracing::info!(request_id, "the client of a streamed answer left; the stream stopped");
+                    tracing::info!(
+                        request_id,
+                        "the client of a streamed answer left; the stream stopped"
+                    );
                     break 'chunks;
                 }
             }

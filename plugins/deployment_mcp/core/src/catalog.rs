@@ -118,42 +118,49 @@ impl Catalog {
         Catalog { records }
     }
 
-    /// Imports the environments file into the store.
+    /// Imports the environments file into the store: reads the catalog once, then writes the
+    /// changes in batches (one transaction per [`IMPORT_BATCH`] writes).
     pub async fn import_file(&self, path: &Path) -> Result<ImportSummary, String> {
         let from_file = environments::load_file(path)?;
         let mut summary = ImportSummary::default();
+        let stored: std::collections::HashMap<String, StoredEnvironment> = self
+            .list()
+            .await?
+            .into_iter()
+            .map(|stored| (stored.environment.environment_id.clone(), stored))
+            .collect();
+        let deleted: std::collections::HashSet<String> = self
+            .records
+            .scan::<bool>(collection::DELETED_FILE_ENVIRONMENTS, "")
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let mut ops = Vec::new();
         // An entry that only ever came from the file and left it is gone; API edits stay.
         let listed: std::collections::HashSet<&str> = from_file
             .iter()
             .map(|environment| environment.environment_id.as_str())
             .collect();
-        for stored in self.list().await? {
-            let id = stored.environment.environment_id.as_str();
-            if stored.source == Source::File && !listed.contains(id) {
-                self.records.delete(collection::ENVIRONMENTS, id).await?;
+        for (id, entry) in &stored {
+            if entry.source == Source::File && !listed.contains(id.as_str()) {
+                ops.push(StoreOp::delete(collection::ENVIRONMENTS, id));
                 summary.removed += 1;
             }
         }
         for mut environment in from_file {
             let id = environment.environment_id.clone();
-            if self
-                .records
-                .get::<bool>(collection::DELETED_FILE_ENVIRONMENTS, &id)
-                .await?
-                .is_some()
-            {
+            if deleted.contains(&id) {
                 summary.kept_api_edits += 1;
                 continue;
             }
             let secrets = Secrets::take(&mut environment);
             let fingerprint = secrets.fingerprint();
-            let stored: Option<StoredEnvironment> =
-                self.records.get(collection::ENVIRONMENTS, &id).await?;
             let unchanged = |stored: &StoredEnvironment| {
                 stored.file_version.as_ref() == Some(&environment)
                     && stored.file_secrets_sha256.as_deref() == Some(fingerprint.as_str())
             };
-            let next = match stored {
+            let next = match stored.get(&id) {
                 None => {
                     summary.added += 1;
                     Some(Source::File)
@@ -163,13 +170,13 @@ impl Catalog {
                     if stored.environment.api_token.is_some()
                         || stored.environment.webhook_secret.is_some() =>
                 {
-                    let mut moved = stored;
+                    let mut moved = stored.clone();
                     let inline = Secrets::take(&mut moved.environment);
-                    self.save(moved, Some(inline)).await?;
+                    ops.extend(save_ops(moved, Some(inline))?);
                     summary.updated += 1;
                     None
                 }
-                Some(stored) if unchanged(&stored) => None,
+                Some(stored) if unchanged(stored) => None,
                 Some(stored) if stored.source == Source::Api && stored.file_version.is_some() => {
                     // The API edited it and the file changed since: the file's change wins.
                     summary.updated += 1;
@@ -185,7 +192,7 @@ impl Catalog {
                 }
             };
             if let Some(source) = next {
-                self.save(
+                ops.extend(save_ops(
                     StoredEnvironment {
                         file_version: Some(environment.clone()),
                         file_secrets_sha256: Some(fingerprint),
@@ -196,9 +203,14 @@ impl Catalog {
                         has_webhook_secret: false,
                     },
                     Some(secrets),
-                )
-                .await?;
+                )?);
             }
+        }
+        while !ops.is_empty() {
+            let rest = ops.split_off(ops.len().min(IMPORT_BATCH));
+            self.records
+                .apply(std::mem::replace(&mut ops, rest))
+                .await?;
         }
         Ok(summary)
     }
@@ -206,30 +218,13 @@ impl Catalog {
     /// Writes an environment and, when given, replaces its secrets; one transaction.
     async fn save(
         &self,
-        mut stored: StoredEnvironment,
+        stored: StoredEnvironment,
         secrets: Option<Secrets>,
     ) -> Result<(), String> {
-        let id = stored.environment.environment_id.clone();
-        let mut ops = Vec::with_capacity(2);
-        if let Some(secrets) = secrets {
-            stored.has_api_token = secrets.api_token.is_some();
-            stored.has_webhook_secret = secrets.webhook_secret.is_some();
-            ops.push(if secrets.is_empty() {
-                StoreOp::delete(collection::SECRETS, &id)
-            } else {
-                StoreOp::put(
-                    collection::SECRETS,
-                    &id,
-                    records::encode(collection::SECRETS, &id, &secrets)?,
-                )
-            });
-        }
-        ops.push(StoreOp::put(
-            collection::ENVIRONMENTS,
-            &id,
-            records::encode(collection::ENVIRONMENTS, &id, &stored)?,
-        ));
-        self.records.apply(ops).await.map(|_| ())
+        self.records
+            .apply(save_ops(stored, secrets)?)
+            .await
+            .map(|_| ())
     }
 
     /// An environment's secrets, for a trigger about to run it.
@@ -382,6 +377,37 @@ impl Catalog {
         self.records.put(collection::HEALTH, id, report).await?;
         Ok(previous.map(|previous| previous.healthy) != Some(report.healthy))
     }
+}
+
+/// Writes per transaction when the environments file is imported.
+const IMPORT_BATCH: usize = 1000;
+
+/// The writes that store an environment and, when given, replace its secrets.
+fn save_ops(
+    mut stored: StoredEnvironment,
+    secrets: Option<Secrets>,
+) -> Result<Vec<StoreOp>, String> {
+    let id = stored.environment.environment_id.clone();
+    let mut ops = Vec::with_capacity(2);
+    if let Some(secrets) = secrets {
+        stored.has_api_token = secrets.api_token.is_some();
+        stored.has_webhook_secret = secrets.webhook_secret.is_some();
+        ops.push(if secrets.is_empty() {
+            StoreOp::delete(collection::SECRETS, &id)
+        } else {
+            StoreOp::put(
+                collection::SECRETS,
+                &id,
+                records::encode(collection::SECRETS, &id, &secrets)?,
+            )
+        });
+    }
+    ops.push(StoreOp::put(
+        collection::ENVIRONMENTS,
+        &id,
+        records::encode(collection::ENVIRONMENTS, &id, &stored)?,
+    ));
+    Ok(ops)
 }
 
 fn keep_secret(new: &mut Option<String>, old: &Option<String>) {

@@ -12,18 +12,18 @@
 //!   the new one reads it from the store (and forwards cancels through the `CANCEL` records).
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet},
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use plugin_guest::{Condition, StoreOp};
@@ -34,15 +34,16 @@ use crate::{
         new_deployment_id, DeploymentRecord, HealthReport, HistoryEntry, Phase, TargetRecord,
         TargetStatus,
     },
-    ec2::{self, Ec2Settings},
+    ec2,
     environments::{Environment, FieldError},
     health,
     records::{self, collection, Records},
-    settings::Settings,
-    triggers::{
-        timestamp, AnyTrigger, FailureKind, LogLine, LogSink, LogStream, TriggerContext,
-        TriggerFailure,
+    run::{
+        writer::{RunWriter, WriterSetup},
+        Run,
     },
+    settings::Settings,
+    triggers::{timestamp, LogLine, LogStream},
 };
 
 /// Event kinds published on the host's bus.
@@ -53,18 +54,6 @@ pub mod event {
     pub const HEALTH: &str = "environment.health";
     pub const DELETED: &str = "environment.deleted";
 }
-
-/// Lines of output kept per environment in its result (the full log is in the store).
-const OUTPUT_TAIL_LINES: usize = 20;
-/// Log lines written per store record, and how long a line may wait to be written.
-const LOG_BATCH_LINES: usize = 200;
-const LOG_BATCH_DELAY: Duration = Duration::from_millis(100);
-/// Lines in flight between triggers and the log writer.
-const LOG_CHANNEL_LINES: usize = 1024;
-/// How long past its timeout (or a cancel) a trigger that stops itself may take to do so.
-const SELF_STOP_GRACE: Duration = Duration::from_secs(10);
-/// How often a run looks for a cancel request made through another copy.
-const CANCEL_POLL: Duration = Duration::from_millis(500);
 
 /// What a caller asks to deploy.
 #[derive(Debug, Clone, Default)]
@@ -104,7 +93,7 @@ impl From<String> for StartError {
 
 /// Why a run stops early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StopReason {
+pub(crate) enum StopReason {
     Cancelled,
     HostStopping,
 }
@@ -207,7 +196,7 @@ impl Coordinator {
         self.generation.load(Ordering::SeqCst)
     }
 
-    fn changed(&self) {
+    pub(crate) fn changed(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -426,14 +415,36 @@ impl Coordinator {
             "deployment started"
         );
         self.publish_phase(&record, None);
+        let (writer, _writer_task) = RunWriter::start(WriterSetup {
+            records: self.records.clone(),
+            deployment_id: id.clone(),
+            next_chunk: 0,
+            max_log_lines: self.settings.max_log_lines as u64,
+            request_id: record.request_id.clone().filter(|id| !id.is_empty()),
+        });
+        let pending: HashMap<String, TargetRecord> = targets
+            .iter()
+            .map(|target| {
+                (
+                    target.environment_id.clone(),
+                    TargetRecord::new(
+                        &target.environment_id,
+                        target.connection_method.as_str(),
+                        TargetStatus::Pending,
+                    ),
+                )
+            })
+            .collect();
         let run = Run {
             coordinator: Arc::clone(self),
             record: tokio::sync::Mutex::new(record.clone()),
+            targets: Mutex::new(pending),
             cancel,
             reason,
             finished_targets: AtomicUsize::new(0),
             total_targets: targets.len(),
             ec2,
+            writer,
         };
         let run = Arc::new(run);
         self.tasks.spawn(async move {
@@ -492,9 +503,31 @@ impl Coordinator {
                 ),
             })?;
         }
+        // A few ids are read by key; many are picked from one pass over the catalog.
+        let listed: Option<HashMap<String, Environment>> = if ids.len() > 64 {
+            Some(
+                self.catalog
+                    .list()
+                    .await?
+                    .into_iter()
+                    .map(|stored| {
+                        (
+                            stored.environment.environment_id.clone(),
+                            stored.environment,
+                        )
+                    })
+                    .collect(),
+            )
+        } else {
+            None
+        };
         let mut chosen = Vec::with_capacity(ids.len());
         for id in ids {
-            let Some(stored) = self.catalog.get(id).await? else {
+            let found = match &listed {
+                Some(listed) => listed.get(id).cloned(),
+                None => self.catalog.get(id).await?.map(|stored| stored.environment),
+            };
+            let Some(environment) = found else {
                 return Err(StartError::Invalid {
                     code: "unknown_environment",
                     message: format!(
@@ -502,13 +535,13 @@ impl Coordinator {
                     ),
                 });
             };
-            if !stored.environment.enabled {
+            if !environment.enabled {
                 return Err(StartError::Invalid {
                     code: "environment_disabled",
                     message: format!("environments: {id:?} is disabled (enabled = false)"),
                 });
             }
-            chosen.push(stored.environment);
+            chosen.push(environment);
         }
         Ok(chosen)
     }
@@ -601,7 +634,7 @@ impl Coordinator {
 
     /// Releases the claims a deployment holds and its `ACTIVE` record. A claim that is no
     /// longer this deployment's (recovered by another boot) is left alone.
-    async fn release(&self, deployment_id: &str, environments: &[String]) {
+    pub(crate) async fn release(&self, deployment_id: &str, environments: &[String]) {
         let claim = match records::encode(
             collection::CLAIMS,
             deployment_id,
@@ -645,36 +678,9 @@ impl Coordinator {
         }
     }
 
-    /// Writes the record and its history entry (terminal or not).
-    async fn save_record(&self, record: &DeploymentRecord) -> Result<(), String> {
-        self.records
-            .put(collection::DEPLOYMENTS, &record.deployment_id, record)
-            .await?;
-        let failed = if record.status.is_terminal() {
-            self.records
-                .scan::<TargetRecord>(collection::TARGETS, &format!("{}/", record.deployment_id))
-                .await?
-                .into_iter()
-                .filter(|(_, target)| target.status != TargetStatus::Succeeded)
-                .map(|(_, target)| target.environment_id)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        self.records
-            .put(
-                collection::HISTORY,
-                &record.history_key(),
-                &record.history_entry(failed),
-            )
-            .await?;
-        self.changed();
-        Ok(())
-    }
-
     /// Publishes a phase change: the whole picture for developers; for users, without the
     /// error texts (they name hosts and URLs).
-    fn publish_phase(&self, record: &DeploymentRecord, previous: Option<Phase>) {
+    pub(crate) fn publish_phase(&self, record: &DeploymentRecord, previous: Option<Phase>) {
         let at = timestamp(SystemTime::now());
         let full = json!({
             "deployment_id": record.deployment_id,
@@ -762,6 +768,12 @@ impl Coordinator {
         self.tasks.wait().await;
     }
 
+    /// The run ended: it no longer counts as running in this copy.
+    pub(crate) fn forget_run(&self, deployment_id: &str) {
+        self.runs().remove(deployment_id);
+        self.changed();
+    }
+
     /// Ids of the runs this copy is executing.
     pub fn local_runs(&self) -> Vec<String> {
         self.runs().keys().cloned().collect()
@@ -834,700 +846,4 @@ pub fn target_key(deployment_id: &str, environment_id: &str) -> String {
 
 pub fn log_key(deployment_id: &str, chunk: u64) -> String {
     format!("{deployment_id}/{chunk:010}")
-}
-
-/// One deployment in progress.
-struct Run {
-    coordinator: Arc<Coordinator>,
-    record: tokio::sync::Mutex<DeploymentRecord>,
-    cancel: CancellationToken,
-    reason: Arc<Mutex<Option<StopReason>>>,
-    finished_targets: AtomicUsize,
-    total_targets: usize,
-    /// The EC2 phase to run first, when it is on for this deployment.
-    ec2: Option<Ec2Settings>,
-}
-
-/// Progress at the start of each phase; triggering and verification fill the gaps in between.
-const PROGRESS_EC2: u8 = 2;
-const PROGRESS_TRIGGERING: u8 = 10;
-const PROGRESS_TRIGGERED: u8 = 80;
-const PROGRESS_VERIFIED: u8 = 95;
-
-impl Run {
-    fn stop_reason(&self) -> Option<StopReason> {
-        *self
-            .reason
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    async fn execute(self: Arc<Self>, targets: Vec<Environment>) {
-        let coordinator = Arc::clone(&self.coordinator);
-        let started = Instant::now();
-        let (deployment_id, version, request_id) = {
-            let record = self.record.lock().await;
-            (
-                record.deployment_id.clone(),
-                record.version.clone(),
-                record.request_id.clone().filter(|id| !id.is_empty()),
-            )
-        };
-        let (log, lines) = LogSink::channel(LOG_CHANNEL_LINES);
-        let tails = Arc::new(Mutex::new(HashMap::<String, VecDeque<LogLine>>::new()));
-        let (flush, flushes) = mpsc::channel(4);
-        let writer = tokio::spawn(
-            LogWriter {
-                records: coordinator.records.clone(),
-                deployment_id: deployment_id.clone(),
-                next_chunk: 0,
-                stored_lines: 0,
-                total_lines: 0,
-                limit: coordinator.settings.max_log_lines as u64,
-                tails: Arc::clone(&tails),
-                request_id,
-            }
-            .run(lines, flushes),
-        );
-        let watcher = tokio::spawn(watch_cancel_requests(
-            coordinator.records.clone(),
-            deployment_id.clone(),
-            self.cancel.clone(),
-            Arc::clone(&self.reason),
-        ));
-        let logs = RunLog {
-            sink: log.clone(),
-            flush,
-        };
-
-        let triggered_by = self.record.lock().await.triggered_by.clone();
-        log.info(format!(
-            "deployment {deployment_id} started by {triggered_by}: {} environment(s), version {version}",
-            targets.len()
-        ))
-        .await;
-        let mut platform = coordinator.platform_identity(self.ec2.is_some()).await;
-        let ec2_ok = match &self.ec2 {
-            None => {
-                log.info("EC2 phase skipped: ec2 is off").await;
-                true
-            }
-            Some(settings) => {
-                self.set_phase(&logs, Phase::Ec2Deploying, PROGRESS_EC2)
-                    .await;
-                let outcome = tokio::select! {
-                    outcome = ec2::ensure_running(settings, &log) => Some(outcome),
-                    _ = self.cancel.cancelled() => None,
-                };
-                match outcome {
-                    Some(Ok(outcome)) => {
-                        if platform.is_none() {
-                            platform = outcome.platform();
-                        }
-                        self.record.lock().await.ec2 = json!({
-                            "status": "completed",
-                            "instances": outcome.instances,
-                            "started": outcome.started,
-                        });
-                        self.set_phase(&logs, Phase::Ec2Completed, PROGRESS_TRIGGERING)
-                            .await;
-                        true
-                    }
-                    Some(Err(message)) => {
-                        log.line(LogStream::Error, format!("EC2 phase failed: {message}"))
-                            .await;
-                        let mut record = self.record.lock().await;
-                        record.ec2 = json!({ "status": "failed", "error": message });
-                        record.errors.push(format!("ec2_deploying: {message}"));
-                        false
-                    }
-                    None => false,
-                }
-            }
-        };
-        if let Some((id, ip)) = &platform {
-            log.info(format!(
-                "platform instance {id}{}",
-                ip.as_deref()
-                    .map(|ip| format!(" at {ip}"))
-                    .unwrap_or_default()
-            ))
-            .await;
-        }
-        let limit = Arc::new(Semaphore::new(coordinator.settings.max_parallel));
-        let context = TriggerContext {
-            deployment_id: deployment_id.clone(),
-            version,
-            platform_instance_id: platform.as_ref().map(|(id, _)| id.clone()),
-            platform_ip: platform.and_then(|(_, ip)| ip),
-            log: log.clone(),
-            stop: Default::default(),
-        };
-        if ec2_ok {
-            self.set_phase(&logs, Phase::LocalTriggering, PROGRESS_TRIGGERING)
-                .await;
-        } else {
-            self.skip_targets(&targets, "not triggered: the EC2 phase did not complete")
-                .await;
-        }
-        let mut running = tokio::task::JoinSet::new();
-        for environment in targets.iter().filter(|_| ec2_ok) {
-            let run = Arc::clone(&self);
-            let limit = Arc::clone(&limit);
-            let mut context = context.clone();
-            context.log = log.for_environment(&environment.environment_id);
-            let environment = environment.clone();
-            let tails = Arc::clone(&tails);
-            running.spawn(async move { run.trigger_one(environment, context, limit, tails).await });
-        }
-        if ec2_ok {
-            self.set_phase(&logs, Phase::LocalDeploying, PROGRESS_TRIGGERING)
-                .await;
-        }
-        let mut succeeded = Vec::new();
-        while let Some(done) = running.join_next().await {
-            if let Ok(Some(environment)) = done {
-                succeeded.push(environment);
-            }
-        }
-
-        if ec2_ok && self.stop_reason().is_none() {
-            self.set_phase(&logs, Phase::LocalCompleted, PROGRESS_TRIGGERED)
-                .await;
-            self.set_phase(&logs, Phase::Verifying, PROGRESS_TRIGGERED)
-                .await;
-            self.verify(&log, succeeded, &limit).await;
-        }
-
-        let failed_any = {
-            let targets = coordinator
-                .records
-                .scan::<TargetRecord>(collection::TARGETS, &format!("{deployment_id}/"))
-                .await
-                .unwrap_or_default();
-            targets
-                .iter()
-                .any(|(_, target)| target.status != TargetStatus::Succeeded)
-        };
-        let (phase, message) = match self.stop_reason() {
-            Some(StopReason::Cancelled) => {
-                (Phase::Cancelled, Some("cancelled by request".to_owned()))
-            }
-            Some(StopReason::HostStopping) => (
-                Phase::Interrupted,
-                Some(
-                    "interrupted: the host shut down while this deployment was running".to_owned(),
-                ),
-            ),
-            None if failed_any => (Phase::Failed, None),
-            None => (Phase::Completed, None),
-        };
-        match &message {
-            Some(message) => log.line(LogStream::Error, message.clone()).await,
-            None => {
-                log.info(format!(
-                    "deployment {} after {:.1} s",
-                    phase.as_str(),
-                    started.elapsed().as_secs_f64()
-                ))
-                .await
-            }
-        }
-        let total_lines = logs.flush().await;
-        {
-            let mut record = self.record.lock().await;
-            record.log_lines = total_lines;
-            if let Some(message) = message {
-                record.errors.push(message);
-            }
-            record.finished_at = Some(timestamp(SystemTime::now()));
-            record.duration_ms = Some(started.elapsed().as_millis() as u64);
-        }
-        watcher.abort();
-        drop(logs);
-        drop(log);
-        drop(context);
-        let _ = writer.await;
-        // Record the end, free the environments, then tell the world: whoever sees the final
-        // phase can start the next deployment of these environments at once.
-        let (record, previous) = {
-            let mut record = self.record.lock().await;
-            let previous = record.status;
-            record.status = phase;
-            if phase == Phase::Completed {
-                record.progress = 100;
-            }
-            if let Err(error) = coordinator.save_record(&record).await {
-                tracing::error!(deployment = %deployment_id, "cannot record the end: {error}");
-            }
-            (record.clone(), previous)
-        };
-        coordinator
-            .release(&deployment_id, &record.environments)
-            .await;
-        coordinator.runs().remove(&deployment_id);
-        coordinator.changed();
-        coordinator.publish_phase(&record, Some(previous));
-    }
-
-    /// Ends a run whose task panicked: records it failed and frees its environments, so a bug
-    /// cannot leave environments busy until the next restart.
-    async fn abandon(&self, panic: &str) {
-        let coordinator = &self.coordinator;
-        let record = {
-            let mut record = self.record.lock().await;
-            tracing::error!(deployment = %record.deployment_id, panic, "deployment run panicked");
-            record.status = Phase::Failed;
-            record
-                .errors
-                .push("internal error: the run stopped unexpectedly; see the host log".into());
-            record.finished_at = Some(timestamp(SystemTime::now()));
-            if let Err(error) = coordinator.save_record(&record).await {
-                tracing::error!(deployment = %record.deployment_id, "{error}");
-            }
-            record.clone()
-        };
-        coordinator
-            .release(&record.deployment_id, &record.environments)
-            .await;
-        coordinator.runs().remove(&record.deployment_id);
-        coordinator.changed();
-        coordinator.publish_phase(&record, None);
-    }
-
-    /// Writes a phase change (after the log lines before it), then publishes it.
-    async fn set_phase(&self, logs: &RunLog, phase: Phase, progress: u8) {
-        let lines = logs.flush().await;
-        let mut record = self.record.lock().await;
-        let previous = record.status;
-        record.status = phase;
-        record.progress = record.progress.max(progress);
-        record.log_lines = lines;
-        if let Err(error) = self.coordinator.save_record(&record).await {
-            tracing::error!(deployment = %record.deployment_id, "cannot record phase {}: {error}", phase.as_str());
-        }
-        self.coordinator.publish_phase(&record, Some(previous));
-    }
-
-    /// Runs one environment's trigger under the parallel limit, its timeout and the cancel
-    /// token. Returns the environment when it succeeded.
-    async fn trigger_one(
-        self: Arc<Self>,
-        environment: Environment,
-        context: TriggerContext,
-        limit: Arc<Semaphore>,
-        tails: Arc<Mutex<HashMap<String, VecDeque<LogLine>>>>,
-    ) -> Option<Environment> {
-        let id = environment.environment_id.clone();
-        let mut target = TargetRecord::new(
-            &id,
-            environment.connection_method.as_str(),
-            TargetStatus::Pending,
-        );
-        let permit = tokio::select! {
-            permit = limit.acquire_owned() => permit.ok(),
-            _ = self.cancel.cancelled() => None,
-        };
-        let started = Instant::now();
-        let outcome = match permit {
-            None => Err((
-                TargetStatus::Cancelled,
-                "stopped before it started".to_owned(),
-                None,
-            )),
-            Some(_permit) => {
-                target.started_at = Some(timestamp(SystemTime::now()));
-                target.status = TargetStatus::Triggering;
-                self.save_target(&target).await;
-                // Secrets are read only now, for the trigger, and live only as long as it.
-                let with_secrets = match self
-                    .coordinator
-                    .catalog
-                    .with_secrets(environment.clone())
-                    .await
-                {
-                    Ok(with_secrets) => with_secrets,
-                    Err(error) => {
-                        tracing::error!(environment = %id, "cannot read the environment's secrets: {error}");
-                        environment.clone()
-                    }
-                };
-                let trigger = AnyTrigger::for_environment(&with_secrets, &self.coordinator.http);
-                drop(with_secrets);
-                target.status = TargetStatus::Running;
-                self.save_target(&target).await;
-                let timeout = Duration::from_secs(environment.timeout);
-                let mut context = context.clone();
-                context.stop = crate::triggers::StopSignal {
-                    cancel: self.cancel.clone(),
-                    deadline: Some(tokio::time::Instant::now() + timeout),
-                };
-                let timed_out = || {
-                    Err((
-                        TargetStatus::TimedOut,
-                        format!("no result within the environment's timeout of {} s; the trigger was stopped", environment.timeout),
-                        None,
-                    ))
-                };
-                let cancelled = || {
-                    Err((
-                        TargetStatus::Cancelled,
-                        "stopped: the deployment was cancelled".to_owned(),
-                        None,
-                    ))
-                };
-                let run = trigger.run(&context);
-                tokio::pin!(run);
-                let result = if trigger.stops_itself() {
-                    // It kills and reaps what it started when told to stop; the bound only
-                    // guards against a trigger that does not.
-                    tokio::time::timeout(timeout + SELF_STOP_GRACE, &mut run)
-                        .await
-                        .ok()
-                } else {
-                    tokio::select! {
-                        result = tokio::time::timeout(timeout, &mut run) => result.ok(),
-                        _ = self.cancel.cancelled() => Some(Err(TriggerFailure::cancelled(String::new()))),
-                    }
-                };
-                match result {
-                    Some(Ok(success)) => Ok(success),
-                    Some(Err(failure)) => match failure.kind {
-                        FailureKind::Failed => {
-                            Err((TargetStatus::Failed, failure.message, failure.exit_code))
-                        }
-                        FailureKind::TimedOut => {
-                            Err((TargetStatus::TimedOut, failure.message, failure.exit_code))
-                        }
-                        FailureKind::Cancelled if failure.message.is_empty() => cancelled(),
-                        FailureKind::Cancelled => {
-                            Err((TargetStatus::Cancelled, failure.message, failure.exit_code))
-                        }
-                    },
-                    None if self.cancel.is_cancelled() => cancelled(),
-                    None => timed_out(),
-                }
-            }
-        };
-        let succeeded = match outcome {
-            Ok(success) => {
-                target.status = TargetStatus::Succeeded;
-                target.exit_code = success.exit_code;
-                target.detail = success.detail;
-                context.log.info("trigger succeeded").await;
-                true
-            }
-            Err((status, message, exit_code)) => {
-                let message = crate::redact::urls_in(&message);
-                target.status = status;
-                target.exit_code = exit_code;
-                context.log.line(LogStream::Error, message.clone()).await;
-                target.error = Some(message);
-                false
-            }
-        };
-        target.finished_at = Some(timestamp(SystemTime::now()));
-        target.duration_ms = Some(started.elapsed().as_millis() as u64);
-        // The tail includes this environment's last lines once the writer has seen them.
-        let finished = self.finished_targets.fetch_add(1, Ordering::SeqCst) + 1;
-        let progress = PROGRESS_TRIGGERING
-            + ((PROGRESS_TRIGGERED - PROGRESS_TRIGGERING) as usize * finished
-                / self.total_targets.max(1)) as u8;
-        self.finish_target(&mut target, &tails, progress).await;
-        succeeded.then_some(environment)
-    }
-
-    /// Records environments that were never triggered as cancelled, with the reason.
-    async fn skip_targets(&self, targets: &[Environment], why: &str) {
-        for environment in targets {
-            let mut target = TargetRecord::new(
-                &environment.environment_id,
-                environment.connection_method.as_str(),
-                TargetStatus::Cancelled,
-            );
-            target.finished_at = Some(timestamp(SystemTime::now()));
-            target.error = Some(why.to_owned());
-            self.save_target(&target).await;
-        }
-    }
-
-    async fn save_target(&self, target: &TargetRecord) {
-        let (id, progress) = {
-            let record = self.record.lock().await;
-            (record.deployment_id.clone(), record.progress)
-        };
-        if let Err(error) = self
-            .coordinator
-            .records
-            .put(
-                collection::TARGETS,
-                &target_key(&id, &target.environment_id),
-                target,
-            )
-            .await
-        {
-            tracing::error!(deployment = %id, "cannot record environment {}: {error}", target.environment_id);
-        }
-        self.coordinator.changed();
-        self.coordinator.records.host().publish_by_role(
-            event::ENVIRONMENT,
-            &json!({ "deployment_id": id, "progress": progress, "environment": target }),
-            Some(&json!({
-                "deployment_id": id,
-                "progress": progress,
-                "environment": target.user_view(),
-            })),
-        );
-    }
-
-    /// Records an environment's final result and the deployment's progress.
-    async fn finish_target(
-        &self,
-        target: &mut TargetRecord,
-        tails: &Mutex<HashMap<String, VecDeque<LogLine>>>,
-        progress: u8,
-    ) {
-        {
-            let mut record = self.record.lock().await;
-            record.progress = record.progress.max(progress);
-            if let Err(error) = self.coordinator.save_record(&record).await {
-                tracing::error!(deployment = %record.deployment_id, "cannot record progress: {error}");
-            }
-        }
-        target.output_tail = tails
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(&target.environment_id)
-            .map(|tail| tail.iter().cloned().collect())
-            .unwrap_or_default();
-        self.save_target(target).await;
-    }
-
-    /// Polls each succeeded environment's health URL until healthy or its timeout. An unhealthy
-    /// environment turns `failed`, with the URL and the answer in its error.
-    async fn verify(
-        self: &Arc<Self>,
-        log: &LogSink,
-        succeeded: Vec<Environment>,
-        limit: &Arc<Semaphore>,
-    ) {
-        let deployment_id = self.record.lock().await.deployment_id.clone();
-        let checked: Vec<Environment> = succeeded
-            .into_iter()
-            .filter(|environment| environment.health_check_url.is_some())
-            .collect();
-        if checked.is_empty() {
-            log.info("verifying: no environment has a health_check_url; nothing to check")
-                .await;
-            return;
-        }
-        let total = checked.len();
-        let verified = Arc::new(AtomicUsize::new(0));
-        let mut checks = tokio::task::JoinSet::new();
-        for environment in checked {
-            let run = Arc::clone(self);
-            let limit = Arc::clone(limit);
-            let log = log.for_environment(&environment.environment_id);
-            let verified = Arc::clone(&verified);
-            let deployment_id = deployment_id.clone();
-            checks.spawn(async move {
-                let _permit = limit.acquire_owned().await.ok();
-                let url = environment.health_check_url.clone().unwrap_or_default();
-                log.info(format!("verifying: polling {url}")).await;
-                let deadline = Instant::now() + Duration::from_secs(environment.timeout);
-                let per_request = Duration::from_secs(run.coordinator.settings.health_check_timeout_secs);
-                let report = tokio::select! {
-                    report = health::wait_healthy(&run.coordinator.http, &url, per_request, deadline) => report,
-                    _ = run.cancel.cancelled() => return,
-                };
-                let key = target_key(&deployment_id, &environment.environment_id);
-                let mut target = match run.coordinator.records.get::<TargetRecord>(collection::TARGETS, &key).await {
-                    Ok(Some(target)) => target,
-                    _ => return,
-                };
-                if report.healthy {
-                    log.info(format!("healthy: {url} answered {}", report.http_status.unwrap_or_default())).await;
-                } else {
-                    let why = report.error.clone().unwrap_or_else(|| format!("{url} is unhealthy"));
-                    let message = format!("verifying failed: {why} (polled until the timeout of {} s)", environment.timeout);
-                    log.line(LogStream::Error, message.clone()).await;
-                    target.status = TargetStatus::Failed;
-                    target.error = Some(message.clone());
-                    let mut record = run.record.lock().await;
-                    record.errors.push(format!("{}: {message}", environment.environment_id));
-                }
-                target.health = Some(report.clone());
-                if let Err(error) = run.coordinator.record_health(&environment.environment_id, &report).await {
-                    tracing::warn!("{error}");
-                }
-                let done = verified.fetch_add(1, Ordering::SeqCst) + 1;
-                let progress = PROGRESS_TRIGGERED + ((PROGRESS_VERIFIED - PROGRESS_TRIGGERED) as usize * done / total) as u8;
-                {
-                    let mut record = run.record.lock().await;
-                    record.progress = record.progress.max(progress);
-                }
-                run.save_target(&target).await;
-            });
-        }
-        while checks.join_next().await.is_some() {}
-    }
-}
-
-/// The run's log, with a way to wait until every line sent so far is stored.
-struct RunLog {
-    sink: LogSink,
-    flush: mpsc::Sender<oneshot::Sender<u64>>,
-}
-
-impl RunLog {
-    /// Waits until every line sent before this call is in the store; returns the line count.
-    async fn flush(&self) -> u64 {
-        let _ = &self.sink;
-        let (done, wait) = oneshot::channel();
-        if self.flush.send(done).await.is_err() {
-            return 0;
-        }
-        wait.await.unwrap_or(0)
-    }
-}
-
-/// Writes a run's log lines to the store in batches, and publishes each batch once stored.
-struct LogWriter {
-    records: Records,
-    deployment_id: String,
-    next_chunk: u64,
-    stored_lines: u64,
-    total_lines: u64,
-    limit: u64,
-    tails: Arc<Mutex<HashMap<String, VecDeque<LogLine>>>>,
-    /// The request that started the run, stamped on every line.
-    request_id: Option<String>,
-}
-
-impl LogWriter {
-    async fn run(
-        mut self,
-        mut lines: mpsc::Receiver<LogLine>,
-        mut flushes: mpsc::Receiver<oneshot::Sender<u64>>,
-    ) {
-        let mut batch: Vec<LogLine> = Vec::new();
-        let mut deadline: Option<tokio::time::Instant> = None;
-        let (mut lines_open, mut flushes_open) = (true, true);
-        while lines_open || flushes_open {
-            let timer = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                line = lines.recv(), if lines_open => match line {
-                    Some(line) => {
-                        self.take(&mut batch, line);
-                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + LOG_BATCH_DELAY);
-                        if batch.len() >= LOG_BATCH_LINES {
-                            self.write(&mut batch).await;
-                            deadline = None;
-                        }
-                    }
-                    None => lines_open = false,
-                },
-                flush = flushes.recv(), if flushes_open => match flush {
-                    Some(done) => {
-                        // Lines sent before the flush request are already queued: take them.
-                        while let Ok(line) = lines.try_recv() {
-                            self.take(&mut batch, line);
-                        }
-                        self.write(&mut batch).await;
-                        deadline = None;
-                        let _ = done.send(self.total_lines);
-                    }
-                    None => flushes_open = false,
-                },
-                _ = timer => {
-                    self.write(&mut batch).await;
-                    deadline = None;
-                }
-            }
-        }
-        self.write(&mut batch).await;
-    }
-
-    fn take(&mut self, batch: &mut Vec<LogLine>, mut line: LogLine) {
-        self.total_lines += 1;
-        line.request_id.clone_from(&self.request_id);
-        if let Some(environment) = &line.environment {
-            let mut tails = self
-                .tails
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let tail = tails.entry(environment.clone()).or_default();
-            if tail.len() == OUTPUT_TAIL_LINES {
-                tail.pop_front();
-            }
-            tail.push_back(line.clone());
-        }
-        if self.stored_lines < self.limit {
-            self.stored_lines += 1;
-            batch.push(line);
-            if self.stored_lines == self.limit {
-                batch.push(LogLine {
-                    ts: timestamp(SystemTime::now()),
-                    environment: None,
-                    stream: LogStream::Error,
-                    line: format!(
-                        "log limit of {} lines reached; later lines are counted, not kept",
-                        self.limit
-                    ),
-                    request_id: self.request_id.clone(),
-                });
-            }
-        }
-    }
-
-    async fn write(&mut self, batch: &mut Vec<LogLine>) {
-        if batch.is_empty() {
-            return;
-        }
-        let lines = std::mem::take(batch);
-        let key = log_key(&self.deployment_id, self.next_chunk);
-        self.next_chunk += 1;
-        if let Err(error) = self.records.put(collection::LOGS, &key, &lines).await {
-            tracing::error!(deployment = %self.deployment_id, "cannot store log lines: {error}");
-            return;
-        }
-        // Log lines are for developers and admins only.
-        self.records.host().publish_by_role(
-            event::LOG,
-            &json!({ "deployment_id": self.deployment_id, "lines": lines }),
-            None,
-        );
-    }
-}
-
-/// Cancels a run when a cancel request for it appears in the store (made through another copy).
-async fn watch_cancel_requests(
-    records: Records,
-    deployment_id: String,
-    cancel: CancellationToken,
-    reason: Arc<Mutex<Option<StopReason>>>,
-) {
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(CANCEL_POLL) => {}
-        }
-        if let Ok(Some(_)) = records
-            .get::<serde_json::Value>(collection::CANCEL, &deployment_id)
-            .await
-        {
-            reason
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .get_or_insert(StopReason::Cancelled);
-            cancel.cancel();
-            return;
-        }
-    }
 }

@@ -18,6 +18,7 @@ pub mod records;
 pub mod redact;
 pub mod retention;
 pub mod routes;
+pub mod run;
 pub mod settings;
 pub mod triggers;
 

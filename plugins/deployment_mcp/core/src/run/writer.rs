@@ -1,0 +1,333 @@
+//! A run's writer: the one task that puts a deployment's log lines, environment results and
+//! record into the store, and publishes what it stored.
+//!
+//! It batches: whatever arrives within [`BATCH_DELAY`] (or until a batch is full) is written in
+//! one store transaction — a chunk of log lines, the latest state of each environment that
+//! changed, the record and its history entry — then published. A deployment of 10,000
+//! environments therefore costs a few hundred transactions, not tens of thousands, and an
+//! environment that went `triggering → running → succeeded` within one batch is written (and
+//! published) once, in its last state.
+//!
+//! Invariant: write, then publish. Nothing reaches an event subscriber that a restart would not
+//! show. [`RunWriter::flush`] waits until everything sent before it is stored.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use plugin_guest::StoreOp;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    coordinator::{event, log_key, target_key},
+    deployment::{DeploymentRecord, TargetRecord},
+    records::{self, collection, Records},
+    triggers::{timestamp, LogLine, LogSink, LogStream},
+};
+
+/// Lines of output kept per environment in its result (the full log is in the store).
+pub const OUTPUT_TAIL_LINES: usize = 20;
+/// How long a change may wait to be written with others.
+const BATCH_DELAY: Duration = Duration::from_millis(100);
+/// Log lines per stored chunk.
+const BATCH_LINES: usize = 200;
+/// Environment results per transaction.
+const BATCH_TARGETS: usize = 500;
+/// Lines in flight between triggers and the writer.
+const LINE_CHANNEL: usize = 1024;
+/// State updates in flight between the run and the writer.
+const UPDATE_CHANNEL: usize = 1024;
+
+/// The last lines of each environment's output, as the writer saw them.
+pub type Tails = Arc<Mutex<HashMap<String, VecDeque<LogLine>>>>;
+
+enum Update {
+    Target(TargetRecord),
+    /// The record, and the environments that did not succeed once it is terminal.
+    Record(DeploymentRecord, Vec<String>),
+    Flush(oneshot::Sender<u64>),
+}
+
+/// The run's handle on its writer.
+#[derive(Clone)]
+pub struct RunWriter {
+    updates: mpsc::Sender<Update>,
+    log: LogSink,
+    tails: Tails,
+}
+
+/// What the writer needs to know about the deployment.
+pub struct WriterSetup {
+    pub records: Records,
+    pub deployment_id: String,
+    /// Chunks already stored (a log continued after a restart starts after them).
+    pub next_chunk: u64,
+    pub max_log_lines: u64,
+    /// The request that started the run, stamped on every line.
+    pub request_id: Option<String>,
+}
+
+impl RunWriter {
+    /// Starts the writer task; it ends once every handle (and log sink) is dropped, after
+    /// writing what is left.
+    pub fn start(setup: WriterSetup) -> (RunWriter, tokio::task::JoinHandle<()>) {
+        let (log, lines) = LogSink::channel(LINE_CHANNEL);
+        let (updates, receiver) = mpsc::channel(UPDATE_CHANNEL);
+        let tails: Tails = Arc::default();
+        let task = WriterTask {
+            records: setup.records,
+            deployment_id: setup.deployment_id,
+            next_chunk: setup.next_chunk,
+            stored_lines: 0,
+            total_lines: 0,
+            limit: setup.max_log_lines,
+            request_id: setup.request_id,
+            tails: Arc::clone(&tails),
+            lines: Vec::new(),
+            targets: BTreeMap::new(),
+            record: None,
+            progress: 0,
+        };
+        let handle = tokio::spawn(task.run(lines, receiver));
+        (
+            RunWriter {
+                updates,
+                log,
+                tails,
+            },
+            handle,
+        )
+    }
+
+    /// The run's log (lines attributed to no environment; see [`LogSink::for_environment`]).
+    pub fn log(&self) -> &LogSink {
+        &self.log
+    }
+
+    /// Queues an environment's new state.
+    pub async fn target(&self, target: TargetRecord) {
+        // A closed writer means the run is being torn down; the state has nowhere to go.
+        let _ = self.updates.send(Update::Target(target)).await;
+    }
+
+    /// Queues the record's new state (`failed` lists the environments that did not succeed,
+    /// once the record is terminal).
+    pub async fn record(&self, record: DeploymentRecord, failed: Vec<String>) {
+        let _ = self.updates.send(Update::Record(record, failed)).await;
+    }
+
+    /// Waits until everything sent before this call is stored; returns the lines written so far
+    /// (including any beyond the stored limit).
+    pub async fn flush(&self) -> u64 {
+        let (done, wait) = oneshot::channel();
+        if self.updates.send(Update::Flush(done)).await.is_err() {
+            return 0;
+        }
+        wait.await.unwrap_or(0)
+    }
+
+    /// The last lines `environment` wrote, as far as the writer has seen them.
+    pub fn tail(&self, environment: &str) -> Vec<LogLine> {
+        self.tails
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(environment)
+            .map(|tail| tail.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+struct WriterTask {
+    records: Records,
+    deployment_id: String,
+    next_chunk: u64,
+    stored_lines: u64,
+    total_lines: u64,
+    limit: u64,
+    request_id: Option<String>,
+    tails: Tails,
+    // What waits to be written.
+    lines: Vec<LogLine>,
+    targets: BTreeMap<String, TargetRecord>,
+    record: Option<(DeploymentRecord, Vec<String>)>,
+    /// The deployment's progress as last sent, for environment events.
+    progress: u8,
+}
+
+impl WriterTask {
+    async fn run(
+        mut self,
+        mut lines: mpsc::Receiver<LogLine>,
+        mut updates: mpsc::Receiver<Update>,
+    ) {
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let (mut lines_open, mut updates_open) = (true, true);
+        while lines_open || updates_open {
+            let timer = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                line = lines.recv(), if lines_open => match line {
+                    Some(line) => {
+                        self.take(line);
+                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + BATCH_DELAY);
+                        if self.lines.len() >= BATCH_LINES {
+                            self.write().await;
+                            deadline = None;
+                        }
+                    }
+                    None => lines_open = false,
+                },
+                update = updates.recv(), if updates_open => match update {
+                    Some(Update::Target(target)) => {
+                        self.targets.insert(target.environment_id.clone(), target);
+                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + BATCH_DELAY);
+                        if self.targets.len() >= BATCH_TARGETS {
+                            self.write().await;
+                            deadline = None;
+                        }
+                    }
+                    Some(Update::Record(record, failed)) => {
+                        self.progress = record.progress;
+                        self.record = Some((record, failed));
+                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + BATCH_DELAY);
+                    }
+                    Some(Update::Flush(done)) => {
+                        // Lines sent before the flush are already queued: take them.
+                        while let Ok(line) = lines.try_recv() {
+                            self.take(line);
+                        }
+                        self.write().await;
+                        deadline = None;
+                        let _ = done.send(self.total_lines);
+                    }
+                    None => updates_open = false,
+                },
+                _ = timer => {
+                    self.write().await;
+                    deadline = None;
+                }
+            }
+        }
+        self.write().await;
+    }
+
+    fn take(&mut self, mut line: LogLine) {
+        self.total_lines += 1;
+        line.request_id.clone_from(&self.request_id);
+        if let Some(environment) = &line.environment {
+            let mut tails = self
+                .tails
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let tail = tails.entry(environment.clone()).or_default();
+            if tail.len() == OUTPUT_TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line.clone());
+        }
+        if self.stored_lines < self.limit {
+            self.stored_lines += 1;
+            self.lines.push(line);
+            if self.stored_lines == self.limit {
+                self.lines.push(LogLine {
+                    ts: timestamp(SystemTime::now()),
+                    environment: None,
+                    stream: LogStream::Error,
+                    line: format!(
+                        "log limit of {} lines reached; later lines are counted, not kept",
+                        self.limit
+                    ),
+                    request_id: self.request_id.clone(),
+                });
+            }
+        }
+    }
+
+    /// Writes what is pending in one transaction, then publishes it.
+    async fn write(&mut self) {
+        if self.lines.is_empty() && self.targets.is_empty() && self.record.is_none() {
+            return;
+        }
+        let lines = std::mem::take(&mut self.lines);
+        let targets = std::mem::take(&mut self.targets);
+        let record = self.record.take();
+        let id = self.deployment_id.clone();
+        let mut ops = Vec::with_capacity(targets.len() + 3);
+        let encoded = (|| -> Result<(), String> {
+            if !lines.is_empty() {
+                let key = log_key(&id, self.next_chunk);
+                ops.push(StoreOp::put(
+                    collection::LOGS,
+                    &key,
+                    records::encode(collection::LOGS, &key, &lines)?,
+                ));
+            }
+            for target in targets.values() {
+                let key = target_key(&id, &target.environment_id);
+                ops.push(StoreOp::put(
+                    collection::TARGETS,
+                    &key,
+                    records::encode(collection::TARGETS, &key, target)?,
+                ));
+            }
+            if let Some((record, failed)) = &record {
+                ops.push(StoreOp::put(
+                    collection::DEPLOYMENTS,
+                    &id,
+                    records::encode(collection::DEPLOYMENTS, &id, record)?,
+                ));
+                let history = record.history_key();
+                ops.push(StoreOp::put(
+                    collection::HISTORY,
+                    &history,
+                    records::encode(
+                        collection::HISTORY,
+                        &history,
+                        &record.history_entry(failed.clone()),
+                    )?,
+                ));
+            }
+            Ok(())
+        })();
+        let stored = match encoded {
+            Ok(()) => self.records.apply(ops).await.map(|_| ()),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = stored {
+            // Not stored, so not published: a subscriber sees nothing a restart would not show.
+            tracing::error!(deployment = %id, "cannot store the deployment's progress: {error}");
+            return;
+        }
+        if !lines.is_empty() {
+            self.next_chunk += 1;
+        }
+        let host = self.records.host();
+        if !lines.is_empty() {
+            // Log lines are for developers and admins only.
+            host.publish_by_role(
+                event::LOG,
+                &json!({ "deployment_id": id, "lines": lines }),
+                None,
+            );
+        }
+        for target in targets.values() {
+            host.publish_by_role(
+                event::ENVIRONMENT,
+                &json!({ "deployment_id": id, "progress": self.progress, "environment": target }),
+                Some(&json!({
+                    "deployment_id": id,
+                    "progress": self.progress,
+                    "environment": target.user_view(),
+                })),
+            );
+        }
+    }
+}
