@@ -137,6 +137,10 @@ pub enum StoreWrite {
     Delete = 1,
     /// Nothing: the operation only checks its condition.
     Keep = 2,
+    /// Adds [`StoreOp::value`], a decimal integer (negative to subtract), to the key's value,
+    /// read as an integer (absent: 0). Counters stay right under concurrent writers without a
+    /// read-modify-write round trip.
+    Add = 3,
 }
 
 /// One operation of an atomic batch ([`HostServices::store_apply`]).
@@ -149,7 +153,7 @@ pub struct StoreOp {
     /// The value required by [`StoreCondition::Equals`]; ignored otherwise.
     pub expected: RString,
     pub write: StoreWrite,
-    /// The value written by [`StoreWrite::Put`]; ignored otherwise.
+    /// The value written by [`StoreWrite::Put`], or added by [`StoreWrite::Add`].
     pub value: RString,
 }
 

@@ -12,23 +12,11 @@ pub fn apply_abi(
     store: &Store,
     ops: RSlice<'_, StoreOp>,
 ) -> RResult<ROption<StoreConflict>, RString> {
-    let ops: Vec<Op<'_>> = ops
-        .iter()
-        .map(|op| Op {
-            collection: op.collection.as_str(),
-            key: op.key.as_str(),
-            condition: match op.condition {
-                StoreCondition::Always => Condition::Always,
-                StoreCondition::Absent => Condition::Absent,
-                StoreCondition::Equals => Condition::Equals(op.expected.as_str()),
-            },
-            write: match op.write {
-                StoreWrite::Put => Write::Put(op.value.as_str()),
-                StoreWrite::Delete => Write::Delete,
-                StoreWrite::Keep => Write::Keep,
-            },
-        })
-        .collect();
+    let ops: Result<Vec<Op<'_>>, String> = ops.iter().map(op_from_abi).collect();
+    let ops = match ops {
+        Ok(ops) => ops,
+        Err(error) => return RResult::RErr(error.into()),
+    };
     match store.apply(&ops) {
         Ok(conflict) => RResult::ROk(
             conflict
@@ -40,4 +28,29 @@ pub fn apply_abi(
         ),
         Err(error) => RResult::RErr(error.to_string().into()),
     }
+}
+
+fn op_from_abi(op: &StoreOp) -> Result<Op<'_>, String> {
+    let condition = match op.condition {
+        StoreCondition::Always => Condition::Always,
+        StoreCondition::Absent => Condition::Absent,
+        StoreCondition::Equals => Condition::Equals(op.expected.as_str()),
+    };
+    let write = match op.write {
+        StoreWrite::Put => Write::Put(op.value.as_str()),
+        StoreWrite::Delete => Write::Delete,
+        StoreWrite::Keep => Write::Keep,
+        StoreWrite::Add => Write::Add(op.value.as_str().trim().parse::<i64>().map_err(|_| {
+            format!(
+                "store_apply: the amount to add to {}/{} is not an integer",
+                op.collection, op.key
+            )
+        })?),
+    };
+    Ok(Op {
+        collection: op.collection.as_str(),
+        key: op.key.as_str(),
+        condition,
+        write,
+    })
 }

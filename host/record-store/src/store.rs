@@ -44,6 +44,8 @@ pub enum StoreError {
     },
     #[error("a batch of {0} operations is over the limit of {MAX_BATCH}")]
     BatchTooLarge(usize),
+    #[error("{collection}/{key} does not hold an integer; it cannot be added to")]
+    NotANumber { collection: String, key: String },
     #[error("cannot create the store file {path}: {source}")]
     Create {
         path: PathBuf,
@@ -80,6 +82,8 @@ pub enum Write<'a> {
     Delete,
     /// Only the condition: the key is checked, not changed.
     Keep,
+    /// Adds to the key's integer value (absent: 0); the key then holds the sum.
+    Add(i64),
 }
 
 /// One operation of an atomic batch.
@@ -327,7 +331,7 @@ impl Store {
         for op in ops {
             let value = match op.write {
                 Write::Put(value) => Some(value),
-                Write::Delete | Write::Keep => None,
+                Write::Delete | Write::Keep | Write::Add(_) => None,
             };
             check(op.collection, op.key, value)?;
         }
@@ -364,6 +368,24 @@ impl Store {
                     .map(|_| ())
                     .map_err(StoreError::sqlite(action()))?,
                 Write::Keep => {}
+                Write::Add(amount) => {
+                    let current = read_value(&transaction, op.collection, op.key)?
+                        .map(|text| text.trim().parse::<i64>())
+                        .transpose()
+                        .map_err(|_| StoreError::NotANumber {
+                            collection: op.collection.to_owned(),
+                            key: op.key.to_owned(),
+                        })?
+                        .unwrap_or(0);
+                    let sum = current.saturating_add(amount).to_string();
+                    transaction
+                        .prepare_cached(UPSERT)
+                        .and_then(|mut statement| {
+                            statement.execute(params![op.collection, op.key, sum, now])
+                        })
+                        .map(|_| ())
+                        .map_err(StoreError::sqlite(action()))?;
+                }
             }
         }
         transaction
@@ -507,6 +529,26 @@ mod tests {
         ])?;
         assert_eq!(applied, None);
         assert_eq!(store.get("claims", "c")?.as_deref(), Some("dep-3"));
+        // Counters: absent is 0, sums, and a non-number refuses the whole batch.
+        let add = |amount| Op {
+            collection: "counts",
+            key: "failed",
+            condition: Condition::Always,
+            write: Write::Add(amount),
+        };
+        store.apply(&[add(3), add(-1)])?;
+        assert_eq!(store.get("counts", "failed")?.as_deref(), Some("2"));
+        let refused = store.apply(&[
+            add(1),
+            Op {
+                collection: "claims",
+                key: "c",
+                condition: Condition::Always,
+                write: Write::Add(1),
+            },
+        ]);
+        assert!(matches!(refused, Err(StoreError::NotANumber { .. })));
+        assert_eq!(store.get("counts", "failed")?.as_deref(), Some("2"));
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }

@@ -303,6 +303,8 @@ pub enum Write {
     Delete,
     /// Nothing: the operation only checks its condition.
     Keep,
+    /// Adds to the key's integer value (absent: 0).
+    Add(i64),
 }
 
 /// One operation of an atomic batch ([`Host::store_apply`]).
@@ -338,6 +340,16 @@ impl StoreOp {
         }
     }
 
+    /// Adds `amount` to the key's integer value (absent: 0).
+    pub fn add(collection: &str, key: &str, amount: i64) -> StoreOp {
+        StoreOp {
+            collection: collection.to_owned(),
+            key: key.to_owned(),
+            condition: Condition::Always,
+            write: Write::Add(amount),
+        }
+    }
+
     /// Only checks that `condition` holds for the key.
     pub fn check(collection: &str, key: &str, condition: Condition) -> StoreOp {
         StoreOp {
@@ -363,6 +375,7 @@ impl StoreOp {
             Write::Put(value) => (StoreWrite::Put, RString::from(value.as_str())),
             Write::Delete => (StoreWrite::Delete, RString::new()),
             Write::Keep => (StoreWrite::Keep, RString::new()),
+            Write::Add(amount) => (StoreWrite::Add, RString::from(amount.to_string())),
         };
         plugin_api::StoreOp {
             collection: RString::from(self.collection.as_str()),

@@ -31,8 +31,7 @@ use plugin_guest::{Condition, StoreOp};
 use crate::{
     catalog::Catalog,
     deployment::{
-        new_deployment_id, DeploymentRecord, HealthReport, HistoryEntry, Phase, TargetRecord,
-        TargetStatus,
+        new_deployment_id, DeploymentRecord, HealthReport, Phase, TargetRecord, TargetStatus,
     },
     ec2,
     environments::{Environment, FieldError},
@@ -207,29 +206,31 @@ impl Coordinator {
     }
 
     /// Marks runs of earlier boots as interrupted: the host died while they ran. Runs of this
-    /// boot belong to a sibling copy (hot swap) and are left alone.
+    /// boot belong to a sibling copy (hot swap) and are left alone. The unfinished deployments
+    /// are found through the status index, not by reading the whole history; each is closed in
+    /// one transaction that holds only if its record is still what was read.
     pub async fn recover(&self) -> Result<usize, String> {
         let mut recovered = 0;
-        for (key, entry) in self
-            .records
-            .scan::<HistoryEntry>(collection::HISTORY, "")
+        for (key, entry) in crate::history::History::new(self.records.clone())
+            .unfinished()
             .await?
         {
-            if entry.status.is_terminal() {
-                continue;
-            }
-            let Some(mut record) = self
+            let Some(text) = self
                 .records
-                .get::<DeploymentRecord>(collection::DEPLOYMENTS, &entry.deployment_id)
+                .get_raw(collection::DEPLOYMENTS, &entry.deployment_id)
                 .await?
             else {
                 continue;
             };
-            if record.boot_id == self.boot_id {
+            let Ok(mut record) = serde_json::from_str::<DeploymentRecord>(&text) else {
+                continue;
+            };
+            if record.boot_id == self.boot_id || record.status.is_terminal() {
                 continue;
             }
             let now = SystemTime::now();
             let phase = record.status;
+            let mut ops = Vec::new();
             let mut failed = Vec::new();
             for (target_key, mut target) in self
                 .records
@@ -246,9 +247,11 @@ impl Coordinator {
                     ));
                     target.status = TargetStatus::Cancelled;
                     target.finished_at = Some(timestamp(now));
-                    self.records
-                        .put(collection::TARGETS, &target_key, &target)
-                        .await?;
+                    ops.push(StoreOp::put(
+                        collection::TARGETS,
+                        &target_key,
+                        records::encode(collection::TARGETS, &target_key, &target)?,
+                    ));
                 }
                 if target.status != TargetStatus::Succeeded {
                     failed.push(target.environment_id.clone());
@@ -266,24 +269,36 @@ impl Coordinator {
                 line: message.clone(),
                 request_id: record.request_id.clone(),
             };
-            self.records
-                .put(
-                    collection::LOGS,
-                    &log_key(&record.deployment_id, next_chunk),
-                    &vec![line],
-                )
-                .await?;
+            let log = log_key(&record.deployment_id, next_chunk);
+            ops.push(StoreOp::put(
+                collection::LOGS,
+                &log,
+                records::encode(collection::LOGS, &log, &vec![line])?,
+            ));
             record.log_lines += 1;
             record.status = Phase::Interrupted;
             record.errors.push(message);
             record.finished_at = Some(timestamp(now));
-            self.records
-                .put(collection::DEPLOYMENTS, &record.deployment_id, &record)
-                .await?;
-            self.records
-                .put(collection::HISTORY, &key, &record.history_entry(failed))
-                .await?;
-            recovered += 1;
+            let id = record.deployment_id.clone();
+            ops.push(
+                StoreOp::put(
+                    collection::DEPLOYMENTS,
+                    &id,
+                    records::encode(collection::DEPLOYMENTS, &id, &record)?,
+                )
+                .when(Condition::Equals(text)),
+            );
+            let entry = record.history_entry(failed);
+            ops.push(StoreOp::put(
+                collection::HISTORY,
+                &key,
+                records::encode(collection::HISTORY, &key, &entry)?,
+            ));
+            ops.extend(crate::history::moved_ops(&key, phase, &entry)?);
+            // A conflict: the record changed since it was read (another copy ended it).
+            if self.records.apply(ops).await?.is_none() {
+                recovered += 1;
+            }
         }
         for (id, active) in self
             .records
@@ -601,15 +616,13 @@ impl Coordinator {
             records::encode(collection::DEPLOYMENTS, id, record)?,
         ));
         let history_key = record.history_key();
+        let entry = record.history_entry(Vec::new());
         ops.push(StoreOp::put(
             collection::HISTORY,
             &history_key,
-            records::encode(
-                collection::HISTORY,
-                &history_key,
-                &record.history_entry(Vec::new()),
-            )?,
+            records::encode(collection::HISTORY, &history_key, &entry)?,
         ));
+        ops.extend(crate::history::created_ops(&history_key, &entry)?);
         match self.records.apply(ops).await? {
             None => Ok(()),
             Some(conflict) => {
@@ -678,31 +691,9 @@ impl Coordinator {
         }
     }
 
-    /// Publishes a phase change: the whole picture for developers; for users, without the
-    /// error texts (they name hosts and URLs).
+    /// Publishes a phase change (once it is stored).
     pub(crate) fn publish_phase(&self, record: &DeploymentRecord, previous: Option<Phase>) {
-        let at = timestamp(SystemTime::now());
-        let full = json!({
-            "deployment_id": record.deployment_id,
-            "status": record.status,
-            "previous": previous,
-            "progress": record.progress,
-            "environments": record.environments,
-            "errors": record.errors,
-            "at": at,
-        });
-        let user = json!({
-            "deployment_id": record.deployment_id,
-            "status": record.status,
-            "previous": previous,
-            "progress": record.progress,
-            "environments": record.environments,
-            "error_count": record.errors.len(),
-            "at": at,
-        });
-        self.records
-            .host()
-            .publish_by_role(event::PHASE, &full, Some(&user));
+        crate::run::writer::publish_phase(self.records.host(), record, previous);
     }
 
     /// Tells subscribers (and the host's metrics) that an environment is gone.

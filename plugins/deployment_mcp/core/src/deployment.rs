@@ -23,6 +23,21 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in state-machine order.
+    pub const ALL: [Phase; 11] = [
+        Phase::Pending,
+        Phase::Ec2Deploying,
+        Phase::Ec2Completed,
+        Phase::LocalTriggering,
+        Phase::LocalDeploying,
+        Phase::LocalCompleted,
+        Phase::Verifying,
+        Phase::Completed,
+        Phase::Failed,
+        Phase::Cancelled,
+        Phase::Interrupted,
+    ];
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,

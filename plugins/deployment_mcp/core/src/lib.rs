@@ -13,6 +13,7 @@ pub mod deployment;
 pub mod ec2;
 pub mod environments;
 pub mod health;
+pub mod history;
 pub mod openapi;
 pub mod records;
 pub mod redact;
@@ -81,6 +82,15 @@ pub async fn build(
         .catalog()
         .import_file(&settings.environments_file)
         .await?;
+    let indexed = history::History::new(coordinator.records().clone())
+        .index_existing()
+        .await?;
+    if indexed > 0 {
+        tracing::info!(
+            deployments = indexed,
+            "indexed the history written by an earlier release"
+        );
+    }
     let interrupted = coordinator.recover().await?;
     tracing::info!(
         added = imported.added,

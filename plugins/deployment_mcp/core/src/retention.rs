@@ -109,7 +109,7 @@ async fn prune_from(
             if !entry.status.is_terminal() {
                 continue;
             }
-            delete_deployment(records, &key, &entry.deployment_id).await?;
+            delete_deployment(records, &key, &entry).await?;
             deleted += 1;
         }
         if !full {
@@ -142,13 +142,16 @@ async fn keys_with_prefix(
     }
 }
 
-/// Deletes one deployment's records in one transaction.
-async fn delete_deployment(records: &Records, history: &str, id: &str) -> Result<(), String> {
+/// Deletes one deployment's records, history entry and index entries in one transaction.
+async fn delete_deployment(
+    records: &Records,
+    history: &str,
+    entry: &HistoryEntry,
+) -> Result<(), String> {
+    let id = &entry.deployment_id;
     let prefix = format!("{id}/");
-    let mut ops = vec![
-        StoreOp::delete(collection::HISTORY, history),
-        StoreOp::delete(collection::DEPLOYMENTS, id),
-    ];
+    let mut ops = crate::history::deleted_ops(history, entry);
+    ops.push(StoreOp::delete(collection::DEPLOYMENTS, id));
     for key in keys_with_prefix(records, collection::TARGETS, &prefix).await? {
         ops.push(StoreOp::delete(collection::TARGETS, &key));
     }

@@ -156,8 +156,8 @@ impl Api {
         }
     }
 
-    /// The overview, for developers and for users.
-    async fn build_status(&self) -> Result<(serde_json::Value, serde_json::Value), String> {
+    /// Deployments running now (any copy's), from the small `ACTIVE` collection.
+    async fn active_entries(&self) -> Result<Vec<HistoryEntry>, String> {
         let records = self.coordinator.records();
         let mut active = Vec::new();
         for (id, _) in records
@@ -171,18 +171,24 @@ impl Api {
                 active.push(record.history_entry(Vec::new()));
             }
         }
+        Ok(active)
+    }
+
+    /// The overview, for developers and for users.
+    async fn build_status(&self) -> Result<(serde_json::Value, serde_json::Value), String> {
+        let active = self.active_entries().await?;
+        let history = crate::history::History::new(self.coordinator.records().clone());
         let mut latest = None;
         let mut after = None;
+        // The newest finished deployment; only running ones come before it.
         'pages: loop {
-            let page = records.page(collection::HISTORY, after.clone(), 50).await?;
+            let page = history.after(after.clone(), 50).await?;
             let full = page.len() == 50;
-            for (key, text) in page {
+            for (key, entry) in page {
                 after = Some(key);
-                if let Ok(entry) = serde_json::from_str::<HistoryEntry>(&text) {
-                    if entry.status.is_terminal() {
-                        latest = Some(entry);
-                        break 'pages;
-                    }
+                if entry.status.is_terminal() {
+                    latest = Some(entry);
+                    break 'pages;
                 }
             }
             if !full {
@@ -736,40 +742,20 @@ pub(crate) async fn history(api: &Api, request: &Request) -> Answer {
             )));
         }
     }
-    let entries = api
-        .coordinator
-        .records()
-        .scan::<HistoryEntry>(collection::HISTORY, "")
+    let filter = crate::history::Filter {
+        status,
+        environment,
+    };
+    let page = crate::history::History::new(api.coordinator.records().clone())
+        .page(&filter, cursor.as_deref(), limit)
         .await
         .map_err(store_error)?;
-    let matching: Vec<(String, HistoryEntry)> = entries
-        .into_iter()
-        .filter(|(_, entry)| status.is_none_or(|status| entry.status == status))
-        .filter(|(_, entry)| {
-            environment
-                .as_ref()
-                .is_none_or(|id| entry.environments.iter().any(|e| e == id))
-        })
-        .collect();
-    let total_count = matching.len();
-    let page: Vec<&(String, HistoryEntry)> = matching
-        .iter()
-        .filter(|(key, _)| cursor.as_ref().is_none_or(|cursor| key > cursor))
-        .take(limit + 1)
-        .collect();
-    let more = page.len() > limit;
-    let page = &page[..page.len().min(limit)];
-    let next_cursor = if more {
-        page.last().map(|(key, _)| key.clone())
-    } else {
-        None
-    };
     Ok(Response::json(
         200,
         &json!({
-            "history": page.iter().map(|(_, entry)| entry).collect::<Vec<_>>(),
-            "total_count": total_count,
-            "next_cursor": next_cursor,
+            "history": page.entries.iter().map(|(_, entry)| entry).collect::<Vec<_>>(),
+            "total_count": page.total,
+            "next_cursor": page.next_cursor,
         }),
     ))
 }
@@ -783,32 +769,44 @@ pub(crate) async fn history(api: &Api, request: &Request) -> Answer {
 )]
 pub(crate) async fn dashboard(api: &Api, request: &Request) -> Answer {
     let window = number_param(request, "window", 50, 1..=1000)?;
-    let history = api
-        .coordinator
-        .records()
-        .scan::<HistoryEntry>(collection::HISTORY, "")
-        .await
-        .map_err(store_error)?;
-    let mut counts = serde_json::Map::new();
-    let mut last_by_environment: std::collections::HashMap<&str, &HistoryEntry> =
-        std::collections::HashMap::new();
-    for (_, entry) in &history {
-        let count = counts
-            .entry(entry.status.as_str().to_owned())
-            .or_insert(json!(0));
-        *count = json!(count.as_u64().unwrap_or(0) + 1);
-        for environment in &entry.environments {
-            last_by_environment
-                .entry(environment.as_str())
-                .or_insert(entry);
+    let details = sees_details(request);
+    let history = crate::history::History::new(api.coordinator.records().clone());
+    // Counters and keyed reads: the answer costs the same whatever the history's length.
+    let counts = history.counts().await.map_err(store_error)?;
+    let total_count: u64 = counts.values().sum();
+    let last = history.last_deployments().await.map_err(store_error)?;
+    let active = api.active_entries().await.map_err(store_error)?;
+    let running: std::collections::HashMap<&str, &HistoryEntry> = active
+        .iter()
+        .flat_map(|entry| {
+            entry
+                .environments
+                .iter()
+                .map(move |environment| (environment.as_str(), entry))
+        })
+        .collect();
+    let mut finished: Vec<HistoryEntry> = Vec::with_capacity(window);
+    let mut after = None;
+    // The newest `window` finished deployments; only running ones are skipped on the way.
+    'pages: loop {
+        let page = history
+            .after(after.clone(), 200)
+            .await
+            .map_err(store_error)?;
+        let full = page.len() == 200;
+        for (key, entry) in page {
+            after = Some(key);
+            if entry.status.is_terminal() {
+                finished.push(entry);
+                if finished.len() == window {
+                    break 'pages;
+                }
+            }
+        }
+        if !full {
+            break;
         }
     }
-    let finished: Vec<&HistoryEntry> = history
-        .iter()
-        .map(|(_, entry)| entry)
-        .filter(|entry| entry.status.is_terminal())
-        .take(window)
-        .collect();
     let succeeded = finished
         .iter()
         .filter(|entry| entry.status == Phase::Completed)
@@ -817,7 +815,6 @@ pub(crate) async fn dashboard(api: &Api, request: &Request) -> Answer {
         .iter()
         .filter_map(|entry| entry.duration_ms)
         .collect();
-    let details = sees_details(request);
     let catalog = api.coordinator.catalog();
     let stored = catalog.list().await.map_err(store_error)?;
     let health = catalog.all_health().await.map_err(store_error)?;
@@ -831,23 +828,26 @@ pub(crate) async fn dashboard(api: &Api, request: &Request) -> Answer {
             } else {
                 catalog::user_view(stored, health.get(id))
             };
-            view["last_deployment"] = match last_by_environment.get(id) {
-                Some(entry) => json!({
+            view["last_deployment"] = match (running.get(id), last.get(id)) {
+                (Some(entry), _) => json!({
                     "deployment_id": entry.deployment_id,
                     "status": entry.status,
-                    "succeeded": entry.status.is_terminal()
-                        .then(|| !entry.failed_environments.iter().any(|e| e == id)),
-                    "finished_at": entry.finished_at,
+                    "succeeded": null,
+                    "finished_at": null,
                 }),
-                None => json!(null),
+                (None, Some(last)) => json!({
+                    "deployment_id": last.deployment_id,
+                    "status": last.status,
+                    "succeeded": last.succeeded,
+                    "finished_at": last.finished_at,
+                }),
+                (None, None) => json!(null),
             };
             view
         })
         .collect();
-    let active: Vec<serde_json::Value> = history
+    let active: Vec<serde_json::Value> = active
         .iter()
-        .map(|(_, entry)| entry)
-        .filter(|entry| !entry.status.is_terminal())
         .map(|entry| {
             if details {
                 serde_json::to_value(entry).unwrap_or_default()
@@ -860,7 +860,7 @@ pub(crate) async fn dashboard(api: &Api, request: &Request) -> Answer {
         200,
         &json!({
             "counts": counts,
-            "total_count": history.len(),
+            "total_count": total_count,
             "environments": environments,
             "active": active,
             "recent": {

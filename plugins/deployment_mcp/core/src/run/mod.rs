@@ -276,16 +276,15 @@ impl Run {
         coordinator.publish_phase(&record, None);
     }
 
-    /// Writes a phase change (after the log lines and results before it), then publishes it.
+    /// Hands a phase change to the writer, which stores it (after the log lines and results
+    /// sent before it) and then publishes it.
     async fn set_phase(&self, phase: Phase, progress: u8) {
         let mut record = self.record.lock().await;
         let previous = record.status;
         record.status = phase;
         record.progress = record.progress.max(progress);
-        self.writer.record(record.clone(), Vec::new()).await;
-        record.log_lines = self.writer.flush().await;
+        self.writer.phase(record.clone(), previous).await;
         self.coordinator.changed();
-        self.coordinator.publish_phase(&record, Some(previous));
     }
 
     /// Runs one environment's trigger under the parallel limit, its timeout and the cancel

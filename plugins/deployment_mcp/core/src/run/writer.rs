@@ -4,9 +4,9 @@
 //! It batches: whatever arrives within [`BATCH_DELAY`] (or until a batch is full) is written in
 //! one store transaction — a chunk of log lines, the latest state of each environment that
 //! changed, the record and its history entry — then published. A deployment of 10,000
-//! environments therefore costs a few hundred transactions, not tens of thousands, and an
-//! environment that went `triggering → running → succeeded` within one batch is written (and
-//! published) once, in its last state.
+//! environments therefore costs a few hundred transactions, not tens of thousands. An
+//! environment that went `triggering → running → succeeded` within one batch is written once,
+//! in its last state, and every one of its transitions is published after that write.
 //!
 //! Invariant: write, then publish. Nothing reaches an event subscriber that a restart would not
 //! show. [`RunWriter::flush`] waits until everything sent before it is stored.
@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     coordinator::{event, log_key, target_key},
-    deployment::{DeploymentRecord, TargetRecord},
+    deployment::{DeploymentRecord, Phase, TargetRecord},
     records::{self, collection, Records},
     triggers::{timestamp, LogLine, LogSink, LogStream},
 };
@@ -48,6 +48,8 @@ enum Update {
     Target(TargetRecord),
     /// The record, and the environments that did not succeed once it is terminal.
     Record(DeploymentRecord, Vec<String>),
+    /// A phase change: written at once (with whatever else is queued), then published.
+    Phase(DeploymentRecord, Phase),
     Flush(oneshot::Sender<u64>),
 }
 
@@ -88,8 +90,11 @@ impl RunWriter {
             tails: Arc::clone(&tails),
             lines: Vec::new(),
             targets: BTreeMap::new(),
+            transitions: Vec::new(),
             record: None,
+            phases: Vec::new(),
             progress: 0,
+            written_status: Phase::Pending,
         };
         let handle = tokio::spawn(task.run(lines, receiver));
         (
@@ -117,6 +122,12 @@ impl RunWriter {
     /// once the record is terminal).
     pub async fn record(&self, record: DeploymentRecord, failed: Vec<String>) {
         let _ = self.updates.send(Update::Record(record, failed)).await;
+    }
+
+    /// Queues a phase change: the writer stores it at once, with whatever else is queued, and
+    /// then publishes it. The run does not wait for that.
+    pub async fn phase(&self, record: DeploymentRecord, previous: Phase) {
+        let _ = self.updates.send(Update::Phase(record, previous)).await;
     }
 
     /// Waits until everything sent before this call is stored; returns the lines written so far
@@ -151,10 +162,17 @@ struct WriterTask {
     tails: Tails,
     // What waits to be written.
     lines: Vec<LogLine>,
+    /// The latest state of each environment, to write.
     targets: BTreeMap<String, TargetRecord>,
+    /// Every state in the order it came, to publish.
+    transitions: Vec<TargetRecord>,
     record: Option<(DeploymentRecord, Vec<String>)>,
+    /// Phase changes to publish once written.
+    phases: Vec<(DeploymentRecord, Phase)>,
     /// The deployment's progress as last sent, for environment events.
     progress: u8,
+    /// The status last stored, which the history's indexes hold.
+    written_status: Phase,
 }
 
 impl WriterTask {
@@ -186,27 +204,27 @@ impl WriterTask {
                     None => lines_open = false,
                 },
                 update = updates.recv(), if updates_open => match update {
-                    Some(Update::Target(target)) => {
-                        self.targets.insert(target.environment_id.clone(), target);
-                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + BATCH_DELAY);
-                        if self.targets.len() >= BATCH_TARGETS {
+                    Some(update) => {
+                        let mut waiting = Vec::new();
+                        let mut now = self.accept(update, &mut waiting);
+                        if now {
+                            // Whatever is queued right behind goes into the same write.
+                            while let Ok(update) = updates.try_recv() {
+                                now |= self.accept(update, &mut waiting);
+                            }
+                            while let Ok(line) = lines.try_recv() {
+                                self.take(line);
+                            }
+                        }
+                        if now || self.transitions.len() >= BATCH_TARGETS {
                             self.write().await;
                             deadline = None;
+                        } else {
+                            deadline.get_or_insert_with(|| tokio::time::Instant::now() + BATCH_DELAY);
                         }
-                    }
-                    Some(Update::Record(record, failed)) => {
-                        self.progress = record.progress;
-                        self.record = Some((record, failed));
-                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + BATCH_DELAY);
-                    }
-                    Some(Update::Flush(done)) => {
-                        // Lines sent before the flush are already queued: take them.
-                        while let Ok(line) = lines.try_recv() {
-                            self.take(line);
+                        for done in waiting {
+                            let _ = done.send(self.total_lines);
                         }
-                        self.write().await;
-                        deadline = None;
-                        let _ = done.send(self.total_lines);
                     }
                     None => updates_open = false,
                 },
@@ -217,6 +235,33 @@ impl WriterTask {
             }
         }
         self.write().await;
+    }
+
+    /// Takes one update; true when it must be written now (a phase change, a flush), and
+    /// collects who waits for the write.
+    fn accept(&mut self, update: Update, waiting: &mut Vec<oneshot::Sender<u64>>) -> bool {
+        match update {
+            Update::Target(target) => {
+                self.transitions.push(target.clone());
+                self.targets.insert(target.environment_id.clone(), target);
+                false
+            }
+            Update::Record(record, failed) => {
+                self.progress = record.progress;
+                self.record = Some((record, failed));
+                false
+            }
+            Update::Phase(record, previous) => {
+                self.progress = record.progress;
+                self.record = Some((record.clone(), Vec::new()));
+                self.phases.push((record, previous));
+                true
+            }
+            Update::Flush(done) => {
+                waiting.push(done);
+                true
+            }
+        }
     }
 
     fn take(&mut self, mut line: LogLine) {
@@ -256,8 +301,13 @@ impl WriterTask {
         if self.lines.is_empty() && self.targets.is_empty() && self.record.is_none() {
             return;
         }
+        if let Some((record, _)) = &mut self.record {
+            record.log_lines = self.total_lines;
+        }
         let lines = std::mem::take(&mut self.lines);
         let targets = std::mem::take(&mut self.targets);
+        let transitions = std::mem::take(&mut self.transitions);
+        let phases = std::mem::take(&mut self.phases);
         let record = self.record.take();
         let id = self.deployment_id.clone();
         let mut ops = Vec::with_capacity(targets.len() + 3);
@@ -285,15 +335,17 @@ impl WriterTask {
                     records::encode(collection::DEPLOYMENTS, &id, record)?,
                 ));
                 let history = record.history_key();
+                let entry = record.history_entry(failed.clone());
                 ops.push(StoreOp::put(
                     collection::HISTORY,
                     &history,
-                    records::encode(
-                        collection::HISTORY,
-                        &history,
-                        &record.history_entry(failed.clone()),
-                    )?,
+                    records::encode(collection::HISTORY, &history, &entry)?,
                 ));
+                ops.extend(crate::history::moved_ops(
+                    &history,
+                    self.written_status,
+                    &entry,
+                )?);
             }
             Ok(())
         })();
@@ -309,6 +361,9 @@ impl WriterTask {
         if !lines.is_empty() {
             self.next_chunk += 1;
         }
+        if let Some((record, _)) = &record {
+            self.written_status = record.status;
+        }
         let host = self.records.host();
         if !lines.is_empty() {
             // Log lines are for developers and admins only.
@@ -318,7 +373,10 @@ impl WriterTask {
                 None,
             );
         }
-        for target in targets.values() {
+        for (record, previous) in &phases {
+            publish_phase(host, record, Some(*previous));
+        }
+        for target in &transitions {
             host.publish_by_role(
                 event::ENVIRONMENT,
                 &json!({ "deployment_id": id, "progress": self.progress, "environment": target }),
@@ -330,4 +388,33 @@ impl WriterTask {
             );
         }
     }
+}
+
+/// Publishes a phase change: the whole picture for developers; for users, without the error
+/// texts (they name hosts and URLs). Call it only once the change is stored.
+pub fn publish_phase(
+    host: &plugin_guest::Host,
+    record: &DeploymentRecord,
+    previous: Option<Phase>,
+) {
+    let at = timestamp(SystemTime::now());
+    let full = json!({
+        "deployment_id": record.deployment_id,
+        "status": record.status,
+        "previous": previous,
+        "progress": record.progress,
+        "environments": record.environments,
+        "errors": record.errors,
+        "at": at,
+    });
+    let user = json!({
+        "deployment_id": record.deployment_id,
+        "status": record.status,
+        "previous": previous,
+        "progress": record.progress,
+        "environments": record.environments,
+        "error_count": record.errors.len(),
+        "at": at,
+    });
+    host.publish_by_role(event::PHASE, &full, Some(&user));
 }
