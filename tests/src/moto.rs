@@ -1,4 +1,5 @@
-//! A real EC2 API for the EC2 phase's tests: `moto_server` on a loopback port the OS picked,
+//! A real EC2 API for the EC2 phase's tests: `moto_server` on a loopback port it binds itself
+//! (port 0, read back from its start-up line),
 //! killed when dropped, with helpers that create and stop instances through the EC2 API.
 //!
 //! A missing `moto_server` fails the test with an instruction rather than skipping it: CI
@@ -18,7 +19,7 @@ use aws_sdk_ec2::{
 };
 use deployment_mcp_core::ec2::Ec2Settings;
 
-use crate::{sshd::free_port, wait_until};
+use crate::wait_until;
 
 pub const MOTO_SERVER: &str = "moto_server";
 pub const REGION: &str = "us-east-1";
@@ -30,8 +31,6 @@ pub const AMI: &str = "ami-12c6146b";
 
 /// How long moto may take to answer before a test fails (it imports all of its services).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Start attempts: another process can take the picked port before moto binds it.
-const START_ATTEMPTS: usize = 3;
 
 /// Keys of an IAM user moto checks requests against (see [`Moto::start_with_iam`]).
 #[derive(Debug, Clone)]
@@ -79,61 +78,74 @@ impl Moto {
     async fn spawn(unauthenticated_actions: Option<u32>) -> Moto {
         let dir = tempfile::tempdir().expect("temporary directory for moto_server");
         let log_file = dir.path().join("moto_server.log");
-        for _ in 0..START_ATTEMPTS {
-            let port = free_port();
-            let mut command = Command::new(MOTO_SERVER);
-            command
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(File::create(&log_file).expect("moto_server log file"))
-                .stderr(File::create(dir.path().join("moto_server.stderr")).expect("stderr file"));
-            if let Some(count) = unauthenticated_actions {
-                command.env("INITIAL_NO_AUTH_ACTION_COUNT", count.to_string());
-            }
-            let mut child = match command.spawn() {
-                Ok(child) => child,
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => panic!(
-                    "{MOTO_SERVER} is not on PATH: install it with `pip install 'moto[server]'` (as .ci/run does)"
-                ),
-                Err(error) => panic!("cannot start {MOTO_SERVER}: {error}"),
-            };
-            let endpoint = format!("http://127.0.0.1:{port}");
-            let http = reqwest::Client::new();
-            // moto's own API, which IAM checks do not cover and which is not counted as one
-            // of the unauthenticated actions.
-            let probe = format!("{endpoint}/moto-api/data.json");
-            let ready = wait_until(START_TIMEOUT, || {
-                let exited = !matches!(child.try_wait(), Ok(None));
-                let request = http.get(&probe).timeout(Duration::from_secs(2)).send();
-                async move {
-                    exited
-                        || request
-                            .await
-                            .is_ok_and(|response| response.status().is_success())
-                }
+        let stderr_file = dir.path().join("moto_server.stderr");
+        let mut command = Command::new(MOTO_SERVER);
+        command
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdin(Stdio::null())
+            .stdout(File::create(&log_file).expect("moto_server log file"))
+            .stderr(File::create(&stderr_file).expect("stderr file"));
+        if let Some(count) = unauthenticated_actions {
+            command.env("INITIAL_NO_AUTH_ACTION_COUNT", count.to_string());
+        }
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => panic!(
+                "{MOTO_SERVER} is not on PATH: install it with `pip install 'moto[server]'` (as .ci/run does)"
+            ),
+            Err(error) => panic!("cannot start {MOTO_SERVER}: {error}"),
+        };
+        // The server announces the port it bound: ` * Running on http://127.0.0.1:PORT`.
+        let announced = || {
+            let text = std::fs::read_to_string(&stderr_file).unwrap_or_default();
+            text.lines().find_map(|line| {
+                let (_, rest) = line.split_once("Running on http://127.0.0.1:")?;
+                rest.trim().parse::<u16>().ok()
             })
-            .await;
-            if ready && matches!(child.try_wait(), Ok(None)) {
-                return Moto {
-                    child: Some(child),
-                    port,
-                    endpoint,
-                    admin: Credentials::new(
-                        ACCESS_KEY_ID,
-                        SECRET_ACCESS_KEY,
-                        None,
-                        None,
-                        "e2e-moto",
-                    ),
-                    dir,
-                };
+        };
+        let bound = wait_until(START_TIMEOUT, || {
+            let done = announced().is_some() || !matches!(child.try_wait(), Ok(None));
+            async move { done }
+        })
+        .await;
+        let port = match announced() {
+            Some(port) if bound => port,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stderr = std::fs::read_to_string(&stderr_file).unwrap_or_default();
+                panic!("{MOTO_SERVER} did not start listening; its stderr:\n{stderr}");
             }
+        };
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        // moto's own API, which IAM checks do not cover and which is not counted as one
+        // of the unauthenticated actions.
+        let probe = format!("{endpoint}/moto-api/data.json");
+        let ready = wait_until(START_TIMEOUT, || {
+            let exited = !matches!(child.try_wait(), Ok(None));
+            let request = http.get(&probe).timeout(Duration::from_secs(2)).send();
+            async move {
+                exited
+                    || request
+                        .await
+                        .is_ok_and(|response| response.status().is_success())
+            }
+        })
+        .await;
+        if !(ready && matches!(child.try_wait(), Ok(None))) {
             let _ = child.kill();
             let _ = child.wait();
+            let stderr = std::fs::read_to_string(&stderr_file).unwrap_or_default();
+            panic!("{MOTO_SERVER} did not answer on port {port}; its stderr:\n{stderr}");
         }
-        let stderr =
-            std::fs::read_to_string(dir.path().join("moto_server.stderr")).unwrap_or_default();
-        panic!("{MOTO_SERVER} did not answer in {START_ATTEMPTS} attempts; its stderr:\n{stderr}");
+        Moto {
+            child: Some(child),
+            port,
+            endpoint,
+            admin: Credentials::new(ACCESS_KEY_ID, SECRET_ACCESS_KEY, None, None, "e2e-moto"),
+            dir,
+        }
     }
 
     /// What moto logged so far (requests and errors), for failure messages.

@@ -1,29 +1,25 @@
-//! A real OpenSSH server for the SSH trigger's tests: `/usr/sbin/sshd` in the foreground on a
-//! loopback port the OS picked, with fresh host and user keys in a temporary directory, killed
-//! when dropped.
+//! A real OpenSSH server for the SSH trigger's tests: `/usr/sbin/sshd` in inetd mode (`-i`, one
+//! process per connection) behind a loopback listener this harness holds for the server's whole
+//! life, so no other process can take its port between a pick and a bind. Fresh host and user
+//! keys in a temporary directory; every sshd process is killed when the server is dropped.
 //!
 //! A missing sshd fails the test with an instruction rather than skipping it: CI installs
 //! openssh-server in `.ci/run`.
 
 use std::{
     fs::File,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::Duration,
+    sync::{Arc, Mutex},
 };
-
-use crate::wait_until;
 
 pub const SSHD: &str = "/usr/sbin/sshd";
 
-/// How long sshd may take to accept connections before a test fails.
-const START_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Start attempts: another process can take the picked port before sshd binds it.
-const START_ATTEMPTS: usize = 3;
-
 pub struct Sshd {
-    child: Option<Child>,
+    /// The sshd processes started so far, one per accepted connection.
+    sessions: Arc<Mutex<Vec<Child>>>,
+    acceptor: tokio::task::JoinHandle<()>,
     pub port: u16,
     /// The user the tests run as; sshd accepts the generated key for it.
     pub username: String,
@@ -58,75 +54,66 @@ impl Sshd {
         let log_file = dir.path().join("sshd.log");
         let stderr_file = dir.path().join("sshd.stderr");
         let config = dir.path().join("sshd_config");
-        for _ in 0..START_ATTEMPTS {
-            let port = free_port();
-            std::fs::write(
-                &config,
-                format!(
-                    "ListenAddress 127.0.0.1\n\
-                     Port {port}\n\
-                     HostKey {host_key}\n\
-                     AuthorizedKeysFile {authorized_keys}\n\
-                     PidFile {pid_file}\n\
-                     UsePAM no\n\
-                     PasswordAuthentication no\n\
-                     KbdInteractiveAuthentication no\n\
-                     PubkeyAuthentication yes\n\
-                     PermitRootLogin prohibit-password\n\
-                     StrictModes no\n\
-                     PrintMotd no\n\
-                     LogLevel VERBOSE\n",
-                    host_key = host_key.display(),
-                    authorized_keys = authorized_keys.display(),
-                    pid_file = dir.path().join("sshd.pid").display(),
-                ),
-            )
-            .expect("write sshd_config");
-            let _ = std::fs::remove_file(&log_file);
-            let mut child = Command::new(SSHD)
-                .args(["-D", "-f"])
-                .arg(&config)
-                .arg("-E")
-                .arg(&log_file)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(File::create(&stderr_file).expect("sshd stderr file"))
-                .spawn()
-                .unwrap_or_else(|error| panic!("cannot start {SSHD}: {error}"));
-            let ready = wait_until(START_TIMEOUT, || {
-                let exited = !matches!(child.try_wait(), Ok(None));
-                async move {
-                    exited
-                        || tokio::net::TcpStream::connect(("127.0.0.1", port))
-                            .await
-                            .is_ok()
-                }
-            })
-            .await;
-            if ready && matches!(child.try_wait(), Ok(None)) {
-                let sshd = Sshd {
-                    child: Some(child),
-                    port,
-                    username,
-                    client_key,
-                    known_hosts: dir.path().join("known_hosts"),
-                    host_key_pub: host_key.with_extension("pub"),
-                    log_file,
-                    dir,
-                };
-                let entry = sshd.known_hosts_line(&sshd.host_key_pub);
-                std::fs::write(&sshd.known_hosts, entry).expect("write known_hosts");
-                return sshd;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
-        panic!(
-            "{SSHD} did not start accepting connections in {START_ATTEMPTS} attempts; its log:\n{}{}",
-            read(&log_file),
-            read(&stderr_file)
+        std::fs::write(
+            &config,
+            format!(
+                "HostKey {host_key}\n\
+                 AuthorizedKeysFile {authorized_keys}\n\
+                 PidFile none\n\
+                 UsePAM no\n\
+                 PasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\n\
+                 PubkeyAuthentication yes\n\
+                 PermitRootLogin prohibit-password\n\
+                 StrictModes no\n\
+                 PrintMotd no\n\
+                 LogLevel VERBOSE\n",
+                host_key = host_key.display(),
+                authorized_keys = authorized_keys.display(),
+            ),
+        )
+        .expect("write sshd_config");
+        // The configuration is checked once here, so that a broken one fails with sshd's words
+        // instead of as refused logins later.
+        let check = Command::new(SSHD)
+            .args(["-t", "-f"])
+            .arg(&config)
+            .output()
+            .unwrap_or_else(|error| panic!("cannot start {SSHD}: {error}"));
+        assert!(
+            check.status.success(),
+            "{SSHD} -t refuses the test configuration: {}",
+            String::from_utf8_lossy(&check.stderr)
         );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the sshd listener");
+        let port = listener
+            .local_addr()
+            .expect("the listener's address")
+            .port();
+        let sessions = Arc::new(Mutex::new(Vec::new()));
+        let acceptor = tokio::spawn(accept(
+            listener,
+            config.clone(),
+            log_file.clone(),
+            stderr_file.clone(),
+            sessions.clone(),
+        ));
+        let sshd = Sshd {
+            sessions,
+            acceptor,
+            port,
+            username,
+            client_key,
+            known_hosts: dir.path().join("known_hosts"),
+            host_key_pub: host_key.with_extension("pub"),
+            log_file,
+            dir,
+        };
+        let entry = sshd.known_hosts_line(&sshd.host_key_pub);
+        std::fs::write(&sshd.known_hosts, entry).expect("write known_hosts");
+        sshd
     }
 
     /// The working area of this server (for scripts and marker files).
@@ -232,21 +219,57 @@ impl Sshd {
     }
 }
 
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+/// Hands each accepted connection to a new `sshd -i`, as inetd would.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    config: PathBuf,
+    log_file: PathBuf,
+    stderr_file: PathBuf,
+    sessions: Arc<Mutex<Vec<Child>>>,
+) {
+    while let Ok((connection, _)) = listener.accept().await {
+        let Ok(connection) = connection.into_std() else {
+            continue;
+        };
+        // sshd reads and writes the socket itself, blocking.
+        if connection.set_nonblocking(false).is_err() {
+            continue;
         }
+        let Ok(output) = connection.try_clone() else {
+            continue;
+        };
+        let stderr = File::options()
+            .create(true)
+            .append(true)
+            .open(&stderr_file)
+            .expect("sshd stderr file");
+        let child = Command::new(SSHD)
+            .args(["-i", "-f"])
+            .arg(&config)
+            .arg("-E")
+            .arg(&log_file)
+            .stdin(Stdio::from(OwnedFd::from(connection)))
+            .stdout(Stdio::from(OwnedFd::from(output)))
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {SSHD}: {error}"));
+        let mut sessions = sessions.lock().expect("the session list");
+        // Finished sessions are reaped as new ones come, so the list stays short.
+        sessions.retain_mut(|session| matches!(session.try_wait(), Ok(None)));
+        sessions.push(child);
     }
 }
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("pick a free port")
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+        if let Ok(mut sessions) = self.sessions.lock() {
+            for session in sessions.iter_mut() {
+                let _ = session.kill();
+                let _ = session.wait();
+            }
+        }
+    }
 }
 
 fn keygen(path: &Path, passphrase: &str) {

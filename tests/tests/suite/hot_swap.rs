@@ -111,7 +111,7 @@ async fn swapping_under_load_fails_no_request() {
 }
 
 #[tokio::test]
-async fn a_slow_request_begun_before_a_swap_completes() {
+async fn a_request_in_flight_during_a_swap_completes_on_its_copy() {
     let dir = temp();
     let host = Arc::new(
         TestHost::start(
@@ -123,18 +123,17 @@ async fn a_slow_request_begun_before_a_swap_completes() {
         )
         .await,
     );
-    let slow = {
+    // The request stays in the plugin until the test creates this file.
+    let gate = dir.path().join("release-the-held-request");
+    let held = {
         let host = Arc::clone(&host);
-        tokio::spawn(async move {
-            host.get("/api/deployment/slow?ms=1500", Some(USER_KEY))
-                .await
-        })
+        let path = format!("/api/deployment/held?gate={}", gate.display());
+        tokio::spawn(async move { host.get(&path, Some(USER_KEY)).await })
     };
-    // The probe logs when the slow request has reached it.
     assert!(
-        host.wait_for_log("slow request started", Duration::from_secs(10))
+        host.wait_for_log("held request started", Duration::from_secs(10))
             .await,
-        "the slow request reached the plugin; log:\n{}",
+        "the held request reached the plugin; log:\n{}",
         host.logs()
     );
 
@@ -142,14 +141,19 @@ async fn a_slow_request_begun_before_a_swap_completes() {
     let (status, body) = host.reload().await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["plugin"]["version"], CURRENT);
-    // New requests go to the new build at once, while the slow one is still running.
+    // New requests go to the new build at once, while the held one is still in the old copy.
     let (status, body) = host.get("/api/deployment/status", Some(USER_KEY)).await;
     assert_eq!(
         (status, body["plugin_version"].as_str()),
         (200, Some(CURRENT))
     );
+    assert!(
+        !held.is_finished(),
+        "the held request was still in flight across the swap"
+    );
 
-    let (status, body) = slow.await.expect("slow request task");
+    std::fs::write(&gate, "").expect("open the gate");
+    let (status, body) = held.await.expect("held request task");
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["version"], "0.0.1-probe",

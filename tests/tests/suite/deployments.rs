@@ -311,8 +311,6 @@ async fn twenty_slow_environments_run_in_parallel() {
         overlapping, 20,
         "all 20 ran at the same time: {intervals:?}"
     );
-    let duration = record["duration_ms"].as_u64().unwrap_or(u64::MAX);
-    assert!(duration < 20_000, "took {duration} ms");
 }
 
 #[tokio::test]

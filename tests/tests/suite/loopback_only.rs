@@ -34,32 +34,32 @@ const SKIPPED: &[&str] = &["node_modules", "package-lock.json", "loopback_only.r
 /// `(file, address)`: literals that only appear as data, never contacted.
 const DATA_ONLY: &[(&str, &str, &str)] = &[
     (
-        "tests/tests/ssh_trigger.rs",
+        "tests/tests/suite/ssh_trigger.rs",
         "203.0.113.7",
         "platform IP (TEST-NET-3) passed to the remote script as a variable",
     ),
     (
-        "tests/tests/cli.rs",
+        "tests/tests/suite/cli.rs",
         "203.0.113.7",
         "EC2_PUBLIC_IP (TEST-NET-3) handed to the script as a variable",
     ),
     (
-        "tests/tests/ec2_phase.rs",
+        "tests/tests/suite/ec2_phase.rs",
         "10.0.0.5",
         "private IP inside a DescribeInstances answer the test serves",
     ),
     (
-        "tests/tests/ec2_phase.rs",
+        "tests/tests/suite/ec2_phase.rs",
         "10.1.2.3",
         "public IP a loopback metadata stub answers",
     ),
     (
-        "tests/tests/ec2_phase.rs",
+        "tests/tests/suite/ec2_phase.rs",
         "ec2.amazonaws.com",
         "XML namespace of a DescribeInstances answer",
     ),
     (
-        "tests/tests/ec2_phase.rs",
+        "tests/tests/suite/ec2_phase.rs",
         "ec2.eu-west-3.amazonaws.com",
         "endpoint_url given to settings validation only",
     ),

@@ -1,0 +1,18 @@
+//! The end-to-end suite, one test binary (linked once): the real `powerautomation` binary with
+//! real plugin libraries and real peers, one module per area.
+
+mod cli;
+mod dashboard;
+mod deployments;
+mod ec2_deployments;
+mod ec2_phase;
+mod hardening;
+mod history_paging;
+mod host;
+mod hot_swap;
+mod loopback_only;
+mod metrics;
+mod openapi;
+mod routes_roles;
+mod soak;
+mod ssh_trigger;
