@@ -66,8 +66,17 @@ async fn forward(mount: &MountState, request: Request) -> Result<Response, ApiEr
     let body = axum::body::to_bytes(body, mount.body_limit)
         .await
         .map_err(|error| {
-            let limit_hit = std::error::Error::source(&error)
-                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            // The limit may trip in the limit layer's body or in this read: the error is
+            // wrapped once or twice, so look through the whole chain.
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+            let mut limit_hit = false;
+            while let Some(cause) = source {
+                if cause.is::<http_body_util::LengthLimitError>() {
+                    limit_hit = true;
+                    break;
+                }
+                source = cause.source();
+            }
             if limit_hit {
                 too_large(mount.body_limit)
             } else {

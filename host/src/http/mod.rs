@@ -9,6 +9,8 @@ pub mod metrics;
 pub mod openapi;
 pub mod serve;
 pub mod sse;
+#[cfg(test)]
+mod tests;
 
 use std::{
     sync::{
