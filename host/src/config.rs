@@ -98,8 +98,11 @@ pub struct KeyConfig {
     pub sha256: String,
 }
 
-/// A role as written in config files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A role by name: in config files, on the command line (`keygen --role`) and in API answers.
+/// The plugin interface's `Role` is the same ladder in ABI-stable form.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RoleName {
     User,

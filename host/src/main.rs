@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use plugin_api::Role;
 use powerautomation::{auth, config, server};
 
@@ -39,15 +39,8 @@ enum Command {
         #[arg(long)]
         name: String,
         #[arg(long, value_enum)]
-        role: RoleArg,
+        role: config::RoleName,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum RoleArg {
-    User,
-    Developer,
-    Admin,
 }
 
 /// Exit code for configuration and usage errors.
@@ -100,18 +93,14 @@ fn fail(code: u8, message: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn keygen(name: &str, role: RoleArg) -> ExitCode {
+fn keygen(name: &str, role: config::RoleName) -> ExitCode {
     if name.trim().is_empty() || name.contains(['"', '\\', '\n']) {
         return fail(
             EXIT_CONFIG,
             "--name must be non-empty and contain no quotes, backslashes or newlines",
         );
     }
-    let role = match role {
-        RoleArg::User => Role::User,
-        RoleArg::Developer => Role::Developer,
-        RoleArg::Admin => Role::Admin,
-    };
+    let role = Role::from(role);
     match auth::generate_key() {
         Ok(key) => {
             let digest = hex::encode(auth::sha256(&key));

@@ -61,21 +61,12 @@ pub struct ReloadAnswer {
     plugin: PluginStatus,
 }
 
-/// The role of an API key.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum RoleName {
-    User,
-    Developer,
-    Admin,
-}
-
 /// `GET /api/auth/whoami`.
 #[derive(Serialize, ToSchema)]
 pub struct WhoAmI {
     /// The key's name in the key ring.
     name: String,
-    role: RoleName,
+    role: crate::config::RoleName,
 }
 
 struct SecuritySchemes;

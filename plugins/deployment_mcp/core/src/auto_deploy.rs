@@ -17,14 +17,6 @@ use crate::{
 pub const TRIGGERED_BY: &str = "auto:startup";
 const STATE_KEY: &str = "auto_deploy";
 
-/// The platform version: `DEPLOYMENT_VERSION`, else the configured `platform_version`.
-pub fn platform_version(settings: &Settings) -> Option<String> {
-    std::env::var("DEPLOYMENT_VERSION")
-        .ok()
-        .filter(|version| !version.trim().is_empty())
-        .or_else(|| settings.platform_version.clone())
-}
-
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct AutoDeployState {
     /// The boot that already considered an automatic deployment.
@@ -57,7 +49,7 @@ pub async fn run(coordinator: Arc<Coordinator>, settings: Arc<Settings>, boot_id
         tracing::warn!("auto_deploy: cannot record this boot: {error}");
         return;
     }
-    let version = platform_version(&settings);
+    let version = settings.deployed_version();
     if auto.when == AutoDeployWhen::VersionChanged {
         let last = match last_completed_version(&coordinator).await {
             Ok(last) => last,

@@ -16,8 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    coordinator::Claim,
-    deployment::HealthReport,
+    deployment::{Claim, HealthReport},
     environments::{self, Environment},
     records::{self, collection, Records},
     triggers::timestamp,

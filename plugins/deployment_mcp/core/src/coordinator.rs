@@ -31,28 +31,20 @@ use plugin_guest::{Condition, StoreOp};
 use crate::{
     catalog::Catalog,
     deployment::{
-        new_deployment_id, DeploymentRecord, HealthReport, Phase, TargetRecord, TargetStatus,
+        event, new_deployment_id, Claim, DeploymentRecord, HealthReport, Phase, TargetRecord,
+        TargetStatus,
     },
     ec2,
     environments::{Environment, FieldError},
     health,
-    records::{self, collection, Records},
+    records::{self, collection, log_key, target_key, Records},
     run::{
         writer::{RunWriter, WriterSetup},
-        Run,
+        Run, RunOwner, StopReason,
     },
     settings::Settings,
     triggers::{timestamp, LogLine, LogStream},
 };
-
-/// Event kinds published on the host's bus.
-pub mod event {
-    pub const PHASE: &str = "deployment.phase";
-    pub const ENVIRONMENT: &str = "deployment.environment";
-    pub const LOG: &str = "deployment.log";
-    pub const HEALTH: &str = "environment.health";
-    pub const DELETED: &str = "environment.deleted";
-}
 
 /// What a caller asks to deploy.
 #[derive(Debug, Clone, Default)]
@@ -90,13 +82,6 @@ impl From<String> for StartError {
     }
 }
 
-/// Why a run stops early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StopReason {
-    Cancelled,
-    HostStopping,
-}
-
 struct RunHandle {
     cancel: CancellationToken,
     reason: Arc<Mutex<Option<StopReason>>>,
@@ -107,13 +92,6 @@ struct RunHandle {
 struct ActiveEntry {
     boot_id: String,
     environments: Vec<String>,
-}
-
-/// Who holds an environment (the value of its `CLAIMS` record).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claim {
-    pub deployment_id: String,
-    pub boot_id: String,
 }
 
 pub struct Coordinator {
@@ -371,7 +349,7 @@ impl Coordinator {
         let version = request
             .version
             .clone()
-            .or_else(|| crate::auto_deploy::platform_version(&self.settings))
+            .or_else(|| self.settings.deployed_version())
             .unwrap_or_else(|| "unversioned".into());
         if version.trim().is_empty() || version.len() > 128 || version.chars().any(char::is_control)
         {
@@ -451,7 +429,7 @@ impl Coordinator {
             })
             .collect();
         let run = Run {
-            coordinator: Arc::clone(self),
+            owner: Arc::clone(self),
             record: tokio::sync::Mutex::new(record.clone()),
             targets: Mutex::new(pending),
             cancel,
@@ -831,10 +809,44 @@ impl Coordinator {
     }
 }
 
-pub fn target_key(deployment_id: &str, environment_id: &str) -> String {
-    format!("{deployment_id}/{environment_id}")
-}
+impl RunOwner for Coordinator {
+    fn records(&self) -> &Records {
+        &self.records
+    }
 
-pub fn log_key(deployment_id: &str, chunk: u64) -> String {
-    format!("{deployment_id}/{chunk:010}")
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    async fn platform_identity(&self, ask_imds: bool) -> Option<(String, Option<String>)> {
+        Coordinator::platform_identity(self, ask_imds).await
+    }
+
+    async fn record_health(&self, id: &str, report: &HealthReport) -> Result<(), String> {
+        Coordinator::record_health(self, id, report).await
+    }
+
+    async fn release(&self, deployment_id: &str, environments: &[String]) {
+        Coordinator::release(self, deployment_id, environments).await
+    }
+
+    fn forget_run(&self, deployment_id: &str) {
+        Coordinator::forget_run(self, deployment_id)
+    }
+
+    fn publish_phase(&self, record: &DeploymentRecord, previous: Option<Phase>) {
+        Coordinator::publish_phase(self, record, previous)
+    }
+
+    fn changed(&self) {
+        Coordinator::changed(self)
+    }
 }

@@ -22,6 +22,7 @@ pub mod routes;
 pub mod run;
 pub mod settings;
 pub mod triggers;
+pub mod wire;
 
 use std::sync::Arc;
 
@@ -106,7 +107,7 @@ pub async fn build(
         Arc::clone(&settings),
         boot_id,
     ));
-    Ok(routes::Api::new(coordinator, version))
+    Ok(routes::Api::new(coordinator, version, openapi::document))
 }
 
 /// Starts an instance for the host: the plugin's own runtime, then [`build`]. `version` is the

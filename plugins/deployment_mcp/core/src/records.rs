@@ -169,6 +169,16 @@ fn prefix_floor(prefix: &str) -> String {
     floor
 }
 
+/// A target record's key: under its deployment, so one range holds a deployment's results.
+pub fn target_key(deployment_id: &str, environment_id: &str) -> String {
+    format!("{deployment_id}/{environment_id}")
+}
+
+/// A chunk of a deployment's log: under its deployment, in order.
+pub fn log_key(deployment_id: &str, chunk: u64) -> String {
+    format!("{deployment_id}/{chunk:010}")
+}
+
 /// A value as the store holds it.
 pub fn encode<T: Serialize>(collection: &str, key: &str, value: &T) -> Result<String, String> {
     serde_json::to_string(value)

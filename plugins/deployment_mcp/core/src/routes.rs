@@ -56,6 +56,8 @@ pub struct Api {
     stop: CancellationToken,
     /// The plugin build's version, reported in answers.
     version: &'static str,
+    /// The OpenAPI document served at `openapi.json` (built from these handlers' descriptions).
+    openapi: fn() -> &'static [u8],
 }
 
 type Answer = Result<Response, Response>;
@@ -134,7 +136,11 @@ fn started_state() -> String {
 const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(10);
 
 impl Api {
-    pub fn new(coordinator: Arc<Coordinator>, version: &'static str) -> Api {
+    pub fn new(
+        coordinator: Arc<Coordinator>,
+        version: &'static str,
+        openapi: fn() -> &'static [u8],
+    ) -> Api {
         let stop = CancellationToken::new();
         tokio::spawn(Arc::clone(&coordinator).health_loop(stop.clone()));
         tokio::spawn(crate::retention::run(
@@ -153,6 +159,7 @@ impl Api {
             refreshing: AtomicBool::new(false),
             stop,
             version,
+            openapi,
         }
     }
 
@@ -310,7 +317,7 @@ impl Api {
             return Ok(Response {
                 status: 200,
                 headers: vec![("content-type".into(), "application/json".into())],
-                body: crate::openapi::document().to_vec(),
+                body: (self.openapi)().to_vec(),
                 stream: None,
             });
         }
@@ -344,7 +351,7 @@ impl Api {
 #[utoipa::path(
     get, path = "/status", tag = "deployment",
     params(("id" = Option<String>, Query, description = "One deployment's summary instead of the overview")),
-    responses((status = 200, description = "Active deployments and the latest finished one, or one deployment", body = crate::openapi::StatusAnswer))
+    responses((status = 200, description = "Active deployments and the latest finished one, or one deployment", body = crate::wire::StatusAnswer))
 )]
 pub(crate) async fn status(api: &Api, request: &Request) -> Answer {
     let details = sees_details(request);
@@ -385,8 +392,8 @@ pub(crate) async fn status(api: &Api, request: &Request) -> Answer {
 
 #[utoipa::path(
     get, path = "/deployments/{id}", tag = "deployment",
-    params(crate::openapi::DeploymentId),
-    responses((status = 200, description = "The full record", body = crate::openapi::DeploymentDetail))
+    params(crate::wire::DeploymentId),
+    responses((status = 200, description = "The full record", body = crate::wire::DeploymentDetail))
 )]
 pub(crate) async fn detail(api: &Api, id: &str) -> Answer {
     let record = api.record(id).await?;
@@ -412,10 +419,10 @@ pub(crate) async fn detail(api: &Api, id: &str) -> Answer {
 
 #[utoipa::path(
     get, path = "/deployments/{id}/logs", tag = "deployment",
-    params(crate::openapi::DeploymentId, ("follow" = Option<bool>, Query, description = "Stream NDJSON lines until the deployment ends")),
+    params(crate::wire::DeploymentId, ("follow" = Option<bool>, Query, description = "Stream NDJSON lines until the deployment ends")),
     responses(
         (status = 200, description = "The whole log, or with `follow` a stream of lines", content(
-            (crate::openapi::LogsAnswer = "application/json"),
+            (crate::wire::LogsAnswer = "application/json"),
             (crate::triggers::LogLine = "application/x-ndjson"),
         )),
     )
@@ -464,8 +471,8 @@ pub(crate) async fn logs(api: &Api, request: &Request, id: &str) -> Answer {
 #[utoipa::path(
     post, path = "/trigger-local", tag = "deployment",
     params(("Idempotency-Key" = Option<String>, Header, description = "Repeats the first answer for the same key and body")),
-    request_body(content = Option<crate::openapi::TriggerRequest>, content_type = "application/json"),
-    responses((status = 202, description = "Started; follow `status_url`", body = crate::openapi::Accepted))
+    request_body(content = Option<crate::wire::TriggerRequest>, content_type = "application/json"),
+    responses((status = 202, description = "Started; follow `status_url`", body = crate::wire::Accepted))
 )]
 pub(crate) async fn trigger_local(api: &Api, request: &Request) -> Answer {
     trigger(api, request).await
@@ -474,8 +481,8 @@ pub(crate) async fn trigger_local(api: &Api, request: &Request) -> Answer {
 #[utoipa::path(
     post, path = "/one-click", tag = "deployment",
     params(("Idempotency-Key" = Option<String>, Header, description = "Repeats the first answer for the same key and body")),
-    request_body(content = Option<crate::openapi::TriggerRequest>, content_type = "application/json"),
-    responses((status = 202, description = "Started (the original's name for trigger-local)", body = crate::openapi::Accepted))
+    request_body(content = Option<crate::wire::TriggerRequest>, content_type = "application/json"),
+    responses((status = 202, description = "Started (the original's name for trigger-local)", body = crate::wire::Accepted))
 )]
 pub(crate) async fn one_click(api: &Api, request: &Request) -> Answer {
     trigger(api, request).await
@@ -611,10 +618,10 @@ async fn trigger(api: &Api, request: &Request) -> Answer {
 
 #[utoipa::path(
     post, path = "/deployments/{id}/cancel", tag = "deployment",
-    params(crate::openapi::DeploymentId),
+    params(crate::wire::DeploymentId),
     responses(
-        (status = 200, description = "Cancelled; the summary as recorded", body = crate::openapi::DeploymentSummary),
-        (status = 202, description = "Cancel requested; the run has not recorded its end yet", body = crate::openapi::Cancelling),
+        (status = 200, description = "Cancelled; the summary as recorded", body = crate::wire::DeploymentSummary),
+        (status = 202, description = "Cancel requested; the run has not recorded its end yet", body = crate::wire::Cancelling),
     )
 )]
 pub(crate) async fn cancel(api: &Api, request: &Request, id: &str) -> Answer {
@@ -652,8 +659,8 @@ pub(crate) async fn cancel(api: &Api, request: &Request, id: &str) -> Answer {
 
 #[utoipa::path(
     post, path = "/deployments/{id}/retry", tag = "deployment",
-    params(crate::openapi::DeploymentId),
-    responses((status = 202, description = "A new deployment of the environments that did not succeed", body = crate::openapi::Accepted))
+    params(crate::wire::DeploymentId),
+    responses((status = 202, description = "A new deployment of the environments that did not succeed", body = crate::wire::Accepted))
 )]
 pub(crate) async fn retry(api: &Api, request: &Request, id: &str) -> Answer {
     let record = api.record(id).await?;
@@ -710,7 +717,7 @@ pub(crate) async fn retry(api: &Api, request: &Request, id: &str) -> Answer {
         ("status" = Option<crate::deployment::Phase>, Query, description = "Only deployments in this status"),
         ("environment" = Option<String>, Query, description = "Only deployments that include this environment"),
     ),
-    responses((status = 200, description = "Deployments, newest first", body = crate::openapi::HistoryPage))
+    responses((status = 200, description = "Deployments, newest first", body = crate::wire::HistoryPage))
 )]
 pub(crate) async fn history(api: &Api, request: &Request) -> Answer {
     let limit = number_param(request, "limit", 50, 1..=500)?;
@@ -765,7 +772,7 @@ pub(crate) async fn history(api: &Api, request: &Request) -> Answer {
 #[utoipa::path(
     get, path = "/dashboard", tag = "deployment",
     params(("window" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Finished deployments the figures cover (default 50)")),
-    responses((status = 200, description = "The aggregate the dashboard draws", body = crate::openapi::DashboardAnswer))
+    responses((status = 200, description = "The aggregate the dashboard draws", body = crate::wire::DashboardAnswer))
 )]
 pub(crate) async fn dashboard(api: &Api, request: &Request) -> Answer {
     let window = number_param(request, "window", 50, 1..=1000)?;
@@ -876,7 +883,7 @@ pub(crate) async fn dashboard(api: &Api, request: &Request) -> Answer {
 
 #[utoipa::path(
     get, path = "/environments", tag = "deployment",
-    responses((status = 200, description = "Every environment with its last health", body = crate::openapi::EnvironmentList))
+    responses((status = 200, description = "Every environment with its last health", body = crate::wire::EnvironmentList))
 )]
 pub(crate) async fn list_environments(api: &Api) -> Answer {
     let catalog = api.coordinator.catalog();
@@ -894,8 +901,8 @@ pub(crate) async fn list_environments(api: &Api) -> Answer {
 
 #[utoipa::path(
     get, path = "/environments/{id}", tag = "deployment",
-    params(crate::openapi::EnvironmentId),
-    responses((status = 200, description = "One environment (secrets shown as `has_*`)", body = crate::openapi::EnvironmentView))
+    params(crate::wire::EnvironmentId),
+    responses((status = 200, description = "One environment (secrets shown as `has_*`)", body = crate::wire::EnvironmentView))
 )]
 pub(crate) async fn get_environment(api: &Api, id: &str) -> Answer {
     let catalog = api.coordinator.catalog();
@@ -914,7 +921,7 @@ pub(crate) async fn get_environment(api: &Api, id: &str) -> Answer {
 #[utoipa::path(
     post, path = "/environments", tag = "deployment",
     request_body(content = crate::environments::Environment, content_type = "application/json"),
-    responses((status = 201, description = "Created; `Location` names it", body = crate::openapi::EnvironmentView))
+    responses((status = 201, description = "Created; `Location` names it", body = crate::wire::EnvironmentView))
 )]
 pub(crate) async fn create_environment(api: &Api, request: &Request) -> Answer {
     let environment = environments::parse_one(&request.body).map_err(bad_field)?;
@@ -941,9 +948,9 @@ pub(crate) async fn create_environment(api: &Api, request: &Request) -> Answer {
 
 #[utoipa::path(
     put, path = "/environments/{id}", tag = "deployment",
-    params(crate::openapi::EnvironmentId),
+    params(crate::wire::EnvironmentId),
     request_body(content = crate::environments::Environment, content_type = "application/json", description = "The whole environment; an omitted secret is kept, an empty one cleared"),
-    responses((status = 200, description = "Replaced", body = crate::openapi::EnvironmentView))
+    responses((status = 200, description = "Replaced", body = crate::wire::EnvironmentView))
 )]
 pub(crate) async fn replace_environment(api: &Api, request: &Request, id: &str) -> Answer {
     let mut body: serde_json::Value = serde_json::from_slice(&request.body)
@@ -979,8 +986,8 @@ pub(crate) async fn replace_environment(api: &Api, request: &Request, id: &str) 
 
 #[utoipa::path(
     delete, path = "/environments/{id}", tag = "deployment",
-    params(crate::openapi::EnvironmentId),
-    responses((status = 200, description = "Deleted", body = crate::openapi::Deleted))
+    params(crate::wire::EnvironmentId),
+    responses((status = 200, description = "Deleted", body = crate::wire::Deleted))
 )]
 pub(crate) async fn delete_environment(api: &Api, id: &str) -> Answer {
     match api
@@ -1007,8 +1014,8 @@ pub(crate) async fn delete_environment(api: &Api, id: &str) -> Answer {
 
 #[utoipa::path(
     post, path = "/environments/{id}/health-check", tag = "deployment",
-    params(crate::openapi::EnvironmentId),
-    responses((status = 200, description = "The check's result, also recorded", body = crate::openapi::HealthCheckAnswer))
+    params(crate::wire::EnvironmentId),
+    responses((status = 200, description = "The check's result, also recorded", body = crate::wire::HealthCheckAnswer))
 )]
 pub(crate) async fn health_check(api: &Api, id: &str) -> Answer {
     let stored = api

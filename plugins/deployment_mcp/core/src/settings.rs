@@ -88,6 +88,15 @@ fn default_max_log_lines() -> usize {
 }
 
 impl Settings {
+    /// The version a deployment gets when the caller names none: `DEPLOYMENT_VERSION`, else the
+    /// configured `platform_version`.
+    pub fn deployed_version(&self) -> Option<String> {
+        std::env::var("DEPLOYMENT_VERSION")
+            .ok()
+            .filter(|version| !version.trim().is_empty())
+            .or_else(|| self.platform_version.clone())
+    }
+
     /// Parses the settings the host handed over; the error names the offending key.
     pub fn from_json(value: &serde_json::Value) -> Result<Settings, String> {
         let value = if value.is_null() {

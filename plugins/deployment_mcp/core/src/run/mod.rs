@@ -19,12 +19,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    coordinator::{Coordinator, StopReason},
-    deployment::{DeploymentRecord, Phase, TargetRecord, TargetStatus},
+    catalog::Catalog,
+    deployment::{DeploymentRecord, HealthReport, Phase, TargetRecord, TargetStatus},
     ec2::{self, Ec2Settings},
     environments::Environment,
     health,
     records::{collection, Records},
+    settings::Settings,
     triggers::{
         timestamp, AnyTrigger, FailureKind, LogSink, LogStream, TriggerContext, TriggerFailure,
     },
@@ -36,10 +37,48 @@ const SELF_STOP_GRACE: Duration = Duration::from_secs(10);
 /// How often a run looks for a cancel request made through another copy.
 const CANCEL_POLL: Duration = Duration::from_millis(500);
 
+/// Why a run stops early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopReason {
+    Cancelled,
+    HostStopping,
+}
+
+/// What a run needs from the service that started it. The coordinator implements it: it owns
+/// admission, the claims and the registry of live runs, and a run reaches those only through
+/// this interface (so this module does not depend on the coordinator).
+pub(crate) trait RunOwner: Send + Sync + 'static {
+    fn records(&self) -> &Records;
+    fn settings(&self) -> &Settings;
+    fn http(&self) -> &reqwest::Client;
+    fn catalog(&self) -> &Catalog;
+    /// The instance this plugin runs on, when known (asks IMDS only when `ask_imds`).
+    fn platform_identity(
+        &self,
+        ask_imds: bool,
+    ) -> impl std::future::Future<Output = Option<(String, Option<String>)>> + Send;
+    fn record_health(
+        &self,
+        id: &str,
+        report: &HealthReport,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    /// Frees the environments the run claimed.
+    fn release(
+        &self,
+        deployment_id: &str,
+        environments: &[String],
+    ) -> impl std::future::Future<Output = ()> + Send;
+    /// The run has ended and is no longer live.
+    fn forget_run(&self, deployment_id: &str);
+    fn publish_phase(&self, record: &DeploymentRecord, previous: Option<Phase>);
+    /// Something that status answers show has changed.
+    fn changed(&self);
+}
+
 /// One deployment in progress. Its record and environment results are kept here, in memory,
 /// and handed to the run's writer, which stores them in batches.
-pub(crate) struct Run {
-    pub(crate) coordinator: Arc<Coordinator>,
+pub(crate) struct Run<O: RunOwner> {
+    pub(crate) owner: Arc<O>,
     pub(crate) record: tokio::sync::Mutex<DeploymentRecord>,
     pub(crate) targets: Mutex<HashMap<String, TargetRecord>>,
     pub(crate) cancel: CancellationToken,
@@ -57,7 +96,7 @@ const PROGRESS_TRIGGERING: u8 = 10;
 const PROGRESS_TRIGGERED: u8 = 80;
 const PROGRESS_VERIFIED: u8 = 95;
 
-impl Run {
+impl<O: RunOwner> Run<O> {
     fn stop_reason(&self) -> Option<StopReason> {
         *self
             .reason
@@ -66,7 +105,7 @@ impl Run {
     }
 
     pub(crate) async fn execute(self: Arc<Self>, targets: Vec<Environment>) {
-        let coordinator = Arc::clone(&self.coordinator);
+        let owner = Arc::clone(&self.owner);
         let started = Instant::now();
         let (deployment_id, version, request_id) = {
             let record = self.record.lock().await;
@@ -79,7 +118,7 @@ impl Run {
         let _ = request_id;
         let log = self.writer.log().clone();
         let watcher = tokio::spawn(watch_cancel_requests(
-            coordinator.records().clone(),
+            owner.records().clone(),
             deployment_id.clone(),
             self.cancel.clone(),
             Arc::clone(&self.reason),
@@ -91,7 +130,7 @@ impl Run {
             targets.len()
         ))
         .await;
-        let mut platform = coordinator.platform_identity(self.ec2.is_some()).await;
+        let mut platform = owner.platform_identity(self.ec2.is_some()).await;
         let ec2_ok = match &self.ec2 {
             None => {
                 log.info("EC2 phase skipped: ec2 is off").await;
@@ -138,7 +177,7 @@ impl Run {
             ))
             .await;
         }
-        let limit = Arc::new(Semaphore::new(coordinator.settings().max_parallel));
+        let limit = Arc::new(Semaphore::new(owner.settings().max_parallel));
         let context = TriggerContext {
             deployment_id: deployment_id.clone(),
             version,
@@ -230,11 +269,9 @@ impl Run {
             self.writer.flush().await;
             (record.clone(), previous)
         };
-        coordinator
-            .release(&deployment_id, &record.environments)
-            .await;
-        coordinator.forget_run(&deployment_id);
-        coordinator.publish_phase(&record, Some(previous));
+        owner.release(&deployment_id, &record.environments).await;
+        owner.forget_run(&deployment_id);
+        owner.publish_phase(&record, Some(previous));
     }
 
     /// The environments that have not succeeded (so far).
@@ -255,7 +292,7 @@ impl Run {
     /// Ends a run whose task panicked: records it failed and frees its environments, so a bug
     /// cannot leave environments busy until the next restart.
     pub(crate) async fn abandon(&self, panic: &str) {
-        let coordinator = &self.coordinator;
+        let owner = &self.owner;
         let failed = self.failed_environments();
         let record = {
             let mut record = self.record.lock().await;
@@ -269,11 +306,11 @@ impl Run {
             self.writer.flush().await;
             record.clone()
         };
-        coordinator
+        owner
             .release(&record.deployment_id, &record.environments)
             .await;
-        coordinator.forget_run(&record.deployment_id);
-        coordinator.publish_phase(&record, None);
+        owner.forget_run(&record.deployment_id);
+        owner.publish_phase(&record, None);
     }
 
     /// Hands a phase change to the writer, which stores it (after the log lines and results
@@ -284,7 +321,7 @@ impl Run {
         record.status = phase;
         record.progress = record.progress.max(progress);
         self.writer.phase(record.clone(), previous).await;
-        self.coordinator.changed();
+        self.owner.changed();
     }
 
     /// Runs one environment's trigger under the parallel limit, its timeout and the cancel
@@ -318,7 +355,7 @@ impl Run {
                 self.save_target(&target).await;
                 // Secrets are read only now, for the trigger, and live only as long as it.
                 let with_secrets = match self
-                    .coordinator
+                    .owner
                     .catalog()
                     .with_secrets(environment.clone())
                     .await
@@ -329,7 +366,7 @@ impl Run {
                         environment.clone()
                     }
                 };
-                let trigger = AnyTrigger::for_environment(&with_secrets, self.coordinator.http());
+                let trigger = AnyTrigger::for_environment(&with_secrets, self.owner.http());
                 drop(with_secrets);
                 target.status = TargetStatus::Running;
                 self.save_target(&target).await;
@@ -434,7 +471,7 @@ impl Run {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(target.environment_id.clone(), target.clone());
-        self.coordinator.changed();
+        self.owner.changed();
         self.writer.target(target.clone()).await;
     }
 
@@ -482,9 +519,9 @@ impl Run {
                 let url = environment.health_check_url.clone().unwrap_or_default();
                 log.info(format!("verifying: polling {url}")).await;
                 let deadline = Instant::now() + Duration::from_secs(environment.timeout);
-                let per_request = Duration::from_secs(run.coordinator.settings().health_check_timeout_secs);
+                let per_request = Duration::from_secs(run.owner.settings().health_check_timeout_secs);
                 let report = tokio::select! {
-                    report = health::wait_healthy(run.coordinator.http(), &url, per_request, deadline) => report,
+                    report = health::wait_healthy(run.owner.http(), &url, per_request, deadline) => report,
                     _ = run.cancel.cancelled() => return,
                 };
                 let known = run
@@ -506,7 +543,7 @@ impl Run {
                     record.errors.push(format!("{}: {message}", environment.environment_id));
                 }
                 target.health = Some(report.clone());
-                if let Err(error) = run.coordinator.record_health(&environment.environment_id, &report).await {
+                if let Err(error) = run.owner.record_health(&environment.environment_id, &report).await {
                     tracing::warn!("{error}");
                 }
                 let done = verified.fetch_add(1, Ordering::SeqCst) + 1;

@@ -22,9 +22,8 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    coordinator::{event, log_key, target_key},
-    deployment::{DeploymentRecord, Phase, TargetRecord},
-    records::{self, collection, Records},
+    deployment::{event, DeploymentRecord, Phase, TargetRecord},
+    records::{self, collection, log_key, target_key, Records},
     triggers::{timestamp, LogLine, LogSink, LogStream},
 };
 
