@@ -16,6 +16,28 @@ pub fn local(id: &str, command: &[&str], timeout: u64) -> Value {
            "command": command, "timeout": timeout})
 }
 
+/// The phases a successful deployment of `local` environments goes through, in order.
+pub const LOCAL_PHASES: [&str; 6] = [
+    "pending",
+    "local_triggering",
+    "local_deploying",
+    "local_completed",
+    "verifying",
+    "completed",
+];
+
+/// The result of `environment` in a deployment record.
+pub fn result<'a>(record: &'a Value, environment: &str) -> &'a Value {
+    record["results"]
+        .as_array()
+        .and_then(|results| {
+            results
+                .iter()
+                .find(|result| result["environment_id"] == environment)
+        })
+        .unwrap_or_else(|| panic!("no result for {environment} in {record}"))
+}
+
 /// An environments file holding `list`.
 pub fn environments(list: Vec<Value>) -> String {
     json!({ "environments": list }).to_string()

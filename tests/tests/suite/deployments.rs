@@ -5,7 +5,8 @@ use std::{path::Path, time::Duration};
 
 use e2e::{
     scenario::{
-        detail, environments, finished, is_terminal, local, options, started, trigger, RUN_TIMEOUT,
+        detail, environments, finished, is_terminal, local, options, result, started, trigger,
+        RUN_TIMEOUT,
     },
     sshd::Sshd,
     targets::{Behaviour, Target},
@@ -13,17 +14,6 @@ use e2e::{
 };
 use reqwest::Method;
 use serde_json::{json, Value};
-
-fn result<'a>(record: &'a Value, environment: &str) -> &'a Value {
-    record["results"]
-        .as_array()
-        .and_then(|results| {
-            results
-                .iter()
-                .find(|result| result["environment_id"] == environment)
-        })
-        .unwrap_or_else(|| panic!("no result for {environment} in {record}"))
-}
 
 async fn log_text(host: &TestHost, id: &str) -> Vec<String> {
     let (status, body) = host
@@ -522,17 +512,7 @@ async fn an_sse_subscriber_sees_every_phase_in_order() {
     assert_eq!(status, 200);
     let id = started(&host, json!({})).await;
     let phases = phases_of(events, &id).await;
-    assert_eq!(
-        phases,
-        [
-            "pending",
-            "local_triggering",
-            "local_deploying",
-            "local_completed",
-            "verifying",
-            "completed"
-        ]
-    );
+    assert_eq!(phases, e2e::scenario::LOCAL_PHASES);
 }
 
 #[tokio::test]

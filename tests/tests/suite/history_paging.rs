@@ -12,7 +12,7 @@ use plugin_api::Role;
 use plugin_guest::{Handler, StoreOp};
 use serde_json::Value;
 
-use crate::routes_roles::{body, in_process, request};
+use crate::in_process::{body, request, start, InProcess};
 
 const ENVIRONMENTS: [&str; 3] = ["alpha", "beta", "gamma"];
 const STATUSES: [Phase; 3] = [Phase::Completed, Phase::Failed, Phase::Cancelled];
@@ -78,7 +78,7 @@ async fn generate(records: &Records, seed: u64, count: usize) -> Vec<(String, Hi
     written
 }
 
-async fn get(plugin: &crate::routes_roles::InProcess, query: &str) -> (u16, Value) {
+async fn get(plugin: &InProcess, query: &str) -> (u16, Value) {
     let mut request = request("GET", "/history", None, Some(Role::Developer));
     request.query = query.to_owned();
     let response = plugin.api.handle(request).await;
@@ -88,7 +88,7 @@ async fn get(plugin: &crate::routes_roles::InProcess, query: &str) -> (u16, Valu
 #[tokio::test]
 async fn pages_joined_are_the_filtered_newest_first_list() {
     for (seed, count) in [(1, 0), (2, 1), (3, 37), (4, 120)] {
-        let plugin = in_process().await;
+        let plugin = start(Vec::new(), serde_json::json!({})).await;
         let records = Records::new(plugin.host.host.clone());
         let all = generate(&records, seed, count).await;
         let mut filters: Vec<(String, Matcher)> = vec![("".into(), Box::new(|_| true))];
@@ -159,7 +159,7 @@ async fn pages_joined_are_the_filtered_newest_first_list() {
 
 #[tokio::test]
 async fn a_cursor_no_page_gave_is_a_400_naming_the_field() {
-    let plugin = in_process().await;
+    let plugin = start(Vec::new(), serde_json::json!({})).await;
     for cursor in [
         "garbage",
         "",

@@ -10,6 +10,8 @@ mod hardening;
 mod history_paging;
 mod host;
 mod hot_swap;
+mod in_process;
+mod lifecycle;
 mod loopback_only;
 mod metrics;
 mod openapi;

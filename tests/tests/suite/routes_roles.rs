@@ -3,74 +3,25 @@
 //! the caller to the plugin; what each role may do is decided here, in the plugin, and this
 //! table is the contract.
 
-use deployment_mcp_core::routes::Api;
-use e2e::scenario::{environments, local};
+use e2e::scenario::local;
 use plugin_api::Role;
-use plugin_guest::{Caller, Handler, Request, Response};
-use plugin_local_host::LocalHost;
+use plugin_guest::{Handler, Response};
 use serde_json::{json, Value};
 
-pub(crate) struct InProcess {
-    pub(crate) api: Api,
-    pub(crate) host: LocalHost,
-    _dir: tempfile::TempDir,
-}
+use crate::in_process::{body, request, start, InProcess};
 
-/// The plugin over one `local` environment, `demo`, whose command and working directory are
-/// the connection details a user must never see.
-pub(crate) async fn in_process() -> InProcess {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let file = dir.path().join("environments.json");
-    std::fs::write(
-        &file,
-        environments(vec![local(
+/// The plugin over one `local` environment, `demo`, whose command is a connection detail a
+/// user must never see.
+async fn in_process() -> InProcess {
+    start(
+        vec![local(
             "demo",
             &["/bin/echo", "secret-connection-detail"],
             30,
-        )]),
+        )],
+        json!({}),
     )
-    .expect("write the environments file");
-    let host = LocalHost::open(&dir.path().join("data"), false).expect("open the local host");
-    let settings = json!({ "environments_file": file, "health_check_interval_secs": 0 });
-    let api = deployment_mcp_core::build(host.host.clone(), &settings, "0.0.0-table")
-        .await
-        .expect("build the plugin");
-    InProcess {
-        api,
-        host,
-        _dir: dir,
-    }
-}
-
-pub(crate) fn request(
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-    role: Option<Role>,
-) -> Request {
-    Request {
-        request_id: "routes-roles".into(),
-        method: method.into(),
-        path: path.into(),
-        query: String::new(),
-        headers: vec![("content-type".into(), "application/json".into())],
-        body: body
-            .map(|body| body.to_string().into_bytes())
-            .unwrap_or_default(),
-        principal: role.map(|role| Caller {
-            name: role.as_str().into(),
-            role,
-        }),
-    }
-}
-
-pub(crate) fn body(response: &Response) -> Value {
-    serde_json::from_slice(&response.body).unwrap_or_else(|error| {
-        panic!(
-            "not JSON ({error}): {}",
-            String::from_utf8_lossy(&response.body)
-        )
-    })
+    .await
 }
 
 fn header<'a>(response: &'a Response, name: &str) -> Option<&'a str> {

@@ -1,0 +1,226 @@
+//! The coordinator's lifecycle in-process: the plugin's handler on `LocalHost` with `local`
+//! environments, no binary and no peers. Phases in order, a timeout, cancel, the retry set, and
+//! the log limit. (tokio's paused clock would need its `test-util` feature, which feature
+//! unification would also switch on in the workspace's release builds of the host and plugin:
+//! the timeout test waits one real second instead.)
+
+use std::time::Duration;
+
+use e2e::scenario::{local, result};
+use plugin_api::Role;
+use plugin_local_host::Event;
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use crate::in_process::{start, InProcess};
+
+async fn plugin(list: Vec<Value>, settings: Value) -> InProcess {
+    start(list, settings).await
+}
+
+/// What these tests do with the plugin, all as admin.
+trait Lifecycle {
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value);
+    async fn trigger(&self, body: Value) -> String;
+    async fn detail(&self, id: &str) -> Value;
+    async fn finished(&self, events: &mut broadcast::Receiver<Event>, id: &str) -> Value;
+}
+
+impl Lifecycle for InProcess {
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call(method, path, body, Role::Admin).await
+    }
+
+    async fn trigger(&self, body: Value) -> String {
+        let (status, answer) = self.admin("POST", "/trigger-local", Some(body)).await;
+        assert_eq!(status, 202, "{answer}");
+        answer["deployment_id"]
+            .as_str()
+            .expect("a deployment id")
+            .to_owned()
+    }
+
+    async fn detail(&self, id: &str) -> Value {
+        let (status, answer) = self.admin("GET", &format!("/deployments/{id}"), None).await;
+        assert_eq!(status, 200, "{answer}");
+        answer
+    }
+
+    /// Waits for the deployment's phase event that ends it, and returns its record.
+    async fn finished(&self, events: &mut broadcast::Receiver<Event>, id: &str) -> Value {
+        let bound = tokio::time::timeout(Duration::from_secs(120), async {
+            loop {
+                let event = events.recv().await.expect("the event stream stays open");
+                if event.kind == "deployment.phase"
+                    && event.data["deployment_id"] == id
+                    && matches!(
+                        event.data["status"].as_str(),
+                        Some("completed" | "failed" | "cancelled" | "interrupted")
+                    )
+                {
+                    return;
+                }
+            }
+        });
+        bound.await.expect("the deployment ended");
+        self.detail(id).await
+    }
+}
+
+#[tokio::test]
+async fn phases_are_published_in_order_and_a_success_completes() {
+    let plugin = plugin(vec![local("ok", &["true"], 30)], json!({})).await;
+    let mut events = plugin.host.events.subscribe();
+    let id = plugin.trigger(json!({ "version": "1.0" })).await;
+    let mut phases = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let event = events.recv().await.expect("events");
+            if event.kind == "deployment.phase" && event.data["deployment_id"] == id.as_str() {
+                let phase = event.data["status"].as_str().unwrap_or("").to_owned();
+                let end = phase == "completed" || phase == "failed";
+                phases.push(phase);
+                if end {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the deployment ended");
+    // Every phase change was published once, in the state machine's order.
+    assert_eq!(phases, e2e::scenario::LOCAL_PHASES);
+    let record = plugin.detail(&id).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert_eq!(record["progress"], 100, "{record}");
+    assert_eq!(result(&record, "ok")["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn a_command_past_its_timeout_is_timed_out_and_fails_the_deployment() {
+    let plugin = plugin(vec![local("slow", &["sleep", "600"], 1)], json!({})).await;
+    let mut events = plugin.host.events.subscribe();
+    let id = plugin.trigger(json!({})).await;
+    let record = plugin.finished(&mut events, &id).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    let slow = result(&record, "slow");
+    assert_eq!(slow["status"], "timed_out", "{record}");
+    assert!(
+        slow["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("1 s")),
+        "{slow}"
+    );
+}
+
+#[tokio::test]
+async fn cancel_ends_running_environments_and_the_deployment() {
+    let plugin = plugin(vec![local("long", &["sleep", "600"], 900)], json!({})).await;
+    let mut events = plugin.host.events.subscribe();
+    let id = plugin.trigger(json!({})).await;
+    // Cancel once the command runs.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let event = events.recv().await.expect("events");
+            if event.kind == "deployment.environment"
+                && event.data["deployment_id"] == id.as_str()
+                && event.data["environment"]["status"] == "running"
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the environment started running");
+    let (status, answer) = plugin
+        .admin("POST", &format!("/deployments/{id}/cancel"), None)
+        .await;
+    // Answered once the run has stopped.
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "cancelled", "{answer}");
+    let record = plugin.finished(&mut events, &id).await;
+    assert_eq!(record["status"], "cancelled", "{record}");
+    assert_eq!(result(&record, "long")["status"], "cancelled");
+    // Cancelling what has ended is refused.
+    let (status, _) = plugin
+        .admin("POST", &format!("/deployments/{id}/cancel"), None)
+        .await;
+    assert_eq!(status, 409);
+}
+
+#[tokio::test]
+async fn retry_runs_only_the_environments_that_did_not_succeed() {
+    let plugin = plugin(
+        vec![
+            local("good", &["true"], 30),
+            local("bad", &["false"], 30),
+            local("worse", &["sh", "-c", "exit 3"], 30),
+        ],
+        json!({}),
+    )
+    .await;
+    let mut events = plugin.host.events.subscribe();
+    let id = plugin.trigger(json!({ "version": "2.0" })).await;
+    let record = plugin.finished(&mut events, &id).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(result(&record, "worse")["exit_code"], 3);
+
+    let (status, answer) = plugin
+        .admin("POST", &format!("/deployments/{id}/retry"), None)
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let retry = answer["deployment_id"].as_str().expect("an id").to_owned();
+    let record = plugin.finished(&mut events, &retry).await;
+    assert_eq!(record["retry_of"], id.as_str(), "{record}");
+    assert_eq!(record["version"], "2.0", "the retry keeps the version");
+    let mut retried: Vec<&str> = record["environments"]
+        .as_array()
+        .expect("environments")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    retried.sort_unstable();
+    assert_eq!(retried, ["bad", "worse"]);
+}
+
+#[tokio::test]
+async fn lines_past_max_log_lines_are_counted_not_kept() {
+    let plugin = plugin(
+        vec![local(
+            "chatty",
+            &[
+                "sh",
+                "-c",
+                "i=0; while [ $i -lt 100 ]; do echo line $i; i=$((i+1)); done",
+            ],
+            30,
+        )],
+        json!({ "max_log_lines": 20 }),
+    )
+    .await;
+    let mut events = plugin.host.events.subscribe();
+    let id = plugin.trigger(json!({})).await;
+    let record = plugin.finished(&mut events, &id).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    let (status, logs) = plugin
+        .admin("GET", &format!("/deployments/{id}/logs"), None)
+        .await;
+    assert_eq!(status, 200, "{logs}");
+    let lines = logs["lines"].as_array().expect("lines");
+    assert!(lines.len() <= 21, "{} lines kept", lines.len());
+    assert!(
+        lines.iter().any(|line| line["line"]
+            .as_str()
+            .is_some_and(|text| text.contains("log limit of 20 lines reached"))),
+        "{logs}"
+    );
+    assert!(
+        logs["total_lines"]
+            .as_u64()
+            .is_some_and(|total| total > 100),
+        "every line is counted: {logs}"
+    );
+    assert!(!lines
+        .iter()
+        .any(|line| line["line"].as_str() == Some("line 99")));
+}
