@@ -125,9 +125,10 @@ impl Default for HostOptions {
     }
 }
 
-/// The demo catalog: a `local` environment that succeeds, and the original's `mac_local_001`
-/// (ssh, with a health URL) pointed at a loopback port that refuses connections, so triggering
-/// or health-checking it fails at once and never leaves this machine.
+/// The demo catalog: a `local` environment that succeeds, the original's `mac_local_001` (ssh,
+/// with a health URL) pointed at a loopback port that refuses connections, so triggering or
+/// health-checking it fails at once and never leaves this machine, and a disabled `http_api`
+/// environment with a token (a secret that must never be shown).
 pub fn demo_environments() -> String {
     let port = closed_port();
     format!(
@@ -137,7 +138,9 @@ pub fn demo_environments() -> String {
   {{"environment_id": "mac_local_001", "environment_type": "mac_local", "connection_method": "ssh",
    "host": "127.0.0.1", "port": {port}, "username": "alex", "ssh_key_path": "~/.ssh/id_ed25519",
    "init_script_path": "./init_aicore.sh", "health_check_url": "http://127.0.0.1:{port}/health",
-   "timeout": 300, "api_token": "secret-token-value"}}
+   "timeout": 300}},
+  {{"environment_id": "api_demo", "environment_type": "docker_container", "connection_method": "http_api",
+   "host": "127.0.0.1", "port": {port}, "api_token": "secret-token-value", "enabled": false}}
 ]}}"#
     )
 }

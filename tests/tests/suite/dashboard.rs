@@ -31,7 +31,9 @@ fn environments() -> String {
   {{"environment_id": "mac_local_001", "environment_type": "mac_local", "connection_method": "ssh",
    "host": "127.0.0.1", "port": {port}, "username": "alex", "ssh_key_path": "~/.ssh/id_ed25519",
    "init_script_path": "./init_aicore.sh", "health_check_url": "http://127.0.0.1:{port}/health",
-   "timeout": 300, "api_token": "secret-token-value"}}
+   "timeout": 300}},
+  {{"environment_id": "api_demo", "environment_type": "docker_container", "connection_method": "http_api",
+   "host": "127.0.0.1", "port": {port}, "api_token": "secret-token-value", "enabled": false}}
 ]}}"#
     )
 }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use deployment_mcp_core::{
-    environments::Environment,
+    environments::{Connection, Environment},
     triggers::{
         ssh::SshTrigger, FailureKind, LogLine, LogSink, LogStream, Trigger, TriggerContext,
         TriggerResult,
@@ -65,7 +65,11 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 }
 
 async fn run(environment: Environment, context: &TriggerContext) -> TriggerResult {
-    tokio::time::timeout(RUN_LIMIT, SshTrigger::new(environment).run(context))
+    let Connection::Ssh(ssh) = environment.connection else {
+        panic!("an ssh environment: {environment:?}");
+    };
+    let trigger = SshTrigger::new(environment.environment_id, environment.timeout, ssh);
+    tokio::time::timeout(RUN_LIMIT, trigger.run(context))
         .await
         .expect("the trigger finished within the test's bound")
 }

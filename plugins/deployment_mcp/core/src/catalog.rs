@@ -62,8 +62,8 @@ impl Secrets {
     /// Takes the secrets out of an environment.
     fn take(environment: &mut Environment) -> Secrets {
         Secrets {
-            api_token: environment.api_token.take(),
-            webhook_secret: environment.webhook_secret.take(),
+            api_token: environment.api_token_slot().and_then(Option::take),
+            webhook_secret: environment.webhook_secret_slot().and_then(Option::take),
         }
     }
 
@@ -166,8 +166,8 @@ impl Catalog {
                 }
                 // Written by an older version with secrets inline: move them out.
                 Some(stored)
-                    if stored.environment.api_token.is_some()
-                        || stored.environment.webhook_secret.is_some() =>
+                    if stored.environment.api_token().is_some()
+                        || stored.environment.webhook_secret().is_some() =>
                 {
                     let mut moved = stored.clone();
                     let inline = Secrets::take(&mut moved.environment);
@@ -238,8 +238,12 @@ impl Catalog {
     /// The environment with its secrets put back, for its trigger.
     pub async fn with_secrets(&self, mut environment: Environment) -> Result<Environment, String> {
         let secrets = self.secrets(&environment.environment_id).await?;
-        environment.api_token = secrets.api_token;
-        environment.webhook_secret = secrets.webhook_secret;
+        if let Some(slot) = environment.api_token_slot() {
+            *slot = secrets.api_token;
+        }
+        if let Some(slot) = environment.webhook_secret_slot() {
+            *slot = secrets.webhook_secret;
+        }
         Ok(environment)
     }
 
@@ -297,13 +301,19 @@ impl Catalog {
             return Ok(None);
         };
         let kept = self.secrets(&environment.environment_id).await?;
-        keep_secret(&mut environment.api_token, &kept.api_token);
-        keep_secret(&mut environment.webhook_secret, &kept.webhook_secret);
-        if let (Some(given), Some(stored)) =
-            (&environment.webhook_url, &previous.environment.webhook_url)
-        {
+        if let Some(slot) = environment.api_token_slot() {
+            keep_secret(slot, &kept.api_token);
+        }
+        if let Some(slot) = environment.webhook_secret_slot() {
+            keep_secret(slot, &kept.webhook_secret);
+        }
+        let mut previous_environment = previous.environment.clone();
+        if let (Some(given), Some(stored)) = (
+            environment.webhook_url_mut(),
+            previous_environment.webhook_url_mut(),
+        ) {
             if given != stored && *given == crate::redact::url(stored) {
-                environment.webhook_url = Some(stored.clone());
+                *given = stored.clone();
             }
         }
         let shown = environment.clone();
@@ -436,7 +446,7 @@ pub fn user_view(stored: &StoredEnvironment, health: Option<&HealthReport>) -> s
     serde_json::json!({
         "environment_id": environment.environment_id,
         "environment_type": environment.environment_type,
-        "connection_method": environment.connection_method,
+        "connection_method": environment.connection_method(),
         "enabled": environment.enabled,
         "tags": environment.tags,
         "description": environment.description,

@@ -422,7 +422,7 @@ impl Coordinator {
                     target.environment_id.clone(),
                     TargetRecord::new(
                         &target.environment_id,
-                        target.connection_method.as_str(),
+                        target.connection_method().as_str(),
                         TargetStatus::Pending,
                     ),
                 )
@@ -579,7 +579,7 @@ impl Coordinator {
             let key = target_key(id, &target.environment_id);
             let pending = TargetRecord::new(
                 &target.environment_id,
-                target.connection_method.as_str(),
+                target.connection_method().as_str(),
                 TargetStatus::Pending,
             );
             ops.push(StoreOp::put(

@@ -1,4 +1,9 @@
-//! Target environments: the original `remote_environments.json` format, read unchanged.
+//! Target environments. [`Environment`] is the model: what every environment has, and its
+//! [`Connection`], one variant per connection method holding exactly the fields that method
+//! uses, checked once when the environment is read. [`EnvironmentJson`] is the original flat
+//! `remote_environments.json` shape (files, the API and the store read and write it unchanged);
+//! the model converts from it (validating) and back. Fields that do not apply to the
+//! connection method (an `api_token` on an ssh environment) are accepted there and not kept.
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -22,11 +27,13 @@ pub enum ConnectionMethod {
     Local,
 }
 
-/// One environment as configured. `api_token` and `webhook_secret` are secrets: they are kept
-/// in the store but never shown (see [`Environment::public_view`]).
+/// One environment in the original flat shape, as files, the API and the store hold it.
+/// `api_token` and `webhook_secret` are secrets: they are kept in the store but never shown (see
+/// [`Environment::public_view`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Environment {
+#[schema(as = Environment)]
+pub struct EnvironmentJson {
     #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     pub environment_id: String,
     pub environment_type: EnvironmentType,
@@ -85,7 +92,85 @@ const MAX_TAGS: usize = 64;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EnvironmentsFile {
-    environments: Vec<Environment>,
+    environments: Vec<EnvironmentJson>,
+}
+
+/// One target environment, valid by construction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "EnvironmentJson", try_from = "EnvironmentJson")]
+pub struct Environment {
+    pub environment_id: String,
+    pub environment_type: EnvironmentType,
+    pub connection: Connection,
+    pub health_check_url: Option<String>,
+    /// Seconds this environment's trigger and verification may take.
+    pub timeout: u64,
+    pub enabled: bool,
+    pub tags: BTreeMap<String, String>,
+    pub description: Option<String>,
+}
+
+/// How the coordinator reaches an environment: one variant per connection method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connection {
+    Ssh(SshConnection),
+    HttpApi(HttpApiConnection),
+    Webhook(WebhookConnection),
+    Local(LocalConnection),
+}
+
+/// Runs `init_script_path` on `host` over SSH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshConnection {
+    pub host: String,
+    /// 22 when unset.
+    pub port: Option<u16>,
+    pub username: String,
+    pub ssh_key_path: String,
+    /// `~/.ssh/known_hosts` when unset.
+    pub known_hosts_path: Option<String>,
+    pub init_script_path: String,
+    pub working_directory: Option<String>,
+}
+
+/// `POST http://host:port/api/deploy/init`, with a bearer token when set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpApiConnection {
+    pub host: String,
+    /// 80 when unset.
+    pub port: Option<u16>,
+    pub api_token: Option<String>,
+}
+
+/// A signed `POST` of the deployment event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookConnection {
+    pub target: WebhookTarget,
+    /// The HMAC key of the signature header, when set.
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookTarget {
+    /// `webhook_url`.
+    Url(String),
+    /// `http://host:port/webhook/deploy` (port 80 when unset).
+    HostPort { host: String, port: Option<u16> },
+}
+
+/// A program on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalConnection {
+    pub program: LocalProgram,
+    pub working_directory: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalProgram {
+    /// `command`: an argument vector, run without a shell.
+    Command(Vec<String>),
+    /// `init_script_path`, run directly.
+    Script(String),
 }
 
 /// A field that failed validation, and why.
@@ -191,7 +276,7 @@ fn check_text(field: &str, value: &Option<String>) -> Result<(), FieldError> {
     }
 }
 
-impl Environment {
+impl EnvironmentJson {
     /// Checks everything serde cannot: id format, ranges, and the fields each connection method
     /// needs. The error names the field.
     pub fn validate(&self) -> Result<(), FieldError> {
@@ -304,28 +389,233 @@ impl Environment {
         }
         Ok(())
     }
+}
+
+impl TryFrom<EnvironmentJson> for Environment {
+    type Error = FieldError;
+
+    /// Validates the flat shape and keeps the fields its connection method uses.
+    fn try_from(json: EnvironmentJson) -> Result<Environment, FieldError> {
+        json.validate()?;
+        let method = json.connection_method.as_str();
+        let required = |value: Option<String>, field: &str| {
+            value.ok_or_else(|| {
+                FieldError::new(
+                    field,
+                    format!("is required for connection_method {method:?}"),
+                )
+            })
+        };
+        let EnvironmentJson {
+            environment_id,
+            environment_type,
+            connection_method,
+            host,
+            port,
+            username,
+            ssh_key_path,
+            known_hosts_path,
+            init_script_path,
+            working_directory,
+            health_check_url,
+            timeout,
+            api_token,
+            webhook_url,
+            webhook_secret,
+            command,
+            enabled,
+            tags,
+            description,
+        } = json;
+        let connection = match connection_method {
+            ConnectionMethod::Ssh => Connection::Ssh(SshConnection {
+                host: required(host, "host")?,
+                port,
+                username: required(username, "username")?,
+                ssh_key_path: required(ssh_key_path, "ssh_key_path")?,
+                known_hosts_path,
+                init_script_path: required(init_script_path, "init_script_path")?,
+                working_directory,
+            }),
+            ConnectionMethod::HttpApi => Connection::HttpApi(HttpApiConnection {
+                host: required(host, "host")?,
+                port,
+                api_token,
+            }),
+            ConnectionMethod::Webhook => Connection::Webhook(WebhookConnection {
+                target: match webhook_url {
+                    Some(url) => WebhookTarget::Url(url),
+                    None => WebhookTarget::HostPort {
+                        host: required(host, "webhook_url")?,
+                        port,
+                    },
+                },
+                secret: webhook_secret,
+            }),
+            ConnectionMethod::Local => Connection::Local(LocalConnection {
+                program: match command {
+                    Some(command) if !command.is_empty() => LocalProgram::Command(command),
+                    _ => LocalProgram::Script(required(init_script_path, "command")?),
+                },
+                working_directory,
+            }),
+        };
+        Ok(Environment {
+            environment_id,
+            environment_type,
+            connection,
+            health_check_url,
+            timeout,
+            enabled,
+            tags,
+            description,
+        })
+    }
+}
+
+impl From<Environment> for EnvironmentJson {
+    fn from(environment: Environment) -> EnvironmentJson {
+        let mut json = EnvironmentJson {
+            environment_id: environment.environment_id,
+            environment_type: environment.environment_type,
+            connection_method: ConnectionMethod::Local,
+            host: None,
+            port: None,
+            username: None,
+            ssh_key_path: None,
+            known_hosts_path: None,
+            init_script_path: None,
+            working_directory: None,
+            health_check_url: environment.health_check_url,
+            timeout: environment.timeout,
+            api_token: None,
+            webhook_url: None,
+            webhook_secret: None,
+            command: None,
+            enabled: environment.enabled,
+            tags: environment.tags,
+            description: environment.description,
+        };
+        match environment.connection {
+            Connection::Ssh(ssh) => {
+                json.connection_method = ConnectionMethod::Ssh;
+                json.host = Some(ssh.host);
+                json.port = ssh.port;
+                json.username = Some(ssh.username);
+                json.ssh_key_path = Some(ssh.ssh_key_path);
+                json.known_hosts_path = ssh.known_hosts_path;
+                json.init_script_path = Some(ssh.init_script_path);
+                json.working_directory = ssh.working_directory;
+            }
+            Connection::HttpApi(api) => {
+                json.connection_method = ConnectionMethod::HttpApi;
+                json.host = Some(api.host);
+                json.port = api.port;
+                json.api_token = api.api_token;
+            }
+            Connection::Webhook(webhook) => {
+                json.connection_method = ConnectionMethod::Webhook;
+                match webhook.target {
+                    WebhookTarget::Url(url) => json.webhook_url = Some(url),
+                    WebhookTarget::HostPort { host, port } => {
+                        json.host = Some(host);
+                        json.port = port;
+                    }
+                }
+                json.webhook_secret = webhook.secret;
+            }
+            Connection::Local(local) => {
+                match local.program {
+                    LocalProgram::Command(command) => json.command = Some(command),
+                    LocalProgram::Script(script) => json.init_script_path = Some(script),
+                }
+                json.working_directory = local.working_directory;
+            }
+        }
+        json
+    }
+}
+
+impl Environment {
+    pub fn connection_method(&self) -> ConnectionMethod {
+        match self.connection {
+            Connection::Ssh(_) => ConnectionMethod::Ssh,
+            Connection::HttpApi(_) => ConnectionMethod::HttpApi,
+            Connection::Webhook(_) => ConnectionMethod::Webhook,
+            Connection::Local(_) => ConnectionMethod::Local,
+        }
+    }
+
+    /// The bearer token of an `http_api` environment.
+    pub fn api_token(&self) -> Option<&str> {
+        match &self.connection {
+            Connection::HttpApi(api) => api.api_token.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The signing key of a `webhook` environment.
+    pub fn webhook_secret(&self) -> Option<&str> {
+        match &self.connection {
+            Connection::Webhook(webhook) => webhook.secret.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Where an `http_api` environment keeps its token; `None` for other methods.
+    pub fn api_token_slot(&mut self) -> Option<&mut Option<String>> {
+        match &mut self.connection {
+            Connection::HttpApi(api) => Some(&mut api.api_token),
+            _ => None,
+        }
+    }
+
+    /// Where a `webhook` environment keeps its signing key; `None` for other methods.
+    pub fn webhook_secret_slot(&mut self) -> Option<&mut Option<String>> {
+        match &mut self.connection {
+            Connection::Webhook(webhook) => Some(&mut webhook.secret),
+            _ => None,
+        }
+    }
+
+    /// The `webhook_url` of a webhook environment that has one.
+    pub fn webhook_url_mut(&mut self) -> Option<&mut String> {
+        match &mut self.connection {
+            Connection::Webhook(WebhookConnection {
+                target: WebhookTarget::Url(url),
+                ..
+            }) => Some(url),
+            _ => None,
+        }
+    }
+
+    /// See [`EnvironmentJson::check_secrets_not_empty`].
+    pub fn check_secrets_not_empty(&self) -> Result<(), FieldError> {
+        EnvironmentJson::from(self.clone()).check_secrets_not_empty()
+    }
 
     /// The environment as the API shows it: every field but the secrets (whether each is set
     /// comes from the catalog), URLs with their passwords masked.
     pub fn public_view(&self) -> serde_json::Value {
+        let flat = EnvironmentJson::from(self.clone());
         serde_json::json!({
-            "environment_id": self.environment_id,
-            "environment_type": self.environment_type,
-            "connection_method": self.connection_method,
-            "host": self.host,
-            "port": self.port,
-            "username": self.username,
-            "ssh_key_path": self.ssh_key_path,
-            "known_hosts_path": self.known_hosts_path,
-            "init_script_path": self.init_script_path,
-            "working_directory": self.working_directory,
-            "health_check_url": self.health_check_url.as_deref().map(crate::redact::url),
-            "timeout": self.timeout,
-            "webhook_url": self.webhook_url.as_deref().map(crate::redact::url),
-            "command": self.command,
-            "enabled": self.enabled,
-            "tags": self.tags,
-            "description": self.description,
+            "environment_id": flat.environment_id,
+            "environment_type": flat.environment_type,
+            "connection_method": flat.connection_method,
+            "host": flat.host,
+            "port": flat.port,
+            "username": flat.username,
+            "ssh_key_path": flat.ssh_key_path,
+            "known_hosts_path": flat.known_hosts_path,
+            "init_script_path": flat.init_script_path,
+            "working_directory": flat.working_directory,
+            "health_check_url": flat.health_check_url.as_deref().map(crate::redact::url),
+            "timeout": flat.timeout,
+            "webhook_url": flat.webhook_url.as_deref().map(crate::redact::url),
+            "command": flat.command,
+            "enabled": flat.enabled,
+            "tags": flat.tags,
+            "description": flat.description,
         })
     }
 }
@@ -344,9 +634,8 @@ impl ConnectionMethod {
 /// Parses one environment from a JSON request body. The error names the field (with its path
 /// for nested values).
 pub fn parse_one(body: &[u8]) -> Result<Environment, FieldError> {
-    let environment: Environment = from_json_object(body)?;
-    environment.validate()?;
-    Ok(environment)
+    let environment: EnvironmentJson = from_json_object(body)?;
+    Environment::try_from(environment)
 }
 
 /// Deserializes a request body that must be a JSON object; errors name the field.
@@ -415,21 +704,23 @@ pub fn parse_toml(text: &str) -> Result<Vec<Environment>, String> {
 }
 
 /// Validates every environment and rejects duplicate ids.
-fn check_all(environments: Vec<Environment>) -> Result<Vec<Environment>, String> {
+fn check_all(environments: Vec<EnvironmentJson>) -> Result<Vec<Environment>, String> {
     let mut seen = std::collections::HashSet::new();
-    for (index, environment) in environments.iter().enumerate() {
-        environment
-            .validate()
-            .and_then(|()| environment.check_secrets_not_empty())
+    let mut checked = Vec::with_capacity(environments.len());
+    for (index, environment) in environments.into_iter().enumerate() {
+        let environment = environment
+            .check_secrets_not_empty()
+            .and_then(|()| Environment::try_from(environment))
             .map_err(|error| format!("environments[{index}].{error}"))?;
-        if !seen.insert(environment.environment_id.as_str()) {
+        if !seen.insert(environment.environment_id.clone()) {
             return Err(format!(
                 "environments[{index}].environment_id: {:?} appears more than once",
                 environment.environment_id
             ));
         }
+        checked.push(environment);
     }
-    Ok(environments)
+    Ok(checked)
 }
 
 #[cfg(test)]
@@ -445,23 +736,61 @@ mod tests {
     fn original_format_is_accepted_unchanged() {
         let environments = parse(ORIGINAL).unwrap_or_default();
         assert_eq!(environments.len(), 1);
-        assert_eq!(environments[0].connection_method, ConnectionMethod::Ssh);
-        assert_eq!(environments[0].port, Some(22));
+        assert_eq!(environments[0].connection_method(), ConnectionMethod::Ssh);
+        assert!(
+            matches!(&environments[0].connection, Connection::Ssh(ssh) if ssh.port == Some(22)),
+            "{:?}",
+            environments[0]
+        );
         assert!(environments[0].enabled);
     }
 
     #[test]
+    fn the_flat_shape_round_trips_through_the_model() {
+        let originals = [
+            r#"{"environment_id": "s", "environment_type": "mac_local", "connection_method": "ssh", "host": "127.0.0.1", "port": 2222, "username": "alex", "ssh_key_path": "~/.ssh/id", "known_hosts_path": "/k", "init_script_path": "./init.sh", "working_directory": "/srv", "health_check_url": "http://127.0.0.1:8081/health", "timeout": 30, "enabled": false, "tags": {"tier": "prod"}, "description": "d"}"#,
+            r#"{"environment_id": "h", "environment_type": "linux_local", "connection_method": "http_api", "host": "127.0.0.1", "api_token": "t"}"#,
+            r#"{"environment_id": "w", "environment_type": "docker_container", "connection_method": "webhook", "webhook_url": "http://127.0.0.1:1/hook", "webhook_secret": "k"}"#,
+            r#"{"environment_id": "v", "environment_type": "docker_container", "connection_method": "webhook", "host": "127.0.0.1", "port": 8080}"#,
+            r#"{"environment_id": "l", "environment_type": "linux_local", "connection_method": "local", "command": ["true", "x"], "working_directory": "/tmp"}"#,
+            r#"{"environment_id": "m", "environment_type": "linux_local", "connection_method": "local", "init_script_path": "/bin/true"}"#,
+        ];
+        for original in originals {
+            let flat: EnvironmentJson = serde_json::from_str(original).expect("flat");
+            let model = Environment::try_from(flat.clone()).expect("valid");
+            assert_eq!(EnvironmentJson::from(model.clone()), flat, "{original}");
+            // The model's own serde form is the flat one.
+            let written = serde_json::to_value(&model).expect("write");
+            assert_eq!(
+                written,
+                serde_json::to_value(&flat).expect("flat"),
+                "{original}"
+            );
+            let read: Environment = serde_json::from_value(written).expect("read back");
+            assert_eq!(read, model, "{original}");
+        }
+        // A field of another method is accepted and not kept.
+        let model = parse_one(br#"{"environment_id": "x", "environment_type": "linux_local", "connection_method": "local", "command": ["true"], "api_token": "t"}"#).expect("valid");
+        assert_eq!(model.api_token(), None);
+        assert_eq!(EnvironmentJson::from(model).api_token, None);
+    }
+
+    #[test]
     fn secrets_are_not_in_the_public_view() {
-        let text = ORIGINAL.replace(
-            r#""timeout": 300"#,
-            r#""timeout": 300, "api_token": "tok-123", "webhook_secret": "whs-456""#,
-        );
-        let environments = parse(&text).unwrap_or_default();
-        let shown = environments[0].public_view().to_string();
-        assert!(
-            !shown.contains("tok-123") && !shown.contains("whs-456"),
-            "{shown}"
-        );
+        let text = r#"{"environments": [
+            {"environment_id": "h", "environment_type": "linux_local", "connection_method": "http_api", "host": "127.0.0.1", "api_token": "tok-123"},
+            {"environment_id": "w", "environment_type": "linux_local", "connection_method": "webhook", "webhook_url": "http://127.0.0.1:1/hook", "webhook_secret": "whs-456"}]}"#;
+        let environments = parse(text).unwrap_or_default();
+        assert_eq!(environments.len(), 2);
+        assert_eq!(environments[0].api_token(), Some("tok-123"));
+        assert_eq!(environments[1].webhook_secret(), Some("whs-456"));
+        for environment in &environments {
+            let shown = environment.public_view().to_string();
+            assert!(
+                !shown.contains("tok-123") && !shown.contains("whs-456"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]
@@ -533,6 +862,9 @@ mod tests {
         let text = "[[environments]]\nenvironment_id = \"t1\"\nenvironment_type = \"docker_container\"\nconnection_method = \"webhook\"\nwebhook_url = \"http://127.0.0.1:9/hook\"\n";
         let environments = parse_toml(text).unwrap_or_default();
         assert_eq!(environments.len(), 1);
-        assert_eq!(environments[0].connection_method, ConnectionMethod::Webhook);
+        assert_eq!(
+            environments[0].connection_method(),
+            ConnectionMethod::Webhook
+        );
     }
 }

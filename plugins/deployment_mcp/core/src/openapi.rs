@@ -12,7 +12,7 @@ use utoipa::OpenApi;
 
 use crate::{
     deployment::{HealthReport, HistoryEntry, Phase, TargetRecord, TargetStatus},
-    environments::{ConnectionMethod, Environment, EnvironmentType},
+    environments::{ConnectionMethod, EnvironmentJson, EnvironmentType},
     triggers::{LogLine, LogStream},
 };
 
@@ -37,7 +37,7 @@ use crate::{
         crate::routes::health_check,
     ),
     components(schemas(
-        Environment, EnvironmentType, ConnectionMethod, LogLine, LogStream, Phase,
+        EnvironmentJson, EnvironmentType, ConnectionMethod, LogLine, LogStream, Phase,
         TargetStatus, HealthReport, TargetRecord, HistoryEntry,
     )),
     tags((name = "deployment", description = "Deployment coordination (the deployment_mcp plugin)")),

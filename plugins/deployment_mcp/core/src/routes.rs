@@ -920,7 +920,7 @@ pub(crate) async fn get_environment(api: &Api, id: &str) -> Answer {
 
 #[utoipa::path(
     post, path = "/environments", tag = "deployment",
-    request_body(content = crate::environments::Environment, content_type = "application/json"),
+    request_body(content = crate::environments::EnvironmentJson, content_type = "application/json"),
     responses((status = 201, description = "Created; `Location` names it", body = crate::wire::EnvironmentView))
 )]
 pub(crate) async fn create_environment(api: &Api, request: &Request) -> Answer {
@@ -949,7 +949,7 @@ pub(crate) async fn create_environment(api: &Api, request: &Request) -> Answer {
 #[utoipa::path(
     put, path = "/environments/{id}", tag = "deployment",
     params(crate::wire::EnvironmentId),
-    request_body(content = crate::environments::Environment, content_type = "application/json", description = "The whole environment; an omitted secret is kept, an empty one cleared"),
+    request_body(content = crate::environments::EnvironmentJson, content_type = "application/json", description = "The whole environment; an omitted secret is kept, an empty one cleared"),
     responses((status = 200, description = "Replaced", body = crate::wire::EnvironmentView))
 )]
 pub(crate) async fn replace_environment(api: &Api, request: &Request, id: &str) -> Answer {

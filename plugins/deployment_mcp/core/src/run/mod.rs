@@ -335,7 +335,7 @@ impl<O: RunOwner> Run<O> {
         let id = environment.environment_id.clone();
         let mut target = TargetRecord::new(
             &id,
-            environment.connection_method.as_str(),
+            environment.connection_method().as_str(),
             TargetStatus::Pending,
         );
         let permit = tokio::select! {
@@ -456,7 +456,7 @@ impl<O: RunOwner> Run<O> {
         for environment in targets {
             let mut target = TargetRecord::new(
                 &environment.environment_id,
-                environment.connection_method.as_str(),
+                environment.connection_method().as_str(),
                 TargetStatus::Cancelled,
             );
             target.finished_at = Some(timestamp(SystemTime::now()));

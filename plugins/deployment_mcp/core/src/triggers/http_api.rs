@@ -3,31 +3,43 @@
 use serde_json::json;
 
 use super::{Trigger, TriggerContext, TriggerFailure, TriggerResult, TriggerSuccess};
-use crate::environments::Environment;
+use crate::environments::HttpApiConnection;
 
 /// How much of a failing answer's body is kept in the error.
 pub const ERROR_BODY_BYTES: usize = 512;
 
 pub struct HttpApiTrigger {
-    environment: Environment,
+    environment_id: String,
+    connection: HttpApiConnection,
     http: reqwest::Client,
 }
 
 impl HttpApiTrigger {
-    pub fn new(environment: Environment, http: reqwest::Client) -> HttpApiTrigger {
-        HttpApiTrigger { environment, http }
+    pub fn new(
+        environment_id: String,
+        connection: HttpApiConnection,
+        http: reqwest::Client,
+    ) -> HttpApiTrigger {
+        HttpApiTrigger {
+            environment_id,
+            connection,
+            http,
+        }
     }
 }
 
-/// `http://host:port/<path>` for an environment (port 80 when unset).
-pub fn environment_url(environment: &Environment, path: &str) -> Result<url::Url, TriggerFailure> {
-    let host = environment.host.as_deref().unwrap_or_default();
+/// `http://host:port/<path>` (port 80 when unset).
+pub fn environment_url(
+    host: &str,
+    port: Option<u16>,
+    path: &str,
+) -> Result<url::Url, TriggerFailure> {
     let host = if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]")
     } else {
         host.to_owned()
     };
-    let port = environment.port.unwrap_or(80);
+    let port = port.unwrap_or(80);
     url::Url::parse(&format!("http://{host}:{port}{path}")).map_err(|error| {
         TriggerFailure::failed(format!(
             "host {host:?} and port {port} do not make a URL: {error}"
@@ -37,17 +49,21 @@ pub fn environment_url(environment: &Environment, path: &str) -> Result<url::Url
 
 impl Trigger for HttpApiTrigger {
     async fn run(&self, context: &TriggerContext) -> TriggerResult {
-        let url = environment_url(&self.environment, "/api/deploy/init")?;
+        let url = environment_url(
+            &self.connection.host,
+            self.connection.port,
+            "/api/deploy/init",
+        )?;
         let body = json!({
             "deployment_id": context.deployment_id,
             "version": context.version,
-            "environment_id": self.environment.environment_id,
+            "environment_id": self.environment_id,
             "platform_instance_id": context.platform_instance_id,
             "platform_ip": context.platform_ip,
         });
         context.log.info(format!("POST {url}")).await;
         let mut request = self.http.post(url.clone()).json(&body);
-        if let Some(token) = &self.environment.api_token {
+        if let Some(token) = &self.connection.api_token {
             request = request.bearer_auth(token);
         }
         let response = request

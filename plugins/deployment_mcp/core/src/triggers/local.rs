@@ -23,7 +23,7 @@ use super::{
     FailureKind, LineSplitter, LogSink, LogStream, Trigger, TriggerContext, TriggerFailure,
     TriggerResult, TriggerSuccess,
 };
-use crate::environments::Environment;
+use crate::environments::{LocalConnection, LocalProgram};
 
 /// Lines of stderr kept for the error message of a failed run.
 const STDERR_TAIL_LINES: usize = 10;
@@ -36,23 +36,26 @@ const REAP_LIMIT: Duration = Duration::from_secs(5);
 pub const MARKER_VARIABLE: &str = "PA_TRIGGER_ID";
 
 pub struct LocalTrigger {
-    environment: Environment,
+    environment_id: String,
+    /// Seconds, for the message when the command is stopped at its timeout.
+    timeout: u64,
+    connection: LocalConnection,
 }
 
 impl LocalTrigger {
-    pub fn new(environment: Environment) -> LocalTrigger {
-        LocalTrigger { environment }
+    pub fn new(environment_id: String, timeout: u64, connection: LocalConnection) -> LocalTrigger {
+        LocalTrigger {
+            environment_id,
+            timeout,
+            connection,
+        }
     }
 
     /// The argument vector: `command`, or `init_script_path` run directly.
-    fn argv(&self) -> Option<Vec<String>> {
-        match (
-            &self.environment.command,
-            &self.environment.init_script_path,
-        ) {
-            (Some(command), _) if !command.is_empty() => Some(command.clone()),
-            (_, Some(script)) => Some(vec![script.clone()]),
-            _ => None,
+    fn argv(&self) -> Vec<String> {
+        match &self.connection.program {
+            LocalProgram::Command(command) => command.clone(),
+            LocalProgram::Script(script) => vec![script.clone()],
         }
     }
 }
@@ -135,14 +138,10 @@ fn new_marker() -> String {
 
 impl Trigger for LocalTrigger {
     async fn run(&self, context: &TriggerContext) -> TriggerResult {
-        let Some(argv) = self.argv() else {
-            return Err(TriggerFailure::failed(
-                "local environment has neither `command` nor `init_script_path`",
-            ));
-        };
+        let argv = self.argv();
         let log = &context.log;
         let working_directory = self
-            .environment
+            .connection
             .working_directory
             .as_deref()
             .map(PathBuf::from);
@@ -163,7 +162,7 @@ impl Trigger for LocalTrigger {
             .env("PA_DEPLOYMENT_ID", &context.deployment_id)
             .env("PA_DEPLOYMENT_VERSION", &context.version)
             .env("DEPLOYMENT_VERSION", &context.version)
-            .env("PA_ENVIRONMENT_ID", &self.environment.environment_id);
+            .env("PA_ENVIRONMENT_ID", &self.environment_id);
         if let Some(ip) = &context.platform_ip {
             command.env("PA_PLATFORM_IP", ip).env("EC2_PUBLIC_IP", ip);
         }
@@ -220,7 +219,7 @@ impl Trigger for LocalTrigger {
                 return Err(match why {
                     FailureKind::TimedOut => TriggerFailure::timed_out(format!(
                         "no result within the environment's timeout of {} s; the command was killed{also}",
-                        self.environment.timeout
+                        self.timeout
                     )),
                     _ => TriggerFailure::cancelled(format!(
                         "stopped: the deployment was cancelled; the command was killed{also}"

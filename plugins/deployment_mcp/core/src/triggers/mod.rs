@@ -16,7 +16,7 @@ use std::{future::Future, time::SystemTime};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::environments::{ConnectionMethod, Environment};
+use crate::environments::{Connection, Environment};
 
 /// What every trigger is told about the deployment it is part of.
 #[derive(Debug, Clone)]
@@ -131,18 +131,20 @@ pub enum AnyTrigger {
 
 impl AnyTrigger {
     pub fn for_environment(environment: &Environment, http: &reqwest::Client) -> AnyTrigger {
-        match environment.connection_method {
-            ConnectionMethod::Ssh => AnyTrigger::Ssh(ssh::SshTrigger::new(environment.clone())),
-            ConnectionMethod::HttpApi => AnyTrigger::HttpApi(http_api::HttpApiTrigger::new(
-                environment.clone(),
+        let id = environment.environment_id.clone();
+        let timeout = environment.timeout;
+        match &environment.connection {
+            Connection::Ssh(ssh) => AnyTrigger::Ssh(ssh::SshTrigger::new(id, timeout, ssh.clone())),
+            Connection::HttpApi(api) => {
+                AnyTrigger::HttpApi(http_api::HttpApiTrigger::new(id, api.clone(), http.clone()))
+            }
+            Connection::Webhook(webhook) => AnyTrigger::Webhook(webhook::WebhookTrigger::new(
+                id,
+                webhook.clone(),
                 http.clone(),
             )),
-            ConnectionMethod::Webhook => AnyTrigger::Webhook(webhook::WebhookTrigger::new(
-                environment.clone(),
-                http.clone(),
-            )),
-            ConnectionMethod::Local => {
-                AnyTrigger::Local(local::LocalTrigger::new(environment.clone()))
+            Connection::Local(local) => {
+                AnyTrigger::Local(local::LocalTrigger::new(id, timeout, local.clone()))
             }
         }
     }

@@ -32,7 +32,7 @@ use super::{
     local::with_stderr, LineSplitter, LogSink, LogStream, Trigger, TriggerContext, TriggerFailure,
     TriggerResult, TriggerSuccess,
 };
-use crate::environments::Environment;
+use crate::environments::SshConnection;
 
 /// Lines of stderr kept for the error message of a failed run.
 const STDERR_TAIL_LINES: usize = 10;
@@ -66,12 +66,19 @@ const WATCHER: &str = "exec 3<&0 </dev/null; \
 const DEFAULT_KNOWN_HOSTS: &str = "~/.ssh/known_hosts";
 
 pub struct SshTrigger {
-    environment: Environment,
+    environment_id: String,
+    /// Seconds: also bounds connecting and authenticating.
+    timeout: u64,
+    connection: SshConnection,
 }
 
 impl SshTrigger {
-    pub fn new(environment: Environment) -> SshTrigger {
-        SshTrigger { environment }
+    pub fn new(environment_id: String, timeout: u64, connection: SshConnection) -> SshTrigger {
+        SshTrigger {
+            environment_id,
+            timeout,
+            connection,
+        }
     }
 }
 
@@ -85,38 +92,17 @@ struct Target {
 }
 
 impl Target {
-    fn from_environment(environment: &Environment) -> Result<Target, TriggerFailure> {
-        let missing = |field: &str| {
-            TriggerFailure::failed(format!(
-                "ssh environment {:?} has no `{field}`",
-                environment.environment_id
-            ))
-        };
-        let host = environment
-            .host
-            .clone()
-            .filter(|host| !host.is_empty())
-            .ok_or_else(|| missing("host"))?;
-        let username = environment
-            .username
-            .clone()
-            .filter(|user| !user.is_empty())
-            .ok_or_else(|| missing("username"))?;
-        let key_path = environment
-            .ssh_key_path
-            .as_deref()
-            .filter(|path| !path.is_empty())
-            .ok_or_else(|| missing("ssh_key_path"))?;
-        let known_hosts = environment
+    fn from_connection(ssh: &SshConnection) -> Result<Target, TriggerFailure> {
+        let known_hosts = ssh
             .known_hosts_path
             .as_deref()
             .filter(|path| !path.is_empty())
             .unwrap_or(DEFAULT_KNOWN_HOSTS);
         Ok(Target {
-            host,
-            port: environment.port.unwrap_or(22),
-            username,
-            key_path: expand_home(key_path).map_err(TriggerFailure::failed)?,
+            host: ssh.host.clone(),
+            port: ssh.port.unwrap_or(22),
+            username: ssh.username.clone(),
+            key_path: expand_home(&ssh.ssh_key_path).map_err(TriggerFailure::failed)?,
             known_hosts: expand_home(known_hosts).map_err(TriggerFailure::failed)?,
         })
     }
@@ -142,25 +128,17 @@ fn expand_home(path: &str) -> Result<PathBuf, String> {
 /// The remote command line, and the part of it worth showing in the log (without the
 /// variables).
 fn remote_command(
-    environment: &Environment,
+    environment_id: &str,
+    ssh: &SshConnection,
     context: &TriggerContext,
 ) -> Result<(String, String), TriggerFailure> {
-    let script = environment
-        .init_script_path
-        .as_deref()
-        .filter(|script| !script.is_empty())
-        .ok_or_else(|| {
-            TriggerFailure::failed(format!(
-                "ssh environment {:?} has no `init_script_path`",
-                environment.environment_id
-            ))
-        })?;
+    let script = ssh.init_script_path.as_str();
     // The same variables the local trigger sets, including the names the original scripts read.
     let mut variables = vec![
         ("PA_DEPLOYMENT_ID", context.deployment_id.as_str()),
         ("PA_DEPLOYMENT_VERSION", context.version.as_str()),
         ("DEPLOYMENT_VERSION", context.version.as_str()),
-        ("PA_ENVIRONMENT_ID", environment.environment_id.as_str()),
+        ("PA_ENVIRONMENT_ID", environment_id),
     ];
     if let Some(ip) = &context.platform_ip {
         variables.push(("PA_PLATFORM_IP", ip));
@@ -175,7 +153,7 @@ fn remote_command(
         assignments.push(format!("{name}={}", quote(name, value)?));
     }
     let script = quote_path("init_script_path", script)?;
-    let cd = match environment
+    let cd = match ssh
         .working_directory
         .as_deref()
         .filter(|directory| !directory.is_empty())
@@ -490,12 +468,12 @@ enum Exit {
 
 impl Trigger for SshTrigger {
     async fn run(&self, context: &TriggerContext) -> TriggerResult {
-        let target = Target::from_environment(&self.environment)?;
-        let (command, shown) = remote_command(&self.environment, context)?;
+        let target = Target::from_connection(&self.connection)?;
+        let (command, shown) = remote_command(&self.environment_id, &self.connection, context)?;
         let key = load_key(&target.key_path).await?;
         let log = &context.log;
         let address = target.address();
-        let budget = CONNECT_LIMIT.min(Duration::from_secs(self.environment.timeout.max(1)));
+        let budget = CONNECT_LIMIT.min(Duration::from_secs(self.timeout.max(1)));
         log.info(format!("connecting to {}@{address}", target.username))
             .await;
         let handle = tokio::time::timeout(budget, open_session(&target, key))
@@ -672,7 +650,7 @@ fn signal_text(signal: &Sig) -> String {
 mod tests {
     use super::*;
 
-    fn environment(working_directory: Option<&str>, script: &str) -> Environment {
+    fn environment(working_directory: Option<&str>, script: &str) -> SshConnection {
         let mut value = serde_json::json!({
             "environment_id": "env-1",
             "environment_type": "linux_local",
@@ -685,7 +663,12 @@ mod tests {
         if let Some(directory) = working_directory {
             value["working_directory"] = directory.into();
         }
-        serde_json::from_value(value).unwrap_or_else(|error| panic!("{error}"))
+        let environment: crate::environments::Environment =
+            serde_json::from_value(value).unwrap_or_else(|error| panic!("{error}"));
+        match environment.connection {
+            crate::environments::Connection::Ssh(ssh) => ssh,
+            other => panic!("not ssh: {other:?}"),
+        }
     }
 
     fn context(version: &str) -> TriggerContext {
@@ -702,6 +685,7 @@ mod tests {
     #[test]
     fn command_quotes_every_part() {
         let (command, shown) = remote_command(
+            "env-1",
             &environment(Some("/srv/my app"), "./init.sh"),
             &context("1.0'; touch /tmp/x; '"),
         )
@@ -717,16 +701,19 @@ mod tests {
 
     #[test]
     fn home_paths_stay_unquoted_for_the_remote_shell() {
-        let (command, shown) =
-            remote_command(&environment(Some("~/app dir"), "~/init.sh"), &context("1"))
-                .unwrap_or_else(|error| panic!("{error:?}"));
+        let (command, shown) = remote_command(
+            "env-1",
+            &environment(Some("~/app dir"), "~/init.sh"),
+            &context("1"),
+        )
+        .unwrap_or_else(|error| panic!("{error:?}"));
         assert_eq!(shown, "cd ~/'app dir' && ~/init.sh");
         assert!(command.ends_with(" exec ~/init.sh 3<&-"));
     }
 
     #[test]
     fn nul_bytes_are_refused() {
-        let result = remote_command(&environment(None, "./init.sh"), &context("1\0"));
+        let result = remote_command("env-1", &environment(None, "./init.sh"), &context("1\0"));
         assert!(result.is_err());
     }
 

@@ -9,28 +9,39 @@ use super::{
     http_api::{bounded_body, environment_url, request_failure},
     timestamp, Trigger, TriggerContext, TriggerFailure, TriggerResult, TriggerSuccess,
 };
-use crate::environments::Environment;
+use crate::environments::{WebhookConnection, WebhookTarget};
 
 /// The header carrying `sha256=<hex HMAC-SHA256 of the body>`.
 pub const SIGNATURE_HEADER: &str = "X-PowerAutomation-Signature";
 pub const EVENT: &str = "ec2_deployment_completed";
 
 pub struct WebhookTrigger {
-    environment: Environment,
+    environment_id: String,
+    connection: WebhookConnection,
     http: reqwest::Client,
 }
 
 impl WebhookTrigger {
-    pub fn new(environment: Environment, http: reqwest::Client) -> WebhookTrigger {
-        WebhookTrigger { environment, http }
+    pub fn new(
+        environment_id: String,
+        connection: WebhookConnection,
+        http: reqwest::Client,
+    ) -> WebhookTrigger {
+        WebhookTrigger {
+            environment_id,
+            connection,
+            http,
+        }
     }
 
     fn url(&self) -> Result<url::Url, TriggerFailure> {
-        match &self.environment.webhook_url {
-            Some(url) => url::Url::parse(url).map_err(|error| {
+        match &self.connection.target {
+            WebhookTarget::Url(url) => url::Url::parse(url).map_err(|error| {
                 TriggerFailure::failed(format!("webhook_url is not a URL: {error}"))
             }),
-            None => environment_url(&self.environment, "/webhook/deploy"),
+            WebhookTarget::HostPort { host, port } => {
+                environment_url(host, *port, "/webhook/deploy")
+            }
         }
     }
 }
@@ -53,7 +64,7 @@ impl Trigger for WebhookTrigger {
             "event": EVENT,
             "deployment_id": context.deployment_id,
             "version": context.version,
-            "environment_id": self.environment.environment_id,
+            "environment_id": self.environment_id,
             "instance_id": context.platform_instance_id,
             "public_ip": context.platform_ip,
             "timestamp": timestamp(std::time::SystemTime::now()),
@@ -63,7 +74,7 @@ impl Trigger for WebhookTrigger {
             .http
             .post(url.clone())
             .header("content-type", "application/json");
-        if let Some(secret) = &self.environment.webhook_secret {
+        if let Some(secret) = &self.connection.secret {
             request = request.header(SIGNATURE_HEADER, signature(secret, &body)?);
         }
         context
