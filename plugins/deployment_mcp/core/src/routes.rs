@@ -281,71 +281,189 @@ impl Api {
         let path = request.path.trim_end_matches('/');
         let segments: Vec<&str> = path.split('/').filter(|part| !part.is_empty()).collect();
         let method = request.method.as_str();
-        let allowed: &[&str] = match segments.as_slice() {
-            ["status"] => &["GET"],
-            ["trigger-local"] | ["one-click"] => &["POST"],
-            ["history"] => &["GET"],
-            ["deployments", _] => &["GET"],
-            ["deployments", _, "logs"] => &["GET"],
-            ["deployments", _, "cancel" | "retry"] => &["POST"],
-            ["environments"] => &["GET", "POST"],
-            ["environments", _] => &["GET", "PUT", "DELETE"],
-            ["environments", _, "health-check"] => &["POST"],
-            ["dashboard"] | ["openapi.json"] => &["GET"],
-            _ => {
-                return Err(Response::error(
-                    404,
-                    "not_found",
-                    format!("no deployment endpoint at {}", request.path),
-                ))
+        let mut allowed: Vec<&str> = Vec::new();
+        for route in ROUTES {
+            let Some(id) = route.matches(&segments) else {
+                continue;
+            };
+            if route.method != method {
+                allowed.push(route.method);
+                continue;
             }
-        };
-        if !allowed.contains(&method) {
+            if let Some(needed) = route.needs {
+                Response::require(request, needed)?;
+            }
+            return (route.handler)(self, request, id).await;
+        }
+        if allowed.is_empty() {
             return Err(Response::error(
-                405,
-                "method_not_allowed",
-                format!(
-                    "{method} is not supported on {}; use {}",
-                    request.path,
-                    allowed.join(" or ")
-                ),
-            )
-            .with_header("allow", allowed.join(", ")));
+                404,
+                "not_found",
+                format!("no deployment endpoint at {}", request.path),
+            ));
         }
-        if segments.as_slice() == ["openapi.json"] {
-            // Public, like the host's `/api/openapi.json` it is merged into.
-            return Ok(Response {
-                status: 200,
-                headers: vec![("content-type".into(), "application/json".into())],
-                body: (self.openapi)().to_vec(),
-                stream: None,
-            });
-        }
-        let needed = match (method, segments.as_slice()) {
-            ("GET", ["status" | "dashboard"]) => Role::User,
-            ("GET", _) | ("POST", ["environments", _, "health-check"]) => Role::Developer,
-            _ => Role::Admin,
-        };
-        Response::require(request, needed)?;
-        match (method, segments.as_slice()) {
-            ("GET", ["status"]) => status(self, request).await,
-            ("GET", ["dashboard"]) => dashboard(self, request).await,
-            ("POST", ["trigger-local"]) => trigger_local(self, request).await,
-            ("POST", ["one-click"]) => one_click(self, request).await,
-            ("GET", ["history"]) => history(self, request).await,
-            ("GET", ["deployments", id]) => detail(self, id).await,
-            ("GET", ["deployments", id, "logs"]) => logs(self, request, id).await,
-            ("POST", ["deployments", id, "cancel"]) => cancel(self, request, id).await,
-            ("POST", ["deployments", id, "retry"]) => retry(self, request, id).await,
-            ("GET", ["environments"]) => list_environments(self).await,
-            ("POST", ["environments"]) => create_environment(self, request).await,
-            ("GET", ["environments", id]) => get_environment(self, id).await,
-            ("PUT", ["environments", id]) => replace_environment(self, request, id).await,
-            ("DELETE", ["environments", id]) => delete_environment(self, id).await,
-            ("POST", ["environments", id, "health-check"]) => health_check(self, id).await,
-            _ => Err(Response::error(404, "not_found", "no such endpoint")),
-        }
+        Err(Response::error(
+            405,
+            "method_not_allowed",
+            format!(
+                "{method} is not supported on {}; use {}",
+                request.path,
+                allowed.join(" or ")
+            ),
+        )
+        .with_header("allow", allowed.join(", ")))
     }
+}
+
+/// A route's handler: the API, the request, and the path's `{id}` when its pattern has one.
+type RouteHandler =
+    for<'a> fn(
+        &'a Api,
+        &'a Request,
+        Option<&'a str>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send + 'a>>;
+
+/// One route, declared once: routing, the `Allow` list of a 405 and the role check all read
+/// [`ROUTES`]; `openapi` lists the same handlers (its unit test checks every route is there).
+pub(crate) struct Route {
+    pub(crate) method: &'static str,
+    /// Segments after the mount; `{id}` matches any one segment and is handed to the handler.
+    pub(crate) pattern: &'static [&'static str],
+    /// The least role that may call it; `None`: anyone, even without a key.
+    pub(crate) needs: Option<Role>,
+    handler: RouteHandler,
+}
+
+impl Route {
+    /// `Some(id)` (the `{id}` segment, if the pattern has one) when the path matches.
+    fn matches<'a>(&self, segments: &[&'a str]) -> Option<Option<&'a str>> {
+        if segments.len() != self.pattern.len() {
+            return None;
+        }
+        let mut id = None;
+        for (pattern, segment) in self.pattern.iter().zip(segments) {
+            if *pattern == "{id}" {
+                id = Some(*segment);
+            } else if pattern != segment {
+                return None;
+            }
+        }
+        Some(id)
+    }
+}
+
+/// The path's `{id}`; every pattern that hands one to its handler has it.
+fn id(id: Option<&str>) -> &str {
+    id.unwrap_or_default()
+}
+
+pub(crate) const ROUTES: &[Route] = &[
+    Route {
+        method: "GET",
+        pattern: &["status"],
+        needs: Some(Role::User),
+        handler: |api, request, _| Box::pin(status(api, request)),
+    },
+    Route {
+        method: "GET",
+        pattern: &["dashboard"],
+        needs: Some(Role::User),
+        handler: |api, request, _| Box::pin(dashboard(api, request)),
+    },
+    Route {
+        method: "GET",
+        pattern: &["openapi.json"],
+        // Public, like the host's `/api/openapi.json` it is merged into.
+        needs: None,
+        handler: |api, _, _| Box::pin(openapi_document(api)),
+    },
+    Route {
+        method: "POST",
+        pattern: &["trigger-local"],
+        needs: Some(Role::Admin),
+        handler: |api, request, _| Box::pin(trigger_local(api, request)),
+    },
+    Route {
+        method: "POST",
+        pattern: &["one-click"],
+        needs: Some(Role::Admin),
+        handler: |api, request, _| Box::pin(one_click(api, request)),
+    },
+    Route {
+        method: "GET",
+        pattern: &["history"],
+        needs: Some(Role::Developer),
+        handler: |api, request, _| Box::pin(history(api, request)),
+    },
+    Route {
+        method: "GET",
+        pattern: &["deployments", "{id}"],
+        needs: Some(Role::Developer),
+        handler: |api, _, path| Box::pin(detail(api, id(path))),
+    },
+    Route {
+        method: "GET",
+        pattern: &["deployments", "{id}", "logs"],
+        needs: Some(Role::Developer),
+        handler: |api, request, path| Box::pin(logs(api, request, id(path))),
+    },
+    Route {
+        method: "POST",
+        pattern: &["deployments", "{id}", "cancel"],
+        needs: Some(Role::Admin),
+        handler: |api, request, path| Box::pin(cancel(api, request, id(path))),
+    },
+    Route {
+        method: "POST",
+        pattern: &["deployments", "{id}", "retry"],
+        needs: Some(Role::Admin),
+        handler: |api, request, path| Box::pin(retry(api, request, id(path))),
+    },
+    Route {
+        method: "GET",
+        pattern: &["environments"],
+        needs: Some(Role::Developer),
+        handler: |api, _, _| Box::pin(list_environments(api)),
+    },
+    Route {
+        method: "POST",
+        pattern: &["environments"],
+        needs: Some(Role::Admin),
+        handler: |api, request, _| Box::pin(create_environment(api, request)),
+    },
+    Route {
+        method: "GET",
+        pattern: &["environments", "{id}"],
+        needs: Some(Role::Developer),
+        handler: |api, _, path| Box::pin(get_environment(api, id(path))),
+    },
+    Route {
+        method: "PUT",
+        pattern: &["environments", "{id}"],
+        needs: Some(Role::Admin),
+        handler: |api, request, path| Box::pin(replace_environment(api, request, id(path))),
+    },
+    Route {
+        method: "DELETE",
+        pattern: &["environments", "{id}"],
+        needs: Some(Role::Admin),
+        handler: |api, _, path| Box::pin(delete_environment(api, id(path))),
+    },
+    Route {
+        method: "POST",
+        pattern: &["environments", "{id}", "health-check"],
+        needs: Some(Role::Developer),
+        handler: |api, _, path| Box::pin(health_check(api, id(path))),
+    },
+];
+
+async fn openapi_document(api: &Api) -> Answer {
+    Ok(Response {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: (api.openapi)().to_vec(),
+        stream: None,
+    })
 }
 
 #[utoipa::path(
