@@ -60,37 +60,123 @@ pub struct Api {
     openapi: fn() -> &'static [u8],
 }
 
-type Answer = Result<Response, Response>;
+type Answer = Result<Response, ApiError>;
 
-fn bad_field(error: FieldError) -> Response {
-    Response::error(400, "invalid_field", error.to_string()).with_field(&error.field)
+/// Why a request failed, as this API reports it. Handlers return it; its conversion into a
+/// [`Response`] is the one place it becomes the JSON error answer (`error`, `message`, and
+/// `field` when one field is at fault).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    /// 400: a field of the request is wrong.
+    #[error("{0}")]
+    BadField(FieldError),
+    /// 404: no such deployment or environment.
+    #[error("no {what} {id:?}")]
+    NotFound { what: &'static str, id: String },
+    /// 404: no route has this path.
+    #[error("no deployment endpoint at {0}")]
+    NoRoute(String),
+    /// 405, with the methods the path takes.
+    #[error("{method} is not supported on {path}; use {}", allowed.join(" or "))]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allowed: Vec<&'static str>,
+    },
+    /// 409: the request conflicts with what is going on (`field` when one field is the cause).
+    #[error("{message}")]
+    Conflict {
+        code: &'static str,
+        message: String,
+        field: Option<&'static str>,
+    },
+    /// 422: well-formed, but it cannot be done.
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
+    /// 500: the store failed. The cause goes to the log; the caller gets a generic message.
+    #[error("the deployment store could not be read or written; see the host log")]
+    Store(String),
+    /// An answer made before the handler ran (the role check).
+    #[error("the caller may not do this")]
+    Denied(Response),
 }
 
-trait WithField {
-    fn with_field(self, field: &str) -> Response;
-}
-
-impl WithField for Response {
-    fn with_field(mut self, field: &str) -> Response {
-        if let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(&self.body) {
-            body["field"] = json!(field);
-            self.body = serde_json::to_vec(&body).unwrap_or_default();
+impl ApiError {
+    fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::Conflict {
+            code,
+            message: message.into(),
+            field: None,
         }
-        self
+    }
+
+    fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::Unprocessable {
+            code,
+            message: message.into(),
+        }
     }
 }
 
-fn store_error(error: String) -> Response {
-    tracing::error!("store: {error}");
-    Response::error(
-        500,
-        "store_error",
-        "the deployment store could not be read or written; see the host log",
-    )
+impl From<ApiError> for Response {
+    fn from(error: ApiError) -> Response {
+        let message = error.to_string();
+        let (status, code, field) = match error {
+            ApiError::Denied(response) => return response,
+            ApiError::BadField(error) => (400, "invalid_field", Some(error.field)),
+            ApiError::NotFound { .. } | ApiError::NoRoute(_) => (404, "not_found", None),
+            ApiError::MethodNotAllowed { allowed, .. } => {
+                return Response::error(405, "method_not_allowed", message)
+                    .with_header("allow", allowed.join(", "));
+            }
+            ApiError::Conflict { code, field, .. } => (409, code, field.map(str::to_owned)),
+            ApiError::Unprocessable { code, .. } => (422, code, None),
+            ApiError::Store(cause) => {
+                tracing::error!("store: {cause}");
+                (500, "store_error", None)
+            }
+        };
+        let mut response = Response::error(status, code, message);
+        if let Some(field) = field {
+            if let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(&response.body) {
+                body["field"] = json!(field);
+                response.body = serde_json::to_vec(&body).unwrap_or_default();
+            }
+        }
+        response
+    }
 }
 
-fn not_found(what: &str, id: &str) -> Response {
-    Response::error(404, "not_found", format!("no {what} {id:?}"))
+impl From<StartError> for ApiError {
+    fn from(error: StartError) -> ApiError {
+        match error {
+            StartError::BadField(error) => ApiError::BadField(error),
+            StartError::Invalid { code, message } => ApiError::unprocessable(code, message),
+            StartError::Busy {
+                environment,
+                deployment,
+            } => ApiError::conflict(
+                "environment_busy",
+                format!("environment {environment:?} is already being deployed by {deployment}; wait for it or cancel it"),
+            ),
+            StartError::Store(error) => ApiError::Store(error),
+        }
+    }
+}
+
+fn bad_field(error: FieldError) -> ApiError {
+    ApiError::BadField(error)
+}
+
+fn store_error(error: String) -> ApiError {
+    ApiError::Store(error)
+}
+
+fn not_found(what: &'static str, id: &str) -> ApiError {
+    ApiError::NotFound {
+        what,
+        id: id.to_owned(),
+    }
 }
 
 /// The mount the host serves this plugin under, for absolute links.
@@ -218,7 +304,7 @@ impl Api {
         Ok((full, user))
     }
 
-    async fn record(&self, id: &str) -> Result<DeploymentRecord, Response> {
+    async fn record(&self, id: &str) -> Result<DeploymentRecord, ApiError> {
         if !is_deployment_id(id) {
             return Err(not_found("deployment", id));
         }
@@ -230,7 +316,7 @@ impl Api {
             .ok_or_else(|| not_found("deployment", id))
     }
 
-    async fn targets(&self, id: &str) -> Result<Vec<TargetRecord>, Response> {
+    async fn targets(&self, id: &str) -> Result<Vec<TargetRecord>, ApiError> {
         Ok(self
             .coordinator
             .records()
@@ -243,7 +329,7 @@ impl Api {
     }
 
     /// One deployment's summary; without error texts unless `details`.
-    async fn summary(&self, id: &str, details: bool) -> Result<serde_json::Value, Response> {
+    async fn summary(&self, id: &str, details: bool) -> Result<serde_json::Value, ApiError> {
         let record = self.record(id).await?;
         let targets = self.targets(id).await?;
         let failed = targets
@@ -269,7 +355,7 @@ impl Api {
         Ok(entry)
     }
 
-    async fn log_lines(&self, id: &str) -> Result<Vec<(String, Vec<LogLine>)>, Response> {
+    async fn log_lines(&self, id: &str) -> Result<Vec<(String, Vec<LogLine>)>, ApiError> {
         self.coordinator
             .records()
             .scan::<Vec<LogLine>>(collection::LOGS, &format!("{id}/"))
@@ -291,27 +377,18 @@ impl Api {
                 continue;
             }
             if let Some(needed) = route.needs {
-                Response::require(request, needed)?;
+                Response::require(request, needed).map_err(ApiError::Denied)?;
             }
             return (route.handler)(self, request, id).await;
         }
         if allowed.is_empty() {
-            return Err(Response::error(
-                404,
-                "not_found",
-                format!("no deployment endpoint at {}", request.path),
-            ));
+            return Err(ApiError::NoRoute(request.path.clone()));
         }
-        Err(Response::error(
-            405,
-            "method_not_allowed",
-            format!(
-                "{method} is not supported on {}; use {}",
-                request.path,
-                allowed.join(" or ")
-            ),
-        )
-        .with_header("allow", allowed.join(", ")))
+        Err(ApiError::MethodNotAllowed {
+            method: method.to_owned(),
+            path: request.path.clone(),
+            allowed,
+        })
     }
 }
 
@@ -648,7 +725,7 @@ async fn trigger(api: &Api, request: &Request) -> Answer {
             .coordinator
             .start(request_start(None))
             .await
-            .map_err(start_error)?;
+            .map_err(ApiError::from)?;
         return Ok(accepted(request, &started.deployment_id, "pending"));
     };
     let records = api.coordinator.records();
@@ -700,7 +777,7 @@ async fn trigger(api: &Api, request: &Request) -> Answer {
                         .apply(vec![StoreOp::delete(collection::IDEMPOTENCY, &key)
                             .when(Condition::Equals(text))])
                         .await;
-                    Err(start_error(error))
+                    Err(ApiError::from(error))
                 }
             };
         };
@@ -709,8 +786,7 @@ async fn trigger(api: &Api, request: &Request) -> Answer {
             .and_then(|text| serde_json::from_str::<IdempotentAnswer>(&text).ok())
         {
             Some(earlier) if earlier.fingerprint != fingerprint => {
-                return Err(Response::error(
-                    422,
+                return Err(ApiError::unprocessable(
                     "idempotency_key_reused",
                     "this Idempotency-Key was used with a different body; use a new key for a new request",
                 ))
@@ -724,8 +800,7 @@ async fn trigger(api: &Api, request: &Request) -> Answer {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             _ => {
-                return Err(Response::error(
-                    409,
+                return Err(ApiError::conflict(
                     "idempotency_key_in_use",
                     "a request with this Idempotency-Key is still starting its deployment; retry shortly",
                 ))
@@ -745,8 +820,7 @@ async fn trigger(api: &Api, request: &Request) -> Answer {
 pub(crate) async fn cancel(api: &Api, request: &Request, id: &str) -> Answer {
     let record = api.record(id).await?;
     if record.status.is_terminal() {
-        return Err(Response::error(
-            409,
+        return Err(ApiError::conflict(
             "already_finished",
             format!(
                 "deployment {id} already ended as {}",
@@ -783,8 +857,7 @@ pub(crate) async fn cancel(api: &Api, request: &Request, id: &str) -> Answer {
 pub(crate) async fn retry(api: &Api, request: &Request, id: &str) -> Answer {
     let record = api.record(id).await?;
     if !record.status.is_terminal() {
-        return Err(Response::error(
-            409,
+        return Err(ApiError::conflict(
             "still_running",
             format!(
                 "deployment {id} is still {}; retry it once it ended",
@@ -800,8 +873,7 @@ pub(crate) async fn retry(api: &Api, request: &Request, id: &str) -> Answer {
         .map(|target| target.environment_id)
         .collect();
     if failed.is_empty() {
-        return Err(Response::error(
-            422,
+        return Err(ApiError::unprocessable(
             "nothing_to_retry",
             format!("every environment of {id} succeeded; there is nothing to retry"),
         ));
@@ -823,7 +895,7 @@ pub(crate) async fn retry(api: &Api, request: &Request, id: &str) -> Answer {
             retry_of: Some(id.to_owned()),
         })
         .await
-        .map_err(start_error)?;
+        .map_err(ApiError::from)?;
     Ok(accepted(request, &started.deployment_id, "pending"))
 }
 
@@ -1052,12 +1124,13 @@ pub(crate) async fn create_environment(api: &Api, request: &Request) -> Answer {
         .await
         .map_err(store_error)?;
     if !created {
-        return Err(Response::error(
-            409,
-            "duplicate_environment",
-            format!("environment_id: {id:?} already exists; PUT /environments/{id} replaces it"),
-        )
-        .with_field("environment_id"));
+        return Err(ApiError::Conflict {
+            code: "duplicate_environment",
+            message: format!(
+                "environment_id: {id:?} already exists; PUT /environments/{id} replaces it"
+            ),
+            field: Some("environment_id"),
+        });
     }
     let mut answer = get_environment(api, &id).await?;
     answer.status = 201;
@@ -1120,8 +1193,7 @@ pub(crate) async fn delete_environment(api: &Api, id: &str) -> Answer {
             Ok(Response::json(200, &json!({ "deleted": id })))
         }
         catalog::Deleted::Missing => Err(not_found("environment", id)),
-        catalog::Deleted::Busy { deployment } => Err(Response::error(
-            409,
+        catalog::Deleted::Busy { deployment } => Err(ApiError::conflict(
             "environment_busy",
             format!(
                 "environment {id:?} is part of running deployment {deployment}; cancel it or wait"
@@ -1144,8 +1216,7 @@ pub(crate) async fn health_check(api: &Api, id: &str) -> Answer {
         .map_err(store_error)?
         .ok_or_else(|| not_found("environment", id))?;
     let Some(url) = stored.environment.health_check_url.clone() else {
-        return Err(Response::error(
-            422,
+        return Err(ApiError::unprocessable(
             "no_health_check_url",
             format!("environment {id:?} has no health_check_url to check"),
         ));
@@ -1168,7 +1239,7 @@ fn number_param(
     name: &str,
     default: usize,
     range: std::ops::RangeInclusive<usize>,
-) -> Result<usize, Response> {
+) -> Result<usize, ApiError> {
     let Some(text) = request.query_param(name) else {
         return Ok(default);
     };
@@ -1197,22 +1268,6 @@ fn accepted(request: &Request, deployment_id: &str, status: &str) -> Response {
         }),
     )
     .with_header("location", status_url)
-}
-
-fn start_error(error: StartError) -> Response {
-    match error {
-        StartError::BadField(error) => bad_field(error),
-        StartError::Invalid { code, message } => Response::error(422, code, message),
-        StartError::Busy {
-            environment,
-            deployment,
-        } => Response::error(
-            409,
-            "environment_busy",
-            format!("environment {environment:?} is already being deployed by {deployment}; wait for it or cancel it"),
-        ),
-        StartError::Store(error) => store_error(error),
-    }
 }
 
 /// NDJSON of a deployment's log: what is stored, then new lines as they are stored, until the
@@ -1284,7 +1339,8 @@ fn follow_stream(
 impl Handler for Api {
     async fn handle(&self, request: Request) -> Response {
         match self.route(&request).await {
-            Ok(response) | Err(response) => response,
+            Ok(response) => response,
+            Err(error) => error.into(),
         }
     }
 
