@@ -320,14 +320,9 @@ impl Coordinator {
     }
 
     async fn next_log_chunk(&self, deployment_id: &str) -> Result<u64, String> {
-        let chunks = self
-            .records
-            .scan::<serde_json::Value>(collection::LOGS, &format!("{deployment_id}/"))
-            .await?;
-        Ok(chunks
-            .last()
-            .and_then(|(key, _)| key.rsplit('/').next()?.parse::<u64>().ok())
-            .map_or(0, |last| last + 1))
+        crate::store::DeploymentStore::new(self.records.clone())
+            .next_log_chunk(deployment_id)
+            .await
     }
 
     /// Starts a deployment and returns its first record; the run goes on in the background.

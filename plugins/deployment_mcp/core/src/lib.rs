@@ -21,6 +21,7 @@ pub mod retention;
 pub mod routes;
 pub mod run;
 pub mod settings;
+pub mod store;
 pub mod triggers;
 pub mod wire;
 

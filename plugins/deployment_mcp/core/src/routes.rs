@@ -11,7 +11,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use plugin_guest::{Condition, Handler, Request, Response, Role, StoreOp};
+use plugin_guest::{Handler, Request, Response, Role};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -23,7 +23,7 @@ use crate::{
     deployment::{is_deployment_id, DeploymentRecord, HistoryEntry, Phase, TargetRecord},
     environments::{self, check_id, from_json_object, Environment, FieldError},
     health,
-    records::collection,
+    store::{DeploymentStore, IdempotencyRecord, IdempotencyStore},
     triggers::LogLine,
 };
 
@@ -199,24 +199,6 @@ struct TriggerBody {
     ec2: Option<bool>,
 }
 
-/// The record of an `Idempotency-Key`: taken (insert-if-absent) before the deployment starts,
-/// with the id it will have, so concurrent requests with the key agree on one deployment.
-#[derive(Debug, Clone, serde::Serialize, Deserialize)]
-struct IdempotentAnswer {
-    fingerprint: String,
-    deployment_id: String,
-    /// `starting` until the deployment is recorded, then `started`.
-    #[serde(default = "started_state")]
-    state: String,
-    /// When the key was first used, for retention.
-    #[serde(default)]
-    created_ms: u64,
-}
-
-fn started_state() -> String {
-    "started".to_owned()
-}
-
 /// How long a request waits for a concurrent one with the same `Idempotency-Key` to start its
 /// deployment.
 const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(10);
@@ -251,20 +233,17 @@ impl Api {
 
     /// Deployments running now (any copy's), from the small `ACTIVE` collection.
     async fn active_entries(&self) -> Result<Vec<HistoryEntry>, String> {
-        let records = self.coordinator.records();
-        let mut active = Vec::new();
-        for (id, _) in records
-            .scan::<serde_json::Value>(collection::ACTIVE, "")
+        Ok(self
+            .deployments()
+            .active()
             .await?
-        {
-            if let Some(record) = records
-                .get::<DeploymentRecord>(collection::DEPLOYMENTS, &id)
-                .await?
-            {
-                active.push(record.history_entry(Vec::new()));
-            }
-        }
-        Ok(active)
+            .into_iter()
+            .map(|record| record.history_entry(Vec::new()))
+            .collect())
+    }
+
+    fn deployments(&self) -> DeploymentStore {
+        DeploymentStore::new(self.coordinator.records().clone())
     }
 
     /// The overview, for developers and for users.
@@ -308,24 +287,15 @@ impl Api {
         if !is_deployment_id(id) {
             return Err(not_found("deployment", id));
         }
-        self.coordinator
-            .records()
-            .get::<DeploymentRecord>(collection::DEPLOYMENTS, id)
+        self.deployments()
+            .record(id)
             .await
             .map_err(store_error)?
             .ok_or_else(|| not_found("deployment", id))
     }
 
     async fn targets(&self, id: &str) -> Result<Vec<TargetRecord>, ApiError> {
-        Ok(self
-            .coordinator
-            .records()
-            .scan::<TargetRecord>(collection::TARGETS, &format!("{id}/"))
-            .await
-            .map_err(store_error)?
-            .into_iter()
-            .map(|(_, target)| target)
-            .collect())
+        self.deployments().targets(id).await.map_err(store_error)
     }
 
     /// One deployment's summary; without error texts unless `details`.
@@ -356,11 +326,7 @@ impl Api {
     }
 
     async fn log_lines(&self, id: &str) -> Result<Vec<(String, Vec<LogLine>)>, ApiError> {
-        self.coordinator
-            .records()
-            .scan::<Vec<LogLine>>(collection::LOGS, &format!("{id}/"))
-            .await
-            .map_err(store_error)
+        self.deployments().log_chunks(id).await.map_err(store_error)
     }
 
     async fn route(&self, request: &Request) -> Answer {
@@ -655,11 +621,7 @@ pub(crate) async fn logs(api: &Api, request: &Request, id: &str) -> Answer {
     Ok(Response::streamed(
         200,
         "application/x-ndjson",
-        follow_stream(
-            Arc::clone(&api.coordinator),
-            id.to_owned(),
-            api.stop.clone(),
-        ),
+        follow_stream(api.deployments(), id.to_owned(), api.stop.clone()),
     ))
 }
 
@@ -728,29 +690,19 @@ async fn trigger(api: &Api, request: &Request) -> Answer {
             .map_err(ApiError::from)?;
         return Ok(accepted(request, &started.deployment_id, "pending"));
     };
-    let records = api.coordinator.records();
+    let keys = IdempotencyStore::new(api.coordinator.records().clone());
     let deadline = Instant::now() + IDEMPOTENCY_WAIT;
     loop {
         let created_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64;
-        let mine = IdempotentAnswer {
-            fingerprint: fingerprint.clone(),
-            deployment_id: crate::deployment::new_deployment_id(created_ms),
-            state: "starting".to_owned(),
+        let mine = IdempotencyRecord::starting(
+            fingerprint.clone(),
+            crate::deployment::new_deployment_id(created_ms),
             created_ms,
-        };
-        let text = serde_json::to_string(&mine).map_err(|error| store_error(error.to_string()))?;
-        let taken = records
-            .apply(vec![StoreOp::insert(
-                collection::IDEMPOTENCY,
-                &key,
-                text.clone(),
-            )])
-            .await
-            .map_err(store_error)?;
-        let Some(conflict) = taken else {
+        );
+        let Some(earlier) = keys.claim(&key, &mine).await.map_err(store_error)? else {
             // This request owns the key: start, then record the outcome for the others.
             return match api
                 .coordinator
@@ -758,40 +710,24 @@ async fn trigger(api: &Api, request: &Request) -> Answer {
                 .await
             {
                 Ok(started) => {
-                    let done = IdempotentAnswer {
-                        state: started_state(),
-                        ..mine
-                    };
-                    let done = serde_json::to_string(&done)
-                        .map_err(|error| store_error(error.to_string()))?;
-                    records
-                        .apply(vec![StoreOp::put(collection::IDEMPOTENCY, &key, done)
-                            .when(Condition::Equals(text))])
-                        .await
-                        .map_err(store_error)?;
+                    keys.started(&key, &mine).await.map_err(store_error)?;
                     Ok(accepted(request, &started.deployment_id, "pending"))
                 }
                 Err(error) => {
                     // Nothing started: free the key, so a retry can start it.
-                    let _ = records
-                        .apply(vec![StoreOp::delete(collection::IDEMPOTENCY, &key)
-                            .when(Condition::Equals(text))])
-                        .await;
+                    let _ = keys.release(&key, &mine).await;
                     Err(ApiError::from(error))
                 }
             };
         };
-        match conflict
-            .current
-            .and_then(|text| serde_json::from_str::<IdempotentAnswer>(&text).ok())
-        {
+        match earlier {
             Some(earlier) if earlier.fingerprint != fingerprint => {
                 return Err(ApiError::unprocessable(
                     "idempotency_key_reused",
                     "this Idempotency-Key was used with a different body; use a new key for a new request",
                 ))
             }
-            Some(earlier) if earlier.state != "starting" => {
+            Some(earlier) if !earlier.is_starting() => {
                 return Ok(accepted(request, &earlier.deployment_id, "pending"))
             }
             // Another request with this key is starting it (or the key was just freed): wait
@@ -1273,56 +1209,46 @@ fn accepted(request: &Request, deployment_id: &str, status: &str) -> Response {
 /// NDJSON of a deployment's log: what is stored, then new lines as they are stored, until the
 /// deployment ends (a last `{"end": …}` line says how).
 fn follow_stream(
-    coordinator: Arc<Coordinator>,
+    deployments: DeploymentStore,
     id: String,
     stop: CancellationToken,
 ) -> plugin_guest::BodyStream {
-    let state = (coordinator, id, None::<String>, false, stop);
+    let state = (deployments, id, None::<String>, false, stop);
     Box::pin(futures_util::stream::unfold(
         state,
-        |(coordinator, id, mut after, ended, stop)| async move {
+        |(deployments, id, mut after, ended, stop)| async move {
             if ended {
                 return None;
             }
             loop {
-                let records = coordinator.records();
                 // Read the status first: lines stored before it ended are then all visible.
-                let status = records
-                    .get::<DeploymentRecord>(collection::DEPLOYMENTS, &id)
+                let status = deployments
+                    .record(&id)
                     .await
                     .ok()
                     .flatten()
                     .map(|record| record.status);
-                let chunks = records
-                    .page(
-                        collection::LOGS,
-                        Some(after.clone().unwrap_or_else(|| format!("{id}/"))),
-                        100,
-                    )
+                let chunks = deployments
+                    .log_chunks_after(&id, after.as_deref(), 100)
                     .await
                     .unwrap_or_default();
                 let mut out = Vec::new();
-                for (key, text) in chunks {
-                    if !key.starts_with(&format!("{id}/")) {
-                        break;
-                    }
-                    if let Ok(lines) = serde_json::from_str::<Vec<LogLine>>(&text) {
-                        for line in lines {
-                            out.extend(serde_json::to_vec(&line).unwrap_or_default());
-                            out.push(b'\n');
-                        }
+                for (key, lines) in chunks {
+                    for line in lines {
+                        out.extend(serde_json::to_vec(&line).unwrap_or_default());
+                        out.push(b'\n');
                     }
                     after = Some(key);
                 }
                 if !out.is_empty() {
-                    return Some((out, (coordinator, id, after, false, stop)));
+                    return Some((out, (deployments, id, after, false, stop)));
                 }
                 match status {
                     Some(status) if status.is_terminal() => {
                         let mut end = serde_json::to_vec(&json!({ "end": true, "status": status }))
                             .unwrap_or_default();
                         end.push(b'\n');
-                        return Some((end, (coordinator, id, after, true, stop)));
+                        return Some((end, (deployments, id, after, true, stop)));
                     }
                     None => return None,
                     Some(_) => {}
