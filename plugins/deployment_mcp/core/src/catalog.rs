@@ -220,10 +220,8 @@ impl Catalog {
         stored: StoredEnvironment,
         secrets: Option<Secrets>,
     ) -> Result<(), String> {
-        self.records
-            .apply(save_ops(stored, secrets)?)
-            .await
-            .map(|_| ())
+        self.records.apply(save_ops(stored, secrets)?).await?;
+        Ok(())
     }
 
     /// An environment's secrets, for a trigger about to run it.
@@ -258,7 +256,7 @@ impl Catalog {
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<StoredEnvironment>, String> {
-        self.records.get(collection::ENVIRONMENTS, id).await
+        Ok(self.records.get(collection::ENVIRONMENTS, id).await?)
     }
 
     /// Adds a new environment; false when the id is taken.
@@ -366,7 +364,7 @@ impl Catalog {
     }
 
     pub async fn health(&self, id: &str) -> Result<Option<HealthReport>, String> {
-        self.records.get(collection::HEALTH, id).await
+        Ok(self.records.get(collection::HEALTH, id).await?)
     }
 
     pub async fn all_health(

@@ -82,6 +82,12 @@ impl From<String> for StartError {
     }
 }
 
+impl From<records::StoreError> for StartError {
+    fn from(error: records::StoreError) -> StartError {
+        StartError::Store(error.into())
+    }
+}
+
 struct RunHandle {
     cancel: CancellationToken,
     reason: Arc<Mutex<Option<StopReason>>>,
@@ -320,9 +326,9 @@ impl Coordinator {
     }
 
     async fn next_log_chunk(&self, deployment_id: &str) -> Result<u64, String> {
-        crate::store::DeploymentStore::new(self.records.clone())
+        Ok(crate::store::DeploymentStore::new(self.records.clone())
             .next_log_chunk(deployment_id)
-            .await
+            .await?)
     }
 
     /// Starts a deployment and returns its first record; the run goes on in the background.

@@ -36,6 +36,35 @@ pub mod collection {
     pub const META: &str = "deployment_mcp.meta";
 }
 
+/// What went wrong with the store: the host's own message (it names the collection and the
+/// cause), a call that did not finish, or a record that does not encode or decode (named).
+/// Layers above keep it as text where they add their own context.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Host(String),
+    #[error("store call did not finish: {0}")]
+    Interrupted(String),
+    #[error("cannot encode {collection}/{key}: {message}")]
+    Encode {
+        collection: String,
+        key: String,
+        message: String,
+    },
+    #[error("stored record {collection}/{key} is unreadable: {message}")]
+    Decode {
+        collection: String,
+        key: String,
+        message: String,
+    },
+}
+
+impl From<StoreError> for String {
+    fn from(error: StoreError) -> String {
+        error.to_string()
+    }
+}
+
 /// The largest page the store hands out.
 const PAGE: u32 = 10_000;
 
@@ -56,11 +85,12 @@ impl Records {
     async fn blocking<T: Send + 'static>(
         &self,
         call: impl FnOnce(&Host) -> Result<T, String> + Send + 'static,
-    ) -> Result<T, String> {
+    ) -> Result<T, StoreError> {
         let host = self.host.clone();
         tokio::task::spawn_blocking(move || call(&host))
             .await
-            .map_err(|error| format!("store call did not finish: {error}"))?
+            .map_err(|error| StoreError::Interrupted(error.to_string()))?
+            .map_err(StoreError::Host)
     }
 
     pub async fn put<T: Serialize>(
@@ -68,9 +98,8 @@ impl Records {
         collection: &'static str,
         key: &str,
         value: &T,
-    ) -> Result<(), String> {
-        let text = serde_json::to_string(value)
-            .map_err(|error| format!("cannot encode {collection}/{key}: {error}"))?;
+    ) -> Result<(), StoreError> {
+        let text = encode(collection, key, value)?;
         let key = key.to_owned();
         self.blocking(move |host| host.store_put(collection, &key, &text))
             .await
@@ -80,7 +109,7 @@ impl Records {
         &self,
         collection: &'static str,
         key: &str,
-    ) -> Result<Option<T>, String> {
+    ) -> Result<Option<T>, StoreError> {
         let owned = key.to_owned();
         let text = self
             .blocking(move |host| host.store_get(collection, &owned))
@@ -93,7 +122,7 @@ impl Records {
         &self,
         collection: &'static str,
         key: &str,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, StoreError> {
         let key = key.to_owned();
         self.blocking(move |host| host.store_get(collection, &key))
             .await
@@ -101,14 +130,14 @@ impl Records {
 
     /// Applies `ops` in one transaction if every condition holds; else nothing, and the first
     /// conflict.
-    pub async fn apply(&self, ops: Vec<StoreOp>) -> Result<Option<Conflict>, String> {
+    pub async fn apply(&self, ops: Vec<StoreOp>) -> Result<Option<Conflict>, StoreError> {
         if ops.is_empty() {
             return Ok(None);
         }
         self.blocking(move |host| host.store_apply(&ops)).await
     }
 
-    pub async fn delete(&self, collection: &'static str, key: &str) -> Result<bool, String> {
+    pub async fn delete(&self, collection: &'static str, key: &str) -> Result<bool, StoreError> {
         let key = key.to_owned();
         self.blocking(move |host| host.store_delete(collection, &key))
             .await
@@ -120,7 +149,7 @@ impl Records {
         collection: &'static str,
         after: Option<String>,
         limit: u32,
-    ) -> Result<Vec<(String, String)>, String> {
+    ) -> Result<Vec<(String, String)>, StoreError> {
         self.blocking(move |host| host.store_list(collection, after.as_deref(), limit))
             .await
     }
@@ -130,7 +159,7 @@ impl Records {
         &self,
         collection: &'static str,
         prefix: &str,
-    ) -> Result<Vec<(String, T)>, String> {
+    ) -> Result<Vec<(String, T)>, StoreError> {
         let mut rows = Vec::new();
         // Keys sort right after the prefix minus its last byte; start there and stop past it.
         let mut after = if prefix.is_empty() {
@@ -180,12 +209,18 @@ pub fn log_key(deployment_id: &str, chunk: u64) -> String {
 }
 
 /// A value as the store holds it.
-pub fn encode<T: Serialize>(collection: &str, key: &str, value: &T) -> Result<String, String> {
-    serde_json::to_string(value)
-        .map_err(|error| format!("cannot encode {collection}/{key}: {error}"))
+pub fn encode<T: Serialize>(collection: &str, key: &str, value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|error| StoreError::Encode {
+        collection: collection.to_owned(),
+        key: key.to_owned(),
+        message: error.to_string(),
+    })
 }
 
-fn decode<T: DeserializeOwned>(collection: &str, key: &str, text: &str) -> Result<T, String> {
-    serde_json::from_str(text)
-        .map_err(|error| format!("stored record {collection}/{key} is unreadable: {error}"))
+fn decode<T: DeserializeOwned>(collection: &str, key: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|error| StoreError::Decode {
+        collection: collection.to_owned(),
+        key: key.to_owned(),
+        message: error.to_string(),
+    })
 }

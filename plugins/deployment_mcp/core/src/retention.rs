@@ -158,7 +158,8 @@ async fn delete_deployment(
     for key in keys_with_prefix(records, collection::LOGS, &prefix).await? {
         ops.push(StoreOp::delete(collection::LOGS, &key));
     }
-    records.apply(ops).await.map(|_| ())
+    records.apply(ops).await?;
+    Ok(())
 }
 
 async fn prune_idempotency(records: &Records, now_ms: u64) -> Result<usize, String> {

@@ -168,8 +168,8 @@ fn bad_field(error: FieldError) -> ApiError {
     ApiError::BadField(error)
 }
 
-fn store_error(error: String) -> ApiError {
-    ApiError::Store(error)
+fn store_error(error: impl Into<String>) -> ApiError {
+    ApiError::Store(error.into())
 }
 
 fn not_found(what: &'static str, id: &str) -> ApiError {

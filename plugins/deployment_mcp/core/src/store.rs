@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     deployment::{DeploymentRecord, TargetRecord},
-    records::{collection, Records},
+    records::{collection, Records, StoreError},
     triggers::LogLine,
 };
 
@@ -30,12 +30,12 @@ impl DeploymentStore {
         DeploymentStore { records }
     }
 
-    pub async fn record(&self, id: &str) -> Result<Option<DeploymentRecord>, String> {
+    pub async fn record(&self, id: &str) -> Result<Option<DeploymentRecord>, StoreError> {
         self.records.get(collection::DEPLOYMENTS, id).await
     }
 
     /// The deployment's per-environment results, in environment order.
-    pub async fn targets(&self, id: &str) -> Result<Vec<TargetRecord>, String> {
+    pub async fn targets(&self, id: &str) -> Result<Vec<TargetRecord>, StoreError> {
         Ok(self
             .records
             .scan::<TargetRecord>(collection::TARGETS, &prefix(id))
@@ -46,7 +46,7 @@ impl DeploymentStore {
     }
 
     /// Every stored chunk of the deployment's log, in order.
-    pub async fn log_chunks(&self, id: &str) -> Result<Vec<LogChunk>, String> {
+    pub async fn log_chunks(&self, id: &str) -> Result<Vec<LogChunk>, StoreError> {
         self.records.scan(collection::LOGS, &prefix(id)).await
     }
 
@@ -56,7 +56,7 @@ impl DeploymentStore {
         id: &str,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<LogChunk>, String> {
+    ) -> Result<Vec<LogChunk>, StoreError> {
         let start = after.map_or_else(|| prefix(id), str::to_owned);
         let rows = self
             .records
@@ -75,7 +75,7 @@ impl DeploymentStore {
     }
 
     /// The number the deployment's next log chunk gets (after every stored one).
-    pub async fn next_log_chunk(&self, id: &str) -> Result<u64, String> {
+    pub async fn next_log_chunk(&self, id: &str) -> Result<u64, StoreError> {
         let chunks = self
             .records
             .scan::<serde_json::Value>(collection::LOGS, &prefix(id))
@@ -87,7 +87,7 @@ impl DeploymentStore {
     }
 
     /// The records of the deployments running now (any copy's).
-    pub async fn active(&self) -> Result<Vec<DeploymentRecord>, String> {
+    pub async fn active(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
         let mut active = Vec::new();
         for (id, _) in self
             .records
@@ -141,8 +141,8 @@ impl IdempotencyRecord {
         self.state == "starting"
     }
 
-    fn text(&self) -> Result<String, String> {
-        serde_json::to_string(self).map_err(|error| error.to_string())
+    fn text(&self) -> Result<String, StoreError> {
+        crate::records::encode(collection::IDEMPOTENCY, &self.deployment_id, self)
     }
 }
 
@@ -162,7 +162,7 @@ impl IdempotencyStore {
         &self,
         key: &str,
         mine: &IdempotencyRecord,
-    ) -> Result<Option<Option<IdempotencyRecord>>, String> {
+    ) -> Result<Option<Option<IdempotencyRecord>>, StoreError> {
         let taken = self
             .records
             .apply(vec![StoreOp::insert(
@@ -179,7 +179,7 @@ impl IdempotencyStore {
     }
 
     /// Records that the holder's deployment is recorded (only while the key holds `mine`).
-    pub async fn started(&self, key: &str, mine: &IdempotencyRecord) -> Result<(), String> {
+    pub async fn started(&self, key: &str, mine: &IdempotencyRecord) -> Result<(), StoreError> {
         let done = IdempotencyRecord {
             state: started_state(),
             ..mine.clone()
@@ -196,7 +196,7 @@ impl IdempotencyStore {
     }
 
     /// Frees the key when nothing started (only while it holds `mine`), so a retry can start.
-    pub async fn release(&self, key: &str, mine: &IdempotencyRecord) -> Result<(), String> {
+    pub async fn release(&self, key: &str, mine: &IdempotencyRecord) -> Result<(), StoreError> {
         self.records
             .apply(vec![
                 StoreOp::delete(collection::IDEMPOTENCY, key).when(Condition::Equals(mine.text()?))

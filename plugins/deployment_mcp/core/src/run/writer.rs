@@ -349,7 +349,12 @@ impl WriterTask {
             Ok(())
         })();
         let stored = match encoded {
-            Ok(()) => self.records.apply(ops).await.map(|_| ()),
+            Ok(()) => self
+                .records
+                .apply(ops)
+                .await
+                .map(|_| ())
+                .map_err(String::from),
             Err(error) => Err(error),
         };
         if let Err(error) = stored {
