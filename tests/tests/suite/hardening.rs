@@ -96,13 +96,18 @@ async fn sigterm_with_open_streams_exits_within_the_grace_period() {
         "SIGTERM to exit with 11 open streams: {} ms",
         took.as_millis()
     );
-    // Before the fix it never exited while a client stayed; the running trigger sleeps 120 s,
-    // so an exit before the 60 s bound shows that the grace period ended it.
+    // Before the fix it never exited while a client stayed (the running trigger sleeps 120 s).
     let status = status.expect("the host exits");
     assert!(
         status.success(),
         "exit status {status:?}; log:\n{}",
         host.logs()
+    );
+    // The promise to an operator (`systemctl stop`): out within the grace period plus a margin
+    // for a loaded machine. A deadline of the product, not a speed measurement.
+    assert!(
+        took < Duration::from_secs(5 + 10),
+        "took {took:?} (shutdown_grace_secs = 5)"
     );
     drop(streams);
     // The run it stopped is recorded as such, not left running.
