@@ -1,10 +1,62 @@
-//! A batch as it crosses the plugin ABI (`HostServices::store_apply`), applied to a [`Store`]:
-//! the one translation every host that lends a store to plugins uses.
+//! The store's operations as they cross the plugin ABI (`HostServices::store_*`), applied to a
+//! [`Store`]: the one translation every host that lends a store to plugins uses.
 
-use abi_stable::std_types::{ROption, RResult, RSlice, RString};
-use plugin_api::{StoreCondition, StoreConflict, StoreOp, StoreWrite};
+use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
+use plugin_api::{StoreCondition, StoreConflict, StoreEntry, StoreOp, StoreWrite};
 
 use crate::{Condition, Op, Store, Write};
+
+/// `HostServices::store_put`.
+pub fn put_abi(
+    store: &Store,
+    collection: RStr<'_>,
+    key: RStr<'_>,
+    value: RStr<'_>,
+) -> RResult<(), RString> {
+    answer(store.put(collection.as_str(), key.as_str(), value.as_str()))
+}
+
+/// `HostServices::store_get`.
+pub fn get_abi(
+    store: &Store,
+    collection: RStr<'_>,
+    key: RStr<'_>,
+) -> RResult<ROption<RString>, RString> {
+    answer(
+        store
+            .get(collection.as_str(), key.as_str())
+            .map(|value| value.map(RString::from).into()),
+    )
+}
+
+/// `HostServices::store_delete`.
+pub fn delete_abi(store: &Store, collection: RStr<'_>, key: RStr<'_>) -> RResult<bool, RString> {
+    answer(store.delete(collection.as_str(), key.as_str()))
+}
+
+/// `HostServices::store_list`.
+pub fn list_abi(
+    store: &Store,
+    collection: RStr<'_>,
+    after: ROption<RStr<'_>>,
+    limit: u32,
+) -> RResult<RVec<StoreEntry>, RString> {
+    let after = after.into_option().map(|key| key.as_str());
+    answer(store.list(collection.as_str(), after, limit).map(|rows| {
+        rows.into_iter()
+            .map(|(key, value)| StoreEntry {
+                key: key.into(),
+                value: value.into(),
+            })
+            .collect()
+    }))
+}
+
+fn answer<T>(result: Result<T, crate::StoreError>) -> RResult<T, RString> {
+    result
+        .map_err(|error| RString::from(error.to_string()))
+        .into()
+}
 
 /// Applies `ops` (borrowed from the calling plugin for the length of the call) and answers in
 /// ABI types.

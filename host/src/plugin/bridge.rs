@@ -58,24 +58,15 @@ impl HostServices for Services {
         key: RStr<'_>,
         value: RStr<'_>,
     ) -> RResult<(), RString> {
-        self.store
-            .put(collection.as_str(), key.as_str(), value.as_str())
-            .map_err(|error| RString::from(error.to_string()))
-            .into()
+        record_store::put_abi(&self.store, collection, key, value)
     }
 
     fn store_get(&self, collection: RStr<'_>, key: RStr<'_>) -> RResult<ROption<RString>, RString> {
-        match self.store.get(collection.as_str(), key.as_str()) {
-            Ok(value) => RResult::ROk(value.map(RString::from).into()),
-            Err(error) => RResult::RErr(error.to_string().into()),
-        }
+        record_store::get_abi(&self.store, collection, key)
     }
 
     fn store_delete(&self, collection: RStr<'_>, key: RStr<'_>) -> RResult<bool, RString> {
-        self.store
-            .delete(collection.as_str(), key.as_str())
-            .map_err(|error| RString::from(error.to_string()))
-            .into()
+        record_store::delete_abi(&self.store, collection, key)
     }
 
     fn store_list(
@@ -84,18 +75,7 @@ impl HostServices for Services {
         after: ROption<RStr<'_>>,
         limit: u32,
     ) -> RResult<RVec<StoreEntry>, RString> {
-        let after = after.into_option().map(|key| key.as_str());
-        match self.store.list(collection.as_str(), after, limit) {
-            Ok(rows) => RResult::ROk(
-                rows.into_iter()
-                    .map(|(key, value)| StoreEntry {
-                        key: key.into(),
-                        value: value.into(),
-                    })
-                    .collect(),
-            ),
-            Err(error) => RResult::RErr(error.to_string().into()),
-        }
+        record_store::list_abi(&self.store, collection, after, limit)
     }
 
     fn store_apply(&self, ops: RSlice<'_, StoreOp>) -> RResult<ROption<StoreConflict>, RString> {

@@ -305,13 +305,12 @@ impl Catalog {
         if let Some(slot) = environment.webhook_secret_slot() {
             keep_secret(slot, &kept.webhook_secret);
         }
-        let mut previous_environment = previous.environment.clone();
         if let (Some(given), Some(stored)) = (
             environment.webhook_url_mut(),
-            previous_environment.webhook_url_mut(),
+            previous.environment.webhook_url(),
         ) {
             if given != stored && *given == crate::redact::url(stored) {
-                *given = stored.clone();
+                *given = stored.to_owned();
             }
         }
         let shown = environment.clone();

@@ -373,22 +373,23 @@ impl EnvironmentJson {
     /// A secret given as `""` is a mistake in a new environment (an empty signing key or
     /// bearer token), not a value: the error names the field. (A replace takes `""` to clear.)
     pub fn check_secrets_not_empty(&self) -> Result<(), FieldError> {
-        for (field, value) in [
-            ("api_token", &self.api_token),
-            ("webhook_secret", &self.webhook_secret),
-        ] {
-            if value
-                .as_deref()
-                .is_some_and(|value| value.trim().is_empty())
-            {
-                return Err(FieldError::new(
-                    field,
-                    "must not be empty; omit it to send requests without one",
-                ));
-            }
-        }
-        Ok(())
+        secrets_not_empty(self.api_token.as_deref(), self.webhook_secret.as_deref())
     }
+}
+
+fn secrets_not_empty(
+    api_token: Option<&str>,
+    webhook_secret: Option<&str>,
+) -> Result<(), FieldError> {
+    for (field, value) in [("api_token", api_token), ("webhook_secret", webhook_secret)] {
+        if value.is_some_and(|value| value.trim().is_empty()) {
+            return Err(FieldError::new(
+                field,
+                "must not be empty; omit it to send requests without one",
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl TryFrom<EnvironmentJson> for Environment {
@@ -579,6 +580,17 @@ impl Environment {
     }
 
     /// The `webhook_url` of a webhook environment that has one.
+    pub fn webhook_url(&self) -> Option<&str> {
+        match &self.connection {
+            Connection::Webhook(WebhookConnection {
+                target: WebhookTarget::Url(url),
+                ..
+            }) => Some(url),
+            _ => None,
+        }
+    }
+
+    /// The same, to change it.
     pub fn webhook_url_mut(&mut self) -> Option<&mut String> {
         match &mut self.connection {
             Connection::Webhook(WebhookConnection {
@@ -591,7 +603,7 @@ impl Environment {
 
     /// See [`EnvironmentJson::check_secrets_not_empty`].
     pub fn check_secrets_not_empty(&self) -> Result<(), FieldError> {
-        EnvironmentJson::from(self.clone()).check_secrets_not_empty()
+        secrets_not_empty(self.api_token(), self.webhook_secret())
     }
 
     /// The environment as the API shows it: every field but the secrets (whether each is set

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     deployment::{HistoryEntry, Phase},
-    records::{self, collection, Records},
+    records::{self, collection, Records, StoreError},
 };
 
 /// Collections of the indexes.
@@ -76,6 +76,21 @@ fn by_environment_key(environment: &str, history_key: &str) -> String {
     format!("{environment}/{history_key}")
 }
 
+/// The write that makes a finished deployment `environment`'s last one.
+fn last_deployment_op(entry: &HistoryEntry, environment: &str) -> Result<StoreOp, StoreError> {
+    let last = LastDeployment {
+        deployment_id: entry.deployment_id.clone(),
+        status: entry.status,
+        succeeded: !entry.failed_environments.iter().any(|e| e == environment),
+        finished_at: entry.finished_at.clone(),
+    };
+    Ok(StoreOp::put(
+        index::LAST_DEPLOYMENT,
+        environment,
+        records::encode(index::LAST_DEPLOYMENT, environment, &last)?,
+    ))
+}
+
 /// The writes that index a deployment just recorded (its history entry is written beside them).
 pub fn created_ops(history_key: &str, entry: &HistoryEntry) -> Result<Vec<StoreOp>, String> {
     let mut ops = Vec::with_capacity(entry.environments.len() * 2 + 2);
@@ -122,17 +137,7 @@ pub fn moved_ops(
     ));
     if entry.status.is_terminal() && !from.is_terminal() {
         for environment in &entry.environments {
-            let last = LastDeployment {
-                deployment_id: entry.deployment_id.clone(),
-                status: entry.status,
-                succeeded: !entry.failed_environments.iter().any(|e| e == environment),
-                finished_at: entry.finished_at.clone(),
-            };
-            ops.push(StoreOp::put(
-                index::LAST_DEPLOYMENT,
-                environment,
-                records::encode(index::LAST_DEPLOYMENT, environment, &last)?,
-            ));
+            ops.push(last_deployment_op(entry, environment)?);
         }
     }
     Ok(ops)
@@ -442,17 +447,7 @@ impl History {
                     *environment_counts.entry(environment.clone()).or_default() += 1;
                     // Newest first: the first finished entry seen is the last deployment.
                     if entry.status.is_terminal() && last_seen.insert(environment.clone()) {
-                        let last = LastDeployment {
-                            deployment_id: entry.deployment_id.clone(),
-                            status: entry.status,
-                            succeeded: !entry.failed_environments.iter().any(|e| e == environment),
-                            finished_at: entry.finished_at.clone(),
-                        };
-                        ops.push(StoreOp::put(
-                            index::LAST_DEPLOYMENT,
-                            environment,
-                            records::encode(index::LAST_DEPLOYMENT, environment, &last)?,
-                        ));
+                        ops.push(last_deployment_op(&entry, environment)?);
                     }
                 }
                 indexed += 1;
