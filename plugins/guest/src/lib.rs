@@ -67,16 +67,21 @@ impl Request {
 
     /// The first value of a query parameter (no percent-decoding beyond `+` and `%XX`).
     pub fn query_param(&self, name: &str) -> Option<String> {
-        self.query.split('&').find_map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(key) == name).then(|| percent_decode(value))
-        })
+        query_param(&self.query, name)
     }
 
     /// The caller's role, or `None` for an anonymous request.
     pub fn role(&self) -> Option<Role> {
         self.principal.as_ref().map(|caller| caller.role)
     }
+}
+
+/// The first value of parameter `name` in a query string (`a=1&b=2`), decoded (`+` and `%XX`).
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(key) == name).then(|| percent_decode(value))
+    })
 }
 
 fn percent_decode(text: &str) -> String {

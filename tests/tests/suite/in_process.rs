@@ -1,7 +1,7 @@
 //! The plugin's handler in this process, on `LocalHost`: no binary, no peers. The in-process
 //! modules of the suite (`routes_roles`, `history_paging`, `lifecycle`) build on it.
 
-use deployment_mcp_core::routes::Api;
+use deployment_mcp_core::api::Api;
 use e2e::scenario::environments;
 use plugin_api::Role;
 use plugin_guest::{Caller, Handler, Request, Response};

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use deployment_mcp_core::{environments, routes::Api};
+use deployment_mcp_core::{api::Api, catalog::ImportError, environments, BuildError};
 use futures_util::StreamExt as _;
 use plugin_guest::{Caller, Handler as _, Request, Role};
 use plugin_local_host::LocalHost;
@@ -99,11 +99,13 @@ impl Backend {
             env!("CARGO_PKG_VERSION"),
         )
         .await
-        .map_err(|error| {
-            CliError::Usage(error.replace(
+        .map_err(|error| match error {
+            BuildError::Import(ImportError::File(message)) => CliError::Usage(message.replace(
                 "set [plugins.deployment_mcp.settings] environments_file to an existing file",
                 "pass --environments with an existing file",
-            ))
+            )),
+            BuildError::Settings(message) => CliError::Usage(message),
+            other => CliError::Failed(other.to_string()),
         })?;
         let file_environments = environments::load_file(&environments_file)
             .map_err(CliError::Usage)?
@@ -223,6 +225,22 @@ impl Backend {
         } else {
             Err(self.error(status, &answer))
         }
+    }
+
+    /// Like [`Backend::call_expecting`], read as the API's wire type `T`.
+    pub async fn fetch<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        expected: u16,
+    ) -> Result<T, CliError> {
+        let answer = self.call_expecting(method, path, body, expected).await?;
+        serde_json::from_value(answer).map_err(|error| {
+            CliError::Failed(format!(
+                "the answer to {method} {path} is not what this deployment-mcp reads ({error}); are the CLI and the plugin from the same release?"
+            ))
+        })
     }
 
     /// What an error answer means for the user, and what to do about it.

@@ -1,7 +1,13 @@
 //! The read commands and the environment check: one API call (or a few), printed readably.
 
+use std::collections::BTreeMap;
+
+use deployment_mcp_core::wire::{
+    ConnectionDetails, DeploymentEntry, DeploymentSummary, EnvironmentList, EnvironmentView,
+    HealthCheckAnswer, HealthView, HistoryPage, StatusOverview,
+};
 use futures_util::StreamExt as _;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::{
     backend::Backend,
@@ -13,69 +19,63 @@ use crate::{
 const PARALLEL_CHECKS: usize = 8;
 
 /// The registered environments; in-process, the ones of the environments file.
-async fn environments(backend: &Backend) -> Result<Vec<Value>, CliError> {
-    let answer = backend
-        .call_expecting("GET", "/environments", None, 200)
-        .await?;
-    Ok(answer["environments"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+async fn environments(backend: &Backend) -> Result<Vec<EnvironmentView>, CliError> {
+    let answer: EnvironmentList = backend.fetch("GET", "/environments", None, 200).await?;
+    Ok(answer
+        .environments
         .into_iter()
-        .filter(|environment| {
-            let id = environment["environment_id"].as_str().unwrap_or_default();
-            backend.knows_environment(id) != Some(false)
-        })
+        .filter(|environment| backend.knows_environment(&environment.environment_id) != Some(false))
         .collect())
 }
 
 /// Where a trigger goes: `user@host:port`, a URL, or the command.
-fn target(environment: &Value) -> String {
-    let host = environment["host"].as_str();
-    let port = environment["port"].as_u64();
-    let host_port = |default: u64| {
-        host.map(|host| format!("{host}:{}", port.unwrap_or(default)))
+fn target(environment: &EnvironmentView) -> String {
+    let Some(details) = &environment.connection else {
+        return "-".into();
+    };
+    let host_port = |default: u16| {
+        details
+            .host
+            .as_ref()
+            .map(|host| format!("{host}:{}", details.port.unwrap_or(default)))
             .unwrap_or_else(|| "-".into())
     };
-    match environment["connection_method"]
-        .as_str()
-        .unwrap_or_default()
-    {
-        "ssh" => match environment["username"].as_str() {
+    match environment.connection_method.as_str() {
+        "ssh" => match &details.username {
             Some(user) => format!("{user}@{}", host_port(22)),
             None => host_port(22),
         },
         "http_api" => host_port(80),
-        "webhook" => environment["webhook_url"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| host_port(80)),
-        "local" => match environment["command"].as_array() {
-            Some(parts) => {
-                let parts: Vec<&str> = parts.iter().filter_map(Value::as_str).collect();
-                shlex::try_join(parts.iter().copied()).unwrap_or_else(|_| parts.join(" "))
-            }
-            None => output::text(&environment["init_script_path"]),
-        },
+        "webhook" => details.webhook_url.clone().unwrap_or_else(|| host_port(80)),
+        "local" => local_program(details),
         _ => "-".into(),
     }
 }
 
-fn health(report: &Value) -> String {
-    if report.is_null() {
-        return "-".into();
+fn local_program(details: &ConnectionDetails) -> String {
+    match &details.command {
+        Some(parts) => {
+            shlex::try_join(parts.iter().map(String::as_str)).unwrap_or_else(|_| parts.join(" "))
+        }
+        None => output::dash(details.init_script_path.as_deref()),
     }
-    let when = output::short_time(report["checked_at"].as_str().unwrap_or_default());
-    if report["healthy"] == true {
+}
+
+fn health(report: Option<&HealthView>) -> String {
+    let Some(report) = report else {
+        return "-".into();
+    };
+    let when = output::short_time(&report.checked_at);
+    if report.healthy {
         format!(
             "healthy ({}, {when})",
-            output::duration(report["latency_ms"].as_u64())
+            output::duration(Some(report.latency_ms))
         )
     } else {
-        let why = report["error"]
-            .as_str()
-            .map(str::to_owned)
-            .or_else(|| report["http_status"].as_u64().map(|s| format!("HTTP {s}")))
+        let why = report
+            .error
+            .clone()
+            .or_else(|| report.http_status.map(|status| format!("HTTP {status}")))
             .unwrap_or_else(|| "no answer".into());
         format!("unhealthy: {why} ({when})")
     }
@@ -84,22 +84,21 @@ fn health(report: &Value) -> String {
 pub async fn environments_list(backend: &Backend, json: bool) -> Result<u8, CliError> {
     let list = environments(backend).await?;
     if json {
-        output::print_json(&json!({ "environments": list, "total_count": list.len() }));
+        output::print_json(&EnvironmentList {
+            total_count: list.len() as u64,
+            environments: list,
+        });
         return Ok(0);
     }
     let mut table = Table::new(&["ID", "TYPE", "METHOD", "TARGET", "ENABLED", "LAST HEALTH"]);
     for environment in &list {
         table.row(vec![
-            output::text(&environment["environment_id"]),
-            output::text(&environment["environment_type"]),
-            output::text(&environment["connection_method"]),
+            environment.environment_id.clone(),
+            environment.environment_type.as_str().to_owned(),
+            environment.connection_method.as_str().to_owned(),
             target(environment),
-            if environment["enabled"] == false {
-                "no".into()
-            } else {
-                "yes".into()
-            },
-            health(&environment["last_health"]),
+            if environment.enabled { "yes" } else { "no" }.into(),
+            health(environment.last_health.as_ref()),
         ]);
     }
     if table.is_empty() {
@@ -115,41 +114,41 @@ pub async fn environments_list(backend: &Backend, json: bool) -> Result<u8, CliE
 pub async fn environments_check(backend: &Backend, json: bool) -> Result<u8, CliError> {
     let list = environments(backend).await?;
     let mut checked = Vec::new();
-    let mut skipped = Vec::new();
+    let mut skipped: Vec<(String, &str)> = Vec::new();
     for environment in &list {
-        let id = output::text(&environment["environment_id"]);
-        if environment["enabled"] == false {
-            skipped.push(json!({ "environment_id": id, "reason": "disabled" }));
-        } else if environment["health_check_url"].is_null() {
-            skipped.push(json!({ "environment_id": id, "reason": "no health_check_url" }));
+        let id = environment.environment_id.clone();
+        let has_url = environment
+            .connection
+            .as_ref()
+            .is_some_and(|details| details.health_check_url.is_some());
+        if !environment.enabled {
+            skipped.push((id, "disabled"));
+        } else if !has_url {
+            skipped.push((id, "no health_check_url"));
         } else {
             checked.push(id);
         }
     }
-    let mut results: Vec<Value> = futures_util::stream::iter(checked)
+    let mut results: Vec<HealthCheckAnswer> = futures_util::stream::iter(checked)
         .map(|id| async move {
             let path = format!("/environments/{id}/health-check");
-            match backend.call("POST", &path, None).await {
-                Ok((200, answer)) => Ok(answer),
-                Ok((status, answer)) => Err(backend.error(status, &answer)),
-                Err(error) => Err(error),
-            }
+            backend.fetch("POST", &path, None, 200).await
         })
         .buffer_unordered(PARALLEL_CHECKS)
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect::<Result<_, _>>()?;
-    results.sort_by(|a, b| {
-        a["environment_id"]
-            .as_str()
-            .cmp(&b["environment_id"].as_str())
-    });
+    results.sort_by(|a, b| a.environment_id.cmp(&b.environment_id));
     let unhealthy = results
         .iter()
-        .filter(|result| result["health"]["healthy"] != true)
+        .filter(|result| !result.health.healthy)
         .count();
     if json {
+        let skipped: Vec<_> = skipped
+            .iter()
+            .map(|(id, reason)| json!({ "environment_id": id, "reason": reason }))
+            .collect();
         output::print_json(&json!({
             "registry": backend.registry(),
             "environments": list.len(),
@@ -171,17 +170,13 @@ pub async fn environments_check(backend: &Backend, json: bool) -> Result<u8, Cli
         let mut table = Table::new(&["ENVIRONMENT", "URL", "HEALTH"]);
         for result in &results {
             table.row(vec![
-                output::text(&result["environment_id"]),
-                output::text(&result["health"]["url"]),
-                health(&result["health"]),
+                result.environment_id.clone(),
+                output::dash(result.health.url.as_deref()),
+                health(Some(&result.health)),
             ]);
         }
-        for skip in &skipped {
-            table.row(vec![
-                output::text(&skip["environment_id"]),
-                "-".into(),
-                format!("skipped: {}", output::text(&skip["reason"])),
-            ]);
+        for (id, reason) in &skipped {
+            table.row(vec![id.clone(), "-".into(), format!("skipped: {reason}")]);
         }
         if !table.is_empty() {
             outln!();
@@ -203,91 +198,95 @@ fn query_escape(text: &str) -> String {
 }
 
 pub async fn status(backend: &Backend, id: Option<&str>, json: bool) -> Result<u8, CliError> {
-    let path = match id {
-        Some(id) => format!("/status?id={}", query_escape(id)),
-        None => "/status".to_owned(),
-    };
-    let answer = backend.call_expecting("GET", &path, None, 200).await?;
+    if let Some(id) = id {
+        let path = format!("/status?id={}", query_escape(id));
+        let summary: DeploymentSummary = backend.fetch("GET", &path, None, 200).await?;
+        if json {
+            output::print_json(&summary);
+        } else {
+            print_deployment(&summary.entry, Some(&summary.environment_status));
+        }
+        return Ok(0);
+    }
+    let answer: StatusOverview = backend.fetch("GET", "/status", None, 200).await?;
     if json {
         output::print_json(&answer);
         return Ok(0);
     }
-    if id.is_some() {
-        print_deployment(&answer);
-        return Ok(0);
-    }
     outln!(
         "status: {} (plugin {})",
-        output::text(&answer["status"]),
-        output::text(&answer["plugin_version"])
+        answer.status.as_str(),
+        answer.plugin_version
     );
-    let active = answer["active"].as_array().cloned().unwrap_or_default();
-    if !active.is_empty() {
+    if !answer.active.is_empty() {
         outln!();
         outln!("active:");
-        history_table(&active).print();
+        history_table(&answer.active).print();
     }
-    if !answer["latest"].is_null() {
+    if let Some(latest) = &answer.latest {
         outln!();
         outln!("latest finished:");
-        print_deployment(&answer["latest"]);
+        print_deployment(latest, None);
     }
-    if active.is_empty() && answer["latest"].is_null() {
+    if answer.active.is_empty() && answer.latest.is_none() {
         outln!("no deployments yet");
     }
     Ok(0)
 }
 
-fn print_deployment(entry: &Value) {
-    outln!("  deployment:   {}", output::text(&entry["deployment_id"]));
+fn print_deployment(
+    entry: &DeploymentEntry,
+    statuses: Option<&BTreeMap<String, deployment_mcp_core::deployment::TargetStatus>>,
+) {
+    outln!("  deployment:   {}", entry.deployment_id);
     outln!(
         "  status:       {} ({}%)",
-        output::text(&entry["status"]),
-        output::text(&entry["progress"])
+        entry.status.as_str(),
+        entry.progress
     );
-    outln!("  version:      {}", output::text(&entry["version"]));
-    outln!("  triggered by: {}", output::text(&entry["triggered_by"]));
     outln!(
-        "  created:      {}",
-        output::short_time(entry["created_at"].as_str().unwrap_or("-"))
+        "  version:      {}",
+        output::dash(Some(entry.version.as_str()))
     );
-    if !entry["finished_at"].is_null() {
+    outln!(
+        "  triggered by: {}",
+        output::dash(Some(entry.triggered_by.as_str()))
+    );
+    outln!("  created:      {}", output::short_time(&entry.created_at));
+    if let Some(finished_at) = &entry.finished_at {
         outln!(
             "  finished:     {} (after {})",
-            output::short_time(entry["finished_at"].as_str().unwrap_or("-")),
-            output::duration(entry["duration_ms"].as_u64())
+            output::short_time(finished_at),
+            output::duration(entry.duration_ms)
         );
     }
-    if !entry["retry_of"].is_null() {
-        outln!("  retry of:     {}", output::text(&entry["retry_of"]));
+    if let Some(retry_of) = &entry.retry_of {
+        outln!("  retry of:     {retry_of}");
     }
-    if !entry["error"].is_null() {
-        outln!("  error:        {}", output::text(&entry["error"]));
+    if let Some(error) = &entry.error {
+        outln!("  error:        {error}");
     }
-    match entry["environment_status"].as_object() {
+    match statuses {
         Some(statuses) if !statuses.is_empty() => {
             let mut table = Table::new(&["  ENVIRONMENT", "STATUS"]);
             for (environment, status) in statuses {
-                table.row(vec![format!("  {environment}"), output::text(status)]);
+                table.row(vec![format!("  {environment}"), status.as_str().to_owned()]);
             }
             table.print();
         }
         _ => {
-            outln!("  environments: {}", output::list(&entry["environments"]));
-            if entry["failed_environments"]
-                .as_array()
-                .is_some_and(|failed| !failed.is_empty())
-            {
+            outln!("  environments: {}", output::join(&entry.environments));
+            if !entry.failed_environments.is_empty() {
                 outln!(
                     "  failed:       {}",
-                    output::list(&entry["failed_environments"])
+                    output::join(&entry.failed_environments)
                 );
             }
         }
     }
 }
 
-fn history_table(entries: &[Value]) -> Table {
+fn history_table(entries: &[DeploymentEntry]) -> Table {
     let mut table = Table::new(&[
         "DEPLOYMENT",
         "STATUS",
@@ -300,14 +299,14 @@ fn history_table(entries: &[Value]) -> Table {
     ]);
     for entry in entries {
         table.row(vec![
-            output::text(&entry["deployment_id"]),
-            output::text(&entry["status"]),
-            output::text(&entry["version"]),
-            output::list(&entry["environments"]),
-            output::list(&entry["failed_environments"]),
-            output::short_time(entry["created_at"].as_str().unwrap_or("-")),
-            output::duration(entry["duration_ms"].as_u64()),
-            output::text(&entry["triggered_by"]),
+            entry.deployment_id.clone(),
+            entry.status.as_str().to_owned(),
+            output::dash(Some(entry.version.as_str())),
+            output::join(&entry.environments),
+            output::join(&entry.failed_environments),
+            output::short_time(&entry.created_at),
+            output::duration(entry.duration_ms),
+            output::dash(Some(entry.triggered_by.as_str())),
         ]);
     }
     table
@@ -335,25 +334,22 @@ pub async fn history(backend: &Backend, filter: HistoryFilter, json: bool) -> Re
     } else {
         format!("/history?{}", query.join("&"))
     };
-    let answer = backend.call_expecting("GET", &path, None, 200).await?;
+    let answer: HistoryPage = backend.fetch("GET", &path, None, 200).await?;
     if json {
         output::print_json(&answer);
         return Ok(0);
     }
-    let entries = answer["history"].as_array().cloned().unwrap_or_default();
-    if entries.is_empty() {
+    if answer.history.is_empty() {
         outln!("no deployments match");
         return Ok(0);
     }
-    history_table(&entries).print();
-    let total = answer["total_count"]
-        .as_u64()
-        .unwrap_or(entries.len() as u64);
-    if total > entries.len() as u64 {
+    history_table(&answer.history).print();
+    let shown = answer.history.len() as u64;
+    if answer.total_count > shown {
         outln!();
         outln!(
-            "{} of {total} deployment(s); --limit N shows more",
-            entries.len()
+            "{shown} of {} deployment(s); --limit N shows more",
+            answer.total_count
         );
     }
     Ok(0)

@@ -7,8 +7,16 @@
 
 use std::{collections::HashMap, io::IsTerminal as _, time::Duration};
 
+use deployment_mcp_core::{
+    deployment::{Phase, TargetStatus},
+    triggers::LogLine,
+    wire::{
+        Accepted, DeploymentDetail, EnvironmentEvent, LogEvent, LogsAnswer, PhaseEvent,
+        TargetResult, TriggerRequest,
+    },
+};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::{
     backend::{Backend, Incoming},
@@ -59,23 +67,18 @@ pub async fn run(
         }
         Some(request.environments.clone())
     };
-    let mut body = json!({});
-    if let Some(environments) = environments {
-        body["environments"] = json!(environments);
-    }
-    if let Some(version) = &request.version {
-        body["version"] = json!(version);
-    }
+    let body = serde_json::to_value(TriggerRequest {
+        environments,
+        version: request.version.clone(),
+        ec2: None,
+    })
+    .unwrap_or_default();
 
     let mut events = backend.subscribe().await;
-    let answer = backend
-        .call_expecting("POST", "/trigger-local", Some(&body), 202)
+    let answer: Accepted = backend
+        .fetch("POST", "/trigger-local", Some(&body), 202)
         .await?;
-    let Some(id) = answer["deployment_id"].as_str().map(str::to_owned) else {
-        return Err(CliError::Failed(format!(
-            "the trigger was accepted but the answer has no deployment_id: {answer}"
-        )));
-    };
+    let id = answer.deployment_id;
     interrupts.arm();
     let detail_path = format!("/deployments/{id}");
     let display = if request.json {
@@ -88,11 +91,7 @@ pub async fn run(
     let mut watch = Watch::new(id.clone(), display, request.follow_logs);
     // Only the environments and the version: the statuses come from the events, in the order
     // they happened, which a record read now could overtake (a quick command is already done).
-    watch.begin(
-        &backend
-            .call_expecting("GET", &detail_path, None, 200)
-            .await?,
-    );
+    watch.begin(&backend.fetch("GET", &detail_path, None, 200).await?);
 
     let mut ticker = tokio::time::interval(POLL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -129,7 +128,7 @@ pub async fn run(
                     watch.events_lost();
                 }
             },
-            _ = ticker.tick() => match backend.call_expecting("GET", &detail_path, None, 200).await {
+            _ = ticker.tick() => match backend.fetch::<DeploymentDetail>("GET", &detail_path, None, 200).await {
                 Ok(record) => {
                     poll_failures = 0;
                     watch.apply_record(&record);
@@ -157,9 +156,7 @@ pub async fn run(
             Incoming::Lost => watch.events_lost(),
         }
     }
-    let record = backend
-        .call_expecting("GET", &detail_path, None, 200)
-        .await?;
+    let record: DeploymentDetail = backend.fetch("GET", &detail_path, None, 200).await?;
     watch.apply_record(&record);
     watch.catch_up_logs(backend).await;
     watch.close();
@@ -173,97 +170,83 @@ pub async fn run(
 }
 
 /// 0 when the deployment completed and every environment succeeded, else 1.
-fn exit_code(record: &Value) -> u8 {
-    let all_succeeded = record["results"]
-        .as_array()
-        .is_some_and(|results| results.iter().all(|r| r["status"] == "succeeded"));
-    if record["status"] == "completed" && all_succeeded {
+fn exit_code(record: &DeploymentDetail) -> u8 {
+    let all_succeeded = record
+        .results
+        .iter()
+        .all(|result| result.status == TargetStatus::Succeeded);
+    if record.status == Phase::Completed && all_succeeded {
         0
     } else {
         1
     }
 }
 
-fn print_summary(record: &Value) {
-    let empty = Vec::new();
-    let results = record["results"].as_array().unwrap_or(&empty);
+fn print_summary(record: &DeploymentDetail) {
     let mut table = Table::new(&["ENVIRONMENT", "STATUS", "DURATION", "EXIT", "ERROR"]);
-    for result in results {
+    for result in &record.results {
         table.row(vec![
-            output::text(&result["environment_id"]),
-            output::text(&result["status"]),
-            output::duration(result["duration_ms"].as_u64()),
-            output::text(&result["exit_code"]),
-            output::text(&result["error"]),
+            result.environment_id.clone(),
+            result.status.as_str().to_owned(),
+            output::duration(result.duration_ms),
+            output::dash(result.exit_code.map(|code| code.to_string()).as_deref()),
+            output::dash(result.error.as_deref()),
         ]);
     }
     outln!();
     table.print();
-    let succeeded = results
+    let succeeded = record
+        .results
         .iter()
-        .filter(|r| r["status"] == "succeeded")
+        .filter(|result| result.status == TargetStatus::Succeeded)
         .count();
     outln!();
-    outln!("deployment: {}", output::text(&record["deployment_id"]));
+    outln!("deployment: {}", record.deployment_id);
     outln!(
         "status:     {} ({succeeded} of {} environment(s) succeeded, {})",
-        output::text(&record["status"]),
-        results.len(),
-        output::duration(record["duration_ms"].as_u64())
+        record.status.as_str(),
+        record.results.len(),
+        output::duration(record.duration_ms)
     );
-    outln!("version:    {}", output::text(&record["version"]));
-    if let Some(errors) = record["errors"].as_array() {
-        for error in errors {
-            outln!("error:      {}", output::text(error));
-        }
+    outln!(
+        "version:    {}",
+        output::dash(Some(record.version.as_str()))
+    );
+    for error in &record.errors {
+        outln!("error:      {error}");
     }
 }
 
 /// Where each environment is, as far as we know.
 struct TargetView {
-    status: String,
+    status: TargetStatus,
     verified: bool,
 }
 
-fn target_rank(status: &str) -> u8 {
+/// Statuses in the order they happen; every terminal one ranks last.
+fn target_rank(status: TargetStatus) -> u8 {
     match status {
-        "pending" => 0,
-        "triggering" => 1,
-        "running" => 2,
+        TargetStatus::Pending => 0,
+        TargetStatus::Triggering => 1,
+        TargetStatus::Running => 2,
         _ => 3,
     }
 }
 
-fn is_terminal_target(status: &str) -> bool {
-    target_rank(status) == 3
-}
-
-const PHASES: [&str; 7] = [
-    "pending",
-    "ec2_deploying",
-    "ec2_completed",
-    "local_triggering",
-    "local_deploying",
-    "local_completed",
-    "verifying",
-];
-
-fn phase_rank(phase: &str) -> usize {
-    PHASES
+/// Phases in state-machine order; every terminal one ranks last.
+fn phase_rank(phase: Phase) -> usize {
+    Phase::ALL
         .iter()
+        .take_while(|known| !known.is_terminal())
         .position(|known| *known == phase)
-        .unwrap_or(PHASES.len())
-}
-
-pub fn is_terminal_phase(phase: &str) -> bool {
-    matches!(phase, "completed" | "failed" | "cancelled" | "interrupted")
+        .unwrap_or(Phase::ALL.len())
 }
 
 struct Watch {
     id: String,
     display: Display,
     started: bool,
-    phase: String,
+    phase: Option<Phase>,
     progress: u64,
     order: Vec<String>,
     targets: HashMap<String, TargetView>,
@@ -280,7 +263,7 @@ impl Watch {
             id,
             display,
             started: false,
-            phase: String::new(),
+            phase: None,
             progress: 0,
             order: Vec::new(),
             targets: HashMap::new(),
@@ -291,7 +274,7 @@ impl Watch {
     }
 
     fn finished(&self) -> bool {
-        is_terminal_phase(&self.phase)
+        self.phase.is_some_and(Phase::is_terminal)
     }
 
     fn logs_by_polling(&self) -> bool {
@@ -307,57 +290,57 @@ impl Watch {
     }
 
     fn close(&mut self) {
-        let phase = self.phase.clone();
-        self.display.close(&phase);
+        let phase = self.phase.map_or("", Phase::as_str);
+        self.display.close(phase);
     }
 
     /// Shows the deployment's start: its environments and version.
-    fn begin(&mut self, record: &Value) {
+    fn begin(&mut self, record: &DeploymentDetail) {
         if !self.started {
             self.started = true;
-            if let Some(ids) = record["environments"].as_array() {
-                for id in ids.iter().filter_map(Value::as_str) {
-                    self.add_target(id);
-                }
+            for id in &record.environments {
+                self.add_target(id);
             }
             let line = format!(
                 "deployment {} started: {} environment(s) ({}), version {}",
                 self.id,
                 self.order.len(),
                 self.order.join(", "),
-                output::text(&record["version"])
+                output::dash(Some(record.version.as_str()))
             );
             self.display.start(&line, &self.id, &self.order);
         }
     }
 
-    fn apply_record(&mut self, record: &Value) {
+    fn apply_record(&mut self, record: &DeploymentDetail) {
         self.begin(record);
         // In the order it happened: the phase before the environments it moves, the end after.
-        let phase = record["status"].as_str().unwrap_or_default();
-        if !is_terminal_phase(phase) {
-            self.apply_phase(phase, record["progress"].as_u64());
+        let progress = u64::from(record.progress);
+        if !record.status.is_terminal() {
+            self.apply_phase(record.status, progress);
         }
-        if let Some(results) = record["results"].as_array() {
-            for target in results {
-                self.apply_target(target);
-            }
+        for target in &record.results {
+            self.apply_target(target);
         }
-        self.apply_phase(phase, record["progress"].as_u64());
+        self.apply_phase(record.status, progress);
     }
 
+    /// An event of this deployment; others, and any this CLI cannot read, are passed over.
     fn apply_event(&mut self, kind: &str, data: &Value) {
         if data["deployment_id"].as_str() != Some(self.id.as_str()) {
             return;
         }
+        let data = data.clone();
         match kind {
-            "deployment.phase" => self.apply_phase(
-                data["status"].as_str().unwrap_or_default(),
-                data["progress"].as_u64(),
-            ),
+            "deployment.phase" => {
+                if let Ok(event) = serde_json::from_value::<PhaseEvent>(data) {
+                    self.apply_phase(event.status, u64::from(event.progress));
+                }
+            }
             "deployment.environment" => {
-                self.apply_target(&data["environment"]);
-                if let Some(progress) = data["progress"].as_u64() {
+                if let Ok(event) = serde_json::from_value::<EnvironmentEvent>(data) {
+                    self.apply_target(&event.environment);
+                    let progress = u64::from(event.progress);
                     if progress > self.progress {
                         self.progress = progress;
                         self.display.progress(progress);
@@ -365,8 +348,8 @@ impl Watch {
                 }
             }
             "deployment.log" if self.follow_logs && self.logs_from_events => {
-                if let Some(lines) = data["lines"].as_array() {
-                    for line in lines {
+                if let Ok(event) = serde_json::from_value::<LogEvent>(data) {
+                    for line in &event.lines {
                         self.display.log(line);
                         self.printed_logs += 1;
                     }
@@ -382,7 +365,7 @@ impl Watch {
             self.targets.insert(
                 id.to_owned(),
                 TargetView {
-                    status: "pending".into(),
+                    status: TargetStatus::Pending,
                     verified: false,
                 },
             );
@@ -392,40 +375,36 @@ impl Watch {
         }
     }
 
-    fn apply_phase(&mut self, phase: &str, progress: Option<u64>) {
-        if phase.is_empty() {
-            return;
-        }
-        let progress = progress.unwrap_or(self.progress).max(self.progress);
-        let advanced = self.phase.is_empty()
-            || (!is_terminal_phase(&self.phase) && phase_rank(phase) > phase_rank(&self.phase));
+    fn apply_phase(&mut self, phase: Phase, progress: u64) {
+        let progress = progress.max(self.progress);
+        let advanced = match self.phase {
+            None => true,
+            Some(current) => !current.is_terminal() && phase_rank(phase) > phase_rank(current),
+        };
         if advanced {
-            self.phase = phase.to_owned();
+            self.phase = Some(phase);
             self.progress = progress;
-            self.display.phase(phase, progress);
+            self.display.phase(phase.as_str(), progress);
         } else if progress > self.progress {
             self.progress = progress;
             self.display.progress(progress);
         }
     }
 
-    fn apply_target(&mut self, target: &Value) {
-        let (Some(id), Some(status)) =
-            (target["environment_id"].as_str(), target["status"].as_str())
-        else {
-            return;
-        };
+    fn apply_target(&mut self, target: &TargetResult) {
+        let id = target.environment_id.as_str();
+        let status = target.status;
         self.add_target(id);
-        let verified = !target["health"].is_null();
+        let verified = target.healthy.is_some();
         let Some(view) = self.targets.get_mut(id) else {
             return;
         };
         // A verification can still turn a succeeded environment failed: a later terminal
         // status counts only when it carries the health check's result.
-        let newer = target_rank(status) > target_rank(&view.status)
-            || (is_terminal_target(status) && verified && !view.verified && status != view.status);
+        let newer = target_rank(status) > target_rank(view.status)
+            || (status.is_terminal() && verified && !view.verified && status != view.status);
         if newer {
-            view.status = status.to_owned();
+            view.status = status;
             view.verified = verified;
             self.display.target(target);
         } else if verified && !view.verified && status == view.status {
@@ -439,15 +418,13 @@ impl Watch {
             return;
         }
         let path = format!("/deployments/{}/logs", self.id);
-        let Ok((200, answer)) = backend.call("GET", &path, None).await else {
+        let Ok(answer) = backend.fetch::<LogsAnswer>("GET", &path, None, 200).await else {
             return;
         };
-        if let Some(lines) = answer["lines"].as_array() {
-            for line in lines.iter().skip(self.printed_logs) {
-                self.display.log(line);
-            }
-            self.printed_logs = self.printed_logs.max(lines.len());
+        for line in answer.lines.iter().skip(self.printed_logs) {
+            self.display.log(line);
         }
+        self.printed_logs = self.printed_logs.max(answer.lines.len());
     }
 }
 
@@ -458,22 +435,20 @@ enum Display {
     Quiet,
 }
 
-fn target_line(target: &Value) -> String {
-    let id = output::text(&target["environment_id"]);
-    let status = output::text(&target["status"]);
-    let mut line = format!("{id} {status}");
-    if is_terminal_target(&status) {
+fn target_line(target: &TargetResult) -> String {
+    let mut line = format!("{} {}", target.environment_id, target.status.as_str());
+    if target.status.is_terminal() {
         let mut facts = Vec::new();
-        if !target["exit_code"].is_null() {
-            facts.push(format!("exit {}", target["exit_code"]));
+        if let Some(code) = target.exit_code {
+            facts.push(format!("exit {code}"));
         }
-        if let Some(ms) = target["duration_ms"].as_u64() {
+        if let Some(ms) = target.duration_ms {
             facts.push(output::duration(Some(ms)));
         }
         if !facts.is_empty() {
             line.push_str(&format!(" ({})", facts.join(", ")));
         }
-        if let Some(error) = target["error"].as_str() {
+        if let Some(error) = &target.error {
             line.push_str(": ");
             line.push_str(error);
         }
@@ -481,16 +456,13 @@ fn target_line(target: &Value) -> String {
     line
 }
 
-fn log_line(line: &Value) -> String {
-    let source = line["environment"]
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| "deployment".into());
+fn log_line(line: &LogLine) -> String {
     format!(
-        "{} {source} {}: {}",
-        output::short_time(line["ts"].as_str().unwrap_or_default()),
-        output::text(&line["stream"]),
-        line["line"].as_str().unwrap_or_default()
+        "{} {} {}: {}",
+        output::short_time(&line.ts),
+        line.environment.as_deref().unwrap_or("deployment"),
+        line.stream.as_str(),
+        line.line
     )
 }
 
@@ -523,7 +495,7 @@ impl Display {
         }
     }
 
-    fn target(&mut self, target: &Value) {
+    fn target(&mut self, target: &TargetResult) {
         match self {
             Display::Plain => outln!("{} {}", output::now(), target_line(target)),
             Display::Bars(bars) => bars.target(target),
@@ -531,7 +503,7 @@ impl Display {
         }
     }
 
-    fn log(&self, line: &Value) {
+    fn log(&self, line: &LogLine) {
         match self {
             Display::Plain => outln!("{}", log_line(line)),
             Display::Bars(bars) => bars.println(&log_line(line)),
@@ -642,14 +614,18 @@ impl Bars {
             .set_message(format!("{phase} · {}", counts.join(", ")));
     }
 
-    fn target(&mut self, target: &Value) {
-        let id = output::text(&target["environment_id"]);
-        let status = output::text(&target["status"]);
-        self.statuses.insert(id.clone(), status.clone());
-        let terminal = is_terminal_target(&status);
+    fn target(&mut self, target: &TargetResult) {
+        let id = target.environment_id.clone();
+        let status = target.status;
+        self.statuses.insert(id.clone(), status.as_str().to_owned());
+        let terminal = status.is_terminal();
         match self.targets.get(&id) {
             Some(bar) if terminal => {
-                let mark = if status == "succeeded" { "✔" } else { "✘" };
+                let mark = if status == TargetStatus::Succeeded {
+                    "✔"
+                } else {
+                    "✘"
+                };
                 bar.set_style(style(&format!(
                     "  {mark} {{prefix:<{}}} {{msg}}",
                     self.width
@@ -658,9 +634,9 @@ impl Bars {
                 let rest = line.strip_prefix(&id).unwrap_or(&line).trim_start();
                 bar.finish_with_message(rest.to_owned());
             }
-            Some(bar) => bar.set_message(status),
+            Some(bar) => bar.set_message(status.as_str()),
             None => {
-                if terminal && status != "succeeded" {
+                if terminal && status != TargetStatus::Succeeded {
                     self.println(&target_line(target));
                 }
             }
@@ -691,47 +667,75 @@ impl Bars {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    fn detail(status: Phase, results: &[(&str, TargetStatus)]) -> DeploymentDetail {
+        let mut value = json!({
+            "deployment_id": "dep-1-ab", "status": status, "phase": status, "progress": 10,
+            "version": "1", "triggered_by": "test", "request_id": null,
+            "environments": results.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            "ec2": {}, "errors": [], "created_at": "2026-01-01T00:00:00.000Z",
+            "finished_at": null, "duration_ms": null, "retry_of": null, "log_lines": 0,
+            "results": [], "logs": [], "logs_truncated": false,
+        });
+        value["results"] = results
+            .iter()
+            .map(|(id, status)| target(id, *status))
+            .collect();
+        serde_json::from_value(value).expect("a detail")
+    }
+
+    fn target(id: &str, status: TargetStatus) -> Value {
+        json!({"environment_id": id, "connection_method": "local", "status": status,
+            "started_at": null, "finished_at": null, "duration_ms": null, "exit_code": null,
+            "healthy": null})
+    }
 
     #[test]
     fn statuses_only_move_forward() {
         let mut watch = Watch::new("dep-1-ab".into(), Display::Quiet, false);
-        watch.apply_record(&json!({"status": "local_deploying", "progress": 10,
-            "environments": ["a"], "results": [{"environment_id": "a", "status": "succeeded"}]}));
+        watch.apply_record(&detail(
+            Phase::LocalDeploying,
+            &[("a", TargetStatus::Succeeded)],
+        ));
+        let event = |status, healthy: Option<bool>| {
+            let mut environment = target("a", status);
+            environment["healthy"] = json!(healthy);
+            json!({"deployment_id": "dep-1-ab", "progress": 10, "environment": environment})
+        };
         watch.apply_event(
             "deployment.environment",
-            &json!({"deployment_id": "dep-1-ab", "environment": {"environment_id": "a", "status": "running"}}),
+            &event(TargetStatus::Running, None),
         );
-        assert_eq!(watch.targets["a"].status, "succeeded");
+        assert_eq!(watch.targets["a"].status, TargetStatus::Succeeded);
         watch.apply_event(
             "deployment.environment",
-            &json!({"deployment_id": "dep-1-ab", "environment": {"environment_id": "a", "status": "failed", "health": {"healthy": false}}}),
+            &event(TargetStatus::Failed, Some(false)),
         );
-        assert_eq!(watch.targets["a"].status, "failed");
-        watch.apply_event(
-            "deployment.phase",
-            &json!({"deployment_id": "dep-1-ab", "status": "pending"}),
-        );
-        assert_eq!(watch.phase, "local_deploying");
-        watch.apply_event(
-            "deployment.phase",
-            &json!({"deployment_id": "other", "status": "failed"}),
-        );
+        assert_eq!(watch.targets["a"].status, TargetStatus::Failed);
+        let phase = |id: &str, status: Phase| {
+            json!({"deployment_id": id, "status": status, "previous": null, "progress": 10,
+                "environments": ["a"], "error_count": 0, "at": "2026-01-01T00:00:00.000Z"})
+        };
+        watch.apply_event("deployment.phase", &phase("dep-1-ab", Phase::Pending));
+        assert_eq!(watch.phase, Some(Phase::LocalDeploying));
+        watch.apply_event("deployment.phase", &phase("other", Phase::Failed));
         assert!(!watch.finished());
-        watch.apply_event(
-            "deployment.phase",
-            &json!({"deployment_id": "dep-1-ab", "status": "failed"}),
-        );
+        watch.apply_event("deployment.phase", &phase("dep-1-ab", Phase::Failed));
         assert!(watch.finished());
     }
 
     #[test]
     fn exit_code_needs_every_environment() {
-        let ok = json!({"status": "completed", "results": [{"status": "succeeded"}]});
-        let failed =
-            json!({"status": "failed", "results": [{"status": "succeeded"}, {"status": "failed"}]});
+        let ok = detail(Phase::Completed, &[("a", TargetStatus::Succeeded)]);
+        let failed = detail(
+            Phase::Failed,
+            &[("a", TargetStatus::Succeeded), ("b", TargetStatus::Failed)],
+        );
         assert_eq!(exit_code(&ok), 0);
         assert_eq!(exit_code(&failed), 1);
-        assert_eq!(exit_code(&json!({"status": "cancelled", "results": []})), 1);
+        assert_eq!(exit_code(&detail(Phase::Cancelled, &[])), 1);
     }
 }

@@ -3,8 +3,6 @@
 
 use std::{io::Write as _, time::SystemTime};
 
-use serde_json::Value;
-
 /// `println!` that never panics.
 macro_rules! outln {
     () => {{
@@ -19,8 +17,8 @@ macro_rules! outln {
 pub(crate) use outln;
 
 /// Pretty JSON on stdout, for `--json`.
-pub fn print_json(value: &Value) {
-    let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
+pub fn print_json<T: serde::Serialize>(value: &T) {
+    let text = serde_json::to_string_pretty(value).unwrap_or_default();
     outln!("{text}");
 }
 
@@ -101,22 +99,16 @@ pub fn short_time(text: &str) -> String {
     }
 }
 
-/// A JSON string field, or `-`.
-pub fn text(value: &Value) -> String {
-    match value {
-        Value::Null => "-".into(),
-        Value::String(text) if text.is_empty() => "-".into(),
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
+/// The text, or `-` when there is none.
+pub fn dash(text: Option<&str>) -> String {
+    match text {
+        None | Some("") => "-".into(),
+        Some(text) => text.to_owned(),
     }
 }
 
-/// A JSON list of strings, comma-separated, or `-`.
-pub fn list(value: &Value) -> String {
-    let items: Vec<String> = value
-        .as_array()
-        .map(|items| items.iter().map(text).collect())
-        .unwrap_or_default();
+/// Items comma-separated, or `-`.
+pub fn join(items: &[String]) -> String {
     if items.is_empty() {
         "-".into()
     } else {

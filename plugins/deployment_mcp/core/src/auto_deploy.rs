@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use crate::{
     coordinator::{Coordinator, StartRequest},
-    deployment::{HistoryEntry, Phase},
-    records::collection,
+    deployment::Phase,
+    records::{collection, StoreError},
     settings::{AutoDeployWhen, Settings},
 };
 
@@ -88,14 +88,12 @@ pub async fn run(coordinator: Arc<Coordinator>, settings: Arc<Settings>, boot_id
     }
 }
 
-/// The version of the newest automatic deployment that completed.
-async fn last_completed_version(coordinator: &Coordinator) -> Result<Option<String>, String> {
-    Ok(coordinator
-        .records()
-        .scan::<HistoryEntry>(collection::HISTORY, "")
+/// The version of the newest automatic deployment that completed (read newest first, so
+/// usually from the first page of the history).
+async fn last_completed_version(coordinator: &Coordinator) -> Result<Option<String>, StoreError> {
+    let history = crate::history::History::new(coordinator.records().clone());
+    Ok(history
+        .find_newest(|entry| entry.triggered_by == TRIGGERED_BY && entry.status == Phase::Completed)
         .await?
-        .into_iter()
-        .map(|(_, entry)| entry)
-        .find(|entry| entry.triggered_by == TRIGGERED_BY && entry.status == Phase::Completed)
         .map(|entry| entry.version))
 }

@@ -18,9 +18,19 @@ use sha2::{Digest, Sha256};
 use crate::{
     deployment::{Claim, HealthReport},
     environments::{self, Environment},
-    records::{self, collection, Records},
+    records::{self, collection, Records, StoreError},
     triggers::timestamp,
 };
+
+/// Why the environments file could not be imported.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The file cannot be read or is invalid (the message names the file and the field).
+    #[error("{0}")]
+    File(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -119,8 +129,8 @@ impl Catalog {
 
     /// Imports the environments file into the store: reads the catalog once, then writes the
     /// changes in batches (one transaction per [`IMPORT_BATCH`] writes).
-    pub async fn import_file(&self, path: &Path) -> Result<ImportSummary, String> {
-        let from_file = environments::load_file(path)?;
+    pub async fn import_file(&self, path: &Path) -> Result<ImportSummary, ImportError> {
+        let from_file = environments::load_file(path).map_err(ImportError::File)?;
         let mut summary = ImportSummary::default();
         let stored: std::collections::HashMap<String, StoredEnvironment> = self
             .list()
@@ -219,13 +229,13 @@ impl Catalog {
         &self,
         stored: StoredEnvironment,
         secrets: Option<Secrets>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         self.records.apply(save_ops(stored, secrets)?).await?;
         Ok(())
     }
 
     /// An environment's secrets, for a trigger about to run it.
-    pub async fn secrets(&self, id: &str) -> Result<Secrets, String> {
+    pub async fn secrets(&self, id: &str) -> Result<Secrets, StoreError> {
         Ok(self
             .records
             .get::<Secrets>(collection::SECRETS, id)
@@ -234,7 +244,10 @@ impl Catalog {
     }
 
     /// The environment with its secrets put back, for its trigger.
-    pub async fn with_secrets(&self, mut environment: Environment) -> Result<Environment, String> {
+    pub async fn with_secrets(
+        &self,
+        mut environment: Environment,
+    ) -> Result<Environment, StoreError> {
         let secrets = self.secrets(&environment.environment_id).await?;
         if let Some(slot) = environment.api_token_slot() {
             *slot = secrets.api_token;
@@ -245,7 +258,7 @@ impl Catalog {
         Ok(environment)
     }
 
-    pub async fn list(&self) -> Result<Vec<StoredEnvironment>, String> {
+    pub async fn list(&self) -> Result<Vec<StoredEnvironment>, StoreError> {
         Ok(self
             .records
             .scan::<StoredEnvironment>(collection::ENVIRONMENTS, "")
@@ -255,12 +268,12 @@ impl Catalog {
             .collect())
     }
 
-    pub async fn get(&self, id: &str) -> Result<Option<StoredEnvironment>, String> {
-        Ok(self.records.get(collection::ENVIRONMENTS, id).await?)
+    pub async fn get(&self, id: &str) -> Result<Option<StoredEnvironment>, StoreError> {
+        self.records.get(collection::ENVIRONMENTS, id).await
     }
 
     /// Adds a new environment; false when the id is taken.
-    pub async fn create(&self, mut environment: Environment) -> Result<bool, String> {
+    pub async fn create(&self, mut environment: Environment) -> Result<bool, StoreError> {
         if self.get(&environment.environment_id).await?.is_some() {
             return Ok(false);
         }
@@ -294,7 +307,7 @@ impl Catalog {
     pub async fn replace(
         &self,
         mut environment: Environment,
-    ) -> Result<Option<Environment>, String> {
+    ) -> Result<Option<Environment>, StoreError> {
         let Some(previous) = self.get(&environment.environment_id).await? else {
             return Ok(None);
         };
@@ -333,7 +346,7 @@ impl Catalog {
 
     /// Deletes an environment unless a running deployment holds it, in one transaction (the
     /// claim is checked where it is taken). A file entry is remembered as deleted.
-    pub async fn delete(&self, id: &str) -> Result<Deleted, String> {
+    pub async fn delete(&self, id: &str) -> Result<Deleted, StoreError> {
         let Some(previous) = self.get(id).await? else {
             return Ok(Deleted::Missing);
         };
@@ -362,13 +375,13 @@ impl Catalog {
         }
     }
 
-    pub async fn health(&self, id: &str) -> Result<Option<HealthReport>, String> {
-        Ok(self.records.get(collection::HEALTH, id).await?)
+    pub async fn health(&self, id: &str) -> Result<Option<HealthReport>, StoreError> {
+        self.records.get(collection::HEALTH, id).await
     }
 
     pub async fn all_health(
         &self,
-    ) -> Result<std::collections::HashMap<String, HealthReport>, String> {
+    ) -> Result<std::collections::HashMap<String, HealthReport>, StoreError> {
         Ok(self
             .records
             .scan::<HealthReport>(collection::HEALTH, "")
@@ -378,7 +391,7 @@ impl Catalog {
     }
 
     /// Records a health report; true when healthiness changed (or was unknown).
-    pub async fn set_health(&self, id: &str, report: &HealthReport) -> Result<bool, String> {
+    pub async fn set_health(&self, id: &str, report: &HealthReport) -> Result<bool, StoreError> {
         let previous = self.health(id).await?;
         self.records.put(collection::HEALTH, id, report).await?;
         Ok(previous.map(|previous| previous.healthy) != Some(report.healthy))
@@ -392,7 +405,7 @@ const IMPORT_BATCH: usize = 1000;
 fn save_ops(
     mut stored: StoredEnvironment,
     secrets: Option<Secrets>,
-) -> Result<Vec<StoreOp>, String> {
+) -> Result<Vec<StoreOp>, StoreError> {
     let id = stored.environment.environment_id.clone();
     let mut ops = Vec::with_capacity(2);
     if let Some(secrets) = secrets {
@@ -422,31 +435,4 @@ fn keep_secret(new: &mut Option<String>, old: &Option<String>) {
         Some("") => *new = None,
         Some(_) => {}
     }
-}
-
-/// How the API shows a stored environment to developers and admins: no secrets (only whether
-/// each is set), URLs with their passwords masked, plus its source and last health.
-pub fn public_view(stored: &StoredEnvironment, health: Option<&HealthReport>) -> serde_json::Value {
-    let mut view = stored.environment.public_view();
-    view["has_api_token"] = serde_json::json!(stored.has_api_token);
-    view["has_webhook_secret"] = serde_json::json!(stored.has_webhook_secret);
-    view["source"] = serde_json::json!(stored.source);
-    view["updated_at"] = serde_json::json!(stored.updated_at);
-    view["last_health"] = serde_json::json!(health);
-    view
-}
-
-/// How a user sees an environment: what it is and how it does, no connection details (host,
-/// port, user, key paths, scripts, commands, URLs).
-pub fn user_view(stored: &StoredEnvironment, health: Option<&HealthReport>) -> serde_json::Value {
-    let environment = &stored.environment;
-    serde_json::json!({
-        "environment_id": environment.environment_id,
-        "environment_type": environment.environment_type,
-        "connection_method": environment.connection_method(),
-        "enabled": environment.enabled,
-        "tags": environment.tags,
-        "description": environment.description,
-        "last_health": health.map(HealthReport::user_view),
-    })
 }

@@ -37,13 +37,14 @@ use crate::{
     ec2,
     environments::{Environment, FieldError},
     health,
-    records::{self, collection, log_key, target_key, Records},
+    records::{self, collection, log_key, target_key, Records, StoreError},
     run::{
         writer::{RunWriter, WriterSetup},
         Run, RunOwner, StopReason,
     },
     settings::Settings,
     triggers::{timestamp, LogLine, LogStream},
+    wire::{self, DeletedEvent, HealthEvent, HealthView, View},
 };
 
 /// What a caller asks to deploy.
@@ -64,27 +65,19 @@ pub enum StartError {
     /// A field of the request is wrong (400).
     BadField(FieldError),
     /// Well-formed but cannot be done (422).
-    Invalid {
-        code: &'static str,
-        message: String,
-    },
+    Invalid { code: &'static str, message: String },
     /// A target is already being deployed (409).
     Busy {
         environment: String,
         deployment: String,
     },
-    Store(String),
+    /// The store failed (500).
+    Store(StoreError),
 }
 
-impl From<String> for StartError {
-    fn from(error: String) -> StartError {
+impl From<StoreError> for StartError {
+    fn from(error: StoreError) -> StartError {
         StartError::Store(error)
-    }
-}
-
-impl From<records::StoreError> for StartError {
-    fn from(error: records::StoreError) -> StartError {
-        StartError::Store(error.into())
     }
 }
 
@@ -193,7 +186,7 @@ impl Coordinator {
     /// boot belong to a sibling copy (hot swap) and are left alone. The unfinished deployments
     /// are found through the status index, not by reading the whole history; each is closed in
     /// one transaction that holds only if its record is still what was read.
-    pub async fn recover(&self) -> Result<usize, String> {
+    pub async fn recover(&self) -> Result<usize, StoreError> {
         let mut recovered = 0;
         for (key, entry) in crate::history::History::new(self.records.clone())
             .unfinished()
@@ -325,10 +318,10 @@ impl Coordinator {
         Ok(recovered)
     }
 
-    async fn next_log_chunk(&self, deployment_id: &str) -> Result<u64, String> {
-        Ok(crate::store::DeploymentStore::new(self.records.clone())
+    async fn next_log_chunk(&self, deployment_id: &str) -> Result<u64, StoreError> {
+        crate::store::DeploymentStore::new(self.records.clone())
             .next_log_chunk(deployment_id)
-            .await?)
+            .await
     }
 
     /// Starts a deployment and returns its first record; the run goes on in the background.
@@ -606,10 +599,10 @@ impl Coordinator {
             None => Ok(()),
             Some(conflict) => {
                 let Some(target) = targets.get(conflict.index) else {
-                    return Err(StartError::Store(format!(
+                    return Err(StartError::Store(StoreError::Host(format!(
                         "starting {id}: an unexpected store conflict at operation {}",
                         conflict.index
-                    )));
+                    ))));
                 };
                 let holder = conflict
                     .current
@@ -678,14 +671,18 @@ impl Coordinator {
     /// Tells subscribers (and the host's metrics) that an environment is gone.
     pub fn environment_deleted(&self, id: &str) {
         self.changed();
-        self.records
-            .host()
-            .publish(event::DELETED, &json!({ "environment_id": id }));
+        let event = DeletedEvent {
+            environment_id: id.to_owned(),
+        };
+        self.records.host().publish(
+            event::DELETED,
+            &serde_json::to_value(event).unwrap_or_default(),
+        );
     }
 
     /// Asks a run to stop. `Ok(true)` when this copy runs it, `Ok(false)` when the request was
     /// left for the copy that does.
-    pub async fn cancel(&self, deployment_id: &str, by: &str) -> Result<bool, String> {
+    pub async fn cancel(&self, deployment_id: &str, by: &str) -> Result<bool, StoreError> {
         let local = self.runs().get(deployment_id).map(|run| {
             let mut reason = run
                 .reason
@@ -768,7 +765,7 @@ impl Coordinator {
         }
     }
 
-    async fn check_all_health(&self) -> Result<(), String> {
+    async fn check_all_health(&self) -> Result<(), StoreError> {
         let environments = self.catalog.list().await?;
         let limit = Arc::new(Semaphore::new(self.settings.max_parallel));
         let mut checks = tokio::task::JoinSet::new();
@@ -797,12 +794,17 @@ impl Coordinator {
     }
 
     /// Stores an environment's health and publishes it when it changed.
-    pub async fn record_health(&self, id: &str, report: &HealthReport) -> Result<(), String> {
+    pub async fn record_health(&self, id: &str, report: &HealthReport) -> Result<(), StoreError> {
         if self.catalog.set_health(id, report).await? {
-            self.records.host().publish_by_role(
+            let event = |view| HealthEvent {
+                environment_id: id.to_owned(),
+                health: HealthView::new(report, view),
+            };
+            wire::publish(
+                self.records.host(),
                 event::HEALTH,
-                &json!({ "environment_id": id, "health": report }),
-                Some(&json!({ "environment_id": id, "health": report.user_view() })),
+                &event(View::Details),
+                Some(&event(View::User)),
             );
         }
         self.changed();
@@ -831,7 +833,7 @@ impl RunOwner for Coordinator {
         Coordinator::platform_identity(self, ask_imds).await
     }
 
-    async fn record_health(&self, id: &str, report: &HealthReport) -> Result<(), String> {
+    async fn record_health(&self, id: &str, report: &HealthReport) -> Result<(), StoreError> {
         Coordinator::record_health(self, id, report).await
     }
 

@@ -80,6 +80,18 @@ pub enum TargetStatus {
 }
 
 impl TargetStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetStatus::Pending => "pending",
+            TargetStatus::Triggering => "triggering",
+            TargetStatus::Running => "running",
+            TargetStatus::Succeeded => "succeeded",
+            TargetStatus::Failed => "failed",
+            TargetStatus::TimedOut => "timed_out",
+            TargetStatus::Cancelled => "cancelled",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -103,18 +115,6 @@ pub struct HealthReport {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
     pub latency_ms: u64,
-}
-
-impl HealthReport {
-    /// What a user may see of a health report: no URL, no error text (it names hosts).
-    pub fn user_view(&self) -> serde_json::Value {
-        serde_json::json!({
-            "healthy": self.healthy,
-            "checked_at": self.checked_at,
-            "http_status": self.http_status,
-            "latency_ms": self.latency_ms,
-        })
-    }
 }
 
 /// One environment's result in a deployment (stored under `<deployment>/<environment>`).
@@ -143,21 +143,6 @@ pub struct TargetRecord {
 }
 
 impl TargetRecord {
-    /// What a user may see of a result: status, timings and exit code; no error text, output
-    /// or health URL (they name hosts, paths and commands).
-    pub fn user_view(&self) -> serde_json::Value {
-        serde_json::json!({
-            "environment_id": self.environment_id,
-            "connection_method": self.connection_method,
-            "status": self.status,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "duration_ms": self.duration_ms,
-            "exit_code": self.exit_code,
-            "healthy": self.health.as_ref().map(|health| health.healthy),
-        })
-    }
-
     /// An environment's result before anything happened to it.
     pub fn new(
         environment_id: &str,
@@ -232,18 +217,6 @@ pub struct HistoryEntry {
     pub retry_of: Option<String>,
     #[serde(default)]
     pub error: Option<String>,
-}
-
-impl HistoryEntry {
-    /// What a user may see: the entry without its error text.
-    pub fn user_view(&self) -> serde_json::Value {
-        let mut view = serde_json::to_value(self).unwrap_or_default();
-        if let Some(object) = view.as_object_mut() {
-            let failed = object.remove("error").is_some_and(|error| !error.is_null());
-            object.insert("has_error".into(), serde_json::json!(failed));
-        }
-        view
-    }
 }
 
 impl DeploymentRecord {

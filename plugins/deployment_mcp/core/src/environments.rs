@@ -18,6 +18,17 @@ pub enum EnvironmentType {
     DockerContainer,
 }
 
+impl EnvironmentType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnvironmentType::MacLocal => "mac_local",
+            EnvironmentType::WindowsLocal => "windows_local",
+            EnvironmentType::LinuxLocal => "linux_local",
+            EnvironmentType::DockerContainer => "docker_container",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectionMethod {
@@ -29,7 +40,7 @@ pub enum ConnectionMethod {
 
 /// One environment in the original flat shape, as files, the API and the store hold it.
 /// `api_token` and `webhook_secret` are secrets: they are kept in the store but never shown (see
-/// [`Environment::public_view`]).
+/// [`crate::wire::EnvironmentView`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(as = Environment)]
@@ -605,31 +616,6 @@ impl Environment {
     pub fn check_secrets_not_empty(&self) -> Result<(), FieldError> {
         secrets_not_empty(self.api_token(), self.webhook_secret())
     }
-
-    /// The environment as the API shows it: every field but the secrets (whether each is set
-    /// comes from the catalog), URLs with their passwords masked.
-    pub fn public_view(&self) -> serde_json::Value {
-        let flat = EnvironmentJson::from(self.clone());
-        serde_json::json!({
-            "environment_id": flat.environment_id,
-            "environment_type": flat.environment_type,
-            "connection_method": flat.connection_method,
-            "host": flat.host,
-            "port": flat.port,
-            "username": flat.username,
-            "ssh_key_path": flat.ssh_key_path,
-            "known_hosts_path": flat.known_hosts_path,
-            "init_script_path": flat.init_script_path,
-            "working_directory": flat.working_directory,
-            "health_check_url": flat.health_check_url.as_deref().map(crate::redact::url),
-            "timeout": flat.timeout,
-            "webhook_url": flat.webhook_url.as_deref().map(crate::redact::url),
-            "command": flat.command,
-            "enabled": flat.enabled,
-            "tags": flat.tags,
-            "description": flat.description,
-        })
-    }
 }
 
 impl ConnectionMethod {
@@ -785,24 +771,6 @@ mod tests {
         let model = parse_one(br#"{"environment_id": "x", "environment_type": "linux_local", "connection_method": "local", "command": ["true"], "api_token": "t"}"#).expect("valid");
         assert_eq!(model.api_token(), None);
         assert_eq!(EnvironmentJson::from(model).api_token, None);
-    }
-
-    #[test]
-    fn secrets_are_not_in_the_public_view() {
-        let text = r#"{"environments": [
-            {"environment_id": "h", "environment_type": "linux_local", "connection_method": "http_api", "host": "127.0.0.1", "api_token": "tok-123"},
-            {"environment_id": "w", "environment_type": "linux_local", "connection_method": "webhook", "webhook_url": "http://127.0.0.1:1/hook", "webhook_secret": "whs-456"}]}"#;
-        let environments = parse(text).unwrap_or_default();
-        assert_eq!(environments.len(), 2);
-        assert_eq!(environments[0].api_token(), Some("tok-123"));
-        assert_eq!(environments[1].webhook_secret(), Some("whs-456"));
-        for environment in &environments {
-            let shown = environment.public_view().to_string();
-            assert!(
-                !shown.contains("tok-123") && !shown.contains("whs-456"),
-                "{shown}"
-            );
-        }
     }
 
     #[test]

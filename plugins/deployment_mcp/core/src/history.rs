@@ -92,7 +92,7 @@ fn last_deployment_op(entry: &HistoryEntry, environment: &str) -> Result<StoreOp
 }
 
 /// The writes that index a deployment just recorded (its history entry is written beside them).
-pub fn created_ops(history_key: &str, entry: &HistoryEntry) -> Result<Vec<StoreOp>, String> {
+pub fn created_ops(history_key: &str, entry: &HistoryEntry) -> Result<Vec<StoreOp>, StoreError> {
     let mut ops = Vec::with_capacity(entry.environments.len() * 2 + 2);
     let status_key = by_status_key(entry.status, history_key);
     ops.push(StoreOp::put(
@@ -119,7 +119,7 @@ pub fn moved_ops(
     history_key: &str,
     from: Phase,
     entry: &HistoryEntry,
-) -> Result<Vec<StoreOp>, String> {
+) -> Result<Vec<StoreOp>, StoreError> {
     let mut ops = Vec::new();
     if from != entry.status {
         ops.push(StoreOp::delete(
@@ -174,7 +174,7 @@ impl History {
     }
 
     /// Deployments by status.
-    pub async fn counts(&self) -> Result<BTreeMap<String, u64>, String> {
+    pub async fn counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         Ok(self
             .records
             .page(index::COUNTS, None, 64)
@@ -188,7 +188,7 @@ impl History {
     }
 
     /// An environment's last finished deployment.
-    pub async fn last_deployments(&self) -> Result<BTreeMap<String, LastDeployment>, String> {
+    pub async fn last_deployments(&self) -> Result<BTreeMap<String, LastDeployment>, StoreError> {
         Ok(self
             .records
             .scan::<LastDeployment>(index::LAST_DEPLOYMENT, "")
@@ -198,28 +198,77 @@ impl History {
     }
 
     /// The newest entries, first `limit` of them (key order is newest first).
-    pub async fn newest(&self, limit: u32) -> Result<Vec<(String, HistoryEntry)>, String> {
+    pub async fn newest(&self, limit: u32) -> Result<Vec<(String, HistoryEntry)>, StoreError> {
         self.decode_page(self.records.page(collection::HISTORY, None, limit).await?)
     }
 
     /// Entries after `after` (a history key), in order.
+    /// The newest entry that `wanted` accepts, reading newest first and stopping there.
+    pub async fn find_newest(
+        &self,
+        wanted: impl Fn(&HistoryEntry) -> bool,
+    ) -> Result<Option<HistoryEntry>, StoreError> {
+        let mut after = None;
+        loop {
+            let page = self.after(after.take(), 200).await?;
+            let full = page.len() == 200;
+            for (key, entry) in page {
+                if wanted(&entry) {
+                    return Ok(Some(entry));
+                }
+                after = Some(key);
+            }
+            if !full {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The newest `count` finished deployments, newest first. Only running ones are passed
+    /// over on the way, and they are few and the newest: the cost does not grow with history.
+    pub async fn newest_finished(&self, count: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        let page_size = count.clamp(16, 200);
+        let mut finished = Vec::with_capacity(count);
+        let mut after = None;
+        loop {
+            let page = self.after(after.take(), page_size as u32).await?;
+            let full = page.len() == page_size;
+            for (key, entry) in page {
+                after = Some(key);
+                if entry.status.is_terminal() {
+                    finished.push(entry);
+                    if finished.len() == count {
+                        return Ok(finished);
+                    }
+                }
+            }
+            if !full {
+                return Ok(finished);
+            }
+        }
+    }
+
     pub async fn after(
         &self,
         after: Option<String>,
         limit: u32,
-    ) -> Result<Vec<(String, HistoryEntry)>, String> {
+    ) -> Result<Vec<(String, HistoryEntry)>, StoreError> {
         self.decode_page(self.records.page(collection::HISTORY, after, limit).await?)
     }
 
     fn decode_page(
         &self,
         rows: Vec<(String, String)>,
-    ) -> Result<Vec<(String, HistoryEntry)>, String> {
+    ) -> Result<Vec<(String, HistoryEntry)>, StoreError> {
         rows.into_iter()
             .map(|(key, text)| {
                 serde_json::from_str(&text)
                     .map(|entry| (key.clone(), entry))
-                    .map_err(|error| format!("history entry {key} is unreadable: {error}"))
+                    .map_err(|error| StoreError::Decode {
+                        collection: collection::HISTORY.to_owned(),
+                        key: key.clone(),
+                        message: error.to_string(),
+                    })
             })
             .collect()
     }
@@ -230,7 +279,7 @@ impl History {
         filter: &Filter,
         cursor: Option<&str>,
         limit: usize,
-    ) -> Result<Page, String> {
+    ) -> Result<Page, StoreError> {
         let counts = self.counts().await?;
         match (&filter.environment, filter.status) {
             (None, None) => {
@@ -302,7 +351,7 @@ impl History {
         &self,
         environment: &str,
         status: Option<Phase>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, StoreError> {
         let mut total = 0;
         let mut after = None;
         loop {
@@ -352,7 +401,7 @@ impl History {
         prefix: &str,
         cursor: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, StoreError> {
         let start = match cursor {
             Some(cursor) => format!("{prefix}/{cursor}"),
             None => format!("{prefix}/"),
@@ -370,7 +419,7 @@ impl History {
             .collect())
     }
 
-    async fn entries(&self, keys: Vec<String>) -> Result<Vec<(String, HistoryEntry)>, String> {
+    async fn entries(&self, keys: Vec<String>) -> Result<Vec<(String, HistoryEntry)>, StoreError> {
         let mut entries = Vec::with_capacity(keys.len());
         for key in keys {
             if let Some(entry) = self
@@ -385,7 +434,7 @@ impl History {
     }
 
     /// Every deployment that has not ended, found through the status index.
-    pub async fn unfinished(&self) -> Result<Vec<(String, HistoryEntry)>, String> {
+    pub async fn unfinished(&self) -> Result<Vec<(String, HistoryEntry)>, StoreError> {
         let mut found = Vec::new();
         for status in Phase::ALL.iter().filter(|status| !status.is_terminal()) {
             let mut after: Option<String> = None;
@@ -410,7 +459,7 @@ impl History {
     }
 
     /// Indexes a history written by a release without these indexes, once.
-    pub async fn index_existing(&self) -> Result<usize, String> {
+    pub async fn index_existing(&self) -> Result<usize, StoreError> {
         if self
             .records
             .get_raw(collection::META, INDEX_MARKER)

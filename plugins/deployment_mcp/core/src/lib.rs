@@ -2,10 +2,11 @@
 //! The plugin the host loads (`plugins/deployment_mcp`, a cdylib) is [`export_deployment_mcp!`]
 //! over it; the CLI runs [`build`] on an in-process host; tests drive either.
 //!
-//! Data flow: `routes` (HTTP) → `coordinator` (runs) → `triggers` (one per connection method)
+//! Data flow: `api` (HTTP) → `coordinator` (runs) → `triggers` (one per connection method)
 //! and `health`; `catalog` keeps environments and `records` is the typed view of the host's
 //! store, which holds every record.
 
+pub mod api;
 pub mod auto_deploy;
 pub mod catalog;
 pub mod coordinator;
@@ -14,11 +15,9 @@ pub mod ec2;
 pub mod environments;
 pub mod health;
 pub mod history;
-pub mod openapi;
 pub mod records;
 pub mod redact;
 pub mod retention;
-pub mod routes;
 pub mod run;
 pub mod settings;
 pub mod store;
@@ -59,6 +58,20 @@ fn http_client() -> Result<reqwest::Client, String> {
         .map_err(|error| format!("cannot build the HTTP client: {error}"))
 }
 
+/// Why the plugin could not start; the host shows the message as the plugin's start error.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// `[plugins.deployment_mcp.settings]` is invalid (the message names the field).
+    #[error("{0}")]
+    Settings(String),
+    #[error("{0}")]
+    HttpClient(String),
+    #[error(transparent)]
+    Import(#[from] catalog::ImportError),
+    #[error(transparent)]
+    Store(#[from] records::StoreError),
+}
+
 /// Builds the plugin's handler on the current tokio runtime: imports the environments file,
 /// marks runs of an earlier boot as interrupted, and starts the periodic health checks. The
 /// exported plugin calls it at start; benchmarks and tests call it in-process.
@@ -66,8 +79,8 @@ pub async fn build(
     host: plugin_guest::Host,
     settings: &serde_json::Value,
     version: &'static str,
-) -> Result<routes::Api, String> {
-    let settings = Arc::new(settings::Settings::from_json(settings)?);
+) -> Result<api::Api, BuildError> {
+    let settings = Arc::new(settings::Settings::from_json(settings).map_err(BuildError::Settings)?);
     let records = records::Records::new(host);
     // Without a lifecycle record (an older host), every unfinished run is from another boot.
     let boot_id = match host_lifecycle(&records).await {
@@ -76,7 +89,7 @@ pub async fn build(
     };
     let coordinator = Arc::new(coordinator::Coordinator::new(
         records,
-        http_client()?,
+        http_client().map_err(BuildError::HttpClient)?,
         Arc::clone(&settings),
         boot_id.clone(),
     ));
@@ -108,7 +121,7 @@ pub async fn build(
         Arc::clone(&settings),
         boot_id,
     ));
-    Ok(routes::Api::new(coordinator, version, openapi::document))
+    Ok(api::Api::new(coordinator, version, api::openapi::document))
 }
 
 /// Starts an instance for the host: the plugin's own runtime, then [`build`]. `version` is the
@@ -127,7 +140,11 @@ pub fn start(
         host,
         settings,
         options,
-        move |startup: Startup| async move { build(startup.host, &startup.settings, version).await },
+        move |startup: Startup| async move {
+            build(startup.host, &startup.settings, version)
+                .await
+                .map_err(|error| error.to_string())
+        },
     )
 }
 

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     deployment::{history_key, HistoryEntry},
-    records::{collection, Records},
+    records::{collection, Records, StoreError},
     settings::Settings,
 };
 
@@ -63,7 +63,7 @@ pub async fn prune(
     records: &Records,
     settings: &Settings,
     now: SystemTime,
-) -> Result<Pruned, String> {
+) -> Result<Pruned, StoreError> {
     let now_ms = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -88,7 +88,7 @@ async fn prune_from(
     records: &Records,
     after: Option<String>,
     keep: usize,
-) -> Result<usize, String> {
+) -> Result<usize, StoreError> {
     let mut after = after;
     let mut seen = 0usize;
     let mut deleted = 0;
@@ -123,7 +123,7 @@ async fn keys_with_prefix(
     records: &Records,
     collection: &'static str,
     prefix: &str,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, StoreError> {
     let mut keys = Vec::new();
     let mut after = Some(prefix.to_owned());
     loop {
@@ -147,7 +147,7 @@ async fn delete_deployment(
     records: &Records,
     history: &str,
     entry: &HistoryEntry,
-) -> Result<(), String> {
+) -> Result<(), StoreError> {
     let id = &entry.deployment_id;
     let prefix = format!("{id}/");
     let mut ops = crate::history::deleted_ops(history, entry);
@@ -162,7 +162,7 @@ async fn delete_deployment(
     Ok(())
 }
 
-async fn prune_idempotency(records: &Records, now_ms: u64) -> Result<usize, String> {
+async fn prune_idempotency(records: &Records, now_ms: u64) -> Result<usize, StoreError> {
     let cutoff = now_ms.saturating_sub(IDEMPOTENCY_TTL.as_millis() as u64);
     let mut stale = Vec::new();
     let mut after = None;

@@ -1,20 +1,36 @@
-//! The API's answers as the OpenAPI document describes them. Handlers assemble these answers
-//! from several stored records; the structs here give them a name and a schema (the schemathesis
-//! run in CI checks every answer against them). Leaves are the stored types themselves
-//! (`HistoryEntry`, `TargetRecord`, `LogLine`, `Environment`…).
-
-#![allow(dead_code)] // The answer structs are read by the derive, never built.
+//! What goes out on the wire: the API's bodies (what handlers answer, what the CLI reads back and
+//! what the OpenAPI document describes) and the role views events carry, one type each. They are built from the stored records
+//! (`deployment`, `catalog`) by the `From`/`new` functions here, so a stored record can change
+//! without changing an answer, and an answer without migrating the store.
+//!
+//! Role views: a caller with the user role sees what runs and how it does, never how an
+//! environment is reached or what went wrong in detail (error texts, output, URLs name hosts,
+//! paths and commands). Those fields are `Option`s that are absent from a user's answer.
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::{
-    deployment::{HealthReport, HistoryEntry, Phase, TargetRecord, TargetStatus},
-    environments::{ConnectionMethod, EnvironmentType},
+    catalog::{Source, StoredEnvironment},
+    deployment::{DeploymentRecord, HealthReport, HistoryEntry, Phase, TargetRecord, TargetStatus},
+    environments::{ConnectionMethod, EnvironmentJson, EnvironmentType},
     triggers::LogLine,
 };
+
+/// Whether a caller sees details (developers and admins) or the user view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    User,
+    Details,
+}
+
+impl View {
+    fn details(self) -> bool {
+        self == View::Details
+    }
+}
 
 /// The path parameter of `/deployments/{id}…`.
 #[derive(IntoParams)]
@@ -22,6 +38,7 @@ use crate::{
 pub struct DeploymentId {
     /// Deployment id (`dep-<ms>-<8 hex>`).
     #[param(pattern = "^dep-[0-9]+-[0-9a-f]{8}$")]
+    #[allow(dead_code)] // Read by the derive.
     id: String,
 }
 
@@ -31,207 +48,617 @@ pub struct DeploymentId {
 pub struct EnvironmentId {
     /// Environment id.
     #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    #[allow(dead_code)] // Read by the derive.
     id: String,
 }
 
 /// `POST /trigger-local` and `/one-click`. An empty body deploys every enabled environment.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TriggerRequest {
     /// Environment ids; all enabled environments when absent.
-    environments: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environments: Option<Vec<String>>,
     /// The version to deploy; `platform_version` (or `DEPLOYMENT_VERSION`) when absent.
-    version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// Run the EC2 phase; the configured default when absent.
-    ec2: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ec2: Option<bool>,
 }
 
 /// A started deployment (202).
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Accepted {
-    deployment_id: String,
-    status: String,
+    pub deployment_id: String,
+    /// `pending`.
+    pub status: Phase,
     /// Where to follow it; also in `Location`.
-    status_url: String,
+    pub status_url: String,
+}
+
+/// `idle` or `running`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Activity {
+    Idle,
+    Running,
+}
+
+impl Activity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Activity::Idle => "idle",
+            Activity::Running => "running",
+        }
+    }
+}
+
+/// A deployment as lists show it (history, status, dashboard).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentEntry {
+    pub deployment_id: String,
+    pub status: Phase,
+    /// 0–100.
+    pub progress: u8,
+    pub version: String,
+    pub triggered_by: String,
+    pub environments: Vec<String>,
+    /// Environments that did not succeed, once it ended.
+    pub failed_environments: Vec<String>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub retry_of: Option<String>,
+    /// Whether it recorded an error.
+    pub has_error: bool,
+    /// The last error; absent when there is none, and for the user role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl DeploymentEntry {
+    pub fn new(entry: &HistoryEntry, view: View) -> DeploymentEntry {
+        DeploymentEntry {
+            deployment_id: entry.deployment_id.clone(),
+            status: entry.status,
+            progress: entry.progress,
+            version: entry.version.clone(),
+            triggered_by: entry.triggered_by.clone(),
+            environments: entry.environments.clone(),
+            failed_environments: entry.failed_environments.clone(),
+            created_at: entry.created_at.clone(),
+            finished_at: entry.finished_at.clone(),
+            duration_ms: entry.duration_ms,
+            retry_of: entry.retry_of.clone(),
+            has_error: entry.error.is_some(),
+            error: entry.error.clone().filter(|_| view.details()),
+        }
+    }
 }
 
 /// `GET /status` without `id`.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StatusOverview {
-    /// `idle` or `running`.
-    status: String,
-    active: Vec<HistoryEntry>,
-    latest: Option<HistoryEntry>,
-    plugin_version: String,
+    pub status: Activity,
+    pub active: Vec<DeploymentEntry>,
+    /// The newest finished deployment.
+    pub latest: Option<DeploymentEntry>,
+    pub plugin_version: String,
 }
 
-/// One deployment's summary: its history entry plus each environment's status.
-#[derive(Serialize, ToSchema)]
+/// One deployment's summary: its entry plus each environment's status.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeploymentSummary {
-    deployment_id: String,
-    status: Phase,
-    progress: u8,
-    version: String,
-    triggered_by: String,
-    environments: Vec<String>,
-    failed_environments: Vec<String>,
-    created_at: String,
-    finished_at: Option<String>,
-    duration_ms: Option<u64>,
-    retry_of: Option<String>,
-    error: Option<String>,
-    environment_status: BTreeMap<String, TargetStatus>,
+    #[serde(flatten)]
+    pub entry: DeploymentEntry,
+    pub environment_status: BTreeMap<String, TargetStatus>,
 }
 
 /// `GET /status`: the overview, or with `?id=` one deployment's summary.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum StatusAnswer {
-    Overview(StatusOverview),
     One(DeploymentSummary),
+    Overview(StatusOverview),
 }
 
 /// `POST /deployments/{id}/cancel` while the run has not recorded its end within 10 s.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Cancelling {
-    deployment_id: String,
+    pub deployment_id: String,
     /// `cancelling`.
-    status: String,
+    pub status: String,
+}
+
+/// A health report as shown; users see whether and when, not the URL or the error.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthView {
+    pub healthy: bool,
+    pub checked_at: String,
+    pub http_status: Option<u16>,
+    pub latency_ms: u64,
+    /// The checked URL (credentials masked); absent for the user role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Why it is unhealthy; absent when healthy, and for the user role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl HealthView {
+    pub fn new(report: &HealthReport, view: View) -> HealthView {
+        HealthView {
+            healthy: report.healthy,
+            checked_at: report.checked_at.clone(),
+            http_status: report.http_status,
+            latency_ms: report.latency_ms,
+            url: Some(report.url.clone()).filter(|_| view.details()),
+            error: report.error.clone().filter(|_| view.details()),
+        }
+    }
+}
+
+/// One environment's result in a deployment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TargetResult {
+    pub environment_id: String,
+    pub connection_method: String,
+    pub status: TargetStatus,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub exit_code: Option<i32>,
+    /// Whether the verification found it healthy; null when not checked.
+    pub healthy: Option<bool>,
+    /// What the trigger reported (for example the HTTP status); absent for the user role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Why it failed; absent for the user role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The last lines it wrote (the full log is at `/logs`); absent for the user role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tail: Option<Vec<LogLine>>,
+    /// The verification's report; absent for the user role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthView>,
+}
+
+impl TargetResult {
+    pub fn new(record: &TargetRecord, view: View) -> TargetResult {
+        let details = view.details();
+        TargetResult {
+            environment_id: record.environment_id.clone(),
+            connection_method: record.connection_method.clone(),
+            status: record.status,
+            started_at: record.started_at.clone(),
+            finished_at: record.finished_at.clone(),
+            duration_ms: record.duration_ms,
+            exit_code: record.exit_code,
+            healthy: record.health.as_ref().map(|health| health.healthy),
+            detail: record.detail.clone().filter(|_| details),
+            error: record.error.clone().filter(|_| details),
+            output_tail: Some(record.output_tail.clone()).filter(|_| details),
+            health: record
+                .health
+                .as_ref()
+                .filter(|_| details)
+                .map(|health| HealthView::new(health, view)),
+        }
+    }
 }
 
 /// `GET /deployments/{id}`: the full record.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeploymentDetail {
-    deployment_id: String,
-    status: Phase,
+    pub deployment_id: String,
+    pub status: Phase,
     /// The same as `status`.
-    phase: Phase,
+    pub phase: Phase,
     /// 0–100.
-    progress: u8,
-    version: String,
-    triggered_by: String,
+    pub progress: u8,
+    pub version: String,
+    pub triggered_by: String,
     /// The id of the request that started it.
-    request_id: Option<String>,
-    environments: Vec<String>,
+    pub request_id: Option<String>,
+    pub environments: Vec<String>,
     /// The EC2 phase's result: `skipped`, or the instances found and started.
     #[schema(value_type = Object)]
-    ec2: serde_json::Value,
-    errors: Vec<String>,
-    created_at: String,
-    finished_at: Option<String>,
-    duration_ms: Option<u64>,
-    retry_of: Option<String>,
+    pub ec2: serde_json::Value,
+    pub errors: Vec<String>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub retry_of: Option<String>,
     /// Lines recorded so far (all of them are at `/logs`).
-    log_lines: u64,
-    results: Vec<TargetRecord>,
-    /// The last 200 lines.
-    logs: Vec<LogLine>,
-    logs_truncated: bool,
+    pub log_lines: u64,
+    pub results: Vec<TargetResult>,
+    /// The last lines (all of them are at `/logs`).
+    pub logs: Vec<LogLine>,
+    pub logs_truncated: bool,
+}
+
+impl DeploymentDetail {
+    pub fn new(
+        record: DeploymentRecord,
+        results: Vec<TargetResult>,
+        logs: Vec<LogLine>,
+        logs_truncated: bool,
+    ) -> DeploymentDetail {
+        DeploymentDetail {
+            deployment_id: record.deployment_id,
+            status: record.status,
+            phase: record.status,
+            progress: record.progress,
+            version: record.version,
+            triggered_by: record.triggered_by,
+            request_id: record.request_id,
+            environments: record.environments,
+            ec2: record.ec2,
+            errors: record.errors,
+            created_at: record.created_at,
+            finished_at: record.finished_at,
+            duration_ms: record.duration_ms,
+            retry_of: record.retry_of,
+            log_lines: record.log_lines,
+            results,
+            logs,
+            logs_truncated,
+        }
+    }
 }
 
 /// `GET /deployments/{id}/logs`.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LogsAnswer {
-    deployment_id: String,
-    status: Phase,
+    pub deployment_id: String,
+    pub status: Phase,
     /// Whether the deployment has ended (no more lines will come).
-    complete: bool,
-    total_lines: u64,
-    lines: Vec<LogLine>,
+    pub complete: bool,
+    pub total_lines: u64,
+    pub lines: Vec<LogLine>,
+}
+
+/// The last line of a followed log (`?follow=true`): the deployment ended, in this status.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogEnd {
+    /// Always true.
+    pub end: bool,
+    pub status: Phase,
 }
 
 /// `GET /history`: newest first.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HistoryPage {
-    history: Vec<HistoryEntry>,
+    pub history: Vec<DeploymentEntry>,
     /// Matching deployments over all pages.
-    total_count: u64,
+    pub total_count: u64,
     /// Pass as `cursor` for the next page; null on the last.
-    next_cursor: Option<String>,
+    pub next_cursor: Option<String>,
 }
 
-/// An environment as shown: secrets are replaced by whether they are set.
-#[derive(Serialize, ToSchema)]
-pub struct EnvironmentView {
-    environment_id: String,
-    environment_type: EnvironmentType,
-    connection_method: ConnectionMethod,
-    host: Option<String>,
-    port: Option<u16>,
-    username: Option<String>,
-    ssh_key_path: Option<String>,
-    known_hosts_path: Option<String>,
-    init_script_path: Option<String>,
-    working_directory: Option<String>,
-    health_check_url: Option<String>,
-    timeout: u64,
-    webhook_url: Option<String>,
-    command: Option<Vec<String>>,
-    enabled: bool,
-    tags: BTreeMap<String, String>,
-    description: Option<String>,
-    has_api_token: bool,
-    has_webhook_secret: bool,
+/// How an environment is reached and where it came from: for developers and admins only, so
+/// the schema requires none of it. Secrets are never shown, only whether they are set.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConnectionDetails {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub username: Option<String>,
+    pub ssh_key_path: Option<String>,
+    pub known_hosts_path: Option<String>,
+    pub init_script_path: Option<String>,
+    pub working_directory: Option<String>,
+    /// Credentials masked.
+    pub health_check_url: Option<String>,
+    /// Seconds its trigger and verification may take.
+    #[schema(required = false)]
+    pub timeout: u64,
+    /// Credentials masked.
+    pub webhook_url: Option<String>,
+    pub command: Option<Vec<String>>,
+    #[schema(required = false)]
+    pub has_api_token: bool,
+    #[schema(required = false)]
+    pub has_webhook_secret: bool,
     /// `file` (from `environments_file`) or `api`.
-    source: String,
-    updated_at: String,
-    last_health: Option<HealthReport>,
+    #[schema(required = false)]
+    pub source: EnvironmentSource,
+    #[schema(required = false)]
+    pub updated_at: String,
+}
+
+/// Where an environment's definition came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EnvironmentSource {
+    File,
+    Api,
+}
+
+/// An environment as shown.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EnvironmentView {
+    pub environment_id: String,
+    pub environment_type: EnvironmentType,
+    pub connection_method: ConnectionMethod,
+    pub enabled: bool,
+    pub tags: BTreeMap<String, String>,
+    pub description: Option<String>,
+    /// How it is reached; absent for the user role (so none of its fields is required).
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = ConnectionDetails)]
+    pub connection: Option<ConnectionDetails>,
+    pub last_health: Option<HealthView>,
+}
+
+impl EnvironmentView {
+    pub fn new(
+        stored: &StoredEnvironment,
+        health: Option<&HealthReport>,
+        view: View,
+    ) -> EnvironmentView {
+        let flat = EnvironmentJson::from(stored.environment.clone());
+        let connection = view.details().then(|| ConnectionDetails {
+            host: flat.host,
+            port: flat.port,
+            username: flat.username,
+            ssh_key_path: flat.ssh_key_path,
+            known_hosts_path: flat.known_hosts_path,
+            init_script_path: flat.init_script_path,
+            working_directory: flat.working_directory,
+            health_check_url: flat.health_check_url.as_deref().map(crate::redact::url),
+            timeout: flat.timeout,
+            webhook_url: flat.webhook_url.as_deref().map(crate::redact::url),
+            command: flat.command,
+            has_api_token: stored.has_api_token,
+            has_webhook_secret: stored.has_webhook_secret,
+            source: match stored.source {
+                Source::File => EnvironmentSource::File,
+                Source::Api => EnvironmentSource::Api,
+            },
+            updated_at: stored.updated_at.clone(),
+        });
+        EnvironmentView {
+            environment_id: flat.environment_id,
+            environment_type: flat.environment_type,
+            connection_method: flat.connection_method,
+            enabled: flat.enabled,
+            tags: flat.tags,
+            description: flat.description,
+            connection,
+            last_health: health.map(|report| HealthView::new(report, view)),
+        }
+    }
 }
 
 /// `GET /environments`.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EnvironmentList {
-    environments: Vec<EnvironmentView>,
-    total_count: u64,
+    pub environments: Vec<EnvironmentView>,
+    pub total_count: u64,
 }
 
 /// `DELETE /environments/{id}`.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Deleted {
-    deleted: String,
+    pub deleted: String,
 }
 
 /// `POST /environments/{id}/health-check`.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HealthCheckAnswer {
-    environment_id: String,
-    health: HealthReport,
+    pub environment_id: String,
+    pub health: HealthView,
 }
 
 /// An environment's last deployment, on the dashboard.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LastDeployment {
-    deployment_id: String,
-    status: Phase,
+    pub deployment_id: String,
+    pub status: Phase,
     /// Whether this environment succeeded in it; null while it runs.
-    succeeded: Option<bool>,
-    finished_at: Option<String>,
+    pub succeeded: Option<bool>,
+    pub finished_at: Option<String>,
 }
 
 /// An environment card of the dashboard.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DashboardEnvironment {
     #[serde(flatten)]
-    environment: EnvironmentView,
-    last_deployment: Option<LastDeployment>,
+    pub environment: EnvironmentView,
+    pub last_deployment: Option<LastDeployment>,
 }
 
 /// Success rate and mean duration over the last `window` finished deployments.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RecentFigures {
-    window: u64,
-    finished: u64,
-    success_rate: Option<f64>,
-    mean_duration_ms: Option<u64>,
+    pub window: u64,
+    pub finished: u64,
+    pub success_rate: Option<f64>,
+    pub mean_duration_ms: Option<u64>,
 }
 
 /// `GET /dashboard`: what the page draws.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DashboardAnswer {
     /// Deployments by status.
-    counts: BTreeMap<String, u64>,
-    total_count: u64,
-    environments: Vec<DashboardEnvironment>,
-    active: Vec<HistoryEntry>,
-    recent: RecentFigures,
-    plugin_version: String,
+    pub counts: BTreeMap<String, u64>,
+    pub total_count: u64,
+    pub environments: Vec<DashboardEnvironment>,
+    pub active: Vec<DeploymentEntry>,
+    pub recent: RecentFigures,
+    pub plugin_version: String,
+}
+
+/// The error answer of every route: a code to branch on, a message to show, and the field at
+/// fault when there is one.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorAnswer {
+    pub error: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// Event `deployment.phase`: a deployment moved to another phase.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PhaseEvent {
+    pub deployment_id: String,
+    pub status: Phase,
+    pub previous: Option<Phase>,
+    pub progress: u8,
+    pub environments: Vec<String>,
+    pub error_count: usize,
+    /// The errors so far; absent for the user role (they name hosts and URLs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<String>>,
+    pub at: String,
+}
+
+impl PhaseEvent {
+    pub fn new(
+        record: &DeploymentRecord,
+        previous: Option<Phase>,
+        at: String,
+        view: View,
+    ) -> PhaseEvent {
+        PhaseEvent {
+            deployment_id: record.deployment_id.clone(),
+            status: record.status,
+            previous,
+            progress: record.progress,
+            environments: record.environments.clone(),
+            error_count: record.errors.len(),
+            errors: Some(record.errors.clone()).filter(|_| view.details()),
+            at,
+        }
+    }
+}
+
+/// Event `deployment.environment`: one environment of a deployment moved.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EnvironmentEvent {
+    pub deployment_id: String,
+    pub progress: u8,
+    pub environment: TargetResult,
+}
+
+/// Event `deployment.log` (developers and admins only): lines stored in a deployment's log.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogEvent {
+    pub deployment_id: String,
+    pub lines: Vec<LogLine>,
+}
+
+/// Event `environment.health`: an environment's health changed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthEvent {
+    pub environment_id: String,
+    pub health: HealthView,
+}
+
+/// Event `environment.deleted`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeletedEvent {
+    pub environment_id: String,
+}
+
+/// Publishes an event: `full` for developers and admins, `user` (when given) for the user role,
+/// which otherwise does not receive it.
+pub fn publish<T: Serialize>(host: &plugin_guest::Host, kind: &str, full: &T, user: Option<&T>) {
+    let encode = |event: &T| serde_json::to_value(event).unwrap_or_default();
+    match user {
+        Some(user) => host.publish_by_role(kind, &encode(full), Some(&encode(user))),
+        None => host.publish_by_role(kind, &encode(full), None),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::environments::{parse, Environment};
+
+    /// A catalog entry as the store keeps it.
+    fn stored(environment: Environment, source: Source, secrets_set: bool) -> StoredEnvironment {
+        StoredEnvironment {
+            environment,
+            source,
+            updated_at: "2026-01-01T00:00:00.000Z".into(),
+            file_version: None,
+            file_secrets_sha256: None,
+            has_api_token: secrets_set,
+            has_webhook_secret: secrets_set,
+        }
+    }
+
+    #[test]
+    fn secrets_are_not_in_any_environment_view() {
+        let text = r#"{"environments": [
+            {"environment_id": "h", "environment_type": "linux_local", "connection_method": "http_api", "host": "127.0.0.1", "api_token": "tok-123"},
+            {"environment_id": "w", "environment_type": "linux_local", "connection_method": "webhook", "webhook_url": "http://127.0.0.1:1/hook", "webhook_secret": "whs-456"}]}"#;
+        let environments = parse(text).unwrap_or_default();
+        assert_eq!(environments.len(), 2);
+        assert_eq!(environments[0].api_token(), Some("tok-123"));
+        assert_eq!(environments[1].webhook_secret(), Some("whs-456"));
+        for environment in environments {
+            // Even a stored environment that still held its secrets would not show them.
+            let stored = stored(environment, Source::Api, true);
+            for view in [View::Details, View::User] {
+                let shown = serde_json::to_string(&EnvironmentView::new(&stored, None, view))
+                    .unwrap_or_default();
+                assert!(shown.contains("\"environment_id\""), "{shown}");
+                assert!(
+                    !shown.contains("tok-123") && !shown.contains("whs-456"),
+                    "{shown}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_user_sees_no_connection_detail() {
+        let environment = crate::environments::parse_one(
+            br#"{"environment_id": "s", "environment_type": "linux_local", "connection_method": "ssh", "host": "127.0.0.1", "username": "deployer", "ssh_key_path": "/keys/id", "init_script_path": "/opt/deploy.sh"}"#,
+        )
+        .expect("valid");
+        let stored = stored(environment, Source::File, false);
+        let report = HealthReport {
+            healthy: false,
+            url: "http://127.0.0.1:9/health".into(),
+            checked_at: "2026-01-01T00:00:00.000Z".into(),
+            http_status: None,
+            error: Some("connection refused by 127.0.0.1".into()),
+            latency_ms: 3,
+        };
+        let user = serde_json::to_value(EnvironmentView::new(&stored, Some(&report), View::User))
+            .expect("serializes");
+        let text = user.to_string();
+        for detail in [
+            "127.0.0.1",
+            "deployer",
+            "/opt/deploy.sh",
+            "source",
+            "timeout",
+        ] {
+            assert!(!text.contains(detail), "{detail} in {text}");
+        }
+        assert_eq!(user["last_health"]["healthy"], false);
+        let full =
+            serde_json::to_value(EnvironmentView::new(&stored, Some(&report), View::Details))
+                .expect("serializes");
+        assert_eq!(full["host"], "127.0.0.1");
+        assert_eq!(full["source"], "file");
+        assert_eq!(
+            full["last_health"]["error"],
+            "connection refused by 127.0.0.1"
+        );
+        // What a developer reads back is the same view.
+        let read: EnvironmentView = serde_json::from_value(full).expect("reads back");
+        assert!(read
+            .connection
+            .is_some_and(|details| details.username.as_deref() == Some("deployer")));
+        let read: EnvironmentView = serde_json::from_value(user).expect("reads back");
+        assert!(read.connection.is_none());
+    }
 }

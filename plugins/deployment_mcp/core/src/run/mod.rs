@@ -61,7 +61,7 @@ pub(crate) trait RunOwner: Send + Sync + 'static {
         &self,
         id: &str,
         report: &HealthReport,
-    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    ) -> impl std::future::Future<Output = Result<(), crate::records::StoreError>> + Send;
     /// Frees the environments the run claimed.
     fn release(
         &self,

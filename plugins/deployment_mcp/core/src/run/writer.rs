@@ -18,13 +18,13 @@ use std::{
 };
 
 use plugin_guest::StoreOp;
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     deployment::{event, DeploymentRecord, Phase, TargetRecord},
     records::{self, collection, log_key, target_key, Records},
     triggers::{timestamp, LogLine, LogSink, LogStream},
+    wire::{self, EnvironmentEvent, LogEvent, PhaseEvent, TargetResult, View},
 };
 
 /// Lines of output kept per environment in its result (the full log is in the store).
@@ -371,9 +371,13 @@ impl WriterTask {
         let host = self.records.host();
         if !lines.is_empty() {
             // Log lines are for developers and admins only.
-            host.publish_by_role(
+            wire::publish(
+                host,
                 event::LOG,
-                &json!({ "deployment_id": id, "lines": lines }),
+                &LogEvent {
+                    deployment_id: id.clone(),
+                    lines,
+                },
                 None,
             );
         }
@@ -381,14 +385,16 @@ impl WriterTask {
             publish_phase(host, record, Some(*previous));
         }
         for target in &transitions {
-            host.publish_by_role(
+            let event = |view| EnvironmentEvent {
+                deployment_id: id.clone(),
+                progress: self.progress,
+                environment: TargetResult::new(target, view),
+            };
+            wire::publish(
+                host,
                 event::ENVIRONMENT,
-                &json!({ "deployment_id": id, "progress": self.progress, "environment": target }),
-                Some(&json!({
-                    "deployment_id": id,
-                    "progress": self.progress,
-                    "environment": target.user_view(),
-                })),
+                &event(View::Details),
+                Some(&event(View::User)),
             );
         }
     }
@@ -402,23 +408,11 @@ pub fn publish_phase(
     previous: Option<Phase>,
 ) {
     let at = timestamp(SystemTime::now());
-    let full = json!({
-        "deployment_id": record.deployment_id,
-        "status": record.status,
-        "previous": previous,
-        "progress": record.progress,
-        "environments": record.environments,
-        "errors": record.errors,
-        "at": at,
-    });
-    let user = json!({
-        "deployment_id": record.deployment_id,
-        "status": record.status,
-        "previous": previous,
-        "progress": record.progress,
-        "environments": record.environments,
-        "error_count": record.errors.len(),
-        "at": at,
-    });
-    host.publish_by_role(event::PHASE, &full, Some(&user));
+    let event = |view| PhaseEvent::new(record, previous, at.clone(), view);
+    wire::publish(
+        host,
+        event::PHASE,
+        &event(View::Details),
+        Some(&event(View::User)),
+    );
 }

@@ -176,6 +176,17 @@ pub enum LogStream {
     Error,
 }
 
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Info => "info",
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+            LogStream::Error => "error",
+        }
+    }
+}
+
 /// One line of a deployment's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct LogLine {

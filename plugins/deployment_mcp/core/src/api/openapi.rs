@@ -1,6 +1,6 @@
 //! The plugin's own OpenAPI document, served at `{mount}/openapi.json` for the host to merge into
 //! `/api/openapi.json`. Operations come from the `#[utoipa::path]` attributes on the handlers in
-//! `routes`; the answers they reference are described in `wire`.
+//! `api`'s modules; the bodies they reference are the `wire` types the handlers answer with.
 //!
 //! Paths here are relative to the mount; the host prefixes them, and adds what it does for every
 //! plugin route: key authentication and the error answers (its own and the plugin's share one
@@ -10,8 +10,9 @@ use std::sync::OnceLock;
 
 use utoipa::OpenApi;
 
+use crate::wire::{DeploymentEntry, ErrorAnswer, HealthView, TargetResult};
 use crate::{
-    deployment::{HealthReport, HistoryEntry, Phase, TargetRecord, TargetStatus},
+    deployment::{Phase, TargetStatus},
     environments::{ConnectionMethod, EnvironmentJson, EnvironmentType},
     triggers::{LogLine, LogStream},
 };
@@ -20,25 +21,25 @@ use crate::{
 #[openapi(
     info(title = "deployment_mcp", description = "Deployment coordination: environments, deployments, history."),
     paths(
-        crate::routes::status,
-        crate::routes::dashboard,
-        crate::routes::trigger_local,
-        crate::routes::one_click,
-        crate::routes::history,
-        crate::routes::detail,
-        crate::routes::logs,
-        crate::routes::cancel,
-        crate::routes::retry,
-        crate::routes::list_environments,
-        crate::routes::create_environment,
-        crate::routes::get_environment,
-        crate::routes::replace_environment,
-        crate::routes::delete_environment,
-        crate::routes::health_check,
+        super::overview::status,
+        super::overview::dashboard,
+        super::deployments::trigger_local,
+        super::deployments::one_click,
+        super::deployments::history,
+        super::deployments::detail,
+        super::deployments::logs,
+        super::deployments::cancel,
+        super::deployments::retry,
+        super::environments::list,
+        super::environments::create,
+        super::environments::get,
+        super::environments::replace,
+        super::environments::delete,
+        super::environments::health_check,
     ),
     components(schemas(
         EnvironmentJson, EnvironmentType, ConnectionMethod, LogLine, LogStream, Phase,
-        TargetStatus, HealthReport, TargetRecord, HistoryEntry,
+        TargetStatus, HealthView, TargetResult, DeploymentEntry, ErrorAnswer,
     )),
     tags((name = "deployment", description = "Deployment coordination (the deployment_mcp plugin)")),
 )]
@@ -59,13 +60,13 @@ mod tests {
         let document: serde_json::Value = serde_json::from_slice(document()).unwrap();
         let paths = document["paths"].as_object().unwrap();
         // Every route of the table, but the document itself, is described with a success answer.
-        for route in crate::routes::ROUTES {
-            if route.pattern == ["openapi.json"] {
+        for route in crate::api::ROUTES {
+            if route.path == "/openapi.json" {
                 continue;
             }
-            let path = format!("/{}", route.pattern.join("/"));
-            let method = route.method.to_ascii_lowercase();
-            let operation = &paths[&path][&method];
+            let path = route.path;
+            let method = route.method.as_str().to_ascii_lowercase();
+            let operation = &paths[path][&method];
             assert!(operation.is_object(), "{method} {path} is not described");
             let success = operation["responses"]
                 .as_object()
@@ -77,10 +78,22 @@ mod tests {
             .values()
             .map(|methods| methods.as_object().map_or(0, |m| m.len()))
             .sum();
-        assert_eq!(described, crate::routes::ROUTES.len() - 1);
+        assert_eq!(described, crate::api::ROUTES.len() - 1);
         // Secrets may be written, never read back.
-        let view = &document["components"]["schemas"]["EnvironmentView"]["properties"];
-        assert!(view["api_token"].is_null() && view["webhook_secret"].is_null());
-        assert!(view["has_api_token"].is_object());
+        let schemas = &document["components"]["schemas"];
+        for name in ["EnvironmentView", "ConnectionDetails"] {
+            let text = schemas[name].to_string();
+            assert!(
+                !text.contains("\"api_token") && !text.contains("\"webhook_secret"),
+                "{name}: {text}"
+            );
+        }
+        let details = &schemas["ConnectionDetails"];
+        assert!(details["properties"]["has_api_token"].is_object());
+        // A user's view has none of them.
+        assert!(
+            details["required"].as_array().is_none_or(Vec::is_empty),
+            "{details}"
+        );
     }
 }

@@ -1,0 +1,493 @@
+//! Deployments: start one (`trigger-local`, `one-click`, with `Idempotency-Key`), read the
+//! history, one deployment's record and log (whole or followed), cancel, retry.
+
+use std::time::{Duration, Instant};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{FromRequestParts, Path, State},
+    http::{header, request::Parts, StatusCode},
+    response::{IntoResponse, Response},
+};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    header_value, json, Answer, ApiError, ApiState, Mount, Params, RequestId, Shared, Who,
+};
+use crate::{
+    coordinator::StartRequest,
+    deployment::{is_deployment_id, new_deployment_id, DeploymentRecord, Phase, TargetStatus},
+    environments::{check_id, from_json_object},
+    history::{Filter, History},
+    store::{DeploymentStore, IdempotencyRecord, IdempotencyStore},
+    triggers::LogLine,
+    wire::{
+        Accepted, Cancelling, DeploymentDetail, DeploymentEntry, HistoryPage, LogEnd, LogsAnswer,
+        TargetResult, TriggerRequest, View,
+    },
+};
+
+/// How often a followed log looks for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// Log lines included in a deployment's detail (all of them are at `/logs`).
+const DETAIL_LOG_LINES: usize = 200;
+/// How long a request waits for a concurrent one with the same `Idempotency-Key` to start its
+/// deployment.
+const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(10);
+/// How long a cancel waits for the run to record its end before answering 202.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
+
+impl ApiState {
+    pub(super) async fn record(&self, id: &str) -> Result<DeploymentRecord, ApiError> {
+        if !is_deployment_id(id) {
+            return Err(ApiError::not_found("deployment", id));
+        }
+        self.deployments()
+            .record(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("deployment", id))
+    }
+
+    async fn log_lines(&self, id: &str) -> Result<Vec<LogLine>, ApiError> {
+        Ok(self
+            .deployments()
+            .log_chunks(id)
+            .await?
+            .into_iter()
+            .flat_map(|(_, chunk)| chunk)
+            .collect())
+    }
+}
+
+/// The 202 of a started deployment, with `Location`.
+fn accepted(mount: &Mount, deployment_id: &str) -> Response {
+    let status_url = format!("{}/deployments/{deployment_id}", mount.0);
+    let mut response = json(
+        StatusCode::ACCEPTED,
+        &Accepted {
+            deployment_id: deployment_id.to_owned(),
+            status: Phase::Pending,
+            status_url: status_url.clone(),
+        },
+    );
+    if let Some(location) = header_value(&status_url) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+#[utoipa::path(
+    get, path = "/deployments/{id}", tag = "deployment",
+    params(crate::wire::DeploymentId),
+    responses((status = 200, description = "The full record", body = crate::wire::DeploymentDetail))
+)]
+pub(crate) async fn detail(State(api): Shared, Path(id): Path<String>) -> Answer {
+    let record = api.record(&id).await?;
+    let results = api
+        .deployments()
+        .targets(&id)
+        .await?
+        .iter()
+        .map(|target| TargetResult::new(target, View::Details))
+        .collect();
+    let mut lines = api.log_lines(&id).await?;
+    let skip = lines.len().saturating_sub(DETAIL_LOG_LINES);
+    let logs = lines.split_off(skip);
+    Ok(json(
+        StatusCode::OK,
+        &DeploymentDetail::new(record, results, logs, skip > 0),
+    ))
+}
+
+#[utoipa::path(
+    get, path = "/deployments/{id}/logs", tag = "deployment",
+    params(crate::wire::DeploymentId, ("follow" = Option<bool>, Query, description = "Stream NDJSON lines until the deployment ends")),
+    responses(
+        (status = 200, description = "The whole log, or with `follow` a stream of lines", content(
+            (crate::wire::LogsAnswer = "application/json"),
+            (crate::triggers::LogLine = "application/x-ndjson"),
+        )),
+    )
+)]
+pub(crate) async fn logs(State(api): Shared, Path(id): Path<String>, params: Params) -> Answer {
+    let record = api.record(&id).await?;
+    let follow = match params.get("follow").as_deref() {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") | Some("") => true,
+        Some(other) => {
+            return Err(ApiError::field(
+                "follow",
+                format!("{other:?} is not a boolean; use true or false"),
+            ))
+        }
+    };
+    if !follow {
+        let lines = api.log_lines(&id).await?;
+        return Ok(json(
+            StatusCode::OK,
+            &LogsAnswer {
+                total_lines: record.log_lines.max(lines.len() as u64),
+                deployment_id: id,
+                status: record.status,
+                complete: record.status.is_terminal(),
+                lines,
+            },
+        ));
+    }
+    let stream = follow_stream(api.deployments(), id, api.stop.clone());
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+#[utoipa::path(
+    post, path = "/trigger-local", tag = "deployment",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeats the first answer for the same key and body")),
+    request_body(content = Option<crate::wire::TriggerRequest>, content_type = "application/json"),
+    responses((status = 202, description = "Started; follow `status_url`", body = crate::wire::Accepted))
+)]
+pub(crate) async fn trigger_local(State(api): Shared, call: TriggerCall, body: Bytes) -> Answer {
+    trigger(&api, call, &body).await
+}
+
+#[utoipa::path(
+    post, path = "/one-click", tag = "deployment",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeats the first answer for the same key and body")),
+    request_body(content = Option<crate::wire::TriggerRequest>, content_type = "application/json"),
+    responses((status = 202, description = "Started (the original's name for trigger-local)", body = crate::wire::Accepted))
+)]
+pub(crate) async fn one_click(State(api): Shared, call: TriggerCall, body: Bytes) -> Answer {
+    trigger(&api, call, &body).await
+}
+
+/// What a trigger needs of the request besides its body.
+pub(crate) struct TriggerCall {
+    caller: Who,
+    request_id: RequestId,
+    mount: Mount,
+    idempotency_key: Option<Vec<u8>>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for TriggerCall {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> Result<TriggerCall, Self::Rejection> {
+        Ok(TriggerCall {
+            caller: Who::from_request_parts(parts, state).await?,
+            request_id: RequestId::from_request_parts(parts, state).await?,
+            mount: Mount::from_request_parts(parts, state).await?,
+            idempotency_key: parts
+                .headers
+                .get("idempotency-key")
+                .map(|key| key.as_bytes().to_vec()),
+        })
+    }
+}
+
+async fn trigger(api: &ApiState, call: TriggerCall, body: &[u8]) -> Answer {
+    let request: TriggerRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        TriggerRequest::default()
+    } else {
+        from_json_object(body)?
+    };
+    let TriggerCall {
+        caller,
+        request_id: RequestId(request_id),
+        mount,
+        idempotency_key,
+    } = call;
+    let caller = caller.name();
+    let idempotency = match idempotency_key {
+        None => None,
+        Some(key) if key.is_empty() || key.len() > 255 => {
+            return Err(ApiError::field(
+                "Idempotency-Key",
+                "must be 1 to 255 characters",
+            ))
+        }
+        Some(key) => Some((
+            format!("{caller}/{}", hex::encode(Sha256::digest(&key))),
+            hex::encode(Sha256::digest(body)),
+        )),
+    };
+    let start_request = |deployment_id: Option<String>| StartRequest {
+        deployment_id,
+        environments: request.environments.clone(),
+        version: request.version.clone(),
+        ec2: request.ec2,
+        triggered_by: format!("api:{caller}"),
+        request_id: Some(request_id.clone()),
+        retry_of: None,
+    };
+    let Some((key, fingerprint)) = idempotency else {
+        let started = api.coordinator.start(start_request(None)).await?;
+        return Ok(accepted(&mount, &started.deployment_id));
+    };
+    let keys = IdempotencyStore::new(api.coordinator.records().clone());
+    let deadline = Instant::now() + IDEMPOTENCY_WAIT;
+    loop {
+        let created_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let mine = IdempotencyRecord::starting(
+            fingerprint.clone(),
+            new_deployment_id(created_ms),
+            created_ms,
+        );
+        let Some(earlier) = keys.claim(&key, &mine).await? else {
+            // This request owns the key: start, then record the outcome for the others.
+            return match api
+                .coordinator
+                .start(start_request(Some(mine.deployment_id.clone())))
+                .await
+            {
+                Ok(started) => {
+                    keys.started(&key, &mine).await?;
+                    Ok(accepted(&mount, &started.deployment_id))
+                }
+                Err(error) => {
+                    // Nothing started: free the key, so a retry can start it.
+                    let _ = keys.release(&key, &mine).await;
+                    Err(ApiError::from(error))
+                }
+            };
+        };
+        match earlier {
+            Some(earlier) if earlier.fingerprint != fingerprint => {
+                return Err(ApiError::unprocessable(
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different body; use a new key for a new request",
+                ))
+            }
+            Some(earlier) if !earlier.is_starting() => {
+                return Ok(accepted(&mount, &earlier.deployment_id))
+            }
+            // Another request with this key is starting it (or the key was just freed): wait
+            // for its outcome, then answer the same.
+            _ if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => {
+                return Err(ApiError::conflict(
+                    "idempotency_key_in_use",
+                    "a request with this Idempotency-Key is still starting its deployment; retry shortly",
+                ))
+            }
+        }
+    }
+}
+
+#[utoipa::path(
+    post, path = "/deployments/{id}/cancel", tag = "deployment",
+    params(crate::wire::DeploymentId),
+    responses(
+        (status = 200, description = "Cancelled; the summary as recorded", body = crate::wire::DeploymentSummary),
+        (status = 202, description = "Cancel requested; the run has not recorded its end yet", body = crate::wire::Cancelling),
+    )
+)]
+pub(crate) async fn cancel(State(api): Shared, caller: Who, Path(id): Path<String>) -> Answer {
+    let record = api.record(&id).await?;
+    if record.status.is_terminal() {
+        return Err(ApiError::conflict(
+            "already_finished",
+            format!(
+                "deployment {id} already ended as {}",
+                record.status.as_str()
+            ),
+        ));
+    }
+    api.coordinator.cancel(&id, caller.name()).await?;
+    // Wait (bounded) for the run to record the end, so the answer shows it.
+    let deadline = Instant::now() + CANCEL_WAIT;
+    while Instant::now() < deadline {
+        if api.record(&id).await?.status.is_terminal() {
+            return Ok(json(
+                StatusCode::OK,
+                &api.summary(&id, View::Details).await?,
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &Cancelling {
+            deployment_id: id,
+            status: "cancelling".into(),
+        },
+    ))
+}
+
+#[utoipa::path(
+    post, path = "/deployments/{id}/retry", tag = "deployment",
+    params(crate::wire::DeploymentId),
+    responses((status = 202, description = "A new deployment of the environments that did not succeed", body = crate::wire::Accepted))
+)]
+pub(crate) async fn retry(
+    State(api): Shared,
+    caller: Who,
+    RequestId(request_id): RequestId,
+    mount: Mount,
+    Path(id): Path<String>,
+) -> Answer {
+    let record = api.record(&id).await?;
+    if !record.status.is_terminal() {
+        return Err(ApiError::conflict(
+            "still_running",
+            format!(
+                "deployment {id} is still {}; retry it once it ended",
+                record.status.as_str()
+            ),
+        ));
+    }
+    let failed: Vec<String> = api
+        .deployments()
+        .targets(&id)
+        .await?
+        .into_iter()
+        .filter(|target| target.status != TargetStatus::Succeeded)
+        .map(|target| target.environment_id)
+        .collect();
+    if failed.is_empty() {
+        return Err(ApiError::unprocessable(
+            "nothing_to_retry",
+            format!("every environment of {id} succeeded; there is nothing to retry"),
+        ));
+    }
+    let started = api
+        .coordinator
+        .start(StartRequest {
+            deployment_id: None,
+            environments: Some(failed),
+            version: Some(record.version),
+            ec2: None,
+            triggered_by: format!("retry:{}", caller.name()),
+            request_id: Some(request_id),
+            retry_of: Some(id),
+        })
+        .await?;
+    Ok(accepted(&mount, &started.deployment_id))
+}
+
+#[utoipa::path(
+    get, path = "/history", tag = "deployment",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Page size (default 50)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("status" = Option<crate::deployment::Phase>, Query, description = "Only deployments in this status"),
+        ("environment" = Option<String>, Query, description = "Only deployments that include this environment"),
+    ),
+    responses((status = 200, description = "Deployments, newest first", body = crate::wire::HistoryPage))
+)]
+pub(crate) async fn history(State(api): Shared, params: Params) -> Answer {
+    let limit = params.number("limit", 50, 1..=500)?;
+    let status = match params.get("status") {
+        None => None,
+        Some(text) => Some(Phase::parse(&text).ok_or_else(|| {
+            ApiError::field(
+                "status",
+                format!("{text:?} is not a deployment status (pending, local_deploying, completed, failed, cancelled, interrupted, …)"),
+            )
+        })?),
+    };
+    let environment = params.get("environment");
+    if let Some(id) = &environment {
+        check_id(id).map_err(|error| ApiError::field("environment", error.message))?;
+    }
+    let cursor = params.get("cursor");
+    if let Some(cursor) = &cursor {
+        let valid = cursor.split_once('/').is_some_and(|(time, id)| {
+            time.len() == 20 && time.bytes().all(|b| b.is_ascii_digit()) && is_deployment_id(id)
+        });
+        if !valid {
+            return Err(ApiError::field(
+                "cursor",
+                "is not a cursor from an earlier page's next_cursor",
+            ));
+        }
+    }
+    let filter = Filter {
+        status,
+        environment,
+    };
+    let page = History::new(api.coordinator.records().clone())
+        .page(&filter, cursor.as_deref(), limit)
+        .await?;
+    Ok(json(
+        StatusCode::OK,
+        &HistoryPage {
+            history: page
+                .entries
+                .iter()
+                .map(|(_, entry)| DeploymentEntry::new(entry, View::Details))
+                .collect(),
+            total_count: page.total,
+            next_cursor: page.next_cursor,
+        },
+    ))
+}
+
+/// NDJSON of a deployment's log: what is stored, then new lines as they are stored, until the
+/// deployment ends (a last [`LogEnd`] line says how) or the instance stops.
+fn follow_stream(
+    deployments: DeploymentStore,
+    id: String,
+    stop: CancellationToken,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::convert::Infallible>> + Send {
+    let state = (deployments, id, None::<String>, false, stop);
+    futures_util::stream::unfold(
+        state,
+        |(deployments, id, mut after, ended, stop)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                // Read the status first: lines stored before it ended are then all visible.
+                let status = deployments
+                    .record(&id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|record| record.status);
+                let chunks = deployments
+                    .log_chunks_after(&id, after.as_deref(), 100)
+                    .await
+                    .unwrap_or_default();
+                let mut out = Vec::new();
+                for (key, lines) in chunks {
+                    for line in lines {
+                        out.extend(serde_json::to_vec(&line).unwrap_or_default());
+                        out.push(b'\n');
+                    }
+                    after = Some(key);
+                }
+                if !out.is_empty() {
+                    return Some((Ok(out), (deployments, id, after, false, stop)));
+                }
+                match status {
+                    Some(status) if status.is_terminal() => {
+                        let mut end =
+                            serde_json::to_vec(&LogEnd { end: true, status }).unwrap_or_default();
+                        end.push(b'\n');
+                        return Some((Ok(end), (deployments, id, after, true, stop)));
+                    }
+                    None => return None,
+                    Some(_) => {}
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                }
+            }
+        },
+    )
+}

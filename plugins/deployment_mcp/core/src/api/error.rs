@@ -1,0 +1,150 @@
+//! Why a request failed, as this API reports it. Handlers, extractors and the role layer return
+//! [`ApiError`]; its [`IntoResponse`] is the one place it becomes the JSON error answer
+//! ([`ErrorAnswer`]: `error`, `message`, and `field` when one field is at fault).
+
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use plugin_guest::Role;
+
+use crate::wire::ErrorAnswer;
+use crate::{coordinator::StartError, environments::FieldError, records::StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    /// 400: a field of the request is wrong.
+    #[error("{0}")]
+    BadField(FieldError),
+    /// 401: no key.
+    #[error("send an API key in X-API-Key or Authorization: Bearer")]
+    Unauthenticated,
+    /// 403: the key's role is below the route's.
+    #[error("this endpoint needs the {} role; your key has {}", needs.as_str(), has.as_str())]
+    Forbidden { needs: Role, has: Role },
+    /// 404: no such deployment or environment.
+    #[error("no {what} {id:?}")]
+    NotFound { what: &'static str, id: String },
+    /// 404: no route has this path.
+    #[error("no deployment endpoint at {0}")]
+    NoRoute(String),
+    /// 405, with the methods the path takes.
+    #[error("{method} is not supported on {path}; use {}", allowed.join(" or "))]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allowed: Vec<String>,
+    },
+    /// 409: the request conflicts with what is going on (`field` when one field is the cause).
+    #[error("{message}")]
+    Conflict {
+        code: &'static str,
+        message: String,
+        field: Option<&'static str>,
+    },
+    /// 422: well-formed, but it cannot be done.
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
+    /// 500: the store failed. The cause goes to the log; the caller gets a generic message.
+    #[error("the deployment store could not be read or written; see the host log")]
+    Store(StoreError),
+}
+
+impl ApiError {
+    pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::Conflict {
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub(crate) fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::Unprocessable {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn not_found(what: &'static str, id: &str) -> ApiError {
+        ApiError::NotFound {
+            what,
+            id: id.to_owned(),
+        }
+    }
+
+    pub(crate) fn field(field: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::BadField(FieldError::new(field, message))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        let (status, code, field) = match &self {
+            ApiError::BadField(error) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                Some(error.field.clone()),
+            ),
+            ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden", None),
+            ApiError::NotFound { .. } | ApiError::NoRoute(_) => {
+                (StatusCode::NOT_FOUND, "not_found", None)
+            }
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None)
+            }
+            ApiError::Conflict { code, field, .. } => {
+                (StatusCode::CONFLICT, *code, field.map(str::to_owned))
+            }
+            ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, *code, None),
+            ApiError::Store(cause) => {
+                tracing::error!("store: {cause}");
+                (StatusCode::INTERNAL_SERVER_ERROR, "store_error", None)
+            }
+        };
+        let answer = ErrorAnswer {
+            error: code.to_owned(),
+            message,
+            field,
+        };
+        let mut response = (status, Json(answer)).into_response();
+        if let ApiError::MethodNotAllowed { allowed, .. } = &self {
+            if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
+                response.headers_mut().insert(header::ALLOW, value);
+            }
+        }
+        response
+    }
+}
+
+impl From<StartError> for ApiError {
+    fn from(error: StartError) -> ApiError {
+        match error {
+            StartError::BadField(error) => ApiError::BadField(error),
+            StartError::Invalid { code, message } => ApiError::unprocessable(code, message),
+            StartError::Busy {
+                environment,
+                deployment,
+            } => ApiError::conflict(
+                "environment_busy",
+                format!("environment {environment:?} is already being deployed by {deployment}; wait for it or cancel it"),
+            ),
+            StartError::Store(error) => ApiError::Store(error),
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(error: FieldError) -> ApiError {
+        ApiError::BadField(error)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        ApiError::Store(error)
+    }
+}

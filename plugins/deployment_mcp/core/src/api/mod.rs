@@ -1,0 +1,486 @@
+//! The plugin's HTTP API under its mount (`/api/deployment` by default): an axum [`Router`]
+//! served inside the plugin. The host hands each request over the ABI; [`Api::handle`] turns it
+//! into an `http::Request`, runs the router, and turns the answer back (a streamed body stays
+//! streamed).
+//!
+//! Layers, outermost first: routing (with the 405 answer made JSON, `Allow` kept), the per-route
+//! role check, the handler. Handlers parse and check input, call the coordinator or the catalog, and
+//! answer with a [`crate::wire`] type; nothing here runs a deployment.
+//!
+//! Code map: [`ROUTES`] declares every route once (path, method, least role, handler);
+//! `overview` (status, dashboard), `deployments` (trigger, history, detail, logs, cancel,
+//! retry), `environments` (the catalog's CRUD and health checks); `error` maps every failure to
+//! the JSON error answer; `openapi` the document built from the same
+//! handlers.
+
+mod deployments;
+mod environments;
+mod error;
+pub mod openapi;
+mod overview;
+
+use std::{convert::Infallible, sync::Arc};
+
+use axum::{
+    body::Body,
+    extract::{FromRequestParts, State},
+    http::{self, header, request::Parts, HeaderValue, Method, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{MethodFilter, MethodRouter},
+    Router,
+};
+use futures_util::StreamExt as _;
+use http_body_util::BodyExt as _;
+use plugin_guest::{Caller, Handler, Role};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+pub(crate) use error::ApiError;
+
+use crate::{coordinator::Coordinator, store::DeploymentStore};
+
+type Answer = Result<Response, ApiError>;
+
+/// What every handler shares: the coordinator, the cached status answer, and the token that
+/// ends streams when the instance stops.
+pub(crate) struct ApiState {
+    coordinator: Arc<Coordinator>,
+    status: overview::StatusCache,
+    stop: CancellationToken,
+    /// The plugin build's version, reported in answers.
+    version: &'static str,
+    /// The OpenAPI document served at `openapi.json` (built from these handlers' descriptions).
+    openapi: fn() -> &'static [u8],
+}
+
+impl ApiState {
+    fn deployments(&self) -> DeploymentStore {
+        DeploymentStore::new(self.coordinator.records().clone())
+    }
+}
+
+type Shared = State<Arc<ApiState>>;
+
+/// The plugin's request handler; the library exports it through the root module, and the
+/// `rlib` lets benchmarks, the CLI and tests call it in-process.
+pub struct Api {
+    state: Arc<ApiState>,
+    router: Router,
+}
+
+impl Api {
+    pub fn new(
+        coordinator: Arc<Coordinator>,
+        version: &'static str,
+        openapi: fn() -> &'static [u8],
+    ) -> Api {
+        let stop = CancellationToken::new();
+        tokio::spawn(Arc::clone(&coordinator).health_loop(stop.clone()));
+        tokio::spawn(crate::retention::run(
+            coordinator.records().clone(),
+            coordinator.settings_handle(),
+            stop.clone(),
+        ));
+        let state = Arc::new(ApiState {
+            coordinator,
+            status: overview::StatusCache::new(),
+            stop,
+            version,
+            openapi,
+        });
+        Api {
+            router: router(Arc::clone(&state)),
+            state,
+        }
+    }
+}
+
+/// One route, declared once: the router, its role layer and the OpenAPI test read [`ROUTES`].
+pub(crate) struct Route {
+    pub(crate) method: Method,
+    /// The path after the mount, in axum's syntax (`/deployments/{id}`).
+    pub(crate) path: &'static str,
+    /// The least role that may call it; `None`: anyone, even without a key.
+    pub(crate) needs: Option<Role>,
+    /// The handler, for the route's method.
+    handler: fn(MethodFilter) -> MethodRouter<Arc<ApiState>>,
+}
+
+use axum::routing::on;
+
+pub(crate) const ROUTES: &[Route] = &[
+    Route {
+        method: Method::GET,
+        path: "/status",
+        needs: Some(Role::User),
+        handler: |method| on(method, overview::status),
+    },
+    Route {
+        method: Method::GET,
+        path: "/dashboard",
+        needs: Some(Role::User),
+        handler: |method| on(method, overview::dashboard),
+    },
+    Route {
+        method: Method::GET,
+        path: "/openapi.json",
+        // Public, like the host's `/api/openapi.json` it is merged into.
+        needs: None,
+        handler: |method| on(method, openapi_document),
+    },
+    Route {
+        method: Method::POST,
+        path: "/trigger-local",
+        needs: Some(Role::Admin),
+        handler: |method| on(method, deployments::trigger_local),
+    },
+    Route {
+        method: Method::POST,
+        path: "/one-click",
+        needs: Some(Role::Admin),
+        handler: |method| on(method, deployments::one_click),
+    },
+    Route {
+        method: Method::GET,
+        path: "/history",
+        needs: Some(Role::Developer),
+        handler: |method| on(method, deployments::history),
+    },
+    Route {
+        method: Method::GET,
+        path: "/deployments/{id}",
+        needs: Some(Role::Developer),
+        handler: |method| on(method, deployments::detail),
+    },
+    Route {
+        method: Method::GET,
+        path: "/deployments/{id}/logs",
+        needs: Some(Role::Developer),
+        handler: |method| on(method, deployments::logs),
+    },
+    Route {
+        method: Method::POST,
+        path: "/deployments/{id}/cancel",
+        needs: Some(Role::Admin),
+        handler: |method| on(method, deployments::cancel),
+    },
+    Route {
+        method: Method::POST,
+        path: "/deployments/{id}/retry",
+        needs: Some(Role::Admin),
+        handler: |method| on(method, deployments::retry),
+    },
+    Route {
+        method: Method::GET,
+        path: "/environments",
+        needs: Some(Role::Developer),
+        handler: |method| on(method, environments::list),
+    },
+    Route {
+        method: Method::POST,
+        path: "/environments",
+        needs: Some(Role::Admin),
+        handler: |method| on(method, environments::create),
+    },
+    Route {
+        method: Method::GET,
+        path: "/environments/{id}",
+        needs: Some(Role::Developer),
+        handler: |method| on(method, environments::get),
+    },
+    Route {
+        method: Method::PUT,
+        path: "/environments/{id}",
+        needs: Some(Role::Admin),
+        handler: |method| on(method, environments::replace),
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/environments/{id}",
+        needs: Some(Role::Admin),
+        handler: |method| on(method, environments::delete),
+    },
+    Route {
+        method: Method::POST,
+        path: "/environments/{id}/health-check",
+        needs: Some(Role::Developer),
+        handler: |method| on(method, environments::health_check),
+    },
+];
+
+/// The router over [`ROUTES`]: each route behind its role layer, unknown paths 404 and wrong
+/// methods 405, both as JSON errors.
+fn router(state: Arc<ApiState>) -> Router {
+    let mut router = Router::new();
+    for route in ROUTES {
+        let Ok(filter) = MethodFilter::try_from(route.method.clone()) else {
+            tracing::error!(method = %route.method, path = route.path, "route skipped: no method filter");
+            continue;
+        };
+        let mut method_router = (route.handler)(filter);
+        if let Some(role) = route.needs {
+            method_router = method_router.route_layer(middleware::from_fn_with_state(role, needs));
+        }
+        router = router.route(route.path, method_router);
+    }
+    router
+        .fallback(|request: axum::extract::Request| async move {
+            ApiError::NoRoute(request.uri().path().to_owned())
+        })
+        .with_state(state)
+}
+
+/// The role layer: 401 without a key, 403 below `role`.
+async fn needs(
+    State(role): State<Role>,
+    caller: Who,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    match caller.0.map(|caller| caller.role) {
+        None => ApiError::Unauthenticated.into_response(),
+        Some(has) if has < role => ApiError::Forbidden { needs: role, has }.into_response(),
+        Some(_) => next.run(request).await,
+    }
+}
+
+/// The router answers a method a path does not take with an empty 405 and `Allow` (set as the
+/// answer leaves the route, so this runs around the whole router); this makes it the JSON error
+/// answer. `HEAD` is answered by every `GET` route and not listed.
+fn method_not_allowed(method: String, path: String, response: Response) -> Response {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let allowed = response
+        .headers()
+        .get(header::ALLOW)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|method| !method.is_empty() && *method != "HEAD")
+        .map(str::to_owned)
+        .collect();
+    ApiError::MethodNotAllowed {
+        method,
+        path,
+        allowed,
+    }
+    .into_response()
+}
+
+async fn openapi_document(State(api): Shared) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        (api.openapi)(),
+    )
+        .into_response()
+}
+
+/// The caller the host authenticated, if any.
+pub(crate) struct Who(pub(crate) Option<Caller>);
+
+use crate::wire;
+
+impl Who {
+    /// Whether the caller may see what users may not (connection details, errors, output).
+    pub(crate) fn view(&self) -> wire::View {
+        match &self.0 {
+            Some(caller) if caller.role >= Role::Developer => wire::View::Details,
+            _ => wire::View::User,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        self.0.as_ref().map_or("", |caller| caller.name.as_str())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Who {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Who, Infallible> {
+        Ok(Who(parts.extensions.get::<Caller>().cloned()))
+    }
+}
+
+/// The host's id of the request, carried onto the deployment it starts and its log lines.
+#[derive(Clone)]
+pub(crate) struct RequestId(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<RequestId, Infallible> {
+        Ok(parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or(RequestId(String::new())))
+    }
+}
+
+/// The query's parameters, decoded as the host's other routes decode them (first value wins).
+pub(crate) struct Params(String);
+
+impl Params {
+    pub(crate) fn get(&self, name: &str) -> Option<String> {
+        plugin_guest::query_param(&self.0, name)
+    }
+
+    /// A number within `range`, `default` when absent; the error names the parameter.
+    pub(crate) fn number(
+        &self,
+        name: &'static str,
+        default: usize,
+        range: std::ops::RangeInclusive<usize>,
+    ) -> Result<usize, ApiError> {
+        let Some(text) = self.get(name) else {
+            return Ok(default);
+        };
+        match text.parse::<usize>() {
+            Ok(value) if range.contains(&value) => Ok(value),
+            _ => Err(ApiError::field(
+                name,
+                format!(
+                    "{text:?} is not a number between {} and {}",
+                    range.start(),
+                    range.end()
+                ),
+            )),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Params, Infallible> {
+        Ok(Params(parts.uri.query().unwrap_or_default().to_owned()))
+    }
+}
+
+/// The mount the host serves this plugin under, for absolute links.
+pub(crate) struct Mount(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Mount {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Mount, Infallible> {
+        let mount = parts
+            .headers
+            .get("x-forwarded-prefix")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("/api/deployment")
+            .trim_end_matches('/')
+            .to_owned();
+        Ok(Mount(mount))
+    }
+}
+
+/// The request the host handed over, as the router takes it.
+fn to_http(request: plugin_guest::Request) -> Result<http::Request<Body>, ApiError> {
+    let plugin_guest::Request {
+        request_id,
+        method,
+        path,
+        query,
+        headers,
+        body,
+        principal,
+    } = request;
+    // `/status/` is `/status`.
+    let path = match path.trim_end_matches('/') {
+        "" => "/",
+        trimmed => trimmed,
+    };
+    let uri = if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{query}")
+    };
+    let mut builder = http::Request::builder().method(method.as_str()).uri(&uri);
+    for (name, value) in &headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    let mut request = builder
+        .body(Body::from(body))
+        .map_err(|error| ApiError::field("request", format!("cannot be read: {error}")))?;
+    request.extensions_mut().insert(RequestId(request_id));
+    if let Some(caller) = principal {
+        request.extensions_mut().insert(caller);
+    }
+    Ok(request)
+}
+
+/// The router's answer as the host takes it: a body of known length whole, any other streamed.
+async fn from_http(response: Response) -> plugin_guest::Response {
+    let (parts, body) = response.into_parts();
+    let headers = parts
+        .headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let value = value.to_str().ok()?;
+            Some((name.as_str().to_owned(), value.to_owned()))
+        })
+        .collect();
+    let status = parts.status.as_u16();
+    if axum::body::HttpBody::size_hint(&body).exact().is_some() {
+        let body = match body.collect().await {
+            Ok(collected) => collected.to_bytes().to_vec(),
+            Err(error) => {
+                tracing::error!("answer body failed: {error}");
+                Vec::new()
+            }
+        };
+        return plugin_guest::Response {
+            status,
+            headers,
+            body,
+            stream: None,
+        };
+    }
+    let chunks = body
+        .into_data_stream()
+        .filter_map(|chunk| std::future::ready(chunk.ok().map(|bytes| bytes.to_vec())));
+    plugin_guest::Response {
+        status,
+        headers,
+        body: Vec::new(),
+        stream: Some(Box::pin(chunks)),
+    }
+}
+
+impl Handler for Api {
+    async fn handle(&self, request: plugin_guest::Request) -> plugin_guest::Response {
+        let (method, path) = (request.method.clone(), request.path.clone());
+        let response = match to_http(request) {
+            Ok(request) => match self.router.clone().oneshot(request).await {
+                Ok(response) => method_not_allowed(method, path, response),
+                Err(infallible) => match infallible {},
+            },
+            Err(error) => error.into_response(),
+        };
+        from_http(response).await
+    }
+
+    async fn shutdown(&self) {
+        let state = &self.state;
+        state.stop.cancel();
+        let host_stopping = crate::host_lifecycle(state.coordinator.records())
+            .await
+            .is_some_and(|lifecycle| lifecycle.state == "stopping");
+        state.coordinator.shutdown(host_stopping).await;
+    }
+}
+
+/// A JSON answer with a status.
+pub(crate) fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+/// A header value from text this API made (ids, mounts); an unusable one is left out.
+pub(crate) fn header_value(text: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(text).ok()
+}
