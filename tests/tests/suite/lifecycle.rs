@@ -1,6 +1,6 @@
 //! The coordinator's lifecycle in-process: the plugin's handler on `LocalHost` with `local`
-//! environments, no binary and no peers. Phases in order, a timeout, cancel, the retry set, and
-//! the log limit. (tokio's paused clock would need its `test-util` feature, which feature
+//! environments, no binary and no peers. Phases in order, a timeout, cancel, the retry set,
+//! `max_parallel` and the log limit. (tokio's paused clock would need its `test-util` feature, which feature
 //! unification would also switch on in the workspace's release builds of the host and plugin:
 //! the timeout test waits one real second instead.)
 
@@ -223,4 +223,56 @@ async fn lines_past_max_log_lines_are_counted_not_kept() {
     assert!(!lines
         .iter()
         .any(|line| line["line"].as_str() == Some("line 99")));
+}
+
+#[tokio::test]
+async fn no_more_than_max_parallel_environments_run_at_once() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let work = dir.path().display().to_string();
+    // Each command marks itself running, notes how many run with it, and holds until the test
+    // releases them all: while held, a coordinator that started too many would be seen.
+    let hold = format!(
+        "touch {work}/running-$0; ls {work} | grep -c running- >> {work}/seen; \
+         i=0; while [ ! -e {work}/release ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; \
+         rm {work}/running-$0"
+    );
+    let ids = ["p1", "p2", "p3", "p4", "p5"];
+    let list = ids
+        .iter()
+        .map(|id| local(id, &["sh", "-c", &hold, id], 120))
+        .collect();
+    let plugin = plugin(list, json!({ "max_parallel": 2 })).await;
+    let mut events = plugin.host.events.subscribe();
+    let id = plugin.trigger(json!({})).await;
+    let running = || {
+        std::fs::read_dir(dir.path())
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|entry| entry.file_name().to_string_lossy().starts_with("running-"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while running() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("two environments run");
+    std::fs::write(dir.path().join("release"), b"").expect("release them");
+    let record = plugin.finished(&mut events, &id).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    let seen = std::fs::read_to_string(dir.path().join("seen")).expect("every start noted");
+    let counts: Vec<usize> = seen
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect();
+    assert_eq!(counts.len(), ids.len(), "{seen}");
+    assert_eq!(
+        counts.iter().max(),
+        Some(&2),
+        "at most max_parallel at once, and that many: {seen}"
+    );
 }
