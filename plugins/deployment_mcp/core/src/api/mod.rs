@@ -25,7 +25,6 @@ use axum::{
     body::Body,
     extract::{FromRequestParts, State},
     http::{self, header, request::Parts, HeaderValue, Method, StatusCode},
-    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{MethodFilter, MethodRouter},
     Router,
@@ -220,7 +219,7 @@ fn router(state: Arc<ApiState>) -> Router {
         };
         let mut method_router = (route.handler)(filter);
         if let Some(role) = route.needs {
-            method_router = method_router.route_layer(middleware::from_fn_with_state(role, needs));
+            method_router = method_router.route_layer(NeedsRole(role));
         }
         router = router.route(route.path, method_router);
     }
@@ -231,17 +230,59 @@ fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-/// The role layer: 401 without a key, 403 below `role`.
-async fn needs(
-    State(role): State<Role>,
-    caller: Who,
-    request: axum::extract::Request,
-    next: Next,
-) -> Response {
-    match caller.0.map(|caller| caller.role) {
-        None => ApiError::Unauthenticated.into_response(),
-        Some(has) if has < role => ApiError::Forbidden { needs: role, has }.into_response(),
-        Some(_) => next.run(request).await,
+/// The role layer: 401 without a key, 403 below the role, else the route. A plain tower
+/// service (no boxed future): it runs on every request.
+#[derive(Clone, Copy)]
+struct NeedsRole(Role);
+
+impl<S> tower::Layer<S> for NeedsRole {
+    type Service = RoleCheck<S>;
+
+    fn layer(&self, inner: S) -> RoleCheck<S> {
+        RoleCheck {
+            inner,
+            needs: self.0,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct RoleCheck<S> {
+    inner: S,
+    needs: Role,
+}
+
+impl<S> tower::Service<axum::extract::Request> for RoleCheck<S>
+where
+    S: tower::Service<axum::extract::Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future =
+        futures_util::future::Either<S::Future, std::future::Ready<Result<Response, Infallible>>>;
+
+    fn poll_ready(
+        &mut self,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        use futures_util::future::Either;
+        let refused = match request
+            .extensions()
+            .get::<Caller>()
+            .map(|caller| caller.role)
+        {
+            None => ApiError::Unauthenticated,
+            Some(has) if has < self.needs => ApiError::Forbidden {
+                needs: self.needs,
+                has,
+            },
+            Some(_) => return Either::Left(self.inner.call(request)),
+        };
+        Either::Right(std::future::ready(Ok(refused.into_response())))
     }
 }
 
