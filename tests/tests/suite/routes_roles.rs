@@ -199,3 +199,49 @@ async fn a_method_a_route_does_not_take_is_405_with_allow_before_any_role_check(
     assert_eq!(response.status, 404);
     assert_eq!(body(&response)["error"], "not_found");
 }
+
+#[tokio::test]
+async fn paths_are_read_as_before_the_router() {
+    let plugin = in_process().await;
+    // Empty segments do not count.
+    for path in ["/status/", "//status", "/environments//demo"] {
+        let response = plugin
+            .api
+            .handle(request("GET", path, None, Some(Role::Admin)))
+            .await;
+        assert_eq!(response.status, 200, "{path}");
+    }
+    // An id that is not UTF-8 once decoded names nothing: a JSON 404, not the router's text.
+    for path in ["/deployments/%FF", "/environments/%FF%FE/health-check"] {
+        let method = if path.ends_with("check") {
+            "POST"
+        } else {
+            "GET"
+        };
+        let response = plugin
+            .api
+            .handle(request(method, path, None, Some(Role::Admin)))
+            .await;
+        assert_eq!(response.status, 404, "{path}");
+        assert_eq!(body(&response)["error"], "not_found", "{path}");
+    }
+    // A body above axum's own default limit (2 MiB) reaches the handler: the host enforces
+    // `server.body_limit_bytes` before the plugin sees a request.
+    let large = json!({ "environment_id": "x".repeat(3 << 20) });
+    let response = plugin
+        .api
+        .handle(request(
+            "POST",
+            "/environments",
+            Some(large),
+            Some(Role::Admin),
+        ))
+        .await;
+    assert_eq!(
+        response.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    assert_eq!(body(&response)["error"], "invalid_field");
+}

@@ -21,6 +21,14 @@ const PARALLEL_CHECKS: usize = 8;
 /// The registered environments; in-process, the ones of the environments file.
 async fn environments(backend: &Backend) -> Result<Vec<EnvironmentView>, CliError> {
     let answer: EnvironmentList = backend.fetch("GET", "/environments", None, 200).await?;
+    // This route is for developers and admins, who always get the connection details: without
+    // them the answer was not understood, and a check would skip every environment.
+    if let Some(environment) = answer.environments.iter().find(|e| e.connection.is_none()) {
+        return Err(CliError::Failed(format!(
+            "the connection details of environment {:?} in GET /environments are not what this deployment-mcp reads; are the CLI and the plugin from the same release?",
+            environment.environment_id
+        )));
+    }
     Ok(answer
         .environments
         .into_iter()
@@ -263,7 +271,7 @@ fn print_deployment(
     if let Some(retry_of) = &entry.retry_of {
         outln!("  retry of:     {retry_of}");
     }
-    if let Some(error) = &entry.error {
+    if let Some(Some(error)) = &entry.error {
         outln!("  error:        {error}");
     }
     match statuses {

@@ -190,7 +190,7 @@ fn print_summary(record: &DeploymentDetail) {
             result.status.as_str().to_owned(),
             output::duration(result.duration_ms),
             output::dash(result.exit_code.map(|code| code.to_string()).as_deref()),
-            output::dash(result.error.as_deref()),
+            output::dash(result.error.clone().flatten().as_deref()),
         ]);
     }
     outln!();
@@ -448,7 +448,7 @@ fn target_line(target: &TargetResult) -> String {
         if !facts.is_empty() {
             line.push_str(&format!(" ({})", facts.join(", ")));
         }
-        if let Some(error) = &target.error {
+        if let Some(Some(error)) = &target.error {
             line.push_str(": ");
             line.push_str(error);
         }

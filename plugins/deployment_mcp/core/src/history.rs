@@ -227,6 +227,9 @@ impl History {
     /// The newest `count` finished deployments, newest first. Only running ones are passed
     /// over on the way, and they are few and the newest: the cost does not grow with history.
     pub async fn newest_finished(&self, count: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
         let page_size = count.clamp(16, 200);
         let mut finished = Vec::with_capacity(count);
         let mut after = None;

@@ -19,6 +19,10 @@ use crate::{
     triggers::LogLine,
 };
 
+/// A field the user role may not see: `None` leaves it out of the answer, `Some(None)` is `null`
+/// (what developers and admins get when there is nothing to show).
+pub type Hidden<T> = Option<Option<T>>;
+
 /// Whether a caller sees details (developers and admins) or the user view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
@@ -29,6 +33,11 @@ pub enum View {
 impl View {
     fn details(self) -> bool {
         self == View::Details
+    }
+
+    /// `value` for details, left out for users.
+    fn hide<T>(self, value: Option<T>) -> Hidden<T> {
+        self.details().then_some(value)
     }
 }
 
@@ -111,10 +120,12 @@ pub struct DeploymentEntry {
     pub duration_ms: Option<u64>,
     pub retry_of: Option<String>,
     /// Whether it recorded an error.
+    #[serde(default)]
     pub has_error: bool,
-    /// The last error; absent when there is none, and for the user role.
+    /// The last error (null when none); absent for the user role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub error: Hidden<String>,
 }
 
 impl DeploymentEntry {
@@ -132,7 +143,7 @@ impl DeploymentEntry {
             duration_ms: entry.duration_ms,
             retry_of: entry.retry_of.clone(),
             has_error: entry.error.is_some(),
-            error: entry.error.clone().filter(|_| view.details()),
+            error: view.hide(entry.error.clone()),
         }
     }
 }
@@ -213,16 +224,19 @@ pub struct TargetResult {
     pub healthy: Option<bool>,
     /// What the trigger reported (for example the HTTP status); absent for the user role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub detail: Hidden<String>,
     /// Why it failed; absent for the user role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub error: Hidden<String>,
     /// The last lines it wrote (the full log is at `/logs`); absent for the user role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_tail: Option<Vec<LogLine>>,
-    /// The verification's report; absent for the user role.
+    /// The verification's report (null when not checked); absent for the user role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<HealthView>,
+    #[schema(value_type = Option<HealthView>)]
+    pub health: Hidden<HealthView>,
 }
 
 impl TargetResult {
@@ -237,14 +251,15 @@ impl TargetResult {
             duration_ms: record.duration_ms,
             exit_code: record.exit_code,
             healthy: record.health.as_ref().map(|health| health.healthy),
-            detail: record.detail.clone().filter(|_| details),
-            error: record.error.clone().filter(|_| details),
-            output_tail: Some(record.output_tail.clone()).filter(|_| details),
-            health: record
-                .health
-                .as_ref()
-                .filter(|_| details)
-                .map(|health| HealthView::new(health, view)),
+            detail: view.hide(record.detail.clone()),
+            error: view.hide(record.error.clone()),
+            output_tail: details.then(|| record.output_tail.clone()),
+            health: view.hide(
+                record
+                    .health
+                    .as_ref()
+                    .map(|health| HealthView::new(health, view)),
+            ),
         }
     }
 }
@@ -509,6 +524,7 @@ pub struct PhaseEvent {
     pub previous: Option<Phase>,
     pub progress: u8,
     pub environments: Vec<String>,
+    #[serde(default)]
     pub error_count: usize,
     /// The errors so far; absent for the user role (they name hosts and URLs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -660,5 +676,49 @@ mod tests {
             .is_some_and(|details| details.username.as_deref() == Some("deployer")));
         let read: EnvironmentView = serde_json::from_value(user).expect("reads back");
         assert!(read.connection.is_none());
+    }
+
+    #[test]
+    fn hidden_fields_are_null_for_details_and_absent_for_users() {
+        let entry = HistoryEntry {
+            deployment_id: "dep-1-00000000".into(),
+            status: Phase::Completed,
+            progress: 100,
+            version: "1".into(),
+            triggered_by: "test".into(),
+            environments: vec!["a".into()],
+            failed_environments: Vec::new(),
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+            finished_at: None,
+            duration_ms: None,
+            retry_of: None,
+            error: None,
+        };
+        let full = serde_json::to_value(DeploymentEntry::new(&entry, View::Details)).expect("json");
+        assert!(
+            full.as_object().is_some_and(|o| o.contains_key("error")),
+            "{full}"
+        );
+        assert!(full["error"].is_null() && full["has_error"] == false);
+        let user = serde_json::to_value(DeploymentEntry::new(&entry, View::User)).expect("json");
+        assert!(
+            user.as_object().is_some_and(|o| !o.contains_key("error")),
+            "{user}"
+        );
+        let record = TargetRecord::new("a", "local", TargetStatus::Failed);
+        let full = serde_json::to_value(TargetResult::new(&record, View::Details)).expect("json");
+        for key in ["detail", "error", "health", "output_tail"] {
+            assert!(
+                full.as_object().is_some_and(|o| o.contains_key(key)),
+                "{key}: {full}"
+            );
+        }
+        let user = serde_json::to_value(TargetResult::new(&record, View::User)).expect("json");
+        for key in ["detail", "error", "health", "output_tail"] {
+            assert!(
+                user.as_object().is_some_and(|o| !o.contains_key(key)),
+                "{key}: {user}"
+            );
+        }
     }
 }

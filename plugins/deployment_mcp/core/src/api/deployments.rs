@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::{
     body::{Body, Bytes},
-    extract::{FromRequestParts, Path, State},
+    extract::{FromRequestParts, State},
     http::{header, request::Parts, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    header_value, json, Answer, ApiError, ApiState, Mount, Params, RequestId, Shared, Who,
+    header_value, json, Answer, ApiError, ApiState, Id, Mount, Params, RequestId, Shared, Who,
 };
 use crate::{
     coordinator::StartRequest,
@@ -82,7 +82,7 @@ fn accepted(mount: &Mount, deployment_id: &str) -> Response {
     params(crate::wire::DeploymentId),
     responses((status = 200, description = "The full record", body = crate::wire::DeploymentDetail))
 )]
-pub(crate) async fn detail(State(api): Shared, Path(id): Path<String>) -> Answer {
+pub(crate) async fn detail(State(api): Shared, Id(id): Id) -> Answer {
     let record = api.record(&id).await?;
     let results = api
         .deployments()
@@ -110,7 +110,7 @@ pub(crate) async fn detail(State(api): Shared, Path(id): Path<String>) -> Answer
         )),
     )
 )]
-pub(crate) async fn logs(State(api): Shared, Path(id): Path<String>, params: Params) -> Answer {
+pub(crate) async fn logs(State(api): Shared, Id(id): Id, params: Params) -> Answer {
     let record = api.record(&id).await?;
     let follow = match params.get("follow").as_deref() {
         None | Some("false") | Some("0") => false,
@@ -295,7 +295,7 @@ async fn trigger(api: &ApiState, call: TriggerCall, body: &[u8]) -> Answer {
         (status = 202, description = "Cancel requested; the run has not recorded its end yet", body = crate::wire::Cancelling),
     )
 )]
-pub(crate) async fn cancel(State(api): Shared, caller: Who, Path(id): Path<String>) -> Answer {
+pub(crate) async fn cancel(State(api): Shared, caller: Who, Id(id): Id) -> Answer {
     let record = api.record(&id).await?;
     if record.status.is_terminal() {
         return Err(ApiError::conflict(
@@ -337,7 +337,7 @@ pub(crate) async fn retry(
     caller: Who,
     RequestId(request_id): RequestId,
     mount: Mount,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Answer {
     let record = api.record(&id).await?;
     if !record.status.is_terminal() {

@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use axum::{
     body::Bytes,
-    extract::{Path, State},
+    extract::State,
     http::{header, StatusCode},
     response::Response,
 };
 use serde_json::json;
 
-use super::{header_value, json, Answer, ApiError, ApiState, Mount, Shared};
+use super::{header_value, json, Answer, ApiError, ApiState, Id, Mount, Shared};
 use crate::{
     catalog,
     environments::{self, Environment},
@@ -64,7 +64,7 @@ pub(crate) async fn list(State(api): Shared) -> Answer {
     params(crate::wire::EnvironmentId),
     responses((status = 200, description = "One environment (secrets shown as `has_*`)", body = crate::wire::EnvironmentView))
 )]
-pub(crate) async fn get(State(api): Shared, Path(id): Path<String>) -> Answer {
+pub(crate) async fn get(State(api): Shared, Id(id): Id) -> Answer {
     Ok(json(StatusCode::OK, &api.environment_view(&id).await?))
 }
 
@@ -99,7 +99,7 @@ pub(crate) async fn create(State(api): Shared, mount: Mount, body: Bytes) -> Ans
     request_body(content = crate::environments::EnvironmentJson, content_type = "application/json", description = "The whole environment; an omitted secret is kept, an empty one cleared"),
     responses((status = 200, description = "Replaced", body = crate::wire::EnvironmentView))
 )]
-pub(crate) async fn replace(State(api): Shared, Path(id): Path<String>, body: Bytes) -> Answer {
+pub(crate) async fn replace(State(api): Shared, Id(id): Id, body: Bytes) -> Answer {
     let mut body: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|error| ApiError::field("body", format!("malformed JSON: {error}")))?;
     let Some(object) = body.as_object_mut() else {
@@ -136,7 +136,7 @@ pub(crate) async fn replace(State(api): Shared, Path(id): Path<String>, body: By
     params(crate::wire::EnvironmentId),
     responses((status = 200, description = "Deleted", body = crate::wire::Deleted))
 )]
-pub(crate) async fn delete(State(api): Shared, Path(id): Path<String>) -> Answer {
+pub(crate) async fn delete(State(api): Shared, Id(id): Id) -> Answer {
     match api.coordinator.catalog().delete(&id).await? {
         catalog::Deleted::Deleted => {
             api.coordinator.environment_deleted(&id);
@@ -157,7 +157,7 @@ pub(crate) async fn delete(State(api): Shared, Path(id): Path<String>) -> Answer
     params(crate::wire::EnvironmentId),
     responses((status = 200, description = "The check's result, also recorded", body = crate::wire::HealthCheckAnswer))
 )]
-pub(crate) async fn health_check(State(api): Shared, Path(id): Path<String>) -> Answer {
+pub(crate) async fn health_check(State(api): Shared, Id(id): Id) -> Answer {
     let stored = api
         .coordinator
         .catalog()

@@ -227,6 +227,8 @@ fn router(state: Arc<ApiState>) -> Router {
         .fallback(|request: axum::extract::Request| async move {
             ApiError::NoRoute(request.uri().path().to_owned())
         })
+        // The host enforces `server.body_limit_bytes` before a request reaches the plugin.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
 
@@ -362,6 +364,21 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     }
 }
 
+/// The `{id}` segment of a route's path. One that cannot be an id (not UTF-8 once decoded)
+/// names nothing: 404, like any unknown id.
+pub(crate) struct Id(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Id, ApiError> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(id)) => Ok(Id(id)),
+            Err(_) => Err(ApiError::NoRoute(parts.uri.path().to_owned())),
+        }
+    }
+}
+
 /// The query's parameters, decoded as the host's other routes decode them (first value wins).
 pub(crate) struct Params(String);
 
@@ -431,17 +448,20 @@ fn to_http(request: plugin_guest::Request) -> Result<http::Request<Body>, ApiErr
         body,
         principal,
     } = request;
-    // `/status/` is `/status`.
-    let path = match path.trim_end_matches('/') {
-        "" => "/",
-        trimmed => trimmed,
-    };
-    let uri = if query.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{query}")
-    };
-    let mut builder = http::Request::builder().method(method.as_str()).uri(&uri);
+    // Empty segments do not count: `/status/` and `//status` are `/status`.
+    let mut uri = String::with_capacity(path.len() + query.len() + 2);
+    for segment in path.split('/').filter(|segment| !segment.is_empty()) {
+        uri.push('/');
+        uri.push_str(segment);
+    }
+    if uri.is_empty() {
+        uri.push('/');
+    }
+    if !query.is_empty() {
+        uri.push('?');
+        uri.push_str(&query);
+    }
+    let mut builder = http::Request::builder().method(method.as_str()).uri(uri);
     for (name, value) in &headers {
         builder = builder.header(name.as_str(), value.as_str());
     }
