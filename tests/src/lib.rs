@@ -169,9 +169,16 @@ pub fn closed_port() -> u16 {
 }
 
 /// A command for a process the tests start (the host, the CLI): never asks the EC2 metadata
-/// service, whatever the machine, so nothing a test starts sends a packet off this machine.
+/// service, whatever the machine, so nothing a test starts sends a packet off this machine; and
+/// reads only the configuration the test gives it, not `PA_*` variables of whoever runs the
+/// tests (the host takes every one of them as a configuration key).
 pub fn local_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut command = Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("PA_") {
+            command.env_remove(name);
+        }
+    }
     command
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env_remove("AWS_EC2_METADATA_SERVICE_ENDPOINT")
