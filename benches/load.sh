@@ -4,6 +4,9 @@
 #
 #   cargo build --release --workspace && benches/load.sh [seconds] [connections]
 #
+# On a machine with cores to spare, pin the two apart so they do not share cores:
+#   BENCH_HOST_CPUS=0-7 BENCH_LOAD_CPUS=8-15 WRK_THREADS=8 benches/load.sh 10 256
+#
 # Needs wrk (Debian: apt-get install wrk). The host runs from target/release with a temporary
 # data directory on a free loopback port.
 set -euo pipefail
@@ -42,7 +45,9 @@ watch = false
 environments_file = "config/remote_environments.json"
 TOML
 
-target/release/powerautomation --config "$work/bench.toml" 2> "$work/host.log" &
+# `taskset -c LIST` when a CPU list is given, nothing otherwise.
+pin() { [ -n "${1:-}" ] && echo "taskset -c $1"; true; }
+$(pin "${BENCH_HOST_CPUS:-}") target/release/powerautomation --config "$work/bench.toml" 2> "$work/host.log" &
 host_pid=$!
 for _ in $(seq 100); do
   address=$(grep -o '"address":"[^"]*"' "$work/host.log" | head -1 | cut -d'"' -f4 || true)
@@ -53,7 +58,7 @@ done
 
 run() { # name path -> "req/s p99_ms"
   local out
-  out=$(wrk -t"$threads" -c"$connections" -d"${seconds}s" --latency -H "X-API-Key: $key" "http://$address$2")
+  out=$($(pin "${BENCH_LOAD_CPUS:-}") wrk -t"$threads" -c"$connections" -d"${seconds}s" --latency -H "X-API-Key: $key" "http://$address$2")
   local rps p99 non2xx
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out")
