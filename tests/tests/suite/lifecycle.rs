@@ -276,3 +276,60 @@ async fn no_more_than_max_parallel_environments_run_at_once() {
         "at most max_parallel at once, and that many: {seen}"
     );
 }
+
+#[tokio::test]
+async fn a_selector_deploys_the_enabled_environments_with_those_tags() {
+    let tagged = |id: &str, tier: &str, enabled: bool| {
+        let mut environment = local(id, &["true"], 30);
+        environment["tags"] = json!({ "tier": tier, "team": "core" });
+        environment["enabled"] = json!(enabled);
+        environment
+    };
+    let plugin = plugin(
+        vec![
+            tagged("prod-b", "prod", true),
+            tagged("prod-a", "prod", true),
+            tagged("prod-off", "prod", false),
+            tagged("staging", "staging", true),
+        ],
+        json!({}),
+    )
+    .await;
+    let mut events = plugin.host.events.subscribe();
+    let id = plugin
+        .trigger(json!({ "selector": { "tier": "prod", "team": "core" } }))
+        .await;
+    let record = plugin.finished(&mut events, &id).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert_eq!(
+        record["environments"],
+        json!(["prod-a", "prod-b"]),
+        "{record}"
+    );
+
+    // Both ways of choosing at once, an empty selector, and a selector nothing matches.
+    for (body, status, field) in [
+        (
+            json!({ "selector": { "tier": "prod" }, "environments": ["staging"] }),
+            400,
+            Some("selector"),
+        ),
+        (json!({ "selector": {} }), 400, Some("selector")),
+        (json!({ "selector": { "tier": "qa" } }), 422, None),
+        (
+            json!({ "selector": { "tier": 1 } }),
+            400,
+            Some("selector.tier"),
+        ),
+    ] {
+        let (answer_status, answer) = plugin
+            .admin("POST", "/trigger-local", Some(body.clone()))
+            .await;
+        assert_eq!(answer_status, status, "{body}: {answer}");
+        if let Some(field) = field {
+            assert_eq!(answer["field"], field, "{body}: {answer}");
+        } else {
+            assert_eq!(answer["error"], "no_environments", "{answer}");
+        }
+    }
+}

@@ -69,6 +69,7 @@ pub async fn run(
     };
     let body = serde_json::to_value(TriggerRequest {
         environments,
+        selector: None,
         version: request.version.clone(),
         ec2: None,
     })

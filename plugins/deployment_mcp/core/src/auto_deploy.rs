@@ -71,6 +71,7 @@ pub async fn run(coordinator: Arc<Coordinator>, settings: Arc<Settings>, boot_id
         .start(StartRequest {
             deployment_id: None,
             environments: auto.environments.clone(),
+            selector: None,
             version,
             ec2: None,
             triggered_by: TRIGGERED_BY.to_owned(),

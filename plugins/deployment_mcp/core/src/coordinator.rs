@@ -53,6 +53,8 @@ pub struct StartRequest {
     /// The id to give the deployment (an idempotent caller picks it first); a new one if `None`.
     pub deployment_id: Option<String>,
     pub environments: Option<Vec<String>>,
+    /// Instead of `environments`: every enabled environment whose tags hold all of these.
+    pub selector: Option<std::collections::BTreeMap<String, String>>,
     pub version: Option<String>,
     pub ec2: Option<bool>,
     pub triggered_by: String,
@@ -352,7 +354,16 @@ impl Coordinator {
                 "must be 1 to 128 printable characters",
             )));
         }
-        let targets = self.choose_targets(request.environments.as_deref()).await?;
+        let targets = match &request.selector {
+            None => self.choose_targets(request.environments.as_deref()).await?,
+            Some(_) if request.environments.is_some() => {
+                return Err(StartError::BadField(FieldError::new(
+                    "selector",
+                    "give environments or selector, not both",
+                )))
+            }
+            Some(selector) => self.select_by_tags(selector).await?,
+        };
         let now = SystemTime::now();
         let created_ms = now
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -445,20 +456,63 @@ impl Coordinator {
         Ok(record)
     }
 
+    /// Every enabled environment whose tags hold each `selector` pair, in id order.
+    async fn select_by_tags(
+        &self,
+        selector: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Vec<Environment>, StartError> {
+        if selector.is_empty() {
+            return Err(StartError::BadField(FieldError::new(
+                "selector",
+                "needs at least one tag, e.g. {\"tier\": \"prod\"}",
+            )));
+        }
+        let chosen = self
+            .enabled_environments(|environment| {
+                selector
+                    .iter()
+                    .all(|(key, value)| environment.tags.get(key) == Some(value))
+            })
+            .await?;
+        if chosen.is_empty() {
+            let wanted: Vec<String> = selector
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect();
+            return Err(StartError::Invalid {
+                code: "no_environments",
+                message: format!(
+                    "selector: no enabled environment has the tags {}; GET /environments shows each one's tags",
+                    wanted.join(", ")
+                ),
+            });
+        }
+        Ok(chosen)
+    }
+
+    /// The enabled environments that `wanted` accepts, in id order (one pass over the catalog).
+    async fn enabled_environments(
+        &self,
+        wanted: impl Fn(&Environment) -> bool,
+    ) -> Result<Vec<Environment>, StartError> {
+        let mut chosen: Vec<Environment> = self
+            .catalog
+            .list()
+            .await?
+            .into_iter()
+            .map(|stored| stored.environment)
+            .filter(|environment| environment.enabled && wanted(environment))
+            .collect();
+        chosen.sort_by(|a, b| a.environment_id.cmp(&b.environment_id));
+        Ok(chosen)
+    }
+
     /// The environments a deployment targets: the ones named (each checked), or every enabled
     /// one. Reads by key when ids are given, so a trigger costs the same whatever the catalog's
     /// size.
     async fn choose_targets(&self, ids: Option<&[String]>) -> Result<Vec<Environment>, StartError> {
         let Some(ids) = ids else {
-            let mut all: Vec<Environment> = self
-                .catalog
-                .list()
-                .await?
-                .into_iter()
-                .map(|stored| stored.environment)
-                .filter(|environment| environment.enabled)
-                .collect();
-            all.sort_by(|a, b| a.environment_id.cmp(&b.environment_id));
+            let all = self.enabled_environments(|_| true).await?;
             if all.is_empty() {
                 return Err(StartError::Invalid {
                     code: "no_environments",

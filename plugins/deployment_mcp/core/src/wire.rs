@@ -68,6 +68,10 @@ pub struct TriggerRequest {
     /// Environment ids; all enabled environments when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environments: Option<Vec<String>>,
+    /// Instead of `environments`: every enabled environment whose `tags` hold all of these
+    /// pairs (`{"tier": "prod"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<BTreeMap<String, String>>,
     /// The version to deploy; `platform_version` (or `DEPLOYMENT_VERSION`) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,

@@ -222,6 +222,7 @@ async fn trigger(api: &ApiState, call: TriggerCall, body: &[u8]) -> Answer {
     let start_request = |deployment_id: Option<String>| StartRequest {
         deployment_id,
         environments: request.environments.clone(),
+        selector: request.selector.clone(),
         version: request.version.clone(),
         ec2: request.ec2,
         triggered_by: format!("api:{caller}"),
@@ -368,6 +369,7 @@ pub(crate) async fn retry(
         .start(StartRequest {
             deployment_id: None,
             environments: Some(failed),
+            selector: None,
             version: Some(record.version),
             ec2: None,
             triggered_by: format!("retry:{}", caller.name()),
