@@ -170,22 +170,44 @@ impl Response {
     /// 403 unless the caller holds at least `role`. The host authenticates; plugins decide
     /// which role each of their routes needs.
     pub fn require(request: &Request, role: Role) -> Result<(), Response> {
-        match request.role() {
-            None => Err(Response::error(
-                401,
-                "unauthorized",
-                "send an API key in X-API-Key or Authorization: Bearer",
+        match Refusal::of(request.role(), role) {
+            Some(refusal) => Err(Response::error(
+                refusal.status,
+                refusal.code,
+                refusal.message,
             )),
-            Some(have) if have < role => Err(Response::error(
-                403,
-                "forbidden",
-                format!(
+            None => Ok(()),
+        }
+    }
+}
+
+/// Why a caller may not call a route: 401 without a key, 403 below the route's role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    /// `None` when a caller with role `caller` (`None`: no key) may call a route needing `needs`.
+    pub fn of(caller: Option<Role>, needs: Role) -> Option<Refusal> {
+        match caller {
+            None => Some(Refusal {
+                status: 401,
+                code: "unauthorized",
+                message: "send an API key in X-API-Key or Authorization: Bearer".into(),
+            }),
+            Some(has) if has < needs => Some(Refusal {
+                status: 403,
+                code: "forbidden",
+                message: format!(
                     "this endpoint needs the {} role; your key has {}",
-                    role.as_str(),
-                    have.as_str()
+                    needs.as_str(),
+                    has.as_str()
                 ),
-            )),
-            Some(_) => Ok(()),
+            }),
+            Some(_) => None,
         }
     }
 }

@@ -94,7 +94,10 @@ pub async fn run(coordinator: Arc<Coordinator>, settings: Arc<Settings>, boot_id
 async fn last_completed_version(coordinator: &Coordinator) -> Result<Option<String>, StoreError> {
     let history = crate::history::History::new(coordinator.records().clone());
     Ok(history
-        .find_newest(|entry| entry.triggered_by == TRIGGERED_BY && entry.status == Phase::Completed)
+        .newest_where(1, |entry| {
+            entry.triggered_by == TRIGGERED_BY && entry.status == Phase::Completed
+        })
         .await?
+        .pop()
         .map(|entry| entry.version))
 }

@@ -203,23 +203,33 @@ impl History {
     }
 
     /// Entries after `after` (a history key), in order.
-    /// The newest entry that `wanted` accepts, reading newest first and stopping there.
-    pub async fn find_newest(
+    /// The newest `count` entries that `wanted` accepts, newest first, reading pages newest
+    /// first and stopping once there are `count`.
+    pub async fn newest_where(
         &self,
+        count: usize,
         wanted: impl Fn(&HistoryEntry) -> bool,
-    ) -> Result<Option<HistoryEntry>, StoreError> {
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let page_size = count.clamp(16, 200);
+        let mut found = Vec::with_capacity(count);
         let mut after = None;
         loop {
-            let page = self.after(after.take(), 200).await?;
-            let full = page.len() == 200;
+            let page = self.after(after.take(), page_size as u32).await?;
+            let full = page.len() == page_size;
             for (key, entry) in page {
-                if wanted(&entry) {
-                    return Ok(Some(entry));
-                }
                 after = Some(key);
+                if wanted(&entry) {
+                    found.push(entry);
+                    if found.len() == count {
+                        return Ok(found);
+                    }
+                }
             }
             if !full {
-                return Ok(None);
+                return Ok(found);
             }
         }
     }
@@ -227,28 +237,8 @@ impl History {
     /// The newest `count` finished deployments, newest first. Only running ones are passed
     /// over on the way, and they are few and the newest: the cost does not grow with history.
     pub async fn newest_finished(&self, count: usize) -> Result<Vec<HistoryEntry>, StoreError> {
-        if count == 0 {
-            return Ok(Vec::new());
-        }
-        let page_size = count.clamp(16, 200);
-        let mut finished = Vec::with_capacity(count);
-        let mut after = None;
-        loop {
-            let page = self.after(after.take(), page_size as u32).await?;
-            let full = page.len() == page_size;
-            for (key, entry) in page {
-                after = Some(key);
-                if entry.status.is_terminal() {
-                    finished.push(entry);
-                    if finished.len() == count {
-                        return Ok(finished);
-                    }
-                }
-            }
-            if !full {
-                return Ok(finished);
-            }
-        }
+        self.newest_where(count, |entry| entry.status.is_terminal())
+            .await
     }
 
     pub async fn after(

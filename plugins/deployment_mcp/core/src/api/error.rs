@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use plugin_guest::Role;
+use plugin_guest::Refusal;
 
 use crate::wire::ErrorAnswer;
 use crate::{coordinator::StartError, environments::FieldError, records::StoreError};
@@ -17,12 +17,9 @@ pub(crate) enum ApiError {
     /// 400: a field of the request is wrong.
     #[error("{0}")]
     BadField(FieldError),
-    /// 401: no key.
-    #[error("send an API key in X-API-Key or Authorization: Bearer")]
-    Unauthenticated,
-    /// 403: the key's role is below the route's.
-    #[error("this endpoint needs the {} role; your key has {}", needs.as_str(), has.as_str())]
-    Forbidden { needs: Role, has: Role },
+    /// 401 without a key, 403 below the route's role (the guest runtime's wording).
+    #[error("{}", .0.message)]
+    Refused(Refusal),
     /// 404: no such deployment or environment.
     #[error("no {what} {id:?}")]
     NotFound { what: &'static str, id: String },
@@ -88,8 +85,11 @@ impl IntoResponse for ApiError {
                 "invalid_field",
                 Some(error.field.clone()),
             ),
-            ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthorized", None),
-            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden", None),
+            ApiError::Refused(refusal) => (
+                StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN),
+                refusal.code,
+                None,
+            ),
             ApiError::NotFound { .. } | ApiError::NoRoute(_) => {
                 (StatusCode::NOT_FOUND, "not_found", None)
             }

@@ -272,26 +272,23 @@ where
 
     fn call(&mut self, request: axum::extract::Request) -> Self::Future {
         use futures_util::future::Either;
-        let refused = match request
+        let caller = request
             .extensions()
             .get::<Caller>()
-            .map(|caller| caller.role)
-        {
-            None => ApiError::Unauthenticated,
-            Some(has) if has < self.needs => ApiError::Forbidden {
-                needs: self.needs,
-                has,
-            },
-            Some(_) => return Either::Left(self.inner.call(request)),
-        };
-        Either::Right(std::future::ready(Ok(refused.into_response())))
+            .map(|caller| caller.role);
+        match plugin_guest::Refusal::of(caller, self.needs) {
+            None => Either::Left(self.inner.call(request)),
+            Some(refusal) => Either::Right(std::future::ready(Ok(
+                ApiError::Refused(refusal).into_response()
+            ))),
+        }
     }
 }
 
 /// The router answers a method a path does not take with an empty 405 and `Allow` (set as the
 /// answer leaves the route, so this runs around the whole router); this makes it the JSON error
 /// answer. `HEAD` is answered by every `GET` route and not listed.
-fn method_not_allowed(method: String, path: String, response: Response) -> Response {
+fn method_not_allowed(method: &Method, uri: &http::Uri, response: Response) -> Response {
     if response.status() != StatusCode::METHOD_NOT_ALLOWED {
         return response;
     }
@@ -306,8 +303,8 @@ fn method_not_allowed(method: String, path: String, response: Response) -> Respo
         .map(str::to_owned)
         .collect();
     ApiError::MethodNotAllowed {
-        method,
-        path,
+        method: method.to_string(),
+        path: uri.path().to_owned(),
         allowed,
     }
     .into_response()
@@ -515,12 +512,15 @@ async fn from_http(response: Response) -> plugin_guest::Response {
 
 impl Handler for Api {
     async fn handle(&self, request: plugin_guest::Request) -> plugin_guest::Response {
-        let (method, path) = (request.method.clone(), request.path.clone());
         let response = match to_http(request) {
-            Ok(request) => match self.router.clone().oneshot(request).await {
-                Ok(response) => method_not_allowed(method, path, response),
-                Err(infallible) => match infallible {},
-            },
+            Ok(request) => {
+                // Cheap handles (no copy of the text) for the message of a 405.
+                let (method, uri) = (request.method().clone(), request.uri().clone());
+                match self.router.clone().oneshot(request).await {
+                    Ok(response) => method_not_allowed(&method, &uri, response),
+                    Err(infallible) => match infallible {},
+                }
+            }
             Err(error) => error.into_response(),
         };
         from_http(response).await
