@@ -2,7 +2,7 @@
 // Browser test of the operator dashboard (GET /), in Debian's headless Chromium driven by
 // playwright-core. Run by tests/tests/dashboard.rs against a real host:
 //
-//   node tests/browser/dashboard.mjs <url> <admin key> <screenshot dir> [--scenario=main|plugin-missing] [--user-key=KEY]
+//   node tests/browser/dashboard.mjs <url> <admin key> <screenshot dir> [--scenario=main|plugin-missing|gate] [--user-key=KEY] [--deployment=ID]
 //
 // Every wait is bounded; the script exits 0 only when every check passed.
 
@@ -19,7 +19,7 @@ const WHOLE_RUN = 150_000; // the script, whatever happens
 
 const [url, adminKey, screenshotDir, ...rest] = process.argv.slice(2);
 if (!url || !adminKey || !screenshotDir) {
-  console.error('usage: node dashboard.mjs <url> <admin key> <screenshot dir> [--scenario=main|plugin-missing] [--user-key=KEY]');
+  console.error('usage: node dashboard.mjs <url> <admin key> <screenshot dir> [--scenario=main|plugin-missing|gate] [--user-key=KEY] [--deployment=ID]');
   process.exit(2);
 }
 const option = (name) => rest.find((arg) => arg.startsWith(`--${name}=`))?.slice(name.length + 3);
@@ -311,6 +311,35 @@ async function pluginMissing(page, base) {
   await screenshot(page, '02-phone');
 }
 
+async function gate(page, base) {
+  const id = option('deployment');
+  step('a deployment waits at its canary gate: a banner with Approve and Reject, and its batches');
+  await page.goto(base, { waitUntil: 'domcontentloaded', timeout: WAIT });
+  await page.waitForSelector('#sign-in', { state: 'visible', timeout: WAIT });
+  await signIn(page, adminKey);
+  await page.waitForFunction((wanted) => document.getElementById('active-id').textContent === wanted, id, { timeout: WAIT });
+  await page.waitForSelector('#gate-banner', { state: 'visible', timeout: WAIT });
+  check(/waits for approval/.test(await text(page, '#gate-text')), `the banner says what it waits for ("${await text(page, '#gate-text')}")`);
+  check((await visible(page, '#approve-button')) && (await visible(page, '#reject-button')), 'Approve and Reject are offered to the admin');
+  check(await text(page, '#active-phase') === 'awaiting_approval', 'the phase is awaiting_approval');
+  await page.waitForSelector('#active-batches li[data-batch="2"]', { timeout: WAIT });
+  const canary = await page.locator('#active-batches li[data-batch="1"]').getAttribute('data-status');
+  const rest = await page.locator('#active-batches li[data-batch="2"]').getAttribute('data-status');
+  check(canary === 'succeeded' && rest === 'pending', `the canary batch succeeded, the next waits (${canary}, ${rest})`);
+  await screenshot(page, '01-waiting');
+
+  step('approve by clicking: the rollout goes on to the end');
+  await page.click('#approve-button');
+  await page.waitForFunction(() => document.getElementById('active-phase').textContent === 'completed', null, { timeout: WAIT });
+  check(!(await visible(page, '#gate-banner')), 'the banner is gone');
+  check(/Approved/.test(await text(page, '#gate-message')), `the page confirms ("${await text(page, '#gate-message')}")`);
+  await page.waitForFunction(() => document.querySelector('#active-batches li[data-batch="2"]')?.dataset.status === 'succeeded', null, { timeout: WAIT });
+  check(true, 'the second batch succeeded');
+  await page.waitForSelector('#env-cards [data-environment="gate_b"] code:text-is("v-gate")', { timeout: WAIT });
+  check(true, 'the environment card shows the deployed version');
+  await screenshot(page, '02-approved');
+}
+
 async function run() {
   const relay = await startRelay(url);
   const base = relay.url;
@@ -356,6 +385,7 @@ async function run() {
   try {
     if (scenario === 'main') await main(page, base, relay);
     else if (scenario === 'plugin-missing') await pluginMissing(page, base);
+    else if (scenario === 'gate') await gate(page, base);
     else throw new Error(`unknown scenario ${scenario}`);
     if (problems.length) throw new Error(`the page misbehaved:\n  ${problems.join('\n  ')}`);
   } catch (error) {

@@ -53,6 +53,11 @@ fn seed(dir: &std::path::Path, count: usize) {
             log_lines: 0,
             boot_id: "seed".into(),
             created_ms,
+            rollout: Default::default(),
+            batches: Vec::new(),
+            gate: None,
+            platform_instance_id: None,
+            platform_ip: None,
         };
         let failed = if status == Phase::Failed {
             vec![environment]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::{HostOptions, TestHost, ADMIN_KEY, DEVELOPER_KEY};
+use crate::{HostOptions, TestHost, ADMIN_KEY, DEVELOPER_KEY, USER_KEY};
 
 /// Bound on a deployment of quick targets.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -86,7 +86,10 @@ pub async fn detail(host: &TestHost, id: &str) -> Value {
 }
 
 pub fn is_terminal(status: &str) -> bool {
-    matches!(status, "completed" | "failed" | "cancelled" | "interrupted")
+    matches!(
+        status,
+        "completed" | "failed" | "cancelled" | "interrupted" | "rolled_back"
+    )
 }
 
 /// Waits (bounded by [`RUN_TIMEOUT`]) until the deployment ended and returns its full record.
@@ -96,15 +99,25 @@ pub async fn finished(host: &TestHost, id: &str) -> Value {
 
 /// Waits (bounded) until the deployment ended and returns its full record.
 pub async fn finished_within(host: &TestHost, id: &str, timeout: Duration) -> Value {
+    status_within(host, id, timeout, is_terminal).await
+}
+
+/// Waits (bounded) until the deployment's status satisfies `wanted`; returns its full record.
+pub async fn status_within(
+    host: &TestHost,
+    id: &str,
+    timeout: Duration,
+    wanted: impl Fn(&str) -> bool,
+) -> Value {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let record = detail(host, id).await;
-        if is_terminal(record["status"].as_str().unwrap_or_default()) {
+        if wanted(record["status"].as_str().unwrap_or_default()) {
             return record;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "deployment {id} did not end within {timeout:?}: {record}"
+            "deployment {id} did not reach the status wanted within {timeout:?}: {record}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -121,4 +134,71 @@ pub fn read_pid(path: &std::path::Path) -> u32 {
         .ok()
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or_else(|| panic!("no pid in {}", path.display()))
+}
+
+pub type Events = tokio::sync::mpsc::UnboundedReceiver<(String, Value)>;
+
+/// Opens the SSE stream and returns the response and a reader of `(event, data)` pairs.
+pub async fn subscribe(host: &TestHost) -> (u16, Events) {
+    let (status, mut with_ids) = subscribe_after(host, USER_KEY, None).await;
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some((_, event, data)) = with_ids.recv().await {
+            if sender.send((event, data)).is_err() {
+                return;
+            }
+        }
+    });
+    (status, receiver)
+}
+
+/// Opens the SSE stream, resuming after `last_id` when given; yields `(id, event, data)`.
+pub async fn subscribe_after(
+    host: &TestHost,
+    key: &str,
+    last_id: Option<u64>,
+) -> (
+    u16,
+    tokio::sync::mpsc::UnboundedReceiver<(u64, String, Value)>,
+) {
+    use futures_util::StreamExt;
+    let mut request = host
+        .client()
+        .get(format!("{}/api/deployment/events", host.url))
+        .header("X-API-Key", key);
+    if let Some(id) = last_id {
+        request = request.header("Last-Event-ID", id.to_string());
+    }
+    let response = request.send().await.expect("subscribe");
+    let status = response.status().as_u16();
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = response.bytes_stream();
+        let mut buffer = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let mut event = String::new();
+                let mut data = String::new();
+                let mut id = 0;
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("id:") {
+                        id = value.trim().parse().unwrap_or(0);
+                    } else if let Some(value) = line.strip_prefix("event:") {
+                        event = value.trim().to_owned();
+                    } else if let Some(value) = line.strip_prefix("data:") {
+                        data.push_str(value.trim_start());
+                    }
+                }
+                if !event.is_empty() {
+                    let data = serde_json::from_str(&data).unwrap_or(Value::Null);
+                    if sender.send((id, event, data)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    (status, receiver)
 }

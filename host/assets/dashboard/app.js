@@ -7,14 +7,16 @@
   const KEY_STORAGE = 'powerautomation.apiKey';
   const PLUGIN = 'deployment_mcp';
   const API = '/api/deployment';
-  const TERMINAL = new Set(['completed', 'failed', 'cancelled', 'interrupted']);
+  const TERMINAL = new Set(['completed', 'failed', 'cancelled', 'interrupted', 'rolled_back']);
   const GOOD = new Set(['completed', 'succeeded', 'active']);
-  const BAD = new Set(['failed', 'timed_out', 'interrupted', 'missing', 'incompatible']);
+  const BAD = new Set(['failed', 'timed_out', 'interrupted', 'missing', 'incompatible', 'rollback_failed']);
   // The state machines, in order: answers and events can arrive out of order (a snapshot
   // fetched before an event may land after it), and the page never shows a step back.
   const PHASES = ['pending', 'ec2_deploying', 'ec2_completed', 'local_triggering', 'local_deploying',
-    'local_completed', 'verifying', 'completed', 'failed', 'cancelled', 'interrupted'];
-  const TARGET_STATES = ['pending', 'triggering', 'running', 'succeeded', 'failed', 'timed_out', 'cancelled'];
+    'local_completed', 'verifying', 'awaiting_approval', 'rolling_back',
+    'completed', 'failed', 'cancelled', 'interrupted', 'rolled_back'];
+  const TARGET_STATES = ['pending', 'triggering', 'running', 'succeeded', 'failed', 'timed_out', 'cancelled',
+    'skipped', 'rolled_back', 'rollback_failed'];
   const FIRST_END = new Map([[PHASES, PHASES.indexOf('completed')], [TARGET_STATES, TARGET_STATES.indexOf('succeeded')]]);
   const LOG_TAIL = 200;
   const HISTORY_PAGE = 10;
@@ -80,7 +82,7 @@
   function statusClass(status) {
     if (GOOD.has(status)) return 'good';
     if (BAD.has(status)) return 'bad';
-    if (status === 'cancelled' || status === 'disabled') return 'neutral';
+    if (['cancelled', 'disabled', 'skipped', 'rolled_back'].includes(status)) return 'neutral';
     return 'busy';
   }
 
@@ -123,6 +125,9 @@
     const end = FIRST_END.get(order);
     const rank = (s) => Math.min(order.indexOf(s), end);
     if (order.indexOf(next) < 0 || order.indexOf(current) < 0) return next;
+    // A rollout moves back and forth between phases (a batch deploys, verifies, waits at its
+    // gate, deploys again): until it ends, the newest word wins.
+    if (order === PHASES && rank(current) < end && rank(next) < end) return next;
     return rank(next) >= rank(current) ? next : current;
   }
 
@@ -426,6 +431,9 @@
           el('dt', { text: 'Type' }), el('dd', { text: environment.environment_type || '–' }),
           el('dt', { text: 'Method' }), el('dd', { text: environment.connection_method || '–' }),
           el('dt', { text: 'Target' }), el('dd', null, el('code', { class: 'target', title: target(environment), text: target(environment) })),
+          el('dt', { text: 'Version' }), el('dd', null,
+            environment.deployed_version ? el('code', { text: environment.deployed_version }) : el('span', { class: 'muted', text: 'none yet' }),
+            environment.previous_version ? el('span', { class: 'muted', text: ` (before: ${environment.previous_version})` }) : null),
           el('dt', { text: 'Health' }), el('dd', null, healthNode),
           el('dt', { text: 'Last run' }), el('dd', null, lastNode))));
     }
@@ -494,6 +502,7 @@
         errors: summary.error ? [summary.error] : [],
       };
       message($('cancel-message'), '');
+      message($('gate-message'), '');
     }
     renderActive();
     loadDetail(summary.deployment_id);
@@ -527,6 +536,8 @@
     active.duration_ms = record.duration_ms;
     active.environments = record.environments || active.environments;
     active.errors = Array.isArray(record.errors) ? record.errors : [];
+    active.batches = Array.isArray(record.batches) ? record.batches : [];
+    active.gate = record.gate || null;
     if (Array.isArray(record.results)) {
       for (const row of record.results) mergeResult(row);
     }
@@ -550,6 +561,8 @@
     }
     if (Array.isArray(entry.environments)) active.environments = entry.environments;
     active.errors = entry.error ? [entry.error] : [];
+    active.batches = Array.isArray(entry.batches) ? entry.batches : [];
+    active.gate = entry.gate || null;
     for (const [environment, status] of Object.entries(entry.environment_status || {})) {
       mergeResult({ environment_id: environment, status });
     }
@@ -595,6 +608,8 @@
     const errors = active.errors || [];
     message($('active-errors'), errors.length ? errors.join(' · ') : '', 'error');
     show(cancel, !terminal && state.role !== 'developer' && state.role !== 'user');
+    renderGate(active);
+    renderBatches(active);
 
     const rows = clear($('active-results'));
     const ids = [...new Set([...(active.environments || []), ...active.results.map((r) => r.environment_id)])];
@@ -619,6 +634,47 @@
     }
     for (const line of active.logs) log.append(logLine(line));
     if (stick) log.scrollTop = log.scrollHeight;
+  }
+
+  /** The canary gate: a banner while the deployment waits, with Approve / Reject for admins. */
+  function renderGate(active) {
+    const waiting = active.status === 'awaiting_approval';
+    show($('gate-banner'), waiting);
+    if (!waiting) return;
+    const gate = active.gate || {};
+    const until = gate.deadline_at ? ` until ${formatTime(gate.deadline_at)}` : '';
+    $('gate-text').textContent = `The canary succeeded. This deployment waits for approval${until}; the rest is not started.`;
+  }
+
+  /** Each batch with its state (a rollout of more than one batch). */
+  function renderBatches(active) {
+    const list = clear($('active-batches'));
+    const batches = active.batches || [];
+    show(list, batches.length > 1);
+    for (const batch of batches) {
+      list.append(el('li', { class: 'batch', 'data-batch': String(batch.number), 'data-status': batch.status },
+        el('span', { class: 'batch-name', text: `${batch.kind === 'canary' ? 'Canary' : 'Batch'} ${batch.number}` }), ' ',
+        pill(batch.status, batch.status), ' ',
+        el('span', { class: 'muted', text: (batch.environments || []).join(', ') })));
+    }
+  }
+
+  async function decideGate(decision) {
+    const active = state.active;
+    if (!active) return;
+    const buttons = [$('approve-button'), $('reject-button')];
+    for (const button of buttons) button.disabled = true;
+    message($('gate-message'), decision === 'approve' ? 'Approving…' : 'Rejecting…');
+    const result = await api('POST', `${API}/deployments/${encodeURIComponent(active.deployment_id)}/${decision}`);
+    for (const button of buttons) button.disabled = false;
+    if (result.stale) return;
+    if (result.ok) {
+      message($('gate-message'), decision === 'approve' ? 'Approved: the rollout goes on.' : 'Rejected: the deployment is cancelled.', 'ok');
+      loadDetail(active.deployment_id);
+    } else {
+      if (result.status === 403) setRole(state.canReadDetails ? 'developer' : 'user');
+      message($('gate-message'), errorText(result), 'error');
+    }
   }
 
   function logLine(line) {
@@ -940,6 +996,12 @@
       case 'deployment.environment': onEnvironment(data); break;
       case 'deployment.log': onLog(data); break;
       case 'environment.health': onHealth(data); break;
+      case 'deployment.batch':
+      case 'deployment.gate':
+        if (data && state.active && state.active.deployment_id === data.deployment_id) {
+          debounce('detail', 100, () => loadDetail(data.deployment_id));
+        }
+        break;
       case 'reset':
       case 'lagged':
         // Some events were dropped: this page's state may be behind, so read it again.
@@ -1019,6 +1081,8 @@
     $('sign-out').addEventListener('click', () => signOut(''));
     $('trigger-form').addEventListener('submit', trigger);
     $('cancel-button').addEventListener('click', cancelActive);
+    $('approve-button').addEventListener('click', () => decideGate('approve'));
+    $('reject-button').addEventListener('click', () => decideGate('reject'));
     $('filter-status').addEventListener('change', historyFiltersChanged);
     $('filter-environment').addEventListener('change', historyFiltersChanged);
     $('history-filters').addEventListener('submit', (event) => event.preventDefault());

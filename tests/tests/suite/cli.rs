@@ -634,3 +634,108 @@ async fn client_mode_deploys_through_a_running_host() {
         "{unreachable}"
     );
 }
+
+#[test]
+fn a_canary_deploy_stops_at_its_gate_and_approve_finishes_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let markers = dir.path().join("markers");
+    std::fs::create_dir_all(&markers).expect("markers dir");
+    let marking = |id: &str| {
+        local(
+            id,
+            &[
+                "sh",
+                "-c",
+                "touch \"$0/$PA_ENVIRONMENT_ID\"",
+                markers.to_str().expect("utf-8 path"),
+            ],
+        )
+    };
+    let file = write_environments(
+        dir.path(),
+        "envs.json",
+        vec![marking("a"), marking("b"), marking("c")],
+    );
+    let run = cli(
+        dir.path(),
+        &[
+            "--environments",
+            &file,
+            "deploy",
+            "--version",
+            "2.0",
+            "--canary",
+            "1",
+            "--gate",
+            "manual",
+        ],
+        &[],
+    );
+    assert_eq!(
+        run.code,
+        Some(3),
+        "deploy stops at the gate with exit 3: {run}"
+    );
+    assert!(run.stderr.contains("deployment-mcp approve dep-"), "{run}");
+    assert!(
+        markers.join("a").exists() && !markers.join("b").exists(),
+        "only the canary ran"
+    );
+    let id = run
+        .stderr
+        .split_whitespace()
+        .find(|word| word.starts_with("dep-"))
+        .expect("the deployment id")
+        .trim_end_matches(':')
+        .to_owned();
+
+    let run = cli(dir.path(), &["--environments", &file, "approve", &id], &[]);
+    assert_eq!(run.code, Some(0), "approve follows it to the end: {run}");
+    assert!(
+        markers.join("b").exists() && markers.join("c").exists(),
+        "{run}"
+    );
+    assert!(run.stdout.contains("completed"), "{run}");
+
+    // A rolling deploy through the flags: batches of one, the first failure stops it.
+    let failing = write_environments(
+        dir.path(),
+        "failing.json",
+        vec![local("x1", &["false"]), local("x2", &["true"])],
+    );
+    let run = cli(
+        dir.path(),
+        &[
+            "--environments",
+            &failing,
+            "--data-dir",
+            "data-2",
+            "--json",
+            "deploy",
+            "--batch-size",
+            "1",
+            "--max-failures",
+            "0",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, Some(1), "{run}");
+    let record: Value = serde_json::from_str(&run.stdout).expect("--json prints the record");
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(record["rollout"]["strategy"]["type"], "rolling");
+    let x2 = record["results"]
+        .as_array()
+        .and_then(|results| results.iter().find(|r| r["environment_id"] == "x2"))
+        .expect("x2's result");
+    assert_eq!(x2["status"], "skipped", "{record}");
+    let run = cli(
+        dir.path(),
+        &["--environments", &failing, "deploy", "--batch-size", "0%"],
+        &[],
+    );
+    assert_eq!(run.code, Some(2), "a bad value is a usage error: {run}");
+    assert!(
+        run.stderr.contains("strategy.batch_size"),
+        "the server's error names the field: {run}"
+    );
+}

@@ -173,3 +173,27 @@ async fn dashboard_shows_why_deployments_are_unavailable_when_the_plugin_is_miss
     assert_eq!(status, 200, "the page is served without the plugin: {body}");
     run_browser(&host, "plugin-missing", &[]).await;
 }
+
+#[tokio::test]
+async fn dashboard_approves_a_gated_deployment_by_clicking() {
+    require_browser_tools();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let list = vec![
+        e2e::scenario::local("gate_a", &["true"], 30),
+        e2e::scenario::local("gate_b", &["true"], 30),
+    ];
+    let host = TestHost::start(dir.path(), e2e::scenario::options(list)).await;
+    let id = e2e::scenario::started(
+        &host,
+        serde_json::json!({"version": "v-gate", "strategy": {"type": "canary", "canary": 1, "gate": "manual"}}),
+    )
+    .await;
+    e2e::scenario::status_within(&host, &id, e2e::scenario::RUN_TIMEOUT, |status| {
+        status == "awaiting_approval"
+    })
+    .await;
+    run_browser(&host, "gate", &[format!("--deployment={id}")]).await;
+    let record = e2e::scenario::detail(&host, &id).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert_eq!(record["gate"]["status"], "approved", "{record}");
+}

@@ -5,8 +5,8 @@ use std::{path::Path, time::Duration};
 
 use e2e::{
     scenario::{
-        detail, environments, finished, is_terminal, local, options, result, started, trigger,
-        RUN_TIMEOUT,
+        detail, environments, finished, is_terminal, local, options, result, started, subscribe,
+        subscribe_after, trigger, Events, RUN_TIMEOUT,
     },
     sshd::Sshd,
     targets::{Behaviour, Target},
@@ -418,73 +418,6 @@ async fn idempotency_key_repeats_the_first_answer() {
         .get("/api/deployment/history", Some(DEVELOPER_KEY))
         .await;
     assert_eq!(history["total_count"], 1, "one deployment for one key");
-}
-
-type Events = tokio::sync::mpsc::UnboundedReceiver<(String, Value)>;
-
-/// Opens the SSE stream and returns the response and a reader of `(event, data)` pairs.
-async fn subscribe(host: &TestHost) -> (u16, Events) {
-    let (status, mut with_ids) = subscribe_after(host, USER_KEY, None).await;
-    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some((_, event, data)) = with_ids.recv().await {
-            if sender.send((event, data)).is_err() {
-                return;
-            }
-        }
-    });
-    (status, receiver)
-}
-
-/// Opens the SSE stream, resuming after `last_id` when given; yields `(id, event, data)`.
-async fn subscribe_after(
-    host: &TestHost,
-    key: &str,
-    last_id: Option<u64>,
-) -> (
-    u16,
-    tokio::sync::mpsc::UnboundedReceiver<(u64, String, Value)>,
-) {
-    use futures_util::StreamExt;
-    let mut request = host
-        .client()
-        .get(format!("{}/api/deployment/events", host.url))
-        .header("X-API-Key", key);
-    if let Some(id) = last_id {
-        request = request.header("Last-Event-ID", id.to_string());
-    }
-    let response = request.send().await.expect("subscribe");
-    let status = response.status().as_u16();
-    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut stream = response.bytes_stream();
-        let mut buffer = String::new();
-        while let Some(Ok(chunk)) = stream.next().await {
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
-                let mut event = String::new();
-                let mut data = String::new();
-                let mut id = 0;
-                for line in block.lines() {
-                    if let Some(value) = line.strip_prefix("id:") {
-                        id = value.trim().parse().unwrap_or(0);
-                    } else if let Some(value) = line.strip_prefix("event:") {
-                        event = value.trim().to_owned();
-                    } else if let Some(value) = line.strip_prefix("data:") {
-                        data.push_str(value.trim_start());
-                    }
-                }
-                if !event.is_empty() {
-                    let data = serde_json::from_str(&data).unwrap_or(Value::Null);
-                    if sender.send((id, event, data)).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-    (status, receiver)
 }
 
 /// The phases a subscriber saw for one deployment, until its last one.

@@ -623,6 +623,8 @@ async fn passwords_in_urls_appear_nowhere() {
             "source",
             "updated_at",
             "last_health",
+            "deployed_version",
+            "previous_version",
         ] {
             object.remove(view_only);
         }

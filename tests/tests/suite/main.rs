@@ -15,6 +15,7 @@ mod lifecycle;
 mod loopback_only;
 mod metrics;
 mod openapi;
+mod rollouts;
 mod routes_roles;
 mod soak;
 mod ssh_trigger;

@@ -49,6 +49,7 @@ fn context(version: &str) -> (TriggerContext, mpsc::Receiver<LogLine>) {
         version: version.to_owned(),
         platform_instance_id: Some("i-0123".to_owned()),
         platform_ip: Some("203.0.113.7".to_owned()),
+        rollback: false,
         log: log.for_environment("ssh-test"),
         stop: Default::default(),
     };

@@ -9,10 +9,11 @@ use std::{collections::HashMap, io::IsTerminal as _, time::Duration};
 
 use deployment_mcp_core::{
     deployment::{Phase, TargetStatus},
+    rollout::RolloutJson,
     triggers::LogLine,
     wire::{
-        Accepted, DeploymentDetail, EnvironmentEvent, LogEvent, LogsAnswer, PhaseEvent,
-        TargetResult, TriggerRequest,
+        Accepted, BatchEvent, DeploymentDetail, EnvironmentEvent, GateEvent, LogEvent, LogsAnswer,
+        PhaseEvent, TargetResult, TriggerRequest,
     },
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -36,8 +37,21 @@ pub struct DeployRequest {
     /// Empty: every registered, enabled environment.
     pub environments: Vec<String>,
     pub version: Option<String>,
+    /// Strategy, failure threshold and rollback; all-at-once when empty.
+    pub rollout: RolloutJson,
     pub follow_logs: bool,
     pub json: bool,
+}
+
+/// Exit status of a deployment that stopped at its canary gate, waiting for approval.
+pub const EXIT_AWAITING_APPROVAL: u8 = 3;
+
+/// How following a deployment started.
+pub struct Follow {
+    pub follow_logs: bool,
+    pub json: bool,
+    /// What counts as success (exit 0).
+    pub success: fn(&DeploymentDetail) -> bool,
 }
 
 /// Runs a deployment to its end; the exit status is 0 only when every environment succeeded.
@@ -67,19 +81,38 @@ pub async fn run(
         }
         Some(request.environments.clone())
     };
-    let body = serde_json::to_value(TriggerRequest {
-        environments,
-        selector: None,
-        version: request.version.clone(),
-        ec2: None,
-    })
+    let body = serde_json::to_value(
+        TriggerRequest {
+            environments,
+            version: request.version.clone(),
+            ..TriggerRequest::default()
+        }
+        .with_rollout(request.rollout.clone()),
+    )
     .unwrap_or_default();
 
-    let mut events = backend.subscribe().await;
+    let events = backend.subscribe().await;
     let answer: Accepted = backend
         .fetch("POST", "/trigger-local", Some(&body), 202)
         .await?;
-    let id = answer.deployment_id;
+    let follow = Follow {
+        follow_logs: request.follow_logs,
+        json: request.json,
+        success: completed_everywhere,
+    };
+    follow_to_end(backend, answer.deployment_id, events, follow, interrupts).await
+}
+
+/// Follows deployment `id` (subscribed to `events` before it started or moved on) until it
+/// ends or stops at its gate; prints the summary. 0 when `success` holds, 3 when it waits
+/// for approval, else 1.
+pub async fn follow_to_end(
+    backend: &Backend,
+    id: String,
+    mut events: crate::backend::Events,
+    request: Follow,
+    interrupts: &mut Interrupts,
+) -> Result<u8, CliError> {
     interrupts.arm();
     let detail_path = format!("/deployments/{id}");
     let display = if request.json {
@@ -167,16 +200,28 @@ pub async fn run(
     } else {
         print_summary(&record);
     }
-    Ok(exit_code(&record))
+    if record.status == Phase::AwaitingApproval {
+        eprintln!(
+            "deployment {id} waits at its canary gate: `deployment-mcp approve {id}` continues it, `deployment-mcp reject {id}` ends it"
+        );
+        return Ok(EXIT_AWAITING_APPROVAL);
+    }
+    Ok(if (request.success)(&record) { 0 } else { 1 })
+}
+
+/// The deployment completed and every environment succeeded.
+pub fn completed_everywhere(record: &DeploymentDetail) -> bool {
+    record.status == Phase::Completed
+        && record
+            .results
+            .iter()
+            .all(|result| result.status == TargetStatus::Succeeded)
 }
 
 /// 0 when the deployment completed and every environment succeeded, else 1.
+#[cfg(test)]
 fn exit_code(record: &DeploymentDetail) -> u8 {
-    let all_succeeded = record
-        .results
-        .iter()
-        .all(|result| result.status == TargetStatus::Succeeded);
-    if record.status == Phase::Completed && all_succeeded {
+    if completed_everywhere(record) {
         0
     } else {
         1
@@ -230,6 +275,7 @@ fn target_rank(status: TargetStatus) -> u8 {
         TargetStatus::Pending => 0,
         TargetStatus::Triggering => 1,
         TargetStatus::Running => 2,
+        TargetStatus::RolledBack | TargetStatus::RollbackFailed => 4,
         _ => 3,
     }
 }
@@ -274,8 +320,10 @@ impl Watch {
         }
     }
 
+    /// Ended, or stopped at its gate (someone else decides it).
     fn finished(&self) -> bool {
-        self.phase.is_some_and(Phase::is_terminal)
+        self.phase
+            .is_some_and(|phase| phase.is_terminal() || phase == Phase::AwaitingApproval)
     }
 
     fn logs_by_polling(&self) -> bool {
@@ -346,6 +394,36 @@ impl Watch {
                         self.progress = progress;
                         self.display.progress(progress);
                     }
+                }
+            }
+            "deployment.batch" => {
+                if let Ok(event) = serde_json::from_value::<BatchEvent>(data) {
+                    self.note(&format!(
+                        "batch {} of {} {}: {}",
+                        event.batch.number,
+                        event.batches,
+                        serde_json::to_value(event.batch.status)
+                            .ok()
+                            .and_then(|value| value.as_str().map(str::to_owned))
+                            .unwrap_or_default(),
+                        event.batch.environments.join(", ")
+                    ));
+                }
+            }
+            "deployment.gate" => {
+                if let Ok(event) = serde_json::from_value::<GateEvent>(data) {
+                    let by = event
+                        .gate
+                        .decided_by
+                        .map(|by| format!(" by {by}"))
+                        .unwrap_or_default();
+                    self.note(&format!(
+                        "gate {}{by}",
+                        serde_json::to_value(event.gate.status)
+                            .ok()
+                            .and_then(|value| value.as_str().map(str::to_owned))
+                            .unwrap_or_default()
+                    ));
                 }
             }
             "deployment.log" if self.follow_logs && self.logs_from_events => {

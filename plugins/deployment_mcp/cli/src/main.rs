@@ -14,7 +14,19 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+use deployment_mcp_core::{
+    deployment::Phase,
+    rollout::{Amount, GateKind, OnFailure, RollbackMode, RolloutJson, StrategyJson, StrategyType},
+    wire::DeploymentSummary,
+};
+
 use crate::backend::{Backend, LocalOptions};
+
+/// Parses a flag's value as the API spells it (`rolling`, `cancel_running`).
+fn api_word<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|_| format!("{text:?} is not one of the accepted values (see --help)"))
+}
 
 const EXAMPLES: &str = "\
 Examples:
@@ -29,6 +41,13 @@ Examples:
 
   # After an EC2 deployment (the original ec2_deployment_trigger.py)
   EC2_INSTANCE_ID=i-0abc EC2_PUBLIC_IP=203.0.113.7 DEPLOYMENT_VERSION=2.1.0 deployment-mcp ec2-trigger
+
+  # Roll out in batches of 25%, stop at the first failure, roll the failed ones back
+  deployment-mcp deploy --version 2.1.0 --batch-size 25% --max-failures 0 --rollback failed
+
+  # One canary first, then wait for a person; approve (or reject) it later
+  deployment-mcp deploy --version 2.1.0 --canary 1 --gate manual
+  deployment-mcp approve dep-1764068400000-1a2b3c4d
 
   # Inspect
   deployment-mcp environments list
@@ -53,6 +72,7 @@ Exit status:
      an environment is busy in another deployment; the server refused or is unreachable)
   2  usage or configuration error (bad flags, unreadable or invalid environments file,
      unknown environment id)
+  3  deploy stopped at a manual canary gate: the deployment waits for approve or reject
   130  interrupted";
 
 #[derive(Debug, Parser)]
@@ -161,6 +181,33 @@ Example:
         /// A deployment id (as printed by deploy)
         id: Option<String>,
     },
+    /// Continue a deployment waiting at its canary gate, and follow it to the end
+    #[command(after_help = "Example:
+  deployment-mcp approve dep-1764068400000-1a2b3c4d
+
+Exits like deploy: 0 only when every environment succeeded.")]
+    Approve {
+        /// The deployment id (as printed by deploy)
+        id: String,
+        #[command(flatten)]
+        follow: FollowArgs,
+    },
+    /// End a deployment waiting at its canary gate: it ends cancelled, the rest skipped
+    Reject {
+        /// The deployment id (as printed by deploy)
+        id: String,
+    },
+    /// Roll a finished deployment's changed environments back to their previous version
+    #[command(after_help = "Example:
+  deployment-mcp rollback dep-1764068400000-1a2b3c4d
+
+Exits 0 when it ends rolled_back, else 1.")]
+    Rollback {
+        /// The deployment id (as printed by deploy)
+        id: String,
+        #[command(flatten)]
+        follow: FollowArgs,
+    },
     /// Past deployments, newest first
     #[command(after_help = "Examples:
   deployment-mcp history
@@ -198,7 +245,82 @@ struct DeployArgs {
     #[arg(long, value_name = "V")]
     version: Option<String>,
     #[command(flatten)]
+    rollout: RolloutArgs,
+    #[command(flatten)]
     follow: FollowArgs,
+}
+
+/// How the deployment rolls out (all environments at once when none is given).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Rollout")]
+struct RolloutArgs {
+    /// all_at_once, rolling or canary (implied by --batch-size and --canary)
+    #[arg(long, value_name = "TYPE", value_parser = api_word::<StrategyType>)]
+    strategy: Option<StrategyType>,
+    /// Environments per batch of a rolling rollout: a count or a percentage (25%)
+    #[arg(long, value_name = "N|P%")]
+    batch_size: Option<Amount>,
+    /// Seconds between rolling batches
+    #[arg(long, value_name = "S")]
+    pause_secs: Option<u64>,
+    /// Environments in the canary batch, deployed first: a count or a percentage
+    #[arg(long, value_name = "N|P%")]
+    canary: Option<Amount>,
+    /// After the canary: wait for `approve` (manual) or check health after --bake-secs (auto)
+    #[arg(long, value_name = "GATE", default_value = "manual", value_parser = api_word::<GateKind>)]
+    gate: GateKind,
+    /// Seconds the canary runs before an auto gate checks it
+    #[arg(long, value_name = "S", requires = "canary")]
+    bake_secs: Option<u64>,
+    /// Seconds a manual gate waits before the deployment ends cancelled (default a day)
+    #[arg(long, value_name = "S", requires = "canary")]
+    gate_timeout_secs: Option<u64>,
+    /// Failures tolerated (a count or a percentage); one more stops the deployment
+    #[arg(long, value_name = "N|P%")]
+    max_failures: Option<Amount>,
+    /// When failures exceed --max-failures: stop starting (stop) or also cancel the running
+    #[arg(long, value_name = "WHAT", value_parser = api_word::<OnFailure>)]
+    on_failure: Option<OnFailure>,
+    /// When it fails, roll back the failed environments (failed) or every one it changed (all)
+    #[arg(long, value_name = "WHAT", value_parser = api_word::<RollbackMode>)]
+    rollback: Option<RollbackMode>,
+}
+
+impl RolloutArgs {
+    /// The trigger body's rollout fields; the server checks them (errors name the field).
+    fn to_json(&self) -> RolloutJson {
+        let rolling = self.batch_size.is_some()
+            || self.pause_secs.is_some()
+            || self.strategy == Some(StrategyType::Rolling);
+        let rolling = rolling.then(|| StrategyJson {
+            kind: StrategyType::Rolling,
+            batch_size: self.batch_size,
+            pause_secs: self.pause_secs,
+            ..StrategyJson::default()
+        });
+        let strategy = match (self.canary, rolling) {
+            (Some(canary), then) => Some(StrategyJson {
+                kind: StrategyType::Canary,
+                canary: Some(canary),
+                gate: Some(self.gate),
+                bake_secs: self.bake_secs,
+                gate_timeout_secs: self.gate_timeout_secs,
+                then: then.map(Box::new),
+                ..StrategyJson::default()
+            }),
+            (None, Some(rolling)) => Some(rolling),
+            (None, None) => self.strategy.map(|kind| StrategyJson {
+                kind,
+                ..StrategyJson::default()
+            }),
+        };
+        RolloutJson {
+            strategy,
+            max_failures: self.max_failures,
+            on_failure: self.on_failure,
+            rollback: self.rollback,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -307,6 +429,7 @@ async fn execute(
             let request = deploy::DeployRequest {
                 environments: args.env_ids,
                 version: args.version,
+                rollout: args.rollout.to_json(),
                 follow_logs: args.follow.follow_logs,
                 json,
             };
@@ -341,12 +464,51 @@ async fn execute(
             let request = deploy::DeployRequest {
                 environments: Vec::new(),
                 version,
+                rollout: RolloutJson::default(),
                 follow_logs: args.follow_logs,
                 json,
             };
             deploy::run(backend, request, interrupts).await
         }
         Command::Status { id } => commands::status(backend, id.as_deref(), json).await,
+        Command::Approve { id, follow } => {
+            let events = backend.subscribe().await;
+            backend
+                .call_expecting("POST", &format!("/deployments/{id}/approve"), None, 200)
+                .await?;
+            let follow = deploy::Follow {
+                follow_logs: follow.follow_logs,
+                json,
+                success: deploy::completed_everywhere,
+            };
+            deploy::follow_to_end(backend, id, events, follow, interrupts).await
+        }
+        Command::Reject { id } => {
+            let summary: DeploymentSummary = backend
+                .fetch("POST", &format!("/deployments/{id}/reject"), None, 200)
+                .await?;
+            if json {
+                output::print_json(&summary);
+            } else {
+                output::outln!(
+                    "deployment {id} rejected at its gate: {}",
+                    summary.entry.status.as_str()
+                );
+            }
+            Ok(0)
+        }
+        Command::Rollback { id, follow } => {
+            let events = backend.subscribe().await;
+            backend
+                .call_expecting("POST", &format!("/deployments/{id}/rollback"), None, 202)
+                .await?;
+            let follow = deploy::Follow {
+                follow_logs: follow.follow_logs,
+                json,
+                success: |record| record.status == Phase::RolledBack,
+            };
+            deploy::follow_to_end(backend, id, events, follow, interrupts).await
+        }
         Command::History {
             limit,
             status,

@@ -69,6 +69,7 @@ pub async fn run(coordinator: Arc<Coordinator>, settings: Arc<Settings>, boot_id
     }
     let started = coordinator
         .start(StartRequest {
+            rollout: Default::default(),
             deployment_id: None,
             environments: auto.environments.clone(),
             selector: None,

@@ -355,6 +355,7 @@ impl Catalog {
             StoreOp::delete(collection::ENVIRONMENTS, id),
             StoreOp::delete(collection::SECRETS, id),
             StoreOp::delete(collection::HEALTH, id),
+            StoreOp::delete(collection::VERSIONS, id),
         ];
         if previous.file_version.is_some() {
             ops.push(StoreOp::put(
@@ -385,6 +386,22 @@ impl Catalog {
         Ok(self
             .records
             .scan::<HealthReport>(collection::HEALTH, "")
+            .await?
+            .into_iter()
+            .collect())
+    }
+
+    pub async fn versions(&self, id: &str) -> Result<Option<EnvironmentVersions>, StoreError> {
+        self.records.get(collection::VERSIONS, id).await
+    }
+
+    /// Every environment's versions, from one pass over their collection.
+    pub async fn all_versions(
+        &self,
+    ) -> Result<std::collections::HashMap<String, EnvironmentVersions>, StoreError> {
+        Ok(self
+            .records
+            .scan::<EnvironmentVersions>(collection::VERSIONS, "")
             .await?
             .into_iter()
             .collect())
@@ -434,5 +451,41 @@ fn keep_secret(new: &mut Option<String>, old: &Option<String>) {
         None => new.clone_from(old),
         Some("") => *new = None,
         Some(_) => {}
+    }
+}
+
+/// What an environment runs: the version of its last successful deployment (or rollback) and
+/// the one before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentVersions {
+    pub deployed_version: String,
+    #[serde(default)]
+    pub previous_version: Option<String>,
+    /// The deployment that set `deployed_version`.
+    pub deployment_id: String,
+    pub updated_at: String,
+}
+
+impl EnvironmentVersions {
+    /// The versions once `version` is deployed over `before` by `deployment_id`.
+    pub fn after(
+        before: Option<&EnvironmentVersions>,
+        version: &str,
+        deployment_id: &str,
+        now: String,
+    ) -> EnvironmentVersions {
+        let previous_version = match before {
+            Some(before) if before.deployed_version != version => {
+                Some(before.deployed_version.clone())
+            }
+            Some(before) => before.previous_version.clone(),
+            None => None,
+        };
+        EnvironmentVersions {
+            deployed_version: version.to_owned(),
+            previous_version,
+            deployment_id: deployment_id.to_owned(),
+            updated_at: now,
+        }
     }
 }

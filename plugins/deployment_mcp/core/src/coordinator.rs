@@ -31,19 +31,20 @@ use plugin_guest::{Condition, StoreOp};
 use crate::{
     catalog::Catalog,
     deployment::{
-        event, new_deployment_id, Claim, DeploymentRecord, HealthReport, Phase, TargetRecord,
-        TargetStatus,
+        event, new_deployment_id, BatchRecord, BatchStatus, Claim, DeploymentRecord, HealthReport,
+        Phase, TargetRecord, TargetStatus,
     },
     ec2,
     environments::{Environment, FieldError},
     health,
-    records::{self, collection, log_key, target_key, Records, StoreError},
+    records::{self, collection, target_key, Records, StoreError},
+    rollout::Rollout,
     run::{
         writer::{RunWriter, WriterSetup},
-        Run, RunOwner, StopReason,
+        Run, RunOwner, Start, StopReason,
     },
     settings::Settings,
-    triggers::{timestamp, LogLine, LogStream},
+    triggers::{timestamp, LogStream},
     wire::{self, DeletedEvent, HealthEvent, HealthView, View},
 };
 
@@ -60,6 +61,8 @@ pub struct StartRequest {
     pub triggered_by: String,
     pub request_id: Option<String>,
     pub retry_of: Option<String>,
+    /// Strategy, failure threshold and rollback.
+    pub rollout: Rollout,
 }
 
 #[derive(Debug)]
@@ -82,6 +85,9 @@ impl From<StoreError> for StartError {
         StartError::Store(error)
     }
 }
+
+mod decisions;
+pub use decisions::DecisionError;
 
 struct RunHandle {
     cancel: CancellationToken,
@@ -190,10 +196,20 @@ impl Coordinator {
     /// one transaction that holds only if its record is still what was read.
     pub async fn recover(&self) -> Result<usize, StoreError> {
         let mut recovered = 0;
-        for (key, entry) in crate::history::History::new(self.records.clone())
+        let unfinished = crate::history::History::new(self.records.clone())
             .unfinished()
-            .await?
-        {
+            .await?;
+        // A deployment waiting at its gate has no run to lose: it keeps waiting, with its
+        // claims, until someone decides it (or its deadline passes).
+        let parked: HashSet<String> = unfinished
+            .iter()
+            .filter(|(_, entry)| entry.status == Phase::AwaitingApproval)
+            .map(|(_, entry)| entry.deployment_id.clone())
+            .collect();
+        for (_, entry) in unfinished {
+            if parked.contains(&entry.deployment_id) {
+                continue;
+            }
             let Some(text) = self
                 .records
                 .get_raw(collection::DEPLOYMENTS, &entry.deployment_id)
@@ -204,7 +220,10 @@ impl Coordinator {
             let Ok(mut record) = serde_json::from_str::<DeploymentRecord>(&text) else {
                 continue;
             };
-            if record.boot_id == self.boot_id || record.status.is_terminal() {
+            if record.boot_id == self.boot_id
+                || record.status.is_terminal()
+                || record.status == Phase::AwaitingApproval
+            {
                 continue;
             }
             let now = SystemTime::now();
@@ -240,40 +259,12 @@ impl Coordinator {
                 "interrupted: the host stopped during phase {}; everything recorded until then is kept",
                 phase.as_str()
             );
-            let next_chunk = self.next_log_chunk(&record.deployment_id).await?;
-            let line = LogLine {
-                ts: timestamp(now),
-                environment: None,
-                stream: LogStream::Error,
-                line: message.clone(),
-                request_id: record.request_id.clone(),
-            };
-            let log = log_key(&record.deployment_id, next_chunk);
-            ops.push(StoreOp::put(
-                collection::LOGS,
-                &log,
-                records::encode(collection::LOGS, &log, &vec![line])?,
-            ));
-            record.log_lines += 1;
+            let (log, _) = self.log_op(&mut record, LogStream::Error, &message).await?;
+            ops.push(log);
             record.status = Phase::Interrupted;
             record.errors.push(message);
             record.finished_at = Some(timestamp(now));
-            let id = record.deployment_id.clone();
-            ops.push(
-                StoreOp::put(
-                    collection::DEPLOYMENTS,
-                    &id,
-                    records::encode(collection::DEPLOYMENTS, &id, &record)?,
-                )
-                .when(Condition::Equals(text)),
-            );
-            let entry = record.history_entry(failed);
-            ops.push(StoreOp::put(
-                collection::HISTORY,
-                &key,
-                records::encode(collection::HISTORY, &key, &entry)?,
-            ));
-            ops.extend(crate::history::moved_ops(&key, phase, &entry)?);
+            ops.extend(Self::record_ops(&text, phase, &record, failed)?);
             // A conflict: the record changed since it was read (another copy ended it).
             if self.records.apply(ops).await?.is_none() {
                 recovered += 1;
@@ -284,7 +275,7 @@ impl Coordinator {
             .scan::<ActiveEntry>(collection::ACTIVE, "")
             .await?
         {
-            if active.boot_id != self.boot_id {
+            if active.boot_id != self.boot_id && !parked.contains(&id) {
                 self.records.delete(collection::ACTIVE, &id).await?;
                 self.records.delete(collection::CANCEL, &id).await?;
             }
@@ -301,8 +292,11 @@ impl Coordinator {
             let full = page.len() == 1000;
             for (environment, text) in page {
                 after = Some(environment.clone());
-                let boot = serde_json::from_str::<Claim>(&text).map(|claim| claim.boot_id);
-                if boot.as_deref().map_or(true, |boot| boot != self.boot_id) {
+                let claim = serde_json::from_str::<Claim>(&text).ok();
+                let is_stale = claim.is_none_or(|claim| {
+                    claim.boot_id != self.boot_id && !parked.contains(&claim.deployment_id)
+                });
+                if is_stale {
                     stale.push(
                         StoreOp::delete(collection::CLAIMS, &environment)
                             .when(Condition::Equals(text)),
@@ -364,6 +358,24 @@ impl Coordinator {
             }
             Some(selector) => self.select_by_tags(selector).await?,
         };
+        let mut targets = targets;
+        if request.rollout.is_ordered() {
+            // Rollout order: `order`, then id (a stable sort keeps ids apart only by order).
+            targets.sort_by(|a, b| (a.order, &a.environment_id).cmp(&(b.order, &b.environment_id)));
+        }
+        let batches = request
+            .rollout
+            .batches(targets.len())
+            .into_iter()
+            .map(|plan| BatchRecord {
+                kind: plan.kind,
+                start: plan.start,
+                len: plan.len,
+                status: BatchStatus::Pending,
+                started_at: None,
+                finished_at: None,
+            })
+            .collect();
         let now = SystemTime::now();
         let created_ms = now
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -392,19 +404,15 @@ impl Coordinator {
             log_lines: 0,
             boot_id: self.boot_id.clone(),
             created_ms,
+            rollout: request.rollout,
+            batches,
+            gate: None,
+            platform_instance_id: None,
+            platform_ip: None,
         };
         let id = record.deployment_id.clone();
         self.claim_and_record(&record, &targets).await?;
         self.changed();
-        let cancel = CancellationToken::new();
-        let reason = Arc::new(Mutex::new(None));
-        self.runs().insert(
-            id.clone(),
-            RunHandle {
-                cancel: cancel.clone(),
-                reason: Arc::clone(&reason),
-            },
-        );
         tracing::info!(
             deployment = %id,
             request_id = record.request_id.as_deref().unwrap_or(""),
@@ -413,13 +421,6 @@ impl Coordinator {
             "deployment started"
         );
         self.publish_phase(&record, None);
-        let (writer, _writer_task) = RunWriter::start(WriterSetup {
-            records: self.records.clone(),
-            deployment_id: id.clone(),
-            next_chunk: 0,
-            max_log_lines: self.settings.max_log_lines as u64,
-            request_id: record.request_id.clone().filter(|id| !id.is_empty()),
-        });
         let pending: HashMap<String, TargetRecord> = targets
             .iter()
             .map(|target| {
@@ -433,27 +434,46 @@ impl Coordinator {
                 )
             })
             .collect();
-        let run = Run {
-            owner: Arc::clone(self),
-            record: tokio::sync::Mutex::new(record.clone()),
-            targets: Mutex::new(pending),
-            cancel,
-            reason,
-            finished_targets: AtomicUsize::new(0),
-            total_targets: targets.len(),
-            ec2,
-            writer,
-        };
-        let run = Arc::new(run);
+        self.spawn_run(record.clone(), targets, pending, ec2, 0, Start::Fresh);
+        Ok(record)
+    }
+
+    /// Starts the task that runs `record` (its environments `targets`, their results so far
+    /// `results`, its log continuing at chunk `next_chunk`) from `start`.
+    fn spawn_run(
+        self: &Arc<Self>,
+        record: DeploymentRecord,
+        targets: Vec<Environment>,
+        results: HashMap<String, TargetRecord>,
+        ec2: Option<ec2::Ec2Settings>,
+        next_chunk: u64,
+        start: Start,
+    ) {
+        let id = record.deployment_id.clone();
+        let (writer, _writer_task) = RunWriter::start(WriterSetup {
+            records: self.records.clone(),
+            deployment_id: id.clone(),
+            next_chunk,
+            max_log_lines: self.settings.max_log_lines as u64,
+            request_id: record.request_id.clone().filter(|id| !id.is_empty()),
+            status: record.status,
+        });
+        let run = Arc::new(Run::new(Arc::clone(self), record, results, ec2, writer));
+        self.runs().insert(
+            id,
+            RunHandle {
+                cancel: run.cancel.clone(),
+                reason: Arc::clone(&run.reason),
+            },
+        );
         self.tasks.spawn(async move {
-            let outcome = std::panic::AssertUnwindSafe(Arc::clone(&run).execute(targets))
+            let outcome = std::panic::AssertUnwindSafe(Arc::clone(&run).execute(targets, start))
                 .catch_unwind()
                 .await;
             if let Err(panic) = outcome {
                 run.abandon(&plugin_guest::panic_message(&*panic)).await;
             }
         });
-        Ok(record)
     }
 
     /// Every enabled environment whose tags hold each `selector` pair, in id order.
@@ -611,18 +631,7 @@ impl Coordinator {
                 claim.clone(),
             ));
         }
-        ops.push(StoreOp::put(
-            collection::ACTIVE,
-            id,
-            records::encode(
-                collection::ACTIVE,
-                id,
-                &ActiveEntry {
-                    boot_id: self.boot_id.clone(),
-                    environments: record.environments.clone(),
-                },
-            )?,
-        ));
+        ops.push(self.active_op(record)?);
         for target in targets {
             let key = target_key(id, &target.environment_id);
             let pending = TargetRecord::new(
@@ -669,6 +678,23 @@ impl Coordinator {
                 })
             }
         }
+    }
+
+    /// The write that records `record` as running in this boot (`ACTIVE`), for sibling copies.
+    fn active_op(&self, record: &DeploymentRecord) -> Result<StoreOp, StoreError> {
+        let id = &record.deployment_id;
+        Ok(StoreOp::put(
+            collection::ACTIVE,
+            id,
+            records::encode(
+                collection::ACTIVE,
+                id,
+                &ActiveEntry {
+                    boot_id: self.boot_id.clone(),
+                    environments: record.environments.clone(),
+                },
+            )?,
+        ))
     }
 
     /// Releases the claims a deployment holds and its `ACTIVE` record. A claim that is no

@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::triggers::LogLine;
+use crate::{
+    rollout::{BatchKind, GateKind, Rollout},
+    triggers::LogLine,
+};
 
 /// The deployment state machine (the original's phases).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -16,15 +19,21 @@ pub enum Phase {
     LocalDeploying,
     LocalCompleted,
     Verifying,
+    /// A canary's manual gate: waiting for approve or reject.
+    AwaitingApproval,
+    /// A failed deployment rolling its environments back.
+    RollingBack,
     Completed,
     Failed,
     Cancelled,
     Interrupted,
+    /// Failed, and every environment it rolled back is back on its previous version.
+    RolledBack,
 }
 
 impl Phase {
     /// Every phase, in state-machine order.
-    pub const ALL: [Phase; 11] = [
+    pub const ALL: [Phase; 14] = [
         Phase::Pending,
         Phase::Ec2Deploying,
         Phase::Ec2Completed,
@@ -32,16 +41,23 @@ impl Phase {
         Phase::LocalDeploying,
         Phase::LocalCompleted,
         Phase::Verifying,
+        Phase::AwaitingApproval,
+        Phase::RollingBack,
         Phase::Completed,
         Phase::Failed,
         Phase::Cancelled,
         Phase::Interrupted,
+        Phase::RolledBack,
     ];
 
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Phase::Completed | Phase::Failed | Phase::Cancelled | Phase::Interrupted
+            Phase::Completed
+                | Phase::Failed
+                | Phase::Cancelled
+                | Phase::Interrupted
+                | Phase::RolledBack
         )
     }
 
@@ -54,6 +70,9 @@ impl Phase {
             Phase::LocalDeploying => "local_deploying",
             Phase::LocalCompleted => "local_completed",
             Phase::Verifying => "verifying",
+            Phase::AwaitingApproval => "awaiting_approval",
+            Phase::RollingBack => "rolling_back",
+            Phase::RolledBack => "rolled_back",
             Phase::Completed => "completed",
             Phase::Failed => "failed",
             Phase::Cancelled => "cancelled",
@@ -77,6 +96,12 @@ pub enum TargetStatus {
     Failed,
     TimedOut,
     Cancelled,
+    /// Not started: the deployment stopped first (a failure threshold, a rejected gate).
+    Skipped,
+    /// Failed or changed, then rolled back to its previous version.
+    RolledBack,
+    /// Its rollback failed too.
+    RollbackFailed,
 }
 
 impl TargetStatus {
@@ -89,18 +114,36 @@ impl TargetStatus {
             TargetStatus::Failed => "failed",
             TargetStatus::TimedOut => "timed_out",
             TargetStatus::Cancelled => "cancelled",
+            TargetStatus::Skipped => "skipped",
+            TargetStatus::RolledBack => "rolled_back",
+            TargetStatus::RollbackFailed => "rollback_failed",
         }
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(
+        !matches!(
             self,
-            TargetStatus::Succeeded
-                | TargetStatus::Failed
-                | TargetStatus::TimedOut
-                | TargetStatus::Cancelled
+            TargetStatus::Pending | TargetStatus::Triggering | TargetStatus::Running
         )
     }
+
+    /// Counts against `max_failures`.
+    pub fn is_failure(self) -> bool {
+        matches!(self, TargetStatus::Failed | TargetStatus::TimedOut)
+    }
+}
+
+/// An environment's rollback within a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RollbackOutcome {
+    /// The version it was rolled back to.
+    pub version: String,
+    pub succeeded: bool,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub error: Option<String>,
+    pub finished_at: String,
 }
 
 /// The health of an environment as last seen, by a deployment's verification or the periodic
@@ -140,6 +183,12 @@ pub struct TargetRecord {
     pub output_tail: Vec<LogLine>,
     #[serde(default)]
     pub health: Option<HealthReport>,
+    /// The version the environment had when this deployment triggered it (what a rollback
+    /// returns it to).
+    #[serde(default)]
+    pub previous_version: Option<String>,
+    #[serde(default)]
+    pub rollback: Option<RollbackOutcome>,
 }
 
 impl TargetRecord {
@@ -161,6 +210,8 @@ impl TargetRecord {
             error: None,
             output_tail: Vec::new(),
             health: None,
+            previous_version: None,
+            rollback: None,
         }
     }
 }
@@ -195,6 +246,86 @@ pub struct DeploymentRecord {
     pub boot_id: String,
     /// Milliseconds since the epoch at creation; orders the history.
     pub created_ms: u64,
+    /// Strategy, failure threshold and rollback (a retry inherits them).
+    #[serde(default)]
+    pub rollout: Rollout,
+    /// The environments (in `environments`' order) cut into batches.
+    #[serde(default)]
+    pub batches: Vec<BatchRecord>,
+    /// A canary's gate, once the canary batch has run.
+    #[serde(default)]
+    pub gate: Option<GateRecord>,
+    /// The platform instance the triggers were told about (kept so that a deployment resumed
+    /// after its gate tells the rest the same).
+    #[serde(default)]
+    pub platform_instance_id: Option<String>,
+    #[serde(default)]
+    pub platform_ip: Option<String>,
+}
+
+/// A batch's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+/// One batch of a deployment: `len` environments from `start` in the record's `environments`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    pub kind: BatchKind,
+    pub start: usize,
+    pub len: usize,
+    pub status: BatchStatus,
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+}
+
+/// A gate's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GateStatus {
+    /// Waiting for approve or reject (manual), or baking (auto).
+    Waiting,
+    Approved,
+    Rejected,
+    TimedOut,
+    /// An auto gate found the canary healthy.
+    Passed,
+    /// An auto gate found the canary unhealthy, or the canary failed.
+    Failed,
+}
+
+/// A canary's gate, as stored with the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateRecord {
+    pub kind: GateKind,
+    pub status: GateStatus,
+    pub opened_at: String,
+    /// When a waiting manual gate ends the deployment `cancelled`.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    #[serde(default)]
+    pub decided_by: Option<String>,
+    #[serde(default)]
+    pub decided_at: Option<String>,
+}
+
+impl DeploymentRecord {
+    /// The environment ids of batch `index`.
+    pub fn batch_environments(&self, index: usize) -> &[String] {
+        self.batches
+            .get(index)
+            .and_then(|batch| self.environments.get(batch.start..batch.start + batch.len))
+            .unwrap_or(&[])
+    }
 }
 
 /// What the history lists per deployment.
@@ -271,6 +402,8 @@ pub mod event {
     pub const LOG: &str = "deployment.log";
     pub const HEALTH: &str = "environment.health";
     pub const DELETED: &str = "environment.deleted";
+    pub const BATCH: &str = "deployment.batch";
+    pub const GATE: &str = "deployment.gate";
 }
 
 /// Who holds an environment (the value of its `CLAIMS` record).

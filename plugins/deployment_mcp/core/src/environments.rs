@@ -84,6 +84,20 @@ pub struct EnvironmentJson {
     pub tags: BTreeMap<String, String>,
     #[serde(default)]
     pub description: Option<String>,
+    /// Rollout order: lower first (then by id) in rolling and canary deployments.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub order: i64,
+    /// `local`: what a rollback runs (an argument vector, like `command`); without it, the
+    /// normal command runs with `PA_ROLLBACK=1` and the previous version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_command: Option<Vec<String>>,
+    /// `local` or `ssh`: the script a rollback runs instead of `init_script_path` / `command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_script_path: Option<String>,
+}
+
+fn is_zero(order: &i64) -> bool {
+    *order == 0
 }
 
 fn default_timeout() -> u64 {
@@ -119,6 +133,8 @@ pub struct Environment {
     pub enabled: bool,
     pub tags: BTreeMap<String, String>,
     pub description: Option<String>,
+    /// Rollout order: lower first, then by id.
+    pub order: i64,
 }
 
 /// How the coordinator reaches an environment: one variant per connection method.
@@ -142,6 +158,9 @@ pub struct SshConnection {
     pub known_hosts_path: Option<String>,
     pub init_script_path: String,
     pub working_directory: Option<String>,
+    /// Run instead of `init_script_path` by a rollback (which otherwise runs it again with
+    /// `PA_ROLLBACK=1`).
+    pub rollback_script_path: Option<String>,
 }
 
 /// `POST http://host:port/api/deploy/init`, with a bearer token when set.
@@ -174,6 +193,9 @@ pub enum WebhookTarget {
 pub struct LocalConnection {
     pub program: LocalProgram,
     pub working_directory: Option<String>,
+    /// Run instead of `program` by a rollback (which otherwise runs `program` again with
+    /// `PA_ROLLBACK=1`).
+    pub rollback: Option<LocalProgram>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,6 +263,20 @@ fn required<'a>(
     }
 }
 
+/// An argument vector: a non-empty list whose first item names the program.
+fn check_argv(field: &str, argv: &[String]) -> Result<(), FieldError> {
+    if argv.is_empty() || argv[0].trim().is_empty() {
+        return Err(FieldError::new(
+            field,
+            "must be a non-empty list whose first item is the program to run",
+        ));
+    }
+    if argv.iter().any(|part| part.contains('\0')) {
+        return Err(FieldError::new(field, "must not contain NUL characters"));
+    }
+    Ok(())
+}
+
 fn check_host(host: &str) -> Result<(), FieldError> {
     let valid = host.len() <= 253
         && !host.is_empty()
@@ -304,6 +340,7 @@ impl EnvironmentJson {
             ("webhook_url", &self.webhook_url),
             ("webhook_secret", &self.webhook_secret),
             ("description", &self.description),
+            ("rollback_script_path", &self.rollback_script_path),
         ] {
             check_text(field, value)?;
         }
@@ -334,6 +371,7 @@ impl EnvironmentJson {
             return Err(FieldError::new("tags", format!("at most {MAX_TAGS} tags")));
         }
         let method = self.connection_method.as_str();
+        self.check_rollback()?;
         match self.connection_method {
             ConnectionMethod::Ssh => {
                 required(&self.host, "host", method)?;
@@ -355,19 +393,7 @@ impl EnvironmentJson {
                 }
             }
             ConnectionMethod::Local => match &self.command {
-                Some(command) if command.is_empty() || command[0].trim().is_empty() => {
-                    return Err(FieldError::new(
-                        "command",
-                        "must be a non-empty list whose first item is the program to run",
-                    ));
-                }
-                Some(command) if command.iter().any(|part| part.contains('\0')) => {
-                    return Err(FieldError::new(
-                        "command",
-                        "must not contain NUL characters",
-                    ));
-                }
-                Some(_) => {}
+                Some(command) => check_argv("command", command)?,
                 None => {
                     required(&self.init_script_path, "init_script_path", method).map_err(|_| {
                         FieldError::new(
@@ -379,6 +405,51 @@ impl EnvironmentJson {
             },
         }
         Ok(())
+    }
+
+    /// `rollback_command` / `rollback_script_path`: at most one, and only where the connection
+    /// method runs a program.
+    fn check_rollback(&self) -> Result<(), FieldError> {
+        if let Some(command) = &self.rollback_command {
+            check_argv("rollback_command", command)?;
+        }
+        if self
+            .rollback_script_path
+            .as_deref()
+            .is_some_and(|path| path.trim().is_empty())
+        {
+            return Err(FieldError::new(
+                "rollback_script_path",
+                "must not be empty; omit it to roll back by running the normal trigger",
+            ));
+        }
+        let method = self.connection_method.as_str();
+        match self.connection_method {
+            ConnectionMethod::Local if self.rollback_command.is_some() && self.rollback_script_path.is_some() => Err(FieldError::new(
+                "rollback_command",
+                "give rollback_command or rollback_script_path, not both",
+            )),
+            ConnectionMethod::Local => Ok(()),
+            ConnectionMethod::Ssh if self.rollback_command.is_some() => Err(FieldError::new(
+                "rollback_command",
+                "does not apply to connection_method \"ssh\": use rollback_script_path (a script on the target)",
+            )),
+            ConnectionMethod::Ssh => Ok(()),
+            ConnectionMethod::HttpApi | ConnectionMethod::Webhook => {
+                for (field, given) in [
+                    ("rollback_command", self.rollback_command.is_some()),
+                    ("rollback_script_path", self.rollback_script_path.is_some()),
+                ] {
+                    if given {
+                        return Err(FieldError::new(
+                            field,
+                            format!("does not apply to connection_method {method:?}: it rolls back by sending its normal request with \"rollback\": true and the previous version"),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 
     /// A secret given as `""` is a mistake in a new environment (an empty signing key or
@@ -438,6 +509,9 @@ impl TryFrom<EnvironmentJson> for Environment {
             enabled,
             tags,
             description,
+            order,
+            rollback_command,
+            rollback_script_path,
         } = json;
         let connection = match connection_method {
             ConnectionMethod::Ssh => Connection::Ssh(SshConnection {
@@ -448,6 +522,7 @@ impl TryFrom<EnvironmentJson> for Environment {
                 known_hosts_path,
                 init_script_path: required(init_script_path, "init_script_path")?,
                 working_directory,
+                rollback_script_path,
             }),
             ConnectionMethod::HttpApi => Connection::HttpApi(HttpApiConnection {
                 host: required(host, "host")?,
@@ -470,6 +545,11 @@ impl TryFrom<EnvironmentJson> for Environment {
                     _ => LocalProgram::Script(required(init_script_path, "command")?),
                 },
                 working_directory,
+                rollback: match (rollback_command, rollback_script_path) {
+                    (Some(command), _) => Some(LocalProgram::Command(command)),
+                    (None, Some(script)) => Some(LocalProgram::Script(script)),
+                    (None, None) => None,
+                },
             }),
         };
         Ok(Environment {
@@ -481,6 +561,7 @@ impl TryFrom<EnvironmentJson> for Environment {
             enabled,
             tags,
             description,
+            order,
         })
     }
 }
@@ -507,6 +588,9 @@ impl From<Environment> for EnvironmentJson {
             enabled: environment.enabled,
             tags: environment.tags,
             description: environment.description,
+            order: environment.order,
+            rollback_command: None,
+            rollback_script_path: None,
         };
         match environment.connection {
             Connection::Ssh(ssh) => {
@@ -518,6 +602,7 @@ impl From<Environment> for EnvironmentJson {
                 json.known_hosts_path = ssh.known_hosts_path;
                 json.init_script_path = Some(ssh.init_script_path);
                 json.working_directory = ssh.working_directory;
+                json.rollback_script_path = ssh.rollback_script_path;
             }
             Connection::HttpApi(api) => {
                 json.connection_method = ConnectionMethod::HttpApi;
@@ -542,6 +627,11 @@ impl From<Environment> for EnvironmentJson {
                     LocalProgram::Script(script) => json.init_script_path = Some(script),
                 }
                 json.working_directory = local.working_directory;
+                match local.rollback {
+                    Some(LocalProgram::Command(command)) => json.rollback_command = Some(command),
+                    Some(LocalProgram::Script(script)) => json.rollback_script_path = Some(script),
+                    None => {}
+                }
             }
         }
         json
@@ -817,6 +907,9 @@ mod tests {
             assert_eq!(error, field, "{extra}");
         };
         check(r#", "port": 0"#, "port");
+        check(r#", "rollback_command": ["undo"]"#, "rollback_command");
+        check(r#", "rollback_script_path": "  ""#, "rollback_script_path");
+        check(r#", "order": "first""#, "order");
         check(r#", "port": 70000"#, "port");
         check(r#", "port": "22""#, "port");
         check(r#", "timeout": 0"#, "timeout");
@@ -835,6 +928,33 @@ mod tests {
         assert!(parse_one(br#"{"environment_id": "a", "environment_type": "linux_local", "connection_method": "ssh", "host": "h"}"#).err().is_some_and(|e| e.field == "username"));
         assert!(parse_one(b"[1]").err().is_some_and(|e| e.field == "body"));
         assert_eq!(local("ok-1").environment_id, "ok-1");
+    }
+
+    #[test]
+    fn rollback_fields_fit_the_connection_method() {
+        let local = br#"{"environment_id": "a", "environment_type": "linux_local", "connection_method": "local", "command": ["deploy"], "rollback_command": ["undo", "--now"], "order": -2}"#;
+        let environment = parse_one(local).unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(environment.order, -2);
+        match &environment.connection {
+            Connection::Local(local) => assert_eq!(
+                local.rollback,
+                Some(LocalProgram::Command(vec!["undo".into(), "--now".into()]))
+            ),
+            other => panic!("not local: {other:?}"),
+        }
+        let flat = EnvironmentJson::from(environment);
+        assert_eq!(
+            flat.rollback_command,
+            Some(vec!["undo".into(), "--now".into()])
+        );
+        let both = br#"{"environment_id": "a", "environment_type": "linux_local", "connection_method": "local", "command": ["deploy"], "rollback_command": ["undo"], "rollback_script_path": "./undo.sh"}"#;
+        assert!(parse_one(both)
+            .err()
+            .is_some_and(|e| e.field == "rollback_command"));
+        let webhook = br#"{"environment_id": "a", "environment_type": "linux_local", "connection_method": "webhook", "webhook_url": "http://127.0.0.1:9/", "rollback_script_path": "./undo.sh"}"#;
+        assert!(parse_one(webhook)
+            .err()
+            .is_some_and(|e| e.field == "rollback_script_path"));
     }
 
     #[test]

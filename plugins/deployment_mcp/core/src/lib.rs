@@ -18,6 +18,7 @@ pub mod history;
 pub mod records;
 pub mod redact;
 pub mod retention;
+pub mod rollout;
 pub mod run;
 pub mod settings;
 pub mod store;

@@ -20,6 +20,8 @@ pub mod collection {
     /// Ids of file environments deleted through the API, so a restart does not bring them back.
     pub const DELETED_FILE_ENVIRONMENTS: &str = "deployment_mcp.deleted_file_environments";
     pub const HEALTH: &str = "deployment_mcp.health";
+    /// `<environment>` → its deployed and previous version.
+    pub const VERSIONS: &str = "deployment_mcp.versions";
     pub const DEPLOYMENTS: &str = "deployment_mcp.deployments";
     /// `<deployment>/<environment>` → per-environment result.
     pub const TARGETS: &str = "deployment_mcp.targets";

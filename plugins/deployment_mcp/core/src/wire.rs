@@ -13,9 +13,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::{
-    catalog::{Source, StoredEnvironment},
-    deployment::{DeploymentRecord, HealthReport, HistoryEntry, Phase, TargetRecord, TargetStatus},
+    catalog::{EnvironmentVersions, Source, StoredEnvironment},
+    deployment::{
+        BatchStatus, DeploymentRecord, GateStatus, HealthReport, HistoryEntry, Phase, TargetRecord,
+        TargetStatus,
+    },
     environments::{ConnectionMethod, EnvironmentJson, EnvironmentType},
+    rollout::{Amount, BatchKind, GateKind, OnFailure, RollbackMode, RolloutJson, StrategyJson},
     triggers::LogLine,
 };
 
@@ -78,6 +82,43 @@ pub struct TriggerRequest {
     /// Run the EC2 phase; the configured default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ec2: Option<bool>,
+    /// How the environments roll out; all at once when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<StrategyJson>,
+    /// Failures tolerated (a count, or a percentage of the environments); one more stops
+    /// the deployment. Unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failures: Option<Amount>,
+    /// When failures exceed `max_failures`: `stop` (default) or `cancel_running`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<OnFailure>,
+    /// When it fails: roll back `none` (default), the `failed` environments, or `all` it
+    /// changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackMode>,
+}
+
+impl TriggerRequest {
+    /// The rollout fields together. (They are the request's own fields rather than a
+    /// flattened part: serde cannot name the field at fault inside a flattened one, nor
+    /// refuse unknown fields next to it.)
+    pub fn rollout(&self) -> RolloutJson {
+        RolloutJson {
+            strategy: self.strategy.clone(),
+            max_failures: self.max_failures,
+            on_failure: self.on_failure,
+            rollback: self.rollback,
+        }
+    }
+
+    /// Sets the rollout fields.
+    pub fn with_rollout(mut self, rollout: RolloutJson) -> TriggerRequest {
+        self.strategy = rollout.strategy;
+        self.max_failures = rollout.max_failures;
+        self.on_failure = rollout.on_failure;
+        self.rollback = rollout.rollback;
+        self
+    }
 }
 
 /// A started deployment (202).
@@ -168,6 +209,111 @@ pub struct DeploymentSummary {
     #[serde(flatten)]
     pub entry: DeploymentEntry,
     pub environment_status: BTreeMap<String, TargetStatus>,
+    /// Its batches (one for an all-at-once deployment).
+    #[serde(default)]
+    pub batches: Vec<BatchView>,
+    /// A canary's gate, once the canary has run.
+    #[serde(default)]
+    pub gate: Option<GateView>,
+}
+
+/// One batch of a deployment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchView {
+    /// 1-based, in rollout order.
+    pub number: usize,
+    pub kind: BatchKind,
+    pub status: BatchStatus,
+    pub environments: Vec<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+impl BatchView {
+    pub fn all(record: &DeploymentRecord) -> Vec<BatchView> {
+        (0..record.batches.len())
+            .filter_map(|index| BatchView::new(record, index))
+            .collect()
+    }
+
+    pub fn new(record: &DeploymentRecord, index: usize) -> Option<BatchView> {
+        let batch = record.batches.get(index)?;
+        Some(BatchView {
+            number: index + 1,
+            kind: batch.kind,
+            status: batch.status,
+            environments: record.batch_environments(index).to_vec(),
+            started_at: batch.started_at.clone(),
+            finished_at: batch.finished_at.clone(),
+        })
+    }
+}
+
+/// A canary's gate.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GateView {
+    pub kind: GateKind,
+    pub status: GateStatus,
+    pub opened_at: String,
+    /// When a waiting manual gate ends the deployment `cancelled`.
+    pub deadline_at: Option<String>,
+    /// Who approved or rejected it (`gate` when the gate decided itself, `timeout`).
+    pub decided_by: Option<String>,
+    pub decided_at: Option<String>,
+}
+
+impl GateView {
+    pub fn of(record: &DeploymentRecord) -> Option<GateView> {
+        let gate = record.gate.as_ref()?;
+        Some(GateView {
+            kind: gate.kind,
+            status: gate.status,
+            opened_at: gate.opened_at.clone(),
+            deadline_at: gate.deadline_ms.map(|ms| {
+                crate::triggers::timestamp(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+                )
+            }),
+            decided_by: gate.decided_by.clone(),
+            decided_at: gate.decided_at.clone(),
+        })
+    }
+}
+
+/// Event `deployment.batch`: a batch started or ended.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchEvent {
+    pub deployment_id: String,
+    pub batches: usize,
+    pub batch: BatchView,
+}
+
+impl BatchEvent {
+    pub fn new(record: &DeploymentRecord, index: usize) -> Option<BatchEvent> {
+        Some(BatchEvent {
+            deployment_id: record.deployment_id.clone(),
+            batches: record.batches.len(),
+            batch: BatchView::new(record, index)?,
+        })
+    }
+}
+
+/// Event `deployment.gate`: a gate opened (waiting) or was decided (with who).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GateEvent {
+    pub deployment_id: String,
+    pub status: Phase,
+    pub gate: GateView,
+}
+
+impl GateEvent {
+    pub fn new(record: &DeploymentRecord) -> Option<GateEvent> {
+        Some(GateEvent {
+            deployment_id: record.deployment_id.clone(),
+            status: record.status,
+            gate: GateView::of(record)?,
+        })
+    }
 }
 
 /// `GET /status`: the overview, or with `?id=` one deployment's summary.
@@ -241,6 +387,26 @@ pub struct TargetResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<HealthView>)]
     pub health: Hidden<HealthView>,
+    /// The version it had before this deployment (what a rollback returns it to).
+    #[serde(default)]
+    pub previous_version: Option<String>,
+    /// Its rollback, when it was rolled back.
+    #[serde(default)]
+    pub rollback: Option<RollbackView>,
+}
+
+/// An environment's rollback; users do not see its error text.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RollbackView {
+    /// The version it was rolled back to.
+    pub version: String,
+    pub succeeded: bool,
+    pub exit_code: Option<i32>,
+    pub finished_at: String,
+    /// Why it failed; absent for the user role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub error: Hidden<String>,
 }
 
 impl TargetResult {
@@ -264,6 +430,14 @@ impl TargetResult {
                     .as_ref()
                     .map(|health| HealthView::new(health, view)),
             ),
+            previous_version: record.previous_version.clone(),
+            rollback: record.rollback.as_ref().map(|rollback| RollbackView {
+                version: rollback.version.clone(),
+                succeeded: rollback.succeeded,
+                exit_code: rollback.exit_code,
+                finished_at: rollback.finished_at.clone(),
+                error: view.hide(rollback.error.clone()),
+            }),
         }
     }
 }
@@ -296,6 +470,13 @@ pub struct DeploymentDetail {
     /// The last lines (all of them are at `/logs`).
     pub logs: Vec<LogLine>,
     pub logs_truncated: bool,
+    /// Strategy, failure threshold and rollback, as given (with defaults filled in).
+    #[serde(default)]
+    pub rollout: RolloutJson,
+    #[serde(default)]
+    pub batches: Vec<BatchView>,
+    #[serde(default)]
+    pub gate: Option<GateView>,
 }
 
 impl DeploymentDetail {
@@ -305,7 +486,12 @@ impl DeploymentDetail {
         logs: Vec<LogLine>,
         logs_truncated: bool,
     ) -> DeploymentDetail {
+        let batches = BatchView::all(&record);
+        let gate = GateView::of(&record);
         DeploymentDetail {
+            rollout: record.rollout.into(),
+            batches,
+            gate,
             deployment_id: record.deployment_id,
             status: record.status,
             phase: record.status,
@@ -376,6 +562,8 @@ pub struct ConnectionDetails {
     /// Credentials masked.
     pub webhook_url: Option<String>,
     pub command: Option<Vec<String>>,
+    pub rollback_command: Option<Vec<String>>,
+    pub rollback_script_path: Option<String>,
     #[schema(required = false)]
     pub has_api_token: bool,
     #[schema(required = false)]
@@ -404,6 +592,15 @@ pub struct EnvironmentView {
     pub enabled: bool,
     pub tags: BTreeMap<String, String>,
     pub description: Option<String>,
+    /// Rollout order (lower first, then by id).
+    #[serde(default)]
+    pub order: i64,
+    /// The version of its last successful deployment (or rollback); null before the first.
+    #[serde(default)]
+    pub deployed_version: Option<String>,
+    /// The version it had before that.
+    #[serde(default)]
+    pub previous_version: Option<String>,
     /// How it is reached; absent for the user role (so none of its fields is required).
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = ConnectionDetails)]
@@ -415,6 +612,7 @@ impl EnvironmentView {
     pub fn new(
         stored: &StoredEnvironment,
         health: Option<&HealthReport>,
+        versions: Option<&EnvironmentVersions>,
         view: View,
     ) -> EnvironmentView {
         let flat = EnvironmentJson::from(stored.environment.clone());
@@ -430,6 +628,8 @@ impl EnvironmentView {
             timeout: flat.timeout,
             webhook_url: flat.webhook_url.as_deref().map(crate::redact::url),
             command: flat.command,
+            rollback_command: flat.rollback_command,
+            rollback_script_path: flat.rollback_script_path,
             has_api_token: stored.has_api_token,
             has_webhook_secret: stored.has_webhook_secret,
             source: match stored.source {
@@ -445,6 +645,9 @@ impl EnvironmentView {
             enabled: flat.enabled,
             tags: flat.tags,
             description: flat.description,
+            order: flat.order,
+            deployed_version: versions.map(|versions| versions.deployed_version.clone()),
+            previous_version: versions.and_then(|versions| versions.previous_version.clone()),
             connection,
             last_health: health.map(|report| HealthView::new(report, view)),
         }
@@ -625,7 +828,7 @@ mod tests {
             // Even a stored environment that still held its secrets would not show them.
             let stored = stored(environment, Source::Api, true);
             for view in [View::Details, View::User] {
-                let shown = serde_json::to_string(&EnvironmentView::new(&stored, None, view))
+                let shown = serde_json::to_string(&EnvironmentView::new(&stored, None, None, view))
                     .unwrap_or_default();
                 assert!(shown.contains("\"environment_id\""), "{shown}");
                 assert!(
@@ -651,8 +854,13 @@ mod tests {
             error: Some("connection refused by 127.0.0.1".into()),
             latency_ms: 3,
         };
-        let user = serde_json::to_value(EnvironmentView::new(&stored, Some(&report), View::User))
-            .expect("serializes");
+        let user = serde_json::to_value(EnvironmentView::new(
+            &stored,
+            Some(&report),
+            None,
+            View::User,
+        ))
+        .expect("serializes");
         let text = user.to_string();
         for detail in [
             "127.0.0.1",
@@ -664,9 +872,13 @@ mod tests {
             assert!(!text.contains(detail), "{detail} in {text}");
         }
         assert_eq!(user["last_health"]["healthy"], false);
-        let full =
-            serde_json::to_value(EnvironmentView::new(&stored, Some(&report), View::Details))
-                .expect("serializes");
+        let full = serde_json::to_value(EnvironmentView::new(
+            &stored,
+            Some(&report),
+            None,
+            View::Details,
+        ))
+        .expect("serializes");
         assert_eq!(full["host"], "127.0.0.1");
         assert_eq!(full["source"], "file");
         assert_eq!(

@@ -17,7 +17,9 @@ use super::{
 };
 use crate::{
     coordinator::StartRequest,
-    deployment::{is_deployment_id, new_deployment_id, DeploymentRecord, Phase, TargetStatus},
+    deployment::{
+        is_deployment_id, new_deployment_id, DeploymentRecord, GateStatus, Phase, TargetStatus,
+    },
     environments::{check_id, from_json_object},
     history::{Filter, History},
     store::{DeploymentStore, IdempotencyRecord, IdempotencyStore},
@@ -60,14 +62,14 @@ impl ApiState {
     }
 }
 
-/// The 202 of a started deployment, with `Location`.
-fn accepted(mount: &Mount, deployment_id: &str) -> Response {
+/// The 202 of a started (or reopened) deployment, with `Location`.
+fn accepted(mount: &Mount, deployment_id: &str, status: Phase) -> Response {
     let status_url = format!("{}/deployments/{deployment_id}", mount.0);
     let mut response = json(
         StatusCode::ACCEPTED,
         &Accepted {
             deployment_id: deployment_id.to_owned(),
-            status: Phase::Pending,
+            status,
             status_url: status_url.clone(),
         },
     );
@@ -219,7 +221,9 @@ async fn trigger(api: &ApiState, call: TriggerCall, body: &[u8]) -> Answer {
             hex::encode(Sha256::digest(body)),
         )),
     };
+    let rollout = request.rollout().to_rollout()?;
     let start_request = |deployment_id: Option<String>| StartRequest {
+        rollout,
         deployment_id,
         environments: request.environments.clone(),
         selector: request.selector.clone(),
@@ -231,7 +235,7 @@ async fn trigger(api: &ApiState, call: TriggerCall, body: &[u8]) -> Answer {
     };
     let Some((key, fingerprint)) = idempotency else {
         let started = api.coordinator.start(start_request(None)).await?;
-        return Ok(accepted(&mount, &started.deployment_id));
+        return Ok(accepted(&mount, &started.deployment_id, Phase::Pending));
     };
     let keys = IdempotencyStore::new(api.coordinator.records().clone());
     let deadline = Instant::now() + IDEMPOTENCY_WAIT;
@@ -254,7 +258,7 @@ async fn trigger(api: &ApiState, call: TriggerCall, body: &[u8]) -> Answer {
             {
                 Ok(started) => {
                     keys.started(&key, &mine).await?;
-                    Ok(accepted(&mount, &started.deployment_id))
+                    Ok(accepted(&mount, &started.deployment_id, Phase::Pending))
                 }
                 Err(error) => {
                     // Nothing started: free the key, so a retry can start it.
@@ -271,7 +275,7 @@ async fn trigger(api: &ApiState, call: TriggerCall, body: &[u8]) -> Answer {
                 ))
             }
             Some(earlier) if !earlier.is_starting() => {
-                return Ok(accepted(&mount, &earlier.deployment_id))
+                return Ok(accepted(&mount, &earlier.deployment_id, Phase::Pending))
             }
             // Another request with this key is starting it (or the key was just freed): wait
             // for its outcome, then answer the same.
@@ -305,6 +309,17 @@ pub(crate) async fn cancel(State(api): Shared, caller: Who, Id(id): Id) -> Answe
                 "deployment {id} already ended as {}",
                 record.status.as_str()
             ),
+        ));
+    }
+    if record.status == Phase::AwaitingApproval {
+        // Nothing runs it: the cancel ends it at its gate.
+        let message = format!("cancelled by {} while waiting at the gate", caller.name());
+        api.coordinator
+            .close_gate(&id, GateStatus::Rejected, caller.name(), &message)
+            .await?;
+        return Ok(json(
+            StatusCode::OK,
+            &api.summary(&id, View::Details).await?,
         ));
     }
     api.coordinator.cancel(&id, caller.name()).await?;
@@ -375,9 +390,62 @@ pub(crate) async fn retry(
             triggered_by: format!("retry:{}", caller.name()),
             request_id: Some(request_id),
             retry_of: Some(id),
+            rollout: record.rollout,
         })
         .await?;
-    Ok(accepted(&mount, &started.deployment_id))
+    Ok(accepted(&mount, &started.deployment_id, Phase::Pending))
+}
+
+#[utoipa::path(
+    post, path = "/deployments/{id}/approve", tag = "deployment",
+    params(crate::wire::DeploymentId),
+    responses(
+        (status = 200, description = "Approved: the deployment goes on with the batches after its canary", body = crate::wire::DeploymentSummary),
+        (status = 409, description = "It is not waiting at a gate, or was decided meanwhile", body = crate::wire::ErrorAnswer),
+    )
+)]
+pub(crate) async fn approve(State(api): Shared, caller: Who, Id(id): Id) -> Answer {
+    api.record(&id).await?;
+    api.coordinator.approve(&id, caller.name()).await?;
+    Ok(json(
+        StatusCode::OK,
+        &api.summary(&id, View::Details).await?,
+    ))
+}
+
+#[utoipa::path(
+    post, path = "/deployments/{id}/reject", tag = "deployment",
+    params(crate::wire::DeploymentId),
+    responses(
+        (status = 200, description = "Rejected: the deployment ended `cancelled`, the environments not started `skipped`", body = crate::wire::DeploymentSummary),
+        (status = 409, description = "It is not waiting at a gate, or was decided meanwhile", body = crate::wire::ErrorAnswer),
+    )
+)]
+pub(crate) async fn reject(State(api): Shared, caller: Who, Id(id): Id) -> Answer {
+    api.record(&id).await?;
+    let message = format!("rejected at the gate by {}", caller.name());
+    api.coordinator
+        .close_gate(&id, GateStatus::Rejected, caller.name(), &message)
+        .await?;
+    Ok(json(
+        StatusCode::OK,
+        &api.summary(&id, View::Details).await?,
+    ))
+}
+
+#[utoipa::path(
+    post, path = "/deployments/{id}/rollback", tag = "deployment",
+    params(crate::wire::DeploymentId),
+    responses(
+        (status = 202, description = "Rolling back: the environments it changed return to their previous version; follow `status_url`", body = crate::wire::Accepted),
+        (status = 409, description = "It is still running, or an environment is being deployed", body = crate::wire::ErrorAnswer),
+        (status = 422, description = "No environment has a previous version to return to", body = crate::wire::ErrorAnswer),
+    )
+)]
+pub(crate) async fn rollback(State(api): Shared, caller: Who, mount: Mount, Id(id): Id) -> Answer {
+    api.record(&id).await?;
+    api.coordinator.rollback(&id, caller.name()).await?;
+    Ok(accepted(&mount, &id, Phase::RollingBack))
 }
 
 #[utoipa::path(
@@ -397,7 +465,10 @@ pub(crate) async fn history(State(api): Shared, params: Params) -> Answer {
         Some(text) => Some(Phase::parse(&text).ok_or_else(|| {
             ApiError::field(
                 "status",
-                format!("{text:?} is not a deployment status (pending, local_deploying, completed, failed, cancelled, interrupted, …)"),
+                format!(
+                    "{text:?} is not a deployment status; one of {}",
+                    Phase::ALL.map(Phase::as_str).join(", ")
+                ),
             )
         })?),
     };

@@ -27,9 +27,11 @@ impl ApiState {
             .await?
             .ok_or_else(|| ApiError::not_found("environment", id))?;
         let health = catalog.health(id).await?;
+        let versions = catalog.versions(id).await?;
         Ok(EnvironmentView::new(
             &stored,
             health.as_ref(),
+            versions.as_ref(),
             View::Details,
         ))
     }
@@ -43,11 +45,12 @@ pub(crate) async fn list(State(api): Shared) -> Answer {
     let catalog = api.coordinator.catalog();
     let list = catalog.list().await?;
     let health = catalog.all_health().await?;
+    let versions = catalog.all_versions().await?;
     let environments: Vec<EnvironmentView> = list
         .iter()
         .map(|stored| {
             let id = &stored.environment.environment_id;
-            EnvironmentView::new(stored, health.get(id), View::Details)
+            EnvironmentView::new(stored, health.get(id), versions.get(id), View::Details)
         })
         .collect();
     Ok(json(

@@ -10,7 +10,11 @@ use axum::{
 use plugin_guest::Refusal;
 
 use crate::wire::ErrorAnswer;
-use crate::{coordinator::StartError, environments::FieldError, records::StoreError};
+use crate::{
+    coordinator::{DecisionError, StartError},
+    environments::FieldError,
+    records::StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ApiError {
@@ -133,6 +137,31 @@ impl From<StartError> for ApiError {
                 format!("environment {environment:?} is already being deployed by {deployment}; wait for it or cancel it"),
             ),
             StartError::Store(error) => ApiError::Store(error),
+        }
+    }
+}
+
+impl From<DecisionError> for ApiError {
+    fn from(error: DecisionError) -> ApiError {
+        match error {
+            DecisionError::NotFound(id) => ApiError::not_found("deployment", &id),
+            error @ DecisionError::Wrong { .. } => {
+                ApiError::conflict("wrong_state", error.to_string())
+            }
+            error @ DecisionError::Conflict(_) => {
+                ApiError::conflict("decided_meanwhile", error.to_string())
+            }
+            DecisionError::Nothing(message) => {
+                ApiError::unprocessable("nothing_to_roll_back", message)
+            }
+            DecisionError::Busy {
+                environment,
+                deployment,
+            } => ApiError::from(StartError::Busy {
+                environment,
+                deployment,
+            }),
+            DecisionError::Store(error) => ApiError::Store(error),
         }
     }
 }

@@ -76,6 +76,7 @@ impl Api {
     ) -> Api {
         let stop = CancellationToken::new();
         tokio::spawn(Arc::clone(&coordinator).health_loop(stop.clone()));
+        tokio::spawn(Arc::clone(&coordinator).gate_loop(stop.clone()));
         tokio::spawn(crate::retention::run(
             coordinator.records().clone(),
             coordinator.settings_handle(),
@@ -169,6 +170,24 @@ pub(crate) const ROUTES: &[Route] = &[
         path: "/deployments/{id}/retry",
         needs: Some(Role::Admin),
         handler: |method| on(method, deployments::retry),
+    },
+    Route {
+        method: Method::POST,
+        path: "/deployments/{id}/approve",
+        needs: Some(Role::Admin),
+        handler: |method| on(method, deployments::approve),
+    },
+    Route {
+        method: Method::POST,
+        path: "/deployments/{id}/reject",
+        needs: Some(Role::Admin),
+        handler: |method| on(method, deployments::reject),
+    },
+    Route {
+        method: Method::POST,
+        path: "/deployments/{id}/rollback",
+        needs: Some(Role::Admin),
+        handler: |method| on(method, deployments::rollback),
     },
     Route {
         method: Method::GET,

@@ -30,6 +30,9 @@ use crate::{
         super::deployments::logs,
         super::deployments::cancel,
         super::deployments::retry,
+        super::deployments::approve,
+        super::deployments::reject,
+        super::deployments::rollback,
         super::environments::list,
         super::environments::create,
         super::environments::get,
@@ -40,6 +43,7 @@ use crate::{
     components(schemas(
         EnvironmentJson, EnvironmentType, ConnectionMethod, LogLine, LogStream, Phase,
         TargetStatus, HealthView, TargetResult, DeploymentEntry, ErrorAnswer,
+        crate::wire::BatchEvent, crate::wire::GateEvent,
     )),
     tags((name = "deployment", description = "Deployment coordination (the deployment_mcp plugin)")),
 )]

@@ -24,8 +24,9 @@ use crate::{
     deployment::{HistoryEntry, Phase, TargetStatus},
     history::History,
     wire::{
-        Activity, DashboardAnswer, DashboardEnvironment, DeploymentEntry, DeploymentSummary,
-        EnvironmentView, LastDeployment, RecentFigures, StatusOverview, View,
+        Activity, BatchView, DashboardAnswer, DashboardEnvironment, DeploymentEntry,
+        DeploymentSummary, EnvironmentView, GateView, LastDeployment, RecentFigures,
+        StatusOverview, View,
     },
 };
 
@@ -137,6 +138,8 @@ impl ApiState {
             Vec::new()
         });
         Ok(DeploymentSummary {
+            batches: BatchView::all(&record),
+            gate: GateView::of(&record),
             entry: DeploymentEntry::new(&entry, view),
             environment_status: targets
                 .into_iter()
@@ -215,6 +218,7 @@ pub(crate) async fn dashboard(State(api): Shared, caller: Who, params: Params) -
     let catalog = api.coordinator.catalog();
     let stored = catalog.list().await?;
     let health = catalog.all_health().await?;
+    let versions = catalog.all_versions().await?;
     let environments = stored
         .iter()
         .map(|stored| {
@@ -235,7 +239,7 @@ pub(crate) async fn dashboard(State(api): Shared, caller: Who, params: Params) -
                 (None, None) => None,
             };
             DashboardEnvironment {
-                environment: EnvironmentView::new(stored, health.get(id), view),
+                environment: EnvironmentView::new(stored, health.get(id), versions.get(id), view),
                 last_deployment,
             }
         })

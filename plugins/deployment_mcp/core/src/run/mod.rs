@@ -19,18 +19,23 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    catalog::Catalog,
-    deployment::{DeploymentRecord, HealthReport, Phase, TargetRecord, TargetStatus},
+    catalog::{Catalog, EnvironmentVersions},
+    deployment::{
+        BatchStatus, DeploymentRecord, GateRecord, GateStatus, HealthReport, Phase,
+        RollbackOutcome, TargetRecord, TargetStatus,
+    },
     ec2::{self, Ec2Settings},
     environments::Environment,
     health,
     records::{collection, Records},
+    rollout::{Canary, GateKind, OnFailure, RollbackMode},
     settings::Settings,
     triggers::{
         timestamp, AnyTrigger, FailureKind, LogSink, LogStream, TriggerContext, TriggerFailure,
+        TriggerSuccess,
     },
 };
-use writer::RunWriter;
+use writer::{Announcement, RunWriter};
 
 /// How long past its timeout (or a cancel) a trigger that stops itself may take to do so.
 const SELF_STOP_GRACE: Duration = Duration::from_secs(10);
@@ -75,14 +80,57 @@ pub(crate) trait RunOwner: Send + Sync + 'static {
     fn changed(&self);
 }
 
+/// Where a run begins: a new deployment, one whose canary gate was approved, or a finished
+/// one rolled back by hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    Fresh,
+    AfterGate,
+    Rollback,
+}
+
+/// Whether a rollback by hand returns this environment: it was triggered, has a version to
+/// return to, and was not rolled back already.
+pub(crate) fn rolls_back_by_hand(target: &TargetRecord) -> bool {
+    target.started_at.is_some()
+        && target.previous_version.is_some()
+        && !matches!(
+            target.status,
+            TargetStatus::RolledBack | TargetStatus::RollbackFailed
+        )
+}
+
+/// Whether a failed deployment with rollback `mode` rolls this environment back.
+fn rolls_back(mode: RollbackMode, target: &TargetRecord) -> bool {
+    match mode {
+        RollbackMode::None => false,
+        RollbackMode::Failed => target.status.is_failure(),
+        // Every environment it changed: whatever was triggered, whatever its outcome.
+        RollbackMode::All => {
+            target.started_at.is_some()
+                && !matches!(
+                    target.status,
+                    TargetStatus::RolledBack | TargetStatus::RollbackFailed
+                )
+        }
+    }
+}
+
 /// One deployment in progress. Its record and environment results are kept here, in memory,
 /// and handed to the run's writer, which stores them in batches.
 pub(crate) struct Run<O: RunOwner> {
     pub(crate) owner: Arc<O>,
     pub(crate) record: tokio::sync::Mutex<DeploymentRecord>,
     pub(crate) targets: Mutex<HashMap<String, TargetRecord>>,
+    /// A cancel request or the host stopping: everything stops.
     pub(crate) cancel: CancellationToken,
     pub(crate) reason: Arc<Mutex<Option<StopReason>>>,
+    /// Failures exceeded `max_failures`: nothing new starts (a child of `cancel`).
+    pub(crate) no_new: CancellationToken,
+    /// What stops running triggers: `cancel`, or the threshold with `cancel_running`.
+    pub(crate) running: CancellationToken,
+    /// Why the run stopped starting environments (the threshold, a failed canary).
+    pub(crate) halted: Mutex<Option<String>>,
     pub(crate) finished_targets: AtomicUsize,
     pub(crate) total_targets: usize,
     /// The EC2 phase to run first, when it is on for this deployment.
@@ -90,11 +138,50 @@ pub(crate) struct Run<O: RunOwner> {
     pub(crate) writer: RunWriter,
 }
 
+impl<O: RunOwner> Run<O> {
+    /// A run of `record` whose environments' results so far are `targets`.
+    pub(crate) fn new(
+        owner: Arc<O>,
+        record: DeploymentRecord,
+        targets: HashMap<String, TargetRecord>,
+        ec2: Option<Ec2Settings>,
+        writer: RunWriter,
+    ) -> Run<O> {
+        let cancel = CancellationToken::new();
+        let finished = targets
+            .values()
+            .filter(|target| target.status.is_terminal())
+            .count();
+        Run {
+            owner,
+            total_targets: record.environments.len(),
+            record: tokio::sync::Mutex::new(record),
+            targets: Mutex::new(targets),
+            no_new: cancel.child_token(),
+            running: cancel.child_token(),
+            cancel,
+            reason: Arc::new(Mutex::new(None)),
+            halted: Mutex::new(None),
+            finished_targets: AtomicUsize::new(finished),
+            ec2,
+            writer,
+        }
+    }
+}
+
 /// Progress at the start of each phase; triggering and verification fill the gaps in between.
 const PROGRESS_EC2: u8 = 2;
 const PROGRESS_TRIGGERING: u8 = 10;
 const PROGRESS_TRIGGERED: u8 = 80;
 const PROGRESS_VERIFIED: u8 = 95;
+
+/// What a canary's gate decided.
+enum GateOutcome {
+    Continue,
+    /// Waiting for a person: the run parks (its state is in the store) and ends here.
+    Park,
+    Stop,
+}
 
 impl<O: RunOwner> Run<O> {
     fn stop_reason(&self) -> Option<StopReason> {
@@ -104,18 +191,76 @@ impl<O: RunOwner> Run<O> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub(crate) async fn execute(self: Arc<Self>, targets: Vec<Environment>) {
+    fn halted(&self) -> Option<String> {
+        self.halted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Stops starting environments, saying why (the first reason stays).
+    fn halt(&self, why: String) {
+        let mut halted = self
+            .halted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if halted.is_none() {
+            tracing::info!("{why}");
+            *halted = Some(why);
+            self.no_new.cancel();
+        }
+    }
+
+    /// Halts the run when its failures exceed `max_failures`.
+    async fn check_threshold(&self) {
+        let (rollout, total) = {
+            let record = self.record.lock().await;
+            (record.rollout, record.environments.len())
+        };
+        let Some(tolerated) = rollout.tolerated_failures(total) else {
+            return;
+        };
+        let failures = self
+            .targets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .filter(|target| target.status.is_failure())
+            .count();
+        if failures > tolerated && self.halted().is_none() {
+            let max = rollout
+                .max_failures
+                .map(|max| max.to_string())
+                .unwrap_or_default();
+            self.halt(format!(
+                "max_failures {max} exceeded: {failures} environment(s) failed (at most {tolerated} tolerated); nothing new is started"
+            ));
+            self.writer
+                .log()
+                .line(LogStream::Error, self.halted().unwrap_or_default())
+                .await;
+            if rollout.on_failure == OnFailure::CancelRunning {
+                self.writer
+                    .log()
+                    .info("on_failure is cancel_running: stopping the environments still running")
+                    .await;
+                self.running.cancel();
+            }
+        }
+    }
+
+    pub(crate) async fn execute(self: Arc<Self>, targets: Vec<Environment>, start: Start) {
         let owner = Arc::clone(&self.owner);
         let started = Instant::now();
-        let (deployment_id, version, request_id) = {
+        let (deployment_id, version, triggered_by, rollout) = {
             let record = self.record.lock().await;
             (
                 record.deployment_id.clone(),
                 record.version.clone(),
-                record.request_id.clone().filter(|id| !id.is_empty()),
+                record.triggered_by.clone(),
+                record.rollout,
             )
         };
-        let _ = request_id;
         let log = self.writer.log().clone();
         let watcher = tokio::spawn(watch_cancel_requests(
             owner.records().clone(),
@@ -123,15 +268,135 @@ impl<O: RunOwner> Run<O> {
             self.cancel.clone(),
             Arc::clone(&self.reason),
         ));
+        let ec2_ok = match start {
+            Start::Rollback => {
+                let limit = Arc::new(Semaphore::new(owner.settings().max_parallel));
+                let context = self.context(log.clone()).await;
+                let by_id = by_id(targets);
+                let (phase, message) = self
+                    .roll_back(rolls_back_by_hand, &by_id, &context, &limit, None)
+                    .await;
+                drop(context);
+                watcher.abort();
+                self.finish(phase, message, started).await;
+                return;
+            }
+            Start::Fresh => {
+                log.info(format!(
+                    "deployment {deployment_id} started by {triggered_by}: {} environment(s), version {version}",
+                    targets.len()
+                ))
+                .await;
+                self.ec2_phase(&log).await
+            }
+            Start::AfterGate => true,
+        };
+        let _ = version;
+        let limit = Arc::new(Semaphore::new(owner.settings().max_parallel));
+        let context = self.context(log.clone()).await;
+        let batches = self.record.lock().await.batches.len();
+        let by_id = by_id(targets);
+        let first = match start {
+            Start::Fresh => 0,
+            Start::AfterGate | Start::Rollback => 1,
+        };
+        if !ec2_ok {
+            // `cancelled`, as before rollouts existed: the deployment stopped before any trigger.
+            self.end_from(
+                0,
+                TargetStatus::Cancelled,
+                "not triggered: the EC2 phase did not complete",
+            )
+            .await;
+        } else {
+            if start == Start::Fresh {
+                self.set_phase(Phase::LocalTriggering, PROGRESS_TRIGGERING)
+                    .await;
+            }
+            for index in first..batches {
+                if index == 1 && start == Start::Fresh {
+                    if let Some(canary) = rollout.gate() {
+                        match self.gate(&log, canary, &by_id).await {
+                            GateOutcome::Continue => {}
+                            GateOutcome::Stop => {}
+                            GateOutcome::Park => {
+                                self.park(&log).await;
+                                watcher.abort();
+                                return;
+                            }
+                        }
+                    }
+                }
+                if self.stop_reason().is_some() || self.halted().is_some() {
+                    let why = match self.halted() {
+                        Some(why) if self.stop_reason().is_none() => format!("not started: {why}"),
+                        _ => "not started: the deployment was stopped".to_owned(),
+                    };
+                    self.end_from(index, TargetStatus::Skipped, &why).await;
+                    break;
+                }
+                let pause = rollout.pause_before(index);
+                if pause > 0 {
+                    log.info(format!("pausing {pause} s before batch {}", index + 1))
+                        .await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(pause)) => {}
+                        _ = self.cancel.cancelled() => {}
+                    }
+                    if self.stop_reason().is_some() {
+                        self.end_from(
+                            index,
+                            TargetStatus::Skipped,
+                            "not started: the deployment was stopped",
+                        )
+                        .await;
+                        break;
+                    }
+                }
+                self.run_batch(index, batches, &by_id, &context, &limit)
+                    .await;
+            }
+        }
 
-        let triggered_by = self.record.lock().await.triggered_by.clone();
-        log.info(format!(
-            "deployment {deployment_id} started by {triggered_by}: {} environment(s), version {version}",
-            targets.len()
-        ))
-        .await;
-        let mut platform = owner.platform_identity(self.ec2.is_some()).await;
-        let ec2_ok = match &self.ec2 {
+        let failed_any = self
+            .targets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .any(|target| target.status != TargetStatus::Succeeded);
+        let (mut phase, mut message) = match self.stop_reason() {
+            Some(StopReason::Cancelled) => {
+                (Phase::Cancelled, Some("cancelled by request".to_owned()))
+            }
+            Some(StopReason::HostStopping) => (
+                Phase::Interrupted,
+                Some(
+                    "interrupted: the host shut down while this deployment was running".to_owned(),
+                ),
+            ),
+            None if failed_any => (Phase::Failed, self.halted()),
+            None => (Phase::Completed, None),
+        };
+        if phase == Phase::Failed && rollout.rollback != RollbackMode::None {
+            let mode = rollout.rollback;
+            (phase, message) = self
+                .roll_back(
+                    |target| rolls_back(mode, target),
+                    &by_id,
+                    &context,
+                    &limit,
+                    message,
+                )
+                .await;
+        }
+        drop(context);
+        watcher.abort();
+        self.finish(phase, message, started).await;
+    }
+    /// The EC2 phase, when it is on; false when it failed (or the run was cancelled in it).
+    async fn ec2_phase(&self, log: &LogSink) -> bool {
+        let mut platform = self.owner.platform_identity(self.ec2.is_some()).await;
+        let ok = match &self.ec2 {
             None => {
                 log.info("EC2 phase skipped: ec2 is off").await;
                 true
@@ -139,7 +404,7 @@ impl<O: RunOwner> Run<O> {
             Some(settings) => {
                 self.set_phase(Phase::Ec2Deploying, PROGRESS_EC2).await;
                 let outcome = tokio::select! {
-                    outcome = ec2::ensure_running(settings, &log) => Some(outcome),
+                    outcome = ec2::ensure_running(settings, log) => Some(outcome),
                     _ = self.cancel.cancelled() => None,
                 };
                 match outcome {
@@ -168,7 +433,7 @@ impl<O: RunOwner> Run<O> {
                 }
             }
         };
-        if let Some((id, ip)) = &platform {
+        if let Some((id, ip)) = platform {
             log.info(format!(
                 "platform instance {id}{}",
                 ip.as_deref()
@@ -176,35 +441,56 @@ impl<O: RunOwner> Run<O> {
                     .unwrap_or_default()
             ))
             .await;
+            let mut record = self.record.lock().await;
+            record.platform_instance_id = Some(id);
+            record.platform_ip = ip;
         }
-        let limit = Arc::new(Semaphore::new(owner.settings().max_parallel));
-        let context = TriggerContext {
-            deployment_id: deployment_id.clone(),
-            version,
-            platform_instance_id: platform.as_ref().map(|(id, _)| id.clone()),
-            platform_ip: platform.and_then(|(_, ip)| ip),
-            log: log.clone(),
-            stop: Default::default(),
+        ok
+    }
+
+    /// Runs batch `index` of `count`: its triggers under the parallel limit, then the
+    /// verification of what succeeded; records the batch's state and the versions deployed.
+    async fn run_batch(
+        self: &Arc<Self>,
+        index: usize,
+        count: usize,
+        by_id: &HashMap<String, Environment>,
+        context: &TriggerContext,
+        limit: &Arc<Semaphore>,
+    ) {
+        let log = &context.log;
+        let ids = {
+            let mut record = self.record.lock().await;
+            let ids = record.batch_environments(index).to_vec();
+            if let Some(batch) = record.batches.get_mut(index) {
+                batch.status = BatchStatus::Running;
+                batch.started_at = Some(timestamp(SystemTime::now()));
+            }
+            ids
         };
-        if ec2_ok {
-            self.set_phase(Phase::LocalTriggering, PROGRESS_TRIGGERING)
-                .await;
-        } else {
-            self.skip_targets(&targets, "not triggered: the EC2 phase did not complete")
-                .await;
+        if count > 1 {
+            log.info(format!(
+                "batch {} of {count} started: {}",
+                index + 1,
+                ids.join(", ")
+            ))
+            .await;
         }
+        self.announce_batch(index).await;
+        self.set_phase(Phase::LocalDeploying, PROGRESS_TRIGGERING)
+            .await;
         let mut running = tokio::task::JoinSet::new();
-        for environment in targets.iter().filter(|_| ec2_ok) {
-            let run = Arc::clone(&self);
-            let limit = Arc::clone(&limit);
+        for id in &ids {
+            let Some(environment) = by_id.get(id).cloned() else {
+                self.end_unstarted(id, TargetStatus::Failed, "the environment no longer exists")
+                    .await;
+                continue;
+            };
+            let run = Arc::clone(self);
+            let limit = Arc::clone(limit);
             let mut context = context.clone();
-            context.log = log.for_environment(&environment.environment_id);
-            let environment = environment.clone();
+            context.log = log.for_environment(id);
             running.spawn(async move { run.trigger_one(environment, context, limit).await });
-        }
-        if ec2_ok {
-            self.set_phase(Phase::LocalDeploying, PROGRESS_TRIGGERING)
-                .await;
         }
         let mut succeeded = Vec::new();
         while let Some(done) = running.join_next().await {
@@ -212,29 +498,449 @@ impl<O: RunOwner> Run<O> {
                 succeeded.push(environment);
             }
         }
-
-        if ec2_ok && self.stop_reason().is_none() {
-            self.set_phase(Phase::LocalCompleted, PROGRESS_TRIGGERED)
-                .await;
-            self.set_phase(Phase::Verifying, PROGRESS_TRIGGERED).await;
-            self.verify(&log, succeeded, &limit).await;
-        }
-
-        let failed = self.failed_environments();
-        let failed_any = !failed.is_empty();
-        let (phase, message) = match self.stop_reason() {
-            Some(StopReason::Cancelled) => {
-                (Phase::Cancelled, Some("cancelled by request".to_owned()))
+        if self.stop_reason().is_none() {
+            if index + 1 == count {
+                self.set_phase(Phase::LocalCompleted, PROGRESS_TRIGGERED)
+                    .await;
             }
-            Some(StopReason::HostStopping) => (
-                Phase::Interrupted,
-                Some(
-                    "interrupted: the host shut down while this deployment was running".to_owned(),
-                ),
-            ),
-            None if failed_any => (Phase::Failed, None),
-            None => (Phase::Completed, None),
+            self.set_phase(Phase::Verifying, PROGRESS_TRIGGERED).await;
+            self.verify(log, succeeded, limit).await;
+        }
+        let (version, deployment_id) = {
+            let record = self.record.lock().await;
+            (record.version.clone(), record.deployment_id.clone())
         };
+        let results: Vec<TargetRecord> = {
+            let targets = self
+                .targets
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            ids.iter()
+                .filter_map(|id| targets.get(id).cloned())
+                .collect()
+        };
+        let now = timestamp(SystemTime::now());
+        for target in results
+            .iter()
+            .filter(|target| target.status == TargetStatus::Succeeded)
+        {
+            let before = target
+                .previous_version
+                .as_ref()
+                .map(|previous| EnvironmentVersions {
+                    deployed_version: previous.clone(),
+                    previous_version: None,
+                    deployment_id: String::new(),
+                    updated_at: String::new(),
+                });
+            self.writer
+                .versions(
+                    &target.environment_id,
+                    EnvironmentVersions::after(
+                        before.as_ref(),
+                        &version,
+                        &deployment_id,
+                        now.clone(),
+                    ),
+                )
+                .await;
+        }
+        let all_succeeded = results
+            .iter()
+            .all(|target| target.status == TargetStatus::Succeeded);
+        let status = match self.stop_reason() {
+            Some(_) => BatchStatus::Cancelled,
+            None if all_succeeded => BatchStatus::Succeeded,
+            None => BatchStatus::Failed,
+        };
+        {
+            let mut record = self.record.lock().await;
+            if let Some(batch) = record.batches.get_mut(index) {
+                batch.status = status;
+                batch.finished_at = Some(now);
+            }
+        }
+        if count > 1 {
+            log.info(format!(
+                "batch {} of {count} ended: {}",
+                index + 1,
+                serde_json::to_value(status)
+                    .ok()
+                    .and_then(|value| value.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            ))
+            .await;
+        }
+        self.announce_batch(index).await;
+    }
+
+    /// Stores the record now and publishes batch `index`'s state.
+    async fn announce_batch(&self, index: usize) {
+        let record = self.record.lock().await.clone();
+        self.writer
+            .announce(record, Announcement::Batch(index))
+            .await;
+        self.owner.changed();
+    }
+
+    /// The canary's gate, after the first batch. A failed canary stops the deployment; an
+    /// `auto` gate waits `bake_secs` and checks the canary's health; a `manual` one parks.
+    async fn gate(
+        &self,
+        log: &LogSink,
+        canary: Canary,
+        by_id: &HashMap<String, Environment>,
+    ) -> GateOutcome {
+        if self.stop_reason().is_some() {
+            return GateOutcome::Stop;
+        }
+        let now = SystemTime::now();
+        let canary_ids = self.record.lock().await.batch_environments(0).to_vec();
+        let canary_failed = {
+            let targets = self
+                .targets
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            canary_ids.iter().any(|id| {
+                targets
+                    .get(id)
+                    .is_none_or(|target| target.status != TargetStatus::Succeeded)
+            })
+        };
+        let mut gate = GateRecord {
+            kind: canary.gate,
+            status: GateStatus::Waiting,
+            opened_at: timestamp(now),
+            deadline_ms: None,
+            decided_by: None,
+            decided_at: None,
+        };
+        if canary_failed {
+            gate.status = GateStatus::Failed;
+            gate.decided_by = Some("gate".into());
+            gate.decided_at = Some(timestamp(now));
+            self.record.lock().await.gate = Some(gate);
+            self.halt("the canary batch failed; the rest is not started".into());
+            log.line(
+                LogStream::Error,
+                "gate: the canary batch failed; the rest is not started",
+            )
+            .await;
+            self.announce_gate().await;
+            return GateOutcome::Stop;
+        }
+        match canary.gate {
+            GateKind::Manual => {
+                let deadline = now + Duration::from_secs(canary.gate_timeout_secs);
+                gate.deadline_ms = Some(
+                    deadline
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_millis() as u64,
+                );
+                self.record.lock().await.gate = Some(gate);
+                log.info(format!(
+                    "gate: the canary succeeded; waiting until {} for an admin to approve or reject it",
+                    timestamp(deadline)
+                ))
+                .await;
+                GateOutcome::Park
+            }
+            GateKind::Auto => {
+                self.record.lock().await.gate = Some(gate.clone());
+                self.announce_gate().await;
+                if canary.bake_secs > 0 {
+                    log.info(format!(
+                        "gate: the canary succeeded; baking {} s before checking it again",
+                        canary.bake_secs
+                    ))
+                    .await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(canary.bake_secs)) => {}
+                        _ = self.cancel.cancelled() => return GateOutcome::Stop,
+                    }
+                }
+                let mut unhealthy = Vec::new();
+                let per_request =
+                    Duration::from_secs(self.owner.settings().health_check_timeout_secs);
+                for id in &canary_ids {
+                    let Some(url) = by_id
+                        .get(id)
+                        .and_then(|environment| environment.health_check_url.clone())
+                    else {
+                        continue;
+                    };
+                    let report = health::check(self.owner.http(), &url, per_request).await;
+                    if !report.healthy {
+                        unhealthy.push(id.clone());
+                    }
+                    if let Err(error) = self.owner.record_health(id, &report).await {
+                        tracing::warn!("{error}");
+                    }
+                }
+                gate.decided_by = Some("gate".into());
+                gate.decided_at = Some(timestamp(SystemTime::now()));
+                let outcome = if unhealthy.is_empty() {
+                    gate.status = GateStatus::Passed;
+                    log.info("gate: the canary is healthy; continuing").await;
+                    GateOutcome::Continue
+                } else {
+                    gate.status = GateStatus::Failed;
+                    let why = format!(
+                        "the canary is unhealthy after baking: {}",
+                        unhealthy.join(", ")
+                    );
+                    log.line(LogStream::Error, format!("gate: {why}")).await;
+                    self.halt(why);
+                    GateOutcome::Stop
+                };
+                self.record.lock().await.gate = Some(gate);
+                self.announce_gate().await;
+                outcome
+            }
+        }
+    }
+
+    /// Stores the record now and publishes its gate's state.
+    async fn announce_gate(&self) {
+        let record = self.record.lock().await.clone();
+        self.writer.announce(record, Announcement::Gate).await;
+        self.owner.changed();
+    }
+
+    /// Leaves the deployment waiting at its gate: the record (phase `awaiting_approval`, the
+    /// gate, its deadline) is stored, the environments stay claimed, and the run ends here. An
+    /// approval resumes it from the store, in whichever copy (or process) takes it.
+    async fn park(&self, log: &LogSink) {
+        self.set_phase(Phase::AwaitingApproval, PROGRESS_TRIGGERED / 2)
+            .await;
+        self.announce_gate().await;
+        log.info("parked at the gate: nothing runs until it is decided")
+            .await;
+        self.writer.flush().await;
+        let id = self.record.lock().await.deployment_id.clone();
+        self.owner.forget_run(&id);
+    }
+
+    /// Ends every environment of batch `from` onwards that has not started (`status`, with
+    /// `why`), and marks those batches skipped.
+    async fn end_from(&self, from: usize, status: TargetStatus, why: &str) {
+        let ids: Vec<String> = {
+            let mut record = self.record.lock().await;
+            let start = record
+                .batches
+                .get(from)
+                .map_or(record.environments.len(), |batch| batch.start);
+            for batch in record.batches.iter_mut().skip(from) {
+                if batch.status == BatchStatus::Pending {
+                    batch.status = BatchStatus::Skipped;
+                }
+            }
+            record.environments.get(start..).unwrap_or(&[]).to_vec()
+        };
+        for id in ids {
+            let pending = self
+                .targets
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .get(&id)
+                .is_none_or(|target| target.status == TargetStatus::Pending);
+            if pending {
+                self.end_unstarted(&id, status, why).await;
+            }
+        }
+    }
+
+    /// Records an environment that never started as ended, with the reason.
+    async fn end_unstarted(&self, id: &str, status: TargetStatus, why: &str) {
+        let mut target = self
+            .targets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| TargetRecord::new(id, "", TargetStatus::Pending));
+        target.status = status;
+        target.finished_at = Some(timestamp(SystemTime::now()));
+        target.error = Some(why.to_owned());
+        self.finished_targets.fetch_add(1, Ordering::SeqCst);
+        self.save_target(&target).await;
+    }
+
+    /// What every trigger of this run is told.
+    async fn context(&self, log: LogSink) -> TriggerContext {
+        let record = self.record.lock().await;
+        TriggerContext {
+            deployment_id: record.deployment_id.clone(),
+            version: record.version.clone(),
+            platform_instance_id: record.platform_instance_id.clone(),
+            platform_ip: record.platform_ip.clone(),
+            rollback: false,
+            log,
+            stop: Default::default(),
+        }
+    }
+
+    /// Rolls back the environments `chosen` accepts (phase `rolling_back`): each runs its
+    /// rollback with its previous version. Returns the final phase and message: `rolled_back`
+    /// when every rollback succeeded, else `failed` naming them.
+    pub(crate) async fn roll_back(
+        self: &Arc<Self>,
+        chosen: impl Fn(&TargetRecord) -> bool,
+        by_id: &HashMap<String, Environment>,
+        context: &TriggerContext,
+        limit: &Arc<Semaphore>,
+        message: Option<String>,
+    ) -> (Phase, Option<String>) {
+        let log = &context.log;
+        let chosen: Vec<TargetRecord> = {
+            let targets = self
+                .targets
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut chosen: Vec<TargetRecord> = targets
+                .values()
+                .filter(|target| chosen(target))
+                .cloned()
+                .collect();
+            chosen.sort_by(|a, b| a.environment_id.cmp(&b.environment_id));
+            chosen
+        };
+        if chosen.is_empty() {
+            log.info("rollback: no environment to roll back").await;
+            return (Phase::Failed, message);
+        }
+        self.set_phase(Phase::RollingBack, PROGRESS_VERIFIED).await;
+        log.info(format!(
+            "rolling back {} environment(s) to their previous version: {}",
+            chosen.len(),
+            chosen
+                .iter()
+                .map(|target| target.environment_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .await;
+        let mut rollbacks = tokio::task::JoinSet::new();
+        for target in chosen {
+            let run = Arc::clone(self);
+            let limit = Arc::clone(limit);
+            let environment = by_id.get(&target.environment_id).cloned();
+            let mut context = context.clone();
+            context.log = log.for_environment(&target.environment_id);
+            rollbacks
+                .spawn(async move { run.roll_back_one(target, environment, context, limit).await });
+        }
+        let mut failed = Vec::new();
+        while let Some(done) = rollbacks.join_next().await {
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(id)) => failed.push(id),
+                Err(_) => failed.push("(a rollback task)".to_owned()),
+            }
+        }
+        failed.sort();
+        if failed.is_empty() {
+            log.info("rollback: every environment is back on its previous version")
+                .await;
+            (Phase::RolledBack, message)
+        } else {
+            let why = format!("rollback failed for: {}", failed.join(", "));
+            log.line(LogStream::Error, why.clone()).await;
+            (Phase::Failed, Some(why))
+        }
+    }
+
+    /// One environment's rollback: its trigger (or rollback program) with the previous
+    /// version, under its timeout. `Err(id)` when it did not succeed.
+    async fn roll_back_one(
+        self: Arc<Self>,
+        mut target: TargetRecord,
+        environment: Option<Environment>,
+        mut context: TriggerContext,
+        limit: Arc<Semaphore>,
+    ) -> Result<(), String> {
+        let id = target.environment_id.clone();
+        let _permit = limit.acquire_owned().await.ok();
+        let outcome = match (environment, target.previous_version.clone()) {
+            (None, _) => Err(("the environment no longer exists".to_owned(), None)),
+            (_, None) => Err((
+                "no previous version to roll back to: this was its first deployment".to_owned(),
+                None,
+            )),
+            (Some(_), _) if self.cancel.is_cancelled() => {
+                Err(("stopped: the deployment was cancelled".to_owned(), None))
+            }
+            (Some(environment), Some(previous)) => {
+                context.version = previous;
+                context.rollback = true;
+                context
+                    .log
+                    .info(format!("rollback to version {}", context.version))
+                    .await;
+                match self
+                    .run_trigger(&environment, &context, self.cancel.clone())
+                    .await
+                {
+                    Ok(success) => Ok(success.exit_code),
+                    Err((_, message, exit_code)) => Err((message, exit_code)),
+                }
+            }
+        };
+        let finished_at = timestamp(SystemTime::now());
+        let result = match outcome {
+            Ok(exit_code) => {
+                context.log.info("rollback succeeded").await;
+                target.status = TargetStatus::RolledBack;
+                target.rollback = Some(RollbackOutcome {
+                    version: context.version.clone(),
+                    succeeded: true,
+                    exit_code,
+                    error: None,
+                    finished_at: finished_at.clone(),
+                });
+                let versions = self.owner.catalog().versions(&id).await.ok().flatten();
+                let deployment_id = self.record.lock().await.deployment_id.clone();
+                let mut after = EnvironmentVersions::after(
+                    versions.as_ref(),
+                    &context.version,
+                    &deployment_id,
+                    finished_at,
+                );
+                if let Some(versions) =
+                    versions.filter(|versions| versions.deployed_version != context.version)
+                {
+                    after.previous_version = Some(versions.deployed_version);
+                }
+                self.writer.versions(&id, after).await;
+                Ok(())
+            }
+            Err((message, exit_code)) => {
+                let message = crate::redact::urls_in(&message);
+                context
+                    .log
+                    .line(LogStream::Error, format!("rollback failed: {message}"))
+                    .await;
+                target.status = TargetStatus::RollbackFailed;
+                target.rollback = Some(RollbackOutcome {
+                    version: target.previous_version.clone().unwrap_or_default(),
+                    succeeded: false,
+                    exit_code,
+                    error: Some(message),
+                    finished_at,
+                });
+                Err(id)
+            }
+        };
+        target.output_tail = self.writer.tail(&target.environment_id);
+        self.save_target(&target).await;
+        result
+    }
+
+    /// Records the end, frees the environments, then tells the world: whoever sees the final
+    /// phase can start the next deployment of these environments at once.
+    async fn finish(&self, phase: Phase, message: Option<String>, started: Instant) {
+        let log = self.writer.log();
         match &message {
             Some(message) => log.line(LogStream::Error, message.clone()).await,
             None => {
@@ -247,11 +953,7 @@ impl<O: RunOwner> Run<O> {
             }
         }
         let total_lines = self.writer.flush().await;
-        watcher.abort();
-        drop(context);
-        drop(log);
-        // Record the end, free the environments, then tell the world: whoever sees the final
-        // phase can start the next deployment of these environments at once.
+        let failed = self.failed_environments();
         let (record, previous) = {
             let mut record = self.record.lock().await;
             record.log_lines = total_lines;
@@ -269,9 +971,11 @@ impl<O: RunOwner> Run<O> {
             self.writer.flush().await;
             (record.clone(), previous)
         };
-        owner.release(&deployment_id, &record.environments).await;
-        owner.forget_run(&deployment_id);
-        owner.publish_phase(&record, Some(previous));
+        self.owner
+            .release(&record.deployment_id, &record.environments)
+            .await;
+        self.owner.forget_run(&record.deployment_id);
+        self.owner.publish_phase(&record, Some(previous));
     }
 
     /// The environments that have not succeeded (so far).
@@ -340,87 +1044,39 @@ impl<O: RunOwner> Run<O> {
         );
         let permit = tokio::select! {
             permit = limit.acquire_owned() => permit.ok(),
-            _ = self.cancel.cancelled() => None,
+            _ = self.no_new.cancelled() => None,
         };
+        // The threshold may have been crossed while this one waited for its turn.
+        let permit = permit.filter(|_| !self.no_new.is_cancelled());
         let started = Instant::now();
         let outcome = match permit {
-            None => Err((
+            None if self.cancel.is_cancelled() => Err((
                 TargetStatus::Cancelled,
                 "stopped before it started".to_owned(),
                 None,
             )),
+            None => {
+                let why = self
+                    .halted()
+                    .unwrap_or_else(|| "the deployment stopped".into());
+                Err((TargetStatus::Skipped, format!("not started: {why}"), None))
+            }
             Some(_permit) => {
                 target.started_at = Some(timestamp(SystemTime::now()));
                 target.status = TargetStatus::Triggering;
-                self.save_target(&target).await;
-                // Secrets are read only now, for the trigger, and live only as long as it.
-                let with_secrets = match self
+                target.previous_version = self
                     .owner
                     .catalog()
-                    .with_secrets(environment.clone())
+                    .versions(&id)
                     .await
-                {
-                    Ok(with_secrets) => with_secrets,
-                    Err(error) => {
-                        tracing::error!(environment = %id, "cannot read the environment's secrets: {error}");
-                        environment.clone()
-                    }
-                };
-                let trigger = AnyTrigger::for_environment(&with_secrets, self.owner.http());
-                drop(with_secrets);
+                    .ok()
+                    .flatten()
+                    .map(|versions| versions.deployed_version);
+                self.save_target(&target).await;
                 target.status = TargetStatus::Running;
                 self.save_target(&target).await;
-                let timeout = Duration::from_secs(environment.timeout);
-                let mut context = context.clone();
-                context.stop = crate::triggers::StopSignal {
-                    cancel: self.cancel.clone(),
-                    deadline: Some(tokio::time::Instant::now() + timeout),
-                };
-                let timed_out = || {
-                    Err((
-                        TargetStatus::TimedOut,
-                        format!("no result within the environment's timeout of {} s; the trigger was stopped", environment.timeout),
-                        None,
-                    ))
-                };
-                let cancelled = || {
-                    Err((
-                        TargetStatus::Cancelled,
-                        "stopped: the deployment was cancelled".to_owned(),
-                        None,
-                    ))
-                };
-                let run = trigger.run(&context);
-                tokio::pin!(run);
-                let result = if trigger.stops_itself() {
-                    // It kills and reaps what it started when told to stop; the bound only
-                    // guards against a trigger that does not.
-                    tokio::time::timeout(timeout + SELF_STOP_GRACE, &mut run)
-                        .await
-                        .ok()
-                } else {
-                    tokio::select! {
-                        result = tokio::time::timeout(timeout, &mut run) => result.ok(),
-                        _ = self.cancel.cancelled() => Some(Err(TriggerFailure::cancelled(String::new()))),
-                    }
-                };
-                match result {
-                    Some(Ok(success)) => Ok(success),
-                    Some(Err(failure)) => match failure.kind {
-                        FailureKind::Failed => {
-                            Err((TargetStatus::Failed, failure.message, failure.exit_code))
-                        }
-                        FailureKind::TimedOut => {
-                            Err((TargetStatus::TimedOut, failure.message, failure.exit_code))
-                        }
-                        FailureKind::Cancelled if failure.message.is_empty() => cancelled(),
-                        FailureKind::Cancelled => {
-                            Err((TargetStatus::Cancelled, failure.message, failure.exit_code))
-                        }
-                    },
-                    None if self.cancel.is_cancelled() => cancelled(),
-                    None => timed_out(),
-                }
+                self.run_trigger(&environment, &context, self.running.clone())
+                    .await
             }
         };
         let succeeded = match outcome {
@@ -435,33 +1091,102 @@ impl<O: RunOwner> Run<O> {
                 let message = crate::redact::urls_in(&message);
                 target.status = status;
                 target.exit_code = exit_code;
-                context.log.line(LogStream::Error, message.clone()).await;
+                if target.started_at.is_some() {
+                    context.log.line(LogStream::Error, message.clone()).await;
+                }
                 target.error = Some(message);
                 false
             }
         };
         target.finished_at = Some(timestamp(SystemTime::now()));
-        target.duration_ms = Some(started.elapsed().as_millis() as u64);
+        if target.started_at.is_some() {
+            target.duration_ms = Some(started.elapsed().as_millis() as u64);
+        }
         // The tail includes this environment's last lines once the writer has seen them.
         let finished = self.finished_targets.fetch_add(1, Ordering::SeqCst) + 1;
         let progress = PROGRESS_TRIGGERING
             + ((PROGRESS_TRIGGERED - PROGRESS_TRIGGERING) as usize * finished
                 / self.total_targets.max(1)) as u8;
         self.finish_target(&mut target, progress).await;
+        if !succeeded {
+            self.check_threshold().await;
+        }
         succeeded.then_some(environment)
     }
 
-    /// Records environments that were never triggered as cancelled, with the reason.
-    async fn skip_targets(&self, targets: &[Environment], why: &str) {
-        for environment in targets {
-            let mut target = TargetRecord::new(
-                &environment.environment_id,
-                environment.connection_method().as_str(),
-                TargetStatus::Cancelled,
-            );
-            target.finished_at = Some(timestamp(SystemTime::now()));
-            target.error = Some(why.to_owned());
-            self.save_target(&target).await;
+    /// Runs an environment's trigger (a deployment or, with `context.rollback`, a rollback)
+    /// under its timeout until it ends or `stop` is cancelled.
+    async fn run_trigger(
+        &self,
+        environment: &Environment,
+        context: &TriggerContext,
+        stop: CancellationToken,
+    ) -> Result<TriggerSuccess, (TargetStatus, String, Option<i32>)> {
+        // Secrets are read only now, for the trigger, and live only as long as it.
+        let with_secrets = match self.owner.catalog().with_secrets(environment.clone()).await {
+            Ok(with_secrets) => with_secrets,
+            Err(error) => {
+                tracing::error!(environment = %environment.environment_id, "cannot read the environment's secrets: {error}");
+                environment.clone()
+            }
+        };
+        let trigger = AnyTrigger::for_environment(&with_secrets, self.owner.http());
+        drop(with_secrets);
+        let timeout = Duration::from_secs(environment.timeout);
+        let mut context = context.clone();
+        context.stop = crate::triggers::StopSignal {
+            cancel: stop.clone(),
+            deadline: Some(tokio::time::Instant::now() + timeout),
+        };
+        let timed_out = || {
+            Err((
+                TargetStatus::TimedOut,
+                format!(
+                    "no result within the environment's timeout of {} s; the trigger was stopped",
+                    environment.timeout
+                ),
+                None,
+            ))
+        };
+        let cancelled = |done: String, exit_code: Option<i32>| {
+            let why = match self.halted() {
+                Some(why) if !self.cancel.is_cancelled() => format!("stopped: {why}"),
+                _ => "stopped: the deployment was cancelled".to_owned(),
+            };
+            let why = if done.is_empty() {
+                why
+            } else {
+                format!("{why}; {done}")
+            };
+            Err((TargetStatus::Cancelled, why, exit_code))
+        };
+        let run = trigger.run(&context);
+        tokio::pin!(run);
+        let result = if trigger.stops_itself() {
+            // It kills and reaps what it started when told to stop; the bound only guards
+            // against a trigger that does not.
+            tokio::time::timeout(timeout + SELF_STOP_GRACE, &mut run)
+                .await
+                .ok()
+        } else {
+            tokio::select! {
+                result = tokio::time::timeout(timeout, &mut run) => result.ok(),
+                _ = stop.cancelled() => Some(Err(TriggerFailure::cancelled(String::new()))),
+            }
+        };
+        match result {
+            Some(Ok(success)) => Ok(success),
+            Some(Err(failure)) => match failure.kind {
+                FailureKind::Failed => {
+                    Err((TargetStatus::Failed, failure.message, failure.exit_code))
+                }
+                FailureKind::TimedOut => {
+                    Err((TargetStatus::TimedOut, failure.message, failure.exit_code))
+                }
+                FailureKind::Cancelled => cancelled(failure.message, failure.exit_code),
+            },
+            None if stop.is_cancelled() => cancelled(String::new(), None),
+            None => timed_out(),
         }
     }
 
@@ -555,11 +1280,23 @@ impl<O: RunOwner> Run<O> {
                         run.writer.record(record.clone(), Vec::new()).await;
                     }
                 }
+                let failed = !report.healthy;
                 run.save_target(&target).await;
+                if failed {
+                    run.check_threshold().await;
+                }
             });
         }
         while checks.join_next().await.is_some() {}
     }
+}
+
+/// Environments by id.
+fn by_id(environments: Vec<Environment>) -> HashMap<String, Environment> {
+    environments
+        .into_iter()
+        .map(|environment| (environment.environment_id.clone(), environment))
+        .collect()
 }
 
 /// Cancels a run when a cancel request for it appears in the store (made through another copy).

@@ -21,10 +21,13 @@ use plugin_guest::StoreOp;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
+    catalog::EnvironmentVersions,
     deployment::{event, DeploymentRecord, Phase, TargetRecord},
     records::{self, collection, log_key, target_key, Records},
     triggers::{timestamp, LogLine, LogSink, LogStream},
-    wire::{self, EnvironmentEvent, LogEvent, PhaseEvent, TargetResult, View},
+    wire::{
+        self, BatchEvent, EnvironmentEvent, GateEvent, LogEvent, PhaseEvent, TargetResult, View,
+    },
 };
 
 /// Lines of output kept per environment in its result (the full log is in the store).
@@ -49,7 +52,20 @@ enum Update {
     Record(DeploymentRecord, Vec<String>),
     /// A phase change: written at once (with whatever else is queued), then published.
     Phase(DeploymentRecord, Phase),
+    /// A batch or gate change: written at once, then published.
+    Announce(DeploymentRecord, Announcement),
+    /// An environment's versions after it succeeded or was rolled back.
+    Versions(String, EnvironmentVersions),
     Flush(oneshot::Sender<u64>),
+}
+
+/// A change of the record that has its own event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announcement {
+    /// Batch `n` started or ended.
+    Batch(usize),
+    /// The gate opened or was decided.
+    Gate,
 }
 
 /// The run's handle on its writer.
@@ -69,6 +85,8 @@ pub struct WriterSetup {
     pub max_log_lines: u64,
     /// The request that started the run, stamped on every line.
     pub request_id: Option<String>,
+    /// The record's status as stored now (which the history's indexes hold).
+    pub status: Phase,
 }
 
 impl RunWriter {
@@ -92,8 +110,10 @@ impl RunWriter {
             transitions: Vec::new(),
             record: None,
             phases: Vec::new(),
+            announcements: Vec::new(),
+            versions: BTreeMap::new(),
             progress: 0,
-            written_status: Phase::Pending,
+            written_status: setup.status,
         };
         let handle = tokio::spawn(task.run(lines, receiver));
         (
@@ -127,6 +147,22 @@ impl RunWriter {
     /// then publishes it. The run does not wait for that.
     pub async fn phase(&self, record: DeploymentRecord, previous: Phase) {
         let _ = self.updates.send(Update::Phase(record, previous)).await;
+    }
+
+    /// Queues a batch or gate change: stored at once, then published.
+    pub async fn announce(&self, record: DeploymentRecord, announcement: Announcement) {
+        let _ = self
+            .updates
+            .send(Update::Announce(record, announcement))
+            .await;
+    }
+
+    /// Queues an environment's new versions.
+    pub async fn versions(&self, environment: &str, versions: EnvironmentVersions) {
+        let _ = self
+            .updates
+            .send(Update::Versions(environment.to_owned(), versions))
+            .await;
     }
 
     /// Waits until everything sent before this call is stored; returns the lines written so far
@@ -168,6 +204,10 @@ struct WriterTask {
     record: Option<(DeploymentRecord, Vec<String>)>,
     /// Phase changes to publish once written.
     phases: Vec<(DeploymentRecord, Phase)>,
+    /// Batch and gate changes to publish once written.
+    announcements: Vec<(DeploymentRecord, Announcement)>,
+    /// Environments' new versions, to write.
+    versions: BTreeMap<String, EnvironmentVersions>,
     /// The deployment's progress as last sent, for environment events.
     progress: u8,
     /// The status last stored, which the history's indexes hold.
@@ -256,6 +296,16 @@ impl WriterTask {
                 self.phases.push((record, previous));
                 true
             }
+            Update::Announce(record, announcement) => {
+                self.progress = record.progress;
+                self.record = Some((record.clone(), Vec::new()));
+                self.announcements.push((record, announcement));
+                true
+            }
+            Update::Versions(environment, versions) => {
+                self.versions.insert(environment, versions);
+                false
+            }
             Update::Flush(done) => {
                 waiting.push(done);
                 true
@@ -297,7 +347,11 @@ impl WriterTask {
 
     /// Writes what is pending in one transaction, then publishes it.
     async fn write(&mut self) {
-        if self.lines.is_empty() && self.targets.is_empty() && self.record.is_none() {
+        if self.lines.is_empty()
+            && self.targets.is_empty()
+            && self.record.is_none()
+            && self.versions.is_empty()
+        {
             return;
         }
         if let Some((record, _)) = &mut self.record {
@@ -307,6 +361,8 @@ impl WriterTask {
         let targets = std::mem::take(&mut self.targets);
         let transitions = std::mem::take(&mut self.transitions);
         let phases = std::mem::take(&mut self.phases);
+        let announcements = std::mem::take(&mut self.announcements);
+        let versions = std::mem::take(&mut self.versions);
         let record = self.record.take();
         let id = self.deployment_id.clone();
         let mut ops = Vec::with_capacity(targets.len() + 3);
@@ -325,6 +381,13 @@ impl WriterTask {
                     collection::TARGETS,
                     &key,
                     records::encode(collection::TARGETS, &key, target)?,
+                ));
+            }
+            for (environment, versions) in &versions {
+                ops.push(StoreOp::put(
+                    collection::VERSIONS,
+                    environment,
+                    records::encode(collection::VERSIONS, environment, versions)?,
                 ));
             }
             if let Some((record, failed)) = &record {
@@ -384,18 +447,14 @@ impl WriterTask {
         for (record, previous) in &phases {
             publish_phase(host, record, Some(*previous));
         }
+        for (record, announcement) in &announcements {
+            match announcement {
+                Announcement::Batch(index) => publish_batch(host, record, *index),
+                Announcement::Gate => publish_gate(host, record),
+            }
+        }
         for target in &transitions {
-            let event = |view| EnvironmentEvent {
-                deployment_id: id.clone(),
-                progress: self.progress,
-                environment: TargetResult::new(target, view),
-            };
-            wire::publish(
-                host,
-                event::ENVIRONMENT,
-                &event(View::Details),
-                Some(&event(View::User)),
-            );
+            publish_environment(host, &id, self.progress, target);
         }
     }
 }
@@ -415,4 +474,43 @@ pub fn publish_phase(
         &event(View::Details),
         Some(&event(View::User)),
     );
+}
+
+/// Publishes one environment's result outside a run (a decision that skipped it).
+pub fn publish_target(host: &plugin_guest::Host, record: &DeploymentRecord, target: &TargetRecord) {
+    publish_environment(host, &record.deployment_id, record.progress, target);
+}
+
+/// Publishes an environment's new state (once it is stored).
+fn publish_environment(
+    host: &plugin_guest::Host,
+    deployment_id: &str,
+    progress: u8,
+    target: &TargetRecord,
+) {
+    let event = |view| EnvironmentEvent {
+        deployment_id: deployment_id.to_owned(),
+        progress,
+        environment: TargetResult::new(target, view),
+    };
+    wire::publish(
+        host,
+        event::ENVIRONMENT,
+        &event(View::Details),
+        Some(&event(View::User)),
+    );
+}
+
+/// Publishes a batch's state (the same for every role: ids and states, no details).
+pub fn publish_batch(host: &plugin_guest::Host, record: &DeploymentRecord, index: usize) {
+    if let Some(event) = BatchEvent::new(record, index) {
+        wire::publish(host, event::BATCH, &event, Some(&event));
+    }
+}
+
+/// Publishes a gate's state (who decided it included).
+pub fn publish_gate(host: &plugin_guest::Host, record: &DeploymentRecord) {
+    if let Some(event) = GateEvent::new(record) {
+        wire::publish(host, event::GATE, &event, Some(&event));
+    }
 }

@@ -60,6 +60,7 @@ impl Trigger for HttpApiTrigger {
             "environment_id": self.environment_id,
             "platform_instance_id": context.platform_instance_id,
             "platform_ip": context.platform_ip,
+            "rollback": context.rollback,
         });
         context.log.info(format!("POST {url}")).await;
         let mut request = self.http.post(url.clone()).json(&body);

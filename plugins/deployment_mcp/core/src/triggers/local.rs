@@ -51,9 +51,14 @@ impl LocalTrigger {
         }
     }
 
-    /// The argument vector: `command`, or `init_script_path` run directly.
-    fn argv(&self) -> Vec<String> {
-        match &self.connection.program {
+    /// The argument vector: `command`, or `init_script_path` run directly (for a rollback,
+    /// the rollback program when there is one).
+    fn argv(&self, rollback: bool) -> Vec<String> {
+        let program = match &self.connection.rollback {
+            Some(program) if rollback => program,
+            _ => &self.connection.program,
+        };
+        match program {
             LocalProgram::Command(command) => command.clone(),
             LocalProgram::Script(script) => vec![script.clone()],
         }
@@ -138,7 +143,7 @@ fn new_marker() -> String {
 
 impl Trigger for LocalTrigger {
     async fn run(&self, context: &TriggerContext) -> TriggerResult {
-        let argv = self.argv();
+        let argv = self.argv(context.rollback);
         let log = &context.log;
         let working_directory = self
             .connection
@@ -163,6 +168,9 @@ impl Trigger for LocalTrigger {
             .env("PA_DEPLOYMENT_VERSION", &context.version)
             .env("DEPLOYMENT_VERSION", &context.version)
             .env("PA_ENVIRONMENT_ID", &self.environment_id);
+        if context.rollback {
+            command.env("PA_ROLLBACK", "1");
+        }
         if let Some(ip) = &context.platform_ip {
             command.env("PA_PLATFORM_IP", ip).env("EC2_PUBLIC_IP", ip);
         }
@@ -221,9 +229,8 @@ impl Trigger for LocalTrigger {
                         "no result within the environment's timeout of {} s; the command was killed{also}",
                         self.timeout
                     )),
-                    _ => TriggerFailure::cancelled(format!(
-                        "stopped: the deployment was cancelled; the command was killed{also}"
-                    )),
+                    // The run says why it stopped (a cancel, a failure threshold) before this.
+                    _ => TriggerFailure::cancelled(format!("the command was killed{also}")),
                 });
             }
         };

@@ -27,6 +27,9 @@ pub struct TriggerContext {
     /// `EC2_INSTANCE_ID` / `EC2_PUBLIC_IP`).
     pub platform_instance_id: Option<String>,
     pub platform_ip: Option<String>,
+    /// A rollback to `version` (the environment's previous version) rather than a deployment:
+    /// scripts see `PA_ROLLBACK=1`, HTTP bodies `"rollback": true`.
+    pub rollback: bool,
     pub log: LogSink,
     /// When the trigger must stop on its own: a trigger that owns local processes watches this
     /// and cleans up (kills its whole process tree, reaps it) before it returns, instead of
@@ -71,7 +74,8 @@ pub struct TriggerSuccess {
 pub enum FailureKind {
     Failed,
     TimedOut,
-    /// The deployment was cancelled (or the host is stopping).
+    /// The deployment was cancelled, stopped by its failure threshold, or the host is
+    /// stopping; the message says what the trigger did about it (the run adds why).
     Cancelled,
 }
 

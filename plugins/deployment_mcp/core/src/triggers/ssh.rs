@@ -132,7 +132,10 @@ fn remote_command(
     ssh: &SshConnection,
     context: &TriggerContext,
 ) -> Result<(String, String), TriggerFailure> {
-    let script = ssh.init_script_path.as_str();
+    let script = match &ssh.rollback_script_path {
+        Some(rollback) if context.rollback => rollback.as_str(),
+        _ => ssh.init_script_path.as_str(),
+    };
     // The same variables the local trigger sets, including the names the original scripts read.
     let mut variables = vec![
         ("PA_DEPLOYMENT_ID", context.deployment_id.as_str()),
@@ -140,6 +143,9 @@ fn remote_command(
         ("DEPLOYMENT_VERSION", context.version.as_str()),
         ("PA_ENVIRONMENT_ID", environment_id),
     ];
+    if context.rollback {
+        variables.push(("PA_ROLLBACK", "1"));
+    }
     if let Some(ip) = &context.platform_ip {
         variables.push(("PA_PLATFORM_IP", ip));
         variables.push(("EC2_PUBLIC_IP", ip));
@@ -677,6 +683,7 @@ mod tests {
             version: version.to_owned(),
             platform_instance_id: None,
             platform_ip: Some("10.0.0.1".to_owned()),
+            rollback: false,
             log: LogSink::channel(1).0,
             stop: Default::default(),
         }

@@ -14,6 +14,8 @@ use crate::environments::{WebhookConnection, WebhookTarget};
 /// The header carrying `sha256=<hex HMAC-SHA256 of the body>`.
 pub const SIGNATURE_HEADER: &str = "X-PowerAutomation-Signature";
 pub const EVENT: &str = "ec2_deployment_completed";
+/// The event a rollback sends (with the previous version).
+pub const ROLLBACK_EVENT: &str = "deployment_rollback";
 
 pub struct WebhookTrigger {
     environment_id: String,
@@ -60,8 +62,14 @@ pub fn signature(secret: &str, body: &[u8]) -> Result<String, TriggerFailure> {
 impl Trigger for WebhookTrigger {
     async fn run(&self, context: &TriggerContext) -> TriggerResult {
         let url = self.url()?;
+        let event = if context.rollback {
+            ROLLBACK_EVENT
+        } else {
+            EVENT
+        };
         let body = json!({
-            "event": EVENT,
+            "event": event,
+            "rollback": context.rollback,
             "deployment_id": context.deployment_id,
             "version": context.version,
             "environment_id": self.environment_id,
@@ -79,7 +87,7 @@ impl Trigger for WebhookTrigger {
         }
         context
             .log
-            .info(format!("POST {url} (event {EVENT})"))
+            .info(format!("POST {url} (event {event})"))
             .await;
         let response = request
             .body(body)

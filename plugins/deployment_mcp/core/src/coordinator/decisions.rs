@@ -1,0 +1,498 @@
+//! Decisions about a deployment that no run holds: one waiting at its canary gate (approve,
+//! reject, cancel, the gate's timeout) or one that has ended (a rollback by hand).
+//!
+//! A deployment waiting at a gate has no task anywhere: its state (phase `awaiting_approval`,
+//! the gate and its deadline, the claims on its environments) is in the store, so it survives a
+//! hot swap and a restart, and any copy of the plugin can decide it. Each decision is one store
+//! transaction conditional on the record as it was read, so an approve racing a reject, the
+//! timeout, or another host, ends in exactly one outcome; the losers get `Conflict`.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use plugin_guest::{Condition, StoreOp};
+use tokio_util::sync::CancellationToken;
+
+use super::Coordinator;
+use crate::{
+    deployment::{
+        BatchStatus, Claim, DeploymentRecord, GateStatus, Phase, TargetRecord, TargetStatus,
+    },
+    environments::Environment,
+    history::{Filter, History},
+    records::{self, collection, log_key, target_key, StoreError},
+    run::{writer, Start},
+    store::DeploymentStore,
+    triggers::{timestamp, LogLine, LogStream},
+};
+
+/// How often each copy looks for gates past their deadline.
+const GATE_SWEEP: Duration = Duration::from_secs(1);
+
+/// Why a decision was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum DecisionError {
+    #[error("no deployment {0}")]
+    NotFound(String),
+    /// The deployment is not in a state this decision applies to.
+    #[error("deployment {id} is {status}: {what}")]
+    Wrong {
+        id: String,
+        status: &'static str,
+        what: &'static str,
+    },
+    /// Someone else decided first (or the record changed meanwhile).
+    #[error("deployment {0} changed while this was decided; read it again")]
+    Conflict(String),
+    /// A rollback by hand found nothing it could do.
+    #[error("{0}")]
+    Nothing(String),
+    /// An environment is being deployed by another deployment.
+    #[error("environment {environment} is being deployed by {deployment}")]
+    Busy {
+        environment: String,
+        deployment: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A record as read, with its stored text (the condition of the write that follows).
+struct Read {
+    text: String,
+    record: DeploymentRecord,
+}
+
+impl Coordinator {
+    async fn read_record(&self, id: &str) -> Result<Read, DecisionError> {
+        let text = self
+            .records
+            .get_raw(collection::DEPLOYMENTS, id)
+            .await?
+            .ok_or_else(|| DecisionError::NotFound(id.to_owned()))?;
+        let record = serde_json::from_str(&text).map_err(|error| StoreError::Decode {
+            collection: collection::DEPLOYMENTS.to_owned(),
+            key: id.to_owned(),
+            message: error.to_string(),
+        })?;
+        Ok(Read { text, record })
+    }
+
+    /// Reads a deployment that must be waiting at its gate (else `Wrong`, saying `what`), and
+    /// returns it as read and with its gate decided (`status`, by `by`, now).
+    async fn decide_gate(
+        &self,
+        id: &str,
+        status: GateStatus,
+        by: &str,
+        what: &'static str,
+    ) -> Result<(Read, DeploymentRecord, SystemTime), DecisionError> {
+        let read = self.read_record(id).await?;
+        if read.record.status != Phase::AwaitingApproval {
+            return Err(DecisionError::Wrong {
+                id: read.record.deployment_id.clone(),
+                status: read.record.status.as_str(),
+                what,
+            });
+        }
+        let mut record = read.record.clone();
+        let now = SystemTime::now();
+        if let Some(gate) = &mut record.gate {
+            gate.status = status;
+            gate.decided_by = Some(by.to_owned());
+            gate.decided_at = Some(timestamp(now));
+        }
+        Ok((read, record, now))
+    }
+
+    /// The claim text a deployment's environments hold while `boot` owns it.
+    fn claim_text(deployment_id: &str, boot: &str) -> Result<String, StoreError> {
+        records::encode(
+            collection::CLAIMS,
+            deployment_id,
+            &Claim {
+                deployment_id: deployment_id.to_owned(),
+                boot_id: boot.to_owned(),
+            },
+        )
+    }
+
+    /// A log line appended as its own chunk, in the same transaction as a decision.
+    pub(super) async fn log_op(
+        &self,
+        record: &mut DeploymentRecord,
+        stream: LogStream,
+        message: &str,
+    ) -> Result<(StoreOp, u64), StoreError> {
+        let chunk = self.next_log_chunk(&record.deployment_id).await?;
+        let line = LogLine {
+            ts: timestamp(SystemTime::now()),
+            environment: None,
+            stream,
+            line: message.to_owned(),
+            request_id: record.request_id.clone(),
+        };
+        let key = log_key(&record.deployment_id, chunk);
+        record.log_lines += 1;
+        Ok((
+            StoreOp::put(
+                collection::LOGS,
+                &key,
+                records::encode(collection::LOGS, &key, &vec![line])?,
+            ),
+            chunk,
+        ))
+    }
+
+    /// The writes of a record that moved from status `from`: itself (only if unchanged since
+    /// `read`), its history entry and the history's indexes.
+    pub(super) fn record_ops(
+        read_text: &str,
+        from: Phase,
+        record: &DeploymentRecord,
+        failed: Vec<String>,
+    ) -> Result<Vec<StoreOp>, StoreError> {
+        let id = &record.deployment_id;
+        let key = record.history_key();
+        let entry = record.history_entry(failed);
+        let mut ops = vec![
+            StoreOp::put(
+                collection::DEPLOYMENTS,
+                id,
+                records::encode(collection::DEPLOYMENTS, id, record)?,
+            )
+            .when(Condition::Equals(read_text.to_owned())),
+            StoreOp::put(
+                collection::HISTORY,
+                &key,
+                records::encode(collection::HISTORY, &key, &entry)?,
+            ),
+        ];
+        ops.extend(crate::history::moved_ops(&key, from, &entry)?);
+        Ok(ops)
+    }
+
+    /// The writes (after `ops`, the claims) that make this copy run `record` again: its
+    /// `ACTIVE` entry, a log line saying why, the record (moved from `from`, only if unchanged
+    /// since it was read as `read_text`) and its history. Returns the log chunk written.
+    async fn take_over_ops(
+        &self,
+        ops: &mut Vec<StoreOp>,
+        read_text: &str,
+        from: Phase,
+        record: &mut DeploymentRecord,
+        why: &str,
+    ) -> Result<u64, StoreError> {
+        ops.push(self.active_op(record)?);
+        let (log, chunk) = self.log_op(record, LogStream::Stdout, why).await?;
+        ops.push(log);
+        ops.extend(Self::record_ops(read_text, from, record, Vec::new())?);
+        Ok(chunk)
+    }
+
+    /// The deployment's environments, as the catalog has them now (one read each, or one pass
+    /// when there are many). Claims keep them from being deleted meanwhile.
+    async fn environments_of(&self, ids: &[String]) -> Result<Vec<Environment>, StoreError> {
+        if ids.len() > 64 {
+            let wanted: std::collections::HashSet<&String> = ids.iter().collect();
+            return Ok(self
+                .catalog
+                .list()
+                .await?
+                .into_iter()
+                .map(|stored| stored.environment)
+                .filter(|environment| wanted.contains(&environment.environment_id))
+                .collect());
+        }
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(stored) = self.catalog.get(id).await? {
+                found.push(stored.environment);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Continues a deployment waiting at its gate: this copy takes it over (its claims and
+    /// record move to this boot) and runs the batches after the canary.
+    pub async fn approve(self: &Arc<Self>, id: &str, by: &str) -> Result<(), DecisionError> {
+        let (read, mut record, _) = self
+            .decide_gate(
+                id,
+                GateStatus::Approved,
+                by,
+                "only a deployment waiting at its gate (awaiting_approval) can be approved",
+            )
+            .await?;
+        let from = record.status;
+        let old_claim = Self::claim_text(id, &record.boot_id)?;
+        let new_claim = Self::claim_text(id, &self.boot_id)?;
+        record.boot_id = self.boot_id.clone();
+        record.status = Phase::LocalDeploying;
+        let mut ops: Vec<StoreOp> = record
+            .environments
+            .iter()
+            .map(|environment| {
+                StoreOp::put(collection::CLAIMS, environment, new_claim.clone())
+                    .when(Condition::Equals(old_claim.clone()))
+            })
+            .collect();
+        let chunk = self
+            .take_over_ops(
+                &mut ops,
+                &read.text,
+                from,
+                &mut record,
+                &format!("gate approved by {by}; continuing with the next batch"),
+            )
+            .await?;
+        if self.records.apply(ops).await?.is_some() {
+            return Err(DecisionError::Conflict(id.to_owned()));
+        }
+        tracing::info!(deployment = id, by, "gate approved");
+        self.changed();
+        let host = self.records.host();
+        writer::publish_gate(host, &record);
+        self.publish_phase(&record, Some(from));
+        let results: HashMap<String, TargetRecord> = DeploymentStore::new(self.records.clone())
+            .targets(id)
+            .await?
+            .into_iter()
+            .map(|target| (target.environment_id.clone(), target))
+            .collect();
+        let environments = self.environments_of(&record.environments).await?;
+        self.spawn_run(
+            record,
+            environments,
+            results,
+            None,
+            chunk + 1,
+            Start::AfterGate,
+        );
+        Ok(())
+    }
+
+    /// Ends a deployment waiting at its gate `cancelled`: the environments not started are
+    /// `skipped`, the claims are released. `status` says how the gate ended (rejected, timed
+    /// out), `message` why, for the record and the log.
+    pub async fn close_gate(
+        &self,
+        id: &str,
+        status: GateStatus,
+        by: &str,
+        message: &str,
+    ) -> Result<(), DecisionError> {
+        let (read, mut record, now) = self
+            .decide_gate(
+                id,
+                status,
+                by,
+                "only a deployment waiting at its gate (awaiting_approval) can be rejected",
+            )
+            .await?;
+        for batch in &mut record.batches {
+            if batch.status == BatchStatus::Pending {
+                batch.status = BatchStatus::Skipped;
+            }
+        }
+        let from = record.status;
+        record.status = Phase::Cancelled;
+        record.errors.push(message.to_owned());
+        record.finished_at = Some(timestamp(now));
+        let now_ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        record.duration_ms = Some(now_ms.saturating_sub(record.created_ms));
+        let claim = Self::claim_text(id, &read.record.boot_id)?;
+        let mut ops = Vec::new();
+        let mut failed = Vec::new();
+        let mut skipped = Vec::new();
+        for mut target in DeploymentStore::new(self.records.clone())
+            .targets(id)
+            .await?
+        {
+            if target.status == TargetStatus::Pending {
+                target.status = TargetStatus::Skipped;
+                target.finished_at = Some(timestamp(now));
+                target.error = Some(format!("not started: {message}"));
+                let key = target_key(id, &target.environment_id);
+                ops.push(StoreOp::put(
+                    collection::TARGETS,
+                    &key,
+                    records::encode(collection::TARGETS, &key, &target)?,
+                ));
+                skipped.push(target.clone());
+            }
+            if target.status != TargetStatus::Succeeded {
+                failed.push(target.environment_id.clone());
+            }
+        }
+        failed.sort();
+        for environment in &record.environments {
+            ops.push(
+                StoreOp::delete(collection::CLAIMS, environment)
+                    .when(Condition::Equals(claim.clone())),
+            );
+        }
+        ops.push(StoreOp::delete(collection::ACTIVE, id));
+        ops.push(StoreOp::delete(collection::CANCEL, id));
+        let (log, _) = self.log_op(&mut record, LogStream::Error, message).await?;
+        ops.push(log);
+        ops.extend(Self::record_ops(&read.text, from, &record, failed)?);
+        if self.records.apply(ops).await?.is_some() {
+            return Err(DecisionError::Conflict(id.to_owned()));
+        }
+        tracing::info!(deployment = id, by, "{message}");
+        self.changed();
+        let host = self.records.host();
+        writer::publish_gate(host, &record);
+        for target in &skipped {
+            writer::publish_target(host, &record, target);
+        }
+        self.publish_phase(&record, Some(from));
+        Ok(())
+    }
+
+    /// Ends, in every copy, the gates whose deadline has passed.
+    pub async fn gate_loop(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(GATE_SWEEP) => {}
+            }
+            if let Err(error) = self.close_expired_gates().await {
+                tracing::warn!("checking gate deadlines: {error}");
+            }
+        }
+    }
+
+    async fn close_expired_gates(&self) -> Result<(), StoreError> {
+        let waiting = History::new(self.records.clone())
+            .page(
+                &Filter {
+                    status: Some(Phase::AwaitingApproval),
+                    environment: None,
+                },
+                None,
+                500,
+            )
+            .await?;
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        for (_, entry) in waiting.entries {
+            let Some(record) = DeploymentStore::new(self.records.clone())
+                .record(&entry.deployment_id)
+                .await?
+            else {
+                continue;
+            };
+            let Some(gate) = &record.gate else { continue };
+            if gate.deadline_ms.is_none_or(|deadline| deadline > now_ms) {
+                continue;
+            }
+            let waited = record
+                .rollout
+                .gate()
+                .map(|canary| canary.gate_timeout_secs)
+                .unwrap_or_default();
+            let message = format!(
+                "the gate timed out: no approval within {waited} s (gate_timeout_secs); cancelled"
+            );
+            match self
+                .close_gate(
+                    &entry.deployment_id,
+                    GateStatus::TimedOut,
+                    "timeout",
+                    &message,
+                )
+                .await
+            {
+                Ok(()) | Err(DecisionError::Conflict(_)) | Err(DecisionError::Wrong { .. }) => {}
+                Err(DecisionError::Store(error)) => return Err(error),
+                Err(error) => tracing::warn!("{error}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Rolls a finished deployment's changed environments (those it triggered that have a
+    /// previous version) back to that version, reopening it in phase `rolling_back`. It claims
+    /// every environment of the deployment, like a deployment does.
+    pub async fn rollback(self: &Arc<Self>, id: &str, by: &str) -> Result<(), DecisionError> {
+        let read = self.read_record(id).await?;
+        if !read.record.status.is_terminal() {
+            return Err(DecisionError::Wrong {
+                id: id.to_owned(),
+                status: read.record.status.as_str(),
+                what: "roll it back once it has ended",
+            });
+        }
+        let results: HashMap<String, TargetRecord> = DeploymentStore::new(self.records.clone())
+            .targets(id)
+            .await?
+            .into_iter()
+            .map(|target| (target.environment_id.clone(), target))
+            .collect();
+        if !results.values().any(crate::run::rolls_back_by_hand) {
+            return Err(DecisionError::Nothing(format!(
+                "no environment of {id} was changed and has a previous version to return to"
+            )));
+        }
+        let mut record = read.record.clone();
+        let from = record.status;
+        record.status = Phase::RollingBack;
+        record.boot_id = self.boot_id.clone();
+        record.finished_at = None;
+        let claim = Self::claim_text(id, &self.boot_id)?;
+        let mut ops: Vec<StoreOp> = record
+            .environments
+            .iter()
+            .map(|environment| StoreOp::insert(collection::CLAIMS, environment, claim.clone()))
+            .collect();
+        let claims = ops.len();
+        let chunk = self
+            .take_over_ops(
+                &mut ops,
+                &read.text,
+                from,
+                &mut record,
+                &format!("rollback requested by {by}"),
+            )
+            .await?;
+        match self.records.apply(ops).await? {
+            None => {}
+            Some(conflict) if conflict.index < claims => {
+                let environment = record.environments[conflict.index].clone();
+                let deployment = conflict
+                    .current
+                    .and_then(|text| serde_json::from_str::<Claim>(&text).ok())
+                    .map(|claim| claim.deployment_id)
+                    .unwrap_or_default();
+                return Err(DecisionError::Busy {
+                    environment,
+                    deployment,
+                });
+            }
+            Some(_) => return Err(DecisionError::Conflict(id.to_owned())),
+        }
+        tracing::info!(deployment = id, by, "rollback by hand");
+        self.changed();
+        self.publish_phase(&record, Some(from));
+        let environments = self.environments_of(&record.environments).await?;
+        self.spawn_run(
+            record,
+            environments,
+            results,
+            None,
+            chunk + 1,
+            Start::Rollback,
+        );
+        Ok(())
+    }
+}

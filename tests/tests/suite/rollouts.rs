@@ -1,0 +1,452 @@
+//! Safe rollouts end to end, on the real host with real `local` targets: rolling batches in
+//! rollout order with a failure threshold, canary gates (approve, reject, timeout, across a
+//! hot swap and a restart), and rollbacks (automatic and by hand). Marker files written by the
+//! targets prove what ran, with which version.
+
+use std::path::Path;
+
+use e2e::{
+    scenario::{
+        detail, finished, local, options, result, started, status_within, subscribe, trigger,
+        Events, RUN_TIMEOUT,
+    },
+    TestHost, ADMIN_KEY, DEVELOPER_KEY, USER_KEY,
+};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// A `local` environment that leaves `<dir>/<id>.<version>` behind (and exits `code`), and
+/// whose rollback leaves `<dir>/<id>.rollback.<version>`.
+fn marking(id: &str, dir: &Path, code: u8) -> Value {
+    let dir = dir.display().to_string();
+    let mut environment = local(
+        id,
+        &[
+            "sh",
+            "-c",
+            &format!("touch \"$0/$PA_ENVIRONMENT_ID.$PA_DEPLOYMENT_VERSION\"; exit {code}"),
+            &dir,
+        ],
+        30,
+    );
+    environment["rollback_command"] = json!([
+        "sh",
+        "-c",
+        "[ \"$PA_ROLLBACK\" = 1 ] && touch \"$0/$PA_ENVIRONMENT_ID.rollback.$PA_DEPLOYMENT_VERSION\"",
+        dir
+    ]);
+    environment
+}
+
+fn marker(dir: &Path, name: &str) -> bool {
+    dir.join(name).exists()
+}
+
+async fn post(host: &TestHost, path: &str, key: &str) -> (u16, Value) {
+    host.call(
+        Method::POST,
+        &format!("/api/deployment{path}"),
+        Some(key),
+        None,
+    )
+    .await
+}
+
+/// Waits (bounded) until the deployment is in `status`, and returns its record.
+async fn reaches(host: &TestHost, id: &str, status: &str) -> Value {
+    status_within(host, id, RUN_TIMEOUT, |now| now == status).await
+}
+
+/// Reads events until one of `kind` for deployment `id` satisfies `wanted` (bounded).
+async fn event_until(
+    events: &mut Events,
+    kind: &str,
+    id: &str,
+    wanted: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some((event, data))) if event == kind && data["deployment_id"] == id => {
+                if wanted(&data) {
+                    return data;
+                }
+            }
+            Ok(Some(_)) => {}
+            _ => panic!("no {kind} event for {id} as wanted"),
+        }
+    }
+}
+
+async fn environment(host: &TestHost, id: &str) -> Value {
+    let (status, body) = host
+        .get(
+            &format!("/api/deployment/environments/{id}"),
+            Some(DEVELOPER_KEY),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn a_rolling_deployment_stops_after_the_batch_that_crossed_max_failures() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let markers = dir.path().join("markers");
+    std::fs::create_dir_all(&markers).expect("markers dir");
+    // Rollout order is `order`, then id: e9 first, e0 last. The 3rd in that order, e7, fails.
+    let list: Vec<Value> = (0..10)
+        .map(|n| {
+            let id = format!("e{n}");
+            let mut environment = marking(&id, &markers, if n == 7 { 3 } else { 0 });
+            environment["order"] = json!(10 - n);
+            environment
+        })
+        .collect();
+    let host = TestHost::start(dir.path(), options(list)).await;
+    let id = started(
+        &host,
+        json!({"version": "v1", "strategy": {"type": "rolling", "batch_size": 2}, "max_failures": 0}),
+    )
+    .await;
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    let ran: Vec<String> = (0..10)
+        .map(|n| format!("e{n}"))
+        .filter(|id| marker(&markers, &format!("{id}.v1")))
+        .collect();
+    assert_eq!(
+        ran,
+        ["e6", "e7", "e8", "e9"],
+        "batches 1 (e9, e8) and 2 (e7, e6) ran, nothing after"
+    );
+    assert_eq!(result(&record, "e7")["status"], "failed");
+    assert_eq!(
+        result(&record, "e6")["status"],
+        "succeeded",
+        "the batch's other environment finished"
+    );
+    for n in 0..6 {
+        let skipped = result(&record, &format!("e{n}"));
+        assert_eq!(skipped["status"], "skipped", "{record}");
+        assert!(skipped["started_at"].is_null());
+    }
+    let batches = record["batches"].as_array().expect("batches");
+    let states: Vec<&str> = batches
+        .iter()
+        .map(|batch| batch["status"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        states,
+        ["succeeded", "failed", "skipped", "skipped", "skipped"]
+    );
+    assert_eq!(batches[0]["environments"], json!(["e9", "e8"]));
+    assert!(
+        record["errors"].as_array().is_some_and(|errors| errors
+            .iter()
+            .any(|e| e.as_str().is_some_and(|e| e.contains("max_failures 0")))),
+        "the reason names the threshold: {record}"
+    );
+    assert_eq!(record["rollout"]["max_failures"], 0);
+    // The history can be filtered by the new statuses, and the environment shows its version.
+    assert_eq!(environment(&host, "e9").await["deployed_version"], "v1");
+    assert!(environment(&host, "e0").await["deployed_version"].is_null());
+}
+
+#[tokio::test]
+async fn cancel_running_stops_what_runs_once_the_threshold_is_crossed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let list = vec![
+        local("fails", &["sh", "-c", "exit 1"], 30),
+        local("slow-1", &["sleep", "30"], 60),
+        local("slow-2", &["sleep", "30"], 60),
+    ];
+    let host = TestHost::start(dir.path(), options(list)).await;
+    let id = started(
+        &host,
+        json!({"max_failures": "0%", "on_failure": "cancel_running"}),
+    )
+    .await;
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    for slow in ["slow-1", "slow-2"] {
+        let stopped = result(&record, slow);
+        assert_eq!(stopped["status"], "cancelled", "{record}");
+        assert!(
+            stopped["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("max_failures")),
+            "{stopped}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rollout_fields_are_checked_and_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = TestHost::start(dir.path(), options(vec![local("one", &["true"], 30)])).await;
+    for (body, field) in [
+        (
+            json!({"strategy": {"type": "rolling", "batch_size": 0}}),
+            "strategy.batch_size",
+        ),
+        (
+            json!({"strategy": {"type": "rolling", "batch_size": "150%"}}),
+            "strategy.batch_size",
+        ),
+        (
+            json!({"strategy": {"type": "rolling", "batch_size": "x"}}),
+            "strategy.batch_size",
+        ),
+        (json!({"strategy": {"type": "sideways"}}), "strategy.type"),
+        (
+            json!({"strategy": {"type": "canary", "canary": 1}}),
+            "strategy.gate",
+        ),
+        (json!({"max_failures": -1}), "max_failures"),
+        (json!({"rollback": "some"}), "rollback"),
+    ] {
+        let (status, answer) = trigger(&host, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["field"], field, "{body}: {answer}");
+    }
+    let (status, history) = host
+        .get("/api/deployment/history", Some(DEVELOPER_KEY))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        history["total_count"], 0,
+        "a refused request starts nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_manual_canary_gate_waits_for_approval_and_a_reject_skips_the_rest() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let markers = dir.path().join("markers");
+    std::fs::create_dir_all(&markers).expect("markers dir");
+    let list = ["c1", "c2", "c3"]
+        .iter()
+        .map(|id| marking(id, &markers, 0))
+        .collect();
+    let host = TestHost::start(dir.path(), options(list)).await;
+    let (_, mut events) = subscribe(&host).await;
+    let canary =
+        json!({"version": "v1", "strategy": {"type": "canary", "canary": 1, "gate": "manual"}});
+    let id = started(&host, canary.clone()).await;
+
+    let record = reaches(&host, &id, "awaiting_approval").await;
+    assert_eq!(record["gate"]["status"], "waiting", "{record}");
+    assert!(record["gate"]["deadline_at"].is_string());
+    assert!(marker(&markers, "c1.v1") && !marker(&markers, "c2.v1") && !marker(&markers, "c3.v1"));
+    assert_eq!(result(&record, "c2")["status"], "pending");
+    let (status, summary) = host
+        .get(&format!("/api/deployment/status?id={id}"), Some(USER_KEY))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(summary["status"], "awaiting_approval", "{summary}");
+    assert_eq!(summary["gate"]["status"], "waiting");
+    event_until(&mut events, "deployment.phase", &id, |data| {
+        data["status"] == "awaiting_approval"
+    })
+    .await;
+    event_until(&mut events, "deployment.gate", &id, |data| {
+        data["gate"]["status"] == "waiting"
+    })
+    .await;
+
+    let (status, refused) = post(&host, &format!("/deployments/{id}/approve"), DEVELOPER_KEY).await;
+    assert_eq!(status, 403, "{refused}");
+    let (status, approved) = post(&host, &format!("/deployments/{id}/approve"), ADMIN_KEY).await;
+    assert_eq!(status, 200, "{approved}");
+    let gate = event_until(&mut events, "deployment.gate", &id, |data| {
+        data["gate"]["status"] == "approved"
+    })
+    .await;
+    assert!(gate["gate"]["decided_by"].is_string(), "{gate}");
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert!(marker(&markers, "c2.v1") && marker(&markers, "c3.v1"));
+    let (status, again) = post(&host, &format!("/deployments/{id}/approve"), ADMIN_KEY).await;
+    assert_eq!(status, 409, "a decided gate is not decided twice: {again}");
+
+    let canary =
+        json!({"version": "v2", "strategy": {"type": "canary", "canary": 1, "gate": "manual"}});
+    let id = started(&host, canary).await;
+    reaches(&host, &id, "awaiting_approval").await;
+    let (status, rejected) = post(&host, &format!("/deployments/{id}/reject"), ADMIN_KEY).await;
+    assert_eq!(status, 200, "{rejected}");
+    let record = detail(&host, &id).await;
+    assert_eq!(record["status"], "cancelled", "{record}");
+    assert_eq!(record["gate"]["status"], "rejected");
+    assert_eq!(result(&record, "c1")["status"], "succeeded");
+    for rest in ["c2", "c3"] {
+        assert_eq!(result(&record, rest)["status"], "skipped", "{record}");
+        assert!(!marker(&markers, &format!("{rest}.v2")));
+    }
+    // The claims were released: the environments deploy again at once.
+    let (status, body) = trigger(&host, json!({"environments": ["c2"]})).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, history) = host
+        .get(
+            "/api/deployment/history?status=cancelled",
+            Some(DEVELOPER_KEY),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(history["total_count"], 1, "{history}");
+}
+
+#[tokio::test]
+async fn a_waiting_gate_survives_a_hot_swap_and_a_restart_and_times_out() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let markers = dir.path().join("markers");
+    std::fs::create_dir_all(&markers).expect("markers dir");
+    let list: Vec<Value> = ["g1", "g2"]
+        .iter()
+        .map(|id| marking(id, &markers, 0))
+        .collect();
+    let host = TestHost::start(dir.path(), options(list.clone())).await;
+    let id = started(
+        &host,
+        json!({"version": "v1", "strategy": {"type": "canary", "canary": 1, "gate": "manual"}}),
+    )
+    .await;
+    reaches(&host, &id, "awaiting_approval").await;
+    host.install_plugin("deployment_mcp");
+    let (status, body) = host.reload().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(detail(&host, &id).await["status"], "awaiting_approval");
+    host.kill();
+
+    let host = TestHost::start(dir.path(), options(list)).await;
+    let record = detail(&host, &id).await;
+    assert_eq!(
+        record["status"], "awaiting_approval",
+        "a restart keeps the gate: {record}"
+    );
+    let (status, busy) = trigger(&host, json!({"environments": ["g2"]})).await;
+    assert_eq!(
+        status, 409,
+        "the waiting deployment still holds its environments: {busy}"
+    );
+    let (status, approved) = post(&host, &format!("/deployments/{id}/approve"), ADMIN_KEY).await;
+    assert_eq!(status, 200, "{approved}");
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert!(marker(&markers, "g2.v1"));
+
+    let id = started(
+        &host,
+        json!({"version": "v2", "strategy": {"type": "canary", "canary": 1, "gate": "manual", "gate_timeout_secs": 1}}),
+    )
+    .await;
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "cancelled", "{record}");
+    assert_eq!(record["gate"]["status"], "timed_out", "{record}");
+    assert_eq!(result(&record, "g2")["status"], "skipped");
+    assert!(!marker(&markers, "g2.v2"));
+}
+
+#[tokio::test]
+async fn a_failed_deployment_rolls_back_every_environment_it_changed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let markers = dir.path().join("markers");
+    std::fs::create_dir_all(&markers).expect("markers dir");
+    let dir_text = markers.display().to_string();
+    let mut list: Vec<Value> = ["r1", "r2"]
+        .iter()
+        .map(|id| marking(id, &markers, 0))
+        .collect();
+    // r3 fails on v2 only; it rolls back by running its command again with PA_ROLLBACK=1.
+    list.push(local(
+        "r3",
+        &[
+            "sh",
+            "-c",
+            "if [ \"$PA_ROLLBACK\" = 1 ]; then touch \"$0/r3.rollback.$PA_DEPLOYMENT_VERSION\"; exit 0; fi; \
+             touch \"$0/r3.$PA_DEPLOYMENT_VERSION\"; [ \"$PA_DEPLOYMENT_VERSION\" != v2 ]",
+            &dir_text,
+        ],
+        30,
+    ));
+    let host = TestHost::start(dir.path(), options(list)).await;
+    let v1 = started(&host, json!({"version": "v1"})).await;
+    assert_eq!(finished(&host, &v1).await["status"], "completed");
+
+    let (_, mut events) = subscribe(&host).await;
+    let v2 = started(&host, json!({"version": "v2", "rollback": "all"})).await;
+    let record = finished(&host, &v2).await;
+    assert_eq!(record["status"], "rolled_back", "{record}");
+    event_until(&mut events, "deployment.phase", &v2, |data| {
+        data["status"] == "rolling_back"
+    })
+    .await;
+    for environment in ["r1", "r2", "r3"] {
+        assert!(
+            marker(&markers, &format!("{environment}.rollback.v1")),
+            "{environment} rolled back to v1"
+        );
+        let rolled = result(&record, environment);
+        assert_eq!(rolled["status"], "rolled_back", "{record}");
+        assert_eq!(rolled["rollback"]["version"], "v1");
+        assert_eq!(rolled["rollback"]["succeeded"], true);
+        let shown = environment_versions(&host, environment).await;
+        assert_eq!(shown.0.as_deref(), Some("v1"), "{environment}: {shown:?}");
+    }
+    let (status, history) = host
+        .get(
+            "/api/deployment/history?status=rolled_back",
+            Some(DEVELOPER_KEY),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(history["total_count"], 1, "{history}");
+
+    // v3 succeeds everywhere; a rollback by hand returns every environment to v1.
+    let v3 = started(&host, json!({"version": "v3"})).await;
+    assert_eq!(finished(&host, &v3).await["status"], "completed");
+    assert_eq!(
+        environment_versions(&host, "r1").await,
+        (Some("v3".to_owned()), Some("v1".to_owned()))
+    );
+    let (status, refused) =
+        post(&host, &format!("/deployments/{v3}/rollback"), DEVELOPER_KEY).await;
+    assert_eq!(status, 403, "{refused}");
+    let (status, accepted) = post(&host, &format!("/deployments/{v3}/rollback"), ADMIN_KEY).await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["status"], "rolling_back");
+    let record = finished(&host, &v3).await;
+    assert_eq!(record["status"], "rolled_back", "{record}");
+    assert_eq!(
+        environment_versions(&host, "r2").await.0.as_deref(),
+        Some("v1")
+    );
+    let (status, again) = post(&host, &format!("/deployments/{v3}/rollback"), ADMIN_KEY).await;
+    assert_eq!(status, 422, "nothing is left to roll back: {again}");
+}
+
+/// An environment's `(deployed_version, previous_version)`.
+async fn environment_versions(host: &TestHost, id: &str) -> (Option<String>, Option<String>) {
+    let shown = environment(host, id).await;
+    let text = |name: &str| shown[name].as_str().map(str::to_owned);
+    (text("deployed_version"), text("previous_version"))
+}
+
+#[tokio::test]
+async fn without_a_previous_version_a_rollback_fails_and_says_why() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let list = vec![local("first", &["sh", "-c", "exit 2"], 30)];
+    let host = TestHost::start(dir.path(), options(list)).await;
+    let id = started(&host, json!({"version": "v1", "rollback": "failed"})).await;
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    let first = result(&record, "first");
+    assert_eq!(first["status"], "rollback_failed", "{record}");
+    assert!(
+        first["rollback"]["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("no previous version")),
+        "{first}"
+    );
+}
