@@ -434,7 +434,7 @@ async fn environment_versions(host: &TestHost, id: &str) -> (Option<String>, Opt
 }
 
 #[tokio::test]
-async fn without_a_previous_version_a_rollback_fails_and_says_why() {
+async fn an_environment_deployed_for_the_first_time_has_nothing_to_roll_back() {
     let dir = tempfile::tempdir().expect("temp dir");
     let list = vec![local("first", &["sh", "-c", "exit 2"], 30)];
     let host = TestHost::start(dir.path(), options(list)).await;
@@ -442,11 +442,60 @@ async fn without_a_previous_version_a_rollback_fails_and_says_why() {
     let record = finished(&host, &id).await;
     assert_eq!(record["status"], "failed", "{record}");
     let first = result(&record, "first");
-    assert_eq!(first["status"], "rollback_failed", "{record}");
+    assert_eq!(first["status"], "failed", "left as it is: {record}");
+    assert!(first["rollback"].is_null(), "{first}");
+    let (_, logs) = host
+        .get(
+            &format!("/api/deployment/deployments/{id}/logs"),
+            Some(DEVELOPER_KEY),
+        )
+        .await;
     assert!(
-        first["rollback"]["error"]
-            .as_str()
-            .is_some_and(|error| error.contains("no previous version")),
-        "{first}"
+        logs["lines"]
+            .as_array()
+            .is_some_and(|lines| lines.iter().any(|line| line["line"]
+                .as_str()
+                .is_some_and(|text| text.contains("no previous version")))),
+        "the log says why nothing was rolled back: {logs}"
     );
+}
+
+#[tokio::test]
+async fn an_approval_the_moment_the_gate_shows_is_final_and_cancel_ends_a_waiting_gate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let list = vec![local("q1", &["true"], 30), local("q2", &["true"], 30)];
+    let host = TestHost::start(dir.path(), options(list)).await;
+    let canary = json!({"strategy": {"type": "canary", "canary": 1, "gate": "manual"}});
+    // The gate's record is the parked run's last write: an approval taken as soon as it is
+    // visible is never overwritten, and is taken once.
+    for round in 0..5 {
+        let id = started(&host, canary.clone()).await;
+        let approved = loop {
+            let (status, _) = post(&host, &format!("/deployments/{id}/approve"), ADMIN_KEY).await;
+            if status == 200 {
+                break true;
+            }
+            assert_eq!(status, 409, "round {round}: not waiting yet is a 409");
+            if detail(&host, &id).await["status"] == "completed" {
+                break false;
+            }
+        };
+        assert!(approved, "round {round}: the gate was approved");
+        let (status, again) = post(&host, &format!("/deployments/{id}/approve"), ADMIN_KEY).await;
+        assert_eq!(status, 409, "round {round}: approved once: {again}");
+        let record = finished(&host, &id).await;
+        assert_eq!(record["status"], "completed", "round {round}: {record}");
+    }
+    let (_, waiting) = host
+        .get("/api/deployment/history?status=awaiting_approval", Some(DEVELOPER_KEY))
+        .await;
+    assert_eq!(waiting["total_count"], 0, "no deployment is left counted as waiting: {waiting}");
+
+    let id = started(&host, canary).await;
+    reaches(&host, &id, "awaiting_approval").await;
+    let (status, cancelled) = post(&host, &format!("/deployments/{id}/cancel"), ADMIN_KEY).await;
+    assert_eq!(status, 200, "{cancelled}");
+    let record = detail(&host, &id).await;
+    assert_eq!(record["status"], "cancelled", "{record}");
+    assert_eq!(result(&record, "q2")["status"], "skipped");
 }

@@ -31,8 +31,8 @@ use plugin_guest::{Condition, StoreOp};
 use crate::{
     catalog::Catalog,
     deployment::{
-        event, new_deployment_id, BatchRecord, BatchStatus, Claim, DeploymentRecord, HealthReport,
-        Phase, TargetRecord, TargetStatus,
+        event, new_deployment_id, BatchRecord, BatchStatus, Claim, DeploymentRecord, GateStatus,
+        HealthReport, Phase, TargetRecord, TargetStatus,
     },
     ec2,
     environments::{Environment, FieldError},
@@ -41,7 +41,7 @@ use crate::{
     rollout::Rollout,
     run::{
         writer::{RunWriter, WriterSetup},
-        Run, RunOwner, Start, StopReason,
+        Run, RunOwner, Start, StopHandle, StopReason,
     },
     settings::Settings,
     triggers::{timestamp, LogStream},
@@ -91,7 +91,7 @@ pub use decisions::DecisionError;
 
 struct RunHandle {
     cancel: CancellationToken,
-    reason: Arc<Mutex<Option<StopReason>>>,
+    reason: StopHandle,
 }
 
 /// A run recorded as active in the store, so sibling copies see it.
@@ -457,6 +457,7 @@ impl Coordinator {
             max_log_lines: self.settings.max_log_lines as u64,
             request_id: record.request_id.clone().filter(|id| !id.is_empty()),
             status: record.status,
+            lines_before: record.log_lines,
         });
         let run = Arc::new(Run::new(Arc::clone(self), record, results, ec2, writer));
         self.runs().insert(
@@ -815,9 +816,18 @@ impl Coordinator {
         self.tasks.wait().await;
     }
 
-    /// The run ended: it no longer counts as running in this copy.
-    pub(crate) fn forget_run(&self, deployment_id: &str) {
-        self.runs().remove(deployment_id);
+    /// The run ended: it no longer counts as running in this copy. Only the run that `stop`
+    /// belongs to is forgotten: a run of the same deployment started meanwhile (an approval
+    /// right after the gate parked) stays.
+    pub(crate) fn forget_run(&self, deployment_id: &str, stop: &StopHandle) {
+        let mut runs = self.runs();
+        if runs
+            .get(deployment_id)
+            .is_some_and(|run| Arc::ptr_eq(&run.reason, stop))
+        {
+            runs.remove(deployment_id);
+        }
+        drop(runs);
         self.changed();
     }
 
@@ -921,8 +931,19 @@ impl RunOwner for Coordinator {
         Coordinator::release(self, deployment_id, environments).await
     }
 
-    fn forget_run(&self, deployment_id: &str) {
-        Coordinator::forget_run(self, deployment_id)
+    fn forget_run(&self, deployment_id: &str, stop: &StopHandle) {
+        Coordinator::forget_run(self, deployment_id, stop)
+    }
+
+    async fn cancel_parked(&self, deployment_id: &str) {
+        let message = "cancelled while it reached its gate";
+        match self
+            .close_gate(deployment_id, GateStatus::Rejected, "cancel", message)
+            .await
+        {
+            Ok(()) | Err(DecisionError::Conflict(_)) | Err(DecisionError::Wrong { .. }) => {}
+            Err(error) => tracing::error!(deployment = deployment_id, "{error}"),
+        }
     }
 
     fn publish_phase(&self, record: &DeploymentRecord, previous: Option<Phase>) {

@@ -392,16 +392,39 @@ impl StrategyJson {
                         )),
                     },
                 };
+                // Each gate takes its own field: a bake for `auto`, a timeout for `manual`.
+                let (wrong, given) = match gate {
+                    GateKind::Manual => ("bake_secs", self.bake_secs.is_some()),
+                    GateKind::Auto => ("gate_timeout_secs", self.gate_timeout_secs.is_some()),
+                };
+                if given {
+                    return Err(FieldError::new(
+                        format!("{prefix}.{wrong}"),
+                        format!(
+                            "does not apply to a {} gate",
+                            match gate {
+                                GateKind::Manual => "manual",
+                                GateKind::Auto => "auto",
+                            }
+                        ),
+                    ));
+                }
+                let gate_timeout_secs = seconds(
+                    &format!("{prefix}.gate_timeout_secs"),
+                    self.gate_timeout_secs,
+                    DEFAULT_GATE_TIMEOUT_SECS,
+                )?;
+                if gate_timeout_secs == 0 {
+                    return Err(FieldError::new(
+                        format!("{prefix}.gate_timeout_secs"),
+                        "must be at least 1 second",
+                    ));
+                }
                 Ok(Strategy::Canary(Canary {
                     canary: amount(&format!("{prefix}.canary"), canary)?,
                     gate,
                     bake_secs: seconds(&format!("{prefix}.bake_secs"), self.bake_secs, 0)?,
-                    gate_timeout_secs: seconds(
-                        &format!("{prefix}.gate_timeout_secs"),
-                        self.gate_timeout_secs,
-                        DEFAULT_GATE_TIMEOUT_SECS,
-                    )?
-                    .max(1),
+                    gate_timeout_secs,
                     then,
                 }))
             }
@@ -424,8 +447,9 @@ impl From<Strategy> for StrategyJson {
                 kind: StrategyType::Canary,
                 canary: Some(canary.canary),
                 gate: Some(canary.gate),
-                bake_secs: Some(canary.bake_secs),
-                gate_timeout_secs: Some(canary.gate_timeout_secs),
+                bake_secs: (canary.gate == GateKind::Auto).then_some(canary.bake_secs),
+                gate_timeout_secs: (canary.gate == GateKind::Manual)
+                    .then_some(canary.gate_timeout_secs),
                 then: Some(Box::new(match canary.then {
                     AfterCanary::AllAtOnce => StrategyJson::default(),
                     AfterCanary::Rolling(plan) => rolling(plan),
@@ -660,6 +684,18 @@ mod tests {
         assert_eq!(
             field(serde_json::json!({"max_failures": "101%"})),
             "max_failures"
+        );
+        assert_eq!(
+            field(
+                serde_json::json!({"strategy": {"type": "canary", "canary": 1, "gate": "manual", "bake_secs": 5}})
+            ),
+            "strategy.bake_secs"
+        );
+        assert_eq!(
+            field(
+                serde_json::json!({"strategy": {"type": "canary", "canary": 1, "gate": "manual", "gate_timeout_secs": 0}})
+            ),
+            "strategy.gate_timeout_secs"
         );
     }
 

@@ -193,6 +193,16 @@ impl Coordinator {
         Ok(chunk)
     }
 
+    /// A deployment's environment results so far, by environment.
+    async fn results_of(&self, id: &str) -> Result<HashMap<String, TargetRecord>, StoreError> {
+        Ok(DeploymentStore::new(self.records.clone())
+            .targets(id)
+            .await?
+            .into_iter()
+            .map(|target| (target.environment_id.clone(), target))
+            .collect())
+    }
+
     /// The deployment's environments, as the catalog has them now (one read each, or one pass
     /// when there are many). Claims keep them from being deleted meanwhile.
     async fn environments_of(&self, ids: &[String]) -> Result<Vec<Environment>, StoreError> {
@@ -227,6 +237,10 @@ impl Coordinator {
                 "only a deployment waiting at its gate (awaiting_approval) can be approved",
             )
             .await?;
+        // Everything the run needs is read before the decision is stored: once it is, a run
+        // must start.
+        let results = self.results_of(id).await?;
+        let environments = self.environments_of(&record.environments).await?;
         let from = record.status;
         let old_claim = Self::claim_text(id, &record.boot_id)?;
         let new_claim = Self::claim_text(id, &self.boot_id)?;
@@ -257,13 +271,6 @@ impl Coordinator {
         let host = self.records.host();
         writer::publish_gate(host, &record);
         self.publish_phase(&record, Some(from));
-        let results: HashMap<String, TargetRecord> = DeploymentStore::new(self.records.clone())
-            .targets(id)
-            .await?
-            .into_iter()
-            .map(|target| (target.environment_id.clone(), target))
-            .collect();
-        let environments = self.environments_of(&record.environments).await?;
         self.spawn_run(
             record,
             environments,
@@ -433,12 +440,8 @@ impl Coordinator {
                 what: "roll it back once it has ended",
             });
         }
-        let results: HashMap<String, TargetRecord> = DeploymentStore::new(self.records.clone())
-            .targets(id)
-            .await?
-            .into_iter()
-            .map(|target| (target.environment_id.clone(), target))
-            .collect();
+        let results = self.results_of(id).await?;
+        let environments = self.environments_of(&read.record.environments).await?;
         if !results.values().any(crate::run::rolls_back_by_hand) {
             return Err(DecisionError::Nothing(format!(
                 "no environment of {id} was changed and has a previous version to return to"
@@ -484,7 +487,6 @@ impl Coordinator {
         tracing::info!(deployment = id, by, "rollback by hand");
         self.changed();
         self.publish_phase(&record, Some(from));
-        let environments = self.environments_of(&record.environments).await?;
         self.spawn_run(
             record,
             environments,

@@ -42,6 +42,10 @@ const SELF_STOP_GRACE: Duration = Duration::from_secs(10);
 /// How often a run looks for a cancel request made through another copy.
 const CANCEL_POLL: Duration = Duration::from_millis(500);
 
+/// A run's stop reason, shared with the registry of live runs (its identity tells one run of
+/// a deployment from another).
+pub(crate) type StopHandle = Arc<Mutex<Option<StopReason>>>;
+
 /// Why a run stops early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StopReason {
@@ -73,8 +77,10 @@ pub(crate) trait RunOwner: Send + Sync + 'static {
         deployment_id: &str,
         environments: &[String],
     ) -> impl std::future::Future<Output = ()> + Send;
-    /// The run has ended and is no longer live.
-    fn forget_run(&self, deployment_id: &str);
+    /// The run (the one `stop` belongs to) has ended and is no longer live.
+    fn forget_run(&self, deployment_id: &str, stop: &StopHandle);
+    /// A cancel reached a run as it parked at its gate: end the parked deployment.
+    fn cancel_parked(&self, deployment_id: &str) -> impl std::future::Future<Output = ()> + Send;
     fn publish_phase(&self, record: &DeploymentRecord, previous: Option<Phase>);
     /// Something that status answers show has changed.
     fn changed(&self);
@@ -92,28 +98,29 @@ pub(crate) enum Start {
 /// Whether a rollback by hand returns this environment: it was triggered, has a version to
 /// return to, and was not rolled back already.
 pub(crate) fn rolls_back_by_hand(target: &TargetRecord) -> bool {
+    // A failed rollback may be tried again.
     target.started_at.is_some()
         && target.previous_version.is_some()
-        && !matches!(
-            target.status,
-            TargetStatus::RolledBack | TargetStatus::RollbackFailed
-        )
+        && target.status != TargetStatus::RolledBack
 }
 
-/// Whether a failed deployment with rollback `mode` rolls this environment back.
+/// Whether a failed deployment with rollback `mode` rolls this environment back. One
+/// deployed for the first time has no version to return to and is left as it is (the log
+/// says so).
 fn rolls_back(mode: RollbackMode, target: &TargetRecord) -> bool {
-    match mode {
-        RollbackMode::None => false,
-        RollbackMode::Failed => target.status.is_failure(),
-        // Every environment it changed: whatever was triggered, whatever its outcome.
-        RollbackMode::All => {
-            target.started_at.is_some()
-                && !matches!(
-                    target.status,
-                    TargetStatus::RolledBack | TargetStatus::RollbackFailed
-                )
+    target.previous_version.is_some()
+        && match mode {
+            RollbackMode::None => false,
+            RollbackMode::Failed => target.status.is_failure(),
+            // Every environment it changed: whatever was triggered, whatever its outcome.
+            RollbackMode::All => {
+                target.started_at.is_some()
+                    && !matches!(
+                        target.status,
+                        TargetStatus::RolledBack | TargetStatus::RollbackFailed
+                    )
+            }
         }
-    }
 }
 
 /// One deployment in progress. Its record and environment results are kept here, in memory,
@@ -379,6 +386,21 @@ impl<O: RunOwner> Run<O> {
         };
         if phase == Phase::Failed && rollout.rollback != RollbackMode::None {
             let mode = rollout.rollback;
+            let first_time: Vec<String> = self
+                .targets
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .values()
+                .filter(|target| target.started_at.is_some() && target.previous_version.is_none())
+                .map(|target| target.environment_id.clone())
+                .collect();
+            if !first_time.is_empty() {
+                log.info(format!(
+                    "rollback: no previous version to return to (first deployment) for: {}",
+                    first_time.join(", ")
+                ))
+                .await;
+            }
             (phase, message) = self
                 .roll_back(
                     |target| rolls_back(mode, target),
@@ -711,15 +733,33 @@ impl<O: RunOwner> Run<O> {
     /// Leaves the deployment waiting at its gate: the record (phase `awaiting_approval`, the
     /// gate, its deadline) is stored, the environments stay claimed, and the run ends here. An
     /// approval resumes it from the store, in whichever copy (or process) takes it.
+    ///
+    /// The parked record is the run's last write (with the log lines before it, and the phase
+    /// and gate events after it): a decision taken as soon as it is visible is never
+    /// overwritten. A cancel that reached the run meanwhile ends the parked deployment.
     async fn park(&self, log: &LogSink) {
-        self.set_phase(Phase::AwaitingApproval, PROGRESS_TRIGGERED / 2)
-            .await;
-        self.announce_gate().await;
         log.info("parked at the gate: nothing runs until it is decided")
             .await;
+        let (record, previous) = {
+            let mut record = self.record.lock().await;
+            let previous = record.status;
+            record.status = Phase::AwaitingApproval;
+            (record.clone(), previous)
+        };
+        self.writer.phase_and_gate(record.clone(), previous).await;
         self.writer.flush().await;
-        let id = self.record.lock().await.deployment_id.clone();
-        self.owner.forget_run(&id);
+        self.owner.forget_run(&record.deployment_id, &self.reason);
+        let cancel_requested = matches!(self.stop_reason(), Some(StopReason::Cancelled))
+            || matches!(
+                self.owner
+                    .records()
+                    .get::<serde_json::Value>(collection::CANCEL, &record.deployment_id)
+                    .await,
+                Ok(Some(_))
+            );
+        if cancel_requested {
+            self.owner.cancel_parked(&record.deployment_id).await;
+        }
     }
 
     /// Ends every environment of batch `from` onwards that has not started (`status`, with
@@ -974,7 +1014,7 @@ impl<O: RunOwner> Run<O> {
         self.owner
             .release(&record.deployment_id, &record.environments)
             .await;
-        self.owner.forget_run(&record.deployment_id);
+        self.owner.forget_run(&record.deployment_id, &self.reason);
         self.owner.publish_phase(&record, Some(previous));
     }
 
@@ -1013,7 +1053,7 @@ impl<O: RunOwner> Run<O> {
         owner
             .release(&record.deployment_id, &record.environments)
             .await;
-        owner.forget_run(&record.deployment_id);
+        owner.forget_run(&record.deployment_id, &self.reason);
         owner.publish_phase(&record, None);
     }
 

@@ -52,6 +52,8 @@ enum Update {
     Record(DeploymentRecord, Vec<String>),
     /// A phase change: written at once (with whatever else is queued), then published.
     Phase(DeploymentRecord, Phase),
+    /// A phase change that parks the deployment at its gate: one write, then both events.
+    PhaseAndGate(DeploymentRecord, Phase),
     /// A batch or gate change: written at once, then published.
     Announce(DeploymentRecord, Announcement),
     /// An environment's versions after it succeeded or was rolled back.
@@ -87,6 +89,8 @@ pub struct WriterSetup {
     pub request_id: Option<String>,
     /// The record's status as stored now (which the history's indexes hold).
     pub status: Phase,
+    /// Lines the deployment's log had before this run (a resumed one).
+    pub lines_before: u64,
 }
 
 impl RunWriter {
@@ -100,8 +104,9 @@ impl RunWriter {
             records: setup.records,
             deployment_id: setup.deployment_id,
             next_chunk: setup.next_chunk,
-            stored_lines: 0,
-            total_lines: 0,
+            // A resumed run continues the count (and the cap) of the lines before it.
+            stored_lines: setup.lines_before.min(setup.max_log_lines),
+            total_lines: setup.lines_before,
             limit: setup.max_log_lines,
             request_id: setup.request_id,
             tails: Arc::clone(&tails),
@@ -147,6 +152,15 @@ impl RunWriter {
     /// then publishes it. The run does not wait for that.
     pub async fn phase(&self, record: DeploymentRecord, previous: Phase) {
         let _ = self.updates.send(Update::Phase(record, previous)).await;
+    }
+
+    /// Queues a phase change that also changes the gate (parking at it): stored at once, in one
+    /// write, then both published.
+    pub async fn phase_and_gate(&self, record: DeploymentRecord, previous: Phase) {
+        let _ = self
+            .updates
+            .send(Update::PhaseAndGate(record, previous))
+            .await;
     }
 
     /// Queues a batch or gate change: stored at once, then published.
@@ -294,6 +308,13 @@ impl WriterTask {
                 self.progress = record.progress;
                 self.record = Some((record.clone(), Vec::new()));
                 self.phases.push((record, previous));
+                true
+            }
+            Update::PhaseAndGate(record, previous) => {
+                self.progress = record.progress;
+                self.record = Some((record.clone(), Vec::new()));
+                self.phases.push((record.clone(), previous));
+                self.announcements.push((record, Announcement::Gate));
                 true
             }
             Update::Announce(record, announcement) => {
