@@ -16,45 +16,12 @@ connections="${2:-64}"
 threads="${WRK_THREADS:-2}"
 
 command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install -y wrk" >&2; exit 2; }
-[ -x target/release/powerautomation ] && [ -f target/release/libdeployment_mcp.so ] ||
-  { echo "build first: cargo build --release --workspace" >&2; exit 2; }
-
-# Nothing a benchmark starts may talk to another machine: no EC2 metadata lookups.
-export AWS_EC2_METADATA_DISABLED=true
-unset AWS_EC2_METADATA_SERVICE_ENDPOINT
-
-work=$(mktemp -d)
-trap 'kill "$host_pid" 2>/dev/null || true; wait "$host_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-key="pa_bench_$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-hash=$(printf '%s' "$key" | sha256sum | cut -d' ' -f1)
-cat > "$work/bench.toml" <<TOML
-[server]
-listen = "127.0.0.1:0"
-[storage]
-data_dir = "$work/data"
-[auth]
-keys = [ { name = "bench", role = "user", sha256 = "$hash" } ]
-[log]
-format = "json"
-level = "warn,powerautomation::server=info"
-[plugins.deployment_mcp]
-path = "target/release/libdeployment_mcp.so"
-mount = "/api/deployment"
-watch = false
-[plugins.deployment_mcp.settings]
-environments_file = "config/remote_environments.json"
-TOML
+# shellcheck source=benches/host.sh
+. benches/host.sh
 
 # `taskset -c LIST` when a CPU list is given, nothing otherwise.
 pin() { [ -n "${1:-}" ] && echo "taskset -c $1"; true; }
-$(pin "${BENCH_HOST_CPUS:-}") target/release/powerautomation --config "$work/bench.toml" 2> "$work/host.log" &
-host_pid=$!
-for _ in $(seq 100); do
-  address=$(grep -o '"address":"[^"]*"' "$work/host.log" | head -1 | cut -d'"' -f4 || true)
-  [ -n "$address" ] && break
-  sleep 0.1
-done
-[ -n "${address:-}" ] || { echo "host did not start:" >&2; cat "$work/host.log" >&2; exit 1; }
+HOST_PIN=$(pin "${BENCH_HOST_CPUS:-}") start_host user
 
 run() { # name path -> "req/s p99_ms"
   local out

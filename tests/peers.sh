@@ -3,7 +3,8 @@
 #   - OpenSSH's sshd and ssh-keygen (the ssh trigger's tests),
 #   - moto_server (the EC2 API of the EC2 phase's tests),
 #   - schemathesis (the OpenAPI conformance run),
-#   - Debian's Chromium and tests/browser's packages (the dashboard's browser test).
+#   - Debian's Chromium and tests/browser's packages (the dashboard's browser test),
+#   - the MCP Python SDK in tests/mcp/.venv (the MCP tests' client).
 # Idempotent and quick when everything is present: it then installs nothing and needs no network,
 # so it can run where only loopback exists. Debian packages need root (or sudo); Python packages
 # go to the active Python's site packages.
@@ -82,5 +83,17 @@ if [ ! -f "$stamp" ] || ! cmp -s "$lock" "$stamp"; then
     cp "$lock" "$stamp"
 fi
 
+# The MCP Python SDK, in its own environment (its dependencies stay apart from moto's and
+# schemathesis'), installed again only when tests/mcp/requirements.txt changed.
+requirements=tests/mcp/requirements.txt
+venv=tests/mcp/.venv
+if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$venv/.installed-from"; then
+    say "installing the MCP Python SDK into $venv ($(tr '\n' ' ' <"$requirements"))"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+    cp "$requirements" "$venv/.installed-from"
+fi
+
 say "ready: $(/usr/sbin/sshd -V 2>&1 | head -1); moto $MOTO_VERSION; schemathesis" \
-    "$SCHEMATHESIS_VERSION; $(/usr/bin/chromium --version 2>/dev/null | head -1); node $(node --version)"
+    "$SCHEMATHESIS_VERSION; $(/usr/bin/chromium --version 2>/dev/null | head -1); node $(node --version);" \
+    "$(tr '\n' ' ' <"$requirements")"

@@ -34,6 +34,11 @@ const SKIPPED: &[&str] = &["node_modules", "package-lock.json", "loopback_only.r
 /// `(file, address)`: literals that only appear as data, never contacted.
 const DATA_ONLY: &[(&str, &str, &str)] = &[
     (
+        "tests/tests/suite/mcp.rs",
+        "attacker.invalid",
+        "a browser Origin header the MCP endpoint must refuse (.invalid never resolves); never contacted",
+    ),
+    (
         "tests/tests/suite/ssh_trigger.rs",
         "203.0.113.7",
         "platform IP (TEST-NET-3) passed to the remote script as a variable",

@@ -13,6 +13,7 @@ mod hot_swap;
 mod in_process;
 mod lifecycle;
 mod loopback_only;
+mod mcp;
 mod metrics;
 mod openapi;
 mod rollouts;

@@ -197,6 +197,46 @@ impl Backend {
         }
     }
 
+    /// Who the key is, as the host says (`GET /api/auth/whoami`); in-process, the local admin.
+    pub async fn whoami(&self) -> Result<plugin_guest::Caller, CliError> {
+        let Backend::Remote(remote) = self else {
+            return Ok(plugin_guest::Caller {
+                name: "cli".into(),
+                role: plugin_guest::Role::Admin,
+            });
+        };
+        let response = remote
+            .client
+            .get(format!("{}/api/auth/whoami", remote.server))
+            .timeout(CALL_TIMEOUT)
+            .header("X-API-Key", &remote.api_key)
+            .send()
+            .await
+            .map_err(|error| remote.unreachable(&error))?;
+        let status = response.status().as_u16();
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|error| remote.unreachable(&error))?;
+        if status != 200 {
+            return Err(self.error(status, &body));
+        }
+        let role = match body["role"].as_str() {
+            Some("admin") => plugin_guest::Role::Admin,
+            Some("developer") => plugin_guest::Role::Developer,
+            Some("user") => plugin_guest::Role::User,
+            _ => {
+                return Err(CliError::Failed(format!(
+                    "the host answered whoami without a known role: {body}"
+                )))
+            }
+        };
+        Ok(plugin_guest::Caller {
+            name: body["name"].as_str().unwrap_or("key").to_owned(),
+            role,
+        })
+    }
+
     /// One API call. `path` is relative to the mount and may carry a query (`/history?limit=5`).
     /// Any HTTP status is an answer; only failing to get one is an error.
     pub async fn call(

@@ -7,6 +7,7 @@
 mod backend;
 mod commands;
 mod deploy;
+mod mcp;
 mod output;
 mod signals;
 
@@ -207,6 +208,19 @@ Exits 0 when it ends rolled_back, else 1.")]
         id: String,
         #[command(flatten)]
         follow: FollowArgs,
+    },
+    /// Serve the deployment tools and resources over MCP on stdin/stdout, for a local agent
+    #[command(
+        after_help = "In-process on the environments file (as admin), or against a host with
+--server URL --api-key KEY (with that key's role). Stdout carries the protocol only.
+
+Example (an agent's config):
+  {\"command\": \"deployment-mcp\", \"args\": [\"--environments\", \"envs.json\", \"mcp\"]}"
+    )]
+    Mcp {
+        /// Hide every tool that changes something
+        #[arg(long)]
+        read_only: bool,
     },
     /// Past deployments, newest first
     #[command(after_help = "Examples:
@@ -409,6 +423,9 @@ async fn run(cli: Cli, interrupts: &mut signals::Interrupts) -> Result<u8, CliEr
             .await?
         }
     };
+    if let Command::Mcp { read_only } = cli.command {
+        return mcp::serve(backend, read_only).await;
+    }
     let result = execute(&backend, cli.command, global.json, interrupts).await;
     backend.close().await;
     result
@@ -471,6 +488,8 @@ async fn execute(
             deploy::run(backend, request, interrupts).await
         }
         Command::Status { id } => commands::status(backend, id.as_deref(), json).await,
+        // Served before this, with the backend it owns.
+        Command::Mcp { .. } => Err(CliError::Usage("mcp is served on its own".into())),
         Command::Approve { id, follow } => {
             let events = backend.subscribe().await;
             backend

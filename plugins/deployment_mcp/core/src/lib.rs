@@ -15,6 +15,7 @@ pub mod ec2;
 pub mod environments;
 pub mod health;
 pub mod history;
+pub mod mcp;
 pub mod records;
 pub mod redact;
 pub mod retention;

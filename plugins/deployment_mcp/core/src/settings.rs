@@ -38,6 +38,41 @@ pub struct Settings {
     /// The EC2 phase (`[plugins.deployment_mcp.settings.ec2]`).
     #[serde(default)]
     pub ec2: Option<crate::ec2::Ec2Settings>,
+    /// The MCP endpoint (`[plugins.deployment_mcp.settings.mcp]`).
+    #[serde(default)]
+    pub mcp: McpSettings,
+}
+
+/// `[plugins.deployment_mcp.settings.mcp]`: the Model Context Protocol endpoint at
+/// `{mount}/mcp`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpSettings {
+    /// Serve the endpoint (404 when off).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Hide every tool that changes something, for every caller.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Browser origins allowed to call the endpoint (`https://ops.example.com:443`;
+    /// `:*` for any port), besides the loopback ones. A request with another `Origin` is
+    /// refused (403); one without an `Origin` (not from a browser) is not affected.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for McpSettings {
+    fn default() -> McpSettings {
+        McpSettings {
+            enabled: true,
+            read_only: false,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `auto_deploy = { enabled, environments, when }`.

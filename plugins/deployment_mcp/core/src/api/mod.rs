@@ -89,10 +89,12 @@ impl Api {
             version,
             openapi,
         });
-        Api {
-            router: router(Arc::clone(&state)),
-            state,
-        }
+        let rest = router(Arc::clone(&state));
+        let router = match mcp_route(&state, rest.clone()) {
+            Some(mcp) => rest.merge(mcp),
+            None => rest,
+        };
+        Api { router, state }
     }
 }
 
@@ -249,6 +251,104 @@ fn router(state: Arc<ApiState>) -> Router {
         // The host enforces `server.body_limit_bytes` before a request reaches the plugin.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// `/mcp`, the Model Context Protocol endpoint (Streamable HTTP, stateless: no session to
+/// lose in a hot swap), unless `mcp.enabled` is off. It is not in [`ROUTES`]: it speaks
+/// JSON-RPC, not the REST API the OpenAPI document describes. Its tools call `rest` as the
+/// caller, so the routes' own role checks and views apply to them; the endpoint itself needs
+/// a key (any role), and a browser `Origin` must be loopback or in `mcp.allowed_origins`.
+fn mcp_route(state: &ApiState, rest: Router) -> Option<Router> {
+    use rmcp::transport::streamable_http_server::{
+        session::never::NeverSessionManager, StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let settings = &state.coordinator.settings().mcp;
+    if !settings.enabled {
+        return None;
+    }
+    let server = crate::mcp::McpServer::new(
+        Arc::new(RouterClient(rest)),
+        settings.read_only,
+        state.version,
+    );
+    let origins = ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(settings.allowed_origins.iter().cloned());
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        // Answers stream (SSE), so a long `wait` is not cut by the host's request timeout.
+        .with_json_response(false)
+        .with_sse_keep_alive(None)
+        .with_cancellation_token(state.stop.child_token())
+        // The host's own `server.body_limit_bytes` applies before this.
+        .with_max_request_body_bytes(usize::MAX)
+        // Which names the host answers to is the operator's business; keys guard the door.
+        .disable_allowed_hosts()
+        .with_allowed_origins(origins)
+        .enforce_origin_validation();
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(NeverSessionManager::default()),
+        config,
+    );
+    let service = tower::ServiceBuilder::new()
+        .layer(NeedsRole(Role::User))
+        .map_response(|response: http::Response<_>| response.map(Body::new))
+        .service(service);
+    Some(Router::new().route_service("/mcp", service))
+}
+
+/// The deployment API as MCP tools call it: the plugin's own router, as the tool's caller.
+struct RouterClient(Router);
+
+impl crate::mcp::ApiClient for RouterClient {
+    async fn call(
+        &self,
+        caller: Option<&Caller>,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value), String> {
+        let body = match body {
+            Some(body) => Body::from(body.to_string()),
+            None => Body::empty(),
+        };
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .map_err(|error| format!("cannot build the request: {error}"))?;
+        request
+            .extensions_mut()
+            .insert(RequestId(format!("mcp-{}", uuid_like())));
+        if let Some(caller) = caller {
+            request.extensions_mut().insert(caller.clone());
+        }
+        let response = match self.0.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(infallible) => match infallible {},
+        };
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|error| format!("cannot read the answer: {error}"))?
+            .to_bytes();
+        let value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        Ok((status, value))
+    }
+}
+
+/// A short random id for requests MCP tools make.
+fn uuid_like() -> String {
+    let mut random = [0u8; 6];
+    if getrandom::fill(&mut random).is_err() {
+        random = [0; 6];
+    }
+    hex::encode(random)
 }
 
 /// The role layer: 401 without a key, 403 below the role, else the route. A plain tower

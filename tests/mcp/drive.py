@@ -1,0 +1,315 @@
+"""Drives deployment_mcp's MCP server with the official Python SDK, as an agent would.
+
+    python drive.py http <url> <key> <scenario> [--admin-key K] [--secret S]...
+    python drive.py stdio <scenario> -- <command> [args...]
+
+Scenarios: admin (every tool, a deployment followed to its end with progress notifications,
+logs, resources, both protocol revisions), user (what a user key may see and may not do),
+read-only (no write tool listed or callable), swap (a call after a hot swap of the plugin),
+bench (tool round trip vs the same REST call). Each check prints a line; the first failed one
+exits 1 with what was seen. Run by tests/tests/suite/mcp.rs.
+"""
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+
+import httpx2
+from mcp import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+
+ALL_TOOLS = {
+    "list_environments", "get_environment", "check_environment_health", "list_deployments",
+    "get_deployment", "get_deployment_logs", "trigger_deployment", "cancel_deployment",
+    "retry_deployment", "approve_deployment", "reject_deployment", "rollback_deployment",
+}
+WRITE_TOOLS = {
+    "trigger_deployment", "cancel_deployment", "retry_deployment", "approve_deployment",
+    "reject_deployment", "rollback_deployment",
+}
+USER_TOOLS = {"list_environments", "get_environment", "list_deployments", "get_deployment"}
+
+
+class Failed(Exception):
+    pass
+
+
+def check(condition, text, seen=None):
+    if not condition:
+        raise Failed(f"check failed: {text}" + (f"\n  seen: {seen}" if seen is not None else ""))
+    print(f"   ok: {text}", flush=True)
+
+
+def step(text):
+    print(f"-- {text}", flush=True)
+
+
+SECRETS = []
+
+
+def no_secret(value, where):
+    text = json.dumps(value, default=str)
+    for secret in SECRETS:
+        check(secret not in text, f"no secret in {where}")
+
+
+async def tool(session, name, arguments=None, progress=None):
+    result = await session.call_tool(name, arguments or {}, progress_callback=progress)
+    no_secret(result.model_dump(mode="json"), f"the result of {name}")
+    return result
+
+
+def tool_names(listed):
+    return {tool.name for tool in listed.tools}
+
+
+async def admin(session, environment):
+    step("tools: every one is listed for an admin key, each with schemas and hints")
+    listed = await session.list_tools()
+    check(tool_names(listed) == ALL_TOOLS, "the admin sees all twelve tools", tool_names(listed))
+    for listed_tool in listed.tools:
+        check(listed_tool.input_schema.get("type") == "object"
+              and (listed_tool.output_schema or {}).get("type") == "object"
+              and listed_tool.description
+              and listed_tool.annotations is not None
+              and listed_tool.annotations.read_only_hint == (listed_tool.name not in WRITE_TOOLS),
+              f"{listed_tool.name} has input and output schemas, a description and its read-only hint")
+    cancel = next(t for t in listed.tools if t.name == "cancel_deployment")
+    check(cancel.annotations.destructive_hint is True, "cancel_deployment is marked destructive")
+
+    step("read tools")
+    environments = await tool(session, "list_environments")
+    check(not environments.is_error and any(
+        e["environment_id"] == environment for e in environments.structured_content["environments"]),
+        f"list_environments shows {environment}", environments.structured_content)
+    one = await tool(session, "get_environment", {"id": environment})
+    check(one.structured_content["environment_id"] == environment, "get_environment finds it")
+    missing = await tool(session, "get_environment", {"id": "no-such-environment"})
+    check(missing.is_error, "an unknown environment is a tool error")
+    bad = await tool(session, "get_environment", {"name": "x"})
+    check(bad.is_error and "id" in json.dumps(bad.structured_content),
+          "a wrong argument is a tool error naming the field", bad.structured_content)
+
+    step("trigger_deployment with wait: progress notifications, then the completed record")
+    updates = []
+
+    async def progress(value, total, message):
+        updates.append((value, total, message))
+
+    done = await tool(session, "trigger_deployment",
+                      {"environments": [environment], "version": "mcp-1", "wait": True}, progress)
+    record = done.structured_content
+    check(not done.is_error and record["status"] == "completed", "the deployment completed", record)
+    check(len(updates) >= 1 and all(total == 100 for _, total, _ in updates),
+          f"{len(updates)} progress notification(s) arrived", updates)
+    check(any("completed" in (message or "") for _, _, message in updates),
+          "the last notification says completed", updates)
+    deployment_id = record["deployment_id"]
+    fetched = await tool(session, "get_deployment", {"id": deployment_id})
+    check(fetched.structured_content["status"] == "completed", "get_deployment reads it")
+    history = await tool(session, "list_deployments", {"status": "completed", "limit": 5})
+    check(any(e["deployment_id"] == deployment_id for e in history.structured_content["history"]),
+          "list_deployments filters the history")
+
+    step("logs are bounded")
+    logs = await tool(session, "get_deployment_logs", {"id": deployment_id, "tail": 2})
+    check(len(logs.structured_content["lines"]) <= 2 and logs.structured_content["total_lines"] >= 2,
+          "tail 2 gives at most 2 lines, and says how many there are", logs.structured_content)
+    page = await tool(session, "get_deployment_logs", {"id": deployment_id, "offset": 0, "limit": 1})
+    check(len(page.structured_content["lines"]) == 1, "a page of one line")
+    too_many = await tool(session, "get_deployment_logs", {"id": deployment_id, "tail": 100000})
+    check(too_many.is_error and too_many.structured_content.get("field") == "tail",
+          "more than 1000 lines is refused, naming tail", too_many.structured_content)
+
+    step("resources")
+    resources = {str(r.uri) for r in (await session.list_resources()).resources}
+    for uri in (f"environment://{environment}", f"deployment://{deployment_id}",
+                f"deployment://{deployment_id}/log"):
+        check(uri in resources, f"{uri} is listed", sorted(resources))
+    read = await session.read_resource(f"deployment://{deployment_id}/log")
+    body = json.loads(read.contents[0].text)
+    no_secret(body, "the log resource")
+    check(body["deployment_id"] == deployment_id and body["lines"], "the log resource reads")
+    templates = {t.uri_template for t in (await session.list_resource_templates()).resource_templates}
+    check("deployment://{id}/log" in templates, "the templates are listed", templates)
+    return deployment_id
+
+
+async def user(session, environment):
+    step("a user key sees the read tools without logs, and cannot trigger")
+    names = tool_names(await session.list_tools())
+    check(names == USER_TOOLS, "tools/list shows the user's tools only", names)
+    refused = await tool(session, "trigger_deployment", {"environments": [environment]})
+    check(refused.is_error and "admin" in json.dumps(refused.structured_content),
+          "trigger_deployment is a tool error naming the admin role", refused.structured_content)
+    environments = await tool(session, "list_environments")
+    shown = json.dumps(environments.structured_content)
+    check(environments.structured_content["environments"] and '"command"' not in shown
+          and '"host"' not in shown, "environments come without connection details", shown[:300])
+    status = await tool(session, "list_deployments")
+    check(not status.is_error and "active" in status.structured_content,
+          "list_deployments shows the running and the latest deployment", status.structured_content)
+
+
+async def read_only(session, environment):
+    step("read_only: no write tool is listed or callable, even for an admin")
+    names = tool_names(await session.list_tools())
+    check(names == ALL_TOOLS - WRITE_TOOLS, "only read tools are listed", names)
+    refused = await tool(session, "trigger_deployment", {"environments": [environment]})
+    check(refused.is_error and "read_only" in json.dumps(refused.structured_content),
+          "calling one is a tool error", refused.structured_content)
+
+
+async def connect_http(url, key, modern):
+    headers = {"Authorization": f"Bearer {key}"}
+    client = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(60.0))
+    return client, streamable_http_client(url, http_client=client)
+
+
+async def http_main(url, key, scenario, options):
+    environment = options.get("environment", "mcp_local")
+    for modern in (True, False):
+        client, transport = await connect_http(url, key, modern)
+        async with client, transport as (read, write), ClientSession(read, write) as session:
+            if modern:
+                found = await session.discover()
+                version = found.supported_versions
+                step(f"revision 2026-07-28 (server/discover: {version})")
+                check("2026-07-28" in version, "the server speaks 2026-07-28", version)
+            else:
+                started = await session.initialize()
+                step(f"revision {started.protocol_version} (initialize)")
+                check(started.protocol_version == "2025-11-25",
+                      "an older client gets 2025-11-25", started.protocol_version)
+            if scenario == "admin":
+                if modern:
+                    await admin(session, environment)
+                else:
+                    names = tool_names(await session.list_tools())
+                    check(names == ALL_TOOLS, "the older revision lists the same tools", names)
+                    listed = await tool(session, "list_environments")
+                    check(not listed.is_error, "and calls them")
+            elif scenario == "user":
+                await user(session, environment)
+            elif scenario == "read-only":
+                await read_only(session, environment)
+            elif scenario == "swap":
+                if not modern:
+                    continue
+                step("a hot swap with a client connected: the next call succeeds")
+                first = await tool(session, "list_environments")
+                check(not first.is_error, "a call before the swap")
+                base = url.split("/api/")[0]
+                async with httpx2.AsyncClient() as plain:
+                    swapped = await plain.post(f"{base}/api/plugins/deployment_mcp/reload",
+                                               headers={"X-API-Key": options["admin-key"]})
+                check(swapped.status_code == 200, "the plugin was reloaded", swapped.text)
+                after = await tool(session, "list_environments")
+                check(not after.is_error, "the next call after the swap succeeds", after)
+            elif scenario == "bench":
+                if not modern:
+                    continue
+                await bench(session, url, key)
+            else:
+                raise Failed(f"unknown scenario {scenario}")
+
+
+async def bench(session, url, key, rounds=300):
+    step("round trip of get_deployment vs the same REST call, one run")
+    done = await tool(session, "trigger_deployment", {"version": "bench", "wait": True})
+    deployment_id = done.structured_content["deployment_id"]
+    base = url.rsplit("/mcp", 1)[0]
+    async with httpx2.AsyncClient(headers={"X-API-Key": key}) as rest:
+        for _ in range(20):
+            await tool(session, "get_deployment", {"id": deployment_id})
+            await rest.get(f"{base}/deployments/{deployment_id}")
+        mcp_times, rest_times = [], []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            await session.call_tool("get_deployment", {"id": deployment_id})
+            mcp_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            answer = await rest.get(f"{base}/deployments/{deployment_id}")
+            rest_times.append(time.perf_counter() - start)
+            check_quiet(answer.status_code == 200)
+    p50 = lambda values: statistics.median(values) * 1000
+    p99 = lambda values: sorted(values)[int(len(values) * 0.99) - 1] * 1000
+    print(f"get_deployment over {rounds} rounds: MCP p50 {p50(mcp_times):.2f} ms p99 {p99(mcp_times):.2f} ms; "
+          f"REST p50 {p50(rest_times):.2f} ms p99 {p99(rest_times):.2f} ms; "
+          f"ratio p50 {p50(mcp_times) / p50(rest_times):.2f}", flush=True)
+
+
+def check_quiet(condition):
+    if not condition:
+        raise Failed("a REST call failed during the benchmark")
+
+
+async def stdio_main(scenario, command, options):
+    environment = options.get("environment", "mcp_local")
+    parameters = StdioServerParameters(command=command[0], args=command[1:])
+    async with stdio_client(parameters) as (read, write), ClientSession(read, write) as session:
+        started = await session.initialize()
+        step(f"stdio, revision {started.protocol_version}")
+        if scenario == "admin":
+            names = tool_names(await session.list_tools())
+            check(names == ALL_TOOLS, "in-process, every tool is listed", names)
+            updates = []
+
+            async def progress(value, total, message):
+                updates.append(message)
+
+            done = await tool(session, "trigger_deployment",
+                              {"environments": [environment], "version": "stdio-1", "wait": True},
+                              progress)
+            check(done.structured_content["status"] == "completed", "a deployment over stdio completed",
+                  done.structured_content)
+            check(updates, "with progress notifications", updates)
+            logs = await tool(session, "get_deployment_logs",
+                              {"id": done.structured_content["deployment_id"], "tail": 3})
+            check(0 < len(logs.structured_content["lines"]) <= 3, "logs over stdio are bounded")
+        elif scenario == "user":
+            await user(session, environment)
+        else:
+            raise Failed(f"unknown scenario {scenario}")
+
+
+def parse(arguments):
+    options, rest = {}, []
+    items = iter(arguments)
+    for item in items:
+        if item == "--":
+            rest.append("--")
+            rest.extend(items)
+            break
+        if item == "--secret":
+            SECRETS.append(next(items))
+        elif item.startswith("--") and item != "--":
+            options[item[2:]] = next(items)
+        else:
+            rest.append(item)
+    return options, rest
+
+
+def main():
+    options, rest = parse(sys.argv[1:])
+    try:
+        if rest[0] == "http":
+            _, url, key, scenario = rest[:4]
+            asyncio.run(http_main(url, key, scenario, options))
+        elif rest[0] == "stdio":
+            scenario = rest[1]
+            command = rest[rest.index("--") + 1:]
+            asyncio.run(stdio_main(scenario, command, options))
+        else:
+            raise Failed(f"unknown mode {rest[0]}")
+    except Failed as failure:
+        print(f"FAIL: {failure}", flush=True)
+        sys.exit(1)
+    print("PASS", flush=True)
+
+
+if __name__ == "__main__":
+    main()
