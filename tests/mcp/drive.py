@@ -31,6 +31,7 @@ WRITE_TOOLS = {
     "reject_deployment", "rollback_deployment",
 }
 USER_TOOLS = {"list_environments", "get_environment", "list_deployments", "get_deployment"}
+DEVELOPER_TOOLS = USER_TOOLS | {"get_deployment_logs", "check_environment_health"}
 
 
 class Failed(Exception):
@@ -154,6 +155,18 @@ async def user(session, environment):
           "list_deployments shows the running and the latest deployment", status.structured_content)
 
 
+async def developer(session, environment):
+    step("a developer key adds logs and health checks, and cannot trigger")
+    names = tool_names(await session.list_tools())
+    check(names == DEVELOPER_TOOLS, "tools/list shows the developer's tools", names)
+    refused = await tool(session, "cancel_deployment", {"id": "dep-1-00000000"})
+    check(refused.is_error and "admin" in json.dumps(refused.structured_content),
+          "cancel_deployment is a tool error naming the admin role", refused.structured_content)
+    health = await tool(session, "check_environment_health", {"id": environment})
+    check(health.is_error and "health_check_url" in json.dumps(health.structured_content),
+          "a health check of an environment without a URL says why", health.structured_content)
+
+
 async def read_only(session, environment):
     step("read_only: no write tool is listed or callable, even for an admin")
     names = tool_names(await session.list_tools())
@@ -194,6 +207,8 @@ async def http_main(url, key, scenario, options):
                     check(not listed.is_error, "and calls them")
             elif scenario == "user":
                 await user(session, environment)
+            elif scenario == "developer":
+                await developer(session, environment)
             elif scenario == "read-only":
                 await read_only(session, environment)
             elif scenario == "swap":

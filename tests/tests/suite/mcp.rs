@@ -8,7 +8,7 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 use e2e::{
     cli_binary, repo_root,
     scenario::{local, options},
-    HostOptions, TestHost, ADMIN_KEY, USER_KEY,
+    HostOptions, TestHost, ADMIN_KEY, DEVELOPER_KEY, USER_KEY,
 };
 use reqwest::Method;
 
@@ -90,6 +90,13 @@ async fn an_agent_lists_calls_follows_and_reads_over_http() {
         endpoint(&host),
         USER_KEY.into(),
         "user".into(),
+    ])
+    .await;
+    drive(&[
+        "http".into(),
+        endpoint(&host),
+        DEVELOPER_KEY.into(),
+        "developer".into(),
     ])
     .await;
 

@@ -487,9 +487,15 @@ async fn an_approval_the_moment_the_gate_shows_is_final_and_cancel_ends_a_waitin
         assert_eq!(record["status"], "completed", "round {round}: {record}");
     }
     let (_, waiting) = host
-        .get("/api/deployment/history?status=awaiting_approval", Some(DEVELOPER_KEY))
+        .get(
+            "/api/deployment/history?status=awaiting_approval",
+            Some(DEVELOPER_KEY),
+        )
         .await;
-    assert_eq!(waiting["total_count"], 0, "no deployment is left counted as waiting: {waiting}");
+    assert_eq!(
+        waiting["total_count"], 0,
+        "no deployment is left counted as waiting: {waiting}"
+    );
 
     let id = started(&host, canary).await;
     reaches(&host, &id, "awaiting_approval").await;

@@ -24,6 +24,7 @@ use rmcp::{
 };
 use serde::{de::DeserializeOwned, Deserialize};
 use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
 
 use crate::environments::field_error;
 
@@ -34,6 +35,9 @@ const WAIT_POLL: Duration = Duration::from_millis(250);
 /// How long `trigger_deployment` with `wait` follows the deployment by default (and at most).
 const DEFAULT_WAIT_SECS: u64 = 600;
 const MAX_WAIT_SECS: u64 = 3600;
+/// How long `wait` follows a deployment when the client asked for no progress notifications
+/// (below common HTTP request timeouts: nothing is sent before the answer).
+const QUIET_WAIT_SECS: u64 = 25;
 /// Deployments listed as resources.
 const LISTED_DEPLOYMENTS: usize = 20;
 
@@ -343,6 +347,8 @@ pub struct McpServer<C> {
     /// The caller of every request (stdio); over HTTP, each request's own.
     fixed: Option<Caller>,
     version: &'static str,
+    /// Ends waits when the instance stops (a hot swap or shutdown), with an answer.
+    stop: CancellationToken,
 }
 
 impl<C> Clone for McpServer<C> {
@@ -352,6 +358,7 @@ impl<C> Clone for McpServer<C> {
             read_only: self.read_only,
             fixed: self.fixed.clone(),
             version: self.version,
+            stop: self.stop.clone(),
         }
     }
 }
@@ -404,12 +411,18 @@ fn segment(text: &str) -> String {
 
 impl<C: ApiClient> McpServer<C> {
     /// Over HTTP: each request's caller is the one the host authenticated.
-    pub fn new(client: Arc<C>, read_only: bool, version: &'static str) -> McpServer<C> {
+    pub fn new(
+        client: Arc<C>,
+        read_only: bool,
+        version: &'static str,
+        stop: CancellationToken,
+    ) -> McpServer<C> {
         McpServer {
             client,
             read_only,
             fixed: None,
             version,
+            stop,
         }
     }
 
@@ -422,7 +435,7 @@ impl<C: ApiClient> McpServer<C> {
     ) -> McpServer<C> {
         McpServer {
             fixed: Some(caller),
-            ..McpServer::new(client, read_only, version)
+            ..McpServer::new(client, read_only, version, CancellationToken::new())
         }
     }
 
@@ -576,39 +589,57 @@ impl<C: ApiClient> McpServer<C> {
             return Ok(accepted);
         }
         let token = context.meta.get_progress_token();
+        // Without progress notifications nothing reaches the client before the answer, so a
+        // wait longer than an HTTP request timeout would end in a timeout: wait less, and say
+        // so in the answer.
+        let timeout = match token {
+            Some(_) => timeout,
+            None => timeout.min(QUIET_WAIT_SECS),
+        };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
-        let mut last = None;
+        let mut last: Option<(String, f64)> = None;
         loop {
-            let record = self.deployment(caller, &id).await?;
-            let status = record["status"].as_str().unwrap_or_default().to_owned();
-            let progress = record["progress"].as_f64().unwrap_or_default();
+            // The summary (no log) while following; the full record once at the end.
+            let summary = self
+                .get(caller, &format!("/status?id={}", segment(&id)))
+                .await?;
+            let status = summary["status"].as_str().unwrap_or_default().to_owned();
+            let progress = summary["progress"].as_f64().unwrap_or_default();
             if let Some(token) = &token {
-                if last.as_ref() != Some(&(status.clone(), progress as u64)) {
-                    let done = record["results"]
-                        .as_array()
-                        .map(|results| {
-                            results
-                                .iter()
-                                .filter(|result| {
+                let changed = last.as_ref().is_none_or(|(seen, _)| *seen != status)
+                    || last.as_ref().is_some_and(|(_, sent)| progress > *sent);
+                if changed {
+                    let done = summary["environment_status"]
+                        .as_object()
+                        .map(|statuses| {
+                            statuses
+                                .values()
+                                .filter(|status| {
                                     !matches!(
-                                        result["status"].as_str(),
+                                        status.as_str(),
                                         Some("pending" | "triggering" | "running")
                                     )
                                 })
                                 .count()
                         })
                         .unwrap_or_default();
-                    let total = record["environments"].as_array().map_or(0, Vec::len);
-                    let message = format!("{status}: {done} of {total} environment(s) done");
+                    let total = summary["environments"].as_array().map_or(0, Vec::len);
+                    // Progress must increase with every notification, also when only the
+                    // phase changed.
+                    let value = last
+                        .as_ref()
+                        .map_or(progress, |(_, sent)| progress.max(sent + 0.01));
                     let _ = context
                         .peer
                         .notify_progress(
-                            ProgressNotificationParam::new(token.clone(), progress)
+                            ProgressNotificationParam::new(token.clone(), value)
                                 .with_total(100.0)
-                                .with_message(message),
+                                .with_message(format!(
+                                    "{status}: {done} of {total} environment(s) done"
+                                )),
                         )
                         .await;
-                    last = Some((status.clone(), progress as u64));
+                    last = Some((status.clone(), value));
                 }
             }
             let ended = matches!(
@@ -620,13 +651,22 @@ impl<C: ApiClient> McpServer<C> {
                     | "rolled_back"
                     | "awaiting_approval"
             );
-            if ended || tokio::time::Instant::now() >= deadline {
-                return Ok(record);
+            let stop = if ended {
+                None
+            } else if tokio::time::Instant::now() >= deadline {
+                Some("still running after the wait; follow it with get_deployment (or wait with a progress token for up to wait_timeout_secs)")
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep(WAIT_POLL) => continue,
+                    _ = context.ct.cancelled() => Some("the request was cancelled"),
+                    _ = self.stop.cancelled() => Some("the plugin is being replaced or stopped; follow it with get_deployment"),
+                }
+            };
+            let mut record = self.deployment(caller, &id).await?;
+            if let (Some(note), Some(object)) = (stop, record.as_object_mut()) {
+                object.insert("note".into(), json!(note));
             }
-            tokio::select! {
-                _ = tokio::time::sleep(WAIT_POLL) => {}
-                _ = context.ct.cancelled() => return Ok(record),
-            }
+            return Ok(record);
         }
     }
 

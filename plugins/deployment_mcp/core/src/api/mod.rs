@@ -270,6 +270,7 @@ fn mcp_route(state: &ApiState, rest: Router) -> Option<Router> {
         Arc::new(RouterClient(rest)),
         settings.read_only,
         state.version,
+        state.stop.clone(),
     );
     let origins = ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"]
         .into_iter()
@@ -279,8 +280,9 @@ fn mcp_route(state: &ApiState, rest: Router) -> Option<Router> {
         .with_legacy_session_mode(false)
         // Answers stream (SSE), so a long `wait` is not cut by the host's request timeout.
         .with_json_response(false)
-        .with_sse_keep_alive(None)
-        .with_cancellation_token(state.stop.child_token())
+        // Not the instance's stop token: at a swap, answers in flight (a `wait` the stop ends)
+        // must still reach the client. Stateless, so there are no sessions to end.
+        .with_cancellation_token(CancellationToken::new())
         // The host's own `server.body_limit_bytes` applies before this.
         .with_max_request_body_bytes(usize::MAX)
         // Which names the host answers to is the operator's business; keys guard the door.
