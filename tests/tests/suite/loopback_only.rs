@@ -21,15 +21,21 @@ const SCANNED: &[&str] = &[
     "tests/examples",
     "tests/fixtures",
     "tests/browser",
+    "tests/mcp",
     "benches",
     "host/benches",
     "config",
 ];
 
-/// Never scanned: installed packages; npm's lock file, whose `resolved` download addresses are
+/// Never scanned: installed packages (npm's and the MCP client's virtual environment); npm's lock file, whose `resolved` download addresses are
 /// used by `npm ci` when the peers are installed, before (and outside) the test run; and this
 /// file, whose own checks are made of the addresses it looks for.
-const SKIPPED: &[&str] = &["node_modules", "package-lock.json", "loopback_only.rs"];
+const SKIPPED: &[&str] = &[
+    "node_modules",
+    ".venv",
+    "package-lock.json",
+    "loopback_only.rs",
+];
 
 /// `(file, address)`: literals that only appear as data, never contacted.
 const DATA_ONLY: &[(&str, &str, &str)] = &[

@@ -124,6 +124,14 @@ async fn an_agent_lists_calls_follows_and_reads_over_http() {
         .await
         .expect("POST from a foreign origin");
     assert_eq!(foreign.status(), 403, "a foreign Origin is refused");
+    let foreign = post(None, Some("http://attacker.invalid"))
+        .await
+        .expect("POST from a foreign origin without a key");
+    assert_eq!(
+        foreign.status(),
+        403,
+        "the Origin is checked before the key"
+    );
     let local_page = post(Some(ADMIN_KEY), Some(&host.url)).await.expect("POST");
     assert_eq!(local_page.status(), 200, "a loopback Origin is accepted");
 }

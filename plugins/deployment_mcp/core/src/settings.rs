@@ -149,6 +149,15 @@ impl Settings {
             Some("retention_max_deployments: keeping 0 deployments deletes each as it ends; use at least 1, or omit it")
         } else if settings.max_log_lines == 0 {
             Some("max_log_lines: must be at least 1")
+        } else if let Some(error) = settings
+            .mcp
+            .allowed_origins
+            .iter()
+            .find_map(|origin| crate::mcp::OriginRule::parse(origin).err())
+        {
+            return Err(format!(
+                "invalid [plugins.deployment_mcp.settings] mcp.allowed_origins: {error}"
+            ));
         } else if settings
             .auto_deploy
             .environments

@@ -24,6 +24,9 @@ pub(crate) enum ApiError {
     /// 401 without a key, 403 below the route's role (the guest runtime's wording).
     #[error("{}", .0.message)]
     Refused(Refusal),
+    /// 403: a browser page of an origin the MCP endpoint does not accept.
+    #[error("origin {0:?} may not call this endpoint; add it to mcp.allowed_origins if it should")]
+    ForbiddenOrigin(String),
     /// 404: no such deployment or environment.
     #[error("no {what} {id:?}")]
     NotFound { what: &'static str, id: String },
@@ -94,6 +97,7 @@ impl IntoResponse for ApiError {
                 refusal.code,
                 None,
             ),
+            ApiError::ForbiddenOrigin(_) => (StatusCode::FORBIDDEN, "forbidden_origin", None),
             ApiError::NotFound { .. } | ApiError::NoRoute(_) => {
                 (StatusCode::NOT_FOUND, "not_found", None)
             }

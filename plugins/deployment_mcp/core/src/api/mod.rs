@@ -272,10 +272,17 @@ fn mcp_route(state: &ApiState, rest: Router) -> Option<Router> {
         state.version,
         state.stop.clone(),
     );
-    let origins = ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"]
-        .into_iter()
-        .map(str::to_owned)
-        .chain(settings.allowed_origins.iter().cloned());
+    let rules: Arc<Vec<crate::mcp::OriginRule>> = Arc::new(
+        crate::mcp::OriginRule::loopback()
+            .into_iter()
+            .chain(
+                settings
+                    .allowed_origins
+                    .iter()
+                    .filter_map(|origin| crate::mcp::OriginRule::parse(origin).ok()),
+            )
+            .collect(),
+    );
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         // Answers stream (SSE), so a long `wait` is not cut by the host's request timeout.
@@ -286,9 +293,8 @@ fn mcp_route(state: &ApiState, rest: Router) -> Option<Router> {
         // The host's own `server.body_limit_bytes` applies before this.
         .with_max_request_body_bytes(usize::MAX)
         // Which names the host answers to is the operator's business; keys guard the door.
-        .disable_allowed_hosts()
-        .with_allowed_origins(origins)
-        .enforce_origin_validation();
+        // The Origin is checked before the key (below), as the MCP specification asks.
+        .disable_allowed_hosts();
     let service = StreamableHttpService::new(
         move || Ok(server.clone()),
         Arc::new(NeverSessionManager::default()),
@@ -298,7 +304,26 @@ fn mcp_route(state: &ApiState, rest: Router) -> Option<Router> {
         .layer(NeedsRole(Role::User))
         .map_response(|response: http::Response<_>| response.map(Body::new))
         .service(service);
-    Some(Router::new().route_service("/mcp", service))
+    // A browser page of another origin gets 403 before anything else, key or not.
+    let check_origin = move |request: axum::extract::Request, next: axum::middleware::Next| {
+        let rules = Arc::clone(&rules);
+        async move {
+            let origin = request
+                .headers()
+                .get(header::ORIGIN)
+                .map(|value| value.to_str().unwrap_or("\u{0}"));
+            if crate::mcp::origin_allowed(origin, &rules) {
+                next.run(request).await
+            } else {
+                ApiError::ForbiddenOrigin(origin.unwrap_or_default().to_owned()).into_response()
+            }
+        }
+    };
+    Some(
+        Router::new()
+            .route_service("/mcp", service)
+            .layer(axum::middleware::from_fn(check_origin)),
+    )
 }
 
 /// The deployment API as MCP tools call it: the plugin's own router, as the tool's caller.
