@@ -424,6 +424,30 @@ async fn a_failed_deployment_rolls_back_every_environment_it_changed() {
     );
     let (status, again) = post(&host, &format!("/deployments/{v3}/rollback"), ADMIN_KEY).await;
     assert_eq!(status, 422, "nothing is left to roll back: {again}");
+
+    // An environment deployed again since is left as it is: rolling it back would undo the
+    // later deployment.
+    let v5 = started(&host, json!({"version": "v5"})).await;
+    assert_eq!(finished(&host, &v5).await["status"], "completed");
+    let v6 = started(&host, json!({"version": "v6", "environments": ["r1"]})).await;
+    assert_eq!(finished(&host, &v6).await["status"], "completed");
+    let (status, accepted) = post(&host, &format!("/deployments/{v5}/rollback"), ADMIN_KEY).await;
+    assert_eq!(status, 202, "{accepted}");
+    let record = finished(&host, &v5).await;
+    assert_eq!(record["status"], "rolled_back", "{record}");
+    assert_eq!(
+        environment_versions(&host, "r1").await.0.as_deref(),
+        Some("v6")
+    );
+    assert_eq!(
+        environment_versions(&host, "r2").await.0.as_deref(),
+        Some("v1")
+    );
+    let (status, refused) = post(&host, &format!("/deployments/{v6}/rollback"), ADMIN_KEY).await;
+    assert_eq!(
+        status, 202,
+        "the later deployment itself rolls back: {refused}"
+    );
 }
 
 /// An environment's `(deployed_version, previous_version)`.

@@ -440,13 +440,55 @@ impl Coordinator {
                 what: "roll it back once it has ended",
             });
         }
-        let results = self.results_of(id).await?;
-        let environments = self.environments_of(&read.record.environments).await?;
-        if !results.values().any(crate::run::rolls_back_by_hand) {
+        // The environments this deployment changed, less those a later deployment changed
+        // since: returning those would undo the later one. The run is given only the rest.
+        let versions = self.catalog.all_versions().await?;
+        let created_ms = |deployment: &str| {
+            deployment
+                .strip_prefix("dep-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|ms| ms.parse::<u64>().ok())
+        };
+        let mut redeployed = Vec::new();
+        let results: HashMap<String, TargetRecord> = self
+            .results_of(id)
+            .await?
+            .into_iter()
+            .filter(|(_, target)| crate::run::rolls_back_by_hand(target))
+            .filter(|(environment, _)| {
+                let later = versions.get(environment).is_some_and(|versions| {
+                    versions.deployment_id != id
+                        && created_ms(&versions.deployment_id)
+                            .is_some_and(|ms| ms > read.record.created_ms)
+                });
+                if later {
+                    redeployed.push(environment.clone());
+                }
+                !later
+            })
+            .collect();
+        redeployed.sort();
+        if results.is_empty() {
+            let why = if redeployed.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; deployed again since: {} (roll back the later deployment instead)",
+                    redeployed.join(", ")
+                )
+            };
             return Err(DecisionError::Nothing(format!(
-                "no environment of {id} was changed and has a previous version to return to"
+                "no environment of {id} was changed and has a previous version to return to{why}"
             )));
         }
+        let chosen: Vec<String> = read
+            .record
+            .environments
+            .iter()
+            .filter(|environment| results.contains_key(*environment))
+            .cloned()
+            .collect();
+        let environments = self.environments_of(&chosen).await?;
         let mut record = read.record.clone();
         let from = record.status;
         record.status = Phase::RollingBack;
@@ -465,7 +507,14 @@ impl Coordinator {
                 &read.text,
                 from,
                 &mut record,
-                &format!("rollback requested by {by}"),
+                &if redeployed.is_empty() {
+                    format!("rollback requested by {by}")
+                } else {
+                    format!(
+                        "rollback requested by {by}; left as they are, deployed again since: {}",
+                        redeployed.join(", ")
+                    )
+                },
             )
             .await?;
         match self.records.apply(ops).await? {
