@@ -402,10 +402,7 @@ impl Watch {
                         "batch {} of {} {}: {}",
                         event.batch.number,
                         event.batches,
-                        serde_json::to_value(event.batch.status)
-                            .ok()
-                            .and_then(|value| value.as_str().map(str::to_owned))
-                            .unwrap_or_default(),
+                        event.batch.status.as_str(),
                         event.batch.environments.join(", ")
                     ));
                 }
@@ -417,13 +414,7 @@ impl Watch {
                         .decided_by
                         .map(|by| format!(" by {by}"))
                         .unwrap_or_default();
-                    self.note(&format!(
-                        "gate {}{by}",
-                        serde_json::to_value(event.gate.status)
-                            .ok()
-                            .and_then(|value| value.as_str().map(str::to_owned))
-                            .unwrap_or_default()
-                    ));
+                    self.note(&format!("gate {}{by}", event.gate.status.as_str()));
                 }
             }
             "deployment.log" if self.follow_logs && self.logs_from_events => {

@@ -238,10 +238,7 @@ impl Coordinator {
                 if !target.status.is_terminal() {
                     target.error = Some(format!(
                         "the host stopped while this environment was {}",
-                        serde_json::to_value(target.status)
-                            .ok()
-                            .and_then(|value| value.as_str().map(str::to_owned))
-                            .unwrap_or_default()
+                        target.status.as_str()
                     ));
                     target.status = TargetStatus::Cancelled;
                     target.finished_at = Some(timestamp(now));

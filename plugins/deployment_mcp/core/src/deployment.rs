@@ -275,6 +275,19 @@ pub enum BatchStatus {
     Cancelled,
 }
 
+impl BatchStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchStatus::Pending => "pending",
+            BatchStatus::Running => "running",
+            BatchStatus::Succeeded => "succeeded",
+            BatchStatus::Failed => "failed",
+            BatchStatus::Skipped => "skipped",
+            BatchStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// One batch of a deployment: `len` environments from `start` in the record's `environments`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchRecord {
@@ -301,6 +314,19 @@ pub enum GateStatus {
     Passed,
     /// An auto gate found the canary unhealthy, or the canary failed.
     Failed,
+}
+
+impl GateStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateStatus::Waiting => "waiting",
+            GateStatus::Approved => "approved",
+            GateStatus::Rejected => "rejected",
+            GateStatus::TimedOut => "timed_out",
+            GateStatus::Passed => "passed",
+            GateStatus::Failed => "failed",
+        }
+    }
 }
 
 /// A canary's gate, as stored with the record.

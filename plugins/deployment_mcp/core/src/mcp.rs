@@ -391,6 +391,12 @@ impl ToolError {
         ToolError(json!({"error": code, "message": message.into()}))
     }
 
+    /// An argument at fault, named.
+    fn field(field: &str, message: impl std::fmt::Display) -> ToolError {
+        ToolError(json!({"error": "invalid_field", "field": field,
+                         "message": format!("{field}: {message}")}))
+    }
+
     fn from_api(status: u16, body: Value) -> ToolError {
         if body.get("error").is_some() {
             let mut body = body;
@@ -428,9 +434,7 @@ fn arguments<T: DeserializeOwned>(arguments: Option<Map<String, Value>>) -> Resu
     let value = Value::Object(arguments.unwrap_or_default());
     serde_path_to_error::deserialize(value).map_err(|error| {
         let field = field_error(error.path().to_string(), error.inner().to_string());
-        ToolError(
-            json!({"error": "invalid_field", "field": field.field, "message": field.to_string()}),
-        )
+        ToolError::field(&field.field, &field.message)
     })
 }
 
@@ -580,11 +584,10 @@ impl<C: ApiClient> McpServer<C> {
             .await?;
         let lines = answer["lines"].as_array().cloned().unwrap_or_default();
         let bounded = |value: Option<usize>, field: &str| match value {
-            Some(0) => Err(ToolError(
-                json!({"error": "invalid_field", "field": field, "message": format!("{field}: must be at least 1")}),
-            )),
-            Some(n) if n > MAX_LOG_LINES => Err(ToolError(
-                json!({"error": "invalid_field", "field": field, "message": format!("{field}: at most {MAX_LOG_LINES} lines per call; page with offset")}),
+            Some(0) => Err(ToolError::field(field, "must be at least 1")),
+            Some(n) if n > MAX_LOG_LINES => Err(ToolError::field(
+                field,
+                format!("at most {MAX_LOG_LINES} lines per call; page with offset"),
             )),
             other => Ok(other.unwrap_or(100)),
         };
@@ -617,19 +620,16 @@ impl<C: ApiClient> McpServer<C> {
         let wait = match body.remove("wait") {
             None | Some(Value::Bool(false)) => false,
             Some(Value::Bool(true)) => true,
-            Some(_) => {
-                return Err(ToolError(
-                    json!({"error": "invalid_field", "field": "wait", "message": "wait: must be true or false"}),
-                ))
-            }
+            Some(_) => return Err(ToolError::field("wait", "must be true or false")),
         };
         let timeout = match body.remove("wait_timeout_secs") {
             None => DEFAULT_WAIT_SECS,
             Some(value) => match value.as_u64() {
                 Some(secs @ 1..=MAX_WAIT_SECS) => secs,
                 _ => {
-                    return Err(ToolError(
-                        json!({"error": "invalid_field", "field": "wait_timeout_secs", "message": format!("wait_timeout_secs: seconds from 1 to {MAX_WAIT_SECS}")}),
+                    return Err(ToolError::field(
+                        "wait_timeout_secs",
+                        format!("seconds from 1 to {MAX_WAIT_SECS}"),
                     ))
                 }
             },
@@ -743,7 +743,7 @@ impl<C: ApiClient> McpServer<C> {
             "list_environments" => {
                 arguments::<Map<String, Value>>(arguments_of).and_then(|given| {
                     given.keys().next().map_or(Ok(()), |field| {
-                        Err(ToolError(json!({"error": "invalid_field", "field": field, "message": format!("{field}: this tool takes no arguments")})))
+                        Err(ToolError::field(field, "this tool takes no arguments"))
                     })
                 })?;
                 let dashboard = self.get(caller, "/dashboard").await?;

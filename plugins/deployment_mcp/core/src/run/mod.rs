@@ -298,7 +298,6 @@ impl<O: RunOwner> Run<O> {
             }
             Start::AfterGate => true,
         };
-        let _ = version;
         let limit = Arc::new(Semaphore::new(owner.settings().max_parallel));
         let context = self.context(log.clone()).await;
         let batches = self.record.lock().await.batches.len();
@@ -586,10 +585,7 @@ impl<O: RunOwner> Run<O> {
             log.info(format!(
                 "batch {} of {count} ended: {}",
                 index + 1,
-                serde_json::to_value(status)
-                    .ok()
-                    .and_then(|value| value.as_str().map(str::to_owned))
-                    .unwrap_or_default()
+                status.as_str()
             ))
             .await;
         }
