@@ -14,7 +14,7 @@ use plugin_guest::Handler;
 use powerautomation::{
     plugin::{
         bridge,
-        loader::{self, LoadRequest, Retirements},
+        loader::{self, LoadRequest, LoadTarget, Retirements},
     },
     services::events::EventBus,
 };
@@ -68,12 +68,14 @@ fn plugin_call(c: &mut Criterion) {
     let settings = serde_json::json!({ "environments_file": environments_file });
     let loaded = loader::load(
         LoadRequest {
-            name: "deployment_mcp".into(),
-            configured: library.clone(),
-            pin: String::new(),
-            settings_json: settings.to_string(),
-            copies_dir: work.join("plugin-copies"),
-            sequence: 0,
+            target: LoadTarget {
+                name: "deployment_mcp".into(),
+                configured: library.clone(),
+                pin: String::new(),
+                settings_json: settings.to_string(),
+                copies_dir: work.join("plugin-copies"),
+                sequence: 0,
+            },
             services: bridge::host_services("deployment_mcp", Arc::clone(&store), Arc::clone(&bus)),
         },
         Retirements::default(),

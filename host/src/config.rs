@@ -159,9 +159,54 @@ pub struct PluginConfig {
     /// Optional pin: the hex SHA-256 the library must have. Empty means any build.
     #[serde(default)]
     pub sha256: String,
+    /// Where the plugin's code runs: in the host's process (the default, fastest; contains
+    /// panics only) or in a child process of its own (a crash of any kind answers 502 for the
+    /// requests in flight and the child is restarted).
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Process mode only: the child's address-space limit in MiB (`RLIMIT_AS`), inherited by
+    /// the commands it starts. An allocation over it fails, which ends the child (a crash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_mb: Option<u64>,
+    /// Process mode only: more crashes than this within `crash_window_secs` leave the plugin
+    /// `failed` (no more restarts) until an operator reloads it.
+    #[serde(default = "default_max_crashes")]
+    pub max_crashes: u32,
+    #[serde(default = "default_crash_window_secs")]
+    pub crash_window_secs: u64,
     /// Handed to the plugin as JSON.
     #[serde(default = "empty_table")]
     pub settings: serde_json::Value,
+}
+
+/// Where a plugin's code runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// Loaded into the host's process: native speed, real unloading; a panic is contained, a
+    /// segfault or an abort is not.
+    #[default]
+    InProcess,
+    /// Loaded by a child process (`powerautomation plugin-runner`) that the host talks to over
+    /// a socket; a crash of the child leaves the host serving.
+    Process,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::InProcess => "in_process",
+            Isolation::Process => "process",
+        }
+    }
+}
+
+fn default_max_crashes() -> u32 {
+    5
+}
+
+fn default_crash_window_secs() -> u64 {
+    60
 }
 
 fn yes() -> bool {
@@ -183,6 +228,10 @@ impl Default for Config {
                 mount: "/api/deployment".into(),
                 watch: true,
                 sha256: String::new(),
+                isolation: Isolation::InProcess,
+                memory_limit_mb: None,
+                max_crashes: default_max_crashes(),
+                crash_window_secs: default_crash_window_secs(),
                 settings: serde_json::json!({
                     "environments_file": "config/remote_environments.json"
                 }),
@@ -232,6 +281,10 @@ pub fn load(explicit: Option<&Path>) -> Result<(Config, ConfigSource), String> {
 }
 
 /// Paths the host's own routes use; a plugin may not be mounted over them.
+/// The smallest `memory_limit_mb` accepted: a child's threads and loaded libraries alone take
+/// tens of MiB of address space.
+const MIN_MEMORY_LIMIT_MB: u64 = 64;
+
 const RESERVED_PREFIXES: &[&str] = &["/health", "/metrics", "/api/plugins", "/api/openapi.json"];
 
 impl Config {
@@ -314,6 +367,22 @@ impl Config {
             }
             if !plugin.settings.is_object() {
                 problems.push(format!("plugins.{name}.settings: expected a table"));
+            }
+            match (plugin.isolation, plugin.memory_limit_mb) {
+                (Isolation::InProcess, Some(_)) => problems.push(format!(
+                    "plugins.{name}.memory_limit_mb: applies to isolation = \"process\" only; set that or remove the limit"
+                )),
+                (Isolation::Process, Some(limit)) if limit < MIN_MEMORY_LIMIT_MB => {
+                    problems.push(format!(
+                        "plugins.{name}.memory_limit_mb: expected at least {MIN_MEMORY_LIMIT_MB} (the child's runtime needs that much address space), got {limit}"
+                    ))
+                }
+                _ => {}
+            }
+            if plugin.crash_window_secs == 0 {
+                problems.push(format!(
+                    "plugins.{name}.crash_window_secs: must be at least 1"
+                ));
             }
         }
         if problems.is_empty() {
@@ -436,6 +505,55 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("<redacted>"));
+    }
+
+    #[test]
+    fn isolation_settings_are_checked_and_named() {
+        let mut config = Config::default();
+        if let Some(plugin) = config.plugins.get_mut("deployment_mcp") {
+            plugin.memory_limit_mb = Some(512);
+            plugin.crash_window_secs = 0;
+        }
+        let error = config.validate().err().unwrap_or_default();
+        assert!(
+            error.contains(
+                "plugins.deployment_mcp.memory_limit_mb: applies to isolation = \"process\""
+            ),
+            "{error}"
+        );
+        assert!(
+            error.contains("plugins.deployment_mcp.crash_window_secs"),
+            "{error}"
+        );
+        if let Some(plugin) = config.plugins.get_mut("deployment_mcp") {
+            plugin.isolation = Isolation::Process;
+            plugin.memory_limit_mb = Some(8);
+            plugin.crash_window_secs = 60;
+        }
+        let error = config.validate().err().unwrap_or_default();
+        assert!(error.contains("expected at least 64"), "{error}");
+        if let Some(plugin) = config.plugins.get_mut("deployment_mcp") {
+            plugin.memory_limit_mb = Some(512);
+        }
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn isolation_is_read_from_toml() {
+        let plugin: PluginConfig = toml::from_str(
+            "path = \"x.so\"\nmount = \"/api/x\"\nisolation = \"process\"\nmemory_limit_mb = 256\n",
+        )
+        .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(plugin.isolation, Isolation::Process);
+        assert_eq!(plugin.memory_limit_mb, Some(256));
+        assert_eq!((plugin.max_crashes, plugin.crash_window_secs), (5, 60));
+        let typo = toml::from_str::<PluginConfig>(
+            "path = \"x.so\"\nmount = \"/api/x\"\nisolation = \"separate\"\n",
+        );
+        assert!(
+            typo.is_err_and(|error| error.to_string().contains("in_process")),
+            "an unknown mode names the ones that exist"
+        );
     }
 
     #[test]

@@ -41,6 +41,13 @@ enum Command {
         #[arg(long, value_enum)]
         role: config::RoleName,
     },
+    /// Runs one plugin with `isolation = "process"` for the host that started it (internal).
+    #[command(hide = true)]
+    PluginRunner {
+        /// The host's process id: the runner exits if its parent is another process.
+        #[arg(long)]
+        host_pid: u32,
+    },
 }
 
 /// Exit code for configuration and usage errors.
@@ -50,6 +57,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Keygen { name, role } => keygen(&name, role),
+        Command::PluginRunner { host_pid } => {
+            powerautomation::plugin::process::runner::run(host_pid)
+        }
         Command::CheckConfig => match config::load(cli.config.as_deref()) {
             Ok((config, source)) => match config.masked_toml() {
                 Ok(text) => {

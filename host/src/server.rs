@@ -103,6 +103,8 @@ pub async fn serve(
         store: Arc::clone(&store),
         bus: Arc::clone(&bus),
         retirements: retirements.clone(),
+        log_level: config.log.level.clone(),
+        log_json: config.log.format == LogFormat::Json,
     };
     let slots: Vec<Arc<PluginSlot>> = config
         .plugins

@@ -92,6 +92,9 @@ pub struct HostOptions {
     pub args: Vec<String>,
     /// The environments file content for the real plugin.
     pub environments: String,
+    /// Extra lines for `[plugins.deployment_mcp]` itself (TOML), e.g. `isolation = "process"`;
+    /// they go before its settings table.
+    pub plugin_config: String,
     /// Extra lines for `[plugins.deployment_mcp.settings]` (TOML).
     pub settings: String,
     /// Extra lines for `[server]` (TOML).
@@ -108,6 +111,8 @@ pub struct ExtraPlugin {
     /// The library, by name (`lib<library>.so` in the artifacts directory).
     pub library: &'static str,
     pub mount: &'static str,
+    /// Extra lines for the plugin's own table (TOML), e.g. `isolation = "process"`.
+    pub config: &'static str,
 }
 
 impl Default for HostOptions {
@@ -118,6 +123,7 @@ impl Default for HostOptions {
             env: Vec::new(),
             args: Vec::new(),
             environments: demo_environments(),
+            plugin_config: String::new(),
             settings: String::new(),
             server: String::new(),
             extra_plugins: Vec::new(),
@@ -208,10 +214,11 @@ pub fn write_config(dir: &Path, options: &HostOptions) -> PathBuf {
         let file = dir.join(format!("plugins/lib{}.so", plugin.name));
         install_library(&plugin_library(plugin.library), &file);
         extra.push_str(&format!(
-            "\n[plugins.{name}]\nenabled = true\npath = \"{path}\"\nmount = \"{mount}\"\nwatch = false\n",
+            "\n[plugins.{name}]\nenabled = true\npath = \"{path}\"\nmount = \"{mount}\"\nwatch = false\n{config}\n",
             name = plugin.name,
             path = file.display(),
             mount = plugin.mount,
+            config = plugin.config,
         ));
     }
     let config = format!(
@@ -239,6 +246,7 @@ enabled = true
 path = "{plugin}"
 mount = "/api/deployment"
 watch = {watch}
+{plugin_config}
 
 [plugins.deployment_mcp.settings]
 environments_file = "{environments}"
@@ -251,6 +259,7 @@ environments_file = "{environments}"
         user = sha256_hex(USER_KEY),
         plugin = dir.join("plugins/libdeployment_mcp.so").display(),
         watch = options.watch,
+        plugin_config = options.plugin_config,
         environments = environments.display(),
         settings = options.settings,
         server = options.server,
@@ -469,9 +478,14 @@ impl TestHost {
 
     /// `POST /api/plugins/deployment_mcp/reload` as admin.
     pub async fn reload(&self) -> (u16, serde_json::Value) {
+        self.reload_plugin("deployment_mcp").await
+    }
+
+    /// `POST /api/plugins/{name}/reload` as admin.
+    pub async fn reload_plugin(&self, name: &str) -> (u16, serde_json::Value) {
         self.call(
             reqwest::Method::POST,
-            "/api/plugins/deployment_mcp/reload",
+            &format!("/api/plugins/{name}/reload"),
             Some(ADMIN_KEY),
             None,
         )
@@ -480,16 +494,16 @@ impl TestHost {
 
     /// The `/api/plugins` entry of deployment_mcp.
     pub async fn plugin_status(&self) -> serde_json::Value {
+        self.plugin_status_of("deployment_mcp").await
+    }
+
+    /// The `/api/plugins` entry of the plugin configured as `name` (`Null` when none).
+    pub async fn plugin_status_of(&self, name: &str) -> serde_json::Value {
         let (status, body) = self.get("/api/plugins", Some(USER_KEY)).await;
         assert_eq!(status, 200, "{body}");
         body["plugins"]
             .as_array()
-            .and_then(|plugins| {
-                plugins
-                    .iter()
-                    .find(|p| p["name"] == "deployment_mcp")
-                    .cloned()
-            })
+            .and_then(|plugins| plugins.iter().find(|p| p["name"] == name).cloned())
             .unwrap_or(serde_json::Value::Null)
     }
 

@@ -52,6 +52,69 @@ pub fn options(list: Vec<Value>) -> HostOptions {
     }
 }
 
+/// Where the deployment plugin runs: in the host's process (the default) or in a child process
+/// of its own (`isolation = "process"`). Tests that must hold either way take one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    InProcess,
+    Process,
+}
+
+impl Isolation {
+    /// Its lines under `[plugins.deployment_mcp]`; in-process is the default, so none.
+    pub fn config(self) -> &'static str {
+        match self {
+            Isolation::InProcess => "",
+            Isolation::Process => "isolation = \"process\"",
+        }
+    }
+
+    /// Its name in `/api/plugins`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::InProcess => "in_process",
+            Isolation::Process => "process",
+        }
+    }
+
+    /// [`options`] with these environments, the plugin running this way.
+    pub fn options(self, list: Vec<Value>) -> HostOptions {
+        self.apply(options(list))
+    }
+
+    /// `options` with the plugin running this way.
+    pub fn apply(self, options: HostOptions) -> HostOptions {
+        HostOptions {
+            plugin_config: self.config().into(),
+            ..options
+        }
+    }
+
+    /// Checks that the host's deployment plugin runs this way, as `/api/plugins` says: its
+    /// `isolation`, and its `pid`, which is `null` in-process and a live process other than the
+    /// host in a child. Returns that child's pid.
+    pub async fn check(self, host: &TestHost) -> Option<u32> {
+        let plugin = host.plugin_status().await;
+        assert_eq!(plugin["state"], "active", "{plugin}");
+        assert_eq!(plugin["isolation"], self.as_str(), "{plugin}");
+        match self {
+            Isolation::InProcess => {
+                assert!(plugin["pid"].is_null(), "no child process: {plugin}");
+                None
+            }
+            Isolation::Process => {
+                let pid = plugin["pid"]
+                    .as_u64()
+                    .and_then(|pid| u32::try_from(pid).ok())
+                    .unwrap_or_else(|| panic!("the child's pid: {plugin}"));
+                assert_ne!(pid, host.pid(), "the plugin runs in a process of its own");
+                assert!(crate::process_alive(pid), "the child {pid} runs: {plugin}");
+                Some(pid)
+            }
+        }
+    }
+}
+
 /// `POST /trigger-local` as admin.
 pub async fn trigger(host: &TestHost, body: Value) -> (u16, Value) {
     host.call(

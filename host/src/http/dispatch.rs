@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use abi_stable::std_types::{ROption, RString, RVec, Tuple2};
 use axum::{
     body::Body,
     extract::{Request, State},
@@ -10,22 +9,27 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use futures_util::StreamExt;
-use plugin_api::{PluginRequest, Principal as AbiPrincipal};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{error::ApiError, RequestId};
 use crate::{
     auth::Principal,
-    plugin::{bridge, slot::PluginSlot},
+    plugin::{
+        bridge,
+        copy::{CallError, HostRequest},
+        process::Death,
+        slot::PluginSlot,
+    },
 };
 
 #[derive(Clone)]
 pub struct MountState {
     pub slot: Arc<PluginSlot>,
     pub body_limit: usize,
-    /// Cancelled when the host stops: streamed answers end at once.
-    pub shutdown: CancellationToken,
+    /// Cancelled when the host stops: streamed answers end at once. Behind an `Arc`: the
+    /// state is cloned for every request, and a token's clone takes a lock.
+    pub shutdown: Arc<CancellationToken>,
     /// Streamed answers open at once, at most `max_streams`.
     pub streams: Arc<Semaphore>,
     pub max_streams: usize,
@@ -94,48 +98,63 @@ async fn forward(mount: &MountState, request: Request) -> Result<Response, ApiEr
         .strip_prefix(mount.slot.config.mount.as_str())
         .filter(|rest| !rest.is_empty())
         .unwrap_or("/");
-    let principal = match parts.extensions.get::<Principal>() {
-        Some(principal) => ROption::RSome(AbiPrincipal {
-            name: RString::from(principal.name.as_str()),
-            role: principal.role,
-        }),
-        None => ROption::RNone,
-    };
+    let principal = parts
+        .extensions
+        .get::<Principal>()
+        .map(|principal| (principal.name.clone(), principal.role));
     let request_id = parts
         .extensions
         .get::<RequestId>()
-        .map(|id| id.0.as_str())
+        .map(|id| id.0.clone())
         .unwrap_or_default();
-    let headers: RVec<Tuple2<RString, RString>> = parts
+    let headers: Vec<(String, String)> = parts
         .headers
         .iter()
         .filter(|(name, _)| !is_credential(name) && *name != FORWARDED_PREFIX)
         .filter_map(|(name, value)| {
             let value = value.to_str().ok()?;
-            Some(Tuple2(RString::from(name.as_str()), RString::from(value)))
+            Some((name.as_str().to_owned(), value.to_owned()))
         })
-        .chain(std::iter::once(Tuple2(
-            RString::from(FORWARDED_PREFIX),
-            RString::from(mount.slot.config.mount.as_str()),
+        .chain(std::iter::once((
+            FORWARDED_PREFIX.to_owned(),
+            mount.slot.config.mount.clone(),
         )))
         .collect();
-    let request = PluginRequest {
-        request_id: RString::from(request_id),
-        method: RString::from(parts.method.as_str()),
-        path: RString::from(relative),
-        query: RString::from(parts.uri.query().unwrap_or("")),
+    let request = HostRequest {
+        request_id,
+        method: parts.method.as_str().to_owned(),
+        path: relative.to_owned(),
+        query: parts.uri.query().unwrap_or("").to_owned(),
         headers,
-        body: RVec::from(body.to_vec()),
+        body,
         principal,
     };
-    let (sink, answer) = bridge::reply_channel();
-    plugin.handle(request, sink);
-    let answer = answer.await.map_err(|_| {
-        ApiError::internal("the plugin dropped the request without answering; see the host log")
+    let answer = plugin.call(request).await.map_err(|error| match error {
+        CallError::Unanswered => {
+            ApiError::internal("the plugin dropped the request without answering; see the host log")
+        }
+        CallError::Crashed { plugin, death } => crashed(&plugin, &death),
     })?;
     // `plugin` (the copy) stays alive until here, so a swap never cuts an in-flight request.
     drop(plugin);
     build_response(answer, mount)
+}
+
+/// The 502 for a request whose plugin process died under it.
+fn crashed(plugin: &str, death: &Death) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "plugin_crashed",
+        format!(
+            "plugin {plugin} crashed while handling this request ({}); the host restarts it",
+            death.cause
+        ),
+    )
+    .with_extra(serde_json::json!({
+        "plugin": plugin,
+        "signal": death.signal,
+        "exit_code": death.exit_code,
+    }))
 }
 
 /// Tells the plugin where it is mounted, so it can build absolute links (`Location`). Set by
@@ -172,7 +191,7 @@ fn build_response(answer: bridge::HostResponse, mount: &MountState) -> Result<Re
             Body::from_stream(
                 tokio_stream::wrappers::ReceiverStream::new(chunks)
                     // The host is stopping: end the stream, so the connection can close.
-                    .take_until(mount.shutdown.clone().cancelled_owned())
+                    .take_until(CancellationToken::clone(&mount.shutdown).cancelled_owned())
                     .map(move |chunk| {
                         let _held = &slot;
                         Ok::<_, std::convert::Infallible>(chunk)

@@ -93,7 +93,7 @@ pub fn router(state: AppState, keys: Arc<KeyRing>, server: &ServerConfig) -> Rou
         let mount_state = MountState {
             slot: Arc::clone(slot),
             body_limit: server.body_limit_bytes,
-            shutdown: state.shutdown.clone(),
+            shutdown: Arc::new(state.shutdown.clone()),
             streams: Arc::clone(&state.plugin_streams),
             max_streams: state.max_streams,
         };

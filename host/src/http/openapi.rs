@@ -162,7 +162,7 @@ async fn fragment(slot: &std::sync::Arc<PluginSlot>) -> Option<Value> {
         slot: std::sync::Arc::clone(slot),
         body_limit: 0,
         // A document is a whole answer: no stream, so no stream slot is ever taken.
-        shutdown: tokio_util::sync::CancellationToken::new(),
+        shutdown: std::sync::Arc::new(tokio_util::sync::CancellationToken::new()),
         streams: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         max_streams: 1,
     };

@@ -74,6 +74,8 @@ impl TestRouter {
             store,
             bus: Arc::clone(&bus),
             retirements: Retirements::default(),
+            log_level: "info".into(),
+            log_json: false,
         };
         let mut slots = Vec::new();
         for (name, config) in plugins {
@@ -150,6 +152,10 @@ fn plugin(path: PathBuf, mount: &str) -> PluginConfig {
         mount: mount.to_owned(),
         watch: false,
         sha256: String::new(),
+        isolation: Default::default(),
+        memory_limit_mb: None,
+        max_crashes: 5,
+        crash_window_secs: 60,
         settings: serde_json::json!({}),
     }
 }

@@ -38,14 +38,7 @@ pub fn host_services(plugin: &str, store: Arc<Store>, bus: Arc<EventBus>) -> Hos
 
 impl HostServices for Services {
     fn log(&self, level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
-        let (plugin, source, message) = (&self.plugin, target.as_str(), message.as_str());
-        match level {
-            LogLevel::Error => tracing::error!(target: "plugin", plugin, source, "{message}"),
-            LogLevel::Warn => tracing::warn!(target: "plugin", plugin, source, "{message}"),
-            LogLevel::Info => tracing::info!(target: "plugin", plugin, source, "{message}"),
-            LogLevel::Debug => tracing::debug!(target: "plugin", plugin, source, "{message}"),
-            LogLevel::Trace => tracing::trace!(target: "plugin", plugin, source, "{message}"),
-        }
+        log_record(&self.plugin, level, target.as_str(), message.as_str());
     }
 
     fn publish(&self, kind: RStr<'_>, data: RStr<'_>) -> u64 {
@@ -92,6 +85,17 @@ impl HostServices for Services {
     }
 }
 
+/// Emits a plugin's log record through the host's logger, naming the plugin.
+pub fn log_record(plugin: &str, level: LogLevel, source: &str, message: &str) {
+    match level {
+        LogLevel::Error => tracing::error!(target: "plugin", plugin, source, "{message}"),
+        LogLevel::Warn => tracing::warn!(target: "plugin", plugin, source, "{message}"),
+        LogLevel::Info => tracing::info!(target: "plugin", plugin, source, "{message}"),
+        LogLevel::Debug => tracing::debug!(target: "plugin", plugin, source, "{message}"),
+        LogLevel::Trace => tracing::trace!(target: "plugin", plugin, source, "{message}"),
+    }
+}
+
 /// A plugin's answer, copied into host memory.
 #[derive(Debug)]
 pub struct HostResponse {
@@ -108,7 +112,7 @@ pub enum HostBody {
 }
 
 /// Chunks a streamed answer may have queued before the plugin is told to wait.
-const STREAM_BUFFER_CHUNKS: usize = 64;
+pub const STREAM_BUFFER_CHUNKS: usize = 64;
 
 struct ReplySlot {
     sender: Mutex<Option<oneshot::Sender<HostResponse>>>,
@@ -177,19 +181,24 @@ impl BodySender for StreamSender {
         let Some(sender) = &self.sender else {
             return PushOutcome::Closed;
         };
-        if chunk.is_empty() {
-            // A probe: is anybody still reading?
-            return if sender.is_closed() {
-                PushOutcome::Closed
-            } else {
-                PushOutcome::Accepted
-            };
-        }
-        match sender.try_send(Bytes::copy_from_slice(chunk.as_slice())) {
-            Ok(()) => PushOutcome::Accepted,
-            Err(mpsc::error::TrySendError::Full(_)) => PushOutcome::Full,
-            Err(mpsc::error::TrySendError::Closed(_)) => PushOutcome::Closed,
-        }
+        push_chunk(sender, chunk.as_slice())
+    }
+}
+
+/// Offers one chunk of a streamed answer to its bounded buffer, without waiting. An empty
+/// chunk is a probe: is anybody still reading?
+pub fn push_chunk(sender: &mpsc::Sender<Bytes>, chunk: &[u8]) -> PushOutcome {
+    if chunk.is_empty() {
+        return if sender.is_closed() {
+            PushOutcome::Closed
+        } else {
+            PushOutcome::Accepted
+        };
+    }
+    match sender.try_send(Bytes::copy_from_slice(chunk)) {
+        Ok(()) => PushOutcome::Accepted,
+        Err(mpsc::error::TrySendError::Full(_)) => PushOutcome::Full,
+        Err(mpsc::error::TrySendError::Closed(_)) => PushOutcome::Closed,
     }
 }
 

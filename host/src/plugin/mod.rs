@@ -1,7 +1,11 @@
-//! Plugins: loading and unloading copies (`loader`), the host side of the ABI (`bridge`), the
-//! per-plugin slot that swaps copies atomically (`slot`), and what triggers swaps (`watch`).
+//! Plugins: loading and unloading copies (`loader`), the host side of the ABI (`bridge`), a
+//! started copy whichever way it runs (`copy`), the child process of a plugin with process
+//! isolation (`process`), the per-plugin slot that swaps copies atomically and restarts a
+//! crashed child (`slot`), and what triggers swaps (`watch`).
 
 pub mod bridge;
+pub mod copy;
 pub mod loader;
+pub mod process;
 pub mod slot;
 pub mod watch;

@@ -2,12 +2,13 @@
 //! without locks on the request path) and the status operators see.
 
 use std::{
+    collections::VecDeque,
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex, Weak,
     },
-    time::SystemTime,
+    time::{Duration, Instant, SystemTime},
 };
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -16,9 +17,14 @@ use serde::Serialize;
 
 use super::{
     bridge,
-    loader::{self, LoadError, LoadFailure, LoadRequest, LoadedPlugin, Retirements},
+    copy::PluginCopy,
+    loader::{self, LoadError, LoadFailure, LoadRequest, LoadTarget, Retirements},
+    process::{self, ChildServices, ChildSpec, Death},
 };
-use crate::{config::PluginConfig, services::events::EventBus};
+use crate::{
+    config::{Isolation, PluginConfig},
+    services::events::EventBus,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -28,6 +34,8 @@ pub enum PluginState {
     Missing,
     Incompatible,
     Failed,
+    /// Process mode: the child died and is about to be restarted.
+    Crashed,
 }
 
 impl PluginState {
@@ -38,6 +46,7 @@ impl PluginState {
             PluginState::Missing => "missing",
             PluginState::Incompatible => "incompatible",
             PluginState::Failed => "failed",
+            PluginState::Crashed => "crashed",
         }
     }
 }
@@ -69,6 +78,15 @@ pub struct PluginStatus {
     pub swaps: u64,
     pub last_error: Option<String>,
     pub watch: bool,
+    /// Where the plugin's code runs.
+    pub isolation: Isolation,
+    /// The child's process id (process mode).
+    pub pid: Option<u32>,
+    /// Crashes of its process since an operator last loaded it (startup, reload, file change).
+    pub crashes: u64,
+    /// How the last crash ended the process, e.g. "killed by signal SIGSEGV".
+    pub last_crash: Option<String>,
+    pub last_crash_at: Option<String>,
 }
 
 /// Shared context every load needs.
@@ -78,16 +96,46 @@ pub struct LoadContext {
     pub store: Arc<Store>,
     pub bus: Arc<EventBus>,
     pub retirements: Retirements,
+    /// The host's log filter and format, for the lines a plugin's process writes itself.
+    pub log_level: String,
+    pub log_json: bool,
 }
 
 pub struct PluginSlot {
     pub name: String,
     pub config: PluginConfig,
-    current: ArcSwapOption<LoadedPlugin>,
+    current: ArcSwapOption<PluginCopy>,
     status: ArcSwap<PluginStatus>,
     reload_lock: tokio::sync::Mutex<()>,
     sequence: AtomicU64,
     context: LoadContext,
+    /// Process mode: renewed after each crash, so the restarted child treats the dead one's
+    /// runs as interrupted (see `process`).
+    lineage: Arc<ArcSwap<String>>,
+    /// When the recent crashes happened, within `crash_window_secs`.
+    crash_times: Mutex<VecDeque<Instant>>,
+}
+
+/// The first restart after a crash waits this long; each further crash in the window doubles
+/// it, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+fn backoff(recent_crashes: usize) -> Duration {
+    let doublings = recent_crashes.saturating_sub(1).min(8) as u32;
+    FIRST_BACKOFF
+        .saturating_mul(1 << doublings)
+        .min(MAX_BACKOFF)
+}
+
+fn fresh_lineage() -> String {
+    let mut bytes = [0u8; 8];
+    // Without randomness, a counter still tells lineages of one host apart.
+    if getrandom::fill(&mut bytes).is_err() {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        bytes = COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes();
+    }
+    hex::encode(bytes)
 }
 
 impl PluginSlot {
@@ -115,6 +163,11 @@ impl PluginSlot {
             swaps: 0,
             last_error: (!enabled).then(|| "disabled in the configuration".to_owned()),
             watch: config.watch && enabled,
+            isolation: config.isolation,
+            pid: None,
+            crashes: 0,
+            last_crash: None,
+            last_crash_at: None,
         };
         PluginSlot {
             name: name.to_owned(),
@@ -124,11 +177,13 @@ impl PluginSlot {
             reload_lock: tokio::sync::Mutex::new(()),
             sequence: AtomicU64::new(0),
             context,
+            lineage: Arc::new(ArcSwap::from_pointee(fresh_lineage())),
+            crash_times: Mutex::new(VecDeque::new()),
         }
     }
 
     /// The copy serving now, if any. Lock-free.
-    pub fn active(&self) -> Option<Arc<LoadedPlugin>> {
+    pub fn active(&self) -> Option<Arc<PluginCopy>> {
         self.current.load_full()
     }
 
@@ -141,36 +196,31 @@ impl PluginSlot {
     }
 
     /// Loads the configured file and switches new requests to it. On failure the copy serving
-    /// before (if any) keeps serving. Reloads are serialized.
-    pub async fn reload(&self, trigger: &str) -> Result<Arc<PluginStatus>, LoadError> {
+    /// before (if any) keeps serving. Reloads are serialized. An operator's load (startup,
+    /// reload, file change) also forgets earlier crashes.
+    pub async fn reload(self: &Arc<Self>, trigger: &str) -> Result<Arc<PluginStatus>, LoadError> {
         let _serialized = self.reload_lock.lock().await;
-        let request = LoadRequest {
-            name: self.name.clone(),
-            configured: self.config.path.clone(),
-            pin: self.config.sha256.clone(),
-            settings_json: self.config.settings.to_string(),
-            copies_dir: self.context.copies_dir.clone(),
-            sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
-            services: bridge::host_services(
-                &self.name,
-                Arc::clone(&self.context.store),
-                Arc::clone(&self.context.bus),
-            ),
+        self.lock_crashes().clear();
+        self.load(trigger, true).await
+    }
+
+    /// Loads a copy the configured way; the caller holds `reload_lock`.
+    async fn load(
+        self: &Arc<Self>,
+        trigger: &str,
+        by_operator: bool,
+    ) -> Result<Arc<PluginStatus>, LoadError> {
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let outcome = match self.config.isolation {
+            Isolation::InProcess => self.load_in_process(sequence).await,
+            Isolation::Process => self.start_child(sequence).await,
         };
-        let retirements = self.context.retirements.clone();
-        let outcome = tokio::task::spawn_blocking(move || loader::load(request, retirements))
-            .await
-            .unwrap_or_else(|_| {
-                Err(LoadError {
-                    kind: LoadFailure::Failed,
-                    message: "the plugin load task panicked".into(),
-                })
-            });
         let previous = self.status.load_full();
         match outcome {
-            Ok(loaded) => {
-                let info = loaded.info.clone();
-                let replaced = self.current.swap(Some(Arc::new(loaded)));
+            Ok(copy) => {
+                let info = copy.info().clone();
+                let pid = copy.pid();
+                let replaced = self.current.swap(Some(Arc::new(copy)));
                 let swaps = previous.swaps + u64::from(replaced.is_some());
                 // The old copy retires when its last in-flight request lets go of it.
                 drop(replaced);
@@ -184,6 +234,8 @@ impl PluginSlot {
                     loaded_at: Some(rfc3339(info.loaded_at)),
                     swaps,
                     last_error: None,
+                    pid,
+                    crashes: if by_operator { 0 } else { previous.crashes },
                     ..(*previous).clone()
                 };
                 self.status.store(Arc::new(status));
@@ -191,6 +243,8 @@ impl PluginSlot {
                     plugin = %self.name,
                     version = %info.version,
                     sha256 = %info.sha256,
+                    isolation = self.config.isolation.as_str(),
+                    pid,
                     trigger,
                     swaps,
                     "plugin active"
@@ -219,12 +273,161 @@ impl PluginSlot {
         }
     }
 
+    /// What a load of the configured library takes, in either mode.
+    fn target(&self, sequence: u64) -> LoadTarget {
+        LoadTarget {
+            name: self.name.clone(),
+            configured: self.config.path.clone(),
+            pin: self.config.sha256.clone(),
+            settings_json: self.config.settings.to_string(),
+            copies_dir: self.context.copies_dir.clone(),
+            sequence,
+        }
+    }
+
+    async fn load_in_process(&self, sequence: u64) -> Result<PluginCopy, LoadError> {
+        let request = LoadRequest {
+            target: self.target(sequence),
+            services: bridge::host_services(
+                &self.name,
+                Arc::clone(&self.context.store),
+                Arc::clone(&self.context.bus),
+            ),
+        };
+        let retirements = self.context.retirements.clone();
+        tokio::task::spawn_blocking(move || loader::load(request, retirements))
+            .await
+            .unwrap_or_else(|_| {
+                Err(LoadError {
+                    kind: LoadFailure::Failed,
+                    message: "the plugin load task panicked".into(),
+                })
+            })
+            .map(PluginCopy::InProcess)
+    }
+
+    async fn start_child(self: &Arc<Self>, sequence: u64) -> Result<PluginCopy, LoadError> {
+        let slot = Arc::downgrade(self);
+        let runtime = tokio::runtime::Handle::current();
+        let spec = ChildSpec {
+            target: self.target(sequence),
+            memory_limit_mb: self.config.memory_limit_mb,
+            log_level: self.context.log_level.clone(),
+            log_json: self.context.log_json,
+            services: ChildServices {
+                plugin: self.name.clone(),
+                store: Arc::clone(&self.context.store),
+                bus: Arc::clone(&self.context.bus),
+                lineage: Arc::clone(&self.lineage),
+            },
+            retirements: self.context.retirements.clone(),
+            on_crash: Box::new(move |pid, death| {
+                runtime.spawn(PluginSlot::crashed(slot, pid, death));
+            }),
+        };
+        process::spawn(spec).await.map(PluginCopy::Process)
+    }
+
+    fn lock_crashes(&self) -> std::sync::MutexGuard<'_, VecDeque<Instant>> {
+        self.crash_times
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The serving child died: stop routing to it, then restart it after a backoff, unless it
+    /// crashed too often within the window.
+    ///
+    /// Boxed with its `Send` bound spelled out: it restarts through `load`, which starts
+    /// children whose crash handlers spawn this again, and the compiler cannot infer `Send`
+    /// around that cycle.
+    fn crashed(
+        slot: Weak<PluginSlot>,
+        pid: u32,
+        death: Death,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move { PluginSlot::after_crash(slot, pid, death).await })
+    }
+
+    async fn after_crash(slot: Weak<PluginSlot>, pid: u32, death: Death) {
+        let Some(slot) = slot.upgrade() else { return };
+        let delay = {
+            let _serialized = slot.reload_lock.lock().await;
+            // Only a crash of the copy serving now counts; one retiring after a swap does not
+            // change what serves.
+            let serving_dead = slot
+                .current
+                .load()
+                .as_ref()
+                .is_some_and(|copy| copy.pid() == Some(pid));
+            if !serving_dead {
+                return;
+            }
+            slot.current.store(None);
+            slot.lineage.store(Arc::new(fresh_lineage()));
+            let window = Duration::from_secs(slot.config.crash_window_secs);
+            let recent = {
+                let mut times = slot.lock_crashes();
+                let now = Instant::now();
+                times.push_back(now);
+                while times
+                    .front()
+                    .is_some_and(|at| now.duration_since(*at) > window)
+                {
+                    times.pop_front();
+                }
+                times.len()
+            };
+            let previous = slot.status.load_full();
+            let too_many = recent > slot.config.max_crashes as usize;
+            let delay = backoff(recent);
+            let last_error = if too_many {
+                format!(
+                    "its process crashed {recent} times within {} s (last: {}); it is not restarted: fix it, then reload it (POST /api/plugins/{}/reload)",
+                    slot.config.crash_window_secs, death.cause, slot.name
+                )
+            } else {
+                format!(
+                    "its process crashed ({}); restarting in {} ms",
+                    death.cause,
+                    delay.as_millis()
+                )
+            };
+            slot.status.store(Arc::new(PluginStatus {
+                state: if too_many {
+                    PluginState::Failed
+                } else {
+                    PluginState::Crashed
+                },
+                pid: None,
+                crashes: previous.crashes + 1,
+                last_crash: Some(death.cause.clone()),
+                last_crash_at: Some(rfc3339(SystemTime::now())),
+                last_error: Some(last_error),
+                ..(*previous).clone()
+            }));
+            if too_many {
+                tracing::error!(plugin = %slot.name, crashes = recent, "plugin crashed too often; not restarted");
+                return;
+            }
+            delay
+        };
+        tracing::warn!(plugin = %slot.name, cause = %death.cause, delay_ms = delay.as_millis() as u64, "restarting the plugin's process");
+        tokio::time::sleep(delay).await;
+        let _serialized = slot.reload_lock.lock().await;
+        // An operator reloaded it meanwhile, or the host is stopping.
+        if slot.status().state != PluginState::Crashed {
+            return;
+        }
+        let _ = slot.load("restart after a crash", false).await;
+    }
+
     /// Stops serving: new requests get 503, the copy retires once in-flight requests finish.
     pub fn unload(&self) {
-        if self.current.swap(None).is_some() {
-            let previous = self.status.load_full();
+        let previous = self.status.load_full();
+        if self.current.swap(None).is_some() || previous.state == PluginState::Crashed {
             self.status.store(Arc::new(PluginStatus {
                 state: PluginState::Disabled,
+                pid: None,
                 last_error: Some("the host is shutting down".into()),
                 ..(*previous).clone()
             }));
@@ -234,4 +437,23 @@ impl PluginSlot {
 
 pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_and_the_wait_is_capped() {
+        let waits: Vec<u128> = (1..=8)
+            .map(|crashes| backoff(crashes).as_millis())
+            .collect();
+        assert_eq!(waits, [250, 500, 1000, 2000, 4000, 8000, 8000, 8000]);
+        assert_eq!(backoff(1000), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn lineages_differ() {
+        assert_ne!(fresh_lineage(), fresh_lineage());
+    }
 }

@@ -6,7 +6,7 @@ use std::{path::Path, time::Duration};
 use e2e::{
     scenario::{
         detail, environments, finished, is_terminal, local, options, result, started, subscribe,
-        subscribe_after, trigger, Events, RUN_TIMEOUT,
+        subscribe_after, trigger, Events, Isolation, RUN_TIMEOUT,
     },
     sshd::Sshd,
     targets::{Behaviour, Target},
@@ -15,7 +15,8 @@ use e2e::{
 use reqwest::Method;
 use serde_json::{json, Value};
 
-async fn log_text(host: &TestHost, id: &str) -> Vec<String> {
+/// The text of a deployment's stored log lines, in order.
+pub(crate) async fn log_text(host: &TestHost, id: &str) -> Vec<String> {
     let (status, body) = host
         .get(
             &format!("/api/deployment/deployments/{id}/logs"),
@@ -305,6 +306,12 @@ async fn twenty_slow_environments_run_in_parallel() {
 
 #[tokio::test]
 async fn cancel_stops_running_triggers_and_retry_runs_only_the_failed() {
+    cancel_and_retry(Isolation::InProcess).await;
+}
+
+/// A second deployment of a busy environment is refused; cancel stops the running command and
+/// ends the deployment `cancelled`; a retry runs only the environments that failed.
+pub(crate) async fn cancel_and_retry(isolation: Isolation) {
     let dir = tempfile::tempdir().expect("temp dir");
     let pid_file = dir.path().join("sleeper.pid");
     let sleeper = format!("echo $$ > {}; exec sleep 60", pid_file.display());
@@ -313,7 +320,8 @@ async fn cancel_stops_running_triggers_and_retry_runs_only_the_failed() {
         local("good", &["true"], 30),
         local("bad", &["sh", "-c", "echo broken >&2; exit 3"], 30),
     ];
-    let host = TestHost::start(dir.path(), options(list)).await;
+    let host = TestHost::start(dir.path(), isolation.options(list)).await;
+    isolation.check(&host).await;
 
     let id = started(&host, json!({"environments": ["sleeper"]})).await;
     assert!(
@@ -439,24 +447,44 @@ async fn phases_of(mut events: Events, id: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn an_sse_subscriber_sees_every_phase_in_order() {
+    sse_subscriber_sees_every_phase(Isolation::InProcess).await;
+}
+
+/// A deployment of a quick `local` environment completes, and an SSE subscriber sees each of
+/// its phases once, in order.
+pub(crate) async fn sse_subscriber_sees_every_phase(isolation: Isolation) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let host = TestHost::start(dir.path(), options(vec![local("quick", &["true"], 30)])).await;
+    let host = TestHost::start(
+        dir.path(),
+        isolation.options(vec![local("quick", &["true"], 30)]),
+    )
+    .await;
+    isolation.check(&host).await;
     let (status, events) = subscribe(&host).await;
     assert_eq!(status, 200);
     let id = started(&host, json!({})).await;
     let phases = phases_of(events, &id).await;
     assert_eq!(phases, e2e::scenario::LOCAL_PHASES);
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert_eq!(result(&record, "quick")["status"], "succeeded", "{record}");
 }
 
 #[tokio::test]
 async fn a_followed_log_streams_until_the_deployment_ends() {
+    followed_log_streams_until_the_end(Isolation::InProcess).await;
+}
+
+/// `logs?follow=true` streams each line as the command writes it and ends with the deployment.
+pub(crate) async fn followed_log_streams_until_the_end(isolation: Isolation) {
     let dir = tempfile::tempdir().expect("temp dir");
     let script = "for n in 1 2 3 4 5; do echo step $n; sleep 0.2; done";
     let host = TestHost::start(
         dir.path(),
-        options(vec![local("steps", &["sh", "-c", script], 30)]),
+        isolation.options(vec![local("steps", &["sh", "-c", script], 30)]),
     )
     .await;
+    isolation.check(&host).await;
     let id = started(&host, json!({})).await;
     let text = host
         .client()
@@ -490,10 +518,18 @@ async fn a_followed_log_streams_until_the_deployment_ends() {
 
 #[tokio::test]
 async fn kill_9_mid_deployment_leaves_it_interrupted_with_its_log() {
+    kill_9_leaves_the_run_interrupted(Isolation::InProcess).await;
+}
+
+/// The host killed with SIGKILL mid-deployment (its plugin's child process, if any, with it):
+/// after the next start the run is `interrupted`, every line recorded before the kill is still
+/// there, and the environment is free.
+pub(crate) async fn kill_9_leaves_the_run_interrupted(isolation: Isolation) {
     let dir = tempfile::tempdir().expect("temp dir");
     let script = "n=0; while true; do n=$((n+1)); echo line $n; sleep 0.05; done";
     let list = vec![local("endless", &["sh", "-c", script], 600)];
-    let host = TestHost::start(dir.path(), options(list.clone())).await;
+    let host = TestHost::start(dir.path(), isolation.options(list.clone())).await;
+    let child = isolation.check(&host).await;
     let id = started(&host, json!({})).await;
     let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
     let seen = loop {
@@ -508,8 +544,18 @@ async fn kill_9_mid_deployment_leaves_it_interrupted_with_its_log() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     host.kill();
+    if let Some(child) = child {
+        assert!(
+            wait_until(Duration::from_secs(10), || async move {
+                !e2e::process_alive(child)
+            })
+            .await,
+            "the plugin's child process {child} does not outlive the host"
+        );
+    }
 
-    let host = TestHost::start(dir.path(), options(list)).await;
+    let host = TestHost::start(dir.path(), isolation.options(list)).await;
+    isolation.check(&host).await;
     let record = detail(&host, &id).await;
     assert_eq!(record["status"], "interrupted", "{record}");
     assert_eq!(result(&record, "endless")["status"], "cancelled");

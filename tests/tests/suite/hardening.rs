@@ -758,6 +758,7 @@ async fn a_plugin_that_crashes_the_process_is_named_and_nothing_recorded_is_lost
         name: "crashing",
         library: "fixture_crashing",
         mount: "/api/crashing",
+        config: "",
     }];
     let mut host = TestHost::start(dir.path(), options.clone()).await;
     let id = started(&host, json!({})).await;

@@ -9,7 +9,10 @@ use std::{
     time::Duration,
 };
 
-use e2e::{mapped_plugin_copies, rss_kib, wait_until, HostOptions, Signal, TestHost, USER_KEY};
+use e2e::{
+    mapped_plugin_copies, rss_kib, scenario::Isolation, wait_until, HostOptions, Signal, TestHost,
+    USER_KEY,
+};
 
 fn temp() -> tempfile::TempDir {
     tempfile::tempdir().expect("temporary directory")
@@ -20,8 +23,33 @@ const NEXT: &str = "0.1.1-next";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn swapping_under_load_fails_no_request() {
+    let swapped = swap_under_load(Isolation::InProcess).await;
+    assert!(
+        swapped.children.iter().all(Option::is_none),
+        "in-process copies have no child process: {:?}",
+        swapped.children
+    );
+}
+
+/// What [`swap_under_load`] leaves: the host, still running, and the plugin's child process
+/// before the first swap and after each one (`None` in-process).
+pub(crate) struct SwappedUnderLoad {
+    pub(crate) host: Arc<TestHost>,
+    pub(crate) children: Vec<Option<u32>>,
+    /// Dropped after the host (fields drop in order).
+    _dir: tempfile::TempDir,
+}
+
+/// Swaps in [`swap_under_load`].
+pub(crate) const SWAPS_UNDER_LOAD: usize = 24;
+
+/// 50 clients read the status route while the plugin, running as `isolation` says, is swapped
+/// [`SWAPS_UNDER_LOAD`] times between two genuine builds: no request fails, both builds serve,
+/// every swap is counted.
+pub(crate) async fn swap_under_load(isolation: Isolation) -> SwappedUnderLoad {
     let dir = temp();
-    let host = Arc::new(TestHost::start(dir.path(), HostOptions::default()).await);
+    let host = Arc::new(TestHost::start(dir.path(), isolation.apply(HostOptions::default())).await);
+    let mut children = vec![isolation.check(&host).await];
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -57,14 +85,14 @@ async fn swapping_under_load_fails_no_request() {
         }));
     }
 
-    // Let the load build up, then swap 24 times between two genuine builds.
+    // Let the load build up, then swap back and forth between two genuine builds.
     assert!(
         wait_until(Duration::from_secs(10), || async {
             served.load(Ordering::Relaxed) > 500
         })
         .await
     );
-    for swap in 0..24 {
+    for swap in 0..SWAPS_UNDER_LOAD {
         let (library, version) = if swap % 2 == 0 {
             ("deployment_mcp_next", NEXT)
         } else {
@@ -83,6 +111,7 @@ async fn swapping_under_load_fails_no_request() {
             .await,
             "requests keep being served after swap {swap}"
         );
+        children.push(isolation.check(&host).await);
     }
     stop.store(true, Ordering::Relaxed);
     for client in clients {
@@ -103,11 +132,17 @@ async fn swapping_under_load_fails_no_request() {
     );
     let plugin = host.plugin_status().await;
     assert_eq!(plugin["version"], CURRENT);
-    assert_eq!(plugin["swaps"], 24);
+    assert_eq!(plugin["swaps"], SWAPS_UNDER_LOAD as u64);
     eprintln!(
-        "served {} requests across 24 swaps",
-        served.load(Ordering::Relaxed)
+        "served {} requests across {SWAPS_UNDER_LOAD} swaps ({})",
+        served.load(Ordering::Relaxed),
+        isolation.as_str()
     );
+    SwappedUnderLoad {
+        host,
+        children,
+        _dir: dir,
+    }
 }
 
 #[tokio::test]

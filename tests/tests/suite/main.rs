@@ -11,6 +11,7 @@ mod history_paging;
 mod host;
 mod hot_swap;
 mod in_process;
+mod isolation;
 mod lifecycle;
 mod loopback_only;
 mod mcp;

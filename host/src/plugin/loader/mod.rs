@@ -69,8 +69,10 @@ pub struct BuildInfo {
     pub loaded_at: SystemTime,
 }
 
-/// What one load needs.
-pub struct LoadRequest {
+/// Which library one load takes and how it starts it: the same whether the host loads it or a
+/// plugin's child process does (it crosses to the child in the start message).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LoadTarget {
     pub name: String,
     /// The configured path: a file, or a directory holding `lib<name>.so`.
     pub configured: PathBuf,
@@ -79,6 +81,11 @@ pub struct LoadRequest {
     pub settings_json: String,
     pub copies_dir: PathBuf,
     pub sequence: u64,
+}
+
+/// What one load needs.
+pub struct LoadRequest {
+    pub target: LoadTarget,
     pub services: HostServicesBox,
 }
 
@@ -89,7 +96,7 @@ pub struct Retirements {
 }
 
 impl Retirements {
-    fn push(&self, handle: JoinHandle<()>) {
+    pub fn push(&self, handle: JoinHandle<()>) {
         let mut threads = self
             .threads
             .lock()
@@ -278,23 +285,23 @@ pub fn resolve(name: &str, configured: &Path) -> Result<PathBuf, LoadError> {
 
 /// Loads, checks and starts one copy. Blocking: call it off the async workers.
 pub fn load(request: LoadRequest, retirements: Retirements) -> Result<LoadedPlugin, LoadError> {
-    let source = resolve(&request.name, &request.configured)?;
+    let source = resolve(&request.target.name, &request.target.configured)?;
     let (copy, sha256) = private_copy(&request, &source)?;
-    if !request.pin.is_empty() && !request.pin.eq_ignore_ascii_case(&sha256) {
+    if !request.target.pin.is_empty() && !request.target.pin.eq_ignore_ascii_case(&sha256) {
         let _ = std::fs::remove_file(&copy);
         return Err(LoadError::new(
             LoadFailure::Incompatible,
             format!(
                 "{} has sha256 {sha256}, but plugins.{}.sha256 pins {}; install the pinned build or update the pin",
                 source.display(),
-                request.name,
-                request.pin
+                request.target.name,
+                request.target.pin
             ),
         ));
     }
 
-    let name = request.name.clone();
-    let request_name = request.name.clone();
+    let name = request.target.name.clone();
+    let request_name = request.target.name.clone();
     let copy_for_thread = copy.clone();
     let loader = std::thread::Builder::new()
         .name(format!("load-{name}"))
@@ -375,16 +382,16 @@ fn private_copy(request: &LoadRequest, source: &Path) -> Result<(PathBuf, String
             LoadFailure::Failed,
             format!(
                 "cannot write a private copy of the plugin in {}: {error}",
-                request.copies_dir.display()
+                request.target.copies_dir.display()
             ),
         )
     };
-    std::fs::create_dir_all(&request.copies_dir).map_err(failed)?;
-    let staging = request.copies_dir.join(format!(
+    std::fs::create_dir_all(&request.target.copies_dir).map_err(failed)?;
+    let staging = request.target.copies_dir.join(format!(
         "lib{}-{}-{}.partial",
-        request.name,
+        request.target.name,
         std::process::id(),
-        request.sequence
+        request.target.sequence
     ));
     let mut output = {
         use std::os::unix::fs::OpenOptionsExt;
@@ -414,11 +421,11 @@ fn private_copy(request: &LoadRequest, source: &Path) -> Result<(PathBuf, String
     }
     drop(output);
     let sha256 = hex::encode(hasher.finalize());
-    let copy = request.copies_dir.join(format!(
+    let copy = request.target.copies_dir.join(format!(
         "lib{}-{}-{}-{}.so",
-        request.name,
+        request.target.name,
         std::process::id(),
-        request.sequence,
+        request.target.sequence,
         &sha256[..12]
     ));
     std::fs::rename(&staging, &copy).map_err(failed)?;
@@ -514,13 +521,16 @@ fn check_and_start(
     let version = metadata.version.as_str().to_owned();
     let description = metadata.description.as_str().to_owned();
     drop(metadata);
-    if name != request.name {
+    if name != request.target.name {
         return Err(incompatible(format!(
             "the library is plugin {name:?}, but it is configured as plugins.{}",
-            request.name
+            request.target.name
         )));
     }
-    match (module.start())(request.services, RString::from(request.settings_json)) {
+    match (module.start())(
+        request.services,
+        RString::from(request.target.settings_json),
+    ) {
         RResult::ROk(instance) => Ok((name, version, description, abi, instance)),
         RResult::RErr(message) => Err(LoadError::new(
             LoadFailure::Failed,

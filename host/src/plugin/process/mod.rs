@@ -1,0 +1,579 @@
+//! Process isolation: a plugin with `isolation = "process"` runs in a child process
+//! (`powerautomation plugin-runner`, see [`runner`]) that loads the same library through the
+//! same loader, and the host talks to it over a Unix socket ([`frame`]). Requests, streamed
+//! answers and the host services (store, events, logs) cross with the semantics they have
+//! in-process, so the plugin's code does not know which mode it runs in.
+//!
+//! On the host's side a [`ChildCopy`] has:
+//! - a writer task that sends queued messages in batches (one write for many under load);
+//! - a reader task that delivers answers to the requests waiting for them, and runs the
+//!   plugin's service calls (store calls on the blocking pool);
+//! - a waiter thread that reaps the child. When the child ends, every request still waiting on
+//!   it gets [`CallError::Crashed`] with the signal or exit status, open streams end, and unless
+//!   the host had asked it to stop, the slot is told (it restarts the plugin with backoff).
+//!
+//! A copy that is dropped (swapped out, or the host stops) is sent `Shutdown`: the child
+//! finishes what it accepted, as a retiring in-process copy does, and exits. The waiter
+//! thread is joined with the in-process retirements when the host stops.
+//!
+//! The plugin reads `host/lifecycle` to tell a hot swap (runs of its own boot belong to a
+//! sibling copy) from a restart (runs of another boot were interrupted). For a child, a crash
+//! is a restart: the boot id it reads is the host's joined with the slot's lineage, which the
+//! slot renews after every crash, so the restarted child marks the dead child's runs
+//! `interrupted` and frees their environments, while a swap keeps the lineage.
+
+pub mod frame;
+pub mod runner;
+mod services;
+
+use std::{
+    collections::HashMap,
+    os::{fd::OwnedFd, unix::process::ExitStatusExt as _},
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use axum::body::Bytes;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::unix::{OwnedReadHalf, OwnedWriteHalf},
+    sync::{mpsc, oneshot},
+};
+use tokio_util::sync::CancellationToken;
+
+use self::frame::{ReadyInfo, RequestFrame, ServiceOp, StartChild, ToChild, ToHost};
+pub use self::services::ChildServices;
+use super::{
+    bridge::{push_chunk, HostBody, HostResponse, STREAM_BUFFER_CHUNKS},
+    copy::{CallError, HostRequest},
+    loader::{BuildInfo, LoadError, LoadFailure, LoadTarget, Retirements},
+};
+
+/// Messages queued for the child before a sender waits.
+const FRAME_QUEUE: usize = 4096;
+/// Messages written in one go at most.
+const WRITE_BATCH: usize = 256;
+
+/// How a child process ended.
+#[derive(Debug, Clone)]
+pub struct Death {
+    /// For people: "killed by signal SIGSEGV", "exited with status 3".
+    pub cause: String,
+    pub signal: Option<&'static str>,
+    pub exit_code: Option<i32>,
+}
+
+impl Death {
+    fn from_status(status: std::process::ExitStatus) -> Death {
+        if let Some(number) = status.signal() {
+            let signal = nix::sys::signal::Signal::try_from(number)
+                .ok()
+                .map(|signal| signal.as_str());
+            let cause = match signal {
+                Some(name) => format!("killed by signal {name}"),
+                None => format!("killed by signal {number}"),
+            };
+            return Death {
+                cause,
+                signal,
+                exit_code: None,
+            };
+        }
+        let code = status.code();
+        Death {
+            cause: match code {
+                Some(code) => format!("exited with status {code}"),
+                None => "exited".to_owned(),
+            },
+            signal: None,
+            exit_code: code,
+        }
+    }
+
+    fn lost(reason: String) -> Death {
+        Death {
+            cause: reason,
+            signal: None,
+            exit_code: None,
+        }
+    }
+}
+
+/// What starting a child needs.
+pub struct ChildSpec {
+    pub target: LoadTarget,
+    pub memory_limit_mb: Option<u64>,
+    pub log_level: String,
+    pub log_json: bool,
+    pub services: ChildServices,
+    pub retirements: Retirements,
+    /// Called once if the child ends without having been asked to stop.
+    pub on_crash: Box<dyn FnOnce(u32, Death) + Send>,
+}
+
+/// A plugin copy running in a child process.
+pub struct ChildCopy {
+    pub info: BuildInfo,
+    pid: u32,
+    link: Arc<HostLink>,
+}
+
+impl ChildCopy {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub async fn call(&self, request: HostRequest) -> Result<HostResponse, CallError> {
+        let link = &self.link;
+        let id = link.next_id.fetch_add(1, Ordering::Relaxed);
+        let (answer_tx, answer_rx) = oneshot::channel();
+        {
+            let mut state = link.state();
+            if let Some(death) = &state.dead {
+                return Err(link.crashed(death.clone()));
+            }
+            state.answers.insert(id, answer_tx);
+        }
+        let message = ToChild::Request(RequestFrame {
+            id,
+            request_id: request.request_id,
+            method: request.method,
+            path: request.path,
+            query: request.query,
+            headers: request.headers,
+            body: request.body.to_vec(),
+            principal: request.principal.map(|(name, role)| (name, role as u8)),
+        });
+        let sent = match frame::encode(&message) {
+            Ok(bytes) => link.frames.send(bytes).await.is_ok(),
+            Err(error) => {
+                tracing::warn!(plugin = %link.plugin, %error, "a request could not be sent to the plugin's process");
+                false
+            }
+        };
+        if !sent {
+            link.state().answers.remove(&id);
+            return Err(CallError::Unanswered);
+        }
+        answer_rx.await.unwrap_or(Err(CallError::Unanswered))
+    }
+}
+
+impl Drop for ChildCopy {
+    fn drop(&mut self) {
+        // The last request on this copy is done: the child finishes its work and exits.
+        self.link.retire.cancel();
+    }
+}
+
+/// The host's end of one child's connection.
+struct HostLink {
+    plugin: String,
+    pid: u32,
+    frames: mpsc::Sender<Vec<u8>>,
+    state: Mutex<LinkState>,
+    next_id: AtomicU64,
+    /// Cancelled when the host asks the child to stop: its exit is then no crash.
+    retire: CancellationToken,
+    /// Set once the child has been reaped: its pid may belong to another process now.
+    reaped: AtomicBool,
+    /// Set once the copy serves: an end before that is a failed start, not a crash.
+    serving: AtomicBool,
+}
+
+#[derive(Default)]
+struct LinkState {
+    dead: Option<Death>,
+    answers: HashMap<u64, oneshot::Sender<Result<HostResponse, CallError>>>,
+    streams: HashMap<u64, mpsc::Sender<Bytes>>,
+    ready: Option<oneshot::Sender<Result<ReadyInfo, LoadError>>>,
+}
+
+impl HostLink {
+    fn state(&self) -> std::sync::MutexGuard<'_, LinkState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn crashed(&self, death: Death) -> CallError {
+        CallError::Crashed {
+            plugin: self.plugin.clone(),
+            death,
+        }
+    }
+
+    /// The child is gone: whoever waits on it learns why.
+    fn die(&self, death: &Death) {
+        let (answers, streams, ready) = {
+            let mut state = self.state();
+            state.dead = Some(death.clone());
+            (
+                std::mem::take(&mut state.answers),
+                std::mem::take(&mut state.streams),
+                state.ready.take(),
+            )
+        };
+        for answer in answers.into_values() {
+            let _ = answer.send(Err(self.crashed(death.clone())));
+        }
+        // Dropping the senders ends the streamed answers.
+        drop(streams);
+        if let Some(ready) = ready {
+            let _ = ready.send(Err(LoadError {
+                kind: LoadFailure::Failed,
+                message: format!("the plugin's process ended while starting: {}", death.cause),
+            }));
+        }
+    }
+
+    /// Ends a child that broke the protocol; the waiter thread then reports it.
+    fn kill(&self, why: &str) {
+        tracing::error!(plugin = %self.plugin, pid = self.pid, "{why}; killing the plugin's process");
+        if !self.reaped.load(Ordering::Acquire) {
+            let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    async fn reply(&self, call: u64, result: frame::ServiceResult) {
+        match frame::encode(&ToChild::Reply { call, result }) {
+            Ok(bytes) => {
+                let _ = self.frames.send(bytes).await;
+            }
+            Err(error) => self.kill(&format!(
+                "an answer to a service call cannot be sent: {error}"
+            )),
+        }
+    }
+
+    /// Handles one message of the child.
+    async fn receive(self: &Arc<Self>, message: ToHost, services: &Arc<ChildServices>) {
+        match message {
+            ToHost::Ready(info) => {
+                if let Some(ready) = self.state().ready.take() {
+                    let _ = ready.send(Ok(info));
+                }
+            }
+            ToHost::LoadFailed { kind, message } => {
+                let kind = match kind {
+                    0 => LoadFailure::Missing,
+                    1 => LoadFailure::Incompatible,
+                    _ => LoadFailure::Failed,
+                };
+                if let Some(ready) = self.state().ready.take() {
+                    let _ = ready.send(Err(LoadError { kind, message }));
+                }
+            }
+            ToHost::Response(response) => {
+                let answer = self.state().answers.remove(&response.id);
+                if let Some(answer) = answer {
+                    let _ = answer.send(Ok(HostResponse {
+                        status: response.status,
+                        headers: response.headers,
+                        body: HostBody::Full(Bytes::from(response.body)),
+                    }));
+                }
+            }
+            ToHost::StreamHead(head) => {
+                let answer = self.state().answers.remove(&head.id);
+                let Some(answer) = answer else { return };
+                let (sender, receiver) = mpsc::channel(STREAM_BUFFER_CHUNKS);
+                if !head.body.is_empty() {
+                    let _ = sender.try_send(Bytes::from(head.body));
+                }
+                let delivered = answer
+                    .send(Ok(HostResponse {
+                        status: head.status,
+                        headers: head.headers,
+                        body: HostBody::Stream(receiver),
+                    }))
+                    .is_ok();
+                if delivered {
+                    let mut state = self.state();
+                    if state.dead.is_none() {
+                        state.streams.insert(head.id, sender);
+                    }
+                }
+            }
+            ToHost::StreamEnd { id } => {
+                self.state().streams.remove(&id);
+            }
+            ToHost::Unanswered { id } => {
+                // Dropping the waiter makes the dispatcher answer 500, as in-process.
+                self.state().answers.remove(&id);
+            }
+            ToHost::Call {
+                call,
+                op: ServiceOp::Push { stream, chunk },
+            } => {
+                let outcome = self.push(stream, chunk);
+                self.reply(call, frame::ServiceResult::Pushed(outcome as u8))
+                    .await;
+            }
+            ToHost::Call { call, op } => {
+                let link = Arc::clone(self);
+                let services = Arc::clone(services);
+                tokio::spawn(async move {
+                    let result = tokio::task::spawn_blocking(move || services.execute(op))
+                        .await
+                        .unwrap_or_else(|_| {
+                            frame::ServiceResult::Failed("the host's service call panicked".into())
+                        });
+                    link.reply(call, result).await;
+                });
+            }
+            ToHost::Log {
+                level,
+                target,
+                message,
+            } => services.log(level, &target, &message),
+            ToHost::Stopped => {
+                tracing::debug!(plugin = %self.plugin, pid = self.pid, "the plugin's process stopped as asked");
+            }
+        }
+    }
+
+    /// One chunk of a streamed answer, into the host's bounded buffer (as in-process).
+    fn push(&self, stream: u64, chunk: Vec<u8>) -> plugin_api::PushOutcome {
+        use plugin_api::PushOutcome;
+        let state = self.state();
+        match state.streams.get(&stream) {
+            Some(sender) => push_chunk(sender, &chunk),
+            None => PushOutcome::Closed,
+        }
+    }
+}
+
+/// Ends a child that was started but is not used (its start failed or was abandoned).
+struct StartGuard {
+    link: Option<Arc<HostLink>>,
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if let Some(link) = self.link.take() {
+            link.retire.cancel();
+        }
+    }
+}
+
+/// Starts a child, has it load the plugin, and waits until it is ready.
+pub async fn spawn(spec: ChildSpec) -> Result<ChildCopy, LoadError> {
+    let failed = |what: &str, error: &dyn std::fmt::Display| LoadError {
+        kind: LoadFailure::Failed,
+        message: format!("{what}: {error}"),
+    };
+    let (host_end, child_end) = std::os::unix::net::UnixStream::pair()
+        .map_err(|error| failed("cannot create the plugin process's socket", &error))?;
+    // `/proc/self/exe` is this very binary even if the file was replaced since the host started.
+    let mut child = std::process::Command::new("/proc/self/exe")
+        .arg("plugin-runner")
+        .arg("--host-pid")
+        .arg(std::process::id().to_string())
+        .stdin(Stdio::from(OwnedFd::from(child_end)))
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|error| failed("cannot start the plugin's process", &error))?;
+    let pid = child.id();
+    let name = spec.target.name.clone();
+    let start = frame::encode(&ToChild::Start(StartChild {
+        target: spec.target,
+        memory_limit_mb: spec.memory_limit_mb,
+        log_level: spec.log_level,
+        log_json: spec.log_json,
+    }))
+    .map_err(|error| failed("cannot encode the start message", &error));
+    let socket = host_end
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(host_end));
+    let (start, socket) = match (start, socket) {
+        (Ok(start), Ok(socket)) => (start, socket),
+        (Err(error), _) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(error);
+        }
+        (_, Err(error)) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(failed(
+                "cannot register the plugin process's socket",
+                &error,
+            ));
+        }
+    };
+    let (read_half, write_half) = socket.into_split();
+    let (frames, queued) = mpsc::channel(FRAME_QUEUE);
+    // A fresh queue has room for the first message.
+    let _ = frames.try_send(start);
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let link = Arc::new(HostLink {
+        plugin: name.clone(),
+        pid,
+        frames,
+        state: Mutex::new(LinkState {
+            ready: Some(ready_tx),
+            ..LinkState::default()
+        }),
+        next_id: AtomicU64::new(1),
+        retire: CancellationToken::new(),
+        reaped: AtomicBool::new(false),
+        serving: AtomicBool::new(false),
+    });
+    tokio::spawn(write_loop(queued, write_half, link.retire.clone()));
+    tokio::spawn(read_loop(
+        read_half,
+        Arc::clone(&link),
+        Arc::new(spec.services),
+    ));
+    let waiter = std::thread::Builder::new()
+        .name(format!("reap-{}", name))
+        .spawn({
+            let link = Arc::clone(&link);
+            let on_crash = spec.on_crash;
+            move || {
+                let death = match child.wait() {
+                    Ok(status) => Death::from_status(status),
+                    Err(error) => Death::lost(format!("its exit could not be read: {error}")),
+                };
+                link.reaped.store(true, Ordering::Release);
+                link.die(&death);
+                if !link.serving.load(Ordering::Acquire) {
+                    tracing::debug!(plugin = %link.plugin, pid = link.pid, cause = %death.cause, "the plugin's process ended before it served");
+                } else if link.retire.is_cancelled() {
+                    if death.exit_code != Some(0) {
+                        tracing::warn!(plugin = %link.plugin, pid = link.pid, cause = %death.cause, "the plugin's process did not stop cleanly");
+                    } else {
+                        tracing::info!(plugin = %link.plugin, pid = link.pid, "the plugin's old process stopped");
+                    }
+                } else {
+                    tracing::error!(plugin = %link.plugin, pid = link.pid, cause = %death.cause, "the plugin's process crashed; the host keeps serving");
+                    on_crash(link.pid, death);
+                }
+            }
+        });
+    match waiter {
+        Ok(handle) => spec.retirements.push(handle),
+        Err(error) => {
+            link.kill("no thread to watch the plugin's process");
+            return Err(failed(
+                "cannot start a thread to watch the plugin's process",
+                &error,
+            ));
+        }
+    }
+    let mut guard = StartGuard {
+        link: Some(Arc::clone(&link)),
+    };
+    let info = ready_rx.await.unwrap_or_else(|_| {
+        Err(LoadError {
+            kind: LoadFailure::Failed,
+            message: "the plugin's process ended while starting".into(),
+        })
+    })?;
+    guard.link = None;
+    link.serving.store(true, Ordering::Release);
+    Ok(ChildCopy {
+        info: BuildInfo {
+            name: info.name,
+            version: info.version,
+            description: info.description,
+            abi: info.abi,
+            sha256: info.sha256,
+            source: PathBuf::from(info.source),
+            loaded_at: std::time::SystemTime::now(),
+        },
+        pid,
+        link,
+    })
+}
+
+async fn write_loop(
+    mut queued: mpsc::Receiver<Vec<u8>>,
+    mut socket: OwnedWriteHalf,
+    retire: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut buffer = Vec::with_capacity(64 * 1024);
+    let mut shutdown_sent = false;
+    let mut broken = false;
+    loop {
+        tokio::select! {
+            biased;
+            received = queued.recv_many(&mut batch, WRITE_BATCH) => {
+                if received == 0 {
+                    return;
+                }
+                if broken {
+                    batch.clear();
+                    continue;
+                }
+                let written = if batch.len() == 1 {
+                    socket.write_all(&batch[0]).await
+                } else {
+                    buffer.clear();
+                    for message in &batch {
+                        buffer.extend_from_slice(message);
+                    }
+                    socket.write_all(&buffer).await
+                };
+                batch.clear();
+                // The child is gone; the waiter thread reports it.
+                broken = written.is_err();
+            }
+            _ = retire.cancelled(), if !shutdown_sent => {
+                shutdown_sent = true;
+                if let Ok(message) = frame::encode(&ToChild::Shutdown) {
+                    broken = broken || socket.write_all(&message).await.is_err();
+                }
+            }
+        }
+    }
+}
+
+async fn read_loop(socket: OwnedReadHalf, link: Arc<HostLink>, services: Arc<ChildServices>) {
+    let mut reader = BufReader::with_capacity(64 * 1024, socket);
+    let mut body = Vec::new();
+    loop {
+        let mut prefix = [0u8; 4];
+        if reader.read_exact(&mut prefix).await.is_err() {
+            // The child closed its end: it is exiting; the waiter thread reports how.
+            return;
+        }
+        let length = match frame::frame_length(prefix) {
+            Ok(length) => length,
+            Err(error) => return link.kill(&error.to_string()),
+        };
+        body.clear();
+        body.resize(length, 0);
+        if reader.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        match frame::decode::<ToHost>(&body) {
+            Ok(message) => link.receive(message, &services).await,
+            Err(error) => return link.kill(&error.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_death_names_the_signal_or_the_status() {
+        let killed = Death::from_status(std::process::ExitStatus::from_raw(11));
+        assert_eq!(killed.signal, Some("SIGSEGV"));
+        assert_eq!(killed.cause, "killed by signal SIGSEGV");
+        assert_eq!(killed.exit_code, None);
+        let exited = Death::from_status(std::process::ExitStatus::from_raw(3 << 8));
+        assert_eq!((exited.signal, exited.exit_code), (None, Some(3)));
+        assert_eq!(exited.cause, "exited with status 3");
+    }
+}

@@ -1,0 +1,452 @@
+//! Process isolation (`isolation = "process"`): a plugin run in a child process of the host.
+//!
+//! A crash of the child (segfault, abort, stack overflow, out of memory, SIGKILL) answers 502
+//! naming the plugin and the signal to the request in flight, leaves the host and its other
+//! plugins serving, and is counted in `/api/plugins`; the child comes back by itself with a new
+//! pid, until it has crashed more than `max_crashes` times in the window: then it is `failed`,
+//! its mount answers 503, and only a reload starts it again. The deployment plugin itself in a
+//! child: deployments, SSE, log follow, cancel and retry, a kill -9 of the host, hot swap under
+//! load (old children stopped), and a SIGKILL of the child mid-deployment (the run recorded
+//! `interrupted` with its lines, the environment free). The shared scenarios are the in-process
+//! tests of `deployments` and `hot_swap`, run with [`Isolation::Process`].
+
+use std::{cell::Cell, path::Path, time::Duration};
+
+use e2e::{
+    process_alive,
+    scenario::{finished, local, result, started, trigger, Isolation, RUN_TIMEOUT},
+    wait_until, ExtraPlugin, HostOptions, Signal, TestHost, ADMIN_KEY, DEVELOPER_KEY, USER_KEY,
+};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::{
+    deployments::{
+        cancel_and_retry, followed_log_streams_until_the_end, kill_9_leaves_the_run_interrupted,
+        log_text, sse_subscriber_sees_every_phase,
+    },
+    hot_swap::{swap_under_load, SWAPS_UNDER_LOAD},
+};
+
+fn temp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a temporary directory")
+}
+
+/// How long a crashed child may take to serve again: restarts back off 250 ms, 500 ms, 1 s,
+/// 2 s…, and a child starts in well under a second.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The crashing fixture in a child process, its address space capped so that `/oom` fails
+/// fast and never starves the machine.
+const CRASHING_IN_A_CHILD: &str = "isolation = \"process\"\nmemory_limit_mb = 256";
+
+/// The same, `failed` after more than one crash in the window.
+const CRASHING_AT_MOST_ONCE: &str =
+    "isolation = \"process\"\nmemory_limit_mb = 256\nmax_crashes = 1";
+
+/// A host with the real plugin in-process (the default) and the crashing fixture at
+/// `/api/crashing`, configured with `config`.
+async fn start_with_crashing(dir: &Path, config: &'static str) -> TestHost {
+    let options = HostOptions {
+        settings: "health_check_interval_secs = 0".into(),
+        extra_plugins: vec![ExtraPlugin {
+            name: "crashing",
+            library: "fixture_crashing",
+            mount: "/api/crashing",
+            config,
+        }],
+        ..HostOptions::default()
+    };
+    TestHost::start(dir, options).await
+}
+
+/// The pid that `/ok` reports, i.e. the process the crashing plugin runs in; `None` while it
+/// does not answer 200.
+async fn serving_pid(host: &TestHost) -> Option<u32> {
+    let (status, body) = host.get("/api/crashing/ok", Some(USER_KEY)).await;
+    if status != 200 {
+        return None;
+    }
+    body["pid"].as_u64().and_then(|pid| u32::try_from(pid).ok())
+}
+
+/// Waits (bounded) until the crashing plugin answers `/ok` from a process other than `old`;
+/// returns that process's pid.
+async fn restarted(host: &TestHost, old: u32) -> u32 {
+    let serving = Cell::new(None);
+    let back = wait_until(RESTART_TIMEOUT, || async {
+        let pid = serving_pid(host).await;
+        serving.set(pid);
+        pid.is_some_and(|pid| pid != old)
+    })
+    .await;
+    assert!(
+        back,
+        "the plugin serves again from a new process within {RESTART_TIMEOUT:?}: {}; log:\n{}",
+        host.plugin_status_of("crashing").await,
+        host.logs()
+    );
+    serving.get().expect("the restarted process's pid")
+}
+
+/// Asks `route` of the crashing plugin, which takes its process down, and checks the answer:
+/// a 502 naming the plugin. Returns the answer's body.
+async fn crash(host: &TestHost, route: &str) -> Value {
+    let (status, body) = host
+        .get(&format!("/api/crashing{route}"), Some(USER_KEY))
+        .await;
+    assert_eq!(status, 502, "{route}: {body}");
+    assert_eq!(body["error"], "plugin_crashed", "{route}: {body}");
+    assert_eq!(body["plugin"], "crashing", "{route}: {body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|message| !message.is_empty()),
+        "{route}: the answer says what happened: {body}"
+    );
+    body
+}
+
+/// The host, its core routes and its in-process deployment plugin serve as before.
+async fn host_unaffected(host: &TestHost) {
+    assert!(
+        process_alive(host.pid()),
+        "the host is alive; log:\n{}",
+        host.logs()
+    );
+    let (status, health) = host.get("/health", None).await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["plugins"]["deployment_mcp"], "active", "{health}");
+    let (status, body) = host.get("/api/deployment/status", Some(USER_KEY)).await;
+    assert_eq!(status, 200, "the in-process plugin serves: {body}");
+}
+
+#[tokio::test]
+async fn each_crash_of_a_child_answers_502_and_the_plugin_comes_back_by_itself() {
+    let dir = temp();
+    let host = start_with_crashing(dir.path(), CRASHING_IN_A_CHILD).await;
+    let plugin = host.plugin_status_of("crashing").await;
+    assert_eq!(plugin["state"], "active", "{plugin}");
+    assert_eq!(plugin["isolation"], "process", "{plugin}");
+    assert_eq!(plugin["crashes"], 0, "{plugin}");
+    assert!(
+        plugin["last_crash"].is_null() && plugin["last_crash_at"].is_null(),
+        "{plugin}"
+    );
+    let mut pid = serving_pid(&host).await.expect("the plugin answers /ok");
+    assert_ne!(pid, host.pid(), "the plugin runs in a process of its own");
+    assert_eq!(plugin["pid"], pid, "{plugin}");
+    // The deployment plugin, configured with the default, stays in the host's process.
+    Isolation::InProcess.check(&host).await;
+
+    let crashes = [
+        ("/segfault", Some("SIGSEGV")),
+        ("/abort", Some("SIGABRT")),
+        ("/stack-overflow", None),
+        ("/oom", None),
+    ];
+    let last = crashes.len();
+    for (count, (route, expected)) in crashes.into_iter().enumerate() {
+        let answer = crash(&host, route).await;
+        let signal = answer["signal"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{route}: the answer names the signal: {answer}"))
+            .to_owned();
+        if let Some(expected) = expected {
+            assert_eq!(signal, expected, "{route}: {answer}");
+        }
+        assert!(
+            answer["exit_code"].is_null(),
+            "{route}: killed by a signal, no exit code: {answer}"
+        );
+        host_unaffected(&host).await;
+        if count + 1 == last {
+            // The fourth crash in the window is restarted after 2 s: long enough to see the
+            // plugin `crashed` in the meantime, its mount answering 503.
+            let seen = wait_until(Duration::from_secs(1), || async {
+                host.plugin_status_of("crashing").await["state"] == "crashed"
+            })
+            .await;
+            assert!(seen, "{route}: {}", host.plugin_status_of("crashing").await);
+            let (status, body) = host.get("/api/crashing/ok", Some(USER_KEY)).await;
+            assert_eq!(status, 503, "{route}: {body}");
+            assert_eq!(body["error"], "plugin_unavailable", "{route}: {body}");
+            assert_eq!(body["state"], "crashed", "{route}: {body}");
+        }
+
+        let new = restarted(&host, pid).await;
+        assert!(
+            !process_alive(pid),
+            "{route}: the crashed process {pid} is gone"
+        );
+        let plugin = host.plugin_status_of("crashing").await;
+        assert_eq!(plugin["state"], "active", "{route}: {plugin}");
+        assert_eq!(plugin["crashes"], count + 1, "{route}: {plugin}");
+        assert!(
+            plugin["last_crash"]
+                .as_str()
+                .is_some_and(|cause| cause.contains(&signal)),
+            "{route}: the cause names {signal}: {plugin}"
+        );
+        assert!(plugin["last_crash_at"].is_string(), "{route}: {plugin}");
+        assert_eq!(plugin["pid"], new, "{route}: {plugin}");
+        pid = new;
+    }
+    host_unaffected(&host).await;
+}
+
+#[tokio::test]
+async fn a_child_that_crashes_more_than_max_crashes_stays_failed_until_reloaded() {
+    let dir = temp();
+    let host = start_with_crashing(dir.path(), CRASHING_AT_MOST_ONCE).await;
+    let first = serving_pid(&host).await.expect("the plugin answers /ok");
+
+    // One crash is within max_crashes = 1: restarted.
+    crash(&host, "/segfault").await;
+    let second = restarted(&host, first).await;
+    assert_eq!(host.plugin_status_of("crashing").await["crashes"], 1);
+
+    // The second is one too many: failed, and left so.
+    crash(&host, "/abort").await;
+    let failed = wait_until(RESTART_TIMEOUT, || async {
+        host.plugin_status_of("crashing").await["state"] == "failed"
+    })
+    .await;
+    let plugin = host.plugin_status_of("crashing").await;
+    assert!(failed, "{plugin}");
+    assert_eq!(plugin["crashes"], 2, "{plugin}");
+    assert!(
+        plugin["last_crash"]
+            .as_str()
+            .is_some_and(|cause| cause.contains("SIGABRT")),
+        "{plugin}"
+    );
+    // Well past the next restart's backoff (500 ms), nothing has started it again.
+    let started_again = wait_until(Duration::from_secs(2), || async {
+        let (status, _) = host.get("/api/crashing/ok", Some(USER_KEY)).await;
+        status != 503 || host.plugin_status_of("crashing").await["state"] != "failed"
+    })
+    .await;
+    assert!(
+        !started_again,
+        "a failed plugin is not restarted: {}",
+        host.plugin_status_of("crashing").await
+    );
+    let response = host
+        .client()
+        .get(format!("{}/api/crashing/ok", host.url))
+        .header("X-API-Key", USER_KEY)
+        .send()
+        .await
+        .expect("the host answers");
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(
+        response.headers().get("retry-after").is_some(),
+        "Retry-After is set"
+    );
+    let body: Value = response.json().await.expect("a JSON body");
+    assert_eq!(body["error"], "plugin_unavailable", "{body}");
+    assert_eq!(body["plugin"], "crashing", "{body}");
+    assert_eq!(body["state"], "failed", "{body}");
+    let (status, health) = host.get("/health", None).await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["plugins"]["crashing"], "failed", "{health}");
+    host_unaffected(&host).await;
+
+    // An operator's reload starts it again and resets the count.
+    let (status, body) = host.reload_plugin("crashing").await;
+    assert_eq!(status, 200, "{body}");
+    let plugin = host.plugin_status_of("crashing").await;
+    assert_eq!(plugin["state"], "active", "{plugin}");
+    assert_eq!(plugin["crashes"], 0, "{plugin}");
+    let third = serving_pid(&host)
+        .await
+        .expect("/ok answers 200 after the reload");
+    assert_ne!(third, second, "a new child serves");
+    assert_eq!(plugin["pid"], third, "{plugin}");
+    // With the count reset, one crash is within the limit again.
+    crash(&host, "/segfault").await;
+    restarted(&host, third).await;
+    let plugin = host.plugin_status_of("crashing").await;
+    assert_eq!(plugin["state"], "active", "{plugin}");
+    assert_eq!(plugin["crashes"], 1, "{plugin}");
+}
+
+#[tokio::test]
+async fn in_a_child_a_deployment_completes_and_a_subscriber_sees_every_phase() {
+    sse_subscriber_sees_every_phase(Isolation::Process).await;
+}
+
+#[tokio::test]
+async fn in_a_child_a_followed_log_streams_until_the_deployment_ends() {
+    followed_log_streams_until_the_end(Isolation::Process).await;
+}
+
+#[tokio::test]
+async fn in_a_child_cancel_stops_running_triggers_and_retry_runs_only_the_failed() {
+    cancel_and_retry(Isolation::Process).await;
+}
+
+#[tokio::test]
+async fn in_a_child_kill_9_of_the_host_leaves_the_run_interrupted_with_its_log() {
+    kill_9_leaves_the_run_interrupted(Isolation::Process).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_a_child_a_hot_swap_under_load_fails_no_request_and_stops_the_old_child() {
+    let swapped = swap_under_load(Isolation::Process).await;
+    let children: Vec<u32> = swapped
+        .children
+        .iter()
+        .map(|child| child.expect("a plugin in process mode has a child"))
+        .collect();
+    assert_eq!(children.len(), SWAPS_UNDER_LOAD + 1, "{children:?}");
+    assert!(
+        children.windows(2).all(|pair| pair[0] != pair[1]),
+        "each swap starts a new child: {children:?}"
+    );
+    let (current, old) = children.split_last().expect("at least one child");
+    let stopped = wait_until(Duration::from_secs(30), || async {
+        old.iter().all(|pid| !process_alive(*pid))
+    })
+    .await;
+    let running: Vec<u32> = old
+        .iter()
+        .copied()
+        .filter(|pid| process_alive(*pid))
+        .collect();
+    assert!(
+        stopped,
+        "each old child is stopped once it has finished; still running: {running:?}"
+    );
+    assert!(process_alive(*current), "the current child {current} runs");
+    let plugin = swapped.host.plugin_status().await;
+    assert_eq!(plugin["pid"], *current, "{plugin}");
+    assert_eq!(plugin["crashes"], 0, "a swap is not a crash: {plugin}");
+    assert!(process_alive(swapped.host.pid()));
+}
+
+/// The status of `environment` in a deployment record, once it has a result.
+fn environment_status<'a>(record: &'a Value, environment: &str) -> Option<&'a str> {
+    record["results"]
+        .as_array()?
+        .iter()
+        .find(|result| result["environment_id"] == environment)?["status"]
+        .as_str()
+}
+
+#[tokio::test]
+async fn sigkill_of_the_child_mid_deployment_interrupts_the_run_and_frees_the_environment() {
+    let dir = temp();
+    let pid_file = dir.path().join("command.pid");
+    let script = format!(
+        "echo $$ > '{}'; echo before the kill; exec sleep 600",
+        pid_file.display()
+    );
+    let list = vec![local("long", &["sh", "-c", &script], 900)];
+    let host = TestHost::start(dir.path(), Isolation::Process.options(list)).await;
+    let child = Isolation::Process
+        .check(&host)
+        .await
+        .expect("the plugin's child");
+    let id = started(&host, json!({})).await;
+    let running = wait_until(RUN_TIMEOUT, || async {
+        let record = e2e::scenario::detail(&host, &id).await;
+        environment_status(&record, "long") == Some("running")
+            && log_text(&host, &id)
+                .await
+                .iter()
+                .any(|line| line == "before the kill")
+    })
+    .await;
+    assert!(
+        running,
+        "the command runs and its line is stored: {}",
+        e2e::scenario::detail(&host, &id).await
+    );
+    let command = e2e::scenario::read_pid(&pid_file);
+    let before = log_text(&host, &id).await;
+    // A request in flight on the child when it dies: a followed log.
+    let follow = host
+        .client()
+        .get(format!(
+            "{}/api/deployment/deployments/{id}/logs?follow=true",
+            host.url
+        ))
+        .header("X-API-Key", DEVELOPER_KEY)
+        .send()
+        .await
+        .expect("the log follows");
+    assert_eq!(follow.status(), 200);
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child).expect("a pid")),
+        Signal::SIGKILL,
+    )
+    .expect("SIGKILL the plugin's child");
+
+    // The followed log ends instead of hanging on a dead process.
+    let ended = tokio::time::timeout(RESTART_TIMEOUT, follow.text()).await;
+    assert!(ended.is_ok(), "the followed log ended when the child died");
+    // The host serves throughout, and the plugin comes back in a new child.
+    let back = wait_until(RESTART_TIMEOUT, || async {
+        let (status, health) = host.get("/health", None).await;
+        assert_eq!(status, 200, "{health}");
+        let plugin = host.plugin_status().await;
+        plugin["state"] == "active"
+            && plugin["pid"]
+                .as_u64()
+                .is_some_and(|pid| pid != u64::from(child))
+    })
+    .await;
+    let plugin = host.plugin_status().await;
+    assert!(back, "the plugin is active in a new child: {plugin}");
+    assert!(process_alive(host.pid()), "the host is alive");
+    assert!(!process_alive(child), "the killed child {child} is gone");
+    assert_eq!(plugin["crashes"], 1, "{plugin}");
+    assert!(
+        plugin["last_crash"]
+            .as_str()
+            .is_some_and(|cause| cause.contains("SIGKILL")),
+        "{plugin}"
+    );
+    assert!(plugin["last_crash_at"].is_string(), "{plugin}");
+    Isolation::Process.check(&host).await;
+
+    // The run the dead child owned is recorded as after a crash of the host.
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "interrupted", "{record}");
+    assert_eq!(result(&record, "long")["status"], "cancelled", "{record}");
+    let after = log_text(&host, &id).await;
+    assert!(
+        after.len() >= before.len() && after[..before.len()] == before[..],
+        "every line recorded before the kill is still there, in order: {before:?} then {after:?}"
+    );
+    assert!(
+        after
+            .last()
+            .is_some_and(|line| line.contains("interrupted")),
+        "the log says the run was interrupted: {after:?}"
+    );
+
+    // The environment is free: a new deployment of it is accepted.
+    let (status, body) = trigger(&host, json!({"environments": ["long"]})).await;
+    assert_eq!(status, 202, "{body}");
+    let again = body["deployment_id"].as_str().expect("a deployment id");
+    let (status, body) = host
+        .call(
+            Method::POST,
+            &format!("/api/deployment/deployments/{again}/cancel"),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(finished(&host, again).await["status"], "cancelled");
+    // The first run's command lost its runner with the child; do not leave it behind.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(command).expect("a pid")),
+        Signal::SIGKILL,
+    );
+}
