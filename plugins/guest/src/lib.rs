@@ -2,11 +2,13 @@
 //!
 //! It turns an ordinary async [`Handler`] into a [`PluginInstance`] that keeps the rules of the
 //! ABI (see `plugin-api`):
-//! - [`PluginInstance::handle`] runs on host threads, so it only pushes the job into a lock-free
-//!   inbox and, when the dispatcher sleeps, writes one byte to a socket pair: atomics and a plain
-//!   syscall, no runtime and no plugin thread-locals on the host's thread;
-//! - a dispatcher task on the instance's own tokio runtime wakes on that byte and spawns the jobs
-//!   (under load it never sleeps, so requests cost no wake-up syscall at all);
+//! - [`PluginInstance::handle`] runs on host threads, so it only pushes the job into one of the
+//!   lock-free inboxes (round robin, one per worker thread) and, when that inbox's dispatcher
+//!   sleeps, writes one byte to a socket pair: atomics and a plain syscall, no runtime and no
+//!   plugin thread-locals on the host's thread;
+//! - each dispatcher task on the instance's own tokio runtime wakes on that byte and spawns the
+//!   jobs (under load it never sleeps, so requests cost no wake-up syscall at all); with one per
+//!   worker, a busy host's requests are handed out by all workers at once, not by one task;
 //! - every handler runs under `catch_unwind`; a panic becomes a 500 JSON answer;
 //! - [`PluginInstance::shutdown`] drains accepted work, then drops the runtime, which joins its
 //!   threads, so no plugin code is left running when the host unloads the library.
@@ -445,6 +447,7 @@ pub struct Startup {
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     pub thread_name: &'static str,
+    /// Worker threads of the instance's runtime; 0: one per CPU this process may run on.
     pub worker_threads: usize,
     /// How long `shutdown` waits for in-flight requests before cancelling them.
     pub drain_timeout: Duration,
@@ -491,8 +494,12 @@ where
     let logs = log_forward::dispatch(host.clone());
     let settings: serde_json::Value = serde_json::from_str(settings.as_str())
         .map_err(|error| format!("plugin settings are not valid JSON: {error}"))?;
+    let workers = match options.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        count => count,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(options.worker_threads.max(1))
+        .worker_threads(workers)
         .max_blocking_threads(64)
         .thread_name(options.thread_name)
         .on_thread_start({
@@ -515,32 +522,40 @@ where
         in_flight: AtomicUsize::new(0),
         drained: Notify::new(),
     });
-    let (host_end, plugin_end) = std::os::unix::net::UnixStream::pair()
-        .and_then(|(host_end, plugin_end)| {
-            host_end.set_nonblocking(true)?;
-            plugin_end.set_nonblocking(true)?;
-            Ok((host_end, plugin_end))
-        })
-        .map_err(|error| format!("cannot create the plugin wake-up socket: {error}"))?;
-    let inbox = Arc::new(Inbox {
-        jobs: SegQueue::new(),
-        closed: AtomicBool::new(false),
-        sleeping: AtomicBool::new(false),
-        wake: host_end,
-    });
-    let dispatcher = {
-        let inbox = Arc::clone(&inbox);
-        let shared = Arc::clone(&shared);
+    // One inbox and one dispatcher per worker thread: host threads spread their requests over
+    // them, so no single task hands out every request of a busy host.
+    let mut inboxes = Vec::with_capacity(workers);
+    let mut dispatchers = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (host_end, plugin_end) = std::os::unix::net::UnixStream::pair()
+            .and_then(|(host_end, plugin_end)| {
+                host_end.set_nonblocking(true)?;
+                plugin_end.set_nonblocking(true)?;
+                Ok((host_end, plugin_end))
+            })
+            .map_err(|error| format!("cannot create the plugin wake-up socket: {error}"))?;
+        let inbox = Arc::new(Inbox {
+            jobs: SegQueue::new(),
+            closed: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
+            wake: host_end,
+        });
         let _entered = runtime.enter();
         let wake = tokio::net::UnixStream::from_std(plugin_end)
             .map_err(|error| format!("cannot register the plugin wake-up socket: {error}"))?;
-        runtime.spawn(dispatch_loop(inbox, shared, wake))
-    };
+        dispatchers.push(runtime.spawn(dispatch_loop(
+            Arc::clone(&inbox),
+            Arc::clone(&shared),
+            wake,
+        )));
+        inboxes.push(inbox);
+    }
     let instance = Instance {
-        inbox,
+        inboxes,
+        next_inbox: AtomicUsize::new(0),
         state: Mutex::new(Some(Running {
             runtime,
-            dispatcher,
+            dispatchers,
             shared,
             drain_timeout: options.drain_timeout,
             logs,
@@ -585,14 +600,16 @@ struct Shared<H> {
 
 struct Running<H> {
     runtime: tokio::runtime::Runtime,
-    dispatcher: tokio::task::JoinHandle<()>,
+    dispatchers: Vec<tokio::task::JoinHandle<()>>,
     shared: Arc<Shared<H>>,
     drain_timeout: Duration,
     logs: tracing::Dispatch,
 }
 
 struct Instance<H> {
-    inbox: Arc<Inbox>,
+    inboxes: Vec<Arc<Inbox>>,
+    /// Which inbox the next request goes to (round robin).
+    next_inbox: AtomicUsize,
     state: Mutex<Option<Running<H>>>,
 }
 
@@ -604,14 +621,14 @@ async fn dispatch_loop<H: Handler>(
     let mut scratch = [0u8; 64];
     let mut idle_spins = 0;
     loop {
-        let mut spawned = false;
+        let mut started = false;
         while let Some(job) = inbox.jobs.pop() {
-            spawn_job(job, &shared);
-            spawned = true;
+            run_job(job, &shared).await;
+            started = true;
         }
-        if spawned || idle_spins < IDLE_SPINS {
-            idle_spins = if spawned { 0 } else { idle_spins + 1 };
-            // Let the jobs just spawned run on this worker before looking for more.
+        if started || idle_spins < IDLE_SPINS {
+            idle_spins = if started { 0 } else { idle_spins + 1 };
+            // Let the jobs just started run on this worker before looking for more.
             tokio::task::yield_now().await;
             continue;
         }
@@ -639,10 +656,23 @@ async fn dispatch_loop<H: Handler>(
     }
 }
 
-fn spawn_job<H: Handler>(job: Job, shared: &Arc<Shared<H>>) {
+/// Starts one job. It is polled once right here: most answers are ready at once (a cached
+/// view, a refusal), and those cost no task of their own. A job that has to wait becomes a
+/// task, so the dispatcher moves on to the next one.
+async fn run_job<H: Handler>(job: Job, shared: &Arc<Shared<H>>) {
+    let mut job = Box::pin(job_future(job, shared));
+    if futures_util::poll!(&mut job).is_pending() {
+        tokio::spawn(job);
+    }
+}
+
+fn job_future<H: Handler>(
+    job: Job,
+    shared: &Arc<Shared<H>>,
+) -> impl Future<Output = ()> + Send + 'static {
     shared.in_flight.fetch_add(1, Ordering::SeqCst);
     let shared = Arc::clone(shared);
-    tokio::spawn(async move {
+    async move {
         let request = import_request(job.request);
         let request_id = request.request_id.clone();
         let answer = AssertUnwindSafe(shared.handler.handle(request))
@@ -666,18 +696,20 @@ fn spawn_job<H: Handler>(job: Job, shared: &Arc<Shared<H>>) {
         if shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             shared.drained.notify_waiters();
         }
-    });
+    }
 }
 
 impl<H: Handler> PluginInstance for Instance<H> {
     fn handle(&self, request: PluginRequest, reply: ResponseSinkBox) {
         // Runs on a host thread: no runtime, no tracing; a queue push and at most one write(2).
         let rejected = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            if self.inbox.closed.load(Ordering::SeqCst) {
+            let turn = self.next_inbox.fetch_add(1, Ordering::Relaxed);
+            let inbox = &self.inboxes[turn % self.inboxes.len()];
+            if inbox.closed.load(Ordering::SeqCst) {
                 return Some((request, reply));
             }
-            self.inbox.jobs.push(Job { request, reply });
-            self.inbox.wake();
+            inbox.jobs.push(Job { request, reply });
+            inbox.wake();
             None
         }));
         if let Ok(Some((_, reply))) = rejected {
@@ -693,17 +725,23 @@ impl<H: Handler> PluginInstance for Instance<H> {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .take();
             let Some(running) = running else { return };
-            self.inbox.closed.store(true, Ordering::SeqCst);
-            self.inbox.sleeping.store(true, Ordering::SeqCst);
-            self.inbox.wake();
+            for inbox in &self.inboxes {
+                inbox.closed.store(true, Ordering::SeqCst);
+                inbox.sleeping.store(true, Ordering::SeqCst);
+                inbox.wake();
+            }
             let shared = Arc::clone(&running.shared);
             let _logs = tracing::dispatcher::set_default(&running.logs);
-            let dispatcher = running.dispatcher;
+            let dispatchers = running.dispatchers;
             running.runtime.block_on(async {
-                let _ = dispatcher.await;
+                for dispatcher in dispatchers {
+                    let _ = dispatcher.await;
+                }
                 // The host sends nothing once shutdown starts; answer anything that raced it.
-                while let Some(job) = self.inbox.jobs.pop() {
-                    job.reply.send(stopping());
+                for inbox in &self.inboxes {
+                    while let Some(job) = inbox.jobs.pop() {
+                        job.reply.send(stopping());
+                    }
                 }
                 let drained = async {
                     loop {

@@ -135,7 +135,8 @@ pub fn start(
 ) -> RResult<PluginInstanceBox, RString> {
     let options = RuntimeOptions {
         thread_name: "deployment_mcp",
-        worker_threads: 2,
+        // One per CPU the host may use: fewer caps the plugin's routes below the host's own.
+        worker_threads: 0,
         drain_timeout: std::time::Duration::from_secs(30),
     };
     plugin_guest::start_instance(
