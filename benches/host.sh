@@ -2,9 +2,14 @@
 # directory on a free loopback port, and stops it (and removes the directory) on exit.
 #
 #   start_host ROLE [SETTINGS_LINE...]   # sets $address, $key, $host_pid, $work
+#   stop_host                            # stops the host start_host started last, now
 #
-# The key has ROLE; the extra lines go into [plugins.deployment_mcp.settings]. `$HOST_PIN` (a
-# command prefix such as `taskset -c 0-7`) runs the host pinned.
+# The key has ROLE; the extra lines go into [plugins.deployment_mcp.settings]. `$PLUGIN_LINES`
+# (TOML lines, e.g. 'isolation = "process"') go into [plugins.deployment_mcp] itself and
+# `$SERVER_LINES` into [server]. `$HOST_PIN` (a command prefix such as `taskset -c 0-7`) runs
+# the host pinned. Several hosts may run at once, started one after the other (save $address,
+# $key and $host_pid before the next start_host): every one still running is stopped, and its
+# directory removed, on exit.
 [ -x target/release/powerautomation ] && [ -f target/release/libdeployment_mcp.so ] ||
   { echo "build first: cargo build --release --workspace" >&2; exit 2; }
 
@@ -12,17 +17,51 @@
 export AWS_EC2_METADATA_DISABLED=true
 unset AWS_EC2_METADATA_SERVICE_ENDPOINT
 
+# The hosts started and not yet stopped, and their directories (same order).
+bench_host_pids=()
+bench_host_dirs=()
+
+# Stops one host (SIGTERM, then waits: a host in process mode stops its plugin's child itself)
+# and removes its directory.
+stop_one_host() { # pid dir
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+  rm -rf "$2"
+}
+
+stop_all_hosts() {
+  local i
+  for i in "${!bench_host_pids[@]}"; do
+    stop_one_host "${bench_host_pids[$i]}" "${bench_host_dirs[$i]}"
+  done
+  bench_host_pids=()
+  bench_host_dirs=()
+}
+trap stop_all_hosts EXIT
+
+stop_host() {
+  local i pids=() dirs=()
+  stop_one_host "$host_pid" "$work"
+  for i in "${!bench_host_pids[@]}"; do
+    [ "${bench_host_pids[$i]}" = "$host_pid" ] && continue
+    pids+=("${bench_host_pids[$i]}")
+    dirs+=("${bench_host_dirs[$i]}")
+  done
+  bench_host_pids=(${pids[@]+"${pids[@]}"})
+  bench_host_dirs=(${dirs[@]+"${dirs[@]}"})
+}
+
 start_host() {
   local role="$1"
   shift
   work=$(mktemp -d)
-  trap 'kill "$host_pid" 2>/dev/null || true; wait "$host_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
   key="pa_bench_$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
   local hash
   hash=$(printf '%s' "$key" | sha256sum | cut -d' ' -f1)
   cat > "$work/bench.toml" <<TOML
 [server]
 listen = "127.0.0.1:0"
+${SERVER_LINES:-}
 [storage]
 data_dir = "$work/data"
 [auth]
@@ -34,12 +73,15 @@ level = "warn,powerautomation::server=info"
 path = "target/release/libdeployment_mcp.so"
 mount = "/api/deployment"
 watch = false
+${PLUGIN_LINES:-}
 [plugins.deployment_mcp.settings]
 environments_file = "config/remote_environments.json"
 TOML
   printf '%s\n' "$@" >> "$work/bench.toml"
   ${HOST_PIN:-} target/release/powerautomation --config "$work/bench.toml" 2> "$work/host.log" &
   host_pid=$!
+  bench_host_pids+=("$host_pid")
+  bench_host_dirs+=("$work")
   address=
   for _ in $(seq 100); do
     address=$(grep -o '"address":"[^"]*"' "$work/host.log" | head -1 | cut -d'"' -f4 || true)

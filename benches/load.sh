@@ -1,44 +1,129 @@
 #!/usr/bin/env bash
-# Load test: GET /api/deployment/status through the plugin against the host's own GET /health,
-# in one run on the same machine, with wrk at 64 connections. Prints both, and the ratios.
+# Load test, in one run on the same machine, with wrk at each connection count:
+#   - the host's own GET /health;
+#   - GET /api/deployment/status through the plugin loaded in-process (the default);
+#   - the same route with the plugin in a child process (`isolation = "process"`).
+# Prints one table: req/s, p99, and each status row's ratios to /health at the same connection
+# count, against the targets (in-process: throughput >= 0.80 and p99 <= 1.5x; process
+# isolation: throughput >= 0.50).
 #
 #   cargo build --release --workspace && benches/load.sh [seconds] [connections]
 #
-# On a machine with cores to spare, pin the two apart so they do not share cores:
-#   BENCH_HOST_CPUS=0-7 BENCH_LOAD_CPUS=8-15 WRK_THREADS=8 benches/load.sh 10 256
+# Connections: the second argument, else $BENCH_CONNECTIONS, else "64 256 1024" (a list,
+# e.g. BENCH_CONNECTIONS="64" or benches/load.sh 10 "64 256").
+# On a machine with cores to spare, pin the hosts and the load generator apart:
+#   BENCH_HOST_CPUS=0-7 BENCH_LOAD_CPUS=8-15 WRK_THREADS=8 benches/load.sh 10
 #
-# Needs wrk (Debian: apt-get install wrk). The host runs from target/release with a temporary
-# data directory on a free loopback port.
+# Two hosts run side by side, one per mode, each from target/release with a temporary data
+# directory on a free loopback port and the same configuration otherwise; only one is under
+# load at a time. Both allow more connections than the largest count (server.max_connections),
+# so the cap never answers for them. Needs wrk (Debian: apt-get install wrk) and curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-10}"
-connections="${2:-64}"
+read -r -a connections <<<"${2:-${BENCH_CONNECTIONS:-64 256 1024}}"
 threads="${WRK_THREADS:-2}"
 
 command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install -y wrk" >&2; exit 2; }
+command -v curl >/dev/null || { echo "curl is not installed: apt-get install -y curl" >&2; exit 2; }
+[ "${#connections[@]}" -gt 0 ] || { echo "no connection counts given" >&2; exit 2; }
+most=0
+for c in "${connections[@]}"; do
+  [[ "$c" =~ ^[0-9]+$ ]] && [ "$c" -ge "$threads" ] ||
+    { echo "connections must be whole numbers >= WRK_THREADS ($threads): got '$c'" >&2; exit 2; }
+  if [ "$c" -gt "$most" ]; then most=$c; fi
+done
+
+# wrk and each host hold a descriptor per connection: raise the soft limit when it is lower.
+need=$((most * 2 + 512))
+limit=$(ulimit -n)
+if [ "$limit" != unlimited ] && [ "$limit" -lt "$need" ]; then
+  ulimit -n "$need" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  limit=$(ulimit -n)
+  [ "$limit" = unlimited ] || [ "$limit" -ge "$need" ] ||
+    echo "warning: open files limited to $limit (want $need): the largest counts may see socket errors" >&2
+fi
+
 # shellcheck source=benches/host.sh
 . benches/host.sh
 
 # `taskset -c LIST` when a CPU list is given, nothing otherwise.
 pin() { [ -n "${1:-}" ] && echo "taskset -c $1"; true; }
-HOST_PIN=$(pin "${BENCH_HOST_CPUS:-}") start_host user
 
-run() { # name path -> "req/s p99_ms"
-  local out
-  out=$($(pin "${BENCH_LOAD_CPUS:-}") wrk -t"$threads" -c"$connections" -d"${seconds}s" --latency -H "X-API-Key: $key" "http://$address$2")
-  local rps p99 non2xx
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out")
-  non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
-  printf '%-32s %10.0f req/s   p99 %7.2f ms   non-2xx %s\n' "$1" "$rps" "$p99" "${non2xx:-0}" >&2
-  echo "$rps $p99"
+# Waits (bounded) until the status route answers 200 on the host at $1 with key $2.
+ready() {
+  for _ in $(seq 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $2" "http://$1/api/deployment/status")" = 200 ] &&
+      return 0
+    sleep 0.1
+  done
+  echo "the plugin of the host at $1 does not serve:" >&2
+  cat "$work/host.log" >&2
+  exit 1
 }
 
-echo "wrk: ${threads} threads, ${connections} connections, ${seconds}s each, host pid $host_pid" >&2
-read -r health_rps health_p99 < <(run "GET /health" /health)
-read -r status_rps status_p99 < <(run "GET /api/deployment/status" /api/deployment/status)
-awk -v hr="$health_rps" -v sr="$status_rps" -v hp="$health_p99" -v sp="$status_p99" 'BEGIN {
-  printf "throughput ratio (status/health): %.2f   (target >= 0.80)\n", sr/hr
-  printf "p99 ratio (status/health):        %.2f   (target <= 1.50)\n", sp/hp
-}'
-echo "host RSS after load: $(awk '/VmRSS/ {print $2, $3}' /proc/$host_pid/status)"
+SERVER_LINES="max_connections = $((most + 256))"
+HOST_PIN=$(pin "${BENCH_HOST_CPUS:-}") start_host user
+in_address=$address in_key=$key in_pid=$host_pid
+ready "$in_address" "$in_key"
+HOST_PIN=$(pin "${BENCH_HOST_CPUS:-}") PLUGIN_LINES='isolation = "process"' start_host user
+pr_address=$address pr_key=$key pr_pid=$host_pid
+ready "$pr_address" "$pr_key"
+# The second host really runs the plugin in a child process.
+curl -s -H "X-API-Key: $pr_key" "http://$pr_address/api/plugins" | grep -q '"isolation":"process"' ||
+  { echo "the host at $pr_address does not report isolation = process:" >&2; cat "$work/host.log" >&2; exit 1; }
+
+measure() { # address key path connections -> "req/s p99_ms non2xx socket_errors"
+  local out
+  out=$($(pin "${BENCH_LOAD_CPUS:-}") wrk -t"$threads" -c"$4" -d"${seconds}s" --latency -H "X-API-Key: $2" "http://$1$3")
+  awk '
+    /Requests\/sec/ { rps = $2 }
+    $1 == "99%" {
+      v = $2
+      if (v ~ /us$/) { sub(/us$/, "", v); v = v / 1000 }
+      else if (v ~ /ms$/) { sub(/ms$/, "", v) }
+      else if (v ~ /s$/) { sub(/s$/, "", v); v = v * 1000 }
+      p99 = v
+    }
+    /Non-2xx/ { non2xx = $5 }
+    /Socket errors/ { gsub(/,/, ""); errors = $4 + $6 + $8 + $10 }
+    END { printf "%.2f %.3f %d %d\n", rps, p99, non2xx, errors }' <<<"$out"
+}
+
+# One row of the table; the ratio columns are empty for /health.
+row() { # connections name rps p99 non2xx errors [health_rps health_p99 throughput_target p99_target]
+  awk -v c="$1" -v name="$2" -v rps="$3" -v p99="$4" -v non="$5" -v err="$6" \
+    -v hr="${7:-}" -v hp="${8:-}" -v tt="${9:-}" -v pt="${10:-}" 'BEGIN {
+    if (hr == "") {
+      printf "%6s  %-38s %10.0f %9.2f %9s %9s  %-27s %8d %8d\n", c, name, rps, p99, "-", "-", "", non, err
+      exit
+    }
+    tr = (hr > 0) ? rps / hr : 0
+    pr = (hp > 0) ? p99 / hp : 0
+    met = (tr >= tt) && (pt == "" || pr <= pt)
+    target = sprintf("thr>=%.2f%s %s", tt, (pt == "" ? "" : sprintf(" p99<=%.1f", pt)), met ? "met" : "NOT MET")
+    printf "%6s  %-38s %10.0f %9.2f %9.2f %9.2f  %-27s %8d %8d\n", c, name, rps, p99, tr, pr, target, non, err
+  }'
+}
+
+echo "wrk: ${threads} threads, ${seconds}s a run, connections: ${connections[*]}" >&2
+echo "hosts: in-process pid $in_pid (${BENCH_HOST_CPUS:-any CPU}), process isolation pid $pr_pid; load on ${BENCH_LOAD_CPUS:-any CPU}" >&2
+printf '%6s  %-38s %10s %9s %9s %9s  %-27s %8s %8s\n' \
+  conns route req/s "p99 ms" "thr/hlth" "p99/hlth" target non-2xx "sock err"
+for c in "${connections[@]}"; do
+  read -r h_rps h_p99 h_non h_err < <(measure "$in_address" "$in_key" /health "$c")
+  row "$c" "GET /health" "$h_rps" "$h_p99" "$h_non" "$h_err"
+  read -r s_rps s_p99 s_non s_err < <(measure "$in_address" "$in_key" /api/deployment/status "$c")
+  row "$c" "GET /api/deployment/status in-process" "$s_rps" "$s_p99" "$s_non" "$s_err" \
+    "$h_rps" "$h_p99" 0.80 1.5
+  read -r p_rps p_p99 p_non p_err < <(measure "$pr_address" "$pr_key" /api/deployment/status "$c")
+  row "$c" "GET /api/deployment/status process" "$p_rps" "$p_p99" "$p_non" "$p_err" \
+    "$h_rps" "$h_p99" 0.50
+done
+
+rss() { awk '/VmRSS/ {print $2, $3}' "/proc/$1/status" 2>/dev/null || echo "gone"; }
+children() { cat /proc/"$1"/task/*/children 2>/dev/null | tr -s ' \n' ' ' | sed 's/ $//'; }
+echo "RSS after load: in-process host $(rss "$in_pid"); process-isolation host $(rss "$pr_pid")"
+for child in $(children "$pr_pid"); do
+  echo "  its child $child ($(tr '\0' ' ' < "/proc/$child/cmdline" 2>/dev/null | cut -c1-60)): $(rss "$child")"
+done
