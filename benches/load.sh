@@ -23,6 +23,9 @@ cd "$(dirname "$0")/.."
 seconds="${1:-10}"
 read -r -a connections <<<"${2:-${BENCH_CONNECTIONS:-64 256 1024}}"
 threads="${WRK_THREADS:-2}"
+# Each connection count is measured this many times, the three routes interleaved; the table
+# shows the medians. More than one round steadies figures on a machine whose speed drifts.
+rounds="${BENCH_ROUNDS:-1}"
 
 command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install -y wrk" >&2; exit 2; }
 command -v curl >/dev/null || { echo "curl is not installed: apt-get install -y curl" >&2; exit 2; }
@@ -106,17 +109,42 @@ row() { # connections name rps p99 non2xx errors [health_rps health_p99 throughp
   }'
 }
 
-echo "wrk: ${threads} threads, ${seconds}s a run, connections: ${connections[*]}" >&2
+echo "wrk: ${threads} threads, ${seconds}s a run, connections: ${connections[*]}, rounds: $rounds (medians)" >&2
 echo "hosts: in-process pid $in_pid (${BENCH_HOST_CPUS:-any CPU}), process isolation pid $pr_pid; load on ${BENCH_LOAD_CPUS:-any CPU}" >&2
 printf '%6s  %-38s %10s %9s %9s %9s  %-27s %8s %8s\n' \
   conns route req/s "p99 ms" "thr/hlth" "p99/hlth" target non-2xx "sock err"
+# The median of the values on stdin, one a line.
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# Measures the three routes `rounds` times, interleaved (so a machine whose speed drifts
+# drifts for all three), and prints each one's median req/s and p99 and summed errors.
+three() { # connections
+  local i h=() s=() p=()
+  for ((i = 0; i < rounds; i++)); do
+    h+=("$(measure "$in_address" "$in_key" /health "$1")")
+    s+=("$(measure "$in_address" "$in_key" /api/deployment/status "$1")")
+    p+=("$(measure "$pr_address" "$pr_key" /api/deployment/status "$1")")
+  done
+  local set
+  for set in h s p; do
+    local -n runs=$set
+    printf '%s %s %s %s\n' \
+      "$(printf '%s\n' "${runs[@]}" | cut -d' ' -f1 | median)" \
+      "$(printf '%s\n' "${runs[@]}" | cut -d' ' -f2 | median)" \
+      "$(printf '%s\n' "${runs[@]}" | awk '{ n += $3 } END { print n + 0 }')" \
+      "$(printf '%s\n' "${runs[@]}" | awk '{ n += $4 } END { print n + 0 }')"
+  done
+}
+
 for c in "${connections[@]}"; do
-  read -r h_rps h_p99 h_non h_err < <(measure "$in_address" "$in_key" /health "$c")
+  {
+    read -r h_rps h_p99 h_non h_err
+    read -r s_rps s_p99 s_non s_err
+    read -r p_rps p_p99 p_non p_err
+  } < <(three "$c")
   row "$c" "GET /health" "$h_rps" "$h_p99" "$h_non" "$h_err"
-  read -r s_rps s_p99 s_non s_err < <(measure "$in_address" "$in_key" /api/deployment/status "$c")
   row "$c" "GET /api/deployment/status in-process" "$s_rps" "$s_p99" "$s_non" "$s_err" \
     "$h_rps" "$h_p99" 0.80 1.5
-  read -r p_rps p_p99 p_non p_err < <(measure "$pr_address" "$pr_key" /api/deployment/status "$c")
   row "$c" "GET /api/deployment/status process" "$p_rps" "$p_p99" "$p_non" "$p_err" \
     "$h_rps" "$h_p99" 0.50
 done
