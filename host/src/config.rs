@@ -164,8 +164,9 @@ pub struct PluginConfig {
     /// requests in flight and the child is restarted).
     #[serde(default)]
     pub isolation: Isolation,
-    /// Process mode only: the child's address-space limit in MiB (`RLIMIT_AS`), inherited by
-    /// the commands it starts. An allocation over it fails, which ends the child (a crash).
+    /// Process mode only: the memory the child may write, in MiB (`RLIMIT_DATA`: heap and
+    /// private mappings, including thread stacks), inherited by the commands it starts. An
+    /// allocation over it fails, which ends the child (a crash).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit_mb: Option<u64>,
     /// Process mode only: more crashes than this within `crash_window_secs` leave the plugin
@@ -280,11 +281,11 @@ pub fn load(explicit: Option<&Path>) -> Result<(Config, ConfigSource), String> {
     Ok((config, ConfigSource { file }))
 }
 
-/// Paths the host's own routes use; a plugin may not be mounted over them.
-/// The smallest `memory_limit_mb` accepted: a child's threads and loaded libraries alone take
-/// tens of MiB of address space.
+/// The smallest `memory_limit_mb` accepted: a child's runtime and loaded libraries alone take
+/// tens of MiB.
 const MIN_MEMORY_LIMIT_MB: u64 = 64;
 
+/// Paths the host's own routes use; a plugin may not be mounted over them.
 const RESERVED_PREFIXES: &[&str] = &["/health", "/metrics", "/api/plugins", "/api/openapi.json"];
 
 impl Config {

@@ -552,7 +552,8 @@ impl Drop for TestHost {
     }
 }
 
-fn send_signal(pid: u32, signal: Signal) {
+/// Sends `signal` to process `pid` (nothing for pid 0).
+pub fn send_signal(pid: u32, signal: Signal) {
     if let Ok(pid) = i32::try_from(pid) {
         if pid > 0 {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);

@@ -55,6 +55,14 @@ impl PluginCopy {
         }
     }
 
+    /// Which load of its slot a child is (process mode).
+    pub fn child_sequence(&self) -> Option<u64> {
+        match self {
+            PluginCopy::InProcess(_) => None,
+            PluginCopy::Process(child) => Some(child.sequence()),
+        }
+    }
+
     /// Hands one request to the copy and waits for its answer (a streamed answer's head).
     pub async fn call(&self, request: HostRequest) -> Result<HostResponse, CallError> {
         match self {

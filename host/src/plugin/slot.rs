@@ -5,7 +5,7 @@ use std::{
     collections::VecDeque,
     path::PathBuf,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, Weak,
     },
     time::{Duration, Instant, SystemTime},
@@ -114,6 +114,10 @@ pub struct PluginSlot {
     lineage: Arc<ArcSwap<String>>,
     /// When the recent crashes happened, within `crash_window_secs`.
     crash_times: Mutex<VecDeque<Instant>>,
+    /// Process mode: children of this slot not reaped yet (serving or finishing).
+    live_children: Arc<AtomicUsize>,
+    /// Set when the host stops: nothing is loaded or restarted after that.
+    stopping: AtomicBool,
 }
 
 /// The first restart after a crash waits this long; each further crash in the window doubles
@@ -179,6 +183,8 @@ impl PluginSlot {
             context,
             lineage: Arc::new(ArcSwap::from_pointee(fresh_lineage())),
             crash_times: Mutex::new(VecDeque::new()),
+            live_children: Arc::new(AtomicUsize::new(0)),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -215,6 +221,16 @@ impl PluginSlot {
             Isolation::InProcess => self.load_in_process(sequence).await,
             Isolation::Process => self.start_child(sequence).await,
         };
+        let outcome = outcome.and_then(|copy| {
+            if self.stopping.load(Ordering::SeqCst) {
+                // Dropping the copy retires it (a child is told to stop).
+                return Err(LoadError {
+                    kind: LoadFailure::Failed,
+                    message: "the host is shutting down".into(),
+                });
+            }
+            Ok(copy)
+        });
         let previous = self.status.load_full();
         match outcome {
             Ok(copy) => {
@@ -321,8 +337,9 @@ impl PluginSlot {
                 lineage: Arc::clone(&self.lineage),
             },
             retirements: self.context.retirements.clone(),
-            on_crash: Box::new(move |pid, death| {
-                runtime.spawn(PluginSlot::crashed(slot, pid, death));
+            alive: Arc::clone(&self.live_children),
+            on_crash: Box::new(move |sequence, death| {
+                runtime.spawn(PluginSlot::crashed(slot, sequence, death));
             }),
         };
         process::spawn(spec).await.map(PluginCopy::Process)
@@ -342,87 +359,122 @@ impl PluginSlot {
     /// around that cycle.
     fn crashed(
         slot: Weak<PluginSlot>,
-        pid: u32,
+        sequence: u64,
         death: Death,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        Box::pin(async move { PluginSlot::after_crash(slot, pid, death).await })
+        Box::pin(async move { PluginSlot::after_crash(slot, sequence, death).await })
     }
 
-    async fn after_crash(slot: Weak<PluginSlot>, pid: u32, death: Death) {
+    async fn after_crash(slot: Weak<PluginSlot>, sequence: u64, death: Death) {
         let Some(slot) = slot.upgrade() else { return };
-        let delay = {
+        {
             let _serialized = slot.reload_lock.lock().await;
-            // Only a crash of the copy serving now counts; one retiring after a swap does not
-            // change what serves.
+            // Only a crash of the copy serving now counts: one retiring after a swap (or
+            // replaced by a reload since) does not change what serves.
             let serving_dead = slot
                 .current
                 .load()
                 .as_ref()
-                .is_some_and(|copy| copy.pid() == Some(pid));
+                .is_some_and(|copy| copy.child_sequence() == Some(sequence));
             if !serving_dead {
+                tracing::warn!(plugin = %slot.name, cause = %death.cause, "a process of the plugin that no longer served crashed; runs it was finishing stay recorded as running until the host restarts");
                 return;
             }
             slot.current.store(None);
-            slot.lineage.store(Arc::new(fresh_lineage()));
-            let window = Duration::from_secs(slot.config.crash_window_secs);
-            let recent = {
-                let mut times = slot.lock_crashes();
-                let now = Instant::now();
-                times.push_back(now);
-                while times
-                    .front()
-                    .is_some_and(|at| now.duration_since(*at) > window)
-                {
-                    times.pop_front();
-                }
-                times.len()
+        }
+        let mut death = death;
+        loop {
+            let Some(delay) = slot.count_crash(&death) else {
+                return;
             };
-            let previous = slot.status.load_full();
-            let too_many = recent > slot.config.max_crashes as usize;
-            let delay = backoff(recent);
-            let last_error = if too_many {
-                format!(
-                    "its process crashed {recent} times within {} s (last: {}); it is not restarted: fix it, then reload it (POST /api/plugins/{}/reload)",
-                    slot.config.crash_window_secs, death.cause, slot.name
-                )
-            } else {
-                format!(
-                    "its process crashed ({}); restarting in {} ms",
-                    death.cause,
-                    delay.as_millis()
-                )
-            };
-            slot.status.store(Arc::new(PluginStatus {
-                state: if too_many {
-                    PluginState::Failed
-                } else {
-                    PluginState::Crashed
-                },
-                pid: None,
-                crashes: previous.crashes + 1,
-                last_crash: Some(death.cause.clone()),
-                last_crash_at: Some(rfc3339(SystemTime::now())),
-                last_error: Some(last_error),
-                ..(*previous).clone()
-            }));
-            if too_many {
-                tracing::error!(plugin = %slot.name, crashes = recent, "plugin crashed too often; not restarted");
+            tracing::warn!(plugin = %slot.name, cause = %death.cause, delay_ms = delay.as_millis() as u64, "restarting the plugin's process");
+            tokio::time::sleep(delay).await;
+            let _serialized = slot.reload_lock.lock().await;
+            // An operator reloaded it meanwhile, or the host is stopping.
+            if slot.status().state != PluginState::Crashed || slot.stopping.load(Ordering::SeqCst) {
                 return;
             }
-            delay
-        };
-        tracing::warn!(plugin = %slot.name, cause = %death.cause, delay_ms = delay.as_millis() as u64, "restarting the plugin's process");
-        tokio::time::sleep(delay).await;
-        let _serialized = slot.reload_lock.lock().await;
-        // An operator reloaded it meanwhile, or the host is stopping.
-        if slot.status().state != PluginState::Crashed {
-            return;
+            match slot.load("restart after a crash", false).await {
+                Ok(_) => return,
+                // A restart that fails is one more crash: it backs off and counts.
+                Err(error) => {
+                    death = Death {
+                        cause: format!("its restart failed: {}", error.message),
+                        signal: None,
+                        exit_code: None,
+                    }
+                }
+            }
         }
-        let _ = slot.load("restart after a crash", false).await;
+    }
+
+    /// Records a crash of the serving child; the wait before restarting it, or `None` when it
+    /// crashed too often (or the host is stopping) and stays down.
+    fn count_crash(&self, death: &Death) -> Option<Duration> {
+        // A sibling still running (the previous copy finishing after a swap) owns runs under
+        // the current lineage: renewing it would have the restarted child mark them
+        // interrupted while they run. The dead child's runs then wait for a restart.
+        if self.live_children.load(Ordering::SeqCst) == 0 {
+            self.lineage.store(Arc::new(fresh_lineage()));
+        } else {
+            tracing::warn!(plugin = %self.name, "an older process of the plugin is still finishing its work: runs of the crashed one stay recorded as running until the host restarts");
+        }
+        let window = Duration::from_secs(self.config.crash_window_secs);
+        let recent = {
+            let mut times = self.lock_crashes();
+            let now = Instant::now();
+            times.push_back(now);
+            while times
+                .front()
+                .is_some_and(|at| now.duration_since(*at) > window)
+            {
+                times.pop_front();
+            }
+            times.len()
+        };
+        let previous = self.status.load_full();
+        let stopping = self.stopping.load(Ordering::SeqCst);
+        let too_many = recent > self.config.max_crashes as usize;
+        let delay = backoff(recent);
+        let last_error = if stopping {
+            "the host is shutting down".to_owned()
+        } else if too_many {
+            format!(
+                "its process crashed {recent} times within {} s (last: {}); it is not restarted: fix it, then reload it (POST /api/plugins/{}/reload)",
+                self.config.crash_window_secs, death.cause, self.name
+            )
+        } else {
+            format!(
+                "its process crashed ({}); restarting in {} ms",
+                death.cause,
+                delay.as_millis()
+            )
+        };
+        self.status.store(Arc::new(PluginStatus {
+            state: if stopping {
+                PluginState::Disabled
+            } else if too_many {
+                PluginState::Failed
+            } else {
+                PluginState::Crashed
+            },
+            pid: None,
+            crashes: previous.crashes + 1,
+            last_crash: Some(death.cause.clone()),
+            last_crash_at: Some(rfc3339(SystemTime::now())),
+            last_error: Some(last_error),
+            ..(*previous).clone()
+        }));
+        if too_many {
+            tracing::error!(plugin = %self.name, crashes = recent, "plugin crashed too often; not restarted");
+        }
+        (!too_many && !stopping).then_some(delay)
     }
 
     /// Stops serving: new requests get 503, the copy retires once in-flight requests finish.
+    /// Nothing loads after this: a crash restart or a reload in progress drops its copy.
     pub fn unload(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         let previous = self.status.load_full();
         if self.current.swap(None).is_some() || previous.state == PluginState::Crashed {
             self.status.store(Arc::new(PluginStatus {

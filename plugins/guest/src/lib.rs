@@ -692,7 +692,18 @@ fn job_future<H: Handler>(
                 )
             }
         };
-        deliver(job.reply, response, &request_id).await;
+        // A streamed answer runs plugin code too (its stream), possibly on the dispatcher's
+        // first poll: a panic there ends this answer, never the dispatcher.
+        let delivered = AssertUnwindSafe(deliver(job.reply, response, &request_id))
+            .catch_unwind()
+            .await;
+        if let Err(panic) = delivered {
+            tracing::error!(
+                panic = %panic_message(&*panic),
+                request_id,
+                "a streamed answer panicked; it ended there"
+            );
+        }
         if shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             shared.drained.notify_waiters();
         }

@@ -450,3 +450,41 @@ async fn sigkill_of_the_child_mid_deployment_interrupts_the_run_and_frees_the_en
         Signal::SIGKILL,
     );
 }
+
+#[tokio::test]
+async fn stop_signals_for_the_whole_group_leave_the_child_to_the_host_which_stops_it_cleanly() {
+    let dir = temp();
+    let mut host = start_with_crashing(dir.path(), CRASHING_IN_A_CHILD).await;
+    let pid = serving_pid(&host).await.expect("the plugin answers /ok");
+    // What a terminal's Ctrl-C or a service manager's stop sends to every process it knows.
+    e2e::send_signal(pid, Signal::SIGINT);
+    e2e::send_signal(pid, Signal::SIGTERM);
+    for _ in 0..20 {
+        assert_eq!(
+            serving_pid(&host).await,
+            Some(pid),
+            "the child keeps serving until the host stops it; log:\n{}",
+            host.logs()
+        );
+    }
+    let plugin = host.plugin_status_of("crashing").await;
+    assert_eq!(plugin["crashes"], 0, "{plugin}");
+    assert_eq!(plugin["state"], "active", "{plugin}");
+
+    let (status, _) = host
+        .stop_with(Signal::SIGTERM, Duration::from_secs(30))
+        .await;
+    assert!(
+        status.is_some_and(|status| status.success()),
+        "the host stops cleanly: {status:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || async { !process_alive(pid) }).await,
+        "the child {pid} ends with the host"
+    );
+    let text = host.logs();
+    assert!(
+        text.contains("the plugin's old process stopped") && !text.contains("crashed;"),
+        "the host asked the child to stop; it did not crash:\n{text}"
+    );
+}

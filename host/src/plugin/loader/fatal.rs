@@ -12,7 +12,7 @@
 use std::{
     os::fd::AsFd as _,
     sync::{
-        atomic::{AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
         Mutex,
     },
 };
@@ -55,6 +55,35 @@ pub fn install() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Set in a plugin's child process (`plugin-runner`): its report says the host goes on.
+static IN_CHILD: AtomicBool = AtomicBool::new(false);
+
+/// What a plugin's child process installs at start: the same report (telling that the host
+/// answers for it), and stop signals (SIGINT, SIGTERM) that do nothing. A terminal's Ctrl-C or
+/// a service manager signals every process of the host's group or control group at once; the
+/// child must not die before the host has drained its requests and asked it to stop. It stops
+/// on the host's word, when the host's socket closes, or when the host dies (parent-death
+/// signal). A handler rather than "ignore", so commands the plugin starts get the default
+/// action back when they exec.
+pub fn install_in_child() -> Result<(), String> {
+    IN_CHILD.store(true, Ordering::SeqCst);
+    install()?;
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for stop in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler does nothing at all, so it is async-signal-safe; it replaces the
+        // default action (ending the process) for this process only.
+        unsafe { signal::sigaction(stop, &action) }
+            .map_err(|error| format!("cannot install the {stop:?} handler: {error}"))?;
+    }
+    Ok(())
+}
+
+extern "C" fn on_stop_signal(_: nix::libc::c_int) {}
 
 /// Records that copy `id` of a plugin is loaded (`Some`) or unloaded (`None`).
 pub fn set_loaded(id: u64, description: Option<String>) {
@@ -122,9 +151,15 @@ extern "C" fn on_fatal_signal(number: nix::libc::c_int) {
     for slot in &LOADED[..len] {
         message.push(&[slot.load(Ordering::Relaxed)]);
     }
-    message.push(
-        b". In-process plugins share the host's fate: set isolation = \"process\" for a plugin to contain its crashes. Records written so far are kept; runs that were going on are marked interrupted at the next start.\n",
-    );
+    if IN_CHILD.load(Ordering::SeqCst) {
+        message.push(
+            b". This is the plugin's own process (isolation = \"process\"): the host answers 502 for its requests in flight and restarts it.\n",
+        );
+    } else {
+        message.push(
+            b". In-process plugins share the host's fate: set isolation = \"process\" for a plugin to contain its crashes. Records written so far are kept; runs that were going on are marked interrupted at the next start.\n",
+        );
+    }
     let stderr = std::io::stderr();
     let _ = nix::unistd::write(stderr.as_fd(), &message.bytes[..message.len]);
     // The action is the default again (SA_RESETHAND): this ends the process by the same signal.

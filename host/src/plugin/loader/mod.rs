@@ -71,7 +71,7 @@ pub struct BuildInfo {
 
 /// Which library one load takes and how it starts it: the same whether the host loads it or a
 /// plugin's child process does (it crosses to the child in the start message).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct LoadTarget {
     pub name: String,
     /// The configured path: a file, or a directory holding `lib<name>.so`.
@@ -81,6 +81,20 @@ pub struct LoadTarget {
     pub settings_json: String,
     pub copies_dir: PathBuf,
     pub sequence: u64,
+}
+
+/// Without the settings, which may hold secrets.
+impl std::fmt::Debug for LoadTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadTarget")
+            .field("name", &self.name)
+            .field("configured", &self.configured)
+            .field("pin", &self.pin)
+            .field("settings_json", &"<not shown>")
+            .field("copies_dir", &self.copies_dir)
+            .field("sequence", &self.sequence)
+            .finish()
+    }
 }
 
 /// What one load needs.

@@ -57,6 +57,11 @@ use super::{
 const FRAME_QUEUE: usize = 4096;
 /// Messages written in one go at most.
 const WRITE_BATCH: usize = 256;
+/// What a read or write buffer keeps between messages.
+const KEPT_BUFFER: usize = 1024 * 1024;
+/// How long a reaped child's last messages may take to be read before the requests still
+/// waiting on it are failed.
+const READER_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How a child process ended.
 #[derive(Debug, Clone)]
@@ -111,8 +116,11 @@ pub struct ChildSpec {
     pub log_json: bool,
     pub services: ChildServices,
     pub retirements: Retirements,
-    /// Called once if the child ends without having been asked to stop.
-    pub on_crash: Box<dyn FnOnce(u32, Death) + Send>,
+    /// Counts the slot's children not reaped yet.
+    pub alive: Arc<std::sync::atomic::AtomicUsize>,
+    /// Called once if the child ends without having been asked to stop; gets the child's
+    /// `target.sequence`.
+    pub on_crash: Box<dyn FnOnce(u64, Death) + Send>,
 }
 
 /// A plugin copy running in a child process.
@@ -127,6 +135,11 @@ impl ChildCopy {
         self.pid
     }
 
+    /// Which load of its slot this child is.
+    pub fn sequence(&self) -> u64 {
+        self.link.sequence
+    }
+
     pub async fn call(&self, request: HostRequest) -> Result<HostResponse, CallError> {
         let link = &self.link;
         let id = link.next_id.fetch_add(1, Ordering::Relaxed);
@@ -138,6 +151,12 @@ impl ChildCopy {
             }
             state.answers.insert(id, answer_tx);
         }
+        // A caller that gives up (a timeout, a client gone) takes its entry with it.
+        let mut pending = PendingAnswer {
+            link,
+            id,
+            armed: true,
+        };
         let message = ToChild::Request(RequestFrame {
             id,
             request_id: request.request_id,
@@ -156,10 +175,27 @@ impl ChildCopy {
             }
         };
         if !sent {
-            link.state().answers.remove(&id);
             return Err(CallError::Unanswered);
         }
-        answer_rx.await.unwrap_or(Err(CallError::Unanswered))
+        let answer = answer_rx.await;
+        // Whoever answered (the reader, or the reaper) has taken the entry out already.
+        pending.armed = false;
+        answer.unwrap_or(Err(CallError::Unanswered))
+    }
+}
+
+/// Removes a request's entry when its caller gives up before the answer came.
+struct PendingAnswer<'a> {
+    link: &'a HostLink,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for PendingAnswer<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.link.state().answers.remove(&self.id);
+        }
     }
 }
 
@@ -181,13 +217,18 @@ struct HostLink {
     retire: CancellationToken,
     /// Set once the child has been reaped: its pid may belong to another process now.
     reaped: AtomicBool,
-    /// Set once the copy serves: an end before that is a failed start, not a crash.
-    serving: AtomicBool,
+    /// Which load of the slot this child is (`LoadTarget::sequence`): unlike a pid, never
+    /// reused.
+    sequence: u64,
 }
 
 #[derive(Default)]
 struct LinkState {
     dead: Option<Death>,
+    /// Set, under this lock, once the copy serves: an end before that is a failed start, not
+    /// a crash. Deciding both under one lock means a child that dies right after `Ready` is
+    /// either refused by `spawn` or reported as a crash, never neither.
+    serving: bool,
     answers: HashMap<u64, oneshot::Sender<Result<HostResponse, CallError>>>,
     streams: HashMap<u64, mpsc::Sender<Bytes>>,
     ready: Option<oneshot::Sender<Result<ReadyInfo, LoadError>>>,
@@ -207,15 +248,16 @@ impl HostLink {
         }
     }
 
-    /// The child is gone: whoever waits on it learns why.
-    fn die(&self, death: &Death) {
-        let (answers, streams, ready) = {
+    /// The child is gone: whoever waits on it learns why. True when it had been serving.
+    fn die(&self, death: &Death) -> bool {
+        let (answers, streams, ready, serving) = {
             let mut state = self.state();
             state.dead = Some(death.clone());
             (
                 std::mem::take(&mut state.answers),
                 std::mem::take(&mut state.streams),
                 state.ready.take(),
+                state.serving,
             )
         };
         for answer in answers.into_values() {
@@ -229,6 +271,7 @@ impl HostLink {
                 message: format!("the plugin's process ended while starting: {}", death.cause),
             }));
         }
+        serving
     }
 
     /// Ends a child that broke the protocol; the waiter thread then reports it.
@@ -382,6 +425,7 @@ pub async fn spawn(spec: ChildSpec) -> Result<ChildCopy, LoadError> {
         .map_err(|error| failed("cannot start the plugin's process", &error))?;
     let pid = child.id();
     let name = spec.target.name.clone();
+    let (sequence, copies_dir) = (spec.target.sequence, spec.target.copies_dir.clone());
     let start = frame::encode(&ToChild::Start(StartChild {
         target: spec.target,
         memory_limit_mb: spec.memory_limit_mb,
@@ -424,27 +468,37 @@ pub async fn spawn(spec: ChildSpec) -> Result<ChildCopy, LoadError> {
         next_id: AtomicU64::new(1),
         retire: CancellationToken::new(),
         reaped: AtomicBool::new(false),
-        serving: AtomicBool::new(false),
+        sequence,
     });
+    let copies = (copies_dir, format!("lib{name}-{pid}-"));
     tokio::spawn(write_loop(queued, write_half, link.retire.clone()));
+    // Disconnected once the reader has read all the child wrote: answers it sent before it
+    // died are delivered before the rest are failed.
+    let (reader_alive, reader_done) = std::sync::mpsc::channel::<()>();
     tokio::spawn(read_loop(
         read_half,
         Arc::clone(&link),
         Arc::new(spec.services),
+        reader_alive,
     ));
+    spec.alive.fetch_add(1, Ordering::SeqCst);
     let waiter = std::thread::Builder::new()
         .name(format!("reap-{}", name))
         .spawn({
             let link = Arc::clone(&link);
             let on_crash = spec.on_crash;
+            let alive = Arc::clone(&spec.alive);
             move || {
                 let death = match child.wait() {
                     Ok(status) => Death::from_status(status),
                     Err(error) => Death::lost(format!("its exit could not be read: {error}")),
                 };
                 link.reaped.store(true, Ordering::Release);
-                link.die(&death);
-                if !link.serving.load(Ordering::Acquire) {
+                alive.fetch_sub(1, Ordering::SeqCst);
+                let _ = reader_done.recv_timeout(READER_DRAIN);
+                let serving = link.die(&death);
+                remove_copies(&copies.0, &copies.1);
+                if !serving {
                     tracing::debug!(plugin = %link.plugin, pid = link.pid, cause = %death.cause, "the plugin's process ended before it served");
                 } else if link.retire.is_cancelled() {
                     if death.exit_code != Some(0) {
@@ -454,13 +508,14 @@ pub async fn spawn(spec: ChildSpec) -> Result<ChildCopy, LoadError> {
                     }
                 } else {
                     tracing::error!(plugin = %link.plugin, pid = link.pid, cause = %death.cause, "the plugin's process crashed; the host keeps serving");
-                    on_crash(link.pid, death);
+                    on_crash(link.sequence, death);
                 }
             }
         });
     match waiter {
         Ok(handle) => spec.retirements.push(handle),
         Err(error) => {
+            spec.alive.fetch_sub(1, Ordering::SeqCst);
             link.kill("no thread to watch the plugin's process");
             return Err(failed(
                 "cannot start a thread to watch the plugin's process",
@@ -477,8 +532,17 @@ pub async fn spawn(spec: ChildSpec) -> Result<ChildCopy, LoadError> {
             message: "the plugin's process ended while starting".into(),
         })
     })?;
+    {
+        let mut state = link.state();
+        if let Some(death) = &state.dead {
+            return Err(LoadError {
+                kind: LoadFailure::Failed,
+                message: format!("the plugin's process ended as it started: {}", death.cause),
+            });
+        }
+        state.serving = true;
+    }
     guard.link = None;
-    link.serving.store(true, Ordering::Release);
     Ok(ChildCopy {
         info: BuildInfo {
             name: info.name,
@@ -524,6 +588,7 @@ async fn write_loop(
                     socket.write_all(&buffer).await
                 };
                 batch.clear();
+                shrink(&mut buffer);
                 // The child is gone; the waiter thread reports it.
                 broken = written.is_err();
             }
@@ -537,7 +602,12 @@ async fn write_loop(
     }
 }
 
-async fn read_loop(socket: OwnedReadHalf, link: Arc<HostLink>, services: Arc<ChildServices>) {
+async fn read_loop(
+    socket: OwnedReadHalf,
+    link: Arc<HostLink>,
+    services: Arc<ChildServices>,
+    _alive: std::sync::mpsc::Sender<()>,
+) {
     let mut reader = BufReader::with_capacity(64 * 1024, socket);
     let mut body = Vec::new();
     loop {
@@ -558,6 +628,27 @@ async fn read_loop(socket: OwnedReadHalf, link: Arc<HostLink>, services: Arc<Chi
         match frame::decode::<ToHost>(&body) {
             Ok(message) => link.receive(message, &services).await,
             Err(error) => return link.kill(&error.to_string()),
+        }
+        shrink(&mut body);
+    }
+}
+
+/// Buffers keep their size between messages, but not the size of an outsized one.
+fn shrink(buffer: &mut Vec<u8>) {
+    if buffer.capacity() > KEPT_BUFFER {
+        *buffer = Vec::with_capacity(KEPT_BUFFER);
+    }
+}
+
+/// Removes the private library copies a dead child left (`lib<name>-<pid>-…`): a child that
+/// crashed had no chance to.
+fn remove_copies(directory: &std::path::Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(directory) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }

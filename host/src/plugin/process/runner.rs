@@ -57,7 +57,11 @@ pub fn run(host_pid: u32) -> ExitCode {
     if let Ok(null) = std::fs::File::open("/dev/null") {
         let _ = nix::unistd::dup2_stdin(&null);
     }
-    // Die with the host, and do not start at all if it is already gone.
+    // A session of its own: a terminal's signals go to the host, which stops the child.
+    let _ = nix::unistd::setsid();
+    // Die with the host, and do not start at all if it is already gone. (The parent-death
+    // signal follows the host thread that started the child: the host starts children from
+    // its long-lived runtime threads, never from a short-lived one.)
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
     if nix::unistd::getppid().as_raw() as u32 != host_pid {
         return fail("the host that started this runner is gone");
@@ -78,14 +82,16 @@ pub fn run(host_pid: u32) -> ExitCode {
     init_logging(&start);
     if let Some(limit) = start.memory_limit_mb {
         let bytes = limit.saturating_mul(1024 * 1024);
+        // RLIMIT_DATA counts the memory the process can write (heap and private mappings),
+        // not address space reserved and never touched, as RLIMIT_AS would.
         if let Err(error) =
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_AS, bytes, bytes)
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_DATA, bytes, bytes)
         {
             tracing::warn!(%error, limit_mb = limit, "cannot set the memory limit; the plugin runs without it");
         }
     }
-    if let Err(error) = loader::fatal::install() {
-        tracing::warn!("{error}; a crash in plugin code will not be reported");
+    if let Err(error) = loader::fatal::install_in_child() {
+        tracing::warn!("{error}; a crash in plugin code will not be reported, and stop signals reach the plugin");
     }
 
     let link = Arc::new(Link {
@@ -130,7 +136,7 @@ pub fn run(host_pid: u32) -> ExitCode {
             });
             // Serving first: the host routes requests here as soon as it reads `Ready`.
             plugin.store(Some(Arc::new(loaded)));
-            link.send(&ready);
+            link.send_or_report(&ready);
         }
         Err(error) => {
             let kind = match error.kind {
@@ -138,7 +144,7 @@ pub fn run(host_pid: u32) -> ExitCode {
                 LoadFailure::Incompatible => 1,
                 LoadFailure::Failed => 2,
             };
-            link.send(&ToHost::LoadFailed {
+            link.send_or_report(&ToHost::LoadFailed {
                 kind,
                 message: error.message,
             });
@@ -153,7 +159,7 @@ pub fn run(host_pid: u32) -> ExitCode {
     // how long it waits for this process.
     plugin.store(None);
     retirements.wait(Duration::from_secs(365 * 24 * 3600));
-    link.send(&ToHost::Stopped);
+    link.send_or_report(&ToHost::Stopped);
     ExitCode::SUCCESS
 }
 
@@ -307,12 +313,17 @@ struct Link {
 }
 
 impl Link {
-    fn send(&self, message: &ToHost) {
-        match frame::encode(message) {
-            Ok(bytes) => self.outbox.send(&bytes),
-            Err(error) => {
-                eprintln!("powerautomation plugin-runner: a message was not sent: {error}")
-            }
+    /// Sends one message; an error when it cannot be encoded (over the size limit).
+    fn send(&self, message: &ToHost) -> Result<(), frame::FrameError> {
+        let bytes = frame::encode(message)?;
+        self.outbox.send(&bytes);
+        Ok(())
+    }
+
+    /// Sends a message whose failure nobody waits on, saying so on standard error.
+    fn send_or_report(&self, message: &ToHost) {
+        if let Err(error) = self.send(message) {
+            eprintln!("powerautomation plugin-runner: a message was not sent: {error}");
         }
     }
 
@@ -325,7 +336,10 @@ impl Link {
             lock(&self.calls).remove(&call);
             return closed();
         }
-        self.send(&ToHost::Call { call, op });
+        if let Err(error) = self.send(&ToHost::Call { call, op }) {
+            lock(&self.calls).remove(&call);
+            return ServiceResult::Failed(format!("the call cannot be sent to the host: {error}"));
+        }
         answer_rx.recv().unwrap_or_else(|_| closed())
     }
 
@@ -371,15 +385,26 @@ impl ResponseSink for RemoteSink {
         if self.answered.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.link
+        let sent = self
+            .link
             .send(&ToHost::Response(response_frame(self.id, &response)));
+        if let Err(error) = sent {
+            self.link
+                .send_or_report(&ToHost::Response(too_large(self.id, &error)));
+        }
     }
 
     fn stream(&self, head: PluginResponse) -> BodySenderBox {
-        let first = !self.answered.swap(true, Ordering::AcqRel);
+        let mut first = !self.answered.swap(true, Ordering::AcqRel);
         if first {
-            self.link
+            let sent = self
+                .link
                 .send(&ToHost::StreamHead(response_frame(self.id, &head)));
+            if let Err(error) = sent {
+                self.link
+                    .send_or_report(&ToHost::Response(too_large(self.id, &error)));
+                first = false;
+            }
         }
         BodySender_TO::from_value(
             RemoteBody {
@@ -395,9 +420,22 @@ impl ResponseSink for RemoteSink {
 impl Drop for RemoteSink {
     fn drop(&mut self) {
         if !self.answered.load(Ordering::Acquire) {
-            self.link.send(&ToHost::Unanswered { id: self.id });
+            self.link
+                .send_or_report(&ToHost::Unanswered { id: self.id });
         }
     }
+}
+
+/// The answer sent instead of one too large to cross to the host.
+fn too_large(id: u64, error: &frame::FrameError) -> ResponseFrame {
+    response_frame(
+        id,
+        &PluginResponse::error(
+            500,
+            "answer_too_large",
+            &format!("the plugin's answer cannot be passed to the host: {error}"),
+        ),
+    )
 }
 
 /// The body of a streamed answer: each chunk is offered to the host's bounded buffer, which
@@ -429,7 +467,7 @@ impl BodySender for RemoteBody {
 impl Drop for RemoteBody {
     fn drop(&mut self) {
         if self.open {
-            self.link.send(&ToHost::StreamEnd { id: self.id });
+            self.link.send_or_report(&ToHost::StreamEnd { id: self.id });
         }
     }
 }
@@ -448,7 +486,7 @@ fn failed<T>(result: ServiceResult) -> RResult<T, RString> {
 
 impl HostServices for RemoteServices {
     fn log(&self, level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
-        self.link.send(&ToHost::Log {
+        self.link.send_or_report(&ToHost::Log {
             level: level as u8,
             target: target.as_str().to_owned(),
             message: message.as_str().to_owned(),
