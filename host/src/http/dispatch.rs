@@ -183,18 +183,31 @@ fn build_response(answer: bridge::HostResponse, mount: &MountState) -> Result<Re
     })?;
     let body = match answer.body {
         bridge::HostBody::Full(bytes) => Body::from(bytes),
-        bridge::HostBody::Stream(chunks) => {
+        bridge::HostBody::Stream(chunks, cut) => {
             // Over the limit, the receiver is dropped here: the plugin sees its client gone.
             let Ok(slot) = Arc::clone(&mount.streams).try_acquire_owned() else {
                 return Err(super::error::too_many_streams(mount.max_streams));
             };
+            // After the last chunk: an error when the plugin's process died, which aborts the
+            // answer instead of ending it as complete.
+            let plugin = mount.slot.name.clone();
+            let tail = futures_util::stream::once(async move {
+                cut.get().map(|cause| {
+                    Err(std::io::Error::other(format!(
+                        "plugin {plugin}'s process ended during this answer ({cause})"
+                    )))
+                })
+            })
+            .filter_map(std::future::ready);
             Body::from_stream(
                 tokio_stream::wrappers::ReceiverStream::new(chunks)
+                    .map(Ok)
+                    .chain(tail)
                     // The host is stopping: end the stream, so the connection can close.
                     .take_until(CancellationToken::clone(&mount.shutdown).cancelled_owned())
                     .map(move |chunk| {
                         let _held = &slot;
-                        Ok::<_, std::convert::Infallible>(chunk)
+                        chunk
                     }),
             )
         }

@@ -108,8 +108,13 @@ pub struct HostResponse {
 pub enum HostBody {
     Full(Bytes),
     /// Chunks of a streamed answer; the stream ends when the plugin drops its sender.
-    Stream(mpsc::Receiver<Bytes>),
+    Stream(mpsc::Receiver<Bytes>, StreamCut),
 }
+
+/// Set, with the reason, when a streamed answer ends because its plugin's process died: the
+/// answer is then cut off (the connection aborted), so a client does not take a partial body
+/// for a whole one. Never set for a copy in this process, which cannot die alone.
+pub type StreamCut = Arc<std::sync::OnceLock<String>>;
 
 /// Chunks a streamed answer may have queued before the plugin is told to wait.
 pub const STREAM_BUFFER_CHUNKS: usize = 64;
@@ -164,7 +169,7 @@ impl ResponseSink for ReplySlot {
         let delivered = self.deliver(HostResponse {
             status,
             headers,
-            body: HostBody::Stream(receiver),
+            body: HostBody::Stream(receiver, StreamCut::default()),
         });
         let sender = delivered.then_some(sender);
         BodySender_TO::from_value(StreamSender { sender }, TD_Opaque)

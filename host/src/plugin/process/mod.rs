@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use self::frame::{ReadyInfo, RequestFrame, ServiceOp, StartChild, ToChild, ToHost};
 pub use self::services::ChildServices;
 use super::{
-    bridge::{push_chunk, HostBody, HostResponse, STREAM_BUFFER_CHUNKS},
+    bridge::{push_chunk, HostBody, HostResponse, StreamCut, STREAM_BUFFER_CHUNKS},
     copy::{CallError, HostRequest},
     loader::{BuildInfo, LoadError, LoadFailure, LoadTarget, Retirements},
 };
@@ -230,7 +230,7 @@ struct LinkState {
     /// either refused by `spawn` or reported as a crash, never neither.
     serving: bool,
     answers: HashMap<u64, oneshot::Sender<Result<HostResponse, CallError>>>,
-    streams: HashMap<u64, mpsc::Sender<Bytes>>,
+    streams: HashMap<u64, (mpsc::Sender<Bytes>, StreamCut)>,
     ready: Option<oneshot::Sender<Result<ReadyInfo, LoadError>>>,
 }
 
@@ -263,8 +263,10 @@ impl HostLink {
         for answer in answers.into_values() {
             let _ = answer.send(Err(self.crashed(death.clone())));
         }
-        // Dropping the senders ends the streamed answers.
-        drop(streams);
+        // Streams in progress are cut off, not ended as if complete.
+        for (_, cut) in streams.into_values() {
+            let _ = cut.set(death.cause.clone());
+        }
         if let Some(ready) = ready {
             let _ = ready.send(Err(LoadError {
                 kind: LoadFailure::Failed,
@@ -329,17 +331,23 @@ impl HostLink {
                 if !head.body.is_empty() {
                     let _ = sender.try_send(Bytes::from(head.body));
                 }
+                let cut = StreamCut::default();
                 let delivered = answer
                     .send(Ok(HostResponse {
                         status: head.status,
                         headers: head.headers,
-                        body: HostBody::Stream(receiver),
+                        body: HostBody::Stream(receiver, Arc::clone(&cut)),
                     }))
                     .is_ok();
                 if delivered {
                     let mut state = self.state();
-                    if state.dead.is_none() {
-                        state.streams.insert(head.id, sender);
+                    match &state.dead {
+                        None => {
+                            state.streams.insert(head.id, (sender, cut));
+                        }
+                        Some(death) => {
+                            let _ = cut.set(death.cause.clone());
+                        }
                     }
                 }
             }
@@ -386,7 +394,7 @@ impl HostLink {
         use plugin_api::PushOutcome;
         let state = self.state();
         match state.streams.get(&stream) {
-            Some(sender) => push_chunk(sender, &chunk),
+            Some((sender, _)) => push_chunk(sender, &chunk),
             None => PushOutcome::Closed,
         }
     }
