@@ -27,8 +27,7 @@ use crate::{
 pub struct MountState {
     pub slot: Arc<PluginSlot>,
     pub body_limit: usize,
-    /// Cancelled when the host stops: streamed answers end at once. Behind an `Arc`: the
-    /// state is cloned for every request, and a token's clone takes a lock.
+    /// Cancelled when the host stops: streamed answers end at once (shared with `AppState`).
     pub shutdown: Arc<CancellationToken>,
     /// Streamed answers open at once, at most `max_streams`.
     pub streams: Arc<Semaphore>,

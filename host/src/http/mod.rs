@@ -45,8 +45,9 @@ pub struct AppState {
     pub slots: Arc<Vec<Arc<PluginSlot>>>,
     pub bus: Arc<EventBus>,
     pub metrics: Arc<metrics::Metrics>,
-    /// Cancelled when the host stops: streams end at once.
-    pub shutdown: CancellationToken,
+    /// Cancelled when the host stops: streams end at once. Behind an `Arc`: the state is
+    /// cloned for every request, and cloning a token takes a lock all requests would share.
+    pub shutdown: Arc<CancellationToken>,
     /// Open SSE streams, at most `max_streams`.
     pub event_streams: Arc<Semaphore>,
     /// Streamed plugin answers (followed logs), at most `max_streams`.
@@ -66,7 +67,7 @@ impl AppState {
             slots: Arc::new(slots),
             bus,
             metrics,
-            shutdown,
+            shutdown: Arc::new(shutdown),
             event_streams: Arc::new(Semaphore::new(max_streams)),
             plugin_streams: Arc::new(Semaphore::new(max_streams)),
             max_streams,
@@ -93,7 +94,7 @@ pub fn router(state: AppState, keys: Arc<KeyRing>, server: &ServerConfig) -> Rou
         let mount_state = MountState {
             slot: Arc::clone(slot),
             body_limit: server.body_limit_bytes,
-            shutdown: Arc::new(state.shutdown.clone()),
+            shutdown: Arc::clone(&state.shutdown),
             streams: Arc::clone(&state.plugin_streams),
             max_streams: state.max_streams,
         };

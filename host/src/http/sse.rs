@@ -60,7 +60,7 @@ pub async fn events(
             role,
         ))
         // The host is stopping: end the stream, so the connection can close.
-        .take_until(app.shutdown.clone().cancelled_owned())
+        .take_until(tokio_util::sync::CancellationToken::clone(&app.shutdown).cancelled_owned())
         // The guards live as long as the stream: the gauge counts open streams, and the slot
         // is given back when the client goes.
         .map(move |event| {
