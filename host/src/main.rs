@@ -7,6 +7,12 @@ use clap::{Parser, Subcommand};
 use plugin_api::Role;
 use powerautomation::{auth, config, server};
 
+/// The host allocates and frees small blocks on every request, across threads (a request is
+/// read on one worker, answered from another, and plugin threads free what the host handed
+/// them); mimalloc does that with per-thread heaps and without a shared arena lock.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "powerautomation",
