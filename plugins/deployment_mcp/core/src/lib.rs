@@ -135,7 +135,8 @@ pub fn start(
 ) -> RResult<PluginInstanceBox, RString> {
     let options = RuntimeOptions {
         thread_name: "deployment_mcp",
-        // One per CPU the host may use: fewer caps the plugin's routes below the host's own.
+        // Sized to the CPUs the host may use (a fixed count is too many on a small machine and
+        // too few on a large one).
         worker_threads: 0,
         drain_timeout: std::time::Duration::from_secs(30),
     };
