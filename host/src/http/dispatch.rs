@@ -23,7 +23,8 @@ use crate::{
     },
 };
 
-#[derive(Clone)]
+/// What the routes under one mount share; handed to them as an `Arc` (one reference count
+/// per request, not one per field).
 pub struct MountState {
     pub slot: Arc<PluginSlot>,
     pub body_limit: usize,
@@ -53,7 +54,7 @@ pub fn unavailable(slot: &PluginSlot) -> ApiError {
     .with_extra(serde_json::json!({ "plugin": status.name, "state": status.state }))
 }
 
-pub async fn dispatch(State(mount): State<MountState>, request: Request) -> Response {
+pub async fn dispatch(State(mount): State<Arc<MountState>>, request: Request) -> Response {
     match forward(&mount, request).await {
         Ok(response) => response,
         Err(error) => error.into_response(),

@@ -91,13 +91,13 @@ pub fn router(state: AppState, keys: Arc<KeyRing>, server: &ServerConfig) -> Rou
         .merge(dashboard::routes());
     for slot in state.slots.iter() {
         let mount = slot.config.mount.as_str();
-        let mount_state = MountState {
+        let mount_state = Arc::new(MountState {
             slot: Arc::clone(slot),
             body_limit: server.body_limit_bytes,
             shutdown: Arc::clone(&state.shutdown),
             streams: Arc::clone(&state.plugin_streams),
             max_streams: state.max_streams,
-        };
+        });
         let events = Router::new()
             .route(&format!("{mount}/events"), get(sse::events))
             .with_state((state.clone(), mount_state.clone()));

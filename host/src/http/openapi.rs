@@ -171,7 +171,7 @@ async fn fragment(slot: &std::sync::Arc<PluginSlot>) -> Option<Value> {
         .uri(format!("{}/openapi.json", slot.config.mount))
         .body(Body::empty())
         .ok()?;
-    let response = dispatch::dispatch(State(mount), request).await;
+    let response = dispatch::dispatch(State(std::sync::Arc::new(mount)), request).await;
     if !response.status().is_success() {
         tracing::warn!(plugin = %slot.name, status = %response.status(), "the plugin did not serve its OpenAPI document");
         return None;

@@ -26,7 +26,7 @@ use crate::{
 };
 
 pub async fn events(
-    State((app, mount)): State<(AppState, MountState)>,
+    State((app, mount)): State<(AppState, Arc<MountState>)>,
     principal: Option<Extension<Principal>>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
