@@ -422,13 +422,21 @@ pub async fn spawn(spec: ChildSpec) -> Result<ChildCopy, LoadError> {
     let (host_end, child_end) = std::os::unix::net::UnixStream::pair()
         .map_err(|error| failed("cannot create the plugin process's socket", &error))?;
     // `/proc/self/exe` is this very binary even if the file was replaced since the host started.
-    let mut child = std::process::Command::new("/proc/self/exe")
+    let mut command = std::process::Command::new("/proc/self/exe");
+    command
         .arg("plugin-runner")
         .arg("--host-pid")
         .arg(std::process::id().to_string())
         .stdin(Stdio::from(OwnedFd::from(child_end)))
         .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    if spec.memory_limit_mb.is_some() {
+        // The allocator would reserve 1 GiB of writable address space up front, which the
+        // limit counts: under a small limit the child could not even start. Without the
+        // reservation it maps memory as it needs it.
+        command.env("MIMALLOC_ARENA_RESERVE", "0");
+    }
+    let mut child = command
         .spawn()
         .map_err(|error| failed("cannot start the plugin's process", &error))?;
     let pid = child.id();
