@@ -156,6 +156,22 @@ pub fn is_terminal(status: &str) -> bool {
 }
 
 /// Waits (bounded by [`RUN_TIMEOUT`]) until the deployment ended and returns its full record.
+/// Opens deployment `id`'s followed log (`logs?follow=true`) as a developer; its status is 200.
+pub async fn follow_log(host: &TestHost, id: &str) -> reqwest::Response {
+    let follow = host
+        .client()
+        .get(format!(
+            "{}/api/deployment/deployments/{id}/logs?follow=true",
+            host.url
+        ))
+        .header("X-API-Key", DEVELOPER_KEY)
+        .send()
+        .await
+        .expect("the log follows");
+    assert_eq!(follow.status(), 200);
+    follow
+}
+
 pub async fn finished(host: &TestHost, id: &str) -> Value {
     finished_within(host, id, RUN_TIMEOUT).await
 }

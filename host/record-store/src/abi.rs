@@ -83,25 +83,42 @@ pub fn apply_abi(
 }
 
 fn op_from_abi(op: &StoreOp) -> Result<Op<'_>, String> {
-    let condition = match op.condition {
+    op_from_parts(
+        op.collection.as_str(),
+        op.key.as_str(),
+        op.condition,
+        op.expected.as_str(),
+        op.write,
+        op.value.as_str(),
+    )
+}
+
+/// One operation of `HostServices::store_apply` from its fields, however they crossed (borrowed
+/// from a plugin in this process, or decoded from a plugin's child process).
+pub fn op_from_parts<'a>(
+    collection: &'a str,
+    key: &'a str,
+    condition: StoreCondition,
+    expected: &'a str,
+    write: StoreWrite,
+    value: &'a str,
+) -> Result<Op<'a>, String> {
+    let condition = match condition {
         StoreCondition::Always => Condition::Always,
         StoreCondition::Absent => Condition::Absent,
-        StoreCondition::Equals => Condition::Equals(op.expected.as_str()),
+        StoreCondition::Equals => Condition::Equals(expected),
     };
-    let write = match op.write {
-        StoreWrite::Put => Write::Put(op.value.as_str()),
+    let write = match write {
+        StoreWrite::Put => Write::Put(value),
         StoreWrite::Delete => Write::Delete,
         StoreWrite::Keep => Write::Keep,
-        StoreWrite::Add => Write::Add(op.value.as_str().trim().parse::<i64>().map_err(|_| {
-            format!(
-                "store_apply: the amount to add to {}/{} is not an integer",
-                op.collection, op.key
-            )
+        StoreWrite::Add => Write::Add(value.trim().parse::<i64>().map_err(|_| {
+            format!("store_apply: the amount to add to {collection}/{key} is not an integer")
         })?),
     };
     Ok(Op {
-        collection: op.collection.as_str(),
-        key: op.key.as_str(),
+        collection,
+        key,
         condition,
         write,
     })

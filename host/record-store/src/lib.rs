@@ -16,6 +16,6 @@ mod data_dir;
 mod store;
 
 #[cfg(feature = "plugin-api")]
-pub use abi::{apply_abi, delete_abi, get_abi, list_abi, put_abi};
+pub use abi::{apply_abi, delete_abi, get_abi, list_abi, op_from_parts, put_abi};
 pub use data_dir::{DataDir, DataDirError};
 pub use store::{Condition, Conflict, Op, Store, StoreError, Write, MAX_LIST, MAX_VALUE_LEN};

@@ -397,13 +397,7 @@ impl PluginSlot {
             match slot.load("restart after a crash", false).await {
                 Ok(_) => return,
                 // A restart that fails is one more crash: it backs off and counts.
-                Err(error) => {
-                    death = Death {
-                        cause: format!("its restart failed: {}", error.message),
-                        signal: None,
-                        exit_code: None,
-                    }
-                }
+                Err(error) => death = Death::lost(format!("its restart failed: {}", error.message)),
             }
         }
     }

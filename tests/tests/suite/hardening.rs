@@ -77,18 +77,7 @@ async fn sigterm_with_open_streams_exits_within_the_grace_period() {
     for _ in 0..10 {
         streams.push(open_events(&host, USER_KEY).await);
     }
-    let follow = host
-        .client()
-        .get(format!(
-            "{}/api/deployment/deployments/{id}/logs?follow=true",
-            host.url
-        ))
-        .header("X-API-Key", DEVELOPER_KEY)
-        .send()
-        .await
-        .expect("the log follows");
-    assert_eq!(follow.status(), 200);
-    streams.push(follow);
+    streams.push(e2e::scenario::follow_log(&host, &id).await);
     let (status, took) = host
         .stop_with(Signal::SIGTERM, Duration::from_secs(60))
         .await;

@@ -15,7 +15,7 @@ use std::{cell::Cell, path::Path, time::Duration};
 use e2e::{
     process_alive,
     scenario::{finished, local, result, started, trigger, Isolation, RUN_TIMEOUT},
-    wait_until, ExtraPlugin, HostOptions, Signal, TestHost, ADMIN_KEY, DEVELOPER_KEY, USER_KEY,
+    wait_until, ExtraPlugin, HostOptions, Signal, TestHost, ADMIN_KEY, USER_KEY,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -368,23 +368,9 @@ async fn sigkill_of_the_child_mid_deployment_interrupts_the_run_and_frees_the_en
     let command = e2e::scenario::read_pid(&pid_file);
     let before = log_text(&host, &id).await;
     // A request in flight on the child when it dies: a followed log.
-    let follow = host
-        .client()
-        .get(format!(
-            "{}/api/deployment/deployments/{id}/logs?follow=true",
-            host.url
-        ))
-        .header("X-API-Key", DEVELOPER_KEY)
-        .send()
-        .await
-        .expect("the log follows");
-    assert_eq!(follow.status(), 200);
+    let follow = e2e::scenario::follow_log(&host, &id).await;
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(child).expect("a pid")),
-        Signal::SIGKILL,
-    )
-    .expect("SIGKILL the plugin's child");
+    e2e::send_signal(child, Signal::SIGKILL);
 
     // The followed log is cut off (not ended as if complete, not left hanging) when the
     // process serving it dies.
@@ -449,10 +435,7 @@ async fn sigkill_of_the_child_mid_deployment_interrupts_the_run_and_frees_the_en
     assert_eq!(status, 200, "{body}");
     assert_eq!(finished(&host, again).await["status"], "cancelled");
     // The first run's command lost its runner with the child; do not leave it behind.
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(command).expect("a pid")),
-        Signal::SIGKILL,
-    );
+    e2e::send_signal(command, Signal::SIGKILL);
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! executable (the child is `powerautomation plugin-runner`), so the format needs no versioning:
 //! it only has to agree with itself.
 
-use std::io::{Read, Write};
+use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 
@@ -213,15 +213,6 @@ pub fn read_blocking(reader: &mut impl Read, body: &mut Vec<u8>) -> Result<(), F
     body.clear();
     body.resize(length, 0);
     reader.read_exact(body)?;
-    Ok(())
-}
-
-/// Writes one message to a blocking writer.
-pub fn write_blocking<T: Serialize>(
-    writer: &mut impl Write,
-    message: &T,
-) -> Result<(), FrameError> {
-    writer.write_all(&encode(message)?)?;
     Ok(())
 }
 

@@ -99,7 +99,8 @@ impl Death {
         }
     }
 
-    fn lost(reason: String) -> Death {
+    /// An end that no exit status describes (its cause is all there is).
+    pub fn lost(reason: String) -> Death {
         Death {
             cause: reason,
             signal: None,

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use plugin_api::LogLevel;
-use record_store::{Condition, Op, Store, Write};
+use plugin_api::{LogLevel, StoreCondition, StoreWrite};
+use record_store::{Op, Store};
 
 use super::frame::{ServiceOp, ServiceResult, StoreOpFrame};
 use crate::services::events::{EventBus, UserView};
@@ -113,27 +113,24 @@ impl ChildServices {
 
 fn op_of(op: &StoreOpFrame) -> Result<Op<'_>, String> {
     let condition = match op.condition {
-        0 => Condition::Always,
-        1 => Condition::Absent,
-        2 => Condition::Equals(op.expected.as_str()),
+        0 => StoreCondition::Always,
+        1 => StoreCondition::Absent,
+        2 => StoreCondition::Equals,
         other => return Err(format!("store_apply: unknown condition {other}")),
     };
     let write = match op.write {
-        0 => Write::Put(op.value.as_str()),
-        1 => Write::Delete,
-        2 => Write::Keep,
-        3 => Write::Add(op.value.trim().parse::<i64>().map_err(|_| {
-            format!(
-                "store_apply: the amount to add to {}/{} is not an integer",
-                op.collection, op.key
-            )
-        })?),
+        0 => StoreWrite::Put,
+        1 => StoreWrite::Delete,
+        2 => StoreWrite::Keep,
+        3 => StoreWrite::Add,
         other => return Err(format!("store_apply: unknown write {other}")),
     };
-    Ok(Op {
-        collection: op.collection.as_str(),
-        key: op.key.as_str(),
+    record_store::op_from_parts(
+        &op.collection,
+        &op.key,
         condition,
+        &op.expected,
         write,
-    })
+        &op.value,
+    )
 }
