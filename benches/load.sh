@@ -5,7 +5,9 @@
 #   - the same route with the plugin in a child process (`isolation = "process"`).
 # Prints one table: req/s, p99, and each status row's ratios to /health at the same connection
 # count, against the targets (in-process: throughput >= 0.80 and p99 <= 1.5x; process
-# isolation: throughput >= 0.50).
+# isolation: throughput >= 0.50). The last two columns say where the CPU went: microseconds of
+# CPU per request in the host's own threads, and in the plugin's (its runtime's threads in the
+# host, or its child process), from /proc, so a ratio that falls can be traced to one side.
 #
 #   cargo build --release --workspace && benches/load.sh [seconds] [connections]
 #
@@ -76,10 +78,42 @@ ready "$pr_address" "$pr_key"
 curl -s -H "X-API-Key: $pr_key" "http://$pr_address/api/plugins" | grep -q '"isolation":"process"' ||
   { echo "the host at $pr_address does not report isolation = process:" >&2; cat "$work/host.log" >&2; exit 1; }
 
-measure() { # address key path connections -> "req/s p99_ms non2xx socket_errors"
-  local out
+# CPU time a host has used so far, in clock ticks, split in two: "host plugin". The plugin's
+# share is its runtime's threads in the host (named after the plugin) and, in process mode,
+# every thread of the host's children.
+cpu_ticks() { # host_pid
+  local task comm stat host=0 plugin=0 child
+  for task in /proc/"$1"/task/*; do
+    read -r comm < "$task/comm" 2>/dev/null || continue
+    read -r stat < "$task/stat" 2>/dev/null || continue
+    # utime and stime are fields 14 and 15; the name (field 2) may hold spaces, so count
+    # from the closing parenthesis.
+    stat=${stat##*) }
+    read -r -a f <<<"$stat"
+    if [[ "$comm" == deployment_mcp* ]]; then
+      plugin=$((plugin + f[11] + f[12]))
+    else
+      host=$((host + f[11] + f[12]))
+    fi
+  done
+  for child in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+    for task in /proc/"$child"/task/*; do
+      read -r stat < "$task/stat" 2>/dev/null || continue
+      stat=${stat##*) }
+      read -r -a f <<<"$stat"
+      plugin=$((plugin + f[11] + f[12]))
+    done
+  done
+  echo "$host $plugin"
+}
+tick=$(getconf CLK_TCK)
+
+measure() { # address key path connections host_pid -> "req/s p99_ms non2xx socket_errors host_us plugin_us"
+  local out before after
+  before=$(cpu_ticks "$5")
   out=$($(pin "${BENCH_LOAD_CPUS:-}") wrk -t"$threads" -c"$4" -d"${seconds}s" --latency -H "X-API-Key: $2" "http://$1$3")
-  awk '
+  after=$(cpu_ticks "$5")
+  awk -v before="$before" -v after="$after" -v tick="$tick" '
     /Requests\/sec/ { rps = $2 }
     $1 == "99%" {
       v = $2
@@ -90,29 +124,34 @@ measure() { # address key path connections -> "req/s p99_ms non2xx socket_errors
     }
     /Non-2xx/ { non2xx = $5 }
     /Socket errors/ { gsub(/,/, ""); errors = $4 + $6 + $8 + $10 }
-    END { printf "%.2f %.3f %d %d\n", rps, p99, non2xx, errors }' <<<"$out"
+    / requests in / { requests = $1 }
+    END {
+      split(before, b, " "); split(after, a, " ")
+      per = (requests > 0) ? 1e6 / tick / requests : 0
+      printf "%.2f %.3f %d %d %.2f %.2f\n", rps, p99, non2xx, errors, (a[1] - b[1]) * per, (a[2] - b[2]) * per
+    }' <<<"$out"
 }
 
 # One row of the table; the ratio columns are empty for /health.
-row() { # connections name rps p99 non2xx errors [health_rps health_p99 throughput_target p99_target]
-  awk -v c="$1" -v name="$2" -v rps="$3" -v p99="$4" -v non="$5" -v err="$6" \
-    -v hr="${7:-}" -v hp="${8:-}" -v tt="${9:-}" -v pt="${10:-}" 'BEGIN {
+row() { # connections name rps p99 non2xx errors host_us plugin_us [health_rps health_p99 throughput_target p99_target]
+  awk -v c="$1" -v name="$2" -v rps="$3" -v p99="$4" -v non="$5" -v err="$6" -v hu="$7" -v pu="$8" \
+    -v hr="${9:-}" -v hp="${10:-}" -v tt="${11:-}" -v pt="${12:-}" 'BEGIN {
     if (hr == "") {
-      printf "%6s  %-38s %10.0f %9.2f %9s %9s  %-27s %8d %8d\n", c, name, rps, p99, "-", "-", "", non, err
+      printf "%6s  %-38s %10.0f %9.2f %9s %9s  %-27s %8d %8d %7.1f %7s\n", c, name, rps, p99, "-", "-", "", non, err, hu, "-"
       exit
     }
     tr = (hr > 0) ? rps / hr : 0
     pr = (hp > 0) ? p99 / hp : 0
     met = (tr >= tt) && (pt == "" || pr <= pt)
     target = sprintf("thr>=%.2f%s %s", tt, (pt == "" ? "" : sprintf(" p99<=%.1f", pt)), met ? "met" : "NOT MET")
-    printf "%6s  %-38s %10.0f %9.2f %9.2f %9.2f  %-27s %8d %8d\n", c, name, rps, p99, tr, pr, target, non, err
+    printf "%6s  %-38s %10.0f %9.2f %9.2f %9.2f  %-27s %8d %8d %7.1f %7.1f\n", c, name, rps, p99, tr, pr, target, non, err, hu, pu
   }'
 }
 
 echo "wrk: ${threads} threads, ${seconds}s a run, connections: ${connections[*]}, rounds: $rounds (medians)" >&2
 echo "hosts: in-process pid $in_pid (${BENCH_HOST_CPUS:-any CPU}), process isolation pid $pr_pid; load on ${BENCH_LOAD_CPUS:-any CPU}" >&2
-printf '%6s  %-38s %10s %9s %9s %9s  %-27s %8s %8s\n' \
-  conns route req/s "p99 ms" "thr/hlth" "p99/hlth" target non-2xx "sock err"
+printf '%6s  %-38s %10s %9s %9s %9s  %-27s %8s %8s %7s %7s\n' \
+  conns route req/s "p99 ms" "thr/hlth" "p99/hlth" target non-2xx "sock err" "host us" "plug us"
 # The median of the values on stdin, one a line.
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
@@ -121,31 +160,33 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] 
 three() { # connections
   local i h=() s=() p=()
   for ((i = 0; i < rounds; i++)); do
-    h+=("$(measure "$in_address" "$in_key" /health "$1")")
-    s+=("$(measure "$in_address" "$in_key" /api/deployment/status "$1")")
-    p+=("$(measure "$pr_address" "$pr_key" /api/deployment/status "$1")")
+    h+=("$(measure "$in_address" "$in_key" /health "$1" "$in_pid")")
+    s+=("$(measure "$in_address" "$in_key" /api/deployment/status "$1" "$in_pid")")
+    p+=("$(measure "$pr_address" "$pr_key" /api/deployment/status "$1" "$pr_pid")")
   done
   local set
   for set in h s p; do
     local -n runs=$set
-    printf '%s %s %s %s\n' \
+    printf '%s %s %s %s %s %s\n' \
       "$(printf '%s\n' "${runs[@]}" | cut -d' ' -f1 | median)" \
       "$(printf '%s\n' "${runs[@]}" | cut -d' ' -f2 | median)" \
       "$(printf '%s\n' "${runs[@]}" | awk '{ n += $3 } END { print n + 0 }')" \
-      "$(printf '%s\n' "${runs[@]}" | awk '{ n += $4 } END { print n + 0 }')"
+      "$(printf '%s\n' "${runs[@]}" | awk '{ n += $4 } END { print n + 0 }')" \
+      "$(printf '%s\n' "${runs[@]}" | cut -d' ' -f5 | median)" \
+      "$(printf '%s\n' "${runs[@]}" | cut -d' ' -f6 | median)"
   done
 }
 
 for c in "${connections[@]}"; do
   {
-    read -r h_rps h_p99 h_non h_err
-    read -r s_rps s_p99 s_non s_err
-    read -r p_rps p_p99 p_non p_err
+    read -r h_rps h_p99 h_non h_err h_hu _
+    read -r s_rps s_p99 s_non s_err s_hu s_pu
+    read -r p_rps p_p99 p_non p_err p_hu p_pu
   } < <(three "$c")
-  row "$c" "GET /health" "$h_rps" "$h_p99" "$h_non" "$h_err"
-  row "$c" "GET /api/deployment/status in-process" "$s_rps" "$s_p99" "$s_non" "$s_err" \
+  row "$c" "GET /health" "$h_rps" "$h_p99" "$h_non" "$h_err" "$h_hu" 0
+  row "$c" "GET /api/deployment/status in-process" "$s_rps" "$s_p99" "$s_non" "$s_err" "$s_hu" "$s_pu" \
     "$h_rps" "$h_p99" 0.80 1.5
-  row "$c" "GET /api/deployment/status process" "$p_rps" "$p_p99" "$p_non" "$p_err" \
+  row "$c" "GET /api/deployment/status process" "$p_rps" "$p_p99" "$p_non" "$p_err" "$p_hu" "$p_pu" \
     "$h_rps" "$h_p99" 0.50
 done
 
