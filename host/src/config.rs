@@ -169,6 +169,16 @@ pub struct PluginConfig {
     /// allocation over it fails, which ends the child (a crash).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit_mb: Option<u64>,
+    /// Process mode only: the child's CPU weight against the host's 1024, as cgroup
+    /// `cpu.shares` counts it (2 to 1024). The child and every thread and command it starts
+    /// run at the scheduler priority of the nearest weight, so on busy cores it gets about
+    /// that share next to the host's threads. Unset: the same weight as the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<u32>,
+    /// Process mode only: how long the child may take to load and start the plugin before it
+    /// is killed and the start counts as failed. Unset: 60 seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timeout_secs: Option<u64>,
     /// Process mode only: more crashes than this within `crash_window_secs` leave the plugin
     /// `failed` (no more restarts) until an operator reloads it.
     #[serde(default = "default_max_crashes")]
@@ -231,6 +241,8 @@ impl Default for Config {
                 sha256: String::new(),
                 isolation: Isolation::InProcess,
                 memory_limit_mb: None,
+                cpu_shares: None,
+                start_timeout_secs: None,
                 max_crashes: default_max_crashes(),
                 crash_window_secs: default_crash_window_secs(),
                 settings: serde_json::json!({
@@ -284,6 +296,12 @@ pub fn load(explicit: Option<&Path>) -> Result<(Config, ConfigSource), String> {
 /// The smallest `memory_limit_mb` accepted: a child's runtime and loaded libraries alone take
 /// tens of MiB.
 const MIN_MEMORY_LIMIT_MB: u64 = 64;
+
+/// The `cpu_shares` accepted: cgroup v1's smallest weight up to the host's own.
+const CPU_SHARES: std::ops::RangeInclusive<u32> = 2..=1024;
+
+/// How long a child may take to start the plugin when `start_timeout_secs` is unset.
+pub const DEFAULT_START_TIMEOUT_SECS: u64 = 60;
 
 /// Paths the host's own routes use; a plugin may not be mounted over them.
 const RESERVED_PREFIXES: &[&str] = &["/health", "/metrics", "/api/plugins", "/api/openapi.json"];
@@ -378,6 +396,28 @@ impl Config {
                         "plugins.{name}.memory_limit_mb: expected at least {MIN_MEMORY_LIMIT_MB} (the child's runtime needs that much address space), got {limit}"
                     ))
                 }
+                _ => {}
+            }
+            match (plugin.isolation, plugin.cpu_shares) {
+                (Isolation::InProcess, Some(_)) => problems.push(format!(
+                    "plugins.{name}.cpu_shares: applies to isolation = \"process\" only; set that or remove the weight"
+                )),
+                (Isolation::Process, Some(shares)) if !CPU_SHARES.contains(&shares) => {
+                    problems.push(format!(
+                        "plugins.{name}.cpu_shares: expected {} to {} (the host's own weight; more would need privileges the host should not have), got {shares}",
+                        CPU_SHARES.start(),
+                        CPU_SHARES.end()
+                    ))
+                }
+                _ => {}
+            }
+            match (plugin.isolation, plugin.start_timeout_secs) {
+                (Isolation::InProcess, Some(_)) => problems.push(format!(
+                    "plugins.{name}.start_timeout_secs: applies to isolation = \"process\" only (a start in the host's process cannot be stopped); set that or remove the timeout"
+                )),
+                (Isolation::Process, Some(0)) => problems.push(format!(
+                    "plugins.{name}.start_timeout_secs: must be at least 1"
+                )),
                 _ => {}
             }
             if plugin.crash_window_secs == 0 {
@@ -537,6 +577,40 @@ mod tests {
             plugin.memory_limit_mb = Some(512);
         }
         assert_eq!(config.validate(), Ok(()));
+        for (shares, timeout, named) in [
+            (
+                Some(1),
+                None,
+                "plugins.deployment_mcp.cpu_shares: expected 2 to 1024",
+            ),
+            (Some(2048), None, "got 2048"),
+            (
+                None,
+                Some(0),
+                "plugins.deployment_mcp.start_timeout_secs: must be at least 1",
+            ),
+        ] {
+            if let Some(plugin) = config.plugins.get_mut("deployment_mcp") {
+                (plugin.cpu_shares, plugin.start_timeout_secs) = (shares, timeout);
+            }
+            let error = config.validate().err().unwrap_or_default();
+            assert!(error.contains(named), "{error}");
+        }
+        if let Some(plugin) = config.plugins.get_mut("deployment_mcp") {
+            (plugin.cpu_shares, plugin.start_timeout_secs) = (Some(128), Some(5));
+        }
+        assert_eq!(config.validate(), Ok(()));
+        if let Some(plugin) = config.plugins.get_mut("deployment_mcp") {
+            (plugin.isolation, plugin.memory_limit_mb) = (Isolation::InProcess, None);
+        }
+        let error = config.validate().err().unwrap_or_default();
+        assert!(
+            error.contains("plugins.deployment_mcp.cpu_shares: applies to isolation = \"process\"")
+                && error.contains(
+                    "plugins.deployment_mcp.start_timeout_secs: applies to isolation = \"process\""
+                ),
+            "{error}"
+        );
     }
 
     #[test]

@@ -154,6 +154,8 @@ fn plugin(path: PathBuf, mount: &str) -> PluginConfig {
         sha256: String::new(),
         isolation: Default::default(),
         memory_limit_mb: None,
+        cpu_shares: None,
+        start_timeout_secs: None,
         max_crashes: 5,
         crash_window_secs: 60,
         settings: serde_json::json!({}),

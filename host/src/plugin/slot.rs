@@ -328,6 +328,12 @@ impl PluginSlot {
         let spec = ChildSpec {
             target: self.target(sequence),
             memory_limit_mb: self.config.memory_limit_mb,
+            cpu_shares: self.config.cpu_shares,
+            start_timeout: Duration::from_secs(
+                self.config
+                    .start_timeout_secs
+                    .unwrap_or(crate::config::DEFAULT_START_TIMEOUT_SECS),
+            ),
             log_level: self.context.log_level.clone(),
             log_json: self.context.log_json,
             services: ChildServices {

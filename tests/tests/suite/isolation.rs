@@ -475,3 +475,93 @@ async fn stop_signals_for_the_whole_group_leave_the_child_to_the_host_which_stop
         "the host asked the child to stop; it did not crash:\n{text}"
     );
 }
+
+/// The niceness of each thread of `pid` (field 19 of `/proc/PID/task/TID/stat`).
+fn thread_niceness(pid: u32) -> Vec<i64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
+        .map(|stat| {
+            // After the name in parentheses (which may hold spaces) come fields 3 onwards.
+            let rest = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+            rest.split(' ')
+                .nth(16)
+                .and_then(|nice| nice.parse().ok())
+                .unwrap_or_else(|| panic!("no niceness in {stat}"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn cpu_shares_give_every_thread_of_the_child_the_nearest_scheduler_weight() {
+    let dir = temp();
+    let host = start_with_crashing(dir.path(), "isolation = \"process\"\ncpu_shares = 128").await;
+    let pid = serving_pid(&host).await.expect("the plugin answers /ok");
+    // 128 is nearest to the weight of niceness 9 (137).
+    let child = thread_niceness(pid);
+    assert!(
+        child.len() > 1 && child.iter().all(|&nice| nice == 9),
+        "every thread of the child runs at niceness 9: {child:?}"
+    );
+    // Its session's autogroup too, where the kernel has them (the weight the scheduler gives
+    // the group against the host's).
+    if let Ok(group) = std::fs::read_to_string(format!("/proc/{pid}/autogroup")) {
+        assert!(group.trim_end().ends_with("nice 9"), "{group}");
+    }
+    let own = thread_niceness(host.pid());
+    assert!(
+        own.iter().all(|&nice| nice == 0),
+        "the host keeps its own priority: {own:?}"
+    );
+    host_unaffected(&host).await;
+}
+
+#[tokio::test]
+async fn a_child_that_does_not_start_within_start_timeout_secs_is_killed_and_failed() {
+    let dir = temp();
+    let host = start_with_crashing(
+        dir.path(),
+        "isolation = \"process\"\nstart_timeout_secs = 1\nsettings = { start_delay_secs = 600 }",
+    )
+    .await;
+    let failed = wait_until(Duration::from_secs(20), || async {
+        host.plugin_status_of("crashing").await["state"] == "failed"
+    })
+    .await;
+    let plugin = host.plugin_status_of("crashing").await;
+    assert!(failed, "{plugin}");
+    assert!(
+        plugin["last_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("did not start within 1 s")),
+        "the cause names the timeout: {plugin}"
+    );
+    assert!(plugin["pid"].is_null(), "no process serves: {plugin}");
+    // The hung child is gone, not left waiting: the host has no child process at all (the
+    // deployment plugin runs in its process).
+    let host_pid = host.pid();
+    let children = || {
+        std::fs::read_dir(format!("/proc/{host_pid}/task"))
+            .map(|tasks| {
+                tasks
+                    .filter_map(|task| {
+                        std::fs::read_to_string(task.ok()?.path().join("children")).ok()
+                    })
+                    .collect::<String>()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            children().trim().is_empty()
+        })
+        .await,
+        "the child was killed: children {}; log:\n{}",
+        children(),
+        host.logs()
+    );
+    let (status, body) = host.get("/api/crashing/ok", Some(USER_KEY)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["state"], "failed", "{body}");
+    host_unaffected(&host).await;
+}

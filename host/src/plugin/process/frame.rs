@@ -34,6 +34,7 @@ pub enum ToChild {
 pub struct StartChild {
     pub target: LoadTarget,
     pub memory_limit_mb: Option<u64>,
+    pub cpu_shares: Option<u32>,
     /// The host's log filter and whether it logs JSON, so the child's own lines match.
     pub log_level: String,
     pub log_json: bool,

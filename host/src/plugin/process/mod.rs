@@ -113,6 +113,9 @@ impl Death {
 pub struct ChildSpec {
     pub target: LoadTarget,
     pub memory_limit_mb: Option<u64>,
+    pub cpu_shares: Option<u32>,
+    /// How long the child may take to start the plugin before it is killed.
+    pub start_timeout: std::time::Duration,
     pub log_level: String,
     pub log_json: bool,
     pub services: ChildServices,
@@ -446,6 +449,7 @@ pub async fn spawn(spec: ChildSpec) -> Result<ChildCopy, LoadError> {
     let start = frame::encode(&ToChild::Start(StartChild {
         target: spec.target,
         memory_limit_mb: spec.memory_limit_mb,
+        cpu_shares: spec.cpu_shares,
         log_level: spec.log_level,
         log_json: spec.log_json,
     }))
@@ -543,12 +547,28 @@ pub async fn spawn(spec: ChildSpec) -> Result<ChildCopy, LoadError> {
     let mut guard = StartGuard {
         link: Some(Arc::clone(&link)),
     };
-    let info = ready_rx.await.unwrap_or_else(|_| {
-        Err(LoadError {
-            kind: LoadFailure::Failed,
-            message: "the plugin's process ended while starting".into(),
-        })
-    })?;
+    let start_timeout = spec.start_timeout;
+    let info = match tokio::time::timeout(start_timeout, ready_rx).await {
+        Ok(answer) => answer.unwrap_or_else(|_| {
+            Err(LoadError {
+                kind: LoadFailure::Failed,
+                message: "the plugin's process ended while starting".into(),
+            })
+        })?,
+        Err(_) => {
+            // A start that hangs (a plugin waiting on something that never comes) would hold
+            // the slot `loading` for ever: the process goes, and the start counts as failed.
+            let why = format!(
+                "the plugin did not start within {} s (start_timeout_secs)",
+                start_timeout.as_secs()
+            );
+            link.kill(&why);
+            return Err(LoadError {
+                kind: LoadFailure::Failed,
+                message: why,
+            });
+        }
+    };
     {
         let mut state = link.state();
         if let Some(death) = &state.dead {

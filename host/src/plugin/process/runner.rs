@@ -90,6 +90,10 @@ pub fn run(host_pid: u32) -> ExitCode {
             tracing::warn!(%error, limit_mb = limit, "cannot set the memory limit; the plugin runs without it");
         }
     }
+    // Before any other thread: every thread and command started from here on inherits it.
+    if let Some(shares) = start.cpu_shares {
+        lower_priority(shares);
+    }
     if let Err(error) = loader::fatal::install_in_child() {
         tracing::warn!("{error}; a crash in plugin code will not be reported, and stop signals reach the plugin");
     }
@@ -162,6 +166,46 @@ pub fn run(host_pid: u32) -> ExitCode {
     link.send_or_report(&ToHost::Stopped);
     ExitCode::SUCCESS
 }
+
+/// The scheduler's weight of each niceness from 0 to 19 (the kernel's `sched_prio_to_weight`,
+/// where nice 0 weighs 1024 as a cgroup's default `cpu.shares` does).
+const NICE_WEIGHTS: [u32; 20] = [
+    1024, 820, 655, 526, 423, 335, 272, 215, 172, 137, 110, 87, 70, 56, 45, 36, 29, 23, 18, 15,
+];
+
+/// The niceness whose weight is nearest to `shares` (on a log scale, as weights compound).
+fn nice_for_shares(shares: u32) -> i32 {
+    let wanted = f64::from(shares.max(1)).ln();
+    let mut best = (0, f64::INFINITY);
+    for (nice, weight) in (0..).zip(NICE_WEIGHTS) {
+        let distance = (f64::from(weight).ln() - wanted).abs();
+        if distance < best.1 {
+            best = (nice, distance);
+        }
+    }
+    best.0
+}
+
+/// Gives this process the CPU weight `shares` against the host: the niceness of this thread
+/// (threads started later inherit it) and of the session's autogroup, which is what the
+/// scheduler weighs when the process is not in a cgroup of its own (this runner starts a
+/// session, so the group is its own). Raising niceness needs no privilege.
+fn lower_priority(shares: u32) {
+    let nice = nice_for_shares(shares);
+    if let Err(error) = rustix::process::setpriority_process(None, nice) {
+        tracing::warn!(%error, cpu_shares = shares, "cannot lower the plugin's CPU priority; it runs with the host's");
+        return;
+    }
+    // Absent when the kernel has no autogroups; then the threads' niceness is all there is.
+    if std::path::Path::new(AUTOGROUP).exists() {
+        if let Err(error) = std::fs::write(AUTOGROUP, nice.to_string()) {
+            tracing::warn!(%error, cpu_shares = shares, "cannot lower the CPU priority of the plugin's autogroup");
+        }
+    }
+    tracing::debug!(cpu_shares = shares, nice, "the plugin's CPU weight is set");
+}
+
+const AUTOGROUP: &str = "/proc/self/autogroup";
 
 fn fail(message: &str) -> ExitCode {
     eprintln!("powerautomation plugin-runner: {message}");
@@ -597,5 +641,20 @@ impl HostServices for RemoteServices {
             ServiceResult::Published(id) => id,
             _ => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nice_for_shares;
+
+    #[test]
+    fn shares_map_to_the_nearest_weight() {
+        assert_eq!(nice_for_shares(1024), 0);
+        assert_eq!(nice_for_shares(900), 1);
+        assert_eq!(nice_for_shares(512), 3);
+        assert_eq!(nice_for_shares(128), 9);
+        assert_eq!(nice_for_shares(15), 19);
+        assert_eq!(nice_for_shares(2), 19);
     }
 }
