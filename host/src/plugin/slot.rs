@@ -5,7 +5,7 @@ use std::{
     collections::VecDeque,
     path::PathBuf,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, Weak,
     },
     time::{Duration, Instant, SystemTime},
@@ -19,7 +19,7 @@ use super::{
     bridge,
     copy::PluginCopy,
     loader::{self, LoadError, LoadFailure, LoadRequest, LoadTarget, Retirements},
-    process::{self, ChildServices, ChildSpec, Death},
+    process::{self, ChildServices, ChildSpec, Death, LiveChildren},
 };
 use crate::{
     config::{Isolation, PluginConfig},
@@ -109,13 +109,11 @@ pub struct PluginSlot {
     reload_lock: tokio::sync::Mutex<()>,
     sequence: AtomicU64,
     context: LoadContext,
-    /// Process mode: renewed after each crash, so the restarted child treats the dead one's
-    /// runs as interrupted (see `process`).
-    lineage: Arc<ArcSwap<String>>,
     /// When the recent crashes happened, within `crash_window_secs`.
     crash_times: Mutex<VecDeque<Instant>>,
-    /// Process mode: children of this slot not reaped yet (serving or finishing).
-    live_children: Arc<AtomicUsize>,
+    /// Process mode: children of this slot not reaped yet (serving or finishing); their boot
+    /// ids are the ones the plugin treats as alive (see `process`).
+    live_children: Arc<LiveChildren>,
     /// Set when the host stops: nothing is loaded or restarted after that.
     stopping: AtomicBool,
 }
@@ -130,16 +128,6 @@ fn backoff(recent_crashes: usize) -> Duration {
     FIRST_BACKOFF
         .saturating_mul(1 << doublings)
         .min(MAX_BACKOFF)
-}
-
-fn fresh_lineage() -> String {
-    let mut bytes = [0u8; 8];
-    // Without randomness, a counter still tells lineages of one host apart.
-    if getrandom::fill(&mut bytes).is_err() {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        bytes = COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes();
-    }
-    hex::encode(bytes)
 }
 
 impl PluginSlot {
@@ -181,9 +169,8 @@ impl PluginSlot {
             reload_lock: tokio::sync::Mutex::new(()),
             sequence: AtomicU64::new(0),
             context,
-            lineage: Arc::new(ArcSwap::from_pointee(fresh_lineage())),
             crash_times: Mutex::new(VecDeque::new()),
-            live_children: Arc::new(AtomicUsize::new(0)),
+            live_children: Arc::new(LiveChildren::default()),
             stopping: AtomicBool::new(false),
         }
     }
@@ -340,10 +327,10 @@ impl PluginSlot {
                 plugin: self.name.clone(),
                 store: Arc::clone(&self.context.store),
                 bus: Arc::clone(&self.context.bus),
-                lineage: Arc::clone(&self.lineage),
+                sequence,
+                live: Arc::clone(&self.live_children),
             },
             retirements: self.context.retirements.clone(),
-            alive: Arc::clone(&self.live_children),
             on_crash: Box::new(move |sequence, death| {
                 runtime.spawn(PluginSlot::crashed(slot, sequence, death));
             }),
@@ -383,7 +370,18 @@ impl PluginSlot {
                 .as_ref()
                 .is_some_and(|copy| copy.child_sequence() == Some(sequence));
             if !serving_dead {
-                tracing::warn!(plugin = %slot.name, cause = %death.cause, "a process of the plugin that no longer served crashed; runs it was finishing stay recorded as running until the host restarts");
+                // Its runs are nobody's now, and only a plugin start records such runs
+                // interrupted: a fresh child takes over serving (the serving one retires,
+                // finishing its own runs, as after a swap) and does that.
+                let serving = slot.current.load().is_some();
+                if serving && !slot.stopping.load(Ordering::SeqCst) {
+                    tracing::warn!(plugin = %slot.name, cause = %death.cause, "an older process of the plugin crashed while finishing its runs; a fresh process takes over to record them interrupted");
+                    let _ = slot
+                        .load("a fresh process after an older one crashed", false)
+                        .await;
+                } else {
+                    tracing::warn!(plugin = %slot.name, cause = %death.cause, "an older process of the plugin crashed");
+                }
                 return;
             }
             slot.current.store(None);
@@ -411,14 +409,6 @@ impl PluginSlot {
     /// Records a crash of the serving child; the wait before restarting it, or `None` when it
     /// crashed too often (or the host is stopping) and stays down.
     fn count_crash(&self, death: &Death) -> Option<Duration> {
-        // A sibling still running (the previous copy finishing after a swap) owns runs under
-        // the current lineage: renewing it would have the restarted child mark them
-        // interrupted while they run. The dead child's runs then wait for a restart.
-        if self.live_children.load(Ordering::SeqCst) == 0 {
-            self.lineage.store(Arc::new(fresh_lineage()));
-        } else {
-            tracing::warn!(plugin = %self.name, "an older process of the plugin is still finishing its work: runs of the crashed one stay recorded as running until the host restarts");
-        }
         let window = Duration::from_secs(self.config.crash_window_secs);
         let recent = {
             let mut times = self.lock_crashes();
@@ -502,10 +492,5 @@ mod tests {
             .collect();
         assert_eq!(waits, [250, 500, 1000, 2000, 4000, 8000, 8000, 8000]);
         assert_eq!(backoff(1000), MAX_BACKOFF);
-    }
-
-    #[test]
-    fn lineages_differ() {
-        assert_ne!(fresh_lineage(), fresh_lineage());
     }
 }

@@ -565,3 +565,102 @@ async fn a_child_that_does_not_start_within_start_timeout_secs_is_killed_and_fai
     assert_eq!(body["state"], "failed", "{body}");
     host_unaffected(&host).await;
 }
+
+/// Waits (bounded) until `environment` of deployment `id` is running.
+async fn running(host: &TestHost, id: &str, environment: &str) {
+    let ok = wait_until(RUN_TIMEOUT, || async {
+        environment_status(&e2e::scenario::detail(host, id).await, environment) == Some("running")
+    })
+    .await;
+    assert!(
+        ok,
+        "{environment} runs: {}",
+        e2e::scenario::detail(host, id).await
+    );
+}
+
+/// Waits (bounded) until the plugin serves from a process other than `old`; its pid.
+async fn serving_other_than(host: &TestHost, old: u32) -> u32 {
+    let pid = Cell::new(None);
+    let ok = wait_until(RESTART_TIMEOUT, || async {
+        let plugin = host.plugin_status().await;
+        let now = plugin["pid"]
+            .as_u64()
+            .and_then(|pid| u32::try_from(pid).ok());
+        pid.set(now);
+        plugin["state"] == "active" && now.is_some_and(|now| now != old)
+    })
+    .await;
+    assert!(ok, "a new process serves: {}", host.plugin_status().await);
+    pid.get().expect("the serving pid")
+}
+
+#[tokio::test]
+async fn a_crash_of_either_child_during_a_swap_interrupts_only_the_dead_childs_runs() {
+    let dir = temp();
+    // Each command waits until the test lets it finish.
+    let release = dir.path().join("release");
+    let waiting = format!(
+        "while [ ! -e '{}' ]; do sleep 0.05; done; echo released",
+        release.display()
+    );
+    let list = ["first", "second", "third"]
+        .into_iter()
+        .map(|name| local(name, &["sh", "-c", &waiting], 900))
+        .collect();
+    let host = TestHost::start(dir.path(), Isolation::Process.options(list)).await;
+    let first_child = Isolation::Process.check(&host).await.expect("a child");
+
+    // The first child runs `first`, then is swapped out and keeps finishing it.
+    let first = started(&host, json!({"environments": ["first"]})).await;
+    running(&host, &first, "first").await;
+    let (status, body) = host.reload_plugin("deployment_mcp").await;
+    assert_eq!(status, 200, "{body}");
+    let second_child = serving_other_than(&host, first_child).await;
+    assert!(
+        process_alive(first_child),
+        "the older child finishes its run"
+    );
+
+    // The serving child runs `second` and is killed: its run is interrupted by the child
+    // restarted after it, while the older child's run goes on.
+    let second = started(&host, json!({"environments": ["second"]})).await;
+    running(&host, &second, "second").await;
+    e2e::send_signal(second_child, Signal::SIGKILL);
+    let third_child = serving_other_than(&host, second_child).await;
+    let record = finished(&host, &second).await;
+    assert_eq!(record["status"], "interrupted", "{record}");
+    let record = e2e::scenario::detail(&host, &first).await;
+    assert_eq!(
+        environment_status(&record, "first"),
+        Some("running"),
+        "the older child's run is not interrupted: {record}"
+    );
+
+    // The third child runs `third` and is swapped out; while it finishes, it is killed: a fresh
+    // child records its run interrupted, though the serving one did not crash.
+    let third = started(&host, json!({"environments": ["third"]})).await;
+    running(&host, &third, "third").await;
+    let (status, body) = host.reload_plugin("deployment_mcp").await;
+    assert_eq!(status, 200, "{body}");
+    let fourth_child = serving_other_than(&host, third_child).await;
+    e2e::send_signal(third_child, Signal::SIGKILL);
+    let record = finished(&host, &third).await;
+    assert_eq!(record["status"], "interrupted", "{record}");
+    serving_other_than(&host, fourth_child).await;
+    // Its environment is free again, and the second's.
+    for environment in ["second", "third"] {
+        let (status, body) = trigger(&host, json!({"environments": [environment]})).await;
+        assert_eq!(status, 202, "{environment}: {body}");
+    }
+
+    // The first run, carried by the first child all along, completes.
+    std::fs::write(&release, b"").expect("release the commands");
+    let record = finished(&host, &first).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert_eq!(result(&record, "first")["status"], "succeeded", "{record}");
+    let plugin = host.plugin_status().await;
+    // The operator's second reload reset the count; the older child's death after it is not
+    // a crash of the plugin serving.
+    assert_eq!(plugin["crashes"], 0, "{plugin}");
+}

@@ -17,10 +17,11 @@
 //! thread is joined with the in-process retirements when the host stops.
 //!
 //! The plugin reads `host/lifecycle` to tell a hot swap (runs of its own boot belong to a
-//! sibling copy) from a restart (runs of another boot were interrupted). For a child, a crash
-//! is a restart: the boot id it reads is the host's joined with the slot's lineage, which the
-//! slot renews after every crash, so the restarted child marks the dead child's runs
-//! `interrupted` and frees their environments, while a swap keeps the lineage.
+//! sibling copy) from a restart (runs of another boot were interrupted). Each child reads a
+//! boot id of its own (the host's joined with the plugin's name and the child's sequence) and,
+//! in `live_boot_ids`, those of the slot's children not reaped yet. A restarted child marks the
+//! runs of every other boot id `interrupted` and frees their environments, while the runs of
+//! an older child still finishing after a swap are left to it, whichever child crashed.
 
 pub mod frame;
 pub mod runner;
@@ -46,7 +47,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use self::frame::{ReadyInfo, RequestFrame, ServiceOp, StartChild, ToChild, ToHost};
-pub use self::services::ChildServices;
+pub use self::services::{ChildServices, LiveChildren};
 use super::{
     bridge::{push_chunk, HostBody, HostResponse, StreamCut, STREAM_BUFFER_CHUNKS},
     copy::{CallError, HostRequest},
@@ -120,8 +121,6 @@ pub struct ChildSpec {
     pub log_json: bool,
     pub services: ChildServices,
     pub retirements: Retirements,
-    /// Counts the slot's children not reaped yet.
-    pub alive: Arc<std::sync::atomic::AtomicUsize>,
     /// Called once if the child ends without having been asked to stop; gets the child's
     /// `target.sequence`.
     pub on_crash: Box<dyn FnOnce(u64, Death) + Send>,
@@ -492,6 +491,9 @@ pub async fn spawn(spec: ChildSpec) -> Result<ChildCopy, LoadError> {
         sequence,
     });
     let copies = (copies_dir, format!("lib{name}-{pid}-"));
+    // Alive before it can hear `Start`, so its first read of the lifecycle counts it.
+    let live = Arc::clone(&spec.services.live);
+    live.insert(sequence);
     tokio::spawn(write_loop(queued, write_half, link.retire.clone()));
     // Disconnected once the reader has read all the child wrote: answers it sent before it
     // died are delivered before the rest are failed.
@@ -502,20 +504,21 @@ pub async fn spawn(spec: ChildSpec) -> Result<ChildCopy, LoadError> {
         Arc::new(spec.services),
         reader_alive,
     ));
-    spec.alive.fetch_add(1, Ordering::SeqCst);
     let waiter = std::thread::Builder::new()
         .name(format!("reap-{}", name))
         .spawn({
             let link = Arc::clone(&link);
             let on_crash = spec.on_crash;
-            let alive = Arc::clone(&spec.alive);
+            let live = Arc::clone(&live);
             move || {
                 let death = match child.wait() {
                     Ok(status) => Death::from_status(status),
                     Err(error) => Death::lost(format!("its exit could not be read: {error}")),
                 };
                 link.reaped.store(true, Ordering::Release);
-                alive.fetch_sub(1, Ordering::SeqCst);
+                // Before anyone hears of the death: a child restarted after it must not
+                // count this one's runs as alive.
+                live.remove(sequence);
                 let _ = reader_done.recv_timeout(READER_DRAIN);
                 let serving = link.die(&death);
                 remove_copies(&copies.0, &copies.1);
@@ -524,6 +527,9 @@ pub async fn spawn(spec: ChildSpec) -> Result<ChildCopy, LoadError> {
                 } else if link.retire.is_cancelled() {
                     if death.exit_code != Some(0) {
                         tracing::warn!(plugin = %link.plugin, pid = link.pid, cause = %death.cause, "the plugin's process did not stop cleanly");
+                        // It may have died with runs it was still finishing: the slot has
+                        // them recorded (a crash of a child that no longer serves).
+                        on_crash(link.sequence, death);
                     } else {
                         tracing::info!(plugin = %link.plugin, pid = link.pid, "the plugin's old process stopped");
                     }
@@ -536,7 +542,7 @@ pub async fn spawn(spec: ChildSpec) -> Result<ChildCopy, LoadError> {
     match waiter {
         Ok(handle) => spec.retirements.push(handle),
         Err(error) => {
-            spec.alive.fetch_sub(1, Ordering::SeqCst);
+            live.remove(sequence);
             link.kill("no thread to watch the plugin's process");
             return Err(failed(
                 "cannot start a thread to watch the plugin's process",

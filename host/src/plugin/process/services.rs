@@ -1,22 +1,64 @@
 //! The host services a child's plugin calls, run against the host's store and event bus: the
 //! same operations the in-process bridge offers, from owned messages instead of ABI borrows.
 
-use std::sync::Arc;
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+};
 
-use arc_swap::ArcSwap;
 use plugin_api::{LogLevel, StoreCondition, StoreWrite};
 use record_store::{Op, Store};
 
 use super::frame::{ServiceOp, ServiceResult, StoreOpFrame};
 use crate::services::events::{EventBus, UserView};
 
-/// What one child may use: the store, the bus, and the lineage that makes its boot id.
+/// What one child may use: the store, the bus, and what makes its boot id.
 pub struct ChildServices {
     pub plugin: String,
     pub store: Arc<Store>,
     pub bus: Arc<EventBus>,
-    /// Renewed by the slot after every crash (see the module documentation).
-    pub lineage: Arc<ArcSwap<String>>,
+    /// The child's sequence in its slot (its copy's), which its boot id carries.
+    pub sequence: u64,
+    /// The slot's children that are alive (see the module documentation).
+    pub live: Arc<LiveChildren>,
+}
+
+/// The children of one slot that have not been reaped yet: the one serving and any older one
+/// still finishing its runs after a swap. A child is in it from before it starts until its
+/// exit has been read, so a child started after a crash never sees the dead one in it.
+#[derive(Default)]
+pub struct LiveChildren {
+    sequences: Mutex<BTreeSet<u64>>,
+}
+
+impl LiveChildren {
+    pub fn insert(&self, sequence: u64) {
+        self.lock().insert(sequence);
+    }
+
+    pub fn remove(&self, sequence: u64) {
+        self.lock().remove(&sequence);
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn sequences(&self) -> Vec<u64> {
+        self.lock().iter().copied().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        self.sequences
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The boot id of a slot's child: the host's, the plugin's name and the child's sequence, so
+/// no two children of any host ever share one.
+fn child_boot_id(host_boot: &str, plugin: &str, sequence: u64) -> String {
+    format!("{host_boot}.{plugin}-{sequence}")
 }
 
 /// Where the host writes its lifecycle record (`server::Lifecycle`).
@@ -60,7 +102,7 @@ impl ChildServices {
             },
             ServiceOp::Get { collection, key } => match self.store.get(&collection, &key) {
                 Ok(value) if (collection.as_str(), key.as_str()) == LIFECYCLE => {
-                    ServiceResult::Value(value.map(|record| self.lineage_view(record)))
+                    ServiceResult::Value(value.map(|record| self.lifecycle_view(record)))
                 }
                 Ok(value) => ServiceResult::Value(value),
                 Err(error) => failed(error),
@@ -98,15 +140,25 @@ impl ChildServices {
         }
     }
 
-    /// The host's lifecycle record as this child sees it: its boot id joined with the lineage.
-    fn lineage_view(&self, record: String) -> String {
+    /// The host's lifecycle record as this child sees it: its own boot id, and in
+    /// `live_boot_ids` those of the slot's children alive now (itself included). Runs of any
+    /// other boot id died with their process.
+    fn lifecycle_view(&self, record: String) -> String {
         let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&record) else {
             return record;
         };
-        if let Some(boot) = value.get("boot_id").and_then(|boot| boot.as_str()) {
-            let joined = format!("{boot}.{}", self.lineage.load());
-            value["boot_id"] = serde_json::Value::String(joined);
-        }
+        let Some(boot) = value.get("boot_id").and_then(|boot| boot.as_str()) else {
+            return record;
+        };
+        let boot = boot.to_owned();
+        let live: Vec<serde_json::Value> = self
+            .live
+            .sequences()
+            .into_iter()
+            .map(|sequence| child_boot_id(&boot, &self.plugin, sequence).into())
+            .collect();
+        value["boot_id"] = child_boot_id(&boot, &self.plugin, self.sequence).into();
+        value["live_boot_ids"] = serde_json::Value::Array(live);
         value.to_string()
     }
 }

@@ -190,11 +190,14 @@ impl Coordinator {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Marks runs of earlier boots as interrupted: the host died while they ran. Runs of this
-    /// boot belong to a sibling copy (hot swap) and are left alone. The unfinished deployments
-    /// are found through the status index, not by reading the whole history; each is closed in
-    /// one transaction that holds only if its record is still what was read.
-    pub async fn recover(&self) -> Result<usize, StoreError> {
+    /// Marks runs of boots that are gone as interrupted: the host (or the plugin's process)
+    /// died while they ran. Runs of this boot belong to a sibling copy (hot swap), and runs of
+    /// a boot in `live_boots` to another process the host says is alive (an older one still
+    /// finishing after a swap): both are left alone. The unfinished deployments are found
+    /// through the status index, not by reading the whole history; each is closed in one
+    /// transaction that holds only if its record is still what was read.
+    pub async fn recover(&self, live_boots: &[String]) -> Result<usize, StoreError> {
+        let alive = |boot: &str| boot == self.boot_id || live_boots.iter().any(|live| live == boot);
         let mut recovered = 0;
         let unfinished = crate::history::History::new(self.records.clone())
             .unfinished()
@@ -220,7 +223,7 @@ impl Coordinator {
             let Ok(mut record) = serde_json::from_str::<DeploymentRecord>(&text) else {
                 continue;
             };
-            if record.boot_id == self.boot_id
+            if alive(&record.boot_id)
                 || record.status.is_terminal()
                 || record.status == Phase::AwaitingApproval
             {
@@ -272,7 +275,7 @@ impl Coordinator {
             .scan::<ActiveEntry>(collection::ACTIVE, "")
             .await?
         {
-            if active.boot_id != self.boot_id && !parked.contains(&id) {
+            if !alive(&active.boot_id) && !parked.contains(&id) {
                 self.records.delete(collection::ACTIVE, &id).await?;
                 self.records.delete(collection::CANCEL, &id).await?;
             }
@@ -291,7 +294,7 @@ impl Coordinator {
                 after = Some(environment.clone());
                 let claim = serde_json::from_str::<Claim>(&text).ok();
                 let is_stale = claim.is_none_or(|claim| {
-                    claim.boot_id != self.boot_id && !parked.contains(&claim.deployment_id)
+                    !alive(&claim.boot_id) && !parked.contains(&claim.deployment_id)
                 });
                 if is_stale {
                     stale.push(

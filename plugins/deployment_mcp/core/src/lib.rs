@@ -42,6 +42,10 @@ pub const DESCRIPTION: &str =
 pub struct HostLifecycle {
     pub boot_id: String,
     pub state: String,
+    /// Other boots whose runs are still being carried out: with the plugin in a child process,
+    /// the host's other children of this plugin (an older one finishing after a swap).
+    #[serde(default)]
+    pub live_boot_ids: Vec<String>,
 }
 
 pub async fn host_lifecycle(records: &records::Records) -> Option<HostLifecycle> {
@@ -85,9 +89,9 @@ pub async fn build(
     let settings = Arc::new(settings::Settings::from_json(settings).map_err(BuildError::Settings)?);
     let records = records::Records::new(host);
     // Without a lifecycle record (an older host), every unfinished run is from another boot.
-    let boot_id = match host_lifecycle(&records).await {
-        Some(lifecycle) => lifecycle.boot_id,
-        None => format!("plugin-{}", std::process::id()),
+    let (boot_id, live_boots) = match host_lifecycle(&records).await {
+        Some(lifecycle) => (lifecycle.boot_id, lifecycle.live_boot_ids),
+        None => (format!("plugin-{}", std::process::id()), Vec::new()),
     };
     let coordinator = Arc::new(coordinator::Coordinator::new(
         records,
@@ -108,7 +112,7 @@ pub async fn build(
             "indexed the history written by an earlier release"
         );
     }
-    let interrupted = coordinator.recover().await?;
+    let interrupted = coordinator.recover(&live_boots).await?;
     tracing::info!(
         added = imported.added,
         removed = imported.removed,
