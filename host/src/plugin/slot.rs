@@ -360,31 +360,23 @@ impl PluginSlot {
 
     async fn after_crash(slot: Weak<PluginSlot>, sequence: u64, death: Death) {
         let Some(slot) = slot.upgrade() else { return };
-        {
+        let serving_dead = {
             let _serialized = slot.reload_lock.lock().await;
-            // Only a crash of the copy serving now counts: one retiring after a swap (or
-            // replaced by a reload since) does not change what serves.
+            // A crash of the copy serving now takes it out of service; one retiring after a
+            // swap (or replaced by a reload since) does not change what serves.
             let serving_dead = slot
                 .current
                 .load()
                 .as_ref()
                 .is_some_and(|copy| copy.child_sequence() == Some(sequence));
-            if !serving_dead {
-                // Its runs are nobody's now, and only a plugin start records such runs
-                // interrupted: a fresh child takes over serving (the serving one retires,
-                // finishing its own runs, as after a swap) and does that.
-                let serving = slot.current.load().is_some();
-                if serving && !slot.stopping.load(Ordering::SeqCst) {
-                    tracing::warn!(plugin = %slot.name, cause = %death.cause, "an older process of the plugin crashed while finishing its runs; a fresh process takes over to record them interrupted");
-                    let _ = slot
-                        .load("a fresh process after an older one crashed", false)
-                        .await;
-                } else {
-                    tracing::warn!(plugin = %slot.name, cause = %death.cause, "an older process of the plugin crashed");
-                }
-                return;
+            if serving_dead {
+                slot.current.store(None);
             }
-            slot.current.store(None);
+            serving_dead
+        };
+        if !serving_dead {
+            PluginSlot::after_older_crash(&slot, &death).await;
+            return;
         }
         let mut death = death;
         loop {
@@ -406,22 +398,57 @@ impl PluginSlot {
         }
     }
 
+    /// An older child, still finishing its runs after a swap, died. Its runs are nobody's now,
+    /// and only a plugin start records such runs interrupted: after the backoff a fresh child
+    /// takes over serving (the serving one retires, finishing its own runs, as after a swap)
+    /// and does that. The crash counts in the window like any other, so a plugin that crashes
+    /// whenever it stops cannot swap for ever; the serving child keeps serving either way.
+    async fn after_older_crash(slot: &Arc<PluginSlot>, death: &Death) {
+        let recent = slot.crash_in_window();
+        let previous = slot.status.load_full();
+        slot.status.store(Arc::new(PluginStatus {
+            crashes: previous.crashes + 1,
+            last_crash: Some(death.cause.clone()),
+            last_crash_at: Some(rfc3339(SystemTime::now())),
+            ..(*previous).clone()
+        }));
+        if recent > slot.config.max_crashes as usize {
+            tracing::error!(plugin = %slot.name, cause = %death.cause, crashes = recent, "an older process of the plugin crashed, and the plugin crashed too often to start another: the runs it was finishing stay recorded as running until the plugin next starts");
+            return;
+        }
+        let delay = backoff(recent);
+        tracing::warn!(plugin = %slot.name, cause = %death.cause, delay_ms = delay.as_millis() as u64, "an older process of the plugin crashed while finishing its runs; a fresh process takes over to record them interrupted");
+        tokio::time::sleep(delay).await;
+        let _serialized = slot.reload_lock.lock().await;
+        // Nothing serves (a crash of the serving child restarts it, which records the runs
+        // too), or the host is stopping.
+        if slot.current.load().is_none() || slot.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let _ = slot
+            .load("a fresh process after an older one crashed", false)
+            .await;
+    }
+
+    /// Notes a crash now; how many fell within `crash_window_secs`.
+    fn crash_in_window(&self) -> usize {
+        let window = Duration::from_secs(self.config.crash_window_secs);
+        let mut times = self.lock_crashes();
+        let now = Instant::now();
+        times.push_back(now);
+        while times
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > window)
+        {
+            times.pop_front();
+        }
+        times.len()
+    }
+
     /// Records a crash of the serving child; the wait before restarting it, or `None` when it
     /// crashed too often (or the host is stopping) and stays down.
     fn count_crash(&self, death: &Death) -> Option<Duration> {
-        let window = Duration::from_secs(self.config.crash_window_secs);
-        let recent = {
-            let mut times = self.lock_crashes();
-            let now = Instant::now();
-            times.push_back(now);
-            while times
-                .front()
-                .is_some_and(|at| now.duration_since(*at) > window)
-            {
-                times.pop_front();
-            }
-            times.len()
-        };
+        let recent = self.crash_in_window();
         let previous = self.status.load_full();
         let stopping = self.stopping.load(Ordering::SeqCst);
         let too_many = recent > self.config.max_crashes as usize;

@@ -660,7 +660,56 @@ async fn a_crash_of_either_child_during_a_swap_interrupts_only_the_dead_childs_r
     assert_eq!(record["status"], "completed", "{record}");
     assert_eq!(result(&record, "first")["status"], "succeeded", "{record}");
     let plugin = host.plugin_status().await;
-    // The operator's second reload reset the count; the older child's death after it is not
-    // a crash of the plugin serving.
-    assert_eq!(plugin["crashes"], 0, "{plugin}");
+    // The operator's second reload reset the count; the older child's death after it counts,
+    // and the plugin served throughout.
+    assert_eq!(plugin["crashes"], 1, "{plugin}");
+    assert_eq!(plugin["state"], "active", "{plugin}");
+}
+
+#[tokio::test]
+async fn a_plugin_that_crashes_whenever_it_stops_is_not_swapped_for_ever() {
+    let dir = temp();
+    let host = start_with_crashing(
+        dir.path(),
+        "isolation = \"process\"\nmax_crashes = 2\nsettings = { abort_at_shutdown = true }",
+    )
+    .await;
+    let first = serving_pid(&host).await.expect("the plugin answers /ok");
+    // The reload retires the first child, which aborts as it stops: a fresh child replaces the
+    // serving one, which aborts as it stops, and so on, until the window is full.
+    let (status, body) = host.reload_plugin("crashing").await;
+    assert_eq!(status, 200, "{body}");
+    let settled = wait_until(RESTART_TIMEOUT, || async {
+        host.plugin_status_of("crashing").await["crashes"] == 3
+    })
+    .await;
+    let plugin = host.plugin_status_of("crashing").await;
+    assert!(
+        settled,
+        "three crashes, then no more fresh children: {plugin}"
+    );
+    assert!(
+        plugin["last_crash"]
+            .as_str()
+            .is_some_and(|cause| cause.contains("SIGABRT")),
+        "{plugin}"
+    );
+    // Well past the next backoff (1 s), nothing swaps any more, and the plugin still serves.
+    let serving = serving_pid(&host).await.expect("the plugin serves");
+    assert_ne!(serving, first, "{plugin}");
+    let swaps = plugin["swaps"].clone();
+    let moved = wait_until(Duration::from_secs(3), || async {
+        let now = host.plugin_status_of("crashing").await;
+        now["swaps"] != swaps || now["crashes"] != 3
+    })
+    .await;
+    let plugin = host.plugin_status_of("crashing").await;
+    assert!(!moved, "no more swaps or crashes: {plugin}");
+    assert_eq!(plugin["state"], "active", "{plugin}");
+    assert_eq!(
+        serving_pid(&host).await,
+        Some(serving),
+        "the same child serves"
+    );
+    host_unaffected(&host).await;
 }
