@@ -401,17 +401,27 @@ impl PluginSlot {
     /// An older child, still finishing its runs after a swap, died. Its runs are nobody's now,
     /// and only a plugin start records such runs interrupted: after the backoff a fresh child
     /// takes over serving (the serving one retires, finishing its own runs, as after a swap)
-    /// and does that. The crash counts in the window like any other, so a plugin that crashes
-    /// whenever it stops cannot swap for ever; the serving child keeps serving either way.
+    /// and does that, unless a child started meanwhile (a reload, a restart) did it already.
+    /// The crash counts in the window like any other, so a plugin that crashes whenever it
+    /// stops cannot swap for ever; the serving child keeps serving either way.
     async fn after_older_crash(slot: &Arc<PluginSlot>, death: &Death) {
-        let recent = slot.crash_in_window();
-        let previous = slot.status.load_full();
-        slot.status.store(Arc::new(PluginStatus {
-            crashes: previous.crashes + 1,
-            last_crash: Some(death.cause.clone()),
-            last_crash_at: Some(rfc3339(SystemTime::now())),
-            ..(*previous).clone()
-        }));
+        if slot.stopping.load(Ordering::SeqCst) {
+            // The host stops its children itself; one that ends badly then is no news.
+            tracing::debug!(plugin = %slot.name, cause = %death.cause, "an older process of the plugin ended during shutdown");
+            return;
+        }
+        let (recent, seen) = {
+            let _serialized = slot.reload_lock.lock().await;
+            let recent = slot.crash_in_window();
+            let previous = slot.status.load_full();
+            slot.status.store(Arc::new(PluginStatus {
+                crashes: previous.crashes + 1,
+                last_crash: Some(death.cause.clone()),
+                last_crash_at: Some(rfc3339(SystemTime::now())),
+                ..(*previous).clone()
+            }));
+            (recent, slot.sequence.load(Ordering::SeqCst))
+        };
         if recent > slot.config.max_crashes as usize {
             tracing::error!(plugin = %slot.name, cause = %death.cause, crashes = recent, "an older process of the plugin crashed, and the plugin crashed too often to start another: the runs it was finishing stay recorded as running until the plugin next starts");
             return;
@@ -420,11 +430,16 @@ impl PluginSlot {
         tracing::warn!(plugin = %slot.name, cause = %death.cause, delay_ms = delay.as_millis() as u64, "an older process of the plugin crashed while finishing its runs; a fresh process takes over to record them interrupted");
         tokio::time::sleep(delay).await;
         let _serialized = slot.reload_lock.lock().await;
-        // Nothing serves (a crash of the serving child restarts it, which records the runs
-        // too), or the host is stopping.
-        if slot.current.load().is_none() || slot.stopping.load(Ordering::SeqCst) {
+        // Nothing serves (the restart of a crashed serving child records the runs too), a
+        // child started meanwhile recorded them, or the host is stopping.
+        if slot.current.load().is_none()
+            || slot.sequence.load(Ordering::SeqCst) != seen
+            || slot.stopping.load(Ordering::SeqCst)
+        {
             return;
         }
+        // A failure is logged by `load`; the serving child goes on, and the runs wait for the
+        // plugin's next start.
         let _ = slot
             .load("a fresh process after an older one crashed", false)
             .await;

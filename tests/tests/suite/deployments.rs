@@ -1021,7 +1021,7 @@ async fn a_reconnecting_sse_client_gets_every_missed_event_once() {
 }
 
 /// Automatic deployments in the history, oldest first.
-async fn auto_deployments(host: &TestHost) -> Vec<Value> {
+pub(crate) async fn auto_deployments(host: &TestHost) -> Vec<Value> {
     let (status, history) = host
         .get("/api/deployment/history", Some(DEVELOPER_KEY))
         .await;
@@ -1038,9 +1038,18 @@ async fn auto_deployments(host: &TestHost) -> Vec<Value> {
 }
 
 async fn start_with_auto_deploy(dir: &Path, when: &str, version: &str) -> TestHost {
+    start_with_auto_deploy_in(dir, when, version, Isolation::InProcess).await
+}
+
+pub(crate) async fn start_with_auto_deploy_in(
+    dir: &Path,
+    when: &str,
+    version: &str,
+    isolation: Isolation,
+) -> TestHost {
     TestHost::start(
         dir,
-        HostOptions {
+        isolation.apply(HostOptions {
             // Each run waits for the test to create `release`, so the test decides when it ends.
             environments: environments(vec![local(
                 "gated",
@@ -1059,13 +1068,13 @@ async fn start_with_auto_deploy(dir: &Path, when: &str, version: &str) -> TestHo
             ),
             env: vec![("DEPLOYMENT_VERSION".into(), version.into())],
             ..HostOptions::default()
-        },
+        }),
     )
     .await
 }
 
 /// Waits until `count` automatic deployments exist and all have ended.
-async fn settled_auto_deployments(host: &TestHost, count: usize) -> Vec<Value> {
+pub(crate) async fn settled_auto_deployments(host: &TestHost, count: usize) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
     loop {
         let list = auto_deployments(host).await;

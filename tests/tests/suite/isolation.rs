@@ -22,8 +22,9 @@ use serde_json::{json, Value};
 
 use crate::{
     deployments::{
-        cancel_and_retry, followed_log_streams_until_the_end, kill_9_leaves_the_run_interrupted,
-        log_text, sse_subscriber_sees_every_phase,
+        auto_deployments, cancel_and_retry, followed_log_streams_until_the_end,
+        kill_9_leaves_the_run_interrupted, log_text, settled_auto_deployments,
+        sse_subscriber_sees_every_phase, start_with_auto_deploy_in,
     },
     hot_swap::{swap_under_load, SWAPS_UNDER_LOAD},
 };
@@ -492,27 +493,40 @@ fn thread_niceness(pid: u32) -> Vec<i64> {
         .collect()
 }
 
+/// The niceness in `/proc/PID/autogroup`, where the kernel has autogroups.
+fn autogroup_niceness(pid: u32) -> Option<i64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/autogroup")).ok()?;
+    text.split_whitespace().last()?.parse().ok()
+}
+
 #[tokio::test]
 async fn cpu_shares_give_every_thread_of_the_child_the_nearest_scheduler_weight() {
     let dir = temp();
     let host = start_with_crashing(dir.path(), "isolation = \"process\"\ncpu_shares = 128").await;
     let pid = serving_pid(&host).await.expect("the plugin answers /ok");
-    // 128 is nearest to the weight of niceness 9 (137).
-    let child = thread_niceness(pid);
-    assert!(
-        child.len() > 1 && child.iter().all(|&nice| nice == 9),
-        "every thread of the child runs at niceness 9: {child:?}"
-    );
-    // Its session's autogroup too, where the kernel has them (the weight the scheduler gives
-    // the group against the host's).
-    if let Ok(group) = std::fs::read_to_string(format!("/proc/{pid}/autogroup")) {
-        assert!(group.trim_end().ends_with("nice 9"), "{group}");
-    }
+    // 128 against the host's 1024 is the weight step of 9 nicenesses (137), from wherever the
+    // host runs (the tests may run niced).
     let own = thread_niceness(host.pid());
+    let host_nice = own[0];
     assert!(
-        own.iter().all(|&nice| nice == 0),
+        own.iter().all(|&nice| nice == host_nice),
         "the host keeps its own priority: {own:?}"
     );
+    let child = thread_niceness(pid);
+    let expected = (host_nice + 9).min(19);
+    assert!(
+        child.len() > 1 && child.iter().all(|&nice| nice == expected),
+        "every thread of the child runs at niceness {expected}: {child:?}"
+    );
+    // Its session's autogroup too, where the kernel has them: the weight the scheduler gives
+    // the group against the host's.
+    if let Some(host_group) = autogroup_niceness(host.pid()) {
+        assert_eq!(
+            autogroup_niceness(pid),
+            Some((host_group + 9).clamp(0, 19)),
+            "the child's autogroup"
+        );
+    }
     host_unaffected(&host).await;
 }
 
@@ -712,4 +726,32 @@ async fn a_plugin_that_crashes_whenever_it_stops_is_not_swapped_for_ever() {
         "the same child serves"
     );
     host_unaffected(&host).await;
+}
+
+#[tokio::test]
+async fn in_a_child_a_swap_or_a_crash_restart_is_not_a_new_start_for_auto_deploy() {
+    let dir = temp();
+    // The automatic deployment's command ends at once.
+    std::fs::write(dir.path().join("release"), b"").expect("release the command");
+    let host = start_with_auto_deploy_in(dir.path(), "always", "1.0.0", Isolation::Process).await;
+    let first = Isolation::Process.check(&host).await.expect("a child");
+    let list = settled_auto_deployments(&host, 1).await;
+    assert_eq!(list[0]["status"], "completed", "{list:?}");
+
+    // A swap starts a second child, a SIGKILL of it a third: neither is a start of the host.
+    let (status, body) = host.reload_plugin("deployment_mcp").await;
+    assert_eq!(status, 200, "{body}");
+    let second = serving_other_than(&host, first).await;
+    e2e::send_signal(second, Signal::SIGKILL);
+    serving_other_than(&host, second).await;
+    // Each child decides at its start; give the last one ample time to (wrongly) deploy.
+    let again = wait_until(Duration::from_secs(3), || async {
+        auto_deployments(&host).await.len() > 1
+    })
+    .await;
+    assert!(
+        !again,
+        "one automatic deployment per start of the host: {:?}",
+        auto_deployments(&host).await
+    );
 }

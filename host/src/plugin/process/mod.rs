@@ -9,8 +9,9 @@
 //! - a reader task that delivers answers to the requests waiting for them, and runs the
 //!   plugin's service calls (store calls on the blocking pool);
 //! - a waiter thread that reaps the child. When the child ends, every request still waiting on
-//!   it gets [`CallError::Crashed`] with the signal or exit status, open streams end, and unless
-//!   the host had asked it to stop, the slot is told (it restarts the plugin with backoff).
+//!   it gets [`CallError::Crashed`] with the signal or exit status, open streams end, and the
+//!   slot is told unless the host had asked it to stop and it exited cleanly (the slot restarts
+//!   a serving child with backoff, and replaces the serving one after an older child's death).
 //!
 //! A copy that is dropped (swapped out, or the host stops) is sent `Shutdown`: the child
 //! finishes what it accepted, as a retiring in-process copy does, and exits. The waiter
@@ -121,8 +122,8 @@ pub struct ChildSpec {
     pub log_json: bool,
     pub services: ChildServices,
     pub retirements: Retirements,
-    /// Called once if the child ends without having been asked to stop; gets the child's
-    /// `target.sequence`.
+    /// Called once if the child, having served, ends without having been asked to stop, or
+    /// ends badly after it was; gets the child's `target.sequence`.
     pub on_crash: Box<dyn FnOnce(u64, Death) + Send>,
 }
 
@@ -284,6 +285,9 @@ impl HostLink {
         tracing::error!(plugin = %self.plugin, pid = self.pid, "{why}; killing the plugin's process");
         if !self.reaped.load(Ordering::Acquire) {
             let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+            // Its process group too (the child leads one of its own): commands it started
+            // and was waiting on go with it. Not reaped yet, so the id is still the child's.
+            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }

@@ -40,10 +40,6 @@ impl LiveChildren {
         self.lock().remove(&sequence);
     }
 
-    pub fn count(&self) -> usize {
-        self.lock().len()
-    }
-
     fn sequences(&self) -> Vec<u64> {
         self.lock().iter().copied().collect()
     }
@@ -140,9 +136,9 @@ impl ChildServices {
         }
     }
 
-    /// The host's lifecycle record as this child sees it: its own boot id, and in
-    /// `live_boot_ids` those of the slot's children alive now (itself included). Runs of any
-    /// other boot id died with their process.
+    /// The host's lifecycle record as this child sees it: its own boot id, in `live_boot_ids`
+    /// those of the slot's children alive now (itself included), and the host's own in
+    /// `host_boot_id`. Runs of any other boot id died with their process.
     fn lifecycle_view(&self, record: String) -> String {
         let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&record) else {
             return record;
@@ -159,6 +155,8 @@ impl ChildServices {
             .collect();
         value["boot_id"] = child_boot_id(&boot, &self.plugin, self.sequence).into();
         value["live_boot_ids"] = serde_json::Value::Array(live);
+        // What happens once per start of the host (an automatic deployment) keys on this.
+        value["host_boot_id"] = boot.into();
         value.to_string()
     }
 }

@@ -1,7 +1,8 @@
 //! The deployment triggered once the host has started (`auto_deploy` in the settings).
 //!
 //! It runs at most once per host boot: a hot swap starts a new copy of the plugin in the same
-//! boot, and that copy must not deploy again. With `when = "version_changed"` it runs only when
+//! boot (and in process mode a crash restart a new child of the same host), and that copy must
+//! not deploy again. With `when = "version_changed"` it runs only when
 //! the platform version differs from the last automatic deployment that completed.
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ struct AutoDeployState {
 
 /// Decides and, if due, starts the automatic deployment. Failures are logged and, when a
 /// deployment started, recorded in it; none of them stops the plugin.
+/// `boot_id` is the host process's (see [`crate::HostLifecycle::host_boot`]).
 pub async fn run(coordinator: Arc<Coordinator>, settings: Arc<Settings>, boot_id: String) {
     let auto = &settings.auto_deploy;
     if !auto.enabled {

@@ -46,6 +46,17 @@ pub struct HostLifecycle {
     /// the host's other children of this plugin (an older one finishing after a swap).
     #[serde(default)]
     pub live_boot_ids: Vec<String>,
+    /// The host process's own boot id where `boot_id` is a child process's: a new child is not
+    /// a new start of the host.
+    #[serde(default)]
+    pub host_boot_id: Option<String>,
+}
+
+impl HostLifecycle {
+    /// The boot id of the host process, whichever process the plugin runs in.
+    pub fn host_boot(&self) -> &str {
+        self.host_boot_id.as_deref().unwrap_or(&self.boot_id)
+    }
 }
 
 pub async fn host_lifecycle(records: &records::Records) -> Option<HostLifecycle> {
@@ -89,15 +100,21 @@ pub async fn build(
     let settings = Arc::new(settings::Settings::from_json(settings).map_err(BuildError::Settings)?);
     let records = records::Records::new(host);
     // Without a lifecycle record (an older host), every unfinished run is from another boot.
-    let (boot_id, live_boots) = match host_lifecycle(&records).await {
-        Some(lifecycle) => (lifecycle.boot_id, lifecycle.live_boot_ids),
-        None => (format!("plugin-{}", std::process::id()), Vec::new()),
+    let (boot_id, live_boots, host_boot) = match host_lifecycle(&records).await {
+        Some(lifecycle) => {
+            let host_boot = lifecycle.host_boot().to_owned();
+            (lifecycle.boot_id, lifecycle.live_boot_ids, host_boot)
+        }
+        None => {
+            let boot = format!("plugin-{}", std::process::id());
+            (boot.clone(), Vec::new(), boot)
+        }
     };
     let coordinator = Arc::new(coordinator::Coordinator::new(
         records,
         http_client().map_err(BuildError::HttpClient)?,
         Arc::clone(&settings),
-        boot_id.clone(),
+        boot_id,
     ));
     let imported = coordinator
         .catalog()
@@ -125,7 +142,7 @@ pub async fn build(
     tokio::spawn(auto_deploy::run(
         Arc::clone(&coordinator),
         Arc::clone(&settings),
-        boot_id,
+        host_boot,
     ));
     Ok(api::Api::new(coordinator, version, api::openapi::document))
 }
