@@ -155,7 +155,6 @@ pub fn is_terminal(status: &str) -> bool {
     )
 }
 
-/// Waits (bounded by [`RUN_TIMEOUT`]) until the deployment ended and returns its full record.
 /// Opens deployment `id`'s followed log (`logs?follow=true`) as a developer; its status is 200.
 pub async fn follow_log(host: &TestHost, id: &str) -> reqwest::Response {
     let follow = host
@@ -172,6 +171,7 @@ pub async fn follow_log(host: &TestHost, id: &str) -> reqwest::Response {
     follow
 }
 
+/// Waits (bounded by [`RUN_TIMEOUT`]) until the deployment ended and returns its full record.
 pub async fn finished(host: &TestHost, id: &str) -> Value {
     finished_within(host, id, RUN_TIMEOUT).await
 }

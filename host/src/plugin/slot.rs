@@ -412,14 +412,8 @@ impl PluginSlot {
         }
         let (recent, seen) = {
             let _serialized = slot.reload_lock.lock().await;
-            let recent = slot.crash_in_window();
-            let previous = slot.status.load_full();
-            slot.status.store(Arc::new(PluginStatus {
-                crashes: previous.crashes + 1,
-                last_crash: Some(death.cause.clone()),
-                last_crash_at: Some(rfc3339(SystemTime::now())),
-                ..(*previous).clone()
-            }));
+            let (recent, counted) = slot.count_in_window(death);
+            slot.status.store(Arc::new(counted));
             (recent, slot.sequence.load(Ordering::SeqCst))
         };
         if recent > slot.config.max_crashes as usize {
@@ -445,26 +439,36 @@ impl PluginSlot {
             .await;
     }
 
-    /// Notes a crash now; how many fell within `crash_window_secs`.
-    fn crash_in_window(&self) -> usize {
+    /// Counts a crash now: how many fell within `crash_window_secs`, and the status with it
+    /// counted (`crashes`, `last_crash`, `last_crash_at`), for the caller to complete and store.
+    fn count_in_window(&self, death: &Death) -> (usize, PluginStatus) {
         let window = Duration::from_secs(self.config.crash_window_secs);
-        let mut times = self.lock_crashes();
-        let now = Instant::now();
-        times.push_back(now);
-        while times
-            .front()
-            .is_some_and(|at| now.duration_since(*at) > window)
-        {
-            times.pop_front();
-        }
-        times.len()
+        let recent = {
+            let mut times = self.lock_crashes();
+            let now = Instant::now();
+            times.push_back(now);
+            while times
+                .front()
+                .is_some_and(|at| now.duration_since(*at) > window)
+            {
+                times.pop_front();
+            }
+            times.len()
+        };
+        let previous = self.status.load_full();
+        let counted = PluginStatus {
+            crashes: previous.crashes + 1,
+            last_crash: Some(death.cause.clone()),
+            last_crash_at: Some(rfc3339(SystemTime::now())),
+            ..(*previous).clone()
+        };
+        (recent, counted)
     }
 
     /// Records a crash of the serving child; the wait before restarting it, or `None` when it
     /// crashed too often (or the host is stopping) and stays down.
     fn count_crash(&self, death: &Death) -> Option<Duration> {
-        let recent = self.crash_in_window();
-        let previous = self.status.load_full();
+        let (recent, counted) = self.count_in_window(death);
         let stopping = self.stopping.load(Ordering::SeqCst);
         let too_many = recent > self.config.max_crashes as usize;
         let delay = backoff(recent);
@@ -491,11 +495,8 @@ impl PluginSlot {
                 PluginState::Crashed
             },
             pid: None,
-            crashes: previous.crashes + 1,
-            last_crash: Some(death.cause.clone()),
-            last_crash_at: Some(rfc3339(SystemTime::now())),
             last_error: Some(last_error),
-            ..(*previous).clone()
+            ..counted
         }));
         if too_many {
             tracing::error!(plugin = %self.name, crashes = recent, "plugin crashed too often; not restarted");

@@ -25,6 +25,7 @@
 //! an older child still finishing after a swap are left to it, whichever child crashed.
 
 pub mod frame;
+mod priority;
 pub mod runner;
 mod services;
 
