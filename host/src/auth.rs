@@ -3,11 +3,7 @@
 
 use std::{io::Write as _, path::Path};
 
-use axum::{
-    extract::{Request, State},
-    middleware::Next,
-    response::Response,
-};
+use axum::http::HeaderMap;
 use plugin_api::Role;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -105,8 +101,7 @@ pub fn bootstrap_admin_key(data_dir: &Path) -> Result<(String, bool), String> {
 }
 
 /// The key a request carries, from `X-API-Key` or `Authorization: Bearer`.
-fn presented_key(request: &Request) -> Option<&str> {
-    let headers = request.headers();
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(value) = headers.get("x-api-key") {
         return value.to_str().ok().map(str::trim);
     }
@@ -118,24 +113,18 @@ fn presented_key(request: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Resolves the caller. No key leaves the request anonymous (routes decide whether that is
-/// enough); a key that matches nothing is refused here.
-pub async fn authenticate(
-    State(ring): State<std::sync::Arc<KeyRing>>,
-    mut request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let principal = match presented_key(&request) {
-        None => None,
-        Some(key) => match ring.verify(key) {
-            Some(principal) => Some(principal),
-            None => return Err(ApiError::unauthorized("the API key is not valid")),
-        },
-    };
-    if let Some(principal) = principal {
-        request.extensions_mut().insert(principal);
+impl KeyRing {
+    /// The caller a request's headers name: none without a key (routes decide whether that
+    /// is enough); a key that matches nothing is refused.
+    pub fn resolve(&self, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
+        match presented_key(headers) {
+            None => Ok(None),
+            Some(key) => self
+                .verify(key)
+                .map(Some)
+                .ok_or_else(|| ApiError::unauthorized("the API key is not valid")),
+        }
     }
-    Ok(next.run(request).await)
 }
 
 /// Checks that the caller holds at least `role`.

@@ -105,7 +105,7 @@ async fn forward(mount: &MountState, request: Request) -> Result<Response, ApiEr
     let request_id = parts
         .extensions
         .get::<RequestId>()
-        .map(|id| id.0.clone())
+        .map(|id| id.as_str().to_owned())
         .unwrap_or_default();
     let headers: Vec<(String, String)> = parts
         .headers

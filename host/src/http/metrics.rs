@@ -1,21 +1,21 @@
 //! `GET /metrics`: Prometheus text. Request counts and latencies come from a layer on every
-//! route (labelled by the route template, never the raw path, so ids cannot explode the label
+//! route (`layers::Edge`) (labelled by the route template, never the raw path, so ids cannot explode the label
 //! set); plugin state is read from the slots at scrape time; deployment results and environment
 //! health are counted from the event bus, which the deployment plugin publishes them on.
 
 use std::{
+    hash::{Hash, Hasher},
     sync::{atomic::AtomicI64, Arc},
-    time::Instant,
+    time::Duration,
 };
 
 use axum::{
-    extract::{MatchedPath, Request, State},
-    http::{header, StatusCode},
-    middleware::Next,
+    extract::{MatchedPath, State},
+    http::{header, Method, StatusCode},
     response::{IntoResponse, Response},
 };
 use prometheus_client::{
-    encoding::text::encode,
+    encoding::{text::encode, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
@@ -24,6 +24,51 @@ use super::AppState;
 use crate::services::events::EventBus;
 
 type Labels = Vec<(&'static str, String)>;
+
+/// The route template a request matched, or `unmatched`. Holds the router's own shared string,
+/// so labelling a request allocates nothing.
+#[derive(Clone, Debug)]
+pub struct RouteLabel(Option<MatchedPath>);
+
+impl RouteLabel {
+    fn as_str(&self) -> &str {
+        self.0.as_ref().map_or("unmatched", MatchedPath::as_str)
+    }
+}
+
+impl PartialEq for RouteLabel {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RouteLabel {}
+
+impl Hash for RouteLabel {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl EncodeLabelValue for RouteLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    route: RouteLabel,
+    method: &'static str,
+    /// A number from a small set: a plugin's answer is checked to be a valid status code
+    /// before it gets here.
+    status: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    route: RouteLabel,
+}
 
 fn latency_histogram() -> Histogram {
     // 100 µs to ~6.5 s.
@@ -34,8 +79,8 @@ fn latency_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
-    requests: Family<Labels, Counter>,
-    latency: Family<Labels, Histogram, fn() -> Histogram>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     plugin_state: Family<Labels, Gauge>,
     plugin_swaps: Family<Labels, Gauge>,
     deployments: Family<Labels, Counter>,
@@ -47,8 +92,8 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("powerautomation");
-        let requests = Family::<Labels, Counter>::default();
-        let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
         );
         let plugin_state = Family::<Labels, Gauge>::default();
@@ -108,6 +153,29 @@ impl Metrics {
             environment_healthy,
             sse_subscribers,
         }
+    }
+
+    /// Counts one answered request and its latency, by route template.
+    pub fn count_request(
+        &self,
+        route: Option<&MatchedPath>,
+        method: &Method,
+        status: StatusCode,
+        elapsed: Duration,
+    ) {
+        let route = RouteLabel(route.cloned());
+        self.latency
+            .get_or_create(&RouteLabels {
+                route: route.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                method: method_label(method),
+                status: status.as_u16(),
+            })
+            .inc();
     }
 
     /// Counts an open SSE stream until the returned guard is dropped.
@@ -191,8 +259,7 @@ impl Drop for SubscriberGuard {
 
 /// A request method as a label: the standard ones, and `other` for anything a client makes up,
 /// so requests cannot grow the label set (and the scrape) without bound.
-fn method_label(method: &axum::http::Method) -> &'static str {
-    use axum::http::Method;
+fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::POST => "POST",
@@ -205,38 +272,6 @@ fn method_label(method: &axum::http::Method) -> &'static str {
         Method::TRACE => "TRACE",
         _ => "other",
     }
-}
-
-/// A status as a label: a number from a small set (a plugin's answer is checked to be a valid
-/// status code before it gets here).
-fn status_label(status: axum::http::StatusCode) -> String {
-    status.as_u16().to_string()
-}
-
-/// The layer: counts and times every request by its route template.
-pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = method_label(request.method()).to_owned();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    metrics
-        .requests
-        .get_or_create(&vec![
-            ("route", route.clone()),
-            ("method", method),
-            ("status", status_label(response.status())),
-        ])
-        .inc();
-    metrics
-        .latency
-        .get_or_create(&vec![("route", route)])
-        .observe(elapsed);
-    response
 }
 
 /// Prometheus text: requests by route and status, latency, plugin state and swaps, deployments,

@@ -1,10 +1,11 @@
 //! The HTTP surface: routes, and the layers every request passes through (request id,
-//! tracing, JSON errors, timeout, authentication, body limit), outermost first.
+//! metrics and JSON errors, tracing, timeout, authentication, body limit), outermost first.
 
 pub mod core;
 pub mod dashboard;
 pub mod dispatch;
 pub mod error;
+pub mod layers;
 pub mod metrics;
 pub mod openapi;
 pub mod serve;
@@ -12,20 +13,11 @@ pub mod sse;
 #[cfg(test)]
 mod tests;
 
-use std::{
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, OnceLock,
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
-    body::Body,
     extract::Request,
-    http::{header, HeaderValue, StatusCode},
-    middleware::{self, Next},
-    response::{IntoResponse, Response},
+    http::{HeaderValue, StatusCode},
     routing::{any, get, post},
     Router,
 };
@@ -75,9 +67,33 @@ impl AppState {
     }
 }
 
-/// The id of one request: the caller's `X-Request-Id` when it is sane, else a new one.
+/// The id of one request: the caller's `X-Request-Id` when it is sane, else a new one. Kept
+/// as the header value it is sent back as (visible ASCII), so echoing it copies nothing.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// A caller's id, if it is text.
+    pub fn from_header(value: HeaderValue) -> Option<RequestId> {
+        value.to_str().is_ok().then_some(RequestId(value))
+    }
+
+    /// An id the host made (hexadecimal digits and `-`).
+    pub fn generated(id: String) -> RequestId {
+        RequestId(
+            HeaderValue::from_maybe_shared(axum::body::Bytes::from(id))
+                .unwrap_or_else(|_| HeaderValue::from_static("-")),
+        )
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+
+    pub fn header(&self) -> &HeaderValue {
+        &self.0
+    }
+}
 
 pub fn router(state: AppState, keys: Arc<KeyRing>, server: &ServerConfig) -> Router {
     let mut app = Router::new()
@@ -112,88 +128,19 @@ pub fn router(state: AppState, keys: Arc<KeyRing>, server: &ServerConfig) -> Rou
         .layer(RequestBodyLimitLayer::new(server.body_limit_bytes))
         .layer(
             ServiceBuilder::new()
-                .layer(middleware::from_fn(assign_request_id))
-                .layer(middleware::from_fn_with_state(
-                    Arc::clone(&state.metrics),
-                    metrics::track,
-                ))
+                .layer(layers::EdgeLayer::new(Arc::clone(&state.metrics)))
                 .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
                     let id = request
                         .extensions()
                         .get::<RequestId>()
-                        .map(|id| id.0.as_str())
+                        .map(RequestId::as_str)
                         .unwrap_or("");
                     tracing::debug_span!("request", id, method = %request.method(), path = %request.uri().path())
                 }))
-                .layer(middleware::map_response(json_errors))
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::GATEWAY_TIMEOUT,
                     Duration::from_secs(server.request_timeout_secs),
                 ))
-                .layer(middleware::from_fn_with_state(keys, crate::auth::authenticate)),
+                .layer(layers::AuthLayer::new(keys)),
         )
-}
-
-async fn assign_request_id(mut request: Request, next: Next) -> Response {
-    let given = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|value| value.to_str().ok())
-        .filter(|value| {
-            !value.is_empty()
-                && value.len() <= 128
-                && value
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        })
-        .map(str::to_owned);
-    let id = given.unwrap_or_else(new_request_id);
-    request.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = next.run(request).await;
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", value);
-    }
-    response
-}
-
-fn new_request_id() -> String {
-    static PREFIX: OnceLock<String> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(1);
-    let prefix = PREFIX.get_or_init(|| {
-        let mut bytes = [0u8; 4];
-        let _ = getrandom::fill(&mut bytes);
-        hex::encode(bytes)
-    });
-    format!("{prefix}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
-}
-
-/// Errors made outside our handlers (routing, limits, timeouts) come as bare statuses: give
-/// them the JSON error shape too, so a client never sees an HTML or empty error page.
-async fn json_errors(response: Response) -> Response {
-    let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return response;
-    }
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/json"));
-    if is_json {
-        return response;
-    }
-    let (mut parts, _) = response.into_parts();
-    let replacement = ApiError::new(
-        status,
-        error::code_for(status),
-        error::default_message(status),
-    )
-    .into_response();
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    let (_, body) = replacement.into_parts();
-    Response::from_parts(parts, Body::new(body))
 }

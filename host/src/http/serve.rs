@@ -9,7 +9,18 @@
 //!   and close; streams (SSE, followed logs) end through the same shutdown token in their own
 //!   handlers. Whatever is still open after the grace period is dropped.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::Poll,
+    time::Duration,
+};
 
 use axum::{body::Body, Router};
 use hyper::body::Incoming;
@@ -21,7 +32,7 @@ use hyper_util::{
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
-    sync::{watch, Semaphore},
+    sync::{watch, Notify, Semaphore},
 };
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -62,6 +73,7 @@ pub async fn serve(listener: TcpListener, app: Router, options: ServeOptions) ->
         .timer(TokioTimer::new())
         .enable_connect_protocol();
     let slots = Arc::new(Semaphore::new(options.max_connections));
+    let stop = StopSignal::follow(options.shutdown.clone());
     // Each connection task holds a receiver; the sender sees when all are gone.
     let (open_tx, open_rx) = watch::channel(());
     loop {
@@ -87,23 +99,21 @@ pub async fn serve(listener: TcpListener, app: Router, options: ServeOptions) ->
                 .map_err(|never: Infallible| never),
         );
         let builder = builder.clone();
-        let shutdown = options.shutdown.clone();
+        let stop = Arc::clone(&stop);
         let open = open_rx.clone();
         tokio::spawn(async move {
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(error) = result {
-                        tracing::debug!(%peer, %error, "connection ended with an error");
-                    }
-                }
-                _ = shutdown.cancelled() => {
+            let mut connection =
+                pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
+            let ended = stop.until_stopped(connection.as_mut()).await;
+            let result = match ended {
+                Some(result) => result,
+                None => {
                     connection.as_mut().graceful_shutdown();
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%peer, %error, "connection ended with an error");
-                    }
+                    connection.await
                 }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "connection ended with an error");
             }
             drop(slot);
             drop(open);
@@ -118,6 +128,55 @@ pub async fn serve(listener: TcpListener, app: Router, options: ServeOptions) ->
         } else {
             open_tx.receiver_count()
         },
+    }
+}
+
+/// The host's stop as every connection task sees it. Each connection checks it whenever it is
+/// polled (twice per request when an answer waits on a plugin); a cancellation token takes a
+/// lock shared by all connections on each check, this only loads a flag.
+struct StopSignal {
+    stopped: AtomicBool,
+    notify: Notify,
+}
+
+impl StopSignal {
+    /// A signal that is set (and wakes every waiting connection) when `token` is cancelled.
+    fn follow(token: CancellationToken) -> Arc<StopSignal> {
+        let signal = Arc::new(StopSignal {
+            stopped: AtomicBool::new(false),
+            notify: Notify::new(),
+        });
+        let setter = Arc::clone(&signal);
+        tokio::spawn(async move {
+            token.cancelled().await;
+            setter.stopped.store(true, Ordering::SeqCst);
+            setter.notify.notify_waiters();
+        });
+        signal
+    }
+
+    /// Drives `connection` until it ends (`Some` with its result) or the host stops (`None`).
+    async fn until_stopped<F: Future>(
+        &self,
+        mut connection: std::pin::Pin<&mut F>,
+    ) -> Option<F::Output> {
+        let mut woken = pin!(self.notify.notified());
+        let mut registered = false;
+        std::future::poll_fn(|cx| {
+            // Registered once, with this task's waker (which stays the same for the task):
+            // `notify_waiters` wakes it from then on, so later polls need only the flag.
+            if !registered {
+                registered = true;
+                if woken.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+            }
+            if self.stopped.load(Ordering::SeqCst) {
+                return Poll::Ready(None);
+            }
+            connection.as_mut().poll(cx).map(Some)
+        })
+        .await
     }
 }
 
