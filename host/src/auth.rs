@@ -1,7 +1,7 @@
 //! API keys and roles. Keys are kept only as SHA-256 digests and compared in constant time; a
 //! request's key is resolved once, in a middleware layer, into a [`Principal`] extension.
 
-use std::{io::Write as _, path::Path};
+use std::{io::Write as _, path::Path, sync::Arc};
 
 use axum::http::HeaderMap;
 use plugin_api::Role;
@@ -13,14 +13,15 @@ use crate::{config::KeyConfig, http::error::ApiError};
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    pub name: String,
+    /// Shared with the key ring: resolving a request's key allocates nothing.
+    pub name: Arc<str>,
     pub role: Role,
 }
 
 /// The configured keys.
 #[derive(Debug, Clone)]
 pub struct KeyRing {
-    keys: Vec<(String, Role, [u8; 32])>,
+    keys: Vec<(Arc<str>, Role, [u8; 32])>,
 }
 
 impl KeyRing {
@@ -32,7 +33,7 @@ impl KeyRing {
             hex::decode_to_slice(&key.sha256, &mut digest).map_err(|_| {
                 format!("auth.keys[{index}].sha256: expected 64 hexadecimal characters")
             })?;
-            ring.push((key.name.clone(), Role::from(key.role), digest));
+            ring.push((Arc::from(key.name.as_str()), Role::from(key.role), digest));
         }
         Ok(KeyRing { keys: ring })
     }
@@ -42,7 +43,7 @@ impl KeyRing {
     }
 
     pub fn add(&mut self, name: &str, role: Role, key: &str) {
-        self.keys.push((name.to_owned(), role, sha256(key)));
+        self.keys.push((Arc::from(name), role, sha256(key)));
     }
 
     /// The caller owning `key`. Every entry is compared, in constant time, so timing tells
@@ -53,7 +54,7 @@ impl KeyRing {
         for (name, role, expected) in &self.keys {
             if bool::from(digest.ct_eq(expected)) && found.is_none() {
                 found = Some(Principal {
-                    name: name.clone(),
+                    name: Arc::clone(name),
                     role: *role,
                 });
             }

@@ -34,7 +34,7 @@ pub async fn whoami(principal: Option<Extension<Principal>>) -> Result<Json<Valu
     require(principal.as_deref(), Role::User)?;
     let principal = principal.as_deref();
     Ok(Json(json!({
-        "name": principal.map(|p| p.name.as_str()),
+        "name": principal.map(|p| &*p.name),
         "role": principal.map(|p| p.role.as_str()),
     })))
 }

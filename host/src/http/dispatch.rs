@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::{
     body::Body,
     extract::{Request, State},
-    http::{header, HeaderName, HeaderValue, StatusCode},
+    http::{header, HeaderName, StatusCode},
     response::{IntoResponse, Response},
 };
 use futures_util::StreamExt;
@@ -101,7 +101,7 @@ async fn forward(mount: &MountState, request: Request) -> Result<Response, ApiEr
     let principal = parts
         .extensions
         .get::<Principal>()
-        .map(|principal| (principal.name.clone(), principal.role));
+        .map(|principal| (principal.name.to_string(), principal.role));
     let request_id = parts
         .extensions
         .get::<RequestId>()
@@ -214,14 +214,6 @@ fn build_response(answer: bridge::HostResponse, mount: &MountState) -> Result<Re
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
-    for (name, value) in answer.headers {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) else {
-            continue;
-        };
-        response.headers_mut().append(name, value);
-    }
+    *response.headers_mut() = answer.headers;
     Ok(response)
 }

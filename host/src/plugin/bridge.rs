@@ -8,7 +8,10 @@ use abi_stable::{
     sabi_trait::TD_Opaque,
     std_types::{ROption, RResult, RSlice, RStr, RString, RVec},
 };
-use axum::body::Bytes;
+use axum::{
+    body::Bytes,
+    http::{HeaderMap, HeaderName, HeaderValue},
+};
 use plugin_api::{
     BodySender, BodySenderBox, BodySender_TO, HostServices, HostServicesBox, HostServices_TO,
     LogLevel, PluginResponse, PushOutcome, ResponseSink, ResponseSinkBox, ResponseSink_TO,
@@ -100,7 +103,7 @@ pub fn log_record(plugin: &str, level: LogLevel, source: &str, message: &str) {
 #[derive(Debug)]
 pub struct HostResponse {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
+    pub headers: HeaderMap,
     pub body: HostBody,
 }
 
@@ -136,31 +139,67 @@ impl ReplySlot {
     }
 }
 
-/// Status and headers of a plugin answer, copied into host memory.
-fn copy_head(response: &PluginResponse) -> (u16, Vec<(String, String)>) {
-    let headers = response
+/// A plugin's headers and `body`, copied into one buffer: the header values are slices of it
+/// (no allocation per header), the body is the rest. A header the HTTP types refuse (a name
+/// or value no client could be sent) is left out.
+pub fn copy_answer<'a, I>(headers: I, body: &[u8]) -> (HeaderMap, Bytes)
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+    I::IntoIter: Clone,
+{
+    let pairs = headers.into_iter();
+    let mut size = body.len();
+    let mut count = 0;
+    for (_, value) in pairs.clone() {
+        size += value.len();
+        count += 1;
+    }
+    let mut buffer = Vec::with_capacity(size);
+    for (_, value) in pairs.clone() {
+        buffer.extend_from_slice(value.as_bytes());
+    }
+    buffer.extend_from_slice(body);
+    let buffer = Bytes::from(buffer);
+    let mut map = HeaderMap::with_capacity(count);
+    let mut offset = 0;
+    for (name, value) in pairs {
+        let range = offset..offset + value.len();
+        offset = range.end;
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_maybe_shared(buffer.slice(range)),
+        ) else {
+            continue;
+        };
+        map.append(name, value);
+    }
+    (map, buffer.slice(offset..))
+}
+
+/// A plugin answer's header pairs, as text.
+fn header_pairs(response: &PluginResponse) -> impl Iterator<Item = (&str, &str)> + Clone {
+    response
         .headers
         .iter()
-        .map(|pair| (pair.0.as_str().to_owned(), pair.1.as_str().to_owned()))
-        .collect();
-    (response.status, headers)
+        .map(|pair| (pair.0.as_str(), pair.1.as_str()))
 }
 
 impl ResponseSink for ReplySlot {
     fn send(&self, response: PluginResponse) {
-        let (status, headers) = copy_head(&response);
-        let body = HostBody::Full(Bytes::copy_from_slice(response.body.as_slice()));
+        let status = response.status;
+        let (headers, body) = copy_answer(header_pairs(&response), response.body.as_slice());
         // The plugin's buffers are freed through its own vtable, now, while it is loaded.
         drop(response);
         self.deliver(HostResponse {
             status,
             headers,
-            body,
+            body: HostBody::Full(body),
         });
     }
 
     fn stream(&self, head: PluginResponse) -> BodySenderBox {
-        let (status, headers) = copy_head(&head);
+        let status = head.status;
+        let (headers, _) = copy_answer(header_pairs(&head), &[]);
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER_CHUNKS);
         if !head.body.is_empty() {
             let _ = sender.try_send(Bytes::copy_from_slice(head.body.as_slice()));
@@ -218,4 +257,35 @@ pub fn reply_channel() -> (ResponseSinkBox, oneshot::Receiver<HostResponse>) {
         TD_Opaque,
     );
     (sink, receiver)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_is_copied_whole_and_a_header_no_client_could_get_is_left_out() {
+        let pairs = [
+            ("content-type", "application/json"),
+            ("set-cookie", "a=1"),
+            ("bad header", "x"),
+            ("x-bad-value", "line\nbreak"),
+            ("set-cookie", "b=2"),
+            ("x-empty", ""),
+        ];
+        let (headers, body) = copy_answer(pairs.iter().copied(), b"{\"ok\":true}");
+        assert_eq!(&body[..], b"{\"ok\":true}");
+        assert_eq!(headers.len(), 4);
+        assert_eq!(headers["content-type"], "application/json");
+        let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!(headers["x-empty"], "");
+        assert!(!headers.contains_key("x-bad-value"));
+    }
+
+    #[test]
+    fn an_answer_without_headers_or_body_is_empty() {
+        let (headers, body) = copy_answer(std::iter::empty(), &[]);
+        assert!(headers.is_empty() && body.is_empty());
+    }
 }

@@ -51,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 use self::frame::{ReadyInfo, RequestFrame, ServiceOp, StartChild, ToChild, ToHost};
 pub use self::services::{ChildServices, LiveChildren};
 use super::{
-    bridge::{push_chunk, HostBody, HostResponse, StreamCut, STREAM_BUFFER_CHUNKS},
+    bridge::{copy_answer, push_chunk, HostBody, HostResponse, StreamCut, STREAM_BUFFER_CHUNKS},
     copy::{CallError, HostRequest},
     loader::{BuildInfo, LoadError, LoadFailure, LoadTarget, Retirements},
 };
@@ -187,6 +187,13 @@ impl ChildCopy {
         pending.armed = false;
         answer.unwrap_or(Err(CallError::Unanswered))
     }
+}
+
+/// A response frame's header pairs, as text.
+fn frame_pairs(headers: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> + Clone {
+    headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
 }
 
 /// Removes a request's entry when its caller gives up before the answer came.
@@ -325,9 +332,10 @@ impl HostLink {
             ToHost::Response(response) => {
                 let answer = self.state().answers.remove(&response.id);
                 if let Some(answer) = answer {
+                    let (headers, _) = copy_answer(frame_pairs(&response.headers), &[]);
                     let _ = answer.send(Ok(HostResponse {
                         status: response.status,
-                        headers: response.headers,
+                        headers,
                         body: HostBody::Full(Bytes::from(response.body)),
                     }));
                 }
@@ -340,10 +348,11 @@ impl HostLink {
                     let _ = sender.try_send(Bytes::from(head.body));
                 }
                 let cut = StreamCut::default();
+                let (headers, _) = copy_answer(frame_pairs(&head.headers), &[]);
                 let delivered = answer
                     .send(Ok(HostResponse {
                         status: head.status,
-                        headers: head.headers,
+                        headers,
                         body: HostBody::Stream(receiver, Arc::clone(&cut)),
                     }))
                     .is_ok();
