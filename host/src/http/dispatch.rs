@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use axum::{
-    body::Body,
+    body::{Body, Bytes},
     extract::{Request, State},
-    http::{header, HeaderName, StatusCode},
+    http::{header, request::Parts, HeaderName, StatusCode},
     response::{IntoResponse, Response},
 };
 use futures_util::StreamExt;
@@ -92,6 +92,23 @@ async fn forward(mount: &MountState, request: Request) -> Result<Response, ApiEr
             }
         })?;
 
+    // The request's parts (headers, extensions) are dropped here, while they are still in the
+    // cache, not after the plugin's answer.
+    let request = host_request(parts, body, mount);
+    let answer = plugin.call(request).await.map_err(|error| match error {
+        CallError::Unanswered => {
+            ApiError::internal("the plugin dropped the request without answering; see the host log")
+        }
+        CallError::Crashed { plugin, death } => crashed(&plugin, &death),
+    })?;
+    // `plugin` (the copy) stays alive until here, so a swap never cuts an in-flight request.
+    drop(plugin);
+    build_response(answer, mount)
+}
+
+/// The request as the plugin gets it: the path relative to the mount, no credentials, the
+/// caller and the request id from the host's layers.
+fn host_request(parts: Parts, body: Bytes, mount: &MountState) -> HostRequest {
     let relative = parts
         .uri
         .path()
@@ -120,7 +137,7 @@ async fn forward(mount: &MountState, request: Request) -> Result<Response, ApiEr
             mount.slot.config.mount.clone(),
         )))
         .collect();
-    let request = HostRequest {
+    HostRequest {
         request_id,
         method: parts.method.as_str().to_owned(),
         path: relative.to_owned(),
@@ -128,16 +145,7 @@ async fn forward(mount: &MountState, request: Request) -> Result<Response, ApiEr
         headers,
         body,
         principal,
-    };
-    let answer = plugin.call(request).await.map_err(|error| match error {
-        CallError::Unanswered => {
-            ApiError::internal("the plugin dropped the request without answering; see the host log")
-        }
-        CallError::Crashed { plugin, death } => crashed(&plugin, &death),
-    })?;
-    // `plugin` (the copy) stays alive until here, so a swap never cuts an in-flight request.
-    drop(plugin);
-    build_response(answer, mount)
+    }
 }
 
 /// The 502 for a request whose plugin process died under it.
