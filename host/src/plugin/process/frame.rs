@@ -14,6 +14,10 @@ use crate::plugin::loader::LoadTarget;
 /// other side is broken, and the connection is dropped.
 pub const MAX_FRAME: usize = 256 * 1024 * 1024;
 
+/// Room a frame starts with: a request or an answer of a few hundred bytes is encoded without
+/// growing its buffer several times over (from 4 bytes, doubling).
+const FRAME_START: usize = 512;
+
 /// From the host to the child.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToChild {
@@ -177,7 +181,9 @@ pub enum FrameError {
 
 /// Encodes `message` with its length in front, ready to be written.
 pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
-    let mut frame = postcard::to_extend(message, vec![0u8; 4])?;
+    let mut start = Vec::with_capacity(FRAME_START);
+    start.extend_from_slice(&[0u8; 4]);
+    let mut frame = postcard::to_extend(message, start)?;
     let length = frame.len() - 4;
     if length > MAX_FRAME {
         return Err(FrameError::TooLarge(length));

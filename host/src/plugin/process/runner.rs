@@ -265,14 +265,20 @@ fn role_from_u8(value: u8) -> Role {
 struct Outbox {
     socket: UnixStream,
     queue: Mutex<Vec<u8>>,
+    /// The writer's buffer, swapped with the queue: both keep their room between writes.
+    spare: Mutex<Vec<u8>>,
     writing: AtomicBool,
 }
+
+/// Room each of the outbox's two buffers keeps.
+const OUTBOX_BUFFER: usize = 64 * 1024;
 
 impl Outbox {
     fn new(socket: UnixStream) -> Outbox {
         Outbox {
             socket,
-            queue: Mutex::new(Vec::with_capacity(64 * 1024)),
+            queue: Mutex::new(Vec::with_capacity(OUTBOX_BUFFER)),
+            spare: Mutex::new(Vec::with_capacity(OUTBOX_BUFFER)),
             writing: AtomicBool::new(false),
         }
     }
@@ -288,12 +294,20 @@ impl Outbox {
                 // The writer checks the queue again after it is done: these bytes go with it.
                 return;
             }
-            let batch = std::mem::take(&mut *lock(&self.queue));
+            // Only the thread that set `writing` gets here: the spare is this thread's alone.
+            let mut batch = lock(&self.spare);
+            std::mem::swap(&mut *batch, &mut *lock(&self.queue));
             if !batch.is_empty() {
                 // A failed write means the host is gone; the reader sees the socket close and
                 // ends the process.
                 let _ = (&self.socket).write_all(&batch);
             }
+            batch.clear();
+            if batch.capacity() > 4 * OUTBOX_BUFFER {
+                // Not the room of an outsized answer, for good.
+                *batch = Vec::with_capacity(OUTBOX_BUFFER);
+            }
+            drop(batch);
             self.writing.store(false, Ordering::Release);
             if lock(&self.queue).is_empty() {
                 return;
