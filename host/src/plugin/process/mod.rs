@@ -635,6 +635,19 @@ async fn write_loop(
                     batch.clear();
                     continue;
                 }
+                // Let the requests that tasks ready on this worker are about to send join this
+                // write: woken at once after the first (tokio runs a task woken from this
+                // worker next), the writer would otherwise send one message per write, and each
+                // write wakes the child's reader.
+                if batch.len() < WRITE_BATCH {
+                    tokio::task::yield_now().await;
+                    while batch.len() < WRITE_BATCH {
+                        match queued.try_recv() {
+                            Ok(message) => batch.push(message),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 let written = if batch.len() == 1 {
                     socket.write_all(&batch[0]).await
                 } else {
