@@ -1,4 +1,4 @@
-# Sourced by the benchmark scripts: starts target/release/powerautomation with a temporary data
+# Sourced by the benchmark scripts: starts a host (target/release/powerautomation) with a temporary data
 # directory on a free loopback port, and stops it (and removes the directory) on exit.
 #
 #   start_host ROLE [SETTINGS_LINE...]   # sets $address, $key, $host_pid, $work
@@ -7,12 +7,10 @@
 # The key has ROLE; the extra lines go into [plugins.deployment_mcp.settings]. `$PLUGIN_LINES`
 # (TOML lines, e.g. 'isolation = "process"') go into [plugins.deployment_mcp] itself and
 # `$SERVER_LINES` into [server]. `$HOST_PIN` (a command prefix such as `taskset -c 0-7`) runs
-# the host pinned. Several hosts may run at once, started one after the other (save $address,
-# $key and $host_pid before the next start_host): every one still running is stopped, and its
-# directory removed, on exit.
-[ -x target/release/powerautomation ] && [ -f target/release/libdeployment_mcp.so ] ||
-  { echo "build first: cargo build --release --workspace" >&2; exit 2; }
-
+# the host pinned. `$HOST_BUILD` names a directory holding another build's `powerautomation`
+# and `libdeployment_mcp.so` (default `target/release`). Several hosts may run at once, started
+# one after the other (save $address, $key and $host_pid before the next start_host): every one
+# still running is stopped, and its directory removed, on exit.
 # Nothing a benchmark starts may talk to another machine: no EC2 metadata lookups.
 export AWS_EC2_METADATA_DISABLED=true
 unset AWS_EC2_METADATA_SERVICE_ENDPOINT
@@ -52,8 +50,11 @@ stop_host() {
 }
 
 start_host() {
-  local role="$1"
+  local role="$1" build="${HOST_BUILD:-target/release}"
   shift
+  [ -x "$build/powerautomation" ] && [ -f "$build/libdeployment_mcp.so" ] ||
+    { echo "no powerautomation and libdeployment_mcp.so in $build: build first (cargo build --release --workspace)" >&2; exit 2; }
+  build=$(cd "$build" && pwd)
   work=$(mktemp -d)
   key="pa_bench_$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
   local hash
@@ -70,7 +71,7 @@ keys = [ { name = "bench", role = "$role", sha256 = "$hash" } ]
 format = "json"
 level = "warn,powerautomation::server=info"
 [plugins.deployment_mcp]
-path = "target/release/libdeployment_mcp.so"
+path = "$build/libdeployment_mcp.so"
 mount = "/api/deployment"
 watch = false
 ${PLUGIN_LINES:-}
@@ -78,7 +79,7 @@ ${PLUGIN_LINES:-}
 environments_file = "config/remote_environments.json"
 TOML
   printf '%s\n' "$@" >> "$work/bench.toml"
-  ${HOST_PIN:-} target/release/powerautomation --config "$work/bench.toml" 2> "$work/host.log" &
+  ${HOST_PIN:-} "$build/powerautomation" --config "$work/bench.toml" 2> "$work/host.log" &
   host_pid=$!
   bench_host_pids+=("$host_pid")
   bench_host_dirs+=("$work")
@@ -89,4 +90,45 @@ TOML
     sleep 0.1
   done
   [ -n "$address" ] || { echo "host did not start:" >&2; cat "$work/host.log" >&2; exit 1; }
+}
+
+# Waits (bounded) until the status route answers 200 on the host at $1 with key $2.
+wait_for_status_route() { # address key
+  for _ in $(seq 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $2" "http://$1/api/deployment/status")" = 200 ] &&
+      return 0
+    sleep 0.1
+  done
+  echo "the plugin of the host at $1 does not serve:" >&2
+  cat "$work/host.log" >&2
+  exit 1
+}
+
+# CPU time a host has used so far, in clock ticks, split in two: "host plugin". The plugin's
+# share is its runtime's threads in the host (named after the plugin) and, in process mode,
+# every thread of the host's children.
+cpu_ticks() { # host_pid
+  local task comm stat host=0 plugin=0 child
+  for task in /proc/"$1"/task/*; do
+    read -r comm < "$task/comm" 2>/dev/null || continue
+    read -r stat < "$task/stat" 2>/dev/null || continue
+    # utime and stime are fields 14 and 15; the name (field 2) may hold spaces, so count
+    # from the closing parenthesis.
+    stat=${stat##*) }
+    read -r -a f <<<"$stat"
+    if [[ "$comm" == deployment_mcp* ]]; then
+      plugin=$((plugin + f[11] + f[12]))
+    else
+      host=$((host + f[11] + f[12]))
+    fi
+  done
+  for child in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+    for task in /proc/"$child"/task/*; do
+      read -r stat < "$task/stat" 2>/dev/null || continue
+      stat=${stat##*) }
+      read -r -a f <<<"$stat"
+      plugin=$((plugin + f[11] + f[12]))
+    done
+  done
+  echo "$host $plugin"
 }

@@ -55,57 +55,17 @@ fi
 # `taskset -c LIST` when a CPU list is given, nothing otherwise.
 pin() { [ -n "${1:-}" ] && echo "taskset -c $1"; true; }
 
-# Waits (bounded) until the status route answers 200 on the host at $1 with key $2.
-ready() {
-  for _ in $(seq 100); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $2" "http://$1/api/deployment/status")" = 200 ] &&
-      return 0
-    sleep 0.1
-  done
-  echo "the plugin of the host at $1 does not serve:" >&2
-  cat "$work/host.log" >&2
-  exit 1
-}
-
 SERVER_LINES="max_connections = $((most + 256))"
 HOST_PIN=$(pin "${BENCH_HOST_CPUS:-}") start_host user
 in_address=$address in_key=$key in_pid=$host_pid
-ready "$in_address" "$in_key"
+wait_for_status_route "$in_address" "$in_key"
 HOST_PIN=$(pin "${BENCH_HOST_CPUS:-}") PLUGIN_LINES='isolation = "process"' start_host user
 pr_address=$address pr_key=$key pr_pid=$host_pid
-ready "$pr_address" "$pr_key"
+wait_for_status_route "$pr_address" "$pr_key"
 # The second host really runs the plugin in a child process.
 curl -s -H "X-API-Key: $pr_key" "http://$pr_address/api/plugins" | grep -q '"isolation":"process"' ||
   { echo "the host at $pr_address does not report isolation = process:" >&2; cat "$work/host.log" >&2; exit 1; }
 
-# CPU time a host has used so far, in clock ticks, split in two: "host plugin". The plugin's
-# share is its runtime's threads in the host (named after the plugin) and, in process mode,
-# every thread of the host's children.
-cpu_ticks() { # host_pid
-  local task comm stat host=0 plugin=0 child
-  for task in /proc/"$1"/task/*; do
-    read -r comm < "$task/comm" 2>/dev/null || continue
-    read -r stat < "$task/stat" 2>/dev/null || continue
-    # utime and stime are fields 14 and 15; the name (field 2) may hold spaces, so count
-    # from the closing parenthesis.
-    stat=${stat##*) }
-    read -r -a f <<<"$stat"
-    if [[ "$comm" == deployment_mcp* ]]; then
-      plugin=$((plugin + f[11] + f[12]))
-    else
-      host=$((host + f[11] + f[12]))
-    fi
-  done
-  for child in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
-    for task in /proc/"$child"/task/*; do
-      read -r stat < "$task/stat" 2>/dev/null || continue
-      stat=${stat##*) }
-      read -r -a f <<<"$stat"
-      plugin=$((plugin + f[11] + f[12]))
-    done
-  done
-  echo "$host $plugin"
-}
 tick=$(getconf CLK_TCK)
 
 measure() { # address key path connections host_pid -> "req/s p99_ms non2xx socket_errors host_us plugin_us"
