@@ -5,8 +5,8 @@
 //! stack per request. A request that waits on a plugin is polled again later, when those boxes
 //! have gone cold in the cache; with a thousand such requests in flight, that was a large part
 //! of what a plugin route cost beyond `/health`. These futures are plain structs inside one
-//! another, and `call` uses the inner service it was made ready on (tower's contract), so
-//! nothing is cloned per request.
+//! another, and `call` uses the inner service it was made ready on (tower's contract) instead
+//! of cloning it. (The router still clones each route's boxed stack once per request.)
 
 use std::{
     future::Future,
@@ -84,12 +84,14 @@ where
         request.extensions_mut().insert(id.clone());
         let route = request.extensions().get::<MatchedPath>().cloned();
         let method = request.method().clone();
+        // Before the inner call: its synchronous part (authentication) counts too.
+        let started = Instant::now();
         EdgeFuture {
             inner: self.inner.call(request),
             id,
             route,
             method,
-            started: Instant::now(),
+            started,
             metrics: Arc::clone(&self.metrics),
         }
     }

@@ -139,20 +139,32 @@ impl ReplySlot {
     }
 }
 
+/// The most header fields of one plugin answer that reach the client. No sane answer has as
+/// many; past it a broken or hostile plugin could make the header map overflow its limit.
+pub const MAX_ANSWER_HEADERS: usize = 1024;
+
 /// A plugin's headers and `body`, copied into one buffer: the header values are slices of it
 /// (no allocation per header), the body is the rest. A header the HTTP types refuse (a name
-/// or value no client could be sent) is left out.
+/// or value no client could be sent), and any past the first [`MAX_ANSWER_HEADERS`], is left
+/// out.
 pub fn copy_answer<'a, I>(headers: I, body: &[u8]) -> (HeaderMap, Bytes)
 where
     I: IntoIterator<Item = (&'a str, &'a str)>,
     I::IntoIter: Clone,
 {
-    let pairs = headers.into_iter();
+    let all = headers.into_iter();
+    let pairs = all.clone().take(MAX_ANSWER_HEADERS);
     let mut size = body.len();
     let mut count = 0;
     for (_, value) in pairs.clone() {
         size += value.len();
         count += 1;
+    }
+    if all.clone().nth(MAX_ANSWER_HEADERS).is_some() {
+        tracing::warn!(
+            kept = MAX_ANSWER_HEADERS,
+            "a plugin answered with more header fields than the host passes on; the rest were left out"
+        );
     }
     let mut buffer = Vec::with_capacity(size);
     for (_, value) in pairs.clone() {
@@ -160,7 +172,7 @@ where
     }
     buffer.extend_from_slice(body);
     let buffer = Bytes::from(buffer);
-    let mut map = HeaderMap::with_capacity(count);
+    let mut map = HeaderMap::try_with_capacity(count).unwrap_or_default();
     let mut offset = 0;
     for (name, value) in pairs {
         let range = offset..offset + value.len();
@@ -171,7 +183,9 @@ where
         ) else {
             continue;
         };
-        map.append(name, value);
+        if map.try_append(name, value).is_err() {
+            break;
+        }
     }
     (map, buffer.slice(offset..))
 }
@@ -281,6 +295,20 @@ mod tests {
         assert_eq!(cookies, ["a=1", "b=2"]);
         assert_eq!(headers["x-empty"], "");
         assert!(!headers.contains_key("x-bad-value"));
+    }
+
+    #[test]
+    fn headers_past_the_limit_are_left_out_and_the_body_stays_whole() {
+        let names: Vec<String> = (0..MAX_ANSWER_HEADERS * 40)
+            .map(|index| format!("x-h{index}"))
+            .collect();
+        let (headers, body) = copy_answer(names.iter().map(|name| (name.as_str(), "v")), b"end");
+        assert_eq!(headers.len(), MAX_ANSWER_HEADERS);
+        assert!(
+            headers.contains_key("x-h0")
+                && !headers.contains_key(names[MAX_ANSWER_HEADERS].as_str())
+        );
+        assert_eq!(&body[..], b"end");
     }
 
     #[test]
