@@ -1,5 +1,6 @@
 //! API keys and roles. Keys are kept only as SHA-256 digests and compared in constant time; a
-//! request's key is resolved once, in a middleware layer, into a [`Principal`] extension.
+//! request's key is resolved once, by the authentication layer (`http::layers::Authenticate`),
+//! into a [`Principal`] extension.
 
 use std::{io::Write as _, path::Path, sync::Arc};
 
@@ -44,6 +45,18 @@ impl KeyRing {
 
     pub fn add(&mut self, name: &str, role: Role, key: &str) {
         self.keys.push((Arc::from(name), role, sha256(key)));
+    }
+
+    /// The caller a request's headers name: none without a key (routes decide whether that
+    /// is enough); a key that matches nothing is refused.
+    pub fn resolve(&self, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
+        match presented_key(headers) {
+            None => Ok(None),
+            Some(key) => self
+                .verify(key)
+                .map(Some)
+                .ok_or_else(|| ApiError::unauthorized("the API key is not valid")),
+        }
     }
 
     /// The caller owning `key`. Every entry is compared, in constant time, so timing tells
@@ -112,20 +125,6 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-impl KeyRing {
-    /// The caller a request's headers name: none without a key (routes decide whether that
-    /// is enough); a key that matches nothing is refused.
-    pub fn resolve(&self, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
-        match presented_key(headers) {
-            None => Ok(None),
-            Some(key) => self
-                .verify(key)
-                .map(Some)
-                .ok_or_else(|| ApiError::unauthorized("the API key is not valid")),
-        }
-    }
 }
 
 /// Checks that the caller holds at least `role`.

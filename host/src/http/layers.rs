@@ -32,7 +32,6 @@ use tower::{Layer, Service};
 use super::{
     error::{self, ApiError},
     metrics::Metrics,
-    RequestId,
 };
 use crate::auth::KeyRing;
 
@@ -133,12 +132,24 @@ where
         let mut response = json_errors(response.map(Body::new));
         response
             .headers_mut()
-            .insert("x-request-id", this.id.header().clone());
+            .insert("x-request-id", this.id.0.clone());
         Poll::Ready(Ok(response))
     }
 }
 
-/// The caller's `X-Request-Id` when it is sane, else a new one.
+/// The id of one request: the caller's `X-Request-Id` when it is sane, else a new one. Kept
+/// as the header value it is sent back as (visible ASCII), so echoing it copies nothing.
+#[derive(Debug, Clone)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
+/// The caller's `X-Request-Id` when it is sane (letters, digits and `-_.:`, at most 128), else
+/// a new one.
 fn request_id(request: &Request) -> RequestId {
     request
         .headers()
@@ -151,7 +162,7 @@ fn request_id(request: &Request) -> RequestId {
                     .iter()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
         })
-        .and_then(|value| RequestId::from_header(value.clone()))
+        .map(|value| RequestId(value.clone()))
         .unwrap_or_else(new_request_id)
 }
 
@@ -163,10 +174,12 @@ fn new_request_id() -> RequestId {
         let _ = getrandom::fill(&mut bytes);
         hex::encode(bytes)
     });
-    RequestId::generated(format!(
-        "{prefix}-{:x}",
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ))
+    let id = format!("{prefix}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed));
+    // Hexadecimal digits and `-`: always a valid header value.
+    RequestId(
+        HeaderValue::from_maybe_shared(axum::body::Bytes::from(id))
+            .unwrap_or_else(|_| HeaderValue::from_static("-")),
+    )
 }
 
 /// Errors made outside our handlers (routing, limits, timeouts) come as bare statuses: give

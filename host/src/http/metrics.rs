@@ -1,7 +1,8 @@
 //! `GET /metrics`: Prometheus text. Request counts and latencies come from a layer on every
-//! route (`layers::Edge`) (labelled by the route template, never the raw path, so ids cannot explode the label
-//! set); plugin state is read from the slots at scrape time; deployment results and environment
-//! health are counted from the event bus, which the deployment plugin publishes them on.
+//! route (`layers::Edge`), labelled by the route template, never the raw path, so ids cannot
+//! explode the label set; plugin state is read from the slots at scrape time; deployment
+//! results and environment health are counted from the event bus, which the deployment plugin
+//! publishes them on.
 
 use std::{
     hash::{Hash, Hasher},
@@ -28,7 +29,7 @@ type Labels = Vec<(&'static str, String)>;
 /// The route template a request matched, or `unmatched`. Holds the router's own shared string,
 /// so labelling a request allocates nothing.
 #[derive(Clone, Debug)]
-pub struct RouteLabel(Option<MatchedPath>);
+struct RouteLabel(Option<MatchedPath>);
 
 impl RouteLabel {
     fn as_str(&self) -> &str {

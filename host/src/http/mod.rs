@@ -13,11 +13,13 @@ pub mod sse;
 #[cfg(test)]
 mod tests;
 
+pub use layers::RequestId;
+
 use std::{sync::Arc, time::Duration};
 
 use axum::{
     extract::Request,
-    http::{HeaderValue, StatusCode},
+    http::StatusCode,
     routing::{any, get, post},
     Router,
 };
@@ -64,34 +66,6 @@ impl AppState {
             plugin_streams: Arc::new(Semaphore::new(max_streams)),
             max_streams,
         }
-    }
-}
-
-/// The id of one request: the caller's `X-Request-Id` when it is sane, else a new one. Kept
-/// as the header value it is sent back as (visible ASCII), so echoing it copies nothing.
-#[derive(Debug, Clone)]
-pub struct RequestId(HeaderValue);
-
-impl RequestId {
-    /// A caller's id, if it is text.
-    pub fn from_header(value: HeaderValue) -> Option<RequestId> {
-        value.to_str().is_ok().then_some(RequestId(value))
-    }
-
-    /// An id the host made (hexadecimal digits and `-`).
-    pub fn generated(id: String) -> RequestId {
-        RequestId(
-            HeaderValue::from_maybe_shared(axum::body::Bytes::from(id))
-                .unwrap_or_else(|_| HeaderValue::from_static("-")),
-        )
-    }
-
-    pub fn as_str(&self) -> &str {
-        self.0.to_str().unwrap_or_default()
-    }
-
-    pub fn header(&self) -> &HeaderValue {
-        &self.0
     }
 }
 
