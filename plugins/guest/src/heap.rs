@@ -30,6 +30,7 @@ use std::{
     sync::atomic::{AtomicU8, AtomicUsize, Ordering},
 };
 
+use crossbeam_utils::CachePadded;
 use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags};
 use talc::{ErrOnOom, Span, Talc};
 
@@ -58,11 +59,14 @@ struct Shard {
     claimed: bool,
 }
 
-static HEAPS: [spin::Mutex<Shard>; SHARDS] = [const {
-    spin::Mutex::new(Shard {
+/// Each shard on cache lines of its own: a shard's lock and state are written by every
+/// allocation of its threads, and unpadded, two shards shared a line (a shard is ~40 bytes), so
+/// threads on different cores took each other's line on every allocation.
+static HEAPS: [CachePadded<spin::Mutex<Shard>>; SHARDS] = [const {
+    CachePadded::new(spin::Mutex::new(Shard {
         talc: Talc::new(ErrOnOom),
         claimed: false,
-    })
+    }))
 }; SHARDS];
 
 thread_local! {
