@@ -11,7 +11,9 @@
 #   benches/ab.sh /tmp/before target/release [connections] [rounds]
 #
 # Defaults: 1024 connections, 4 rounds of 5 s per route. $PLUGIN_LINES (e.g.
-# 'isolation = "process"') configures both hosts; $WRK_THREADS as in load.sh. Needs wrk and curl.
+# 'isolation = "process"') configures both hosts; $WRK_THREADS, $BENCH_HOST_CPUS and
+# $BENCH_LOAD_CPUS (both hosts on the first CPU list, wrk on the second) as in load.sh.
+# Needs wrk and curl.
 set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: benches/ab.sh BUILD_A BUILD_B [connections] [rounds]" >&2; exit 2; }
 # The builds as the caller named them, before moving to the repository root.
@@ -35,7 +37,7 @@ SERVER_LINES="max_connections = $((connections + 256))"
 for build in A B; do
   dir=$build_a
   [ "$build" = B ] && dir=$build_b
-  HOST_BUILD=$dir start_host user
+  HOST_PIN=$(pin "${BENCH_HOST_CPUS:-}") HOST_BUILD=$dir start_host user
   wait_for_status_route "$address" "$key"
   addresses[$build]=$address keys[$build]=$key pids[$build]=$host_pid
 done
@@ -44,7 +46,7 @@ tick=$(getconf CLK_TCK)
 measure() { # build path -> "req/s cpu_us_per_request failed_answers"
   local before after out
   before=$(cpu_ticks "${pids[$1]}")
-  out=$(wrk -t"$threads" -c"$connections" -d5s -H "X-API-Key: ${keys[$1]}" "http://${addresses[$1]}$2") ||
+  out=$($(pin "${BENCH_LOAD_CPUS:-}") wrk -t"$threads" -c"$connections" -d5s -H "X-API-Key: ${keys[$1]}" "http://${addresses[$1]}$2") ||
     { echo "wrk failed against build $1 ($2)" >&2; return 1; }
   after=$(cpu_ticks "${pids[$1]}")
   awk -v before="$before" -v after="$after" -v tick="$tick" '

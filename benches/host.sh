@@ -92,6 +92,10 @@ TOML
   [ -n "$address" ] || { echo "host did not start:" >&2; cat "$work/host.log" >&2; exit 1; }
 }
 
+# `taskset -c LIST` when a CPU list is given, nothing otherwise (for $HOST_PIN and the load
+# generator).
+pin() { [ -n "${1:-}" ] && echo "taskset -c $1"; true; }
+
 # Waits (bounded) until the status route answers 200 on the host at $1 with key $2.
 wait_for_status_route() { # address key
   for _ in $(seq 100); do

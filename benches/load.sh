@@ -52,9 +52,6 @@ fi
 # shellcheck source=benches/host.sh
 . benches/host.sh
 
-# `taskset -c LIST` when a CPU list is given, nothing otherwise.
-pin() { [ -n "${1:-}" ] && echo "taskset -c $1"; true; }
-
 SERVER_LINES="max_connections = $((most + 256))"
 HOST_PIN=$(pin "${BENCH_HOST_CPUS:-}") start_host user
 in_address=$address in_key=$key in_pid=$host_pid
