@@ -16,6 +16,15 @@
 //! may outlive it (the host copies what it receives, and the copy's threads are joined before
 //! it is closed), an invariant the loader already relies on.
 //!
+//! Small blocks (at most [`CACHED_UP_TO`] bytes, alignment at most 16) are rounded up to a size
+//! class, and the plugin's own runtime threads keep a few freed blocks of each class in a
+//! thread-local cache that serves their next allocations of that class without the shard's lock
+//! (a locked instruction per allocation and per free was most of the heap's cost). A cache has no
+//! destructor: the runtime's thread-stop hook ([`leave_thread`]) gives its blocks back to their
+//! shards, and any other thread (a host thread calling in, a blocking thread of a runtime being
+//! torn down) never caches. A block cached by a thread that never ran the hook is still inside the
+//! copy's range and goes when it is unmapped.
+//!
 //! If the range cannot be reserved (a strict overcommit policy, a small address-space limit),
 //! the copy falls back to the system allocator for good and its statics leak as before.
 //!
@@ -24,7 +33,7 @@
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
-    cell::Cell,
+    cell::{Cell, UnsafeCell},
     num::NonZeroUsize,
     ptr::{null_mut, NonNull},
     sync::atomic::{AtomicU8, AtomicUsize, Ordering},
@@ -42,6 +51,12 @@ const RESERVATIONS: [usize; 4] = [64 << 30, 16 << 30, 4 << 30, 1 << 30];
 const RELEASE_AT: usize = 128 * 1024;
 /// Bytes at each end of a freed block that the heap may use for its own bookkeeping.
 const BOOKKEEPING: usize = 64;
+/// Size classes of small blocks: multiples of `CLASS_STEP` up to `CACHED_UP_TO` bytes.
+const CLASS_STEP: usize = 16;
+pub const CACHED_UP_TO: usize = 512;
+const CLASSES: usize = CACHED_UP_TO / CLASS_STEP;
+/// Freed blocks a thread keeps per class (4 KiB of pointers per thread in all).
+const CACHED_PER_CLASS: usize = 16;
 
 const UNSET: u8 = 0;
 const SETTING_UP: u8 = 1;
@@ -72,6 +87,110 @@ static HEAPS: [CachePadded<spin::Mutex<Shard>>; SHARDS] = [const {
 thread_local! {
     /// The shard this thread allocates from (`usize::MAX` until its first allocation).
     static MY_SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// Freed small blocks this thread reuses, while it is one of the runtime's threads.
+    static CACHE: UnsafeCell<ThreadCache> = const { UnsafeCell::new(ThreadCache::EMPTY) };
+}
+
+/// A thread's cache of freed small blocks, by size class. Plain data: no destructor, so using it
+/// registers nothing that could run after the copy is closed.
+struct ThreadCache {
+    enabled: bool,
+    counts: [usize; CLASSES],
+    blocks: [[*mut u8; CACHED_PER_CLASS]; CLASSES],
+}
+
+impl ThreadCache {
+    const EMPTY: ThreadCache = ThreadCache {
+        enabled: false,
+        counts: [0; CLASSES],
+        blocks: [[null_mut(); CACHED_PER_CLASS]; CLASSES],
+    };
+}
+
+/// Runs `f` on this thread's cache; `None` when the thread has none (it is being torn down).
+fn with_cache<R>(f: impl FnOnce(&mut ThreadCache) -> R) -> Option<R> {
+    CACHE
+        .try_with(|cache| {
+            // SAFETY: the cache is this thread's alone, and `f` (the callers below) neither
+            // allocates nor frees, so nothing re-enters it while the reference lives.
+            f(unsafe { &mut *cache.get() })
+        })
+        .ok()
+}
+
+/// The size class of a small layout, and the layout every block of that class has in the heap
+/// (its size rounded up to the class, 16-aligned). `None` for other layouts. Allocation, free
+/// and resize all go through this one rounding, so the heap always sees a block with the layout
+/// it served it with.
+fn class_of(layout: Layout) -> Option<(usize, Layout)> {
+    if layout.align() > CLASS_STEP || layout.size() == 0 || layout.size() > CACHED_UP_TO {
+        return None;
+    }
+    let class = (layout.size() - 1) / CLASS_STEP;
+    Layout::from_size_align((class + 1) * CLASS_STEP, CLASS_STEP)
+        .ok()
+        .map(|block| (class, block))
+}
+
+/// A cached block of `class`, if this thread caches and has one.
+fn cache_take(class: usize) -> Option<*mut u8> {
+    with_cache(|cache| {
+        if !cache.enabled {
+            return None;
+        }
+        let count = cache.counts.get_mut(class)?;
+        let index = count.checked_sub(1)?;
+        let block = *cache.blocks.get(class)?.get(index)?;
+        *count = index;
+        Some(block)
+    })
+    .flatten()
+}
+
+/// Keeps a freed block of `class` in this thread's cache; false when the thread does not cache
+/// or the class is full.
+fn cache_keep(class: usize, block: *mut u8) -> bool {
+    with_cache(|cache| {
+        if !cache.enabled {
+            return false;
+        }
+        let (Some(count), Some(slots)) = (cache.counts.get_mut(class), cache.blocks.get_mut(class))
+        else {
+            return false;
+        };
+        match slots.get_mut(*count) {
+            Some(slot) => {
+                *slot = block;
+                *count += 1;
+                true
+            }
+            None => false,
+        }
+    })
+    .unwrap_or(false)
+}
+
+/// Lets this thread cache freed small blocks. Called by the runtime on each of its threads as
+/// it starts; [`leave_thread`] must run before the thread ends.
+pub fn enter_thread() {
+    with_cache(|cache| cache.enabled = true);
+}
+
+/// Stops this thread's caching and gives every cached block back to its shard. Called by the
+/// runtime on each of its threads as it stops.
+pub fn leave_thread() {
+    let mut cached = ThreadCache::EMPTY;
+    with_cache(|cache| std::mem::swap(cache, &mut cached));
+    for (class, (count, blocks)) in cached.counts.iter().zip(&cached.blocks).enumerate() {
+        let Ok(layout) = Layout::from_size_align((class + 1) * CLASS_STEP, CLASS_STEP) else {
+            continue;
+        };
+        for block in blocks.iter().take(*count) {
+            // SAFETY: a cached block was served by the heap with its class's layout and is not
+            // in use (it was freed into the cache and never handed out again).
+            unsafe { free_in_shard(*block, layout) };
+        }
+    }
 }
 
 pub use plugin_api::PluginHeap;
@@ -202,46 +321,39 @@ pub struct CopyHeap;
 
 // SAFETY: every block is served by exactly one shard, under that shard's lock, from memory of
 // the copy's own range; a block is freed or resized in the shard whose range holds it, which is
-// the one that served it. Blocks from before the range existed, or when it could not be
-// reserved, are the system allocator's and go back to it.
+// the one that served it. A small block always has its class's layout in the heap (`class_of`
+// is the one rounding), and while it sits in a thread's cache it is in use as far as the heap
+// knows, handed out again only by that thread. Blocks from before the range existed, or when it
+// could not be reserved, are the system allocator's and go back to it; they are never cached.
 unsafe impl GlobalAlloc for CopyHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if !ready() {
             // SAFETY: forwarded as received.
             return unsafe { System.alloc(layout) };
         }
-        let first = my_shard();
-        for offset in 0..SHARDS {
-            let index = (first + offset) % SHARDS;
-            let mut shard = HEAPS[index].lock();
-            if !claim(&mut shard, index) {
-                continue;
-            }
-            // SAFETY: `layout` has a non-zero size (GlobalAlloc's contract).
-            if let Ok(block) = unsafe { shard.talc.malloc(layout) } {
-                return block.as_ptr();
-            }
+        match class_of(layout) {
+            Some((class, block)) => cache_take(class).unwrap_or_else(|| alloc_in_shard(block)),
+            None => alloc_in_shard(layout),
         }
-        null_mut()
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        match (shard_of(ptr), NonNull::new(ptr)) {
-            (Some(index), Some(block)) => {
-                let mut shard = HEAPS[index].lock();
-                // SAFETY: `block` was served by this shard with `layout` (the caller's
-                // contract, and the shard is the one whose range holds it).
-                unsafe { shard.talc.free(block, layout) };
-                if layout.size() >= RELEASE_AT {
-                    // Still under the shard's lock: nobody can be handed these pages before
-                    // they are released.
-                    release(ptr, layout.size());
-                }
-                drop(shard);
-            }
+        if shard_of(ptr).is_none() {
             // SAFETY: not from the range: the system allocator served it.
-            _ => unsafe { System.dealloc(ptr, layout) },
+            return unsafe { System.dealloc(ptr, layout) };
         }
+        let layout = match class_of(layout) {
+            Some((class, block)) => {
+                if cache_keep(class, ptr) {
+                    return;
+                }
+                block
+            }
+            None => layout,
+        };
+        // SAFETY: the block is from the range and was served with `layout` (rounded to its
+        // class as it was when served).
+        unsafe { free_in_shard(ptr, layout) };
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -249,6 +361,19 @@ unsafe impl GlobalAlloc for CopyHeap {
             // SAFETY: not from the range: the system allocator served it.
             return unsafe { System.realloc(ptr, layout, new_size) };
         };
+        let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
+            return null_mut();
+        };
+        match (class_of(layout), class_of(new_layout)) {
+            // Same class: the block already has room for the new size.
+            (Some((old, _)), Some((new, _))) if old == new => return ptr,
+            // A small block is never resized in place: the heap knows it by its class layout.
+            (Some(_), _) | (_, Some(_)) => {
+                // SAFETY: a fresh block; the old one is copied, then freed with its layout.
+                return unsafe { self.move_block(ptr, layout, new_layout) };
+            }
+            (None, None) => {}
+        }
         if new_size <= layout.size() {
             // SAFETY: the block is this shard's, with `layout`; shrinking keeps it in place.
             unsafe { HEAPS[index].lock().talc.shrink(block, layout, new_size) };
@@ -263,14 +388,24 @@ unsafe impl GlobalAlloc for CopyHeap {
         } {
             return grown.as_ptr();
         }
-        let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
-            return null_mut();
-        };
-        // SAFETY: a fresh block of the new size; the old one is copied, then freed.
+        // SAFETY: as above.
+        unsafe { self.move_block(ptr, layout, new_layout) }
+    }
+}
+
+impl CopyHeap {
+    /// Resizes by moving: a new block with `new_layout`, the smaller size copied, the old block
+    /// freed.
+    ///
+    /// # Safety
+    /// `ptr` is a live block this heap served with `layout`.
+    unsafe fn move_block(&self, ptr: *mut u8, layout: Layout, new_layout: Layout) -> *mut u8 {
+        // SAFETY: `new_layout` has a non-zero size (realloc's contract); the old block is live
+        // with `layout` (the caller's contract) and freed only after its bytes were copied.
         unsafe {
             let moved = self.alloc(new_layout);
             if !moved.is_null() {
-                std::ptr::copy_nonoverlapping(ptr, moved, layout.size());
+                std::ptr::copy_nonoverlapping(ptr, moved, layout.size().min(new_layout.size()));
                 self.dealloc(ptr, layout);
             }
             moved
@@ -278,9 +413,81 @@ unsafe impl GlobalAlloc for CopyHeap {
     }
 }
 
+/// A block from this thread's shard, or the next one with room.
+fn alloc_in_shard(layout: Layout) -> *mut u8 {
+    let first = my_shard();
+    for offset in 0..SHARDS {
+        let index = (first + offset) % SHARDS;
+        let mut shard = HEAPS[index].lock();
+        if !claim(&mut shard, index) {
+            continue;
+        }
+        // SAFETY: `layout` has a non-zero size (GlobalAlloc's contract, and class layouts are
+        // at least one class step).
+        if let Ok(block) = unsafe { shard.talc.malloc(layout) } {
+            return block.as_ptr();
+        }
+    }
+    null_mut()
+}
+
+/// Frees a block into the shard whose range holds it.
+///
+/// # Safety
+/// `ptr` is a live block of the range that its shard served with `layout`.
+unsafe fn free_in_shard(ptr: *mut u8, layout: Layout) {
+    let (Some(index), Some(block)) = (shard_of(ptr), NonNull::new(ptr)) else {
+        return;
+    };
+    let mut shard = HEAPS[index].lock();
+    // SAFETY: `block` was served by this shard with `layout` (the caller's contract, and the
+    // shard is the one whose range holds it).
+    unsafe { shard.talc.free(block, layout) };
+    if layout.size() >= RELEASE_AT {
+        // Still under the shard's lock: nobody can be handed these pages before they are
+        // released.
+        release(ptr, layout.size());
+    }
+    drop(shard);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A block of `size` bytes with alignment `align`, every byte set to `fill`.
+    fn filled_block(
+        heap: &CopyHeap,
+        size: usize,
+        align: usize,
+        fill: u8,
+    ) -> Option<(*mut u8, Layout)> {
+        let layout = Layout::from_size_align(size, align).ok()?;
+        // SAFETY: a non-zero layout (every caller asks for at least a byte); `size` bytes of
+        // the fresh block are written.
+        unsafe {
+            let block = heap.alloc(layout);
+            if block.is_null() {
+                return None;
+            }
+            std::ptr::write_bytes(block, fill, size);
+            Some((block, layout))
+        }
+    }
+
+    /// How many bytes of a filled block lost their `fill`; frees the block.
+    ///
+    /// # Safety
+    /// `block` is a live block of `heap` served with `layout`, its bytes written with `fill`.
+    unsafe fn check_and_free(heap: &CopyHeap, block: *mut u8, layout: Layout, fill: u8) -> usize {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let bytes = std::slice::from_raw_parts(block, layout.size());
+            let damaged = bytes.iter().filter(|byte| **byte != fill).count();
+            heap.dealloc(block, layout);
+            damaged
+        }
+    }
 
     /// The test binary has its own allocator; this drives `CopyHeap` directly.
     #[test]
@@ -323,22 +530,13 @@ mod tests {
                     let mut damaged = 0usize;
                     for round in 0..300usize {
                         let size = RELEASE_AT * (1 + (round + seed as usize) % 4);
-                        let Ok(layout) = Layout::from_size_align(size, 16) else {
+                        let fill = seed.wrapping_mul(31).wrapping_add(round as u8) | 1;
+                        let Some((block, layout)) = filled_block(&heap, size, 16, fill) else {
                             continue;
                         };
-                        let fill = seed.wrapping_mul(31).wrapping_add(round as u8) | 1;
-                        // SAFETY: a non-zero layout; the block is written, read and freed here.
-                        unsafe {
-                            let block = heap.alloc(layout);
-                            if block.is_null() {
-                                continue;
-                            }
-                            std::ptr::write_bytes(block, fill, size);
-                            std::thread::yield_now();
-                            let bytes = std::slice::from_raw_parts(block, size);
-                            damaged += bytes.iter().filter(|byte| **byte != fill).count();
-                            heap.dealloc(block, layout);
-                        }
+                        std::thread::yield_now();
+                        // SAFETY: the block was just filled here and is freed once.
+                        damaged += unsafe { check_and_free(&heap, block, layout, fill) };
                     }
                     damaged
                 })
@@ -346,6 +544,194 @@ mod tests {
             .collect();
         let damaged: usize = threads.into_iter().map(|t| t.join().unwrap_or(1)).sum();
         assert_eq!(damaged, 0, "bytes of live blocks were lost");
+    }
+
+    #[test]
+    fn a_caching_thread_reuses_its_small_blocks_and_gives_them_back_when_it_leaves() {
+        let outcome = std::thread::spawn(|| {
+            let heap = CopyHeap;
+            let small = Layout::from_size_align(40, 8).unwrap_or(Layout::new::<u64>());
+            let same_class = Layout::from_size_align(33, 1).unwrap_or(Layout::new::<u8>());
+            enter_thread();
+            // SAFETY: non-zero layouts; every block is freed with the layout it was served with.
+            let (first, again, cached_before, cached_after) = unsafe {
+                let first = heap.alloc(small);
+                heap.dealloc(first, small);
+                let again = heap.alloc(same_class);
+                heap.dealloc(again, same_class);
+                let cached_before = with_cache(|cache| cache.counts.iter().sum::<usize>());
+                leave_thread();
+                let cached_after = with_cache(|cache| cache.counts.iter().sum::<usize>());
+                (first as usize, again as usize, cached_before, cached_after)
+            };
+            (first, again, cached_before, cached_after)
+        })
+        .join();
+        let Ok((first, again, cached_before, cached_after)) = outcome else {
+            panic!("the thread panicked");
+        };
+        assert_eq!(
+            first, again,
+            "a block of the same class comes from the cache"
+        );
+        assert_eq!(cached_before, Some(1));
+        assert_eq!(
+            cached_after,
+            Some(0),
+            "leaving gives the cached blocks back"
+        );
+    }
+
+    #[test]
+    fn resizing_across_classes_keeps_the_contents_with_and_without_a_cache() {
+        for caching in [true, false] {
+            let damaged = std::thread::spawn(move || {
+                let heap = CopyHeap;
+                if caching {
+                    enter_thread();
+                }
+                let mut damaged = 0usize;
+                // Small, the same class, another class, large, larger, smaller, back to small.
+                let sizes = [10usize, 16, 100, 1000, 5000, 3000, 20, 7];
+                let Ok(mut layout) = Layout::from_size_align(sizes[0], 8) else {
+                    return 1;
+                };
+                // SAFETY: non-zero layouts; the block is resized with its current layout and
+                // freed with the last one.
+                unsafe {
+                    let mut block = heap.alloc(layout);
+                    for (step, window) in sizes.windows(2).enumerate() {
+                        let fill = step as u8 + 1;
+                        std::ptr::write_bytes(block, fill, window[0]);
+                        block = heap.realloc(block, layout, window[1]);
+                        if block.is_null() {
+                            return 1;
+                        }
+                        let kept = window[0].min(window[1]);
+                        let bytes = std::slice::from_raw_parts(block, kept);
+                        damaged += bytes.iter().filter(|byte| **byte != fill).count();
+                        let Ok(next) = Layout::from_size_align(window[1], 8) else {
+                            return 1;
+                        };
+                        layout = next;
+                    }
+                    heap.dealloc(block, layout);
+                }
+                if caching {
+                    leave_thread();
+                }
+                damaged
+            })
+            .join()
+            .unwrap_or(1);
+            assert_eq!(damaged, 0, "caching: {caching}");
+        }
+    }
+
+    /// Checks and frees blocks a producer filled: `(address, size, fill)`, alignment 8.
+    fn release_checked(heap: &CopyHeap, blocks: impl Iterator<Item = (usize, usize, u8)>) -> usize {
+        let mut damaged = 0;
+        for (address, size, fill) in blocks {
+            let Ok(layout) = Layout::from_size_align(size, 8) else {
+                continue;
+            };
+            // SAFETY: the producer filled `size` bytes at `address` with `fill`, served with
+            // this layout, and no longer touches the block; it is freed once, here.
+            damaged += unsafe { check_and_free(heap, address as *mut u8, layout, fill) };
+        }
+        damaged
+    }
+
+    /// Blocks allocated on one thread and freed on another, caching and not, of every class and
+    /// some large ones: a block handed out twice would show as a damaged pattern.
+    #[test]
+    fn blocks_passed_between_caching_and_other_threads_stay_whole() {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<(usize, usize, u8)>(256);
+        let consumer = std::thread::spawn(move || {
+            let heap = CopyHeap;
+            enter_thread();
+            let mut damaged = 0usize;
+            let mut live: Vec<(usize, usize, u8)> = Vec::new();
+            for (address, size, fill) in receiver {
+                // Keep some blocks alive a while, and allocate in between, so reused blocks
+                // would overwrite live ones if the heap handed a block out twice.
+                live.push((address, size, fill));
+                let Ok(layout) = Layout::from_size_align(size, 8) else {
+                    continue;
+                };
+                // SAFETY: a non-zero layout; freed at once with it.
+                unsafe {
+                    let mine = heap.alloc(layout);
+                    if !mine.is_null() {
+                        std::ptr::write_bytes(mine, 0xEE, size);
+                        heap.dealloc(mine, layout);
+                    }
+                }
+                if live.len() > 64 {
+                    damaged += release_checked(&heap, live.drain(..32));
+                }
+            }
+            damaged += release_checked(&heap, live.drain(..));
+            leave_thread();
+            damaged
+        });
+        let producers: Vec<_> = (0..4u8)
+            .map(|seed| {
+                let sender = sender.clone();
+                std::thread::spawn(move || {
+                    let heap = CopyHeap;
+                    if seed % 2 == 0 {
+                        enter_thread();
+                    }
+                    for round in 0..3000usize {
+                        let size = if round % 50 == 0 {
+                            4096 + round
+                        } else {
+                            1 + (round * 7 + seed as usize * 13) % CACHED_UP_TO
+                        };
+                        let fill = seed.wrapping_mul(61).wrapping_add(round as u8) | 1;
+                        let Some((block, layout)) = filled_block(&heap, size, 8, fill) else {
+                            continue;
+                        };
+                        // The consumer checks and frees it.
+                        if sender.send((block as usize, size, fill)).is_err() {
+                            // SAFETY: the block was filled here and never sent.
+                            unsafe { heap.dealloc(block, layout) };
+                        }
+                    }
+                    if seed % 2 == 0 {
+                        leave_thread();
+                    }
+                })
+            })
+            .collect();
+        drop(sender);
+        for producer in producers {
+            assert!(producer.join().is_ok());
+        }
+        assert_eq!(
+            consumer.join().unwrap_or(1),
+            0,
+            "bytes of live blocks were lost"
+        );
+    }
+
+    #[test]
+    fn class_layouts_round_up_and_others_are_left_alone() {
+        let layout = |size, align| Layout::from_size_align(size, align).ok();
+        let class = |size, align| layout(size, align).and_then(class_of);
+        assert_eq!(
+            class(1, 1).map(|(c, l)| (c, l.size(), l.align())),
+            Some((0, 16, 16))
+        );
+        assert_eq!(class(16, 8).map(|(c, l)| (c, l.size())), Some((0, 16)));
+        assert_eq!(class(17, 8).map(|(c, l)| (c, l.size())), Some((1, 32)));
+        assert_eq!(
+            class(CACHED_UP_TO, 16).map(|(c, l)| (c, l.size())),
+            Some((CLASSES - 1, CACHED_UP_TO))
+        );
+        assert!(class(CACHED_UP_TO + 1, 8).is_none());
+        assert!(class(64, 32).is_none(), "alignment above 16 is not a class");
     }
 
     #[test]

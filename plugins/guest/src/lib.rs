@@ -515,9 +515,15 @@ where
         .thread_name(options.thread_name)
         .on_thread_start({
             let logs = logs.clone();
-            move || log_forward::enter(&logs)
+            move || {
+                heap::enter_thread();
+                log_forward::enter(&logs);
+            }
         })
-        .on_thread_stop(log_forward::leave)
+        .on_thread_stop(|| {
+            log_forward::leave();
+            heap::leave_thread();
+        })
         // I/O and timers. Children are reaped through pidfds on the I/O driver, and plugin code
         // awaits every child it starts, so the process driver never installs a process-wide
         // SIGCHLD handler pointing into this copy (one that would outlive it).
