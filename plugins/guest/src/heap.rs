@@ -10,7 +10,7 @@
 //! shard, and a block is freed into the shard whose range holds it. Large blocks that are freed
 //! give their pages back at once (`MADV_DONTNEED`), so the copy's resident size follows its use.
 //!
-//! The host asks a retired copy for the range ([`powerautomation_plugin_heap`], exported by the
+//! The host asks a retired copy for the range (`powerautomation_plugin_heap`, exported by the
 //! macro), closes the library, and unmaps the range: whatever the copy's code left allocated —
 //! in statics, in leaked boxes — is gone with it. That is sound because nothing a copy allocated
 //! may outlive it (the host copies what it receives, and the copy's threads are joined before
@@ -19,11 +19,12 @@
 //! Small blocks (at most [`CACHED_UP_TO`] bytes, alignment at most 16) are rounded up to a size
 //! class, and the plugin's own runtime threads keep a few freed blocks of each class in a
 //! thread-local cache that serves their next allocations of that class without the shard's lock
-//! (a locked instruction per allocation and per free was most of the heap's cost). A cache has no
+//! (a locked instruction per allocation and per free was most of the heap's cost), at most
+//! `CACHED_PER_CLASS` (16) blocks per class (~132 KiB per thread at most). A cache has no
 //! destructor: the runtime's thread-stop hook ([`leave_thread`]) gives its blocks back to their
-//! shards, and any other thread (a host thread calling in, a blocking thread of a runtime being
-//! torn down) never caches. A block cached by a thread that never ran the hook is still inside the
-//! copy's range and goes when it is unmapped.
+//! shards, and what the thread frees after it (its own teardown) goes straight to the shards;
+//! threads the runtime did not start (host threads calling in) never cache. A block cached by a
+//! thread that never ran the hook is still inside the copy's range and goes when it is unmapped.
 //!
 //! If the range cannot be reserved (a strict overcommit policy, a small address-space limit),
 //! the copy falls back to the system allocator for good and its statics leak as before.
@@ -107,7 +108,8 @@ impl ThreadCache {
     };
 }
 
-/// Runs `f` on this thread's cache; `None` when the thread has none (it is being torn down).
+/// Runs `f` on this thread's cache. `None` only if the thread-local cannot be reached, which a
+/// thread-local without a destructor never is; the allocator then takes the shard path.
 fn with_cache<R>(f: impl FnOnce(&mut ThreadCache) -> R) -> Option<R> {
     CACHE
         .try_with(|cache| {

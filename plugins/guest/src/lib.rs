@@ -521,8 +521,9 @@ where
             }
         })
         .on_thread_stop(|| {
-            log_forward::leave();
+            // The cache first: nothing that fails after it can leave blocks in it.
             heap::leave_thread();
+            log_forward::leave();
         })
         // I/O and timers. Children are reaped through pidfds on the I/O driver, and plugin code
         // awaits every child it starts, so the process driver never installs a process-wide
