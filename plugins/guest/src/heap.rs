@@ -129,9 +129,12 @@ fn class_of(layout: Layout) -> Option<(usize, Layout)> {
         return None;
     }
     let class = (layout.size() - 1) / CLASS_STEP;
-    Layout::from_size_align((class + 1) * CLASS_STEP, CLASS_STEP)
-        .ok()
-        .map(|block| (class, block))
+    class_layout(class).map(|block| (class, block))
+}
+
+/// The layout every block of `class` has in the heap.
+fn class_layout(class: usize) -> Option<Layout> {
+    Layout::from_size_align((class + 1) * CLASS_STEP, CLASS_STEP).ok()
 }
 
 /// A cached block of `class`, if this thread caches and has one.
@@ -184,13 +187,16 @@ pub fn leave_thread() {
     let mut cached = ThreadCache::EMPTY;
     with_cache(|cache| std::mem::swap(cache, &mut cached));
     for (class, (count, blocks)) in cached.counts.iter().zip(&cached.blocks).enumerate() {
-        let Ok(layout) = Layout::from_size_align((class + 1) * CLASS_STEP, CLASS_STEP) else {
+        let Some(layout) = class_layout(class) else {
             continue;
         };
         for block in blocks.iter().take(*count) {
+            let (Some(index), Some(block)) = (shard_of(*block), NonNull::new(*block)) else {
+                continue;
+            };
             // SAFETY: a cached block was served by the heap with its class's layout and is not
             // in use (it was freed into the cache and never handed out again).
-            unsafe { free_in_shard(*block, layout) };
+            unsafe { free_in_shard(index, block, layout) };
         }
     }
 }
@@ -340,10 +346,10 @@ unsafe impl GlobalAlloc for CopyHeap {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if shard_of(ptr).is_none() {
+        let (Some(index), Some(block)) = (shard_of(ptr), NonNull::new(ptr)) else {
             // SAFETY: not from the range: the system allocator served it.
             return unsafe { System.dealloc(ptr, layout) };
-        }
+        };
         let layout = match class_of(layout) {
             Some((class, block)) => {
                 if cache_keep(class, ptr) {
@@ -353,9 +359,9 @@ unsafe impl GlobalAlloc for CopyHeap {
             }
             None => layout,
         };
-        // SAFETY: the block is from the range and was served with `layout` (rounded to its
+        // SAFETY: the block is shard `index`'s and was served with `layout` (rounded to its
         // class as it was when served).
-        unsafe { free_in_shard(ptr, layout) };
+        unsafe { free_in_shard(index, block, layout) };
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -433,14 +439,11 @@ fn alloc_in_shard(layout: Layout) -> *mut u8 {
     null_mut()
 }
 
-/// Frees a block into the shard whose range holds it.
+/// Frees a block into shard `index`, the one whose range holds it.
 ///
 /// # Safety
-/// `ptr` is a live block of the range that its shard served with `layout`.
-unsafe fn free_in_shard(ptr: *mut u8, layout: Layout) {
-    let (Some(index), Some(block)) = (shard_of(ptr), NonNull::new(ptr)) else {
-        return;
-    };
+/// `block` is a live block that shard `index` served with `layout`.
+unsafe fn free_in_shard(index: usize, block: NonNull<u8>, layout: Layout) {
     let mut shard = HEAPS[index].lock();
     // SAFETY: `block` was served by this shard with `layout` (the caller's contract, and the
     // shard is the one whose range holds it).
@@ -448,7 +451,7 @@ unsafe fn free_in_shard(ptr: *mut u8, layout: Layout) {
     if layout.size() >= RELEASE_AT {
         // Still under the shard's lock: nobody can be handed these pages before they are
         // released.
-        release(ptr, layout.size());
+        release(block.as_ptr(), layout.size());
     }
     drop(shard);
 }
