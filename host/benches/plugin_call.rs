@@ -1,6 +1,7 @@
 //! One `GET /status` round trip through a loaded plugin copy (request built from host types,
 //! enqueued across the ABI, handled on the plugin's runtime, answer copied back) against the
-//! same handler called in-process.
+//! same handler called in-process (the same import from the ABI request, no queue, no thread
+//! hop).
 //!
 //! Needs the release plugin: `cargo build --release --workspace`, then
 //! `cargo bench -p powerautomation --bench plugin_call`. `PA_BENCH_PLUGIN` overrides its path.
@@ -10,7 +11,7 @@ use std::{path::PathBuf, sync::Arc};
 use abi_stable::std_types::{ROption, RString, RVec};
 use criterion::{criterion_group, criterion_main, Criterion};
 use plugin_api::{PluginRequest, Principal, Role};
-use plugin_guest::Handler;
+use plugin_guest::{Handler, Import};
 use powerautomation::{
     plugin::{
         bridge,
@@ -34,21 +35,6 @@ fn abi_request() -> PluginRequest {
         body: RVec::new(),
         principal: ROption::RSome(Principal {
             name: RString::from("bench"),
-            role: Role::User,
-        }),
-    }
-}
-
-fn guest_request() -> plugin_guest::Request {
-    plugin_guest::Request {
-        request_id: "bench-1".into(),
-        method: "GET".into(),
-        path: "/status".into(),
-        query: String::new(),
-        headers: Vec::new(),
-        body: Vec::new(),
-        principal: Some(plugin_guest::Caller {
-            name: "bench".into(),
             role: Role::User,
         }),
     }
@@ -114,7 +100,7 @@ fn plugin_call(c: &mut Criterion) {
     group.bench_function("in_process_handler", |b| {
         b.iter(|| {
             runtime.block_on(async {
-                let answer = in_process.handle(guest_request()).await;
+                let answer = in_process.handle(Import::import(abi_request())).await;
                 assert_eq!(answer.status, 200);
             })
         })

@@ -3,13 +3,14 @@
 //! It turns an ordinary async [`Handler`] into a [`PluginInstance`] that keeps the rules of the
 //! ABI (see `plugin-api`):
 //! - [`PluginInstance::handle`] runs on host threads, so it only pushes the job into one of the
-//!   lock-free inboxes (round robin, one per worker thread) and, when that inbox's dispatcher
+//!   lock-free inboxes (round robin per host thread, one inbox per worker thread) and, when that inbox's dispatcher
 //!   sleeps, writes one byte to a socket pair: atomics and a plain syscall, no runtime and no
 //!   plugin thread-locals on the host's thread;
 //! - each dispatcher task on the instance's own tokio runtime wakes on that byte and spawns the
 //!   jobs (under load it never sleeps, so requests cost no wake-up syscall at all); with one per
 //!   worker, a busy host's requests are handed out by all workers at once, not by one task;
-//! - every handler runs under `catch_unwind`; a panic becomes a 500 JSON answer;
+//! - each job imports the host's request as the handler's [`Handler::Request`] type ([`Import`]),
+//!   and every handler runs under `catch_unwind`; a panic becomes a 500 JSON answer;
 //! - [`PluginInstance::shutdown`] drains accepted work, then drops the runtime, which joins its
 //!   threads, so no plugin code is left running when the host unloads the library.
 
@@ -426,9 +427,26 @@ pub struct Conflict {
     pub current: Option<String>,
 }
 
+/// A request as a handler takes it, made from the host's with one copy of each field.
+/// [`Request`] is the plain one. A handler built on a router imports into a type of its own
+/// (an `http::Request`) straight from the host's, with no [`Request`] in between: on the
+/// plugin route a copy of every field costs more than the route's own work.
+pub trait Import: Sized + Send + 'static {
+    fn import(request: PluginRequest) -> Self;
+}
+
+impl Import for Request {
+    fn import(request: PluginRequest) -> Request {
+        import_request(request)
+    }
+}
+
 /// What a plugin implements.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, request: Request) -> impl Future<Output = Response> + Send;
+    /// What requests are imported as: [`Request`], unless the handler has a type of its own.
+    type Request: Import;
+
+    fn handle(&self, request: Self::Request) -> impl Future<Output = Response> + Send;
 
     /// Called once when the instance stops, after in-flight requests finished: finish or hand
     /// over long-running work here.
@@ -571,7 +589,7 @@ where
     }
     let instance = Instance {
         inboxes,
-        next_inbox: AtomicUsize::new(0),
+        turns: Turns::new(),
         state: Mutex::new(Some(Running {
             runtime,
             dispatchers,
@@ -656,9 +674,36 @@ struct Running<H> {
 
 struct Instance<H> {
     inboxes: Vec<Arc<Inbox>>,
-    /// Which inbox the next request goes to (round robin).
-    next_inbox: AtomicUsize,
+    /// Which inbox the next request goes to: each host thread goes round its own turns.
+    turns: Turns,
     state: Mutex<Option<Running<H>>>,
+}
+
+/// Round-robin counters, one per stripe, each on lines of its own. A host thread counts on the
+/// stripe its stack lies in, so threads do not take one counter's line from each other on
+/// every request (on 8 cores, one shared counter was a line written by every host worker) and
+/// no thread-local is needed on host threads.
+struct Turns {
+    stripes: [CachePadded<AtomicUsize>; TURN_STRIPES],
+}
+
+const TURN_STRIPES: usize = 16;
+
+impl Turns {
+    fn new() -> Turns {
+        Turns {
+            stripes: std::array::from_fn(|_| CachePadded::new(AtomicUsize::new(0))),
+        }
+    }
+
+    /// The next of `count` inboxes for the calling thread.
+    fn next(&self, count: usize) -> usize {
+        let here = 0u8;
+        // Threads' stacks are megabytes apart: the megabyte a local lies in names the thread.
+        let stripe = (std::ptr::addr_of!(here) as usize >> 20) % TURN_STRIPES;
+        let turn = self.stripes[stripe].fetch_add(1, Ordering::Relaxed);
+        turn.wrapping_add(stripe) % count
+    }
 }
 
 async fn dispatch_loop<H: Handler>(
@@ -738,8 +783,9 @@ fn job_future<H: Handler>(
     lane.in_flight.fetch_add(1, Ordering::SeqCst);
     let lane = Arc::clone(lane);
     async move {
-        let request = import_request(job.request);
-        let request_id = request.request_id.clone();
+        // Kept for the log lines of a streamed answer.
+        let request_id = String::from(job.request.request_id.as_str());
+        let request = H::Request::import(job.request);
         let answer = AssertUnwindSafe(lane.shared.handler.handle(request))
             .catch_unwind()
             .await;
@@ -779,8 +825,7 @@ impl<H: Handler> PluginInstance for Instance<H> {
     fn handle(&self, request: PluginRequest, reply: ResponseSinkBox) {
         // Runs on a host thread: no runtime, no tracing; a queue push and at most one write(2).
         let rejected = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let turn = self.next_inbox.fetch_add(1, Ordering::Relaxed);
-            let inbox = &self.inboxes[turn % self.inboxes.len()];
+            let inbox = &self.inboxes[self.turns.next(self.inboxes.len())];
             if inbox.closed.load(Ordering::SeqCst) {
                 return Some((request, reply));
             }

@@ -81,7 +81,7 @@ async fn generate(records: &Records, seed: u64, count: usize) -> Vec<(String, Hi
 async fn get(plugin: &InProcess, query: &str) -> (u16, Value) {
     let mut request = request("GET", "/history", None, Some(Role::Developer));
     request.query = query.to_owned();
-    let response = plugin.api.handle(request).await;
+    let response = plugin.api.handle(request.into()).await;
     (response.status, body(&response))
 }
 

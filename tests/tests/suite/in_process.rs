@@ -79,7 +79,7 @@ impl InProcess {
     ) -> (u16, Value) {
         let response = self
             .api
-            .handle(request(method, path, body, Some(role)))
+            .handle(request(method, path, body, Some(role)).into())
             .await;
         (response.status, self::body(&response))
     }

@@ -105,12 +105,7 @@ async fn every_route_for_every_role() {
         for caller in callers {
             let response = plugin
                 .api
-                .handle(request(
-                    route.method,
-                    route.path,
-                    route.body.clone(),
-                    caller,
-                ))
+                .handle(request(route.method, route.path, route.body.clone(), caller).into())
                 .await;
             let allowed = match route.needs {
                 None => true,
@@ -186,7 +181,10 @@ async fn a_method_a_route_does_not_take_is_405_with_allow_before_any_role_check(
         ("GET", "/environments/demo/health-check", "POST"),
     ] {
         for caller in [None, Some(Role::User), Some(Role::Admin)] {
-            let response = plugin.api.handle(request(method, path, None, caller)).await;
+            let response = plugin
+                .api
+                .handle(request(method, path, None, caller).into())
+                .await;
             assert_eq!(response.status, 405, "{method} {path}");
             assert_eq!(header(&response, "allow"), Some(allow), "{method} {path}");
             assert_eq!(body(&response)["error"], "method_not_allowed");
@@ -194,7 +192,7 @@ async fn a_method_a_route_does_not_take_is_405_with_allow_before_any_role_check(
     }
     let response = plugin
         .api
-        .handle(request("GET", "/nowhere", None, Some(Role::Admin)))
+        .handle(request("GET", "/nowhere", None, Some(Role::Admin)).into())
         .await;
     assert_eq!(response.status, 404);
     assert_eq!(body(&response)["error"], "not_found");
@@ -207,7 +205,7 @@ async fn paths_are_read_as_before_the_router() {
     for path in ["/status/", "//status", "/environments//demo"] {
         let response = plugin
             .api
-            .handle(request("GET", path, None, Some(Role::Admin)))
+            .handle(request("GET", path, None, Some(Role::Admin)).into())
             .await;
         assert_eq!(response.status, 200, "{path}");
     }
@@ -220,7 +218,7 @@ async fn paths_are_read_as_before_the_router() {
         };
         let response = plugin
             .api
-            .handle(request(method, path, None, Some(Role::Admin)))
+            .handle(request(method, path, None, Some(Role::Admin)).into())
             .await;
         assert_eq!(response.status, 404, "{path}");
         assert_eq!(body(&response)["error"], "not_found", "{path}");
@@ -230,12 +228,7 @@ async fn paths_are_read_as_before_the_router() {
     let large = json!({ "environment_id": "x".repeat(3 << 20) });
     let response = plugin
         .api
-        .handle(request(
-            "POST",
-            "/environments",
-            Some(large),
-            Some(Role::Admin),
-        ))
+        .handle(request("POST", "/environments", Some(large), Some(Role::Admin)).into())
         .await;
     assert_eq!(
         response.status,

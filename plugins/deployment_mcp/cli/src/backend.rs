@@ -355,7 +355,7 @@ impl Local {
                 role: Role::Admin,
             }),
         };
-        let response = self.api.handle(request).await;
+        let response = self.api.handle(request.into()).await;
         // No command asks for a streamed answer; the body is complete.
         let answer = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
         (response.status, answer)

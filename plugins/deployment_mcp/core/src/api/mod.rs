@@ -22,7 +22,7 @@ mod overview;
 use std::{convert::Infallible, sync::Arc};
 
 use axum::{
-    body::Body,
+    body::{Body, Bytes},
     extract::{FromRequestParts, State},
     http::{self, header, request::Parts, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
@@ -580,18 +580,67 @@ impl<S: Send + Sync> FromRequestParts<S> for Mount {
     }
 }
 
-/// The request the host handed over, as the router takes it.
-fn to_http(request: plugin_guest::Request) -> Result<http::Request<Body>, ApiError> {
-    let plugin_guest::Request {
-        request_id,
-        method,
-        path,
-        query,
-        headers,
-        body,
-        principal,
-    } = request;
-    // Empty segments do not count: `/status/` and `//status` are `/status`.
+/// A request as the router takes it, or why it cannot be one (a header or target no HTTP
+/// request may carry: 400 naming it).
+pub struct ApiRequest(Result<http::Request<Body>, ApiError>);
+
+/// The host's request, imported with one copy of each field: the ABI's text goes straight into
+/// the `http` types.
+impl plugin_guest::Import for ApiRequest {
+    fn import(request: plugin_api::PluginRequest) -> ApiRequest {
+        let body = request.body.as_slice();
+        ApiRequest(http_request(
+            request.method.as_str(),
+            request.path.as_str(),
+            request.query.as_str(),
+            request
+                .headers
+                .iter()
+                .map(|pair| (pair.0.as_str(), pair.1.as_str())),
+            (!body.is_empty()).then(|| Bytes::copy_from_slice(body)),
+            request.request_id.as_str(),
+            request
+                .principal
+                .as_ref()
+                .into_option()
+                .map(|principal| Caller {
+                    name: principal.name.as_str().to_owned(),
+                    role: principal.role,
+                }),
+        ))
+    }
+}
+
+/// A plain request (the CLI's, a test's), as the host would have handed it over.
+impl From<plugin_guest::Request> for ApiRequest {
+    fn from(request: plugin_guest::Request) -> ApiRequest {
+        ApiRequest(http_request(
+            &request.method,
+            &request.path,
+            &request.query,
+            request
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+            (!request.body.is_empty()).then(|| Bytes::from(request.body)),
+            &request.request_id,
+            request.principal,
+        ))
+    }
+}
+
+/// Builds the router's request. Empty path segments do not count: `/status/` and `//status`
+/// are `/status`.
+fn http_request<'a>(
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+    body: Option<Bytes>,
+    request_id: &str,
+    caller: Option<Caller>,
+) -> Result<http::Request<Body>, ApiError> {
+    let unreadable = |what: String| ApiError::field("request", format!("cannot be read: {what}"));
     let mut uri = String::with_capacity(path.len() + query.len() + 2);
     for segment in path.split('/').filter(|segment| !segment.is_empty()) {
         uri.push('/');
@@ -602,17 +651,26 @@ fn to_http(request: plugin_guest::Request) -> Result<http::Request<Body>, ApiErr
     }
     if !query.is_empty() {
         uri.push('?');
-        uri.push_str(&query);
+        uri.push_str(query);
     }
-    let mut builder = http::Request::builder().method(method.as_str()).uri(uri);
-    for (name, value) in &headers {
-        builder = builder.header(name.as_str(), value.as_str());
+    let mut map = http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let name = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| unreadable(format!("{name:?} is not a header name")))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| unreadable(format!("the value of header {name} is not valid")))?;
+        map.append(name, value);
     }
-    let mut request = builder
-        .body(Body::from(body))
-        .map_err(|error| ApiError::field("request", format!("cannot be read: {error}")))?;
-    request.extensions_mut().insert(RequestId(request_id));
-    if let Some(caller) = principal {
+    let mut request = http::Request::new(body.map_or_else(Body::empty, Body::from));
+    *request.method_mut() = Method::from_bytes(method.as_bytes())
+        .map_err(|_| unreadable(format!("{method:?} is not a method")))?;
+    *request.uri_mut() = http::Uri::try_from(uri)
+        .map_err(|error| unreadable(format!("the target is not valid: {error}")))?;
+    *request.headers_mut() = map;
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.to_owned()));
+    if let Some(caller) = caller {
         request.extensions_mut().insert(caller);
     }
     Ok(request)
@@ -657,8 +715,10 @@ async fn from_http(response: Response) -> plugin_guest::Response {
 }
 
 impl Handler for Api {
-    async fn handle(&self, request: plugin_guest::Request) -> plugin_guest::Response {
-        let response = match to_http(request) {
+    type Request = ApiRequest;
+
+    async fn handle(&self, request: ApiRequest) -> plugin_guest::Response {
+        let response = match request.0 {
             Ok(request) => {
                 // Cheap handles (no copy of the text) for the message of a 405.
                 let (method, uri) = (request.method().clone(), request.uri().clone());
@@ -690,4 +750,117 @@ pub(crate) fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Respons
 /// A header value from text this API made (ids, mounts); an unusable one is left out.
 pub(crate) fn header_value(text: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use abi_stable::std_types::{ROption, RString, RVec, Tuple2};
+    use plugin_api::{PluginRequest, Principal};
+    use plugin_guest::Import as _;
+
+    use super::*;
+
+    fn abi_request(path: &str, headers: &[(&str, &str)], body: &[u8]) -> PluginRequest {
+        PluginRequest {
+            request_id: RString::from("req-7"),
+            method: RString::from("POST"),
+            path: RString::from(path),
+            query: RString::from("limit=2&status=failed"),
+            headers: headers
+                .iter()
+                .map(|(name, value)| Tuple2(RString::from(*name), RString::from(*value)))
+                .collect::<RVec<_>>(),
+            body: RVec::from(body.to_vec()),
+            principal: ROption::RSome(Principal {
+                name: RString::from("ops"),
+                role: Role::Developer,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_hosts_request_reaches_the_router_whole() {
+        let headers = [
+            ("content-type", "application/json"),
+            ("x-forwarded-prefix", "/api/deployment"),
+            ("x-forwarded-prefix", "/second"),
+        ];
+        let ApiRequest(imported) =
+            ApiRequest::import(abi_request("//deployments//d-1/", &headers, b"{\"a\":1}"));
+        let request = imported.unwrap_or_else(|error| panic!("not imported: {error:?}"));
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(request.uri(), "/deployments/d-1?limit=2&status=failed");
+        assert_eq!(request.headers()["content-type"], "application/json");
+        let prefixes: Vec<_> = request
+            .headers()
+            .get_all("x-forwarded-prefix")
+            .iter()
+            .collect();
+        assert_eq!(prefixes, ["/api/deployment", "/second"]);
+        assert_eq!(
+            request
+                .extensions()
+                .get::<RequestId>()
+                .map(|id| id.0.as_str()),
+            Some("req-7")
+        );
+        let caller = request.extensions().get::<Caller>().cloned();
+        assert_eq!(
+            caller,
+            Some(Caller {
+                name: "ops".into(),
+                role: Role::Developer
+            })
+        );
+        let body = request
+            .into_body()
+            .collect()
+            .await
+            .map(|collected| collected.to_bytes())
+            .unwrap_or_default();
+        assert_eq!(&body[..], b"{\"a\":1}");
+    }
+
+    #[test]
+    fn a_request_no_router_could_take_is_refused_naming_what_is_wrong() {
+        for (path, headers, wrong) in [
+            (
+                "/status",
+                vec![("bad header", "x")],
+                "\"bad header\" is not a header name",
+            ),
+            (
+                "/status",
+                vec![("x-a", "line\nbreak")],
+                "the value of header x-a",
+            ),
+            ("/sta tus", vec![], "the target is not valid"),
+        ] {
+            let ApiRequest(imported) = ApiRequest::import(abi_request(path, &headers, b""));
+            let Err(error) = imported else {
+                panic!("{path} {headers:?} was imported");
+            };
+            let text = error.to_string();
+            assert!(text.starts_with("request: cannot be read: "), "{text}");
+            assert!(text.contains(wrong), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_plain_request_imports_as_the_hosts_does() {
+        let plain = plugin_guest::Request {
+            request_id: "req-7".into(),
+            method: "POST".into(),
+            path: "//deployments//d-1/".into(),
+            query: "limit=2&status=failed".into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: b"{}".to_vec(),
+            principal: None,
+        };
+        let ApiRequest(imported) = ApiRequest::from(plain);
+        let request = imported.unwrap_or_else(|error| panic!("not imported: {error:?}"));
+        assert_eq!(request.uri(), "/deployments/d-1?limit=2&status=failed");
+        assert_eq!(request.headers()["content-type"], "application/json");
+        assert!(request.extensions().get::<Caller>().is_none());
+    }
 }
