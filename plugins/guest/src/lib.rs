@@ -427,7 +427,8 @@ pub struct Conflict {
     pub current: Option<String>,
 }
 
-/// A request as a handler takes it, made from the host's with one copy of each field.
+/// A request as a handler takes it, made from the host's with one copy of each field (the
+/// request id is also kept apart, for the log lines of a streamed answer).
 /// [`Request`] is the plain one. A handler built on a router imports into a type of its own
 /// (an `http::Request`) straight from the host's, with no [`Request`] in between: on the
 /// plugin route a copy of every field costs more than the route's own work.
@@ -443,7 +444,7 @@ impl Import for Request {
 
 /// What a plugin implements.
 pub trait Handler: Send + Sync + 'static {
-    /// What requests are imported as: [`Request`], unless the handler has a type of its own.
+    /// What requests are imported as: [`Request`], or a type of the handler's own.
     type Request: Import;
 
     fn handle(&self, request: Self::Request) -> impl Future<Output = Response> + Send;
@@ -680,9 +681,9 @@ struct Instance<H> {
 }
 
 /// Round-robin counters, one per stripe, each on lines of its own. A host thread counts on the
-/// stripe its stack lies in, so threads do not take one counter's line from each other on
-/// every request (on 8 cores, one shared counter was a line written by every host worker) and
-/// no thread-local is needed on host threads.
+/// stripe its stack lies in (usually one of its own), so threads seldom take one counter's line
+/// from each other (on 8 cores, one shared counter was a line written by every host worker on
+/// every request) and no thread-local is needed on host threads.
 struct Turns {
     stripes: [CachePadded<AtomicUsize>; TURN_STRIPES],
 }
@@ -700,7 +701,10 @@ impl Turns {
     fn next(&self, count: usize) -> usize {
         let here = 0u8;
         // Threads' stacks are megabytes apart: the megabyte a local lies in names the thread.
-        let stripe = (std::ptr::addr_of!(here) as usize >> 20) % TURN_STRIPES;
+        // Mixed, so that stacks a fixed distance apart (2 MiB each, as a runtime makes them)
+        // spread over all stripes rather than every other one.
+        let megabyte = (std::ptr::addr_of!(here) as usize >> 20) as u64;
+        let stripe = (megabyte.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % TURN_STRIPES;
         let turn = self.stripes[stripe].fetch_add(1, Ordering::Relaxed);
         turn.wrapping_add(stripe) % count
     }
@@ -783,12 +787,16 @@ fn job_future<H: Handler>(
     lane.in_flight.fetch_add(1, Ordering::SeqCst);
     let lane = Arc::clone(lane);
     async move {
+        let Job { request, reply } = job;
         // Kept for the log lines of a streamed answer.
-        let request_id = String::from(job.request.request_id.as_str());
-        let request = H::Request::import(job.request);
-        let answer = AssertUnwindSafe(lane.shared.handler.handle(request))
-            .catch_unwind()
-            .await;
+        let request_id = String::from(request.request_id.as_str());
+        // The import is plugin code too (a handler's own type may bring its own): a panic in
+        // it answers 500 like one in the handler, and never ends the dispatcher.
+        let handler = &lane.shared.handler;
+        let answer =
+            AssertUnwindSafe(async move { handler.handle(H::Request::import(request)).await })
+                .catch_unwind()
+                .await;
         let response = match answer {
             Ok(response) => response,
             Err(panic) => {
@@ -805,7 +813,7 @@ fn job_future<H: Handler>(
         };
         // A streamed answer runs plugin code too (its stream), possibly on the dispatcher's
         // first poll: a panic there ends this answer, never the dispatcher.
-        let delivered = AssertUnwindSafe(deliver(job.reply, response, &request_id))
+        let delivered = AssertUnwindSafe(deliver(reply, response, &request_id))
             .catch_unwind()
             .await;
         if let Err(panic) = delivered {

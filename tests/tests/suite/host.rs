@@ -182,16 +182,19 @@ async fn handler_panic_fails_only_that_request() {
         },
     )
     .await;
-    let (status, body) = host.get("/api/deployment/panic", Some(USER_KEY)).await;
-    assert_eq!(status, 500);
-    assert_eq!(body["error"], "plugin_panic", "{body}");
+    // A panic in the handler, and one in the import of the request (plugin code as well, run
+    // by the one dispatcher of this fixture's one worker before the handler).
+    for path in ["/api/deployment/panic", "/api/deployment/panic-import"] {
+        let (status, body) = host.get(path, Some(USER_KEY)).await;
+        assert_eq!(status, 500, "{path}");
+        assert_eq!(body["error"], "plugin_panic", "{path}: {body}");
+    }
     for _ in 0..3 {
         let (status, body) = host.get("/api/deployment/status", Some(USER_KEY)).await;
         assert_eq!((status, body["status"].as_str()), (200, Some("idle")));
-        assert_eq!(
-            host.get("/api/deployment/panic", Some(USER_KEY)).await.0,
-            500
-        );
+        for path in ["/api/deployment/panic", "/api/deployment/panic-import"] {
+            assert_eq!(host.get(path, Some(USER_KEY)).await.0, 500, "{path}");
+        }
     }
     assert_eq!(host.get("/health", None).await.0, 200);
     assert_eq!(host.plugin_status().await["state"], "active");
