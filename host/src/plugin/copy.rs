@@ -105,10 +105,11 @@ pub fn export_request(request: HostRequest) -> PluginRequest {
 /// turn. A plugin's answer that arrives meanwhile is found at once, and no task was woken for
 /// it: without this, each answer wakes its task from a plugin thread, outside the runtime, which
 /// pushes it onto the runtime's shared queue (under a lock) and moves it, with its connection,
-/// to whichever worker pops it. On an idle worker the task is polled again at once and then
-/// waits for its answer as before. One turn, not more: on 8 cores three turns cost more
-/// (`benches/ab.sh`: 0.77 against 0.74 of `/health` at 1,024 connections) than the answers
-/// they caught.
+/// to whichever worker pops it. That holds when every worker is busy, which is when it matters:
+/// like any task that yields, the queued task may wake an idle worker, which may take it. On an
+/// idle worker the task is polled again at once and then waits for its answer as before. One
+/// turn, not more: on 8 cores, at 1,024 connections, one turn gave 0.77 of `/health` where
+/// three gave 0.74 (`benches/ab.sh`).
 ///
 /// `tokio::task::yield_now` is not this: it holds the task until the worker next polls its I/O
 /// driver (a system call), which an idle worker does at once.

@@ -640,7 +640,6 @@ fn http_request<'a>(
     request_id: &str,
     caller: Option<Caller>,
 ) -> Result<http::Request<Body>, ApiError> {
-    let unreadable = |what: String| ApiError::field("request", format!("cannot be read: {what}"));
     let mut uri = String::with_capacity(path.len() + query.len() + 2);
     for segment in path.split('/').filter(|segment| !segment.is_empty()) {
         uri.push('/');
@@ -653,19 +652,31 @@ fn http_request<'a>(
         uri.push('?');
         uri.push_str(query);
     }
-    let mut map = http::HeaderMap::with_capacity(headers.len());
+    let count = headers.len();
+    let too_many = || {
+        ApiError::field(
+            "headers",
+            format!("{count} fields are more than a request may carry"),
+        )
+    };
+    let mut map = http::HeaderMap::try_with_capacity(count).map_err(|_| too_many())?;
     for (name, value) in headers {
         let name = http::HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| unreadable(format!("{name:?} is not a header name")))?;
-        let value = HeaderValue::from_str(value)
-            .map_err(|_| unreadable(format!("the value of header {name} is not valid")))?;
-        map.append(name, value);
+            .map_err(|_| ApiError::field("headers", format!("{name:?} is not a header name")))?;
+        let value = HeaderValue::from_str(value).map_err(|_| {
+            ApiError::field(
+                "headers",
+                format!("the value of {name} is not a header value"),
+            )
+        })?;
+        map.try_append(name, value).map_err(|_| too_many())?;
     }
     let mut request = http::Request::new(body.map_or_else(Body::empty, Body::from));
     *request.method_mut() = Method::from_bytes(method.as_bytes())
-        .map_err(|_| unreadable(format!("{method:?} is not a method")))?;
-    *request.uri_mut() = http::Uri::try_from(uri)
-        .map_err(|error| unreadable(format!("the target is not valid: {error}")))?;
+        .map_err(|_| ApiError::field("method", format!("{method:?} is not an HTTP method")))?;
+    *request.uri_mut() = http::Uri::try_from(uri).map_err(|error| {
+        ApiError::field("path", format!("is not a valid request target: {error}"))
+    })?;
     *request.headers_mut() = map;
     request
         .extensions_mut()
@@ -827,22 +838,22 @@ mod tests {
             (
                 "/status",
                 vec![("bad header", "x")],
-                "\"bad header\" is not a header name",
+                "headers: \"bad header\" is not a header name",
             ),
             (
                 "/status",
                 vec![("x-a", "line\nbreak")],
-                "the value of header x-a",
+                "headers: the value of x-a is not a header value",
             ),
-            ("/sta tus", vec![], "the target is not valid"),
+            ("/sta tus", vec![], "path: is not a valid request target"),
         ] {
             let ApiRequest(imported) = ApiRequest::import(abi_request(path, &headers, b""));
             let Err(error) = imported else {
                 panic!("{path} {headers:?} was imported");
             };
             let text = error.to_string();
-            assert!(text.starts_with("request: cannot be read: "), "{text}");
-            assert!(text.contains(wrong), "{text}");
+            assert!(text.starts_with(wrong), "{text}");
+            assert_eq!(error.into_response().status(), StatusCode::BAD_REQUEST);
         }
     }
 
