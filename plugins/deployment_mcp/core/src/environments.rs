@@ -737,16 +737,23 @@ pub fn from_json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T
         .map_err(|error| field_error(error.path().to_string(), error.inner().to_string()))
 }
 
-/// A serde error as a field error: `.` is serde's name for "the document itself".
+/// A serde error as a field error: `.` is serde's name for "the document itself". A missing
+/// field's path is the object it is missing from; an unknown field's path already ends with
+/// the field.
 pub fn field_error(path: String, message: String) -> FieldError {
-    let missing = ["missing field `", "unknown field `"]
-        .iter()
-        .find_map(|prefix| {
-            message
-                .strip_prefix(prefix)
-                .and_then(|rest| rest.split_once('`'))
-                .map(|(name, _)| name.to_owned())
-        });
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name.to_owned());
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name);
+    // At the top level an unknown field's path may be `.` (or the field): name the field.
+    let missing = match unknown {
+        Some(name) if path == "." => Some(name.to_owned()),
+        _ => missing,
+    };
     let field = match (path.as_str(), missing) {
         (".", Some(name)) => name,
         (".", None) => "body".to_owned(),
@@ -920,6 +927,22 @@ mod tests {
             .err()
             .is_some_and(|e| e.field == "host"));
         check(r#", "tags": {"a": 1}"#, "tags.a");
+        // An unknown field is named once, not with its own name repeated after it.
+        check(r#", "prot": 22"#, "prot");
+        let trigger = from_json_object::<crate::wire::TriggerRequest>(br#"{"environment_ids": 5}"#);
+        assert_eq!(
+            trigger.err().map(|e| e.field).as_deref(),
+            Some("environment_ids")
+        );
+        let nested = from_json_object::<crate::wire::TriggerRequest>(
+            br#"{"strategy": {"type": "rolling", "batch_sise": 2}}"#,
+        );
+        let nested = nested.err().map(|e| (e.field, e.message));
+        assert_eq!(
+            nested.as_ref().map(|e| e.0.as_str()),
+            Some("strategy.batch_sise"),
+            "{nested:?}"
+        );
         let traversal =
             base.replace(r#""environment_id": "a""#, r#""environment_id": "../x""#) + "}";
         assert!(parse_one(traversal.as_bytes())
