@@ -3,9 +3,9 @@
 //! It turns an ordinary async [`Handler`] into a [`PluginInstance`] that keeps the rules of the
 //! ABI (see `plugin-api`):
 //! - [`PluginInstance::handle`] runs on host threads, so it only pushes the job into one of the
-//!   lock-free inboxes (round robin per host thread, one inbox per worker thread) and, when that inbox's dispatcher
-//!   sleeps, writes one byte to a socket pair: atomics and a plain syscall, no runtime and no
-//!   plugin thread-locals on the host's thread;
+//!   lock-free inboxes (round robin per host thread, one inbox per worker thread) and, when that
+//!   inbox's dispatcher sleeps, writes one byte to a socket pair: atomics and a plain syscall, no
+//!   runtime and no plugin thread-locals on the host's thread;
 //! - each dispatcher task on the instance's own tokio runtime wakes on that byte and spawns the
 //!   jobs (under load it never sleeps, so requests cost no wake-up syscall at all); with one per
 //!   worker, a busy host's requests are handed out by all workers at once, not by one task;
@@ -438,7 +438,22 @@ pub trait Import: Sized + Send + 'static {
 
 impl Import for Request {
     fn import(request: PluginRequest) -> Request {
-        import_request(request)
+        Request {
+            request_id: request.request_id.into(),
+            method: request.method.into(),
+            path: request.path.into(),
+            query: request.query.into(),
+            headers: request
+                .headers
+                .into_iter()
+                .map(|Tuple2(key, value)| (String::from(key), String::from(value)))
+                .collect(),
+            body: request.body.into(),
+            principal: request.principal.into_option().map(|principal| Caller {
+                name: principal.name.into(),
+                role: principal.role,
+            }),
+        }
     }
 }
 
@@ -958,25 +973,6 @@ fn stopping() -> PluginResponse {
         "plugin_stopping",
         "the plugin instance is shutting down; retry",
     )
-}
-
-fn import_request(request: PluginRequest) -> Request {
-    Request {
-        request_id: request.request_id.into(),
-        method: request.method.into(),
-        path: request.path.into(),
-        query: request.query.into(),
-        headers: request
-            .headers
-            .into_iter()
-            .map(|Tuple2(key, value)| (String::from(key), String::from(value)))
-            .collect(),
-        body: request.body.into(),
-        principal: request.principal.into_option().map(|principal| Caller {
-            name: principal.name.into(),
-            role: principal.role,
-        }),
-    }
 }
 
 fn export_response(response: Response) -> PluginResponse {

@@ -741,19 +741,15 @@ pub fn from_json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T
 /// field's path is the object it is missing from; an unknown field's path already ends with
 /// the field.
 pub fn field_error(path: String, message: String) -> FieldError {
-    let missing = message
-        .strip_prefix("missing field `")
-        .and_then(|rest| rest.split_once('`'))
-        .map(|(name, _)| name.to_owned());
-    let unknown = message
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split_once('`'))
-        .map(|(name, _)| name);
-    // At the top level an unknown field's path may be `.` (or the field): name the field.
-    let missing = match unknown {
-        Some(name) if path == "." => Some(name.to_owned()),
-        _ => missing,
+    let named = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(name, _)| name.to_owned())
     };
+    // An unknown field's path names it already, except at the top level, where it is `.`.
+    let missing = named("missing field `")
+        .or_else(|| (path == ".").then(|| named("unknown field `")).flatten());
     let field = match (path.as_str(), missing) {
         (".", Some(name)) => name,
         (".", None) => "body".to_owned(),
