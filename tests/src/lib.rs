@@ -224,7 +224,7 @@ pub fn write_config(dir: &Path, options: &HostOptions) -> PathBuf {
     let config = format!(
         r#"[server]
 listen = "127.0.0.1:0"
-request_timeout_secs = 60
+{timeout}
 {server}
 
 [storage]
@@ -262,6 +262,12 @@ environments_file = "{environments}"
         plugin_config = options.plugin_config,
         environments = environments.display(),
         settings = options.settings,
+        // Long enough for the slowest test request, unless the test sets its own.
+        timeout = if options.server.contains("request_timeout_secs") {
+            ""
+        } else {
+            "request_timeout_secs = 60"
+        },
         server = options.server,
         extra = extra,
     );

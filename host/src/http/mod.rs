@@ -26,7 +26,7 @@ use axum::{
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
-use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer, trace::TraceLayer};
+use tower_http::{limit::RequestBodyLimitLayer, trace::TraceLayer};
 
 use crate::{
     auth::KeyRing, config::ServerConfig, plugin::slot::PluginSlot, services::events::EventBus,
@@ -111,10 +111,9 @@ pub fn router(state: AppState, keys: Arc<KeyRing>, server: &ServerConfig) -> Rou
                         .unwrap_or("");
                     tracing::debug_span!("request", id, method = %request.method(), path = %request.uri().path())
                 }))
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    Duration::from_secs(server.request_timeout_secs),
-                ))
+                .layer(layers::RequestTimeoutLayer::new(Duration::from_secs(
+                    server.request_timeout_secs,
+                )))
                 .layer(layers::AuthLayer::new(keys)),
         )
 }

@@ -392,6 +392,47 @@ async fn errors_are_json_for_unknown_routes_and_oversize_bodies() {
     assert_eq!(body["error"], "payload_too_large");
 }
 
+/// A request the plugin has not answered within `server.request_timeout_secs` gets the JSON
+/// 504, not before its limit, and the host and the plugin keep serving.
+#[tokio::test]
+async fn a_request_past_its_time_limit_answers_504_json() {
+    let dir = temp();
+    let host = TestHost::start(
+        dir.path(),
+        HostOptions {
+            plugin: Some("fixture_probe"),
+            server: "request_timeout_secs = 1".to_owned(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let gate = dir.path().join("opened-after-the-limit");
+    let held = format!("/api/deployment/held?gate={}", gate.display());
+    let started = std::time::Instant::now();
+    let (status, body) = host.get(&held, Some(USER_KEY)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (504, Some("timeout")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("request_timeout_secs")),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "not before the limit"
+    );
+
+    std::fs::write(&gate, "").expect("open the gate");
+    let (status, body) = host.get(&held, Some(USER_KEY)).await;
+    assert_eq!(status, 200, "the plugin still answers: {body}");
+    let (status, _) = host.get("/health", None).await;
+    assert_eq!(status, 200);
+}
+
 #[tokio::test]
 async fn disabled_plugins_answer_503_and_the_core_keeps_serving() {
     let dir = temp();
