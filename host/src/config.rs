@@ -39,7 +39,7 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
-    /// Longest time a request may take before the host answers 503 (streams are exempt once
+    /// Longest time a request may take before the host answers 504 (streams are exempt once
     /// their headers are sent).
     pub request_timeout_secs: u64,
     /// How long stopping waits, at most, for requests to finish and then for plugin instances

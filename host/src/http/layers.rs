@@ -1,5 +1,6 @@
-//! The host's own layers as concrete tower services: [`EdgeLayer`] (request id, metrics, the
-//! JSON error shape) outermost, [`RequestTimeoutLayer`] and [`AuthLayer`] innermost.
+//! The host's own layers as concrete tower services, outermost first: [`EdgeLayer`] (request
+//! id, metrics, the JSON error shape), then (after tracing) [`RequestTimeoutLayer`], then
+//! [`AuthLayer`].
 //!
 //! Why not `middleware::from_fn`: it boxes each request's future and clones the inner service
 //! stack per request. A request that waits on a plugin is polled again later, when those boxes
@@ -254,6 +255,7 @@ impl<S> Layer<S> for RequestTimeoutLayer {
     }
 }
 
+/// The service [`RequestTimeoutLayer`] makes.
 #[derive(Clone)]
 pub struct RequestTimeout<S> {
     inner: S,
@@ -274,8 +276,9 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         TimeoutFuture {
-            // The clock is read first: the inner call's synchronous part counts too.
-            deadline: tokio::time::Instant::now() + self.limit,
+            // The clock is read first: the inner call's synchronous part counts too. A limit
+            // past the clock's range is no limit.
+            deadline: tokio::time::Instant::now().checked_add(self.limit),
             inner: self.inner.call(request),
             turn_taken: false,
             timer: None,
@@ -284,8 +287,9 @@ where
 }
 
 pin_project! {
+    /// One request under [`RequestTimeout`]: its answer, or a bare 504 at its deadline.
     pub struct TimeoutFuture<F> {
-        deadline: tokio::time::Instant,
+        deadline: Option<tokio::time::Instant>,
         #[pin]
         inner: F,
         turn_taken: bool,
@@ -310,9 +314,11 @@ where
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
+        let Some(deadline) = *this.deadline else {
+            return Poll::Pending;
+        };
         if this.timer.is_none() {
-            this.timer
-                .set(Some(tokio::time::sleep_until(*this.deadline)));
+            this.timer.set(Some(tokio::time::sleep_until(deadline)));
         }
         match this.timer.as_pin_mut().map(|timer| timer.poll(cx)) {
             Some(Poll::Ready(())) => Poll::Ready(Ok(StatusCode::GATEWAY_TIMEOUT.into_response())),
@@ -505,7 +511,8 @@ mod tests {
             Duration::from_secs(10),
             // Polled a third time only when something wakes it: the timer it armed after its
             // turn does, at the limit. The answer is looked at first, and wins over the 504.
-            timed(Duration::from_millis(20), Some(3)),
+            // (A second long enough that the turn itself never outlasts it.)
+            timed(Duration::from_secs(1), Some(3)),
         )
         .await
         .expect("answered within the bound");

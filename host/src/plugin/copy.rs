@@ -114,8 +114,9 @@ pub fn export_request(request: HostRequest) -> PluginRequest {
 /// `tokio::task::yield_now` is not this: it holds the task until the worker next polls its I/O
 /// driver (a system call), which an idle worker does at once.
 ///
-/// The request's timeout (`http::layers::RequestTimeout`) takes its turn in the same poll, so
-/// both make one turn: a task woken while it runs is queued once. This one is still needed:
+/// The request's timeout (`http::layers::RequestTimeout`) takes its turn in the same poll when
+/// the request's body is already in, so both make one turn: a task woken while it runs is
+/// queued once. This one is still needed:
 /// without it the answer's waker would be registered before the turn, and an answer arriving
 /// within it would write to the task's state from the plugin thread.
 #[derive(Default)]
