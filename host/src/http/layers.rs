@@ -486,6 +486,18 @@ mod tests {
         assert_eq!(answer.map(|r| r.status()).ok(), Some(StatusCode::OK));
     }
 
+    /// `server.request_timeout_secs` has no upper bound: a limit past the clock's range is no
+    /// limit, not an overflow.
+    #[tokio::test]
+    async fn a_limit_past_the_clocks_range_never_fires() {
+        let (_, waker) = counting_context();
+        let mut context = Context::from_waker(&waker);
+        let mut request = pin!(timed(Duration::from_secs(u64::MAX), None));
+        for _ in 0..3 {
+            assert!(request.as_mut().poll(&mut context).is_pending());
+        }
+    }
+
     #[tokio::test]
     async fn a_request_never_answered_gets_504_at_its_limit() {
         let started = std::time::Instant::now();
