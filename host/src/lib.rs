@@ -7,3 +7,4 @@ pub mod http;
 pub mod plugin;
 pub mod server;
 pub mod services;
+mod turn;

@@ -99,6 +99,8 @@ pub struct HostOptions {
     pub settings: String,
     /// Extra lines for `[server]` (TOML).
     pub server: String,
+    /// `server.request_timeout_secs`: long enough for the slowest test request by default.
+    pub request_timeout_secs: u64,
     /// More plugins, each from a library of the workspace at its own mount.
     pub extra_plugins: Vec<ExtraPlugin>,
 }
@@ -126,6 +128,7 @@ impl Default for HostOptions {
             plugin_config: String::new(),
             settings: String::new(),
             server: String::new(),
+            request_timeout_secs: 60,
             extra_plugins: Vec::new(),
         }
     }
@@ -224,7 +227,7 @@ pub fn write_config(dir: &Path, options: &HostOptions) -> PathBuf {
     let config = format!(
         r#"[server]
 listen = "127.0.0.1:0"
-{timeout}
+request_timeout_secs = {timeout}
 {server}
 
 [storage]
@@ -262,12 +265,7 @@ environments_file = "{environments}"
         plugin_config = options.plugin_config,
         environments = environments.display(),
         settings = options.settings,
-        // Long enough for the slowest test request, unless the test sets its own.
-        timeout = if options.server.contains("request_timeout_secs") {
-            ""
-        } else {
-            "request_timeout_secs = 60"
-        },
+        timeout = options.request_timeout_secs,
         server = options.server,
         extra = extra,
     );

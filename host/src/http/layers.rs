@@ -26,7 +26,7 @@ use axum::{
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use futures_util::future::Either;
+use futures_util::{future::Either, FutureExt as _};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -34,7 +34,7 @@ use super::{
     error::{self, ApiError},
     metrics::Metrics,
 };
-use crate::auth::KeyRing;
+use crate::{auth::KeyRing, turn::AfterOthers};
 
 /// Request id, metrics and JSON errors, around everything else.
 #[derive(Clone)]
@@ -226,13 +226,8 @@ fn json_errors(response: Response) -> Response {
 ///
 /// Why not tower-http's timeout: it makes a timer for every request and arms it before it polls
 /// the request, which is two clones of the runtime's handle (a count every worker writes) and an
-/// insert into and removal from the timer wheel, per request, on every route. Why the turn: a
-/// plugin's answer that finds its task waiting wakes it from a plugin thread, outside the
-/// runtime, which pushes the task onto the runtime's shared queue (under a lock) and moves it,
-/// with its connection, to whichever worker pops it; after the turn the answer is usually there.
-/// One turn, not more: on 8 cores, at 1,024 connections, one gave 0.77 of `/health` where three
-/// gave 0.74 (`benches/ab.sh`). `tokio::task::yield_now` is not this: it holds the task until
-/// the worker next polls its I/O driver (a system call), which an idle worker does at once.
+/// insert into and removal from the timer wheel, per request, on every route. The turn is
+/// [`AfterOthers`] (why one turn, and why not `yield_now`, is there).
 #[derive(Clone)]
 pub struct RequestTimeoutLayer {
     limit: Duration,
@@ -280,7 +275,7 @@ where
             // past the clock's range is no limit.
             deadline: tokio::time::Instant::now().checked_add(self.limit),
             inner: self.inner.call(request),
-            turn_taken: false,
+            turn: AfterOthers::default(),
             timer: None,
         }
     }
@@ -292,7 +287,7 @@ pin_project! {
         deadline: Option<tokio::time::Instant>,
         #[pin]
         inner: F,
-        turn_taken: bool,
+        turn: AfterOthers,
         #[pin]
         timer: Option<tokio::time::Sleep>,
     }
@@ -309,9 +304,7 @@ where
         if let Poll::Ready(answer) = this.inner.poll(cx) {
             return Poll::Ready(answer);
         }
-        if !*this.turn_taken {
-            *this.turn_taken = true;
-            cx.waker().wake_by_ref();
+        if this.turn.poll_unpin(cx).is_pending() {
             return Poll::Pending;
         }
         let Some(deadline) = *this.deadline else {
@@ -388,11 +381,8 @@ mod tests {
         convert::Infallible,
         future::Future,
         pin::{pin, Pin},
-        sync::{
-            atomic::{AtomicUsize, Ordering},
-            Arc,
-        },
-        task::{Context, Poll, Wake, Waker},
+        sync::atomic::Ordering,
+        task::{Context, Poll},
         time::Duration,
     };
 
@@ -404,6 +394,7 @@ mod tests {
     use tower::{service_fn, Layer, Service};
 
     use super::RequestTimeoutLayer;
+    use crate::turn::counting_waker;
 
     /// An answer that is ready on the given poll (counting from 1), never when `None`. It never
     /// wakes its task itself: anything that polls it again was queued by someone else.
@@ -435,41 +426,28 @@ mod tests {
             .call(Request::new(axum::body::Body::empty()))
     }
 
-    struct CountWakes(AtomicUsize);
-
-    impl Wake for CountWakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn counting_context() -> (Arc<CountWakes>, Waker) {
-        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
-        (Arc::clone(&wakes), Waker::from(wakes))
-    }
-
     #[tokio::test]
     async fn an_answer_ready_at_once_takes_no_turn() {
-        let (wakes, waker) = counting_context();
+        let (wakes, waker) = counting_waker();
         let mut request = pin!(timed(Duration::from_secs(30), Some(1)));
         let answer = request.as_mut().poll(&mut Context::from_waker(&waker));
         assert!(
             matches!(answer, Poll::Ready(Ok(ref response)) if response.status() == StatusCode::OK)
         );
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        assert_eq!(wakes.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
     async fn a_waiting_request_gets_one_turn_only() {
-        let (wakes, waker) = counting_context();
+        let (wakes, waker) = counting_waker();
         let mut context = Context::from_waker(&waker);
         let mut request = pin!(timed(Duration::from_secs(30), None));
         assert!(request.as_mut().poll(&mut context).is_pending());
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "queued again at once");
+        assert_eq!(wakes.load(Ordering::SeqCst), 1, "queued again at once");
         assert!(request.as_mut().poll(&mut context).is_pending());
         assert!(request.as_mut().poll(&mut context).is_pending());
         assert_eq!(
-            wakes.0.load(Ordering::SeqCst),
+            wakes.load(Ordering::SeqCst),
             1,
             "only one turn: after it the request waits for its answer or its timer"
         );
@@ -490,7 +468,7 @@ mod tests {
     /// limit, not an overflow.
     #[tokio::test]
     async fn a_limit_past_the_clocks_range_never_fires() {
-        let (_, waker) = counting_context();
+        let (_, waker) = counting_waker();
         let mut context = Context::from_waker(&waker);
         let mut request = pin!(timed(Duration::from_secs(u64::MAX), None));
         for _ in 0..3 {

@@ -6,6 +6,8 @@ use abi_stable::std_types::{ROption, RString, RVec, Tuple2};
 use axum::body::Bytes;
 use plugin_api::{PluginRequest, Principal as AbiPrincipal, Role};
 
+use crate::turn::AfterOthers;
+
 use super::{
     bridge::{self, HostResponse},
     loader::{BuildInfo, LoadedPlugin},
@@ -69,6 +71,10 @@ impl PluginCopy {
             PluginCopy::InProcess(loaded) => {
                 let (sink, answer) = bridge::reply_channel();
                 loaded.handle(export_request(request), sink);
+                // The request's timeout takes its turn in the same poll when the request's
+                // body is already in, so the two are one turn. This one is still needed: without
+                // it the answer's waker would be registered before the turn, and an answer
+                // arriving within it would write to the task's state from the plugin thread.
                 AfterOthers::default().await;
                 answer.await.map_err(|_| CallError::Unanswered)
             }
@@ -97,80 +103,5 @@ pub fn export_request(request: HostRequest) -> PluginRequest {
             }),
             None => ROption::RNone,
         },
-    }
-}
-
-/// Gives the worker to the tasks queued behind this one once, without waiting for anything: the
-/// task goes to the back of its worker's queue and is polled again when the others had their
-/// turn. A plugin's answer that arrives meanwhile is found at once, and no task was woken for
-/// it: without this, each answer wakes its task from a plugin thread, outside the runtime, which
-/// pushes it onto the runtime's shared queue (under a lock) and moves it, with its connection,
-/// to whichever worker pops it. That holds when every worker is busy, which is when it matters:
-/// like any task that yields, the queued task may wake an idle worker, which may take it. On an
-/// idle worker the task is polled again at once and then waits for its answer as before. One
-/// turn, not more: on 8 cores, at 1,024 connections, one turn gave 0.77 of `/health` where
-/// three gave 0.74 (`benches/ab.sh`).
-///
-/// `tokio::task::yield_now` is not this: it holds the task until the worker next polls its I/O
-/// driver (a system call), which an idle worker does at once.
-///
-/// The request's timeout (`http::layers::RequestTimeout`) takes its turn in the same poll when
-/// the request's body is already in, so both make one turn: a task woken while it runs is
-/// queued once. This one is still needed:
-/// without it the answer's waker would be registered before the turn, and an answer arriving
-/// within it would write to the task's state from the plugin thread.
-#[derive(Default)]
-struct AfterOthers {
-    yielded: bool,
-}
-
-impl std::future::Future for AfterOthers {
-    type Output = ();
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        context: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if self.yielded {
-            return std::task::Poll::Ready(());
-        }
-        self.yielded = true;
-        context.waker().wake_by_ref();
-        std::task::Poll::Pending
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::{
-        future::Future,
-        pin::pin,
-        sync::{
-            atomic::{AtomicUsize, Ordering},
-            Arc,
-        },
-        task::{Context, Poll, Wake, Waker},
-    };
-
-    use super::AfterOthers;
-
-    struct CountWakes(AtomicUsize);
-
-    impl Wake for CountWakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    #[test]
-    fn a_turn_for_the_others_queues_the_task_once_and_ends_on_its_next_poll() {
-        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
-        let waker = Waker::from(Arc::clone(&wakes));
-        let mut context = Context::from_waker(&waker);
-        let mut turn = pin!(AfterOthers::default());
-        assert_eq!(turn.as_mut().poll(&mut context), Poll::Pending);
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "queued again at once");
-        assert_eq!(turn.as_mut().poll(&mut context), Poll::Ready(()));
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "and only once");
     }
 }

@@ -401,7 +401,7 @@ async fn a_request_past_its_time_limit_answers_504_json() {
         dir.path(),
         HostOptions {
             plugin: Some("fixture_probe"),
-            server: "request_timeout_secs = 1".to_owned(),
+            request_timeout_secs: 1,
             ..Default::default()
         },
     )
