@@ -833,7 +833,8 @@
     $('log-meta').textContent = 'Loading…';
     const lines = clear($('log-lines'));
     if (!dialog.open) dialog.showModal();
-    const result = await api('GET', `${API}/deployments/${encodeURIComponent(entry.deployment_id)}/logs`);
+    // The newest lines: a log may hold more than one page.
+    const result = await api('GET', `${API}/deployments/${encodeURIComponent(entry.deployment_id)}/logs?tail=10000`);
     if (result.stale || state.logDialogId !== entry.deployment_id) return;
     if (!result.ok || !result.body) {
       if (result.status === 403) lostDetails();
@@ -843,7 +844,9 @@
     const body = result.body;
     const list = Array.isArray(body.lines) ? body.lines : [];
     const parts = [`status ${body.status}`, `${list.length} line${list.length === 1 ? '' : 's'}`];
-    if (body.total_lines && body.total_lines > list.length) parts.push(`${body.total_lines - list.length} older lines were not kept`);
+    const stored = typeof body.stored_lines === 'number' ? body.stored_lines : list.length;
+    if (body.first_line > 0) parts.push(`the last ${list.length} of ${stored} stored lines`);
+    if (body.total_lines && body.total_lines > stored) parts.push(`${body.total_lines - stored} lines past the log limit were not kept`);
     if (!body.complete) parts.push('still running: new lines appear live');
     $('log-meta').textContent = parts.join(' · ');
     dialog.dataset.complete = String(Boolean(body.complete));

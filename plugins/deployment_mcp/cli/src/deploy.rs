@@ -487,14 +487,22 @@ impl Watch {
         if !self.follow_logs {
             return;
         }
-        let path = format!("/deployments/{}/logs", self.id);
-        let Ok(answer) = backend.fetch::<LogsAnswer>("GET", &path, None, 200).await else {
-            return;
-        };
-        for line in answer.lines.iter().skip(self.printed_logs) {
-            self.display.log(line);
+        // Page by page from the first line not printed: each call reads only the new lines.
+        loop {
+            let path = format!("/deployments/{}/logs?from={}", self.id, self.printed_logs);
+            let Ok(answer) = backend.fetch::<LogsAnswer>("GET", &path, None, 200).await else {
+                return;
+            };
+            for line in &answer.lines {
+                self.display.log(line);
+            }
+            self.printed_logs = self
+                .printed_logs
+                .max(answer.first_line as usize + answer.lines.len());
+            if answer.next_from.is_none() || answer.lines.is_empty() {
+                return;
+            }
         }
-        self.printed_logs = self.printed_logs.max(answer.lines.len());
     }
 }
 

@@ -44,6 +44,7 @@ use crate::{
         Run, RunOwner, Start, StopHandle, StopReason,
     },
     settings::Settings,
+    store::LogPosition,
     triggers::{timestamp, LogStream},
     wire::{self, DeletedEvent, HealthEvent, HealthView, View},
 };
@@ -314,12 +315,6 @@ impl Coordinator {
         Ok(recovered)
     }
 
-    async fn next_log_chunk(&self, deployment_id: &str) -> Result<u64, StoreError> {
-        crate::store::DeploymentStore::new(self.records.clone())
-            .next_log_chunk(deployment_id)
-            .await
-    }
-
     /// Starts a deployment and returns its first record; the run goes on in the background.
     pub async fn start(
         self: &Arc<Self>,
@@ -434,26 +429,33 @@ impl Coordinator {
                 )
             })
             .collect();
-        self.spawn_run(record.clone(), targets, pending, ec2, 0, Start::Fresh);
+        self.spawn_run(
+            record.clone(),
+            targets,
+            pending,
+            ec2,
+            LogPosition::default(),
+            Start::Fresh,
+        );
         Ok(record)
     }
 
     /// Starts the task that runs `record` (its environments `targets`, their results so far
-    /// `results`, its log continuing at chunk `next_chunk`) from `start`.
+    /// `results`, its log continuing at `log`) from `start`.
     fn spawn_run(
         self: &Arc<Self>,
         record: DeploymentRecord,
         targets: Vec<Environment>,
         results: HashMap<String, TargetRecord>,
         ec2: Option<ec2::Ec2Settings>,
-        next_chunk: u64,
+        log: LogPosition,
         start: Start,
     ) {
         let id = record.deployment_id.clone();
         let (writer, _writer_task) = RunWriter::start(WriterSetup {
             records: self.records.clone(),
             deployment_id: id.clone(),
-            next_chunk,
+            log,
             max_log_lines: self.settings.max_log_lines as u64,
             request_id: record.request_id.clone().filter(|id| !id.is_empty()),
             status: record.status,

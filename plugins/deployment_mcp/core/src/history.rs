@@ -77,11 +77,15 @@ fn by_environment_key(environment: &str, history_key: &str) -> String {
 }
 
 /// The write that makes a finished deployment `environment`'s last one.
-fn last_deployment_op(entry: &HistoryEntry, environment: &str) -> Result<StoreOp, StoreError> {
+fn last_deployment_op(
+    entry: &HistoryEntry,
+    failed: &std::collections::HashSet<&str>,
+    environment: &str,
+) -> Result<StoreOp, StoreError> {
     let last = LastDeployment {
         deployment_id: entry.deployment_id.clone(),
         status: entry.status,
-        succeeded: !entry.failed_environments.iter().any(|e| e == environment),
+        succeeded: !failed.contains(environment),
         finished_at: entry.finished_at.clone(),
     };
     Ok(StoreOp::put(
@@ -89,6 +93,15 @@ fn last_deployment_op(entry: &HistoryEntry, environment: &str) -> Result<StoreOp
         environment,
         records::encode(index::LAST_DEPLOYMENT, environment, &last)?,
     ))
+}
+
+/// The environments a history entry lists as failed.
+fn failed_set(entry: &HistoryEntry) -> std::collections::HashSet<&str> {
+    entry
+        .failed_environments
+        .iter()
+        .map(String::as_str)
+        .collect()
 }
 
 /// The writes that index a deployment just recorded (its history entry is written beside them).
@@ -136,8 +149,10 @@ pub fn moved_ops(
         records::encode(index::BY_STATUS, &status_key, entry)?,
     ));
     if entry.status.is_terminal() && !from.is_terminal() {
+        // A set, so a deployment of many environments with many failures is not quadratic.
+        let failed = failed_set(entry);
         for environment in &entry.environments {
-            ops.push(last_deployment_op(entry, environment)?);
+            ops.push(last_deployment_op(entry, &failed, environment)?);
         }
     }
     Ok(ops)
@@ -480,6 +495,7 @@ impl History {
                     records::encode(index::BY_STATUS, &status_key, &entry)?,
                 ));
                 *counts.entry(entry.status.as_str()).or_default() += 1;
+                let failed = failed_set(&entry);
                 for environment in &entry.environments {
                     ops.push(StoreOp::put(
                         index::BY_ENVIRONMENT,
@@ -489,7 +505,7 @@ impl History {
                     *environment_counts.entry(environment.clone()).or_default() += 1;
                     // Newest first: the first finished entry seen is the last deployment.
                     if entry.status.is_terminal() && last_seen.insert(environment.clone()) {
-                        ops.push(last_deployment_op(&entry, environment)?);
+                        ops.push(last_deployment_op(&entry, &failed, environment)?);
                     }
                 }
                 indexed += 1;

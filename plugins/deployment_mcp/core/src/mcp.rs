@@ -576,13 +576,6 @@ impl<C: ApiClient> McpServer<C> {
         caller: Option<&Caller>,
         arguments: LogArguments,
     ) -> Result<Value, ToolError> {
-        let answer = self
-            .get(
-                caller,
-                &format!("/deployments/{}/logs", segment(&arguments.id)),
-            )
-            .await?;
-        let lines = answer["lines"].as_array().cloned().unwrap_or_default();
         let bounded = |value: Option<usize>, field: &str| match value {
             Some(0) => Err(ToolError::field(field, "must be at least 1")),
             Some(n) if n > MAX_LOG_LINES => Err(ToolError::field(
@@ -591,21 +584,28 @@ impl<C: ApiClient> McpServer<C> {
             )),
             other => Ok(other.unwrap_or(100)),
         };
-        let (first, count) = match arguments.offset {
-            Some(offset) => (offset.min(lines.len()), bounded(arguments.limit, "limit")?),
-            None => {
-                let tail = bounded(arguments.tail, "tail")?;
-                (lines.len().saturating_sub(tail), tail)
-            }
+        // The API reads only the chunks that hold the lines asked for.
+        let query = match arguments.offset {
+            Some(offset) => format!("from={offset}&limit={}", bounded(arguments.limit, "limit")?),
+            None => format!("tail={}", bounded(arguments.tail, "tail")?),
         };
-        let page: Vec<Value> = lines.iter().skip(first).take(count).cloned().collect();
+        let mut answer = self
+            .get(
+                caller,
+                &format!("/deployments/{}/logs?{query}", segment(&arguments.id)),
+            )
+            .await?;
+        let first = answer["first_line"].as_u64().unwrap_or(0);
+        let stored = answer["stored_lines"].as_u64().unwrap_or(0);
+        let page = answer["lines"].take();
+        let returned = page.as_array().map_or(0, Vec::len) as u64;
         Ok(json!({
             "deployment_id": answer["deployment_id"],
             "status": answer["status"],
             "complete": answer["complete"],
             "total_lines": answer["total_lines"],
             "first_line": first,
-            "truncated": first > 0 || first + page.len() < lines.len(),
+            "truncated": first > 0 || first + returned < stored,
             "lines": page,
         }))
     }

@@ -69,6 +69,11 @@ impl From<StoreError> for String {
 
 /// The largest page the store hands out.
 const PAGE: u32 = 10_000;
+/// The first page of a prefix scan. Pages grow fourfold up to [`PAGE`]: the store has no end
+/// bound, so a page may run past the prefix into the next keys, and a small first page keeps a
+/// scan of a few rows from reading thousands of others' (a deployment's rows are followed by
+/// every later deployment's).
+const FIRST_SCAN_PAGE: u32 = 64;
 
 #[derive(Clone)]
 pub struct Records {
@@ -169,9 +174,11 @@ impl Records {
         } else {
             Some(prefix_floor(prefix))
         };
+        let mut size = FIRST_SCAN_PAGE;
         loop {
-            let page = self.page(collection, after.clone(), PAGE).await?;
-            let full = page.len() == PAGE as usize;
+            let page = self.page(collection, after.clone(), size).await?;
+            let full = page.len() == size as usize;
+            size = size.saturating_mul(4).min(PAGE);
             for (key, text) in page {
                 if !key.starts_with(prefix) {
                     if key.as_str() > prefix {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     deployment::{DeploymentRecord, TargetRecord},
-    records::{collection, Records, StoreError},
+    records::{collection, log_key, Records, StoreError},
     triggers::LogLine,
 };
 
@@ -22,8 +22,61 @@ pub struct DeploymentStore {
     records: Records,
 }
 
-/// One stored chunk of a deployment's log: its key (to continue after it) and its lines.
-pub type LogChunk = (String, Vec<LogLine>);
+/// One chunk of a deployment's log as stored: the number of its first line among the stored
+/// lines, so a page of the log is found by a binary search over the chunks' numbers (which are
+/// dense: 0, 1, 2…) instead of a walk over every chunk before it. Chunks written before the
+/// number was kept are a bare array; a log holding one is walked from its start.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StoredChunk {
+    Numbered { first: u64, lines: Vec<LogLine> },
+    Unnumbered(Vec<LogLine>),
+}
+
+impl StoredChunk {
+    fn first(&self) -> Option<u64> {
+        match self {
+            StoredChunk::Numbered { first, .. } => Some(*first),
+            StoredChunk::Unnumbered(_) => None,
+        }
+    }
+
+    fn lines(&self) -> &[LogLine] {
+        match self {
+            StoredChunk::Numbered { lines, .. } | StoredChunk::Unnumbered(lines) => lines,
+        }
+    }
+
+    fn into_lines(self) -> Vec<LogLine> {
+        match self {
+            StoredChunk::Numbered { lines, .. } | StoredChunk::Unnumbered(lines) => lines,
+        }
+    }
+}
+
+/// A chunk as it is written: its first line's number and its lines, borrowed.
+#[derive(Serialize)]
+pub struct ChunkToStore<'a> {
+    pub first: u64,
+    pub lines: &'a [LogLine],
+}
+
+/// Where a deployment's log goes on: the number of the next chunk, and of the next stored line
+/// (the number of lines stored so far).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogPosition {
+    pub chunk: u64,
+    pub line: u64,
+}
+
+/// A part of a deployment's log: its lines, the number of the first among the stored lines,
+/// and the end of the log as it was read.
+#[derive(Debug, Default)]
+pub struct LogPage {
+    pub first_line: u64,
+    pub lines: Vec<LogLine>,
+    pub end: LogPosition,
+}
 
 impl DeploymentStore {
     pub fn new(records: Records) -> DeploymentStore {
@@ -45,45 +98,217 @@ impl DeploymentStore {
             .collect())
     }
 
-    /// Every stored chunk of the deployment's log, in order.
-    pub async fn log_chunks(&self, id: &str) -> Result<Vec<LogChunk>, StoreError> {
-        self.records.scan(collection::LOGS, &prefix(id)).await
-    }
-
-    /// Up to `limit` chunks after the chunk key `after` (from the start when `None`).
-    pub async fn log_chunks_after(
+    /// Chunk `number` of the deployment's log, if it is stored.
+    pub async fn log_chunk(
         &self,
         id: &str,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<LogChunk>, StoreError> {
-        let start = after.map_or_else(|| prefix(id), str::to_owned);
-        let rows = self
-            .records
-            .page(collection::LOGS, Some(start), limit)
-            .await?;
-        let own = prefix(id);
-        let mut chunks = Vec::with_capacity(rows.len());
-        for (key, text) in rows {
-            if !key.starts_with(&own) {
-                break;
-            }
-            let lines = serde_json::from_str::<Vec<LogLine>>(&text).unwrap_or_default();
-            chunks.push((key, lines));
-        }
-        Ok(chunks)
+        number: u64,
+    ) -> Result<Option<StoredChunk>, StoreError> {
+        self.records
+            .get(collection::LOGS, &log_key(id, number))
+            .await
     }
 
-    /// The number the deployment's next log chunk gets (after every stored one).
-    pub async fn next_log_chunk(&self, id: &str) -> Result<u64, StoreError> {
-        let chunks = self
+    async fn has_log_chunk(&self, id: &str, number: u64) -> Result<bool, StoreError> {
+        Ok(self
             .records
-            .scan::<serde_json::Value>(collection::LOGS, &prefix(id))
-            .await?;
-        Ok(chunks
-            .last()
-            .and_then(|(key, _)| key.rsplit('/').next()?.parse::<u64>().ok())
-            .map_or(0, |last| last + 1))
+            .get_raw(collection::LOGS, &log_key(id, number))
+            .await?
+            .is_some())
+    }
+
+    /// The number of the deployment's last stored chunk, if any: a doubling search, then a
+    /// binary one, over the dense chunk numbers (about 2·log₂ of the chunk count reads, none
+    /// of them a scan).
+    async fn last_log_chunk(&self, id: &str) -> Result<Option<u64>, StoreError> {
+        if !self.has_log_chunk(id, 0).await? {
+            return Ok(None);
+        }
+        // Invariant: chunk `present` is stored, chunk `absent` is not.
+        let (mut present, mut absent) = (0u64, 1u64);
+        while self.has_log_chunk(id, absent).await? {
+            present = absent;
+            absent = absent.saturating_mul(2);
+        }
+        while absent - present > 1 {
+            let middle = present + (absent - present) / 2;
+            if self.has_log_chunk(id, middle).await? {
+                present = middle;
+            } else {
+                absent = middle;
+            }
+        }
+        Ok(Some(present))
+    }
+
+    /// Where the deployment's log goes on, and its last chunk.
+    async fn log_end(&self, id: &str) -> Result<(LogPosition, Option<StoredChunk>), StoreError> {
+        let Some(last) = self.last_log_chunk(id).await? else {
+            return Ok((LogPosition::default(), None));
+        };
+        let Some(chunk) = self.log_chunk(id, last).await? else {
+            return Ok((LogPosition::default(), None));
+        };
+        let line = match chunk.first() {
+            Some(first) => first + chunk.lines().len() as u64,
+            // A log written before chunks were numbered: counted once, chunk by chunk.
+            None => self.unnumbered_starts(id, last).await?.1,
+        };
+        Ok((
+            LogPosition {
+                chunk: last + 1,
+                line,
+            },
+            Some(chunk),
+        ))
+    }
+
+    /// Where the deployment's log goes on (after every stored chunk and line).
+    pub async fn log_position(&self, id: &str) -> Result<LogPosition, StoreError> {
+        Ok(self.log_end(id).await?.0)
+    }
+
+    /// For a log with unnumbered chunks: the first line of each of chunks `0..=last`, and the
+    /// number of lines in them all (one pass over them).
+    async fn unnumbered_starts(&self, id: &str, last: u64) -> Result<(Vec<u64>, u64), StoreError> {
+        let mut starts = Vec::new();
+        let mut line = 0u64;
+        for number in 0..=last {
+            let lines = self
+                .log_chunk(id, number)
+                .await?
+                .map_or(0, |chunk| chunk.lines().len() as u64);
+            starts.push(line);
+            line += lines;
+        }
+        Ok((starts, line))
+    }
+
+    /// The last `count` stored lines of the deployment's log: the chunks read from the end
+    /// back, only as many as hold them.
+    pub async fn log_tail(&self, id: &str, count: usize) -> Result<LogPage, StoreError> {
+        let (end, last) = self.log_end(id).await?;
+        let Some(last) = last else {
+            return Ok(LogPage::default());
+        };
+        let mut chunks = vec![last.into_lines()];
+        let mut held = chunks[0].len();
+        let mut number = end.chunk - 1;
+        while held < count && number > 0 {
+            number -= 1;
+            let Some(chunk) = self.log_chunk(id, number).await? else {
+                break;
+            };
+            let lines = chunk.into_lines();
+            held += lines.len();
+            chunks.push(lines);
+        }
+        let mut lines: Vec<LogLine> = chunks.into_iter().rev().flatten().collect();
+        let lines = lines.split_off(lines.len().saturating_sub(count));
+        Ok(LogPage {
+            first_line: end.line.saturating_sub(lines.len() as u64),
+            lines,
+            end,
+        })
+    }
+
+    /// Up to `limit` stored lines of the deployment's log from line `from` on: a binary search
+    /// for the chunk that holds `from`, then the chunks from it on, only as many as hold the
+    /// page.
+    pub async fn log_page(&self, id: &str, from: u64, limit: usize) -> Result<LogPage, StoreError> {
+        let (end, last) = self.log_end(id).await?;
+        let Some(last) = last else {
+            return Ok(LogPage::default());
+        };
+        if from >= end.line || limit == 0 {
+            return Ok(LogPage {
+                first_line: from.min(end.line),
+                lines: Vec::new(),
+                end,
+            });
+        }
+        let last_number = end.chunk - 1;
+        // A log whose first chunk is numbered has every chunk numbered (a log is numbered from
+        // its start or continued from an unnumbered one, whose lines are then counted).
+        let numbered = match last.first() {
+            Some(_) => self
+                .log_chunk(id, 0)
+                .await?
+                .is_none_or(|chunk| chunk.first().is_some()),
+            None => false,
+        };
+        // The chunk holding line `from`, and its first line.
+        let (mut number, mut first) = match numbered {
+            true => self.numbered_chunk_holding(id, from, last_number).await?,
+            false => {
+                let (starts, _) = self.unnumbered_starts(id, last_number).await?;
+                let number = starts
+                    .partition_point(|start| *start <= from)
+                    .saturating_sub(1);
+                (number as u64, starts.get(number).copied().unwrap_or(0))
+            }
+        };
+        let mut lines = Vec::new();
+        while lines.len() < limit && number <= last_number {
+            let Some(chunk) = self.log_chunk(id, number).await? else {
+                break;
+            };
+            let held = chunk.into_lines();
+            let count = held.len() as u64;
+            let skip = from.saturating_sub(first) as usize;
+            lines.extend(held.into_iter().skip(skip).take(limit - lines.len()));
+            first += count;
+            number += 1;
+        }
+        Ok(LogPage {
+            first_line: from,
+            lines,
+            end,
+        })
+    }
+
+    /// The number of the numbered chunk that holds line `line`, and its first line: the last
+    /// chunk among `0..=last` whose first line is at most `line`.
+    async fn numbered_chunk_holding(
+        &self,
+        id: &str,
+        line: u64,
+        last: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        // Invariant: chunk `low` starts at or before `line`; chunks after `high` start after it.
+        let (mut low, mut low_first, mut high) = (0u64, 0u64, last);
+        while low < high {
+            let middle = low + (high - low).div_ceil(2);
+            let first = self
+                .log_chunk(id, middle)
+                .await?
+                .and_then(|chunk| chunk.first())
+                .unwrap_or(u64::MAX);
+            if first <= line {
+                (low, low_first) = (middle, first);
+            } else {
+                high = middle - 1;
+            }
+        }
+        Ok((low, low_first))
+    }
+
+    /// Up to `limit` chunks from chunk number `from` on, each with its number, stopping at the
+    /// first one not stored: what a followed log reads next.
+    pub async fn log_chunks_from(
+        &self,
+        id: &str,
+        from: u64,
+        limit: u64,
+    ) -> Result<Vec<Vec<LogLine>>, StoreError> {
+        let mut chunks = Vec::new();
+        for number in from..from.saturating_add(limit) {
+            match self.log_chunk(id, number).await? {
+                Some(chunk) => chunks.push(chunk.into_lines()),
+                None => break,
+            }
+        }
+        Ok(chunks)
     }
 
     /// The records of the deployments running now (any copy's).

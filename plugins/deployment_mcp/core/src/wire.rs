@@ -521,7 +521,17 @@ pub struct LogsAnswer {
     pub status: Phase,
     /// Whether the deployment has ended (no more lines will come).
     pub complete: bool,
+    /// Lines the deployment wrote, kept or not (past `max_log_lines` they are counted only).
     pub total_lines: u64,
+    /// Lines stored so far: the log's pages cover `0..stored_lines`.
+    #[serde(default)]
+    pub stored_lines: u64,
+    /// The number of the first line in `lines` among the stored lines.
+    #[serde(default)]
+    pub first_line: u64,
+    /// Where the next page starts (`?from=`), while stored lines follow this page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_from: Option<u64>,
     pub lines: Vec<LogLine>,
 }
 

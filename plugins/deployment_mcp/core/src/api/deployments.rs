@@ -23,7 +23,6 @@ use crate::{
     environments::{check_id, from_json_object},
     history::{Filter, History},
     store::{DeploymentStore, IdempotencyRecord, IdempotencyStore},
-    triggers::LogLine,
     wire::{
         Accepted, Cancelling, DeploymentDetail, DeploymentEntry, HistoryPage, LogEnd, LogsAnswer,
         TargetResult, TriggerRequest, View,
@@ -34,6 +33,10 @@ use crate::{
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// Log lines included in a deployment's detail (all of them are at `/logs`).
 const DETAIL_LOG_LINES: usize = 200;
+/// The most lines one page of `/logs` holds (and what it holds when no `limit` is given).
+pub(crate) const LOG_PAGE_LINES: usize = 10_000;
+/// Chunks a followed log reads at most per poll.
+const FOLLOW_CHUNKS: u64 = 100;
 /// How long a request waits for a concurrent one with the same `Idempotency-Key` to start its
 /// deployment.
 const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(10);
@@ -49,16 +52,6 @@ impl ApiState {
             .record(id)
             .await?
             .ok_or_else(|| ApiError::not_found("deployment", id))
-    }
-
-    async fn log_lines(&self, id: &str) -> Result<Vec<LogLine>, ApiError> {
-        Ok(self
-            .deployments()
-            .log_chunks(id)
-            .await?
-            .into_iter()
-            .flat_map(|(_, chunk)| chunk)
-            .collect())
     }
 }
 
@@ -93,20 +86,25 @@ pub(crate) async fn detail(State(api): Shared, Id(id): Id) -> Answer {
         .iter()
         .map(|target| TargetResult::new(target, View::Details))
         .collect();
-    let mut lines = api.log_lines(&id).await?;
-    let skip = lines.len().saturating_sub(DETAIL_LOG_LINES);
-    let logs = lines.split_off(skip);
+    // Only the chunks that hold the last lines are read, however long the log is.
+    let tail = api.deployments().log_tail(&id, DETAIL_LOG_LINES).await?;
     Ok(json(
         StatusCode::OK,
-        &DeploymentDetail::new(record, results, logs, skip > 0),
+        &DeploymentDetail::new(record, results, tail.lines, tail.first_line > 0),
     ))
 }
 
 #[utoipa::path(
     get, path = "/deployments/{id}/logs", tag = "deployment",
-    params(crate::wire::DeploymentId, ("follow" = Option<bool>, Query, description = "Stream NDJSON lines until the deployment ends")),
+    params(
+        crate::wire::DeploymentId,
+        ("follow" = Option<bool>, Query, description = "Stream NDJSON lines until the deployment ends"),
+        ("from" = Option<u64>, Query, description = "The first stored line of the page (0 when absent); the answer's `next_from` continues it"),
+        ("limit" = Option<u64>, Query, description = "Lines in the page, 1 to 10000 (10000 when absent)"),
+        ("tail" = Option<u64>, Query, description = "The last lines instead, 1 to 10000; not with `from`"),
+    ),
     responses(
-        (status = 200, description = "The whole log, or with `follow` a stream of lines", content(
+        (status = 200, description = "A page of the log (the first 10,000 lines when no parameter is given), or with `follow` a stream of lines", content(
             (crate::wire::LogsAnswer = "application/json"),
             (crate::triggers::LogLine = "application/x-ndjson"),
         )),
@@ -125,15 +123,42 @@ pub(crate) async fn logs(State(api): Shared, Id(id): Id, params: Params) -> Answ
         }
     };
     if !follow {
-        let lines = api.log_lines(&id).await?;
+        let limit = params.number("limit", LOG_PAGE_LINES, 1..=LOG_PAGE_LINES)?;
+        let page =
+            match (params.get("from"), params.get("tail")) {
+                (Some(_), Some(_)) => return Err(ApiError::field(
+                    "tail",
+                    "give either from (a page from a line on) or tail (the last lines), not both",
+                )),
+                (_, Some(_)) => {
+                    let tail = params.number("tail", LOG_PAGE_LINES, 1..=LOG_PAGE_LINES)?;
+                    api.deployments().log_tail(&id, tail).await?
+                }
+                (from, None) => {
+                    let from = match from {
+                        None => 0,
+                        Some(text) => text.parse::<u64>().map_err(|_| {
+                            ApiError::field(
+                                "from",
+                                format!("{text:?} is not a line number (0 or more)"),
+                            )
+                        })?,
+                    };
+                    api.deployments().log_page(&id, from, limit).await?
+                }
+            };
+        let after = page.first_line + page.lines.len() as u64;
         return Ok(json(
             StatusCode::OK,
             &LogsAnswer {
-                total_lines: record.log_lines.max(lines.len() as u64),
+                total_lines: record.log_lines.max(page.end.line),
+                stored_lines: page.end.line,
+                first_line: page.first_line,
+                next_from: (after < page.end.line).then_some(after),
                 deployment_id: id,
                 status: record.status,
                 complete: record.status.is_terminal(),
-                lines,
+                lines: page.lines,
             },
         ));
     }
@@ -510,48 +535,44 @@ pub(crate) async fn history(State(api): Shared, params: Params) -> Answer {
 }
 
 /// NDJSON of a deployment's log: what is stored, then new lines as they are stored, until the
-/// deployment ends (a last [`LogEnd`] line says how) or the instance stops.
+/// deployment ends (a last [`LogEnd`] line says how) or the instance stops. Each poll reads the
+/// chunks after the last one sent, by number; the record only when none came.
 fn follow_stream(
     deployments: DeploymentStore,
     id: String,
     stop: CancellationToken,
 ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::convert::Infallible>> + Send {
-    let state = (deployments, id, None::<String>, false, stop);
+    let state = (deployments, id, 0u64, false, stop);
     futures_util::stream::unfold(
         state,
-        |(deployments, id, mut after, ended, stop)| async move {
+        |(deployments, id, mut next, ended, stop)| async move {
             if ended {
                 return None;
             }
             loop {
-                // Read the status first: lines stored before it ended are then all visible.
+                let (out, read) = follow_read(&deployments, &id, next).await;
+                next += read;
+                if !out.is_empty() {
+                    return Some((Ok(out), (deployments, id, next, false, stop)));
+                }
                 let status = deployments
                     .record(&id)
                     .await
                     .ok()
                     .flatten()
                     .map(|record| record.status);
-                let chunks = deployments
-                    .log_chunks_after(&id, after.as_deref(), 100)
-                    .await
-                    .unwrap_or_default();
-                let mut out = Vec::new();
-                for (key, lines) in chunks {
-                    for line in lines {
-                        out.extend(serde_json::to_vec(&line).unwrap_or_default());
-                        out.push(b'\n');
-                    }
-                    after = Some(key);
-                }
-                if !out.is_empty() {
-                    return Some((Ok(out), (deployments, id, after, false, stop)));
-                }
                 match status {
                     Some(status) if status.is_terminal() => {
-                        let mut end =
-                            serde_json::to_vec(&LogEnd { end: true, status }).unwrap_or_default();
-                        end.push(b'\n');
-                        return Some((Ok(end), (deployments, id, after, true, stop)));
+                        // Lines stored before it ended are visible now: send them first.
+                        let (mut out, read) = follow_read(&deployments, &id, next).await;
+                        next += read;
+                        let ended = out.is_empty();
+                        if ended {
+                            out = serde_json::to_vec(&LogEnd { end: true, status })
+                                .unwrap_or_default();
+                            out.push(b'\n');
+                        }
+                        return Some((Ok(out), (deployments, id, next, ended, stop)));
                     }
                     None => return None,
                     Some(_) => {}
@@ -563,4 +584,19 @@ fn follow_stream(
             }
         },
     )
+}
+
+/// The NDJSON of the chunks stored from number `next` on (at most [`FOLLOW_CHUNKS`]), and how
+/// many chunks it holds.
+async fn follow_read(deployments: &DeploymentStore, id: &str, next: u64) -> (Vec<u8>, u64) {
+    let chunks = deployments
+        .log_chunks_from(id, next, FOLLOW_CHUNKS)
+        .await
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for line in chunks.iter().flatten() {
+        out.extend(serde_json::to_vec(line).unwrap_or_default());
+        out.push(b'\n');
+    }
+    (out, chunks.len() as u64)
 }

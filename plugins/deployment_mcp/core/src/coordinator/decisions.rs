@@ -25,7 +25,7 @@ use crate::{
     history::{Filter, History},
     records::{self, collection, log_key, target_key, StoreError},
     run::{writer, Start},
-    store::DeploymentStore,
+    store::{ChunkToStore, DeploymentStore, LogPosition},
     triggers::{timestamp, LogLine, LogStream},
 };
 
@@ -126,8 +126,10 @@ impl Coordinator {
         record: &mut DeploymentRecord,
         stream: LogStream,
         message: &str,
-    ) -> Result<(StoreOp, u64), StoreError> {
-        let chunk = self.next_log_chunk(&record.deployment_id).await?;
+    ) -> Result<(StoreOp, LogPosition), StoreError> {
+        let end = DeploymentStore::new(self.records.clone())
+            .log_position(&record.deployment_id)
+            .await?;
         let line = LogLine {
             ts: timestamp(SystemTime::now()),
             environment: None,
@@ -135,15 +137,23 @@ impl Coordinator {
             line: message.to_owned(),
             request_id: record.request_id.clone(),
         };
-        let key = log_key(&record.deployment_id, chunk);
+        let key = log_key(&record.deployment_id, end.chunk);
         record.log_lines += 1;
+        let lines = [line];
+        let chunk = ChunkToStore {
+            first: end.line,
+            lines: &lines,
+        };
         Ok((
             StoreOp::put(
                 collection::LOGS,
                 &key,
-                records::encode(collection::LOGS, &key, &vec![line])?,
+                records::encode(collection::LOGS, &key, &chunk)?,
             ),
-            chunk,
+            LogPosition {
+                chunk: end.chunk + 1,
+                line: end.line + 1,
+            },
         ))
     }
 
@@ -177,7 +187,7 @@ impl Coordinator {
 
     /// The writes (after `ops`, the claims) that make this copy run `record` again: its
     /// `ACTIVE` entry, a log line saying why, the record (moved from `from`, only if unchanged
-    /// since it was read as `read_text`) and its history. Returns the log chunk written.
+    /// since it was read as `read_text`) and its history. Returns where the log goes on.
     async fn take_over_ops(
         &self,
         ops: &mut Vec<StoreOp>,
@@ -185,12 +195,12 @@ impl Coordinator {
         from: Phase,
         record: &mut DeploymentRecord,
         why: &str,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<LogPosition, StoreError> {
         ops.push(self.active_op(record)?);
-        let (log, chunk) = self.log_op(record, LogStream::Stdout, why).await?;
+        let (log, end) = self.log_op(record, LogStream::Stdout, why).await?;
         ops.push(log);
         ops.extend(Self::record_ops(read_text, from, record, Vec::new())?);
-        Ok(chunk)
+        Ok(end)
     }
 
     /// A deployment's environment results so far, by environment.
@@ -254,7 +264,7 @@ impl Coordinator {
                     .when(Condition::Equals(old_claim.clone()))
             })
             .collect();
-        let chunk = self
+        let log = self
             .take_over_ops(
                 &mut ops,
                 &read.text,
@@ -271,14 +281,7 @@ impl Coordinator {
         let host = self.records.host();
         writer::publish_gate(host, &record);
         self.publish_phase(&record, Some(from));
-        self.spawn_run(
-            record,
-            environments,
-            results,
-            None,
-            chunk + 1,
-            Start::AfterGate,
-        );
+        self.spawn_run(record, environments, results, None, log, Start::AfterGate);
         Ok(())
     }
 
@@ -501,7 +504,7 @@ impl Coordinator {
             .map(|environment| StoreOp::insert(collection::CLAIMS, environment, claim.clone()))
             .collect();
         let claims = ops.len();
-        let chunk = self
+        let log = self
             .take_over_ops(
                 &mut ops,
                 &read.text,
@@ -536,14 +539,7 @@ impl Coordinator {
         tracing::info!(deployment = id, by, "rollback by hand");
         self.changed();
         self.publish_phase(&record, Some(from));
-        self.spawn_run(
-            record,
-            environments,
-            results,
-            None,
-            chunk + 1,
-            Start::Rollback,
-        );
+        self.spawn_run(record, environments, results, None, log, Start::Rollback);
         Ok(())
     }
 }

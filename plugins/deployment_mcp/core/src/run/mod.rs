@@ -123,6 +123,18 @@ fn rolls_back(mode: RollbackMode, target: &TargetRecord) -> bool {
         }
 }
 
+/// Progress points between two stores of the record for progress alone: the record holds every
+/// environment's id, so storing it at each of the 100 points cost 100 copies of a list as long
+/// as the deployment (the largest share of a 10,000-environment run's time). Phases, batches,
+/// gates and the end store it whatever the progress; environment events carry the progress
+/// last stored.
+const PROGRESS_STORE_STEP: u8 = 5;
+
+/// Whether progress moving from `old` to `new` crosses a step worth storing the record for.
+fn progress_worth_storing(old: u8, new: u8) -> bool {
+    new / PROGRESS_STORE_STEP > old / PROGRESS_STORE_STEP
+}
+
 /// One deployment in progress. Its record and environment results are kept here, in memory,
 /// and handed to the run's writer, which stores them in batches.
 pub(crate) struct Run<O: RunOwner> {
@@ -139,6 +151,9 @@ pub(crate) struct Run<O: RunOwner> {
     /// Why the run stopped starting environments (the threshold, a failed canary).
     pub(crate) halted: Mutex<Option<String>>,
     pub(crate) finished_targets: AtomicUsize,
+    /// Environments whose latest state is a failure, kept as states change, so the failure
+    /// threshold is checked without counting over every environment.
+    pub(crate) failed_targets: AtomicUsize,
     pub(crate) total_targets: usize,
     /// The EC2 phase to run first, when it is on for this deployment.
     pub(crate) ec2: Option<Ec2Settings>,
@@ -159,6 +174,10 @@ impl<O: RunOwner> Run<O> {
             .values()
             .filter(|target| target.status.is_terminal())
             .count();
+        let failed = targets
+            .values()
+            .filter(|target| target.status.is_failure())
+            .count();
         Run {
             owner,
             total_targets: record.environments.len(),
@@ -170,6 +189,7 @@ impl<O: RunOwner> Run<O> {
             reason: Arc::new(Mutex::new(None)),
             halted: Mutex::new(None),
             finished_targets: AtomicUsize::new(finished),
+            failed_targets: AtomicUsize::new(failed),
             ec2,
             writer,
         }
@@ -227,13 +247,7 @@ impl<O: RunOwner> Run<O> {
         let Some(tolerated) = rollout.tolerated_failures(total) else {
             return;
         };
-        let failures = self
-            .targets
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .values()
-            .filter(|target| target.status.is_failure())
-            .count();
+        let failures = self.failed_targets.load(Ordering::SeqCst);
         if failures > tolerated && self.halted().is_none() {
             let max = rollout
                 .max_failures
@@ -1228,10 +1242,21 @@ impl<O: RunOwner> Run<O> {
 
     /// Keeps an environment's new state and hands it to the writer.
     async fn save_target(&self, target: &TargetRecord) {
-        self.targets
+        let was_failed = self
+            .targets
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(target.environment_id.clone(), target.clone());
+            .insert(target.environment_id.clone(), target.clone())
+            .is_some_and(|previous| previous.status.is_failure());
+        match (was_failed, target.status.is_failure()) {
+            (false, true) => {
+                self.failed_targets.fetch_add(1, Ordering::SeqCst);
+            }
+            (true, false) => {
+                self.failed_targets.fetch_sub(1, Ordering::SeqCst);
+            }
+            _ => {}
+        }
         self.owner.changed();
         self.writer.target(target.clone()).await;
     }
@@ -1241,8 +1266,11 @@ impl<O: RunOwner> Run<O> {
         {
             let mut record = self.record.lock().await;
             if progress > record.progress {
+                let stored = progress_worth_storing(record.progress, progress);
                 record.progress = progress;
-                self.writer.record(record.clone(), Vec::new()).await;
+                if stored {
+                    self.writer.record(record.clone(), Vec::new()).await;
+                }
             }
         }
         // Every line the environment wrote before this was sent to the writer first.
@@ -1312,8 +1340,11 @@ impl<O: RunOwner> Run<O> {
                 {
                     let mut record = run.record.lock().await;
                     if progress > record.progress {
+                        let stored = progress_worth_storing(record.progress, progress);
                         record.progress = progress;
-                        run.writer.record(record.clone(), Vec::new()).await;
+                        if stored {
+                            run.writer.record(record.clone(), Vec::new()).await;
+                        }
                     }
                 }
                 let failed = !report.healthy;
@@ -1358,5 +1389,26 @@ async fn watch_cancel_requests(
             cancel.cancel();
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_worth_storing;
+
+    #[test]
+    fn progress_is_stored_once_per_step_however_small_the_moves() {
+        let stored = (0u8..100)
+            .filter(|point| progress_worth_storing(*point, point + 1))
+            .count();
+        assert_eq!(stored, 20, "one store per 5 points from 0 to 100");
+        assert!(
+            progress_worth_storing(3, 97),
+            "a jump across steps is stored"
+        );
+        assert!(
+            !progress_worth_storing(41, 44),
+            "a move within a step is not"
+        );
     }
 }

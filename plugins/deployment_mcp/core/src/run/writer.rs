@@ -24,6 +24,7 @@ use crate::{
     catalog::EnvironmentVersions,
     deployment::{event, DeploymentRecord, Phase, TargetRecord},
     records::{self, collection, log_key, target_key, Records},
+    store::{ChunkToStore, LogPosition},
     triggers::{timestamp, LogLine, LogSink, LogStream},
     wire::{
         self, BatchEvent, EnvironmentEvent, GateEvent, LogEvent, PhaseEvent, TargetResult, View,
@@ -82,8 +83,9 @@ pub struct RunWriter {
 pub struct WriterSetup {
     pub records: Records,
     pub deployment_id: String,
-    /// Chunks already stored (a log continued after a restart starts after them).
-    pub next_chunk: u64,
+    /// Where the stored log goes on (a log continued after a gate or a restart starts after
+    /// what is stored).
+    pub log: LogPosition,
     pub max_log_lines: u64,
     /// The request that started the run, stamped on every line.
     pub request_id: Option<String>,
@@ -103,7 +105,7 @@ impl RunWriter {
         let task = WriterTask {
             records: setup.records,
             deployment_id: setup.deployment_id,
-            next_chunk: setup.next_chunk,
+            log: setup.log,
             // A resumed run continues the count (and the cap) of the lines before it.
             stored_lines: setup.lines_before.min(setup.max_log_lines),
             total_lines: setup.lines_before,
@@ -203,7 +205,8 @@ impl RunWriter {
 struct WriterTask {
     records: Records,
     deployment_id: String,
-    next_chunk: u64,
+    /// The next chunk's number and its first line's.
+    log: LogPosition,
     stored_lines: u64,
     total_lines: u64,
     limit: u64,
@@ -389,11 +392,15 @@ impl WriterTask {
         let mut ops = Vec::with_capacity(targets.len() + 3);
         let encoded = (|| -> Result<(), String> {
             if !lines.is_empty() {
-                let key = log_key(&id, self.next_chunk);
+                let key = log_key(&id, self.log.chunk);
+                let chunk = ChunkToStore {
+                    first: self.log.line,
+                    lines: &lines,
+                };
                 ops.push(StoreOp::put(
                     collection::LOGS,
                     &key,
-                    records::encode(collection::LOGS, &key, &lines)?,
+                    records::encode(collection::LOGS, &key, &chunk)?,
                 ));
             }
             for target in targets.values() {
@@ -447,7 +454,8 @@ impl WriterTask {
             return;
         }
         if !lines.is_empty() {
-            self.next_chunk += 1;
+            self.log.chunk += 1;
+            self.log.line += lines.len() as u64;
         }
         if let Some((record, _)) = &record {
             self.written_status = record.status;
