@@ -1,6 +1,8 @@
 //! Measures deployment coordination at scale against real peers on loopback (a benchmark, not
-//! a test): the time from trigger to `completed` for N webhook environments in one deployment,
-//! and the latency of the 202 answer to a trigger, on a quiet host and right after that deployment.
+//! a test): the time from trigger to `completed` for N webhook environments in one deployment
+//! (with the status view polled every 200 ms meanwhile, as a dashboard does), and the latency of
+//! the 202 answer to a trigger, on a quiet host and right after that deployment. The last line,
+//! `scale: …`, holds the figures for `benches/scale.sh`.
 //!
 //! ```sh
 //! cargo build --release --workspace
@@ -62,8 +64,8 @@ fn is_terminal(status: &str) -> bool {
 }
 
 /// Sequential one-environment triggers, each answered 202 while the ones before still run;
-/// prints the latency percentiles and waits for all of them to end.
-async fn trigger_latency(host: &TestHost, triggers: usize, when: &str) {
+/// prints the latency percentiles, waits for all of them to end, and returns the p99.
+async fn trigger_latency(host: &TestHost, triggers: usize, when: &str) -> Duration {
     let mut latencies = Vec::with_capacity(triggers);
     let mut started_ids = Vec::with_capacity(triggers);
     for n in 0..triggers {
@@ -86,6 +88,7 @@ async fn trigger_latency(host: &TestHost, triggers: usize, when: &str) {
         );
     }
     latencies.sort();
+    let p99 = percentile(&latencies, 0.99);
     println!(
         "trigger 202 latency over {triggers} triggers, {when}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         percentile(&latencies, 0.50).as_secs_f64() * 1e3,
@@ -94,6 +97,33 @@ async fn trigger_latency(host: &TestHost, triggers: usize, when: &str) {
     );
     for id in started_ids {
         wait_finished(host, &id).await;
+    }
+    p99
+}
+
+/// Polls the status view every 200 ms until `done` fires; returns the latencies.
+async fn poll_status(
+    address: String,
+    mut done: tokio::sync::oneshot::Receiver<()>,
+) -> Vec<Duration> {
+    let client = reqwest::Client::new();
+    let mut latencies = Vec::new();
+    let mut ticks = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = &mut done => return latencies,
+            _ = ticks.tick() => {}
+        }
+        let began = Instant::now();
+        let answer = client
+            .get(format!("{address}/api/deployment/status"))
+            .header("X-API-Key", DEVELOPER_KEY)
+            .send()
+            .await;
+        if let Ok(answer) = answer {
+            let _ = answer.bytes().await;
+            latencies.push(began.elapsed());
+        }
     }
 }
 
@@ -125,10 +155,12 @@ async fn main() {
     // Trigger latency with the catalog loaded and nothing else running, then the big
     // deployment, then the latency again while the store still digests it (its log, results and
     // history were just written, and the checkpoint runs behind them).
-    trigger_latency(&host, triggers, "a quiet host").await;
+    let quiet_p99 = trigger_latency(&host, triggers, "a quiet host").await;
 
     // One deployment of every environment.
     let calls_before = target.received().len();
+    let (polling_done, done) = tokio::sync::oneshot::channel();
+    let poller = tokio::spawn(poll_status(host.url.clone(), done));
     let ids: Vec<String> = (0..environments).map(|n| format!("hook_{n:05}")).collect();
     let started = Instant::now();
     let (status, answer) = host
@@ -146,6 +178,9 @@ async fn main() {
         .to_owned();
     let record = wait_newest_finished(&host, &id).await;
     let elapsed = started.elapsed();
+    let _ = polling_done.send(());
+    let mut polls = poller.await.unwrap_or_default();
+    polls.sort();
     let calls = target.received().len() - calls_before;
     println!(
         "{environments} webhook environments: {} in {:.2} s (trigger to completed; {calls} webhook calls received)",
@@ -153,6 +188,20 @@ async fn main() {
         elapsed.as_secs_f64()
     );
 
-    trigger_latency(&host, triggers, "right after the big deployment").await;
+    println!(
+        "status view polled every 200 ms meanwhile: {} polls, p50 {:.2} ms, p99 {:.2} ms",
+        polls.len(),
+        percentile(&polls, 0.50).as_secs_f64() * 1e3,
+        percentile(&polls, 0.99).as_secs_f64() * 1e3,
+    );
+
+    let after_p99 = trigger_latency(&host, triggers, "right after the big deployment").await;
+    println!(
+        "scale: environments={environments} seconds={:.3} trigger_p99_quiet_ms={:.2} trigger_p99_after_ms={:.2} status_p99_ms={:.2}",
+        elapsed.as_secs_f64(),
+        quiet_p99.as_secs_f64() * 1e3,
+        after_p99.as_secs_f64() * 1e3,
+        percentile(&polls, 0.99).as_secs_f64() * 1e3,
+    );
     host.stop();
 }

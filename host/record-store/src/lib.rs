@@ -18,4 +18,6 @@ mod store;
 #[cfg(feature = "plugin-api")]
 pub use abi::{apply_abi, delete_abi, get_abi, list_abi, op_from_parts, put_abi};
 pub use data_dir::{DataDir, DataDirError};
-pub use store::{Condition, Conflict, Op, Store, StoreError, Write, MAX_LIST, MAX_VALUE_LEN};
+pub use store::{
+    Condition, Conflict, Op, Store, StoreCounts, StoreError, Write, MAX_LIST, MAX_VALUE_LEN,
+};

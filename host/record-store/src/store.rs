@@ -16,7 +16,7 @@ use std::{
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Mutex, MutexGuard,
     },
 };
@@ -140,7 +140,74 @@ pub struct Store {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    counters: Counters,
     _checkpoints: Checkpoints,
+}
+
+/// What the store has been asked to do since it was opened: calls, and the rows and value bytes
+/// that went in and out. A guard against superlinear access: a step whose calls or bytes per
+/// environment grow with the environment count shows here as counts, whatever the machine's
+/// speed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    /// Every call: get, list, put, delete, apply (a batch is one call).
+    pub calls: u64,
+    /// Rows returned by reads (a get that finds its key is one).
+    pub rows_read: u64,
+    /// Value bytes returned by reads.
+    pub bytes_read: u64,
+    /// Operations in writes (a batch counts each of its operations).
+    pub rows_written: u64,
+    /// Value bytes written.
+    pub bytes_written: u64,
+}
+
+impl StoreCounts {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &StoreCounts) -> StoreCounts {
+        StoreCounts {
+            calls: self.calls.saturating_sub(earlier.calls),
+            rows_read: self.rows_read.saturating_sub(earlier.rows_read),
+            bytes_read: self.bytes_read.saturating_sub(earlier.bytes_read),
+            rows_written: self.rows_written.saturating_sub(earlier.rows_written),
+            bytes_written: self.bytes_written.saturating_sub(earlier.bytes_written),
+        }
+    }
+}
+
+/// The live counters behind [`StoreCounts`]; relaxed adds, next to a SQLite call's cost.
+#[derive(Default)]
+struct Counters {
+    calls: AtomicU64,
+    rows_read: AtomicU64,
+    bytes_read: AtomicU64,
+    rows_written: AtomicU64,
+    bytes_written: AtomicU64,
+}
+
+impl Counters {
+    fn read(&self, rows: usize, bytes: usize) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.rows_read.fetch_add(rows as u64, Ordering::Relaxed);
+        self.bytes_read.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn written(&self, rows: usize, bytes: usize) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.rows_written.fetch_add(rows as u64, Ordering::Relaxed);
+        self.bytes_written
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> StoreCounts {
+        StoreCounts {
+            calls: self.calls.load(Ordering::Relaxed),
+            rows_read: self.rows_read.load(Ordering::Relaxed),
+            bytes_read: self.bytes_read.load(Ordering::Relaxed),
+            rows_written: self.rows_written.load(Ordering::Relaxed),
+            bytes_written: self.bytes_written.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// How often the background thread copies the write-ahead log into the database.
@@ -248,12 +315,18 @@ impl Store {
             writer: Mutex::new(writer),
             readers,
             next_reader: AtomicUsize::new(0),
+            counters: Counters::default(),
             _checkpoints: checkpoints,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What the store was asked to do since it was opened.
+    pub fn counts(&self) -> StoreCounts {
+        self.counters.snapshot()
     }
 
     fn writer(&self) -> MutexGuard<'_, Connection> {
@@ -277,6 +350,7 @@ impl Store {
 
     pub fn put(&self, collection: &str, key: &str, value: &str) -> Result<(), StoreError> {
         check(collection, key, Some(value))?;
+        self.counters.written(1, value.len());
         self.writer()
             .prepare_cached(UPSERT)
             .and_then(|mut statement| statement.execute(params![collection, key, value, now_ms()]))
@@ -285,11 +359,17 @@ impl Store {
     }
 
     pub fn get(&self, collection: &str, key: &str) -> Result<Option<String>, StoreError> {
-        read_value(&self.reader(), collection, key)
+        let value = read_value(&self.reader(), collection, key)?;
+        self.counters.read(
+            usize::from(value.is_some()),
+            value.as_ref().map_or(0, String::len),
+        );
+        Ok(value)
     }
 
     /// Removes `key`; `true` when it existed.
     pub fn delete(&self, collection: &str, key: &str) -> Result<bool, StoreError> {
+        self.counters.written(1, 0);
         self.writer()
             .prepare_cached(DELETE)
             .and_then(|mut statement| statement.execute(params![collection, key]))
@@ -313,12 +393,15 @@ impl Store {
                  ORDER BY key LIMIT ?3",
             )
             .map_err(StoreError::sqlite(format!("list {collection}")))?;
-        statement
+        let rows = statement
             .query_map(params![collection, after.unwrap_or(""), limit], |row| {
                 Ok((row.get(0)?, row.get(1)?))
             })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(StoreError::sqlite(format!("list {collection}")))
+            .and_then(|rows| rows.collect::<Result<Vec<(String, String)>, _>>())
+            .map_err(StoreError::sqlite(format!("list {collection}")))?;
+        self.counters
+            .read(rows.len(), rows.iter().map(|(_, value)| value.len()).sum());
+        Ok(rows)
     }
 
     /// Applies every operation in one transaction if every condition holds, else none of them
@@ -335,6 +418,15 @@ impl Store {
             };
             check(op.collection, op.key, value)?;
         }
+        self.counters.written(
+            ops.len(),
+            ops.iter()
+                .map(|op| match op.write {
+                    Write::Put(value) => value.len(),
+                    Write::Delete | Write::Keep | Write::Add(_) => 0,
+                })
+                .sum(),
+        );
         let mut writer = self.writer();
         let transaction = writer
             .transaction_with_behavior(TransactionBehavior::Immediate)

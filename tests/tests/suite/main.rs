@@ -19,5 +19,6 @@ mod metrics;
 mod openapi;
 mod rollouts;
 mod routes_roles;
+mod scale_counts;
 mod soak;
 mod ssh_trigger;

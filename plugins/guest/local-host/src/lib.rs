@@ -60,6 +60,11 @@ pub struct LocalHost {
 }
 
 impl LocalHost {
+    /// What the plugin asked of the store since it was opened (calls, rows, bytes).
+    pub fn store_counts(&self) -> record_store::StoreCounts {
+        self.store.counts()
+    }
+
     /// Opens (creating when missing) the store in `data_dir`, takes the directory's lock and
     /// records this process as the running boot. `verbose` sends plugin log records to stderr.
     pub fn open(data_dir: &Path, verbose: bool) -> Result<LocalHost, String> {
