@@ -132,9 +132,7 @@ fn main() {
     } else {
         requested
     };
-    println!(
-        "ns per operation; churn = {CHURN_STEPS} steps of free + alloc (1 in 10 a realloc)\n"
-    );
+    println!("ns per operation; churn = {CHURN_STEPS} steps of free + alloc (1 in 10 a realloc)\n");
     println!("| live blocks | phase | system | copy heap | copy / system |");
     println!("|---|---|---|---|---|");
     for live in counts {
