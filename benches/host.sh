@@ -7,7 +7,8 @@
 # The key has ROLE; the extra lines go into [plugins.deployment_mcp.settings]. `$PLUGIN_LINES`
 # (TOML lines, e.g. 'isolation = "process"') go into [plugins.deployment_mcp] itself and
 # `$SERVER_LINES` into [server]. `$HOST_PIN` (a command prefix such as `taskset -c 0-7`) runs
-# the host pinned. `$HOST_BUILD` names a directory holding another build's `powerautomation`
+# the host pinned; `$BENCH_ENVIRONMENTS_FILE` replaces its environments file. `$HOST_BUILD`
+# names a directory holding another build's `powerautomation`
 # and `libdeployment_mcp.so` (default `target/release`). Several hosts may run at once, started
 # one after the other (save $address, $key and $host_pid before the next start_host): every one
 # still running is stopped, and its directory removed, on exit.
@@ -76,7 +77,7 @@ mount = "/api/deployment"
 watch = false
 ${PLUGIN_LINES:-}
 [plugins.deployment_mcp.settings]
-environments_file = "config/remote_environments.json"
+environments_file = "${BENCH_ENVIRONMENTS_FILE:-config/remote_environments.json}"
 TOML
   printf '%s\n' "$@" >> "$work/bench.toml"
   ${HOST_PIN:-} "$build/powerautomation" --config "$work/bench.toml" 2> "$work/host.log" &
