@@ -559,7 +559,10 @@
     for (const name of ['version', 'triggered_by', 'created_at', 'finished_at', 'duration_ms']) {
       if (entry[name] !== undefined) active[name] = entry[name];
     }
-    if (Array.isArray(entry.environments)) active.environments = entry.environments;
+    // A summary names only the first environments of a large deployment; keep a longer list.
+    if (Array.isArray(entry.environments) && entry.environments.length >= (active.environments || []).length) {
+      active.environments = entry.environments;
+    }
     active.errors = entry.error ? [entry.error] : [];
     active.batches = Array.isArray(entry.batches) ? entry.batches : [];
     active.gate = entry.gate || null;
@@ -772,7 +775,9 @@
     }
     for (const entry of entries) {
       const failed = new Set(entry.failed_environments || []);
-      const envs = (entry.environments || []).map((id) => (failed.has(id) ? `${id} ✗` : id)).join(', ');
+      const listed = entry.environments || [];
+      const more = (entry.environment_count || listed.length) - listed.length;
+      const envs = listed.map((id) => (failed.has(id) ? `${id} ✗` : id)).join(', ') + (more > 0 ? ` (+${more} more)` : '');
       const row = el('tr', {
         tabindex: 0, 'data-deployment-id': entry.deployment_id, 'data-status': entry.status,
         title: entry.error || 'Open the log',

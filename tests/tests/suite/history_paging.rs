@@ -55,8 +55,10 @@ async fn generate(records: &Records, seed: u64, count: usize) -> Vec<(String, Hi
             progress: 100,
             version: format!("1.0.{n}"),
             triggered_by: "property".into(),
+            environment_count: environments.len(),
             environments,
             failed_environments: Vec::new(),
+            failed_count: 0,
             created_at: "2023-11-14T22:13:20.000Z".into(),
             finished_at: None,
             duration_ms: None,
@@ -69,7 +71,7 @@ async fn generate(records: &Records, seed: u64, count: usize) -> Vec<(String, Hi
             &key,
             encode(collection::HISTORY, &key, &entry).expect("encode the entry"),
         )];
-        ops.extend(history::created_ops(&key, &entry).expect("index ops"));
+        ops.extend(history::created_ops(&key, &entry, &entry.environments).expect("index ops"));
         let conflict = records.apply(ops).await.expect("write the entry");
         assert!(conflict.is_none(), "{conflict:?}");
         written.push((key, entry));

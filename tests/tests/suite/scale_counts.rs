@@ -3,7 +3,8 @@
 //! loopback; the store calls, rows and bytes each needs per environment must stay level
 //! (a step whose cost per environment grows with the count, as a rewrite of everything on every
 //! change does, multiplies them by ~4 here). Then reads of a long log: a detail, a tail and a
-//! page read only a bounded number of rows, however long the log is. The times are for
+//! page read only a bounded number of rows, however long the log is; the lists (history,
+//! status) read the same bytes whatever a deployment's size. The times are for
 //! `benches/scale.sh`.
 
 use std::time::Duration;
@@ -102,7 +103,20 @@ async fn store_work_per_environment_stays_level_from_1000_to_4000_environments()
     let plugin = start(list, json!({ "max_parallel": 64 })).await;
 
     let small = deploy(&plugin, 1000).await;
+    let small_lists = bytes_read_by_lists(&plugin).await;
     let large = deploy(&plugin, 4000).await;
+    let large_lists = bytes_read_by_lists(&plugin).await;
+    println!("bytes read per deployment in the history by /history?limit=1 and /status: {small_lists:?} after 1,000 environments, {large_lists:?} after 4,000");
+    for (small, large) in [
+        (small_lists.0, large_lists.0),
+        (small_lists.1, large_lists.1),
+    ] {
+        assert!(small > 0, "the list read nothing");
+        assert!(
+            large <= small + small / 10,
+            "a list's read per deployment grew from {small} to {large} bytes with 4x the environments"
+        );
+    }
     let small = per_environment(&small, 1000);
     let large = per_environment(&large, 4000);
     for ((what, small), (_, large)) in small.iter().zip(large.iter()) {
@@ -116,6 +130,103 @@ async fn store_work_per_environment_stays_level_from_1000_to_4000_environments()
             "{what} per environment grew from {small:.1} to {large:.1} with 4x the environments"
         );
     }
+}
+
+/// Bytes the store read for `GET /history?limit=1` and for a fresh `GET /status`, per
+/// deployment in the history (a short history is read whole: its first page).
+async fn bytes_read_by_lists(plugin: &InProcess) -> (u64, u64) {
+    let (_, history) = plugin
+        .call("GET", "/history?limit=1", None, Role::Developer)
+        .await;
+    let deployments = history["total_count"].as_u64().unwrap_or(0).max(1);
+    let mut read = [0; 2];
+    for (path, bytes) in ["/history?limit=1", "/status"].into_iter().zip(&mut read) {
+        let before = plugin.host.store_counts();
+        let (status, answer) = plugin.call("GET", path, None, Role::Developer).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+        *bytes = plugin.host.store_counts().since(&before).bytes_read / deployments;
+    }
+    (read[0], read[1])
+}
+
+/// Lists name a large deployment's first 100 environments and count them all; the indexes
+/// behind the filters, the dashboard and retention still cover every one of them.
+#[tokio::test]
+async fn lists_name_the_first_environments_and_the_indexes_hold_them_all() {
+    let target = Target::start(Behaviour::default()).await;
+    let url = target.url("/webhook/deploy");
+    let list = (0..250).map(|n| webhook(n, &url)).collect();
+    let plugin = start(list, json!({ "max_parallel": 64 })).await;
+    deploy(&plugin, 250).await;
+    let (_, page) = plugin
+        .call("GET", "/history?limit=1", None, Role::Developer)
+        .await;
+    let entry = &page["history"][0];
+    let id = entry["deployment_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(entry["environment_count"], 250, "{entry}");
+    assert_eq!(entry["failed_count"], 0, "{entry}");
+    let listed: Vec<&str> = entry["environments"]
+        .as_array()
+        .map(|ids| ids.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let first: Vec<String> = (0..100).map(|n| format!("hook_{n:05}")).collect();
+    assert_eq!(listed, first, "the first 100, in the order requested");
+    let (_, status) = plugin.call("GET", "/status", None, Role::User).await;
+    assert_eq!(status["latest"]["deployment_id"], id.as_str());
+    assert_eq!(status["latest"]["environment_count"], 250);
+
+    // The last environment, beyond those listed: the history's filter and the dashboard.
+    assert_eq!(
+        history_of(&plugin, "hook_00249").await,
+        (1, vec![id.clone()])
+    );
+    let (_, dashboard) = plugin
+        .call("GET", "/dashboard", None, Role::Developer)
+        .await;
+    let last = dashboard["environments"]
+        .as_array()
+        .and_then(|all| {
+            all.iter()
+                .find(|environment| environment["environment_id"] == "hook_00249")
+        })
+        .map(|environment| environment["last_deployment"].clone())
+        .unwrap_or_default();
+    assert_eq!(last["deployment_id"], id.as_str(), "{last}");
+
+    // A newer deployment, then retention keeping one: every index entry of the old one goes.
+    deploy(&plugin, 1).await;
+    let records = deployment_mcp_core::records::Records::new(plugin.host.host.clone());
+    let settings = deployment_mcp_core::settings::Settings::from_json(
+        &json!({ "retention_max_deployments": 1 }),
+    )
+    .expect("settings");
+    let pruned =
+        deployment_mcp_core::retention::prune(&records, &settings, std::time::SystemTime::now())
+            .await
+            .expect("prune");
+    assert_eq!(pruned.deployments, 1);
+    let (_, ids) = history_of(&plugin, "hook_00000").await;
+    assert!(!ids.contains(&id), "{ids:?}");
+    assert_eq!(history_of(&plugin, "hook_00249").await, (0, Vec::new()));
+}
+
+/// The history filtered by `environment`: its count and the ids on its first page.
+async fn history_of(plugin: &InProcess, environment: &str) -> (u64, Vec<String>) {
+    let path = format!("/history?environment={environment}");
+    let (status, page) = plugin.call("GET", &path, None, Role::Developer).await;
+    assert_eq!(status, 200, "{page}");
+    let ids = page["history"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter_map(|entry| entry["deployment_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    (page["total_count"].as_u64().unwrap_or(u64::MAX), ids)
 }
 
 /// A deployment whose one environment writes `lines` lines of output.

@@ -283,11 +283,14 @@ fn print_deployment(
             table.print();
         }
         _ => {
-            outln!("  environments: {}", output::join(&entry.environments));
-            if !entry.failed_environments.is_empty() {
+            outln!(
+                "  environments: {}",
+                output::listed(&entry.environments, entry.environment_count)
+            );
+            if entry.failed_count > 0 {
                 outln!(
                     "  failed:       {}",
-                    output::join(&entry.failed_environments)
+                    output::listed(&entry.failed_environments, entry.failed_count)
                 );
             }
         }
@@ -310,8 +313,8 @@ fn history_table(entries: &[DeploymentEntry]) -> Table {
             entry.deployment_id.clone(),
             entry.status.as_str().to_owned(),
             output::dash(Some(entry.version.as_str())),
-            output::join(&entry.environments),
-            output::join(&entry.failed_environments),
+            output::listed(&entry.environments, entry.environment_count),
+            output::listed(&entry.failed_environments, entry.failed_count),
             output::short_time(&entry.created_at),
             output::duration(entry.duration_ms),
             output::dash(Some(entry.triggered_by.as_str())),

@@ -116,6 +116,15 @@ pub fn join(items: &[String]) -> String {
     }
 }
 
+/// The ids a list entry names, and how many it leaves out of `total` (lists name only the
+/// first ones of a large deployment).
+pub fn listed(items: &[String], total: usize) -> String {
+    match total.saturating_sub(items.len()) {
+        0 => join(items),
+        more => format!("{} (+{more} more)", join(items)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +137,10 @@ mod tests {
             table.render(),
             "A          LONGER  LAST\nwide-cell  x       tail text\n"
         );
+        let ids = vec!["a".to_owned(), "b".to_owned()];
+        assert_eq!(listed(&ids, 2), "a,b");
+        assert_eq!(listed(&ids, 10_000), "a,b (+9998 more)");
+        assert_eq!(listed(&[], 0), "-");
         assert_eq!(duration(Some(850)), "850ms");
         assert_eq!(duration(Some(1_240)), "1.2s");
         assert_eq!(duration(Some(123_000)), "2m03s");

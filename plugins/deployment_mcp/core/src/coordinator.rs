@@ -21,7 +21,6 @@ use std::{
 };
 
 use futures_util::FutureExt;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -44,7 +43,7 @@ use crate::{
         Run, RunOwner, Start, StopHandle, StopReason,
     },
     settings::Settings,
-    store::LogPosition,
+    store::{ActiveEntry, LogPosition},
     triggers::{timestamp, LogStream},
     wire::{self, DeletedEvent, HealthEvent, HealthView, View},
 };
@@ -93,13 +92,6 @@ pub use decisions::DecisionError;
 struct RunHandle {
     cancel: CancellationToken,
     reason: StopHandle,
-}
-
-/// A run recorded as active in the store, so sibling copies see it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ActiveEntry {
-    boot_id: String,
-    environments: Vec<String>,
 }
 
 pub struct Coordinator {
@@ -660,7 +652,11 @@ impl Coordinator {
             &history_key,
             records::encode(collection::HISTORY, &history_key, &entry)?,
         ));
-        ops.extend(crate::history::created_ops(&history_key, &entry)?);
+        ops.extend(crate::history::created_ops(
+            &history_key,
+            &entry,
+            &record.environments,
+        )?);
         match self.records.apply(ops).await? {
             None => Ok(()),
             Some(conflict) => {
@@ -694,7 +690,7 @@ impl Coordinator {
                 id,
                 &ActiveEntry {
                     boot_id: self.boot_id.clone(),
-                    environments: record.environments.clone(),
+                    history_key: Some(record.history_key()),
                 },
             )?,
         ))

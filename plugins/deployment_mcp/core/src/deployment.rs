@@ -354,6 +354,13 @@ impl DeploymentRecord {
     }
 }
 
+/// How many environment ids a list entry (history, status, dashboard) names: the first ones,
+/// in the order they were requested. Its counts say how many there are, and the deployment's
+/// detail names them all. A list then costs the same whatever the size of its deployments: a
+/// client polling the history or the status while 10,000 environments deploy reads a few
+/// kilobytes each time, not the whole list.
+pub const LISTED_ENVIRONMENTS: usize = 100;
+
 /// What the history lists per deployment.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
@@ -362,9 +369,18 @@ pub struct HistoryEntry {
     pub progress: u8,
     pub version: String,
     pub triggered_by: String,
+    /// The first [`LISTED_ENVIRONMENTS`] environments (entries written before the counts were
+    /// kept list them all).
     pub environments: Vec<String>,
+    /// How many environments it has.
+    #[serde(default)]
+    pub environment_count: usize,
+    /// The first [`LISTED_ENVIRONMENTS`] environments that did not succeed, once it ended.
     #[serde(default)]
     pub failed_environments: Vec<String>,
+    /// How many environments did not succeed, once it ended.
+    #[serde(default)]
+    pub failed_count: usize,
     pub created_at: String,
     #[serde(default)]
     pub finished_at: Option<String>,
@@ -376,16 +392,39 @@ pub struct HistoryEntry {
     pub error: Option<String>,
 }
 
+impl HistoryEntry {
+    /// How many environments it has, also for an entry written before the count was kept.
+    pub fn total_environments(&self) -> usize {
+        self.environment_count.max(self.environments.len())
+    }
+
+    /// How many environments did not succeed, also for an entry written before the count.
+    pub fn total_failed(&self) -> usize {
+        self.failed_count.max(self.failed_environments.len())
+    }
+}
+
 impl DeploymentRecord {
-    pub fn history_entry(&self, failed_environments: Vec<String>) -> HistoryEntry {
+    /// The record's history entry: its first environments and its counts (`failed_environments`
+    /// lists every environment that did not succeed, once it ended).
+    pub fn history_entry(&self, mut failed_environments: Vec<String>) -> HistoryEntry {
+        let failed_count = failed_environments.len();
+        failed_environments.truncate(LISTED_ENVIRONMENTS);
         HistoryEntry {
             deployment_id: self.deployment_id.clone(),
             status: self.status,
             progress: self.progress,
             version: self.version.clone(),
             triggered_by: self.triggered_by.clone(),
-            environments: self.environments.clone(),
+            environments: self
+                .environments
+                .iter()
+                .take(LISTED_ENVIRONMENTS)
+                .cloned()
+                .collect(),
+            environment_count: self.environments.len(),
             failed_environments,
+            failed_count,
             created_at: self.created_at.clone(),
             finished_at: self.finished_at.clone(),
             duration_ms: self.duration_ms,

@@ -13,7 +13,9 @@
 //! - `LAST_DEPLOYMENT`: `<environment>` → [`LastDeployment`]
 //!
 //! The index entries are written in the same store transaction as the history entry they
-//! describe, so they never disagree after a crash.
+//! describe, so they never disagree after a crash. An entry names only its first environments
+//! ([`crate::deployment::LISTED_ENVIRONMENTS`]); the writes that index every environment take
+//! the full lists from the deployment's record ([`Members`]).
 
 use std::collections::BTreeMap;
 
@@ -95,18 +97,29 @@ fn last_deployment_op(
     ))
 }
 
-/// The environments a history entry lists as failed.
-fn failed_set(entry: &HistoryEntry) -> std::collections::HashSet<&str> {
-    entry
-        .failed_environments
-        .iter()
-        .map(String::as_str)
-        .collect()
+/// A deployment's environments in full, for the index writes that name each of them (its
+/// history entry lists only the first few).
+#[derive(Debug, Clone, Copy)]
+pub struct Members<'a> {
+    /// Every environment, from the record.
+    pub environments: &'a [String],
+    /// Every environment that did not succeed, once it ended.
+    pub failed: &'a [String],
 }
 
-/// The writes that index a deployment just recorded (its history entry is written beside them).
-pub fn created_ops(history_key: &str, entry: &HistoryEntry) -> Result<Vec<StoreOp>, StoreError> {
-    let mut ops = Vec::with_capacity(entry.environments.len() * 2 + 2);
+/// A set, so a deployment of many environments with many failures is not quadratic.
+fn failed_set(failed: &[String]) -> std::collections::HashSet<&str> {
+    failed.iter().map(String::as_str).collect()
+}
+
+/// The writes that index a deployment just recorded (its history entry is written beside them);
+/// `environments` are all of its environments.
+pub fn created_ops(
+    history_key: &str,
+    entry: &HistoryEntry,
+    environments: &[String],
+) -> Result<Vec<StoreOp>, StoreError> {
+    let mut ops = Vec::with_capacity(environments.len() * 2 + 2);
     let status_key = by_status_key(entry.status, history_key);
     ops.push(StoreOp::put(
         index::BY_STATUS,
@@ -114,7 +127,7 @@ pub fn created_ops(history_key: &str, entry: &HistoryEntry) -> Result<Vec<StoreO
         records::encode(index::BY_STATUS, &status_key, entry)?,
     ));
     ops.push(StoreOp::add(index::COUNTS, entry.status.as_str(), 1));
-    for environment in &entry.environments {
+    for environment in environments {
         ops.push(StoreOp::put(
             index::BY_ENVIRONMENT,
             &by_environment_key(environment, history_key),
@@ -132,6 +145,7 @@ pub fn moved_ops(
     history_key: &str,
     from: Phase,
     entry: &HistoryEntry,
+    members: Members<'_>,
 ) -> Result<Vec<StoreOp>, StoreError> {
     let mut ops = Vec::new();
     if from != entry.status {
@@ -149,25 +163,29 @@ pub fn moved_ops(
         records::encode(index::BY_STATUS, &status_key, entry)?,
     ));
     if entry.status.is_terminal() && !from.is_terminal() {
-        // A set, so a deployment of many environments with many failures is not quadratic.
-        let failed = failed_set(entry);
-        for environment in &entry.environments {
+        let failed = failed_set(members.failed);
+        for environment in members.environments {
             ops.push(last_deployment_op(entry, &failed, environment)?);
         }
     }
     Ok(ops)
 }
 
-/// The writes that delete a deployment's history entry and its index entries.
-pub fn deleted_ops(history_key: &str, entry: &HistoryEntry) -> Vec<StoreOp> {
-    let mut ops = Vec::with_capacity(entry.environments.len() * 2 + 3);
+/// The writes that delete a deployment's history entry and its index entries; `environments`
+/// are all of its environments.
+pub fn deleted_ops(
+    history_key: &str,
+    entry: &HistoryEntry,
+    environments: &[String],
+) -> Vec<StoreOp> {
+    let mut ops = Vec::with_capacity(environments.len() * 2 + 3);
     ops.push(StoreOp::delete(collection::HISTORY, history_key));
     ops.push(StoreOp::delete(
         index::BY_STATUS,
         &by_status_key(entry.status, history_key),
     ));
     ops.push(StoreOp::add(index::COUNTS, entry.status.as_str(), -1));
-    for environment in &entry.environments {
+    for environment in environments {
         ops.push(StoreOp::delete(
             index::BY_ENVIRONMENT,
             &by_environment_key(environment, history_key),
@@ -495,7 +513,9 @@ impl History {
                     records::encode(index::BY_STATUS, &status_key, &entry)?,
                 ));
                 *counts.entry(entry.status.as_str()).or_default() += 1;
-                let failed = failed_set(&entry);
+                // Entries written before the indexes (the only ones this reads) list every
+                // environment; later ones are indexed as they are written.
+                let failed = failed_set(&entry.failed_environments);
                 for environment in &entry.environments {
                     ops.push(StoreOp::put(
                         index::BY_ENVIRONMENT,

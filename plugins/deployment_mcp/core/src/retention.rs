@@ -15,7 +15,7 @@ use plugin_guest::StoreOp;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    deployment::{history_key, HistoryEntry},
+    deployment::{history_key, DeploymentRecord, HistoryEntry},
     records::{collection, Records, StoreError},
     settings::Settings,
 };
@@ -150,7 +150,15 @@ async fn delete_deployment(
 ) -> Result<(), StoreError> {
     let id = &entry.deployment_id;
     let prefix = format!("{id}/");
-    let mut ops = crate::history::deleted_ops(history, entry);
+    // The entry names only its first environments; the record names them all.
+    let environments = match records
+        .get::<DeploymentRecord>(collection::DEPLOYMENTS, id)
+        .await?
+    {
+        Some(record) => record.environments,
+        None => entry.environments.clone(),
+    };
+    let mut ops = crate::history::deleted_ops(history, entry, &environments);
     ops.push(StoreOp::delete(collection::DEPLOYMENTS, id));
     for key in keys_with_prefix(records, collection::TARGETS, &prefix).await? {
         ops.push(StoreOp::delete(collection::TARGETS, &key));

@@ -12,8 +12,8 @@ use plugin_guest::{Condition, StoreOp};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    deployment::{DeploymentRecord, TargetRecord},
-    records::{collection, log_key, Records, StoreError},
+    deployment::{DeploymentRecord, HistoryEntry, TargetRecord},
+    records::{self, collection, log_key, Records, StoreError},
     triggers::LogLine,
 };
 
@@ -56,9 +56,24 @@ impl StoredChunk {
 
 /// A chunk as it is written: its first line's number and its lines, borrowed.
 #[derive(Serialize)]
-pub struct ChunkToStore<'a> {
-    pub first: u64,
-    pub lines: &'a [LogLine],
+struct ChunkToStore<'a> {
+    first: u64,
+    lines: &'a [LogLine],
+}
+
+/// The write that stores `lines` as the deployment's chunk at `at` (the writer's batches and
+/// the decisions' one-line chunks alike).
+pub fn log_chunk_op(id: &str, at: LogPosition, lines: &[LogLine]) -> Result<StoreOp, StoreError> {
+    let key = log_key(id, at.chunk);
+    let chunk = ChunkToStore {
+        first: at.line,
+        lines,
+    };
+    Ok(StoreOp::put(
+        collection::LOGS,
+        &key,
+        records::encode(collection::LOGS, &key, &chunk)?,
+    ))
 }
 
 /// Where a deployment's log goes on: the number of the next chunk, and of the next stored line
@@ -67,6 +82,16 @@ pub struct ChunkToStore<'a> {
 pub struct LogPosition {
     pub chunk: u64,
     pub line: u64,
+}
+
+impl LogPosition {
+    /// Where the log goes on once a chunk of `lines` lines is stored here.
+    pub fn after(self, lines: usize) -> LogPosition {
+        LogPosition {
+            chunk: self.chunk + 1,
+            line: self.line + lines as u64,
+        }
+    }
 }
 
 /// A part of a deployment's log: its lines, the number of the first among the stored lines,
@@ -293,7 +318,7 @@ impl DeploymentStore {
         Ok((low, low_first))
     }
 
-    /// Up to `limit` chunks from chunk number `from` on, each with its number, stopping at the
+    /// The lines of up to `limit` chunks, in order from chunk number `from` on, stopping at the
     /// first one not stored: what a followed log reads next.
     pub async fn log_chunks_from(
         &self,
@@ -311,12 +336,12 @@ impl DeploymentStore {
         Ok(chunks)
     }
 
-    /// The records of the deployments running now (any copy's).
+    /// The records of the deployments running now (any copy's), every environment included.
     pub async fn active(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
         let mut active = Vec::new();
         for (id, _) in self
             .records
-            .scan::<serde_json::Value>(collection::ACTIVE, "")
+            .scan::<ActiveEntry>(collection::ACTIVE, "")
             .await?
         {
             if let Some(record) = self.record(&id).await? {
@@ -325,6 +350,39 @@ impl DeploymentStore {
         }
         Ok(active)
     }
+
+    /// The deployments running now (any copy's) as lists show them: their history entries, a
+    /// few kilobytes each whatever their size (the record names every environment).
+    pub async fn active_entries(&self) -> Result<Vec<HistoryEntry>, StoreError> {
+        let mut active = Vec::new();
+        for (id, entry) in self
+            .records
+            .scan::<ActiveEntry>(collection::ACTIVE, "")
+            .await?
+        {
+            let listed = match entry.history_key {
+                Some(key) => self.records.get(collection::HISTORY, &key).await?,
+                // Written by an earlier release, without the key.
+                None => self
+                    .record(&id)
+                    .await?
+                    .map(|record| record.history_entry(Vec::new())),
+            };
+            active.extend(listed);
+        }
+        Ok(active)
+    }
+}
+
+/// A run recorded as active in the store (`ACTIVE`), so sibling copies and the status view see
+/// it. Rows of earlier releases also list the run's environments; nothing reads them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ActiveEntry {
+    /// The host process that runs it.
+    pub boot_id: String,
+    /// Its history entry's key (absent in rows of earlier releases).
+    #[serde(default)]
+    pub history_key: Option<String>,
 }
 
 /// The key prefix of a deployment's results and log chunks.

@@ -16,7 +16,7 @@ use crate::{
     catalog::{EnvironmentVersions, Source, StoredEnvironment},
     deployment::{
         BatchStatus, DeploymentRecord, GateStatus, HealthReport, HistoryEntry, Phase, TargetRecord,
-        TargetStatus,
+        TargetStatus, LISTED_ENVIRONMENTS,
     },
     environments::{ConnectionMethod, EnvironmentJson, EnvironmentType},
     rollout::{Amount, BatchKind, GateKind, OnFailure, RollbackMode, RolloutJson, StrategyJson},
@@ -157,9 +157,15 @@ pub struct DeploymentEntry {
     pub progress: u8,
     pub version: String,
     pub triggered_by: String,
+    /// The first 100 environments, in the order they were requested (the deployment's detail
+    /// names them all).
     pub environments: Vec<String>,
-    /// Environments that did not succeed, once it ended.
+    /// How many environments it has.
+    pub environment_count: usize,
+    /// The first 100 environments that did not succeed, once it ended.
     pub failed_environments: Vec<String>,
+    /// How many environments did not succeed, once it ended.
+    pub failed_count: usize,
     pub created_at: String,
     pub finished_at: Option<String>,
     pub duration_ms: Option<u64>,
@@ -181,8 +187,20 @@ impl DeploymentEntry {
             progress: entry.progress,
             version: entry.version.clone(),
             triggered_by: entry.triggered_by.clone(),
-            environments: entry.environments.clone(),
-            failed_environments: entry.failed_environments.clone(),
+            environments: entry
+                .environments
+                .iter()
+                .take(LISTED_ENVIRONMENTS)
+                .cloned()
+                .collect(),
+            environment_count: entry.total_environments(),
+            failed_environments: entry
+                .failed_environments
+                .iter()
+                .take(LISTED_ENVIRONMENTS)
+                .cloned()
+                .collect(),
+            failed_count: entry.total_failed(),
             created_at: entry.created_at.clone(),
             finished_at: entry.finished_at.clone(),
             duration_ms: entry.duration_ms,
@@ -913,7 +931,9 @@ mod tests {
             version: "1".into(),
             triggered_by: "test".into(),
             environments: vec!["a".into()],
+            environment_count: 1,
             failed_environments: Vec::new(),
+            failed_count: 0,
             created_at: "2026-01-01T00:00:00.000Z".into(),
             finished_at: None,
             duration_ms: None,

@@ -73,17 +73,6 @@ impl CachedStatus {
 }
 
 impl ApiState {
-    /// Deployments running now (any copy's), from the small `ACTIVE` collection.
-    async fn active_entries(&self) -> Result<Vec<HistoryEntry>, ApiError> {
-        Ok(self
-            .deployments()
-            .active()
-            .await?
-            .into_iter()
-            .map(|record| record.history_entry(Vec::new()))
-            .collect())
-    }
-
     /// The overview in one view.
     fn overview(
         &self,
@@ -108,7 +97,7 @@ impl ApiState {
 
     /// The overview, for developers and for users, serialized.
     async fn build_status(&self) -> Result<(Bytes, Bytes), ApiError> {
-        let active = self.active_entries().await?;
+        let active = self.deployments().active_entries().await?;
         let history = History::new(self.coordinator.records().clone());
         let latest = history.newest_finished(1).await?.into_iter().next();
         let encode = |view| {
@@ -196,11 +185,17 @@ pub(crate) async fn dashboard(State(api): Shared, caller: Who, params: Params) -
     let counts = history.counts().await?;
     let total_count: u64 = counts.values().sum();
     let last = history.last_deployments().await?;
-    let active = api.active_entries().await?;
-    let running: HashMap<&str, &HistoryEntry> = active
+    // Every environment of each running deployment: the dashboard lists the whole catalog.
+    let running_records = api.deployments().active().await?;
+    let active: Vec<HistoryEntry> = running_records
         .iter()
-        .flat_map(|entry| {
-            entry
+        .map(|record| record.history_entry(Vec::new()))
+        .collect();
+    let running: HashMap<&str, &HistoryEntry> = running_records
+        .iter()
+        .zip(&active)
+        .flat_map(|(record, entry)| {
+            record
                 .environments
                 .iter()
                 .map(move |environment| (environment.as_str(), entry))

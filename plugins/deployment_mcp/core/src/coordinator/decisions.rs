@@ -23,9 +23,9 @@ use crate::{
     },
     environments::Environment,
     history::{Filter, History},
-    records::{self, collection, log_key, target_key, StoreError},
+    records::{self, collection, target_key, StoreError},
     run::{writer, Start},
-    store::{ChunkToStore, DeploymentStore, LogPosition},
+    store::{log_chunk_op, DeploymentStore, LogPosition},
     triggers::{timestamp, LogLine, LogStream},
 };
 
@@ -137,23 +137,10 @@ impl Coordinator {
             line: message.to_owned(),
             request_id: record.request_id.clone(),
         };
-        let key = log_key(&record.deployment_id, end.chunk);
         record.log_lines += 1;
-        let lines = [line];
-        let chunk = ChunkToStore {
-            first: end.line,
-            lines: &lines,
-        };
         Ok((
-            StoreOp::put(
-                collection::LOGS,
-                &key,
-                records::encode(collection::LOGS, &key, &chunk)?,
-            ),
-            LogPosition {
-                chunk: end.chunk + 1,
-                line: end.line + 1,
-            },
+            log_chunk_op(&record.deployment_id, end, &[line])?,
+            end.after(1),
         ))
     }
 
@@ -167,7 +154,7 @@ impl Coordinator {
     ) -> Result<Vec<StoreOp>, StoreError> {
         let id = &record.deployment_id;
         let key = record.history_key();
-        let entry = record.history_entry(failed);
+        let entry = record.history_entry(failed.clone());
         let mut ops = vec![
             StoreOp::put(
                 collection::DEPLOYMENTS,
@@ -181,7 +168,15 @@ impl Coordinator {
                 records::encode(collection::HISTORY, &key, &entry)?,
             ),
         ];
-        ops.extend(crate::history::moved_ops(&key, from, &entry)?);
+        ops.extend(crate::history::moved_ops(
+            &key,
+            from,
+            &entry,
+            crate::history::Members {
+                environments: &record.environments,
+                failed: &failed,
+            },
+        )?);
         Ok(ops)
     }
 

@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     catalog::EnvironmentVersions,
     deployment::{event, DeploymentRecord, Phase, TargetRecord},
-    records::{self, collection, log_key, target_key, Records},
-    store::{ChunkToStore, LogPosition},
+    records::{self, collection, target_key, Records},
+    store::{log_chunk_op, LogPosition},
     triggers::{timestamp, LogLine, LogSink, LogStream},
     wire::{
         self, BatchEvent, EnvironmentEvent, GateEvent, LogEvent, PhaseEvent, TargetResult, View,
@@ -392,16 +392,7 @@ impl WriterTask {
         let mut ops = Vec::with_capacity(targets.len() + 3);
         let encoded = (|| -> Result<(), String> {
             if !lines.is_empty() {
-                let key = log_key(&id, self.log.chunk);
-                let chunk = ChunkToStore {
-                    first: self.log.line,
-                    lines: &lines,
-                };
-                ops.push(StoreOp::put(
-                    collection::LOGS,
-                    &key,
-                    records::encode(collection::LOGS, &key, &chunk)?,
-                ));
+                ops.push(log_chunk_op(&id, self.log, &lines)?);
             }
             for target in targets.values() {
                 let key = target_key(&id, &target.environment_id);
@@ -435,6 +426,10 @@ impl WriterTask {
                     &history,
                     self.written_status,
                     &entry,
+                    crate::history::Members {
+                        environments: &record.environments,
+                        failed,
+                    },
                 )?);
             }
             Ok(())
@@ -454,8 +449,7 @@ impl WriterTask {
             return;
         }
         if !lines.is_empty() {
-            self.log.chunk += 1;
-            self.log.line += lines.len() as u64;
+            self.log = self.log.after(lines.len());
         }
         if let Some((record, _)) = &record {
             self.written_status = record.status;
