@@ -4,7 +4,7 @@
 #   - GET /api/deployment/status through the plugin loaded in-process (the default);
 #   - the same route with the plugin in a child process (`isolation = "process"`).
 # Prints one table: req/s, p99, and each status row's ratios to /health at the same connection
-# count, against the targets (in-process: throughput >= 0.80 and p99 <= 1.5x; process
+# count, against the targets (in-process: throughput >= 0.70 and p99 <= 2x, SPEC §9; process
 # isolation: throughput >= 0.50). The last two columns say where the CPU went: microseconds of
 # CPU per request in the host's own threads, and in the plugin's (its runtime's threads in the
 # host, or its child process), from /proc, so a ratio that falls can be traced to one side.
@@ -142,7 +142,7 @@ for c in "${connections[@]}"; do
   } < <(three "$c")
   row "$c" "GET /health" "$h_rps" "$h_p99" "$h_non" "$h_err" "$h_hu" 0
   row "$c" "GET /api/deployment/status in-process" "$s_rps" "$s_p99" "$s_non" "$s_err" "$s_hu" "$s_pu" \
-    "$h_rps" "$h_p99" 0.80 1.5
+    "$h_rps" "$h_p99" 0.70 2
   row "$c" "GET /api/deployment/status process" "$p_rps" "$p_p99" "$p_non" "$p_err" "$p_hu" "$p_pu" \
     "$h_rps" "$h_p99" 0.50
 done
