@@ -15,7 +15,7 @@ use super::{error::ApiError, AppState};
 use crate::auth::{require, Principal};
 
 /// Liveness, and each plugin's state. 200 even with no plugin.
-#[utoipa::path(get, path = "/health", tag = "core",
+#[utoipa::path(get, path = "/health", operation_id = "getHealth", tag = "host",
     responses((status = 200, description = "The host serves", body = super::openapi::HealthAnswer)))]
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
     let plugins: serde_json::Map<String, Value> = state
@@ -28,7 +28,7 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
 
 /// `GET /api/auth/whoami`: the name and role of the key sent, so a client can show what it may
 /// do without probing.
-#[utoipa::path(get, path = "/api/auth/whoami", tag = "core", security(("api_key" = []), ("bearer" = [])),
+#[utoipa::path(get, path = "/api/auth/whoami", operation_id = "getWhoami", tag = "host", security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, description = "The caller's key name and role", body = super::openapi::WhoAmI)))]
 pub async fn whoami(principal: Option<Extension<Principal>>) -> Result<Json<Value>, ApiError> {
     require(principal.as_deref(), Role::User)?;
@@ -40,7 +40,7 @@ pub async fn whoami(principal: Option<Extension<Principal>>) -> Result<Json<Valu
 }
 
 /// Each plugin: state, version, interface, path, sha256, swaps, last error.
-#[utoipa::path(get, path = "/api/plugins", tag = "core", security(("api_key" = []), ("bearer" = [])),
+#[utoipa::path(get, path = "/api/plugins", operation_id = "listPlugins", tag = "plugins", security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, description = "Every configured plugin", body = super::openapi::PluginList)))]
 pub async fn list_plugins(
     State(state): State<AppState>,
@@ -57,7 +57,7 @@ pub async fn list_plugins(
 
 /// Hot-swaps a plugin from its configured path. A failed reload keeps the old copy serving and
 /// answers 422 with why.
-#[utoipa::path(post, path = "/api/plugins/{name}/reload", tag = "core", security(("api_key" = []), ("bearer" = [])),
+#[utoipa::path(post, path = "/api/plugins/{name}/reload", operation_id = "reloadPlugin", tag = "plugins", security(("api_key" = []), ("bearer" = [])),
     params(("name" = String, Path, description = "The plugin's name, e.g. `deployment_mcp`")),
     responses((status = 200, description = "Swapped", body = super::openapi::ReloadAnswer)))]
 pub async fn reload_plugin(

@@ -26,14 +26,14 @@ pub fn routes() -> Router<()> {
 }
 
 /// The dashboard page.
-#[utoipa::path(get, path = "/", tag = "dashboard",
+#[utoipa::path(get, path = "/", operation_id = "getDashboardPage", tag = "dashboard",
     responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
 pub async fn index() -> Response {
     page(INDEX_HTML, "text/html; charset=utf-8")
 }
 
 /// The page's script and style sheet.
-#[utoipa::path(get, path = "/assets/{file}", tag = "dashboard",
+#[utoipa::path(get, path = "/assets/{file}", operation_id = "getDashboardAsset", tag = "dashboard",
     params(("file" = String, Path, description = "`app.js` or `style.css`")),
     responses((status = 200, description = "The asset", content(
         (String = "text/javascript"),

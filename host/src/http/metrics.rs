@@ -277,7 +277,7 @@ fn method_label(method: &Method) -> &'static str {
 
 /// Prometheus text: requests by route and status, latency, plugin state and swaps, deployments,
 /// environment health, SSE subscribers.
-#[utoipa::path(get, path = "/metrics", tag = "core",
+#[utoipa::path(get, path = "/metrics", operation_id = "getMetrics", tag = "host",
     responses((status = 200, description = "OpenMetrics text exposition (Prometheus scrapes it as is)", content_type = "application/openmetrics-text", body = String)))]
 pub async fn scrape(State(state): State<AppState>) -> Response {
     let metrics = &state.metrics;

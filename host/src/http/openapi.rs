@@ -113,7 +113,9 @@ impl Modify for SecuritySchemes {
     components(schemas(ErrorBody, PluginState, PluginStatus)),
     modifiers(&SecuritySchemes),
     tags(
-        (name = "core", description = "The host: health, plugins, keys, metrics"),
+        (name = "host", description = "The host: health, the caller's key, metrics, this document"),
+        (name = "plugins", description = "The plugins the host serves, and their hot swap"),
+        (name = "events", description = "Server-Sent Events of each plugin"),
         (name = "dashboard", description = "The operator page"),
     ),
 )]
@@ -121,7 +123,7 @@ struct CoreDoc;
 
 /// The whole API description: the host's operations and every active plugin's.
 #[utoipa::path(
-    get, path = "/api/openapi.json", tag = "core",
+    get, path = "/api/openapi.json", operation_id = "getOpenApiDocument", tag = "host",
     responses(
         (status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json", body = Object),
     )
@@ -223,16 +225,33 @@ fn insert_path(document: &mut Value, path: &str, item: Value) {
     document["paths"][path] = item;
 }
 
+/// `stream<Plugin>Events` in the `verbNoun` style of the other operations:
+/// `streamDeploymentMcpEvents` for `deployment_mcp`.
+fn events_operation_id(plugin: &str) -> String {
+    let words: String = plugin
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .map(|word| {
+            let mut chars = word.chars();
+            chars
+                .next()
+                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    format!("stream{words}Events")
+}
+
 /// `{mount}/events` is served by the host for every plugin, active or not.
 fn event_stream(slot: &PluginSlot) -> Value {
     json!({
         "get": {
-            "tags": ["core"],
+            "tags": ["events"],
             "summary": format!("Server-Sent Events of plugin {}", slot.name),
             "description": "Every event has an `id`. A client reconnecting with `Last-Event-ID` first gets what it \
                             missed from the replay buffer, or a `reset` event when that is gone. \
                             503 while the plugin is not active.",
-            "operationId": format!("{}_events", slot.name),
+            "operationId": events_operation_id(&slot.name),
             "parameters": [{
                 "name": "Last-Event-ID", "in": "header", "required": false,
                 "description": "The last event id received", "schema": { "type": "string" }

@@ -96,6 +96,68 @@ async fn the_document_covers_core_and_plugin_endpoints() {
     );
 }
 
+/// Every operation's `operationId` and tags, pinned: a generated client's method names are an
+/// interface, so a rename shows here as a diff, never by surprise.
+#[tokio::test]
+async fn operation_ids_are_unique_verb_noun_names_pinned_here() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = TestHost::start(dir.path(), HostOptions::default()).await;
+    let document = document(&host).await;
+    let mut found: Vec<String> = Vec::new();
+    let mut ids: Vec<&str> = Vec::new();
+    for (path, item) in document["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("a path item") {
+            let id = operation["operationId"].as_str().unwrap_or("");
+            let tags: Vec<&str> = operation["tags"]
+                .as_array()
+                .map(|tags| tags.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            found.push(format!("{id} {method} {path} {}", tags.join(",")));
+            ids.push(id);
+        }
+    }
+    found.sort();
+    // operationId, method, path, tags.
+    let pinned = "
+approveDeployment post /api/deployment/deployments/{id}/approve deployments
+cancelDeployment post /api/deployment/deployments/{id}/cancel deployments
+checkEnvironmentHealth post /api/deployment/environments/{id}/health-check environments
+createEnvironment post /api/deployment/environments environments
+deleteEnvironment delete /api/deployment/environments/{id} environments
+getDashboardAsset get /assets/{file} dashboard
+getDashboardPage get / dashboard
+getDashboardSummary get /api/deployment/dashboard overview
+getDeployment get /api/deployment/deployments/{id} deployments
+getDeploymentLogs get /api/deployment/deployments/{id}/logs deployments
+getDeploymentStatus get /api/deployment/status overview
+getEnvironment get /api/deployment/environments/{id} environments
+getHealth get /health host
+getMetrics get /metrics host
+getOpenApiDocument get /api/openapi.json host
+getWhoami get /api/auth/whoami host
+listDeployments get /api/deployment/history deployments
+listEnvironments get /api/deployment/environments environments
+listPlugins get /api/plugins plugins
+rejectDeployment post /api/deployment/deployments/{id}/reject deployments
+reloadPlugin post /api/plugins/{name}/reload plugins
+replaceEnvironment put /api/deployment/environments/{id} environments
+retryDeployment post /api/deployment/deployments/{id}/retry deployments
+rollbackDeployment post /api/deployment/deployments/{id}/rollback deployments
+streamDeploymentMcpEvents get /api/deployment/events events
+triggerDeployment post /api/deployment/trigger-local deployments
+triggerDeploymentOneClick post /api/deployment/one-click deployments";
+    assert_eq!(found.join("\n"), pinned.trim());
+    // The style: a lower-case verb, then nouns, letters only.
+    for id in ids {
+        assert!(
+            id.starts_with(|c: char| c.is_ascii_lowercase())
+                && id.chars().all(|c| c.is_ascii_alphanumeric())
+                && id.chars().any(|c| c.is_ascii_uppercase()),
+            "{id} is not verbNoun"
+        );
+    }
+}
+
 #[tokio::test]
 async fn without_the_plugin_the_document_still_serves_and_says_why() {
     let dir = tempfile::tempdir().expect("temp dir");

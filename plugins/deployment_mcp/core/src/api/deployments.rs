@@ -73,7 +73,7 @@ fn accepted(mount: &Mount, deployment_id: &str, status: Phase) -> Response {
 }
 
 #[utoipa::path(
-    get, path = "/deployments/{id}", tag = "deployment",
+    get, path = "/deployments/{id}", operation_id = "getDeployment", tag = "deployments",
     params(crate::wire::DeploymentId),
     responses((status = 200, description = "The full record", body = crate::wire::DeploymentDetail))
 )]
@@ -95,7 +95,7 @@ pub(crate) async fn detail(State(api): Shared, Id(id): Id) -> Answer {
 }
 
 #[utoipa::path(
-    get, path = "/deployments/{id}/logs", tag = "deployment",
+    get, path = "/deployments/{id}/logs", operation_id = "getDeploymentLogs", tag = "deployments",
     params(
         crate::wire::DeploymentId,
         ("follow" = Option<bool>, Query, description = "Stream NDJSON lines until the deployment ends"),
@@ -174,7 +174,7 @@ pub(crate) async fn logs(State(api): Shared, Id(id): Id, params: Params) -> Answ
 }
 
 #[utoipa::path(
-    post, path = "/trigger-local", tag = "deployment",
+    post, path = "/trigger-local", operation_id = "triggerDeployment", tag = "deployments",
     params(("Idempotency-Key" = Option<String>, Header, description = "Repeats the first answer for the same key and body")),
     request_body(content = Option<crate::wire::TriggerRequest>, content_type = "application/json"),
     responses((status = 202, description = "Started; follow `status_url`", body = crate::wire::Accepted))
@@ -184,7 +184,7 @@ pub(crate) async fn trigger_local(State(api): Shared, call: TriggerCall, body: B
 }
 
 #[utoipa::path(
-    post, path = "/one-click", tag = "deployment",
+    post, path = "/one-click", operation_id = "triggerDeploymentOneClick", tag = "deployments",
     params(("Idempotency-Key" = Option<String>, Header, description = "Repeats the first answer for the same key and body")),
     request_body(content = Option<crate::wire::TriggerRequest>, content_type = "application/json"),
     responses((status = 202, description = "Started (the original's name for trigger-local)", body = crate::wire::Accepted))
@@ -318,7 +318,7 @@ async fn trigger(api: &ApiState, call: TriggerCall, body: &[u8]) -> Answer {
 }
 
 #[utoipa::path(
-    post, path = "/deployments/{id}/cancel", tag = "deployment",
+    post, path = "/deployments/{id}/cancel", operation_id = "cancelDeployment", tag = "deployments",
     params(crate::wire::DeploymentId),
     responses(
         (status = 200, description = "Cancelled; the summary as recorded", body = crate::wire::DeploymentSummary),
@@ -369,7 +369,7 @@ pub(crate) async fn cancel(State(api): Shared, caller: Who, Id(id): Id) -> Answe
 }
 
 #[utoipa::path(
-    post, path = "/deployments/{id}/retry", tag = "deployment",
+    post, path = "/deployments/{id}/retry", operation_id = "retryDeployment", tag = "deployments",
     params(crate::wire::DeploymentId),
     responses((status = 202, description = "A new deployment of the environments that did not succeed", body = crate::wire::Accepted))
 )]
@@ -422,7 +422,7 @@ pub(crate) async fn retry(
 }
 
 #[utoipa::path(
-    post, path = "/deployments/{id}/approve", tag = "deployment",
+    post, path = "/deployments/{id}/approve", operation_id = "approveDeployment", tag = "deployments",
     params(crate::wire::DeploymentId),
     responses(
         (status = 200, description = "Approved: the deployment goes on with the batches after its canary", body = crate::wire::DeploymentSummary),
@@ -439,7 +439,7 @@ pub(crate) async fn approve(State(api): Shared, caller: Who, Id(id): Id) -> Answ
 }
 
 #[utoipa::path(
-    post, path = "/deployments/{id}/reject", tag = "deployment",
+    post, path = "/deployments/{id}/reject", operation_id = "rejectDeployment", tag = "deployments",
     params(crate::wire::DeploymentId),
     responses(
         (status = 200, description = "Rejected: the deployment ended `cancelled`, the environments not started `skipped`", body = crate::wire::DeploymentSummary),
@@ -459,7 +459,7 @@ pub(crate) async fn reject(State(api): Shared, caller: Who, Id(id): Id) -> Answe
 }
 
 #[utoipa::path(
-    post, path = "/deployments/{id}/rollback", tag = "deployment",
+    post, path = "/deployments/{id}/rollback", operation_id = "rollbackDeployment", tag = "deployments",
     params(crate::wire::DeploymentId),
     responses(
         (status = 202, description = "Rolling back: the environments it changed return to their previous version; follow `status_url`", body = crate::wire::Accepted),
@@ -474,7 +474,7 @@ pub(crate) async fn rollback(State(api): Shared, caller: Who, mount: Mount, Id(i
 }
 
 #[utoipa::path(
-    get, path = "/history", tag = "deployment",
+    get, path = "/history", operation_id = "listDeployments", tag = "deployments",
     params(
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Page size (default 50)"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),

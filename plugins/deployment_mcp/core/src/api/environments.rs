@@ -38,7 +38,7 @@ impl ApiState {
 }
 
 #[utoipa::path(
-    get, path = "/environments", tag = "deployment",
+    get, path = "/environments", operation_id = "listEnvironments", tag = "environments",
     responses((status = 200, description = "Every environment with its last health", body = crate::wire::EnvironmentList))
 )]
 pub(crate) async fn list(State(api): Shared) -> Answer {
@@ -63,7 +63,7 @@ pub(crate) async fn list(State(api): Shared) -> Answer {
 }
 
 #[utoipa::path(
-    get, path = "/environments/{id}", tag = "deployment",
+    get, path = "/environments/{id}", operation_id = "getEnvironment", tag = "environments",
     params(crate::wire::EnvironmentId),
     responses((status = 200, description = "One environment (secrets shown as `has_*`)", body = crate::wire::EnvironmentView))
 )]
@@ -72,7 +72,7 @@ pub(crate) async fn get(State(api): Shared, Id(id): Id) -> Answer {
 }
 
 #[utoipa::path(
-    post, path = "/environments", tag = "deployment",
+    post, path = "/environments", operation_id = "createEnvironment", tag = "environments",
     request_body(content = crate::environments::EnvironmentJson, content_type = "application/json"),
     responses((status = 201, description = "Created; `Location` names it", body = crate::wire::EnvironmentView))
 )]
@@ -97,7 +97,7 @@ pub(crate) async fn create(State(api): Shared, mount: Mount, body: Bytes) -> Ans
 }
 
 #[utoipa::path(
-    put, path = "/environments/{id}", tag = "deployment",
+    put, path = "/environments/{id}", operation_id = "replaceEnvironment", tag = "environments",
     params(crate::wire::EnvironmentId),
     request_body(content = crate::environments::EnvironmentJson, content_type = "application/json", description = "The whole environment; an omitted secret is kept, an empty one cleared"),
     responses((status = 200, description = "Replaced", body = crate::wire::EnvironmentView))
@@ -135,7 +135,7 @@ pub(crate) async fn replace(State(api): Shared, Id(id): Id, body: Bytes) -> Answ
 }
 
 #[utoipa::path(
-    delete, path = "/environments/{id}", tag = "deployment",
+    delete, path = "/environments/{id}", operation_id = "deleteEnvironment", tag = "environments",
     params(crate::wire::EnvironmentId),
     responses((status = 200, description = "Deleted", body = crate::wire::Deleted))
 )]
@@ -156,7 +156,7 @@ pub(crate) async fn delete(State(api): Shared, Id(id): Id) -> Answer {
 }
 
 #[utoipa::path(
-    post, path = "/environments/{id}/health-check", tag = "deployment",
+    post, path = "/environments/{id}/health-check", operation_id = "checkEnvironmentHealth", tag = "environments",
     params(crate::wire::EnvironmentId),
     responses((status = 200, description = "The check's result, also recorded", body = crate::wire::HealthCheckAnswer))
 )]

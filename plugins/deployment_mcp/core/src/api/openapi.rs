@@ -45,7 +45,11 @@ use crate::{
         TargetStatus, HealthView, TargetResult, DeploymentEntry, ErrorAnswer,
         crate::wire::BatchEvent, crate::wire::GateEvent,
     )),
-    tags((name = "deployment", description = "Deployment coordination (the deployment_mcp plugin)")),
+    tags(
+        (name = "deployments", description = "Deployments: trigger, follow, decide, roll back, history (the deployment_mcp plugin)"),
+        (name = "environments", description = "The target environments and their health (the deployment_mcp plugin)"),
+        (name = "overview", description = "What runs now and the dashboard's aggregate (the deployment_mcp plugin)"),
+    ),
 )]
 struct ApiDoc;
 

@@ -139,7 +139,7 @@ impl ApiState {
 }
 
 #[utoipa::path(
-    get, path = "/status", tag = "deployment",
+    get, path = "/status", operation_id = "getDeploymentStatus", tag = "overview",
     params(("id" = Option<String>, Query, description = "One deployment's summary instead of the overview")),
     responses((status = 200, description = "Active deployments and the latest finished one, or one deployment", body = crate::wire::StatusAnswer))
 )]
@@ -174,7 +174,7 @@ pub(crate) async fn status(State(api): Shared, caller: Who, params: Params) -> A
 /// The aggregate the dashboard draws: counts by status, environments with their health and
 /// last result, active runs, and success rate and mean duration over the last `window`.
 #[utoipa::path(
-    get, path = "/dashboard", tag = "deployment",
+    get, path = "/dashboard", operation_id = "getDashboardSummary", tag = "overview",
     params(("window" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Finished deployments the figures cover (default 50)")),
     responses((status = 200, description = "The aggregate the dashboard draws", body = crate::wire::DashboardAnswer))
 )]
