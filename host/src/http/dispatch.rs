@@ -9,6 +9,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use futures_util::StreamExt;
+use plugin_api::Role;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -35,23 +36,26 @@ pub struct MountState {
     pub max_streams: usize,
 }
 
-/// The 503 for a plugin that is not serving, with the reason.
-pub fn unavailable(slot: &PluginSlot) -> ApiError {
+/// The 503 for a plugin that is not serving. The reason (which names the library's path and
+/// the plugin's settings) only for an admin, who can also read it in `GET /api/plugins`; any
+/// other caller, with or without a key, learns only that it is unavailable and its state.
+pub fn unavailable(slot: &PluginSlot, caller: Option<&Principal>) -> ApiError {
     let status = slot.status();
-    let reason = status
-        .last_error
-        .clone()
-        .unwrap_or_else(|| "it is not loaded".to_owned());
-    ApiError::unavailable(
-        "plugin_unavailable",
+    let state = status.state.as_str();
+    let message = if caller.is_some_and(|caller| caller.role == Role::Admin) {
+        let reason = status
+            .last_error
+            .clone()
+            .unwrap_or_else(|| "it is not loaded".to_owned());
+        format!("plugin {} is {state}: {reason}", status.name)
+    } else {
         format!(
-            "plugin {} is {}: {reason}",
-            status.name,
-            status.state.as_str()
-        ),
-        10,
-    )
-    .with_extra(serde_json::json!({ "plugin": status.name, "state": status.state }))
+            "plugin {} is {state}; an admin can see why in GET /api/plugins",
+            status.name
+        )
+    };
+    ApiError::unavailable("plugin_unavailable", message, 10)
+        .with_extra(serde_json::json!({ "plugin": status.name, "state": status.state }))
 }
 
 pub async fn dispatch(State(mount): State<Arc<MountState>>, request: Request) -> Response {
@@ -63,7 +67,10 @@ pub async fn dispatch(State(mount): State<Arc<MountState>>, request: Request) ->
 
 async fn forward(mount: &MountState, request: Request) -> Result<Response, ApiError> {
     let Some(plugin) = mount.slot.active() else {
-        return Err(unavailable(&mount.slot));
+        return Err(unavailable(
+            &mount.slot,
+            request.extensions().get::<Principal>(),
+        ));
     };
     let (parts, body) = request.into_parts();
     // Declared lengths over the limit were refused by the limit layer; this catches streams.

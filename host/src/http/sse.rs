@@ -32,7 +32,10 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let role = require(principal.as_deref(), Role::User)?.role;
     if mount.slot.active().is_none() {
-        return Err(super::dispatch::unavailable(&mount.slot));
+        return Err(super::dispatch::unavailable(
+            &mount.slot,
+            principal.as_deref(),
+        ));
     }
     let Ok(slot) = Arc::clone(&app.event_streams).try_acquire_owned() else {
         return Err(super::error::too_many_streams(app.max_streams));

@@ -104,6 +104,18 @@ async fn absent_plugin_leaves_the_core_running_and_deployment_routes_503() {
     );
     let body: serde_json::Value = response.json().await.expect("JSON body");
     assert_eq!(body["error"], "plugin_unavailable");
+    assert_eq!(body["state"], "missing", "{body}");
+    // Why (the library's path, the settings) only for an admin; not without a key or for a user.
+    for key in [None, Some(USER_KEY)] {
+        let (status, body) = host.get("/api/deployment/status", key).await;
+        assert_eq!(status, 503, "{body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("missing") && !message.contains("libdeployment_mcp"),
+            "{key:?}: {message}"
+        );
+    }
+    let (_, body) = host.get("/api/deployment/status", Some(ADMIN_KEY)).await;
     let message = body["message"].as_str().unwrap_or_default();
     assert!(
         message.contains("missing") && message.contains("libdeployment_mcp.so"),
@@ -160,7 +172,8 @@ async fn plugin_whose_start_fails_is_failed_with_its_message() {
         error.contains("cannot reach the deployment database"),
         "{error}"
     );
-    let (status, body) = host.get("/api/deployment/status", Some(USER_KEY)).await;
+    // The reason for an admin; a user learns only that it failed.
+    let (status, body) = host.get("/api/deployment/status", Some(ADMIN_KEY)).await;
     assert_eq!(status, 503);
     assert!(
         body["message"]
@@ -169,6 +182,9 @@ async fn plugin_whose_start_fails_is_failed_with_its_message() {
             .contains("cannot reach"),
         "{body}"
     );
+    let (status, body) = host.get("/api/deployment/status", Some(USER_KEY)).await;
+    assert_eq!((status, body["state"].as_str()), (503, Some("failed")));
+    assert!(!body.to_string().contains("cannot reach"), "{body}");
 }
 
 #[tokio::test]
