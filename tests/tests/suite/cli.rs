@@ -265,6 +265,44 @@ fn deploy_in_process_reports_results_and_keeps_history() {
     assert!(status.stdout.contains("completed"), "{status}");
 }
 
+/// A script's terminal control sequences (a window title, clear screen, colours, a bell) and a
+/// failing one's error reach the operator's terminal as plain text.
+#[test]
+fn remote_output_cannot_drive_the_terminal() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8 path");
+    let script = r"printf ']0;ownedvisible[2J text[31m red
+'; printf 'failing [2J
+' >&2; exit 3";
+    let file = write_environments(
+        dir.path(),
+        "noisy.json",
+        vec![local("noisy", &["sh", "-c", script])],
+    );
+    let run = cli(
+        dir.path(),
+        &[
+            "--environments",
+            &file,
+            "--data-dir",
+            data,
+            "deploy",
+            "--follow-logs",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, Some(1), "{run}");
+    assert!(run.stdout.contains("visible text red"), "{run}");
+    assert!(run.stdout.contains("failing"), "{run}");
+    for output in [&run.stdout, &run.stderr] {
+        assert!(
+            !output.contains('\u{1b}') && !output.contains('\u{7}'),
+            "a control character reached the terminal: {output:?}"
+        );
+    }
+}
+
 #[test]
 fn ec2_trigger_hands_the_instance_to_every_environment() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -272,7 +272,7 @@ fn print_deployment(
         outln!("  retry of:     {retry_of}");
     }
     if let Some(Some(error)) = &entry.error {
-        outln!("  error:        {error}");
+        outln!("  error:        {}", output::printable(error));
     }
     match statuses {
         Some(statuses) if !statuses.is_empty() => {

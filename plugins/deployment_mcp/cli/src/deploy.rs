@@ -259,7 +259,7 @@ fn print_summary(record: &DeploymentDetail) {
         output::dash(Some(record.version.as_str()))
     );
     for error in &record.errors {
-        outln!("error:      {error}");
+        outln!("error:      {}", output::printable(error));
     }
 }
 
@@ -528,7 +528,7 @@ fn target_line(target: &TargetResult) -> String {
         }
         if let Some(Some(error)) = &target.error {
             line.push_str(": ");
-            line.push_str(error);
+            line.push_str(&output::printable(error));
         }
     }
     line
@@ -540,7 +540,7 @@ fn log_line(line: &LogLine) -> String {
         output::short_time(&line.ts),
         line.environment.as_deref().unwrap_or("deployment"),
         line.stream.as_str(),
-        line.line
+        output::printable(&line.line)
     )
 }
 

@@ -16,6 +16,58 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
+/// `text` from a remote peer (a script's output, an error) fit for the operator's terminal:
+/// escape sequences (`ESC [ 2 J`, `ESC ] 0 ; title BEL`, …) and other control characters
+/// removed, tabs kept. A script's own colours go too; the CLI's are added after this.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let is_control = |c: char| (c.is_control() && c != '\t') || c == '\u{7f}';
+    if !text.chars().any(is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut kept = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.next() {
+                // Control sequence: parameters up to a final byte in @..~.
+                Some('[') => skip_control_sequence(&mut chars),
+                // Strings (OSC, DCS, APC, PM, SOS): up to BEL or ESC \.
+                Some(']' | 'P' | '_' | '^' | 'X') => skip_string(&mut chars),
+                // Any other escape is two characters.
+                _ => {}
+            },
+            '\u{9b}' => skip_control_sequence(&mut chars),
+            '\u{9d}' | '\u{90}' | '\u{9f}' | '\u{9e}' | '\u{98}' => skip_string(&mut chars),
+            c if is_control(c) => {}
+            c => kept.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(kept)
+}
+
+fn skip_control_sequence(chars: &mut impl Iterator<Item = char>) {
+    for c in chars.by_ref() {
+        if ('@'..='~').contains(&c) {
+            return;
+        }
+    }
+}
+
+fn skip_string(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{7}' | '\u{9c}' => return,
+            '\u{1b}' => {
+                if chars.peek() == Some(&'\\') {
+                    chars.next();
+                }
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Pretty JSON on stdout, for `--json`.
 pub fn print_json<T: serde::Serialize>(value: &T) {
     let text = serde_json::to_string_pretty(value).unwrap_or_default();
@@ -36,8 +88,17 @@ impl Table {
         }
     }
 
+    /// Adds a row; cells hold remote text (errors, ids), printed as [`printable`].
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(
+            cells
+                .into_iter()
+                .map(|cell| match printable(&cell) {
+                    std::borrow::Cow::Borrowed(_) => cell,
+                    std::borrow::Cow::Owned(clean) => clean,
+                })
+                .collect(),
+        );
     }
 
     pub fn is_empty(&self) -> bool {
@@ -136,6 +197,19 @@ mod tests {
         assert_eq!(
             table.render(),
             "A          LONGER  LAST\nwide-cell  x       tail text\n"
+        );
+        assert_eq!(printable("plain\ttext"), "plain\ttext");
+        assert_eq!(
+            printable("\u{1b}]0;owned title\u{7}before\u{1b}[2Jafter\u{1b}[1;31mred\u{1b}[0m"),
+            "beforeafterred"
+        );
+        assert_eq!(
+            printable("a\u{1b}]8;;http://x\u{1b}\\link\u{1b}]8;;\u{1b}\\b"),
+            "alinkb"
+        );
+        assert_eq!(
+            printable("bell\u{7} back\u{8}space \u{9b}2Jc1 \u{1b}cRIS"),
+            "bell backspace c1 RIS"
         );
         let ids = vec!["a".to_owned(), "b".to_owned()];
         assert_eq!(listed(&ids, 2), "a,b");
