@@ -28,7 +28,7 @@ ALL_TOOLS = {
 }
 WRITE_TOOLS = {
     "trigger_deployment", "cancel_deployment", "retry_deployment", "approve_deployment",
-    "reject_deployment", "rollback_deployment",
+    "reject_deployment", "rollback_deployment", "check_environment_health",
 }
 USER_TOOLS = {"list_environments", "get_environment", "list_deployments", "get_deployment"}
 DEVELOPER_TOOLS = USER_TOOLS | {"get_deployment_logs", "check_environment_health"}

@@ -261,9 +261,10 @@ pub const TOOLS: &[ToolSpec] = &[
     ToolSpec {
         name: "check_environment_health",
         title: "Check an environment's health",
-        description: "Runs the environment's health check (its health_check_url) now and returns the report.",
+        description: "Runs the environment's health check (its health_check_url) now, records the report as its last health, and returns it.",
         needs: Role::Developer,
-        writes: false,
+        // It records the report: not for a read-only endpoint.
+        writes: true,
         destructive: false,
         input: environment_id_input,
         output: health_output,
