@@ -577,6 +577,26 @@ pub fn process_alive(pid: u32) -> bool {
             .unwrap_or(false)
 }
 
+/// The processes whose `/proc/PID/stat` fields after the command (state, parent, group, …)
+/// pass `test`.
+pub fn processes_where(test: impl Fn(&[&str]) -> bool) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (_, rest) = stat.rsplit_once(')')?;
+                    Some(test(&rest.split_whitespace().collect::<Vec<_>>()))
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
 /// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
 pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> bool
 where

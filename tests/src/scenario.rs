@@ -136,6 +136,18 @@ pub async fn started(host: &TestHost, body: Value) -> String {
         .to_owned()
 }
 
+/// The first page of a deployment's log (up to 10,000 lines), as an admin reads it.
+pub async fn log_page(host: &TestHost, id: &str) -> Value {
+    let (status, page) = host
+        .get(
+            &format!("/api/deployment/deployments/{id}/logs"),
+            Some(ADMIN_KEY),
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    page
+}
+
 /// The full record of a deployment, as a developer sees it.
 pub async fn detail(host: &TestHost, id: &str) -> Value {
     let (status, body) = host

@@ -856,3 +856,164 @@ async fn a_followed_log_whose_client_left_stops() {
         )
         .await;
 }
+
+/// Variables the host is started with that no child may see (and one the plugin's process keeps:
+/// its EC2 phase reads the AWS chain).
+const HOST_ONLY: [(&str, &str); 3] = [
+    ("DEPLOYMENT_MCP_API_KEY", "host-mcp-key-value"),
+    ("PA_SERVER__SHUTDOWN_GRACE_SECS", "7"),
+    ("UNRELATED_HOST_VARIABLE", "host-only-value"),
+];
+const AWS_SECRET: (&str, &str) = ("AWS_SECRET_ACCESS_KEY", "host-aws-secret-value");
+
+/// The names and values in `/proc/PID/environ`.
+fn environ(pid: u32) -> Vec<(String, String)> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    raw.split(|&byte| byte == 0)
+        .filter_map(|entry| {
+            let text = String::from_utf8_lossy(entry);
+            let (name, value) = text.split_once('=')?;
+            Some((name.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+/// The children of `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    e2e::processes_where(|fields| fields.get(1).and_then(|ppid| ppid.parse().ok()) == Some(parent))
+}
+
+/// A local command gets `PATH`, `HOME`, `LANG`, the deployment's variables and its
+/// environment's `env`, and nothing else of the host's environment (credentials, keys, `PA_*`
+/// settings), with the plugin in the host's process or in its own; the plugin's own process
+/// keeps only the basics and the AWS chain.
+#[tokio::test]
+async fn a_local_command_gets_a_clean_environment() {
+    for isolation in [
+        e2e::scenario::Isolation::InProcess,
+        e2e::scenario::Isolation::Process,
+    ] {
+        let dir = temp();
+        let mut printenv = local("printenv", &["/usr/bin/env"], 60);
+        printenv["env"] = json!({ "APP_MODE": "blue" });
+        let mut options = options(vec![printenv]);
+        options.plugin_config = isolation.config().into();
+        options.env = HOST_ONLY
+            .iter()
+            .chain([&AWS_SECRET])
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        let host = TestHost::start(dir.path(), options).await;
+        let id = started(&host, json!({"environments": ["printenv"]})).await;
+        let record = finished(&host, &id).await;
+        assert_eq!(record["status"], "completed", "{record}");
+        let page = e2e::scenario::log_page(&host, &id).await;
+        let printed: Vec<String> = page["lines"]
+            .as_array()
+            .map(|lines| {
+                lines
+                    .iter()
+                    .filter(|line| line["stream"] == "stdout")
+                    .filter_map(|line| line["line"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let names: Vec<&str> = printed
+            .iter()
+            .filter_map(|line| line.split_once('=').map(|(name, _)| name))
+            .collect();
+        let context = format!("{isolation:?}: {printed:?}");
+        for expected in [
+            "PATH",
+            "PA_DEPLOYMENT_ID",
+            "PA_TRIGGER_ID",
+            "DEPLOYMENT_VERSION",
+        ] {
+            assert!(names.contains(&expected), "{expected} is set; {context}");
+        }
+        assert!(printed.contains(&"APP_MODE=blue".to_owned()), "{context}");
+        for (name, value) in HOST_ONLY.iter().chain([&AWS_SECRET]) {
+            assert!(
+                !names.contains(name),
+                "{name} reached the command; {context}"
+            );
+            // Values distinctive enough to search for.
+            assert!(
+                value.len() < 8 || !page.to_string().contains(value),
+                "{name}'s value is in the log; {context}"
+            );
+        }
+        if isolation == e2e::scenario::Isolation::Process {
+            let runners: Vec<u32> = children_of(host.pid())
+                .into_iter()
+                .filter(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|line| String::from_utf8_lossy(&line).contains("plugin-runner"))
+                })
+                .collect();
+            assert_eq!(runners.len(), 1, "one plugin process: {runners:?}");
+            let variables = environ(runners[0]);
+            let has = |wanted: &str| variables.iter().any(|(name, _)| name == wanted);
+            for (name, _) in HOST_ONLY {
+                assert!(!has(name), "the plugin's process has {name}");
+            }
+            assert!(
+                has(AWS_SECRET.0),
+                "the plugin's EC2 phase keeps the AWS chain"
+            );
+            assert!(has("PATH"));
+        }
+        host.stop();
+    }
+}
+
+/// A known secret that a script prints (another environment's `api_token`, to its output and to
+/// its stderr, which its error quotes) is `***` in the log, the results, the output tails, the
+/// summary and the event stream.
+#[tokio::test]
+async fn known_secrets_printed_by_a_script_are_masked_everywhere() {
+    const TOKEN: &str = "tok-known-secret-4711";
+    let dir = temp();
+    let target = Target::start(Behaviour::default()).await;
+    let api = json!({"environment_id": "api", "environment_type": "linux_local",
+        "connection_method": "http_api", "host": "127.0.0.1", "port": target.port(),
+        "api_token": TOKEN, "timeout": 20});
+    let script = format!("echo using {TOKEN}; echo {TOKEN} failed >&2; exit 3");
+    let leaky = local("leaky", &["sh", "-c", &script], 20);
+    let host = TestHost::start(dir.path(), options(vec![api, leaky])).await;
+    let events = collect(open_events(&host, DEVELOPER_KEY).await);
+    let id = started(&host, json!({"environments": ["leaky"]})).await;
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    let page = e2e::scenario::log_page(&host, &id).await;
+    let lines = page["lines"].to_string();
+    assert!(
+        lines.contains("using ***"),
+        "the line is kept, masked: {lines}"
+    );
+    let error = e2e::scenario::result(&record, "leaky")["error"].to_string();
+    assert!(
+        error.contains("*** failed"),
+        "the error keeps its text: {error}"
+    );
+    let (_, status_view) = host
+        .get(&format!("/api/deployment/status?id={id}"), Some(ADMIN_KEY))
+        .await;
+    // The events of this deployment have arrived once its end has.
+    let seen = wait_until(Duration::from_secs(10), || async {
+        events
+            .lock()
+            .is_ok_and(|text| text.contains(&id) && text.contains("\"failed\""))
+    })
+    .await;
+    assert!(seen, "the event stream saw the deployment end");
+    let streamed = events.lock().map(|text| text.clone()).unwrap_or_default();
+    for (what, text) in [
+        ("the log", lines),
+        ("the detail", record.to_string()),
+        ("the summary", status_view.to_string()),
+        ("the events", streamed),
+    ] {
+        assert!(!text.contains(TOKEN), "{what} shows the secret: {text}");
+    }
+}

@@ -333,3 +333,68 @@ async fn a_selector_deploys_the_enabled_environments_with_those_tags() {
         }
     }
 }
+
+/// An environment read (its URLs' credentials shown as `***`) and written back as it was shown
+/// keeps its real URLs; a URL that was really changed is taken.
+#[tokio::test]
+async fn writing_back_a_shown_environment_keeps_its_real_urls() {
+    let plugin = plugin(Vec::new(), json!({})).await;
+    let health = "http://probe:healthpass@127.0.0.1:9/health?token=healthquery";
+    let environment = json!({"environment_id": "hook", "environment_type": "linux_local",
+        "connection_method": "webhook", "webhook_url": "http://hookuser:hookpass@127.0.0.1:9/hook",
+        "health_check_url": health, "timeout": 20});
+    let (status, body) = plugin
+        .admin("POST", "/environments", Some(environment))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, shown) = plugin.admin("GET", "/environments/hook", None).await;
+    assert!(
+        !shown.to_string().contains("healthpass"),
+        "shown masked: {shown}"
+    );
+    let mut written_back = json!({});
+    for field in [
+        "environment_id",
+        "environment_type",
+        "connection_method",
+        "webhook_url",
+        "health_check_url",
+        "timeout",
+    ] {
+        written_back[field] = shown[field].clone();
+    }
+    let (status, body) = plugin
+        .admin("PUT", "/environments/hook", Some(written_back.clone()))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let records = deployment_mcp_core::records::Records::new(plugin.host.host.clone());
+    let stored = stored_environment(&records).await;
+    assert!(
+        stored.contains("probe:healthpass") && stored.contains("healthquery"),
+        "the real health URL is kept: {stored}"
+    );
+    assert!(stored.contains("hookuser:hookpass"), "{stored}");
+    // A new URL is a new URL.
+    written_back["health_check_url"] = json!("http://127.0.0.1:9/ready");
+    let (status, body) = plugin
+        .admin("PUT", "/environments/hook", Some(written_back))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let stored = stored_environment(&records).await;
+    assert!(
+        stored.contains("/ready") && !stored.contains("healthpass"),
+        "{stored}"
+    );
+}
+
+/// The environment `hook` as stored.
+async fn stored_environment(records: &deployment_mcp_core::records::Records) -> String {
+    records
+        .get_raw(
+            deployment_mcp_core::records::collection::ENVIRONMENTS,
+            "hook",
+        )
+        .await
+        .expect("read")
+        .unwrap_or_default()
+}

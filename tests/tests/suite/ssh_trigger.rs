@@ -577,23 +577,11 @@ fn read_pid(path: &Path) -> u32 {
 
 /// Live (not zombie) processes in process group `pgid`.
 fn group_members(pgid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    let (_, rest) = stat.rsplit_once(')')?;
-                    let fields: Vec<&str> = rest.split_whitespace().collect();
-                    // state, ppid, pgrp
-                    Some(fields.first()? != &"Z" && fields.get(2)?.parse::<u32>().ok()? == pgid)
-                })
-                .unwrap_or(false)
-        })
-        .collect()
+    // state, ppid, pgrp
+    e2e::processes_where(|fields| {
+        fields.first() != Some(&"Z")
+            && fields.get(2).and_then(|group| group.parse().ok()) == Some(pgid)
+    })
 }
 
 #[tokio::test]

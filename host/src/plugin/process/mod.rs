@@ -430,6 +430,28 @@ impl Drop for StartGuard {
     }
 }
 
+/// Whether the plugin's process gets the host's variable `name`: the basics (`PATH`, `HOME`,
+/// locale, time zone, certificates) and what the plugin itself reads (the AWS chain of its EC2
+/// phase, the platform's identity, the default version). Never the host's keys or its `PA_*`
+/// settings: a child of the plugin (a local trigger) could print them.
+fn passes_to_runner(name: &str) -> bool {
+    matches!(
+        name,
+        "PATH"
+            | "HOME"
+            | "LANG"
+            | "TZ"
+            | "TMPDIR"
+            | "SSL_CERT_FILE"
+            | "SSL_CERT_DIR"
+            | "RUST_BACKTRACE"
+            | "EC2_INSTANCE_ID"
+            | "EC2_PUBLIC_IP"
+            | "DEPLOYMENT_VERSION"
+    ) || name.starts_with("AWS_")
+        || name.starts_with("LC_")
+}
+
 /// Starts a child, has it load the plugin, and waits until it is ready.
 pub async fn spawn(spec: ChildSpec) -> Result<ChildCopy, LoadError> {
     let failed = |what: &str, error: &dyn std::fmt::Display| LoadError {
@@ -446,7 +468,9 @@ pub async fn spawn(spec: ChildSpec) -> Result<ChildCopy, LoadError> {
         .arg(std::process::id().to_string())
         .stdin(Stdio::from(OwnedFd::from(child_end)))
         .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::inherit())
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(name, _)| name.to_str().is_some_and(passes_to_runner)));
     if spec.memory_limit_mb.is_some() {
         // The allocator would reserve 1 GiB of writable address space up front, which the
         // limit counts: under a small limit the child could not even start. Without the
@@ -736,5 +760,28 @@ mod tests {
         let exited = Death::from_status(std::process::ExitStatus::from_raw(3 << 8));
         assert_eq!((exited.signal, exited.exit_code), (None, Some(3)));
         assert_eq!(exited.cause, "exited with status 3");
+    }
+
+    #[test]
+    fn the_plugins_process_gets_the_basics_and_the_aws_chain_never_the_hosts_keys() {
+        for name in [
+            "PATH",
+            "HOME",
+            "LANG",
+            "LC_ALL",
+            "AWS_REGION",
+            "AWS_SECRET_ACCESS_KEY",
+        ] {
+            assert!(passes_to_runner(name), "{name}");
+        }
+        for name in [
+            "PA_AUTH__KEYS",
+            "PA_SERVER__LISTEN",
+            "DEPLOYMENT_MCP_API_KEY",
+            "GITHUB_TOKEN",
+            "path",
+        ] {
+            assert!(!passes_to_runner(name), "{name}");
+        }
     }
 }

@@ -59,6 +59,25 @@ pub struct StoredEnvironment {
     pub has_webhook_secret: bool,
 }
 
+/// Every secret value the catalog holds, for masking in deployment logs (one scan of the
+/// secrets collection, which holds a row only for environments that have one).
+pub async fn secret_values(records: &Records) -> Result<Vec<String>, StoreError> {
+    Ok(records
+        .scan::<Secrets>(collection::SECRETS, "")
+        .await?
+        .into_iter()
+        .flat_map(|(_, secrets)| [secrets.api_token, secrets.webhook_secret])
+        .flatten()
+        .collect())
+}
+
+/// `given` back to `stored` when it is exactly how `stored` is shown (credentials masked).
+fn keep_shown_url(given: &mut String, stored: &str) {
+    if given != stored && *given == crate::redact::url(stored) {
+        stored.clone_into(given);
+    }
+}
+
 /// An environment's secrets, stored apart.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Secrets {
@@ -318,13 +337,18 @@ impl Catalog {
         if let Some(slot) = environment.webhook_secret_slot() {
             keep_secret(slot, &kept.webhook_secret);
         }
+        // A URL written back as it was shown (its credentials `***`) keeps the real one.
         if let (Some(given), Some(stored)) = (
             environment.webhook_url_mut(),
             previous.environment.webhook_url(),
         ) {
-            if given != stored && *given == crate::redact::url(stored) {
-                *given = stored.to_owned();
-            }
+            keep_shown_url(given, stored);
+        }
+        if let (Some(given), Some(stored)) = (
+            environment.health_check_url.as_mut(),
+            previous.environment.health_check_url.as_deref(),
+        ) {
+            keep_shown_url(given, stored);
         }
         let shown = environment.clone();
         let secrets = Secrets::take(&mut environment);

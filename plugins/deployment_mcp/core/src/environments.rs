@@ -94,6 +94,11 @@ pub struct EnvironmentJson {
     /// `local` or `ssh`: the script a rollback runs instead of `init_script_path` / `command`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_script_path: Option<String>,
+    /// `local`: variables the command gets besides `PATH`, `HOME`, `LANG` and the deployment's
+    /// own (`PA_*`, which these cannot set). The host's environment is never passed on. Shown to
+    /// developers: not a place for secrets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 fn is_zero(order: &i64) -> bool {
@@ -113,6 +118,8 @@ pub const TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=86_400;
 const MAX_ID_LEN: usize = 64;
 const MAX_TEXT_LEN: usize = 4096;
 const MAX_TAGS: usize = 64;
+/// Most variables an environment's `env` may set.
+const MAX_ENV: usize = 64;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +142,17 @@ pub struct Environment {
     pub description: Option<String>,
     /// Rollout order: lower first, then by id.
     pub order: i64,
+}
+
+impl Environment {
+    /// The secret values it holds (empty unless read with its secrets), for masking.
+    pub fn secret_values(&self) -> Vec<String> {
+        match &self.connection {
+            Connection::HttpApi(api) => api.api_token.iter().cloned().collect(),
+            Connection::Webhook(webhook) => webhook.secret.iter().cloned().collect(),
+            Connection::Ssh(_) | Connection::Local(_) => Vec::new(),
+        }
+    }
 }
 
 /// How the coordinator reaches an environment: one variant per connection method.
@@ -193,6 +211,8 @@ pub enum WebhookTarget {
 pub struct LocalConnection {
     pub program: LocalProgram,
     pub working_directory: Option<String>,
+    /// Variables set for the program besides the deployment's own.
+    pub env: BTreeMap<String, String>,
     /// Run instead of `program` by a rollback (which otherwise runs `program` again with
     /// `PA_ROLLBACK=1`).
     pub rollback: Option<LocalProgram>,
@@ -372,6 +392,7 @@ impl EnvironmentJson {
         }
         let method = self.connection_method.as_str();
         self.check_rollback()?;
+        self.check_env()?;
         match self.connection_method {
             ConnectionMethod::Ssh => {
                 required(&self.host, "host", method)?;
@@ -452,6 +473,49 @@ impl EnvironmentJson {
         }
     }
 
+    /// `env`: only for `local`, at most [`MAX_ENV`] variables with portable names, none of the
+    /// deployment's own (`PA_*`), values without NUL.
+    fn check_env(&self) -> Result<(), FieldError> {
+        if self.env.is_empty() {
+            return Ok(());
+        }
+        if self.connection_method != ConnectionMethod::Local {
+            return Err(FieldError::new(
+                "env",
+                format!(
+                    "applies only to connection_method \"local\" (this one is {:?})",
+                    self.connection_method.as_str()
+                ),
+            ));
+        }
+        if self.env.len() > MAX_ENV {
+            return Err(FieldError::new(
+                "env",
+                format!("at most {MAX_ENV} variables"),
+            ));
+        }
+        for (name, value) in &self.env {
+            let field = format!("env.{name}");
+            let portable = name.len() <= MAX_ID_LEN
+                && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !portable {
+                return Err(FieldError::new(
+                    field,
+                    format!("{name:?} is not a variable name: use 1 to {MAX_ID_LEN} letters, digits or '_', not starting with a digit"),
+                ));
+            }
+            if name.starts_with("PA_") {
+                return Err(FieldError::new(
+                    field,
+                    "names starting with PA_ are the deployment's own (PA_DEPLOYMENT_ID, PA_DEPLOYMENT_VERSION, …) and cannot be set",
+                ));
+            }
+            check_text(&field, &Some(value.clone()))?;
+        }
+        Ok(())
+    }
+
     /// A secret given as `""` is a mistake in a new environment (an empty signing key or
     /// bearer token), not a value: the error names the field. (A replace takes `""` to clear.)
     pub fn check_secrets_not_empty(&self) -> Result<(), FieldError> {
@@ -512,6 +576,7 @@ impl TryFrom<EnvironmentJson> for Environment {
             order,
             rollback_command,
             rollback_script_path,
+            env,
         } = json;
         let connection = match connection_method {
             ConnectionMethod::Ssh => Connection::Ssh(SshConnection {
@@ -545,6 +610,7 @@ impl TryFrom<EnvironmentJson> for Environment {
                     _ => LocalProgram::Script(required(init_script_path, "command")?),
                 },
                 working_directory,
+                env,
                 rollback: match (rollback_command, rollback_script_path) {
                     (Some(command), _) => Some(LocalProgram::Command(command)),
                     (None, Some(script)) => Some(LocalProgram::Script(script)),
@@ -591,6 +657,7 @@ impl From<Environment> for EnvironmentJson {
             order: environment.order,
             rollback_command: None,
             rollback_script_path: None,
+            env: BTreeMap::new(),
         };
         match environment.connection {
             Connection::Ssh(ssh) => {
@@ -627,6 +694,7 @@ impl From<Environment> for EnvironmentJson {
                     LocalProgram::Script(script) => json.init_script_path = Some(script),
                 }
                 json.working_directory = local.working_directory;
+                json.env = local.env;
                 match local.rollback {
                     Some(LocalProgram::Command(command)) => json.rollback_command = Some(command),
                     Some(LocalProgram::Script(script)) => json.rollback_script_path = Some(script),

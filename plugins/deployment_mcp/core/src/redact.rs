@@ -1,7 +1,12 @@
 //! Secrets that travel inside URLs: `http://user:password@host/hook?token=…`. Every URL this
 //! plugin shows (API views, the dashboard, events, log lines, error messages, the host log)
 //! goes through [`url`] first, so a password written into a webhook URL is used to connect and
-//! never displayed.
+//! never displayed. And secrets a trigger knows (an environment's `api_token`,
+//! `webhook_secret`): [`Secrets`] masks them wherever a script or a peer prints them back.
+
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, MatchKind};
 
 /// Query parameters whose values are credentials (compared case-insensitively, as substrings:
 /// `access_token`, `X-Api-Key`, `sig`…).
@@ -19,6 +24,77 @@ const SECRET_PARAMETERS: &[&str] = &[
 
 /// What replaces a secret.
 pub const MASK: &str = "***";
+
+/// Shorter values are not masked: they would mask ordinary words and numbers of every line.
+pub const MIN_MASKED_LEN: usize = 4;
+
+/// Known secret values, masked as `***` wherever they appear in a line (like a CI system masks
+/// its secrets): one pass over the text whatever their number, so a deployment can mask every
+/// secret of a large catalog in each line. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets(Option<Arc<Matcher>>);
+
+#[derive(Debug)]
+enum Matcher {
+    Automaton(AhoCorasick),
+    /// Where the automaton would exceed its size limits: one search per secret, longest first.
+    EachOf(Vec<String>),
+}
+
+impl Secrets {
+    /// These values, the empty and the too short ones left out. A secret that contains another
+    /// is masked whole.
+    pub fn new(values: impl IntoIterator<Item = String>) -> Secrets {
+        let mut values: Vec<String> = values
+            .into_iter()
+            .filter(|value| value.len() >= MIN_MASKED_LEN)
+            .collect();
+        if values.is_empty() {
+            return Secrets(None);
+        }
+        let matcher = match AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&values)
+        {
+            Ok(automaton) => Matcher::Automaton(automaton),
+            Err(_) => {
+                values.sort_by_key(|value| std::cmp::Reverse(value.len()));
+                Matcher::EachOf(values)
+            }
+        };
+        Secrets(Some(Arc::new(matcher)))
+    }
+
+    /// `text` with every secret replaced by `***`.
+    pub fn mask(&self, text: &str) -> String {
+        let mut masked = text.to_owned();
+        self.mask_in_place(&mut masked);
+        masked
+    }
+
+    /// Replaces every secret in `text` by `***` (a text without one is left as it is).
+    pub fn mask_in_place(&self, text: &mut String) {
+        match self.0.as_deref() {
+            None => {}
+            Some(Matcher::Automaton(automaton)) if automaton.is_match(text.as_str()) => {
+                let mut masked = String::with_capacity(text.len());
+                automaton.replace_all_with(text, &mut masked, |_, _, out| {
+                    out.push_str(MASK);
+                    true
+                });
+                *text = masked;
+            }
+            Some(Matcher::Automaton(_)) => {}
+            Some(Matcher::EachOf(values)) => {
+                for secret in values {
+                    if text.contains(secret.as_str()) {
+                        *text = text.replace(secret.as_str(), MASK);
+                    }
+                }
+            }
+        }
+    }
+}
 
 fn is_secret_parameter(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
@@ -83,6 +159,21 @@ pub fn urls_in(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_secrets_are_masked_whole_and_short_values_left() {
+        let secrets = Secrets::new([
+            "tok-123".to_owned(),
+            "tok-123-long".to_owned(),
+            "abc".to_owned(),
+            String::new(),
+        ]);
+        assert_eq!(
+            secrets.mask("token tok-123-long then tok-123, abc"),
+            "token *** then ***, abc"
+        );
+        assert_eq!(Secrets::default().mask("tok-123"), "tok-123");
+    }
 
     #[test]
     fn userinfo_and_secret_parameters_are_masked() {

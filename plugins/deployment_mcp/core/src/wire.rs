@@ -592,6 +592,10 @@ pub struct ConnectionDetails {
     pub command: Option<Vec<String>>,
     pub rollback_command: Option<Vec<String>>,
     pub rollback_script_path: Option<String>,
+    /// `local`: the variables its command gets besides the deployment's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(required = false)]
+    pub env: BTreeMap<String, String>,
     #[schema(required = false)]
     pub has_api_token: bool,
     #[schema(required = false)]
@@ -658,6 +662,7 @@ impl EnvironmentView {
             command: flat.command,
             rollback_command: flat.rollback_command,
             rollback_script_path: flat.rollback_script_path,
+            env: flat.env,
             has_api_token: stored.has_api_token,
             has_webhook_secret: stored.has_webhook_secret,
             source: match stored.source {

@@ -1172,18 +1172,50 @@ impl<O: RunOwner> Run<O> {
         context: &TriggerContext,
         stop: CancellationToken,
     ) -> Result<TriggerSuccess, (TargetStatus, String, Option<i32>)> {
-        // Secrets are read only now, for the trigger, and live only as long as it.
+        // Secrets are read only now, for the trigger, and live only as long as it. Without them
+        // it fails: run anyway, it would go out unsigned or unauthenticated.
         let with_secrets = match self.owner.catalog().with_secrets(environment.clone()).await {
             Ok(with_secrets) => with_secrets,
             Err(error) => {
                 tracing::error!(environment = %environment.environment_id, "cannot read the environment's secrets: {error}");
-                environment.clone()
+                return Err((
+                    TargetStatus::Failed,
+                    format!(
+                        "not triggered: its secrets could not be read from the store ({error})"
+                    ),
+                    None,
+                ));
             }
         };
         let trigger = AnyTrigger::for_environment(&with_secrets, self.owner.http());
+        // What a script or a peer prints back of them is masked in the log, the result and
+        // the error.
+        let secrets = crate::redact::Secrets::new(with_secrets.secret_values());
         drop(with_secrets);
+        let result = self
+            .run_trigger_with(environment, trigger, context, &secrets, stop)
+            .await;
+        match result {
+            Ok(mut success) => {
+                success.detail = success.detail.map(|detail| secrets.mask(&detail));
+                Ok(success)
+            }
+            Err((status, message, exit_code)) => Err((status, secrets.mask(&message), exit_code)),
+        }
+    }
+
+    /// [`Run::run_trigger`] once the trigger is built.
+    async fn run_trigger_with(
+        &self,
+        environment: &Environment,
+        trigger: AnyTrigger,
+        context: &TriggerContext,
+        secrets: &crate::redact::Secrets,
+        stop: CancellationToken,
+    ) -> Result<TriggerSuccess, (TargetStatus, String, Option<i32>)> {
         let timeout = Duration::from_secs(environment.timeout);
         let mut context = context.clone();
+        context.log = context.log.masking(secrets.clone());
         context.stop = crate::triggers::StopSignal {
             cancel: stop.clone(),
             deadline: Some(tokio::time::Instant::now() + timeout),

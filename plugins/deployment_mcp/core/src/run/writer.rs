@@ -10,6 +10,10 @@
 //!
 //! Invariant: write, then publish. Nothing reaches an event subscriber that a restart would not
 //! show. [`RunWriter::flush`] waits until everything sent before it is stored.
+//!
+//! Every secret value of the catalog is masked in each line before it is kept (the log, the
+//! output tails, the log events): a script that prints one, its own or another environment's,
+//! shows `***`.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -24,6 +28,7 @@ use crate::{
     catalog::EnvironmentVersions,
     deployment::{event, DeploymentRecord, Phase, TargetRecord},
     records::{self, collection, target_key, Records},
+    redact::Secrets,
     store::{log_chunk_op, LogPosition},
     triggers::{timestamp, LogLine, LogSink, LogStream},
     wire::{
@@ -121,6 +126,7 @@ impl RunWriter {
             versions: BTreeMap::new(),
             progress: 0,
             written_status: setup.status,
+            secrets: Secrets::default(),
         };
         let handle = tokio::spawn(task.run(lines, receiver));
         (
@@ -229,6 +235,8 @@ struct WriterTask {
     progress: u8,
     /// The status last stored, which the history's indexes hold.
     written_status: Phase,
+    /// The catalog's secret values, masked in every line.
+    secrets: Secrets,
 }
 
 impl WriterTask {
@@ -237,6 +245,13 @@ impl WriterTask {
         mut lines: mpsc::Receiver<LogLine>,
         mut updates: mpsc::Receiver<Update>,
     ) {
+        // Read once, before the first line is kept.
+        match crate::catalog::secret_values(&self.records).await {
+            Ok(values) => self.secrets = Secrets::new(values),
+            Err(error) => {
+                tracing::error!(deployment = %self.deployment_id, "cannot read the catalog's secrets to mask them in the log (each trigger still masks its own): {error}")
+            }
+        }
         let mut deadline: Option<tokio::time::Instant> = None;
         let (mut lines_open, mut updates_open) = (true, true);
         while lines_open || updates_open {
@@ -296,6 +311,7 @@ impl WriterTask {
     /// Takes one update; true when it must be written now (a phase change, a flush), and
     /// collects who waits for the write.
     fn accept(&mut self, update: Update, waiting: &mut Vec<oneshot::Sender<u64>>) -> bool {
+        let update = self.masked(update);
         match update {
             Update::Target(target) => {
                 self.transitions.push(target.clone());
@@ -337,9 +353,39 @@ impl WriterTask {
         }
     }
 
+    /// The update with the catalog's secrets masked in its texts (errors, details, output
+    /// tails) before anything of it is stored or published.
+    fn masked(&self, mut update: Update) -> Update {
+        let mask_record = |record: &mut DeploymentRecord| {
+            for error in &mut record.errors {
+                self.secrets.mask_in_place(error);
+            }
+        };
+        match &mut update {
+            Update::Target(target) => {
+                for text in [&mut target.error, &mut target.detail]
+                    .into_iter()
+                    .flatten()
+                {
+                    self.secrets.mask_in_place(text);
+                }
+                for line in &mut target.output_tail {
+                    self.secrets.mask_in_place(&mut line.line);
+                }
+            }
+            Update::Record(record, _)
+            | Update::Phase(record, _)
+            | Update::PhaseAndGate(record, _)
+            | Update::Announce(record, _) => mask_record(record),
+            Update::Versions(..) | Update::Flush(_) => {}
+        }
+        update
+    }
+
     fn take(&mut self, mut line: LogLine) {
         self.total_lines += 1;
         line.request_id.clone_from(&self.request_id);
+        self.secrets.mask_in_place(&mut line.line);
         if let Some(environment) = &line.environment {
             let mut tails = self
                 .tails

@@ -2,7 +2,8 @@
 //!
 //! The command is an argument vector executed directly, never through a shell built from request
 //! data: deployment facts reach the script as environment variables (`PA_DEPLOYMENT_ID`,
-//! `PA_DEPLOYMENT_VERSION`, `PA_PLATFORM_IP`, …).
+//! `PA_DEPLOYMENT_VERSION`, `PA_PLATFORM_IP`, …). That, `PATH`, `HOME`, `LANG` and the
+//! environment's own `env` map are all it gets: nothing else of the host's environment.
 //!
 //! The trigger ends when the command exits: output a background process keeps open (a daemon
 //! the script started) is read for [`PIPE_GRACE`] more, then abandoned with a log line saying
@@ -34,6 +35,22 @@ const PIPE_GRACE: Duration = Duration::from_secs(2);
 const REAP_LIMIT: Duration = Duration::from_secs(5);
 /// The variable that marks every process of one trigger's tree.
 pub const MARKER_VARIABLE: &str = "PA_TRIGGER_ID";
+/// The only variables of the host's own environment a command gets.
+const INHERITED: [&str; 3] = ["PATH", "HOME", "LANG"];
+/// `PATH` when the host has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// `PATH`, `HOME` and `LANG` as the host has them (`PATH` always set).
+fn inherited_variables() -> Vec<(&'static str, std::ffi::OsString)> {
+    INHERITED
+        .iter()
+        .filter_map(|name| {
+            let value = std::env::var_os(name)
+                .or_else(|| (*name == "PATH").then(|| DEFAULT_PATH.into()))?;
+            Some((*name, value))
+        })
+        .collect()
+}
 
 pub struct LocalTrigger {
     environment_id: String,
@@ -163,6 +180,11 @@ impl Trigger for LocalTrigger {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
+            // A clean environment: the host's (its credentials, its keys, every `PA_*` setting)
+            // would reach the deployment log of any script that prints its environment.
+            .env_clear()
+            .envs(inherited_variables())
+            .envs(&self.connection.env)
             .env(MARKER_VARIABLE, &marker)
             .env("PA_DEPLOYMENT_ID", &context.deployment_id)
             .env("PA_DEPLOYMENT_VERSION", &context.version)

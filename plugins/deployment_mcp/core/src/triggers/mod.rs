@@ -215,6 +215,8 @@ pub const MAX_LINE_BYTES: usize = 4096;
 pub struct LogSink {
     environment: Option<String>,
     sender: mpsc::Sender<LogLine>,
+    /// Masked in every line.
+    secrets: crate::redact::Secrets,
 }
 
 impl LogSink {
@@ -225,6 +227,7 @@ impl LogSink {
             LogSink {
                 environment: None,
                 sender,
+                secrets: crate::redact::Secrets::default(),
             },
             receiver,
         )
@@ -235,12 +238,23 @@ impl LogSink {
         LogSink {
             environment: Some(environment.to_owned()),
             sender: self.sender.clone(),
+            secrets: self.secrets.clone(),
+        }
+    }
+
+    /// The same log, with `secrets` masked in every line.
+    pub fn masking(&self, secrets: crate::redact::Secrets) -> LogSink {
+        LogSink {
+            environment: self.environment.clone(),
+            sender: self.sender.clone(),
+            secrets,
         }
     }
 
     pub async fn line(&self, stream: LogStream, text: impl Into<String>) {
         // A URL in a line (a script's own output included) never shows its password.
         let mut line = crate::redact::urls_in(&text.into());
+        self.secrets.mask_in_place(&mut line);
         truncate_line(&mut line);
         let entry = LogLine {
             ts: timestamp(SystemTime::now()),
