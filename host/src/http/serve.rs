@@ -2,7 +2,12 @@
 //! needs, and a shutdown that cannot be held up by a client.
 //!
 //! - A client must send a request's headers within `header_read_timeout`, so connections that
-//!   trickle half a header (or say nothing) are closed instead of held forever.
+//!   trickle half a header (or say nothing) are closed instead of held forever. Beyond hyper's
+//!   own header timer (HTTP/1, from the first byte on), each connection has an idle watchdog:
+//!   with no request in flight (a streamed answer counts until its body ends) for that long,
+//!   it is shut down, whatever the protocol — nothing sent at all, half an HTTP/2 preface, an
+//!   HTTP/2 connection that opens no stream, an idle keep-alive. HTTP/2 also pings, so a
+//!   vanished peer is noticed while a stream is open.
 //! - At most `max_connections` are served at once; one more is answered `503` and closed at
 //!   once, so a flood of idle sockets cannot starve the process of file descriptors.
 //! - On shutdown the listener closes, every connection is told to finish its current request
@@ -10,24 +15,26 @@
 //!   handlers. Whatever is still open after the grace period is dropped.
 
 use std::{
-    convert::Infallible,
     future::Future,
     net::SocketAddr,
-    pin::pin,
+    pin::{pin, Pin},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
-    task::Poll,
-    time::Duration,
+    task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
-use axum::{body::Body, Router};
-use hyper::body::Incoming;
+use axum::{
+    body::{Body, Bytes},
+    Router,
+};
+use futures_util::FutureExt;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto::Builder,
-    service::TowerToHyperService,
 };
 use tokio::{
     io::AsyncWriteExt,
@@ -59,6 +66,8 @@ pub struct Drained {
 const REFUSAL_WRITE_LIMIT: Duration = Duration::from_secs(1);
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// How often HTTP/2 pings a peer, and how long it waits for the answer.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 
 /// Serves `app` on `listener` until `options.shutdown` is cancelled and open connections have
 /// finished (or the grace period ran out).
@@ -71,7 +80,10 @@ pub async fn serve(listener: TcpListener, app: Router, options: ServeOptions) ->
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_KEEP_ALIVE))
+        .keep_alive_timeout(H2_KEEP_ALIVE)
         .enable_connect_protocol();
+    let idle_limit = options.header_read_timeout;
     let slots = Arc::new(Semaphore::new(options.max_connections));
     let stop = StopSignal::follow(options.shutdown.clone());
     // Each connection task holds a receiver; the sender sees when all are gone.
@@ -93,23 +105,49 @@ pub async fn serve(listener: TcpListener, app: Router, options: ServeOptions) ->
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(
-            app.clone()
-                .map_request(|request: hyper::Request<Incoming>| request.map(Body::new))
-                .map_err(|never: Infallible| never),
-        );
+        let activity = Arc::new(Activity::new());
+        let service = {
+            let (app, activity) = (app.clone(), Arc::clone(&activity));
+            hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                // Held by the answer's body: a streamed answer keeps the connection busy.
+                let busy = activity.begin();
+                app.clone()
+                    .oneshot(request.map(Body::new))
+                    .map(move |answer| {
+                        answer.map(|answer| {
+                            answer.map(|body| {
+                                Body::new(Tracked {
+                                    inner: body,
+                                    _busy: busy,
+                                })
+                            })
+                        })
+                    })
+            })
+        };
         let builder = builder.clone();
         let stop = Arc::clone(&stop);
         let open = open_rx.clone();
         tokio::spawn(async move {
             let mut connection =
                 pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
-            let ended = stop.until_stopped(connection.as_mut()).await;
+            let ended = tokio::select! {
+                ended = stop.until_stopped(connection.as_mut()) => ended.map(Ended::Done).unwrap_or(Ended::Stopped),
+                _ = activity.idle_for(idle_limit) => Ended::Idle,
+            };
             let result = match ended {
-                Some(result) => result,
-                None => {
+                Ended::Done(result) => result,
+                Ended::Stopped => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
+                }
+                Ended::Idle => {
+                    tracing::debug!(%peer, "connection closed: no request within server.header_read_timeout_secs");
+                    connection.as_mut().graceful_shutdown();
+                    // A peer that does not take the goodbye either is dropped.
+                    tokio::time::timeout(idle_limit, connection)
+                        .await
+                        .unwrap_or(Ok(()))
                 }
             };
             if let Err(error) = result {
@@ -128,6 +166,92 @@ pub async fn serve(listener: TcpListener, app: Router, options: ServeOptions) ->
         } else {
             open_tx.receiver_count()
         },
+    }
+}
+
+/// Why a connection task stopped driving its connection.
+enum Ended<T> {
+    Done(T),
+    Stopped,
+    Idle,
+}
+
+/// What one connection is doing, for its idle watchdog: requests in flight (an answer's body
+/// included) and when the last one ended. Per connection, so no lock is shared.
+struct Activity {
+    born: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `born` when it last became idle.
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            born: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Busy(Arc::clone(self))
+    }
+
+    /// Completes once no request has been in flight for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let wait = if self.in_flight.load(Ordering::SeqCst) == 0 {
+                let since = Duration::from_millis(self.idle_since_ms.load(Ordering::SeqCst));
+                let idle = self.born.elapsed().saturating_sub(since);
+                if idle >= limit {
+                    return;
+                }
+                limit - idle
+            } else {
+                limit
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// One request (or answer body) in flight on a connection.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let now = activity.born.elapsed().as_millis() as u64;
+        activity.idle_since_ms.store(now, Ordering::SeqCst);
+        activity.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An answer's body that keeps its connection counted busy until it ends or is dropped.
+struct Tracked {
+    inner: Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

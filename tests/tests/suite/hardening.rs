@@ -1017,3 +1017,88 @@ async fn known_secrets_printed_by_a_script_are_masked_everywhere() {
         assert!(!text.contains(TOKEN), "{what} shows the secret: {text}");
     }
 }
+
+/// Whether `stream` is closed by the other side within its read timeout (whatever it sends
+/// first: an HTTP/2 server's settings and goaway, a 408).
+fn closed_by_peer(mut stream: &std::net::TcpStream) -> bool {
+    let mut buffer = [0u8; 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(error) => {
+                return !matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
+        }
+    }
+}
+
+/// Connections that send nothing, half an HTTP/2 preface, or a whole preface and never a
+/// stream hold no slot past `server.header_read_timeout_secs`; an event stream open longer than
+/// that is not cut.
+#[tokio::test]
+async fn silent_connections_are_closed_whatever_the_protocol() {
+    const SILENT: usize = 40;
+    const HALF_PREFACE: usize = 5;
+    const NO_STREAM: usize = 5;
+    let dir = temp();
+    let host = TestHost::start(
+        dir.path(),
+        HostOptions {
+            // Every slot taken by the connections below and the event stream.
+            server: format!(
+                "header_read_timeout_secs = 1\nmax_connections = {}",
+                SILENT + HALF_PREFACE + NO_STREAM + 1
+            ),
+            ..HostOptions::default()
+        },
+    )
+    .await;
+    let stream_ended = Arc::new(AtomicUsize::new(0));
+    let mut events = open_events(&host, USER_KEY).await;
+    let ended = Arc::clone(&stream_ended);
+    tokio::spawn(async move {
+        while let Ok(Some(_)) = events.chunk().await {}
+        ended.store(1, Ordering::SeqCst);
+    });
+    let address = host.url.trim_start_matches("http://").to_owned();
+    let connect = |first: &[u8]| {
+        let mut connection = std::net::TcpStream::connect(&address).expect("connect to the host");
+        connection.write_all(first).expect("send");
+        connection
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .expect("a read timeout");
+        connection
+    };
+    let mut held: Vec<std::net::TcpStream> = (0..SILENT).map(|_| connect(b"")).collect();
+    held.extend((0..HALF_PREFACE).map(|_| connect(b"PRI * HTTP/2.0\r\n")));
+    // The preface and an empty SETTINGS frame: HTTP/2, then no stream.
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    held.extend((0..NO_STREAM).map(|_| connect(&preface)));
+    // Every slot is taken now: one more is refused.
+    let mut extra = connect(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut refusal = String::new();
+    let _ = extra.read_to_string(&mut refusal);
+    assert!(refusal.contains("503"), "the cap was full: {refusal}");
+
+    let held_count = held.len();
+    let closed = tokio::task::spawn_blocking(move || {
+        held.iter()
+            .filter(|connection| closed_by_peer(connection))
+            .count()
+    })
+    .await
+    .expect("the reader");
+    assert_eq!(closed, held_count, "silent connections left open");
+    let (status, _) = host.get("/health", None).await;
+    assert_eq!(status, 200, "the slots are free again");
+    assert_eq!(
+        stream_ended.load(Ordering::SeqCst),
+        0,
+        "the event stream is still open"
+    );
+}
