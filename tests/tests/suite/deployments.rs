@@ -41,11 +41,14 @@ async fn the_demo_environment_deploys_and_shows_in_history() {
     let markers = dir.path().join("markers");
     let demo = std::fs::read_to_string(e2e::repo_root().join("config/remote_environments.json"))
         .expect("read the shipped environments file");
+    // The script's marker directory, through the environment's own variables: the command
+    // gets nothing of the host's environment.
+    let mut demo: Value = serde_json::from_str(&demo).expect("the shipped file is JSON");
+    demo["environments"][0]["env"] = json!({ "AICORE_MARKER_DIR": markers.display().to_string() });
     let host = TestHost::start(
         dir.path(),
         HostOptions {
-            environments: demo,
-            env: vec![("AICORE_MARKER_DIR".into(), markers.display().to_string())],
+            environments: demo.to_string(),
             ..HostOptions::default()
         },
     )
