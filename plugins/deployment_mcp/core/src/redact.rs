@@ -130,7 +130,36 @@ pub fn url(text: &str) -> String {
             .collect();
         parsed.query_pairs_mut().clear().extend_pairs(pairs);
     }
+    let path = parsed.path();
+    if path.split('/').any(is_secret_segment) {
+        let masked: Vec<&str> = path
+            .split('/')
+            .map(|segment| {
+                if is_secret_segment(segment) {
+                    MASK
+                } else {
+                    segment
+                }
+            })
+            .collect();
+        parsed.set_path(&masked.join("/"));
+    }
     parsed.to_string()
+}
+
+/// Shortest path segment taken for a token.
+const MIN_TOKEN_SEGMENT: usize = 20;
+
+/// A path segment that looks like a credential: chat-style webhook URLs carry their token in
+/// the path (`/services/T0/B0/<token>`, `/api/webhooks/<id>/<token>`). At least
+/// [`MIN_TOKEN_SEGMENT`] letters, digits, `-` or `_`, letters and digits mixed.
+fn is_secret_segment(segment: &str) -> bool {
+    segment.len() >= MIN_TOKEN_SEGMENT
+        && segment
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && segment.chars().any(|c| c.is_ascii_digit())
+        && segment.chars().any(|c| c.is_ascii_alphabetic())
 }
 
 /// Replaces every URL found in free text (an error message, a log line) by its redacted form.
@@ -185,6 +214,29 @@ mod tests {
         assert_eq!(url("http://only-user@h.test/"), "http://***@h.test/");
         assert_eq!(url("not a url"), "not a url");
         assert_eq!(url("http://user:pw@[broken/x"), "<unparseable URL>");
+    }
+
+    #[test]
+    fn tokens_in_a_path_are_masked_and_ordinary_segments_kept() {
+        assert_eq!(
+            url("https://hooks.chat.test/services/T0A1B2C3D/B0A1B2C3D/q8Zx4Kp2Lm7Nw3Rt9Vy6Bc1D"),
+            "https://hooks.chat.test/services/T0A1B2C3D/B0A1B2C3D/***"
+        );
+        assert_eq!(
+            url("https://chat.test/api/webhooks/112233445566778899/Ab3_dE4-fG5hI6jK7lM8nO9pQ0rS1tU2vW3xY4z"),
+            "https://chat.test/api/webhooks/112233445566778899/***"
+        );
+        for kept in [
+            "http://127.0.0.1:8080/webhook/deploy",
+            "http://127.0.0.1:8080/api/v1/health-check-endpoint",
+            "http://h.test/releases/2026-12-05/build-42",
+        ] {
+            assert_eq!(url(kept), kept);
+        }
+        assert!(
+            !urls_in("posting to https://h.test/hooks/q8Zx4Kp2Lm7Nw3Rt9Vy6Bc1D failed")
+                .contains("q8Zx4Kp2")
+        );
     }
 
     #[test]
