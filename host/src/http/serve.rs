@@ -4,10 +4,12 @@
 //! - A client must send a request's headers within `header_read_timeout`, so connections that
 //!   trickle half a header (or say nothing) are closed instead of held forever. Beyond hyper's
 //!   own header timer (HTTP/1, from the first byte on), each connection has an idle watchdog:
-//!   with no request in flight (a streamed answer counts until its body ends) for that long,
-//!   it is shut down, whatever the protocol — nothing sent at all, half an HTTP/2 preface, an
-//!   HTTP/2 connection that opens no stream, an idle keep-alive. HTTP/2 also pings, so a
-//!   vanished peer is noticed while a stream is open.
+//!   one that has not started a request that long after it opened is shut down, whatever the
+//!   protocol — nothing sent at all, half an HTTP/2 preface, an HTTP/2 connection that opens no
+//!   stream. Once it has served, it may idle for [`KEEP_ALIVE_IDLE`] between requests (a client
+//!   reusing a connection just as the server closes it would see its request fail, so that
+//!   pause is kept long); a streamed answer counts as busy until its body ends. HTTP/2 also
+//!   pings, so a vanished peer is noticed while a stream is open.
 //! - At most `max_connections` are served at once; one more is answered `503` and closed at
 //!   once, so a flood of idle sockets cannot starve the process of file descriptors.
 //! - On shutdown the listener closes, every connection is told to finish its current request
@@ -68,6 +70,8 @@ const REFUSAL_WRITE_LIMIT: Duration = Duration::from_secs(1);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How often HTTP/2 pings a peer, and how long it waits for the answer.
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
+/// How long a connection that has served a request may wait for the next one.
+const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(75);
 
 /// Serves `app` on `listener` until `options.shutdown` is cancelled and open connections have
 /// finished (or the grace period ran out).
@@ -133,7 +137,7 @@ pub async fn serve(listener: TcpListener, app: Router, options: ServeOptions) ->
                 pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
             let ended = tokio::select! {
                 ended = stop.until_stopped(connection.as_mut()) => ended.map(Ended::Done).unwrap_or(Ended::Stopped),
-                _ = activity.idle_for(idle_limit) => Ended::Idle,
+                _ = activity.idle_for(idle_limit, KEEP_ALIVE_IDLE) => Ended::Idle,
             };
             let result = match ended {
                 Ended::Done(result) => result,
@@ -142,7 +146,7 @@ pub async fn serve(listener: TcpListener, app: Router, options: ServeOptions) ->
                     connection.await
                 }
                 Ended::Idle => {
-                    tracing::debug!(%peer, "connection closed: no request within server.header_read_timeout_secs");
+                    tracing::debug!(%peer, "connection closed: idle (no request within server.header_read_timeout_secs, or none for a while after the last)");
                     connection.as_mut().graceful_shutdown();
                     // A peer that does not take the goodbye either is dropped.
                     tokio::time::timeout(idle_limit, connection)
@@ -180,6 +184,8 @@ enum Ended<T> {
 /// included) and when the last one ended. Per connection, so no lock is shared.
 struct Activity {
     born: Instant,
+    /// Whether a request has started on it.
+    served: AtomicBool,
     in_flight: AtomicUsize,
     /// Milliseconds after `born` when it last became idle.
     idle_since_ms: AtomicU64,
@@ -189,6 +195,7 @@ impl Activity {
     fn new() -> Activity {
         Activity {
             born: Instant::now(),
+            served: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
         }
@@ -196,12 +203,19 @@ impl Activity {
 
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.served.store(true, Ordering::SeqCst);
         Busy(Arc::clone(self))
     }
 
-    /// Completes once no request has been in flight for `limit`.
-    async fn idle_for(&self, limit: Duration) {
+    /// Completes once no request has been in flight for `first` since it opened (before its
+    /// first request) or for `between` (after one).
+    async fn idle_for(&self, first: Duration, between: Duration) {
         loop {
+            let limit = if self.served.load(Ordering::SeqCst) {
+                between
+            } else {
+                first
+            };
             let wait = if self.in_flight.load(Ordering::SeqCst) == 0 {
                 let since = Duration::from_millis(self.idle_since_ms.load(Ordering::SeqCst));
                 let idle = self.born.elapsed().saturating_sub(since);
