@@ -78,6 +78,7 @@ watch = false
 ${PLUGIN_LINES:-}
 [plugins.deployment_mcp.settings]
 environments_file = "${BENCH_ENVIRONMENTS_FILE:-config/remote_environments.json}"
+allowed_target_networks = ["127.0.0.0/8", "::1/128"]
 TOML
   printf '%s\n' "$@" >> "$work/bench.toml"
   ${HOST_PIN:-} "$build/powerautomation" --config "$work/bench.toml" 2> "$work/host.log" &

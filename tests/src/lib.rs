@@ -97,6 +97,9 @@ pub struct HostOptions {
     pub plugin_config: String,
     /// Extra lines for `[plugins.deployment_mcp.settings]` (TOML).
     pub settings: String,
+    /// `allowed_target_networks` (a TOML array): loopback by default, so nothing a test
+    /// creates, however generated, can make the host reach off this machine.
+    pub target_networks: String,
     /// Extra lines for `[server]` (TOML).
     pub server: String,
     /// `server.request_timeout_secs`: long enough for the slowest test request by default.
@@ -104,6 +107,9 @@ pub struct HostOptions {
     /// More plugins, each from a library of the workspace at its own mount.
     pub extra_plugins: Vec<ExtraPlugin>,
 }
+
+/// The loopback networks, as an `allowed_target_networks` TOML array.
+pub const LOOPBACK_NETWORKS: &str = r#"["127.0.0.0/8", "::1/128"]"#;
 
 /// A second plugin for [`HostOptions::extra_plugins`].
 #[derive(Clone, Debug)]
@@ -127,6 +133,7 @@ impl Default for HostOptions {
             environments: demo_environments(),
             plugin_config: String::new(),
             settings: String::new(),
+            target_networks: LOOPBACK_NETWORKS.to_owned(),
             server: String::new(),
             request_timeout_secs: 60,
             extra_plugins: Vec::new(),
@@ -253,6 +260,7 @@ watch = {watch}
 
 [plugins.deployment_mcp.settings]
 environments_file = "{environments}"
+allowed_target_networks = {networks}
 {settings}
 {extra}
 "#,
@@ -265,6 +273,7 @@ environments_file = "{environments}"
         plugin_config = options.plugin_config,
         environments = environments.display(),
         settings = options.settings,
+        networks = options.target_networks,
         timeout = options.request_timeout_secs,
         server = options.server,
         extra = extra,

@@ -8,6 +8,7 @@ use std::{
 };
 
 use deployment_mcp_core::{
+    egress::{Egress, TargetNetworks},
     environments::{Connection, Environment},
     triggers::{
         ssh::SshTrigger, FailureKind, LogLine, LogSink, LogStream, Trigger, TriggerContext,
@@ -65,11 +66,31 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     path
 }
 
+/// The way out, confined to `networks`.
+fn egress(networks: &[&str]) -> Egress {
+    let networks: Vec<String> = networks.iter().map(|network| network.to_string()).collect();
+    Egress::new(TargetNetworks::try_from(networks).expect("valid networks"))
+        .expect("an HTTP client")
+}
+
 async fn run(environment: Environment, context: &TriggerContext) -> TriggerResult {
+    run_within(environment, context, &["127.0.0.0/8", "::1/128"]).await
+}
+
+async fn run_within(
+    environment: Environment,
+    context: &TriggerContext,
+    networks: &[&str],
+) -> TriggerResult {
     let Connection::Ssh(ssh) = environment.connection else {
         panic!("an ssh environment: {environment:?}");
     };
-    let trigger = SshTrigger::new(environment.environment_id, environment.timeout, ssh);
+    let trigger = SshTrigger::new(
+        environment.environment_id,
+        environment.timeout,
+        ssh,
+        egress(networks),
+    );
     tokio::time::timeout(RUN_LIMIT, trigger.run(context))
         .await
         .expect("the trigger finished within the test's bound")
@@ -423,6 +444,35 @@ async fn a_refused_connection_says_so() {
         )),
         "{message}"
     );
+}
+
+#[tokio::test]
+async fn a_host_outside_the_allowed_networks_is_never_connected_to() {
+    let sshd = Sshd::start().await;
+    let path = script(sshd.dir(), "init.sh", "true");
+    // Something listens at the target, so a connection attempt would land in its backlog.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback listener");
+    listener
+        .set_nonblocking(true)
+        .expect("a non-blocking listener");
+    let port = listener
+        .local_addr()
+        .expect("the listener's address")
+        .port();
+    let environment = environment(&sshd, &path, json!({"port": port}));
+    let (context, _lines) = context("1.0");
+    let result = run_within(environment, &context, &["127.0.0.2/32"]).await;
+    let message = failure_message(&result);
+    assert!(
+        message.contains("127.0.0.1 is outside allowed_target_networks (127.0.0.2/32)"),
+        "{message}"
+    );
+    // A loopback connect completes its handshake before it returns: had the trigger tried,
+    // the connection would be waiting here.
+    match listener.accept() {
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the refused target was connected to: {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -34,6 +34,7 @@ use crate::{
         HealthReport, Phase, TargetRecord, TargetStatus,
     },
     ec2,
+    egress::Egress,
     environments::{Environment, FieldError},
     health,
     records::{self, collection, target_key, Records, StoreError},
@@ -97,7 +98,7 @@ struct RunHandle {
 pub struct Coordinator {
     records: Records,
     catalog: Catalog,
-    http: reqwest::Client,
+    egress: Egress,
     settings: Arc<Settings>,
     boot_id: String,
     runs: Mutex<HashMap<String, RunHandle>>,
@@ -110,14 +111,14 @@ pub struct Coordinator {
 impl Coordinator {
     pub fn new(
         records: Records,
-        http: reqwest::Client,
+        egress: Egress,
         settings: Arc<Settings>,
         boot_id: String,
     ) -> Coordinator {
         Coordinator {
             catalog: Catalog::new(records.clone()),
             records,
-            http,
+            egress,
             settings,
             boot_id,
             runs: Mutex::new(HashMap::new()),
@@ -157,8 +158,9 @@ impl Coordinator {
         &self.records
     }
 
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
+    /// The way out to targets (triggers, health checks), confined to `allowed_target_networks`.
+    pub fn egress(&self) -> &Egress {
+        &self.egress
     }
 
     pub fn settings(&self) -> &Settings {
@@ -863,14 +865,14 @@ impl Coordinator {
                 continue;
             }
             let limit = Arc::clone(&limit);
-            let http = self.http.clone();
+            let egress = self.egress.clone();
             let timeout = Duration::from_secs(self.settings.health_check_timeout_secs);
             checks.spawn(async move {
                 let _permit = limit.acquire_owned().await.ok();
                 let url = environment.health_check_url.clone().unwrap_or_default();
                 (
                     environment.environment_id,
-                    health::check(&http, &url, timeout).await,
+                    health::check(&egress, &url, timeout).await,
                 )
             });
         }
@@ -909,8 +911,8 @@ impl RunOwner for Coordinator {
         &self.settings
     }
 
-    fn http(&self) -> &reqwest::Client {
-        &self.http
+    fn egress(&self) -> &Egress {
+        &self.egress
     }
 
     fn catalog(&self) -> &Catalog {

@@ -2,12 +2,33 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::{deployment::HealthReport, triggers::timestamp};
+use crate::{
+    deployment::HealthReport,
+    egress::{Egress, Refused},
+    triggers::timestamp,
+};
+
+/// Why a check got no answer.
+enum NoAnswer {
+    NotAUrl(url::ParseError),
+    Refused(Refused),
+    Request(reqwest::Error),
+}
 
 /// One check, bounded by `timeout`. The report shows the URL with any password masked.
-pub async fn check(http: &reqwest::Client, target: &str, timeout: Duration) -> HealthReport {
+pub async fn check(egress: &Egress, target: &str, timeout: Duration) -> HealthReport {
     let started = Instant::now();
-    let answer = http.get(target).timeout(timeout).send().await;
+    let answer = match url::Url::parse(target) {
+        Ok(parsed) => match egress.get(&parsed) {
+            Ok(request) => request
+                .timeout(timeout)
+                .send()
+                .await
+                .map_err(NoAnswer::Request),
+            Err(refused) => Err(NoAnswer::Refused(refused)),
+        },
+        Err(error) => Err(NoAnswer::NotAUrl(error)),
+    };
     let url = crate::redact::url(target);
     let url = url.as_str();
     let latency_ms = started.elapsed().as_millis() as u64;
@@ -24,13 +45,20 @@ pub async fn check(http: &reqwest::Client, target: &str, timeout: Duration) -> H
                 latency_ms,
             }
         }
-        Err(error) => {
-            let why = if error.is_timeout() {
-                format!("GET {url}: no answer within {} s", timeout.as_secs_f32())
-            } else if error.is_connect() {
-                format!("GET {url}: connection failed (is the service up?)")
-            } else {
-                format!("GET {url}: request failed")
+        Err(no_answer) => {
+            let why = match no_answer {
+                NoAnswer::NotAUrl(error) => format!("{url} is not a URL: {error}"),
+                NoAnswer::Refused(refused) => format!("GET {url}: {refused}"),
+                NoAnswer::Request(error) => match Refused::in_chain(&error) {
+                    Some(refused) => format!("GET {url}: {refused}"),
+                    None if error.is_timeout() => {
+                        format!("GET {url}: no answer within {} s", timeout.as_secs_f32())
+                    }
+                    None if error.is_connect() => {
+                        format!("GET {url}: connection failed (is the service up?)")
+                    }
+                    None => format!("GET {url}: request failed"),
+                },
             };
             HealthReport {
                 healthy: false,
@@ -47,7 +75,7 @@ pub async fn check(http: &reqwest::Client, target: &str, timeout: Duration) -> H
 /// Polls until the URL is healthy or `deadline` passes, backing off from 200 ms to 5 s between
 /// tries. Returns the last report.
 pub async fn wait_healthy(
-    http: &reqwest::Client,
+    egress: &Egress,
     url: &str,
     per_request: Duration,
     deadline: Instant,
@@ -56,7 +84,7 @@ pub async fn wait_healthy(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let report = check(
-            http,
+            egress,
             url,
             per_request.min(left.max(Duration::from_millis(100))),
         )

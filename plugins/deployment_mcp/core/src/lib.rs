@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod coordinator;
 pub mod deployment;
 pub mod ec2;
+pub mod egress;
 pub mod environments;
 pub mod health;
 pub mod history;
@@ -63,18 +64,6 @@ pub async fn host_lifecycle(records: &records::Records) -> Option<HostLifecycle>
     records.get("host", "lifecycle").await.ok().flatten()
 }
 
-/// One HTTP client for every trigger and health check: connections are pooled, TLS is rustls.
-fn http_client() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .user_agent(concat!(
-            "powerautomation-deployment_mcp/",
-            env!("CARGO_PKG_VERSION")
-        ))
-        .build()
-        .map_err(|error| format!("cannot build the HTTP client: {error}"))
-}
-
 /// Why the plugin could not start; the host shows the message as the plugin's start error.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -112,7 +101,8 @@ pub async fn build(
     };
     let coordinator = Arc::new(coordinator::Coordinator::new(
         records,
-        http_client().map_err(BuildError::HttpClient)?,
+        egress::Egress::new(settings.allowed_target_networks.clone())
+            .map_err(BuildError::HttpClient)?,
         Arc::clone(&settings),
         boot_id,
     ));

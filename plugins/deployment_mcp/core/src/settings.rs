@@ -41,6 +41,10 @@ pub struct Settings {
     /// The MCP endpoint (`[plugins.deployment_mcp.settings.mcp]`).
     #[serde(default)]
     pub mcp: McpSettings,
+    /// Networks (CIDRs or addresses) every trigger, health check and redirect must resolve
+    /// into; empty allows any.
+    #[serde(default)]
+    pub allowed_target_networks: crate::egress::TargetNetworks,
 }
 
 /// `[plugins.deployment_mcp.settings.mcp]`: the Model Context Protocol endpoint at

@@ -174,7 +174,7 @@ pub(crate) async fn health_check(State(api): Shared, Id(id): Id) -> Answer {
         ));
     };
     let timeout = Duration::from_secs(api.coordinator.settings().health_check_timeout_secs);
-    let report = health::check(api.coordinator.http(), &url, timeout).await;
+    let report = health::check(api.coordinator.egress(), &url, timeout).await;
     api.coordinator.record_health(&id, &report).await?;
     Ok(json(
         StatusCode::OK,

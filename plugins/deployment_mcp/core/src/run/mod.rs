@@ -59,7 +59,7 @@ pub(crate) enum StopReason {
 pub(crate) trait RunOwner: Send + Sync + 'static {
     fn records(&self) -> &Records;
     fn settings(&self) -> &Settings;
-    fn http(&self) -> &reqwest::Client;
+    fn egress(&self) -> &crate::egress::Egress;
     fn catalog(&self) -> &Catalog;
     /// The instance this plugin runs on, when known (asks IMDS only when `ask_imds`).
     fn platform_identity(
@@ -702,7 +702,7 @@ impl<O: RunOwner> Run<O> {
                     else {
                         continue;
                     };
-                    let report = health::check(self.owner.http(), &url, per_request).await;
+                    let report = health::check(self.owner.egress(), &url, per_request).await;
                     if !report.healthy {
                         unhealthy.push(id.clone());
                     }
@@ -1187,7 +1187,7 @@ impl<O: RunOwner> Run<O> {
                 ));
             }
         };
-        let trigger = AnyTrigger::for_environment(&with_secrets, self.owner.http());
+        let trigger = AnyTrigger::for_environment(&with_secrets, self.owner.egress());
         // What a script or a peer prints back of them is masked in the log, the result and
         // the error.
         let secrets = crate::redact::Secrets::new(with_secrets.secret_values());
@@ -1342,7 +1342,7 @@ impl<O: RunOwner> Run<O> {
                 let deadline = Instant::now() + Duration::from_secs(environment.timeout);
                 let per_request = Duration::from_secs(run.owner.settings().health_check_timeout_secs);
                 let report = tokio::select! {
-                    report = health::wait_healthy(run.owner.http(), &url, per_request, deadline) => report,
+                    report = health::wait_healthy(run.owner.egress(), &url, per_request, deadline) => report,
                     _ = run.cancel.cancelled() => return,
                 };
                 let known = run

@@ -3,7 +3,10 @@
 use serde_json::json;
 
 use super::{Trigger, TriggerContext, TriggerFailure, TriggerResult, TriggerSuccess};
-use crate::environments::HttpApiConnection;
+use crate::{
+    egress::{Egress, Refused},
+    environments::HttpApiConnection,
+};
 
 /// How much of a failing answer's body is kept in the error.
 pub const ERROR_BODY_BYTES: usize = 512;
@@ -11,19 +14,19 @@ pub const ERROR_BODY_BYTES: usize = 512;
 pub struct HttpApiTrigger {
     environment_id: String,
     connection: HttpApiConnection,
-    http: reqwest::Client,
+    egress: Egress,
 }
 
 impl HttpApiTrigger {
     pub fn new(
         environment_id: String,
         connection: HttpApiConnection,
-        http: reqwest::Client,
+        egress: Egress,
     ) -> HttpApiTrigger {
         HttpApiTrigger {
             environment_id,
             connection,
-            http,
+            egress,
         }
     }
 }
@@ -63,7 +66,11 @@ impl Trigger for HttpApiTrigger {
             "rollback": context.rollback,
         });
         context.log.info(format!("POST {url}")).await;
-        let mut request = self.http.post(url.clone()).json(&body);
+        let mut request = self
+            .egress
+            .post(&url)
+            .map_err(|refused| refused_failure(&url, &refused))?
+            .json(&body);
         if let Some(token) = &self.connection.api_token {
             request = request.bearer_auth(token);
         }
@@ -91,8 +98,16 @@ impl Trigger for HttpApiTrigger {
     }
 }
 
+/// A request not sent: its address is outside `allowed_target_networks`.
+pub fn refused_failure(url: &url::Url, refused: &Refused) -> TriggerFailure {
+    TriggerFailure::failed(format!("POST {url}: {refused}"))
+}
+
 /// Says what went wrong with a request that got no answer, without echoing headers (tokens).
 pub fn request_failure(url: &url::Url, error: &reqwest::Error) -> TriggerFailure {
+    if let Some(refused) = Refused::in_chain(error) {
+        return refused_failure(url, refused);
+    }
     let what = if error.is_connect() {
         "connection failed (is the service listening?)"
     } else if error.is_timeout() {

@@ -16,7 +16,10 @@ use std::{future::Future, time::SystemTime};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::environments::{Connection, Environment};
+use crate::{
+    egress::Egress,
+    environments::{Connection, Environment},
+};
 
 /// What every trigger is told about the deployment it is part of.
 #[derive(Debug, Clone)]
@@ -134,18 +137,25 @@ pub enum AnyTrigger {
 }
 
 impl AnyTrigger {
-    pub fn for_environment(environment: &Environment, http: &reqwest::Client) -> AnyTrigger {
+    pub fn for_environment(environment: &Environment, egress: &Egress) -> AnyTrigger {
         let id = environment.environment_id.clone();
         let timeout = environment.timeout;
         match &environment.connection {
-            Connection::Ssh(ssh) => AnyTrigger::Ssh(ssh::SshTrigger::new(id, timeout, ssh.clone())),
-            Connection::HttpApi(api) => {
-                AnyTrigger::HttpApi(http_api::HttpApiTrigger::new(id, api.clone(), http.clone()))
-            }
+            Connection::Ssh(ssh) => AnyTrigger::Ssh(ssh::SshTrigger::new(
+                id,
+                timeout,
+                ssh.clone(),
+                egress.clone(),
+            )),
+            Connection::HttpApi(api) => AnyTrigger::HttpApi(http_api::HttpApiTrigger::new(
+                id,
+                api.clone(),
+                egress.clone(),
+            )),
             Connection::Webhook(webhook) => AnyTrigger::Webhook(webhook::WebhookTrigger::new(
                 id,
                 webhook.clone(),
-                http.clone(),
+                egress.clone(),
             )),
             Connection::Local(local) => {
                 AnyTrigger::Local(local::LocalTrigger::new(id, timeout, local.clone()))

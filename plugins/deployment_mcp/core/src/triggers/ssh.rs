@@ -32,7 +32,10 @@ use super::{
     local::with_stderr, LineSplitter, LogSink, LogStream, Trigger, TriggerContext, TriggerFailure,
     TriggerResult, TriggerSuccess,
 };
-use crate::environments::SshConnection;
+use crate::{
+    egress::{ConnectError, Egress},
+    environments::SshConnection,
+};
 
 /// Lines of stderr kept for the error message of a failed run.
 const STDERR_TAIL_LINES: usize = 10;
@@ -70,14 +73,21 @@ pub struct SshTrigger {
     /// Seconds: also bounds connecting and authenticating.
     timeout: u64,
     connection: SshConnection,
+    egress: Egress,
 }
 
 impl SshTrigger {
-    pub fn new(environment_id: String, timeout: u64, connection: SshConnection) -> SshTrigger {
+    pub fn new(
+        environment_id: String,
+        timeout: u64,
+        connection: SshConnection,
+        egress: Egress,
+    ) -> SshTrigger {
         SshTrigger {
             environment_id,
             timeout,
             connection,
+            egress,
         }
     }
 }
@@ -357,18 +367,21 @@ fn revoked_line(text: &str, key: &PublicKey) -> Option<usize> {
 async fn open_session(
     target: &Target,
     key: PrivateKey,
+    egress: &Egress,
 ) -> Result<Handle<HostKeyCheck>, TriggerFailure> {
     let address = target.address();
-    let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+    let stream = egress
+        .connect(&target.host, target.port)
         .await
-        .map_err(|error| {
-            if error.kind() == std::io::ErrorKind::ConnectionRefused {
+        .map_err(|error| match error {
+            ConnectError::Connect(error)
+                if error.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
                 TriggerFailure::failed(format!(
                     "cannot connect to {address}: connection refused; is sshd running there?"
                 ))
-            } else {
-                TriggerFailure::failed(format!("cannot connect to {address}: {error}"))
             }
+            error => TriggerFailure::failed(format!("cannot connect to {address}: {error}")),
         })?;
     // The client's few small packets (requests, EOF, close) should not wait for Nagle.
     let _ = stream.set_nodelay(true);
@@ -482,7 +495,7 @@ impl Trigger for SshTrigger {
         let budget = CONNECT_LIMIT.min(Duration::from_secs(self.timeout.max(1)));
         log.info(format!("connecting to {}@{address}", target.username))
             .await;
-        let handle = tokio::time::timeout(budget, open_session(&target, key))
+        let handle = tokio::time::timeout(budget, open_session(&target, key, &self.egress))
             .await
             .map_err(|_| {
                 TriggerFailure::timed_out(format!(

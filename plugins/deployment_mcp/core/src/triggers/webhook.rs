@@ -6,10 +6,13 @@ use serde_json::json;
 use sha2::Sha256;
 
 use super::{
-    http_api::{bounded_body, environment_url, request_failure},
+    http_api::{bounded_body, environment_url, refused_failure, request_failure},
     timestamp, Trigger, TriggerContext, TriggerFailure, TriggerResult, TriggerSuccess,
 };
-use crate::environments::{WebhookConnection, WebhookTarget};
+use crate::{
+    egress::Egress,
+    environments::{WebhookConnection, WebhookTarget},
+};
 
 /// The header carrying `sha256=<hex HMAC-SHA256 of the body>`.
 pub const SIGNATURE_HEADER: &str = "X-PowerAutomation-Signature";
@@ -20,19 +23,19 @@ pub const ROLLBACK_EVENT: &str = "deployment_rollback";
 pub struct WebhookTrigger {
     environment_id: String,
     connection: WebhookConnection,
-    http: reqwest::Client,
+    egress: Egress,
 }
 
 impl WebhookTrigger {
     pub fn new(
         environment_id: String,
         connection: WebhookConnection,
-        http: reqwest::Client,
+        egress: Egress,
     ) -> WebhookTrigger {
         WebhookTrigger {
             environment_id,
             connection,
-            http,
+            egress,
         }
     }
 
@@ -79,8 +82,9 @@ impl Trigger for WebhookTrigger {
         });
         let body = serde_json::to_vec(&body).unwrap_or_default();
         let mut request = self
-            .http
-            .post(url.clone())
+            .egress
+            .post(&url)
+            .map_err(|refused| refused_failure(&url, &refused))?
             .header("content-type", "application/json");
         if let Some(secret) = &self.connection.secret {
             request = request.header(SIGNATURE_HEADER, signature(secret, &body)?);
