@@ -50,8 +50,13 @@ pub struct ServerConfig {
     pub header_read_timeout_secs: u64,
     /// Connections served at once; one more is answered 503 and closed.
     pub max_connections: usize,
+    /// Connections one client address may hold at once (behind a reverse proxy every client
+    /// has the proxy's address: raise it there).
+    pub max_connections_per_address: usize,
     /// Open event streams (SSE) and followed logs, each; one more is answered 503.
     pub max_streams: usize,
+    /// Open streams (both kinds together) one key, and one client address, may hold.
+    pub max_streams_per_client: usize,
 }
 
 impl Default for ServerConfig {
@@ -63,7 +68,9 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 30,
             header_read_timeout_secs: 10,
             max_connections: 1024,
-            max_streams: 256,
+            max_connections_per_address: 256,
+            max_streams: 4096,
+            max_streams_per_client: 256,
         }
     }
 }
@@ -324,6 +331,12 @@ impl Config {
         }
         if self.server.max_streams == 0 {
             problems.push("server.max_streams: must be at least 1".to_owned());
+        }
+        if self.server.max_connections_per_address == 0 {
+            problems.push("server.max_connections_per_address: must be at least 1".to_owned());
+        }
+        if self.server.max_streams_per_client == 0 {
+            problems.push("server.max_streams_per_client: must be at least 1".to_owned());
         }
         let mut names = std::collections::HashSet::new();
         for (index, key) in self.auth.keys.iter().enumerate() {

@@ -158,6 +158,7 @@ pub async fn serve(
         metrics,
         shutdown.clone(),
         config.server.max_streams,
+        config.server.max_streams_per_client,
     );
     let app = http::router(state, Arc::new(keys), &config.server);
     tracing::info!(%address, ready_ms = started.elapsed().as_millis() as u64, "listening");
@@ -169,6 +170,7 @@ pub async fn serve(
         http::serve::ServeOptions {
             header_read_timeout: Duration::from_secs(config.server.header_read_timeout_secs),
             max_connections: config.server.max_connections,
+            max_connections_per_address: config.server.max_connections_per_address,
             shutdown: shutdown.clone(),
             grace,
         },

@@ -13,7 +13,11 @@ use plugin_api::Role;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::{error::ApiError, RequestId};
+use super::{
+    error::ApiError,
+    shares::{ClientAddress, StreamHolder},
+    RequestId,
+};
 use crate::{
     auth::Principal,
     plugin::{
@@ -34,6 +38,8 @@ pub struct MountState {
     /// Streamed answers open at once, at most `max_streams`.
     pub streams: Arc<Semaphore>,
     pub max_streams: usize,
+    /// Each key's and each client address's share of all open streams.
+    pub stream_shares: Arc<super::shares::StreamShares>,
 }
 
 /// The 503 for a plugin that is not serving. The reason (which names the library's path and
@@ -72,6 +78,8 @@ async fn forward(mount: &MountState, request: Request) -> Result<Response, ApiEr
             request.extensions().get::<Principal>(),
         ));
     };
+    // Who would hold a streamed answer: known only once the plugin has answered.
+    let holder = stream_holder(&request);
     let (parts, body) = request.into_parts();
     // Declared lengths over the limit were refused by the limit layer; this catches streams.
     let body = axum::body::to_bytes(body, mount.body_limit)
@@ -110,7 +118,21 @@ async fn forward(mount: &MountState, request: Request) -> Result<Response, ApiEr
     })?;
     // `plugin` (the copy) stays alive until here, so a swap never cuts an in-flight request.
     drop(plugin);
-    build_response(answer, mount)
+    build_response(answer, mount, &holder)
+}
+
+/// The key and client address of a request, for the per-client share of open streams.
+pub fn stream_holder(request: &Request) -> StreamHolder {
+    StreamHolder {
+        key: request
+            .extensions()
+            .get::<Principal>()
+            .map(|principal| Arc::clone(&principal.name)),
+        address: request
+            .extensions()
+            .get::<ClientAddress>()
+            .map(|client| client.0),
+    }
 }
 
 /// The request as the plugin gets it: the path relative to the mount, no credentials, the
@@ -189,7 +211,11 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-fn build_response(answer: bridge::HostResponse, mount: &MountState) -> Result<Response, ApiError> {
+fn build_response(
+    answer: bridge::HostResponse,
+    mount: &MountState,
+    holder: &StreamHolder,
+) -> Result<Response, ApiError> {
     let status = StatusCode::from_u16(answer.status).map_err(|_| {
         ApiError::internal(format!(
             "the plugin answered with an invalid status {}",
@@ -203,6 +229,7 @@ fn build_response(answer: bridge::HostResponse, mount: &MountState) -> Result<Re
             let Ok(slot) = Arc::clone(&mount.streams).try_acquire_owned() else {
                 return Err(super::error::too_many_streams(mount.max_streams));
             };
+            let share = mount.stream_shares.take(holder)?;
             // After the last chunk: an error when the plugin's process died, which aborts the
             // answer instead of ending it as complete.
             let plugin = mount.slot.name.clone();
@@ -221,7 +248,7 @@ fn build_response(answer: bridge::HostResponse, mount: &MountState) -> Result<Re
                     // The host is stopping: end the stream, so the connection can close.
                     .take_until(CancellationToken::clone(&mount.shutdown).cancelled_owned())
                     .map(move |chunk| {
-                        let _held = &slot;
+                        let _held = (&slot, &share);
                         chunk
                     }),
             )

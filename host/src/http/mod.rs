@@ -9,6 +9,7 @@ pub mod layers;
 pub mod metrics;
 pub mod openapi;
 pub mod serve;
+pub mod shares;
 pub mod sse;
 #[cfg(test)]
 mod tests;
@@ -47,6 +48,8 @@ pub struct AppState {
     /// Streamed plugin answers (followed logs), at most `max_streams`.
     pub plugin_streams: Arc<Semaphore>,
     pub max_streams: usize,
+    /// Each key's and each client address's share of all open streams.
+    pub stream_shares: Arc<shares::StreamShares>,
 }
 
 impl AppState {
@@ -56,6 +59,7 @@ impl AppState {
         metrics: Arc<metrics::Metrics>,
         shutdown: CancellationToken,
         max_streams: usize,
+        max_streams_per_client: usize,
     ) -> AppState {
         AppState {
             slots: Arc::new(slots),
@@ -65,6 +69,7 @@ impl AppState {
             event_streams: Arc::new(Semaphore::new(max_streams)),
             plugin_streams: Arc::new(Semaphore::new(max_streams)),
             max_streams,
+            stream_shares: Arc::new(shares::StreamShares::new(max_streams_per_client)),
         }
     }
 }
@@ -87,6 +92,7 @@ pub fn router(state: AppState, keys: Arc<KeyRing>, server: &ServerConfig) -> Rou
             shutdown: Arc::clone(&state.shutdown),
             streams: Arc::clone(&state.plugin_streams),
             max_streams: state.max_streams,
+            stream_shares: Arc::clone(&state.stream_shares),
         });
         let events = Router::new()
             .route(&format!("{mount}/events"), get(sse::events))

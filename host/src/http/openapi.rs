@@ -167,6 +167,7 @@ async fn fragment(slot: &std::sync::Arc<PluginSlot>) -> Option<Value> {
         shutdown: std::sync::Arc::new(tokio_util::sync::CancellationToken::new()),
         streams: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         max_streams: 1,
+        stream_shares: std::sync::Arc::new(super::shares::StreamShares::new(1)),
     };
     let request = Request::builder()
         .method(Method::GET)

@@ -10,8 +10,10 @@
 //!   reusing a connection just as the server closes it would see its request fail, so that
 //!   pause is kept long); a streamed answer counts as busy until its body ends. HTTP/2 also
 //!   pings, so a vanished peer is noticed while a stream is open.
-//! - At most `max_connections` are served at once; one more is answered `503` and closed at
-//!   once, so a flood of idle sockets cannot starve the process of file descriptors.
+//! - At most `max_connections` are served at once, and at most `max_connections_per_address`
+//!   from one client address; one more is answered `503` and closed at once, so a flood of
+//!   idle sockets cannot starve the process of file descriptors, nor one client the others.
+//!   Each request carries its connection's [`ClientAddress`] (for the per-address stream cap).
 //! - On shutdown the listener closes, every connection is told to finish its current request
 //!   and close; streams (SSE, followed logs) end through the same shutdown token in their own
 //!   handlers. Whatever is still open after the grace period is dropped.
@@ -46,11 +48,15 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::shares::{ClientAddress, Shares};
+
 /// Limits and shutdown of the accept loop.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    /// Connections one client address may hold at once.
+    pub max_connections_per_address: usize,
     /// Cancelled when the host stops: no new connections, open ones finish and close.
     pub shutdown: CancellationToken,
     /// How long open connections may take to finish after `shutdown`.
@@ -89,6 +95,7 @@ pub async fn serve(listener: TcpListener, app: Router, options: ServeOptions) ->
         .enable_connect_protocol();
     let idle_limit = options.header_read_timeout;
     let slots = Arc::new(Semaphore::new(options.max_connections));
+    let per_address = Shares::new(options.max_connections_per_address);
     let stop = StopSignal::follow(options.shutdown.clone());
     // Each connection task holds a receiver; the sender sees when all are gone.
     let (open_tx, open_rx) = watch::channel(());
@@ -105,16 +112,23 @@ pub async fn serve(listener: TcpListener, app: Router, options: ServeOptions) ->
             _ = options.shutdown.cancelled() => break,
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tokio::spawn(refuse(stream, peer, options.max_connections));
+            tokio::spawn(refuse(stream, peer, Refusal::Full(options.max_connections)));
             continue;
         };
+        let Some(share) = per_address.try_take(peer.ip()) else {
+            let limit = options.max_connections_per_address;
+            tokio::spawn(refuse(stream, peer, Refusal::AddressShare(limit)));
+            continue;
+        };
+        let client = ClientAddress(peer.ip());
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
         let service = {
             let (app, activity) = (app.clone(), Arc::clone(&activity));
-            hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                 // Held by the answer's body: a streamed answer keeps the connection busy.
                 let busy = activity.begin();
+                request.extensions_mut().insert(client);
                 app.clone()
                     .oneshot(request.map(Body::new))
                     .map(move |answer| {
@@ -157,7 +171,7 @@ pub async fn serve(listener: TcpListener, app: Router, options: ServeOptions) ->
             if let Err(error) = result {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
-            drop(slot);
+            drop((slot, share));
             drop(open);
         });
     }
@@ -318,12 +332,31 @@ impl StopSignal {
     }
 }
 
-/// Answers a connection over the limit with a JSON 503 and closes it.
-async fn refuse(mut stream: TcpStream, peer: SocketAddr, limit: usize) {
-    tracing::warn!(%peer, limit, "connection refused: server.max_connections reached");
-    let body = format!(
-        "{{\"error\":\"too_many_connections\",\"message\":\"the server holds its maximum of {limit} connections (server.max_connections); retry shortly\"}}"
-    );
+/// Why a connection is refused.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// `server.max_connections` are open.
+    Full(usize),
+    /// Its client address holds `server.max_connections_per_address`.
+    AddressShare(usize),
+}
+
+/// Answers a connection over a limit with a JSON 503 and closes it.
+async fn refuse(mut stream: TcpStream, peer: SocketAddr, why: Refusal) {
+    let body = match why {
+        Refusal::Full(limit) => {
+            tracing::warn!(%peer, limit, "connection refused: server.max_connections reached");
+            format!(
+                "{{\"error\":\"too_many_connections\",\"message\":\"the server holds its maximum of {limit} connections (server.max_connections); retry shortly\"}}"
+            )
+        }
+        Refusal::AddressShare(limit) => {
+            tracing::warn!(%peer, limit, "connection refused: server.max_connections_per_address reached");
+            format!(
+                "{{\"error\":\"too_many_connections_for_address\",\"message\":\"this client address holds its maximum of {limit} connections (server.max_connections_per_address); close some and retry\"}}"
+            )
+        }
+    };
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()

@@ -3,7 +3,8 @@
 //!
 //! Each subscriber sees every event in the view its role allows (see `services::events`): a
 //! user never receives log lines or connection details, whatever a plugin publishes. At most
-//! `server.max_streams` streams are open at once; one more is answered 503.
+//! `server.max_streams` streams are open at once, and `server.max_streams_per_client` per key
+//! and per client address; one more is answered 503.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -19,7 +20,12 @@ use futures_util::{Stream, StreamExt};
 use plugin_api::Role;
 use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 
-use super::{dispatch::MountState, error::ApiError, AppState};
+use super::{
+    dispatch::MountState,
+    error::ApiError,
+    shares::{ClientAddress, StreamHolder},
+    AppState,
+};
 use crate::{
     auth::{require, Principal},
     services::events::Event,
@@ -28,6 +34,7 @@ use crate::{
 pub async fn events(
     State((app, mount)): State<(AppState, Arc<MountState>)>,
     principal: Option<Extension<Principal>>,
+    client: Option<Extension<ClientAddress>>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let role = require(principal.as_deref(), Role::User)?.role;
@@ -40,6 +47,12 @@ pub async fn events(
     let Ok(slot) = Arc::clone(&app.event_streams).try_acquire_owned() else {
         return Err(super::error::too_many_streams(app.max_streams));
     };
+    let share = app.stream_shares.take(&StreamHolder {
+        key: principal
+            .as_ref()
+            .map(|principal| Arc::clone(&principal.name)),
+        address: client.map(|client| client.0 .0),
+    })?;
     let last_id = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
@@ -67,7 +80,7 @@ pub async fn events(
         // The guards live as long as the stream: the gauge counts open streams, and the slot
         // is given back when the client goes.
         .map(move |event| {
-            let _held = (&subscribed, &slot);
+            let _held = (&subscribed, &slot, &share);
             event
         });
     Ok(Sse::new(stream)

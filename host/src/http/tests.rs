@@ -98,6 +98,7 @@ impl TestRouter {
             Arc::new(Metrics::new()),
             CancellationToken::new(),
             8,
+            8,
         );
         TestRouter {
             app: router(state, Arc::new(keys), &server),
