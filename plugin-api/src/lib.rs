@@ -244,8 +244,13 @@ pub enum PushOutcome {
     Closed = 2,
 }
 
+/// The largest chunk [`BodySender::push`] takes: the host answers `Closed` to a larger one (and
+/// the answer ends), so what one stream holds in the host's buffer stays bounded in bytes.
+pub const MAX_STREAM_CHUNK_BYTES: usize = 256 * 1024;
+
 /// The body of a streamed answer. Implemented by the host, which copies every chunk, so the
-/// plugin's memory is never referenced after `push` returns.
+/// plugin's memory is never referenced after `push` returns. Chunks are at most
+/// [`MAX_STREAM_CHUNK_BYTES`].
 #[sabi_trait]
 pub trait BodySender: Send + Sync {
     /// Queues `chunk`. An empty chunk queues nothing: it only asks whether the client is still

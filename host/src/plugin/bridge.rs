@@ -119,8 +119,12 @@ pub enum HostBody {
 /// for a whole one. Never set for a copy in this process, which cannot die alone.
 pub type StreamCut = Arc<std::sync::OnceLock<String>>;
 
-/// Chunks a streamed answer may have queued before the plugin is told to wait.
+/// Pieces a streamed answer may have queued before the plugin is told to wait.
 pub const STREAM_BUFFER_CHUNKS: usize = 64;
+/// The largest piece in that buffer: a chunk is queued as pieces of at most this size, so one
+/// stream holds at most `STREAM_BUFFER_CHUNKS × STREAM_PIECE_BYTES` (2 MiB) whatever the size
+/// of its plugin's chunks.
+pub const STREAM_PIECE_BYTES: usize = 32 * 1024;
 
 struct ReplySlot {
     sender: Mutex<Option<oneshot::Sender<HostResponse>>>,
@@ -243,8 +247,9 @@ impl BodySender for StreamSender {
     }
 }
 
-/// Offers one chunk of a streamed answer to its bounded buffer, without waiting. An empty
-/// chunk is a probe: is anybody still reading?
+/// Offers one chunk of a streamed answer to its bounded buffer, without waiting: queued whole
+/// (as pieces of at most [`STREAM_PIECE_BYTES`]) or not at all. An empty chunk is a probe: is
+/// anybody still reading? A chunk over [`plugin_api::MAX_STREAM_CHUNK_BYTES`] ends the answer.
 pub fn push_chunk(sender: &mpsc::Sender<Bytes>, chunk: &[u8]) -> PushOutcome {
     if chunk.is_empty() {
         return if sender.is_closed() {
@@ -253,10 +258,29 @@ pub fn push_chunk(sender: &mpsc::Sender<Bytes>, chunk: &[u8]) -> PushOutcome {
             PushOutcome::Accepted
         };
     }
-    match sender.try_send(Bytes::copy_from_slice(chunk)) {
-        Ok(()) => PushOutcome::Accepted,
-        Err(mpsc::error::TrySendError::Full(_)) => PushOutcome::Full,
-        Err(mpsc::error::TrySendError::Closed(_)) => PushOutcome::Closed,
+    if chunk.len() > plugin_api::MAX_STREAM_CHUNK_BYTES {
+        tracing::warn!(
+            bytes = chunk.len(),
+            limit = plugin_api::MAX_STREAM_CHUNK_BYTES,
+            "a plugin pushed a streamed chunk over the limit; its answer was ended"
+        );
+        return PushOutcome::Closed;
+    }
+    let pieces = chunk.len().div_ceil(STREAM_PIECE_BYTES);
+    match sender.try_reserve_many(pieces) {
+        Ok(permits) => {
+            // One copy; the pieces are views of it.
+            let whole = Bytes::copy_from_slice(chunk);
+            let mut start = 0;
+            for permit in permits {
+                let end = (start + STREAM_PIECE_BYTES).min(whole.len());
+                permit.send(whole.slice(start..end));
+                start = end;
+            }
+            PushOutcome::Accepted
+        }
+        Err(mpsc::error::TrySendError::Full(())) => PushOutcome::Full,
+        Err(mpsc::error::TrySendError::Closed(())) => PushOutcome::Closed,
     }
 }
 
@@ -276,6 +300,34 @@ pub fn reply_channel() -> (ResponseSinkBox, oneshot::Receiver<HostResponse>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_buffers_a_bounded_number_of_bytes_whatever_its_chunks() {
+        let (sender, mut receiver) = mpsc::channel(STREAM_BUFFER_CHUNKS);
+        let chunk = vec![b'x'; plugin_api::MAX_STREAM_CHUNK_BYTES];
+        let mut accepted = 0;
+        while push_chunk(&sender, &chunk) == PushOutcome::Accepted {
+            accepted += 1;
+        }
+        let mut queued = 0;
+        let mut largest = 0;
+        while let Ok(piece) = receiver.try_recv() {
+            queued += piece.len();
+            largest = largest.max(piece.len());
+        }
+        assert_eq!(
+            queued,
+            accepted * chunk.len(),
+            "chunks are queued whole or not at all"
+        );
+        assert!(
+            queued <= STREAM_BUFFER_CHUNKS * STREAM_PIECE_BYTES,
+            "{queued} bytes queued"
+        );
+        assert!(largest <= STREAM_PIECE_BYTES);
+        let too_large = vec![b'x'; plugin_api::MAX_STREAM_CHUNK_BYTES + 1];
+        assert_eq!(push_chunk(&sender, &too_large), PushOutcome::Closed);
+    }
 
     #[test]
     fn an_answer_is_copied_whole_and_a_header_no_client_could_get_is_left_out() {

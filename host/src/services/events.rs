@@ -1,8 +1,9 @@
 //! The event bus: plugins publish, the host fans out to Server-Sent-Events subscribers. It lives
-//! in the host, so subscribers stay connected while plugins are swapped. Bounded twice: a
-//! subscriber that falls more than [`CAPACITY`] events behind is told so and skips ahead, and the
-//! last [`REPLAY`] events are kept so a client that reconnects with `Last-Event-ID` gets exactly
-//! what it missed.
+//! in the host, so subscribers stay connected while plugins are swapped. Bounded in count and in
+//! bytes: an event over [`MAX_EVENT_BYTES`] is not published; a subscriber that falls more than
+//! [`CAPACITY`] events behind is told so and skips ahead; and the last [`REPLAY`] events, at
+//! most [`REPLAY_BYTES`] of them, are kept so a client that reconnects with `Last-Event-ID`
+//! gets exactly what it missed (or is told of the gap).
 //!
 //! An event may carry a second, smaller view for users: what only developers may see
 //! (connection details, log lines) is published in the full view only, and a user's stream gets
@@ -18,6 +19,10 @@ use tokio::sync::broadcast;
 
 pub const CAPACITY: usize = 1024;
 pub const REPLAY: usize = 4096;
+/// The bytes of the events kept for replay, at most.
+pub const REPLAY_BYTES: usize = 16 * 1024 * 1024;
+/// The largest event (both views together) the bus takes.
+pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -56,6 +61,19 @@ impl Event {
 struct Recent {
     next_id: u64,
     events: VecDeque<Arc<Event>>,
+    /// The bytes of `events`.
+    bytes: usize,
+}
+
+impl Event {
+    /// What the event takes in memory, roughly: its texts.
+    fn size(&self) -> usize {
+        let user = match &self.user_view {
+            UserView::Redacted(data) => data.len(),
+            UserView::Same | UserView::Hidden => 0,
+        };
+        self.kind.len() + self.data.len() + user
+    }
 }
 
 pub struct EventBus {
@@ -86,6 +104,7 @@ impl EventBus {
             recent: Mutex::new(Recent {
                 next_id: 1,
                 events: VecDeque::with_capacity(REPLAY),
+                bytes: 0,
             }),
             sender,
         }
@@ -102,20 +121,37 @@ impl EventBus {
         self.publish_views(kind, data, UserView::Same)
     }
 
-    /// Publishes an event with its user view; returns its id. Never waits on subscribers.
+    /// Publishes an event with its user view; returns its id, or 0 when the event is over
+    /// [`MAX_EVENT_BYTES`] and was not published. Never waits on subscribers.
     pub fn publish_views(&self, kind: &str, data: String, user_view: UserView) -> u64 {
-        let mut recent = self.recent();
-        let id = recent.next_id;
-        recent.next_id += 1;
-        let event = Arc::new(Event {
-            id,
+        let mut event = Event {
+            id: 0,
             kind: kind.to_owned(),
             data,
             user_view,
-        });
-        if recent.events.len() == REPLAY {
-            recent.events.pop_front();
+        };
+        let size = event.size();
+        if size > MAX_EVENT_BYTES {
+            tracing::warn!(
+                kind,
+                bytes = size,
+                limit = MAX_EVENT_BYTES,
+                "an event over the size limit was not published"
+            );
+            return 0;
         }
+        let mut recent = self.recent();
+        event.id = recent.next_id;
+        let id = event.id;
+        recent.next_id += 1;
+        let event = Arc::new(event);
+        while recent.events.len() >= REPLAY || recent.bytes + size > REPLAY_BYTES {
+            let Some(oldest) = recent.events.pop_front() else {
+                break;
+            };
+            recent.bytes -= oldest.size();
+        }
+        recent.bytes += size;
         recent.events.push_back(Arc::clone(&event));
         // No subscriber is not an error: events are a live view, history lives in the store.
         let _ = self.sender.send(event);
@@ -230,5 +266,24 @@ mod tests {
         }
         assert!(bus.subscribe_after(Some(1)).gap);
         assert_eq!(bus.subscribe_after(Some(u64::MAX)).missed.len(), REPLAY);
+    }
+
+    #[test]
+    fn the_replay_is_bounded_in_bytes_and_oversized_events_are_refused() {
+        let bus = EventBus::new();
+        assert_eq!(bus.publish("k", "x".repeat(MAX_EVENT_BYTES + 1)), 0);
+        let large = "y".repeat(MAX_EVENT_BYTES - 10);
+        let first = bus.publish("k", large.clone());
+        for _ in 0..(2 * REPLAY_BYTES / MAX_EVENT_BYTES) {
+            bus.publish("k", large.clone());
+        }
+        let replay = bus.subscribe_after(Some(first - 1));
+        let bytes: usize = replay.missed.iter().map(|event| event.size()).sum();
+        assert!(bytes <= REPLAY_BYTES, "{bytes} bytes kept");
+        assert!(replay.missed.len() < REPLAY);
+        assert!(
+            replay.gap,
+            "the oldest events left the buffer and the client is told"
+        );
     }
 }

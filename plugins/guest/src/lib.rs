@@ -950,16 +950,19 @@ async fn deliver(reply: ResponseSinkBox, mut response: Response, request_id: &st
                 continue;
             }
         };
-        loop {
-            match body.push(RSlice::from_slice(&chunk)) {
-                PushOutcome::Accepted => break,
-                PushOutcome::Full => tokio::time::sleep(STREAM_RETRY).await,
-                PushOutcome::Closed => {
-                    tracing::info!(
-                        request_id,
-                        "the client of a streamed answer left; the stream stopped"
-                    );
-                    break 'chunks;
+        // The host takes chunks of a bounded size: a larger item goes in pieces.
+        for piece in chunk.chunks(plugin_api::MAX_STREAM_CHUNK_BYTES) {
+            loop {
+                match body.push(RSlice::from_slice(piece)) {
+                    PushOutcome::Accepted => break,
+                    PushOutcome::Full => tokio::time::sleep(STREAM_RETRY).await,
+                    PushOutcome::Closed => {
+                        tracing::info!(
+                            request_id,
+                            "the client of a streamed answer left; the stream stopped"
+                        );
+                        break 'chunks;
+                    }
                 }
             }
         }

@@ -37,6 +37,9 @@ const DETAIL_LOG_LINES: usize = 200;
 pub(crate) const LOG_PAGE_LINES: usize = 10_000;
 /// Chunks a followed log reads at most per poll.
 const FOLLOW_CHUNKS: u64 = 100;
+/// Bytes of NDJSON one read of a followed log produces at most (plus one chunk): a busy log is
+/// sent in parts of a bounded size, not as one piece of up to a hundred chunks.
+const FOLLOW_BYTES: usize = 256 * 1024;
 /// How long a request waits for a concurrent one with the same `Idempotency-Key` to start its
 /// deployment.
 const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(10);
@@ -586,17 +589,24 @@ fn follow_stream(
     )
 }
 
-/// The NDJSON of the chunks stored from number `next` on (at most [`FOLLOW_CHUNKS`]), and how
-/// many chunks it holds.
+/// The NDJSON of the chunks stored from number `next` on (at most [`FOLLOW_CHUNKS`], and no
+/// more once [`FOLLOW_BYTES`] are reached), and how many chunks it holds.
 async fn follow_read(deployments: &DeploymentStore, id: &str, next: u64) -> (Vec<u8>, u64) {
     let chunks = deployments
         .log_chunks_from(id, next, FOLLOW_CHUNKS)
         .await
         .unwrap_or_default();
     let mut out = Vec::new();
-    for line in chunks.iter().flatten() {
-        out.extend(serde_json::to_vec(line).unwrap_or_default());
-        out.push(b'\n');
+    let mut taken = 0;
+    for chunk in &chunks {
+        if out.len() >= FOLLOW_BYTES {
+            break;
+        }
+        for line in chunk {
+            out.extend(serde_json::to_vec(line).unwrap_or_default());
+            out.push(b'\n');
+        }
+        taken += 1;
     }
-    (out, chunks.len() as u64)
+    (out, taken)
 }
