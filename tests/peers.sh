@@ -4,7 +4,9 @@
 #   - moto_server (the EC2 API of the EC2 phase's tests),
 #   - schemathesis (the OpenAPI conformance run),
 #   - Debian's Chromium and tests/browser's packages (the dashboard's browser test),
-#   - the MCP Python SDK in tests/mcp/.venv (the MCP tests' client).
+#   - the MCP Python SDK in tests/mcp/.venv (the MCP tests' client),
+#   - promtool (lints /metrics), taken from Debian's prometheus package without installing
+#     the server and its service.
 # Idempotent and quick when everything is present: it then installs nothing and needs no network,
 # so it can run where only loopback exists. Debian packages need root (or sudo); Python packages
 # go to the active Python's site packages.
@@ -64,6 +66,18 @@ fi
 # pyenv and similar installs put new scripts behind shims that need a rehash.
 if command -v pyenv >/dev/null; then
     pyenv rehash 2>/dev/null || true
+fi
+
+if ! command -v promtool >/dev/null; then
+    if [ "$apt_updated" = false ]; then
+        as_root apt-get update -qq
+        apt_updated=true
+    fi
+    say "installing promtool (from Debian's prometheus package)"
+    unpacked=$(mktemp -d)
+    (cd "$unpacked" && apt-get download -qq prometheus 2>/dev/null && dpkg-deb -x prometheus_*.deb root)
+    as_root install -m 0755 "$unpacked/root/usr/bin/promtool" /usr/local/bin/promtool
+    rm -rf "$unpacked"
 fi
 
 if [ ! -x /usr/bin/chromium ]; then

@@ -1,4 +1,6 @@
-//! `GET /metrics`: Prometheus text. Request counts and latencies come from a layer on every
+//! `GET /metrics`: OpenMetrics text to a scraper that asks for it (Prometheus does), the
+//! Prometheus text format 0.0.4 to anyone else (curl, `promtool check metrics`), each with the
+//! `HELP` and `TYPE` lines its format expects. Request counts and latencies come from a layer on every
 //! route (`layers::Edge`), labelled by the route template, never the raw path, so ids cannot
 //! explode the label set; plugin state is read from the slots at scrape time; deployment
 //! results and environment health are counted from the event bus, which the deployment plugin
@@ -12,7 +14,7 @@ use std::{
 
 use axum::{
     extract::{MatchedPath, State},
-    http::{header, Method, StatusCode},
+    http::{header, HeaderMap, Method, StatusCode},
     response::{IntoResponse, Response},
 };
 use prometheus_client::{
@@ -278,8 +280,11 @@ fn method_label(method: &Method) -> &'static str {
 /// Prometheus text: requests by route and status, latency, plugin state and swaps, deployments,
 /// environment health, SSE subscribers.
 #[utoipa::path(get, path = "/metrics", operation_id = "getMetrics", tag = "host",
-    responses((status = 200, description = "OpenMetrics text exposition (Prometheus scrapes it as is)", content_type = "application/openmetrics-text", body = String)))]
-pub async fn scrape(State(state): State<AppState>) -> Response {
+    responses((status = 200, description = "OpenMetrics text when the Accept header asks for `application/openmetrics-text` (as Prometheus does), else the Prometheus text format 0.0.4", content(
+        (String = "text/plain"),
+        (String = "application/openmetrics-text"),
+    ))))]
+pub async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let metrics = &state.metrics;
     for slot in state.slots.iter() {
         let status = slot.status();
@@ -301,12 +306,72 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
     if encode(&mut text, &metrics.registry).is_err() {
         return (StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed").into_response();
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            prometheus_text(&text),
+        )
+            .into_response()
+    }
+}
+
+/// The Prometheus text format 0.0.4 of an OpenMetrics exposition. OpenMetrics names a counter's
+/// family without `_total` and ends with `# EOF`; the text format names its `HELP` and `TYPE`
+/// lines after the sample (`x_total`) and has no end marker. Everything else is the same.
+fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(renamed) => out.push_str(&renamed),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_format_names_counters_after_their_samples() {
+        let openmetrics = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total{x=\"1\"} 2\n# HELP a_up Up.\n# TYPE a_up gauge\na_up 1\n# EOF\n";
+        assert_eq!(
+            prometheus_text(openmetrics),
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total{x=\"1\"} 2\n# HELP a_up Up.\n# TYPE a_up gauge\na_up 1\n"
+        );
+    }
 }

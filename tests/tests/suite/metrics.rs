@@ -127,3 +127,69 @@ async fn metrics_parse_and_move_with_traffic() {
     .await;
     assert!(closed, "a closed stream is no longer counted");
 }
+
+/// `promtool check metrics` on a scrape: its exit status and what it said.
+fn promtool(text: &str) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| {
+            panic!("promtool could not be run ({error}); install it: bash tests/peers.sh")
+        });
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(text.as_bytes()).expect("feed promtool");
+    }
+    let output = child.wait_with_output().expect("promtool's answer");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), said)
+}
+
+#[tokio::test]
+async fn every_metric_passes_promtool_in_both_formats() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = TestHost::start(dir.path(), HostOptions::default()).await;
+    // Every family has samples: requests, a finished deployment, an environment's health.
+    let id = e2e::scenario::started(&host, json!({"environments": ["local_demo"]})).await;
+    e2e::scenario::finished(&host, &id).await;
+    let text = |accept: &'static str| {
+        let host = &host;
+        async move {
+            let response = host
+                .client()
+                .get(format!("{}/metrics", host.url))
+                .header("accept", accept)
+                .send()
+                .await
+                .expect("scrape");
+            let kind = response
+                .headers()
+                .get("content-type")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            (kind, response.text().await.unwrap_or_default())
+        }
+    };
+    let (kind, plain) = text("*/*").await;
+    assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+    assert!(
+        plain.contains("powerautomation_deployments_total{"),
+        "{plain}"
+    );
+    let (clean, said) = promtool(&plain);
+    assert!(
+        clean && said.trim().is_empty(),
+        "promtool on the text format:\n{said}\n{plain}"
+    );
+    let (kind, openmetrics) = text("application/openmetrics-text; version=1.0.0").await;
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+}
