@@ -365,3 +365,43 @@ async fn sighup_reloads_the_plugin() {
     .await;
     assert!(swapped, "SIGHUP swapped in the new build");
 }
+
+#[tokio::test]
+async fn a_copy_that_stays_loaded_after_closing_keeps_its_heap() {
+    let dir = temp();
+    let host = TestHost::start(
+        dir.path(),
+        HostOptions {
+            plugin: Some("fixture_resident"),
+            ..HostOptions::default()
+        },
+    )
+    .await;
+    assert_eq!(host.reload().await.0, 200);
+    assert!(
+        host.wait_for_log("stayed loaded after closing", Duration::from_secs(15))
+            .await,
+        "the host noticed the closed copy is still loaded:\n{}",
+        host.logs()
+    );
+    assert!(
+        !host
+            .logs()
+            .contains("unmapping the closed copy's heap failed"),
+        "{}",
+        host.logs()
+    );
+    // Both copies are mapped, and the new one serves.
+    assert_eq!(mapped_plugin_copies(host.pid()).len(), 2);
+    assert_eq!(
+        host.get("/api/deployment/status", Some(USER_KEY)).await.0,
+        200
+    );
+    // The ordinary plugin is really unloaded, so it never takes this path.
+    host.install_plugin("deployment_mcp");
+    assert_eq!(host.reload().await.0, 200);
+    assert_eq!(
+        host.get("/api/deployment/status", Some(USER_KEY)).await.0,
+        200
+    );
+}

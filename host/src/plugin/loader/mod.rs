@@ -11,7 +11,8 @@
 //! - nothing the copy allocated is kept: metadata and errors are copied into host `String`s;
 //! - the library is closed only after the instance is shut down (its threads joined) and its
 //!   object dropped, on a retirement thread the host joins at exit;
-//! - after it is closed, the copy's own heap (reported by the library, see
+//! - after it is closed, and only when the loader has really unloaded it (checked with
+//!   `RTLD_NOLOAD`), the copy's own heap (reported by the library, see
 //!   `plugin_api::PluginHeap`) is unmapped, so whatever the copy left allocated is freed.
 
 pub mod fatal;
@@ -229,6 +230,12 @@ fn retire(parts: LivePlugin, label: &str) -> bool {
     // code or data of this copy is reachable any more when it is closed.
     let heap = heap_range(&library);
     match library.close() {
+        // A library marked NODELETE (a thread-local destructor, a unique symbol, a link flag)
+        // outlives `dlclose`: its statics may still point into its heap.
+        Ok(()) if still_loaded(&copy) => tracing::warn!(
+            plugin = label,
+            "the old plugin copy stayed loaded after closing (the library is marked not to be unloaded); its heap stays mapped"
+        ),
         Ok(()) => release_heap(heap, label),
         Err(error) => {
             tracing::warn!(plugin = label, %error, "closing the old plugin copy failed; its heap stays mapped")
@@ -252,6 +259,17 @@ fn heap_range(library: &libloading::Library) -> Option<PluginHeap> {
     let report = unsafe { library.get::<extern "C" fn() -> PluginHeap>(HEAP_SYMBOL) }.ok()?;
     let heap = report();
     (heap.size > 0 && heap.base != 0).then_some(heap)
+}
+
+/// Whether the dynamic loader still has the library at `path` loaded after it was closed.
+fn still_loaded(path: &Path) -> bool {
+    // SAFETY: with RTLD_NOLOAD, `dlopen` never loads anything, so no initialiser runs: it only
+    // returns another reference to a library that is still loaded (or fails), and that
+    // reference is closed again at once when the handle drops here.
+    let open = unsafe {
+        libloading::os::unix::Library::open(Some(path), libc::RTLD_NOLOAD | libc::RTLD_LAZY)
+    };
+    open.is_ok()
 }
 
 /// Unmaps a closed copy's heap: everything it allocated, statics included, is freed.
