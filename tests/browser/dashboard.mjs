@@ -47,6 +47,16 @@ function check(condition, text) {
   console.log(`   ok: ${text}`);
 }
 
+/** Whether `selector` reaches `state` on the page within WAIT. */
+async function appears(page, selector, state = 'attached') {
+  return page.waitForSelector(selector, { state, timeout: WAIT }).then(() => true, () => false);
+}
+
+/** Whether `condition(arg)` becomes true on the page within WAIT. */
+async function holds(page, condition, arg) {
+  return page.waitForFunction(condition, arg, { timeout: WAIT }).then(() => true, () => false);
+}
+
 /** A full-page screenshot from the top (a sticky header would else be drawn mid-page), or with
  * `{ fullPage: false }` what the viewport shows (a modal dialog). */
 async function screenshot(page, name, { fullPage = true } = {}) {
@@ -159,19 +169,22 @@ async function main(page, base, relay) {
   check(phases.every((phase, i) => i === 0 || order.indexOf(phase) > order.indexOf(phases[i - 1])), 'never stepping back');
   check(phases[phases.length - 1] === 'completed', 'and then completed, with progress 100');
   check(await page.evaluate(() => window.__sameDocument === true), 'without reloading the page');
-  await page.waitForSelector('#active-results tr[data-environment="local_demo"] .env-status:text-is("succeeded")', { timeout: WAIT });
-  await page.waitForFunction(() => document.getElementById('active-log').textContent.includes('done'), null, { timeout: WAIT });
-  check(true, 'local_demo succeeded and its output is in the live log');
+  check(
+    await appears(page, '#active-results tr[data-environment="local_demo"] .env-status:text-is("succeeded")')
+      && await holds(page, () => document.getElementById('active-log').textContent.includes('done')),
+    'local_demo succeeded and its output is in the live log',
+  );
   check(!(await visible(page, '#cancel-button')), 'no cancel button once it ended');
   // The rest of the page follows the events too: summary, environment card, history row.
-  await page.waitForFunction(
+  check(await holds(
+    page,
     (want) => document.getElementById('stat-running').textContent === '0'
       && document.querySelector(`#history-rows tr[data-deployment-id="${want}"]`)?.dataset.status === 'completed'
       && /succeeded/.test(document.querySelector('#env-cards [data-environment="local_demo"]')?.textContent ?? ''),
     id,
-    { timeout: WAIT },
-  );
-  check(true, 'the summary, the environment card and the history row show it completed');
+  ), 'the summary, the environment card and the history row show it completed');
+  const took = await text(page, `#history-rows tr[data-deployment-id="${id}"] td.duration`);
+  check(/\d+(\.\d)? (ms|s)$/.test(took), `the history row tells how long it took ("${took}")`);
   // The bar animates its width: wait until it is drawn full.
   await page.waitForFunction(() => {
     const bar = document.getElementById('active-progress-bar').getBoundingClientRect().width;
@@ -187,8 +200,7 @@ async function main(page, base, relay) {
   await page.waitForSelector(`#history-rows tr[data-deployment-id="${id}"]`, { state: 'detached', timeout: WAIT });
   await page.selectOption('#filter-status', 'completed');
   await page.selectOption('#filter-environment', 'local_demo');
-  await page.waitForSelector(row, { timeout: WAIT });
-  check(true, 'the status and environment filters narrow the table');
+  check(await appears(page, row), 'the status and environment filters narrow the table');
   await page.click(row);
   await page.waitForSelector('#log-dialog[open]', { timeout: WAIT });
   await page.waitForFunction(() => document.querySelectorAll('#log-lines .line').length > 0, null, { timeout: WAIT });
@@ -239,6 +251,13 @@ async function main(page, base, relay) {
     slow,
     { timeout: WAIT },
   );
+  await page.selectOption('#filter-status', '');
+  await page.selectOption('#filter-environment', '');
+  const running = `#history-rows tr[data-deployment-id="${slow}"] td.duration`;
+  check(
+    await holds(page, (selector) => / so far$/.test(document.querySelector(selector)?.textContent ?? ''), running),
+    `while it runs, its history row tells how long it has run ("${await page.locator(running).first().textContent({ timeout: 1000 }).catch(() => 'no row')}")`,
+  );
   await page.waitForSelector('#cancel-button', { state: 'visible', timeout: WAIT });
   await page.click('#cancel-button');
   await page.waitForFunction(
@@ -247,21 +266,22 @@ async function main(page, base, relay) {
     slow,
     { timeout: WAIT },
   );
-  await page.waitForSelector('#active-results tr[data-environment="slow_demo"] .env-status:text-is("cancelled")', { timeout: WAIT });
-  check(true, `deployment ${slow} is cancelled, and slow_demo with it`);
+  check(
+    await appears(page, '#active-results tr[data-environment="slow_demo"] .env-status:text-is("cancelled")'),
+    `deployment ${slow} is cancelled, and slow_demo with it`,
+  );
   check(!(await visible(page, '#cancel-button')), 'the cancel button is gone');
   await page.selectOption('#filter-status', '');
   await page.selectOption('#filter-environment', '');
   await page.waitForSelector(`#history-rows tr[data-deployment-id="${slow}"][data-status="cancelled"]`, { timeout: WAIT });
   await page.waitForSelector(`#history-rows tr[data-deployment-id="${id}"][data-status="completed"]`, { timeout: WAIT });
-  check(true, 'the history lists both, newest first');
-  await page.waitForFunction(
+  const listed = await page.locator('#history-rows tr').evaluateAll((rows) => rows.map((row) => row.dataset.deploymentId));
+  check(listed.indexOf(slow) === 0 && listed.indexOf(id) === 1, `the history lists both, newest first (${listed.join(', ')})`);
+  check(await holds(
+    page,
     () => document.getElementById('stat-total').textContent === '2'
       && /cancelled/.test(document.querySelector('#env-cards [data-environment="slow_demo"]')?.textContent ?? ''),
-    null,
-    { timeout: WAIT },
-  );
-  check(true, 'the summary and the slow_demo card follow');
+  ), 'the summary and the slow_demo card follow');
   await screenshot(page, '05-cancelled');
 
   step('sign out');
@@ -281,10 +301,14 @@ async function main(page, base, relay) {
     check(!(await visible(page, '#plugin-list .reload')), 'no reload button');
     check(await visible(page, '#plugin-list [data-plugin="deployment_mcp"]'), 'the plugin panel renders');
     check(!(await visible(page, '#history .table-wrap')), 'the history table makes way for the message');
-    await page.waitForSelector('#active-results tr[data-environment="slow_demo"] .env-status:text-is("cancelled")', { timeout: WAIT });
-    check(true, 'the latest deployment shows slow_demo cancelled (from /status?id=)');
-    await page.waitForFunction(() => document.getElementById('live-status').dataset.state === 'live', null, { timeout: WAIT });
-    check(true, 'live updates are connected');
+    check(
+      await appears(page, '#active-results tr[data-environment="slow_demo"] .env-status:text-is("cancelled")'),
+      'the latest deployment shows slow_demo cancelled (from /status?id=)',
+    );
+    check(
+      await holds(page, () => document.getElementById('live-status').dataset.state === 'live'),
+      'live updates are connected',
+    );
     await screenshot(page, '06-user-key');
   }
 }
@@ -297,8 +321,10 @@ async function pluginMissing(page, base) {
   await page.waitForSelector('#plugin-banner', { state: 'visible', timeout: WAIT });
   const reason = await text(page, '#plugin-banner');
   check(/missing/i.test(reason), `the banner tells why ("${reason.replace(/\s+/g, ' ')}")`);
-  await page.waitForSelector('#plugin-list [data-plugin="deployment_mcp"] .plugin-state:text-is("missing")', { timeout: WAIT });
-  check(true, 'the plugin panel shows the plugin as missing');
+  check(
+    await appears(page, '#plugin-list [data-plugin="deployment_mcp"] .plugin-state:text-is("missing")'),
+    'the plugin panel shows the plugin as missing',
+  );
   check(await visible(page, '#plugin-list .last-error'), 'with its last error');
   check(await visible(page, '#plugin-list .reload'), 'and a reload button for the admin');
   check(!(await visible(page, '#trigger')) && !(await visible(page, '#history')), 'the deployment panels are hidden');
@@ -333,10 +359,14 @@ async function gate(page, base) {
   await page.waitForFunction(() => document.getElementById('active-phase').textContent === 'completed', null, { timeout: WAIT });
   check(!(await visible(page, '#gate-banner')), 'the banner is gone');
   check(/Approved/.test(await text(page, '#gate-message')), `the page confirms ("${await text(page, '#gate-message')}")`);
-  await page.waitForFunction(() => document.querySelector('#active-batches li[data-batch="2"]')?.dataset.status === 'succeeded', null, { timeout: WAIT });
-  check(true, 'the second batch succeeded');
-  await page.waitForSelector('#env-cards [data-environment="gate_b"] code:text-is("v-gate")', { timeout: WAIT });
-  check(true, 'the environment card shows the deployed version');
+  check(
+    await holds(page, () => document.querySelector('#active-batches li[data-batch="2"]')?.dataset.status === 'succeeded'),
+    'the second batch succeeded',
+  );
+  check(
+    await appears(page, '#env-cards [data-environment="gate_b"] code:text-is("v-gate")'),
+    'the environment card shows the deployed version',
+  );
   await screenshot(page, '02-approved');
 }
 

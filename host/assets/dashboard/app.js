@@ -114,6 +114,19 @@
     return `${Math.floor(whole / 60)} m ${String(whole % 60).padStart(2, '0')} s`;
   }
 
+  /** How long a deployment started at `created` has run, e.g. "12.3 s so far". */
+  function runningFor(created) {
+    const started = Date.parse(created);
+    return Number.isFinite(started) ? `${formatDuration(Math.max(0, Date.now() - started))} so far` : 'running';
+  }
+
+  // Running deployments' durations tick on between refreshes of the table.
+  setInterval(() => {
+    for (const cell of document.querySelectorAll('#history-rows td[data-running-since]')) {
+      cell.textContent = runningFor(cell.dataset.runningSince);
+    }
+  }, 1000);
+
   function shortId(id) {
     return typeof id === 'string' && id.length > 20 ? `${id.slice(0, 18)}…` : id || '';
   }
@@ -789,7 +802,9 @@
       el('td', { class: 'wide', text: entry.version || '–' }),
       el('td', { class: 'wide', text: envs || '–' }),
       el('td', null, timeNode(entry.created_at)),
-      el('td', { text: TERMINAL.has(entry.status) ? formatDuration(entry.duration_ms) : `${entry.progress ?? 0}%` }),
+      TERMINAL.has(entry.status)
+        ? el('td', { class: 'duration', text: formatDuration(entry.duration_ms) })
+        : el('td', { class: 'duration', 'data-running-since': entry.created_at || '', text: runningFor(entry.created_at) }),
       el('td', { class: 'wide', text: entry.triggered_by || '–' }));
       rows.append(row);
     }
