@@ -27,6 +27,25 @@ const SCANNED: &[&str] = &[
     "config",
 ];
 
+/// Crate sources, of which the unit tests (from a file's `#[cfg(test)]` on) are scanned too:
+/// the product's own code names whatever hosts operators configure.
+const UNIT_TESTS_IN: &[&str] = &[
+    "host/src",
+    "host/record-store/src",
+    "plugin-api/src",
+    "plugins/guest/src",
+    "plugins/guest/local-host/src",
+    "plugins/deployment_mcp/src",
+    "plugins/deployment_mcp/core/src",
+    "plugins/deployment_mcp/cli/src",
+];
+
+/// The unit tests of a crate source file: from its first `#[cfg(test)]` line on.
+fn unit_tests(text: &str) -> &str {
+    text.find("\n#[cfg(test)]")
+        .map_or("", |start| &text[start..])
+}
+
 /// Never scanned: installed packages (npm's and the MCP client's virtual environment); npm's lock file, whose `resolved` download addresses are
 /// used by `npm ci` when the peers are installed, before (and outside) the test run; and this
 /// file, whose own checks are made of the addresses it looks for.
@@ -39,6 +58,116 @@ const SKIPPED: &[&str] = &[
 
 /// `(file, address)`: literals that only appear as data, never contacted.
 const DATA_ONLY: &[(&str, &str, &str)] = &[
+    (
+        "plugins/deployment_mcp/cli/src/output.rs",
+        "x",
+        "a URL in a unit test of the terminal output's cleaning; printed, never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/ec2.rs",
+        "1.2.3.4",
+        "addresses in EC2 answers a unit test parses; never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/ec2.rs",
+        "10.0.0.1",
+        "addresses in EC2 answers a unit test parses; never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/ec2.rs",
+        "10.0.0.2",
+        "addresses in EC2 answers a unit test parses; never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/egress.rs",
+        "10.0.0.0",
+        "addresses a unit test checks against allowed_target_networks; never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/egress.rs",
+        "10.1.1.1",
+        "addresses a unit test checks against allowed_target_networks; never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/egress.rs",
+        "10.200.3.4",
+        "addresses a unit test checks against allowed_target_networks; never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/egress.rs",
+        "11.0.0.1",
+        "addresses a unit test checks against allowed_target_networks; never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/egress.rs",
+        "203.0.113.7",
+        "addresses a unit test checks against allowed_target_networks; never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/egress.rs",
+        "::ffff:10.1.1.1",
+        "addresses a unit test checks against allowed_target_networks; never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/egress.rs",
+        "::ffff:127.0.0.1",
+        "addresses a unit test checks against allowed_target_networks; never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/egress.rs",
+        "fd12::1",
+        "addresses a unit test checks against allowed_target_networks; never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/environments.rs",
+        "192.168.1.100",
+        "hosts of environments a unit test validates; never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/environments.rs",
+        "x",
+        "hosts of environments a unit test validates; never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/mcp.rs",
+        "127.0.0.1.evil.test",
+        "browser Origin values a unit test matches against mcp.allowed_origins; never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/mcp.rs",
+        "ops.example.com",
+        "browser Origin values a unit test matches against mcp.allowed_origins; never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/redact.rs",
+        "broken",
+        "URLs a unit test masks; never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/redact.rs",
+        "chat.test",
+        "URLs a unit test masks; never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/redact.rs",
+        "h.test",
+        "URLs a unit test masks; never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/redact.rs",
+        "hooks.chat.test",
+        "URLs a unit test masks; never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/redact.rs",
+        "hooks.test",
+        "URLs a unit test masks; never contacted",
+    ),
+    (
+        "plugins/deployment_mcp/core/src/triggers/ssh.rs",
+        "10.0.0.1",
+        "the platform IP a unit test hands the script as a variable; never contacted",
+    ),
     (
         "tests/tests/suite/mcp.rs",
         "attacker.invalid",
@@ -227,6 +356,18 @@ fn tests_benches_examples_and_config_address_only_loopback() {
         assert!(dir.is_dir(), "{} is gone: update SCANNED", dir.display());
         files_under(&dir, &mut files);
     }
+    let mut crate_files = Vec::new();
+    for dir in UNIT_TESTS_IN {
+        let dir = root.join(dir);
+        assert!(
+            dir.is_dir(),
+            "{} is gone: update UNIT_TESTS_IN",
+            dir.display()
+        );
+        files_under(&dir, &mut crate_files);
+    }
+    let unit_test_files: std::collections::HashSet<PathBuf> = crate_files.iter().cloned().collect();
+    files.extend(crate_files);
     assert!(files.len() > 20, "found only {} files to scan", files.len());
     let mut problems = Vec::new();
     let mut used_allowances = std::collections::HashSet::new();
@@ -239,7 +380,18 @@ fn tests_benches_examples_and_config_address_only_loopback() {
             .unwrap_or(file)
             .display()
             .to_string();
-        for finding in scan(&text) {
+        let scanned = if unit_test_files.contains(file) {
+            unit_tests(&text)
+        } else {
+            &text
+        };
+        // Line numbers count from the file's start.
+        let offset = text[..text.len() - scanned.len()]
+            .lines()
+            .count()
+            .saturating_sub(1);
+        for mut finding in scan(scanned) {
+            finding.line += offset;
             let allowed = DATA_ONLY
                 .iter()
                 .position(|(path, address, _)| *path == relative && *address == finding.address);
