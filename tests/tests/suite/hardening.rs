@@ -1102,3 +1102,214 @@ async fn silent_connections_are_closed_whatever_the_protocol() {
         "the event stream is still open"
     );
 }
+
+/// A loopback server on `ip` that answers every request with a 307 to `location` and counts
+/// the requests it got.
+async fn redirector(ip: &str, location: String) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind((ip, 0))
+        .await
+        .expect("bind a loopback address for the redirector");
+    let address = listener.local_addr().expect("its address");
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    let app = axum::Router::new().fallback(move || {
+        let seen = Arc::clone(&seen);
+        let location = location.clone();
+        async move {
+            seen.fetch_add(1, Ordering::SeqCst);
+            (
+                axum::http::StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, location)],
+            )
+        }
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{address}"), count)
+}
+
+#[tokio::test]
+async fn a_target_outside_the_allowed_networks_receives_no_connection() {
+    let dir = temp();
+    // The refused target: anything that reaches it is counted.
+    let (refused, connections) = counting_listener().await;
+    let refused_port = refused.rsplit(':').next().unwrap_or_default().to_owned();
+    // An allowed host that sends whoever calls it on to the refused one.
+    let (allowed, redirected) = redirector("127.0.0.2", format!("{refused}/hook")).await;
+    let api = json!({"environment_id": "api", "environment_type": "linux_local",
+        "connection_method": "http_api", "host": "127.0.0.1", "port": refused_port.parse::<u16>().unwrap_or(0),
+        "health_check_url": format!("{refused}/health"), "timeout": 20});
+    let by_name = json!({"environment_id": "by_name", "environment_type": "linux_local",
+        "connection_method": "webhook", "webhook_url": format!("http://localhost:{refused_port}/hook"),
+        "health_check_url": format!("http://localhost:{refused_port}/health"), "timeout": 20});
+    let bounced = json!({"environment_id": "bounced", "environment_type": "linux_local",
+        "connection_method": "webhook", "webhook_url": format!("{allowed}/hook"),
+        "health_check_url": format!("{allowed}/health"), "timeout": 20});
+    let mut options = options(vec![api, by_name, bounced]);
+    options.target_networks = r#"["127.0.0.2/32"]"#.to_owned();
+    let host = TestHost::start(dir.path(), options).await;
+
+    let id = started(
+        &host,
+        json!({"environments": ["api", "by_name", "bounced"]}),
+    )
+    .await;
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    for environment in ["api", "by_name", "bounced"] {
+        let result = e2e::scenario::result(&record, environment);
+        let error = result["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("127.0.0.1 is outside allowed_target_networks (127.0.0.2/32)"),
+            "{environment}: {result}"
+        );
+    }
+    for environment in ["api", "by_name", "bounced"] {
+        let (status, answer) = host
+            .call(
+                Method::POST,
+                &format!("/api/deployment/environments/{environment}/health-check"),
+                Some(DEVELOPER_KEY),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["health"]["healthy"], false, "{answer}");
+        let error = answer["health"]["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("allowed_target_networks"),
+            "{environment}: {answer}"
+        );
+    }
+    assert_eq!(
+        redirected.load(Ordering::SeqCst),
+        2,
+        "the allowed host got the trigger and the health check"
+    );
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "a target outside allowed_target_networks was connected to"
+    );
+}
+
+/// Asks for the event stream with `key` from a client bound to `from`; the status and error.
+async fn events_from(host: &TestHost, key: &str, from: [u8; 4]) -> (u16, Value, reqwest::Response) {
+    let client = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(from))
+        .build()
+        .expect("a client");
+    let response = client
+        .get(format!("{}/api/deployment/events", host.url))
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .expect("an answer");
+    let status = response.status().as_u16();
+    if status == 200 {
+        return (status, Value::Null, response);
+    }
+    let text = response.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let again = client
+        .get(format!("{}/health", host.url))
+        .send()
+        .await
+        .expect("health answers");
+    (status, body, again)
+}
+
+/// The head of the answer to `GET /health` on a new connection from `from`, and the connection
+/// (kept open when it was served).
+async fn health_on_new_connection(
+    host: &TestHost,
+    from: [u8; 4],
+) -> (String, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(std::net::SocketAddr::from((from, 0)))
+        .expect("bind the client address");
+    let address = host
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("address");
+    let mut stream = socket.connect(address).await.expect("connect");
+    let _ = stream
+        .write_all(b"GET /health HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let read = async {
+        // Until the whole head and some body, or the server closes.
+        while !String::from_utf8_lossy(&answer).contains("}") {
+            match stream.read(&mut buffer).await {
+                Ok(n) if n > 0 => answer.extend_from_slice(&buffer[..n]),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
+    (String::from_utf8_lossy(&answer).into_owned(), stream)
+}
+
+#[tokio::test]
+async fn no_key_and_no_client_address_holds_more_than_its_share() {
+    let dir = temp();
+    let host = TestHost::start(
+        dir.path(),
+        HostOptions {
+            server: "max_streams_per_client = 2\nmax_connections_per_address = 8".into(),
+            ..HostOptions::default()
+        },
+    )
+    .await;
+    let local = [127, 0, 0, 1];
+    let (first, _, _held_first) = events_from(&host, USER_KEY, local).await;
+    let (second, _, _held_second) = events_from(&host, USER_KEY, local).await;
+    assert_eq!((first, second), (200, 200));
+    // The key holds its share: a third stream with it is refused, naming the setting.
+    let (status, body, _) = events_from(&host, USER_KEY, local).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "too_many_streams_for_key", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("server.max_streams_per_client")),
+        "{body}"
+    );
+    // Another key from the same address: the address holds its share.
+    let (status, body, _) = events_from(&host, DEVELOPER_KEY, local).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "too_many_streams_for_address", "{body}");
+    // The same key from another address is served.
+    let (status, body, _held_other) = events_from(&host, DEVELOPER_KEY, [127, 0, 0, 2]).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Connections: one address gets at most its share (two are the streams above); each new
+    // one is either served or refused with the reason, and another address is still served.
+    let mut refused = 0;
+    let mut held = Vec::new();
+    for _ in 0..12 {
+        let (answer, stream) = health_on_new_connection(&host, local).await;
+        if answer.starts_with("HTTP/1.1 200") {
+            held.push(stream);
+        } else {
+            assert!(
+                answer.contains("too_many_connections_for_address"),
+                "{answer}"
+            );
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 6 && held.len() <= 6,
+        "8 connections per address, 2 of them streams: {refused} refused, {} served",
+        held.len()
+    );
+    let (answer, _) = health_on_new_connection(&host, [127, 0, 0, 3]).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(held);
+}
