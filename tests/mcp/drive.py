@@ -4,7 +4,8 @@
     python drive.py stdio <scenario> -- <command> [args...]
 
 Scenarios: admin (every tool, a deployment followed to its end with progress notifications,
-logs, resources, both protocol revisions), user (what a user key may see and may not do),
+logs, resources, both protocol revisions), writes (every write tool succeeding: a health check,
+retry, cancel, approve, reject, rollback; needs the environments of mcp.rs's writes test), user (what a user key may see and may not do),
 read-only (no write tool listed or callable), swap (a call after a hot swap of the plugin),
 bench (tool round trip vs the same REST call). Each check prints a line; the first failed one
 exits 1 with what was seen. Run by tests/tests/suite/mcp.rs.
@@ -139,6 +140,67 @@ async def admin(session, environment):
     return deployment_id
 
 
+async def until(session, deployment_id, wanted, bound=60.0):
+    """Reads the deployment until its status is one of `wanted` (bounded); returns it."""
+    deadline = time.monotonic() + bound
+    while True:
+        record = (await tool(session, "get_deployment", {"id": deployment_id})).structured_content
+        if record["status"] in wanted:
+            return record
+        if time.monotonic() > deadline:
+            raise Failed(f"{deployment_id} never reached {wanted}: {record}")
+        await asyncio.sleep(0.1)
+
+
+async def writes(session):
+    step("every write tool, succeeding")
+    health = await tool(session, "check_environment_health", {"id": "mcp_healthy"})
+    check(not health.is_error and health.structured_content["health"]["healthy"] is True,
+          "check_environment_health runs the check and reports it healthy", health.structured_content)
+
+    failed = await tool(session, "trigger_deployment",
+                        {"environments": ["mcp_flaky"], "version": "w1", "wait": True})
+    check(not failed.is_error and failed.structured_content["status"] == "failed",
+          "a first deployment of mcp_flaky fails", failed.structured_content)
+    retried = await tool(session, "retry_deployment", {"id": failed.structured_content["deployment_id"]})
+    check(not retried.is_error and retried.structured_content["deployment_id"],
+          "retry_deployment starts a new deployment", retried.structured_content)
+    record = await until(session, retried.structured_content["deployment_id"], {"completed", "failed"})
+    check(record["status"] == "completed", "and the retry completes", record)
+
+    slow = await tool(session, "trigger_deployment", {"environments": ["mcp_slow"]})
+    slow_id = slow.structured_content["deployment_id"]
+    await until(session, slow_id, {"local_triggering", "local_deploying"})
+    cancelled = await tool(session, "cancel_deployment", {"id": slow_id})
+    check(not cancelled.is_error, "cancel_deployment is accepted", cancelled.structured_content)
+    record = await until(session, slow_id, {"cancelled"})
+    check(record["status"] == "cancelled", "and the deployment ends cancelled", record)
+
+    canary = {"type": "canary", "canary": 1, "gate": "manual"}
+    for decision, ends in (("approve_deployment", "completed"), ("reject_deployment", "cancelled")):
+        parked = await tool(session, "trigger_deployment",
+                            {"environments": ["mcp_local", "mcp_healthy"], "strategy": canary,
+                             "wait": True})
+        check(parked.structured_content["status"] == "awaiting_approval",
+              "a manual canary waits at its gate", parked.structured_content)
+        decided = await tool(session, decision, {"id": parked.structured_content["deployment_id"]})
+        check(not decided.is_error, f"{decision} is accepted", decided.structured_content)
+        record = await until(session, parked.structured_content["deployment_id"], {ends})
+        check(record["status"] == ends, f"and the deployment ends {ends}", record)
+
+    for version in ("r1", "r2"):
+        done = await tool(session, "trigger_deployment",
+                          {"environments": ["mcp_local"], "version": version, "wait": True})
+        check(done.structured_content["status"] == "completed", f"{version} is deployed")
+    rolled = await tool(session, "rollback_deployment", {"id": done.structured_content["deployment_id"]})
+    check(not rolled.is_error, "rollback_deployment is accepted", rolled.structured_content)
+    record = await until(session, done.structured_content["deployment_id"], {"rolled_back", "failed"})
+    check(record["status"] == "rolled_back", "and the deployment ends rolled_back", record)
+    environment = await tool(session, "get_environment", {"id": "mcp_local"})
+    check(environment.structured_content["deployed_version"] == "r1",
+          "mcp_local is back on r1", environment.structured_content)
+
+
 async def user(session, environment):
     step("a user key sees the read tools without logs, and cannot trigger")
     names = tool_names(await session.list_tools())
@@ -205,6 +267,9 @@ async def http_main(url, key, scenario, options):
                     check(names == ALL_TOOLS, "the older revision lists the same tools", names)
                     listed = await tool(session, "list_environments")
                     check(not listed.is_error, "and calls them")
+            elif scenario == "writes":
+                if modern:
+                    await writes(session)
             elif scenario == "user":
                 await user(session, environment)
             elif scenario == "developer":

@@ -300,7 +300,8 @@ async fn half_open_connections_are_closed_and_fresh_requests_served() {
     let host = TestHost::start(
         dir.path(),
         HostOptions {
-            server: "header_read_timeout_secs = 2".into(),
+            // Every connection here comes from one address: its share must hold them all.
+            server: "header_read_timeout_secs = 2\nmax_connections_per_address = 512".into(),
             ..HostOptions::default()
         },
     )
@@ -1267,6 +1268,14 @@ async fn no_key_and_no_client_address_holds_more_than_its_share() {
     )
     .await;
     let local = [127, 0, 0, 1];
+    // The event stream needs a key (any role); a refused caller holds no share.
+    let anonymous = host
+        .client()
+        .get(format!("{}/api/deployment/events", host.url))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(anonymous.status(), 401);
     let (first, _, _held_first) = events_from(&host, USER_KEY, local).await;
     let (second, _, _held_second) = events_from(&host, USER_KEY, local).await;
     assert_eq!((first, second), (200, 200));

@@ -398,3 +398,119 @@ async fn stored_environment(records: &deployment_mcp_core::records::Records) -> 
         .expect("read")
         .unwrap_or_default()
 }
+
+/// Waits (bounded) for the event saying `environment` of deployment `id` runs.
+async fn running(events: &mut broadcast::Receiver<Event>, id: &str, environment: &str) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let event = events.recv().await.expect("events");
+            if event.kind == "deployment.environment"
+                && event.data["deployment_id"] == id
+                && event.data["environment"]["environment_id"] == environment
+                && event.data["environment"]["status"] == "running"
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the environment started running");
+}
+
+/// Deploys `quick` once per version, each to completion; their ids.
+async fn deploy_quick(
+    plugin: &InProcess,
+    events: &mut broadcast::Receiver<Event>,
+    versions: &[&str],
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for version in versions {
+        let id = plugin
+            .trigger(json!({"environments": ["quick"], "version": version}))
+            .await;
+        assert_eq!(plugin.finished(events, &id).await["status"], "completed");
+        ids.push(id);
+    }
+    ids
+}
+
+#[tokio::test]
+async fn retention_prunes_what_is_past_its_keep_and_spares_what_runs() {
+    let gate = tempfile::tempdir().expect("temp dir");
+    let open = gate.path().join("open");
+    let open_text = open.display().to_string();
+    let held = local(
+        "held",
+        &[
+            "sh",
+            "-c",
+            "while [ ! -e \"$0\" ]; do sleep 0.05; done",
+            &open_text,
+        ],
+        600,
+    );
+    let plugin = plugin(vec![local("quick", &["true"], 30), held], json!({})).await;
+    let mut events = plugin.host.events.subscribe();
+    let old = deploy_quick(&plugin, &mut events, &["1", "2", "3"]).await;
+    let runs = plugin.trigger(json!({"environments": ["held"]})).await;
+    running(&mut events, &runs, "held").await;
+
+    let records = deployment_mcp_core::records::Records::new(plugin.host.host.clone());
+    let keep_days = |days: u32| {
+        deployment_mcp_core::settings::Settings::from_json(&json!({"retention_days": days}))
+            .expect("valid settings")
+    };
+    // As of today nothing is a day old: nothing goes.
+    let now = std::time::SystemTime::now();
+    let pruned = deployment_mcp_core::retention::prune(&records, &keep_days(1), now)
+        .await
+        .expect("a retention pass");
+    assert_eq!(pruned.deployments, 0);
+    // Two days on, every finished deployment is past a day; the running one stays.
+    let later = now + Duration::from_secs(2 * 86_400);
+    let pruned = deployment_mcp_core::retention::prune(&records, &keep_days(1), later)
+        .await
+        .expect("a retention pass");
+    assert_eq!(pruned.deployments, 3, "{pruned:?}");
+    for id in &old {
+        let (status, _) = plugin
+            .admin("GET", &format!("/deployments/{id}"), None)
+            .await;
+        assert_eq!(status, 404, "{id} is gone");
+        let (status, _) = plugin
+            .admin("GET", &format!("/deployments/{id}/logs"), None)
+            .await;
+        assert_eq!(status, 404, "{id}'s log is gone");
+    }
+    let (status, history) = plugin.admin("GET", "/history", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(history["total_count"], 1, "{history}");
+    assert_eq!(
+        history["history"][0]["deployment_id"],
+        runs.as_str(),
+        "{history}"
+    );
+
+    // Keeping the newest N: the running one counts and is never deleted.
+    std::fs::write(&open, b"").expect("open the gate");
+    assert_eq!(
+        plugin.finished(&mut events, &runs).await["status"],
+        "completed"
+    );
+    let newest = deploy_quick(&plugin, &mut events, &["4", "5"]).await;
+    let keep_one = deployment_mcp_core::settings::Settings::from_json(
+        &json!({"retention_days": 0, "retention_max_deployments": 1}),
+    )
+    .expect("valid settings");
+    let pruned = deployment_mcp_core::retention::prune(&records, &keep_one, later)
+        .await
+        .expect("a retention pass");
+    assert_eq!(pruned.deployments, 2, "{pruned:?}");
+    let (_, history) = plugin.admin("GET", "/history", None).await;
+    assert_eq!(history["total_count"], 1, "{history}");
+    assert_eq!(
+        history["history"][0]["deployment_id"],
+        newest[1].as_str(),
+        "{history}"
+    );
+}

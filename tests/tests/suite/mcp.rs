@@ -223,3 +223,39 @@ async fn stdio_against_a_host_has_the_keys_role() {
     ])
     .await;
 }
+
+#[tokio::test]
+async fn every_write_tool_succeeds_for_an_admin() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let health = e2e::targets::Target::start(e2e::targets::Behaviour::default()).await;
+    let flag = dir.path().join("flaky-ran-once");
+    let flag_text = flag.display().to_string();
+    let mut healthy = local("mcp_healthy", &["true"], 30);
+    healthy["health_check_url"] = serde_json::json!(health.url("/health"));
+    let environments = vec![
+        local("mcp_local", &["true"], 30),
+        // Fails the first time, succeeds after.
+        local(
+            "mcp_flaky",
+            &[
+                "sh",
+                "-c",
+                "[ -e \"$0\" ] || { touch \"$0\"; exit 1; }",
+                &flag_text,
+            ],
+            30,
+        ),
+        local("mcp_slow", &["sleep", "600"], 900),
+        healthy,
+    ];
+    let mut options = options(environments);
+    options.settings = "health_check_interval_secs = 0".into();
+    let host = TestHost::start(dir.path(), options).await;
+    drive(&[
+        "http".into(),
+        endpoint(&host),
+        ADMIN_KEY.into(),
+        "writes".into(),
+    ])
+    .await;
+}

@@ -10,6 +10,7 @@ use e2e::{
         detail, finished, local, options, result, started, status_within, subscribe, trigger,
         Events, RUN_TIMEOUT,
     },
+    targets::{Behaviour, Target},
     TestHost, ADMIN_KEY, DEVELOPER_KEY, USER_KEY,
 };
 use reqwest::Method;
@@ -528,4 +529,331 @@ async fn an_approval_the_moment_the_gate_shows_is_final_and_cancel_ends_a_waitin
     let record = detail(&host, &id).await;
     assert_eq!(record["status"], "cancelled", "{record}");
     assert_eq!(result(&record, "q2")["status"], "skipped");
+}
+
+/// The log's lines, as text, in order.
+async fn log_lines(host: &TestHost, id: &str) -> Vec<String> {
+    e2e::scenario::log_page(host, id).await["lines"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|line| {
+            format!(
+                "{} {}",
+                line["environment"].as_str().unwrap_or("-"),
+                line["line"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// The position of the first line containing `needle` (panics naming it when none does).
+fn position(lines: &[String], needle: &str) -> usize {
+    lines
+        .iter()
+        .position(|line| line.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?}:\n{}", lines.join("\n")))
+}
+
+#[tokio::test]
+async fn rolling_pauses_between_batches_and_a_canary_goes_on_as_its_then_says() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let markers = dir.path().join("markers");
+    std::fs::create_dir_all(&markers).expect("markers dir");
+    let list = ["p1", "p2", "p3"]
+        .iter()
+        .map(|id| marking(id, &markers, 0))
+        .collect();
+    let host = TestHost::start(dir.path(), options(list)).await;
+
+    let rolling = json!({"version": "v1",
+        "strategy": {"type": "rolling", "batch_size": 1, "pause_secs": 1}});
+    let id = started(&host, rolling).await;
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    let batches = record["batches"].as_array().cloned().unwrap_or_default();
+    assert_eq!(batches.len(), 3, "{record}");
+    let lines = log_lines(&host, &id).await;
+    assert!(
+        !lines.iter().any(|line| line.contains("before batch 1")),
+        "no pause before the first batch:\n{}",
+        lines.join("\n")
+    );
+    // Each pause comes after the batch before it and before the next one starts.
+    let pause_2 = position(&lines, "pausing 1 s before batch 2");
+    let pause_3 = position(&lines, "pausing 1 s before batch 3");
+    assert!(position(&lines, "p1 ") < pause_2 && pause_2 < position(&lines, "p2 "));
+    assert!(position(&lines, "p2 ") < pause_3 && pause_3 < position(&lines, "p3 "));
+
+    // A canary, then the rest as `then` says: rolling, one at a time, pausing.
+    let canary = json!({"version": "v2", "strategy": {"type": "canary", "canary": 1,
+        "gate": "auto", "bake_secs": 0,
+        "then": {"type": "rolling", "batch_size": 1, "pause_secs": 1}}});
+    let id = started(&host, canary).await;
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert_eq!(record["gate"]["status"], "passed", "{record}");
+    let sizes: Vec<usize> = record["batches"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|batch| batch["environments"].as_array().map_or(0, Vec::len))
+        .collect();
+    assert_eq!(sizes, [1, 1, 1], "{record}");
+    let lines = log_lines(&host, &id).await;
+    position(&lines, "pausing 1 s before batch 3");
+    for environment in ["p1", "p2", "p3"] {
+        assert!(marker(&markers, &format!("{environment}.v2")));
+    }
+}
+
+#[tokio::test]
+async fn an_auto_gate_bakes_checks_the_canary_again_and_stops_when_it_is_unhealthy() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let markers = dir.path().join("markers");
+    std::fs::create_dir_all(&markers).expect("markers dir");
+    let health = Target::start(Behaviour::default()).await;
+    let mut canary = marking("a1", &markers, 0);
+    canary["order"] = json!(0);
+    canary["health_check_url"] = json!(health.url("/health"));
+    let mut rest = marking("a2", &markers, 0);
+    rest["order"] = json!(1);
+    let host = TestHost::start(dir.path(), options(vec![canary, rest])).await;
+    let (_, mut events) = subscribe(&host).await;
+
+    // Healthy after baking: the rest follows.
+    let auto = |version: &str| {
+        json!({"version": version, "strategy": {"type": "canary", "canary": 1,
+            "gate": "auto", "bake_secs": 3}})
+    };
+    let id = started(&host, auto("v1")).await;
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert_eq!(record["gate"]["status"], "passed", "{record}");
+    assert!(marker(&markers, "a2.v1"));
+    position(
+        &log_lines(&host, &id).await,
+        "baking 3 s before checking it again",
+    );
+
+    // The canary turns unhealthy while it bakes: the gate fails and the rest never starts.
+    let id = started(&host, auto("v2")).await;
+    event_until(&mut events, "deployment.gate", &id, |data| {
+        data["gate"]["status"] == "waiting"
+    })
+    .await;
+    health.set_health(503);
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(record["gate"]["status"], "failed", "{record}");
+    assert_eq!(result(&record, "a1")["status"], "succeeded", "{record}");
+    assert_eq!(result(&record, "a2")["status"], "skipped", "{record}");
+    assert!(marker(&markers, "a1.v2") && !marker(&markers, "a2.v2"));
+    assert!(
+        record
+            .to_string()
+            .contains("the canary is unhealthy after baking: a1"),
+        "{record}"
+    );
+    let (_, environment) = host
+        .get("/api/deployment/environments/a1", Some(DEVELOPER_KEY))
+        .await;
+    assert_eq!(
+        environment["last_health"]["healthy"], false,
+        "the check is recorded: {environment}"
+    );
+}
+
+#[tokio::test]
+async fn rollback_failed_rolls_back_only_the_failed_and_a_failing_rollback_is_reported() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let markers = dir.path().join("markers");
+    std::fs::create_dir_all(&markers).expect("markers dir");
+    let dir_text = markers.display().to_string();
+    // Fails on v2; its rollback (the rollback command) leaves a marker.
+    let failing = |id: &str| {
+        let mut environment = local(
+            id,
+            &[
+                "sh",
+                "-c",
+                "touch \"$0/$PA_ENVIRONMENT_ID.$PA_DEPLOYMENT_VERSION\"; [ \"$PA_DEPLOYMENT_VERSION\" != v2 ]",
+                &dir_text,
+            ],
+            30,
+        );
+        environment["rollback_command"] = json!([
+            "sh",
+            "-c",
+            "touch \"$0/$PA_ENVIRONMENT_ID.rollback.$PA_DEPLOYMENT_VERSION\"",
+            dir_text
+        ]);
+        environment
+    };
+    let mut broken = failing("b1");
+    broken["rollback_command"] = json!(["sh", "-c", "echo cannot roll back >&2; exit 7"]);
+    let list = vec![failing("f1"), marking("ok1", &markers, 0), broken];
+    let host = TestHost::start(dir.path(), options(list)).await;
+    let v1 = started(&host, json!({"version": "v1"})).await;
+    assert_eq!(finished(&host, &v1).await["status"], "completed");
+
+    // `failed`: only the environment that failed goes back; the one that succeeded keeps v2.
+    let v2 = started(
+        &host,
+        json!({"version": "v2", "environments": ["f1", "ok1"], "rollback": "failed"}),
+    )
+    .await;
+    let record = finished(&host, &v2).await;
+    assert_eq!(record["status"], "rolled_back", "{record}");
+    assert_eq!(result(&record, "f1")["status"], "rolled_back", "{record}");
+    assert_eq!(result(&record, "f1")["rollback"]["version"], "v1");
+    assert_eq!(result(&record, "ok1")["status"], "succeeded", "{record}");
+    assert!(marker(&markers, "f1.rollback.v1") && !marker(&markers, "ok1.rollback.v1"));
+    assert_eq!(
+        environment_versions(&host, "f1").await.0.as_deref(),
+        Some("v1")
+    );
+    assert_eq!(
+        environment_versions(&host, "ok1").await.0.as_deref(),
+        Some("v2")
+    );
+
+    // A rollback that fails: `rollback_failed`, the deployment failed, the reason kept.
+    let v2b = started(
+        &host,
+        json!({"version": "v2", "environments": ["b1"], "rollback": "failed"}),
+    )
+    .await;
+    let record = finished(&host, &v2b).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    let rolled = result(&record, "b1");
+    assert_eq!(rolled["status"], "rollback_failed", "{record}");
+    assert_eq!(rolled["rollback"]["succeeded"], false, "{record}");
+    assert_eq!(rolled["rollback"]["exit_code"], 7, "{record}");
+    assert!(
+        record["errors"]
+            .to_string()
+            .contains("rollback failed for: b1"),
+        "{record}"
+    );
+    assert_eq!(
+        environment_versions(&host, "b1").await.0.as_deref(),
+        Some("v1"),
+        "a failed deployment does not change the deployed version"
+    );
+}
+
+#[tokio::test]
+async fn http_api_and_webhook_targets_are_rolled_back_with_their_previous_version() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let markers = dir.path().join("markers");
+    std::fs::create_dir_all(&markers).expect("markers dir");
+    let target = Target::start(Behaviour::default()).await;
+    let api = json!({"environment_id": "api1", "environment_type": "linux_local",
+        "connection_method": "http_api", "host": "127.0.0.1", "port": target.port(),
+        "api_token": "target-token", "timeout": 20});
+    let hook = json!({"environment_id": "hook1", "environment_type": "linux_local",
+        "connection_method": "webhook", "webhook_url": target.url("/webhook/deploy"),
+        "timeout": 20});
+    let failing = local(
+        "fails_on_v2",
+        &["sh", "-c", "[ \"$PA_DEPLOYMENT_VERSION\" != v2 ]"],
+        20,
+    );
+    let host = TestHost::start(dir.path(), options(vec![api, hook, failing])).await;
+    let v1 = started(&host, json!({"version": "v1"})).await;
+    assert_eq!(finished(&host, &v1).await["status"], "completed");
+    let v2 = started(&host, json!({"version": "v2", "rollback": "all"})).await;
+    let record = finished(&host, &v2).await;
+    assert_eq!(record["status"], "rolled_back", "{record}");
+    for environment in ["api1", "hook1"] {
+        assert_eq!(
+            result(&record, environment)["status"],
+            "rolled_back",
+            "{record}"
+        );
+    }
+    let calls = target.received();
+    let rollback_of = |path: &str| {
+        calls
+            .iter()
+            .find(|call| call.path == path && call.body["rollback"] == true)
+            .unwrap_or_else(|| panic!("no rollback call to {path}: {calls:?}"))
+            .clone()
+    };
+    let api_call = rollback_of("/api/deploy/init");
+    assert_eq!(api_call.body["version"], "v1");
+    assert!(api_call.authenticated, "the rollback carries the token");
+    let hook_call = rollback_of("/webhook/deploy");
+    assert_eq!(hook_call.body["version"], "v1");
+    assert_eq!(hook_call.body["event"], "deployment_rollback");
+}
+
+#[tokio::test]
+async fn approve_racing_reject_or_the_gate_timeout_has_one_winner_and_the_other_gets_409() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let list = vec![local("g1", &["true"], 30), local("g2", &["true"], 30)];
+    let host = TestHost::start(dir.path(), options(list)).await;
+    let manual = |timeout: u64| {
+        json!({"strategy": {"type": "canary", "canary": 1, "gate": "manual",
+            "gate_timeout_secs": timeout}})
+    };
+    for round in 0..4 {
+        let id = started(&host, manual(600)).await;
+        reaches(&host, &id, "awaiting_approval").await;
+        let approve = format!("/deployments/{id}/approve");
+        let reject = format!("/deployments/{id}/reject");
+        let ((approved, a), (rejected, r)) = tokio::join!(
+            post(&host, &approve, ADMIN_KEY),
+            post(&host, &reject, ADMIN_KEY)
+        );
+        let mut statuses = [approved, rejected];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 409], "round {round}: one wins: {a} {r}");
+        let record = finished(&host, &id).await;
+        let (status, gate) = if approved == 200 {
+            ("completed", "approved")
+        } else {
+            ("cancelled", "rejected")
+        };
+        assert_eq!(record["status"], status, "round {round}: {record}");
+        assert_eq!(record["gate"]["status"], gate, "round {round}: {record}");
+    }
+
+    // Approvals sent across the gate's deadline: either one was taken before it (and the
+    // rollout completed) or the gate timed out and every approval got a 409; never both.
+    let id = started(&host, manual(2)).await;
+    let waiting = reaches(&host, &id, "awaiting_approval").await;
+    let deadline_at = waiting["gate"]["deadline_at"]
+        .as_str()
+        .and_then(|text| humantime::parse_rfc3339(text).ok())
+        .expect("the gate's deadline");
+    // Aimed at the deadline, which side wins is up to timing; what each side sees is not.
+    if let Ok(left) = deadline_at.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(left.saturating_sub(std::time::Duration::from_millis(30))).await;
+    }
+    let mut answers = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = post(&host, &format!("/deployments/{id}/approve"), ADMIN_KEY).await;
+        answers.push(status);
+        assert!(matches!(status, 200 | 409), "{body}");
+        let now = detail(&host, &id).await;
+        if e2e::scenario::is_terminal(now["status"].as_str().unwrap_or_default()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{now}");
+    }
+    let record = finished(&host, &id).await;
+    let taken = answers.iter().filter(|status| **status == 200).count();
+    if taken == 1 {
+        assert_eq!(record["gate"]["status"], "approved", "{record}");
+        assert_eq!(record["status"], "completed", "{record}");
+    } else {
+        assert_eq!(taken, 0, "approved at most once: {answers:?}");
+        assert_eq!(record["gate"]["status"], "timed_out", "{record}");
+        assert_ne!(record["status"], "completed", "{record}");
+    }
 }

@@ -36,59 +36,169 @@ fn header<'a>(response: &'a Response, name: &str) -> Option<&'a str> {
 /// status it answers to that role with the given body.
 struct Route {
     method: &'static str,
-    path: &'static str,
+    path: String,
     body: Option<Value>,
     needs: Option<Role>,
     answers: u16,
 }
 
-fn table() -> Vec<Route> {
-    let route = |method, path, body, needs, answers| Route {
-        method,
-        path,
-        body,
-        needs,
-        answers,
-    };
-    use Role::{Admin, Developer, User};
+/// How each route of the plugin's table is probed: `(method, route path, path called, body,
+/// status when the role allows it)`. The roles are not written here: they come from the
+/// plugin's own route table, so every route is checked with the role it declares.
+fn probes() -> Vec<(&'static str, &'static str, &'static str, Option<Value>, u16)> {
     let invalid = Some(json!({ "environment_id": "Not Valid!" }));
     vec![
-        route("GET", "/status", None, Some(User), 200),
-        route("GET", "/dashboard", None, Some(User), 200),
-        route("GET", "/openapi.json", None, None, 200),
-        route("GET", "/history", None, Some(Developer), 200),
-        route("GET", "/deployments/none", None, Some(Developer), 404),
-        route("GET", "/deployments/none/logs", None, Some(Developer), 404),
-        route("POST", "/deployments/none/cancel", None, Some(Admin), 404),
-        route("POST", "/deployments/none/retry", None, Some(Admin), 404),
-        route("GET", "/environments", None, Some(Developer), 200),
-        route("GET", "/environments/demo", None, Some(Developer), 200),
-        route("GET", "/environments/none", None, Some(Developer), 404),
-        route("POST", "/environments", invalid.clone(), Some(Admin), 400),
-        route("PUT", "/environments/demo", invalid, Some(Admin), 400),
-        route("DELETE", "/environments/none", None, Some(Admin), 404),
-        route(
-            "POST",
-            "/environments/none/health-check",
-            None,
-            Some(Developer),
-            404,
-        ),
-        route(
+        ("GET", "/status", "/status", None, 200),
+        ("GET", "/dashboard", "/dashboard", None, 200),
+        ("GET", "/openapi.json", "/openapi.json", None, 200),
+        (
             "POST",
             "/trigger-local",
+            "/trigger-local",
             Some(json!({ "environments": ["none"] })),
-            Some(Admin),
             422,
         ),
-        route(
+        (
             "POST",
             "/one-click",
+            "/one-click",
             Some(json!({ "version": 7 })),
-            Some(Admin),
             400,
         ),
+        ("GET", "/history", "/history", None, 200),
+        ("GET", "/deployments/{id}", "/deployments/none", None, 404),
+        (
+            "GET",
+            "/deployments/{id}/logs",
+            "/deployments/none/logs",
+            None,
+            404,
+        ),
+        (
+            "POST",
+            "/deployments/{id}/cancel",
+            "/deployments/none/cancel",
+            None,
+            404,
+        ),
+        (
+            "POST",
+            "/deployments/{id}/retry",
+            "/deployments/none/retry",
+            None,
+            404,
+        ),
+        (
+            "POST",
+            "/deployments/{id}/approve",
+            "/deployments/none/approve",
+            None,
+            404,
+        ),
+        (
+            "POST",
+            "/deployments/{id}/reject",
+            "/deployments/none/reject",
+            None,
+            404,
+        ),
+        (
+            "POST",
+            "/deployments/{id}/rollback",
+            "/deployments/none/rollback",
+            None,
+            404,
+        ),
+        ("GET", "/environments", "/environments", None, 200),
+        (
+            "POST",
+            "/environments",
+            "/environments",
+            invalid.clone(),
+            400,
+        ),
+        ("GET", "/environments/{id}", "/environments/demo", None, 200),
+        (
+            "PUT",
+            "/environments/{id}",
+            "/environments/demo",
+            invalid,
+            400,
+        ),
+        (
+            "DELETE",
+            "/environments/{id}",
+            "/environments/none",
+            None,
+            404,
+        ),
+        (
+            "POST",
+            "/environments/{id}/health-check",
+            "/environments/none/health-check",
+            None,
+            404,
+        ),
     ]
+}
+
+/// The role table: every route the plugin declares, with its declared role, probed as
+/// [`probes`] says. A route without a probe, or a probe without a route, fails here.
+fn table() -> Vec<Route> {
+    let declared = deployment_mcp_core::api::route_roles();
+    let probes = probes();
+    for (method, path, _) in &declared {
+        assert!(
+            probes
+                .iter()
+                .any(|probe| probe.0 == *method && probe.1 == *path),
+            "{method} {path} has no probe: add one to probes()"
+        );
+    }
+    let mut table = Vec::new();
+    for (method, route, path, body, answers) in probes {
+        let needs = declared
+            .iter()
+            .find(|(m, p, _)| *m == method && *p == route)
+            .unwrap_or_else(|| panic!("{method} {route} is probed but not a route"))
+            .2;
+        table.push(Route {
+            method,
+            path: path.to_owned(),
+            body,
+            needs,
+            answers,
+        });
+    }
+    table
+}
+
+#[test]
+fn the_roles_are_the_contract() {
+    // What each role may do, pinned: a change to a route's role is a visible diff here.
+    use Role::{Admin, Developer, User};
+    let pinned: Vec<(&str, &str, Option<Role>)> = vec![
+        ("GET", "/status", Some(User)),
+        ("GET", "/dashboard", Some(User)),
+        ("GET", "/openapi.json", None),
+        ("POST", "/trigger-local", Some(Admin)),
+        ("POST", "/one-click", Some(Admin)),
+        ("GET", "/history", Some(Developer)),
+        ("GET", "/deployments/{id}", Some(Developer)),
+        ("GET", "/deployments/{id}/logs", Some(Developer)),
+        ("POST", "/deployments/{id}/cancel", Some(Admin)),
+        ("POST", "/deployments/{id}/retry", Some(Admin)),
+        ("POST", "/deployments/{id}/approve", Some(Admin)),
+        ("POST", "/deployments/{id}/reject", Some(Admin)),
+        ("POST", "/deployments/{id}/rollback", Some(Admin)),
+        ("GET", "/environments", Some(Developer)),
+        ("POST", "/environments", Some(Admin)),
+        ("GET", "/environments/{id}", Some(Developer)),
+        ("PUT", "/environments/{id}", Some(Admin)),
+        ("DELETE", "/environments/{id}", Some(Admin)),
+        ("POST", "/environments/{id}/health-check", Some(Developer)),
+    ];
+    assert_eq!(deployment_mcp_core::api::route_roles(), pinned);
 }
 
 #[tokio::test]
@@ -105,7 +215,7 @@ async fn every_route_for_every_role() {
         for caller in callers {
             let response = plugin
                 .api
-                .handle(request(route.method, route.path, route.body.clone(), caller).into())
+                .handle(request(route.method, &route.path, route.body.clone(), caller).into())
                 .await;
             let allowed = match route.needs {
                 None => true,
@@ -237,4 +347,32 @@ async fn paths_are_read_as_before_the_router() {
         String::from_utf8_lossy(&response.body)
     );
     assert_eq!(body(&response)["error"], "invalid_field");
+}
+
+#[tokio::test]
+async fn the_mcp_endpoint_needs_a_key_of_any_role() {
+    let plugin = in_process().await;
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "roles", "version": "1"}}});
+    for caller in [
+        None,
+        Some(Role::User),
+        Some(Role::Developer),
+        Some(Role::Admin),
+    ] {
+        let mut call = request("POST", "/mcp", Some(initialize.clone()), caller);
+        call.headers.push((
+            "accept".into(),
+            "application/json, text/event-stream".into(),
+        ));
+        call.headers.push(("host".into(), "127.0.0.1".into()));
+        let response = plugin.api.handle(call.into()).await;
+        let who = caller.map_or("no key", Role::as_str);
+        let text = String::from_utf8_lossy(&response.body).into_owned();
+        match caller {
+            None => assert_eq!(response.status, 401, "{who}: {text}"),
+            Some(_) => assert_eq!(response.status, 200, "{who}: {text}"),
+        }
+    }
 }

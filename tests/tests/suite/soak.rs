@@ -97,7 +97,8 @@ async fn triggers_cancels_swaps_and_streams_at_once_leave_nothing_stuck() {
                             started.lock().expect("ids").push(id.to_owned());
                         }
                     }
-                    409 | 503 => {}
+                    // A target already deploying; never 503: a swap leaves no gap.
+                    409 => {}
                     other => panic!("trigger answered {other}: {body}"),
                 }
                 tokio::time::sleep(Duration::from_millis(30)).await;
@@ -124,7 +125,7 @@ async fn triggers_cancels_swaps_and_streams_at_once_leave_nothing_stuck() {
                         )
                         .await;
                     assert!(
-                        matches!(status, 200 | 202 | 409 | 503),
+                        matches!(status, 200 | 202 | 409),
                         "cancel answered {status}: {body}"
                     );
                     counts[1].fetch_add(1, Ordering::SeqCst);
@@ -166,17 +167,16 @@ async fn triggers_cancels_swaps_and_streams_at_once_leave_nothing_stuck() {
                     .header("X-API-Key", key)
                     .send()
                     .await;
-                if let Ok(response) = response {
-                    if response.status() == 200 {
-                        counts[3].fetch_add(1, Ordering::SeqCst);
-                        let mut body = response.bytes_stream();
-                        // Read for a while, then leave (a client closing its tab).
-                        let _ = tokio::time::timeout(Duration::from_millis(1500), async {
-                            while body.next().await.is_some() {}
-                        })
-                        .await;
-                    }
-                }
+                let response = response.expect("the event stream answers");
+                // Never a 503: the stream belongs to the host and a swap leaves no gap.
+                assert_eq!(response.status(), 200, "the event stream was refused");
+                counts[3].fetch_add(1, Ordering::SeqCst);
+                let mut body = response.bytes_stream();
+                // Read for a while, then leave (a client closing its tab).
+                let _ = tokio::time::timeout(Duration::from_millis(1500), async {
+                    while body.next().await.is_some() {}
+                })
+                .await;
             }
         });
     }

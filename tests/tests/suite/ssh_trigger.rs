@@ -656,3 +656,46 @@ async fn a_remote_background_job_holding_the_channel_does_not_hold_the_trigger()
         .status();
     assert!(result.is_ok(), "{result:?}");
 }
+
+#[tokio::test]
+async fn a_rollback_runs_the_rollback_script_with_the_previous_version() {
+    let sshd = Sshd::start().await;
+    let marks = sshd.dir().join("marks");
+    std::fs::create_dir_all(&marks).expect("a marks directory");
+    let init = script(
+        sshd.dir(),
+        "init.sh",
+        &format!("touch '{}'/init.$PA_DEPLOYMENT_VERSION", marks.display()),
+    );
+    let rollback = script(
+        sshd.dir(),
+        "rollback.sh",
+        &format!(
+            "touch '{}'/rollback.$PA_DEPLOYMENT_VERSION.$PA_ROLLBACK",
+            marks.display()
+        ),
+    );
+    let with_rollback = |sshd: &Sshd| {
+        environment(
+            sshd,
+            &init,
+            json!({"rollback_script_path": rollback.display().to_string()}),
+        )
+    };
+    let (context, _lines) = context("2.0");
+    let deployed = run(with_rollback(&sshd), &context).await;
+    assert!(deployed.is_ok(), "{}", failure_message(&deployed));
+    let (mut back, _lines) = self::context("1.0");
+    back.rollback = true;
+    let rolled = run(with_rollback(&sshd), &back).await;
+    assert!(rolled.is_ok(), "{}", failure_message(&rolled));
+    assert!(
+        marks.join("init.2.0").exists(),
+        "the deployment ran the init script"
+    );
+    assert!(
+        marks.join("rollback.1.0.1").exists(),
+        "the rollback ran the rollback script, with the previous version and PA_ROLLBACK=1"
+    );
+    assert!(!marks.join("init.1.0").exists(), "not the init script");
+}

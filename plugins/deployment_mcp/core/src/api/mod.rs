@@ -111,6 +111,15 @@ pub(crate) struct Route {
 
 use axum::routing::on;
 
+/// Every route as `(method, path, least role)`: what the role table's test checks the plugin
+/// against, so a route or a role added here is tested without anyone copying it.
+pub fn route_roles() -> Vec<(&'static str, &'static str, Option<Role>)> {
+    ROUTES
+        .iter()
+        .map(|route| (route.method.as_str(), route.path, route.needs))
+        .collect()
+}
+
 pub(crate) const ROUTES: &[Route] = &[
     Route {
         method: Method::GET,
