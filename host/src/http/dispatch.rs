@@ -230,13 +230,14 @@ fn build_response(
                 return Err(super::error::too_many_streams(mount.max_streams));
             };
             let share = mount.stream_shares.take(holder)?;
-            // After the last chunk: an error when the plugin's process died, which aborts the
-            // answer instead of ending it as complete.
+            // After the last chunk: an error when the answer was cut (its plugin's process died,
+            // or it pushed a chunk over the limit), which aborts the answer instead of ending
+            // it as complete.
             let plugin = mount.slot.name.clone();
             let tail = futures_util::stream::once(async move {
                 cut.get().map(|cause| {
                     Err(std::io::Error::other(format!(
-                        "plugin {plugin}'s process ended during this answer ({cause})"
+                        "plugin {plugin}'s answer was cut: {cause}"
                     )))
                 })
             })

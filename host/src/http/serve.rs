@@ -48,7 +48,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::shares::{ClientAddress, Shares};
+use super::shares::{address_holder, ClientAddress, Shares};
 
 /// Limits and shutdown of the accept loop.
 #[derive(Debug, Clone)]
@@ -115,7 +115,7 @@ pub async fn serve(listener: TcpListener, app: Router, options: ServeOptions) ->
             tokio::spawn(refuse(stream, peer, Refusal::Full(options.max_connections)));
             continue;
         };
-        let Some(share) = per_address.try_take(peer.ip()) else {
+        let Some(share) = per_address.try_take(address_holder(peer.ip())) else {
             let limit = options.max_connections_per_address;
             tokio::spawn(refuse(stream, peer, Refusal::AddressShare(limit)));
             continue;

@@ -83,6 +83,21 @@ impl<K: Eq + Hash + Clone> Drop for Share<K> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddress(pub IpAddr);
 
+/// Whose share an address uses: an IPv4 address (also written IPv4-mapped) is one holder; an
+/// IPv6 address counts as its /64, which one client can fill with addresses of its own.
+pub fn address_holder(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+            }
+        },
+    }
+}
+
 /// Who opens a stream: the key's name (if any) and the client's address (if known).
 #[derive(Debug, Clone, Default)]
 pub struct StreamHolder {
@@ -128,16 +143,20 @@ impl StreamShares {
             None => None,
         };
         let address = match holder.address {
-            Some(address) => Some(self.by_address.try_take(address).ok_or_else(|| {
-                ApiError::unavailable(
-                    "too_many_streams_for_address",
-                    format!(
-                        "this client address holds its maximum of {limit} open streams \
+            Some(address) => Some(
+                self.by_address
+                    .try_take(address_holder(address))
+                    .ok_or_else(|| {
+                        ApiError::unavailable(
+                            "too_many_streams_for_address",
+                            format!(
+                                "this client address holds its maximum of {limit} open streams \
                          (server.max_streams_per_client); close some and retry"
-                    ),
-                    5,
-                )
-            })?),
+                            ),
+                            5,
+                        )
+                    })?,
+            ),
             None => None,
         };
         Ok(StreamGuard {
@@ -174,6 +193,17 @@ mod tests {
             shares.counts().is_empty(),
             "holders with nothing are forgotten"
         );
+    }
+
+    #[test]
+    fn an_ipv6_client_is_held_by_its_slash_64() {
+        let one: IpAddr = "2001:db8:1:2::5".parse().unwrap();
+        let same: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::5".parse().unwrap();
+        assert_eq!(address_holder(one), address_holder(same));
+        assert_ne!(address_holder(one), address_holder(other));
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(address_holder(mapped), IpAddr::from([127, 0, 0, 1]));
     }
 
     #[test]

@@ -63,14 +63,12 @@ pub async fn events(
             "{\"reason\":\"events after Last-Event-ID are no longer buffered; reload the state\"}",
         ))
     });
-    let replay: Vec<_> = subscription
-        .missed
-        .iter()
-        .filter_map(|event| to_sse(event, role))
-        .map(Ok)
-        .collect();
+    // Converted as the client reads: the missed events are shared with the bus, not copied.
+    let replay = futures_util::stream::iter(subscription.missed)
+        .filter_map(move |event| std::future::ready(to_sse(&event, role).map(Ok)));
     let subscribed = app.metrics.sse_subscriber();
-    let stream = futures_util::stream::iter(gap.into_iter().chain(replay))
+    let stream = futures_util::stream::iter(gap)
+        .chain(replay)
         .chain(event_stream(
             BroadcastStream::new(subscription.receiver),
             role,

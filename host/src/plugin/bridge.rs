@@ -114,9 +114,10 @@ pub enum HostBody {
     Stream(mpsc::Receiver<Bytes>, StreamCut),
 }
 
-/// Set, with the reason, when a streamed answer ends because its plugin's process died: the
-/// answer is then cut off (the connection aborted), so a client does not take a partial body
-/// for a whole one. Never set for a copy in this process, which cannot die alone.
+/// Set, with the reason, when a streamed answer must not end as complete: its plugin's process
+/// died, or the plugin pushed a chunk over [`plugin_api::MAX_STREAM_CHUNK_BYTES`]. The answer
+/// is then cut off (the connection aborted), so a client does not take a partial body for a
+/// whole one.
 pub type StreamCut = Arc<std::sync::OnceLock<String>>;
 
 /// Pieces a streamed answer may have queued before the plugin is told to wait.
@@ -125,6 +126,11 @@ pub const STREAM_BUFFER_CHUNKS: usize = 64;
 /// stream holds at most `STREAM_BUFFER_CHUNKS × STREAM_PIECE_BYTES` (2 MiB) whatever the size
 /// of its plugin's chunks.
 pub const STREAM_PIECE_BYTES: usize = 32 * 1024;
+
+// The largest chunk a plugin may push fits in an empty buffer: it can always be queued.
+const _: () = assert!(
+    plugin_api::MAX_STREAM_CHUNK_BYTES.div_ceil(STREAM_PIECE_BYTES) <= STREAM_BUFFER_CHUNKS
+);
 
 struct ReplySlot {
     sender: Mutex<Option<oneshot::Sender<HostResponse>>>,
@@ -219,23 +225,24 @@ impl ResponseSink for ReplySlot {
         let status = head.status;
         let (headers, _) = copy_answer(header_pairs(&head), &[]);
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER_CHUNKS);
-        if !head.body.is_empty() {
-            let _ = sender.try_send(Bytes::copy_from_slice(head.body.as_slice()));
-        }
+        let cut = StreamCut::default();
+        // The head's body goes in like any chunk: bounded the same way.
+        let _ = push_chunk(&sender, &cut, head.body.as_slice());
         drop(head);
         let delivered = self.deliver(HostResponse {
             status,
             headers,
-            body: HostBody::Stream(receiver, StreamCut::default()),
+            body: HostBody::Stream(receiver, Arc::clone(&cut)),
         });
         let sender = delivered.then_some(sender);
-        BodySender_TO::from_value(StreamSender { sender }, TD_Opaque)
+        BodySender_TO::from_value(StreamSender { sender, cut }, TD_Opaque)
     }
 }
 
 /// The host end of a streamed body. Runs on plugin threads: only non-blocking channel calls.
 struct StreamSender {
     sender: Option<mpsc::Sender<Bytes>>,
+    cut: StreamCut,
 }
 
 impl BodySender for StreamSender {
@@ -243,14 +250,18 @@ impl BodySender for StreamSender {
         let Some(sender) = &self.sender else {
             return PushOutcome::Closed;
         };
-        push_chunk(sender, chunk.as_slice())
+        push_chunk(sender, &self.cut, chunk.as_slice())
     }
 }
 
 /// Offers one chunk of a streamed answer to its bounded buffer, without waiting: queued whole
 /// (as pieces of at most [`STREAM_PIECE_BYTES`]) or not at all. An empty chunk is a probe: is
-/// anybody still reading? A chunk over [`plugin_api::MAX_STREAM_CHUNK_BYTES`] ends the answer.
-pub fn push_chunk(sender: &mpsc::Sender<Bytes>, chunk: &[u8]) -> PushOutcome {
+/// anybody still reading? A chunk over [`plugin_api::MAX_STREAM_CHUNK_BYTES`] cuts the answer:
+/// nothing more is taken, and the client's connection is aborted once the plugin lets go.
+pub fn push_chunk(sender: &mpsc::Sender<Bytes>, cut: &StreamCut, chunk: &[u8]) -> PushOutcome {
+    if cut.get().is_some() {
+        return PushOutcome::Closed;
+    }
     if chunk.is_empty() {
         return if sender.is_closed() {
             PushOutcome::Closed
@@ -262,8 +273,13 @@ pub fn push_chunk(sender: &mpsc::Sender<Bytes>, chunk: &[u8]) -> PushOutcome {
         tracing::warn!(
             bytes = chunk.len(),
             limit = plugin_api::MAX_STREAM_CHUNK_BYTES,
-            "a plugin pushed a streamed chunk over the limit; its answer was ended"
+            "a plugin pushed a streamed chunk over the limit; its answer was cut"
         );
+        let _ = cut.set(format!(
+            "it pushed a chunk of {} bytes, over the limit of {}",
+            chunk.len(),
+            plugin_api::MAX_STREAM_CHUNK_BYTES
+        ));
         return PushOutcome::Closed;
     }
     let pieces = chunk.len().div_ceil(STREAM_PIECE_BYTES);
@@ -304,9 +320,10 @@ mod tests {
     #[test]
     fn a_stream_buffers_a_bounded_number_of_bytes_whatever_its_chunks() {
         let (sender, mut receiver) = mpsc::channel(STREAM_BUFFER_CHUNKS);
+        let cut = StreamCut::default();
         let chunk = vec![b'x'; plugin_api::MAX_STREAM_CHUNK_BYTES];
         let mut accepted = 0;
-        while push_chunk(&sender, &chunk) == PushOutcome::Accepted {
+        while push_chunk(&sender, &cut, &chunk) == PushOutcome::Accepted {
             accepted += 1;
         }
         let mut queued = 0;
@@ -325,8 +342,19 @@ mod tests {
             "{queued} bytes queued"
         );
         assert!(largest <= STREAM_PIECE_BYTES);
+        assert!(
+            accepted >= 1,
+            "a chunk of the largest size fits an empty buffer"
+        );
         let too_large = vec![b'x'; plugin_api::MAX_STREAM_CHUNK_BYTES + 1];
-        assert_eq!(push_chunk(&sender, &too_large), PushOutcome::Closed);
+        assert_eq!(push_chunk(&sender, &cut, &too_large), PushOutcome::Closed);
+        assert!(
+            cut.get().is_some(),
+            "the answer is cut, not ended as complete"
+        );
+        // Nothing more is taken, however small.
+        assert_eq!(push_chunk(&sender, &cut, b"x"), PushOutcome::Closed);
+        assert!(receiver.try_recv().is_err());
     }
 
     #[test]

@@ -21,8 +21,9 @@ pub const CAPACITY: usize = 1024;
 pub const REPLAY: usize = 4096;
 /// The bytes of the events kept for replay, at most.
 pub const REPLAY_BYTES: usize = 16 * 1024 * 1024;
-/// The largest event (both views together) the bus takes.
-pub const MAX_EVENT_BYTES: usize = 256 * 1024;
+/// The largest event (both views together) the bus takes: with [`CAPACITY`] events in the
+/// broadcast ring, a subscriber that lags holds at most 64 MiB there.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Event {

@@ -397,9 +397,25 @@ async fn a_copy_that_stays_loaded_after_closing_keeps_its_heap() {
         host.get("/api/deployment/status", Some(USER_KEY)).await.0,
         200
     );
-    // The ordinary plugin is really unloaded, so it never takes this path.
+    // The ordinary plugin is really unloaded, so it never takes this path: two more swaps
+    // retire the second resident copy (kept) and then an ordinary one (unloaded).
     host.install_plugin("deployment_mcp");
     assert_eq!(host.reload().await.0, 200);
+    assert_eq!(host.reload().await.0, 200);
+    let retired = wait_until(Duration::from_secs(15), || async {
+        host.logs()
+            .matches("old plugin copy shut down and unloaded")
+            .count()
+            == 3
+    })
+    .await;
+    assert!(retired, "three copies retired:\n{}", host.logs());
+    assert_eq!(
+        host.logs().matches("stayed loaded after closing").count(),
+        2,
+        "only the two resident copies stayed loaded:\n{}",
+        host.logs()
+    );
     assert_eq!(
         host.get("/api/deployment/status", Some(USER_KEY)).await.0,
         200

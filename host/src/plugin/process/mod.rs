@@ -277,7 +277,10 @@ impl HostLink {
         }
         // Streams in progress are cut off, not ended as if complete.
         for (_, cut) in streams.into_values() {
-            let _ = cut.set(death.cause.clone());
+            let _ = cut.set(format!(
+                "its process ended during this answer ({})",
+                death.cause
+            ));
         }
         if let Some(ready) = ready {
             let _ = ready.send(Err(LoadError {
@@ -344,10 +347,9 @@ impl HostLink {
                 let answer = self.state().answers.remove(&head.id);
                 let Some(answer) = answer else { return };
                 let (sender, receiver) = mpsc::channel(STREAM_BUFFER_CHUNKS);
-                if !head.body.is_empty() {
-                    let _ = sender.try_send(Bytes::from(head.body));
-                }
                 let cut = StreamCut::default();
+                // The head's body goes in like any chunk: bounded the same way.
+                let _ = push_chunk(&sender, &cut, &head.body);
                 let (headers, _) = copy_answer(frame_pairs(&head.headers), &[]);
                 let delivered = answer
                     .send(Ok(HostResponse {
@@ -363,7 +365,10 @@ impl HostLink {
                             state.streams.insert(head.id, (sender, cut));
                         }
                         Some(death) => {
-                            let _ = cut.set(death.cause.clone());
+                            let _ = cut.set(format!(
+                                "its process ended during this answer ({})",
+                                death.cause
+                            ));
                         }
                     }
                 }
@@ -411,7 +416,7 @@ impl HostLink {
         use plugin_api::PushOutcome;
         let state = self.state();
         match state.streams.get(&stream) {
-            Some((sender, _)) => push_chunk(sender, &chunk),
+            Some((sender, cut)) => push_chunk(sender, cut, &chunk),
             None => PushOutcome::Closed,
         }
     }
