@@ -30,6 +30,9 @@
     environments: [],
     active: null, // the deployment shown in the active panel
     detailSeq: 0,
+    // Phase events applied to the deployment on screen, so a read that was on its way when one
+    // came does not take the panel back to an older phase.
+    phaseEvents: 0,
     detailApplied: 0,
     history: { cursors: [null], index: 0, next: null },
     logDialogId: null,
@@ -521,12 +524,20 @@
     loadDetail(summary.deployment_id);
   }
 
+  /** The phase to show after reading a deployment: what was read, unless a phase event came
+   * while the read was on its way (the event is newer) and what was read is not an end. */
+  function fetchedPhase(shown, read, phaseEventsAtRead) {
+    if (state.phaseEvents !== phaseEventsAtRead && !TERMINAL.has(read)) return shown;
+    return later(PHASES, shown, read);
+  }
+
   async function loadDetail(id) {
     if (!state.canReadDetails) {
       loadSummary(id);
       return;
     }
     const seq = ++state.detailSeq;
+    const phaseEvents = state.phaseEvents;
     const result = await api('GET', `${API}/deployments/${encodeURIComponent(id)}`);
     if (result.stale) return;
     if (result.status === 403) {
@@ -540,7 +551,7 @@
     const record = result.body;
     const active = state.active;
     // Events may already have shown a later state than this answer: never go back.
-    active.status = later(PHASES, active.status, record.status);
+    active.status = fetchedPhase(active.status, record.status, phaseEvents);
     active.progress = Math.max(active.progress || 0, record.progress || 0);
     active.version = record.version;
     active.triggered_by = record.triggered_by;
@@ -561,13 +572,14 @@
   /** Without the developer role: the summary (`/status?id=`) has each environment's status. */
   async function loadSummary(id) {
     const seq = ++state.detailSeq;
+    const phaseEvents = state.phaseEvents;
     const result = await api('GET', `${API}/status?id=${encodeURIComponent(id)}`);
     if (result.stale || !result.ok || !result.body || seq < state.detailApplied) return;
     if (!state.active || state.active.deployment_id !== id) return;
     state.detailApplied = seq;
     const entry = result.body;
     const active = state.active;
-    active.status = later(PHASES, active.status, entry.status);
+    active.status = fetchedPhase(active.status, entry.status, phaseEvents);
     active.progress = Math.max(active.progress || 0, entry.progress || 0);
     for (const name of ['version', 'triggered_by', 'created_at', 'finished_at', 'duration_ms']) {
       if (entry[name] !== undefined) active[name] = entry[name];
@@ -1046,6 +1058,7 @@
         if (!TERMINAL.has(data.status) || !active) showDeployment(data);
       }
     } else {
+      state.phaseEvents += 1;
       active.status = later(PHASES, active.status, data.status);
       active.progress = Math.max(active.progress || 0, data.progress || 0);
       if (Array.isArray(data.environments)) active.environments = data.environments;
