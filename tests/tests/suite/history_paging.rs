@@ -5,8 +5,8 @@
 
 use deployment_mcp_core::{
     deployment::{history_key, HistoryEntry, Phase},
-    history,
-    records::{collection, encode, Records},
+    persist::history,
+    persist::records::{collection, encode, Records},
 };
 use plugin_api::Role;
 use plugin_guest::{Handler, StoreOp};

@@ -367,7 +367,7 @@ async fn writing_back_a_shown_environment_keeps_its_real_urls() {
         .admin("PUT", "/environments/hook", Some(written_back.clone()))
         .await;
     assert_eq!(status, 200, "{body}");
-    let records = deployment_mcp_core::records::Records::new(plugin.host.host.clone());
+    let records = deployment_mcp_core::persist::records::Records::new(plugin.host.host.clone());
     let stored = stored_environment(&records).await;
     assert!(
         stored.contains("probe:healthpass") && stored.contains("healthquery"),
@@ -388,10 +388,10 @@ async fn writing_back_a_shown_environment_keeps_its_real_urls() {
 }
 
 /// The environment `hook` as stored.
-async fn stored_environment(records: &deployment_mcp_core::records::Records) -> String {
+async fn stored_environment(records: &deployment_mcp_core::persist::records::Records) -> String {
     records
         .get_raw(
-            deployment_mcp_core::records::collection::ENVIRONMENTS,
+            deployment_mcp_core::persist::records::collection::ENVIRONMENTS,
             "hook",
         )
         .await
@@ -455,20 +455,20 @@ async fn retention_prunes_what_is_past_its_keep_and_spares_what_runs() {
     let runs = plugin.trigger(json!({"environments": ["held"]})).await;
     running(&mut events, &runs, "held").await;
 
-    let records = deployment_mcp_core::records::Records::new(plugin.host.host.clone());
+    let records = deployment_mcp_core::persist::records::Records::new(plugin.host.host.clone());
     let keep_days = |days: u32| {
         deployment_mcp_core::settings::Settings::from_json(&json!({"retention_days": days}))
             .expect("valid settings")
     };
     // As of today nothing is a day old: nothing goes.
     let now = std::time::SystemTime::now();
-    let pruned = deployment_mcp_core::retention::prune(&records, &keep_days(1), now)
+    let pruned = deployment_mcp_core::persist::retention::prune(&records, &keep_days(1), now)
         .await
         .expect("a retention pass");
     assert_eq!(pruned.deployments, 0);
     // Two days on, every finished deployment is past a day; the running one stays.
     let later = now + Duration::from_secs(2 * 86_400);
-    let pruned = deployment_mcp_core::retention::prune(&records, &keep_days(1), later)
+    let pruned = deployment_mcp_core::persist::retention::prune(&records, &keep_days(1), later)
         .await
         .expect("a retention pass");
     assert_eq!(pruned.deployments, 3, "{pruned:?}");
@@ -502,7 +502,7 @@ async fn retention_prunes_what_is_past_its_keep_and_spares_what_runs() {
         &json!({"retention_days": 0, "retention_max_deployments": 1}),
     )
     .expect("valid settings");
-    let pruned = deployment_mcp_core::retention::prune(&records, &keep_one, later)
+    let pruned = deployment_mcp_core::persist::retention::prune(&records, &keep_one, later)
         .await
         .expect("a retention pass");
     assert_eq!(pruned.deployments, 2, "{pruned:?}");

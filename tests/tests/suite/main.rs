@@ -6,6 +6,7 @@ mod dashboard;
 mod deployments;
 mod ec2_deployments;
 mod ec2_phase;
+mod event_order;
 mod hardening;
 mod history_paging;
 mod host;

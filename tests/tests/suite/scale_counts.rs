@@ -214,15 +214,18 @@ async fn lists_name_the_first_environments_and_the_indexes_hold_them_all() {
 
     // A newer deployment, then retention keeping one: every index entry of the old one goes.
     deploy(&plugin, 1).await;
-    let records = deployment_mcp_core::records::Records::new(plugin.host.host.clone());
+    let records = deployment_mcp_core::persist::records::Records::new(plugin.host.host.clone());
     let settings = deployment_mcp_core::settings::Settings::from_json(
         &json!({ "retention_max_deployments": 1 }),
     )
     .expect("settings");
-    let pruned =
-        deployment_mcp_core::retention::prune(&records, &settings, std::time::SystemTime::now())
-            .await
-            .expect("prune");
+    let pruned = deployment_mcp_core::persist::retention::prune(
+        &records,
+        &settings,
+        std::time::SystemTime::now(),
+    )
+    .await
+    .expect("prune");
     assert_eq!(pruned.deployments, 1);
     let (_, ids) = history_of(&plugin, "hook_00000").await;
     assert!(!ids.contains(&id), "{ids:?}");

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use deployment_mcp_core::{api::Api, catalog::ImportError, environments, BuildError};
+use deployment_mcp_core::{api::Api, environments, persist::catalog::ImportError, BuildError};
 use futures_util::StreamExt as _;
 use plugin_guest::{Caller, Handler as _, Request, Role};
 use plugin_local_host::LocalHost;

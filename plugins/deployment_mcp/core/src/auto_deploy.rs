@@ -10,19 +10,12 @@ use std::sync::Arc;
 use crate::{
     coordinator::{Coordinator, StartRequest},
     deployment::Phase,
-    records::{collection, StoreError},
+    persist::{self, records::StoreError},
     settings::{AutoDeployWhen, Settings},
 };
 
 /// Who automatic deployments are recorded as triggered by.
 pub const TRIGGERED_BY: &str = "auto:startup";
-const STATE_KEY: &str = "auto_deploy";
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct AutoDeployState {
-    /// The boot that already considered an automatic deployment.
-    boot_id: String,
-}
 
 /// Decides and, if due, starts the automatic deployment. Failures are logged and, when a
 /// deployment started, recorded in it; none of them stops the plugin.
@@ -33,21 +26,15 @@ pub async fn run(coordinator: Arc<Coordinator>, settings: Arc<Settings>, boot_id
         return;
     }
     let records = coordinator.records();
-    match records
-        .get::<AutoDeployState>(collection::META, STATE_KEY)
-        .await
-    {
-        Ok(Some(state)) if state.boot_id == boot_id => return,
+    match persist::runs::auto_deploy_boot(records).await {
+        Ok(Some(considered)) if considered == boot_id => return,
         Ok(_) => {}
         Err(error) => {
             tracing::warn!("auto_deploy: cannot read its state: {error}");
             return;
         }
     }
-    if let Err(error) = records
-        .put(collection::META, STATE_KEY, &AutoDeployState { boot_id })
-        .await
-    {
+    if let Err(error) = persist::runs::set_auto_deploy_boot(records, &boot_id).await {
         tracing::warn!("auto_deploy: cannot record this boot: {error}");
         return;
     }
@@ -95,7 +82,7 @@ pub async fn run(coordinator: Arc<Coordinator>, settings: Arc<Settings>, boot_id
 /// The version of the newest automatic deployment that completed (read newest first, so
 /// usually from the first page of the history).
 async fn last_completed_version(coordinator: &Coordinator) -> Result<Option<String>, StoreError> {
-    let history = crate::history::History::new(coordinator.records().clone());
+    let history = crate::persist::history::History::new(coordinator.records().clone());
     Ok(history
         .newest_where(1, |entry| {
             entry.triggered_by == TRIGGERED_BY && entry.status == Phase::Completed

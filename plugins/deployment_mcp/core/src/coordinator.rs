@@ -25,26 +25,29 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use plugin_guest::{Condition, StoreOp};
-
 use crate::{
-    catalog::Catalog,
     deployment::{
-        event, new_deployment_id, BatchRecord, BatchStatus, Claim, DeploymentRecord, GateStatus,
+        event, new_deployment_id, BatchRecord, BatchStatus, DeploymentRecord, GateStatus,
         HealthReport, Phase, TargetRecord, TargetStatus,
     },
     ec2,
     egress::Egress,
     environments::{Environment, FieldError},
     health,
-    records::{self, collection, target_key, Records, StoreError},
+    persist::catalog::Catalog,
+    persist::deployments::LogPosition,
+    persist::{
+        self,
+        deployments::DeploymentStore,
+        records::{Records, StoreError},
+        Lease, Outcome, Writes,
+    },
     rollout::Rollout,
     run::{
         writer::{RunWriter, WriterSetup},
         Run, RunOwner, Start, StopHandle, StopReason,
     },
     settings::Settings,
-    store::{ActiveEntry, LogPosition},
     triggers::{timestamp, LogStream},
     wire::{self, DeletedEvent, HealthEvent, HealthView, View},
 };
@@ -89,6 +92,12 @@ impl From<StoreError> for StartError {
 
 mod decisions;
 pub use decisions::DecisionError;
+
+/// Where a run goes on: its log's end and the number of the last event published.
+struct RunFrom {
+    log: LogPosition,
+    events: u64,
+}
 
 struct RunHandle {
     cancel: CancellationToken,
@@ -194,7 +203,7 @@ impl Coordinator {
     pub async fn recover(&self, live_boots: &[String]) -> Result<usize, StoreError> {
         let alive = |boot: &str| boot == self.boot_id || live_boots.iter().any(|live| live == boot);
         let mut recovered = 0;
-        let unfinished = crate::history::History::new(self.records.clone())
+        let unfinished = crate::persist::history::History::new(self.records.clone())
             .unfinished()
             .await?;
         // A deployment waiting at its gate has no run to lose: it keeps waiting, with its
@@ -208,15 +217,15 @@ impl Coordinator {
             if parked.contains(&entry.deployment_id) {
                 continue;
             }
-            let Some(text) = self
-                .records
-                .get_raw(collection::DEPLOYMENTS, &entry.deployment_id)
-                .await?
-            else {
-                continue;
-            };
-            let Ok(mut record) = serde_json::from_str::<DeploymentRecord>(&text) else {
-                continue;
+            // An unreadable record is left as it is; the others are still recovered.
+            let (text, mut record) = match self
+                .deployments()
+                .read_for_update(&entry.deployment_id)
+                .await
+            {
+                Ok(Some(read)) => read,
+                Ok(None) | Err(StoreError::Decode { .. }) => continue,
+                Err(error) => return Err(error),
             };
             if alive(&record.boot_id)
                 || record.status.is_terminal()
@@ -226,13 +235,11 @@ impl Coordinator {
             }
             let now = SystemTime::now();
             let phase = record.status;
-            let mut ops = Vec::new();
+            // Written under the lease of the process that died: the claims it held are its.
+            let lease = Lease::sole(&record.boot_id);
+            let mut writes = Writes::new(&self.records, &lease);
             let mut failed = Vec::new();
-            for (target_key, mut target) in self
-                .records
-                .scan::<TargetRecord>(collection::TARGETS, &format!("{}/", record.deployment_id))
-                .await?
-            {
+            for mut target in self.deployments().targets(&record.deployment_id).await? {
                 if !target.status.is_terminal() {
                     target.error = Some(format!(
                         "the host stopped while this environment was {}",
@@ -240,11 +247,7 @@ impl Coordinator {
                     ));
                     target.status = TargetStatus::Cancelled;
                     target.finished_at = Some(timestamp(now));
-                    ops.push(StoreOp::put(
-                        collection::TARGETS,
-                        &target_key,
-                        records::encode(collection::TARGETS, &target_key, &target)?,
-                    ));
+                    writes.target(&record.deployment_id, &target)?;
                 }
                 if target.status != TargetStatus::Succeeded {
                     failed.push(target.environment_id.clone());
@@ -254,58 +257,20 @@ impl Coordinator {
                 "interrupted: the host stopped during phase {}; everything recorded until then is kept",
                 phase.as_str()
             );
-            let (log, _) = self.log_op(&mut record, LogStream::Error, &message).await?;
-            ops.push(log);
+            self.log_line(&mut writes, &mut record, LogStream::Error, &message)
+                .await?;
             record.status = Phase::Interrupted;
             record.errors.push(message);
             record.finished_at = Some(timestamp(now));
-            ops.extend(Self::record_ops(&text, phase, &record, failed)?);
+            writes.moved(&record, phase, &failed, Some(&text))?;
             // A conflict: the record changed since it was read (another copy ended it).
-            if self.records.apply(ops).await?.is_none() {
+            if writes.commit().await? == Outcome::Committed {
                 recovered += 1;
             }
         }
-        for (id, active) in self
-            .records
-            .scan::<ActiveEntry>(collection::ACTIVE, "")
-            .await?
-        {
-            if !alive(&active.boot_id) && !parked.contains(&id) {
-                self.records.delete(collection::ACTIVE, &id).await?;
-                self.records.delete(collection::CANCEL, &id).await?;
-            }
-        }
-        // Claims of runs that died with an earlier boot free their environments. Each is
-        // released only if it still holds what was read (a compare-and-set).
-        let mut stale = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self
-                .records
-                .page(collection::CLAIMS, after.clone(), 1000)
-                .await?;
-            let full = page.len() == 1000;
-            for (environment, text) in page {
-                after = Some(environment.clone());
-                let claim = serde_json::from_str::<Claim>(&text).ok();
-                let is_stale = claim.is_none_or(|claim| {
-                    !alive(&claim.boot_id) && !parked.contains(&claim.deployment_id)
-                });
-                if is_stale {
-                    stale.push(
-                        StoreOp::delete(collection::CLAIMS, &environment)
-                            .when(Condition::Equals(text)),
-                    );
-                }
-            }
-            if !full {
-                break;
-            }
-        }
-        for op in stale {
-            // A conflict means the claim changed since it was read: it is not stale.
-            self.records.apply(vec![op]).await?;
-        }
+        // Running entries and claims of runs that died with an earlier boot free their
+        // environments.
+        persist::runs::forget_dead_runs(&self.records, alive, &parked).await?;
         Ok(recovered)
     }
 
@@ -409,7 +374,7 @@ impl Coordinator {
             environments = record.environments.len(),
             "deployment started"
         );
-        self.publish_phase(&record, None);
+        self.publish_phase(1, &record, None);
         let pending: HashMap<String, TargetRecord> = targets
             .iter()
             .map(|target| {
@@ -428,26 +393,32 @@ impl Coordinator {
             targets,
             pending,
             ec2,
-            LogPosition::default(),
+            RunFrom {
+                log: LogPosition::default(),
+                events: 1,
+            },
             Start::Fresh,
         );
         Ok(record)
     }
 
     /// Starts the task that runs `record` (its environments `targets`, their results so far
-    /// `results`, its log continuing at `log`) from `start`.
+    /// `results`, its log and events continuing `from`) from `start`.
     fn spawn_run(
         self: &Arc<Self>,
         record: DeploymentRecord,
         targets: Vec<Environment>,
         results: HashMap<String, TargetRecord>,
         ec2: Option<ec2::Ec2Settings>,
-        log: LogPosition,
+        from: RunFrom,
         start: Start,
     ) {
         let id = record.deployment_id.clone();
+        let RunFrom { log, events } = from;
         let (writer, _writer_task) = RunWriter::start(WriterSetup {
             records: self.records.clone(),
+            lease: self.lease(),
+            events,
             deployment_id: id.clone(),
             log,
             max_log_lines: self.settings.max_log_lines as u64,
@@ -604,6 +575,16 @@ impl Coordinator {
         Ok(chosen)
     }
 
+    /// The lease under which this copy writes the runs it owns.
+    pub(crate) fn lease(&self) -> Lease {
+        Lease::sole(&self.boot_id)
+    }
+
+    /// The repository of deployments' records, results and logs.
+    pub(crate) fn deployments(&self) -> DeploymentStore {
+        DeploymentStore::new(self.records.clone())
+    }
+
     /// Claims every target and writes the deployment's first records, in one transaction: either
     /// all of it happens, or (a target is claimed already) nothing and `Busy`.
     async fn claim_and_record(
@@ -612,141 +593,43 @@ impl Coordinator {
         targets: &[Environment],
     ) -> Result<(), StartError> {
         let id = &record.deployment_id;
-        let claim = records::encode(
-            collection::CLAIMS,
-            id,
-            &Claim {
-                deployment_id: id.clone(),
-                boot_id: self.boot_id.clone(),
-            },
-        )?;
-        let mut ops = Vec::with_capacity(targets.len() * 2 + 3);
+        let mut writes = Writes::new(&self.records, &self.lease());
+        writes.claim(id, &record.environments)?;
+        writes.running(record)?;
         for target in targets {
-            ops.push(StoreOp::insert(
-                collection::CLAIMS,
-                &target.environment_id,
-                claim.clone(),
-            ));
-        }
-        ops.push(self.active_op(record)?);
-        for target in targets {
-            let key = target_key(id, &target.environment_id);
             let pending = TargetRecord::new(
                 &target.environment_id,
                 target.connection_method().as_str(),
                 TargetStatus::Pending,
             );
-            ops.push(StoreOp::put(
-                collection::TARGETS,
-                &key,
-                records::encode(collection::TARGETS, &key, &pending)?,
-            ));
+            writes.target(id, &pending)?;
         }
-        ops.push(StoreOp::put(
-            collection::DEPLOYMENTS,
-            id,
-            records::encode(collection::DEPLOYMENTS, id, record)?,
-        ));
-        let history_key = record.history_key();
-        let entry = record.history_entry(Vec::new());
-        ops.push(StoreOp::put(
-            collection::HISTORY,
-            &history_key,
-            records::encode(collection::HISTORY, &history_key, &entry)?,
-        ));
-        ops.extend(crate::history::created_ops(
-            &history_key,
-            &entry,
-            &record.environments,
-        )?);
-        match self.records.apply(ops).await? {
-            None => Ok(()),
-            Some(conflict) => {
-                let Some(target) = targets.get(conflict.index) else {
-                    return Err(StartError::Store(StoreError::Host(format!(
-                        "starting {id}: an unexpected store conflict at operation {}",
-                        conflict.index
-                    ))));
-                };
-                let holder = conflict
-                    .current
-                    .and_then(|text| serde_json::from_str::<Claim>(&text).ok())
-                    .map(|claim| claim.deployment_id)
-                    .unwrap_or_default();
-                Err(StartError::Busy {
-                    environment: target.environment_id.clone(),
-                    deployment: holder,
-                })
-            }
+        writes.created(record)?;
+        // The phase event the start publishes is the deployment's first.
+        writes.events_published(id, 1)?;
+        match writes.commit().await? {
+            Outcome::Committed => Ok(()),
+            Outcome::ClaimHeld {
+                environment,
+                deployment,
+            } => Err(StartError::Busy {
+                environment,
+                deployment,
+            }),
+            Outcome::Changed => Err(StartError::Store(StoreError::Host(format!(
+                "starting {id}: an unexpected store conflict"
+            )))),
         }
     }
 
-    /// The write that records `record` as running in this boot (`ACTIVE`), for sibling copies.
-    fn active_op(&self, record: &DeploymentRecord) -> Result<StoreOp, StoreError> {
-        let id = &record.deployment_id;
-        Ok(StoreOp::put(
-            collection::ACTIVE,
-            id,
-            records::encode(
-                collection::ACTIVE,
-                id,
-                &ActiveEntry {
-                    boot_id: self.boot_id.clone(),
-                    history_key: Some(record.history_key()),
-                },
-            )?,
-        ))
-    }
-
-    /// Releases the claims a deployment holds and its `ACTIVE` record. A claim that is no
-    /// longer this deployment's (recovered by another boot) is left alone.
-    pub(crate) async fn release(&self, deployment_id: &str, environments: &[String]) {
-        let claim = match records::encode(
-            collection::CLAIMS,
-            deployment_id,
-            &Claim {
-                deployment_id: deployment_id.to_owned(),
-                boot_id: self.boot_id.clone(),
-            },
-        ) {
-            Ok(claim) => claim,
-            Err(error) => {
-                tracing::error!(deployment = deployment_id, "{error}");
-                return;
-            }
-        };
-        let mut ops: Vec<StoreOp> = environments
-            .iter()
-            .map(|environment| {
-                StoreOp::delete(collection::CLAIMS, environment)
-                    .when(Condition::Equals(claim.clone()))
-            })
-            .collect();
-        ops.push(StoreOp::delete(collection::ACTIVE, deployment_id));
-        ops.push(StoreOp::delete(collection::CANCEL, deployment_id));
-        // Each conflict drops one claim that is not ours; the rest are released.
-        for _ in 0..=environments.len() {
-            match self.records.apply(ops.clone()).await {
-                Ok(None) => return,
-                Ok(Some(conflict)) if conflict.index < ops.len() => {
-                    tracing::warn!(deployment = deployment_id, environment = %ops[conflict.index].key, "the environment's claim is no longer this deployment's; left as it is");
-                    ops.remove(conflict.index);
-                }
-                Ok(Some(_)) => return,
-                Err(error) => {
-                    tracing::error!(
-                        deployment = deployment_id,
-                        "cannot release the environments: {error}"
-                    );
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Publishes a phase change (once it is stored).
-    pub(crate) fn publish_phase(&self, record: &DeploymentRecord, previous: Option<Phase>) {
-        crate::run::writer::publish_phase(self.records.host(), record, previous);
+    /// Publishes a phase change as the deployment's event `seq` (once both are stored).
+    pub(crate) fn publish_phase(
+        &self,
+        seq: u64,
+        record: &DeploymentRecord,
+        previous: Option<Phase>,
+    ) {
+        crate::run::writer::publish_phase(self.records.host(), seq, record, previous);
     }
 
     /// Tells subscribers (and the host's metrics) that an environment is gone.
@@ -779,9 +662,7 @@ impl Coordinator {
                 Ok(true)
             }
             None => {
-                self.records
-                    .put(collection::CANCEL, deployment_id, &json!({ "by": by }))
-                    .await?;
+                persist::runs::request_cancel(&self.records, deployment_id, by).await?;
                 Ok(false)
             }
         }
@@ -927,10 +808,6 @@ impl RunOwner for Coordinator {
         Coordinator::record_health(self, id, report).await
     }
 
-    async fn release(&self, deployment_id: &str, environments: &[String]) {
-        Coordinator::release(self, deployment_id, environments).await
-    }
-
     fn forget_run(&self, deployment_id: &str, stop: &StopHandle) {
         Coordinator::forget_run(self, deployment_id, stop)
     }
@@ -944,10 +821,6 @@ impl RunOwner for Coordinator {
             Ok(()) | Err(DecisionError::Conflict(_)) | Err(DecisionError::Wrong { .. }) => {}
             Err(error) => tracing::error!(deployment = deployment_id, "{error}"),
         }
-    }
-
-    fn publish_phase(&self, record: &DeploymentRecord, previous: Option<Phase>) {
-        Coordinator::publish_phase(self, record, previous)
     }
 
     fn changed(&self) {

@@ -3,27 +3,23 @@
 //! over it; the CLI runs [`build`] on an in-process host; tests drive either.
 //!
 //! Data flow: `api` (HTTP) → `coordinator` (runs) → `triggers` (one per connection method)
-//! and `health`; `catalog` keeps environments and `records` is the typed view of the host's
-//! store, which holds every record.
+//! and `health`; `persist` is the only code that knows how records lie in the host's store,
+//! which holds every record.
 
 pub mod api;
 pub mod auto_deploy;
-pub mod catalog;
 pub mod coordinator;
 pub mod deployment;
 pub mod ec2;
 pub mod egress;
 pub mod environments;
 pub mod health;
-pub mod history;
 pub mod mcp;
-pub mod records;
+pub mod persist;
 pub mod redact;
-pub mod retention;
 pub mod rollout;
 pub mod run;
 pub mod settings;
-pub mod store;
 pub mod triggers;
 pub mod wire;
 
@@ -60,10 +56,6 @@ impl HostLifecycle {
     }
 }
 
-pub async fn host_lifecycle(records: &records::Records) -> Option<HostLifecycle> {
-    records.get("host", "lifecycle").await.ok().flatten()
-}
-
 /// Why the plugin could not start; the host shows the message as the plugin's start error.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -73,9 +65,9 @@ pub enum BuildError {
     #[error("{0}")]
     HttpClient(String),
     #[error(transparent)]
-    Import(#[from] catalog::ImportError),
+    Import(#[from] persist::catalog::ImportError),
     #[error(transparent)]
-    Store(#[from] records::StoreError),
+    Store(#[from] persist::records::StoreError),
 }
 
 /// Builds the plugin's handler on the current tokio runtime: imports the environments file,
@@ -87,9 +79,9 @@ pub async fn build(
     version: &'static str,
 ) -> Result<api::Api, BuildError> {
     let settings = Arc::new(settings::Settings::from_json(settings).map_err(BuildError::Settings)?);
-    let records = records::Records::new(host);
+    let records = persist::records::Records::new(host);
     // Without a lifecycle record (an older host), every unfinished run is from another boot.
-    let (boot_id, live_boots, host_boot) = match host_lifecycle(&records).await {
+    let (boot_id, live_boots, host_boot) = match persist::runs::host_lifecycle(&records).await {
         Some(lifecycle) => {
             let host_boot = lifecycle.host_boot().to_owned();
             (lifecycle.boot_id, lifecycle.live_boot_ids, host_boot)
@@ -110,7 +102,7 @@ pub async fn build(
         .catalog()
         .import_file(&settings.environments_file)
         .await?;
-    let indexed = history::History::new(coordinator.records().clone())
+    let indexed = persist::history::History::new(coordinator.records().clone())
         .index_existing()
         .await?;
     if indexed > 0 {

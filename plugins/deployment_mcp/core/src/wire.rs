@@ -13,12 +13,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::{
-    catalog::{EnvironmentVersions, Source, StoredEnvironment},
     deployment::{
         BatchStatus, DeploymentRecord, GateStatus, HealthReport, HistoryEntry, Phase, TargetRecord,
         TargetStatus, LISTED_ENVIRONMENTS,
     },
     environments::{ConnectionMethod, EnvironmentJson, EnvironmentType},
+    persist::catalog::{EnvironmentVersions, Source, StoredEnvironment},
     rollout::{Amount, BatchKind, GateKind, OnFailure, RollbackMode, RolloutJson, StrategyJson},
     triggers::LogLine,
 };
@@ -763,14 +763,22 @@ pub struct PhaseEvent {
     pub status: Phase,
     pub previous: Option<Phase>,
     pub progress: u8,
+    /// The first [`LISTED_ENVIRONMENTS`] environments; `environment_count` says how many there
+    /// are (an event stays a few kilobytes whatever the deployment's size).
     pub environments: Vec<String>,
     #[serde(default)]
+    pub environment_count: usize,
+    #[serde(default)]
     pub error_count: usize,
-    /// The errors so far; absent for the user role (they name hosts and URLs).
+    /// The first [`LISTED_ERRORS`] errors so far; absent for the user role (they name hosts and
+    /// URLs). The deployment's record has them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<String>>,
     pub at: String,
 }
+
+/// Errors a phase event lists.
+pub const LISTED_ERRORS: usize = 20;
 
 impl PhaseEvent {
     pub fn new(
@@ -784,9 +792,17 @@ impl PhaseEvent {
             status: record.status,
             previous,
             progress: record.progress,
-            environments: record.environments.clone(),
+            environments: record
+                .environments
+                .iter()
+                .take(LISTED_ENVIRONMENTS)
+                .cloned()
+                .collect(),
+            environment_count: record.environments.len(),
             error_count: record.errors.len(),
-            errors: Some(record.errors.clone()).filter(|_| view.details()),
+            errors: view
+                .details()
+                .then(|| record.errors.iter().take(LISTED_ERRORS).cloned().collect()),
             at,
         }
     }

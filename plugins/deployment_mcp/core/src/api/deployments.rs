@@ -21,8 +21,8 @@ use crate::{
         is_deployment_id, new_deployment_id, DeploymentRecord, GateStatus, Phase, TargetStatus,
     },
     environments::{check_id, from_json_object},
-    history::{Filter, History},
-    store::{DeploymentStore, IdempotencyRecord, IdempotencyStore},
+    persist::deployments::{DeploymentStore, IdempotencyRecord, IdempotencyStore},
+    persist::history::{Filter, History},
     wire::{
         Accepted, Cancelling, DeploymentDetail, DeploymentEntry, HistoryPage, LogEnd, LogsAnswer,
         TargetResult, TriggerRequest, View,

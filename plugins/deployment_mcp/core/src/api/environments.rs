@@ -13,9 +13,9 @@ use serde_json::json;
 
 use super::{header_value, json, Answer, ApiError, ApiState, Id, Mount, Shared};
 use crate::{
-    catalog,
     environments::{self, Environment},
     health,
+    persist::catalog,
     wire::{Deleted, EnvironmentList, EnvironmentView, HealthCheckAnswer, HealthView, View},
 };
 

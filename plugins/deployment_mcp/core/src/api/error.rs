@@ -13,7 +13,7 @@ use crate::wire::ErrorAnswer;
 use crate::{
     coordinator::{DecisionError, StartError},
     environments::FieldError,
-    records::StoreError,
+    persist::records::StoreError,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -37,7 +37,7 @@ use tower::ServiceExt as _;
 
 pub(crate) use error::ApiError;
 
-use crate::{coordinator::Coordinator, store::DeploymentStore};
+use crate::{coordinator::Coordinator, persist::deployments::DeploymentStore};
 
 type Answer = Result<Response, ApiError>;
 
@@ -77,7 +77,7 @@ impl Api {
         let stop = CancellationToken::new();
         tokio::spawn(Arc::clone(&coordinator).health_loop(stop.clone()));
         tokio::spawn(Arc::clone(&coordinator).gate_loop(stop.clone()));
-        tokio::spawn(crate::retention::run(
+        tokio::spawn(crate::persist::retention::run(
             coordinator.records().clone(),
             coordinator.settings_handle(),
             stop.clone(),
@@ -755,7 +755,7 @@ impl Handler for Api {
     async fn shutdown(&self) {
         let state = &self.state;
         state.stop.cancel();
-        let host_stopping = crate::host_lifecycle(state.coordinator.records())
+        let host_stopping = crate::persist::runs::host_lifecycle(state.coordinator.records())
             .await
             .is_some_and(|lifecycle| lifecycle.state == "stopping");
         state.coordinator.shutdown(host_stopping).await;

@@ -22,7 +22,7 @@ use axum::{
 use super::{json, Answer, ApiError, ApiState, Params, Shared, Who};
 use crate::{
     deployment::{HistoryEntry, Phase, TargetStatus},
-    history::History,
+    persist::history::History,
     wire::{
         Activity, BatchView, DashboardAnswer, DashboardEnvironment, DeploymentEntry,
         DeploymentSummary, EnvironmentView, GateView, LastDeployment, RecentFigures,

@@ -13,20 +13,21 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use plugin_guest::{Condition, StoreOp};
 use tokio_util::sync::CancellationToken;
 
-use super::Coordinator;
+use super::{Coordinator, RunFrom};
 use crate::{
-    deployment::{
-        BatchStatus, Claim, DeploymentRecord, GateStatus, Phase, TargetRecord, TargetStatus,
-    },
+    deployment::{BatchStatus, DeploymentRecord, GateStatus, Phase, TargetRecord, TargetStatus},
     environments::Environment,
-    history::{Filter, History},
-    records::{self, collection, target_key, StoreError},
+    persist::{
+        deployments::LogPosition,
+        history::{Filter, History},
+        records::StoreError,
+        Outcome, Writes,
+    },
     run::{writer, Start},
-    store::{log_chunk_op, DeploymentStore, LogPosition},
     triggers::{timestamp, LogLine, LogStream},
+    wire::GateEvent,
 };
 
 /// How often each copy looks for gates past their deadline.
@@ -68,16 +69,11 @@ struct Read {
 
 impl Coordinator {
     async fn read_record(&self, id: &str) -> Result<Read, DecisionError> {
-        let text = self
-            .records
-            .get_raw(collection::DEPLOYMENTS, id)
+        let (text, record) = self
+            .deployments()
+            .read_for_update(id)
             .await?
             .ok_or_else(|| DecisionError::NotFound(id.to_owned()))?;
-        let record = serde_json::from_str(&text).map_err(|error| StoreError::Decode {
-            collection: collection::DEPLOYMENTS.to_owned(),
-            key: id.to_owned(),
-            message: error.to_string(),
-        })?;
         Ok(Read { text, record })
     }
 
@@ -108,26 +104,16 @@ impl Coordinator {
         Ok((read, record, now))
     }
 
-    /// The claim text a deployment's environments hold while `boot` owns it.
-    fn claim_text(deployment_id: &str, boot: &str) -> Result<String, StoreError> {
-        records::encode(
-            collection::CLAIMS,
-            deployment_id,
-            &Claim {
-                deployment_id: deployment_id.to_owned(),
-                boot_id: boot.to_owned(),
-            },
-        )
-    }
-
     /// A log line appended as its own chunk, in the same transaction as a decision.
-    pub(super) async fn log_op(
+    pub(super) async fn log_line(
         &self,
+        writes: &mut Writes,
         record: &mut DeploymentRecord,
         stream: LogStream,
         message: &str,
-    ) -> Result<(StoreOp, LogPosition), StoreError> {
-        let end = DeploymentStore::new(self.records.clone())
+    ) -> Result<LogPosition, StoreError> {
+        let end = self
+            .deployments()
             .log_position(&record.deployment_id)
             .await?;
         let line = LogLine {
@@ -138,69 +124,33 @@ impl Coordinator {
             request_id: record.request_id.clone(),
         };
         record.log_lines += 1;
-        Ok((
-            log_chunk_op(&record.deployment_id, end, &[line])?,
-            end.after(1),
-        ))
+        writes.log(&record.deployment_id, end, &[line])?;
+        Ok(end.after(1))
     }
 
-    /// The writes of a record that moved from status `from`: itself (only if unchanged since
-    /// `read`), its history entry and the history's indexes.
-    pub(super) fn record_ops(
-        read_text: &str,
-        from: Phase,
-        record: &DeploymentRecord,
-        failed: Vec<String>,
-    ) -> Result<Vec<StoreOp>, StoreError> {
-        let id = &record.deployment_id;
-        let key = record.history_key();
-        let entry = record.history_entry(failed.clone());
-        let mut ops = vec![
-            StoreOp::put(
-                collection::DEPLOYMENTS,
-                id,
-                records::encode(collection::DEPLOYMENTS, id, record)?,
-            )
-            .when(Condition::Equals(read_text.to_owned())),
-            StoreOp::put(
-                collection::HISTORY,
-                &key,
-                records::encode(collection::HISTORY, &key, &entry)?,
-            ),
-        ];
-        ops.extend(crate::history::moved_ops(
-            &key,
-            from,
-            &entry,
-            crate::history::Members {
-                environments: &record.environments,
-                failed: &failed,
-            },
-        )?);
-        Ok(ops)
-    }
-
-    /// The writes (after `ops`, the claims) that make this copy run `record` again: its
-    /// `ACTIVE` entry, a log line saying why, the record (moved from `from`, only if unchanged
-    /// since it was read as `read_text`) and its history. Returns where the log goes on.
-    async fn take_over_ops(
+    /// The writes (after the claims) that make this copy run `record` again: its running
+    /// entry, a log line saying why, the record (moved from `from`, only if unchanged since it
+    /// was read as `read_text`) and its history. Returns where the log goes on.
+    async fn take_over(
         &self,
-        ops: &mut Vec<StoreOp>,
+        writes: &mut Writes,
         read_text: &str,
         from: Phase,
         record: &mut DeploymentRecord,
         why: &str,
     ) -> Result<LogPosition, StoreError> {
-        ops.push(self.active_op(record)?);
-        let (log, end) = self.log_op(record, LogStream::Stdout, why).await?;
-        ops.push(log);
-        ops.extend(Self::record_ops(read_text, from, record, Vec::new())?);
+        writes.running(record)?;
+        let end = self
+            .log_line(writes, record, LogStream::Stdout, why)
+            .await?;
+        writes.moved(record, from, &[], Some(read_text))?;
         Ok(end)
     }
 
     /// A deployment's environment results so far, by environment.
     async fn results_of(&self, id: &str) -> Result<HashMap<String, TargetRecord>, StoreError> {
-        Ok(DeploymentStore::new(self.records.clone())
+        Ok(self
+            .deployments()
             .targets(id)
             .await?
             .into_iter()
@@ -247,36 +197,35 @@ impl Coordinator {
         let results = self.results_of(id).await?;
         let environments = self.environments_of(&record.environments).await?;
         let from = record.status;
-        let old_claim = Self::claim_text(id, &record.boot_id)?;
-        let new_claim = Self::claim_text(id, &self.boot_id)?;
-        record.boot_id = self.boot_id.clone();
+        let holder = std::mem::replace(&mut record.boot_id, self.boot_id.clone());
         record.status = Phase::LocalDeploying;
-        let mut ops: Vec<StoreOp> = record
-            .environments
-            .iter()
-            .map(|environment| {
-                StoreOp::put(collection::CLAIMS, environment, new_claim.clone())
-                    .when(Condition::Equals(old_claim.clone()))
-            })
-            .collect();
+        let mut writes = Writes::new(&self.records, &self.lease());
+        writes.take_claims(id, &record.environments, &holder)?;
         let log = self
-            .take_over_ops(
-                &mut ops,
+            .take_over(
+                &mut writes,
                 &read.text,
                 from,
                 &mut record,
                 &format!("gate approved by {by}; continuing with the next batch"),
             )
             .await?;
-        if self.records.apply(ops).await?.is_some() {
+        // Published once stored: the gate's decision, then the phase it leads to.
+        let gate = GateEvent::new(&record);
+        let first = self.deployments().events_published(id).await? + 1;
+        let last = first + u64::from(gate.is_some());
+        writes.events_published(id, last)?;
+        if writes.commit().await? != Outcome::Committed {
             return Err(DecisionError::Conflict(id.to_owned()));
         }
         tracing::info!(deployment = id, by, "gate approved");
         self.changed();
-        let host = self.records.host();
-        writer::publish_gate(host, &record);
-        self.publish_phase(&record, Some(from));
-        self.spawn_run(record, environments, results, None, log, Start::AfterGate);
+        if let Some(gate) = &gate {
+            writer::publish_gate(self.records.host(), first, gate);
+        }
+        self.publish_phase(last, &record, Some(from));
+        let from = RunFrom { log, events: last };
+        self.spawn_run(record, environments, results, None, from, Start::AfterGate);
         Ok(())
     }
 
@@ -312,24 +261,15 @@ impl Coordinator {
             .unwrap_or_default()
             .as_millis() as u64;
         record.duration_ms = Some(now_ms.saturating_sub(record.created_ms));
-        let claim = Self::claim_text(id, &read.record.boot_id)?;
-        let mut ops = Vec::new();
+        let mut writes = Writes::new(&self.records, &self.lease());
         let mut failed = Vec::new();
         let mut skipped = Vec::new();
-        for mut target in DeploymentStore::new(self.records.clone())
-            .targets(id)
-            .await?
-        {
+        for mut target in self.deployments().targets(id).await? {
             if target.status == TargetStatus::Pending {
                 target.status = TargetStatus::Skipped;
                 target.finished_at = Some(timestamp(now));
                 target.error = Some(format!("not started: {message}"));
-                let key = target_key(id, &target.environment_id);
-                ops.push(StoreOp::put(
-                    collection::TARGETS,
-                    &key,
-                    records::encode(collection::TARGETS, &key, &target)?,
-                ));
+                writes.target(id, &target)?;
                 skipped.push(target.clone());
             }
             if target.status != TargetStatus::Succeeded {
@@ -337,28 +277,32 @@ impl Coordinator {
             }
         }
         failed.sort();
-        for environment in &record.environments {
-            ops.push(
-                StoreOp::delete(collection::CLAIMS, environment)
-                    .when(Condition::Equals(claim.clone())),
-            );
-        }
-        ops.push(StoreOp::delete(collection::ACTIVE, id));
-        ops.push(StoreOp::delete(collection::CANCEL, id));
-        let (log, _) = self.log_op(&mut record, LogStream::Error, message).await?;
-        ops.push(log);
-        ops.extend(Self::record_ops(&read.text, from, &record, failed)?);
-        if self.records.apply(ops).await?.is_some() {
+        writes.release_claims(id, &record.environments, &read.record.boot_id)?;
+        writes.not_running(id);
+        self.log_line(&mut writes, &mut record, LogStream::Error, message)
+            .await?;
+        writes.moved(&record, from, &failed, Some(&read.text))?;
+        // Published once stored, in causal order: the environments skipped, the gate's
+        // decision, the phase.
+        let gate = GateEvent::new(&record);
+        let first = self.deployments().events_published(id).await? + 1;
+        let last = first + skipped.len() as u64 + u64::from(gate.is_some());
+        writes.events_published(id, last)?;
+        if writes.commit().await? != Outcome::Committed {
             return Err(DecisionError::Conflict(id.to_owned()));
         }
         tracing::info!(deployment = id, by, "{message}");
         self.changed();
         let host = self.records.host();
-        writer::publish_gate(host, &record);
+        let mut seq = first;
         for target in &skipped {
-            writer::publish_target(host, &record, target);
+            writer::publish_target(host, seq, &record, target);
+            seq += 1;
         }
-        self.publish_phase(&record, Some(from));
+        if let Some(gate) = &gate {
+            writer::publish_gate(host, seq, gate);
+        }
+        self.publish_phase(last, &record, Some(from));
         Ok(())
     }
 
@@ -391,10 +335,7 @@ impl Coordinator {
             .unwrap_or_default()
             .as_millis() as u64;
         for (_, entry) in waiting.entries {
-            let Some(record) = DeploymentStore::new(self.records.clone())
-                .record(&entry.deployment_id)
-                .await?
-            else {
+            let Some(record) = self.deployments().record(&entry.deployment_id).await? else {
                 continue;
             };
             let Some(gate) = &record.gate else { continue };
@@ -492,16 +433,11 @@ impl Coordinator {
         record.status = Phase::RollingBack;
         record.boot_id = self.boot_id.clone();
         record.finished_at = None;
-        let claim = Self::claim_text(id, &self.boot_id)?;
-        let mut ops: Vec<StoreOp> = record
-            .environments
-            .iter()
-            .map(|environment| StoreOp::insert(collection::CLAIMS, environment, claim.clone()))
-            .collect();
-        let claims = ops.len();
+        let mut writes = Writes::new(&self.records, &self.lease());
+        writes.claim(id, &record.environments)?;
         let log = self
-            .take_over_ops(
-                &mut ops,
+            .take_over(
+                &mut writes,
                 &read.text,
                 from,
                 &mut record,
@@ -515,26 +451,26 @@ impl Coordinator {
                 },
             )
             .await?;
-        match self.records.apply(ops).await? {
-            None => {}
-            Some(conflict) if conflict.index < claims => {
-                let environment = record.environments[conflict.index].clone();
-                let deployment = conflict
-                    .current
-                    .and_then(|text| serde_json::from_str::<Claim>(&text).ok())
-                    .map(|claim| claim.deployment_id)
-                    .unwrap_or_default();
+        let events = self.deployments().events_published(id).await? + 1;
+        writes.events_published(id, events)?;
+        match writes.commit().await? {
+            Outcome::Committed => {}
+            Outcome::ClaimHeld {
+                environment,
+                deployment,
+            } => {
                 return Err(DecisionError::Busy {
                     environment,
                     deployment,
-                });
+                })
             }
-            Some(_) => return Err(DecisionError::Conflict(id.to_owned())),
+            Outcome::Changed => return Err(DecisionError::Conflict(id.to_owned())),
         }
         tracing::info!(deployment = id, by, "rollback by hand");
         self.changed();
-        self.publish_phase(&record, Some(from));
-        self.spawn_run(record, environments, results, None, log, Start::Rollback);
+        self.publish_phase(events, &record, Some(from));
+        let from = RunFrom { log, events };
+        self.spawn_run(record, environments, results, None, from, Start::Rollback);
         Ok(())
     }
 }

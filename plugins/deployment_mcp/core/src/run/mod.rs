@@ -19,7 +19,6 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    catalog::{Catalog, EnvironmentVersions},
     deployment::{
         BatchStatus, DeploymentRecord, GateRecord, GateStatus, HealthReport, Phase,
         RollbackOutcome, TargetRecord, TargetStatus,
@@ -27,7 +26,8 @@ use crate::{
     ec2::{self, Ec2Settings},
     environments::Environment,
     health,
-    records::{collection, Records},
+    persist::catalog::{Catalog, EnvironmentVersions},
+    persist::{self, records::Records},
     rollout::{Canary, GateKind, OnFailure, RollbackMode},
     settings::Settings,
     triggers::{
@@ -70,18 +70,11 @@ pub(crate) trait RunOwner: Send + Sync + 'static {
         &self,
         id: &str,
         report: &HealthReport,
-    ) -> impl std::future::Future<Output = Result<(), crate::records::StoreError>> + Send;
-    /// Frees the environments the run claimed.
-    fn release(
-        &self,
-        deployment_id: &str,
-        environments: &[String],
-    ) -> impl std::future::Future<Output = ()> + Send;
+    ) -> impl std::future::Future<Output = Result<(), crate::persist::records::StoreError>> + Send;
     /// The run (the one `stop` belongs to) has ended and is no longer live.
     fn forget_run(&self, deployment_id: &str, stop: &StopHandle);
     /// A cancel reached a run as it parked at its gate: end the parked deployment.
     fn cancel_parked(&self, deployment_id: &str) -> impl std::future::Future<Output = ()> + Send;
-    fn publish_phase(&self, record: &DeploymentRecord, previous: Option<Phase>);
     /// Something that status answers show has changed.
     fn changed(&self);
 }
@@ -761,11 +754,8 @@ impl<O: RunOwner> Run<O> {
         self.owner.forget_run(&record.deployment_id, &self.reason);
         let cancel_requested = matches!(self.stop_reason(), Some(StopReason::Cancelled))
             || matches!(
-                self.owner
-                    .records()
-                    .get::<serde_json::Value>(collection::CANCEL, &record.deployment_id)
-                    .await,
-                Ok(Some(_))
+                persist::runs::cancel_requested(self.owner.records(), &record.deployment_id).await,
+                Ok(true)
             );
         if cancel_requested {
             self.owner.cancel_parked(&record.deployment_id).await;
@@ -1017,15 +1007,13 @@ impl<O: RunOwner> Run<O> {
             if phase == Phase::Completed {
                 record.progress = 100;
             }
-            self.writer.record(record.clone(), failed).await;
-            self.writer.flush().await;
             (record.clone(), previous)
         };
-        self.owner
-            .release(&record.deployment_id, &record.environments)
+        self.writer
+            .finished(record.clone(), Some(previous), failed)
             .await;
+        self.writer.flush().await;
         self.owner.forget_run(&record.deployment_id, &self.reason);
-        self.owner.publish_phase(&record, Some(previous));
     }
 
     /// The environments that have not succeeded (so far).
@@ -1056,15 +1044,11 @@ impl<O: RunOwner> Run<O> {
                 .errors
                 .push("internal error: the run stopped unexpectedly; see the host log".into());
             record.finished_at = Some(timestamp(SystemTime::now()));
-            self.writer.record(record.clone(), failed).await;
-            self.writer.flush().await;
             record.clone()
         };
-        owner
-            .release(&record.deployment_id, &record.environments)
-            .await;
+        self.writer.finished(record.clone(), None, failed).await;
+        self.writer.flush().await;
         owner.forget_run(&record.deployment_id, &self.reason);
-        owner.publish_phase(&record, None);
     }
 
     /// Hands a phase change to the writer, which stores it (after the log lines and results
@@ -1410,10 +1394,7 @@ async fn watch_cancel_requests(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(CANCEL_POLL) => {}
         }
-        if let Ok(Some(_)) = records
-            .get::<serde_json::Value>(collection::CANCEL, &deployment_id)
-            .await
-        {
+        if let Ok(true) = persist::runs::cancel_requested(&records, &deployment_id).await {
             reason
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())

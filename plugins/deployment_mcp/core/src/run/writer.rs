@@ -8,8 +8,14 @@
 //! environment that went `triggering → running → succeeded` within one batch is written once,
 //! in its last state, and every one of its transitions is published after that write.
 //!
-//! Invariant: write, then publish. Nothing reaches an event subscriber that a restart would not
-//! show. [`RunWriter::flush`] waits until everything sent before it is stored.
+//! Invariants:
+//! - write, then publish: nothing reaches an event subscriber that a restart would not show.
+//!   [`RunWriter::flush`] waits until everything sent before it is stored and published;
+//! - events are published in the order their changes were sent: an environment's result that
+//!   the run sent before a phase change is published before it, whatever the batching;
+//! - each state event (phase, environment, batch, gate) carries the deployment's next sequence
+//!   number, and the last number used is stored in the same transaction as what the events
+//!   tell, so numbers have no gaps and do not repeat across runs, copies and restarts.
 //!
 //! Every secret value of the catalog is masked in each line before it is kept (the log, the
 //! output tails, the log events): a script that prints one, its own or another environment's,
@@ -21,15 +27,15 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use plugin_guest::StoreOp;
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    catalog::EnvironmentVersions,
     deployment::{event, DeploymentRecord, Phase, TargetRecord},
-    records::{self, collection, target_key, Records},
+    persist::{
+        catalog::EnvironmentVersions, deployments::LogPosition, records::Records, Lease, Writes,
+    },
     redact::Secrets,
-    store::{log_chunk_op, LogPosition},
     triggers::{timestamp, LogLine, LogSink, LogStream},
     wire::{
         self, BatchEvent, EnvironmentEvent, GateEvent, LogEvent, PhaseEvent, TargetResult, View,
@@ -64,7 +70,19 @@ enum Update {
     Announce(DeploymentRecord, Announcement),
     /// An environment's versions after it succeeded or was rolled back.
     Versions(String, EnvironmentVersions),
+    /// The run ended: the record (moved from the phase given) is written, the claims on its
+    /// environments are released, and then the phase change is published.
+    Finished(DeploymentRecord, Option<Phase>, Vec<String>),
     Flush(oneshot::Sender<u64>),
+}
+
+/// A state event waiting for its write, in the order its change was sent.
+enum Pending {
+    Phase(DeploymentRecord, Option<Phase>),
+    Batch(BatchEvent),
+    Gate(GateEvent),
+    /// An environment's new state and the deployment's progress when it was sent.
+    Environment(TargetRecord, u8),
 }
 
 /// A change of the record that has its own event.
@@ -87,6 +105,10 @@ pub struct RunWriter {
 /// What the writer needs to know about the deployment.
 pub struct WriterSetup {
     pub records: Records,
+    /// The run's lease: every write of the run is made under it.
+    pub lease: Lease,
+    /// The sequence number of the deployment's last published state event.
+    pub events: u64,
     pub deployment_id: String,
     /// Where the stored log goes on (a log continued after a gate or a restart starts after
     /// what is stored).
@@ -109,6 +131,9 @@ impl RunWriter {
         let tails: Tails = Arc::default();
         let task = WriterTask {
             records: setup.records,
+            lease: setup.lease,
+            events: setup.events,
+            finished: None,
             deployment_id: setup.deployment_id,
             log: setup.log,
             // A resumed run continues the count (and the cap) of the lines before it.
@@ -119,10 +144,8 @@ impl RunWriter {
             tails: Arc::clone(&tails),
             lines: Vec::new(),
             targets: BTreeMap::new(),
-            transitions: Vec::new(),
             record: None,
-            phases: Vec::new(),
-            announcements: Vec::new(),
+            pending: Vec::new(),
             versions: BTreeMap::new(),
             progress: 0,
             written_status: setup.status,
@@ -179,6 +202,21 @@ impl RunWriter {
             .await;
     }
 
+    /// Queues the end of the run: the terminal `record` (moved from `previous`; `failed` lists
+    /// the environments that did not succeed) is stored, the claims are released, then the
+    /// phase change is published. Wait for it with [`RunWriter::flush`].
+    pub async fn finished(
+        &self,
+        record: DeploymentRecord,
+        previous: Option<Phase>,
+        failed: Vec<String>,
+    ) {
+        let _ = self
+            .updates
+            .send(Update::Finished(record, previous, failed))
+            .await;
+    }
+
     /// Queues an environment's new versions.
     pub async fn versions(&self, environment: &str, versions: EnvironmentVersions) {
         let _ = self
@@ -210,6 +248,11 @@ impl RunWriter {
 
 struct WriterTask {
     records: Records,
+    lease: Lease,
+    /// The sequence number of the last state event published (or about to be, once written).
+    events: u64,
+    /// The run's end, once it is queued: its environments are released after the write.
+    finished: Option<Vec<String>>,
     deployment_id: String,
     /// The next chunk's number and its first line's.
     log: LogPosition,
@@ -222,13 +265,9 @@ struct WriterTask {
     lines: Vec<LogLine>,
     /// The latest state of each environment, to write.
     targets: BTreeMap<String, TargetRecord>,
-    /// Every state in the order it came, to publish.
-    transitions: Vec<TargetRecord>,
     record: Option<(DeploymentRecord, Vec<String>)>,
-    /// Phase changes to publish once written.
-    phases: Vec<(DeploymentRecord, Phase)>,
-    /// Batch and gate changes to publish once written.
-    announcements: Vec<(DeploymentRecord, Announcement)>,
+    /// State events to publish once written, in the order their changes came.
+    pending: Vec<Pending>,
     /// Environments' new versions, to write.
     versions: BTreeMap<String, EnvironmentVersions>,
     /// The deployment's progress as last sent, for environment events.
@@ -246,7 +285,7 @@ impl WriterTask {
         mut updates: mpsc::Receiver<Update>,
     ) {
         // Read once, before the first line is kept.
-        match crate::catalog::secret_values(&self.records).await {
+        match crate::persist::catalog::secret_values(&self.records).await {
             Ok(values) => self.secrets = Secrets::new(values),
             Err(error) => {
                 tracing::error!(deployment = %self.deployment_id, "cannot read the catalog's secrets to mask them in the log (each trigger still masks its own): {error}")
@@ -287,7 +326,7 @@ impl WriterTask {
                                 self.take(line);
                             }
                         }
-                        if now || self.transitions.len() >= BATCH_TARGETS {
+                        if now || self.pending.len() >= BATCH_TARGETS {
                             self.write().await;
                             deadline = None;
                         } else {
@@ -314,7 +353,8 @@ impl WriterTask {
         let update = self.masked(update);
         match update {
             Update::Target(target) => {
-                self.transitions.push(target.clone());
+                self.pending
+                    .push(Pending::Environment(target.clone(), self.progress));
                 self.targets.insert(target.environment_id.clone(), target);
                 false
             }
@@ -326,20 +366,34 @@ impl WriterTask {
             Update::Phase(record, previous) => {
                 self.progress = record.progress;
                 self.record = Some((record.clone(), Vec::new()));
-                self.phases.push((record, previous));
+                self.pending.push(Pending::Phase(record, Some(previous)));
                 true
             }
             Update::PhaseAndGate(record, previous) => {
                 self.progress = record.progress;
                 self.record = Some((record.clone(), Vec::new()));
-                self.phases.push((record.clone(), previous));
-                self.announcements.push((record, Announcement::Gate));
+                let gate = GateEvent::new(&record);
+                self.pending.push(Pending::Phase(record, Some(previous)));
+                self.pending.extend(gate.map(Pending::Gate));
                 true
             }
             Update::Announce(record, announcement) => {
                 self.progress = record.progress;
                 self.record = Some((record.clone(), Vec::new()));
-                self.announcements.push((record, announcement));
+                // A batch or gate the record does not have has no event (and takes no number).
+                self.pending.extend(match announcement {
+                    Announcement::Batch(index) => {
+                        BatchEvent::new(&record, index).map(Pending::Batch)
+                    }
+                    Announcement::Gate => GateEvent::new(&record).map(Pending::Gate),
+                });
+                true
+            }
+            Update::Finished(record, previous, failed) => {
+                self.progress = record.progress;
+                self.finished = Some(record.environments.clone());
+                self.record = Some((record.clone(), failed));
+                self.pending.push(Pending::Phase(record, previous));
                 true
             }
             Update::Versions(environment, versions) => {
@@ -376,7 +430,8 @@ impl WriterTask {
             Update::Record(record, _)
             | Update::Phase(record, _)
             | Update::PhaseAndGate(record, _)
-            | Update::Announce(record, _) => mask_record(record),
+            | Update::Announce(record, _)
+            | Update::Finished(record, ..) => mask_record(record),
             Update::Versions(..) | Update::Flush(_) => {}
         }
         update
@@ -421,6 +476,7 @@ impl WriterTask {
             && self.targets.is_empty()
             && self.record.is_none()
             && self.versions.is_empty()
+            && self.pending.is_empty()
         {
             return;
         }
@@ -429,64 +485,32 @@ impl WriterTask {
         }
         let lines = std::mem::take(&mut self.lines);
         let targets = std::mem::take(&mut self.targets);
-        let transitions = std::mem::take(&mut self.transitions);
-        let phases = std::mem::take(&mut self.phases);
-        let announcements = std::mem::take(&mut self.announcements);
+        let pending = std::mem::take(&mut self.pending);
         let versions = std::mem::take(&mut self.versions);
         let record = self.record.take();
         let id = self.deployment_id.clone();
-        let mut ops = Vec::with_capacity(targets.len() + 3);
-        let encoded = (|| -> Result<(), String> {
+        let events = self.events + pending.len() as u64;
+        let mut writes = Writes::new(&self.records, &self.lease);
+        let encoded = (|| -> Result<(), crate::persist::records::StoreError> {
             if !lines.is_empty() {
-                ops.push(log_chunk_op(&id, self.log, &lines)?);
+                writes.log(&id, self.log, &lines)?;
             }
             for target in targets.values() {
-                let key = target_key(&id, &target.environment_id);
-                ops.push(StoreOp::put(
-                    collection::TARGETS,
-                    &key,
-                    records::encode(collection::TARGETS, &key, target)?,
-                ));
+                writes.target(&id, target)?;
             }
             for (environment, versions) in &versions {
-                ops.push(StoreOp::put(
-                    collection::VERSIONS,
-                    environment,
-                    records::encode(collection::VERSIONS, environment, versions)?,
-                ));
+                writes.versions(environment, versions)?;
             }
             if let Some((record, failed)) = &record {
-                ops.push(StoreOp::put(
-                    collection::DEPLOYMENTS,
-                    &id,
-                    records::encode(collection::DEPLOYMENTS, &id, record)?,
-                ));
-                let history = record.history_key();
-                let entry = record.history_entry(failed.clone());
-                ops.push(StoreOp::put(
-                    collection::HISTORY,
-                    &history,
-                    records::encode(collection::HISTORY, &history, &entry)?,
-                ));
-                ops.extend(crate::history::moved_ops(
-                    &history,
-                    self.written_status,
-                    &entry,
-                    crate::history::Members {
-                        environments: &record.environments,
-                        failed,
-                    },
-                )?);
+                writes.moved(record, self.written_status, failed, None)?;
+            }
+            if events != self.events {
+                writes.events_published(&id, events)?;
             }
             Ok(())
         })();
         let stored = match encoded {
-            Ok(()) => self
-                .records
-                .apply(ops)
-                .await
-                .map(|_| ())
-                .map_err(String::from),
+            Ok(()) => writes.commit().await.map(|_| ()),
             Err(error) => Err(error),
         };
         if let Err(error) = stored {
@@ -499,6 +523,14 @@ impl WriterTask {
         }
         if let Some((record, _)) = &record {
             self.written_status = record.status;
+        }
+        if let Some(environments) = self.finished.take() {
+            // Released before the end is published: whoever reacts to it finds them free.
+            if let Err(error) =
+                crate::persist::runs::release(&self.records, &self.lease, &id, &environments).await
+            {
+                tracing::error!(deployment = %id, "cannot release the environments: {error}");
+            }
         }
         let host = self.records.host();
         if !lines.is_empty() {
@@ -513,46 +545,80 @@ impl WriterTask {
                 None,
             );
         }
-        for (record, previous) in &phases {
-            publish_phase(host, record, Some(*previous));
-        }
-        for (record, announcement) in &announcements {
-            match announcement {
-                Announcement::Batch(index) => publish_batch(host, record, *index),
-                Announcement::Gate => publish_gate(host, record),
+        for event in pending {
+            self.events += 1;
+            let seq = self.events;
+            match event {
+                Pending::Phase(record, previous) => publish_phase(host, seq, &record, previous),
+                Pending::Batch(event) => {
+                    publish_numbered(host, event::BATCH, seq, &event, Some(&event))
+                }
+                Pending::Gate(event) => {
+                    publish_numbered(host, event::GATE, seq, &event, Some(&event))
+                }
+                Pending::Environment(target, progress) => {
+                    publish_environment(host, seq, &id, progress, &target)
+                }
             }
         }
-        for target in &transitions {
-            publish_environment(host, &id, self.progress, target);
-        }
     }
+}
+
+/// An event as published: the deployment's sequence number beside the event's fields.
+#[derive(Serialize)]
+struct Numbered<'a, T> {
+    seq: u64,
+    #[serde(flatten)]
+    event: &'a T,
+}
+
+/// Publishes event number `seq` of a deployment: `full` for developers and admins, `user`
+/// (when given) for the user role.
+fn publish_numbered<T: Serialize>(
+    host: &plugin_guest::Host,
+    kind: &str,
+    seq: u64,
+    full: &T,
+    user: Option<&T>,
+) {
+    let full = Numbered { seq, event: full };
+    let user = user.map(|event| Numbered { seq, event });
+    wire::publish(host, kind, &full, user.as_ref());
 }
 
 /// Publishes a phase change: the whole picture for developers; for users, without the error
 /// texts (they name hosts and URLs). Call it only once the change is stored.
 pub fn publish_phase(
     host: &plugin_guest::Host,
+    seq: u64,
     record: &DeploymentRecord,
     previous: Option<Phase>,
 ) {
     let at = timestamp(SystemTime::now());
     let event = |view| PhaseEvent::new(record, previous, at.clone(), view);
-    wire::publish(
+    publish_numbered(
         host,
         event::PHASE,
+        seq,
         &event(View::Details),
         Some(&event(View::User)),
     );
 }
 
 /// Publishes one environment's result outside a run (a decision that skipped it).
-pub fn publish_target(host: &plugin_guest::Host, record: &DeploymentRecord, target: &TargetRecord) {
-    publish_environment(host, &record.deployment_id, record.progress, target);
+pub fn publish_target(
+    host: &plugin_guest::Host,
+    seq: u64,
+    record: &DeploymentRecord,
+    target: &TargetRecord,
+) {
+    publish_environment(host, seq, &record.deployment_id, record.progress, target);
 }
 
 /// Publishes an environment's new state (once it is stored).
 fn publish_environment(
     host: &plugin_guest::Host,
+    seq: u64,
     deployment_id: &str,
     progress: u8,
     target: &TargetRecord,
@@ -562,24 +628,17 @@ fn publish_environment(
         progress,
         environment: TargetResult::new(target, view),
     };
-    wire::publish(
+    publish_numbered(
         host,
         event::ENVIRONMENT,
+        seq,
         &event(View::Details),
         Some(&event(View::User)),
     );
 }
 
-/// Publishes a batch's state (the same for every role: ids and states, no details).
-pub fn publish_batch(host: &plugin_guest::Host, record: &DeploymentRecord, index: usize) {
-    if let Some(event) = BatchEvent::new(record, index) {
-        wire::publish(host, event::BATCH, &event, Some(&event));
-    }
-}
-
-/// Publishes a gate's state (who decided it included).
-pub fn publish_gate(host: &plugin_guest::Host, record: &DeploymentRecord) {
-    if let Some(event) = GateEvent::new(record) {
-        wire::publish(host, event::GATE, &event, Some(&event));
-    }
+/// Publishes a gate's state (who decided it included) as event `seq`. The gate event is the same
+/// for every role: ids and states, no details.
+pub fn publish_gate(host: &plugin_guest::Host, seq: u64, event: &GateEvent) {
+    publish_numbered(host, event::GATE, seq, event, Some(event));
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     deployment::{DeploymentRecord, HistoryEntry, TargetRecord},
-    records::{self, collection, log_key, Records, StoreError},
+    persist::records::{self, collection, log_key, Records, StoreError},
     triggers::LogLine,
 };
 
@@ -110,6 +110,32 @@ impl DeploymentStore {
 
     pub async fn record(&self, id: &str) -> Result<Option<DeploymentRecord>, StoreError> {
         self.records.get(collection::DEPLOYMENTS, id).await
+    }
+
+    /// The record and its stored text, for a decision that is written only if the record is
+    /// still exactly that text ([`crate::persist::Writes::moved`] with `read`).
+    pub async fn read_for_update(
+        &self,
+        id: &str,
+    ) -> Result<Option<(String, DeploymentRecord)>, StoreError> {
+        let Some(text) = self.records.get_raw(collection::DEPLOYMENTS, id).await? else {
+            return Ok(None);
+        };
+        let record = serde_json::from_str(&text).map_err(|error| StoreError::Decode {
+            collection: collection::DEPLOYMENTS.to_owned(),
+            key: id.to_owned(),
+            message: error.to_string(),
+        })?;
+        Ok(Some((text, record)))
+    }
+
+    /// The sequence number of the deployment's last published state event (0: none yet).
+    pub async fn events_published(&self, id: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .records
+            .get::<u64>(collection::EVENT_SEQUENCES, id)
+            .await?
+            .unwrap_or(0))
     }
 
     /// The deployment's per-environment results, in environment order.
@@ -425,7 +451,7 @@ impl IdempotencyRecord {
     }
 
     fn text(&self) -> Result<String, StoreError> {
-        crate::records::encode(collection::IDEMPOTENCY, &self.deployment_id, self)
+        crate::persist::records::encode(collection::IDEMPOTENCY, &self.deployment_id, self)
     }
 }
 

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     deployment::{Claim, HealthReport},
     environments::{self, Environment},
-    records::{self, collection, Records, StoreError},
+    persist::records::{self, collection, Records, StoreError},
     triggers::timestamp,
 };
 

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     deployment::{history_key, DeploymentRecord, HistoryEntry},
-    records::{collection, Records, StoreError},
+    persist::records::{collection, Records, StoreError},
     settings::Settings,
 };
 
@@ -158,8 +158,9 @@ async fn delete_deployment(
         Some(record) => record.environments,
         None => entry.environments.clone(),
     };
-    let mut ops = crate::history::deleted_ops(history, entry, &environments);
+    let mut ops = crate::persist::history::deleted_ops(history, entry, &environments);
     ops.push(StoreOp::delete(collection::DEPLOYMENTS, id));
+    ops.push(StoreOp::delete(collection::EVENT_SEQUENCES, id));
     for key in keys_with_prefix(records, collection::TARGETS, &prefix).await? {
         ops.push(StoreOp::delete(collection::TARGETS, &key));
     }

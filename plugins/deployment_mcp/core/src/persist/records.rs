@@ -34,8 +34,14 @@ pub mod collection {
     /// Cancel requests, for a run owned by another copy of the plugin.
     pub const CANCEL: &str = "deployment_mcp.cancel";
     pub const IDEMPOTENCY: &str = "deployment_mcp.idempotency";
+    /// `<deployment>` → the sequence number of its last published state event.
+    pub const EVENT_SEQUENCES: &str = "deployment_mcp.event_sequences";
     /// Small state records of the plugin itself (e.g. which boot ran the automatic deployment).
     pub const META: &str = "deployment_mcp.meta";
+    /// The host's own records, which it shares with its plugins (read only).
+    pub const HOST: &str = "host";
+    /// In [`HOST`]: which process is running and whether it is stopping.
+    pub const HOST_LIFECYCLE: &str = "lifecycle";
 }
 
 /// What went wrong with the store: the host's own message (it names the collection and the

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     deployment::{HistoryEntry, Phase},
-    records::{self, collection, Records, StoreError},
+    persist::records::{self, collection, Records, StoreError},
 };
 
 /// Collections of the indexes.

@@ -1,0 +1,26 @@
+//! The persistence layer: the only code that knows how the plugin's records lie in the host's
+//! store (collections, keys, encodings) and that builds store operations. Everything else asks
+//! it for a deployment's parts or hands it a transaction in the domain's words.
+//!
+//! - [`records`]: typed access to the host's store calls (on the blocking pool);
+//! - [`writes`]: one transaction of a deployment's writes, made under a run's [`Lease`] (the
+//!   one place where several nodes will fence a write);
+//! - [`runs`]: a run's release, cancel requests, the clean-up after a process that died;
+//! - [`deployments`], [`history`], [`catalog`]: the repositories of deployments (records,
+//!   results, logs, idempotency keys), of the newest-first history and its indexes, of
+//!   environments (with their secrets, health and versions);
+//! - [`retention`]: pruning of old deployments.
+//!
+//! Invariants: a deployment's claims, records and history indexes change together in one
+//! transaction or not at all; a record a decision was made on is written only if it is still
+//! what was read; nothing outside this module names a collection.
+
+pub mod catalog;
+pub mod deployments;
+pub mod history;
+pub mod records;
+pub mod retention;
+pub mod runs;
+pub mod writes;
+
+pub use writes::{Lease, Outcome, Writes};
