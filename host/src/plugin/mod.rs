@@ -1,9 +1,10 @@
 //! Plugins: loading and unloading copies (`loader`), the host side of the ABI (`bridge`), a
-//! started copy whichever way it runs (`copy`), the child process of a plugin with process
+//! started copy whichever way it runs (`copy`) and one call of it (`call`), the child process of a plugin with process
 //! isolation (`process`), the per-plugin slot that swaps copies atomically and restarts a
 //! crashed child (`slot`), and what triggers swaps (`watch`).
 
 pub mod bridge;
+pub mod call;
 pub mod copy;
 pub mod loader;
 pub mod process;
