@@ -50,6 +50,8 @@
 //! `collection::`, `StoreOp::`, `StoreOp {`, `Condition::` in code, or a string literal that
 //! starts with `deployment_mcp.` (the plugin's collection names).
 
+#![forbid(unsafe_code)]
+
 mod graph;
 mod scan;
 mod strip;
