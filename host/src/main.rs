@@ -1,6 +1,8 @@
 //! `powerautomation`: the host server. It serves its own endpoints, loads plugins at run time
 //! and keeps running whatever state they are in.
 
+#![forbid(unsafe_code)]
+
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};

@@ -18,12 +18,18 @@
 // `#[sabi_trait]` expands to impls of items it generates beside the trait.
 #![allow(non_local_definitions)]
 
+// `#[sabi_trait]` needs `unsafe` code at its traits' spans: they are in `objects` (see there).
+#[allow(unsafe_code)]
+mod objects;
+
+pub use objects::*;
+
 use abi_stable::{
     declare_root_module_statics,
     library::RootModule,
-    package_version_strings, sabi_trait,
+    package_version_strings,
     sabi_types::VersionStrings,
-    std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2},
+    std_types::{RBox, ROption, RResult, RString, RVec, Tuple2},
     StableAbi,
 };
 
@@ -166,71 +172,7 @@ pub struct StoreConflict {
     pub current: ROption<RString>,
 }
 
-/// Services the host owns and lends to a plugin instance. They outlive every plugin copy, so a
-/// swap loses neither stored records nor event subscribers. Implemented by the host; the methods
-/// may block briefly (SQLite), so plugins call them off their async workers.
-///
-/// Methods after `store_list` came with interface 1.2; a 1.1 plugin never calls them, and a
-/// 1.2 host always provides them.
-#[sabi_trait]
-pub trait HostServices: Send + Sync {
-    /// Emits one log record through the host's logger.
-    fn log(&self, level: LogLevel, target: RStr<'_>, message: RStr<'_>);
-
-    /// Publishes an event to every subscriber of the host's event stream. `data` is JSON.
-    /// Returns the event id the host assigned.
-    fn publish(&self, kind: RStr<'_>, data: RStr<'_>) -> u64;
-
-    /// Inserts or replaces `key` in `collection`. `value` is JSON.
-    fn store_put(
-        &self,
-        collection: RStr<'_>,
-        key: RStr<'_>,
-        value: RStr<'_>,
-    ) -> RResult<(), RString>;
-
-    fn store_get(&self, collection: RStr<'_>, key: RStr<'_>) -> RResult<ROption<RString>, RString>;
-
-    /// Removes `key`; `true` when it existed.
-    fn store_delete(&self, collection: RStr<'_>, key: RStr<'_>) -> RResult<bool, RString>;
-
-    /// Up to `limit` rows of `collection` ordered by key, starting after `after`.
-    #[sabi(last_prefix_field)]
-    fn store_list(
-        &self,
-        collection: RStr<'_>,
-        after: ROption<RStr<'_>>,
-        limit: u32,
-    ) -> RResult<RVec<StoreEntry>, RString>;
-
-    /// Applies every operation in one transaction when every condition holds, else none and
-    /// the first conflict (`RSome`). Conditions see the state before the batch's writes. This
-    /// is what idempotency keys, claims on shared resources and state transitions use, so two
-    /// copies of a plugin (a hot swap) or two hosts on one database cannot both win.
-    fn store_apply(&self, ops: RSlice<'_, StoreOp>) -> RResult<ROption<StoreConflict>, RString>;
-
-    /// Publishes one event in two views: `data` for developers and admins, `user_data` for
-    /// users (`RNone`: users do not get this event), so what a user may not see (connection
-    /// details, log lines) never reaches a user's stream. Both views share one event id, so
-    /// `Last-Event-ID` works alike for every subscriber. [`HostServices::publish`] is this
-    /// with the same data for everyone. Returns the event id.
-    fn publish_by_role(&self, kind: RStr<'_>, data: RStr<'_>, user_data: ROption<RStr<'_>>) -> u64;
-}
-
 pub type HostServicesBox = HostServices_TO<'static, RBox<()>>;
-
-/// Where a plugin delivers the answer to one request. Implemented by the host; called once
-/// (either method), from any plugin thread. Dropping it unanswered makes the host answer 500.
-#[sabi_trait]
-pub trait ResponseSink: Send + Sync {
-    /// The whole answer at once.
-    fn send(&self, response: PluginResponse);
-
-    /// Starts a streamed answer: `head`'s status and headers go out now (its body first, if
-    /// any), the rest through the returned sender. Dropping the sender ends the body.
-    #[sabi(last_prefix_field)]
-    fn stream(&self, head: PluginResponse) -> BodySenderBox;
-}
 
 /// What happened to a chunk pushed into a streamed body.
 #[repr(u8)]
@@ -248,32 +190,9 @@ pub enum PushOutcome {
 /// the answer ends), so what one stream holds in the host's buffer stays bounded in bytes.
 pub const MAX_STREAM_CHUNK_BYTES: usize = 256 * 1024;
 
-/// The body of a streamed answer. Implemented by the host, which copies every chunk, so the
-/// plugin's memory is never referenced after `push` returns. Chunks are at most
-/// [`MAX_STREAM_CHUNK_BYTES`].
-#[sabi_trait]
-pub trait BodySender: Send + Sync {
-    /// Queues `chunk`. An empty chunk queues nothing: it only asks whether the client is still
-    /// there (`Closed` when not), so a stream with nothing to send can stop once nobody reads.
-    #[sabi(last_prefix_field)]
-    fn push(&self, chunk: RSlice<'_, u8>) -> PushOutcome;
-}
-
 pub type BodySenderBox = BodySender_TO<'static, RBox<()>>;
 
 pub type ResponseSinkBox = ResponseSink_TO<'static, RBox<()>>;
-
-/// A started plugin instance.
-#[sabi_trait]
-pub trait PluginInstance: Send + Sync {
-    /// Accepts one request. Called from host threads: must only enqueue the work and return.
-    fn handle(&self, request: PluginRequest, reply: ResponseSinkBox);
-
-    /// Stops the instance: finishes accepted work, then stops and joins every thread it owns.
-    /// Called once, from a host thread that exits right after; no call follows.
-    #[sabi(last_prefix_field)]
-    fn shutdown(&self);
-}
 
 pub type PluginInstanceBox = PluginInstance_TO<'static, RBox<()>>;
 

@@ -10,6 +10,8 @@
 //! - [`DataDir`]: the data directory, private (0700, files 0600) and locked for one process:
 //!   a second process exits naming the holder instead of touching what the first one runs.
 
+#![forbid(unsafe_code)]
+
 #[cfg(feature = "plugin-api")]
 mod abi;
 mod data_dir;

@@ -1,6 +1,8 @@
-//! The host's own endpoints: they never depend on a plugin.
+//! The host's own endpoints: they never depend on a plugin. Beside each handler, the shape of
+//! its answer as the OpenAPI document describes it (the handlers build their JSON directly;
+//! these types are read by the derive only).
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     extract::{Path, State},
@@ -9,14 +11,19 @@ use axum::{
     Extension, Json,
 };
 use plugin_api::Role;
+use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use super::{error::ApiError, AppState};
-use crate::auth::{require, Principal};
+use crate::{
+    auth::{require, Principal},
+    plugin::slot::{PluginState, PluginStatus},
+};
 
 /// Liveness, and each plugin's state. 200 even with no plugin.
 #[utoipa::path(get, path = "/health", operation_id = "getHealth", tag = "host",
-    responses((status = 200, description = "The host serves", body = super::openapi::HealthAnswer)))]
+    responses((status = 200, description = "The host serves", body = HealthAnswer)))]
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
     let plugins: serde_json::Map<String, Value> = state
         .slots
@@ -29,7 +36,7 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
 /// `GET /api/auth/whoami`: the name and role of the key sent, so a client can show what it may
 /// do without probing.
 #[utoipa::path(get, path = "/api/auth/whoami", operation_id = "getWhoami", tag = "host", security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, description = "The caller's key name and role", body = super::openapi::WhoAmI)))]
+    responses((status = 200, description = "The caller's key name and role", body = WhoAmI)))]
 pub async fn whoami(principal: Option<Extension<Principal>>) -> Result<Json<Value>, ApiError> {
     require(principal.as_deref(), Role::User)?;
     let principal = principal.as_deref();
@@ -41,7 +48,7 @@ pub async fn whoami(principal: Option<Extension<Principal>>) -> Result<Json<Valu
 
 /// Each plugin: state, version, interface, path, sha256, swaps, last error.
 #[utoipa::path(get, path = "/api/plugins", operation_id = "listPlugins", tag = "plugins", security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, description = "Every configured plugin", body = super::openapi::PluginList)))]
+    responses((status = 200, description = "Every configured plugin", body = PluginList)))]
 pub async fn list_plugins(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,
@@ -59,7 +66,7 @@ pub async fn list_plugins(
 /// answers 422 with why.
 #[utoipa::path(post, path = "/api/plugins/{name}/reload", operation_id = "reloadPlugin", tag = "plugins", security(("api_key" = []), ("bearer" = [])),
     params(("name" = String, Path, description = "The plugin's name, e.g. `deployment_mcp`")),
-    responses((status = 200, description = "Swapped", body = super::openapi::ReloadAnswer)))]
+    responses((status = 200, description = "Swapped", body = ReloadAnswer)))]
 pub async fn reload_plugin(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,
@@ -89,4 +96,38 @@ pub async fn reload_plugin(
         )
         .with_extra(json!({ "plugin": *slot.status() }))),
     }
+}
+
+/// `GET /health`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // Read by the derive, never built.
+pub struct HealthAnswer {
+    /// Always `ok` while the host serves.
+    status: String,
+    /// Each configured plugin's state.
+    plugins: BTreeMap<String, PluginState>,
+}
+
+/// `GET /api/plugins`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // Read by the derive, never built.
+pub struct PluginList {
+    plugins: Vec<PluginStatus>,
+}
+
+/// `POST /api/plugins/{name}/reload`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // Read by the derive, never built.
+pub struct ReloadAnswer {
+    /// The plugin after the swap.
+    plugin: PluginStatus,
+}
+
+/// `GET /api/auth/whoami`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // Read by the derive, never built.
+pub struct WhoAmI {
+    /// The key's name in the key ring.
+    name: String,
+    role: crate::config::RoleName,
 }

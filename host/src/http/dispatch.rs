@@ -22,8 +22,7 @@ use crate::{
     auth::Principal,
     plugin::{
         bridge,
-        copy::{CallError, HostRequest},
-        process::Death,
+        call::{CallError, Death, HostRequest},
         slot::PluginSlot,
     },
 };

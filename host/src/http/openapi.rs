@@ -3,10 +3,6 @@
 //! `{mount}/openapi.json` (its paths are relative to the mount). A plugin that is not active
 //! contributes its event stream only, and the document says which plugins are missing.
 
-#![allow(dead_code)] // The answer structs are read by the derive, never built.
-
-use std::collections::BTreeMap;
-
 use axum::{
     body::Body,
     extract::{Request, State},
@@ -30,6 +26,7 @@ const MAX_FRAGMENT_BYTES: usize = 4 << 20;
 /// The error shape of every 4xx/5xx answer.
 #[derive(Serialize, ToSchema)]
 #[schema(as = Error)]
+#[allow(dead_code)] // Read by the derive, never built.
 pub struct ErrorBody {
     /// Machine-readable code, e.g. `unauthorized`, `plugin_unavailable`.
     error: String,
@@ -37,36 +34,6 @@ pub struct ErrorBody {
     message: String,
     /// The offending field, for a 400 about one field.
     field: Option<String>,
-}
-
-/// `GET /health`.
-#[derive(Serialize, ToSchema)]
-pub struct HealthAnswer {
-    /// Always `ok` while the host serves.
-    status: String,
-    /// Each configured plugin's state.
-    plugins: BTreeMap<String, PluginState>,
-}
-
-/// `GET /api/plugins`.
-#[derive(Serialize, ToSchema)]
-pub struct PluginList {
-    plugins: Vec<PluginStatus>,
-}
-
-/// `POST /api/plugins/{name}/reload`.
-#[derive(Serialize, ToSchema)]
-pub struct ReloadAnswer {
-    /// The plugin after the swap.
-    plugin: PluginStatus,
-}
-
-/// `GET /api/auth/whoami`.
-#[derive(Serialize, ToSchema)]
-pub struct WhoAmI {
-    /// The key's name in the key ring.
-    name: String,
-    role: crate::config::RoleName,
 }
 
 struct SecuritySchemes;

@@ -17,9 +17,10 @@ use serde::Serialize;
 
 use super::{
     bridge,
+    call::Death,
     copy::PluginCopy,
     loader::{self, LoadError, LoadFailure, LoadRequest, LoadTarget, Retirements},
-    process::{self, ChildServices, ChildSpec, Death, LiveChildren},
+    process::{self, ChildServices, ChildSpec, LiveChildren},
 };
 use crate::{
     config::{Isolation, PluginConfig},

@@ -18,6 +18,9 @@
 //! small blocks, as the plugin runtime's threads do. The figures are nanoseconds per operation,
 //! and the last column is the copy heap's time over the system allocator's, in the same run.
 
+// It drives the allocators through `GlobalAlloc`, whose calls are `unsafe` by nature.
+#![allow(unsafe_code)]
+
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     time::Instant,

@@ -18,7 +18,7 @@ use tracing::{
     span, Dispatch, Event, Level, Metadata, Subscriber,
 };
 
-use crate::Host;
+use crate::host::Host;
 
 /// A dispatcher that sends every event to `host`.
 pub(crate) fn dispatch(host: Host) -> Dispatch {

@@ -31,7 +31,7 @@ mod services;
 
 use std::{
     collections::HashMap,
-    os::{fd::OwnedFd, unix::process::ExitStatusExt as _},
+    os::fd::OwnedFd,
     path::PathBuf,
     process::Stdio,
     sync::{
@@ -52,7 +52,7 @@ use self::frame::{ReadyInfo, RequestFrame, ServiceOp, StartChild, ToChild, ToHos
 pub use self::services::{ChildServices, LiveChildren};
 use super::{
     bridge::{copy_answer, push_chunk, HostBody, HostResponse, StreamCut, STREAM_BUFFER_CHUNKS},
-    copy::{CallError, HostRequest},
+    call::{CallError, Death, HostRequest},
     loader::{BuildInfo, LoadError, LoadFailure, LoadTarget, Retirements},
 };
 
@@ -65,52 +65,6 @@ const KEPT_BUFFER: usize = 1024 * 1024;
 /// How long a reaped child's last messages may take to be read before the requests still
 /// waiting on it are failed.
 const READER_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// How a child process ended.
-#[derive(Debug, Clone)]
-pub struct Death {
-    /// For people: "killed by signal SIGSEGV", "exited with status 3".
-    pub cause: String,
-    pub signal: Option<&'static str>,
-    pub exit_code: Option<i32>,
-}
-
-impl Death {
-    fn from_status(status: std::process::ExitStatus) -> Death {
-        if let Some(number) = status.signal() {
-            let signal = nix::sys::signal::Signal::try_from(number)
-                .ok()
-                .map(|signal| signal.as_str());
-            let cause = match signal {
-                Some(name) => format!("killed by signal {name}"),
-                None => format!("killed by signal {number}"),
-            };
-            return Death {
-                cause,
-                signal,
-                exit_code: None,
-            };
-        }
-        let code = status.code();
-        Death {
-            cause: match code {
-                Some(code) => format!("exited with status {code}"),
-                None => "exited".to_owned(),
-            },
-            signal: None,
-            exit_code: code,
-        }
-    }
-
-    /// An end that no exit status describes (its cause is all there is).
-    pub fn lost(reason: String) -> Death {
-        Death {
-            cause: reason,
-            signal: None,
-            exit_code: None,
-        }
-    }
-}
 
 /// What starting a child needs.
 pub struct ChildSpec {
@@ -755,17 +709,6 @@ fn remove_copies(directory: &std::path::Path, prefix: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_death_names_the_signal_or_the_status() {
-        let killed = Death::from_status(std::process::ExitStatus::from_raw(11));
-        assert_eq!(killed.signal, Some("SIGSEGV"));
-        assert_eq!(killed.cause, "killed by signal SIGSEGV");
-        assert_eq!(killed.exit_code, None);
-        let exited = Death::from_status(std::process::ExitStatus::from_raw(3 << 8));
-        assert_eq!((exited.signal, exited.exit_code), (None, Some(3)));
-        assert_eq!(exited.cause, "exited with status 3");
-    }
 
     #[test]
     fn the_plugins_process_gets_the_basics_and_the_aws_chain_never_the_hosts_keys() {

@@ -40,7 +40,7 @@ use super::frame::{
     StoreOpFrame, ToChild, ToHost,
 };
 use crate::plugin::{
-    copy::{self, HostRequest},
+    call::{export_request, HostRequest},
     loader::{self, LoadFailure, LoadRequest, LoadedPlugin, Retirements},
 };
 
@@ -237,7 +237,7 @@ fn read_loop(
 }
 
 fn import_request(request: RequestFrame) -> PluginRequest {
-    copy::export_request(HostRequest {
+    export_request(HostRequest {
         request_id: request.request_id,
         method: request.method,
         path: request.path,

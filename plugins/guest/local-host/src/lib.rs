@@ -12,6 +12,8 @@
 //! take the first one's running deployment for an interrupted one. An exclusive lock on
 //! `<data_dir>/deployment-mcp.lock` enforces that (the directory is private, like the host's).
 
+#![forbid(unsafe_code)]
+
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
