@@ -57,7 +57,6 @@ fn no_file_level_import_cycles() {
 }
 
 #[test]
-#[ignore = "enabled once the persistence layer has landed"]
 fn deployment_mcp_store_access_stays_in_persist() {
     let found = workspace().store_access(
         Path::new(DEPLOYMENT_MCP),
