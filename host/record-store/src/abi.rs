@@ -4,11 +4,11 @@
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
 use plugin_api::{StoreCondition, StoreConflict, StoreEntry, StoreOp, StoreWrite};
 
-use crate::{Condition, Op, Store, Write};
+use crate::{Condition, Op, RecordStore, Write};
 
 /// `HostServices::store_put`.
 pub fn put_abi(
-    store: &Store,
+    store: &dyn RecordStore,
     collection: RStr<'_>,
     key: RStr<'_>,
     value: RStr<'_>,
@@ -18,7 +18,7 @@ pub fn put_abi(
 
 /// `HostServices::store_get`.
 pub fn get_abi(
-    store: &Store,
+    store: &dyn RecordStore,
     collection: RStr<'_>,
     key: RStr<'_>,
 ) -> RResult<ROption<RString>, RString> {
@@ -30,13 +30,17 @@ pub fn get_abi(
 }
 
 /// `HostServices::store_delete`.
-pub fn delete_abi(store: &Store, collection: RStr<'_>, key: RStr<'_>) -> RResult<bool, RString> {
+pub fn delete_abi(
+    store: &dyn RecordStore,
+    collection: RStr<'_>,
+    key: RStr<'_>,
+) -> RResult<bool, RString> {
     answer(store.delete(collection.as_str(), key.as_str()))
 }
 
 /// `HostServices::store_list`.
 pub fn list_abi(
-    store: &Store,
+    store: &dyn RecordStore,
     collection: RStr<'_>,
     after: ROption<RStr<'_>>,
     limit: u32,
@@ -61,7 +65,7 @@ fn answer<T>(result: Result<T, crate::StoreError>) -> RResult<T, RString> {
 /// Applies `ops` (borrowed from the calling plugin for the length of the call) and answers in
 /// ABI types.
 pub fn apply_abi(
-    store: &Store,
+    store: &dyn RecordStore,
     ops: RSlice<'_, StoreOp>,
 ) -> RResult<ROption<StoreConflict>, RString> {
     let ops: Result<Vec<Op<'_>>, String> = ops.iter().map(op_from_abi).collect();

@@ -7,6 +7,8 @@
 //!   compare-and-set). Everything a second copy of a plugin, or a second host on the same
 //!   database, must not race on goes through it. The operations are plain SQL transactions, so
 //!   a PostgreSQL backend can offer the same ones.
+//! - [`RecordStore`]: those operations as a trait, which [`Store`] and the in-memory
+//!   [`MemoryStore`] (for tests without a disk) implement alike;
 //! - [`DataDir`]: the data directory, private (0700, files 0600) and locked for one process:
 //!   a second process exits naming the holder instead of touching what the first one runs.
 
@@ -15,11 +17,34 @@
 #[cfg(feature = "plugin-api")]
 mod abi;
 mod data_dir;
+mod memory;
 mod store;
 
 #[cfg(feature = "plugin-api")]
 pub use abi::{apply_abi, delete_abi, get_abi, list_abi, op_from_parts, put_abi};
 pub use data_dir::{DataDir, DataDirError};
+pub use memory::MemoryStore;
 pub use store::{
     Condition, Conflict, Op, Store, StoreCounts, StoreError, Write, MAX_LIST, MAX_VALUE_LEN,
 };
+
+/// The operations of a record store, whatever keeps the records.
+pub trait RecordStore: Send + Sync {
+    fn put(&self, collection: &str, key: &str, value: &str) -> Result<(), StoreError>;
+    fn get(&self, collection: &str, key: &str) -> Result<Option<String>, StoreError>;
+    /// Removes `key`; `true` when it existed.
+    fn delete(&self, collection: &str, key: &str) -> Result<bool, StoreError>;
+    /// Rows of `collection` in key order, after `after`, at most `limit` (capped at
+    /// [`MAX_LIST`]).
+    fn list(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StoreError>;
+    /// Applies every operation at once if every condition holds (checked in order, against the
+    /// state before the batch's own writes), else none of them, and returns the first conflict.
+    fn apply(&self, ops: &[Op<'_>]) -> Result<Option<Conflict>, StoreError>;
+    /// What the store was asked to do since it was opened.
+    fn counts(&self) -> StoreCounts;
+}

@@ -30,7 +30,7 @@ pub const MAX_VALUE_LEN: usize = 16 * 1024 * 1024;
 /// The largest page [`Store::list`] returns.
 pub const MAX_LIST: u32 = 10_000;
 /// The most operations one [`Store::apply`] batch may hold.
-const MAX_BATCH: usize = 100_000;
+pub(crate) const MAX_BATCH: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -177,7 +177,7 @@ impl StoreCounts {
 
 /// The live counters behind [`StoreCounts`]; relaxed adds, next to a SQLite call's cost.
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
     calls: AtomicU64,
     rows_read: AtomicU64,
     bytes_read: AtomicU64,
@@ -186,20 +186,20 @@ struct Counters {
 }
 
 impl Counters {
-    fn read(&self, rows: usize, bytes: usize) {
+    pub(crate) fn read(&self, rows: usize, bytes: usize) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.rows_read.fetch_add(rows as u64, Ordering::Relaxed);
         self.bytes_read.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
-    fn written(&self, rows: usize, bytes: usize) {
+    pub(crate) fn written(&self, rows: usize, bytes: usize) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.rows_written.fetch_add(rows as u64, Ordering::Relaxed);
         self.bytes_written
             .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> StoreCounts {
+    pub(crate) fn snapshot(&self) -> StoreCounts {
         StoreCounts {
             calls: self.calls.load(Ordering::Relaxed),
             rows_read: self.rows_read.load(Ordering::Relaxed),
@@ -487,6 +487,37 @@ impl Store {
     }
 }
 
+impl crate::RecordStore for Store {
+    fn put(&self, collection: &str, key: &str, value: &str) -> Result<(), StoreError> {
+        Store::put(self, collection, key, value)
+    }
+
+    fn get(&self, collection: &str, key: &str) -> Result<Option<String>, StoreError> {
+        Store::get(self, collection, key)
+    }
+
+    fn delete(&self, collection: &str, key: &str) -> Result<bool, StoreError> {
+        Store::delete(self, collection, key)
+    }
+
+    fn list(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        Store::list(self, collection, after, limit)
+    }
+
+    fn apply(&self, ops: &[Op<'_>]) -> Result<Option<Conflict>, StoreError> {
+        Store::apply(self, ops)
+    }
+
+    fn counts(&self) -> StoreCounts {
+        Store::counts(self)
+    }
+}
+
 const UPSERT: &str =
     "INSERT INTO records (collection, key, value, updated_at) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value,
@@ -508,7 +539,7 @@ fn read_value(
         .map_err(StoreError::sqlite(format!("read {collection}/{key}")))
 }
 
-fn check(collection: &str, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+pub(crate) fn check(collection: &str, key: &str, value: Option<&str>) -> Result<(), StoreError> {
     for (what, name) in [("collection", collection), ("key", key)] {
         if name.is_empty() || name.len() > MAX_NAME_LEN {
             return Err(StoreError::BadName {
@@ -537,6 +568,7 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::RecordStore;
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("record-store-{name}-{}", std::process::id()));
@@ -582,10 +614,8 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn a_batch_applies_all_or_nothing() -> Result<(), StoreError> {
-        let dir = temp_dir("batch");
-        let store = Store::open(&dir, "t.db")?;
+    /// The operations' semantics every implementation of [`RecordStore`] must have.
+    fn batches_apply_all_or_nothing(store: &dyn RecordStore) -> Result<(), StoreError> {
         store.put("claims", "b", "dep-1")?;
         // The second insert conflicts: the first must not be written either.
         let conflict = store.apply(&[
@@ -641,14 +671,57 @@ mod tests {
         ]);
         assert!(matches!(refused, Err(StoreError::NotANumber { .. })));
         assert_eq!(store.get("counts", "failed")?.as_deref(), Some("2"));
+        // A put then an add of the same key in one batch adds to what the batch put.
+        store.apply(&[Op::put("counts", "n", "5"), add_to("n", 2)])?;
+        assert_eq!(store.get("counts", "n")?.as_deref(), Some("7"));
+        // Listing: key order, after a key, bounded, one collection only.
+        store.put("other", "a", "x")?;
+        let keys: Vec<String> = store
+            .list("claims", None, 10)?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(keys, ["c"]);
+        store.put("claims", "a", "dep-4")?;
+        let keys: Vec<String> = store
+            .list("claims", Some("a"), 1)?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(keys, ["c"]);
+        assert!(matches!(
+            store.put("", "k", "v"),
+            Err(StoreError::BadName {
+                what: "collection",
+                ..
+            })
+        ));
+        Ok(())
+    }
+
+    fn add_to(key: &'static str, amount: i64) -> Op<'static> {
+        Op {
+            collection: "counts",
+            key,
+            condition: Condition::Always,
+            write: Write::Add(amount),
+        }
+    }
+
+    #[test]
+    fn a_batch_applies_all_or_nothing_on_sqlite() -> Result<(), StoreError> {
+        let dir = temp_dir("batch");
+        batches_apply_all_or_nothing(&Store::open(&dir, "t.db")?)?;
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
 
     #[test]
-    fn concurrent_inserts_of_one_key_have_one_winner() -> Result<(), StoreError> {
-        let dir = temp_dir("race");
-        let store = std::sync::Arc::new(Store::open(&dir, "t.db")?);
+    fn a_batch_applies_all_or_nothing_in_memory() -> Result<(), StoreError> {
+        batches_apply_all_or_nothing(&crate::MemoryStore::new())
+    }
+
+    fn one_winner(store: std::sync::Arc<dyn RecordStore>) {
         let winners: usize = (0..8)
             .map(|n| {
                 let store = std::sync::Arc::clone(&store);
@@ -665,6 +738,13 @@ mod tests {
             .map(|thread| thread.join().unwrap_or(0))
             .sum();
         assert_eq!(winners, 1);
+    }
+
+    #[test]
+    fn concurrent_inserts_of_one_key_have_one_winner() -> Result<(), StoreError> {
+        let dir = temp_dir("race");
+        one_winner(std::sync::Arc::new(Store::open(&dir, "t.db")?));
+        one_winner(std::sync::Arc::new(crate::MemoryStore::new()));
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }

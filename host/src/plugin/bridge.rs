@@ -54,15 +54,15 @@ impl HostServices for Services {
         key: RStr<'_>,
         value: RStr<'_>,
     ) -> RResult<(), RString> {
-        record_store::put_abi(&self.store, collection, key, value)
+        record_store::put_abi(&*self.store, collection, key, value)
     }
 
     fn store_get(&self, collection: RStr<'_>, key: RStr<'_>) -> RResult<ROption<RString>, RString> {
-        record_store::get_abi(&self.store, collection, key)
+        record_store::get_abi(&*self.store, collection, key)
     }
 
     fn store_delete(&self, collection: RStr<'_>, key: RStr<'_>) -> RResult<bool, RString> {
-        record_store::delete_abi(&self.store, collection, key)
+        record_store::delete_abi(&*self.store, collection, key)
     }
 
     fn store_list(
@@ -71,11 +71,11 @@ impl HostServices for Services {
         after: ROption<RStr<'_>>,
         limit: u32,
     ) -> RResult<RVec<StoreEntry>, RString> {
-        record_store::list_abi(&self.store, collection, after, limit)
+        record_store::list_abi(&*self.store, collection, after, limit)
     }
 
     fn store_apply(&self, ops: RSlice<'_, StoreOp>) -> RResult<ROption<StoreConflict>, RString> {
-        record_store::apply_abi(&self.store, ops)
+        record_store::apply_abi(&*self.store, ops)
     }
 
     fn publish_by_role(&self, kind: RStr<'_>, data: RStr<'_>, user_data: ROption<RStr<'_>>) -> u64 {

@@ -29,7 +29,7 @@ use abi_stable::{
     std_types::{ROption, RResult, RSlice, RStr, RString, RVec},
 };
 use plugin_api::{HostServices, HostServices_TO, LogLevel, StoreConflict, StoreEntry, StoreOp};
-use record_store::{DataDir, Store};
+use record_store::{DataDir, MemoryStore, RecordStore, Store};
 use tokio::sync::broadcast;
 
 /// The database file inside the data directory. Not the host's `powerautomation.db`: a CLI
@@ -54,11 +54,12 @@ pub struct LocalHost {
     /// Every event the plugin publishes; subscribe before starting what you want to watch.
     pub events: broadcast::Sender<Event>,
     pub boot_id: String,
-    pub database: PathBuf,
-    store: Arc<Store>,
+    /// The database file; `None` for a store in memory.
+    pub database: Option<PathBuf>,
+    store: Arc<dyn RecordStore>,
     lifecycle: serde_json::Value,
-    /// Held for the lifetime of this value: the directory's lock goes with it.
-    _data_dir: DataDir,
+    /// Held for the lifetime of this value: the directory's lock goes with it (none in memory).
+    _data_dir: Option<DataDir>,
 }
 
 impl LocalHost {
@@ -75,6 +76,21 @@ impl LocalHost {
         })?;
         let database = data_dir.join(DATABASE_FILE);
         let store = Arc::new(Store::open(data_dir, DATABASE_FILE).map_err(|e| e.to_string())?);
+        LocalHost::with_store(store, Some(database), Some(locked), verbose)
+    }
+
+    /// A host whose store lives in memory and goes with it: for tests that run the plugin's
+    /// code without a disk (and, with paused time, without waiting).
+    pub fn in_memory() -> Result<LocalHost, String> {
+        LocalHost::with_store(Arc::new(MemoryStore::new()), None, None, false)
+    }
+
+    fn with_store(
+        store: Arc<dyn RecordStore>,
+        database: Option<PathBuf>,
+        data_dir: Option<DataDir>,
+        verbose: bool,
+    ) -> Result<LocalHost, String> {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).map_err(|error| format!("no system randomness: {error}"))?;
         let boot_id = hex::encode(bytes);
@@ -101,8 +117,14 @@ impl LocalHost {
             database,
             store,
             lifecycle,
-            _data_dir: locked,
+            _data_dir: data_dir,
         })
+    }
+
+    /// The same store seen by a new process (a restart): a fresh boot id, recorded as the
+    /// running one; the earlier host's runs now belong to a boot that is gone.
+    pub fn restarted(&self) -> Result<LocalHost, String> {
+        LocalHost::with_store(Arc::clone(&self.store), self.database.clone(), None, false)
     }
 
     /// Records that this process is stopping, as the host does before it unloads the plugin:
@@ -117,7 +139,7 @@ impl LocalHost {
 }
 
 struct Services {
-    store: Arc<Store>,
+    store: Arc<dyn RecordStore>,
     events: broadcast::Sender<Event>,
     next_event: AtomicU64,
     verbose: bool,
@@ -149,15 +171,15 @@ impl HostServices for Services {
         key: RStr<'_>,
         value: RStr<'_>,
     ) -> RResult<(), RString> {
-        record_store::put_abi(&self.store, collection, key, value)
+        record_store::put_abi(&*self.store, collection, key, value)
     }
 
     fn store_get(&self, collection: RStr<'_>, key: RStr<'_>) -> RResult<ROption<RString>, RString> {
-        record_store::get_abi(&self.store, collection, key)
+        record_store::get_abi(&*self.store, collection, key)
     }
 
     fn store_delete(&self, collection: RStr<'_>, key: RStr<'_>) -> RResult<bool, RString> {
-        record_store::delete_abi(&self.store, collection, key)
+        record_store::delete_abi(&*self.store, collection, key)
     }
 
     fn store_list(
@@ -166,11 +188,11 @@ impl HostServices for Services {
         after: ROption<RStr<'_>>,
         limit: u32,
     ) -> RResult<RVec<StoreEntry>, RString> {
-        record_store::list_abi(&self.store, collection, after, limit)
+        record_store::list_abi(&*self.store, collection, after, limit)
     }
 
     fn store_apply(&self, ops: RSlice<'_, StoreOp>) -> RResult<ROption<StoreConflict>, RString> {
-        record_store::apply_abi(&self.store, ops)
+        record_store::apply_abi(&*self.store, ops)
     }
 
     fn publish_by_role(
