@@ -44,6 +44,7 @@ use crate::{
     },
     rollout::Rollout,
     run::{
+        reach::Reach,
         writer::{RunWriter, WriterSetup},
         Run, RunOwner, Start, StopHandle, StopReason,
     },
@@ -91,6 +92,8 @@ impl From<StoreError> for StartError {
 }
 
 mod decisions;
+#[cfg(test)]
+mod tests;
 pub use decisions::DecisionError;
 
 /// Where a run goes on: its log's end and the number of the last event published.
@@ -108,6 +111,8 @@ pub struct Coordinator {
     records: Records,
     catalog: Catalog,
     egress: Egress,
+    /// How runs reach their environments (the egress, or a test's script).
+    reach: Reach,
     settings: Arc<Settings>,
     boot_id: String,
     runs: Mutex<HashMap<String, RunHandle>>,
@@ -124,10 +129,28 @@ impl Coordinator {
         settings: Arc<Settings>,
         boot_id: String,
     ) -> Coordinator {
+        Coordinator::reaching(
+            records,
+            egress.clone(),
+            Reach::Network(egress),
+            settings,
+            boot_id,
+        )
+    }
+
+    /// A coordinator whose runs reach their environments through `reach`.
+    fn reaching(
+        records: Records,
+        egress: Egress,
+        reach: Reach,
+        settings: Arc<Settings>,
+        boot_id: String,
+    ) -> Coordinator {
         Coordinator {
             catalog: Catalog::new(records.clone()),
             records,
             egress,
+            reach,
             settings,
             boot_id,
             runs: Mutex::new(HashMap::new()),
@@ -792,8 +815,8 @@ impl RunOwner for Coordinator {
         &self.settings
     }
 
-    fn egress(&self) -> &Egress {
-        &self.egress
+    fn reach(&self) -> &Reach {
+        &self.reach
     }
 
     fn catalog(&self) -> &Catalog {

@@ -3,6 +3,9 @@
 //! keeps its record and results in memory; its [`writer::RunWriter`] stores them in batches and
 //! publishes what it stored.
 
+pub mod reach;
+#[cfg(test)]
+pub mod script;
 pub mod writer;
 
 use std::{
@@ -25,7 +28,6 @@ use crate::{
     },
     ec2::{self, Ec2Settings},
     environments::Environment,
-    health,
     persist::catalog::{Catalog, EnvironmentVersions},
     persist::{self, records::Records},
     rollout::{Canary, GateKind, OnFailure, RollbackMode},
@@ -59,7 +61,8 @@ pub(crate) enum StopReason {
 pub(crate) trait RunOwner: Send + Sync + 'static {
     fn records(&self) -> &Records;
     fn settings(&self) -> &Settings;
-    fn egress(&self) -> &crate::egress::Egress;
+    /// How the run reaches its environments (triggers, health checks).
+    fn reach(&self) -> &reach::Reach;
     fn catalog(&self) -> &Catalog;
     /// The instance this plugin runs on, when known (asks IMDS only when `ask_imds`).
     fn platform_identity(
@@ -695,7 +698,7 @@ impl<O: RunOwner> Run<O> {
                     else {
                         continue;
                     };
-                    let report = health::check(self.owner.egress(), &url, per_request).await;
+                    let report = self.owner.reach().check(&url, per_request).await;
                     if !report.healthy {
                         unhealthy.push(id.clone());
                     }
@@ -1171,7 +1174,7 @@ impl<O: RunOwner> Run<O> {
                 ));
             }
         };
-        let trigger = AnyTrigger::for_environment(&with_secrets, self.owner.egress());
+        let trigger = self.owner.reach().trigger(&with_secrets);
         // What a script or a peer prints back of them is masked in the log, the result and
         // the error.
         let secrets = crate::redact::Secrets::new(with_secrets.secret_values());
@@ -1324,9 +1327,10 @@ impl<O: RunOwner> Run<O> {
                 let url = environment.health_check_url.clone().unwrap_or_default();
                 log.info(format!("verifying: polling {url}")).await;
                 let deadline = Instant::now() + Duration::from_secs(environment.timeout);
-                let per_request = Duration::from_secs(run.owner.settings().health_check_timeout_secs);
+                let per_request =
+                    Duration::from_secs(run.owner.settings().health_check_timeout_secs);
                 let report = tokio::select! {
-                    report = health::wait_healthy(run.owner.egress(), &url, per_request, deadline) => report,
+                    report = run.owner.reach().wait_healthy(&url, per_request, deadline) => report,
                     _ = run.cancel.cancelled() => return,
                 };
                 let known = run
@@ -1337,22 +1341,39 @@ impl<O: RunOwner> Run<O> {
                     .cloned();
                 let Some(mut target) = known else { return };
                 if report.healthy {
-                    log.info(format!("healthy: {url} answered {}", report.http_status.unwrap_or_default())).await;
+                    log.info(format!(
+                        "healthy: {url} answered {}",
+                        report.http_status.unwrap_or_default()
+                    ))
+                    .await;
                 } else {
-                    let why = report.error.clone().unwrap_or_else(|| format!("{url} is unhealthy"));
-                    let message = format!("verifying failed: {why} (polled until the timeout of {} s)", environment.timeout);
+                    let why = report
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| format!("{url} is unhealthy"));
+                    let message = format!(
+                        "verifying failed: {why} (polled until the timeout of {} s)",
+                        environment.timeout
+                    );
                     log.line(LogStream::Error, message.clone()).await;
                     target.status = TargetStatus::Failed;
                     target.error = Some(message.clone());
                     let mut record = run.record.lock().await;
-                    record.errors.push(format!("{}: {message}", environment.environment_id));
+                    record
+                        .errors
+                        .push(format!("{}: {message}", environment.environment_id));
                 }
                 target.health = Some(report.clone());
-                if let Err(error) = run.owner.record_health(&environment.environment_id, &report).await {
+                if let Err(error) = run
+                    .owner
+                    .record_health(&environment.environment_id, &report)
+                    .await
+                {
                     tracing::warn!("{error}");
                 }
                 let done = verified.fetch_add(1, Ordering::SeqCst) + 1;
-                let progress = PROGRESS_TRIGGERED + ((PROGRESS_VERIFIED - PROGRESS_TRIGGERED) as usize * done / total) as u8;
+                let progress = PROGRESS_TRIGGERED
+                    + ((PROGRESS_VERIFIED - PROGRESS_TRIGGERED) as usize * done / total) as u8;
                 {
                     let mut record = run.record.lock().await;
                     if progress > record.progress {

@@ -134,6 +134,9 @@ pub enum AnyTrigger {
     HttpApi(http_api::HttpApiTrigger),
     Webhook(webhook::WebhookTrigger),
     Local(local::LocalTrigger),
+    /// What a test's script says (the core's own tests of the run).
+    #[cfg(test)]
+    Scripted(crate::run::script::ScriptedTrigger),
 }
 
 impl AnyTrigger {
@@ -175,6 +178,8 @@ impl AnyTrigger {
             AnyTrigger::HttpApi(trigger) => trigger.run(context).await,
             AnyTrigger::Webhook(trigger) => trigger.run(context).await,
             AnyTrigger::Local(trigger) => trigger.run(context).await,
+            #[cfg(test)]
+            AnyTrigger::Scripted(trigger) => trigger.run(context).await,
         }
     }
 }
