@@ -17,12 +17,11 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use futures_util::FutureExt;
 use serde_json::json;
-use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -33,7 +32,6 @@ use crate::{
     ec2,
     egress::Egress,
     environments::{Environment, FieldError},
-    health,
     persist::catalog::Catalog,
     persist::deployments::LogPosition,
     persist::{
@@ -49,8 +47,8 @@ use crate::{
         Run, RunOwner, Start, StopHandle, StopReason,
     },
     settings::Settings,
-    triggers::{timestamp, LogStream},
-    wire::{self, DeletedEvent, HealthEvent, HealthView, View},
+    triggers::timestamp,
+    wire::DeletedEvent,
 };
 
 /// What a caller asks to deploy.
@@ -92,6 +90,8 @@ impl From<StoreError> for StartError {
 }
 
 mod decisions;
+mod health_checks;
+mod recovery;
 #[cfg(test)]
 mod tests;
 pub use decisions::DecisionError;
@@ -215,86 +215,6 @@ impl Coordinator {
         self.runs
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Marks runs of boots that are gone as interrupted: the host (or the plugin's process)
-    /// died while they ran. Runs of this boot belong to a sibling copy (hot swap), and runs of
-    /// a boot in `live_boots` to another process the host says is alive (an older one still
-    /// finishing after a swap): both are left alone. The unfinished deployments are found
-    /// through the status index, not by reading the whole history; each is closed in one
-    /// transaction that holds only if its record is still what was read.
-    pub async fn recover(&self, live_boots: &[String]) -> Result<usize, StoreError> {
-        let alive = |boot: &str| boot == self.boot_id || live_boots.iter().any(|live| live == boot);
-        let mut recovered = 0;
-        let unfinished = crate::persist::history::History::new(self.records.clone())
-            .unfinished()
-            .await?;
-        // A deployment waiting at its gate has no run to lose: it keeps waiting, with its
-        // claims, until someone decides it (or its deadline passes).
-        let parked: HashSet<String> = unfinished
-            .iter()
-            .filter(|(_, entry)| entry.status == Phase::AwaitingApproval)
-            .map(|(_, entry)| entry.deployment_id.clone())
-            .collect();
-        for (_, entry) in unfinished {
-            if parked.contains(&entry.deployment_id) {
-                continue;
-            }
-            // An unreadable record is left as it is; the others are still recovered.
-            let (text, mut record) = match self
-                .deployments()
-                .read_for_update(&entry.deployment_id)
-                .await
-            {
-                Ok(Some(read)) => read,
-                Ok(None) | Err(StoreError::Decode { .. }) => continue,
-                Err(error) => return Err(error),
-            };
-            if alive(&record.boot_id)
-                || record.status.is_terminal()
-                || record.status == Phase::AwaitingApproval
-            {
-                continue;
-            }
-            let now = SystemTime::now();
-            let phase = record.status;
-            // Written under the lease of the process that died: the claims it held are its.
-            let lease = Lease::sole(&record.boot_id);
-            let mut writes = Writes::new(&self.records, &lease);
-            let mut failed = Vec::new();
-            for mut target in self.deployments().targets(&record.deployment_id).await? {
-                if !target.status.is_terminal() {
-                    target.error = Some(format!(
-                        "the host stopped while this environment was {}",
-                        target.status.as_str()
-                    ));
-                    target.status = TargetStatus::Cancelled;
-                    target.finished_at = Some(timestamp(now));
-                    writes.target(&record.deployment_id, &target)?;
-                }
-                if target.status != TargetStatus::Succeeded {
-                    failed.push(target.environment_id.clone());
-                }
-            }
-            let message = format!(
-                "interrupted: the host stopped during phase {}; everything recorded until then is kept",
-                phase.as_str()
-            );
-            self.log_line(&mut writes, &mut record, LogStream::Error, &message)
-                .await?;
-            record.status = Phase::Interrupted;
-            record.errors.push(message);
-            record.finished_at = Some(timestamp(now));
-            writes.moved(&record, phase, &failed, Some(&text))?;
-            // A conflict: the record changed since it was read (another copy ended it).
-            if writes.commit().await? == Outcome::Committed {
-                recovered += 1;
-            }
-        }
-        // Running entries and claims of runs that died with an earlier boot free their
-        // environments.
-        persist::runs::forget_dead_runs(&self.records, alive, &parked).await?;
-        Ok(recovered)
     }
 
     /// Starts a deployment and returns its first record; the run goes on in the background.
@@ -738,71 +658,6 @@ impl Coordinator {
     /// Ids of the runs this copy is executing.
     pub fn local_runs(&self) -> Vec<String> {
         self.runs().keys().cloned().collect()
-    }
-
-    /// Periodic health checks of every enabled environment with a `health_check_url`.
-    pub async fn health_loop(self: Arc<Self>, stop: CancellationToken) {
-        let interval = self.settings.health_check_interval_secs;
-        if interval == 0 {
-            return;
-        }
-        let mut ticker = tokio::time::interval(Duration::from_secs(interval));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
-            if let Err(error) = self.check_all_health().await {
-                tracing::warn!("periodic health check: {error}");
-            }
-        }
-    }
-
-    async fn check_all_health(&self) -> Result<(), StoreError> {
-        let environments = self.catalog.list().await?;
-        let limit = Arc::new(Semaphore::new(self.settings.max_parallel));
-        let mut checks = tokio::task::JoinSet::new();
-        for stored in environments {
-            let environment = stored.environment;
-            if !environment.enabled || environment.health_check_url.is_none() {
-                continue;
-            }
-            let limit = Arc::clone(&limit);
-            let egress = self.egress.clone();
-            let timeout = Duration::from_secs(self.settings.health_check_timeout_secs);
-            checks.spawn(async move {
-                let _permit = limit.acquire_owned().await.ok();
-                let url = environment.health_check_url.clone().unwrap_or_default();
-                (
-                    environment.environment_id,
-                    health::check(&egress, &url, timeout).await,
-                )
-            });
-        }
-        while let Some(done) = checks.join_next().await {
-            let Ok((id, report)) = done else { continue };
-            self.record_health(&id, &report).await?;
-        }
-        Ok(())
-    }
-
-    /// Stores an environment's health and publishes it when it changed.
-    pub async fn record_health(&self, id: &str, report: &HealthReport) -> Result<(), StoreError> {
-        if self.catalog.set_health(id, report).await? {
-            let event = |view| HealthEvent {
-                environment_id: id.to_owned(),
-                health: HealthView::new(report, view),
-            };
-            wire::publish(
-                self.records.host(),
-                event::HEALTH,
-                &event(View::Details),
-                Some(&event(View::User)),
-            );
-        }
-        self.changed();
-        Ok(())
     }
 }
 
