@@ -105,6 +105,28 @@ struct RunFrom {
 struct RunHandle {
     cancel: CancellationToken,
     reason: StopHandle,
+    /// Dropped when the run has ended (its end stored and published): wakes who waits for it.
+    _ended: tokio::sync::watch::Sender<()>,
+    ended: tokio::sync::watch::Receiver<()>,
+}
+
+/// What a cancel did.
+pub enum Cancelled {
+    /// This copy runs the deployment and told it to stop; wait for its end with [`RunEnded`].
+    Local(RunEnded),
+    /// Another copy runs it: the request was left in the store for it.
+    Requested,
+}
+
+/// The end of a run of this copy, to wait for.
+pub struct RunEnded(tokio::sync::watch::Receiver<()>);
+
+impl RunEnded {
+    /// Resolves once the run has stored and published its end (or parked).
+    pub async fn wait(mut self) {
+        // Only the sender's drop, at the run's end, ends this.
+        while self.0.changed().await.is_ok() {}
+    }
 }
 
 pub struct Coordinator {
@@ -370,13 +392,15 @@ impl Coordinator {
             lines_before: record.log_lines,
         });
         let run = Arc::new(Run::new(Arc::clone(self), record, results, ec2, writer));
-        self.runs().insert(
-            id,
+        self.runs().insert(id, {
+            let (ended_sender, ended) = tokio::sync::watch::channel(());
             RunHandle {
                 cancel: run.cancel.clone(),
                 reason: Arc::clone(&run.reason),
-            },
-        );
+                _ended: ended_sender,
+                ended,
+            }
+        });
         self.tasks.spawn(async move {
             let outcome = std::panic::AssertUnwindSafe(Arc::clone(&run).execute(targets, start))
                 .catch_unwind()
@@ -587,26 +611,26 @@ impl Coordinator {
         );
     }
 
-    /// Asks a run to stop. `Ok(true)` when this copy runs it, `Ok(false)` when the request was
-    /// left for the copy that does.
-    pub async fn cancel(&self, deployment_id: &str, by: &str) -> Result<bool, StoreError> {
+    /// Asks a run to stop: at once when this copy runs it, else through the store for the copy
+    /// that does.
+    pub async fn cancel(&self, deployment_id: &str, by: &str) -> Result<Cancelled, StoreError> {
         let local = self.runs().get(deployment_id).map(|run| {
             let mut reason = run
                 .reason
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             reason.get_or_insert(StopReason::Cancelled);
-            run.cancel.clone()
+            (run.cancel.clone(), run.ended.clone())
         });
         match local {
-            Some(token) => {
+            Some((token, ended)) => {
                 tracing::info!(deployment = deployment_id, by, "cancel requested");
                 token.cancel();
-                Ok(true)
+                Ok(Cancelled::Local(RunEnded(ended)))
             }
             None => {
                 persist::runs::request_cancel(&self.records, deployment_id, by).await?;
-                Ok(false)
+                Ok(Cancelled::Requested)
             }
         }
     }

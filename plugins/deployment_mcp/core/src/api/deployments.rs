@@ -16,7 +16,7 @@ use super::{
     header_value, json, Answer, ApiError, ApiState, Id, Mount, Params, RequestId, Shared, Who,
 };
 use crate::{
-    coordinator::StartRequest,
+    coordinator::{Cancelled, StartRequest},
     deployment::{
         is_deployment_id, new_deployment_id, DeploymentRecord, GateStatus, Phase, TargetStatus,
     },
@@ -350,9 +350,13 @@ pub(crate) async fn cancel(State(api): Shared, caller: Who, Id(id): Id) -> Answe
             &api.summary(&id, View::Details).await?,
         ));
     }
-    api.coordinator.cancel(&id, caller.name()).await?;
-    // Wait (bounded) for the run to record the end, so the answer shows it.
+    let cancelled = api.coordinator.cancel(&id, caller.name()).await?;
+    // Wait (bounded) for the run to record the end, so the answer shows it: woken by the end of
+    // a run of this copy; a run of another copy is read until it ends.
     let deadline = Instant::now() + CANCEL_WAIT;
+    if let Cancelled::Local(ended) = cancelled {
+        let _ = tokio::time::timeout(CANCEL_WAIT, ended.wait()).await;
+    }
     while Instant::now() < deadline {
         if api.record(&id).await?.status.is_terminal() {
             return Ok(json(

@@ -270,11 +270,17 @@ async fn a_cancel_while_triggering_stops_the_running_trigger() {
             kind == "deployment.environment" && data["environment"]["status"] == "running"
         })
         .await;
-    assert!(harness
+    let cancelled = harness
         .coordinator
         .cancel(&id, "test")
         .await
-        .expect("cancelled"));
+        .expect("cancelled");
+    let super::Cancelled::Local(ended) = cancelled else {
+        panic!("this copy runs it")
+    };
+    // The cancel's caller wakes when the run has ended, not by reading the store again.
+    ended.wait().await;
+    assert_eq!(harness.record(&id).await.status, Phase::Cancelled);
     harness.until_end(&id).await;
     let record = harness.record(&id).await;
     assert_eq!(record.status, Phase::Cancelled);

@@ -338,34 +338,16 @@ impl LineSplitter {
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-25T10:50:15.123Z`.
 pub fn timestamp(time: SystemTime) -> String {
-    let since = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since.as_secs() as i64;
-    let millis = since.subsec_millis();
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rest / 3600,
-        (rest % 3600) / 60,
-        rest % 60
-    )
+    // A time before 1970 cannot come from this host's clock in a sane state; it shows as 1970.
+    let time = time.max(SystemTime::UNIX_EPOCH);
+    let utc = time::OffsetDateTime::from(time);
+    utc.format(RFC3339_MILLIS).unwrap_or_default()
 }
 
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
+/// `2026-01-31T12:00:00.123Z`: RFC 3339 in UTC with milliseconds, the one way times are shown.
+const RFC3339_MILLIS: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+);
 
 #[cfg(test)]
 mod tests {
