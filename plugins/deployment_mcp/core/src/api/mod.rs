@@ -16,6 +16,7 @@
 //! the MCP endpoint beside them.
 
 mod deployments;
+pub mod endpoints;
 mod environments;
 mod error;
 mod extract;

@@ -14,13 +14,16 @@ use axum::{
 };
 use plugin_guest::{Caller, Role};
 
-use super::{deployments, environments, overview, ApiError, ApiState, Shared};
+use super::{
+    deployments,
+    endpoints::{self, Endpoint},
+    environments, overview, ApiError, ApiState, Shared,
+};
 
 /// One route, declared once: the router, its role layer and the OpenAPI test read [`ROUTES`].
 pub(crate) struct Route {
-    pub(crate) method: Method,
-    /// The path after the mount, in axum's syntax (`/deployments/{id}`).
-    pub(crate) path: &'static str,
+    /// Its method and path after the mount.
+    pub(crate) endpoint: &'static Endpoint,
     /// The least role that may call it; `None`: anyone, even without a key.
     pub(crate) needs: Option<Role>,
     /// The handler, for the route's method.
@@ -32,123 +35,110 @@ pub(crate) struct Route {
 pub fn route_roles() -> Vec<(&'static str, &'static str, Option<Role>)> {
     ROUTES
         .iter()
-        .map(|route| (route.method.as_str(), route.path, route.needs))
+        .map(|route| {
+            (
+                route.endpoint.method.as_str(),
+                route.endpoint.path,
+                route.needs,
+            )
+        })
         .collect()
 }
 
 pub(crate) const ROUTES: &[Route] = &[
     Route {
-        method: Method::GET,
-        path: "/status",
+        endpoint: &endpoints::STATUS,
         needs: Some(Role::User),
         handler: |method| on(method, overview::status),
     },
     Route {
-        method: Method::GET,
-        path: "/dashboard",
+        endpoint: &endpoints::DASHBOARD,
         needs: Some(Role::User),
         handler: |method| on(method, overview::dashboard),
     },
     Route {
-        method: Method::GET,
-        path: "/openapi.json",
+        endpoint: &endpoints::OPENAPI,
         // Public, like the host's `/api/openapi.json` it is merged into.
         needs: None,
         handler: |method| on(method, openapi_document),
     },
     Route {
-        method: Method::POST,
-        path: "/trigger-local",
+        endpoint: &endpoints::TRIGGER,
         needs: Some(Role::Admin),
         handler: |method| on(method, deployments::trigger_local),
     },
     Route {
-        method: Method::POST,
-        path: "/one-click",
+        endpoint: &endpoints::ONE_CLICK,
         needs: Some(Role::Admin),
         handler: |method| on(method, deployments::one_click),
     },
     Route {
-        method: Method::GET,
-        path: "/history",
+        endpoint: &endpoints::HISTORY,
         needs: Some(Role::Developer),
         handler: |method| on(method, deployments::history),
     },
     Route {
-        method: Method::GET,
-        path: "/deployments/{id}",
+        endpoint: &endpoints::DEPLOYMENT,
         needs: Some(Role::Developer),
         handler: |method| on(method, deployments::detail),
     },
     Route {
-        method: Method::GET,
-        path: "/deployments/{id}/logs",
+        endpoint: &endpoints::LOGS,
         needs: Some(Role::Developer),
         handler: |method| on(method, deployments::logs),
     },
     Route {
-        method: Method::POST,
-        path: "/deployments/{id}/cancel",
+        endpoint: &endpoints::CANCEL,
         needs: Some(Role::Admin),
         handler: |method| on(method, deployments::cancel),
     },
     Route {
-        method: Method::POST,
-        path: "/deployments/{id}/retry",
+        endpoint: &endpoints::RETRY,
         needs: Some(Role::Admin),
         handler: |method| on(method, deployments::retry),
     },
     Route {
-        method: Method::POST,
-        path: "/deployments/{id}/approve",
+        endpoint: &endpoints::APPROVE,
         needs: Some(Role::Admin),
         handler: |method| on(method, deployments::approve),
     },
     Route {
-        method: Method::POST,
-        path: "/deployments/{id}/reject",
+        endpoint: &endpoints::REJECT,
         needs: Some(Role::Admin),
         handler: |method| on(method, deployments::reject),
     },
     Route {
-        method: Method::POST,
-        path: "/deployments/{id}/rollback",
+        endpoint: &endpoints::ROLLBACK,
         needs: Some(Role::Admin),
         handler: |method| on(method, deployments::rollback),
     },
     Route {
-        method: Method::GET,
-        path: "/environments",
+        endpoint: &endpoints::ENVIRONMENTS,
         needs: Some(Role::Developer),
         handler: |method| on(method, environments::list),
     },
     Route {
-        method: Method::POST,
-        path: "/environments",
+        endpoint: &endpoints::CREATE_ENVIRONMENT,
         needs: Some(Role::Admin),
         handler: |method| on(method, environments::create),
     },
     Route {
-        method: Method::GET,
-        path: "/environments/{id}",
+        endpoint: &endpoints::ENVIRONMENT,
         needs: Some(Role::Developer),
         handler: |method| on(method, environments::get),
     },
     Route {
-        method: Method::PUT,
-        path: "/environments/{id}",
+        endpoint: &endpoints::REPLACE_ENVIRONMENT,
         needs: Some(Role::Admin),
         handler: |method| on(method, environments::replace),
     },
     Route {
-        method: Method::DELETE,
-        path: "/environments/{id}",
+        endpoint: &endpoints::DELETE_ENVIRONMENT,
         needs: Some(Role::Admin),
         handler: |method| on(method, environments::delete),
     },
     Route {
-        method: Method::POST,
-        path: "/environments/{id}/health-check",
+        endpoint: &endpoints::HEALTH_CHECK,
         needs: Some(Role::Developer),
         handler: |method| on(method, environments::health_check),
     },
@@ -159,15 +149,15 @@ pub(crate) const ROUTES: &[Route] = &[
 pub(super) fn router(state: Arc<ApiState>) -> Router {
     let mut router = Router::new();
     for route in ROUTES {
-        let Ok(filter) = MethodFilter::try_from(route.method.clone()) else {
-            tracing::error!(method = %route.method, path = route.path, "route skipped: no method filter");
+        let Ok(filter) = MethodFilter::try_from(route.endpoint.method.clone()) else {
+            tracing::error!(method = %route.endpoint.method, path = route.endpoint.path, "route skipped: no method filter");
             continue;
         };
         let mut method_router = (route.handler)(filter);
         if let Some(role) = route.needs {
             method_router = method_router.route_layer(NeedsRole(role));
         }
-        router = router.route(route.path, method_router);
+        router = router.route(route.endpoint.path, method_router);
     }
     router
         .fallback(|request: axum::extract::Request| async move {
