@@ -34,7 +34,7 @@ use axum::{
     response::{IntoResponse, Response},
     Router,
 };
-use plugin_guest::Handler;
+use plugin_guest::{Caller, Handler};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
@@ -106,6 +106,22 @@ impl Api {
             None => rest,
         };
         Api { router, state }
+    }
+
+    /// This API in this process as a transport of the typed client, calling as `caller` (the
+    /// CLI's in-process mode); its requests are numbered `{id_prefix}-{n}`.
+    pub fn in_process(
+        &self,
+        caller: Option<Caller>,
+        id_prefix: String,
+    ) -> crate::client::InProcess {
+        crate::client::InProcess::new(self.router.clone(), caller, id_prefix)
+    }
+
+    /// The router every request runs through.
+    #[cfg(test)]
+    pub(crate) fn router(&self) -> &Router {
+        &self.router
     }
 }
 

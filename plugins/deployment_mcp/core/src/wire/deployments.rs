@@ -175,6 +175,16 @@ pub struct Cancelling {
     pub status: String,
 }
 
+/// `POST /deployments/{id}/cancel`: ended (200, its summary), or still ending (202).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CancelAnswer {
+    Cancelled(Box<DeploymentSummary>),
+    Cancelling(Cancelling),
+}
+
+super::any_of_schema!(CancelAnswer: DeploymentSummary, Cancelling);
+
 /// One environment's result in a deployment.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TargetResult {

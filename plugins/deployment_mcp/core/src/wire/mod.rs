@@ -12,6 +12,33 @@
 //! (environment views, health), `events` (what is published); here the role [`View`], the
 //! path parameters and the error answer every route shares.
 
+/// `ToSchema` for an untagged enum: `anyOf` its variants' schemas. (The derive writes `oneOf`,
+/// which a validator refuses when a value fits two variants: a deployment's summary also has a
+/// `deployment_id` and a `status` string, like [`Cancelling`].)
+macro_rules! any_of_schema {
+    ($name:ident: $($variant:ty),+) => {
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::AnyOfBuilder::new()
+                    $(.item(<$variant as utoipa::PartialSchema>::schema()))+
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {
+            fn schemas(
+                schemas: &mut Vec<(
+                    String,
+                    utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+                )>,
+            ) {
+                $(<$variant as utoipa::ToSchema>::schemas(schemas);)+
+            }
+        }
+    };
+}
+pub(crate) use any_of_schema;
+
 mod deployments;
 mod environments;
 mod events;

@@ -1,5 +1,6 @@
-//! What callers send: the trigger body. (Path parameters and the error answer are in the parent
-//! module; the query parameters of the typed client are its own.)
+//! What callers send: the trigger body, and the query parameters of the history and of a log
+//! page as the typed client (`crate::client`) encodes them. The API checks what it is sent
+//! (errors name the field or parameter), whoever sends it.
 
 use std::collections::BTreeMap;
 
@@ -61,5 +62,61 @@ impl TriggerRequest {
         self.on_failure = rollout.on_failure;
         self.rollback = rollout.rollback;
         self
+    }
+}
+
+/// `GET /history`'s filters. Left to the API to check: its errors name the parameter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Page size; the API's default (50) when absent.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Only deployments in this status (`completed`, `failed`, …).
+    pub status: Option<String>,
+    /// Only deployments that include this environment.
+    pub environment: Option<String>,
+}
+
+impl HistoryQuery {
+    /// The query string (without `?`).
+    pub fn encode(&self) -> String {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        if let Some(limit) = self.limit {
+            query.append_pair("limit", &limit.to_string());
+        }
+        for (name, value) in [
+            ("cursor", &self.cursor),
+            ("status", &self.status),
+            ("environment", &self.environment),
+        ] {
+            if let Some(value) = value {
+                query.append_pair(name, value);
+            }
+        }
+        query.finish()
+    }
+}
+
+/// Which lines of a deployment's log `GET /deployments/{id}/logs` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogsQuery {
+    /// Lines from stored line `from` on: `limit` of them (the API's page size when absent).
+    Page { from: u64, limit: Option<usize> },
+    /// The last lines.
+    Tail(usize),
+}
+
+impl LogsQuery {
+    /// The query string (without `?`).
+    pub fn encode(&self) -> String {
+        match self {
+            LogsQuery::Page { from, limit: None } => format!("from={from}"),
+            LogsQuery::Page {
+                from,
+                limit: Some(limit),
+            } => format!("from={from}&limit={limit}"),
+            LogsQuery::Tail(lines) => format!("tail={lines}"),
+        }
     }
 }
