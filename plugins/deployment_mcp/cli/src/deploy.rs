@@ -8,12 +8,13 @@
 use std::{collections::HashMap, io::IsTerminal as _, time::Duration};
 
 use deployment_mcp_core::{
+    client::DeploymentApi as _,
     deployment::{Phase, TargetStatus},
     rollout::RolloutJson,
     triggers::LogLine,
     wire::{
-        Accepted, BatchEvent, DeploymentDetail, EnvironmentEvent, GateEvent, LogEvent, LogsAnswer,
-        PhaseEvent, TargetResult, TriggerRequest,
+        BatchEvent, DeploymentState, EnvironmentEvent, GateEvent, LogEvent, LogsQuery, PhaseEvent,
+        TargetResult, TriggerRequest,
     },
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -51,7 +52,7 @@ pub struct Follow {
     pub follow_logs: bool,
     pub json: bool,
     /// What counts as success (exit 0).
-    pub success: fn(&DeploymentDetail) -> bool,
+    pub success: fn(&DeploymentState) -> bool,
 }
 
 /// Runs a deployment to its end; the exit status is 0 only when every environment succeeded.
@@ -81,20 +82,15 @@ pub async fn run(
         }
         Some(request.environments.clone())
     };
-    let body = serde_json::to_value(
-        TriggerRequest {
-            environments,
-            version: request.version.clone(),
-            ..TriggerRequest::default()
-        }
-        .with_rollout(request.rollout.clone()),
-    )
-    .unwrap_or_default();
+    let trigger = TriggerRequest {
+        environments,
+        version: request.version.clone(),
+        ..TriggerRequest::default()
+    }
+    .with_rollout(request.rollout.clone());
 
     let events = backend.subscribe().await;
-    let answer: Accepted = backend
-        .fetch("POST", "/trigger-local", Some(&body), 202)
-        .await?;
+    let answer = backend.api().trigger(&trigger).await?;
     let follow = Follow {
         follow_logs: request.follow_logs,
         json: request.json,
@@ -114,7 +110,6 @@ pub async fn follow_to_end(
     interrupts: &mut Interrupts,
 ) -> Result<u8, CliError> {
     interrupts.arm();
-    let detail_path = format!("/deployments/{id}");
     let display = if request.json {
         Display::Quiet
     } else if std::io::stdout().is_terminal() {
@@ -125,7 +120,7 @@ pub async fn follow_to_end(
     let mut watch = Watch::new(id.clone(), display, request.follow_logs);
     // Only the environments and the version: the statuses come from the events, in the order
     // they happened, which a record read now could overtake (a quick command is already done).
-    watch.begin(&backend.fetch("GET", &detail_path, None, 200).await?);
+    watch.begin(&backend.api().deployment(&id).await?.deployment);
 
     let mut ticker = tokio::time::interval(POLL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -147,11 +142,12 @@ pub async fn follow_to_end(
                 watch.note(&format!(
                     "interrupted: cancelling deployment {id} (press Ctrl-C again to quit at once)"
                 ));
-                let (status, answer) = backend
-                    .call("POST", &format!("/deployments/{id}/cancel"), None)
-                    .await?;
-                if !matches!(status, 200 | 202 | 409) {
-                    watch.note(&format!("cancel: {}", backend.error(status, &answer)));
+                match backend.api().cancel(&id).await {
+                    // 409: it ended meanwhile.
+                    Err(error) if error.status() != Some(409) => {
+                        watch.note(&format!("cancel: {}", CliError::from(error)));
+                    }
+                    _ => {}
                 }
             }
             incoming = events.next(), if events_open => match incoming {
@@ -162,10 +158,10 @@ pub async fn follow_to_end(
                     watch.events_lost();
                 }
             },
-            _ = ticker.tick() => match backend.fetch::<DeploymentDetail>("GET", &detail_path, None, 200).await {
+            _ = ticker.tick() => match backend.api().deployment(&id).await {
                 Ok(record) => {
                     poll_failures = 0;
-                    watch.apply_record(&record);
+                    watch.apply_record(&record.deployment);
                     if watch.logs_by_polling() {
                         watch.catch_up_logs(backend).await;
                     }
@@ -175,7 +171,8 @@ pub async fn follow_to_end(
                     if poll_failures >= MAX_POLL_FAILURES {
                         watch.close();
                         return Err(CliError::Failed(format!(
-                            "lost track of deployment {id}: {error}; see `deployment-mcp status {id}` later"
+                            "lost track of deployment {id}: {}; see `deployment-mcp status {id}` later",
+                            CliError::from(error)
                         )));
                     }
                 }
@@ -190,7 +187,7 @@ pub async fn follow_to_end(
             Incoming::Lost => watch.events_lost(),
         }
     }
-    let record: DeploymentDetail = backend.fetch("GET", &detail_path, None, 200).await?;
+    let record = backend.api().deployment(&id).await?.deployment;
     watch.apply_record(&record);
     watch.catch_up_logs(backend).await;
     watch.close();
@@ -210,7 +207,7 @@ pub async fn follow_to_end(
 }
 
 /// The deployment completed and every environment succeeded.
-pub fn completed_everywhere(record: &DeploymentDetail) -> bool {
+pub fn completed_everywhere(record: &DeploymentState) -> bool {
     record.status == Phase::Completed
         && record
             .results
@@ -220,7 +217,7 @@ pub fn completed_everywhere(record: &DeploymentDetail) -> bool {
 
 /// 0 when the deployment completed and every environment succeeded, else 1.
 #[cfg(test)]
-fn exit_code(record: &DeploymentDetail) -> u8 {
+fn exit_code(record: &DeploymentState) -> u8 {
     if completed_everywhere(record) {
         0
     } else {
@@ -228,7 +225,7 @@ fn exit_code(record: &DeploymentDetail) -> u8 {
     }
 }
 
-fn print_summary(record: &DeploymentDetail) {
+fn print_summary(record: &DeploymentState) {
     let mut table = Table::new(&["ENVIRONMENT", "STATUS", "DURATION", "EXIT", "ERROR"]);
     for result in &record.results {
         table.row(vec![
@@ -344,7 +341,7 @@ impl Watch {
     }
 
     /// Shows the deployment's start: its environments and version.
-    fn begin(&mut self, record: &DeploymentDetail) {
+    fn begin(&mut self, record: &DeploymentState) {
         if !self.started {
             self.started = true;
             for id in &record.environments {
@@ -361,7 +358,7 @@ impl Watch {
         }
     }
 
-    fn apply_record(&mut self, record: &DeploymentDetail) {
+    fn apply_record(&mut self, record: &DeploymentState) {
         self.begin(record);
         // In the order it happened: the phase before the environments it moves, the end after.
         let progress = u64::from(record.progress);
@@ -489,8 +486,11 @@ impl Watch {
         }
         // Page by page from the first line not printed: each call reads only the new lines.
         loop {
-            let path = format!("/deployments/{}/logs?from={}", self.id, self.printed_logs);
-            let Ok(answer) = backend.fetch::<LogsAnswer>("GET", &path, None, 200).await else {
+            let page = LogsQuery::Page {
+                from: self.printed_logs as u64,
+                limit: None,
+            };
+            let Ok(answer) = backend.api().logs(&self.id, page).await else {
                 return;
             };
             for line in &answer.lines {
@@ -749,7 +749,7 @@ mod tests {
 
     use super::*;
 
-    fn detail(status: Phase, results: &[(&str, TargetStatus)]) -> DeploymentDetail {
+    fn detail(status: Phase, results: &[(&str, TargetStatus)]) -> DeploymentState {
         let mut value = json!({
             "deployment_id": "dep-1-ab", "status": status, "phase": status, "progress": 10,
             "version": "1", "triggered_by": "test", "request_id": null,

@@ -1,5 +1,6 @@
-//! `/mcp`, the Model Context Protocol endpoint inside the plugin's router, and the client its
-//! tools reach the REST API through: the same router, as the tool's caller.
+//! `/mcp`, the Model Context Protocol endpoint inside the plugin's router. Its tools reach the
+//! REST API through the typed client over the same router ([`crate::client::InProcess`]), as
+//! the tool call's caller.
 
 use std::sync::Arc;
 
@@ -9,12 +10,10 @@ use axum::{
     response::IntoResponse,
     Router,
 };
-use http_body_util::BodyExt as _;
-use plugin_guest::{Caller, Role};
+use plugin_guest::Role;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt as _;
 
-use super::{routes::NeedsRole, ApiError, ApiState, RequestId};
+use super::{routes::NeedsRole, ApiError, ApiState};
 
 /// `/mcp`, the Model Context Protocol endpoint (Streamable HTTP, stateless: no session to
 /// lose in a hot swap), unless `mcp.enabled` is off. It is not in [`super::routes::ROUTES`]: it speaks
@@ -29,8 +28,10 @@ pub(super) fn mcp_route(state: &ApiState, rest: Router) -> Option<Router> {
     if !settings.enabled {
         return None;
     }
+    // Each tool call goes through the REST router as the MCP request's caller.
+    let client = crate::client::InProcess::new(rest, None, format!("mcp-{}", random_id()));
     let server = crate::mcp::McpServer::new(
-        Arc::new(RouterClient(rest)),
+        client,
         settings.read_only,
         state.version,
         state.stop.clone(),
@@ -89,51 +90,8 @@ pub(super) fn mcp_route(state: &ApiState, rest: Router) -> Option<Router> {
     )
 }
 
-/// The deployment API as MCP tools call it: the plugin's own router, as the tool's caller.
-struct RouterClient(Router);
-
-impl crate::mcp::ApiClient for RouterClient {
-    async fn call(
-        &self,
-        caller: Option<&Caller>,
-        method: &str,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> Result<(u16, serde_json::Value), String> {
-        let body = match body {
-            Some(body) => Body::from(body.to_string()),
-            None => Body::empty(),
-        };
-        let mut request = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .map_err(|error| format!("cannot build the request: {error}"))?;
-        request
-            .extensions_mut()
-            .insert(RequestId(format!("mcp-{}", uuid_like())));
-        if let Some(caller) = caller {
-            request.extensions_mut().insert(caller.clone());
-        }
-        let response = match self.0.clone().oneshot(request).await {
-            Ok(response) => response,
-            Err(infallible) => match infallible {},
-        };
-        let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|error| format!("cannot read the answer: {error}"))?
-            .to_bytes();
-        let value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        Ok((status, value))
-    }
-}
-
-/// A short random id for requests MCP tools make.
-fn uuid_like() -> String {
+/// A short random id for the requests MCP tools make (`mcp-<id>-<n>`).
+fn random_id() -> String {
     let mut random = [0u8; 6];
     if getrandom::fill(&mut random).is_err() {
         random = [0; 6];

@@ -273,12 +273,12 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(30);
         let record = loop {
             let record = api.deployment(&id).await.expect("the record");
-            if record.status.is_terminal() || Instant::now() > deadline {
+            if record.deployment.status.is_terminal() || Instant::now() > deadline {
                 break record;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        assert_eq!(record.status.as_str(), "completed");
+        assert_eq!(record.deployment.status.as_str(), "completed");
         let tail = api.logs(&id, LogsQuery::Tail(1)).await.expect("a log page");
         assert_eq!(tail.lines.len(), 1);
         let query = HistoryQuery {

@@ -267,9 +267,10 @@ impl TargetResult {
     }
 }
 
-/// `GET /deployments/{id}`: the full record.
+/// A deployment's record as shown: phase, progress, results, batches and gate, without its log
+/// (MCP's `get_deployment` answers this; [`DeploymentDetail`] adds the log's last lines).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct DeploymentDetail {
+pub struct DeploymentState {
     pub deployment_id: String,
     pub status: Phase,
     /// The same as `status`.
@@ -292,9 +293,6 @@ pub struct DeploymentDetail {
     /// Lines recorded so far (all of them are at `/logs`).
     pub log_lines: u64,
     pub results: Vec<TargetResult>,
-    /// The last lines (all of them are at `/logs`).
-    pub logs: Vec<LogLine>,
-    pub logs_truncated: bool,
     /// Strategy, failure threshold and rollback, as given (with defaults filled in).
     #[serde(default)]
     pub rollout: RolloutJson,
@@ -304,16 +302,11 @@ pub struct DeploymentDetail {
     pub gate: Option<GateView>,
 }
 
-impl DeploymentDetail {
-    pub fn new(
-        record: DeploymentRecord,
-        results: Vec<TargetResult>,
-        logs: Vec<LogLine>,
-        logs_truncated: bool,
-    ) -> DeploymentDetail {
+impl DeploymentState {
+    pub fn new(record: DeploymentRecord, results: Vec<TargetResult>) -> DeploymentState {
         let batches = BatchView::all(&record);
         let gate = GateView::of(&record);
-        DeploymentDetail {
+        DeploymentState {
             rollout: record.rollout.into(),
             batches,
             gate,
@@ -333,6 +326,29 @@ impl DeploymentDetail {
             retry_of: record.retry_of,
             log_lines: record.log_lines,
             results,
+        }
+    }
+}
+
+/// `GET /deployments/{id}`: the full record with the log's last lines.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentDetail {
+    #[serde(flatten)]
+    pub deployment: DeploymentState,
+    /// The last lines (all of them are at `/logs`).
+    pub logs: Vec<LogLine>,
+    pub logs_truncated: bool,
+}
+
+impl DeploymentDetail {
+    pub fn new(
+        record: DeploymentRecord,
+        results: Vec<TargetResult>,
+        logs: Vec<LogLine>,
+        logs_truncated: bool,
+    ) -> DeploymentDetail {
+        DeploymentDetail {
+            deployment: DeploymentState::new(record, results),
             logs,
             logs_truncated,
         }
