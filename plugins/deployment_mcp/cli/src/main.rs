@@ -9,6 +9,7 @@ mod commands;
 mod deploy;
 mod mcp;
 mod output;
+mod progress;
 mod signals;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
