@@ -1,24 +1,29 @@
 //! Where the deployment API is: the plugin in this process, or a running host over HTTP. Every
-//! command is written once against [`Backend::call`] and [`Backend::subscribe`].
+//! command is written once against the typed client [`Backend::api`] (the core's
+//! `DeploymentApi`, over an in-process or an HTTP transport) and [`Backend::subscribe`].
 
 use std::{
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use deployment_mcp_core::{api::Api, environments, persist::catalog::ImportError, BuildError};
+use deployment_mcp_core::{
+    api::Api,
+    client::{Answer, ApiClient, ClientError, Http, InProcess, Reply, Request, Transport},
+    environments,
+    persist::catalog::ImportError,
+    BuildError,
+};
 use futures_util::StreamExt as _;
-use plugin_guest::{Caller, Handler as _, Request, Role};
+use plugin_guest::{Caller, Role};
 use plugin_local_host::LocalHost;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::CliError;
 
-/// Where the plugin is mounted on a host; in-process paths are relative to it.
+/// Where the plugin is mounted on a host.
 pub const MOUNT: &str = "/api/deployment";
-/// How long one API call to a server may take (a cancel waits up to 10 s on the server).
-const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the server may take to accept an event subscription.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events buffered between the SSE reader and the command.
@@ -36,26 +41,83 @@ pub struct LocalOptions {
     pub verbose: bool,
 }
 
-pub enum Backend {
-    Local(Box<Local>),
-    Remote(Remote),
+/// How this command reaches the API: the plugin's router in this process, or a host.
+#[derive(Clone, Debug)]
+pub enum Link {
+    Local(InProcess),
+    Remote(Http),
 }
 
-pub struct Local {
+impl Transport for Link {
+    async fn send(&self, request: Request) -> Answer<Reply> {
+        match self {
+            Link::Local(local) => local.send(request).await,
+            Link::Remote(remote) => remote.send(request).await,
+        }
+    }
+
+    async fn whoami(&self) -> Answer<Caller> {
+        match self {
+            Link::Local(local) => local.whoami().await,
+            Link::Remote(remote) => remote.whoami().await,
+        }
+    }
+}
+
+/// The typed client commands call.
+pub type Client = ApiClient<Link>;
+
+pub struct Backend {
+    client: Client,
+    place: Place,
+}
+
+enum Place {
+    Local(Box<Local>),
+    Remote { verbose: bool },
+}
+
+struct Local {
     api: Api,
     standalone: LocalHost,
     environments_file: PathBuf,
     /// The file's environments: (id, enabled). In-process, the file is the registry; the store
     /// may still hold environments of files used earlier with the same data directory.
     file_environments: Vec<(String, bool)>,
-    next_request: std::sync::atomic::AtomicU64,
 }
 
-pub struct Remote {
-    client: reqwest::Client,
-    server: String,
-    api_key: String,
-    verbose: bool,
+/// What an error of the API means for the user, and what to do about it.
+impl From<ClientError> for CliError {
+    fn from(error: ClientError) -> CliError {
+        match error {
+            ClientError::Api {
+                status, message, ..
+            } => match status {
+                400 | 422 => CliError::Usage(message),
+                401 => CliError::Failed(format!(
+                    "{message} (401): check --api-key (or DEPLOYMENT_MCP_API_KEY)"
+                )),
+                403 => CliError::Failed(format!(
+                    "{message} (403): use a key with the needed role in --api-key"
+                )),
+                503 => CliError::Failed(format!(
+                    "the deployment plugin is unavailable (503): {message}; check GET /api/plugins on the host, or retry shortly"
+                )),
+                404 | 409 => CliError::Failed(message),
+                _ => CliError::Failed(format!("{message} (HTTP {status})")),
+            },
+            error @ ClientError::NotApi { .. } => CliError::Failed(format!(
+                "{error}; is --server the URL of a powerautomation host?"
+            )),
+            error @ ClientError::Decode { .. } => CliError::Failed(format!(
+                "{error}; are the CLI and the plugin from the same release?"
+            )),
+            ClientError::Unreachable { server, detail } => CliError::Failed(format!(
+                "cannot reach --server {server}: {detail}; check that the host is running and the URL is right"
+            )),
+            ClientError::Transport(message) => CliError::Failed(message),
+        }
+    }
 }
 
 impl Backend {
@@ -112,13 +174,21 @@ impl Backend {
             .into_iter()
             .map(|environment| (environment.environment_id, environment.enabled))
             .collect();
-        Ok(Backend::Local(Box::new(Local {
-            api,
-            standalone,
-            environments_file,
-            file_environments,
-            next_request: std::sync::atomic::AtomicU64::new(1),
-        })))
+        // In-process, every command is the local admin's.
+        let admin = Caller {
+            name: "cli".into(),
+            role: Role::Admin,
+        };
+        let in_process = api.in_process(Some(admin), format!("cli-{}", std::process::id()));
+        Ok(Backend {
+            client: ApiClient::new(Link::Local(in_process)),
+            place: Place::Local(Box::new(Local {
+                api,
+                standalone,
+                environments_file,
+                file_environments,
+            })),
+        })
     }
 
     pub fn remote(server: &str, api_key: &str, verbose: bool) -> Result<Backend, CliError> {
@@ -138,28 +208,28 @@ impl Backend {
                     .into(),
             ));
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("deployment-mcp/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|error| CliError::Failed(format!("cannot build the HTTP client: {error}")))?;
-        Ok(Backend::Remote(Remote {
-            client,
-            server: server.trim_end_matches('/').to_owned(),
-            api_key: api_key.to_owned(),
-            verbose,
-        }))
+        let user_agent = concat!("deployment-mcp/", env!("CARGO_PKG_VERSION"));
+        let http = Http::new(server, MOUNT, api_key, user_agent)?;
+        Ok(Backend {
+            client: ApiClient::new(Link::Remote(http)),
+            place: Place::Remote { verbose },
+        })
+    }
+
+    /// The deployment API, typed.
+    pub fn api(&self) -> &Client {
+        &self.client
     }
 
     pub fn is_remote(&self) -> bool {
-        matches!(self, Backend::Remote(_))
+        matches!(self.place, Place::Remote { .. })
     }
 
     /// The environments this backend deploys when none are named: in-process, the enabled
     /// environments of the file; `None` leaves the choice to the server.
     pub fn default_environments(&self) -> Option<Vec<String>> {
-        match self {
-            Backend::Local(local) => Some(
+        match &self.place {
+            Place::Local(local) => Some(
                 local
                     .file_environments
                     .iter()
@@ -167,306 +237,70 @@ impl Backend {
                     .map(|(id, _)| id.clone())
                     .collect(),
             ),
-            Backend::Remote(_) => None,
+            Place::Remote { .. } => None,
         }
     }
 
     /// Whether `id` is a registered environment, when this backend can tell locally.
     pub fn knows_environment(&self, id: &str) -> Option<bool> {
-        match self {
-            Backend::Local(local) => {
+        match &self.place {
+            Place::Local(local) => {
                 Some(local.file_environments.iter().any(|(known, _)| known == id))
             }
-            Backend::Remote(_) => None,
+            Place::Remote { .. } => None,
         }
     }
 
     /// Where environments come from, for messages.
     pub fn registry(&self) -> String {
-        match self {
-            Backend::Local(local) => local.environments_file.display().to_string(),
-            Backend::Remote(remote) => remote.server.clone(),
+        match (&self.place, self.server()) {
+            (Place::Local(local), _) => local.environments_file.display().to_string(),
+            (Place::Remote { .. }, server) => server.unwrap_or_default().to_owned(),
         }
     }
 
     /// The server a remote backend talks to.
     pub fn server(&self) -> Option<&str> {
-        match self {
-            Backend::Local(_) => None,
-            Backend::Remote(remote) => Some(&remote.server),
-        }
-    }
-
-    /// Who the key is, as the host says (`GET /api/auth/whoami`); in-process, the local admin.
-    pub async fn whoami(&self) -> Result<plugin_guest::Caller, CliError> {
-        let Backend::Remote(remote) = self else {
-            return Ok(plugin_guest::Caller {
-                name: "cli".into(),
-                role: plugin_guest::Role::Admin,
-            });
-        };
-        let response = remote
-            .client
-            .get(format!("{}/api/auth/whoami", remote.server))
-            .timeout(CALL_TIMEOUT)
-            .header("X-API-Key", &remote.api_key)
-            .send()
-            .await
-            .map_err(|error| remote.unreachable(&error))?;
-        let status = response.status().as_u16();
-        let body: Value = response
-            .json()
-            .await
-            .map_err(|error| remote.unreachable(&error))?;
-        if status != 200 {
-            return Err(self.error(status, &body));
-        }
-        let role = match body["role"].as_str() {
-            Some("admin") => plugin_guest::Role::Admin,
-            Some("developer") => plugin_guest::Role::Developer,
-            Some("user") => plugin_guest::Role::User,
-            _ => {
-                return Err(CliError::Failed(format!(
-                    "the host answered whoami without a known role: {body}"
-                )))
-            }
-        };
-        Ok(plugin_guest::Caller {
-            name: body["name"].as_str().unwrap_or("key").to_owned(),
-            role,
-        })
-    }
-
-    /// One API call. `path` is relative to the mount and may carry a query (`/history?limit=5`).
-    /// Any HTTP status is an answer; only failing to get one is an error.
-    pub async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<(u16, Value), CliError> {
-        match self {
-            Backend::Local(local) => Ok(local.call(method, path, body).await),
-            Backend::Remote(remote) => remote.call(method, path, body).await,
-        }
-    }
-
-    /// Like [`Backend::call`], but any status other than `expected` becomes the matching error.
-    pub async fn call_expecting(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-        expected: u16,
-    ) -> Result<Value, CliError> {
-        let (status, answer) = self.call(method, path, body).await?;
-        if status == expected {
-            Ok(answer)
-        } else {
-            Err(self.error(status, &answer))
-        }
-    }
-
-    /// Like [`Backend::call_expecting`], read as the API's wire type `T`.
-    pub async fn fetch<T: serde::de::DeserializeOwned>(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-        expected: u16,
-    ) -> Result<T, CliError> {
-        let answer = self.call_expecting(method, path, body, expected).await?;
-        serde_json::from_value(answer).map_err(|error| {
-            CliError::Failed(format!(
-                "the answer to {method} {path} is not what this deployment-mcp reads ({error}); are the CLI and the plugin from the same release?"
-            ))
-        })
-    }
-
-    /// What an error answer means for the user, and what to do about it.
-    pub fn error(&self, status: u16, body: &Value) -> CliError {
-        let message = match body["message"].as_str() {
-            Some(message) => message.to_owned(),
-            None if body.is_null() => match self.server() {
-                Some(server) => format!(
-                    "the server answered {status} without a JSON body; is --server {server} a powerautomation host?"
-                ),
-                None => format!("the plugin answered {status} without a body"),
-            },
-            None => body.to_string(),
-        };
-        match status {
-            400 | 422 => CliError::Usage(message),
-            401 => CliError::Failed(format!(
-                "{message} (401): check --api-key (or DEPLOYMENT_MCP_API_KEY)"
-            )),
-            403 => CliError::Failed(format!(
-                "{message} (403): use a key with the needed role in --api-key"
-            )),
-            503 => CliError::Failed(format!(
-                "the deployment plugin is unavailable (503): {message}; check GET /api/plugins on the host, or retry shortly"
-            )),
-            404 | 409 => CliError::Failed(message),
-            _ => CliError::Failed(format!("{message} (HTTP {status})")),
+        match self.client.transport() {
+            Link::Local(_) => None,
+            Link::Remote(http) => Some(http.server()),
         }
     }
 
     /// Starts receiving the plugin's events. Call before starting what you want to watch: in
     /// client mode this returns once the server has registered the subscription.
     pub async fn subscribe(&self) -> Events {
-        match self {
-            Backend::Local(local) => Events::Local(local.standalone.events.subscribe()),
-            Backend::Remote(remote) => remote.subscribe().await,
+        if let Place::Local(local) = &self.place {
+            return Events::Local(local.standalone.events.subscribe());
         }
+        let Link::Remote(http) = self.client.transport() else {
+            return Events::None;
+        };
+        // Only the answer's head is bounded: the stream stays open as long as it runs.
+        let why = match tokio::time::timeout(SUBSCRIBE_TIMEOUT, http.events()).await {
+            Ok(Ok(response)) => {
+                let (sender, receiver) = mpsc::channel(REMOTE_EVENT_BUFFER);
+                tokio::spawn(read_sse(response, sender));
+                return Events::Remote(receiver);
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "no answer in time".to_owned(),
+        };
+        if matches!(self.place, Place::Remote { verbose: true }) {
+            eprintln!("events: {why}; following by polling only");
+        }
+        Events::None
     }
 
     /// Stops the in-process plugin the way the host does: runs still going are stopped and
     /// recorded as interrupted, so the store never keeps a run that nobody executes.
     pub async fn close(self) {
-        if let Backend::Local(local) = self {
+        if let Place::Local(local) = self.place {
             if let Err(error) = local.standalone.stopping() {
                 tracing::warn!("{error}");
             }
-            local.api.shutdown().await;
+            plugin_guest::Handler::shutdown(&local.api).await;
         }
-    }
-}
-
-impl Local {
-    async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let (path, query) = path.split_once('?').unwrap_or((path, ""));
-        let number = self
-            .next_request
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let request = Request {
-            request_id: format!("cli-{}-{number}", std::process::id()),
-            method: method.to_owned(),
-            path: path.to_owned(),
-            query: query.to_owned(),
-            headers: vec![
-                ("x-forwarded-prefix".into(), MOUNT.into()),
-                ("content-type".into(), "application/json".into()),
-            ],
-            body: body
-                .map(|body| body.to_string().into_bytes())
-                .unwrap_or_default(),
-            principal: Some(Caller {
-                name: "cli".into(),
-                role: Role::Admin,
-            }),
-        };
-        let response = self.api.handle(request.into()).await;
-        // No command asks for a streamed answer; the body is complete.
-        let answer = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
-        (response.status, answer)
-    }
-}
-
-impl Remote {
-    fn url(&self, path: &str) -> String {
-        format!("{}{MOUNT}{path}", self.server)
-    }
-
-    fn unreachable(&self, error: &reqwest::Error) -> CliError {
-        let why = if error.is_timeout() {
-            "it did not answer in time".to_owned()
-        } else if error.is_connect() {
-            "the connection failed".to_owned()
-        } else {
-            "the request failed".to_owned()
-        };
-        // reqwest's Display does not include the cause chain; the cause says what went wrong.
-        let mut detail = error.to_string();
-        let mut source = std::error::Error::source(error);
-        while let Some(cause) = source {
-            detail.push_str(": ");
-            detail.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        CliError::Failed(format!(
-            "cannot reach --server {}: {why} ({detail}); check that the host is running and the URL is right",
-            self.server
-        ))
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<(u16, Value), CliError> {
-        let method = reqwest::Method::from_bytes(method.as_bytes())
-            .map_err(|_| CliError::Failed(format!("{method:?} is not an HTTP method")))?;
-        let started = Instant::now();
-        let mut request = self
-            .client
-            .request(method.clone(), self.url(path))
-            .timeout(CALL_TIMEOUT)
-            .header("X-API-Key", &self.api_key)
-            .header("Accept", "application/json");
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|error| self.unreachable(&error))?;
-        let status = response.status().as_u16();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|error| self.unreachable(&error))?;
-        if self.verbose {
-            eprintln!(
-                "{method} {} -> {status} ({} ms)",
-                self.url(path),
-                started.elapsed().as_millis()
-            );
-        }
-        Ok((
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        ))
-    }
-
-    async fn subscribe(&self) -> Events {
-        let request = self
-            .client
-            .get(self.url("/events"))
-            .header("X-API-Key", &self.api_key)
-            .header("Accept", "text/event-stream")
-            .send();
-        // Only the answer's head is bounded: the stream itself stays open as long as it runs.
-        let response = match tokio::time::timeout(SUBSCRIBE_TIMEOUT, request).await {
-            Ok(response) => response,
-            Err(_) => {
-                if self.verbose {
-                    eprintln!("events: no answer in time; following by polling only");
-                }
-                return Events::None;
-            }
-        };
-        let response = match response {
-            Ok(response) if response.status().is_success() => response,
-            Ok(response) => {
-                if self.verbose {
-                    eprintln!(
-                        "events: the server answered {}; following by polling only",
-                        response.status()
-                    );
-                }
-                return Events::None;
-            }
-            Err(error) => {
-                if self.verbose {
-                    eprintln!("events: {error}; following by polling only");
-                }
-                return Events::None;
-            }
-        };
-        let (sender, receiver) = mpsc::channel(REMOTE_EVENT_BUFFER);
-        tokio::spawn(read_sse(response, sender));
-        Events::Remote(receiver)
     }
 }
 

@@ -2,9 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use deployment_mcp_core::wire::{
-    ConnectionDetails, DeploymentEntry, DeploymentSummary, EnvironmentList, EnvironmentView,
-    HealthCheckAnswer, HealthView, HistoryPage, StatusOverview,
+use deployment_mcp_core::{
+    client::DeploymentApi as _,
+    wire::{
+        ConnectionDetails, DeploymentEntry, EnvironmentList, EnvironmentView, HealthCheckAnswer,
+        HealthView, HistoryQuery,
+    },
 };
 use futures_util::StreamExt as _;
 use serde_json::json;
@@ -20,7 +23,7 @@ const PARALLEL_CHECKS: usize = 8;
 
 /// The registered environments; in-process, the ones of the environments file.
 async fn environments(backend: &Backend) -> Result<Vec<EnvironmentView>, CliError> {
-    let answer: EnvironmentList = backend.fetch("GET", "/environments", None, 200).await?;
+    let answer = backend.api().environments().await?;
     // This route is for developers and admins, who always get the connection details: without
     // them the answer was not understood, and a check would skip every environment.
     if let Some(environment) = answer.environments.iter().find(|e| e.connection.is_none()) {
@@ -138,10 +141,7 @@ pub async fn environments_check(backend: &Backend, json: bool) -> Result<u8, Cli
         }
     }
     let mut results: Vec<HealthCheckAnswer> = futures_util::stream::iter(checked)
-        .map(|id| async move {
-            let path = format!("/environments/{id}/health-check");
-            backend.fetch("POST", &path, None, 200).await
-        })
+        .map(|id| async move { backend.api().check_health(&id).await })
         .buffer_unordered(PARALLEL_CHECKS)
         .collect::<Vec<_>>()
         .await
@@ -201,14 +201,9 @@ pub async fn environments_check(backend: &Backend, json: bool) -> Result<u8, Cli
     Ok(if unhealthy > 0 { 1 } else { 0 })
 }
 
-fn query_escape(text: &str) -> String {
-    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
-}
-
 pub async fn status(backend: &Backend, id: Option<&str>, json: bool) -> Result<u8, CliError> {
     if let Some(id) = id {
-        let path = format!("/status?id={}", query_escape(id));
-        let summary: DeploymentSummary = backend.fetch("GET", &path, None, 200).await?;
+        let summary = backend.api().summary(id).await?;
         if json {
             output::print_json(&summary);
         } else {
@@ -216,7 +211,7 @@ pub async fn status(backend: &Backend, id: Option<&str>, json: bool) -> Result<u
         }
         return Ok(0);
     }
-    let answer: StatusOverview = backend.fetch("GET", "/status", None, 200).await?;
+    let answer = backend.api().status().await?;
     if json {
         output::print_json(&answer);
         return Ok(0);
@@ -323,29 +318,8 @@ fn history_table(entries: &[DeploymentEntry]) -> Table {
     table
 }
 
-pub struct HistoryFilter {
-    pub limit: Option<u32>,
-    pub status: Option<String>,
-    pub environment: Option<String>,
-}
-
-pub async fn history(backend: &Backend, filter: HistoryFilter, json: bool) -> Result<u8, CliError> {
-    let mut query = Vec::new();
-    if let Some(limit) = filter.limit {
-        query.push(format!("limit={limit}"));
-    }
-    if let Some(status) = &filter.status {
-        query.push(format!("status={}", query_escape(status)));
-    }
-    if let Some(environment) = &filter.environment {
-        query.push(format!("environment={}", query_escape(environment)));
-    }
-    let path = if query.is_empty() {
-        "/history".to_owned()
-    } else {
-        format!("/history?{}", query.join("&"))
-    };
-    let answer: HistoryPage = backend.fetch("GET", &path, None, 200).await?;
+pub async fn history(backend: &Backend, query: HistoryQuery, json: bool) -> Result<u8, CliError> {
+    let answer = backend.api().history(&query).await?;
     if json {
         output::print_json(&answer);
         return Ok(0);

@@ -8,20 +8,20 @@
 use std::{collections::HashMap, io::IsTerminal as _, time::Duration};
 
 use deployment_mcp_core::{
+    client::DeploymentApi as _,
     deployment::{Phase, TargetStatus},
     rollout::RolloutJson,
-    triggers::LogLine,
     wire::{
-        Accepted, BatchEvent, DeploymentDetail, EnvironmentEvent, GateEvent, LogEvent, LogsAnswer,
-        PhaseEvent, TargetResult, TriggerRequest,
+        BatchEvent, DeploymentState, EnvironmentEvent, GateEvent, LogEvent, LogsQuery, PhaseEvent,
+        TargetResult, TriggerRequest,
     },
 };
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
 use crate::{
     backend::{Backend, Incoming},
     output::{self, outln, Table},
+    progress::{Bars, Display},
     signals::Interrupts,
     CliError,
 };
@@ -30,8 +30,6 @@ use crate::{
 const POLL: Duration = Duration::from_secs(1);
 /// Consecutive failed polls (e.g. the server restarting) before giving up on following.
 const MAX_POLL_FAILURES: u32 = 30;
-/// Above this many environments, one aggregate bar replaces the per-environment ones.
-const MAX_BARS: usize = 16;
 
 pub struct DeployRequest {
     /// Empty: every registered, enabled environment.
@@ -51,7 +49,7 @@ pub struct Follow {
     pub follow_logs: bool,
     pub json: bool,
     /// What counts as success (exit 0).
-    pub success: fn(&DeploymentDetail) -> bool,
+    pub success: fn(&DeploymentState) -> bool,
 }
 
 /// Runs a deployment to its end; the exit status is 0 only when every environment succeeded.
@@ -81,20 +79,15 @@ pub async fn run(
         }
         Some(request.environments.clone())
     };
-    let body = serde_json::to_value(
-        TriggerRequest {
-            environments,
-            version: request.version.clone(),
-            ..TriggerRequest::default()
-        }
-        .with_rollout(request.rollout.clone()),
-    )
-    .unwrap_or_default();
+    let trigger = TriggerRequest {
+        environments,
+        version: request.version.clone(),
+        ..TriggerRequest::default()
+    }
+    .with_rollout(request.rollout.clone());
 
     let events = backend.subscribe().await;
-    let answer: Accepted = backend
-        .fetch("POST", "/trigger-local", Some(&body), 202)
-        .await?;
+    let answer = backend.api().trigger(&trigger).await?;
     let follow = Follow {
         follow_logs: request.follow_logs,
         json: request.json,
@@ -114,7 +107,6 @@ pub async fn follow_to_end(
     interrupts: &mut Interrupts,
 ) -> Result<u8, CliError> {
     interrupts.arm();
-    let detail_path = format!("/deployments/{id}");
     let display = if request.json {
         Display::Quiet
     } else if std::io::stdout().is_terminal() {
@@ -125,7 +117,7 @@ pub async fn follow_to_end(
     let mut watch = Watch::new(id.clone(), display, request.follow_logs);
     // Only the environments and the version: the statuses come from the events, in the order
     // they happened, which a record read now could overtake (a quick command is already done).
-    watch.begin(&backend.fetch("GET", &detail_path, None, 200).await?);
+    watch.begin(&backend.api().deployment(&id).await?.deployment);
 
     let mut ticker = tokio::time::interval(POLL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -147,11 +139,12 @@ pub async fn follow_to_end(
                 watch.note(&format!(
                     "interrupted: cancelling deployment {id} (press Ctrl-C again to quit at once)"
                 ));
-                let (status, answer) = backend
-                    .call("POST", &format!("/deployments/{id}/cancel"), None)
-                    .await?;
-                if !matches!(status, 200 | 202 | 409) {
-                    watch.note(&format!("cancel: {}", backend.error(status, &answer)));
+                match backend.api().cancel(&id).await {
+                    // 409: it ended meanwhile.
+                    Err(error) if error.status() != Some(409) => {
+                        watch.note(&format!("cancel: {}", CliError::from(error)));
+                    }
+                    _ => {}
                 }
             }
             incoming = events.next(), if events_open => match incoming {
@@ -162,10 +155,10 @@ pub async fn follow_to_end(
                     watch.events_lost();
                 }
             },
-            _ = ticker.tick() => match backend.fetch::<DeploymentDetail>("GET", &detail_path, None, 200).await {
+            _ = ticker.tick() => match backend.api().deployment(&id).await {
                 Ok(record) => {
                     poll_failures = 0;
-                    watch.apply_record(&record);
+                    watch.apply_record(&record.deployment);
                     if watch.logs_by_polling() {
                         watch.catch_up_logs(backend).await;
                     }
@@ -175,7 +168,8 @@ pub async fn follow_to_end(
                     if poll_failures >= MAX_POLL_FAILURES {
                         watch.close();
                         return Err(CliError::Failed(format!(
-                            "lost track of deployment {id}: {error}; see `deployment-mcp status {id}` later"
+                            "lost track of deployment {id}: {}; see `deployment-mcp status {id}` later",
+                            CliError::from(error)
                         )));
                     }
                 }
@@ -190,7 +184,7 @@ pub async fn follow_to_end(
             Incoming::Lost => watch.events_lost(),
         }
     }
-    let record: DeploymentDetail = backend.fetch("GET", &detail_path, None, 200).await?;
+    let record = backend.api().deployment(&id).await?.deployment;
     watch.apply_record(&record);
     watch.catch_up_logs(backend).await;
     watch.close();
@@ -210,7 +204,7 @@ pub async fn follow_to_end(
 }
 
 /// The deployment completed and every environment succeeded.
-pub fn completed_everywhere(record: &DeploymentDetail) -> bool {
+pub fn completed_everywhere(record: &DeploymentState) -> bool {
     record.status == Phase::Completed
         && record
             .results
@@ -220,7 +214,7 @@ pub fn completed_everywhere(record: &DeploymentDetail) -> bool {
 
 /// 0 when the deployment completed and every environment succeeded, else 1.
 #[cfg(test)]
-fn exit_code(record: &DeploymentDetail) -> u8 {
+fn exit_code(record: &DeploymentState) -> u8 {
     if completed_everywhere(record) {
         0
     } else {
@@ -228,7 +222,7 @@ fn exit_code(record: &DeploymentDetail) -> u8 {
     }
 }
 
-fn print_summary(record: &DeploymentDetail) {
+fn print_summary(record: &DeploymentState) {
     let mut table = Table::new(&["ENVIRONMENT", "STATUS", "DURATION", "EXIT", "ERROR"]);
     for result in &record.results {
         table.row(vec![
@@ -344,7 +338,7 @@ impl Watch {
     }
 
     /// Shows the deployment's start: its environments and version.
-    fn begin(&mut self, record: &DeploymentDetail) {
+    fn begin(&mut self, record: &DeploymentState) {
         if !self.started {
             self.started = true;
             for id in &record.environments {
@@ -361,7 +355,7 @@ impl Watch {
         }
     }
 
-    fn apply_record(&mut self, record: &DeploymentDetail) {
+    fn apply_record(&mut self, record: &DeploymentState) {
         self.begin(record);
         // In the order it happened: the phase before the environments it moves, the end after.
         let progress = u64::from(record.progress);
@@ -489,8 +483,11 @@ impl Watch {
         }
         // Page by page from the first line not printed: each call reads only the new lines.
         loop {
-            let path = format!("/deployments/{}/logs?from={}", self.id, self.printed_logs);
-            let Ok(answer) = backend.fetch::<LogsAnswer>("GET", &path, None, 200).await else {
+            let page = LogsQuery::Page {
+                from: self.printed_logs as u64,
+                limit: None,
+            };
+            let Ok(answer) = backend.api().logs(&self.id, page).await else {
                 return;
             };
             for line in &answer.lines {
@@ -506,250 +503,13 @@ impl Watch {
     }
 }
 
-/// How progress is shown: bars on a terminal, timestamped lines otherwise, nothing for --json.
-enum Display {
-    Plain,
-    Bars(Bars),
-    Quiet,
-}
-
-fn target_line(target: &TargetResult) -> String {
-    let mut line = format!("{} {}", target.environment_id, target.status.as_str());
-    if target.status.is_terminal() {
-        let mut facts = Vec::new();
-        if let Some(code) = target.exit_code {
-            facts.push(format!("exit {code}"));
-        }
-        if let Some(ms) = target.duration_ms {
-            facts.push(output::duration(Some(ms)));
-        }
-        if !facts.is_empty() {
-            line.push_str(&format!(" ({})", facts.join(", ")));
-        }
-        if let Some(Some(error)) = &target.error {
-            line.push_str(": ");
-            line.push_str(&output::printable(error));
-        }
-    }
-    line
-}
-
-fn log_line(line: &LogLine) -> String {
-    format!(
-        "{} {} {}: {}",
-        output::short_time(&line.ts),
-        line.environment.as_deref().unwrap_or("deployment"),
-        line.stream.as_str(),
-        output::printable(&line.line)
-    )
-}
-
-impl Display {
-    fn start(&mut self, line: &str, id: &str, targets: &[String]) {
-        match self {
-            Display::Plain => outln!("{} {line}", output::now()),
-            Display::Bars(bars) => bars.start(id, targets),
-            Display::Quiet => {}
-        }
-    }
-
-    fn add_target(&mut self, id: &str) {
-        if let Display::Bars(bars) = self {
-            bars.add_target(id);
-        }
-    }
-
-    fn phase(&mut self, phase: &str, progress: u64) {
-        match self {
-            Display::Plain => outln!("{} deployment {phase} {progress}%", output::now()),
-            Display::Bars(bars) => bars.phase(phase, progress),
-            Display::Quiet => {}
-        }
-    }
-
-    fn progress(&mut self, progress: u64) {
-        if let Display::Bars(bars) = self {
-            bars.header.set_position(progress);
-        }
-    }
-
-    fn target(&mut self, target: &TargetResult) {
-        match self {
-            Display::Plain => outln!("{} {}", output::now(), target_line(target)),
-            Display::Bars(bars) => bars.target(target),
-            Display::Quiet => {}
-        }
-    }
-
-    fn log(&self, line: &LogLine) {
-        match self {
-            Display::Plain => outln!("{}", log_line(line)),
-            Display::Bars(bars) => bars.println(&log_line(line)),
-            Display::Quiet => {}
-        }
-    }
-
-    fn note(&self, text: &str) {
-        match self {
-            Display::Bars(bars) => bars.println(text),
-            Display::Plain | Display::Quiet => eprintln!("{text}"),
-        }
-    }
-
-    fn close(&mut self, phase: &str) {
-        if let Display::Bars(bars) = self {
-            bars.close(phase);
-        }
-    }
-}
-
-fn style(template: &str) -> ProgressStyle {
-    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner())
-}
-
-struct Bars {
-    multi: MultiProgress,
-    header: ProgressBar,
-    targets: HashMap<String, ProgressBar>,
-    /// Every environment's status, for the aggregate line when there are too many for bars.
-    statuses: HashMap<String, String>,
-    width: usize,
-    aggregate: bool,
-}
-
-impl Bars {
-    fn new() -> Bars {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
-        let header = multi.add(ProgressBar::new(100).with_style(style(
-            "{spinner:.cyan} {prefix:.bold} [{bar:30.cyan/blue}] {pos:>3}% {msg}",
-        )));
-        header.enable_steady_tick(Duration::from_millis(120));
-        Bars {
-            multi,
-            header,
-            targets: HashMap::new(),
-            statuses: HashMap::new(),
-            width: 12,
-            aggregate: false,
-        }
-    }
-
-    fn start(&mut self, id: &str, targets: &[String]) {
-        self.header.set_prefix(format!("deployment {id}"));
-        self.width = targets.iter().map(|t| t.len()).max().unwrap_or(0).max(12);
-        self.aggregate = targets.len() > MAX_BARS;
-        for target in targets {
-            self.add_target(target);
-        }
-    }
-
-    fn add_target(&mut self, id: &str) {
-        self.statuses.insert(id.to_owned(), "pending".into());
-        if self.aggregate || self.targets.contains_key(id) {
-            return;
-        }
-        if self.targets.len() >= MAX_BARS {
-            // More environments showed up than fit: switch to the aggregate line.
-            self.aggregate = true;
-            return;
-        }
-        let bar = self.multi.add(
-            ProgressBar::new_spinner()
-                .with_style(style(&format!(
-                    "  {{spinner:.cyan}} {{prefix:<{}}} {{msg}}",
-                    self.width
-                )))
-                .with_prefix(id.to_owned())
-                .with_message("pending"),
-        );
-        bar.enable_steady_tick(Duration::from_millis(120));
-        self.targets.insert(id.to_owned(), bar);
-    }
-
-    fn phase(&mut self, phase: &str, progress: u64) {
-        self.header.set_position(progress);
-        self.refresh_message(phase);
-    }
-
-    fn refresh_message(&self, phase: &str) {
-        if !self.aggregate {
-            self.header.set_message(phase.to_owned());
-            return;
-        }
-        let mut counts: Vec<(String, usize)> = Vec::new();
-        for status in self.statuses.values() {
-            match counts.iter_mut().find(|(known, _)| known == status) {
-                Some((_, count)) => *count += 1,
-                None => counts.push((status.clone(), 1)),
-            }
-        }
-        counts.sort();
-        let counts: Vec<String> = counts
-            .iter()
-            .map(|(status, count)| format!("{count} {status}"))
-            .collect();
-        self.header
-            .set_message(format!("{phase} · {}", counts.join(", ")));
-    }
-
-    fn target(&mut self, target: &TargetResult) {
-        let id = target.environment_id.clone();
-        let status = target.status;
-        self.statuses.insert(id.clone(), status.as_str().to_owned());
-        let terminal = status.is_terminal();
-        match self.targets.get(&id) {
-            Some(bar) if terminal => {
-                let mark = if status == TargetStatus::Succeeded {
-                    "✔"
-                } else {
-                    "✘"
-                };
-                bar.set_style(style(&format!(
-                    "  {mark} {{prefix:<{}}} {{msg}}",
-                    self.width
-                )));
-                let line = target_line(target);
-                let rest = line.strip_prefix(&id).unwrap_or(&line).trim_start();
-                bar.finish_with_message(rest.to_owned());
-            }
-            Some(bar) => bar.set_message(status.as_str()),
-            None => {
-                if terminal && status != TargetStatus::Succeeded {
-                    self.println(&target_line(target));
-                }
-            }
-        }
-        if self.aggregate {
-            let phase = self.header.message().to_string();
-            let phase = phase.split(" · ").next().unwrap_or_default().to_owned();
-            self.refresh_message(&phase);
-        }
-    }
-
-    fn println(&self, text: &str) {
-        // The terminal may be gone; the deployment goes on regardless.
-        let _ = self.multi.println(text);
-    }
-
-    fn close(&mut self, phase: &str) {
-        for bar in self.targets.values() {
-            if !bar.is_finished() {
-                bar.abandon();
-            }
-        }
-        self.refresh_message(phase);
-        // Not `finish`: that would show 100% for a failed deployment.
-        self.header.abandon();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
 
-    fn detail(status: Phase, results: &[(&str, TargetStatus)]) -> DeploymentDetail {
+    fn detail(status: Phase, results: &[(&str, TargetStatus)]) -> DeploymentState {
         let mut value = json!({
             "deployment_id": "dep-1-ab", "status": status, "phase": status, "progress": 10,
             "version": "1", "triggered_by": "test", "request_id": null,

@@ -9,6 +9,7 @@ mod commands;
 mod deploy;
 mod mcp;
 mod output;
+mod progress;
 mod signals;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -16,9 +17,10 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use deployment_mcp_core::{
+    client::DeploymentApi as _,
     deployment::Phase,
     rollout::{Amount, GateKind, OnFailure, RollbackMode, RolloutJson, StrategyJson, StrategyType},
-    wire::DeploymentSummary,
+    wire::HistoryQuery,
 };
 
 use crate::backend::{Backend, LocalOptions};
@@ -492,9 +494,7 @@ async fn execute(
         Command::Mcp { .. } => Err(CliError::Usage("mcp is served on its own".into())),
         Command::Approve { id, follow } => {
             let events = backend.subscribe().await;
-            backend
-                .call_expecting("POST", &format!("/deployments/{id}/approve"), None, 200)
-                .await?;
+            backend.api().approve(&id).await?;
             let follow = deploy::Follow {
                 follow_logs: follow.follow_logs,
                 json,
@@ -503,9 +503,7 @@ async fn execute(
             deploy::follow_to_end(backend, id, events, follow, interrupts).await
         }
         Command::Reject { id } => {
-            let summary: DeploymentSummary = backend
-                .fetch("POST", &format!("/deployments/{id}/reject"), None, 200)
-                .await?;
+            let summary = backend.api().reject(&id).await?;
             if json {
                 output::print_json(&summary);
             } else {
@@ -518,9 +516,7 @@ async fn execute(
         }
         Command::Rollback { id, follow } => {
             let events = backend.subscribe().await;
-            backend
-                .call_expecting("POST", &format!("/deployments/{id}/rollback"), None, 202)
-                .await?;
+            backend.api().rollback(&id).await?;
             let follow = deploy::Follow {
                 follow_logs: follow.follow_logs,
                 json,
@@ -533,12 +529,13 @@ async fn execute(
             status,
             environment,
         } => {
-            let filter = commands::HistoryFilter {
+            let query = HistoryQuery {
                 limit: Some(limit),
+                cursor: None,
                 status,
                 environment,
             };
-            commands::history(backend, filter, json).await
+            commands::history(backend, query, json).await
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod auto_deploy;
+pub mod client;
 pub mod coordinator;
 pub mod deployment;
 pub mod ec2;

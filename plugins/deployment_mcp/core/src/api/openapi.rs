@@ -69,11 +69,11 @@ mod tests {
         let paths = document["paths"].as_object().unwrap();
         // Every route of the table, but the document itself, is described with a success answer.
         for route in crate::api::ROUTES {
-            if route.path == "/openapi.json" {
+            if route.endpoint.path == "/openapi.json" {
                 continue;
             }
-            let path = route.path;
-            let method = route.method.as_str().to_ascii_lowercase();
+            let path = route.endpoint.path;
+            let method = route.endpoint.method.as_str().to_ascii_lowercase();
             let operation = &paths[path][&method];
             assert!(operation.is_object(), "{method} {path} is not described");
             let success = operation["responses"]

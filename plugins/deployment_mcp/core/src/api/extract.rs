@@ -1,0 +1,124 @@
+//! What handlers take from a request besides its body: the caller the host authenticated
+//! ([`Who`]), the request id, the `{id}` path segment, the query parameters and the mount.
+
+use std::convert::Infallible;
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+use plugin_guest::{Caller, Role};
+
+use super::ApiError;
+use crate::wire;
+
+/// The caller the host authenticated, if any.
+pub(crate) struct Who(pub(crate) Option<Caller>);
+
+impl Who {
+    /// Whether the caller may see what users may not (connection details, errors, output).
+    pub(crate) fn view(&self) -> wire::View {
+        match &self.0 {
+            Some(caller) if caller.role >= Role::Developer => wire::View::Details,
+            _ => wire::View::User,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        self.0.as_ref().map_or("", |caller| caller.name.as_str())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Who {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Who, Infallible> {
+        Ok(Who(parts.extensions.get::<Caller>().cloned()))
+    }
+}
+
+/// The host's id of the request, carried onto the deployment it starts and its log lines.
+#[derive(Clone)]
+pub(crate) struct RequestId(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<RequestId, Infallible> {
+        Ok(parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or(RequestId(String::new())))
+    }
+}
+
+/// The `{id}` segment of a route's path. One that cannot be an id (not UTF-8 once decoded)
+/// names nothing: 404, like any unknown id.
+pub(crate) struct Id(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Id, ApiError> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(id)) => Ok(Id(id)),
+            Err(_) => Err(ApiError::NoRoute(parts.uri.path().to_owned())),
+        }
+    }
+}
+
+/// The query's parameters, decoded as the host's other routes decode them (first value wins).
+pub(crate) struct Params(pub(super) String);
+
+impl Params {
+    pub(crate) fn get(&self, name: &str) -> Option<String> {
+        plugin_guest::query_param(&self.0, name)
+    }
+
+    /// A number within `range`, `default` when absent; the error names the parameter.
+    pub(crate) fn number(
+        &self,
+        name: &'static str,
+        default: usize,
+        range: std::ops::RangeInclusive<usize>,
+    ) -> Result<usize, ApiError> {
+        let Some(text) = self.get(name) else {
+            return Ok(default);
+        };
+        match text.parse::<usize>() {
+            Ok(value) if range.contains(&value) => Ok(value),
+            _ => Err(ApiError::field(
+                name,
+                format!(
+                    "{text:?} is not a number between {} and {}",
+                    range.start(),
+                    range.end()
+                ),
+            )),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Params, Infallible> {
+        Ok(Params(parts.uri.query().unwrap_or_default().to_owned()))
+    }
+}
+
+/// The mount the host serves this plugin under, for absolute links.
+pub(crate) struct Mount(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Mount {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Mount, Infallible> {
+        let mount = parts
+            .headers
+            .get("x-forwarded-prefix")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("/api/deployment")
+            .trim_end_matches('/')
+            .to_owned();
+        Ok(Mount(mount))
+    }
+}

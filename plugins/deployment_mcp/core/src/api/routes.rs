@@ -1,0 +1,255 @@
+//! Every route, declared once in [`ROUTES`] (method, path, least role, handler): the router is
+//! built from the table with the role check as a `route_layer` on each route, and the OpenAPI
+//! test and the role table's test read the same table. A wrong method's 405 becomes the JSON
+//! error here too.
+
+use std::{convert::Infallible, sync::Arc};
+
+use axum::{
+    extract::State,
+    http::{self, header, Method, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{on, MethodFilter, MethodRouter},
+    Router,
+};
+use plugin_guest::{Caller, Role};
+
+use super::{
+    deployments,
+    endpoints::{self, Endpoint},
+    environments, overview, ApiError, ApiState, Shared,
+};
+
+/// One route, declared once: the router, its role layer and the OpenAPI test read [`ROUTES`].
+pub(crate) struct Route {
+    /// Its method and path after the mount.
+    pub(crate) endpoint: &'static Endpoint,
+    /// The least role that may call it; `None`: anyone, even without a key.
+    pub(crate) needs: Option<Role>,
+    /// The handler, for the route's method.
+    handler: fn(MethodFilter) -> MethodRouter<Arc<ApiState>>,
+}
+
+/// Every route as `(method, path, least role)`: what the role table's test checks the plugin
+/// against, so a route or a role added here is tested without anyone copying it.
+pub fn route_roles() -> Vec<(&'static str, &'static str, Option<Role>)> {
+    ROUTES
+        .iter()
+        .map(|route| {
+            (
+                route.endpoint.method.as_str(),
+                route.endpoint.path,
+                route.needs,
+            )
+        })
+        .collect()
+}
+
+pub(crate) const ROUTES: &[Route] = &[
+    Route {
+        endpoint: &endpoints::STATUS,
+        needs: Some(Role::User),
+        handler: |method| on(method, overview::status),
+    },
+    Route {
+        endpoint: &endpoints::DASHBOARD,
+        needs: Some(Role::User),
+        handler: |method| on(method, overview::dashboard),
+    },
+    Route {
+        endpoint: &endpoints::OPENAPI,
+        // Public, like the host's `/api/openapi.json` it is merged into.
+        needs: None,
+        handler: |method| on(method, openapi_document),
+    },
+    Route {
+        endpoint: &endpoints::TRIGGER,
+        needs: Some(Role::Admin),
+        handler: |method| on(method, deployments::trigger_local),
+    },
+    Route {
+        endpoint: &endpoints::ONE_CLICK,
+        needs: Some(Role::Admin),
+        handler: |method| on(method, deployments::one_click),
+    },
+    Route {
+        endpoint: &endpoints::HISTORY,
+        needs: Some(Role::Developer),
+        handler: |method| on(method, deployments::history),
+    },
+    Route {
+        endpoint: &endpoints::DEPLOYMENT,
+        needs: Some(Role::Developer),
+        handler: |method| on(method, deployments::detail),
+    },
+    Route {
+        endpoint: &endpoints::LOGS,
+        needs: Some(Role::Developer),
+        handler: |method| on(method, deployments::logs),
+    },
+    Route {
+        endpoint: &endpoints::CANCEL,
+        needs: Some(Role::Admin),
+        handler: |method| on(method, deployments::cancel),
+    },
+    Route {
+        endpoint: &endpoints::RETRY,
+        needs: Some(Role::Admin),
+        handler: |method| on(method, deployments::retry),
+    },
+    Route {
+        endpoint: &endpoints::APPROVE,
+        needs: Some(Role::Admin),
+        handler: |method| on(method, deployments::approve),
+    },
+    Route {
+        endpoint: &endpoints::REJECT,
+        needs: Some(Role::Admin),
+        handler: |method| on(method, deployments::reject),
+    },
+    Route {
+        endpoint: &endpoints::ROLLBACK,
+        needs: Some(Role::Admin),
+        handler: |method| on(method, deployments::rollback),
+    },
+    Route {
+        endpoint: &endpoints::ENVIRONMENTS,
+        needs: Some(Role::Developer),
+        handler: |method| on(method, environments::list),
+    },
+    Route {
+        endpoint: &endpoints::CREATE_ENVIRONMENT,
+        needs: Some(Role::Admin),
+        handler: |method| on(method, environments::create),
+    },
+    Route {
+        endpoint: &endpoints::ENVIRONMENT,
+        needs: Some(Role::Developer),
+        handler: |method| on(method, environments::get),
+    },
+    Route {
+        endpoint: &endpoints::REPLACE_ENVIRONMENT,
+        needs: Some(Role::Admin),
+        handler: |method| on(method, environments::replace),
+    },
+    Route {
+        endpoint: &endpoints::DELETE_ENVIRONMENT,
+        needs: Some(Role::Admin),
+        handler: |method| on(method, environments::delete),
+    },
+    Route {
+        endpoint: &endpoints::HEALTH_CHECK,
+        needs: Some(Role::Developer),
+        handler: |method| on(method, environments::health_check),
+    },
+];
+
+/// The router over [`ROUTES`]: each route behind its role layer, unknown paths 404 and wrong
+/// methods 405, both as JSON errors.
+pub(super) fn router(state: Arc<ApiState>) -> Router {
+    let mut router = Router::new();
+    for route in ROUTES {
+        let Ok(filter) = MethodFilter::try_from(route.endpoint.method.clone()) else {
+            tracing::error!(method = %route.endpoint.method, path = route.endpoint.path, "route skipped: no method filter");
+            continue;
+        };
+        let mut method_router = (route.handler)(filter);
+        if let Some(role) = route.needs {
+            method_router = method_router.route_layer(NeedsRole(role));
+        }
+        router = router.route(route.endpoint.path, method_router);
+    }
+    router
+        .fallback(|request: axum::extract::Request| async move {
+            ApiError::NoRoute(request.uri().path().to_owned())
+        })
+        // The host enforces `server.body_limit_bytes` before a request reaches the plugin.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// The role layer: 401 without a key, 403 below the role, else the route. A plain tower
+/// service (no boxed future): it runs on every request.
+#[derive(Clone, Copy)]
+pub(super) struct NeedsRole(pub(super) Role);
+
+impl<S> tower::Layer<S> for NeedsRole {
+    type Service = RoleCheck<S>;
+
+    fn layer(&self, inner: S) -> RoleCheck<S> {
+        RoleCheck {
+            inner,
+            needs: self.0,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(super) struct RoleCheck<S> {
+    inner: S,
+    needs: Role,
+}
+
+impl<S> tower::Service<axum::extract::Request> for RoleCheck<S>
+where
+    S: tower::Service<axum::extract::Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future =
+        futures_util::future::Either<S::Future, std::future::Ready<Result<Response, Infallible>>>;
+
+    fn poll_ready(
+        &mut self,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        use futures_util::future::Either;
+        let caller = request
+            .extensions()
+            .get::<Caller>()
+            .map(|caller| caller.role);
+        match plugin_guest::Refusal::of(caller, self.needs) {
+            None => Either::Left(self.inner.call(request)),
+            Some(refusal) => Either::Right(std::future::ready(Ok(
+                ApiError::Refused(refusal).into_response()
+            ))),
+        }
+    }
+}
+
+/// The router answers a method a path does not take with an empty 405 and `Allow` (set as the
+/// answer leaves the route, so this runs around the whole router); this makes it the JSON error
+/// answer. `HEAD` is answered by every `GET` route and not listed.
+pub(super) fn method_not_allowed(method: &Method, uri: &http::Uri, response: Response) -> Response {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let allowed = response
+        .headers()
+        .get(header::ALLOW)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|method| !method.is_empty() && *method != "HEAD")
+        .map(str::to_owned)
+        .collect();
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        allowed,
+    }
+    .into_response()
+}
+
+async fn openapi_document(State(api): Shared) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        (api.openapi)(),
+    )
+        .into_response()
+}
