@@ -32,7 +32,6 @@ fn source_files_stay_under_the_line_limit() {
 }
 
 #[test]
-#[ignore = "enabled once the deployment plugin's large files are split"]
 fn deployment_mcp_files_stay_under_the_line_limit() {
     let over = oversized_report(|path| path.starts_with(DEPLOYMENT_MCP));
     assert!(
