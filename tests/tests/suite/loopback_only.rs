@@ -40,7 +40,8 @@ const UNIT_TESTS_IN: &[&str] = &[
     "plugins/deployment_mcp/cli/src",
 ];
 
-/// The unit tests of a crate source file: from its first `#[cfg(test)]` line on.
+/// The unit tests of a crate source file: from its first `#[cfg(test)]` line on (a `tests.rs`
+/// is scanned whole).
 fn unit_tests(text: &str) -> &str {
     text.find("\n#[cfg(test)]")
         .map_or("", |start| &text[start..])
@@ -139,22 +140,22 @@ const DATA_ONLY: &[(&str, &str, &str)] = &[
         "addresses a unit test checks against allowed_target_networks; never contacted",
     ),
     (
-        "plugins/deployment_mcp/core/src/environments.rs",
+        "plugins/deployment_mcp/core/src/environments/tests.rs",
         "192.168.1.100",
         "hosts of environments a unit test validates; never contacted",
     ),
     (
-        "plugins/deployment_mcp/core/src/environments.rs",
+        "plugins/deployment_mcp/core/src/environments/tests.rs",
         "x",
         "hosts of environments a unit test validates; never contacted",
     ),
     (
-        "plugins/deployment_mcp/core/src/mcp.rs",
+        "plugins/deployment_mcp/core/src/mcp/origin.rs",
         "127.0.0.1.evil.test",
         "browser Origin values a unit test matches against mcp.allowed_origins; never contacted",
     ),
     (
-        "plugins/deployment_mcp/core/src/mcp.rs",
+        "plugins/deployment_mcp/core/src/mcp/origin.rs",
         "ops.example.com",
         "browser Origin values a unit test matches against mcp.allowed_origins; never contacted",
     ),
@@ -400,7 +401,9 @@ fn tests_benches_examples_and_config_address_only_loopback() {
             .unwrap_or(file)
             .display()
             .to_string();
-        let scanned = if unit_test_files.contains(file) {
+        // A module of tests in a file of its own (`tests.rs`) is test code from its first line.
+        let tests_file = file.file_name().is_some_and(|name| name == "tests.rs");
+        let scanned = if unit_test_files.contains(file) && !tests_file {
             unit_tests(&text)
         } else {
             &text
