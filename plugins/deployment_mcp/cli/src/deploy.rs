@@ -392,8 +392,15 @@ impl Watch {
             }
             "deployment.batch" => {
                 if let Ok(event) = serde_json::from_value::<BatchEvent>(data) {
+                    let listed = event.batch.environments.len();
+                    let more = event.environment_count.saturating_sub(listed);
+                    let more = if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    };
                     self.note(&format!(
-                        "batch {} of {} {}: {}",
+                        "batch {} of {} {}: {}{more}",
                         event.batch.number,
                         event.batches,
                         event.batch.status.as_str(),

@@ -537,3 +537,34 @@ async fn after_its_process_died_a_run_is_interrupted_and_its_environments_freed(
         .expect("the environment is free");
     assert_ne!(again.deployment_id, id);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_large_batch_is_announced_by_events_that_stay_small_and_keep_their_numbers() {
+    let ids: Vec<String> = (0..300)
+        .map(|n| format!("bulk-environment-{n:04}"))
+        .collect();
+    let mut harness = harness(ids.iter().map(|id| environment(id, 60, None)).collect()).await;
+    let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let id = harness.start(&names, "v1", json!({})).await;
+    let events = harness.until_end(&id).await;
+    assert_numbered_from(1, &events);
+    let batches: Vec<&Value> = events
+        .iter()
+        .filter(|(kind, _)| kind == "deployment.batch")
+        .map(|(_, data)| data)
+        .collect();
+    assert_eq!(batches.len(), 2, "the one batch started and ended");
+    for batch in batches {
+        assert_eq!(batch["environment_count"], 300, "{batch}");
+        let listed = batch["batch"]["environments"]
+            .as_array()
+            .map_or(0, Vec::len);
+        assert_eq!(listed, crate::deployment::LISTED_ENVIRONMENTS);
+    }
+    for (kind, data) in &events {
+        if kind == "deployment.phase" {
+            assert_eq!(data["environment_count"], 300);
+            assert!(data["environments"].as_array().map_or(0, Vec::len) <= 100);
+        }
+    }
+}

@@ -176,6 +176,9 @@ impl Writes {
             id,
             records::encode(collection::ACTIVE, id, &entry)?,
         ));
+        // A cancel request left for an earlier run of it (one that ended meanwhile) is not for
+        // this one.
+        self.push(StoreOp::delete(collection::CANCEL, id));
         Ok(())
     }
 

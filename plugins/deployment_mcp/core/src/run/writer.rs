@@ -470,6 +470,16 @@ impl WriterTask {
         }
     }
 
+    /// Frees the run's claims on `environments` and its running entry.
+    async fn release(&self, environments: &[String]) {
+        let id = &self.deployment_id;
+        if let Err(error) =
+            crate::persist::runs::release(&self.records, &self.lease, id, environments).await
+        {
+            tracing::error!(deployment = %id, "cannot release the environments: {error}");
+        }
+    }
+
     /// Writes what is pending in one transaction, then publishes it.
     async fn write(&mut self) {
         if self.lines.is_empty()
@@ -516,6 +526,11 @@ impl WriterTask {
         if let Err(error) = stored {
             // Not stored, so not published: a subscriber sees nothing a restart would not show.
             tracing::error!(deployment = %id, "cannot store the deployment's progress: {error}");
+            if let Some(environments) = self.finished.take() {
+                // The run ends all the same: its environments must not stay claimed by a run
+                // that is gone until the next restart.
+                self.release(&environments).await;
+            }
             return;
         }
         if !lines.is_empty() {
@@ -526,11 +541,7 @@ impl WriterTask {
         }
         if let Some(environments) = self.finished.take() {
             // Released before the end is published: whoever reacts to it finds them free.
-            if let Err(error) =
-                crate::persist::runs::release(&self.records, &self.lease, &id, &environments).await
-            {
-                tracing::error!(deployment = %id, "cannot release the environments: {error}");
-            }
+            self.release(&environments).await;
         }
         let host = self.records.host();
         if !lines.is_empty() {
@@ -623,11 +634,8 @@ fn publish_environment(
     progress: u8,
     target: &TargetRecord,
 ) {
-    let event = |view| EnvironmentEvent {
-        deployment_id: deployment_id.to_owned(),
-        progress,
-        environment: TargetResult::new(target, view),
-    };
+    let event =
+        |view| EnvironmentEvent::new(deployment_id, progress, TargetResult::new(target, view));
     publish_numbered(
         host,
         event::ENVIRONMENT,

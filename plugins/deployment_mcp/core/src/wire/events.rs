@@ -11,23 +11,35 @@ use crate::{
     triggers::LogLine,
 };
 
-/// Event `deployment.batch`: a batch started or ended.
+/// Event `deployment.batch`: a batch started or ended. Its `batch.environments` names the first
+/// [`LISTED_ENVIRONMENTS`] (`environment_count` counts them all), so the event stays small
+/// whatever the batch's size (an all-at-once deployment is one batch).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BatchEvent {
     pub deployment_id: String,
     pub batches: usize,
     pub batch: BatchView,
+    #[serde(default)]
+    pub environment_count: usize,
 }
 
 impl BatchEvent {
     pub fn new(record: &DeploymentRecord, index: usize) -> Option<BatchEvent> {
+        let mut batch = BatchView::new(record, index)?;
+        let environment_count = batch.environments.len();
+        batch.environments.truncate(LISTED_ENVIRONMENTS);
         Some(BatchEvent {
             deployment_id: record.deployment_id.clone(),
             batches: record.batches.len(),
-            batch: BatchView::new(record, index)?,
+            batch,
+            environment_count,
         })
     }
 }
+
+/// The most bytes of output lines an environment event carries; the result in the store keeps
+/// its whole tail.
+pub const EVENT_TAIL_BYTES: usize = 16 * 1024;
 
 /// Event `deployment.gate`: a gate opened (waiting) or was decided (with who).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -99,12 +111,39 @@ impl PhaseEvent {
     }
 }
 
-/// Event `deployment.environment`: one environment of a deployment moved.
+/// Event `deployment.environment`: one environment of a deployment moved. Its output tail is
+/// the last lines that fit in [`EVENT_TAIL_BYTES`].
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EnvironmentEvent {
     pub deployment_id: String,
     pub progress: u8,
     pub environment: TargetResult,
+}
+
+impl EnvironmentEvent {
+    pub fn new(
+        deployment_id: &str,
+        progress: u8,
+        mut environment: TargetResult,
+    ) -> EnvironmentEvent {
+        if let Some(tail) = &mut environment.output_tail {
+            let mut bytes = 0;
+            let keep = tail
+                .iter()
+                .rev()
+                .take_while(|line| {
+                    bytes += line.line.len();
+                    bytes <= EVENT_TAIL_BYTES
+                })
+                .count();
+            tail.drain(..tail.len() - keep);
+        }
+        EnvironmentEvent {
+            deployment_id: deployment_id.to_owned(),
+            progress,
+            environment,
+        }
+    }
 }
 
 /// Event `deployment.log` (developers and admins only): lines stored in a deployment's log.
