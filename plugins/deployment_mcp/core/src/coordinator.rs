@@ -139,6 +139,8 @@ pub struct Coordinator {
     boot_id: String,
     runs: Mutex<HashMap<String, RunHandle>>,
     tasks: TaskTracker,
+    /// Stops the loops of this copy (health checks, gate deadlines, retention) at shutdown.
+    background: CancellationToken,
     /// Bumped on every local change, so cached views know they are stale.
     generation: AtomicUsize,
     imds_identity: tokio::sync::OnceCell<Option<(String, Option<String>)>>,
@@ -177,6 +179,7 @@ impl Coordinator {
             boot_id,
             runs: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
+            background: CancellationToken::new(),
             generation: AtomicUsize::new(0),
             imds_identity: tokio::sync::OnceCell::new(),
         }
@@ -635,9 +638,24 @@ impl Coordinator {
         }
     }
 
+    /// Starts this copy's loops: periodic health checks, the gates' deadlines, retention. They
+    /// belong to the plugin's life (started once it is built, stopped by [`Self::shutdown`]),
+    /// not to its HTTP layer.
+    pub fn start_background(self: &Arc<Self>) {
+        let stop = self.background.clone();
+        tokio::spawn(Arc::clone(self).health_loop(stop.clone()));
+        tokio::spawn(Arc::clone(self).gate_loop(stop.clone()));
+        tokio::spawn(crate::persist::retention::run(
+            self.records.clone(),
+            self.settings_handle(),
+            stop,
+        ));
+    }
+
     /// Stops taking work and lets runs end: at a host shutdown they are stopped and recorded
     /// as interrupted; at a hot swap they run to completion (the new copy serves meanwhile).
     pub async fn shutdown(&self, host_stopping: bool) {
+        self.background.cancel();
         self.tasks.close();
         if host_stopping {
             let tokens: Vec<CancellationToken> = self

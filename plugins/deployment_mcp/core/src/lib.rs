@@ -122,6 +122,7 @@ pub async fn build(
         file = %settings.environments_file.display(),
         "deployment_mcp started"
     );
+    coordinator.start_background();
     tokio::spawn(auto_deploy::run(
         Arc::clone(&coordinator),
         Arc::clone(&settings),

@@ -85,14 +85,8 @@ impl Api {
         version: &'static str,
         openapi: fn() -> &'static [u8],
     ) -> Api {
+        // Ends the answers that stream (followed logs) at shutdown.
         let stop = CancellationToken::new();
-        tokio::spawn(Arc::clone(&coordinator).health_loop(stop.clone()));
-        tokio::spawn(Arc::clone(&coordinator).gate_loop(stop.clone()));
-        tokio::spawn(crate::persist::retention::run(
-            coordinator.records().clone(),
-            coordinator.settings_handle(),
-            stop.clone(),
-        ));
         let state = Arc::new(ApiState {
             coordinator,
             status: overview::StatusCache::new(),
