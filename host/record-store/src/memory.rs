@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    store::{check, Counters, MAX_BATCH},
+    store::{check, check_batch, Counters},
     Condition, Conflict, Op, RecordStore, StoreCounts, StoreError, Write, MAX_LIST,
 };
 
@@ -91,25 +91,7 @@ impl RecordStore for MemoryStore {
     }
 
     fn apply(&self, ops: &[Op<'_>]) -> Result<Option<Conflict>, StoreError> {
-        if ops.len() > MAX_BATCH {
-            return Err(StoreError::BatchTooLarge(ops.len()));
-        }
-        for op in ops {
-            let value = match op.write {
-                Write::Put(value) => Some(value),
-                Write::Delete | Write::Keep | Write::Add(_) => None,
-            };
-            check(op.collection, op.key, value)?;
-        }
-        self.counters.written(
-            ops.len(),
-            ops.iter()
-                .map(|op| match op.write {
-                    Write::Put(value) => value.len(),
-                    Write::Delete | Write::Keep | Write::Add(_) => 0,
-                })
-                .sum(),
-        );
+        check_batch(ops, &self.counters)?;
         let mut collections = self.collections();
         // Conditions are checked against the state before the batch's own writes.
         for (index, op) in ops.iter().enumerate() {

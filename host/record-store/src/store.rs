@@ -30,7 +30,7 @@ pub const MAX_VALUE_LEN: usize = 16 * 1024 * 1024;
 /// The largest page [`Store::list`] returns.
 pub const MAX_LIST: u32 = 10_000;
 /// The most operations one [`Store::apply`] batch may hold.
-pub(crate) const MAX_BATCH: usize = 100_000;
+const MAX_BATCH: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -408,25 +408,7 @@ impl Store {
     /// and returns the first conflict. Conditions are checked in order, against the state
     /// before the batch's own writes.
     pub fn apply(&self, ops: &[Op<'_>]) -> Result<Option<Conflict>, StoreError> {
-        if ops.len() > MAX_BATCH {
-            return Err(StoreError::BatchTooLarge(ops.len()));
-        }
-        for op in ops {
-            let value = match op.write {
-                Write::Put(value) => Some(value),
-                Write::Delete | Write::Keep | Write::Add(_) => None,
-            };
-            check(op.collection, op.key, value)?;
-        }
-        self.counters.written(
-            ops.len(),
-            ops.iter()
-                .map(|op| match op.write {
-                    Write::Put(value) => value.len(),
-                    Write::Delete | Write::Keep | Write::Add(_) => 0,
-                })
-                .sum(),
-        );
+        check_batch(ops, &self.counters)?;
         let mut writer = self.writer();
         let transaction = writer
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -537,6 +519,25 @@ fn read_value(
                 .optional()
         })
         .map_err(StoreError::sqlite(format!("read {collection}/{key}")))
+}
+
+/// What every store checks and counts of a batch before it applies it: its size, each
+/// operation's names and value, and the rows and bytes it writes.
+pub(crate) fn check_batch(ops: &[Op<'_>], counters: &Counters) -> Result<(), StoreError> {
+    if ops.len() > MAX_BATCH {
+        return Err(StoreError::BatchTooLarge(ops.len()));
+    }
+    let mut bytes = 0;
+    for op in ops {
+        let value = match op.write {
+            Write::Put(value) => Some(value),
+            Write::Delete | Write::Keep | Write::Add(_) => None,
+        };
+        check(op.collection, op.key, value)?;
+        bytes += value.map_or(0, str::len);
+    }
+    counters.written(ops.len(), bytes);
+    Ok(())
 }
 
 pub(crate) fn check(collection: &str, key: &str, value: Option<&str>) -> Result<(), StoreError> {
