@@ -12,7 +12,10 @@
 
 use std::time::{Duration, Instant};
 
-use deployment_mcp_core::deployment::{DeploymentRecord, Phase};
+use deployment_mcp_core::{
+    deployment::{DeploymentRecord, Phase},
+    model::{Ec2Phase, Timestamp},
+};
 use e2e::{HostOptions, TestHost, DEVELOPER_KEY, USER_KEY};
 use serde_json::json;
 
@@ -44,10 +47,12 @@ fn seed(dir: &std::path::Path, count: usize) {
             triggered_by: "api:seed".into(),
             request_id: None,
             environments: vec![environment.clone()],
-            ec2: json!({"status": "skipped"}),
+            ec2: Ec2Phase::Skipped {
+                reason: "seeded".into(),
+            },
             errors: Vec::new(),
-            created_at: "2023-11-14T22:13:20.000Z".into(),
-            finished_at: Some("2023-11-14T22:13:21.000Z".into()),
+            created_at: Timestamp::from_unix_ms(created_ms),
+            finished_at: Some(Timestamp::from_unix_ms(created_ms + 1000)),
             duration_ms: Some(1000),
             retry_of: None,
             log_lines: 0,

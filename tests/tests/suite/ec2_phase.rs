@@ -24,7 +24,7 @@ use axum::{
 };
 use deployment_mcp_core::{
     ec2::{self, Ec2Outcome, Ec2Settings},
-    triggers::{LogLine, LogSink},
+    model::{LogLine, LogSink},
 };
 use e2e::moto::{Moto, ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY};
 use tokio::sync::mpsc;

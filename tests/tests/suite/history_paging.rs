@@ -59,7 +59,7 @@ async fn generate(records: &Records, seed: u64, count: usize) -> Vec<(String, Hi
             environments,
             failed_environments: Vec::new(),
             failed_count: 0,
-            created_at: "2023-11-14T22:13:20.000Z".into(),
+            created_at: "2023-11-14T22:13:20.000Z".parse().expect("a time"),
             finished_at: None,
             duration_ms: None,
             retry_of: None,

@@ -10,10 +10,8 @@ use std::{
 use deployment_mcp_core::{
     egress::{Egress, TargetNetworks},
     environments::{Connection, Environment},
-    triggers::{
-        ssh::SshTrigger, FailureKind, LogLine, LogSink, LogStream, Trigger, TriggerContext,
-        TriggerResult,
-    },
+    model::{LogLine, LogSink, LogStream},
+    triggers::{ssh::SshTrigger, FailureKind, Trigger, TriggerContext, TriggerResult},
 };
 use e2e::{process_alive, sshd::Sshd, wait_until};
 use serde_json::json;

@@ -1,7 +1,9 @@
 //! Printing: tables, durations, timestamps. Writes ignore errors: a closed stdout (`| head`)
 //! must not abort a deployment half way, and `println!` would panic there.
 
-use std::{io::Write as _, time::SystemTime};
+use std::io::Write as _;
+
+use deployment_mcp_core::model::Timestamp;
 
 /// `println!` that never panics.
 macro_rules! outln {
@@ -149,15 +151,12 @@ pub fn duration(ms: Option<u64>) -> String {
 
 /// The current UTC time to the second, RFC 3339.
 pub fn now() -> String {
-    short_time(&deployment_mcp_core::triggers::timestamp(SystemTime::now()))
+    Timestamp::now().to_second_string()
 }
 
-/// Drops the milliseconds of an RFC 3339 time (`…:00.123Z` → `…:00Z`).
-pub fn short_time(text: &str) -> String {
-    match (text.find('.'), text.ends_with('Z')) {
-        (Some(dot), true) => format!("{}Z", &text[..dot]),
-        _ => text.to_owned(),
-    }
+/// A time to the second (`…:00.123Z` → `…:00Z`).
+pub fn short_time(time: &Timestamp) -> String {
+    time.to_second_string()
 }
 
 /// The text, or `-` when there is none.
@@ -219,7 +218,7 @@ mod tests {
         assert_eq!(duration(Some(1_240)), "1.2s");
         assert_eq!(duration(Some(123_000)), "2m03s");
         assert_eq!(
-            short_time("2026-11-25T11:00:00.123Z"),
+            short_time(&"2026-11-25T11:00:00.123Z".parse().unwrap()),
             "2026-11-25T11:00:00Z"
         );
     }

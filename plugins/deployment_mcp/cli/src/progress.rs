@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use deployment_mcp_core::{deployment::TargetStatus, triggers::LogLine, wire::TargetResult};
+use deployment_mcp_core::{deployment::TargetStatus, model::LogLine, wire::TargetResult};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::output::{self, outln};

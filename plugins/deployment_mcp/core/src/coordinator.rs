@@ -21,7 +21,6 @@ use std::{
 };
 
 use futures_util::FutureExt;
-use serde_json::json;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -32,6 +31,7 @@ use crate::{
     ec2,
     egress::Egress,
     environments::{Environment, FieldError},
+    model::{Ec2Phase, Timestamp},
     persist::catalog::Catalog,
     persist::deployments::LogPosition,
     persist::{
@@ -47,7 +47,6 @@ use crate::{
         Run, RunOwner, Start, StopHandle, StopReason,
     },
     settings::Settings,
-    triggers::timestamp,
     wire::DeletedEvent,
 };
 
@@ -315,11 +314,13 @@ impl Coordinator {
             request_id: request.request_id.clone(),
             environments: targets.iter().map(|t| t.environment_id.clone()).collect(),
             ec2: match &ec2 {
-                Some(_) => json!({ "status": "pending" }),
-                None => json!({ "status": "skipped", "reason": "ec2 is off" }),
+                Some(_) => Ec2Phase::Pending,
+                None => Ec2Phase::Skipped {
+                    reason: "ec2 is off".into(),
+                },
             },
             errors: Vec::new(),
-            created_at: timestamp(now),
+            created_at: Timestamp::from(now),
             finished_at: None,
             duration_ms: None,
             retry_of: request.retry_of.clone(),

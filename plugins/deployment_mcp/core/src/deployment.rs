@@ -4,8 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    model::LogLine,
+    model::{Ec2Phase, Timestamp},
     rollout::{BatchKind, GateKind, Rollout},
-    triggers::LogLine,
 };
 
 /// The deployment state machine (the original's phases).
@@ -143,7 +144,7 @@ pub struct RollbackOutcome {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub error: Option<String>,
-    pub finished_at: String,
+    pub finished_at: Timestamp,
 }
 
 /// The health of an environment as last seen, by a deployment's verification or the periodic
@@ -152,7 +153,7 @@ pub struct RollbackOutcome {
 pub struct HealthReport {
     pub healthy: bool,
     pub url: String,
-    pub checked_at: String,
+    pub checked_at: Timestamp,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub http_status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -167,9 +168,9 @@ pub struct TargetRecord {
     pub connection_method: String,
     pub status: TargetStatus,
     #[serde(default)]
-    pub started_at: Option<String>,
+    pub started_at: Option<Timestamp>,
     #[serde(default)]
-    pub finished_at: Option<String>,
+    pub finished_at: Option<Timestamp>,
     #[serde(default)]
     pub duration_ms: Option<u64>,
     #[serde(default)]
@@ -229,12 +230,13 @@ pub struct DeploymentRecord {
     /// Environment ids in the order they were requested.
     pub environments: Vec<String>,
     /// The EC2 phase's result, or why it was skipped.
-    pub ec2: serde_json::Value,
+    #[serde(default)]
+    pub ec2: Ec2Phase,
     #[serde(default)]
     pub errors: Vec<String>,
-    pub created_at: String,
+    pub created_at: Timestamp,
     #[serde(default)]
-    pub finished_at: Option<String>,
+    pub finished_at: Option<Timestamp>,
     #[serde(default)]
     pub duration_ms: Option<u64>,
     #[serde(default)]
@@ -296,9 +298,9 @@ pub struct BatchRecord {
     pub len: usize,
     pub status: BatchStatus,
     #[serde(default)]
-    pub started_at: Option<String>,
+    pub started_at: Option<Timestamp>,
     #[serde(default)]
-    pub finished_at: Option<String>,
+    pub finished_at: Option<Timestamp>,
 }
 
 /// A gate's state.
@@ -334,14 +336,14 @@ impl GateStatus {
 pub struct GateRecord {
     pub kind: GateKind,
     pub status: GateStatus,
-    pub opened_at: String,
+    pub opened_at: Timestamp,
     /// When a waiting manual gate ends the deployment `cancelled`.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
     #[serde(default)]
     pub decided_by: Option<String>,
     #[serde(default)]
-    pub decided_at: Option<String>,
+    pub decided_at: Option<Timestamp>,
 }
 
 impl DeploymentRecord {
@@ -381,9 +383,9 @@ pub struct HistoryEntry {
     /// How many environments did not succeed, once it ended.
     #[serde(default)]
     pub failed_count: usize,
-    pub created_at: String,
+    pub created_at: Timestamp,
     #[serde(default)]
-    pub finished_at: Option<String>,
+    pub finished_at: Option<Timestamp>,
     #[serde(default)]
     pub duration_ms: Option<u64>,
     #[serde(default)]
@@ -425,8 +427,8 @@ impl DeploymentRecord {
             environment_count: self.environments.len(),
             failed_environments,
             failed_count,
-            created_at: self.created_at.clone(),
-            finished_at: self.finished_at.clone(),
+            created_at: self.created_at,
+            finished_at: self.finished_at,
             duration_ms: self.duration_ms,
             retry_of: self.retry_of.clone(),
             error: self.errors.last().cloned(),

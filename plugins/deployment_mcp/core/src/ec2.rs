@@ -21,7 +21,7 @@ use aws_sdk_ec2::{
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::triggers::LogSink;
+use crate::model::{Ec2Phase, LogSink};
 
 /// Cap on one EC2 API call, retries included: a dead endpoint fails the phase in seconds rather
 /// than holding a deployment.
@@ -162,33 +162,21 @@ fn is_instance_id(id: &str) -> bool {
     })
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Ec2Instance {
-    pub instance_id: String,
-    pub state: String,
-    pub public_ip: Option<String>,
-    pub public_dns: Option<String>,
-    pub private_ip: Option<String>,
-}
+pub use crate::model::Ec2Instance;
 
-impl Ec2Instance {
-    fn from_sdk(instance: &Instance) -> Ec2Instance {
-        let text = |value: Option<&str>| value.filter(|text| !text.is_empty()).map(str::to_owned);
-        Ec2Instance {
-            instance_id: instance.instance_id().unwrap_or_default().to_owned(),
-            state: instance
-                .state()
-                .and_then(|state| state.name())
-                .map(|name| name.as_str().to_owned())
-                .unwrap_or_else(|| "unknown".to_owned()),
-            public_ip: text(instance.public_ip_address()),
-            public_dns: text(instance.public_dns_name()),
-            private_ip: text(instance.private_ip_address()),
-        }
-    }
-
-    fn address(&self) -> Option<&str> {
-        self.public_ip.as_deref().or(self.private_ip.as_deref())
+/// An instance as the SDK describes it.
+fn instance_from_sdk(instance: &Instance) -> Ec2Instance {
+    let text = |value: Option<&str>| value.filter(|text| !text.is_empty()).map(str::to_owned);
+    Ec2Instance {
+        instance_id: instance.instance_id().unwrap_or_default().to_owned(),
+        state: instance
+            .state()
+            .and_then(|state| state.name())
+            .map(|name| name.as_str().to_owned())
+            .unwrap_or_else(|| "unknown".to_owned()),
+        public_ip: text(instance.public_ip_address()),
+        public_dns: text(instance.public_dns_name()),
+        private_ip: text(instance.private_ip_address()),
     }
 }
 
@@ -203,12 +191,16 @@ impl Ec2Outcome {
     /// The platform the environments connect to: the first instance's id and its public IPv4,
     /// or its private IPv4 when it has no public one.
     pub fn platform(&self) -> Option<(String, Option<String>)> {
-        self.instances.first().map(|instance| {
-            (
-                instance.instance_id.clone(),
-                instance.address().map(str::to_owned),
-            )
-        })
+        Ec2Phase::platform(&self.instances)
+    }
+}
+
+impl From<Ec2Outcome> for Ec2Phase {
+    fn from(outcome: Ec2Outcome) -> Ec2Phase {
+        Ec2Phase::Completed {
+            instances: outcome.instances,
+            started: outcome.started,
+        }
     }
 }
 
@@ -502,7 +494,7 @@ impl Phase<'_> {
                 .await
                 .map_err(|error| self.api_error("ec2:DescribeInstances", &requested, error))?;
             for reservation in output.reservations() {
-                instances.extend(reservation.instances().iter().map(Ec2Instance::from_sdk));
+                instances.extend(reservation.instances().iter().map(instance_from_sdk));
             }
             match output.next_token() {
                 Some(token) if !token.is_empty() => next_token = Some(token.to_owned()),

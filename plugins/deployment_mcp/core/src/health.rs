@@ -1,11 +1,11 @@
 //! Health checks: one GET of an environment's `health_check_url`; 2xx is healthy.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::{
     deployment::HealthReport,
     egress::{Egress, Refused},
-    triggers::timestamp,
+    model::Timestamp,
 };
 
 /// Why a check got no answer.
@@ -32,7 +32,7 @@ pub async fn check(egress: &Egress, target: &str, timeout: Duration) -> HealthRe
     let url = crate::redact::url(target);
     let url = url.as_str();
     let latency_ms = started.elapsed().as_millis() as u64;
-    let checked_at = timestamp(SystemTime::now());
+    let checked_at = Timestamp::now();
     match answer {
         Ok(response) => {
             let status = response.status();

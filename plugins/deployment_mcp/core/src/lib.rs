@@ -16,6 +16,7 @@ pub mod egress;
 pub mod environments;
 pub mod health;
 pub mod mcp;
+pub mod model;
 pub mod persist;
 pub mod redact;
 pub mod rollout;

@@ -109,7 +109,7 @@ pub(crate) async fn detail(State(api): Shared, Id(id): Id) -> Answer {
     responses(
         (status = 200, description = "A page of the log (the first 10,000 lines when no parameter is given), or with `follow` a stream of lines", content(
             (crate::wire::LogsAnswer = "application/json"),
-            (crate::triggers::LogLine = "application/x-ndjson"),
+            (crate::model::LogLine = "application/x-ndjson"),
         )),
     )
 )]

@@ -14,7 +14,7 @@ use crate::wire::{DeploymentEntry, ErrorAnswer, HealthView, TargetResult};
 use crate::{
     deployment::{Phase, TargetStatus},
     environments::{ConnectionMethod, EnvironmentJson, EnvironmentType},
-    triggers::{LogLine, LogStream},
+    model::{Ec2Instance, Ec2Phase, LogLine, LogStream, Timestamp},
 };
 
 #[derive(OpenApi)]
@@ -42,7 +42,8 @@ use crate::{
     ),
     components(schemas(
         EnvironmentJson, EnvironmentType, ConnectionMethod, LogLine, LogStream, Phase,
-        TargetStatus, HealthView, TargetResult, DeploymentEntry, ErrorAnswer,
+        TargetStatus, HealthView, TargetResult, DeploymentEntry, ErrorAnswer, Timestamp, Ec2Phase,
+        Ec2Instance,
         crate::wire::BatchEvent, crate::wire::GateEvent,
     )),
     tags(

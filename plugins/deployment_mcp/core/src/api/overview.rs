@@ -229,7 +229,7 @@ pub(crate) async fn dashboard(State(api): Shared, caller: Who, params: Params) -
                     deployment_id: last.deployment_id.clone(),
                     status: last.status,
                     succeeded: Some(last.succeeded),
-                    finished_at: last.finished_at.clone(),
+                    finished_at: last.finished_at,
                 }),
                 (None, None) => None,
             };

@@ -19,6 +19,7 @@ use super::{Coordinator, RunFrom};
 use crate::{
     deployment::{BatchStatus, DeploymentRecord, GateStatus, Phase, TargetRecord, TargetStatus},
     environments::Environment,
+    model::{LogLine, LogStream, Timestamp},
     persist::{
         deployments::LogPosition,
         history::{Filter, History},
@@ -26,7 +27,6 @@ use crate::{
         Outcome, Writes,
     },
     run::{writer, Start},
-    triggers::{timestamp, LogLine, LogStream},
     wire::GateEvent,
 };
 
@@ -99,7 +99,7 @@ impl Coordinator {
         if let Some(gate) = &mut record.gate {
             gate.status = status;
             gate.decided_by = Some(by.to_owned());
-            gate.decided_at = Some(timestamp(now));
+            gate.decided_at = Some(Timestamp::from(now));
         }
         Ok((read, record, now))
     }
@@ -117,7 +117,7 @@ impl Coordinator {
             .log_position(&record.deployment_id)
             .await?;
         let line = LogLine {
-            ts: timestamp(SystemTime::now()),
+            ts: Timestamp::now(),
             environment: None,
             stream,
             line: message.to_owned(),
@@ -255,7 +255,7 @@ impl Coordinator {
         let from = record.status;
         record.status = Phase::Cancelled;
         record.errors.push(message.to_owned());
-        record.finished_at = Some(timestamp(now));
+        record.finished_at = Some(Timestamp::from(now));
         let now_ms = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
@@ -267,7 +267,7 @@ impl Coordinator {
         for mut target in self.deployments().targets(id).await? {
             if target.status == TargetStatus::Pending {
                 target.status = TargetStatus::Skipped;
-                target.finished_at = Some(timestamp(now));
+                target.finished_at = Some(Timestamp::from(now));
                 target.error = Some(format!("not started: {message}"));
                 writes.target(id, &target)?;
                 skipped.push(target.clone());

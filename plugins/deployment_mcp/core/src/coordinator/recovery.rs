@@ -8,8 +8,8 @@ use std::{collections::HashSet, time::SystemTime};
 use super::Coordinator;
 use crate::{
     deployment::{Phase, TargetStatus},
+    model::{LogStream, Timestamp},
     persist::{self, records::StoreError, Lease, Outcome, Writes},
-    triggers::{timestamp, LogStream},
 };
 
 impl Coordinator {
@@ -65,7 +65,7 @@ impl Coordinator {
                         target.status.as_str()
                     ));
                     target.status = TargetStatus::Cancelled;
-                    target.finished_at = Some(timestamp(now));
+                    target.finished_at = Some(Timestamp::from(now));
                     writes.target(&record.deployment_id, &target)?;
                 }
                 if target.status != TargetStatus::Succeeded {
@@ -80,7 +80,7 @@ impl Coordinator {
                 .await?;
             record.status = Phase::Interrupted;
             record.errors.push(message);
-            record.finished_at = Some(timestamp(now));
+            record.finished_at = Some(Timestamp::from(now));
             writes.moved(&record, phase, &failed, Some(&text))?;
             // A conflict: the record changed since it was read (another copy ended it).
             if writes.commit().await? == Outcome::Committed {

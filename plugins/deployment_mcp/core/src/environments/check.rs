@@ -1,5 +1,7 @@
-//! The checks an environment's fields go through, and [`FieldError`], which names the field at
-//! fault (with its path for nested values). The API's other request bodies use the same error.
+//! The checks an environment's fields go through; each names the field at fault in a
+//! [`FieldError`] (with its path for nested values).
+
+pub use crate::model::FieldError;
 
 /// Bounds of `timeout`, in seconds.
 pub const TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=86_400;
@@ -9,28 +11,6 @@ const MAX_TEXT_LEN: usize = 4096;
 pub(super) const MAX_TAGS: usize = 64;
 /// Most variables an environment's `env` may set.
 pub(super) const MAX_ENV: usize = 64;
-
-/// A field that failed validation, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for FieldError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
 
 /// Checks an environment id: 1–64 characters of letters, digits, `_`, `-`, `.`, starting with a
 /// letter or digit (ids appear in URLs and store keys).

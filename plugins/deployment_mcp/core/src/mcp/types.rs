@@ -9,8 +9,8 @@ use utoipa::ToSchema;
 
 use crate::{
     deployment::Phase,
+    model::LogLine,
     rollout::{Amount, OnFailure, RollbackMode, StrategyJson},
-    triggers::LogLine,
     wire::{
         any_of_schema, Accepted, DashboardEnvironment, DeploymentState, DeploymentSummary,
         HistoryPage, StatusOverview, TriggerRequest,

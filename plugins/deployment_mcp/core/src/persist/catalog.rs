@@ -9,7 +9,7 @@
 //! reads; only a trigger about to run, and a replace that keeps them, read that collection. The
 //! store file itself is private to the host (mode 0600 in a 0700 directory).
 
-use std::{path::Path, time::SystemTime};
+use std::path::Path;
 
 use plugin_guest::{Condition, StoreOp};
 use serde::{Deserialize, Serialize};
@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 use crate::{
     deployment::{Claim, HealthReport},
     environments::{self, Environment},
+    model::Timestamp,
     persist::records::{self, collection, Records, StoreError},
-    triggers::timestamp,
 };
 
 /// Why the environments file could not be imported.
@@ -45,7 +45,7 @@ pub enum Source {
 pub struct StoredEnvironment {
     pub environment: Environment,
     pub source: Source,
-    pub updated_at: String,
+    pub updated_at: Timestamp,
     /// The file's version of the entry when it was last imported (without its secrets), to
     /// notice file changes.
     #[serde(default)]
@@ -226,7 +226,7 @@ impl Catalog {
                         file_secrets_sha256: Some(fingerprint),
                         environment,
                         source,
-                        updated_at: timestamp(SystemTime::now()),
+                        updated_at: Timestamp::now(),
                         has_api_token: false,
                         has_webhook_secret: false,
                     },
@@ -307,7 +307,7 @@ impl Catalog {
             StoredEnvironment {
                 environment,
                 source: Source::Api,
-                updated_at: timestamp(SystemTime::now()),
+                updated_at: Timestamp::now(),
                 file_version: None,
                 file_secrets_sha256: None,
                 has_api_token: false,
@@ -356,7 +356,7 @@ impl Catalog {
             StoredEnvironment {
                 environment,
                 source: Source::Api,
-                updated_at: timestamp(SystemTime::now()),
+                updated_at: Timestamp::now(),
                 file_version: previous.file_version,
                 file_secrets_sha256: previous.file_secrets_sha256,
                 has_api_token: false,
@@ -487,7 +487,7 @@ pub struct EnvironmentVersions {
     pub previous_version: Option<String>,
     /// The deployment that set `deployed_version`.
     pub deployment_id: String,
-    pub updated_at: String,
+    pub updated_at: Timestamp,
 }
 
 impl EnvironmentVersions {
@@ -496,7 +496,7 @@ impl EnvironmentVersions {
         before: Option<&EnvironmentVersions>,
         version: &str,
         deployment_id: &str,
-        now: String,
+        now: Timestamp,
     ) -> EnvironmentVersions {
         let previous_version = match before {
             Some(before) if before.deployed_version != version => {

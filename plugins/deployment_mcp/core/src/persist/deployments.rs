@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     deployment::{DeploymentRecord, HistoryEntry, TargetRecord},
+    model::LogLine,
     persist::records::{self, collection, log_key, Records, StoreError},
-    triggers::LogLine,
 };
 
 #[derive(Clone)]

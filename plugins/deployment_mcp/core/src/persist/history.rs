@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     deployment::{HistoryEntry, Phase},
+    model::Timestamp,
     persist::records::{self, collection, Records, StoreError},
 };
 
@@ -50,7 +51,7 @@ pub struct LastDeployment {
     pub status: Phase,
     pub succeeded: bool,
     #[serde(default)]
-    pub finished_at: Option<String>,
+    pub finished_at: Option<Timestamp>,
 }
 
 /// What `/history` can filter on.
@@ -88,7 +89,7 @@ fn last_deployment_op(
         deployment_id: entry.deployment_id.clone(),
         status: entry.status,
         succeeded: !failed.contains(environment),
-        finished_at: entry.finished_at.clone(),
+        finished_at: entry.finished_at,
     };
     Ok(StoreOp::put(
         index::LAST_DEPLOYMENT,

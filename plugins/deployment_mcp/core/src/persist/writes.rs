@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     deployment::{Claim, DeploymentRecord, Phase, TargetRecord},
-    triggers::LogLine,
+    model::LogLine,
 };
 
 /// The right to write a run's records, held by the process that runs it (its boot). Claims on

@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     sync::{atomic::Ordering, Arc},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use tokio::sync::Semaphore;
@@ -14,11 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     deployment::{BatchStatus, Phase, TargetRecord, TargetStatus},
     environments::Environment,
+    model::{LogStream, Timestamp},
     persist::catalog::EnvironmentVersions,
-    triggers::{
-        timestamp, AnyTrigger, FailureKind, LogStream, TriggerContext, TriggerFailure,
-        TriggerSuccess,
-    },
+    triggers::{AnyTrigger, FailureKind, TriggerContext, TriggerFailure, TriggerSuccess},
 };
 
 use super::{
@@ -43,7 +41,7 @@ impl<O: RunOwner> Run<O> {
             let ids = record.batch_environments(index).to_vec();
             if let Some(batch) = record.batches.get_mut(index) {
                 batch.status = BatchStatus::Running;
-                batch.started_at = Some(timestamp(SystemTime::now()));
+                batch.started_at = Some(Timestamp::now());
             }
             ids
         };
@@ -98,7 +96,7 @@ impl<O: RunOwner> Run<O> {
                 .filter_map(|id| targets.get(id).cloned())
                 .collect()
         };
-        let now = timestamp(SystemTime::now());
+        let now = Timestamp::now();
         for target in results
             .iter()
             .filter(|target| target.status == TargetStatus::Succeeded)
@@ -110,17 +108,12 @@ impl<O: RunOwner> Run<O> {
                     deployed_version: previous.clone(),
                     previous_version: None,
                     deployment_id: String::new(),
-                    updated_at: String::new(),
+                    updated_at: now,
                 });
             self.writer
                 .versions(
                     &target.environment_id,
-                    EnvironmentVersions::after(
-                        before.as_ref(),
-                        &version,
-                        &deployment_id,
-                        now.clone(),
-                    ),
+                    EnvironmentVersions::after(before.as_ref(), &version, &deployment_id, now),
                 )
                 .await;
         }
@@ -198,7 +191,7 @@ impl<O: RunOwner> Run<O> {
             .cloned()
             .unwrap_or_else(|| TargetRecord::new(id, "", TargetStatus::Pending));
         target.status = status;
-        target.finished_at = Some(timestamp(SystemTime::now()));
+        target.finished_at = Some(Timestamp::now());
         target.error = Some(why.to_owned());
         self.finished_targets.fetch_add(1, Ordering::SeqCst);
         self.save_target(&target).await;
@@ -238,7 +231,7 @@ impl<O: RunOwner> Run<O> {
                 Err((TargetStatus::Skipped, format!("not started: {why}"), None))
             }
             Some(_permit) => {
-                target.started_at = Some(timestamp(SystemTime::now()));
+                target.started_at = Some(Timestamp::now());
                 target.status = TargetStatus::Triggering;
                 target.previous_version = self
                     .owner
@@ -274,7 +267,7 @@ impl<O: RunOwner> Run<O> {
                 false
             }
         };
-        target.finished_at = Some(timestamp(SystemTime::now()));
+        target.finished_at = Some(Timestamp::now());
         if target.started_at.is_some() {
             target.duration_ms = Some(started.elapsed().as_millis() as u64);
         }

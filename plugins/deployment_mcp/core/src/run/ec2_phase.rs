@@ -1,12 +1,10 @@
 //! The EC2 phase: the platform instance started (or found running) before any trigger, and
 //! the platform's identity handed to the triggers.
 
-use serde_json::json;
-
 use crate::{
     deployment::Phase,
     ec2,
-    triggers::{LogSink, LogStream},
+    model::{Ec2Phase, LogSink, LogStream},
 };
 
 use super::{Run, RunOwner, PROGRESS_EC2, PROGRESS_TRIGGERING};
@@ -31,11 +29,7 @@ impl<O: RunOwner> Run<O> {
                         if platform.is_none() {
                             platform = outcome.platform();
                         }
-                        self.record.lock().await.ec2 = json!({
-                            "status": "completed",
-                            "instances": outcome.instances,
-                            "started": outcome.started,
-                        });
+                        self.record.lock().await.ec2 = outcome.into();
                         self.set_phase(Phase::Ec2Completed, PROGRESS_TRIGGERING)
                             .await;
                         true
@@ -44,7 +38,9 @@ impl<O: RunOwner> Run<O> {
                         log.line(LogStream::Error, format!("EC2 phase failed: {message}"))
                             .await;
                         let mut record = self.record.lock().await;
-                        record.ec2 = json!({ "status": "failed", "error": message });
+                        record.ec2 = Ec2Phase::Failed {
+                            error: message.clone(),
+                        };
                         record.errors.push(format!("ec2_deploying: {message}"));
                         false
                     }

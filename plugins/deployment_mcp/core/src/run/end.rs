@@ -1,11 +1,11 @@
 //! The end of a run: its final record written, its environments released and its last phase
 //! published, in that order (by the writer); and the end of a run whose task panicked.
 
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use crate::{
     deployment::{Phase, TargetStatus},
-    triggers::{timestamp, LogStream},
+    model::{LogStream, Timestamp},
 };
 
 use super::{Run, RunOwner};
@@ -34,7 +34,7 @@ impl<O: RunOwner> Run<O> {
             if let Some(message) = message {
                 record.errors.push(message);
             }
-            record.finished_at = Some(timestamp(SystemTime::now()));
+            record.finished_at = Some(Timestamp::now());
             record.duration_ms = Some(started.elapsed().as_millis() as u64);
             let previous = record.status;
             record.status = phase;
@@ -77,7 +77,7 @@ impl<O: RunOwner> Run<O> {
             record
                 .errors
                 .push("internal error: the run stopped unexpectedly; see the host log".into());
-            record.finished_at = Some(timestamp(SystemTime::now()));
+            record.finished_at = Some(Timestamp::now());
             record.clone()
         };
         self.writer.finished(record.clone(), None, failed).await;

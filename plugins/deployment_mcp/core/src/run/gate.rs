@@ -10,8 +10,8 @@ use std::{
 use crate::{
     deployment::{GateRecord, GateStatus, Phase, TargetStatus},
     environments::Environment,
+    model::{LogSink, LogStream, Timestamp},
     rollout::{Canary, GateKind},
-    triggers::{timestamp, LogSink, LogStream},
 };
 
 use super::{writer::Announcement, Run, RunOwner, StopReason};
@@ -52,7 +52,7 @@ impl<O: RunOwner> Run<O> {
         let mut gate = GateRecord {
             kind: canary.gate,
             status: GateStatus::Waiting,
-            opened_at: timestamp(now),
+            opened_at: Timestamp::from(now),
             deadline_ms: None,
             decided_by: None,
             decided_at: None,
@@ -60,7 +60,7 @@ impl<O: RunOwner> Run<O> {
         if canary_failed {
             gate.status = GateStatus::Failed;
             gate.decided_by = Some("gate".into());
-            gate.decided_at = Some(timestamp(now));
+            gate.decided_at = Some(Timestamp::from(now));
             self.record.lock().await.gate = Some(gate);
             self.halt("the canary batch failed; the rest is not started".into());
             log.line(
@@ -83,7 +83,7 @@ impl<O: RunOwner> Run<O> {
                 self.record.lock().await.gate = Some(gate);
                 log.info(format!(
                     "gate: the canary succeeded; waiting until {} for an admin to approve or reject it",
-                    timestamp(deadline)
+                    Timestamp::from(deadline)
                 ))
                 .await;
                 GateOutcome::Park
@@ -121,7 +121,7 @@ impl<O: RunOwner> Run<O> {
                     }
                 }
                 gate.decided_by = Some("gate".into());
-                gate.decided_at = Some(timestamp(SystemTime::now()));
+                gate.decided_at = Some(Timestamp::now());
                 let outcome = if unhealthy.is_empty() {
                     gate.status = GateStatus::Passed;
                     log.info("gate: the canary is healthy; continuing").await;

@@ -30,10 +30,11 @@ use crate::{
     deployment::{DeploymentRecord, HealthReport, Phase, TargetRecord, TargetStatus},
     ec2::Ec2Settings,
     environments::Environment,
+    model::{LogSink, LogStream},
     persist::{self, catalog::Catalog, records::Records},
     rollout::{OnFailure, RollbackMode},
     settings::Settings,
-    triggers::{LogSink, LogStream, TriggerContext},
+    triggers::TriggerContext,
 };
 use gate::GateOutcome;
 use rollback::rolls_back;

@@ -1,16 +1,17 @@
 //! Rollbacks: a failed deployment returning the environments it changed to their previous
 //! version (`rollback` in its rollout), and a rollback by hand of a finished one.
 
-use std::{collections::HashMap, sync::Arc, time::SystemTime};
+use std::{collections::HashMap, sync::Arc};
 
 use tokio::sync::Semaphore;
 
 use crate::{
     deployment::{Phase, RollbackOutcome, TargetRecord, TargetStatus},
     environments::Environment,
+    model::{LogStream, Timestamp},
     persist::catalog::EnvironmentVersions,
     rollout::RollbackMode,
-    triggers::{timestamp, LogStream, TriggerContext},
+    triggers::TriggerContext,
 };
 
 use super::{Run, RunOwner, PROGRESS_VERIFIED};
@@ -150,7 +151,7 @@ impl<O: RunOwner> Run<O> {
                 }
             }
         };
-        let finished_at = timestamp(SystemTime::now());
+        let finished_at = Timestamp::now();
         let result = match outcome {
             Ok(exit_code) => {
                 context.log.info("rollback succeeded").await;
@@ -160,7 +161,7 @@ impl<O: RunOwner> Run<O> {
                     succeeded: true,
                     exit_code,
                     error: None,
-                    finished_at: finished_at.clone(),
+                    finished_at,
                 });
                 let versions = self.owner.catalog().versions(&id).await.ok().flatten();
                 let deployment_id = self.record.lock().await.deployment_id.clone();

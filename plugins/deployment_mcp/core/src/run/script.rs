@@ -6,13 +6,14 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use crate::{
     deployment::HealthReport,
     environments::Environment,
-    triggers::{timestamp, TriggerContext, TriggerFailure, TriggerResult, TriggerSuccess},
+    model::Timestamp,
+    triggers::{TriggerContext, TriggerFailure, TriggerResult, TriggerSuccess},
 };
 
 /// What a trigger does.
@@ -91,7 +92,7 @@ impl Script {
         HealthReport {
             healthy,
             url: url.to_owned(),
-            checked_at: timestamp(SystemTime::now()),
+            checked_at: Timestamp::now(),
             http_status: Some(if healthy { 200 } else { 503 }),
             error: (!healthy).then(|| format!("{url} answered 503")),
             latency_ms: 0,

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use crate::{
     deployment::TargetStatus,
     environments::Environment,
-    triggers::{LogSink, LogStream},
+    model::{LogSink, LogStream},
 };
 
 use super::{progress_worth_storing, Run, RunOwner, PROGRESS_TRIGGERED, PROGRESS_VERIFIED};

@@ -24,7 +24,7 @@
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use serde::Serialize;
@@ -32,11 +32,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     deployment::{event, DeploymentRecord, Phase, TargetRecord},
+    model::{LogLine, LogSink, LogStream, Timestamp},
     persist::{
         catalog::EnvironmentVersions, deployments::LogPosition, records::Records, Lease, Writes,
     },
     redact::Secrets,
-    triggers::{timestamp, LogLine, LogSink, LogStream},
     wire::{
         self, BatchEvent, EnvironmentEvent, GateEvent, LogEvent, PhaseEvent, TargetResult, View,
     },
@@ -457,7 +457,7 @@ impl WriterTask {
             self.lines.push(line);
             if self.stored_lines == self.limit {
                 self.lines.push(LogLine {
-                    ts: timestamp(SystemTime::now()),
+                    ts: Timestamp::now(),
                     environment: None,
                     stream: LogStream::Error,
                     line: format!(
@@ -605,8 +605,8 @@ pub fn publish_phase(
     record: &DeploymentRecord,
     previous: Option<Phase>,
 ) {
-    let at = timestamp(SystemTime::now());
-    let event = |view| PhaseEvent::new(record, previous, at.clone(), view);
+    let at = Timestamp::now();
+    let event = |view| PhaseEvent::new(record, previous, at, view);
     publish_numbered(
         host,
         event::PHASE,

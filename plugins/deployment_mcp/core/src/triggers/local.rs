@@ -20,11 +20,11 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::{
-    FailureKind, LineSplitter, LogSink, LogStream, Trigger, TriggerContext, TriggerFailure,
-    TriggerResult, TriggerSuccess,
+use super::{FailureKind, Trigger, TriggerContext, TriggerFailure, TriggerResult, TriggerSuccess};
+use crate::{
+    environments::{LocalConnection, LocalProgram},
+    model::{LineSplitter, LogSink, LogStream},
 };
-use crate::environments::{LocalConnection, LocalProgram};
 
 /// Lines of stderr kept for the error message of a failed run.
 const STDERR_TAIL_LINES: usize = 10;

@@ -29,12 +29,12 @@ use russh::{
 };
 
 use super::{
-    local::with_stderr, LineSplitter, LogSink, LogStream, Trigger, TriggerContext, TriggerFailure,
-    TriggerResult, TriggerSuccess,
+    local::with_stderr, Trigger, TriggerContext, TriggerFailure, TriggerResult, TriggerSuccess,
 };
 use crate::{
     egress::{ConnectError, Egress},
     environments::SshConnection,
+    model::{LineSplitter, LogSink, LogStream},
 };
 
 /// Lines of stderr kept for the error message of a failed run.

@@ -7,11 +7,12 @@ use sha2::Sha256;
 
 use super::{
     http_api::{bounded_body, environment_url, refused_failure, request_failure},
-    timestamp, Trigger, TriggerContext, TriggerFailure, TriggerResult, TriggerSuccess,
+    Trigger, TriggerContext, TriggerFailure, TriggerResult, TriggerSuccess,
 };
 use crate::{
     egress::Egress,
     environments::{WebhookConnection, WebhookTarget},
+    model::Timestamp,
 };
 
 /// The header carrying `sha256=<hex HMAC-SHA256 of the body>`.
@@ -78,7 +79,7 @@ impl Trigger for WebhookTrigger {
             "environment_id": self.environment_id,
             "instance_id": context.platform_instance_id,
             "public_ip": context.platform_ip,
-            "timestamp": timestamp(std::time::SystemTime::now()),
+            "timestamp": Timestamp::now(),
         });
         let body = serde_json::to_vec(&body).unwrap_or_default();
         let mut request = self

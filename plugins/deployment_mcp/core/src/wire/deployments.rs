@@ -13,8 +13,9 @@ use crate::{
         BatchStatus, DeploymentRecord, GateStatus, HistoryEntry, Phase, TargetRecord, TargetStatus,
         LISTED_ENVIRONMENTS,
     },
+    model::LogLine,
+    model::Timestamp,
     rollout::{BatchKind, GateKind, RolloutJson},
-    triggers::LogLine,
 };
 
 /// A started deployment (202).
@@ -45,8 +46,8 @@ pub struct DeploymentEntry {
     pub failed_environments: Vec<String>,
     /// How many environments did not succeed, once it ended.
     pub failed_count: usize,
-    pub created_at: String,
-    pub finished_at: Option<String>,
+    pub created_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
     pub duration_ms: Option<u64>,
     pub retry_of: Option<String>,
     /// Whether it recorded an error.
@@ -80,8 +81,8 @@ impl DeploymentEntry {
                 .cloned()
                 .collect(),
             failed_count: entry.total_failed(),
-            created_at: entry.created_at.clone(),
-            finished_at: entry.finished_at.clone(),
+            created_at: entry.created_at,
+            finished_at: entry.finished_at,
             duration_ms: entry.duration_ms,
             retry_of: entry.retry_of.clone(),
             has_error: entry.error.is_some(),
@@ -112,8 +113,8 @@ pub struct BatchView {
     pub kind: BatchKind,
     pub status: BatchStatus,
     pub environments: Vec<String>,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
 }
 
 impl BatchView {
@@ -130,8 +131,8 @@ impl BatchView {
             kind: batch.kind,
             status: batch.status,
             environments: record.batch_environments(index).to_vec(),
-            started_at: batch.started_at.clone(),
-            finished_at: batch.finished_at.clone(),
+            started_at: batch.started_at,
+            finished_at: batch.finished_at,
         })
     }
 }
@@ -141,12 +142,12 @@ impl BatchView {
 pub struct GateView {
     pub kind: GateKind,
     pub status: GateStatus,
-    pub opened_at: String,
+    pub opened_at: Timestamp,
     /// When a waiting manual gate ends the deployment `cancelled`.
-    pub deadline_at: Option<String>,
+    pub deadline_at: Option<Timestamp>,
     /// Who approved or rejected it (`gate` when the gate decided itself, `timeout`).
     pub decided_by: Option<String>,
-    pub decided_at: Option<String>,
+    pub decided_at: Option<Timestamp>,
 }
 
 impl GateView {
@@ -155,14 +156,10 @@ impl GateView {
         Some(GateView {
             kind: gate.kind,
             status: gate.status,
-            opened_at: gate.opened_at.clone(),
-            deadline_at: gate.deadline_ms.map(|ms| {
-                crate::triggers::timestamp(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
-                )
-            }),
+            opened_at: gate.opened_at,
+            deadline_at: gate.deadline_ms.map(Timestamp::from_unix_ms),
             decided_by: gate.decided_by.clone(),
-            decided_at: gate.decided_at.clone(),
+            decided_at: gate.decided_at,
         })
     }
 }
@@ -191,8 +188,8 @@ pub struct TargetResult {
     pub environment_id: String,
     pub connection_method: String,
     pub status: TargetStatus,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
     pub duration_ms: Option<u64>,
     pub exit_code: Option<i32>,
     /// Whether the verification found it healthy; null when not checked.
@@ -227,7 +224,7 @@ pub struct RollbackView {
     pub version: String,
     pub succeeded: bool,
     pub exit_code: Option<i32>,
-    pub finished_at: String,
+    pub finished_at: Timestamp,
     /// Why it failed; absent for the user role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
@@ -241,8 +238,8 @@ impl TargetResult {
             environment_id: record.environment_id.clone(),
             connection_method: record.connection_method.clone(),
             status: record.status,
-            started_at: record.started_at.clone(),
-            finished_at: record.finished_at.clone(),
+            started_at: record.started_at,
+            finished_at: record.finished_at,
             duration_ms: record.duration_ms,
             exit_code: record.exit_code,
             healthy: record.health.as_ref().map(|health| health.healthy),
@@ -260,7 +257,7 @@ impl TargetResult {
                 version: rollback.version.clone(),
                 succeeded: rollback.succeeded,
                 exit_code: rollback.exit_code,
-                finished_at: rollback.finished_at.clone(),
+                finished_at: rollback.finished_at,
                 error: view.hide(rollback.error.clone()),
             }),
         }
@@ -283,11 +280,10 @@ pub struct DeploymentState {
     pub request_id: Option<String>,
     pub environments: Vec<String>,
     /// The EC2 phase's result: `skipped`, or the instances found and started.
-    #[schema(value_type = Object)]
-    pub ec2: serde_json::Value,
+    pub ec2: crate::model::Ec2Phase,
     pub errors: Vec<String>,
-    pub created_at: String,
-    pub finished_at: Option<String>,
+    pub created_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
     pub duration_ms: Option<u64>,
     pub retry_of: Option<String>,
     /// Lines recorded so far (all of them are at `/logs`).

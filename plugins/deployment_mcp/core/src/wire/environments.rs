@@ -11,6 +11,7 @@ use super::View;
 use crate::{
     deployment::HealthReport,
     environments::{ConnectionMethod, EnvironmentJson, EnvironmentType},
+    model::Timestamp,
     persist::catalog::{EnvironmentVersions, Source, StoredEnvironment},
 };
 
@@ -18,7 +19,7 @@ use crate::{
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HealthView {
     pub healthy: bool,
-    pub checked_at: String,
+    pub checked_at: Timestamp,
     pub http_status: Option<u16>,
     pub latency_ms: u64,
     /// The checked URL (credentials masked); absent for the user role.
@@ -33,7 +34,7 @@ impl HealthView {
     pub fn new(report: &HealthReport, view: View) -> HealthView {
         HealthView {
             healthy: report.healthy,
-            checked_at: report.checked_at.clone(),
+            checked_at: report.checked_at,
             http_status: report.http_status,
             latency_ms: report.latency_ms,
             url: Some(report.url.clone()).filter(|_| view.details()),
@@ -75,7 +76,7 @@ pub struct ConnectionDetails {
     #[schema(required = false)]
     pub source: EnvironmentSource,
     #[schema(required = false)]
-    pub updated_at: String,
+    pub updated_at: Timestamp,
 }
 
 /// Where an environment's definition came from.
@@ -140,7 +141,7 @@ impl EnvironmentView {
                 Source::File => EnvironmentSource::File,
                 Source::Api => EnvironmentSource::Api,
             },
-            updated_at: stored.updated_at.clone(),
+            updated_at: stored.updated_at,
         });
         EnvironmentView {
             environment_id: flat.environment_id,

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use super::{BatchView, GateView, HealthView, TargetResult, View};
 use crate::{
     deployment::{DeploymentRecord, Phase, LISTED_ENVIRONMENTS},
-    triggers::LogLine,
+    model::{LogLine, Timestamp},
 };
 
 /// Event `deployment.batch`: a batch started or ended. Its `batch.environments` names the first
@@ -77,7 +77,7 @@ pub struct PhaseEvent {
     /// URLs). The deployment's record has them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<String>>,
-    pub at: String,
+    pub at: Timestamp,
 }
 
 /// Errors a phase event lists.
@@ -87,7 +87,7 @@ impl PhaseEvent {
     pub fn new(
         record: &DeploymentRecord,
         previous: Option<Phase>,
-        at: String,
+        at: Timestamp,
         view: View,
     ) -> PhaseEvent {
         PhaseEvent {

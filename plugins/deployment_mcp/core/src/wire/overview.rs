@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{DeploymentEntry, DeploymentSummary, EnvironmentView};
-use crate::deployment::Phase;
+use crate::{deployment::Phase, model::Timestamp};
 
 /// `idle` or `running`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -51,7 +51,7 @@ pub struct LastDeployment {
     pub status: Phase,
     /// Whether this environment succeeded in it; null while it runs.
     pub succeeded: Option<bool>,
-    pub finished_at: Option<String>,
+    pub finished_at: Option<Timestamp>,
 }
 
 /// An environment card of the dashboard.

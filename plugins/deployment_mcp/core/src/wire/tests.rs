@@ -13,7 +13,7 @@ fn stored(environment: Environment, source: Source, secrets_set: bool) -> Stored
     StoredEnvironment {
         environment,
         source,
-        updated_at: "2026-01-01T00:00:00.000Z".into(),
+        updated_at: "2026-01-01T00:00:00.000Z".parse().unwrap(),
         file_version: None,
         file_secrets_sha256: None,
         has_api_token: secrets_set,
@@ -55,7 +55,7 @@ fn a_user_sees_no_connection_detail() {
     let report = HealthReport {
         healthy: false,
         url: "http://127.0.0.1:9/health".into(),
-        checked_at: "2026-01-01T00:00:00.000Z".into(),
+        checked_at: "2026-01-01T00:00:00.000Z".parse().unwrap(),
         http_status: None,
         error: Some("connection refused by 127.0.0.1".into()),
         latency_ms: 3,
@@ -112,7 +112,7 @@ fn hidden_fields_are_null_for_details_and_absent_for_users() {
         environment_count: 1,
         failed_environments: Vec::new(),
         failed_count: 0,
-        created_at: "2026-01-01T00:00:00.000Z".into(),
+        created_at: "2026-01-01T00:00:00.000Z".parse().unwrap(),
         finished_at: None,
         duration_ms: None,
         retry_of: None,
