@@ -12,6 +12,7 @@ use deployment_mcp_core::{
     client::{Answer, ApiClient, ClientError, Http, InProcess, Reply, Request, Transport},
     environments,
     persist::catalog::ImportError,
+    wire::Event,
     BuildError,
 };
 use futures_util::StreamExt as _;
@@ -313,12 +314,13 @@ async fn read_sse(response: reqwest::Response, sender: mpsc::Sender<Incoming>) {
         for message in parser.push(&chunk) {
             let incoming = match message.event.as_str() {
                 // The server skipped events for this subscriber: what they said is unknown.
-                "lagged" | "reset" => Incoming::Lost,
-                kind => Incoming::Event {
-                    kind: kind.to_owned(),
-                    data: serde_json::from_str(&message.data).unwrap_or(Value::Null),
+                "lagged" | "reset" => Some(Incoming::Lost),
+                kind => match serde_json::from_str(&message.data) {
+                    Ok(data) => Incoming::read(kind, data),
+                    Err(_) => Some(Incoming::Lost),
                 },
             };
+            let Some(incoming) = incoming else { continue };
             if sender.send(incoming).await.is_err() {
                 return;
             }
@@ -330,12 +332,23 @@ async fn read_sse(response: reqwest::Response, sender: mpsc::Sender<Incoming>) {
 /// What the event stream delivers.
 #[derive(Debug)]
 pub enum Incoming {
-    Event {
-        kind: String,
-        data: Value,
-    },
-    /// Events were skipped or the stream broke: only polling tells the rest.
+    Event(Event),
+    /// Events were skipped, one could not be read, or the stream broke: only polling tells
+    /// the rest.
     Lost,
+}
+
+impl Incoming {
+    /// An event as the bus delivered it; `None` for a kind this CLI does not know.
+    fn read(kind: &str, data: Value) -> Option<Incoming> {
+        match Event::read(kind, data) {
+            Ok(event) => event.map(Incoming::Event),
+            Err(error) => {
+                tracing::debug!("{error}");
+                Some(Incoming::Lost)
+            }
+        }
+    }
 }
 
 pub enum Events {
@@ -349,13 +362,16 @@ impl Events {
     /// The next event; `None` once the stream is over for good.
     pub async fn next(&mut self) -> Option<Incoming> {
         match self {
-            Events::Local(receiver) => match receiver.recv().await {
-                Ok(event) => Some(Incoming::Event {
-                    kind: event.kind,
-                    data: event.data,
-                }),
-                Err(broadcast::error::RecvError::Lagged(_)) => Some(Incoming::Lost),
-                Err(broadcast::error::RecvError::Closed) => None,
+            Events::Local(receiver) => loop {
+                match receiver.recv().await {
+                    Ok(event) => {
+                        if let Some(incoming) = Incoming::read(&event.kind, event.data) {
+                            return Some(incoming);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => return Some(Incoming::Lost),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
             },
             Events::Remote(receiver) => receiver.recv().await,
             Events::None => None,
@@ -365,13 +381,16 @@ impl Events {
     /// An event already received, without waiting.
     pub fn try_next(&mut self) -> Option<Incoming> {
         match self {
-            Events::Local(receiver) => match receiver.try_recv() {
-                Ok(event) => Some(Incoming::Event {
-                    kind: event.kind,
-                    data: event.data,
-                }),
-                Err(broadcast::error::TryRecvError::Lagged(_)) => Some(Incoming::Lost),
-                Err(_) => None,
+            Events::Local(receiver) => loop {
+                match receiver.try_recv() {
+                    Ok(event) => {
+                        if let Some(incoming) = Incoming::read(&event.kind, event.data) {
+                            return Some(incoming);
+                        }
+                    }
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => return Some(Incoming::Lost),
+                    Err(_) => return None,
+                }
             },
             Events::Remote(receiver) => receiver.try_recv().ok(),
             Events::None => None,

@@ -11,12 +11,8 @@ use deployment_mcp_core::{
     client::DeploymentApi as _,
     deployment::{Phase, TargetStatus},
     rollout::RolloutJson,
-    wire::{
-        BatchEvent, DeploymentState, EnvironmentEvent, GateEvent, LogEvent, LogsQuery, PhaseEvent,
-        TargetResult, TriggerRequest,
-    },
+    wire::{DeploymentState, Event, LogsQuery, TargetResult, TriggerRequest},
 };
-use serde_json::Value;
 
 use crate::{
     backend::{Backend, Incoming},
@@ -148,7 +144,7 @@ pub async fn follow_to_end(
                 }
             }
             incoming = events.next(), if events_open => match incoming {
-                Some(Incoming::Event { kind, data }) => watch.apply_event(&kind, &data),
+                Some(Incoming::Event(event)) => watch.apply_event(&event),
                 Some(Incoming::Lost) => watch.events_lost(),
                 None => {
                     events_open = false;
@@ -180,7 +176,7 @@ pub async fn follow_to_end(
     // Events received before the end carry the last log lines; take them before the catch-up.
     while let Some(incoming) = events.try_next() {
         match incoming {
-            Incoming::Event { kind, data } => watch.apply_event(&kind, &data),
+            Incoming::Event(event) => watch.apply_event(&event),
             Incoming::Lost => watch.events_lost(),
         }
     }
@@ -368,65 +364,53 @@ impl Watch {
         self.apply_phase(record.status, progress);
     }
 
-    /// An event of this deployment; others, and any this CLI cannot read, are passed over.
-    fn apply_event(&mut self, kind: &str, data: &Value) {
-        if data["deployment_id"].as_str() != Some(self.id.as_str()) {
+    /// An event of this deployment; others are passed over.
+    fn apply_event(&mut self, event: &Event) {
+        if event.deployment_id() != Some(self.id.as_str()) {
             return;
         }
-        let data = data.clone();
-        match kind {
-            "deployment.phase" => {
-                if let Ok(event) = serde_json::from_value::<PhaseEvent>(data) {
-                    self.apply_phase(event.status, u64::from(event.progress));
+        match event {
+            Event::Phase(event) => self.apply_phase(event.status, u64::from(event.progress)),
+            Event::Environment(event) => {
+                self.apply_target(&event.environment);
+                let progress = u64::from(event.progress);
+                if progress > self.progress {
+                    self.progress = progress;
+                    self.display.progress(progress);
                 }
             }
-            "deployment.environment" => {
-                if let Ok(event) = serde_json::from_value::<EnvironmentEvent>(data) {
-                    self.apply_target(&event.environment);
-                    let progress = u64::from(event.progress);
-                    if progress > self.progress {
-                        self.progress = progress;
-                        self.display.progress(progress);
-                    }
+            Event::Batch(event) => {
+                let listed = event.batch.environments.len();
+                let more = event.environment_count.saturating_sub(listed);
+                let more = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
+                self.note(&format!(
+                    "batch {} of {} {}: {}{more}",
+                    event.batch.number,
+                    event.batches,
+                    event.batch.status.as_str(),
+                    event.batch.environments.join(", ")
+                ));
+            }
+            Event::Gate(event) => {
+                let by = event
+                    .gate
+                    .decided_by
+                    .as_ref()
+                    .map(|by| format!(" by {by}"))
+                    .unwrap_or_default();
+                self.note(&format!("gate {}{by}", event.gate.status.as_str()));
+            }
+            Event::Log(event) if self.follow_logs && self.logs_from_events => {
+                for line in &event.lines {
+                    self.display.log(line);
+                    self.printed_logs += 1;
                 }
             }
-            "deployment.batch" => {
-                if let Ok(event) = serde_json::from_value::<BatchEvent>(data) {
-                    let listed = event.batch.environments.len();
-                    let more = event.environment_count.saturating_sub(listed);
-                    let more = if more > 0 {
-                        format!(" and {more} more")
-                    } else {
-                        String::new()
-                    };
-                    self.note(&format!(
-                        "batch {} of {} {}: {}{more}",
-                        event.batch.number,
-                        event.batches,
-                        event.batch.status.as_str(),
-                        event.batch.environments.join(", ")
-                    ));
-                }
-            }
-            "deployment.gate" => {
-                if let Ok(event) = serde_json::from_value::<GateEvent>(data) {
-                    let by = event
-                        .gate
-                        .decided_by
-                        .map(|by| format!(" by {by}"))
-                        .unwrap_or_default();
-                    self.note(&format!("gate {}{by}", event.gate.status.as_str()));
-                }
-            }
-            "deployment.log" if self.follow_logs && self.logs_from_events => {
-                if let Ok(event) = serde_json::from_value::<LogEvent>(data) {
-                    for line in &event.lines {
-                        self.display.log(line);
-                        self.printed_logs += 1;
-                    }
-                }
-            }
-            _ => {}
+            Event::Log(_) | Event::Health(_) | Event::Deleted(_) => {}
         }
     }
 
@@ -512,7 +496,7 @@ impl Watch {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
 
@@ -521,7 +505,7 @@ mod tests {
             "deployment_id": "dep-1-ab", "status": status, "phase": status, "progress": 10,
             "version": "1", "triggered_by": "test", "request_id": null,
             "environments": results.iter().map(|(id, _)| id).collect::<Vec<_>>(),
-            "ec2": {}, "errors": [], "created_at": "2026-01-01T00:00:00.000Z",
+            "ec2": {"status": "skipped", "reason": "off"}, "errors": [], "created_at": "2026-01-01T00:00:00.000Z",
             "finished_at": null, "duration_ms": null, "retry_of": null, "log_lines": 0,
             "results": [], "logs": [], "logs_truncated": false,
         });
@@ -538,6 +522,12 @@ mod tests {
             "healthy": null})
     }
 
+    /// An event as the bus delivers it.
+    fn apply(watch: &mut Watch, kind: &str, data: Value) {
+        let event = Event::read(kind, data).unwrap().expect("a known kind");
+        watch.apply_event(&event);
+    }
+
     #[test]
     fn statuses_only_move_forward() {
         let mut watch = Watch::new("dep-1-ab".into(), Display::Quiet, false);
@@ -550,25 +540,39 @@ mod tests {
             environment["healthy"] = json!(healthy);
             json!({"deployment_id": "dep-1-ab", "progress": 10, "environment": environment})
         };
-        watch.apply_event(
+        apply(
+            &mut watch,
             "deployment.environment",
-            &event(TargetStatus::Running, None),
+            event(TargetStatus::Running, None),
         );
         assert_eq!(watch.targets["a"].status, TargetStatus::Succeeded);
-        watch.apply_event(
+        apply(
+            &mut watch,
             "deployment.environment",
-            &event(TargetStatus::Failed, Some(false)),
+            event(TargetStatus::Failed, Some(false)),
         );
         assert_eq!(watch.targets["a"].status, TargetStatus::Failed);
         let phase = |id: &str, status: Phase| {
             json!({"deployment_id": id, "status": status, "previous": null, "progress": 10,
                 "environments": ["a"], "error_count": 0, "at": "2026-01-01T00:00:00.000Z"})
         };
-        watch.apply_event("deployment.phase", &phase("dep-1-ab", Phase::Pending));
+        apply(
+            &mut watch,
+            "deployment.phase",
+            phase("dep-1-ab", Phase::Pending),
+        );
         assert_eq!(watch.phase, Some(Phase::LocalDeploying));
-        watch.apply_event("deployment.phase", &phase("other", Phase::Failed));
+        apply(
+            &mut watch,
+            "deployment.phase",
+            phase("other", Phase::Failed),
+        );
         assert!(!watch.finished());
-        watch.apply_event("deployment.phase", &phase("dep-1-ab", Phase::Failed));
+        apply(
+            &mut watch,
+            "deployment.phase",
+            phase("dep-1-ab", Phase::Failed),
+        );
         assert!(watch.finished());
     }
 

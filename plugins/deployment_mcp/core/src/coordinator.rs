@@ -25,8 +25,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     deployment::{
-        event, new_deployment_id, BatchRecord, BatchStatus, DeploymentRecord, GateStatus,
-        HealthReport, Phase, TargetRecord, TargetStatus,
+        new_deployment_id, BatchRecord, BatchStatus, DeploymentRecord, GateStatus, HealthReport,
+        Phase, TargetRecord, TargetStatus,
     },
     ec2,
     egress::Egress,
@@ -47,7 +47,7 @@ use crate::{
         Run, RunOwner, Start, StopHandle, StopReason,
     },
     settings::Settings,
-    wire::DeletedEvent,
+    wire::{self, DeletedEvent, Event},
 };
 
 /// What a caller asks to deploy.
@@ -606,13 +606,10 @@ impl Coordinator {
     /// Tells subscribers (and the host's metrics) that an environment is gone.
     pub fn environment_deleted(&self, id: &str) {
         self.changed();
-        let event = DeletedEvent {
+        let event = Event::Deleted(DeletedEvent {
             environment_id: id.to_owned(),
-        };
-        self.records.host().publish(
-            event::DELETED,
-            &serde_json::to_value(event).unwrap_or_default(),
-        );
+        });
+        wire::publish(self.records.host(), None, &event, Some(&event));
     }
 
     /// Asks a run to stop: at once when this copy runs it, else through the store for the copy

@@ -462,17 +462,6 @@ pub fn is_deployment_id(text: &str) -> bool {
         && text[4..].chars().all(|c| c.is_ascii_hexdigit() || c == '-')
 }
 
-/// Event kinds published on the host's bus.
-pub mod event {
-    pub const PHASE: &str = "deployment.phase";
-    pub const ENVIRONMENT: &str = "deployment.environment";
-    pub const LOG: &str = "deployment.log";
-    pub const HEALTH: &str = "environment.health";
-    pub const DELETED: &str = "environment.deleted";
-    pub const BATCH: &str = "deployment.batch";
-    pub const GATE: &str = "deployment.gate";
-}
-
 /// Who holds an environment (the value of its `CLAIMS` record).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claim {

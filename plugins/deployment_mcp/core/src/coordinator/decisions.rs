@@ -220,7 +220,7 @@ impl Coordinator {
         }
         tracing::info!(deployment = id, by, "gate approved");
         self.changed();
-        if let Some(gate) = &gate {
+        if let Some(gate) = gate {
             writer::publish_gate(self.records.host(), first, gate);
         }
         self.publish_phase(last, &record, Some(from));
@@ -299,7 +299,7 @@ impl Coordinator {
             writer::publish_target(host, seq, &record, target);
             seq += 1;
         }
-        if let Some(gate) = &gate {
+        if let Some(gate) = gate {
             writer::publish_gate(host, seq, gate);
         }
         self.publish_phase(last, &record, Some(from));

@@ -8,10 +8,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::Coordinator;
 use crate::{
-    deployment::{event, HealthReport},
+    deployment::HealthReport,
     health,
     persist::records::StoreError,
-    wire::{self, HealthEvent, HealthView, View},
+    wire::{self, Event, HealthEvent, HealthView, View},
 };
 
 impl Coordinator {
@@ -65,13 +65,15 @@ impl Coordinator {
     /// Stores an environment's health and publishes it when it changed.
     pub async fn record_health(&self, id: &str, report: &HealthReport) -> Result<(), StoreError> {
         if self.catalog.set_health(id, report).await? {
-            let event = |view| HealthEvent {
-                environment_id: id.to_owned(),
-                health: HealthView::new(report, view),
+            let event = |view| {
+                Event::Health(HealthEvent {
+                    environment_id: id.to_owned(),
+                    health: HealthView::new(report, view),
+                })
             };
             wire::publish(
                 self.records.host(),
-                event::HEALTH,
+                None,
                 &event(View::Details),
                 Some(&event(View::User)),
             );

@@ -27,18 +27,18 @@ use std::{
     time::Duration,
 };
 
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    deployment::{event, DeploymentRecord, Phase, TargetRecord},
+    deployment::{DeploymentRecord, Phase, TargetRecord},
     model::{LogLine, LogSink, LogStream, Timestamp},
     persist::{
         catalog::EnvironmentVersions, deployments::LogPosition, records::Records, Lease, Writes,
     },
     redact::Secrets,
     wire::{
-        self, BatchEvent, EnvironmentEvent, GateEvent, LogEvent, PhaseEvent, TargetResult, View,
+        self, BatchEvent, EnvironmentEvent, Event, GateEvent, LogEvent, PhaseEvent, TargetResult,
+        View,
     },
 };
 
@@ -546,15 +546,11 @@ impl WriterTask {
         let host = self.records.host();
         if !lines.is_empty() {
             // Log lines are for developers and admins only.
-            wire::publish(
-                host,
-                event::LOG,
-                &LogEvent {
-                    deployment_id: id.clone(),
-                    lines,
-                },
-                None,
-            );
+            let event = Event::Log(LogEvent {
+                deployment_id: id.clone(),
+                lines,
+            });
+            wire::publish(host, None, &event, None);
         }
         for event in pending {
             self.events += 1;
@@ -562,39 +558,16 @@ impl WriterTask {
             match event {
                 Pending::Phase(record, previous) => publish_phase(host, seq, &record, previous),
                 Pending::Batch(event) => {
-                    publish_numbered(host, event::BATCH, seq, &event, Some(&event))
+                    let event = Event::Batch(event);
+                    wire::publish(host, Some(seq), &event, Some(&event));
                 }
-                Pending::Gate(event) => {
-                    publish_numbered(host, event::GATE, seq, &event, Some(&event))
-                }
+                Pending::Gate(event) => publish_gate(host, seq, event),
                 Pending::Environment(target, progress) => {
                     publish_environment(host, seq, &id, progress, &target)
                 }
             }
         }
     }
-}
-
-/// An event as published: the deployment's sequence number beside the event's fields.
-#[derive(Serialize)]
-struct Numbered<'a, T> {
-    seq: u64,
-    #[serde(flatten)]
-    event: &'a T,
-}
-
-/// Publishes event number `seq` of a deployment: `full` for developers and admins, `user`
-/// (when given) for the user role.
-fn publish_numbered<T: Serialize>(
-    host: &plugin_guest::Host,
-    kind: &str,
-    seq: u64,
-    full: &T,
-    user: Option<&T>,
-) {
-    let full = Numbered { seq, event: full };
-    let user = user.map(|event| Numbered { seq, event });
-    wire::publish(host, kind, &full, user.as_ref());
 }
 
 /// Publishes a phase change: the whole picture for developers; for users, without the error
@@ -606,11 +579,10 @@ pub fn publish_phase(
     previous: Option<Phase>,
 ) {
     let at = Timestamp::now();
-    let event = |view| PhaseEvent::new(record, previous, at, view);
-    publish_numbered(
+    let event = |view| Event::Phase(PhaseEvent::new(record, previous, at, view));
+    wire::publish(
         host,
-        event::PHASE,
-        seq,
+        Some(seq),
         &event(View::Details),
         Some(&event(View::User)),
     );
@@ -634,12 +606,16 @@ fn publish_environment(
     progress: u8,
     target: &TargetRecord,
 ) {
-    let event =
-        |view| EnvironmentEvent::new(deployment_id, progress, TargetResult::new(target, view));
-    publish_numbered(
+    let event = |view| {
+        Event::Environment(Box::new(EnvironmentEvent::new(
+            deployment_id,
+            progress,
+            TargetResult::new(target, view),
+        )))
+    };
+    wire::publish(
         host,
-        event::ENVIRONMENT,
-        seq,
+        Some(seq),
         &event(View::Details),
         Some(&event(View::User)),
     );
@@ -647,6 +623,7 @@ fn publish_environment(
 
 /// Publishes a gate's state (who decided it included) as event `seq`. The gate event is the same
 /// for every role: ids and states, no details.
-pub fn publish_gate(host: &plugin_guest::Host, seq: u64, event: &GateEvent) {
-    publish_numbered(host, event::GATE, seq, event, Some(event));
+pub fn publish_gate(host: &plugin_guest::Host, seq: u64, event: GateEvent) {
+    let event = Event::Gate(event);
+    wire::publish(host, Some(seq), &event, Some(&event));
 }

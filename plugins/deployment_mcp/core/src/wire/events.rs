@@ -166,12 +166,114 @@ pub struct DeletedEvent {
     pub environment_id: String,
 }
 
-/// Publishes an event: `full` for developers and admins, `user` (when given) for the user role,
-/// which otherwise does not receive it.
-pub fn publish<T: Serialize>(host: &plugin_guest::Host, kind: &str, full: &T, user: Option<&T>) {
-    let encode = |event: &T| serde_json::to_value(event).unwrap_or_default();
-    match user {
-        Some(user) => host.publish_by_role(kind, &encode(full), Some(&encode(user))),
-        None => host.publish_by_role(kind, &encode(full), None),
-    };
+/// Every event the plugin publishes on the host's bus, by kind: the publisher builds one, a
+/// subscriber (the CLI) reads one back with [`Event::read`].
+#[derive(Debug, Clone)]
+pub enum Event {
+    Phase(PhaseEvent),
+    /// Boxed: it carries the environment's result, many times the size of the others.
+    Environment(Box<EnvironmentEvent>),
+    Batch(BatchEvent),
+    Gate(GateEvent),
+    Log(LogEvent),
+    Health(HealthEvent),
+    Deleted(DeletedEvent),
+}
+
+/// An event's data did not have its kind's shape.
+#[derive(Debug, thiserror::Error)]
+#[error("a {kind} event that cannot be read: {source}")]
+pub struct BadEvent {
+    pub kind: &'static str,
+    #[source]
+    pub source: serde_json::Error,
+}
+
+impl Event {
+    /// The kinds, as subscribers see them (`event:` on the SSE stream).
+    pub const KINDS: [&'static str; 7] = [
+        "deployment.phase",
+        "deployment.environment",
+        "deployment.batch",
+        "deployment.gate",
+        "deployment.log",
+        "environment.health",
+        "environment.deleted",
+    ];
+
+    pub fn kind(&self) -> &'static str {
+        let index = match self {
+            Event::Phase(_) => 0,
+            Event::Environment(_) => 1,
+            Event::Batch(_) => 2,
+            Event::Gate(_) => 3,
+            Event::Log(_) => 4,
+            Event::Health(_) => 5,
+            Event::Deleted(_) => 6,
+        };
+        Event::KINDS[index]
+    }
+
+    /// The deployment it is about (none for an environment's events).
+    pub fn deployment_id(&self) -> Option<&str> {
+        match self {
+            Event::Phase(event) => Some(&event.deployment_id),
+            Event::Environment(event) => Some(&event.deployment_id),
+            Event::Batch(event) => Some(&event.deployment_id),
+            Event::Gate(event) => Some(&event.deployment_id),
+            Event::Log(event) => Some(&event.deployment_id),
+            Event::Health(_) | Event::Deleted(_) => None,
+        }
+    }
+
+    /// Reads an event as the bus delivers it: `Ok(None)` for a kind this build does not know
+    /// (a newer plugin's), an error for a known kind whose data has another shape.
+    pub fn read(kind: &str, data: serde_json::Value) -> Result<Option<Event>, BadEvent> {
+        fn parse<T: serde::de::DeserializeOwned>(
+            kind: &'static str,
+            data: serde_json::Value,
+        ) -> Result<T, BadEvent> {
+            serde_json::from_value(data).map_err(|source| BadEvent { kind, source })
+        }
+        let Some(&kind) = Event::KINDS.iter().find(|known| **known == kind) else {
+            return Ok(None);
+        };
+        let event = match kind {
+            "deployment.phase" => Event::Phase(parse(kind, data)?),
+            "deployment.environment" => Event::Environment(Box::new(parse(kind, data)?)),
+            "deployment.batch" => Event::Batch(parse(kind, data)?),
+            "deployment.gate" => Event::Gate(parse(kind, data)?),
+            "deployment.log" => Event::Log(parse(kind, data)?),
+            "environment.health" => Event::Health(parse(kind, data)?),
+            _ => Event::Deleted(parse(kind, data)?),
+        };
+        Ok(Some(event))
+    }
+
+    /// The event's data, with the deployment's sequence number `seq` beside its fields when
+    /// it has one.
+    pub(crate) fn data(&self, seq: Option<u64>) -> serde_json::Value {
+        let encoded = match self {
+            Event::Phase(event) => serde_json::to_value(event),
+            Event::Environment(event) => serde_json::to_value(event),
+            Event::Batch(event) => serde_json::to_value(event),
+            Event::Gate(event) => serde_json::to_value(event),
+            Event::Log(event) => serde_json::to_value(event),
+            Event::Health(event) => serde_json::to_value(event),
+            Event::Deleted(event) => serde_json::to_value(event),
+        };
+        let mut data = encoded.unwrap_or_default();
+        if let (Some(seq), serde_json::Value::Object(fields)) = (seq, &mut data) {
+            fields.insert("seq".into(), seq.into());
+        }
+        data
+    }
+}
+
+/// Publishes an event (number `seq` of its deployment, when it has one): `full` for developers
+/// and admins, `user` (when given) for the user role, which otherwise does not receive it. Both
+/// are of one kind.
+pub fn publish(host: &plugin_guest::Host, seq: Option<u64>, full: &Event, user: Option<&Event>) {
+    let user = user.map(|user| user.data(seq));
+    host.publish_by_role(full.kind(), &full.data(seq), user.as_ref());
 }

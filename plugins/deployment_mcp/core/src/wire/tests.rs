@@ -145,3 +145,27 @@ fn hidden_fields_are_null_for_details_and_absent_for_users() {
         );
     }
 }
+
+#[test]
+fn events_read_back_as_published_and_unknown_kinds_pass() {
+    let deleted = Event::Deleted(DeletedEvent {
+        environment_id: "a".into(),
+    });
+    assert_eq!(deleted.kind(), "environment.deleted");
+    assert_eq!(deleted.deployment_id(), None);
+    let data = deleted.data(Some(7));
+    assert_eq!(data, serde_json::json!({ "environment_id": "a", "seq": 7 }));
+    let read = Event::read(deleted.kind(), data).expect("readable");
+    assert!(matches!(read, Some(Event::Deleted(event)) if event.environment_id == "a"));
+    let log = serde_json::json!({ "deployment_id": "dep-1-ab", "lines": [] });
+    let read = Event::read("deployment.log", log).expect("readable");
+    assert_eq!(
+        read.as_ref().and_then(Event::deployment_id),
+        Some("dep-1-ab")
+    );
+    assert!(Event::read("deployment.future", serde_json::json!({}))
+        .expect("no error")
+        .is_none());
+    let error = Event::read("deployment.phase", serde_json::json!({ "status": 3 })).unwrap_err();
+    assert_eq!(error.kind, "deployment.phase");
+}
