@@ -695,6 +695,13 @@ impl Coordinator {
         self.changed();
     }
 
+    /// The end of this copy's run of `deployment_id`, when this copy runs it.
+    pub(crate) fn run_ended(&self, deployment_id: &str) -> Option<RunEnded> {
+        self.runs()
+            .get(deployment_id)
+            .map(|run| RunEnded(run.ended.clone()))
+    }
+
     /// Ids of the runs this copy is executing.
     pub fn local_runs(&self) -> Vec<String> {
         self.runs().keys().cloned().collect()

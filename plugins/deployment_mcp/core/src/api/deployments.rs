@@ -43,6 +43,9 @@ const FOLLOW_BYTES: usize = 256 * 1024;
 /// How long a request waits for a concurrent one with the same `Idempotency-Key` to start its
 /// deployment.
 const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(10);
+/// How often a request waiting on a key looks at it again when nothing in this copy woke it:
+/// the request holding the key may be another copy's (during a hot swap).
+const IDEMPOTENCY_RECHECK: Duration = Duration::from_millis(250);
 /// How long a cancel waits for the run to record its end before answering 202.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
@@ -267,6 +270,9 @@ async fn trigger(api: &ApiState, call: TriggerCall, body: &[u8]) -> Answer {
     };
     let keys = IdempotencyStore::new(api.coordinator.records().clone());
     let deadline = Instant::now() + IDEMPOTENCY_WAIT;
+    // Subscribed before the key is first read: a key settled after that read wakes the wait.
+    let mut settled = api.keys_settled.subscribe();
+    let settle = || api.keys_settled.send_modify(|count| *count += 1);
     loop {
         let created_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -285,12 +291,15 @@ async fn trigger(api: &ApiState, call: TriggerCall, body: &[u8]) -> Answer {
                 .await
             {
                 Ok(started) => {
-                    keys.started(&key, &mine).await?;
+                    let recorded = keys.started(&key, &mine).await;
+                    settle();
+                    recorded?;
                     Ok(accepted(&mount, &started.deployment_id, Phase::Pending))
                 }
                 Err(error) => {
                     // Nothing started: free the key, so a retry can start it.
                     let _ = keys.release(&key, &mine).await;
+                    settle();
                     Err(ApiError::from(error))
                 }
             };
@@ -308,7 +317,8 @@ async fn trigger(api: &ApiState, call: TriggerCall, body: &[u8]) -> Answer {
             // Another request with this key is starting it (or the key was just freed): wait
             // for its outcome, then answer the same.
             _ if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                let wait = IDEMPOTENCY_RECHECK.min(deadline.saturating_duration_since(Instant::now()));
+                let _ = tokio::time::timeout(wait, settled.changed()).await;
             }
             _ => {
                 return Err(ApiError::conflict(

@@ -62,6 +62,9 @@ pub(crate) struct ApiState {
     version: &'static str,
     /// The OpenAPI document served at `openapi.json` (built from these handlers' descriptions).
     openapi: fn() -> &'static [u8],
+    /// Counts the `Idempotency-Key`s a request of this copy settled (its deployment started or
+    /// the key freed): wakes the requests waiting on one.
+    keys_settled: tokio::sync::watch::Sender<u64>,
 }
 
 impl ApiState {
@@ -93,6 +96,7 @@ impl Api {
             stop,
             version,
             openapi,
+            keys_settled: tokio::sync::watch::Sender::new(0),
         });
         let rest = router(Arc::clone(&state));
         let router = match mcp_route(&state, rest.clone()) {

@@ -32,6 +32,8 @@ use crate::{
 
 /// How often each copy looks for gates past their deadline.
 const GATE_SWEEP: Duration = Duration::from_secs(1);
+/// How long a decision waits for this copy's run of the deployment to publish its end.
+const SETTLE_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a decision was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +70,25 @@ struct Read {
 }
 
 impl Coordinator {
+    /// Reads a deployment to decide on. A record that this copy's run has just parked or ended
+    /// is read once that run has published its last events: a decision's events are numbered
+    /// after them, and so must be published after them.
     async fn read_record(&self, id: &str) -> Result<Read, DecisionError> {
+        let read = self.read_once(id).await?;
+        let settling =
+            read.record.status == Phase::AwaitingApproval || read.record.status.is_terminal();
+        let ending = settling.then(|| self.run_ended(id)).flatten();
+        match ending {
+            Some(ended) => {
+                // Bounded: the run has stored its end and only publishes it now.
+                let _ = tokio::time::timeout(SETTLE_WAIT, ended.wait()).await;
+                self.read_once(id).await
+            }
+            None => Ok(read),
+        }
+    }
+
+    async fn read_once(&self, id: &str) -> Result<Read, DecisionError> {
         let (text, record) = self
             .deployments()
             .read_for_update(id)

@@ -403,6 +403,52 @@ async fn a_manual_gate_parks_and_an_approval_runs_the_rest_with_numbers_going_on
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_decision_waits_until_the_run_that_parked_has_published_its_end() {
+    let mut harness = harness(vec![
+        environment("c1", 60, None),
+        environment("c2", 60, None),
+    ])
+    .await;
+    let canary = json!({"strategy": {"type": "canary", "canary": 1, "gate": "manual"}});
+    let id = harness.start(&["c1", "c2"], "v1", canary).await;
+    let mut parked = harness.until_phase(&id, Phase::AwaitingApproval).await;
+    parked.extend(
+        harness
+            .events_until(&id, |kind, _| kind == "deployment.gate")
+            .await,
+    );
+    // As between a run's storing its park and its publishing it: the record is parked, the
+    // run is still this copy's.
+    let (ended, watched) = tokio::sync::watch::channel(());
+    harness.coordinator.runs().insert(
+        id.clone(),
+        super::RunHandle {
+            cancel: tokio_util::sync::CancellationToken::new(),
+            reason: Default::default(),
+            _ended: ended,
+            ended: watched,
+        },
+    );
+    let approval = tokio::spawn({
+        let coordinator = Arc::clone(&harness.coordinator);
+        let id = id.clone();
+        async move { coordinator.approve(&id, "admin").await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !approval.is_finished(),
+        "the approval went ahead of the run's last events"
+    );
+    assert_eq!(harness.record(&id).await.status, Phase::AwaitingApproval);
+    // The run published its end and is gone: the decision goes on, numbered after it.
+    harness.coordinator.runs().remove(&id);
+    approval.await.expect("joined").expect("approved");
+    let rest = harness.until_end(&id).await;
+    assert_numbered_from(parked.len() as u64 + 1, &rest);
+    assert_eq!(harness.record(&id).await.status, Phase::Completed);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_cancel_at_the_gate_ends_the_parked_deployment() {
     let mut harness = harness(vec![
         environment("g1", 60, None),
