@@ -101,9 +101,9 @@ struct RunFrom {
     events: u64,
 }
 
+/// The outside's handle on a live run: stop it, wait for its end.
 struct RunHandle {
-    cancel: CancellationToken,
-    reason: StopHandle,
+    stop: StopHandle,
     /// Dropped when the run has ended (its end stored and published): wakes who waits for it.
     _ended: tokio::sync::watch::Sender<()>,
     ended: tokio::sync::watch::Receiver<()>,
@@ -399,8 +399,7 @@ impl Coordinator {
         self.runs().insert(id, {
             let (ended_sender, ended) = tokio::sync::watch::channel(());
             RunHandle {
-                cancel: run.cancel.clone(),
-                reason: Arc::clone(&run.reason),
+                stop: Arc::clone(&run.stop),
                 _ended: ended_sender,
                 ended,
             }
@@ -615,18 +614,14 @@ impl Coordinator {
     /// Asks a run to stop: at once when this copy runs it, else through the store for the copy
     /// that does.
     pub async fn cancel(&self, deployment_id: &str, by: &str) -> Result<Cancelled, StoreError> {
-        let local = self.runs().get(deployment_id).map(|run| {
-            let mut reason = run
-                .reason
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            reason.get_or_insert(StopReason::Cancelled);
-            (run.cancel.clone(), run.ended.clone())
-        });
+        let local = self
+            .runs()
+            .get(deployment_id)
+            .map(|run| (Arc::clone(&run.stop), run.ended.clone()));
         match local {
-            Some((token, ended)) => {
+            Some((stop, ended)) => {
                 tracing::info!(deployment = deployment_id, by, "cancel requested");
-                token.cancel();
+                stop.request(StopReason::Cancelled);
                 Ok(Cancelled::Local(RunEnded(ended)))
             }
             None => {
@@ -656,20 +651,13 @@ impl Coordinator {
         self.background.cancel();
         self.tasks.close();
         if host_stopping {
-            let tokens: Vec<CancellationToken> = self
+            let stops: Vec<StopHandle> = self
                 .runs()
                 .values()
-                .map(|run| {
-                    let mut reason = run
-                        .reason
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    reason.get_or_insert(StopReason::HostStopping);
-                    run.cancel.clone()
-                })
+                .map(|run| Arc::clone(&run.stop))
                 .collect();
-            for token in tokens {
-                token.cancel();
+            for stop in stops {
+                stop.request(StopReason::HostStopping);
             }
         } else if !self.runs().is_empty() {
             tracing::info!(
@@ -687,7 +675,7 @@ impl Coordinator {
         let mut runs = self.runs();
         if runs
             .get(deployment_id)
-            .is_some_and(|run| Arc::ptr_eq(&run.reason, stop))
+            .is_some_and(|run| Arc::ptr_eq(&run.stop, stop))
         {
             runs.remove(deployment_id);
         }

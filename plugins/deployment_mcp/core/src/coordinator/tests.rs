@@ -423,8 +423,7 @@ async fn a_decision_waits_until_the_run_that_parked_has_published_its_end() {
     harness.coordinator.runs().insert(
         id.clone(),
         super::RunHandle {
-            cancel: tokio_util::sync::CancellationToken::new(),
-            reason: Default::default(),
+            stop: Default::default(),
             _ended: ended,
             ended: watched,
         },

@@ -213,13 +213,13 @@ impl<O: RunOwner> Run<O> {
         );
         let permit = tokio::select! {
             permit = limit.acquire_owned() => permit.ok(),
-            _ = self.no_new.cancelled() => None,
+            _ = self.stop.no_new().cancelled() => None,
         };
         // The threshold may have been crossed while this one waited for its turn.
-        let permit = permit.filter(|_| !self.no_new.is_cancelled());
+        let permit = permit.filter(|_| !self.stop.no_new().is_cancelled());
         let started = Instant::now();
         let outcome = match permit {
-            None if self.cancel.is_cancelled() => Err((
+            None if self.stop.requested().is_cancelled() => Err((
                 TargetStatus::Cancelled,
                 "stopped before it started".to_owned(),
                 None,
@@ -244,7 +244,7 @@ impl<O: RunOwner> Run<O> {
                 self.save_target(&target).await;
                 target.status = TargetStatus::Running;
                 self.save_target(&target).await;
-                self.run_trigger(&environment, &context, self.running.clone())
+                self.run_trigger(&environment, &context, self.stop.running().clone())
                     .await
             }
         };
@@ -351,7 +351,7 @@ impl<O: RunOwner> Run<O> {
         };
         let cancelled = |done: String, exit_code: Option<i32>| {
             let why = match self.halted() {
-                Some(why) if !self.cancel.is_cancelled() => format!("stopped: {why}"),
+                Some(why) if !self.stop.requested().is_cancelled() => format!("stopped: {why}"),
                 _ => "stopped: the deployment was cancelled".to_owned(),
             };
             let why = if done.is_empty() {

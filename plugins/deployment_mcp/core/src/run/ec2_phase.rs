@@ -22,7 +22,7 @@ impl<O: RunOwner> Run<O> {
                 self.set_phase(Phase::Ec2Deploying, PROGRESS_EC2).await;
                 let outcome = tokio::select! {
                     outcome = ec2::ensure_running(settings, log) => Some(outcome),
-                    _ = self.cancel.cancelled() => None,
+                    _ = self.stop.requested().cancelled() => None,
                 };
                 match outcome {
                     Some(Ok(outcome)) => {

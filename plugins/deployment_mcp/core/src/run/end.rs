@@ -47,7 +47,7 @@ impl<O: RunOwner> Run<O> {
             .finished(record.clone(), Some(previous), failed)
             .await;
         self.writer.flush().await;
-        self.owner.forget_run(&record.deployment_id, &self.reason);
+        self.owner.forget_run(&record.deployment_id, &self.stop);
     }
 
     /// The environments that have not succeeded (so far).
@@ -82,6 +82,6 @@ impl<O: RunOwner> Run<O> {
         };
         self.writer.finished(record.clone(), None, failed).await;
         self.writer.flush().await;
-        owner.forget_run(&record.deployment_id, &self.reason);
+        owner.forget_run(&record.deployment_id, &self.stop);
     }
 }

@@ -99,7 +99,7 @@ impl<O: RunOwner> Run<O> {
                     .await;
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(canary.bake_secs)) => {}
-                        _ = self.cancel.cancelled() => return GateOutcome::Stop,
+                        _ = self.stop.requested().cancelled() => return GateOutcome::Stop,
                     }
                 }
                 let mut unhealthy = Vec::new();
@@ -168,7 +168,7 @@ impl<O: RunOwner> Run<O> {
         };
         self.writer.phase_and_gate(record.clone(), previous).await;
         self.writer.flush().await;
-        self.owner.forget_run(&record.deployment_id, &self.reason);
+        self.owner.forget_run(&record.deployment_id, &self.stop);
         let cancel_requested = matches!(self.stop_reason(), Some(StopReason::Cancelled))
             || matches!(
                 crate::persist::runs::cancel_requested(self.owner.records(), &record.deployment_id)

@@ -11,6 +11,7 @@ pub mod reach;
 mod rollback;
 #[cfg(test)]
 pub mod script;
+mod stop;
 mod verify;
 pub mod writer;
 
@@ -24,7 +25,6 @@ use std::{
 };
 
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     deployment::{DeploymentRecord, HealthReport, Phase, TargetRecord, TargetStatus},
@@ -39,6 +39,7 @@ use crate::{
 use gate::GateOutcome;
 use rollback::rolls_back;
 pub(crate) use rollback::rolls_back_by_hand;
+pub(crate) use stop::{Stop, StopReason};
 use writer::RunWriter;
 
 /// How long past its timeout (or a cancel) a trigger that stops itself may take to do so.
@@ -46,16 +47,9 @@ const SELF_STOP_GRACE: Duration = Duration::from_secs(10);
 /// How often a run looks for a cancel request made through another copy.
 const CANCEL_POLL: Duration = Duration::from_millis(500);
 
-/// A run's stop reason, shared with the registry of live runs (its identity tells one run of
-/// a deployment from another).
-pub(crate) type StopHandle = Arc<Mutex<Option<StopReason>>>;
-
-/// Why a run stops early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StopReason {
-    Cancelled,
-    HostStopping,
-}
+/// A run's stop state, shared with the registry of live runs (its identity tells one run of a
+/// deployment from another).
+pub(crate) type StopHandle = Arc<Stop>;
 
 /// Where a run is. Each step does its part and names the next; [`Run::execute`], the run's one
 /// task, drives them, so the order of a deployment's phases is written down in one place.
@@ -126,15 +120,8 @@ pub(crate) struct Run<O: RunOwner> {
     pub(crate) owner: Arc<O>,
     pub(crate) record: tokio::sync::Mutex<DeploymentRecord>,
     pub(crate) targets: Mutex<HashMap<String, TargetRecord>>,
-    /// A cancel request or the host stopping: everything stops.
-    pub(crate) cancel: CancellationToken,
-    pub(crate) reason: Arc<Mutex<Option<StopReason>>>,
-    /// Failures exceeded `max_failures`: nothing new starts (a child of `cancel`).
-    pub(crate) no_new: CancellationToken,
-    /// What stops running triggers: `cancel`, or the threshold with `cancel_running`.
-    pub(crate) running: CancellationToken,
-    /// Why the run stopped starting environments (the threshold, a failed canary).
-    pub(crate) halted: Mutex<Option<String>>,
+    /// A cancel, the host stopping, or a halt (the threshold, a failed canary).
+    pub(crate) stop: StopHandle,
     pub(crate) finished_targets: AtomicUsize,
     /// Environments whose latest state is a failure, kept as states change, so the failure
     /// threshold is checked without counting over every environment.
@@ -154,7 +141,6 @@ impl<O: RunOwner> Run<O> {
         ec2: Option<Ec2Settings>,
         writer: RunWriter,
     ) -> Run<O> {
-        let cancel = CancellationToken::new();
         let finished = targets
             .values()
             .filter(|target| target.status.is_terminal())
@@ -168,11 +154,7 @@ impl<O: RunOwner> Run<O> {
             total_targets: record.environments.len(),
             record: tokio::sync::Mutex::new(record),
             targets: Mutex::new(targets),
-            no_new: cancel.child_token(),
-            running: cancel.child_token(),
-            cancel,
-            reason: Arc::new(Mutex::new(None)),
-            halted: Mutex::new(None),
+            stop: Arc::default(),
             finished_targets: AtomicUsize::new(finished),
             failed_targets: AtomicUsize::new(failed),
             ec2,
@@ -189,30 +171,17 @@ const PROGRESS_VERIFIED: u8 = 95;
 
 impl<O: RunOwner> Run<O> {
     fn stop_reason(&self) -> Option<StopReason> {
-        *self
-            .reason
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.stop.reason()
     }
 
     fn halted(&self) -> Option<String> {
-        self.halted
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.stop.halted()
     }
 
     /// Stops starting environments, saying why (the first reason stays).
     fn halt(&self, why: String) {
-        let mut halted = self
-            .halted
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if halted.is_none() {
-            tracing::info!("{why}");
-            *halted = Some(why);
-            self.no_new.cancel();
-        }
+        tracing::info!("{why}");
+        self.stop.halt(why);
     }
 
     /// Halts the run when its failures exceed `max_failures`.
@@ -242,7 +211,7 @@ impl<O: RunOwner> Run<O> {
                     .log()
                     .info("on_failure is cancel_running: stopping the environments still running")
                     .await;
-                self.running.cancel();
+                self.stop.stop_running();
             }
         }
     }
@@ -264,8 +233,7 @@ impl<O: RunOwner> Run<O> {
         let watcher = tokio::spawn(watch_cancel_requests(
             self.owner.records().clone(),
             deployment_id.clone(),
-            self.cancel.clone(),
-            Arc::clone(&self.reason),
+            Arc::clone(&self.stop),
         ));
         let limit = Arc::new(Semaphore::new(self.owner.settings().max_parallel));
         let by_id = by_id(targets);
@@ -367,7 +335,7 @@ impl<O: RunOwner> Run<O> {
                 .await;
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(pause)) => {}
-                _ = self.cancel.cancelled() => {}
+                _ = self.stop.requested().cancelled() => {}
             }
             if self.stop_reason().is_some() {
                 self.end_from(
@@ -475,23 +443,14 @@ fn by_id(environments: Vec<Environment>) -> HashMap<String, Environment> {
 }
 
 /// Cancels a run when a cancel request for it appears in the store (made through another copy).
-async fn watch_cancel_requests(
-    records: Records,
-    deployment_id: String,
-    cancel: CancellationToken,
-    reason: Arc<Mutex<Option<StopReason>>>,
-) {
+async fn watch_cancel_requests(records: Records, deployment_id: String, stop: StopHandle) {
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = stop.requested().cancelled() => return,
             _ = tokio::time::sleep(CANCEL_POLL) => {}
         }
         if let Ok(true) = persist::runs::cancel_requested(&records, &deployment_id).await {
-            reason
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .get_or_insert(StopReason::Cancelled);
-            cancel.cancel();
+            stop.request(StopReason::Cancelled);
             return;
         }
     }

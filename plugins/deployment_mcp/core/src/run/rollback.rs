@@ -132,7 +132,7 @@ impl<O: RunOwner> Run<O> {
                 "no previous version to roll back to: this was its first deployment".to_owned(),
                 None,
             )),
-            (Some(_), _) if self.cancel.is_cancelled() => {
+            (Some(_), _) if self.stop.requested().is_cancelled() => {
                 Err(("stopped: the deployment was cancelled".to_owned(), None))
             }
             (Some(environment), Some(previous)) => {
@@ -143,7 +143,7 @@ impl<O: RunOwner> Run<O> {
                     .info(format!("rollback to version {}", context.version))
                     .await;
                 match self
-                    .run_trigger(&environment, &context, self.cancel.clone())
+                    .run_trigger(&environment, &context, self.stop.requested().clone())
                     .await
                 {
                     Ok(success) => Ok(success.exit_code),

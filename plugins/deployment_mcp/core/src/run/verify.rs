@@ -54,7 +54,7 @@ impl<O: RunOwner> Run<O> {
                     Duration::from_secs(run.owner.settings().health_check_timeout_secs);
                 let report = tokio::select! {
                     report = run.owner.reach().wait_healthy(&url, per_request, deadline) => report,
-                    _ = run.cancel.cancelled() => return,
+                    _ = run.stop.requested().cancelled() => return,
                 };
                 let known = run
                     .targets
