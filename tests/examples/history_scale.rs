@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use deployment_mcp_core::{
     deployment::{DeploymentRecord, Phase},
-    model::{Ec2Phase, Timestamp},
+    model::{DeploymentId, Ec2Phase, EnvironmentId, Timestamp},
 };
 use e2e::{HostOptions, TestHost, DEVELOPER_KEY, USER_KEY};
 use serde_json::json;
@@ -38,9 +38,10 @@ fn seed(dir: &std::path::Path, count: usize) {
         } else {
             Phase::Completed
         };
-        let environment = format!("env_{:02}", n % 20);
+        let environment = EnvironmentId::parse(&format!("env_{:02}", n % 20)).expect("an id");
         let record = DeploymentRecord {
-            deployment_id: format!("dep-{created_ms}-{n:08x}"),
+            deployment_id: DeploymentId::parse(&format!("dep-{created_ms}-{n:08x}"))
+                .expect("an id"),
             status,
             progress: 100,
             version: format!("1.{n}"),

@@ -5,6 +5,7 @@
 
 use deployment_mcp_core::{
     deployment::{history_key, HistoryEntry, Phase},
+    model::{DeploymentId, EnvironmentId},
     persist::history,
     persist::records::{collection, encode, Records},
 };
@@ -43,12 +44,13 @@ async fn generate(records: &Records, seed: u64, count: usize) -> Vec<(String, Hi
         // Often the same millisecond as the one before: the id orders those.
         created_ms += random.next(3);
         let status = STATUSES[random.next(3) as usize];
-        let environments: Vec<String> = ENVIRONMENTS
+        let environments: Vec<EnvironmentId> = ENVIRONMENTS
             .iter()
             .filter(|_| random.next(2) == 0)
-            .map(|name| (*name).to_owned())
+            .map(|name| EnvironmentId::parse(name).expect("an id"))
             .collect();
-        let deployment_id = format!("dep-{created_ms}-{n:08x}");
+        let deployment_id =
+            DeploymentId::parse(&format!("dep-{created_ms}-{n:08x}")).expect("an id");
         let entry = HistoryEntry {
             deployment_id: deployment_id.clone(),
             status,

@@ -10,7 +10,7 @@ use std::{
 use deployment_mcp_core::{
     egress::{Egress, TargetNetworks},
     environments::{Connection, Environment},
-    model::{LogLine, LogSink, LogStream},
+    model::{EnvironmentId, LogLine, LogSink, LogStream},
     triggers::{ssh::SshTrigger, FailureKind, Trigger, TriggerContext, TriggerResult},
 };
 use e2e::{process_alive, sshd::Sshd, wait_until};
@@ -49,7 +49,7 @@ fn context(version: &str) -> (TriggerContext, mpsc::Receiver<LogLine>) {
         platform_instance_id: Some("i-0123".to_owned()),
         platform_ip: Some("203.0.113.7".to_owned()),
         rollback: false,
-        log: log.for_environment("ssh-test"),
+        log: log.for_environment(&EnvironmentId::parse("ssh-test").expect("an id")),
         stop: Default::default(),
     };
     (context, lines)
@@ -84,7 +84,7 @@ async fn run_within(
         panic!("an ssh environment: {environment:?}");
     };
     let trigger = SshTrigger::new(
-        environment.environment_id,
+        environment.environment_id.into_string(),
         environment.timeout,
         ssh,
         egress(networks),

@@ -173,7 +173,12 @@ impl Backend {
         let file_environments = environments::load_file(&environments_file)
             .map_err(CliError::Usage)?
             .into_iter()
-            .map(|environment| (environment.environment_id, environment.enabled))
+            .map(|environment| {
+                (
+                    environment.environment_id.into_string(),
+                    environment.enabled,
+                )
+            })
             .collect();
         // In-process, every command is the local admin's.
         let admin = Caller {

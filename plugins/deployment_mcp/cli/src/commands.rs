@@ -104,7 +104,7 @@ pub async fn environments_list(backend: &Backend, json: bool) -> Result<u8, CliE
     let mut table = Table::new(&["ID", "TYPE", "METHOD", "TARGET", "ENABLED", "LAST HEALTH"]);
     for environment in &list {
         table.row(vec![
-            environment.environment_id.clone(),
+            environment.environment_id.to_string(),
             environment.environment_type.as_str().to_owned(),
             environment.connection_method.as_str().to_owned(),
             target(environment),
@@ -133,9 +133,9 @@ pub async fn environments_check(backend: &Backend, json: bool) -> Result<u8, Cli
             .as_ref()
             .is_some_and(|details| details.health_check_url.is_some());
         if !environment.enabled {
-            skipped.push((id, "disabled"));
+            skipped.push((id.to_string(), "disabled"));
         } else if !has_url {
-            skipped.push((id, "no health_check_url"));
+            skipped.push((id.to_string(), "no health_check_url"));
         } else {
             checked.push(id);
         }
@@ -178,7 +178,7 @@ pub async fn environments_check(backend: &Backend, json: bool) -> Result<u8, Cli
         let mut table = Table::new(&["ENVIRONMENT", "URL", "HEALTH"]);
         for result in &results {
             table.row(vec![
-                result.environment_id.clone(),
+                result.environment_id.to_string(),
                 output::dash(result.health.url.as_deref()),
                 health(Some(&result.health)),
             ]);
@@ -305,7 +305,7 @@ fn history_table(entries: &[DeploymentEntry]) -> Table {
     ]);
     for entry in entries {
         table.row(vec![
-            entry.deployment_id.clone(),
+            entry.deployment_id.to_string(),
             entry.status.as_str().to_owned(),
             output::dash(Some(entry.version.as_str())),
             output::listed(&entry.environments, entry.environment_count),

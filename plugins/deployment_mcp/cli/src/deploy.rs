@@ -89,7 +89,14 @@ pub async fn run(
         json: request.json,
         success: completed_everywhere,
     };
-    follow_to_end(backend, answer.deployment_id, events, follow, interrupts).await
+    follow_to_end(
+        backend,
+        answer.deployment_id.into_string(),
+        events,
+        follow,
+        interrupts,
+    )
+    .await
 }
 
 /// Follows deployment `id` (subscribed to `events` before it started or moved on) until it
@@ -222,7 +229,7 @@ fn print_summary(record: &DeploymentState) {
     let mut table = Table::new(&["ENVIRONMENT", "STATUS", "DURATION", "EXIT", "ERROR"]);
     for result in &record.results {
         table.row(vec![
-            result.environment_id.clone(),
+            result.environment_id.to_string(),
             result.status.as_str().to_owned(),
             output::duration(result.duration_ms),
             output::dash(result.exit_code.map(|code| code.to_string()).as_deref()),

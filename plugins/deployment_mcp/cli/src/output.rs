@@ -168,17 +168,18 @@ pub fn dash(text: Option<&str>) -> String {
 }
 
 /// Items comma-separated, or `-`.
-pub fn join(items: &[String]) -> String {
+pub fn join<T: AsRef<str>>(items: &[T]) -> String {
     if items.is_empty() {
         "-".into()
     } else {
+        let items: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
         items.join(",")
     }
 }
 
 /// The ids a list entry names, and how many it leaves out of `total` (lists name only the
 /// first ones of a large deployment).
-pub fn listed(items: &[String], total: usize) -> String {
+pub fn listed<T: AsRef<str>>(items: &[T], total: usize) -> String {
     match total.saturating_sub(items.len()) {
         0 => join(items),
         more => format!("{} (+{more} more)", join(items)),
@@ -213,7 +214,7 @@ mod tests {
         let ids = vec!["a".to_owned(), "b".to_owned()];
         assert_eq!(listed(&ids, 2), "a,b");
         assert_eq!(listed(&ids, 10_000), "a,b (+9998 more)");
-        assert_eq!(listed(&[], 0), "-");
+        assert_eq!(listed::<String>(&[], 0), "-");
         assert_eq!(duration(Some(850)), "850ms");
         assert_eq!(duration(Some(1_240)), "1.2s");
         assert_eq!(duration(Some(123_000)), "2m03s");

@@ -199,7 +199,7 @@ impl Bars {
     }
 
     fn target(&mut self, target: &TargetResult) {
-        let id = target.environment_id.clone();
+        let id = target.environment_id.to_string();
         let status = target.status;
         self.statuses.insert(id.clone(), status.as_str().to_owned());
         let terminal = status.is_terminal();

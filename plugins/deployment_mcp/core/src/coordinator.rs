@@ -23,10 +23,11 @@ use std::{
 use futures_util::FutureExt;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use crate::model::{DeploymentId, EnvironmentId};
 use crate::{
     deployment::{
-        new_deployment_id, BatchRecord, BatchStatus, DeploymentRecord, GateStatus, HealthReport,
-        Phase, TargetRecord, TargetStatus,
+        BatchRecord, BatchStatus, DeploymentRecord, GateStatus, HealthReport, Phase, TargetRecord,
+        TargetStatus,
     },
     ec2,
     egress::Egress,
@@ -54,7 +55,9 @@ use crate::{
 #[derive(Debug, Clone, Default)]
 pub struct StartRequest {
     /// The id to give the deployment (an idempotent caller picks it first); a new one if `None`.
-    pub deployment_id: Option<String>,
+    pub deployment_id: Option<DeploymentId>,
+    /// Environment ids as the caller gave them (an id that is not one is an unknown
+    /// environment).
     pub environments: Option<Vec<String>>,
     /// Instead of `environments`: every enabled environment whose tags hold all of these.
     pub selector: Option<std::collections::BTreeMap<String, String>>,
@@ -62,7 +65,7 @@ pub struct StartRequest {
     pub ec2: Option<bool>,
     pub triggered_by: String,
     pub request_id: Option<String>,
-    pub retry_of: Option<String>,
+    pub retry_of: Option<DeploymentId>,
     /// Strategy, failure threshold and rollback.
     pub rollout: Rollout,
 }
@@ -136,7 +139,7 @@ pub struct Coordinator {
     reach: Reach,
     settings: Arc<Settings>,
     boot_id: String,
-    runs: Mutex<HashMap<String, RunHandle>>,
+    runs: Mutex<HashMap<DeploymentId, RunHandle>>,
     tasks: TaskTracker,
     /// Stops the loops of this copy (health checks, gate deadlines, retention) at shutdown.
     background: CancellationToken,
@@ -235,7 +238,7 @@ impl Coordinator {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunHandle>> {
+    fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<DeploymentId, RunHandle>> {
         self.runs
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -306,7 +309,7 @@ impl Coordinator {
             deployment_id: request
                 .deployment_id
                 .clone()
-                .unwrap_or_else(|| new_deployment_id(created_ms)),
+                .unwrap_or_else(|| DeploymentId::generate(created_ms)),
             status: Phase::Pending,
             progress: 0,
             version,
@@ -344,7 +347,7 @@ impl Coordinator {
             "deployment started"
         );
         self.publish_phase(1, &record, None);
-        let pending: HashMap<String, TargetRecord> = targets
+        let pending: HashMap<EnvironmentId, TargetRecord> = targets
             .iter()
             .map(|target| {
                 (
@@ -377,7 +380,7 @@ impl Coordinator {
         self: &Arc<Self>,
         record: DeploymentRecord,
         targets: Vec<Environment>,
-        results: HashMap<String, TargetRecord>,
+        results: HashMap<EnvironmentId, TargetRecord>,
         ec2: Option<ec2::Ec2Settings>,
         from: RunFrom,
         start: Start,
@@ -503,7 +506,7 @@ impl Coordinator {
             })?;
         }
         // A few ids are read by key; many are picked from one pass over the catalog.
-        let listed: Option<HashMap<String, Environment>> = if ids.len() > 64 {
+        let listed: Option<HashMap<EnvironmentId, Environment>> = if ids.len() > 64 {
             Some(
                 self.catalog
                     .list()
@@ -523,7 +526,7 @@ impl Coordinator {
         let mut chosen = Vec::with_capacity(ids.len());
         for id in ids {
             let found = match &listed {
-                Some(listed) => listed.get(id).cloned(),
+                Some(listed) => listed.get(id.as_str()).cloned(),
                 None => self.catalog.get(id).await?.map(|stored| stored.environment),
             };
             let Some(environment) = found else {
@@ -603,24 +606,28 @@ impl Coordinator {
     }
 
     /// Tells subscribers (and the host's metrics) that an environment is gone.
-    pub fn environment_deleted(&self, id: &str) {
+    pub fn environment_deleted(&self, id: &EnvironmentId) {
         self.changed();
         let event = Event::Deleted(DeletedEvent {
-            environment_id: id.to_owned(),
+            environment_id: id.clone(),
         });
         wire::publish(self.records.host(), None, &event, Some(&event));
     }
 
     /// Asks a run to stop: at once when this copy runs it, else through the store for the copy
     /// that does.
-    pub async fn cancel(&self, deployment_id: &str, by: &str) -> Result<Cancelled, StoreError> {
+    pub async fn cancel(
+        &self,
+        deployment_id: &DeploymentId,
+        by: &str,
+    ) -> Result<Cancelled, StoreError> {
         let local = self
             .runs()
             .get(deployment_id)
             .map(|run| (Arc::clone(&run.stop), run.ended.clone()));
         match local {
             Some((stop, ended)) => {
-                tracing::info!(deployment = deployment_id, by, "cancel requested");
+                tracing::info!(deployment = %deployment_id, by, "cancel requested");
                 stop.request(StopReason::Cancelled);
                 Ok(Cancelled::Local(RunEnded(ended)))
             }
@@ -691,7 +698,7 @@ impl Coordinator {
     }
 
     /// Ids of the runs this copy is executing.
-    pub fn local_runs(&self) -> Vec<String> {
+    pub fn local_runs(&self) -> Vec<DeploymentId> {
         self.runs().keys().cloned().collect()
     }
 }
@@ -717,7 +724,11 @@ impl RunOwner for Coordinator {
         Coordinator::platform_identity(self, ask_imds).await
     }
 
-    async fn record_health(&self, id: &str, report: &HealthReport) -> Result<(), StoreError> {
+    async fn record_health(
+        &self,
+        id: &EnvironmentId,
+        report: &HealthReport,
+    ) -> Result<(), StoreError> {
         Coordinator::record_health(self, id, report).await
     }
 
@@ -725,14 +736,14 @@ impl RunOwner for Coordinator {
         Coordinator::forget_run(self, deployment_id, stop)
     }
 
-    async fn cancel_parked(&self, deployment_id: &str) {
+    async fn cancel_parked(&self, deployment_id: &DeploymentId) {
         let message = "cancelled while it reached its gate";
         match self
             .close_gate(deployment_id, GateStatus::Rejected, "cancel", message)
             .await
         {
             Ok(()) | Err(DecisionError::Conflict(_)) | Err(DecisionError::Wrong { .. }) => {}
-            Err(error) => tracing::error!(deployment = deployment_id, "{error}"),
+            Err(error) => tracing::error!(deployment = %deployment_id, "{error}"),
         }
     }
 

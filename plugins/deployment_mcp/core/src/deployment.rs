@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     model::LogLine,
-    model::{Ec2Phase, Timestamp},
+    model::{DeploymentId, Ec2Phase, EnvironmentId, Timestamp},
     rollout::{BatchKind, GateKind, Rollout},
 };
 
@@ -164,7 +164,7 @@ pub struct HealthReport {
 /// One environment's result in a deployment (stored under `<deployment>/<environment>`).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TargetRecord {
-    pub environment_id: String,
+    pub environment_id: EnvironmentId,
     pub connection_method: String,
     pub status: TargetStatus,
     #[serde(default)]
@@ -195,12 +195,12 @@ pub struct TargetRecord {
 impl TargetRecord {
     /// An environment's result before anything happened to it.
     pub fn new(
-        environment_id: &str,
+        environment_id: &EnvironmentId,
         connection_method: &str,
         status: TargetStatus,
     ) -> TargetRecord {
         TargetRecord {
-            environment_id: environment_id.to_owned(),
+            environment_id: environment_id.clone(),
             connection_method: connection_method.to_owned(),
             status,
             started_at: None,
@@ -220,7 +220,7 @@ impl TargetRecord {
 /// A deployment run (stored under its id).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeploymentRecord {
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     pub status: Phase,
     pub progress: u8,
     pub version: String,
@@ -228,7 +228,7 @@ pub struct DeploymentRecord {
     #[serde(default)]
     pub request_id: Option<String>,
     /// Environment ids in the order they were requested.
-    pub environments: Vec<String>,
+    pub environments: Vec<EnvironmentId>,
     /// The EC2 phase's result, or why it was skipped.
     #[serde(default)]
     pub ec2: Ec2Phase,
@@ -240,7 +240,7 @@ pub struct DeploymentRecord {
     #[serde(default)]
     pub duration_ms: Option<u64>,
     #[serde(default)]
-    pub retry_of: Option<String>,
+    pub retry_of: Option<DeploymentId>,
     /// Lines written to the log, including any beyond the stored limit.
     #[serde(default)]
     pub log_lines: u64,
@@ -348,7 +348,7 @@ pub struct GateRecord {
 
 impl DeploymentRecord {
     /// The environment ids of batch `index`.
-    pub fn batch_environments(&self, index: usize) -> &[String] {
+    pub fn batch_environments(&self, index: usize) -> &[EnvironmentId] {
         self.batches
             .get(index)
             .and_then(|batch| self.environments.get(batch.start..batch.start + batch.len))
@@ -366,20 +366,20 @@ pub const LISTED_ENVIRONMENTS: usize = 100;
 /// What the history lists per deployment.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     pub status: Phase,
     pub progress: u8,
     pub version: String,
     pub triggered_by: String,
     /// The first [`LISTED_ENVIRONMENTS`] environments (entries written before the counts were
     /// kept list them all).
-    pub environments: Vec<String>,
+    pub environments: Vec<EnvironmentId>,
     /// How many environments it has.
     #[serde(default)]
     pub environment_count: usize,
     /// The first [`LISTED_ENVIRONMENTS`] environments that did not succeed, once it ended.
     #[serde(default)]
-    pub failed_environments: Vec<String>,
+    pub failed_environments: Vec<EnvironmentId>,
     /// How many environments did not succeed, once it ended.
     #[serde(default)]
     pub failed_count: usize,
@@ -389,7 +389,7 @@ pub struct HistoryEntry {
     #[serde(default)]
     pub duration_ms: Option<u64>,
     #[serde(default)]
-    pub retry_of: Option<String>,
+    pub retry_of: Option<DeploymentId>,
     #[serde(default)]
     pub error: Option<String>,
 }
@@ -409,7 +409,7 @@ impl HistoryEntry {
 impl DeploymentRecord {
     /// The record's history entry: its first environments and its counts (`failed_environments`
     /// lists every environment that did not succeed, once it ended).
-    pub fn history_entry(&self, mut failed_environments: Vec<String>) -> HistoryEntry {
+    pub fn history_entry(&self, mut failed_environments: Vec<EnvironmentId>) -> HistoryEntry {
         let failed_count = failed_environments.len();
         failed_environments.truncate(LISTED_ENVIRONMENTS);
         HistoryEntry {
@@ -445,26 +445,9 @@ pub fn history_key(created_ms: u64, deployment_id: &str) -> String {
     format!("{:020}/{deployment_id}", u64::MAX - created_ms)
 }
 
-/// A new deployment id: time-ordered and unguessable enough not to collide.
-pub fn new_deployment_id(now_ms: u64) -> String {
-    let mut random = [0u8; 4];
-    // Without system randomness the id still is unique per millisecond and process.
-    if getrandom::fill(&mut random).is_err() {
-        random = (std::process::id() ^ now_ms as u32).to_be_bytes();
-    }
-    format!("dep-{now_ms}-{}", hex::encode(random))
-}
-
-/// Checks that a path segment can be a deployment id before it is used as a store key.
-pub fn is_deployment_id(text: &str) -> bool {
-    text.len() <= 64
-        && text.starts_with("dep-")
-        && text[4..].chars().all(|c| c.is_ascii_hexdigit() || c == '-')
-}
-
 /// Who holds an environment (the value of its `CLAIMS` record).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claim {
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     pub boot_id: String,
 }

@@ -13,13 +13,13 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    header_value, json, Answer, ApiError, ApiState, Id, Mount, Params, RequestId, Shared, Who,
+    header_value, json, Answer, ApiError, ApiState, DeploymentKey, Mount, Params, RequestId,
+    Shared, Who,
 };
+use crate::model::DeploymentId;
 use crate::{
     coordinator::{Cancelled, StartRequest},
-    deployment::{
-        is_deployment_id, new_deployment_id, DeploymentRecord, GateStatus, Phase, TargetStatus,
-    },
+    deployment::{DeploymentRecord, GateStatus, Phase, TargetStatus},
     environments::{check_id, from_json_object},
     persist::deployments::{DeploymentStore, IdempotencyRecord, IdempotencyStore},
     persist::history::{Filter, History},
@@ -50,10 +50,7 @@ const IDEMPOTENCY_RECHECK: Duration = Duration::from_millis(250);
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
 impl ApiState {
-    pub(super) async fn record(&self, id: &str) -> Result<DeploymentRecord, ApiError> {
-        if !is_deployment_id(id) {
-            return Err(ApiError::not_found("deployment", id));
-        }
+    pub(super) async fn record(&self, id: &DeploymentId) -> Result<DeploymentRecord, ApiError> {
         self.deployments()
             .record(id)
             .await?
@@ -62,12 +59,12 @@ impl ApiState {
 }
 
 /// The 202 of a started (or reopened) deployment, with `Location`.
-fn accepted(mount: &Mount, deployment_id: &str, status: Phase) -> Response {
+fn accepted(mount: &Mount, deployment_id: &DeploymentId, status: Phase) -> Response {
     let status_url = format!("{}/deployments/{deployment_id}", mount.0);
     let mut response = json(
         StatusCode::ACCEPTED,
         &Accepted {
-            deployment_id: deployment_id.to_owned(),
+            deployment_id: deployment_id.clone(),
             status,
             status_url: status_url.clone(),
         },
@@ -80,10 +77,10 @@ fn accepted(mount: &Mount, deployment_id: &str, status: Phase) -> Response {
 
 #[utoipa::path(
     get, path = "/deployments/{id}", operation_id = "getDeployment", tag = "deployments",
-    params(crate::wire::DeploymentId),
+    params(crate::wire::DeploymentPath),
     responses((status = 200, description = "The full record", body = crate::wire::DeploymentDetail))
 )]
-pub(crate) async fn detail(State(api): Shared, Id(id): Id) -> Answer {
+pub(crate) async fn detail(State(api): Shared, DeploymentKey(id): DeploymentKey) -> Answer {
     let record = api.record(&id).await?;
     let results = api
         .deployments()
@@ -103,7 +100,7 @@ pub(crate) async fn detail(State(api): Shared, Id(id): Id) -> Answer {
 #[utoipa::path(
     get, path = "/deployments/{id}/logs", operation_id = "getDeploymentLogs", tag = "deployments",
     params(
-        crate::wire::DeploymentId,
+        crate::wire::DeploymentPath,
         ("follow" = Option<bool>, Query, description = "Stream NDJSON lines until the deployment ends"),
         ("from" = Option<u64>, Query, description = "The first stored line of the page (0 when absent); the answer's `next_from` continues it"),
         ("limit" = Option<u64>, Query, description = "Lines in the page, 1 to 10000 (10000 when absent)"),
@@ -116,7 +113,11 @@ pub(crate) async fn detail(State(api): Shared, Id(id): Id) -> Answer {
         )),
     )
 )]
-pub(crate) async fn logs(State(api): Shared, Id(id): Id, params: Params) -> Answer {
+pub(crate) async fn logs(
+    State(api): Shared,
+    DeploymentKey(id): DeploymentKey,
+    params: Params,
+) -> Answer {
     let record = api.record(&id).await?;
     let follow = match params.get("follow").as_deref() {
         None | Some("false") | Some("0") => false,
@@ -161,7 +162,7 @@ pub(crate) async fn logs(State(api): Shared, Id(id): Id, params: Params) -> Answ
                 stored_lines: page.end.line,
                 first_line: page.first_line,
                 next_from: (after < page.end.line).then_some(after),
-                deployment_id: id,
+                deployment_id: record.deployment_id.clone(),
                 status: record.status,
                 complete: record.status.is_terminal(),
                 lines: page.lines,
@@ -253,7 +254,7 @@ async fn trigger(api: &ApiState, call: TriggerCall, body: &[u8]) -> Answer {
         )),
     };
     let rollout = request.rollout().to_rollout()?;
-    let start_request = |deployment_id: Option<String>| StartRequest {
+    let start_request = |deployment_id: Option<DeploymentId>| StartRequest {
         rollout,
         deployment_id,
         environments: request.environments.clone(),
@@ -280,7 +281,7 @@ async fn trigger(api: &ApiState, call: TriggerCall, body: &[u8]) -> Answer {
             .as_millis() as u64;
         let mine = IdempotencyRecord::starting(
             fingerprint.clone(),
-            new_deployment_id(created_ms),
+            DeploymentId::generate(created_ms),
             created_ms,
         );
         let Some(earlier) = keys.claim(&key, &mine).await? else {
@@ -332,13 +333,17 @@ async fn trigger(api: &ApiState, call: TriggerCall, body: &[u8]) -> Answer {
 
 #[utoipa::path(
     post, path = "/deployments/{id}/cancel", operation_id = "cancelDeployment", tag = "deployments",
-    params(crate::wire::DeploymentId),
+    params(crate::wire::DeploymentPath),
     responses(
         (status = 200, description = "Cancelled; the summary as recorded", body = crate::wire::DeploymentSummary),
         (status = 202, description = "Cancel requested; the run has not recorded its end yet", body = crate::wire::Cancelling),
     )
 )]
-pub(crate) async fn cancel(State(api): Shared, caller: Who, Id(id): Id) -> Answer {
+pub(crate) async fn cancel(
+    State(api): Shared,
+    caller: Who,
+    DeploymentKey(id): DeploymentKey,
+) -> Answer {
     let record = api.record(&id).await?;
     if record.status.is_terminal() {
         return Err(ApiError::conflict(
@@ -379,7 +384,7 @@ pub(crate) async fn cancel(State(api): Shared, caller: Who, Id(id): Id) -> Answe
     Ok(json(
         StatusCode::ACCEPTED,
         &Cancelling {
-            deployment_id: id,
+            deployment_id: record.deployment_id,
             status: "cancelling".into(),
         },
     ))
@@ -387,7 +392,7 @@ pub(crate) async fn cancel(State(api): Shared, caller: Who, Id(id): Id) -> Answe
 
 #[utoipa::path(
     post, path = "/deployments/{id}/retry", operation_id = "retryDeployment", tag = "deployments",
-    params(crate::wire::DeploymentId),
+    params(crate::wire::DeploymentPath),
     responses((status = 202, description = "A new deployment of the environments that did not succeed", body = crate::wire::Accepted))
 )]
 pub(crate) async fn retry(
@@ -395,7 +400,7 @@ pub(crate) async fn retry(
     caller: Who,
     RequestId(request_id): RequestId,
     mount: Mount,
-    Id(id): Id,
+    DeploymentKey(id): DeploymentKey,
 ) -> Answer {
     let record = api.record(&id).await?;
     if !record.status.is_terminal() {
@@ -413,7 +418,7 @@ pub(crate) async fn retry(
         .await?
         .into_iter()
         .filter(|target| target.status != TargetStatus::Succeeded)
-        .map(|target| target.environment_id)
+        .map(|target| target.environment_id.into_string())
         .collect();
     if failed.is_empty() {
         return Err(ApiError::unprocessable(
@@ -431,7 +436,7 @@ pub(crate) async fn retry(
             ec2: None,
             triggered_by: format!("retry:{}", caller.name()),
             request_id: Some(request_id),
-            retry_of: Some(id),
+            retry_of: Some(record.deployment_id.clone()),
             rollout: record.rollout,
         })
         .await?;
@@ -440,13 +445,17 @@ pub(crate) async fn retry(
 
 #[utoipa::path(
     post, path = "/deployments/{id}/approve", operation_id = "approveDeployment", tag = "deployments",
-    params(crate::wire::DeploymentId),
+    params(crate::wire::DeploymentPath),
     responses(
         (status = 200, description = "Approved: the deployment goes on with the batches after its canary", body = crate::wire::DeploymentSummary),
         (status = 409, description = "It is not waiting at a gate, or was decided meanwhile", body = crate::wire::ErrorAnswer),
     )
 )]
-pub(crate) async fn approve(State(api): Shared, caller: Who, Id(id): Id) -> Answer {
+pub(crate) async fn approve(
+    State(api): Shared,
+    caller: Who,
+    DeploymentKey(id): DeploymentKey,
+) -> Answer {
     api.record(&id).await?;
     api.coordinator.approve(&id, caller.name()).await?;
     Ok(json(
@@ -457,13 +466,17 @@ pub(crate) async fn approve(State(api): Shared, caller: Who, Id(id): Id) -> Answ
 
 #[utoipa::path(
     post, path = "/deployments/{id}/reject", operation_id = "rejectDeployment", tag = "deployments",
-    params(crate::wire::DeploymentId),
+    params(crate::wire::DeploymentPath),
     responses(
         (status = 200, description = "Rejected: the deployment ended `cancelled`, the environments not started `skipped`", body = crate::wire::DeploymentSummary),
         (status = 409, description = "It is not waiting at a gate, or was decided meanwhile", body = crate::wire::ErrorAnswer),
     )
 )]
-pub(crate) async fn reject(State(api): Shared, caller: Who, Id(id): Id) -> Answer {
+pub(crate) async fn reject(
+    State(api): Shared,
+    caller: Who,
+    DeploymentKey(id): DeploymentKey,
+) -> Answer {
     api.record(&id).await?;
     let message = format!("rejected at the gate by {}", caller.name());
     api.coordinator
@@ -477,17 +490,22 @@ pub(crate) async fn reject(State(api): Shared, caller: Who, Id(id): Id) -> Answe
 
 #[utoipa::path(
     post, path = "/deployments/{id}/rollback", operation_id = "rollbackDeployment", tag = "deployments",
-    params(crate::wire::DeploymentId),
+    params(crate::wire::DeploymentPath),
     responses(
         (status = 202, description = "Rolling back: the environments it changed return to their previous version; follow `status_url`", body = crate::wire::Accepted),
         (status = 409, description = "It is still running, or an environment is being deployed", body = crate::wire::ErrorAnswer),
         (status = 422, description = "No environment has a previous version to return to", body = crate::wire::ErrorAnswer),
     )
 )]
-pub(crate) async fn rollback(State(api): Shared, caller: Who, mount: Mount, Id(id): Id) -> Answer {
-    api.record(&id).await?;
+pub(crate) async fn rollback(
+    State(api): Shared,
+    caller: Who,
+    mount: Mount,
+    DeploymentKey(id): DeploymentKey,
+) -> Answer {
+    let record = api.record(&id).await?;
     api.coordinator.rollback(&id, caller.name()).await?;
-    Ok(accepted(&mount, &id, Phase::RollingBack))
+    Ok(accepted(&mount, &record.deployment_id, Phase::RollingBack))
 }
 
 #[utoipa::path(
@@ -521,7 +539,9 @@ pub(crate) async fn history(State(api): Shared, params: Params) -> Answer {
     let cursor = params.get("cursor");
     if let Some(cursor) = &cursor {
         let valid = cursor.split_once('/').is_some_and(|(time, id)| {
-            time.len() == 20 && time.bytes().all(|b| b.is_ascii_digit()) && is_deployment_id(id)
+            time.len() == 20
+                && time.bytes().all(|b| b.is_ascii_digit())
+                && DeploymentId::parse(id).is_ok()
         });
         if !valid {
             return Err(ApiError::field(
@@ -556,7 +576,7 @@ pub(crate) async fn history(State(api): Shared, params: Params) -> Answer {
 /// chunks after the last one sent, by number; the record only when none came.
 fn follow_stream(
     deployments: DeploymentStore,
-    id: String,
+    id: DeploymentId,
     stop: CancellationToken,
 ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::convert::Infallible>> + Send {
     let state = (deployments, id, 0u64, false, stop);

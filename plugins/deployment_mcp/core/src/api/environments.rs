@@ -12,6 +12,7 @@ use axum::{
 use serde_json::json;
 
 use super::{header_value, json, Answer, ApiError, ApiState, Id, Mount, Shared};
+use crate::model::EnvironmentId;
 use crate::{
     environments::{self, Environment},
     health,
@@ -50,7 +51,12 @@ pub(crate) async fn list(State(api): Shared) -> Answer {
         .iter()
         .map(|stored| {
             let id = &stored.environment.environment_id;
-            EnvironmentView::new(stored, health.get(id), versions.get(id), View::Details)
+            EnvironmentView::new(
+                stored,
+                health.get(id.as_str()),
+                versions.get(id.as_str()),
+                View::Details,
+            )
         })
         .collect();
     Ok(json(
@@ -64,7 +70,7 @@ pub(crate) async fn list(State(api): Shared) -> Answer {
 
 #[utoipa::path(
     get, path = "/environments/{id}", operation_id = "getEnvironment", tag = "environments",
-    params(crate::wire::EnvironmentId),
+    params(crate::wire::EnvironmentPath),
     responses((status = 200, description = "One environment (secrets shown as `has_*`)", body = crate::wire::EnvironmentView))
 )]
 pub(crate) async fn get(State(api): Shared, Id(id): Id) -> Answer {
@@ -98,7 +104,7 @@ pub(crate) async fn create(State(api): Shared, mount: Mount, body: Bytes) -> Ans
 
 #[utoipa::path(
     put, path = "/environments/{id}", operation_id = "replaceEnvironment", tag = "environments",
-    params(crate::wire::EnvironmentId),
+    params(crate::wire::EnvironmentPath),
     request_body(content = crate::environments::EnvironmentJson, content_type = "application/json", description = "The whole environment; an omitted secret is kept, an empty one cleared"),
     responses((status = 200, description = "Replaced", body = crate::wire::EnvironmentView))
 )]
@@ -136,13 +142,16 @@ pub(crate) async fn replace(State(api): Shared, Id(id): Id, body: Bytes) -> Answ
 
 #[utoipa::path(
     delete, path = "/environments/{id}", operation_id = "deleteEnvironment", tag = "environments",
-    params(crate::wire::EnvironmentId),
+    params(crate::wire::EnvironmentPath),
     responses((status = 200, description = "Deleted", body = crate::wire::Deleted))
 )]
 pub(crate) async fn delete(State(api): Shared, Id(id): Id) -> Answer {
-    match api.coordinator.catalog().delete(&id).await? {
+    let Ok(key) = EnvironmentId::parse(&id) else {
+        return Err(ApiError::not_found("environment", &id));
+    };
+    match api.coordinator.catalog().delete(&key).await? {
         catalog::Deleted::Deleted => {
-            api.coordinator.environment_deleted(&id);
+            api.coordinator.environment_deleted(&key);
             Ok(json(StatusCode::OK, &Deleted { deleted: id }))
         }
         catalog::Deleted::Missing => Err(ApiError::not_found("environment", &id)),
@@ -157,7 +166,7 @@ pub(crate) async fn delete(State(api): Shared, Id(id): Id) -> Answer {
 
 #[utoipa::path(
     post, path = "/environments/{id}/health-check", operation_id = "checkEnvironmentHealth", tag = "environments",
-    params(crate::wire::EnvironmentId),
+    params(crate::wire::EnvironmentPath),
     responses((status = 200, description = "The check's result, also recorded", body = crate::wire::HealthCheckAnswer))
 )]
 pub(crate) async fn health_check(State(api): Shared, Id(id): Id) -> Answer {
@@ -175,6 +184,7 @@ pub(crate) async fn health_check(State(api): Shared, Id(id): Id) -> Answer {
     };
     let timeout = Duration::from_secs(api.coordinator.settings().health_check_timeout_secs);
     let report = health::check(api.coordinator.egress(), &url, timeout).await;
+    let id = stored.environment.environment_id;
     api.coordinator.record_health(&id, &report).await?;
     Ok(json(
         StatusCode::OK,

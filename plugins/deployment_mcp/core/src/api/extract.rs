@@ -7,7 +7,7 @@ use axum::{extract::FromRequestParts, http::request::Parts};
 use plugin_guest::{Caller, Role};
 
 use super::ApiError;
-use crate::wire;
+use crate::{model::DeploymentId, wire};
 
 /// The caller the host authenticated, if any.
 pub(crate) struct Who(pub(crate) Option<Caller>);
@@ -62,6 +62,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
             Ok(axum::extract::Path(id)) => Ok(Id(id)),
             Err(_) => Err(ApiError::NoRoute(parts.uri.path().to_owned())),
         }
+    }
+}
+
+/// The `{id}` segment of a `/deployments/{id}…` route, checked: a segment that cannot be a
+/// deployment id names none (404) and is never used as a store key.
+pub(crate) struct DeploymentKey(pub(crate) DeploymentId);
+
+impl<S: Send + Sync> FromRequestParts<S> for DeploymentKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<DeploymentKey, ApiError> {
+        let Id(text) = Id::from_request_parts(parts, state).await?;
+        DeploymentId::parse(&text)
+            .map(DeploymentKey)
+            .map_err(|_| ApiError::not_found("deployment", &text))
     }
 }
 

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 pub(crate) use error::ApiError;
-pub(crate) use extract::{Id, Mount, Params, RequestId, Who};
+pub(crate) use extract::{DeploymentKey, Id, Mount, Params, RequestId, Who};
 use mcp::mcp_route;
 use request::from_http;
 pub use request::ApiRequest;

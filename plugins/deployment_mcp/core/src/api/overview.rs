@@ -20,6 +20,7 @@ use axum::{
 };
 
 use super::{json, Answer, ApiError, ApiState, Params, Shared, Who};
+use crate::model::DeploymentId;
 use crate::{
     deployment::{HistoryEntry, Phase, TargetStatus},
     persist::history::History,
@@ -111,7 +112,7 @@ impl ApiState {
     /// One deployment's summary in the caller's view.
     pub(super) async fn summary(
         &self,
-        id: &str,
+        id: &DeploymentId,
         view: View,
     ) -> Result<DeploymentSummary, ApiError> {
         let record = self.record(id).await?;
@@ -132,7 +133,7 @@ impl ApiState {
             entry: DeploymentEntry::new(&entry, view),
             environment_status: targets
                 .into_iter()
-                .map(|target| (target.environment_id, target.status))
+                .map(|target| (target.environment_id.into_string(), target.status))
                 .collect(),
         })
     }
@@ -146,6 +147,7 @@ impl ApiState {
 pub(crate) async fn status(State(api): Shared, caller: Who, params: Params) -> Answer {
     let view = caller.view();
     if let Some(id) = params.get("id") {
+        let id = DeploymentId::parse(&id).map_err(|_| ApiError::not_found("deployment", &id))?;
         return Ok(json(StatusCode::OK, &api.summary(&id, view).await?));
     }
     let cache = &api.status;

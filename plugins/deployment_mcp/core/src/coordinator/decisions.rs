@@ -16,6 +16,7 @@ use std::{
 use tokio_util::sync::CancellationToken;
 
 use super::{Coordinator, RunFrom};
+use crate::model::{DeploymentId, EnvironmentId};
 use crate::{
     deployment::{BatchStatus, DeploymentRecord, GateStatus, Phase, TargetRecord, TargetStatus},
     environments::Environment,
@@ -73,7 +74,7 @@ impl Coordinator {
     /// Reads a deployment to decide on. A record that this copy's run has just parked or ended
     /// is read once that run has published its last events: a decision's events are numbered
     /// after them, and so must be published after them.
-    async fn read_record(&self, id: &str) -> Result<Read, DecisionError> {
+    async fn read_record(&self, id: &DeploymentId) -> Result<Read, DecisionError> {
         let read = self.read_once(id).await?;
         let settling =
             read.record.status == Phase::AwaitingApproval || read.record.status.is_terminal();
@@ -88,12 +89,12 @@ impl Coordinator {
         }
     }
 
-    async fn read_once(&self, id: &str) -> Result<Read, DecisionError> {
+    async fn read_once(&self, id: &DeploymentId) -> Result<Read, DecisionError> {
         let (text, record) = self
             .deployments()
             .read_for_update(id)
             .await?
-            .ok_or_else(|| DecisionError::NotFound(id.to_owned()))?;
+            .ok_or_else(|| DecisionError::NotFound(id.to_string()))?;
         Ok(Read { text, record })
     }
 
@@ -101,7 +102,7 @@ impl Coordinator {
     /// returns it as read and with its gate decided (`status`, by `by`, now).
     async fn decide_gate(
         &self,
-        id: &str,
+        id: &DeploymentId,
         status: GateStatus,
         by: &str,
         what: &'static str,
@@ -109,7 +110,7 @@ impl Coordinator {
         let read = self.read_record(id).await?;
         if read.record.status != Phase::AwaitingApproval {
             return Err(DecisionError::Wrong {
-                id: read.record.deployment_id.clone(),
+                id: read.record.deployment_id.to_string(),
                 status: read.record.status.as_str(),
                 what,
             });
@@ -168,7 +169,10 @@ impl Coordinator {
     }
 
     /// A deployment's environment results so far, by environment.
-    async fn results_of(&self, id: &str) -> Result<HashMap<String, TargetRecord>, StoreError> {
+    async fn results_of(
+        &self,
+        id: &DeploymentId,
+    ) -> Result<HashMap<EnvironmentId, TargetRecord>, StoreError> {
         Ok(self
             .deployments()
             .targets(id)
@@ -180,9 +184,9 @@ impl Coordinator {
 
     /// The deployment's environments, as the catalog has them now (one read each, or one pass
     /// when there are many). Claims keep them from being deleted meanwhile.
-    async fn environments_of(&self, ids: &[String]) -> Result<Vec<Environment>, StoreError> {
+    async fn environments_of(&self, ids: &[EnvironmentId]) -> Result<Vec<Environment>, StoreError> {
         if ids.len() > 64 {
-            let wanted: std::collections::HashSet<&String> = ids.iter().collect();
+            let wanted: std::collections::HashSet<&EnvironmentId> = ids.iter().collect();
             return Ok(self
                 .catalog
                 .list()
@@ -203,7 +207,11 @@ impl Coordinator {
 
     /// Continues a deployment waiting at its gate: this copy takes it over (its claims and
     /// record move to this boot) and runs the batches after the canary.
-    pub async fn approve(self: &Arc<Self>, id: &str, by: &str) -> Result<(), DecisionError> {
+    pub async fn approve(
+        self: &Arc<Self>,
+        id: &DeploymentId,
+        by: &str,
+    ) -> Result<(), DecisionError> {
         let (read, mut record, _) = self
             .decide_gate(
                 id,
@@ -236,9 +244,9 @@ impl Coordinator {
         let last = first + u64::from(gate.is_some());
         writes.events_published(id, last)?;
         if writes.commit().await? != Outcome::Committed {
-            return Err(DecisionError::Conflict(id.to_owned()));
+            return Err(DecisionError::Conflict(id.to_string()));
         }
-        tracing::info!(deployment = id, by, "gate approved");
+        tracing::info!(deployment = %id, by, "gate approved");
         self.changed();
         if let Some(gate) = gate {
             writer::publish_gate(self.records.host(), first, gate);
@@ -254,7 +262,7 @@ impl Coordinator {
     /// out), `message` why, for the record and the log.
     pub async fn close_gate(
         &self,
-        id: &str,
+        id: &DeploymentId,
         status: GateStatus,
         by: &str,
         message: &str,
@@ -309,9 +317,9 @@ impl Coordinator {
         let last = first + skipped.len() as u64 + u64::from(gate.is_some());
         writes.events_published(id, last)?;
         if writes.commit().await? != Outcome::Committed {
-            return Err(DecisionError::Conflict(id.to_owned()));
+            return Err(DecisionError::Conflict(id.to_string()));
         }
-        tracing::info!(deployment = id, by, "{message}");
+        tracing::info!(deployment = %id, by, "{message}");
         self.changed();
         let host = self.records.host();
         let mut seq = first;
@@ -390,11 +398,15 @@ impl Coordinator {
     /// Rolls a finished deployment's changed environments (those it triggered that have a
     /// previous version) back to that version, reopening it in phase `rolling_back`. It claims
     /// every environment of the deployment, like a deployment does.
-    pub async fn rollback(self: &Arc<Self>, id: &str, by: &str) -> Result<(), DecisionError> {
+    pub async fn rollback(
+        self: &Arc<Self>,
+        id: &DeploymentId,
+        by: &str,
+    ) -> Result<(), DecisionError> {
         let read = self.read_record(id).await?;
         if !read.record.status.is_terminal() {
             return Err(DecisionError::Wrong {
-                id: id.to_owned(),
+                id: id.to_string(),
                 status: read.record.status.as_str(),
                 what: "roll it back once it has ended",
             });
@@ -409,14 +421,14 @@ impl Coordinator {
                 .and_then(|ms| ms.parse::<u64>().ok())
         };
         let mut redeployed = Vec::new();
-        let results: HashMap<String, TargetRecord> = self
+        let results: HashMap<EnvironmentId, TargetRecord> = self
             .results_of(id)
             .await?
             .into_iter()
             .filter(|(_, target)| crate::run::rolls_back_by_hand(target))
             .filter(|(environment, _)| {
-                let later = versions.get(environment).is_some_and(|versions| {
-                    versions.deployment_id != id
+                let later = versions.get(environment.as_str()).is_some_and(|versions| {
+                    versions.deployment_id != *id
                         && created_ms(&versions.deployment_id)
                             .is_some_and(|ms| ms > read.record.created_ms)
                 });
@@ -440,7 +452,7 @@ impl Coordinator {
                 "no environment of {id} was changed and has a previous version to return to{why}"
             )));
         }
-        let chosen: Vec<String> = read
+        let chosen: Vec<EnvironmentId> = read
             .record
             .environments
             .iter()
@@ -484,9 +496,9 @@ impl Coordinator {
                     deployment,
                 })
             }
-            Outcome::Changed => return Err(DecisionError::Conflict(id.to_owned())),
+            Outcome::Changed => return Err(DecisionError::Conflict(id.to_string())),
         }
-        tracing::info!(deployment = id, by, "rollback by hand");
+        tracing::info!(deployment = %id, by, "rollback by hand");
         self.changed();
         self.publish_phase(events, &record, Some(from));
         let from = RunFrom { log, events };

@@ -7,6 +7,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::Coordinator;
+use crate::model::EnvironmentId;
 use crate::{
     deployment::HealthReport,
     health,
@@ -63,11 +64,15 @@ impl Coordinator {
     }
 
     /// Stores an environment's health and publishes it when it changed.
-    pub async fn record_health(&self, id: &str, report: &HealthReport) -> Result<(), StoreError> {
+    pub async fn record_health(
+        &self,
+        id: &EnvironmentId,
+        report: &HealthReport,
+    ) -> Result<(), StoreError> {
         if self.catalog.set_health(id, report).await? {
             let event = |view| {
                 Event::Health(HealthEvent {
-                    environment_id: id.to_owned(),
+                    environment_id: id.clone(),
                     health: HealthView::new(report, view),
                 })
             };

@@ -30,10 +30,10 @@ impl Coordinator {
         let parked: HashSet<String> = unfinished
             .iter()
             .filter(|(_, entry)| entry.status == Phase::AwaitingApproval)
-            .map(|(_, entry)| entry.deployment_id.clone())
+            .map(|(_, entry)| entry.deployment_id.to_string())
             .collect();
         for (_, entry) in unfinished {
-            if parked.contains(&entry.deployment_id) {
+            if parked.contains(entry.deployment_id.as_str()) {
                 continue;
             }
             // An unreadable record is left as it is; the others are still recovered.

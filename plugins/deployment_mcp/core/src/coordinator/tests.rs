@@ -93,7 +93,12 @@ fn request(environments: &[&str], version: &str, rollout: Value) -> StartRequest
 }
 
 impl Harness {
-    async fn start(&self, environments: &[&str], version: &str, rollout: Value) -> String {
+    async fn start(
+        &self,
+        environments: &[&str],
+        version: &str,
+        rollout: Value,
+    ) -> crate::model::DeploymentId {
         self.coordinator
             .start(request(environments, version, rollout))
             .await

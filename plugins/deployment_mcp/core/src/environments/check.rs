@@ -6,31 +6,15 @@ pub use crate::model::FieldError;
 /// Bounds of `timeout`, in seconds.
 pub const TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=86_400;
 
-pub(super) const MAX_ID_LEN: usize = 64;
+pub(super) use crate::model::MAX_ID_LEN;
 const MAX_TEXT_LEN: usize = 4096;
 pub(super) const MAX_TAGS: usize = 64;
 /// Most variables an environment's `env` may set.
 pub(super) const MAX_ENV: usize = 64;
 
-/// Checks an environment id: 1–64 characters of letters, digits, `_`, `-`, `.`, starting with a
-/// letter or digit (ids appear in URLs and store keys).
+/// Checks an environment id (see [`EnvironmentId`](crate::model::EnvironmentId)).
 pub fn check_id(id: &str) -> Result<(), FieldError> {
-    let valid = !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if valid {
-        Ok(())
-    } else {
-        Err(FieldError::new(
-            "environment_id",
-            format!(
-                "{id:?} is not a valid id: use 1 to {MAX_ID_LEN} letters, digits, '_', '-' or '.', starting with a letter or digit"
-            ),
-        ))
-    }
+    crate::model::EnvironmentId::parse(id).map(|_| ())
 }
 
 pub(super) fn required<'a>(

@@ -14,6 +14,7 @@ use super::{
     },
     *,
 };
+use crate::model::EnvironmentId;
 
 /// One environment in the original flat shape, as files, the API and the store hold it.
 /// `api_token` and `webhook_secret` are secrets: they are kept in the store but never shown (see
@@ -351,7 +352,8 @@ impl TryFrom<EnvironmentJson> for Environment {
             }),
         };
         Ok(Environment {
-            environment_id,
+            // Checked by `validate`: the error names the field.
+            environment_id: EnvironmentId::parse(&environment_id)?,
             environment_type,
             connection,
             health_check_url,
@@ -367,7 +369,7 @@ impl TryFrom<EnvironmentJson> for Environment {
 impl From<Environment> for EnvironmentJson {
     fn from(environment: Environment) -> EnvironmentJson {
         let mut json = EnvironmentJson {
-            environment_id: environment.environment_id,
+            environment_id: environment.environment_id.into_string(),
             environment_type: environment.environment_type,
             connection_method: ConnectionMethod::Local,
             host: None,

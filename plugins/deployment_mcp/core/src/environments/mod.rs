@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::model::EnvironmentId;
+
 pub use check::*;
 pub use file::*;
 pub use json::*;
@@ -64,7 +66,7 @@ impl ConnectionMethod {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(into = "EnvironmentJson", try_from = "EnvironmentJson")]
 pub struct Environment {
-    pub environment_id: String,
+    pub environment_id: EnvironmentId,
     pub environment_type: EnvironmentType,
     pub connection: Connection,
     pub health_check_url: Option<String>,

@@ -166,7 +166,7 @@ any_of_schema!(DeploymentOutput: DeploymentState, DeploymentSummary);
 /// A page of a deployment's log.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LogsOutput {
-    pub deployment_id: String,
+    pub deployment_id: crate::model::DeploymentId,
     pub status: Phase,
     /// Whether the deployment has ended (no more lines will come).
     pub complete: bool,

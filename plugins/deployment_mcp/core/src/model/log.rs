@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::Timestamp;
+use super::{EnvironmentId, Timestamp};
 
 /// Where a log line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -33,7 +33,7 @@ impl LogStream {
 pub struct LogLine {
     pub ts: Timestamp,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub environment: Option<String>,
+    pub environment: Option<EnvironmentId>,
     pub stream: LogStream,
     pub line: String,
     /// The request that started the deployment, so a line leads back to the host's request log.
@@ -49,7 +49,7 @@ pub const MAX_LINE_BYTES: usize = 4096;
 /// stored waits, instead of growing memory.
 #[derive(Debug, Clone)]
 pub struct LogSink {
-    environment: Option<String>,
+    environment: Option<EnvironmentId>,
     sender: mpsc::Sender<LogLine>,
     /// Masked in every line.
     secrets: crate::redact::Secrets,
@@ -70,9 +70,9 @@ impl LogSink {
     }
 
     /// The same log, with lines attributed to `environment`.
-    pub fn for_environment(&self, environment: &str) -> LogSink {
+    pub fn for_environment(&self, environment: &EnvironmentId) -> LogSink {
         LogSink {
-            environment: Some(environment.to_owned()),
+            environment: Some(environment.clone()),
             sender: self.sender.clone(),
             secrets: self.secrets.clone(),
         }

@@ -15,10 +15,11 @@ use plugin_guest::{Condition, StoreOp};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::model::EnvironmentId;
 use crate::{
     deployment::{Claim, HealthReport},
     environments::{self, Environment},
-    model::Timestamp,
+    model::{DeploymentId, Timestamp},
     persist::records::{self, collection, Records, StoreError},
 };
 
@@ -151,7 +152,7 @@ impl Catalog {
     pub async fn import_file(&self, path: &Path) -> Result<ImportSummary, ImportError> {
         let from_file = environments::load_file(path).map_err(ImportError::File)?;
         let mut summary = ImportSummary::default();
-        let stored: std::collections::HashMap<String, StoredEnvironment> = self
+        let stored: std::collections::HashMap<EnvironmentId, StoredEnvironment> = self
             .list()
             .await?
             .into_iter()
@@ -178,7 +179,7 @@ impl Catalog {
         }
         for mut environment in from_file {
             let id = environment.environment_id.clone();
-            if deleted.contains(&id) {
+            if deleted.contains(id.as_str()) {
                 summary.kept_api_edits += 1;
                 continue;
             }
@@ -394,7 +395,7 @@ impl Catalog {
                 deployment: conflict
                     .current
                     .and_then(|text| serde_json::from_str::<Claim>(&text).ok())
-                    .map(|claim| claim.deployment_id)
+                    .map(|claim| claim.deployment_id.into_string())
                     .unwrap_or_default(),
             }),
         }
@@ -486,7 +487,7 @@ pub struct EnvironmentVersions {
     #[serde(default)]
     pub previous_version: Option<String>,
     /// The deployment that set `deployed_version`.
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     pub updated_at: Timestamp,
 }
 
@@ -495,7 +496,7 @@ impl EnvironmentVersions {
     pub fn after(
         before: Option<&EnvironmentVersions>,
         version: &str,
-        deployment_id: &str,
+        deployment_id: &DeploymentId,
         now: Timestamp,
     ) -> EnvironmentVersions {
         let previous_version = match before {
@@ -508,7 +509,7 @@ impl EnvironmentVersions {
         EnvironmentVersions {
             deployed_version: version.to_owned(),
             previous_version,
-            deployment_id: deployment_id.to_owned(),
+            deployment_id: deployment_id.clone(),
             updated_at: now,
         }
     }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     deployment::{DeploymentRecord, HistoryEntry, TargetRecord},
-    model::LogLine,
+    model::{DeploymentId, LogLine},
     persist::records::{self, collection, log_key, Records, StoreError},
 };
 
@@ -422,7 +422,7 @@ fn prefix(id: &str) -> String {
 pub struct IdempotencyRecord {
     /// SHA-256 of the request body: the same key with another body is refused.
     pub fingerprint: String,
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     /// `starting` until the deployment is recorded, then `started`.
     #[serde(default = "started_state")]
     state: String,
@@ -436,7 +436,7 @@ fn started_state() -> String {
 }
 
 impl IdempotencyRecord {
-    pub fn starting(fingerprint: String, deployment_id: String, created_ms: u64) -> Self {
+    pub fn starting(fingerprint: String, deployment_id: DeploymentId, created_ms: u64) -> Self {
         IdempotencyRecord {
             fingerprint,
             deployment_id,

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     deployment::{HistoryEntry, Phase},
-    model::Timestamp,
+    model::{DeploymentId, EnvironmentId, Timestamp},
     persist::records::{self, collection, Records, StoreError},
 };
 
@@ -47,7 +47,7 @@ const PAGE: u32 = 500;
 /// An environment's last finished deployment, for the dashboard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastDeployment {
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     pub status: Phase,
     pub succeeded: bool,
     #[serde(default)]
@@ -103,14 +103,14 @@ fn last_deployment_op(
 #[derive(Debug, Clone, Copy)]
 pub struct Members<'a> {
     /// Every environment, from the record.
-    pub environments: &'a [String],
+    pub environments: &'a [EnvironmentId],
     /// Every environment that did not succeed, once it ended.
-    pub failed: &'a [String],
+    pub failed: &'a [EnvironmentId],
 }
 
 /// A set, so a deployment of many environments with many failures is not quadratic.
-fn failed_set(failed: &[String]) -> std::collections::HashSet<&str> {
-    failed.iter().map(String::as_str).collect()
+fn failed_set(failed: &[EnvironmentId]) -> std::collections::HashSet<&str> {
+    failed.iter().map(EnvironmentId::as_str).collect()
 }
 
 /// The writes that index a deployment just recorded (its history entry is written beside them);
@@ -118,7 +118,7 @@ fn failed_set(failed: &[String]) -> std::collections::HashSet<&str> {
 pub fn created_ops(
     history_key: &str,
     entry: &HistoryEntry,
-    environments: &[String],
+    environments: &[EnvironmentId],
 ) -> Result<Vec<StoreOp>, StoreError> {
     let mut ops = Vec::with_capacity(environments.len() * 2 + 2);
     let status_key = by_status_key(entry.status, history_key);
@@ -177,7 +177,7 @@ pub fn moved_ops(
 pub fn deleted_ops(
     history_key: &str,
     entry: &HistoryEntry,
-    environments: &[String],
+    environments: &[EnvironmentId],
 ) -> Vec<StoreOp> {
     let mut ops = Vec::with_capacity(environments.len() * 2 + 3);
     ops.push(StoreOp::delete(collection::HISTORY, history_key));
@@ -523,7 +523,9 @@ impl History {
                         &by_environment_key(environment, &key),
                         String::new(),
                     ));
-                    *environment_counts.entry(environment.clone()).or_default() += 1;
+                    *environment_counts
+                        .entry(environment.to_string())
+                        .or_default() += 1;
                     // Newest first: the first finished entry seen is the last deployment.
                     if entry.status.is_terminal() && last_seen.insert(environment.clone()) {
                         ops.push(last_deployment_op(&entry, &failed, environment)?);

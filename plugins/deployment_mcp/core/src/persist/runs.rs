@@ -13,6 +13,7 @@ use super::{
     writes::{claim_text, Lease},
 };
 use crate::deployment::Claim;
+use crate::model::{DeploymentId, EnvironmentId};
 
 /// A cancel request left for the copy that runs the deployment.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,8 +26,8 @@ pub struct CancelRequest {
 pub async fn release(
     records: &Records,
     lease: &Lease,
-    deployment_id: &str,
-    environments: &[String],
+    deployment_id: &DeploymentId,
+    environments: &[EnvironmentId],
 ) -> Result<(), StoreError> {
     let claim = claim_text(deployment_id, lease.holder())?;
     let mut ops: Vec<StoreOp> = environments
@@ -42,7 +43,7 @@ pub async fn release(
         match records.apply(ops.clone()).await? {
             None => return Ok(()),
             Some(conflict) if conflict.index < ops.len() => {
-                tracing::warn!(deployment = deployment_id, environment = %ops[conflict.index].key, "the environment's claim is no longer this deployment's; left as it is");
+                tracing::warn!(deployment = %deployment_id, environment = %ops[conflict.index].key, "the environment's claim is no longer this deployment's; left as it is");
                 ops.remove(conflict.index);
             }
             Some(_) => return Ok(()),
@@ -54,7 +55,7 @@ pub async fn release(
 /// Asks the copy that runs a deployment to stop it (it watches for this record).
 pub async fn request_cancel(
     records: &Records,
-    deployment_id: &str,
+    deployment_id: &DeploymentId,
     by: &str,
 ) -> Result<(), StoreError> {
     records
@@ -99,7 +100,7 @@ pub async fn forget_dead_runs(
             after = Some(environment.clone());
             let claim = serde_json::from_str::<Claim>(&text).ok();
             let is_stale = claim.is_none_or(|claim| {
-                !alive(&claim.boot_id) && !parked.contains(&claim.deployment_id)
+                !alive(&claim.boot_id) && !parked.contains(claim.deployment_id.as_str())
             });
             if is_stale {
                 stale.push(

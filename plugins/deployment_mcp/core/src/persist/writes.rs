@@ -15,6 +15,7 @@ use super::{
     history,
     records::{self, collection, target_key, Records, StoreError},
 };
+use crate::model::{DeploymentId, EnvironmentId};
 use crate::{
     deployment::{Claim, DeploymentRecord, Phase, TargetRecord},
     model::LogLine,
@@ -66,7 +67,7 @@ pub enum Outcome {
 /// What each operation is, to name a conflict.
 #[derive(Debug, Clone)]
 enum Kind {
-    Claim(String),
+    Claim(EnvironmentId),
     Other,
 }
 
@@ -79,12 +80,12 @@ pub struct Writes {
 }
 
 /// The text of the claim `lease` holds on a deployment's environments.
-pub(super) fn claim_text(deployment_id: &str, holder: &str) -> Result<String, StoreError> {
+pub(super) fn claim_text(deployment_id: &DeploymentId, holder: &str) -> Result<String, StoreError> {
     records::encode(
         collection::CLAIMS,
         deployment_id,
         &Claim {
-            deployment_id: deployment_id.to_owned(),
+            deployment_id: deployment_id.clone(),
             boot_id: holder.to_owned(),
         },
     )
@@ -112,8 +113,8 @@ impl Writes {
     /// Claims each environment for the deployment, under this lease, if no one holds it.
     pub fn claim(
         &mut self,
-        deployment_id: &str,
-        environments: &[String],
+        deployment_id: &DeploymentId,
+        environments: &[EnvironmentId],
     ) -> Result<(), StoreError> {
         let claim = claim_text(deployment_id, self.lease.holder())?;
         self.ops.reserve(environments.len());
@@ -132,8 +133,8 @@ impl Writes {
     /// still holds; any other makes the transaction [`Outcome::Changed`]).
     pub fn take_claims(
         &mut self,
-        deployment_id: &str,
-        environments: &[String],
+        deployment_id: &DeploymentId,
+        environments: &[EnvironmentId],
         from: &str,
     ) -> Result<(), StoreError> {
         let old = claim_text(deployment_id, from)?;
@@ -150,8 +151,8 @@ impl Writes {
     /// Frees the deployment's claims that the process `holder` holds.
     pub fn release_claims(
         &mut self,
-        deployment_id: &str,
-        environments: &[String],
+        deployment_id: &DeploymentId,
+        environments: &[EnvironmentId],
         holder: &str,
     ) -> Result<(), StoreError> {
         let claim = claim_text(deployment_id, holder)?;
@@ -183,13 +184,17 @@ impl Writes {
     }
 
     /// The deployment no longer runs: its running entry and any cancel request go.
-    pub fn not_running(&mut self, deployment_id: &str) {
+    pub fn not_running(&mut self, deployment_id: &DeploymentId) {
         self.push(StoreOp::delete(collection::ACTIVE, deployment_id));
         self.push(StoreOp::delete(collection::CANCEL, deployment_id));
     }
 
     /// An environment's result in the deployment.
-    pub fn target(&mut self, deployment_id: &str, target: &TargetRecord) -> Result<(), StoreError> {
+    pub fn target(
+        &mut self,
+        deployment_id: &DeploymentId,
+        target: &TargetRecord,
+    ) -> Result<(), StoreError> {
         let key = target_key(deployment_id, &target.environment_id);
         self.push(StoreOp::put(
             collection::TARGETS,
@@ -216,7 +221,7 @@ impl Writes {
     /// Lines appended to the deployment's log as its chunk at `at`.
     pub fn log(
         &mut self,
-        deployment_id: &str,
+        deployment_id: &DeploymentId,
         at: LogPosition,
         lines: &[LogLine],
     ) -> Result<(), StoreError> {
@@ -252,7 +257,7 @@ impl Writes {
         &mut self,
         record: &DeploymentRecord,
         from: Phase,
-        failed: &[String],
+        failed: &[EnvironmentId],
         read: Option<&str>,
     ) -> Result<(), StoreError> {
         let id = &record.deployment_id;
@@ -283,7 +288,11 @@ impl Writes {
     }
 
     /// The deployment's state events up to number `last` are published once this is stored.
-    pub fn events_published(&mut self, deployment_id: &str, last: u64) -> Result<(), StoreError> {
+    pub fn events_published(
+        &mut self,
+        deployment_id: &DeploymentId,
+        last: u64,
+    ) -> Result<(), StoreError> {
         self.push(StoreOp::put(
             collection::EVENT_SEQUENCES,
             deployment_id,
@@ -307,11 +316,11 @@ impl Writes {
             .and_then(|index| self.kinds.get(index));
         Ok(match kind {
             Some(Kind::Claim(environment)) => Outcome::ClaimHeld {
-                environment: environment.clone(),
+                environment: environment.to_string(),
                 deployment: conflict
                     .current
                     .and_then(|text| serde_json::from_str::<Claim>(&text).ok())
-                    .map(|claim| claim.deployment_id)
+                    .map(|claim| claim.deployment_id.into_string())
                     .unwrap_or_default(),
             },
             Some(Kind::Other) | None => Outcome::Changed,

@@ -11,6 +11,7 @@ use std::{
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::model::EnvironmentId;
 use crate::{
     deployment::{BatchStatus, Phase, TargetRecord, TargetStatus},
     environments::Environment,
@@ -31,7 +32,7 @@ impl<O: RunOwner> Run<O> {
         self: &Arc<Self>,
         index: usize,
         count: usize,
-        by_id: &HashMap<String, Environment>,
+        by_id: &HashMap<EnvironmentId, Environment>,
         context: &TriggerContext,
         limit: &Arc<Semaphore>,
     ) {
@@ -107,7 +108,7 @@ impl<O: RunOwner> Run<O> {
                 .map(|previous| EnvironmentVersions {
                     deployed_version: previous.clone(),
                     previous_version: None,
-                    deployment_id: String::new(),
+                    deployment_id: deployment_id.clone(),
                     updated_at: now,
                 });
             self.writer
@@ -155,7 +156,7 @@ impl<O: RunOwner> Run<O> {
     /// Ends every environment of batch `from` onwards that has not started (`status`, with
     /// `why`), and marks those batches skipped.
     pub(super) async fn end_from(&self, from: usize, status: TargetStatus, why: &str) {
-        let ids: Vec<String> = {
+        let ids: Vec<EnvironmentId> = {
             let mut record = self.record.lock().await;
             let start = record
                 .batches
@@ -182,7 +183,7 @@ impl<O: RunOwner> Run<O> {
     }
 
     /// Records an environment that never started as ended, with the reason.
-    pub(super) async fn end_unstarted(&self, id: &str, status: TargetStatus, why: &str) {
+    pub(super) async fn end_unstarted(&self, id: &EnvironmentId, status: TargetStatus, why: &str) {
         let mut target = self
             .targets
             .lock()

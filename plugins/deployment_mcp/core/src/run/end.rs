@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use crate::model::EnvironmentId;
 use crate::{
     deployment::{Phase, TargetStatus},
     model::{LogStream, Timestamp},
@@ -51,12 +52,12 @@ impl<O: RunOwner> Run<O> {
     }
 
     /// The environments that have not succeeded (so far).
-    pub(super) fn failed_environments(&self) -> Vec<String> {
+    pub(super) fn failed_environments(&self) -> Vec<EnvironmentId> {
         let targets = self
             .targets
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut failed: Vec<String> = targets
+        let mut failed: Vec<EnvironmentId> = targets
             .values()
             .filter(|target| target.status != TargetStatus::Succeeded)
             .map(|target| target.environment_id.clone())

@@ -7,6 +7,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use crate::model::EnvironmentId;
 use crate::{
     deployment::{GateRecord, GateStatus, Phase, TargetStatus},
     environments::Environment,
@@ -31,7 +32,7 @@ impl<O: RunOwner> Run<O> {
         &self,
         log: &LogSink,
         canary: Canary,
-        by_id: &HashMap<String, Environment>,
+        by_id: &HashMap<EnvironmentId, Environment>,
     ) -> GateOutcome {
         if self.stop_reason().is_some() {
             return GateOutcome::Stop;

@@ -26,6 +26,7 @@ use std::{
 
 use tokio::sync::Semaphore;
 
+use crate::model::{DeploymentId, EnvironmentId};
 use crate::{
     deployment::{DeploymentRecord, HealthReport, Phase, TargetRecord, TargetStatus},
     ec2::Ec2Settings,
@@ -82,13 +83,16 @@ pub(crate) trait RunOwner: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Option<(String, Option<String>)>> + Send;
     fn record_health(
         &self,
-        id: &str,
+        id: &EnvironmentId,
         report: &HealthReport,
     ) -> impl std::future::Future<Output = Result<(), crate::persist::records::StoreError>> + Send;
     /// The run (the one `stop` belongs to) has ended and is no longer live.
     fn forget_run(&self, deployment_id: &str, stop: &StopHandle);
     /// A cancel reached a run as it parked at its gate: end the parked deployment.
-    fn cancel_parked(&self, deployment_id: &str) -> impl std::future::Future<Output = ()> + Send;
+    fn cancel_parked(
+        &self,
+        deployment_id: &DeploymentId,
+    ) -> impl std::future::Future<Output = ()> + Send;
     /// Something that status answers show has changed.
     fn changed(&self);
 }
@@ -119,7 +123,7 @@ fn progress_worth_storing(old: u8, new: u8) -> bool {
 pub(crate) struct Run<O: RunOwner> {
     pub(crate) owner: Arc<O>,
     pub(crate) record: tokio::sync::Mutex<DeploymentRecord>,
-    pub(crate) targets: Mutex<HashMap<String, TargetRecord>>,
+    pub(crate) targets: Mutex<HashMap<EnvironmentId, TargetRecord>>,
     /// A cancel, the host stopping, or a halt (the threshold, a failed canary).
     pub(crate) stop: StopHandle,
     pub(crate) finished_targets: AtomicUsize,
@@ -137,7 +141,7 @@ impl<O: RunOwner> Run<O> {
     pub(crate) fn new(
         owner: Arc<O>,
         record: DeploymentRecord,
-        targets: HashMap<String, TargetRecord>,
+        targets: HashMap<EnvironmentId, TargetRecord>,
         ec2: Option<Ec2Settings>,
         writer: RunWriter,
     ) -> Run<O> {
@@ -232,7 +236,7 @@ impl<O: RunOwner> Run<O> {
         let log = self.writer.log().clone();
         let watcher = tokio::spawn(watch_cancel_requests(
             self.owner.records().clone(),
-            deployment_id.clone(),
+            deployment_id.to_string(),
             Arc::clone(&self.stop),
         ));
         let limit = Arc::new(Semaphore::new(self.owner.settings().max_parallel));
@@ -318,7 +322,7 @@ impl<O: RunOwner> Run<O> {
         index: usize,
         batches: usize,
         log: &LogSink,
-        by_id: &HashMap<String, Environment>,
+        by_id: &HashMap<EnvironmentId, Environment>,
         limit: &Arc<Semaphore>,
     ) -> bool {
         if self.stop_reason().is_some() || self.halted().is_some() {
@@ -357,7 +361,7 @@ impl<O: RunOwner> Run<O> {
     async fn conclude(
         self: &Arc<Self>,
         log: &LogSink,
-        by_id: &HashMap<String, Environment>,
+        by_id: &HashMap<EnvironmentId, Environment>,
         limit: &Arc<Semaphore>,
     ) -> (Phase, Option<String>) {
         let failed_any = self
@@ -383,7 +387,7 @@ impl<O: RunOwner> Run<O> {
         if phase != Phase::Failed || mode == RollbackMode::None {
             return (phase, message);
         }
-        let first_time: Vec<String> = self
+        let first_time: Vec<EnvironmentId> = self
             .targets
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -412,7 +416,7 @@ impl<O: RunOwner> Run<O> {
     async fn context(&self, log: LogSink) -> TriggerContext {
         let record = self.record.lock().await;
         TriggerContext {
-            deployment_id: record.deployment_id.clone(),
+            deployment_id: record.deployment_id.to_string(),
             version: record.version.clone(),
             platform_instance_id: record.platform_instance_id.clone(),
             platform_ip: record.platform_ip.clone(),
@@ -435,7 +439,7 @@ impl<O: RunOwner> Run<O> {
 }
 
 /// Environments by id.
-fn by_id(environments: Vec<Environment>) -> HashMap<String, Environment> {
+fn by_id(environments: Vec<Environment>) -> HashMap<EnvironmentId, Environment> {
     environments
         .into_iter()
         .map(|environment| (environment.environment_id.clone(), environment))

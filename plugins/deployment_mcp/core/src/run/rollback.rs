@@ -5,6 +5,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use tokio::sync::Semaphore;
 
+use crate::model::EnvironmentId;
 use crate::{
     deployment::{Phase, RollbackOutcome, TargetRecord, TargetStatus},
     environments::Environment,
@@ -51,7 +52,7 @@ impl<O: RunOwner> Run<O> {
     pub(crate) async fn roll_back(
         self: &Arc<Self>,
         chosen: impl Fn(&TargetRecord) -> bool,
-        by_id: &HashMap<String, Environment>,
+        by_id: &HashMap<EnvironmentId, Environment>,
         context: &TriggerContext,
         limit: &Arc<Semaphore>,
         message: Option<String>,
@@ -124,7 +125,7 @@ impl<O: RunOwner> Run<O> {
         mut context: TriggerContext,
         limit: Arc<Semaphore>,
     ) -> Result<(), String> {
-        let id = target.environment_id.clone();
+        let id = target.environment_id.to_string();
         let _permit = limit.acquire_owned().await.ok();
         let outcome = match (environment, target.previous_version.clone()) {
             (None, _) => Err(("the environment no longer exists".to_owned(), None)),
@@ -176,7 +177,7 @@ impl<O: RunOwner> Run<O> {
                 {
                     after.previous_version = Some(versions.deployed_version);
                 }
-                self.writer.versions(&id, after).await;
+                self.writer.versions(&target.environment_id, after).await;
                 Ok(())
             }
             Err((message, exit_code)) => {

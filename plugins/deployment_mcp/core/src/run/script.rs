@@ -83,7 +83,7 @@ impl Script {
     pub fn trigger(self: &Arc<Script>, environment: &Environment) -> ScriptedTrigger {
         ScriptedTrigger {
             script: Arc::clone(self),
-            environment: environment.environment_id.clone(),
+            environment: environment.environment_id.to_string(),
         }
     }
 

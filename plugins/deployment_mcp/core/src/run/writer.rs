@@ -29,6 +29,7 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::model::{DeploymentId, EnvironmentId};
 use crate::{
     deployment::{DeploymentRecord, Phase, TargetRecord},
     model::{LogLine, LogSink, LogStream, Timestamp},
@@ -56,12 +57,12 @@ const LINE_CHANNEL: usize = 1024;
 const UPDATE_CHANNEL: usize = 1024;
 
 /// The last lines of each environment's output, as the writer saw them.
-pub type Tails = Arc<Mutex<HashMap<String, VecDeque<LogLine>>>>;
+pub type Tails = Arc<Mutex<HashMap<EnvironmentId, VecDeque<LogLine>>>>;
 
 enum Update {
     Target(TargetRecord),
     /// The record, and the environments that did not succeed once it is terminal.
-    Record(DeploymentRecord, Vec<String>),
+    Record(DeploymentRecord, Vec<EnvironmentId>),
     /// A phase change: written at once (with whatever else is queued), then published.
     Phase(DeploymentRecord, Phase),
     /// A phase change that parks the deployment at its gate: one write, then both events.
@@ -69,10 +70,10 @@ enum Update {
     /// A batch or gate change: written at once, then published.
     Announce(DeploymentRecord, Announcement),
     /// An environment's versions after it succeeded or was rolled back.
-    Versions(String, EnvironmentVersions),
+    Versions(EnvironmentId, EnvironmentVersions),
     /// The run ended: the record (moved from the phase given) is written, the claims on its
     /// environments are released, and then the phase change is published.
-    Finished(DeploymentRecord, Option<Phase>, Vec<String>),
+    Finished(DeploymentRecord, Option<Phase>, Vec<EnvironmentId>),
     Flush(oneshot::Sender<u64>),
 }
 
@@ -109,7 +110,7 @@ pub struct WriterSetup {
     pub lease: Lease,
     /// The sequence number of the deployment's last published state event.
     pub events: u64,
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     /// Where the stored log goes on (a log continued after a gate or a restart starts after
     /// what is stored).
     pub log: LogPosition,
@@ -175,7 +176,7 @@ impl RunWriter {
 
     /// Queues the record's new state (`failed` lists the environments that did not succeed,
     /// once the record is terminal).
-    pub async fn record(&self, record: DeploymentRecord, failed: Vec<String>) {
+    pub async fn record(&self, record: DeploymentRecord, failed: Vec<EnvironmentId>) {
         let _ = self.updates.send(Update::Record(record, failed)).await;
     }
 
@@ -209,7 +210,7 @@ impl RunWriter {
         &self,
         record: DeploymentRecord,
         previous: Option<Phase>,
-        failed: Vec<String>,
+        failed: Vec<EnvironmentId>,
     ) {
         let _ = self
             .updates
@@ -218,10 +219,10 @@ impl RunWriter {
     }
 
     /// Queues an environment's new versions.
-    pub async fn versions(&self, environment: &str, versions: EnvironmentVersions) {
+    pub async fn versions(&self, environment: &EnvironmentId, versions: EnvironmentVersions) {
         let _ = self
             .updates
-            .send(Update::Versions(environment.to_owned(), versions))
+            .send(Update::Versions(environment.clone(), versions))
             .await;
     }
 
@@ -236,7 +237,7 @@ impl RunWriter {
     }
 
     /// The last lines `environment` wrote, as far as the writer has seen them.
-    pub fn tail(&self, environment: &str) -> Vec<LogLine> {
+    pub fn tail(&self, environment: &EnvironmentId) -> Vec<LogLine> {
         self.tails
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -252,8 +253,8 @@ struct WriterTask {
     /// The sequence number of the last state event published (or about to be, once written).
     events: u64,
     /// The run's end, once it is queued: its environments are released after the write.
-    finished: Option<Vec<String>>,
-    deployment_id: String,
+    finished: Option<Vec<EnvironmentId>>,
+    deployment_id: DeploymentId,
     /// The next chunk's number and its first line's.
     log: LogPosition,
     stored_lines: u64,
@@ -264,12 +265,12 @@ struct WriterTask {
     // What waits to be written.
     lines: Vec<LogLine>,
     /// The latest state of each environment, to write.
-    targets: BTreeMap<String, TargetRecord>,
-    record: Option<(DeploymentRecord, Vec<String>)>,
+    targets: BTreeMap<EnvironmentId, TargetRecord>,
+    record: Option<(DeploymentRecord, Vec<EnvironmentId>)>,
     /// State events to publish once written, in the order their changes came.
     pending: Vec<Pending>,
     /// Environments' new versions, to write.
-    versions: BTreeMap<String, EnvironmentVersions>,
+    versions: BTreeMap<EnvironmentId, EnvironmentVersions>,
     /// The deployment's progress as last sent, for environment events.
     progress: u8,
     /// The status last stored, which the history's indexes hold.
@@ -471,7 +472,7 @@ impl WriterTask {
     }
 
     /// Frees the run's claims on `environments` and its running entry.
-    async fn release(&self, environments: &[String]) {
+    async fn release(&self, environments: &[EnvironmentId]) {
         let id = &self.deployment_id;
         if let Err(error) =
             crate::persist::runs::release(&self.records, &self.lease, id, environments).await
@@ -602,7 +603,7 @@ pub fn publish_target(
 fn publish_environment(
     host: &plugin_guest::Host,
     seq: u64,
-    deployment_id: &str,
+    deployment_id: &DeploymentId,
     progress: u8,
     target: &TargetRecord,
 ) {

@@ -141,7 +141,7 @@ pub enum AnyTrigger {
 
 impl AnyTrigger {
     pub fn for_environment(environment: &Environment, egress: &Egress) -> AnyTrigger {
-        let id = environment.environment_id.clone();
+        let id = environment.environment_id.to_string();
         let timeout = environment.timeout;
         match &environment.connection {
             Connection::Ssh(ssh) => AnyTrigger::Ssh(ssh::SshTrigger::new(

@@ -14,14 +14,14 @@ use crate::{
         LISTED_ENVIRONMENTS,
     },
     model::LogLine,
-    model::Timestamp,
+    model::{DeploymentId, EnvironmentId, Timestamp},
     rollout::{BatchKind, GateKind, RolloutJson},
 };
 
 /// A started deployment (202).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Accepted {
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     /// `pending`.
     pub status: Phase,
     /// Where to follow it; also in `Location`.
@@ -31,7 +31,7 @@ pub struct Accepted {
 /// A deployment as lists show it (history, status, dashboard).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeploymentEntry {
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     pub status: Phase,
     /// 0–100.
     pub progress: u8,
@@ -39,17 +39,17 @@ pub struct DeploymentEntry {
     pub triggered_by: String,
     /// The first 100 environments, in the order they were requested (the deployment's detail
     /// names them all).
-    pub environments: Vec<String>,
+    pub environments: Vec<EnvironmentId>,
     /// How many environments it has.
     pub environment_count: usize,
     /// The first 100 environments that did not succeed, once it ended.
-    pub failed_environments: Vec<String>,
+    pub failed_environments: Vec<EnvironmentId>,
     /// How many environments did not succeed, once it ended.
     pub failed_count: usize,
     pub created_at: Timestamp,
     pub finished_at: Option<Timestamp>,
     pub duration_ms: Option<u64>,
-    pub retry_of: Option<String>,
+    pub retry_of: Option<DeploymentId>,
     /// Whether it recorded an error.
     #[serde(default)]
     pub has_error: bool,
@@ -112,7 +112,7 @@ pub struct BatchView {
     pub number: usize,
     pub kind: BatchKind,
     pub status: BatchStatus,
-    pub environments: Vec<String>,
+    pub environments: Vec<EnvironmentId>,
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
 }
@@ -167,7 +167,7 @@ impl GateView {
 /// `POST /deployments/{id}/cancel` while the run has not recorded its end within 10 s.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Cancelling {
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     /// `cancelling`.
     pub status: String,
 }
@@ -185,7 +185,7 @@ super::any_of_schema!(CancelAnswer: DeploymentSummary, Cancelling);
 /// One environment's result in a deployment.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TargetResult {
-    pub environment_id: String,
+    pub environment_id: EnvironmentId,
     pub connection_method: String,
     pub status: TargetStatus,
     pub started_at: Option<Timestamp>,
@@ -268,7 +268,7 @@ impl TargetResult {
 /// (MCP's `get_deployment` answers this; [`DeploymentDetail`] adds the log's last lines).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeploymentState {
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     pub status: Phase,
     /// The same as `status`.
     pub phase: Phase,
@@ -278,14 +278,14 @@ pub struct DeploymentState {
     pub triggered_by: String,
     /// The id of the request that started it.
     pub request_id: Option<String>,
-    pub environments: Vec<String>,
+    pub environments: Vec<EnvironmentId>,
     /// The EC2 phase's result: `skipped`, or the instances found and started.
     pub ec2: crate::model::Ec2Phase,
     pub errors: Vec<String>,
     pub created_at: Timestamp,
     pub finished_at: Option<Timestamp>,
     pub duration_ms: Option<u64>,
-    pub retry_of: Option<String>,
+    pub retry_of: Option<DeploymentId>,
     /// Lines recorded so far (all of them are at `/logs`).
     pub log_lines: u64,
     pub results: Vec<TargetResult>,
@@ -354,7 +354,7 @@ impl DeploymentDetail {
 /// `GET /deployments/{id}/logs`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LogsAnswer {
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     pub status: Phase,
     /// Whether the deployment has ended (no more lines will come).
     pub complete: bool,

@@ -11,7 +11,7 @@ use super::View;
 use crate::{
     deployment::HealthReport,
     environments::{ConnectionMethod, EnvironmentJson, EnvironmentType},
-    model::Timestamp,
+    model::{EnvironmentId, Timestamp},
     persist::catalog::{EnvironmentVersions, Source, StoredEnvironment},
 };
 
@@ -90,7 +90,7 @@ pub enum EnvironmentSource {
 /// An environment as shown.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EnvironmentView {
-    pub environment_id: String,
+    pub environment_id: EnvironmentId,
     pub environment_type: EnvironmentType,
     pub connection_method: ConnectionMethod,
     pub enabled: bool,
@@ -119,6 +119,7 @@ impl EnvironmentView {
         versions: Option<&EnvironmentVersions>,
         view: View,
     ) -> EnvironmentView {
+        let stored_id = stored.environment.environment_id.clone();
         let flat = EnvironmentJson::from(stored.environment.clone());
         let connection = view.details().then(|| ConnectionDetails {
             host: flat.host,
@@ -144,7 +145,7 @@ impl EnvironmentView {
             updated_at: stored.updated_at,
         });
         EnvironmentView {
-            environment_id: flat.environment_id,
+            environment_id: stored_id,
             environment_type: flat.environment_type,
             connection_method: flat.connection_method,
             enabled: flat.enabled,
@@ -175,6 +176,6 @@ pub struct Deleted {
 /// `POST /environments/{id}/health-check`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HealthCheckAnswer {
-    pub environment_id: String,
+    pub environment_id: EnvironmentId,
     pub health: HealthView,
 }

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use super::{BatchView, GateView, HealthView, TargetResult, View};
 use crate::{
     deployment::{DeploymentRecord, Phase, LISTED_ENVIRONMENTS},
-    model::{LogLine, Timestamp},
+    model::{DeploymentId, EnvironmentId, LogLine, Timestamp},
 };
 
 /// Event `deployment.batch`: a batch started or ended. Its `batch.environments` names the first
@@ -16,7 +16,7 @@ use crate::{
 /// whatever the batch's size (an all-at-once deployment is one batch).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BatchEvent {
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     pub batches: usize,
     pub batch: BatchView,
     #[serde(default)]
@@ -44,7 +44,7 @@ pub const EVENT_TAIL_BYTES: usize = 16 * 1024;
 /// Event `deployment.gate`: a gate opened (waiting) or was decided (with who).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GateEvent {
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     pub status: Phase,
     pub gate: GateView,
 }
@@ -62,13 +62,13 @@ impl GateEvent {
 /// Event `deployment.phase`: a deployment moved to another phase.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PhaseEvent {
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     pub status: Phase,
     pub previous: Option<Phase>,
     pub progress: u8,
     /// The first [`LISTED_ENVIRONMENTS`] environments; `environment_count` says how many there
     /// are (an event stays a few kilobytes whatever the deployment's size).
-    pub environments: Vec<String>,
+    pub environments: Vec<EnvironmentId>,
     #[serde(default)]
     pub environment_count: usize,
     #[serde(default)]
@@ -115,14 +115,14 @@ impl PhaseEvent {
 /// the last lines that fit in [`EVENT_TAIL_BYTES`].
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EnvironmentEvent {
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     pub progress: u8,
     pub environment: TargetResult,
 }
 
 impl EnvironmentEvent {
     pub fn new(
-        deployment_id: &str,
+        deployment_id: &DeploymentId,
         progress: u8,
         mut environment: TargetResult,
     ) -> EnvironmentEvent {
@@ -139,7 +139,7 @@ impl EnvironmentEvent {
             tail.drain(..tail.len() - keep);
         }
         EnvironmentEvent {
-            deployment_id: deployment_id.to_owned(),
+            deployment_id: deployment_id.clone(),
             progress,
             environment,
         }
@@ -149,21 +149,21 @@ impl EnvironmentEvent {
 /// Event `deployment.log` (developers and admins only): lines stored in a deployment's log.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LogEvent {
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     pub lines: Vec<LogLine>,
 }
 
 /// Event `environment.health`: an environment's health changed.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HealthEvent {
-    pub environment_id: String,
+    pub environment_id: EnvironmentId,
     pub health: HealthView,
 }
 
 /// Event `environment.deleted`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeletedEvent {
-    pub environment_id: String,
+    pub environment_id: EnvironmentId,
 }
 
 /// Every event the plugin publishes on the host's bus, by kind: the publisher builds one, a

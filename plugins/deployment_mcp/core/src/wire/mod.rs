@@ -79,7 +79,7 @@ impl View {
 /// The path parameter of `/deployments/{id}…`.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
-pub struct DeploymentId {
+pub struct DeploymentPath {
     /// Deployment id (`dep-<ms>-<8 hex>`).
     #[param(pattern = "^dep-[0-9]+-[0-9a-f]{8}$")]
     #[allow(dead_code)] // Read by the derive.
@@ -89,7 +89,7 @@ pub struct DeploymentId {
 /// The path parameter of `/environments/{id}…`.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
-pub struct EnvironmentId {
+pub struct EnvironmentPath {
     /// Environment id.
     #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     #[allow(dead_code)] // Read by the derive.

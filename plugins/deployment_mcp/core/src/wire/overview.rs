@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{DeploymentEntry, DeploymentSummary, EnvironmentView};
-use crate::{deployment::Phase, model::Timestamp};
+use crate::{
+    deployment::Phase,
+    model::{DeploymentId, Timestamp},
+};
 
 /// `idle` or `running`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -47,7 +50,7 @@ pub enum StatusAnswer {
 /// An environment's last deployment, on the dashboard.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LastDeployment {
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     pub status: Phase,
     /// Whether this environment succeeded in it; null while it runs.
     pub succeeded: Option<bool>,

@@ -103,12 +103,12 @@ fn a_user_sees_no_connection_detail() {
 #[test]
 fn hidden_fields_are_null_for_details_and_absent_for_users() {
     let entry = HistoryEntry {
-        deployment_id: "dep-1-00000000".into(),
+        deployment_id: crate::model::DeploymentId::parse("dep-1-00000000").unwrap(),
         status: Phase::Completed,
         progress: 100,
         version: "1".into(),
         triggered_by: "test".into(),
-        environments: vec!["a".into()],
+        environments: vec![crate::model::EnvironmentId::parse("a").unwrap()],
         environment_count: 1,
         failed_environments: Vec::new(),
         failed_count: 0,
@@ -129,7 +129,11 @@ fn hidden_fields_are_null_for_details_and_absent_for_users() {
         user.as_object().is_some_and(|o| !o.contains_key("error")),
         "{user}"
     );
-    let record = TargetRecord::new("a", "local", TargetStatus::Failed);
+    let record = TargetRecord::new(
+        &crate::model::EnvironmentId::parse("a").unwrap(),
+        "local",
+        TargetStatus::Failed,
+    );
     let full = serde_json::to_value(TargetResult::new(&record, View::Details)).expect("json");
     for key in ["detail", "error", "health", "output_tail"] {
         assert!(
@@ -149,7 +153,7 @@ fn hidden_fields_are_null_for_details_and_absent_for_users() {
 #[test]
 fn events_read_back_as_published_and_unknown_kinds_pass() {
     let deleted = Event::Deleted(DeletedEvent {
-        environment_id: "a".into(),
+        environment_id: crate::model::EnvironmentId::parse("a").unwrap(),
     });
     assert_eq!(deleted.kind(), "environment.deleted");
     assert_eq!(deleted.deployment_id(), None);
