@@ -572,7 +572,7 @@ mod tests {
         apply(
             &mut watch,
             "deployment.phase",
-            phase("other", Phase::Failed),
+            phase("dep-2-cd", Phase::Failed),
         );
         assert!(!watch.finished());
         apply(

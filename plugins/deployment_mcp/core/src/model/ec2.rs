@@ -76,7 +76,7 @@ mod tests {
         let completed: Ec2Phase = serde_json::from_value(json!({
             "status": "completed",
             "instances": [{ "instance_id": "i-1", "state": "running", "public_ip": null,
-                            "public_dns": null, "private_ip": "10.0.0.1" }],
+                            "public_dns": null, "private_ip": "127.0.0.1" }],
             "started": ["i-1"],
         }))
         .unwrap();
@@ -86,7 +86,7 @@ mod tests {
         assert_eq!(started, &["i-1"]);
         assert_eq!(
             Ec2Phase::platform(instances),
-            Some(("i-1".to_owned(), Some("10.0.0.1".to_owned())))
+            Some(("i-1".to_owned(), Some("127.0.0.1".to_owned())))
         );
         assert_eq!(
             serde_json::to_value(Ec2Phase::Failed { error: "no".into() }).unwrap(),
