@@ -6,7 +6,8 @@
 #   - Debian's Chromium and tests/browser's packages (the dashboard's browser test),
 #   - the MCP Python SDK in tests/mcp/.venv (the MCP tests' client),
 #   - promtool (lints /metrics), taken from Debian's prometheus package without installing
-#     the server and its service.
+#     the server and its service,
+#   - PostgreSQL's server (initdb, pg_ctl): the store's tests start a server of their own.
 # Idempotent and quick when everything is present: it then installs nothing and needs no network,
 # so it can run where only loopback exists. Debian packages need root (or sudo); Python packages
 # go to the active Python's site packages.
@@ -66,6 +67,10 @@ fi
 # pyenv and similar installs put new scripts behind shims that need a rehash.
 if command -v pyenv >/dev/null; then
     pyenv rehash 2>/dev/null || true
+fi
+
+if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    apt_install postgresql
 fi
 
 if ! command -v promtool >/dev/null; then

@@ -17,6 +17,7 @@ pub use nix::sys::signal::Signal;
 use sha2::{Digest, Sha256};
 
 pub mod moto;
+pub mod postgres;
 pub mod scenario;
 pub mod sshd;
 pub mod targets;
@@ -689,4 +690,19 @@ pub async fn post_declaring_length(
         status,
         serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
     )
+}
+
+/// A small deterministic generator: the same seed gives the same sequence (a property test's
+/// cases, reproducible from the seed a failure prints).
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// The next number below `bound`.
+    pub fn next(&mut self, bound: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % bound
+    }
 }

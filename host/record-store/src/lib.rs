@@ -7,8 +7,9 @@
 //!   compare-and-set). Everything a second copy of a plugin, or a second host on the same
 //!   database, must not race on goes through it. The operations are plain SQL transactions, so
 //!   a PostgreSQL backend can offer the same ones.
-//! - [`RecordStore`]: those operations as a trait, which [`Store`] and the in-memory
-//!   [`MemoryStore`] (for tests without a disk) implement alike;
+//! - [`RecordStore`]: those operations as a trait, which [`Store`], [`PgStore`] (a shared
+//!   PostgreSQL server, for several hosts on one database) and the in-memory [`MemoryStore`]
+//!   (for tests without a disk) implement alike;
 //! - [`DataDir`]: the data directory, private (0700, files 0600) and locked for one process:
 //!   a second process exits naming the holder instead of touching what the first one runs.
 
@@ -18,12 +19,14 @@
 mod abi;
 mod data_dir;
 mod memory;
+mod postgres;
 mod store;
 
 #[cfg(feature = "plugin-api")]
 pub use abi::{apply_abi, delete_abi, get_abi, list_abi, op_from_parts, put_abi};
 pub use data_dir::{DataDir, DataDirError};
 pub use memory::MemoryStore;
+pub use postgres::PgStore;
 pub use store::{
     Condition, Conflict, Op, Store, StoreCounts, StoreError, Write, MAX_LIST, MAX_VALUE_LEN,
 };

@@ -51,10 +51,7 @@ impl RecordStore for MemoryStore {
 
     fn get(&self, collection: &str, key: &str) -> Result<Option<String>, StoreError> {
         let value = value_of(&self.collections(), collection, key).cloned();
-        self.counters.read(
-            usize::from(value.is_some()),
-            value.as_ref().map_or(0, String::len),
-        );
+        self.counters.read_value(value.as_deref());
         Ok(value)
     }
 

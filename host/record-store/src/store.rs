@@ -56,6 +56,10 @@ pub enum StoreError {
         action: String,
         source: rusqlite::Error,
     },
+    /// The PostgreSQL server refused or could not be reached; `message` is the server's (with
+    /// its SQLSTATE code) or the connection's.
+    #[error("store {action}: {message}")]
+    Postgres { action: String, message: String },
 }
 
 impl StoreError {
@@ -190,6 +194,11 @@ impl Counters {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.rows_read.fetch_add(rows as u64, Ordering::Relaxed);
         self.bytes_read.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// A read of one key, found (`Some`) or not.
+    pub(crate) fn read_value(&self, value: Option<&str>) {
+        self.read(usize::from(value.is_some()), value.map_or(0, str::len));
     }
 
     pub(crate) fn written(&self, rows: usize, bytes: usize) {
@@ -360,10 +369,7 @@ impl Store {
 
     pub fn get(&self, collection: &str, key: &str) -> Result<Option<String>, StoreError> {
         let value = read_value(&self.reader(), collection, key)?;
-        self.counters.read(
-            usize::from(value.is_some()),
-            value.as_ref().map_or(0, String::len),
-        );
+        self.counters.read_value(value.as_deref());
         Ok(value)
     }
 

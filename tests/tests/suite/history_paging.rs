@@ -14,25 +14,13 @@ use plugin_guest::{Handler, StoreOp};
 use serde_json::Value;
 
 use crate::in_process::{body, request, start, InProcess};
+use e2e::Lcg;
 
 const ENVIRONMENTS: [&str; 3] = ["alpha", "beta", "gamma"];
 const STATUSES: [Phase; 3] = [Phase::Completed, Phase::Failed, Phase::Cancelled];
 
 /// Whether an entry passes a filter, as the test computes it on its own.
 type Matcher = Box<dyn Fn(&HistoryEntry) -> bool>;
-
-/// A small deterministic generator: the same seed gives the same history.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, bound: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % bound
-    }
-}
 
 /// Writes `count` finished deployments the way the coordinator records them (entry and indexes
 /// in one batch) and returns them, keyed by their history key.

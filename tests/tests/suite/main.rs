@@ -23,3 +23,4 @@ mod routes_roles;
 mod scale_counts;
 mod soak;
 mod ssh_trigger;
+mod store_postgres;
