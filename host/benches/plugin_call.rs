@@ -48,7 +48,8 @@ fn plugin_call(c: &mut Criterion) {
         .unwrap_or_else(|| repo_root().join("target/release/libdeployment_mcp.so"));
     let work = std::env::temp_dir().join(format!("pa-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).expect("create the bench directory");
-    let store = Arc::new(Store::open(&work, "bench.db").expect("open the bench store"));
+    let store: Arc<dyn record_store::RecordStore> =
+        Arc::new(Store::open(&work, "bench.db").expect("open the bench store"));
     let bus = Arc::new(EventBus::new());
     let environments_file = repo_root().join("config/remote_environments.json");
     let settings = serde_json::json!({ "environments_file": environments_file });
@@ -62,7 +63,7 @@ fn plugin_call(c: &mut Criterion) {
                 copies_dir: work.join("plugin-copies"),
                 sequence: 0,
             },
-            services: bridge::host_services("deployment_mcp", Arc::clone(&store), Arc::clone(&bus)),
+            services: bridge::host_services("deployment_mcp", store.clone(), Arc::clone(&bus)),
         },
         Retirements::default(),
     )

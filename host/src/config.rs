@@ -79,13 +79,34 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
+    /// Where the records are: `""`, the embedded SQLite file in `data_dir`; or
+    /// `postgres://user[:password]@host[:port]/database`, a PostgreSQL server.
+    #[serde(default)]
+    pub url: String,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             data_dir: PathBuf::from("./data"),
+            url: String::new(),
         }
+    }
+}
+
+/// `url` with the password of its user part, if any, replaced (`postgres://u:<redacted>@h/db`).
+pub fn url_without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user, host)) => match user.split_once(':') {
+            Some((name, _)) => format!("{scheme}://{name}:<redacted>@{host}{path}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
 }
 
@@ -317,6 +338,13 @@ impl Config {
     /// Checks what types alone cannot; each message names the key.
     pub fn validate(&self) -> Result<(), String> {
         let mut problems = Vec::new();
+        let url = &self.storage.url;
+        if !url.is_empty() && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            problems.push(format!(
+                "storage.url: {:?} is not a PostgreSQL URL; use \"\" (the embedded SQLite in storage.data_dir) or postgres://user@host:port/database",
+                url_without_password(url)
+            ));
+        }
         if self.server.body_limit_bytes == 0 {
             problems.push("server.body_limit_bytes: must be at least 1".to_owned());
         }
@@ -462,6 +490,11 @@ impl Config {
                 }
             }
         }
+        if let Some(url) = value.pointer_mut("/storage/url") {
+            if let Some(text) = url.as_str() {
+                *url = serde_json::Value::String(url_without_password(text));
+            }
+        }
         if let Some(plugins) = value
             .get_mut("plugins")
             .and_then(serde_json::Value::as_object_mut)
@@ -553,12 +586,32 @@ mod tests {
         if let Some(plugin) = config.plugins.get_mut("deployment_mcp") {
             plugin.settings = serde_json::json!({"nested": {"api_token": "t0ps3cret"}});
         }
+        config.storage.url = "postgres://pa:dbs3cret@127.0.0.1:5432/pa".into();
         let text = config.masked_toml().unwrap_or_default();
         assert!(
             !text.contains("t0ps3cret") && !text.contains(&"a".repeat(64)),
             "{text}"
         );
-        assert!(text.contains("<redacted>"));
+        assert!(!text.contains("dbs3cret"), "{text}");
+        assert!(
+            text.contains(&format!("postgres://pa:{}@127.0.0.1:5432/pa", "<redacted>")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_storage_url_must_be_postgresql_and_its_error_hides_the_password() {
+        let mut config = Config::default();
+        config.storage.url = "mysql://pa:dbs3cret@127.0.0.1/pa".into();
+        let error = config.validate().err().unwrap_or_default();
+        assert!(error.contains("storage.url"), "{error}");
+        assert!(!error.contains("dbs3cret"), "{error}");
+        config.storage.url = "postgresql://pa@127.0.0.1/pa".into();
+        assert!(config.validate().is_ok());
+        assert_eq!(
+            url_without_password("postgres://pa@127.0.0.1/pa"),
+            "postgres://pa@127.0.0.1/pa"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use plugin_api::Role;
 use tracing_subscriber::EnvFilter;
 
-use record_store::{DataDir, Store};
+use record_store::{DataDir, PgStore, RecordStore, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -69,16 +69,8 @@ pub async fn serve(
     let address = listener
         .local_addr()
         .map_err(|error| format!("cannot read the listening address: {error}"))?;
-    let store = {
-        let path = data_dir.path().to_path_buf();
-        tokio::task::spawn_blocking(move || Store::open(&path, DATABASE_FILE))
-            .await
-            .map_err(|error| format!("opening the store failed: {error}"))?
-            .map_err(|error| error.to_string())?
-    };
-    let store = Arc::new(store);
-    tracing::info!(path = %store.path().display(), "store open");
-    let lifecycle = Lifecycle::begin(Arc::clone(&store))?;
+    let store = open_store(&config.storage.url, data_dir.path()).await?;
+    let lifecycle = Lifecycle::begin(Arc::clone(&store)).await?;
 
     let mut keys = auth::KeyRing::from_config(&config.auth.keys)?;
     if keys.is_empty() {
@@ -184,7 +176,7 @@ pub async fn serve(
     }
 
     tracing::info!("shutting down: stopping plugins");
-    lifecycle.stopping();
+    lifecycle.stopping().await;
     drop(watchers);
     for slot in &slots {
         slot.unload();
@@ -223,12 +215,33 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
+/// The record store: the embedded SQLite file in the data directory, or the PostgreSQL server
+/// `url` names, which this host then uses alone (several hosts on one database need leases this
+/// version does not have; a second host stops here naming the database).
+async fn open_store(url: &str, data_dir: &std::path::Path) -> Result<Arc<dyn RecordStore>, String> {
+    let url = url.to_owned();
+    let path = data_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<Arc<dyn RecordStore>, String> {
+        if url.is_empty() {
+            let store = Store::open(&path, DATABASE_FILE).map_err(|error| error.to_string())?;
+            tracing::info!(path = %store.path().display(), "store open");
+            return Ok(Arc::new(store));
+        }
+        let store = PgStore::open(&url).map_err(|error| error.to_string())?;
+        store.claim_sole_use().map_err(|error| error.to_string())?;
+        tracing::info!(server = store.shown(), "store open on PostgreSQL");
+        Ok(Arc::new(store))
+    })
+    .await
+    .map_err(|error| format!("opening the store failed: {error}"))?
+}
+
 /// The host's lifecycle record (`host/lifecycle` in the store): a fresh `boot_id` per process and
 /// its `state`. Plugins read it to tell a hot swap (same boot, work of the old copy is still
 /// running) from a restart (work recorded under another boot was interrupted), and a swap from
 /// a host shutdown.
 struct Lifecycle {
-    store: Arc<Store>,
+    store: Arc<dyn RecordStore>,
     record: serde_json::Value,
 }
 
@@ -236,7 +249,7 @@ impl Lifecycle {
     const COLLECTION: &'static str = "host";
     const KEY: &'static str = "lifecycle";
 
-    fn begin(store: Arc<Store>) -> Result<Lifecycle, String> {
+    async fn begin(store: Arc<dyn RecordStore>) -> Result<Lifecycle, String> {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).map_err(|error| format!("no system randomness: {error}"))?;
         let record = serde_json::json!({
@@ -244,20 +257,25 @@ impl Lifecycle {
             "pid": std::process::id(),
             "state": "running",
         });
-        store
-            .put(Self::COLLECTION, Self::KEY, &record.to_string())
-            .map_err(|error| error.to_string())?;
+        Self::write(&store, &record).await?;
         Ok(Lifecycle { store, record })
     }
 
+    /// Writes the record on the blocking pool (a store call blocks on its file or server).
+    async fn write(store: &Arc<dyn RecordStore>, record: &serde_json::Value) -> Result<(), String> {
+        let store = Arc::clone(store);
+        let text = record.to_string();
+        tokio::task::spawn_blocking(move || store.put(Self::COLLECTION, Self::KEY, &text))
+            .await
+            .map_err(|error| error.to_string())?
+            .map_err(|error| error.to_string())
+    }
+
     /// Marks the host as stopping, before plugins are unloaded.
-    fn stopping(&self) {
+    async fn stopping(&self) {
         let mut record = self.record.clone();
         record["state"] = "stopping".into();
-        if let Err(error) = self
-            .store
-            .put(Self::COLLECTION, Self::KEY, &record.to_string())
-        {
+        if let Err(error) = Self::write(&self.store, &record).await {
             tracing::warn!(%error, "cannot record that the host is stopping");
         }
     }

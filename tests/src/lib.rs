@@ -692,6 +692,26 @@ pub async fn post_declaring_length(
     )
 }
 
+/// Runs a host on `config` (with `env` added) that must refuse to start: asserts that it
+/// exited with a failure, and returns its standard error as text.
+pub fn second_host(config: &Path, env: &[(&str, &str)]) -> String {
+    let mut command = local_command(host_binary());
+    command
+        .args(["--config", &config.display().to_string()])
+        .current_dir(repo_root())
+        .env_remove("RUST_LOG");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().expect("run a second host");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !output.status.success(),
+        "the second host must not run: {stderr}"
+    );
+    stderr
+}
+
 /// A small deterministic generator: the same seed gives the same sequence (a property test's
 /// cases, reproducible from the seed a failure prints).
 pub struct Lcg(pub u64);

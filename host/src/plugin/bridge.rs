@@ -17,18 +17,22 @@ use plugin_api::{
     LogLevel, PluginResponse, PushOutcome, ResponseSink, ResponseSinkBox, ResponseSink_TO,
     StoreConflict, StoreEntry, StoreOp,
 };
-use record_store::Store;
+use record_store::RecordStore;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::services::events::{EventBus, UserView};
 
 struct Services {
     plugin: String,
-    store: Arc<Store>,
+    store: Arc<dyn RecordStore>,
     bus: Arc<EventBus>,
 }
 
-pub fn host_services(plugin: &str, store: Arc<Store>, bus: Arc<EventBus>) -> HostServicesBox {
+pub fn host_services(
+    plugin: &str,
+    store: Arc<dyn RecordStore>,
+    bus: Arc<EventBus>,
+) -> HostServicesBox {
     HostServices_TO::from_value(
         Services {
             plugin: plugin.to_owned(),

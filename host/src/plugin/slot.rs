@@ -12,7 +12,7 @@ use std::{
 };
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use record_store::Store;
+use record_store::RecordStore;
 use serde::Serialize;
 
 use super::{
@@ -94,7 +94,7 @@ pub struct PluginStatus {
 #[derive(Clone)]
 pub struct LoadContext {
     pub copies_dir: PathBuf,
-    pub store: Arc<Store>,
+    pub store: Arc<dyn RecordStore>,
     pub bus: Arc<EventBus>,
     pub retirements: Retirements,
     /// The host's log filter and format, for the lines a plugin's process writes itself.

@@ -424,14 +424,7 @@ async fn a_second_host_on_the_same_data_dir_exits_and_changes_nothing() {
     assert!(file_appears(&marker, Duration::from_secs(20)).await);
 
     let config = dir.path().join("powerautomation.toml");
-    let output = e2e::local_command(e2e::host_binary())
-        .args(["--config", &config.display().to_string()])
-        .current_dir(e2e::repo_root())
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run a second host");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "the second host must not run");
+    let stderr = e2e::second_host(&config, &[]);
     assert!(
         stderr.contains("powerautomation.lock") && stderr.contains(&format!("pid {}", host.pid())),
         "the message names the lock and the holder: {stderr}"

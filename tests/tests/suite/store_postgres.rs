@@ -140,3 +140,53 @@ fn a_postgres_url_that_cannot_be_read_is_refused_naming_the_setting() {
     assert!(error.contains("storage.url"), "{error}");
     assert!(!error.contains("secret"), "{error}");
 }
+
+/// A host with `storage.url` on the test's server keeps its records there: a deployment runs to
+/// its end, the records outlive the host (a new host with a new data directory reads them), and
+/// a second host on the same database while the first runs stops, naming the database, and
+/// changes nothing.
+#[tokio::test]
+async fn a_host_on_postgres_keeps_its_records_there_and_a_second_host_is_refused() {
+    use e2e::scenario::{finished, local, options, started};
+    let server = TestPostgres::start("host");
+    let env = vec![("PA_STORAGE__URL".to_owned(), server.url.clone())];
+    let first_dir = tempfile::tempdir().expect("a temporary directory");
+    let host = e2e::TestHost::start(
+        first_dir.path(),
+        e2e::HostOptions {
+            env: env.clone(),
+            ..options(vec![local("pg-env", &["true"], 60)])
+        },
+    )
+    .await;
+    let id = started(&host, serde_json::json!({"environments": ["pg-env"]})).await;
+    let record = finished(&host, &id).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert!(
+        !first_dir.path().join("data/powerautomation.db").exists(),
+        "nothing went to the embedded store"
+    );
+
+    let second_dir = tempfile::tempdir().expect("a temporary directory");
+    let config = e2e::write_config(second_dir.path(), &options(Vec::new()));
+    let stderr = e2e::second_host(&config, &[("PA_STORAGE__URL", &server.url)]);
+    assert!(
+        stderr.contains("another powerautomation host uses this database")
+            && stderr.contains("127.0.0.1"),
+        "the message names the database: {stderr}"
+    );
+    host.stop();
+
+    // The records are the database's: a host with a new data directory finds the deployment.
+    let third_dir = tempfile::tempdir().expect("a temporary directory");
+    let host = e2e::TestHost::start(
+        third_dir.path(),
+        e2e::HostOptions {
+            env,
+            ..options(vec![local("pg-env", &["true"], 60)])
+        },
+    )
+    .await;
+    let record = e2e::scenario::detail(&host, &id).await;
+    assert_eq!(record["status"], "completed", "{record}");
+}

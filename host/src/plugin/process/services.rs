@@ -7,7 +7,7 @@ use std::{
 };
 
 use plugin_api::{LogLevel, StoreCondition, StoreWrite};
-use record_store::{Op, Store};
+use record_store::{Op, RecordStore};
 
 use super::frame::{ServiceOp, ServiceResult, StoreOpFrame};
 use crate::services::events::{EventBus, UserView};
@@ -15,7 +15,7 @@ use crate::services::events::{EventBus, UserView};
 /// What one child may use: the store, the bus, and what makes its boot id.
 pub struct ChildServices {
     pub plugin: String,
-    pub store: Arc<Store>,
+    pub store: Arc<dyn RecordStore>,
     pub bus: Arc<EventBus>,
     /// The child's sequence in its slot (its copy's), which its boot id carries.
     pub sequence: u64,
