@@ -94,16 +94,20 @@ impl Default for StorageConfig {
     }
 }
 
-/// `url` with the password of its user part, if any, replaced (`postgres://u:<redacted>@h/db`).
+/// `url` as it may be shown: the password of its user part replaced
+/// (`postgres://u:<redacted>@h/db`); a text that names a password any other way (a
+/// `password=` parameter, a `key=value` string) is not shown at all.
 pub fn url_without_password(url: &str) -> String {
+    if url.to_ascii_lowercase().contains("password") {
+        return "<redacted>".into();
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    // The user part ends at the first `@`, as the client reads it (a password may hold `/`).
+    match rest.split_once('@') {
         Some((user, host)) => match user.split_once(':') {
-            Some((name, _)) => format!("{scheme}://{name}:<redacted>@{host}{path}"),
+            Some((name, _)) => format!("{scheme}://{name}:<redacted>@{host}"),
             None => url.to_owned(),
         },
         None => url.to_owned(),
@@ -340,10 +344,9 @@ impl Config {
         let mut problems = Vec::new();
         let url = &self.storage.url;
         if !url.is_empty() && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
-            problems.push(format!(
-                "storage.url: {:?} is not a PostgreSQL URL; use \"\" (the embedded SQLite in storage.data_dir) or postgres://user@host:port/database",
-                url_without_password(url)
-            ));
+            problems.push(
+                "storage.url: is not a PostgreSQL URL; use \"\" (the embedded SQLite in storage.data_dir) or postgres://user@host:port/database".to_owned(),
+            );
         }
         if self.server.body_limit_bytes == 0 {
             problems.push("server.body_limit_bytes: must be at least 1".to_owned());
@@ -612,6 +615,15 @@ mod tests {
             url_without_password("postgres://pa@127.0.0.1/pa"),
             "postgres://pa@127.0.0.1/pa"
         );
+        for hidden in [
+            "postgres://pa@127.0.0.1/pa?password=dbs3cret",
+            "host=127.0.0.1 user=pa password=dbs3cret",
+        ] {
+            assert_eq!(url_without_password(hidden), "<redacted>");
+        }
+        // A password may hold `/`: the user part still ends at the first `@`.
+        let slash = url_without_password(&format!("postgres://pa:{}@127.0.0.1/pa", "db/s3cret"));
+        assert!(!slash.contains("s3cret"), "{slash}");
     }
 
     #[test]

@@ -137,6 +137,33 @@ impl TestPostgres {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Ends every client connection, as a server restart or an administrator would (`psql`,
+    /// which Debian's server package brings).
+    pub fn end_connections(&self) {
+        let beside = self.bin.join("psql");
+        let psql = if beside.is_file() {
+            beside
+        } else {
+            PathBuf::from("psql")
+        };
+        let output = Command::new(&psql)
+            .args([
+                &self.url,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            ])
+            .output()
+            .unwrap_or_else(|error| panic!("running {}: {error}", psql.display()));
+        assert!(
+            output.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 impl Drop for TestPostgres {

@@ -33,6 +33,10 @@ const POOL_WAIT: Duration = Duration::from_secs(30);
 /// Attempts to connect before a call fails, waiting twice as long after each failure.
 const CONNECT_ATTEMPTS: u32 = 6;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// How long one connection attempt may take, unless the URL sets `connect_timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle time after which a connection's peer is probed.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// Times a batch is run again after it lost a race with another transaction.
 const RACE_RETRIES: u32 = 16;
 /// Ties the schema's creation to one host at a time (an arbitrary, fixed advisory lock key).
@@ -93,11 +97,35 @@ impl Drop for Lent<'_> {
     }
 }
 
+impl Drop for PgStore {
+    /// Closes the connections on a thread of its own: the client closes by running its
+    /// runtime, which cannot be done on a thread that drives async tasks (where the host may
+    /// drop its store at shutdown).
+    fn drop(&mut self) {
+        let mut clients = std::mem::take(&mut self.pool().idle);
+        clients.extend(
+            self.sole_use
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take(),
+        );
+        if clients.is_empty() {
+            return;
+        }
+        let closing = std::thread::Builder::new()
+            .name("pa-pg-close".into())
+            .spawn(move || drop(clients));
+        if let Ok(closing) = closing {
+            let _ = closing.join();
+        }
+    }
+}
+
 impl PgStore {
     /// Connects to `url` (`postgres://user[:password]@host[:port]/database`), creates the schema
     /// where it is missing, and keeps the connection for the pool.
     pub fn open(url: &str) -> Result<PgStore, StoreError> {
-        let config: postgres::Config =
+        let mut config: postgres::Config =
             url.parse()
                 .map_err(|error: postgres::Error| StoreError::Postgres {
                     action: "read storage.url".into(),
@@ -105,6 +133,12 @@ impl PgStore {
                         "{error}; expected postgres://user[:password]@host[:port]/database"
                     ),
                 })?;
+        // A server that does not answer fails a connection in seconds, and one that vanished
+        // is noticed by keepalives, unless the URL says otherwise.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.keepalives(true).keepalives_idle(KEEPALIVE_IDLE);
         let store = PgStore {
             sole_use: Mutex::new(None),
             shown: shown(&config),
@@ -142,8 +176,8 @@ impl PgStore {
         let mut client = self.connect()?;
         let held: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&SOLE_USE_LOCK])
-            .map_err(|error| StoreError::postgres(format!("claim {}", self.shown), &error))?
-            .get(0);
+            .and_then(|row| row.try_get(0))
+            .map_err(|error| StoreError::postgres(format!("claim {}", self.shown), &error))?;
         if !held {
             return Err(StoreError::Postgres {
                 action: format!("claim {}", self.shown),
@@ -234,8 +268,36 @@ impl PgStore {
         }
     }
 
-    /// Runs `call` on a pooled connection; a read that failed because its connection broke is
-    /// run once more on a new one.
+    /// Drops every idle connection: after one broke (a server restart), the others, made before
+    /// it, are as stale.
+    fn forget_idle(&self) {
+        let mut pool = self.pool();
+        let stale = std::mem::take(&mut pool.idle);
+        pool.open = pool.open.saturating_sub(stale.len());
+        drop(pool);
+        self.returned.notify_all();
+        drop(stale);
+    }
+
+    /// Runs a write on a pooled connection. Not run again when its connection broke: the
+    /// server may have applied it.
+    fn write<T>(
+        &self,
+        action: impl Fn() -> String,
+        call: impl Fn(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let mut lent = self.lend()?;
+        let answer = call(lent.client()?);
+        let broken = lent.client()?.is_closed();
+        drop(lent);
+        if broken {
+            self.forget_idle();
+        }
+        answer.map_err(|error| StoreError::postgres(action(), &error))
+    }
+
+    /// Runs a read on a pooled connection; one that failed because its connection broke is run
+    /// once more on a new one.
     fn read<T>(
         &self,
         action: impl Fn() -> String,
@@ -244,8 +306,9 @@ impl PgStore {
         let mut lent = self.lend()?;
         match call(lent.client()?) {
             Ok(value) => Ok(value),
-            Err(error) if error.is_closed() => {
+            Err(error) if error.is_closed() || lent.client()?.is_closed() => {
                 drop(lent);
+                self.forget_idle();
                 let mut lent = self.lend()?;
                 call(lent.client()?).map_err(|error| StoreError::postgres(action(), &error))
             }
@@ -286,13 +349,14 @@ enum Attempt {
     Done(Result<Option<Conflict>, StoreError>),
 }
 
-/// Whether `error` means another transaction got there first (the batch is run again).
+/// Whether `error` means another transaction got there first (the batch is run again). Under
+/// `SERIALIZABLE` a race is reported as a serialization failure, and upserts never raise a
+/// unique violation.
 fn lost_race(error: &postgres::Error) -> bool {
     matches!(
         error.code(),
         Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE
             || *code == SqlState::T_R_DEADLOCK_DETECTED
-            || *code == SqlState::UNIQUE_VIOLATION
     )
 }
 
@@ -301,12 +365,13 @@ fn value_of(
     collection: &str,
     key: &str,
 ) -> Result<Option<String>, postgres::Error> {
-    Ok(client
+    client
         .query_opt(
             "SELECT value FROM pa_records WHERE collection = $1 AND key = $2",
             &[&collection, &key],
         )?
-        .map(|row| row.get(0)))
+        .map(|row| row.try_get(0))
+        .transpose()
 }
 
 fn upsert(
@@ -377,7 +442,7 @@ impl RecordStore for PgStore {
     fn put(&self, collection: &str, key: &str, value: &str) -> Result<(), StoreError> {
         check(collection, key, Some(value))?;
         self.counters.written(1, value.len());
-        self.read(
+        self.write(
             || format!("write {collection}/{key}"),
             |client| upsert(client, collection, key, value),
         )
@@ -394,7 +459,7 @@ impl RecordStore for PgStore {
 
     fn delete(&self, collection: &str, key: &str) -> Result<bool, StoreError> {
         self.counters.written(1, 0);
-        let deleted = self.read(
+        let deleted = self.write(
             || format!("delete {collection}/{key}"),
             |client| {
                 client.execute(
@@ -417,15 +482,15 @@ impl RecordStore for PgStore {
         let rows: Vec<(String, String)> = self.read(
             || format!("list {collection}"),
             |client| {
-                Ok(client
+                client
                     .query(
                         "SELECT key, value FROM pa_records WHERE collection = $1 AND key > $2
                          ORDER BY key LIMIT $3",
                         &[&collection, &after, &limit],
                     )?
                     .into_iter()
-                    .map(|row| (row.get(0), row.get(1)))
-                    .collect())
+                    .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                    .collect::<Result<_, postgres::Error>>()
             },
         )?;
         self.counters
@@ -444,10 +509,15 @@ impl RecordStore for PgStore {
                 // A batch whose connection broke may or may not have committed: the caller
                 // hears so rather than have it run twice.
                 Err(error) => {
+                    let broken = lent.client()?.is_closed();
+                    drop(lent);
+                    if broken {
+                        self.forget_idle();
+                    }
                     return Err(StoreError::postgres(
                         format!("apply a batch of {} operations", ops.len()),
                         &error,
-                    ))
+                    ));
                 }
             }
             drop(lent);

@@ -131,6 +131,34 @@ fn racing_inserts_of_one_key_on_postgres_have_one_winner() {
     assert_eq!(store.list("claims", None, 10).expect("listed").len(), 1);
 }
 
+/// Connections the server ended (a restart, an administrator) are dropped, not reused: the next
+/// read runs on a new connection, and writes and batches go on.
+#[test]
+fn a_store_goes_on_after_the_server_ended_its_connections() {
+    let server = TestPostgres::start("ended");
+    let store = PgStore::open(&server.url).expect("the store opens on the test's server");
+    store.put("runs", "a", "1").expect("put");
+    server.end_connections();
+    assert_eq!(
+        store.get("runs", "a").expect("read again").as_deref(),
+        Some("1")
+    );
+    server.end_connections();
+    // A write on a connection the server ended fails (it may or may not have been applied);
+    // the next one runs on a new connection.
+    let _ = store.put("runs", "b", "2");
+    store
+        .put("runs", "b", "2")
+        .expect("put on a new connection");
+    let conflict = store
+        .apply(&[Op::insert("runs", "b", "3")])
+        .expect("a batch");
+    assert_eq!(
+        conflict.map(|conflict| conflict.current),
+        Some(Some("2".to_owned()))
+    );
+}
+
 #[test]
 fn a_postgres_url_that_cannot_be_read_is_refused_naming_the_setting() {
     let error = PgStore::open("postgres://user:secret@127.0.0.1:notaport/db")
@@ -175,7 +203,11 @@ async fn a_host_on_postgres_keeps_its_records_there_and_a_second_host_is_refused
             && stderr.contains("127.0.0.1"),
         "the message names the database: {stderr}"
     );
-    host.stop();
+    let status = host.stop();
+    assert!(
+        status.is_some_and(|status| status.success()),
+        "the host on PostgreSQL stops cleanly: {status:?}"
+    );
 
     // The records are the database's: a host with a new data directory finds the deployment.
     let third_dir = tempfile::tempdir().expect("a temporary directory");
@@ -189,4 +221,6 @@ async fn a_host_on_postgres_keeps_its_records_there_and_a_second_host_is_refused
     .await;
     let record = e2e::scenario::detail(&host, &id).await;
     assert_eq!(record["status"], "completed", "{record}");
+    let status = host.stop();
+    assert!(status.is_some_and(|status| status.success()), "{status:?}");
 }
