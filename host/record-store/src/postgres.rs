@@ -70,7 +70,8 @@ struct Pool {
     open: usize,
 }
 
-/// A pooled connection, given back when dropped (or forgotten when it broke).
+/// A pooled connection, given back when dropped. One that broke (a server restart) is
+/// forgotten together with every idle one: those were made before it, and are as stale.
 struct Lent<'a> {
     store: &'a PgStore,
     client: Option<Client>,
@@ -88,12 +89,19 @@ impl Lent<'_> {
 impl Drop for Lent<'_> {
     fn drop(&mut self) {
         let mut pool = self.store.pool();
+        let mut stale = Vec::new();
         match self.client.take() {
             Some(client) if !client.is_closed() => pool.idle.push(client),
-            _ => pool.open = pool.open.saturating_sub(1),
+            broken => {
+                stale = std::mem::take(&mut pool.idle);
+                stale.extend(broken);
+                pool.open = pool.open.saturating_sub(stale.len().max(1));
+            }
         }
         drop(pool);
-        self.store.returned.notify_one();
+        // Closed outside the lock (closing runs the client's runtime).
+        drop(stale);
+        self.store.returned.notify_all();
     }
 }
 
@@ -268,17 +276,6 @@ impl PgStore {
         }
     }
 
-    /// Drops every idle connection: after one broke (a server restart), the others, made before
-    /// it, are as stale.
-    fn forget_idle(&self) {
-        let mut pool = self.pool();
-        let stale = std::mem::take(&mut pool.idle);
-        pool.open = pool.open.saturating_sub(stale.len());
-        drop(pool);
-        self.returned.notify_all();
-        drop(stale);
-    }
-
     /// Runs a write on a pooled connection. Not run again when its connection broke: the
     /// server may have applied it.
     fn write<T>(
@@ -287,13 +284,7 @@ impl PgStore {
         call: impl Fn(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         let mut lent = self.lend()?;
-        let answer = call(lent.client()?);
-        let broken = lent.client()?.is_closed();
-        drop(lent);
-        if broken {
-            self.forget_idle();
-        }
-        answer.map_err(|error| StoreError::postgres(action(), &error))
+        call(lent.client()?).map_err(|error| StoreError::postgres(action(), &error))
     }
 
     /// Runs a read on a pooled connection; one that failed because its connection broke is run
@@ -308,7 +299,6 @@ impl PgStore {
             Ok(value) => Ok(value),
             Err(error) if error.is_closed() || lent.client()?.is_closed() => {
                 drop(lent);
-                self.forget_idle();
                 let mut lent = self.lend()?;
                 call(lent.client()?).map_err(|error| StoreError::postgres(action(), &error))
             }
@@ -342,11 +332,6 @@ impl StoreError {
             message,
         }
     }
-}
-
-/// A batch's outcome within one attempt that did not lose a race: what to answer.
-enum Attempt {
-    Done(Result<Option<Conflict>, StoreError>),
 }
 
 /// Whether `error` means another transaction got there first (the batch is run again). Under
@@ -388,8 +373,12 @@ fn upsert(
     Ok(())
 }
 
-/// One attempt at a batch, in its own serializable transaction.
-fn attempt(client: &mut Client, ops: &[Op<'_>]) -> Result<Attempt, postgres::Error> {
+/// One attempt at a batch, in its own serializable transaction: the batch's answer, or the
+/// server's error (a lost race among them).
+fn attempt(
+    client: &mut Client,
+    ops: &[Op<'_>],
+) -> Result<Result<Option<Conflict>, StoreError>, postgres::Error> {
     let mut transaction = client
         .build_transaction()
         .isolation_level(IsolationLevel::Serializable)
@@ -406,7 +395,7 @@ fn attempt(client: &mut Client, ops: &[Op<'_>]) -> Result<Attempt, postgres::Err
             // Committed, not rolled back: a serializable transaction's reads are only known
             // to be consistent once it commits.
             transaction.commit()?;
-            return Ok(Attempt::Done(Ok(Some(Conflict { index, current }))));
+            return Ok(Ok(Some(Conflict { index, current })));
         }
     }
     for op in ops {
@@ -424,10 +413,10 @@ fn attempt(client: &mut Client, ops: &[Op<'_>]) -> Result<Attempt, postgres::Err
                 let parsed = current.map(|text| text.trim().parse::<i64>()).transpose();
                 let Ok(current) = parsed else {
                     // Dropped without a commit: nothing of the batch is written.
-                    return Ok(Attempt::Done(Err(StoreError::NotANumber {
+                    return Ok(Err(StoreError::NotANumber {
                         collection: op.collection.to_owned(),
                         key: op.key.to_owned(),
-                    })));
+                    }));
                 };
                 let sum = current.unwrap_or(0).saturating_add(amount).to_string();
                 upsert(&mut transaction, op.collection, op.key, &sum)?;
@@ -435,7 +424,7 @@ fn attempt(client: &mut Client, ops: &[Op<'_>]) -> Result<Attempt, postgres::Err
         }
     }
     transaction.commit()?;
-    Ok(Attempt::Done(Ok(None)))
+    Ok(Ok(None))
 }
 
 impl RecordStore for PgStore {
@@ -504,16 +493,11 @@ impl RecordStore for PgStore {
         for _ in 0..RACE_RETRIES {
             let mut lent = self.lend()?;
             match attempt(lent.client()?, ops) {
-                Ok(Attempt::Done(answer)) => return answer,
+                Ok(answer) => return answer,
                 Err(error) if lost_race(&error) => {}
                 // A batch whose connection broke may or may not have committed: the caller
                 // hears so rather than have it run twice.
                 Err(error) => {
-                    let broken = lent.client()?.is_closed();
-                    drop(lent);
-                    if broken {
-                        self.forget_idle();
-                    }
                     return Err(StoreError::postgres(
                         format!("apply a batch of {} operations", ops.len()),
                         &error,

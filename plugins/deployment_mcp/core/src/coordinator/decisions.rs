@@ -414,12 +414,6 @@ impl Coordinator {
         // The environments this deployment changed, less those a later deployment changed
         // since: returning those would undo the later one. The run is given only the rest.
         let versions = self.catalog.all_versions().await?;
-        let created_ms = |deployment: &str| {
-            deployment
-                .strip_prefix("dep-")
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|ms| ms.parse::<u64>().ok())
-        };
         let mut redeployed = Vec::new();
         let results: HashMap<EnvironmentId, TargetRecord> = self
             .results_of(id)
@@ -429,7 +423,9 @@ impl Coordinator {
             .filter(|(environment, _)| {
                 let later = versions.get(environment.as_str()).is_some_and(|versions| {
                     versions.deployment_id != *id
-                        && created_ms(&versions.deployment_id)
+                        && versions
+                            .deployment_id
+                            .created_ms()
                             .is_some_and(|ms| ms > read.record.created_ms)
                 });
                 if later {
