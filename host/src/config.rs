@@ -26,6 +26,8 @@ pub struct Config {
     #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
+    pub cluster: ClusterConfig,
+    #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -91,6 +93,69 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("./data"),
             url: String::new(),
         }
+    }
+}
+
+/// This host as one node of several on one PostgreSQL database (SPEC §4c). On the embedded
+/// SQLite the host is the one node all the same, and `GET /api/cluster` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The node's name, unique among the hosts on one database; `""` is `<hostname>:<port>`.
+    #[serde(default)]
+    pub node_id: String,
+    /// A node whose heartbeat has not changed for this long is lost, and its runs go to the
+    /// others. It beats three times within it.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+}
+
+fn default_lease_secs() -> u64 {
+    3
+}
+
+/// The `lease_secs` accepted: a second at least (the heartbeat's period is a third of it), and
+/// no more than five minutes, past which a lost node's runs wait longer than anyone would.
+pub const LEASE_SECS: std::ops::RangeInclusive<u64> = 1..=300;
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: String::new(),
+            lease_secs: default_lease_secs(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The node's name: as configured, else `<hostname>:<port>` (with `localhost` where the
+    /// system has no name).
+    pub fn node_id(&self, listen: SocketAddr) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|name| name.into_string().ok())
+            .filter(|name| !name.is_empty() && check_node_id(name).is_ok())
+            .unwrap_or_else(|| "localhost".to_owned());
+        format!("{hostname}:{}", listen.port())
+    }
+}
+
+/// Checks a node id: 1 to 128 letters, digits, `.`, `_`, `:` and `-`.
+pub fn check_node_id(id: &str) -> Result<(), String> {
+    let valid = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} is not a node id: use 1 to 128 letters, digits, '.', '_', ':' and '-'"
+        ))
     }
 }
 
@@ -285,6 +350,7 @@ impl Default for Config {
         Config {
             server: ServerConfig::default(),
             storage: StorageConfig::default(),
+            cluster: ClusterConfig::default(),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
             plugins,
@@ -336,7 +402,13 @@ const CPU_SHARES: std::ops::RangeInclusive<u32> = 2..=1024;
 pub const DEFAULT_START_TIMEOUT_SECS: u64 = 60;
 
 /// Paths the host's own routes use; a plugin may not be mounted over them.
-const RESERVED_PREFIXES: &[&str] = &["/health", "/metrics", "/api/plugins", "/api/openapi.json"];
+const RESERVED_PREFIXES: &[&str] = &[
+    "/health",
+    "/metrics",
+    "/api/plugins",
+    "/api/openapi.json",
+    "/api/cluster",
+];
 
 impl Config {
     /// Checks what types alone cannot; each message names the key.
@@ -347,6 +419,19 @@ impl Config {
             problems.push(
                 "storage.url: is not a PostgreSQL URL; use \"\" (the embedded SQLite in storage.data_dir) or postgres://user@host:port/database".to_owned(),
             );
+        }
+        if !self.cluster.node_id.is_empty() {
+            if let Err(error) = check_node_id(&self.cluster.node_id) {
+                problems.push(format!("cluster.node_id: {error}"));
+            }
+        }
+        if !LEASE_SECS.contains(&self.cluster.lease_secs) {
+            problems.push(format!(
+                "cluster.lease_secs: expected {} to {} seconds, got {}",
+                LEASE_SECS.start(),
+                LEASE_SECS.end(),
+                self.cluster.lease_secs
+            ));
         }
         if self.server.body_limit_bytes == 0 {
             problems.push("server.body_limit_bytes: must be at least 1".to_owned());
@@ -600,6 +685,29 @@ mod tests {
             text.contains(&format!("postgres://pa:{}@127.0.0.1:5432/pa", "<redacted>")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn cluster_keys_are_checked_and_named() {
+        let mut config = Config::default();
+        config.cluster.node_id = "node a/1".into();
+        config.cluster.lease_secs = 0;
+        let error = config.validate().unwrap_err();
+        assert!(
+            error.contains("cluster.node_id: \"node a/1\" is not a node id"),
+            "{error}"
+        );
+        assert!(
+            error.contains("cluster.lease_secs: expected 1 to 300 seconds, got 0"),
+            "{error}"
+        );
+        config.cluster.node_id = "eu-1.host:8080".into();
+        config.cluster.lease_secs = 3;
+        assert!(config.validate().is_ok());
+        // Without an id, the node is named after the machine and the port it listens on.
+        config.cluster.node_id.clear();
+        let id = config.cluster.node_id("127.0.0.1:9001".parse().unwrap());
+        assert!(id.ends_with(":9001") && check_node_id(&id).is_ok(), "{id}");
     }
 
     #[test]

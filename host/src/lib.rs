@@ -2,6 +2,7 @@
 //! benchmarks and tests drive the same code.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod plugin;

@@ -5,11 +5,12 @@ use std::{sync::Arc, time::Duration};
 use plugin_api::Role;
 use tracing_subscriber::EnvFilter;
 
-use record_store::{DataDir, PgStore, RecordStore, Store};
+use record_store::{Conflict, DataDir, Op, PgStore, RecordStore, Store, StoreCounts, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth,
+    cluster::Membership,
     config::{self, Config, LogFormat},
     http,
     plugin::{
@@ -70,7 +71,26 @@ pub async fn serve(
         .local_addr()
         .map_err(|error| format!("cannot read the listening address: {error}"))?;
     let store = open_store(&config.storage.url, data_dir.path()).await?;
-    let lifecycle = Lifecycle::begin(Arc::clone(&store)).await?;
+    let node_id = config.cluster.node_id(address);
+    config::check_node_id(&node_id).map_err(|error| format!("cluster.node_id: {error}"))?;
+    let lifecycle =
+        Lifecycle::begin(Arc::clone(&store), &node_id, config.cluster.lease_secs).await?;
+    let membership = Membership::join(
+        Arc::clone(&store),
+        node_id.clone(),
+        lifecycle.boot_id().to_owned(),
+        config.cluster.lease_secs,
+    )
+    .await?;
+    let shutdown = CancellationToken::new();
+    let id_taken = CancellationToken::new();
+    let beating = CancellationToken::new();
+    tokio::spawn(Arc::clone(&membership).run(beating.clone(), id_taken.clone()));
+    // Plugins see this node's lifecycle record where they look for the host's.
+    let store: Arc<dyn RecordStore> = Arc::new(NodeStore {
+        inner: store,
+        lifecycle_key: Lifecycle::key(&node_id),
+    });
 
     let mut keys = auth::KeyRing::from_config(&config.auth.keys)?;
     if keys.is_empty() {
@@ -130,13 +150,16 @@ pub async fn serve(
     }
     watch::reload_on_sighup(slots.clone())?;
 
-    let shutdown = CancellationToken::new();
     let stop_requested = Arc::new(std::sync::OnceLock::new());
     tokio::spawn({
         let shutdown = shutdown.clone();
         let stop_requested = Arc::clone(&stop_requested);
+        let id_taken = id_taken.clone();
         async move {
-            let signal = shutdown_signal().await;
+            let signal = tokio::select! {
+                signal = shutdown_signal() => signal,
+                _ = id_taken.cancelled() => "node id taken",
+            };
             let _ = stop_requested.set(std::time::Instant::now());
             tracing::info!(signal, "stopping: open streams end now, then requests and plugins get server.shutdown_grace_secs");
             shutdown.cancel();
@@ -148,6 +171,7 @@ pub async fn serve(
         slots.clone(),
         bus,
         metrics,
+        Arc::clone(&membership),
         shutdown.clone(),
         config.server.max_streams,
         config.server.max_streams_per_client,
@@ -193,8 +217,17 @@ pub async fn serve(
     if pending > 0 {
         tracing::warn!(pending, "plugin instances still stopping at exit");
     }
+    // The node leaves once its runs are recorded; where another host took its id, that host's
+    // record stays.
+    beating.cancel();
+    membership.leave().await;
     tracing::info!("stopped");
     drop(data_dir);
+    if id_taken.is_cancelled() {
+        return Err(format!(
+            "another host took node id {node_id:?}; give each host its own cluster.node_id"
+        ));
+    }
     Ok(())
 }
 
@@ -216,8 +249,7 @@ async fn shutdown_signal() -> &'static str {
 }
 
 /// The record store: the embedded SQLite file in the data directory, or the PostgreSQL server
-/// `url` names, which this host then uses alone (several hosts on one database need leases this
-/// version does not have; a second host stops here naming the database).
+/// `url` names, which other hosts (nodes) may share.
 async fn open_store(url: &str, data_dir: &std::path::Path) -> Result<Arc<dyn RecordStore>, String> {
     let url = url.to_owned();
     let path = data_dir.to_path_buf();
@@ -228,7 +260,6 @@ async fn open_store(url: &str, data_dir: &std::path::Path) -> Result<Arc<dyn Rec
             return Ok(Arc::new(store));
         }
         let store = PgStore::open(&url).map_err(|error| error.to_string())?;
-        store.claim_sole_use().map_err(|error| error.to_string())?;
         tracing::info!(server = store.shown(), "store open on PostgreSQL");
         Ok(Arc::new(store))
     })
@@ -236,36 +267,59 @@ async fn open_store(url: &str, data_dir: &std::path::Path) -> Result<Arc<dyn Rec
     .map_err(|error| format!("opening the store failed: {error}"))?
 }
 
-/// The host's lifecycle record (`host/lifecycle` in the store): a fresh `boot_id` per process and
-/// its `state`. Plugins read it to tell a hot swap (same boot, work of the old copy is still
-/// running) from a restart (work recorded under another boot was interrupted), and a swap from
-/// a host shutdown.
+/// The host's lifecycle record (`host/lifecycle:<node_id>` in the store, which plugins read as
+/// `host/lifecycle`): a fresh `boot_id` per process, its `state`, its node. Plugins read it to
+/// tell a hot swap (same boot, work of the old copy is still running) from a restart (work
+/// recorded under another boot was interrupted), and a swap from a host shutdown.
 struct Lifecycle {
     store: Arc<dyn RecordStore>,
+    key: String,
     record: serde_json::Value,
 }
 
 impl Lifecycle {
     const COLLECTION: &'static str = "host";
+    /// The key plugins read.
     const KEY: &'static str = "lifecycle";
 
-    async fn begin(store: Arc<dyn RecordStore>) -> Result<Lifecycle, String> {
+    /// Where a node's record is kept: nodes on one database each have their own.
+    fn key(node_id: &str) -> String {
+        format!("{}:{node_id}", Self::KEY)
+    }
+
+    async fn begin(
+        store: Arc<dyn RecordStore>,
+        node_id: &str,
+        lease_secs: u64,
+    ) -> Result<Lifecycle, String> {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).map_err(|error| format!("no system randomness: {error}"))?;
         let record = serde_json::json!({
             "boot_id": hex::encode(bytes),
             "pid": std::process::id(),
             "state": "running",
+            "node_id": node_id,
+            "lease_secs": lease_secs,
         });
-        Self::write(&store, &record).await?;
-        Ok(Lifecycle { store, record })
+        let lifecycle = Lifecycle {
+            store,
+            key: Self::key(node_id),
+            record,
+        };
+        lifecycle.write(&lifecycle.record).await?;
+        Ok(lifecycle)
+    }
+
+    fn boot_id(&self) -> &str {
+        self.record["boot_id"].as_str().unwrap_or_default()
     }
 
     /// Writes the record on the blocking pool (a store call blocks on its file or server).
-    async fn write(store: &Arc<dyn RecordStore>, record: &serde_json::Value) -> Result<(), String> {
-        let store = Arc::clone(store);
+    async fn write(&self, record: &serde_json::Value) -> Result<(), String> {
+        let store = Arc::clone(&self.store);
+        let key = self.key.clone();
         let text = record.to_string();
-        tokio::task::spawn_blocking(move || store.put(Self::COLLECTION, Self::KEY, &text))
+        tokio::task::spawn_blocking(move || store.put(Self::COLLECTION, &key, &text))
             .await
             .map_err(|error| error.to_string())?
             .map_err(|error| error.to_string())
@@ -275,8 +329,49 @@ impl Lifecycle {
     async fn stopping(&self) {
         let mut record = self.record.clone();
         record["state"] = "stopping".into();
-        if let Err(error) = Self::write(&self.store, &record).await {
+        if let Err(error) = self.write(&record).await {
             tracing::warn!(%error, "cannot record that the host is stopping");
         }
+    }
+}
+
+/// The store as this host lends it to plugins: the same records, except that `host/lifecycle`
+/// is this node's lifecycle record (every node on one database has its own).
+struct NodeStore {
+    inner: Arc<dyn RecordStore>,
+    lifecycle_key: String,
+}
+
+impl RecordStore for NodeStore {
+    fn put(&self, collection: &str, key: &str, value: &str) -> Result<(), StoreError> {
+        self.inner.put(collection, key, value)
+    }
+
+    fn get(&self, collection: &str, key: &str) -> Result<Option<String>, StoreError> {
+        if (collection, key) == (Lifecycle::COLLECTION, Lifecycle::KEY) {
+            return self.inner.get(collection, &self.lifecycle_key);
+        }
+        self.inner.get(collection, key)
+    }
+
+    fn delete(&self, collection: &str, key: &str) -> Result<bool, StoreError> {
+        self.inner.delete(collection, key)
+    }
+
+    fn list(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.inner.list(collection, after, limit)
+    }
+
+    fn apply(&self, ops: &[Op<'_>]) -> Result<Option<Conflict>, StoreError> {
+        self.inner.apply(ops)
+    }
+
+    fn counts(&self) -> StoreCounts {
+        self.inner.counts()
     }
 }

@@ -41,8 +41,6 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 const RACE_RETRIES: u32 = 16;
 /// Ties the schema's creation to one host at a time (an arbitrary, fixed advisory lock key).
 const SCHEMA_LOCK: i64 = 0x7061_5f73_6368_656d;
-/// Held for as long as one host uses the database (another fixed advisory lock key).
-const SOLE_USE_LOCK: i64 = 0x7061_5f73_6f6c_6521;
 
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS pa_records (
@@ -53,8 +51,6 @@ const SCHEMA: &str = "
     )";
 
 pub struct PgStore {
-    /// The connection that holds this database for one host (see [`PgStore::claim_sole_use`]).
-    sole_use: Mutex<Option<Client>>,
     config: postgres::Config,
     /// The server as it may be shown: host, port and database, never the password.
     shown: String,
@@ -110,13 +106,7 @@ impl Drop for PgStore {
     /// runtime, which cannot be done on a thread that drives async tasks (where the host may
     /// drop its store at shutdown).
     fn drop(&mut self) {
-        let mut clients = std::mem::take(&mut self.pool().idle);
-        clients.extend(
-            self.sole_use
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .take(),
-        );
+        let clients = std::mem::take(&mut self.pool().idle);
         if clients.is_empty() {
             return;
         }
@@ -148,7 +138,6 @@ impl PgStore {
         }
         config.keepalives(true).keepalives_idle(KEEPALIVE_IDLE);
         let store = PgStore {
-            sole_use: Mutex::new(None),
             shown: shown(&config),
             config,
             pool: Mutex::default(),
@@ -174,29 +163,6 @@ impl PgStore {
         transaction.commit().map_err(failed("create the schema"))?;
         drop(lent);
         Ok(store)
-    }
-
-    /// Makes this store the only host's on its database for as long as it lives: a session
-    /// advisory lock on a connection of its own. Several hosts on one database need leases on
-    /// their runs (each would take the other's for a dead boot's); until they have them, a second
-    /// host fails here, naming the database.
-    pub fn claim_sole_use(&self) -> Result<(), StoreError> {
-        let mut client = self.connect()?;
-        let held: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&SOLE_USE_LOCK])
-            .and_then(|row| row.try_get(0))
-            .map_err(|error| StoreError::postgres(format!("claim {}", self.shown), &error))?;
-        if !held {
-            return Err(StoreError::Postgres {
-                action: format!("claim {}", self.shown),
-                message: "another powerautomation host uses this database; one host per database: give this one its own database or stop the other".into(),
-            });
-        }
-        *self
-            .sole_use
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(client);
-        Ok(())
     }
 
     /// The server, as it may be shown (no password).

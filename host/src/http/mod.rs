@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, and the layers every request passes through (request id,
 //! metrics and JSON errors, tracing, timeout, authentication, body limit), outermost first.
 
+pub mod cluster;
 pub mod core;
 pub mod dashboard;
 pub mod dispatch;
@@ -30,7 +31,8 @@ use tower::ServiceBuilder;
 use tower_http::{limit::RequestBodyLimitLayer, trace::TraceLayer};
 
 use crate::{
-    auth::KeyRing, config::ServerConfig, plugin::slot::PluginSlot, services::events::EventBus,
+    auth::KeyRing, cluster::Membership, config::ServerConfig, plugin::slot::PluginSlot,
+    services::events::EventBus,
 };
 use dispatch::MountState;
 use error::ApiError;
@@ -40,6 +42,8 @@ pub struct AppState {
     pub slots: Arc<Vec<Arc<PluginSlot>>>,
     pub bus: Arc<EventBus>,
     pub metrics: Arc<metrics::Metrics>,
+    /// This node among those on the store.
+    pub membership: Arc<Membership>,
     /// Cancelled when the host stops: streams end at once. Behind an `Arc`: the state is
     /// cloned for every request, and cloning a token takes a lock all requests would share.
     pub shutdown: Arc<CancellationToken>,
@@ -57,6 +61,7 @@ impl AppState {
         slots: Vec<Arc<PluginSlot>>,
         bus: Arc<EventBus>,
         metrics: Arc<metrics::Metrics>,
+        membership: Arc<Membership>,
         shutdown: CancellationToken,
         max_streams: usize,
         max_streams_per_client: usize,
@@ -65,12 +70,20 @@ impl AppState {
             slots: Arc::new(slots),
             bus,
             metrics,
+            membership,
             shutdown: Arc::new(shutdown),
             event_streams: Arc::new(Semaphore::new(max_streams)),
             plugin_streams: Arc::new(Semaphore::new(max_streams)),
             max_streams,
             stream_shares: Arc::new(shares::StreamShares::new(max_streams_per_client)),
         }
+    }
+}
+
+impl AppState {
+    /// The configured plugins' names.
+    pub fn plugin_names(&self) -> Vec<String> {
+        self.slots.iter().map(|slot| slot.name.clone()).collect()
     }
 }
 
@@ -82,6 +95,8 @@ pub fn router(state: AppState, keys: Arc<KeyRing>, server: &ServerConfig) -> Rou
         .route("/api/auth/whoami", get(core::whoami))
         .route("/api/openapi.json", get(openapi::document))
         .route("/api/plugins/{name}/reload", post(core::reload_plugin))
+        .route("/api/cluster", get(cluster::cluster))
+        .route("/api/cluster/nodes/{node_id}/drain", post(cluster::drain))
         .with_state(state.clone())
         .merge(dashboard::routes());
     for slot in state.slots.iter() {

@@ -21,6 +21,7 @@ use tower::ServiceExt;
 use super::{metrics::Metrics, router, AppState};
 use crate::{
     auth::KeyRing,
+    cluster::Membership,
     config::{PluginConfig, ServerConfig},
     plugin::{
         loader::{LoadFailure, Retirements},
@@ -65,13 +66,14 @@ struct TestRouter {
 impl TestRouter {
     async fn new(plugins: Vec<(&str, PluginConfig)>) -> TestRouter {
         let dir = tempfile::tempdir().expect("a temporary data directory");
-        let store = Arc::new(Store::open(dir.path(), "router-test.db").expect("open the store"));
+        let store: Arc<dyn record_store::RecordStore> =
+            Arc::new(Store::open(dir.path(), "router-test.db").expect("open the store"));
         let copies_dir = dir.path().join("plugin-copies");
         std::fs::create_dir_all(&copies_dir).expect("create the copies directory");
         let bus = Arc::new(EventBus::new());
         let context = LoadContext {
             copies_dir,
-            store,
+            store: Arc::clone(&store),
             bus: Arc::clone(&bus),
             retirements: Retirements::default(),
             log_level: "info".into(),
@@ -92,10 +94,14 @@ impl TestRouter {
             body_limit_bytes: BODY_LIMIT,
             ..ServerConfig::default()
         };
+        let membership = Membership::join(store, "router-test".into(), "boot".into(), 3)
+            .await
+            .expect("join the cluster");
         let state = AppState::new(
             slots.clone(),
             bus,
             Arc::new(Metrics::new()),
+            membership,
             CancellationToken::new(),
             8,
             8,

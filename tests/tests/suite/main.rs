@@ -2,6 +2,7 @@
 //! real plugin libraries and real peers, one module per area.
 
 mod cli;
+mod cluster;
 mod dashboard;
 mod deployments;
 mod ec2_deployments;

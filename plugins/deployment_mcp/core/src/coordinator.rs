@@ -39,13 +39,13 @@ use crate::{
         self,
         deployments::DeploymentStore,
         records::{Records, StoreError},
-        Lease, Outcome, Writes,
+        Lease, NodeTag, Outcome, Writes,
     },
     rollout::Rollout,
     run::{
         reach::Reach,
         writer::{RunWriter, WriterSetup},
-        Run, RunOwner, Start, StopHandle, StopReason,
+        Run, RunOwner, Start, Stop, StopHandle, StopReason,
     },
     settings::Settings,
     wire::{self, DeletedEvent, Event},
@@ -81,6 +81,8 @@ pub enum StartError {
         environment: String,
         deployment: String,
     },
+    /// This node drains: another node must start it (503).
+    Draining(String),
     /// The store failed (500).
     Store(StoreError),
 }
@@ -102,6 +104,8 @@ pub use decisions::DecisionError;
 struct RunFrom {
     log: LogPosition,
     events: u64,
+    /// The run's lease, from the transaction that gave it the run.
+    lease: Lease,
 }
 
 /// The outside's handle on a live run: stop it, wait for its end.
@@ -139,6 +143,10 @@ pub struct Coordinator {
     reach: Reach,
     settings: Arc<Settings>,
     boot_id: String,
+    /// The node this copy runs on, where the host has nodes.
+    node: Option<NodeTag>,
+    /// The node drains (as last read from its record): it starts nothing new.
+    draining: std::sync::atomic::AtomicBool,
     runs: Mutex<HashMap<DeploymentId, RunHandle>>,
     tasks: TaskTracker,
     /// Stops the loops of this copy (health checks, gate deadlines, retention) at shutdown.
@@ -154,6 +162,7 @@ impl Coordinator {
         egress: Egress,
         settings: Arc<Settings>,
         boot_id: String,
+        node: Option<NodeTag>,
     ) -> Coordinator {
         Coordinator::reaching(
             records,
@@ -161,6 +170,7 @@ impl Coordinator {
             Reach::Network(egress),
             settings,
             boot_id,
+            node,
         )
     }
 
@@ -171,6 +181,7 @@ impl Coordinator {
         reach: Reach,
         settings: Arc<Settings>,
         boot_id: String,
+        node: Option<NodeTag>,
     ) -> Coordinator {
         Coordinator {
             catalog: Catalog::new(records.clone()),
@@ -179,6 +190,8 @@ impl Coordinator {
             reach,
             settings,
             boot_id,
+            node,
+            draining: std::sync::atomic::AtomicBool::new(false),
             runs: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             background: CancellationToken::new(),
@@ -249,6 +262,11 @@ impl Coordinator {
         self: &Arc<Self>,
         request: StartRequest,
     ) -> Result<DeploymentRecord, StartError> {
+        if let Some(node) = &self.node {
+            if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(StartError::Draining(node.node_id.clone()));
+            }
+        }
         let ec2 = match (request.ec2, &self.settings.ec2) {
             (Some(false), _) | (None, None) => None,
             (None, Some(ec2)) => ec2.enabled.then(|| ec2.clone()),
@@ -337,7 +355,7 @@ impl Coordinator {
             platform_ip: None,
         };
         let id = record.deployment_id.clone();
-        self.claim_and_record(&record, &targets).await?;
+        let lease = self.claim_and_record(&record, &targets).await?;
         self.changed();
         tracing::info!(
             deployment = %id,
@@ -368,6 +386,7 @@ impl Coordinator {
             RunFrom {
                 log: LogPosition::default(),
                 events: 1,
+                lease,
             },
             Start::Fresh,
         );
@@ -386,10 +405,12 @@ impl Coordinator {
         start: Start,
     ) {
         let id = record.deployment_id.clone();
-        let RunFrom { log, events } = from;
+        let RunFrom { log, events, lease } = from;
+        let stop: Arc<Stop> = Arc::default();
         let (writer, _writer_task) = RunWriter::start(WriterSetup {
             records: self.records.clone(),
-            lease: self.lease(),
+            lease: lease.clone(),
+            stop: Arc::clone(&stop),
             events,
             deployment_id: id.clone(),
             log,
@@ -398,7 +419,15 @@ impl Coordinator {
             status: record.status,
             lines_before: record.log_lines,
         });
-        let run = Arc::new(Run::new(Arc::clone(self), record, results, ec2, writer));
+        let run = Arc::new(Run::new(
+            Arc::clone(self),
+            record,
+            results,
+            ec2,
+            writer,
+            stop,
+            lease,
+        ));
         self.runs().insert(id, {
             let (ended_sender, ended) = tokio::sync::watch::channel(());
             RunHandle {
@@ -548,9 +577,15 @@ impl Coordinator {
         Ok(chosen)
     }
 
-    /// The lease under which this copy writes the runs it owns.
+    /// The lease under which this copy writes what is not a run's (a start, a decision): the
+    /// claims it takes are this process's.
     pub(crate) fn lease(&self) -> Lease {
-        Lease::sole(&self.boot_id)
+        Lease::of(&self.boot_id, self.node.clone())
+    }
+
+    /// The node this copy runs on, where the host has nodes.
+    pub(crate) fn node(&self) -> Option<&NodeTag> {
+        self.node.as_ref()
     }
 
     /// The repository of deployments' records, results and logs.
@@ -559,16 +594,17 @@ impl Coordinator {
     }
 
     /// Claims every target and writes the deployment's first records, in one transaction: either
-    /// all of it happens, or (a target is claimed already) nothing and `Busy`.
+    /// all of it happens, or (a target is claimed already) nothing and `Busy`. Returns the
+    /// run's lease.
     async fn claim_and_record(
         &self,
         record: &DeploymentRecord,
         targets: &[Environment],
-    ) -> Result<(), StartError> {
+    ) -> Result<Lease, StartError> {
         let id = &record.deployment_id;
         let mut writes = Writes::new(&self.records, &self.lease());
         writes.claim(id, &record.environments)?;
-        writes.running(record)?;
+        let lease = writes.running(record, 1)?;
         for target in targets {
             let pending = TargetRecord::new(
                 &target.environment_id,
@@ -581,7 +617,7 @@ impl Coordinator {
         // The phase event the start publishes is the deployment's first.
         writes.events_published(id, 1)?;
         match writes.commit().await? {
-            Outcome::Committed => Ok(()),
+            Outcome::Committed => Ok(lease),
             Outcome::ClaimHeld {
                 environment,
                 deployment,
@@ -589,9 +625,9 @@ impl Coordinator {
                 environment,
                 deployment,
             }),
-            Outcome::Changed => Err(StartError::Store(StoreError::Host(format!(
-                "starting {id}: an unexpected store conflict"
-            )))),
+            Outcome::Changed | Outcome::LeaseLost => Err(StartError::Store(StoreError::Host(
+                format!("starting {id}: an unexpected store conflict"),
+            ))),
         }
     }
 
@@ -645,6 +681,9 @@ impl Coordinator {
         let stop = self.background.clone();
         tokio::spawn(Arc::clone(self).health_loop(stop.clone()));
         tokio::spawn(Arc::clone(self).gate_loop(stop.clone()));
+        if self.node.is_some() {
+            tokio::spawn(Arc::clone(self).lost_node_loop(stop.clone()));
+        }
         tokio::spawn(crate::persist::retention::run(
             self.records.clone(),
             self.settings_handle(),

@@ -49,6 +49,9 @@ pub struct HostLifecycle {
     /// a new start of the host.
     #[serde(default)]
     pub host_boot_id: Option<String>,
+    /// The node this host is among those on one store (absent on a host without nodes).
+    #[serde(default)]
+    pub node_id: Option<String>,
 }
 
 impl HostLifecycle {
@@ -83,14 +86,19 @@ pub async fn build(
     let settings = Arc::new(settings::Settings::from_json(settings).map_err(BuildError::Settings)?);
     let records = persist::records::Records::new(host);
     // Without a lifecycle record (an older host), every unfinished run is from another boot.
-    let (boot_id, live_boots, host_boot) = match persist::runs::host_lifecycle(&records).await {
+    let (boot_id, live_boots, host_boot, node) = match persist::runs::host_lifecycle(&records).await
+    {
         Some(lifecycle) => {
             let host_boot = lifecycle.host_boot().to_owned();
-            (lifecycle.boot_id, lifecycle.live_boot_ids, host_boot)
+            let node = lifecycle.node_id.clone().map(|node_id| persist::NodeTag {
+                node_id,
+                node_boot: host_boot.clone(),
+            });
+            (lifecycle.boot_id, lifecycle.live_boot_ids, host_boot, node)
         }
         None => {
             let boot = format!("plugin-{}", std::process::id());
-            (boot.clone(), Vec::new(), boot)
+            (boot.clone(), Vec::new(), boot, None)
         }
     };
     let coordinator = Arc::new(coordinator::Coordinator::new(
@@ -99,6 +107,7 @@ pub async fn build(
             .map_err(BuildError::HttpClient)?,
         Arc::clone(&settings),
         boot_id,
+        node,
     ));
     let imported = coordinator
         .catalog()

@@ -25,7 +25,7 @@ use crate::{
         deployments::LogPosition,
         history::{Filter, History},
         records::StoreError,
-        Outcome, Writes,
+        Lease, Outcome, Writes,
     },
     run::{writer, Start},
     wire::GateEvent,
@@ -151,21 +151,23 @@ impl Coordinator {
 
     /// The writes (after the claims) that make this copy run `record` again: its running
     /// entry, a log line saying why, the record (moved from `from`, only if unchanged since it
-    /// was read as `read_text`) and its history. Returns where the log goes on.
-    async fn take_over(
+    /// was read as `read_text`) and its history. Returns where the log goes on and the run's
+    /// lease (the next epoch of the deployment's run).
+    async fn run_here(
         &self,
         writes: &mut Writes,
         read_text: &str,
         from: Phase,
         record: &mut DeploymentRecord,
         why: &str,
-    ) -> Result<LogPosition, StoreError> {
-        writes.running(record)?;
+    ) -> Result<(LogPosition, Lease), StoreError> {
+        let epoch = self.deployments().run_epoch(&record.deployment_id).await? + 1;
+        let lease = writes.running(record, epoch)?;
         let end = self
             .log_line(writes, record, LogStream::Stdout, why)
             .await?;
         writes.moved(record, from, &[], Some(read_text))?;
-        Ok(end)
+        Ok((end, lease))
     }
 
     /// A deployment's environment results so far, by environment.
@@ -229,8 +231,8 @@ impl Coordinator {
         record.status = Phase::LocalDeploying;
         let mut writes = Writes::new(&self.records, &self.lease());
         writes.take_claims(id, &record.environments, &holder)?;
-        let log = self
-            .take_over(
+        let (log, lease) = self
+            .run_here(
                 &mut writes,
                 &read.text,
                 from,
@@ -252,7 +254,11 @@ impl Coordinator {
             writer::publish_gate(self.records.host(), first, gate);
         }
         self.publish_phase(last, &record, Some(from));
-        let from = RunFrom { log, events: last };
+        let from = RunFrom {
+            log,
+            events: last,
+            lease,
+        };
         self.spawn_run(record, environments, results, None, from, Start::AfterGate);
         Ok(())
     }
@@ -463,8 +469,8 @@ impl Coordinator {
         record.finished_at = None;
         let mut writes = Writes::new(&self.records, &self.lease());
         writes.claim(id, &record.environments)?;
-        let log = self
-            .take_over(
+        let (log, lease) = self
+            .run_here(
                 &mut writes,
                 &read.text,
                 from,
@@ -492,12 +498,14 @@ impl Coordinator {
                     deployment,
                 })
             }
-            Outcome::Changed => return Err(DecisionError::Conflict(id.to_string())),
+            Outcome::Changed | Outcome::LeaseLost => {
+                return Err(DecisionError::Conflict(id.to_string()))
+            }
         }
         tracing::info!(deployment = %id, by, "rollback by hand");
         self.changed();
         self.publish_phase(events, &record, Some(from));
-        let from = RunFrom { log, events };
+        let from = RunFrom { log, events, lease };
         self.spawn_run(record, environments, results, None, from, Start::Rollback);
         Ok(())
     }

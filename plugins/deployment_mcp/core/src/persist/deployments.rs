@@ -362,6 +362,16 @@ impl DeploymentStore {
         Ok(chunks)
     }
 
+    /// How many times the deployment's run was given to a process so far (0: never, or it is
+    /// not running).
+    pub async fn run_epoch(&self, id: &DeploymentId) -> Result<u64, StoreError> {
+        Ok(self
+            .records
+            .get::<ActiveEntry>(collection::ACTIVE, id)
+            .await?
+            .map_or(0, |entry| entry.epoch))
+    }
+
     /// The records of the deployments running now (any copy's), every environment included.
     pub async fn active(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
         let mut active = Vec::new();
@@ -404,11 +414,20 @@ impl DeploymentStore {
 /// it. Rows of earlier releases also list the run's environments; nothing reads them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct ActiveEntry {
-    /// The host process that runs it.
+    /// The process that runs it (the host's, or its plugin child's).
     pub boot_id: String,
     /// Its history entry's key (absent in rows of earlier releases).
     #[serde(default)]
     pub history_key: Option<String>,
+    /// The node that runs it, and the host process holding that node's id then (absent where
+    /// the host has no nodes, and in rows of earlier releases: this node's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_boot: Option<String>,
+    /// How many times the run was given to a process: a takeover gives it the next number.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// The key prefix of a deployment's results and log chunks.

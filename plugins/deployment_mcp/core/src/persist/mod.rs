@@ -23,4 +23,4 @@ pub mod retention;
 pub mod runs;
 pub mod writes;
 
-pub use writes::{Lease, Outcome, Writes};
+pub use writes::{Lease, NodeTag, Outcome, Writes};

@@ -42,6 +42,8 @@ pub mod collection {
     pub const HOST: &str = "host";
     /// In [`HOST`]: which process is running and whether it is stopping.
     pub const HOST_LIFECYCLE: &str = "lifecycle";
+    /// The host's records of the nodes that share the store (read only).
+    pub const CLUSTER_NODES: &str = "cluster_nodes";
 }
 
 /// What went wrong with the store: the host's own message (it names the collection and the
@@ -167,6 +169,24 @@ impl Records {
             .await
     }
 
+    /// Every row of `collection` as stored, in key order (read a page at a time): for the
+    /// small collections a look at the whole is made of (running entries, claims, nodes).
+    pub async fn rows(
+        &self,
+        collection: &'static str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut rows: Vec<(String, String)> = Vec::new();
+        loop {
+            let after = rows.last().map(|(key, _)| key.clone());
+            let page = self.page(collection, after, PAGE).await?;
+            let full = page.len() == PAGE as usize;
+            rows.extend(page);
+            if !full {
+                return Ok(rows);
+            }
+        }
+    }
+
     /// Every row whose key starts with `prefix`, in key order, decoded.
     pub async fn scan<T: DeserializeOwned>(
         &self,
@@ -232,7 +252,11 @@ pub fn encode<T: Serialize>(collection: &str, key: &str, value: &T) -> Result<St
     })
 }
 
-fn decode<T: DeserializeOwned>(collection: &str, key: &str, text: &str) -> Result<T, StoreError> {
+pub(super) fn decode<T: DeserializeOwned>(
+    collection: &str,
+    key: &str,
+    text: &str,
+) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|error| StoreError::Decode {
         collection: collection.to_owned(),
         key: key.to_owned(),

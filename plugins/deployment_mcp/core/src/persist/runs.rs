@@ -2,15 +2,15 @@
 //! it ends, a cancel request for a run another copy owns, and the clean-up of runs whose
 //! process is gone. Plus the two small records of the plugin and its host it reads at start.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use plugin_guest::{Condition, StoreOp};
 use serde::{Deserialize, Serialize};
 
 use super::{
     deployments::ActiveEntry,
-    records::{collection, Records, StoreError},
-    writes::{claim_text, Lease},
+    records::{collection, decode, Records, StoreError},
+    writes::{claim_text, Lease, NodeTag},
 };
 use crate::deployment::Claim;
 use crate::model::{DeploymentId, EnvironmentId};
@@ -30,18 +30,21 @@ pub async fn release(
     environments: &[EnvironmentId],
 ) -> Result<(), StoreError> {
     let claim = claim_text(deployment_id, lease.holder())?;
-    let mut ops: Vec<StoreOp> = environments
-        .iter()
-        .map(|environment| {
-            StoreOp::delete(collection::CLAIMS, environment).when(Condition::Equals(claim.clone()))
-        })
-        .collect();
+    let mut ops = lease.fence();
+    let fenced = ops.len();
+    ops.extend(environments.iter().map(|environment| {
+        StoreOp::delete(collection::CLAIMS, environment).when(Condition::Equals(claim.clone()))
+    }));
     ops.push(StoreOp::delete(collection::ACTIVE, deployment_id));
     ops.push(StoreOp::delete(collection::CANCEL, deployment_id));
     // Each conflict drops one claim that is not ours; the rest are released.
     for _ in 0..=environments.len() {
         match records.apply(ops.clone()).await? {
             None => return Ok(()),
+            Some(conflict) if conflict.index < fenced => {
+                tracing::warn!(deployment = %deployment_id, "another node took this run over: what it holds is that node's to release");
+                return Ok(());
+            }
             Some(conflict) if conflict.index < ops.len() => {
                 tracing::warn!(deployment = %deployment_id, environment = %ops[conflict.index].key, "the environment's claim is no longer this deployment's; left as it is");
                 ops.remove(conflict.index);
@@ -75,41 +78,124 @@ pub async fn cancel_requested(records: &Records, deployment_id: &str) -> Result<
         .is_some())
 }
 
+/// Every running entry, with its text (the lease its run was given), by deployment id.
+pub(crate) async fn running_entries(
+    records: &Records,
+) -> Result<Vec<(String, String, ActiveEntry)>, StoreError> {
+    let mut entries = Vec::new();
+    for (id, text) in records.rows(collection::ACTIVE).await? {
+        match decode::<ActiveEntry>(collection::ACTIVE, &id, &text) {
+            Ok(entry) => entries.push((id, text, entry)),
+            Err(error) => tracing::warn!(%error, "a running entry does not read; left as it is"),
+        }
+    }
+    Ok(entries)
+}
+
+/// The deployments a node other than `node` runs (by their running entries): this node's
+/// recovery leaves them to the nodes that watch it.
+pub(crate) fn run_elsewhere(entry: &ActiveEntry, node: Option<&NodeTag>) -> bool {
+    match (&entry.node_id, node) {
+        (Some(runs_on), Some(node)) => *runs_on != node.node_id,
+        // On a host with no nodes, or an entry of an earlier release: this node's.
+        _ => false,
+    }
+}
+
+/// A node's record as the host keeps it (`cluster_nodes`), as far as runs care: which host
+/// process holds the id now, and whether the other nodes saw it lost.
+#[derive(Debug, Deserialize)]
+struct NodeSeen {
+    boot_id: String,
+    state: String,
+}
+
+/// What a look at the nodes found.
+pub(crate) struct NodesSeen {
+    /// The running entries whose node is gone (seen lost by the others, started again as
+    /// another process, or left): their runs have no process any more. Runs of `me` as it is
+    /// now are never among them, even while the others see it lost: the others take those.
+    pub orphaned: Vec<(String, String, ActiveEntry)>,
+    /// Whether `me` drains.
+    pub draining: bool,
+}
+
+/// Looks at the nodes' records and the running entries.
+pub(crate) async fn look_at_nodes(
+    records: &Records,
+    me: &NodeTag,
+) -> Result<NodesSeen, StoreError> {
+    let nodes: HashMap<String, NodeSeen> = records
+        .rows(collection::CLUSTER_NODES)
+        .await?
+        .into_iter()
+        .filter_map(|(id, text)| Some((id, serde_json::from_str::<NodeSeen>(&text).ok()?)))
+        .collect();
+    let mut orphaned = running_entries(records).await?;
+    orphaned.retain(|(_, _, entry)| {
+        let Some(node_id) = &entry.node_id else {
+            return false;
+        };
+        if *node_id == me.node_id && entry.node_boot.as_deref() == Some(me.node_boot.as_str()) {
+            return false;
+        }
+        match nodes.get(node_id) {
+            None => true,
+            Some(node) => {
+                node.state == "lost" || entry.node_boot.as_deref() != Some(node.boot_id.as_str())
+            }
+        }
+    });
+    let draining = nodes
+        .get(&me.node_id)
+        .is_some_and(|node| node.state == "draining" && node.boot_id == me.node_boot);
+    Ok(NodesSeen { orphaned, draining })
+}
+
+/// The environments whose claim `holder` holds for the deployment (one pass over the claims).
+pub(crate) async fn claims_held(
+    records: &Records,
+    deployment_id: &DeploymentId,
+    holder: &str,
+) -> Result<Vec<EnvironmentId>, StoreError> {
+    let claim = claim_text(deployment_id, holder)?;
+    Ok(records
+        .rows(collection::CLAIMS)
+        .await?
+        .into_iter()
+        .filter(|(_, text)| *text == claim)
+        .filter_map(|(environment, _)| EnvironmentId::parse(&environment).ok())
+        .collect())
+}
+
 /// Forgets the running entries and claims of processes that are gone: `alive` says which
-/// processes (boots) still run theirs, and deployments in `parked` keep their claims (they wait
-/// at a gate, with no process). Each claim is released only if it still holds what was read.
+/// processes (boots) still run theirs, deployments in `parked` keep their claims (they wait
+/// at a gate, with no process), and those in `elsewhere` run on other nodes, whose watchers
+/// deal with them. Each claim is released only if it still holds what was read.
 pub async fn forget_dead_runs(
     records: &Records,
     alive: impl Fn(&str) -> bool,
     parked: &HashSet<String>,
+    elsewhere: &HashSet<String>,
 ) -> Result<(), StoreError> {
     for (id, active) in records.scan::<ActiveEntry>(collection::ACTIVE, "").await? {
-        if !alive(&active.boot_id) && !parked.contains(&id) {
+        if !alive(&active.boot_id) && !parked.contains(&id) && !elsewhere.contains(&id) {
             records.delete(collection::ACTIVE, &id).await?;
             records.delete(collection::CANCEL, &id).await?;
         }
     }
     let mut stale = Vec::new();
-    let mut after = None;
-    loop {
-        let page = records
-            .page(collection::CLAIMS, after.clone(), 1000)
-            .await?;
-        let full = page.len() == 1000;
-        for (environment, text) in page {
-            after = Some(environment.clone());
-            let claim = serde_json::from_str::<Claim>(&text).ok();
-            let is_stale = claim.is_none_or(|claim| {
-                !alive(&claim.boot_id) && !parked.contains(claim.deployment_id.as_str())
-            });
-            if is_stale {
-                stale.push(
-                    StoreOp::delete(collection::CLAIMS, &environment).when(Condition::Equals(text)),
-                );
-            }
-        }
-        if !full {
-            break;
+    for (environment, text) in records.rows(collection::CLAIMS).await? {
+        let claim = serde_json::from_str::<Claim>(&text).ok();
+        let is_stale = claim.is_none_or(|claim| {
+            !alive(&claim.boot_id)
+                && !parked.contains(claim.deployment_id.as_str())
+                && !elsewhere.contains(claim.deployment_id.as_str())
+        });
+        if is_stale {
+            stale.push(
+                StoreOp::delete(collection::CLAIMS, &environment).when(Condition::Equals(text)),
+            );
         }
     }
     for op in stale {

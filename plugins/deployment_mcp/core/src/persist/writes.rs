@@ -2,10 +2,11 @@
 //! environments, store this result, move the record from that phase) and turned into the
 //! store's operations here, where the key layout lives.
 //!
-//! Every transaction is made under a [`Lease`]: the right to write the run's records. On one
-//! node a process holds every run it started alone, and the lease fences nothing; with several
-//! nodes on one database, [`Writes::commit`] is the one place that adds the condition which
-//! makes a write of a lease that was taken over fail.
+//! Every transaction is made under a [`Lease`]: the right to write the run's records. A run's
+//! lease is its running entry (`ACTIVE`) as it was written when the run was given to this
+//! process; every transaction of the run checks the entry is still that text, so a process whose
+//! run another node took over (while it was paused or cut off) can no longer change anything:
+//! [`Writes::commit`] is the one place that adds the check.
 
 use plugin_guest::{Condition, StoreOp};
 
@@ -21,19 +22,40 @@ use crate::{
     model::LogLine,
 };
 
-/// The right to write a run's records, held by the process that runs it (its boot). Claims on
-/// environments name the holder, so a claim can be released or moved only by the lease that
-/// took it.
+/// A node among those that share the store: its id and the host process (boot) that holds the
+/// id now. A run's entry names it, so the other nodes know whose runs they must take when a
+/// node is lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeTag {
+    pub node_id: String,
+    pub node_boot: String,
+}
+
+/// The right to write records: that of a process (its boot, which names the claims it takes)
+/// on a node, and for a run, the running entry it was given (its fence).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     holder: String,
+    node: Option<NodeTag>,
+    fence: Option<Fence>,
+}
+
+/// A run's running entry as this process wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fence {
+    deployment_id: DeploymentId,
+    entry: String,
+    epoch: u64,
 }
 
 impl Lease {
-    /// The lease of a process that owns its runs alone (one node).
-    pub fn sole(holder: &str) -> Lease {
+    /// The lease of process `holder` (a boot) on `node` (none where the host has no nodes),
+    /// which fences nothing: for what is not a run's (a start, a decision, a recovery).
+    pub fn of(holder: &str, node: Option<NodeTag>) -> Lease {
         Lease {
             holder: holder.to_owned(),
+            node,
+            fence: None,
         }
     }
 
@@ -42,10 +64,34 @@ impl Lease {
         &self.holder
     }
 
-    /// The conditions a write under this lease carries. None on one node: nothing else can
-    /// hold a run of this process.
-    fn fence(&self) -> Vec<StoreOp> {
-        Vec::new()
+    /// How many times the run was given to a process (1 for the first): the fencing token a
+    /// resent trigger carries. 0 for a lease that is not a run's.
+    pub fn epoch(&self) -> u64 {
+        self.fence.as_ref().map_or(0, |fence| fence.epoch)
+    }
+
+    /// Whether the run's entry is still the one this lease was given: false once another node
+    /// took the run over (true for a lease that is not a run's).
+    pub async fn held(&self, records: &Records) -> Result<bool, StoreError> {
+        let Some(fence) = &self.fence else {
+            return Ok(true);
+        };
+        Ok(records
+            .get_raw(collection::ACTIVE, &fence.deployment_id)
+            .await?
+            .is_some_and(|entry| entry == fence.entry))
+    }
+
+    /// The conditions a write under this lease carries: the run's entry is unchanged.
+    pub(super) fn fence(&self) -> Vec<StoreOp> {
+        match &self.fence {
+            Some(fence) => vec![StoreOp::check(
+                collection::ACTIVE,
+                &fence.deployment_id,
+                Condition::Equals(fence.entry.clone()),
+            )],
+            None => Vec::new(),
+        }
     }
 }
 
@@ -62,6 +108,9 @@ pub enum Outcome {
     },
     /// Nothing was written: a record changed since it was read (another copy decided first).
     Changed,
+    /// Nothing was written: the run's entry is no longer the one it was given (another node
+    /// took it over); the run must stop without writing anything more.
+    LeaseLost,
 }
 
 /// What each operation is, to name a conflict.
@@ -165,22 +214,41 @@ impl Writes {
         Ok(())
     }
 
-    /// Records the deployment as running under this lease, for sibling copies and the lists.
-    pub fn running(&mut self, record: &DeploymentRecord) -> Result<(), StoreError> {
+    /// Records the deployment as running under this lease (given to a process for the
+    /// `epoch`th time), for the other copies and nodes and the lists; returns the run's
+    /// lease, whose writes hold only while that entry does.
+    pub fn running(&mut self, record: &DeploymentRecord, epoch: u64) -> Result<Lease, StoreError> {
         let id = &record.deployment_id;
         let entry = ActiveEntry {
             boot_id: self.lease.holder().to_owned(),
             history_key: Some(record.history_key()),
+            node_id: self.lease.node.as_ref().map(|node| node.node_id.clone()),
+            node_boot: self.lease.node.as_ref().map(|node| node.node_boot.clone()),
+            epoch,
         };
-        self.push(StoreOp::put(
-            collection::ACTIVE,
-            id,
-            records::encode(collection::ACTIVE, id, &entry)?,
-        ));
+        let text = records::encode(collection::ACTIVE, id, &entry)?;
+        self.push(StoreOp::put(collection::ACTIVE, id, text.clone()));
         // A cancel request left for an earlier run of it (one that ended meanwhile) is not for
         // this one.
         self.push(StoreOp::delete(collection::CANCEL, id));
-        Ok(())
+        Ok(Lease {
+            fence: Some(Fence {
+                deployment_id: id.clone(),
+                entry: text,
+                epoch,
+            }),
+            ..self.lease.clone()
+        })
+    }
+
+    /// Holds only while the deployment's running entry is still `entry` (the lease of a run
+    /// this process is ending for a node that is gone).
+    pub fn entry_unchanged(&mut self, deployment_id: &DeploymentId, entry: &str) {
+        self.push(StoreOp::check(
+            collection::ACTIVE,
+            deployment_id,
+            Condition::Equals(entry.to_owned()),
+        ));
     }
 
     /// The deployment no longer runs: its running entry and any cancel request go.
@@ -310,6 +378,9 @@ impl Writes {
         let Some(conflict) = self.records.apply(ops).await? else {
             return Ok(Outcome::Committed);
         };
+        if conflict.index < fenced {
+            return Ok(Outcome::LeaseLost);
+        }
         let kind = conflict
             .index
             .checked_sub(fenced)

@@ -32,7 +32,7 @@ use crate::{
     ec2::Ec2Settings,
     environments::Environment,
     model::{LogSink, LogStream},
-    persist::{self, catalog::Catalog, records::Records},
+    persist::{self, catalog::Catalog, records::Records, Lease},
     rollout::{OnFailure, RollbackMode},
     settings::Settings,
     triggers::TriggerContext,
@@ -45,7 +45,7 @@ use writer::RunWriter;
 
 /// How long past its timeout (or a cancel) a trigger that stops itself may take to do so.
 const SELF_STOP_GRACE: Duration = Duration::from_secs(10);
-/// How often a run looks for a cancel request made through another copy.
+/// How often a run looks for a cancel request made through another copy, and checks its lease.
 const CANCEL_POLL: Duration = Duration::from_millis(500);
 
 /// A run's stop state, shared with the registry of live runs (its identity tells one run of a
@@ -134,6 +134,8 @@ pub(crate) struct Run<O: RunOwner> {
     /// The EC2 phase to run first, when it is on for this deployment.
     pub(crate) ec2: Option<Ec2Settings>,
     pub(crate) writer: RunWriter,
+    /// The right to write the run's records (its writer holds the same).
+    pub(crate) lease: Lease,
 }
 
 impl<O: RunOwner> Run<O> {
@@ -144,6 +146,8 @@ impl<O: RunOwner> Run<O> {
         targets: HashMap<EnvironmentId, TargetRecord>,
         ec2: Option<Ec2Settings>,
         writer: RunWriter,
+        stop: StopHandle,
+        lease: Lease,
     ) -> Run<O> {
         let finished = targets
             .values()
@@ -158,11 +162,12 @@ impl<O: RunOwner> Run<O> {
             total_targets: record.environments.len(),
             record: tokio::sync::Mutex::new(record),
             targets: Mutex::new(targets),
-            stop: Arc::default(),
+            stop,
             finished_targets: AtomicUsize::new(finished),
             failed_targets: AtomicUsize::new(failed),
             ec2,
             writer,
+            lease,
         }
     }
 }
@@ -238,6 +243,7 @@ impl<O: RunOwner> Run<O> {
             self.owner.records().clone(),
             deployment_id.to_string(),
             Arc::clone(&self.stop),
+            self.lease.clone(),
         ));
         let limit = Arc::new(Semaphore::new(self.owner.settings().max_parallel));
         let by_id = by_id(targets);
@@ -380,6 +386,11 @@ impl<O: RunOwner> Run<O> {
                     "interrupted: the host shut down while this deployment was running".to_owned(),
                 ),
             ),
+            // Nothing of this is written: the node that took the run over ends it.
+            Some(StopReason::LeaseLost) => (
+                Phase::Interrupted,
+                Some("another node took this run over".to_owned()),
+            ),
             None if failed_any => (Phase::Failed, self.halted()),
             None => (Phase::Completed, None),
         };
@@ -446,12 +457,24 @@ fn by_id(environments: Vec<Environment>) -> HashMap<EnvironmentId, Environment> 
         .collect()
 }
 
-/// Cancels a run when a cancel request for it appears in the store (made through another copy).
-async fn watch_cancel_requests(records: Records, deployment_id: String, stop: StopHandle) {
+/// Stops a run when a cancel request for it appears in the store (made through another copy
+/// or node), or when its lease is gone (another node took it over while this one was paused or
+/// cut off: it must not start anything more, even before its next write would fail).
+async fn watch_cancel_requests(
+    records: Records,
+    deployment_id: String,
+    stop: StopHandle,
+    lease: Lease,
+) {
     loop {
         tokio::select! {
             _ = stop.requested().cancelled() => return,
             _ = tokio::time::sleep(CANCEL_POLL) => {}
+        }
+        if let Ok(false) = lease.held(&records).await {
+            tracing::warn!(deployment = %deployment_id, "another node took this run over: this process stops it and writes nothing more");
+            stop.request(StopReason::LeaseLost);
+            return;
         }
         if let Ok(true) = persist::runs::cancel_requested(&records, &deployment_id).await {
             stop.request(StopReason::Cancelled);

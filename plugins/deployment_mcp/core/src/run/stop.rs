@@ -2,7 +2,8 @@
 //! registry of live runs (the outside's handle on it).
 //!
 //! Two kinds of stop, and what each ends:
-//! - a request ([`StopReason`]: a cancel, the host stopping) ends everything: nothing new
+//! - a request ([`StopReason`]: a cancel, the host stopping, the run's lease lost to another
+//!   node) ends everything: nothing new
 //!   starts, running triggers stop, waits (pauses, bakes, the EC2 phase) end;
 //! - a halt (the failure threshold, a failed canary), with its reason: nothing new starts, and
 //!   running triggers stop only when the rollout says so ([`Stop::stop_running`]).
@@ -19,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 pub(crate) enum StopReason {
     Cancelled,
     HostStopping,
+    /// Another node took the run over: this process must not write or start anything more.
+    LeaseLost,
 }
 
 #[derive(Debug, Default)]

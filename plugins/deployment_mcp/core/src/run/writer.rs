@@ -34,9 +34,11 @@ use crate::{
     deployment::{DeploymentRecord, Phase, TargetRecord},
     model::{LogLine, LogSink, LogStream, Timestamp},
     persist::{
-        catalog::EnvironmentVersions, deployments::LogPosition, records::Records, Lease, Writes,
+        catalog::EnvironmentVersions, deployments::LogPosition, records::Records, Lease, Outcome,
+        Writes,
     },
     redact::Secrets,
+    run::stop::{Stop, StopReason},
     wire::{
         self, BatchEvent, EnvironmentEvent, Event, GateEvent, LogEvent, PhaseEvent, TargetResult,
         View,
@@ -108,6 +110,8 @@ pub struct WriterSetup {
     pub records: Records,
     /// The run's lease: every write of the run is made under it.
     pub lease: Lease,
+    /// The run's stop: asked for when the lease turns out lost.
+    pub(crate) stop: Arc<Stop>,
     /// The sequence number of the deployment's last published state event.
     pub events: u64,
     pub deployment_id: DeploymentId,
@@ -133,6 +137,8 @@ impl RunWriter {
         let task = WriterTask {
             records: setup.records,
             lease: setup.lease,
+            stop: setup.stop,
+            lost: false,
             events: setup.events,
             finished: None,
             deployment_id: setup.deployment_id,
@@ -250,6 +256,9 @@ impl RunWriter {
 struct WriterTask {
     records: Records,
     lease: Lease,
+    stop: Arc<Stop>,
+    /// Another node took the run over: nothing more is written or published.
+    lost: bool,
     /// The sequence number of the last state event published (or about to be, once written).
     events: u64,
     /// The run's end, once it is queued: its environments are released after the write.
@@ -474,6 +483,9 @@ impl WriterTask {
     /// Frees the run's claims on `environments` and its running entry.
     async fn release(&self, environments: &[EnvironmentId]) {
         let id = &self.deployment_id;
+        if self.lost {
+            return;
+        }
         if let Err(error) =
             crate::persist::runs::release(&self.records, &self.lease, id, environments).await
         {
@@ -481,8 +493,22 @@ impl WriterTask {
         }
     }
 
+    /// Drops what waits: the run is another node's now.
+    fn discard(&mut self) {
+        self.lines.clear();
+        self.targets.clear();
+        self.pending.clear();
+        self.versions.clear();
+        self.record = None;
+        self.finished = None;
+    }
+
     /// Writes what is pending in one transaction, then publishes it.
     async fn write(&mut self) {
+        if self.lost {
+            self.discard();
+            return;
+        }
         if self.lines.is_empty()
             && self.targets.is_empty()
             && self.record.is_none()
@@ -521,7 +547,18 @@ impl WriterTask {
             Ok(())
         })();
         let stored = match encoded {
-            Ok(()) => writes.commit().await.map(|_| ()),
+            Ok(()) => writes.commit().await,
+            Err(error) => Err(error),
+        };
+        let stored = match stored {
+            Ok(Outcome::LeaseLost) => {
+                tracing::warn!(deployment = %id, "another node took this run over: this process stops it and writes nothing more");
+                self.lost = true;
+                self.finished = None;
+                self.stop.request(StopReason::LeaseLost);
+                return;
+            }
+            Ok(_) => Ok(()),
             Err(error) => Err(error),
         };
         if let Err(error) = stored {

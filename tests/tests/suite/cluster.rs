@@ -1,0 +1,197 @@
+//! Several hosts (nodes) on one PostgreSQL server the test starts: each node sees the others in
+//! `GET /api/cluster`; a node killed with SIGKILL is seen lost and its running deployment is
+//! ended by a node that watches, which frees its environments; a node paused past its lease
+//! (SIGSTOP) that wakes writes nothing more to the run it lost; a draining node starts nothing
+//! new; a drain names unknown nodes.
+
+use std::time::Duration;
+
+use e2e::{
+    postgres::TestPostgres,
+    scenario::{detail, local, options, started, status_within, trigger},
+    HostOptions, TestHost, ADMIN_KEY, USER_KEY,
+};
+use nix::sys::signal::Signal;
+use reqwest::Method;
+use serde_json::Value;
+
+/// How long a node may stay silent before the others see it lost, in these tests.
+const LEASE_SECS: u64 = 1;
+/// Bound on waits for what the cluster does on its own (seen lost, runs ended): the lease and
+/// the watchers' periods are a few seconds at most; a slow machine gets plenty more.
+const CLUSTER_WAIT: Duration = Duration::from_secs(30);
+
+/// A node on `server` named `node`, in `dir`, with a slow and a quick environment.
+async fn node(dir: &std::path::Path, server: &TestPostgres, node: &str) -> TestHost {
+    TestHost::start(
+        dir,
+        HostOptions {
+            env: vec![
+                ("PA_STORAGE__URL".to_owned(), server.url.clone()),
+                ("PA_CLUSTER__NODE_ID".to_owned(), node.to_owned()),
+                ("PA_CLUSTER__LEASE_SECS".to_owned(), LEASE_SECS.to_string()),
+            ],
+            ..options(vec![
+                local("slow", &["sleep", "3"], 120),
+                local("stuck", &["sleep", "20"], 600),
+            ])
+        },
+    )
+    .await
+}
+
+/// The nodes `host` sees, by id: (state, runs).
+async fn nodes(host: &TestHost) -> Vec<(String, String, u64)> {
+    let (status, answer) = host.get("/api/cluster", Some(USER_KEY)).await;
+    assert_eq!(status, 200, "{answer}");
+    answer["nodes"]
+        .as_array()
+        .expect("a list of nodes")
+        .iter()
+        .map(|node| {
+            (
+                node["node_id"].as_str().unwrap_or_default().to_owned(),
+                node["state"].as_str().unwrap_or_default().to_owned(),
+                node["runs"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Waits (bounded) until `host` sees `node` in `state`.
+async fn until_seen(host: &TestHost, node: &str, state: &str) {
+    let seen = e2e::wait_until(CLUSTER_WAIT, || async {
+        nodes(host)
+            .await
+            .iter()
+            .any(|(id, seen, _)| id == node && seen == state)
+    })
+    .await;
+    assert!(
+        seen,
+        "{node} was not seen {state}: {:?}\n{}",
+        nodes(host).await,
+        host.logs()
+    );
+}
+
+#[tokio::test]
+async fn a_killed_nodes_run_is_ended_by_the_node_that_watches_and_its_environment_freed() {
+    let server = TestPostgres::start("cluster-kill");
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(a_dir.path(), &server, "node-a").await;
+    let b = node(b_dir.path(), &server, "node-b").await;
+    until_seen(&a, "node-b", "active").await;
+    until_seen(&b, "node-a", "active").await;
+
+    let id = started(&a, serde_json::json!({"environments": ["stuck"]})).await;
+    status_within(&b, &id, CLUSTER_WAIT, |status| status == "local_deploying").await;
+    let runs = nodes(&b).await;
+    assert!(
+        runs.iter()
+            .any(|(node, _, runs)| node == "node-a" && *runs == 1),
+        "node-a runs the deployment: {runs:?}"
+    );
+    // Any node answers busy for the environment a run holds.
+    let (status, answer) = trigger(&b, serde_json::json!({"environments": ["stuck"]})).await;
+    assert_eq!(status, 409, "{answer}");
+
+    a.kill();
+    until_seen(&b, "node-a", "lost").await;
+    let record = status_within(&b, &id, CLUSTER_WAIT, |status| status == "interrupted").await;
+    assert!(
+        record["errors"]
+            .as_array()
+            .is_some_and(|errors| errors.iter().any(|error| error
+                .as_str()
+                .is_some_and(|error| error.contains("node node-a")))),
+        "the record says which node was lost: {record}"
+    );
+    // The environment is free: the surviving node deploys it.
+    let again = started(&b, serde_json::json!({"environments": ["slow"]})).await;
+    let record = e2e::scenario::finished(&b, &again).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert!(b.stop().is_some_and(|status| status.success()));
+}
+
+#[tokio::test]
+async fn a_node_paused_past_its_lease_writes_nothing_more_to_the_run_it_lost() {
+    let server = TestPostgres::start("cluster-pause");
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(a_dir.path(), &server, "node-a").await;
+    let b = node(b_dir.path(), &server, "node-b").await;
+    until_seen(&b, "node-a", "active").await;
+
+    // The trigger ends (3 s) while node-a is paused: when it wakes, its run has a result to
+    // write, and must not.
+    let id = started(&a, serde_json::json!({"environments": ["slow"]})).await;
+    status_within(&b, &id, CLUSTER_WAIT, |status| status == "local_deploying").await;
+    a.signal(Signal::SIGSTOP);
+    until_seen(&b, "node-a", "lost").await;
+    let ended = status_within(&b, &id, CLUSTER_WAIT, |status| status == "interrupted").await;
+    a.signal(Signal::SIGCONT);
+    assert!(
+        a.wait_for_log("another node took this run over", CLUSTER_WAIT)
+            .await,
+        "the woken node sees it lost the run:\n{}",
+        a.logs()
+    );
+    // It beats again, active, and the record is still what node-b wrote.
+    until_seen(&b, "node-a", "active").await;
+    let record = detail(&b, &id).await;
+    assert_eq!(record["status"], "interrupted", "{record}");
+    assert_eq!(record["finished_at"], ended["finished_at"], "{record}");
+    assert_eq!(
+        e2e::scenario::result(&record, "slow")["status"],
+        "cancelled",
+        "{record}"
+    );
+    assert!(a.stop().is_some_and(|status| status.success()));
+    assert!(b.stop().is_some_and(|status| status.success()));
+}
+
+/// `POST /api/cluster/nodes/{node}/drain` on `host` with `key`.
+async fn drain(host: &TestHost, node: &str, key: &str) -> (u16, Value) {
+    let path = format!("/api/cluster/nodes/{node}/drain");
+    host.call(Method::POST, &path, Some(key), None).await
+}
+
+#[tokio::test]
+async fn a_draining_node_starts_nothing_new_and_a_drain_names_unknown_nodes() {
+    let server = TestPostgres::start("cluster-drain");
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(a_dir.path(), &server, "node-a").await;
+    let b = node(b_dir.path(), &server, "node-b").await;
+    until_seen(&a, "node-b", "active").await;
+
+    let (status, answer) = drain(&a, "node-b", USER_KEY).await;
+    assert_eq!(status, 403, "only admins drain: {answer}");
+    let (status, answer) = drain(&a, "node-z", ADMIN_KEY).await;
+    assert_eq!((status, answer["error"].as_str()), (404, Some("not_found")));
+    let (status, answer) = drain(&a, "node-b", ADMIN_KEY).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["state"], "draining", "{answer}");
+    until_seen(&b, "node-b", "draining").await;
+
+    // node-b refuses new deployments once it knows (asked with an environment that does not
+    // exist, so an answer before that starts nothing); node-a takes them.
+    let refused = e2e::wait_until(CLUSTER_WAIT, || async {
+        trigger(&b, serde_json::json!({"environments": ["nowhere"]}))
+            .await
+            .0
+            == 503
+    })
+    .await;
+    assert!(refused, "the draining node refuses to start:\n{}", b.logs());
+    let (status, answer) = trigger(&b, serde_json::json!({"environments": ["slow"]})).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (503, Some("node_draining")),
+        "{answer}"
+    );
+    let id = started(&a, serde_json::json!({"environments": ["slow"]})).await;
+    let record: Value = e2e::scenario::finished(&b, &id).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert!(a.stop().is_some_and(|status| status.success()));
+    assert!(b.stop().is_some_and(|status| status.success()));
+}
