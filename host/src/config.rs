@@ -101,7 +101,8 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// The node's name, unique among the hosts on one database; `""` is `<hostname>:<port>`.
+    /// The node's name, unique among the hosts on one database; `""` is `<hostname>:<port>`
+    /// (the port `server.listen` names).
     #[serde(default)]
     pub node_id: String,
     /// A node whose heartbeat has not changed for this long is lost, and its runs go to the

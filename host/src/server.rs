@@ -71,7 +71,9 @@ pub async fn serve(
         .local_addr()
         .map_err(|error| format!("cannot read the listening address: {error}"))?;
     let store = open_store(&config.storage.url, data_dir.path()).await?;
-    let node_id = config.cluster.node_id(address);
+    // Named after the configured port, not the one bound: a host on port 0 keeps its id across
+    // restarts, so its own earlier runs are recovered at start rather than by the watch.
+    let node_id = config.cluster.node_id(config.server.listen);
     config::check_node_id(&node_id).map_err(|error| format!("cluster.node_id: {error}"))?;
     let lifecycle =
         Lifecycle::begin(Arc::clone(&store), &node_id, config.cluster.lease_secs).await?;
