@@ -27,6 +27,8 @@ pub struct Behaviour {
     /// Status of a well-authenticated deploy or webhook call.
     pub deploy_status: u16,
     pub health_status: u16,
+    /// How long a deploy call is held before its answer (a request in flight).
+    pub deploy_delay: std::time::Duration,
 }
 
 impl Default for Behaviour {
@@ -36,6 +38,7 @@ impl Default for Behaviour {
             webhook_secret: None,
             deploy_status: 200,
             health_status: 200,
+            deploy_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -47,6 +50,9 @@ pub struct Received {
     pub body: serde_json::Value,
     /// Whether the credentials (token or signature) checked out.
     pub authenticated: bool,
+    /// `Idempotency-Key` and `X-PowerAutomation-Fence`, as sent.
+    pub idempotency_key: Option<String>,
+    pub fence: Option<String>,
 }
 
 #[derive(Clone)]
@@ -125,7 +131,13 @@ fn behaviour(shared: &Shared) -> Behaviour {
         .clone()
 }
 
-fn record(shared: &Shared, path: &str, body: &[u8], authenticated: bool) {
+fn record(shared: &Shared, path: &str, headers: &HeaderMap, body: &[u8], authenticated: bool) {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
     shared
         .received
         .lock()
@@ -134,6 +146,8 @@ fn record(shared: &Shared, path: &str, body: &[u8], authenticated: bool) {
             path: path.to_owned(),
             body: serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
             authenticated,
+            idempotency_key: header("idempotency-key"),
+            fence: header("x-powerautomation-fence"),
         });
 }
 
@@ -148,10 +162,11 @@ async fn deploy(
         .get("authorization")
         .and_then(|value| value.to_str().ok())
         == Some(expected.as_str());
-    record(&shared, "/api/deploy/init", &body, authenticated);
+    record(&shared, "/api/deploy/init", &headers, &body, authenticated);
     if !authenticated {
         return (StatusCode::UNAUTHORIZED, "bad token".into());
     }
+    tokio::time::sleep(behaviour.deploy_delay).await;
     let status = StatusCode::from_u16(behaviour.deploy_status).unwrap_or(StatusCode::OK);
     (status, format!("deploy answered {}", status.as_u16()))
 }
@@ -177,7 +192,7 @@ async fn webhook(
         Some(secret) => signature == Some(sign(secret, &body).as_str()),
         None => true,
     };
-    record(&shared, "/webhook/deploy", &body, authenticated);
+    record(&shared, "/webhook/deploy", &headers, &body, authenticated);
     if !authenticated {
         return (StatusCode::UNAUTHORIZED, "bad signature".into());
     }

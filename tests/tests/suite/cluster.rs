@@ -1,14 +1,17 @@
 //! Several hosts (nodes) on one PostgreSQL server the test starts: each node sees the others in
-//! `GET /api/cluster`; a node killed with SIGKILL is seen lost and its running deployment is
-//! ended by a node that watches, which frees its environments; a node paused past its lease
-//! (SIGSTOP) that wakes writes nothing more to the run it lost; a draining node starts nothing
-//! new; a drain names unknown nodes.
+//! `GET /api/cluster`; a node killed with SIGKILL is seen lost and a node that watches takes its
+//! running deployment over and finishes it (an `http_api` request in flight sent again with the
+//! same `Idempotency-Key` and a higher `X-PowerAutomation-Fence`, a `local` one interrupted, the
+//! environments not started started); a node paused past its lease (SIGSTOP) that wakes writes
+//! nothing more to the run it lost; a draining node starts nothing new; a drain names unknown
+//! nodes.
 
 use std::time::Duration;
 
 use e2e::{
     postgres::TestPostgres,
     scenario::{detail, local, options, started, status_within, trigger},
+    targets::{Behaviour, Target},
     HostOptions, TestHost, ADMIN_KEY, USER_KEY,
 };
 use nix::sys::signal::Signal;
@@ -21,8 +24,23 @@ const LEASE_SECS: u64 = 1;
 /// the watchers' periods are a few seconds at most; a slow machine gets plenty more.
 const CLUSTER_WAIT: Duration = Duration::from_secs(30);
 
-/// A node on `server` named `node`, in `dir`, with a slow and a quick environment.
+/// A node on `server` named `node`, in `dir`, with a slow and a stuck `local` environment.
 async fn node(dir: &std::path::Path, server: &TestPostgres, node: &str) -> TestHost {
+    node_with(dir, server, node, Vec::new()).await
+}
+
+/// A node with `more` environments besides those of [`node`].
+async fn node_with(
+    dir: &std::path::Path,
+    server: &TestPostgres,
+    node: &str,
+    more: Vec<Value>,
+) -> TestHost {
+    let mut environments = vec![
+        local("slow", &["sleep", "3"], 120),
+        local("stuck", &["sleep", "20"], 600),
+    ];
+    environments.extend(more);
     TestHost::start(
         dir,
         HostOptions {
@@ -31,10 +49,7 @@ async fn node(dir: &std::path::Path, server: &TestPostgres, node: &str) -> TestH
                 ("PA_CLUSTER__NODE_ID".to_owned(), node.to_owned()),
                 ("PA_CLUSTER__LEASE_SECS".to_owned(), LEASE_SECS.to_string()),
             ],
-            ..options(vec![
-                local("slow", &["sleep", "3"], 120),
-                local("stuck", &["sleep", "20"], 600),
-            ])
+            ..options(environments)
         },
     )
     .await
@@ -75,42 +90,93 @@ async fn until_seen(host: &TestHost, node: &str, state: &str) {
     );
 }
 
+/// The node's log as one text.
+async fn log_text(host: &TestHost, id: &str) -> String {
+    let page = e2e::scenario::log_page(host, id).await;
+    page["lines"]
+        .as_array()
+        .map(|lines| {
+            lines
+                .iter()
+                .filter_map(|line| line["line"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
 #[tokio::test]
-async fn a_killed_nodes_run_is_ended_by_the_node_that_watches_and_its_environment_freed() {
+async fn a_killed_nodes_run_is_taken_over_and_finished_by_a_node_that_watches() {
     let server = TestPostgres::start("cluster-kill");
+    // The target holds each deploy call, so node-a dies with one in flight.
+    let target = Target::start(Behaviour {
+        deploy_delay: Duration::from_secs(2),
+        ..Behaviour::default()
+    })
+    .await;
+    let api = serde_json::json!({"environment_id": "k1-api", "environment_type": "linux_local",
+        "connection_method": "http_api", "host": "127.0.0.1", "port": target.port(),
+        "api_token": "target-token", "timeout": 60});
+    let more = || {
+        vec![
+            api.clone(),
+            local("k2-cmd", &["sleep", "20"], 600),
+            local("k3-later", &["true"], 60),
+        ]
+    };
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node(a_dir.path(), &server, "node-a").await;
-    let b = node(b_dir.path(), &server, "node-b").await;
+    let a = node_with(a_dir.path(), &server, "node-a", more()).await;
+    let b = node_with(b_dir.path(), &server, "node-b", more()).await;
     until_seen(&a, "node-b", "active").await;
     until_seen(&b, "node-a", "active").await;
 
-    let id = started(&a, serde_json::json!({"environments": ["stuck"]})).await;
-    status_within(&b, &id, CLUSTER_WAIT, |status| status == "local_deploying").await;
+    // Batch 1 (k1-api, k2-cmd) is in flight on node-a when it dies; batch 2 (k3-later) has
+    // not started. One failure is tolerated: k2-cmd's unknown outcome does not stop the rest.
+    let body = serde_json::json!({"environments": ["k1-api", "k2-cmd", "k3-later"],
+        "strategy": {"type": "rolling", "batch_size": 2}, "max_failures": 1});
+    let id = started(&a, body).await;
+    let in_flight = e2e::wait_until(CLUSTER_WAIT, || async {
+        let record = detail(&b, &id).await;
+        target.received().len() == 1
+            && e2e::scenario::result(&record, "k2-cmd")["status"] == "running"
+    })
+    .await;
+    assert!(in_flight, "node-a sent both triggers:\n{}", a.logs());
     let runs = nodes(&b).await;
     assert!(
         runs.iter()
             .any(|(node, _, runs)| node == "node-a" && *runs == 1),
         "node-a runs the deployment: {runs:?}"
     );
-    // Any node answers busy for the environment a run holds.
-    let (status, answer) = trigger(&b, serde_json::json!({"environments": ["stuck"]})).await;
+    // Any node answers busy for an environment a run holds.
+    let (status, answer) = trigger(&b, serde_json::json!({"environments": ["k3-later"]})).await;
     assert_eq!(status, 409, "{answer}");
 
     a.kill();
     until_seen(&b, "node-a", "lost").await;
-    let record = status_within(&b, &id, CLUSTER_WAIT, |status| status == "interrupted").await;
-    assert!(
-        record["errors"]
-            .as_array()
-            .is_some_and(|errors| errors.iter().any(|error| error
-                .as_str()
-                .is_some_and(|error| error.contains("node node-a")))),
-        "the record says which node was lost: {record}"
+    let record = e2e::scenario::finished_within(&b, &id, CLUSTER_WAIT).await;
+    assert_eq!(
+        record["status"], "failed",
+        "stuck's outcome is unknown: {record}"
     );
-    // The environment is free: the surviving node deploys it.
-    let again = started(&b, serde_json::json!({"environments": ["slow"]})).await;
-    let record = e2e::scenario::finished(&b, &again).await;
-    assert_eq!(record["status"], "completed", "{record}");
+    let result = |environment: &str| e2e::scenario::result(&record, environment)["status"].clone();
+    assert_eq!(result("k1-api"), "succeeded", "{record}");
+    assert_eq!(result("k2-cmd"), "interrupted", "{record}");
+    assert_eq!(result("k3-later"), "succeeded", "{record}");
+    // The api call was sent again, once, as the same request with a higher fence.
+    let received = target.received();
+    assert_eq!(received.len(), 2, "{received:?}");
+    let key = format!("{id}/k1-api");
+    assert!(received
+        .iter()
+        .all(|call| call.idempotency_key.as_deref() == Some(key.as_str())));
+    let fences: Vec<Option<&str>> = received.iter().map(|call| call.fence.as_deref()).collect();
+    assert_eq!(fences, [Some("1"), Some("2")]);
+    let log = log_text(&b, &id).await;
+    assert!(
+        log.contains("node node-b took over from node node-a"),
+        "the log says who took over from whom:\n{log}"
+    );
     assert!(b.stop().is_some_and(|status| status.success()));
 }
 
@@ -128,7 +194,10 @@ async fn a_node_paused_past_its_lease_writes_nothing_more_to_the_run_it_lost() {
     status_within(&b, &id, CLUSTER_WAIT, |status| status == "local_deploying").await;
     a.signal(Signal::SIGSTOP);
     until_seen(&b, "node-a", "lost").await;
-    let ended = status_within(&b, &id, CLUSTER_WAIT, |status| status == "interrupted").await;
+    // Taken over: its one environment was in flight over `local`, so it is interrupted and the
+    // deployment ends failed on node-b.
+    let ended = e2e::scenario::finished_within(&b, &id, CLUSTER_WAIT).await;
+    assert_eq!(ended["status"], "failed", "{ended}");
     a.signal(Signal::SIGCONT);
     assert!(
         a.wait_for_log("another node took this run over", CLUSTER_WAIT)
@@ -139,11 +208,11 @@ async fn a_node_paused_past_its_lease_writes_nothing_more_to_the_run_it_lost() {
     // It beats again, active, and the record is still what node-b wrote.
     until_seen(&b, "node-a", "active").await;
     let record = detail(&b, &id).await;
-    assert_eq!(record["status"], "interrupted", "{record}");
+    assert_eq!(record["status"], "failed", "{record}");
     assert_eq!(record["finished_at"], ended["finished_at"], "{record}");
     assert_eq!(
         e2e::scenario::result(&record, "slow")["status"],
-        "cancelled",
+        "interrupted",
         "{record}"
     );
     assert!(a.stop().is_some_and(|status| status.success()));

@@ -51,6 +51,7 @@ fn context(version: &str) -> (TriggerContext, mpsc::Receiver<LogLine>) {
         rollback: false,
         log: log.for_environment(&EnvironmentId::parse("ssh-test").expect("an id")),
         stop: Default::default(),
+        fence: 1,
     };
     (context, lines)
 }

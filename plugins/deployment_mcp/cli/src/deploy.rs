@@ -417,6 +417,12 @@ impl Watch {
                     self.printed_logs += 1;
                 }
             }
+            Event::Takeover(event) => {
+                self.note(&format!(
+                    "node {} took over from node {} (lost)",
+                    event.to_node, event.from_node
+                ));
+            }
             Event::Log(_) | Event::Health(_) | Event::Deleted(_) => {}
         }
     }

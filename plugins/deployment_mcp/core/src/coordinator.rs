@@ -93,6 +93,8 @@ impl From<StoreError> for StartError {
     }
 }
 
+#[cfg(test)]
+mod cluster_tests;
 mod decisions;
 mod health_checks;
 mod recovery;

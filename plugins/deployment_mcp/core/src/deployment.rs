@@ -103,6 +103,9 @@ pub enum TargetStatus {
     RolledBack,
     /// Its rollback failed too.
     RollbackFailed,
+    /// In flight over `ssh` or `local` on a node that was lost: not sent again (a command may
+    /// have run in part), so its outcome is unknown.
+    Interrupted,
 }
 
 impl TargetStatus {
@@ -118,6 +121,7 @@ impl TargetStatus {
             TargetStatus::Skipped => "skipped",
             TargetStatus::RolledBack => "rolled_back",
             TargetStatus::RollbackFailed => "rollback_failed",
+            TargetStatus::Interrupted => "interrupted",
         }
     }
 
@@ -128,9 +132,12 @@ impl TargetStatus {
         )
     }
 
-    /// Counts against `max_failures`.
+    /// Counts against `max_failures` (an interrupted one's outcome is unknown: it counts).
     pub fn is_failure(self) -> bool {
-        matches!(self, TargetStatus::Failed | TargetStatus::TimedOut)
+        matches!(
+            self,
+            TargetStatus::Failed | TargetStatus::TimedOut | TargetStatus::Interrupted
+        )
     }
 }
 

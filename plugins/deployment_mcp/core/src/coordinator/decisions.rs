@@ -153,7 +153,7 @@ impl Coordinator {
     /// entry, a log line saying why, the record (moved from `from`, only if unchanged since it
     /// was read as `read_text`) and its history. Returns where the log goes on and the run's
     /// lease (the next epoch of the deployment's run).
-    async fn run_here(
+    pub(super) async fn run_here(
         &self,
         writes: &mut Writes,
         read_text: &str,
@@ -171,7 +171,7 @@ impl Coordinator {
     }
 
     /// A deployment's environment results so far, by environment.
-    async fn results_of(
+    pub(super) async fn results_of(
         &self,
         id: &DeploymentId,
     ) -> Result<HashMap<EnvironmentId, TargetRecord>, StoreError> {
@@ -186,7 +186,10 @@ impl Coordinator {
 
     /// The deployment's environments, as the catalog has them now (one read each, or one pass
     /// when there are many). Claims keep them from being deleted meanwhile.
-    async fn environments_of(&self, ids: &[EnvironmentId]) -> Result<Vec<Environment>, StoreError> {
+    pub(super) async fn environments_of(
+        &self,
+        ids: &[EnvironmentId],
+    ) -> Result<Vec<Environment>, StoreError> {
         if ids.len() > 64 {
             let wanted: std::collections::HashSet<&EnvironmentId> = ids.iter().collect();
             return Ok(self

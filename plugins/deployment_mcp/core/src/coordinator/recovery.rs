@@ -13,17 +13,63 @@ use std::{collections::HashSet, sync::Arc, time::SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use super::Coordinator;
+use super::{Coordinator, RunFrom};
 use crate::{
     deployment::{DeploymentRecord, Phase, TargetStatus},
-    model::{DeploymentId, LogStream, Timestamp},
-    persist::{self, records::StoreError, Lease, Outcome, Writes},
+    environments::ConnectionMethod,
+    model::{DeploymentId, Ec2Phase, EnvironmentId, LogStream, Timestamp},
+    persist::{
+        self, deployments::ActiveEntry, records::StoreError, Lease, NodeTag, Outcome, Writes,
+    },
+    run::Start,
+    wire::{self, Event, TakeoverEvent},
 };
 
 /// How often a copy looks for runs of nodes that are gone. A node is seen lost `lease_secs`
 /// after its last heartbeat (plus a third of it, the watchers' period); this adds at most half
 /// a second to the `lease_secs + 2 s` within which its runs are dealt with.
 const LOST_NODE_WATCH: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A run whose node is gone, as found.
+#[derive(Clone, Copy)]
+struct Lost<'a> {
+    id: &'a DeploymentId,
+    /// Its running entry as read: the lease of the node that lost it.
+    entry_text: &'a str,
+    entry: &'a ActiveEntry,
+    /// Its record as read.
+    text: &'a str,
+    /// The node that ran it.
+    from: &'a str,
+}
+
+/// Phases a run is continued from on another node: before its EC2 phase ended, its batches and
+/// their verification (a gate that was baking bakes again). A rollback in progress is ended
+/// interrupted instead: which environments it had returned is not known well enough to run it
+/// again.
+fn resumable(phase: Phase) -> bool {
+    matches!(
+        phase,
+        Phase::Pending
+            | Phase::Ec2Deploying
+            | Phase::Ec2Completed
+            | Phase::LocalTriggering
+            | Phase::LocalDeploying
+            | Phase::LocalCompleted
+            | Phase::Verifying
+    )
+}
+
+/// Environment ids for a log line.
+fn listed(ids: &[EnvironmentId]) -> String {
+    if ids.is_empty() {
+        return "none".into();
+    }
+    ids.iter()
+        .map(|id| id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 impl Coordinator {
     /// Marks runs of boots that are gone as interrupted: the host (or the plugin's process)
@@ -108,11 +154,13 @@ impl Coordinator {
         }
     }
 
-    /// Notes whether this node drains, and ends the runs of nodes that are gone (seen lost,
-    /// started again as another process, or left without ending them): each in one transaction that holds only while its running
-    /// entry is the one the gone node was given, and publishes the new phase. Returns how many
-    /// were ended.
-    pub async fn recover_lost_nodes(&self) -> Result<usize, StoreError> {
+    /// Notes whether this node drains, and deals with the runs of nodes that are gone (seen
+    /// lost, started again as another process, or left without ending them): this node takes
+    /// each over and runs the rest of it ([`Coordinator::take_over`]), or, for a rollback in
+    /// progress, ends it interrupted. Each in one transaction that holds only while its running
+    /// entry is the one the gone node was given, so one node does it. Returns how many runs
+    /// were taken over or ended.
+    pub async fn recover_lost_nodes(self: &Arc<Self>) -> Result<usize, StoreError> {
         let Some(me) = self.node() else {
             return Ok(0);
         };
@@ -124,46 +172,159 @@ impl Coordinator {
             let Ok(id) = DeploymentId::parse(&id) else {
                 continue;
             };
-            let (text, mut record) = match self.deployments().read_for_update(&id).await {
+            let (text, record) = match self.deployments().read_for_update(&id).await {
                 Ok(Some(read)) => read,
                 Ok(None) | Err(StoreError::Decode { .. }) => continue,
                 Err(error) => return Err(error),
             };
-            // A parked deployment waits at its gate on any node; an ended one is released by
-            // the recovery at that node's next start, or here once its entry is alone.
+            // A parked deployment waits at its gate on any node.
             if record.status == Phase::AwaitingApproval {
                 continue;
             }
-            let node = entry.node_id.as_deref().unwrap_or_default();
-            let lease = Lease::of(&entry.boot_id, None);
-            let mut writes = Writes::new(&self.records, &lease);
-            writes.entry_unchanged(&id, &entry_text);
-            let phase = record.status;
-            let published = self.deployments().events_published(&id).await?;
-            if !phase.is_terminal() {
-                let message = format!(
-                    "interrupted: node {node}, which ran it, stopped during phase {}; everything recorded until then is kept",
-                    phase.as_str()
-                );
-                self.interrupt(&mut writes, &text, &mut record, message)
-                    .await?;
-                writes.events_published(&id, published + 1)?;
-            }
-            let held = persist::runs::claims_held(&self.records, &id, &entry.boot_id).await?;
-            writes.release_claims(&id, &held, &entry.boot_id)?;
-            writes.not_running(&id);
-            if writes.commit().await? != Outcome::Committed {
-                // Another node ended it first, or something changed: the next watch looks again.
-                continue;
-            }
-            if !phase.is_terminal() {
-                tracing::warn!(deployment = %id, node, "the node that ran this deployment is gone: interrupted");
-                self.changed();
-                self.publish_phase(published + 1, &record, Some(phase));
-                recovered += 1;
-            }
+            let lost = Lost {
+                id: &id,
+                entry_text: &entry_text,
+                entry: &entry,
+                text: &text,
+                from: entry.node_id.as_deref().unwrap_or_default(),
+            };
+            let done = if resumable(record.status) {
+                self.take_over(lost, record, me).await?
+            } else {
+                self.end_lost_run(lost, record).await?
+            };
+            recovered += usize::from(done);
         }
         Ok(recovered)
+    }
+
+    /// Takes over the run of a lost node and runs the rest of it here: its claims and running
+    /// entry move to this process under the next epoch, finished environments keep their
+    /// results, those in flight are sent again (`http_api`, `webhook`: their receivers know
+    /// the request by its `Idempotency-Key`) or marked `interrupted` (`ssh`, `local`: a command
+    /// may have run in part), a log line and `deployment.takeover` say so. False when another
+    /// node (or a change) came first.
+    async fn take_over(
+        self: &Arc<Self>,
+        lost: Lost<'_>,
+        mut record: DeploymentRecord,
+        me: &NodeTag,
+    ) -> Result<bool, StoreError> {
+        let Lost { id, from, .. } = lost;
+        let phase = record.status;
+        let mut results = self.results_of(id).await?;
+        let environments = self.environments_of(&record.environments).await?;
+        let published = self.deployments().events_published(id).await?;
+        let mut writes = Writes::new(&self.records, &self.lease());
+        writes.entry_unchanged(id, lost.entry_text);
+        let held = persist::runs::claims_held(&self.records, id, &lost.entry.boot_id).await?;
+        writes.take_claims(id, &held, &lost.entry.boot_id)?;
+        let now = Timestamp::now();
+        let (mut resent, mut interrupted) = (Vec::new(), Vec::new());
+        for target in results.values_mut() {
+            if !matches!(
+                target.status,
+                TargetStatus::Triggering | TargetStatus::Running
+            ) {
+                continue;
+            }
+            if ConnectionMethod::parse(&target.connection_method)
+                .is_some_and(ConnectionMethod::resendable)
+            {
+                target.status = TargetStatus::Pending;
+                resent.push(target.environment_id.clone());
+            } else {
+                target.status = TargetStatus::Interrupted;
+                target.error = Some(format!(
+                    "node {from} was lost while this ran over {}: not sent again, as it may have run in part",
+                    target.connection_method
+                ));
+                target.finished_at = Some(now);
+                interrupted.push(target.environment_id.clone());
+            }
+            writes.target(id, target)?;
+        }
+        resent.sort();
+        interrupted.sort();
+        record.boot_id = self.boot_id.clone();
+        let why = format!(
+            "node {} took over from node {from}, which was lost during phase {}: finished environments keep their results; sent again: {}; interrupted: {}",
+            me.node_id,
+            phase.as_str(),
+            listed(&resent),
+            listed(&interrupted)
+        );
+        let (log, lease) = self
+            .run_here(&mut writes, lost.text, phase, &mut record, &why)
+            .await?;
+        writes.events_published(id, published + 1)?;
+        if writes.commit().await? != Outcome::Committed {
+            return Ok(false);
+        }
+        tracing::warn!(deployment = %id, from, "took over the deployment of a lost node");
+        self.changed();
+        let event = Event::Takeover(TakeoverEvent {
+            deployment_id: id.clone(),
+            from_node: from.to_owned(),
+            to_node: me.node_id.clone(),
+            epoch: lease.epoch(),
+            resent,
+            interrupted,
+        });
+        wire::publish(
+            self.records.host(),
+            Some(published + 1),
+            &event,
+            Some(&event),
+        );
+        // An EC2 phase the lost node had not finished runs again (starting instances that
+        // run already changes nothing).
+        let ec2 = match record.ec2 {
+            Ec2Phase::Pending => self.settings.ec2.clone(),
+            _ => None,
+        };
+        let from = RunFrom {
+            log,
+            events: published + 1,
+            lease,
+        };
+        self.spawn_run(record, environments, results, ec2, from, Start::Resume);
+        Ok(true)
+    }
+
+    /// Ends the run of a lost node interrupted (or, ended already, releases what it held).
+    async fn end_lost_run(
+        &self,
+        lost: Lost<'_>,
+        mut record: DeploymentRecord,
+    ) -> Result<bool, StoreError> {
+        let Lost { id, from, .. } = lost;
+        let lease = Lease::of(&lost.entry.boot_id, None);
+        let mut writes = Writes::new(&self.records, &lease);
+        writes.entry_unchanged(id, lost.entry_text);
+        let phase = record.status;
+        let published = self.deployments().events_published(id).await?;
+        if !phase.is_terminal() {
+            let message = format!(
+                "interrupted: node {from}, which ran it, stopped during phase {}; everything recorded until then is kept",
+                phase.as_str()
+            );
+            self.interrupt(&mut writes, lost.text, &mut record, message)
+                .await?;
+            writes.events_published(id, published + 1)?;
+        }
+        let held = persist::runs::claims_held(&self.records, id, &lost.entry.boot_id).await?;
+        writes.release_claims(id, &held, &lost.entry.boot_id)?;
+        writes.not_running(id);
+        // A conflict: another node dealt with it first, or something changed; the next watch
+        // looks again.
+        if writes.commit().await? != Outcome::Committed || phase.is_terminal() {
+            return Ok(false);
+        }
+        tracing::warn!(deployment = %id, from, "the node that ran this deployment is gone: interrupted");
+        self.changed();
+        self.publish_phase(published + 1, &record, Some(phase));
+        Ok(true)
     }
 
     /// The writes that end `record` (read as `text`) interrupted: its unfinished environments

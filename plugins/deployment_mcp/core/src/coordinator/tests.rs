@@ -15,11 +15,7 @@ use crate::{
     deployment::{DeploymentRecord, Phase, TargetRecord, TargetStatus},
     egress::Egress,
     environments::parse_one,
-    persist::{
-        deployments::DeploymentStore,
-        records::{collection, Records},
-        NodeTag,
-    },
+    persist::{deployments::DeploymentStore, records::Records, NodeTag},
     rollout::RolloutJson,
     run::{
         reach::Reach,
@@ -29,17 +25,17 @@ use crate::{
 };
 
 /// Longer than any test's virtual time: a test that waits for what never comes fails here.
-const PATIENCE: Duration = Duration::from_secs(24 * 3600);
+pub(super) const PATIENCE: Duration = Duration::from_secs(24 * 3600);
 
-struct Harness {
-    host: LocalHost,
-    coordinator: Arc<Coordinator>,
-    script: Arc<Script>,
+pub(super) struct Harness {
+    pub(super) host: LocalHost,
+    pub(super) coordinator: Arc<Coordinator>,
+    pub(super) script: Arc<Script>,
     events: broadcast::Receiver<plugin_local_host::Event>,
 }
 
 /// A `local` environment (its command never runs: the script answers for it).
-fn environment(id: &str, timeout: u64, health_url: Option<&str>) -> Value {
+pub(super) fn environment(id: &str, timeout: u64, health_url: Option<&str>) -> Value {
     let mut environment = json!({"environment_id": id, "environment_type": "linux_local",
         "connection_method": "local", "command": ["true"], "timeout": timeout});
     if let Some(url) = health_url {
@@ -53,7 +49,7 @@ fn coordinator_on(host: &LocalHost, script: &Arc<Script>) -> Arc<Coordinator> {
 }
 
 /// A coordinator whose host is node `node` (boot `node-boot`) among several on one store.
-fn coordinator_on_node(
+pub(super) fn coordinator_on_node(
     host: &LocalHost,
     script: &Arc<Script>,
     node: Option<&str>,
@@ -75,7 +71,7 @@ fn coordinator_on_node(
     ))
 }
 
-async fn harness(environments: Vec<Value>) -> Harness {
+pub(super) async fn harness(environments: Vec<Value>) -> Harness {
     let host = LocalHost::in_memory().expect("an in-memory host");
     let script = Script::new();
     let coordinator = coordinator_on(&host, &script);
@@ -97,7 +93,7 @@ async fn harness(environments: Vec<Value>) -> Harness {
     }
 }
 
-fn request(environments: &[&str], version: &str, rollout: Value) -> StartRequest {
+pub(super) fn request(environments: &[&str], version: &str, rollout: Value) -> StartRequest {
     let rollout: RolloutJson = serde_json::from_value(rollout).expect("a rollout");
     StartRequest {
         environments: Some(environments.iter().map(|id| (*id).to_owned()).collect()),
@@ -124,7 +120,7 @@ impl Harness {
     }
 
     /// The deployment's state events from now until one satisfies `until` (that one included).
-    async fn events_until(
+    pub(super) async fn events_until(
         &mut self,
         id: &str,
         until: impl Fn(&str, &Value) -> bool,
@@ -148,7 +144,7 @@ impl Harness {
     }
 
     /// Events until the deployment reaches `phase`.
-    async fn until_phase(&mut self, id: &str, phase: Phase) -> Vec<(String, Value)> {
+    pub(super) async fn until_phase(&mut self, id: &str, phase: Phase) -> Vec<(String, Value)> {
         self.events_until(id, |kind, data| {
             kind == "deployment.phase" && data["status"] == phase.as_str()
         })
@@ -156,7 +152,7 @@ impl Harness {
     }
 
     /// Events until the deployment ends.
-    async fn until_end(&mut self, id: &str) -> Vec<(String, Value)> {
+    pub(super) async fn until_end(&mut self, id: &str) -> Vec<(String, Value)> {
         self.events_until(id, |kind, data| {
             kind == "deployment.phase"
                 && data["status"]
@@ -167,7 +163,7 @@ impl Harness {
         .await
     }
 
-    async fn record(&self, id: &str) -> DeploymentRecord {
+    pub(super) async fn record(&self, id: &str) -> DeploymentRecord {
         self.store()
             .record(id)
             .await
@@ -200,7 +196,7 @@ impl Harness {
     }
 }
 
-fn phases(events: &[(String, Value)]) -> Vec<String> {
+pub(super) fn phases(events: &[(String, Value)]) -> Vec<String> {
     events
         .iter()
         .filter(|(kind, _)| kind == "deployment.phase")
@@ -634,137 +630,4 @@ async fn a_large_batch_is_announced_by_events_that_stay_small_and_keep_their_num
             assert!(data["environments"].as_array().map_or(0, Vec::len) <= 100);
         }
     }
-}
-
-/// Writes node `node`'s record as the host keeps it, in `state`.
-fn node_record(host: &LocalHost, node: &str, state: &str) {
-    let record = json!({"node_id": node, "boot_id": format!("{node}-boot"), "beat": 1,
-        "heartbeat_at": "2026-01-01T00:00:00.000Z", "state": state, "lease_secs": 3});
-    host.host
-        .store_put(collection::CLUSTER_NODES, node, &record.to_string())
-        .expect("stored");
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_run_whose_entry_another_node_took_stops_and_writes_nothing_more() {
-    let host = LocalHost::in_memory().expect("an in-memory host");
-    let script = Script::new();
-    let coordinator = coordinator_on_node(&host, &script, Some("a"));
-    let environment = parse_one(environment("held", 600, None).to_string().as_bytes())
-        .expect("a valid environment");
-    coordinator
-        .catalog()
-        .create(environment)
-        .await
-        .expect("stored");
-    script.on("held", Step::Hang);
-    let mut events = host.events.subscribe();
-    let id = coordinator
-        .start(request(&["held"], "v1", json!({})))
-        .await
-        .expect("started")
-        .deployment_id;
-    loop {
-        let event = events.recv().await.expect("events");
-        if event.kind == "deployment.environment"
-            && event.data["environment"]["status"] == "running"
-        {
-            break;
-        }
-    }
-    let store = DeploymentStore::new(coordinator.records().clone());
-    let before = store
-        .record(&id)
-        .await
-        .expect("readable")
-        .expect("recorded");
-    // Node b takes the run over: its entry replaces a's.
-    let taken = json!({"boot_id": "b-boot", "node_id": "b", "node_boot": "b-boot", "epoch": 2});
-    host.host
-        .store_put(collection::ACTIVE, &id, &taken.to_string())
-        .expect("stored");
-    let ended = coordinator.run_ended(&id).expect("a runs it");
-    tokio::time::timeout(PATIENCE, ended.wait())
-        .await
-        .expect("the run stops once it sees its lease gone");
-    // Nothing of its end was written: the record, the environment, the entry and the claim are
-    // as node b found them.
-    let after = store
-        .record(&id)
-        .await
-        .expect("readable")
-        .expect("recorded");
-    assert_eq!(after.status, before.status);
-    assert!(after.finished_at.is_none());
-    let target = store.targets(&id).await.expect("readable");
-    assert_eq!(target[0].status, TargetStatus::Running, "{target:?}");
-    assert_eq!(
-        host.host
-            .store_get(collection::ACTIVE, &id)
-            .expect("readable"),
-        Some(taken.to_string())
-    );
-    assert!(host
-        .host
-        .store_get(collection::CLAIMS, "held")
-        .expect("readable")
-        .is_some());
-}
-
-#[tokio::test(start_paused = true)]
-async fn the_runs_of_a_lost_node_are_ended_once_by_a_node_that_watches() {
-    let mut harness = harness(Vec::new()).await;
-    // The harness's coordinator stands for nothing here: nodes a and b share its store.
-    let script = Script::new();
-    let a = coordinator_on_node(&harness.host, &script, Some("a"));
-    for id in ["d1", "d2"] {
-        let environment = parse_one(environment(id, 600, None).to_string().as_bytes())
-            .expect("a valid environment");
-        a.catalog().create(environment).await.expect("stored");
-        script.on(id, Step::Hang);
-    }
-    let id = a
-        .start(request(&["d1"], "v1", json!({})))
-        .await
-        .expect("started")
-        .deployment_id;
-    harness
-        .events_until(&id, |kind, data| {
-            kind == "deployment.environment" && data["environment"]["status"] == "running"
-        })
-        .await;
-    let b_host = harness.host.restarted().expect("a second process");
-    let b = coordinator_on_node(&b_host, &Script::new(), Some("b"));
-    node_record(&harness.host, "a", "active");
-    node_record(&harness.host, "b", "active");
-    assert_eq!(b.recover_lost_nodes().await.expect("watched"), 0);
-    let busy = b.start(request(&["d1"], "v2", json!({}))).await;
-    assert!(busy.is_err(), "d1 is a's while a beats");
-    // a is seen lost: b ends its run, once, and frees its environment.
-    let mut b_events = b_host.events.subscribe();
-    node_record(&harness.host, "a", "lost");
-    assert_eq!(b.recover_lost_nodes().await.expect("watched"), 1);
-    assert_eq!(b.recover_lost_nodes().await.expect("watched"), 0);
-    let published = b_events.try_recv().expect("b published the end");
-    assert_eq!(
-        (published.kind.as_str(), &published.data["status"]),
-        ("deployment.phase", &json!("interrupted"))
-    );
-    let record = harness.record(&id).await;
-    assert_eq!(record.status, Phase::Interrupted);
-    assert!(
-        record.errors.iter().any(|error| error.contains("node a")),
-        "{:?}",
-        record.errors
-    );
-    b.start(request(&["d1"], "v2", json!({})))
-        .await
-        .expect("the environment is free");
-    // a's run, still going in its process, sees its entry gone and writes nothing more.
-    if let Some(ended) = a.run_ended(&id) {
-        tokio::time::timeout(PATIENCE, ended.wait())
-            .await
-            .expect("a's run stops");
-    }
-    assert_eq!(harness.record(&id).await.status, Phase::Interrupted);
 }

@@ -60,6 +60,25 @@ impl ConnectionMethod {
             ConnectionMethod::Local => "local",
         }
     }
+
+    /// Whether a trigger of this kind may be sent again after a node that sent it was lost:
+    /// an HTTP receiver knows the request by its `Idempotency-Key`; a command run over SSH or
+    /// locally may have run in part.
+    pub fn resendable(self) -> bool {
+        matches!(self, ConnectionMethod::HttpApi | ConnectionMethod::Webhook)
+    }
+
+    /// The kind a result names (`connection_method`), read back.
+    pub fn parse(text: &str) -> Option<ConnectionMethod> {
+        [
+            ConnectionMethod::Ssh,
+            ConnectionMethod::HttpApi,
+            ConnectionMethod::Webhook,
+            ConnectionMethod::Local,
+        ]
+        .into_iter()
+        .find(|method| method.as_str() == text)
+    }
 }
 
 /// One target environment, valid by construction.

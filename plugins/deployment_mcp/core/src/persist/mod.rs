@@ -3,9 +3,10 @@
 //! it for a deployment's parts or hands it a transaction in the domain's words.
 //!
 //! - [`records`]: typed access to the host's store calls (on the blocking pool);
-//! - [`writes`]: one transaction of a deployment's writes, made under a run's [`Lease`] (the
-//!   one place where several nodes will fence a write);
-//! - [`runs`]: a run's release, cancel requests, the clean-up after a process that died;
+//! - [`writes`]: one transaction of a deployment's writes, made under a [`Lease`] (the one
+//!   place where a run's write is fenced);
+//! - [`runs`]: a run's release, cancel requests, the clean-up after a process that died, the
+//!   look at the nodes;
 //! - [`deployments`], [`history`], [`catalog`]: the repositories of deployments (records,
 //!   results, logs, idempotency keys), of the newest-first history and its indexes, of
 //!   environments (with their secrets, health and versions);
@@ -21,6 +22,8 @@ pub mod history;
 pub mod records;
 pub mod retention;
 pub mod runs;
+#[cfg(test)]
+pub mod test_records;
 pub mod writes;
 
 pub use writes::{Lease, NodeTag, Outcome, Writes};

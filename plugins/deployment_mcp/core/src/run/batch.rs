@@ -59,6 +59,16 @@ impl<O: RunOwner> Run<O> {
             .await;
         let mut running = tokio::task::JoinSet::new();
         for id in &ids {
+            // Ended before a takeover: its result stands.
+            if self
+                .targets
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .get(id)
+                .is_some_and(|target| target.status.is_terminal())
+            {
+                continue;
+            }
             let Some(environment) = by_id.get(id).cloned() else {
                 self.end_unstarted(id, TargetStatus::Failed, "the environment no longer exists")
                     .await;
@@ -245,8 +255,21 @@ impl<O: RunOwner> Run<O> {
                 self.save_target(&target).await;
                 target.status = TargetStatus::Running;
                 self.save_target(&target).await;
-                self.run_trigger(&environment, &context, self.stop.running().clone())
-                    .await
+                if !environment.connection_method().resendable() {
+                    // Stored before the command starts: a node that takes the run over must
+                    // know it may have run, and never starts it a second time.
+                    self.writer.flush().await;
+                }
+                if self.stop.requested().is_cancelled() {
+                    Err((
+                        TargetStatus::Cancelled,
+                        "stopped before it started".to_owned(),
+                        None,
+                    ))
+                } else {
+                    self.run_trigger(&environment, &context, self.stop.running().clone())
+                        .await
+                }
             }
         };
         let succeeded = match outcome {

@@ -104,6 +104,10 @@ pub(crate) enum Start {
     Fresh,
     AfterGate,
     Rollback,
+    /// Taken over from a node that was lost: from where its record says it was (its EC2
+    /// phase, a gate that was baking, or its first batch not ended), finished environments
+    /// kept.
+    Resume,
 }
 
 /// Progress points between two stores of the record for progress alone: the record holds every
@@ -258,6 +262,7 @@ impl<O: RunOwner> Run<O> {
             }
             Start::AfterGate => Step::Batch(1),
             Start::Rollback => Step::RollBackByHand,
+            Start::Resume => self.resume_at().await,
         };
         let end = loop {
             step = match step {
@@ -423,6 +428,32 @@ impl<O: RunOwner> Run<O> {
         )
         .await
     }
+    /// Where a run taken over from a lost node goes on.
+    async fn resume_at(&self) -> Step {
+        let record = self.record.lock().await;
+        if self.ec2.is_some() && record.ec2 == crate::model::Ec2Phase::Pending {
+            return Step::Ec2;
+        }
+        if record
+            .gate
+            .as_ref()
+            .is_some_and(|gate| gate.status == crate::deployment::GateStatus::Waiting)
+        {
+            return Step::Gate;
+        }
+        record
+            .batches
+            .iter()
+            .position(|batch| {
+                matches!(
+                    batch.status,
+                    crate::deployment::BatchStatus::Pending
+                        | crate::deployment::BatchStatus::Running
+                )
+            })
+            .map_or(Step::Conclude, Step::Batch)
+    }
+
     /// What every trigger of this run is told.
     async fn context(&self, log: LogSink) -> TriggerContext {
         let record = self.record.lock().await;
@@ -434,6 +465,7 @@ impl<O: RunOwner> Run<O> {
             rollback: false,
             log,
             stop: Default::default(),
+            fence: self.lease.epoch(),
         }
     }
 

@@ -71,6 +71,7 @@ impl Trigger for HttpApiTrigger {
             .post(&url)
             .map_err(|refused| refused_failure(&url, &refused))?
             .json(&body);
+        request = super::resend_headers(request, context, &self.environment_id);
         if let Some(token) = &self.connection.api_token {
             request = request.bearer_auth(token);
         }

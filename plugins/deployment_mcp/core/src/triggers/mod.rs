@@ -38,6 +38,27 @@ pub struct TriggerContext {
     /// and cleans up (kills its whole process tree, reaps it) before it returns, instead of
     /// being dropped mid-flight.
     pub stop: StopSignal,
+    /// The run's fencing token (its lease's epoch): a node that took the run over sends with a
+    /// higher one.
+    pub fence: u64,
+}
+
+/// Headers that let an HTTP receiver recognise a trigger sent again after another node took the
+/// run over: one `Idempotency-Key` per deployment, environment and direction, and the run's
+/// fencing token in `X-PowerAutomation-Fence` (the higher one is the run that holds it now).
+pub fn resend_headers(
+    request: reqwest::RequestBuilder,
+    context: &TriggerContext,
+    environment_id: &str,
+) -> reqwest::RequestBuilder {
+    let key = if context.rollback {
+        format!("{}/{environment_id}/rollback", context.deployment_id)
+    } else {
+        format!("{}/{environment_id}", context.deployment_id)
+    };
+    request
+        .header("Idempotency-Key", key)
+        .header("X-PowerAutomation-Fence", context.fence.to_string())
 }
 
 /// Cancel and deadline of one trigger.

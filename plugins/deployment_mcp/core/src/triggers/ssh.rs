@@ -699,6 +699,7 @@ mod tests {
             rollback: false,
             log: LogSink::channel(1).0,
             stop: Default::default(),
+            fence: 1,
         }
     }
 

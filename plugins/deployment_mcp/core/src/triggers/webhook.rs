@@ -87,6 +87,7 @@ impl Trigger for WebhookTrigger {
             .post(&url)
             .map_err(|refused| refused_failure(&url, &refused))?
             .header("content-type", "application/json");
+        request = super::resend_headers(request, context, &self.environment_id);
         if let Some(secret) = &self.connection.secret {
             request = request.header(SIGNATURE_HEADER, signature(secret, &body)?);
         }

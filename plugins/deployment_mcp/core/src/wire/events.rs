@@ -166,6 +166,23 @@ pub struct DeletedEvent {
     pub environment_id: EnvironmentId,
 }
 
+/// Event `deployment.takeover`: a node took over a deployment whose node was lost, and runs the
+/// rest of it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TakeoverEvent {
+    pub deployment_id: DeploymentId,
+    /// The node that was lost.
+    pub from_node: String,
+    /// The node that runs it now.
+    pub to_node: String,
+    /// The run's new fencing token (`X-PowerAutomation-Fence` of what it sends).
+    pub epoch: u64,
+    /// Environments in flight at the loss and sent again (`http_api`, `webhook`).
+    pub resent: Vec<EnvironmentId>,
+    /// Environments in flight at the loss and not sent again (`ssh`, `local`).
+    pub interrupted: Vec<EnvironmentId>,
+}
+
 /// Every event the plugin publishes on the host's bus, by kind: the publisher builds one, a
 /// subscriber (the CLI) reads one back with [`Event::read`].
 #[derive(Debug, Clone)]
@@ -178,6 +195,7 @@ pub enum Event {
     Log(LogEvent),
     Health(HealthEvent),
     Deleted(DeletedEvent),
+    Takeover(TakeoverEvent),
 }
 
 /// An event's data did not have its kind's shape.
@@ -191,7 +209,7 @@ pub struct BadEvent {
 
 impl Event {
     /// The kinds, as subscribers see them (`event:` on the SSE stream).
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; 8] = [
         "deployment.phase",
         "deployment.environment",
         "deployment.batch",
@@ -199,6 +217,7 @@ impl Event {
         "deployment.log",
         "environment.health",
         "environment.deleted",
+        "deployment.takeover",
     ];
 
     pub fn kind(&self) -> &'static str {
@@ -210,6 +229,7 @@ impl Event {
             Event::Log(_) => 4,
             Event::Health(_) => 5,
             Event::Deleted(_) => 6,
+            Event::Takeover(_) => 7,
         };
         Event::KINDS[index]
     }
@@ -222,6 +242,7 @@ impl Event {
             Event::Batch(event) => Some(&event.deployment_id),
             Event::Gate(event) => Some(&event.deployment_id),
             Event::Log(event) => Some(&event.deployment_id),
+            Event::Takeover(event) => Some(&event.deployment_id),
             Event::Health(_) | Event::Deleted(_) => None,
         }
     }
@@ -245,6 +266,7 @@ impl Event {
             "deployment.gate" => Event::Gate(parse(kind, data)?),
             "deployment.log" => Event::Log(parse(kind, data)?),
             "environment.health" => Event::Health(parse(kind, data)?),
+            "deployment.takeover" => Event::Takeover(parse(kind, data)?),
             _ => Event::Deleted(parse(kind, data)?),
         };
         Ok(Some(event))
@@ -261,6 +283,7 @@ impl Event {
             Event::Log(event) => serde_json::to_value(event),
             Event::Health(event) => serde_json::to_value(event),
             Event::Deleted(event) => serde_json::to_value(event),
+            Event::Takeover(event) => serde_json::to_value(event),
         };
         let mut data = encoded.unwrap_or_default();
         if let (Some(seq), serde_json::Value::Object(fields)) = (seq, &mut data) {
