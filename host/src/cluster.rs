@@ -36,6 +36,8 @@ pub const NODES: &str = "cluster_nodes";
 fn runs_of(plugin: &str) -> String {
     format!("{plugin}.active")
 }
+/// How often a node reads the others' records, at most.
+const WATCH_PERIOD: Duration = Duration::from_millis(250);
 /// Rows read per page of a collection.
 const PAGE: u32 = 1000;
 
@@ -198,28 +200,32 @@ impl Membership {
     }
 
     /// Beats until `stop`; cancels `lost_id` (the host stops) when another host took the id.
+    /// It watches the others more often than it beats: a change is seen at most a watch period
+    /// after it was stored, which is what a lost node's verdict waits on beyond the lease.
     pub async fn run(self: Arc<Self>, stop: CancellationToken, lost_id: CancellationToken) {
-        let period = self.lease / 3;
-        let mut ticks = tokio::time::interval(period);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beats = tokio::time::interval(self.lease / 3);
+        beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watches = tokio::time::interval(WATCH_PERIOD.min(self.lease / 3));
+        watches.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
-            match self.beat().await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::error!(node = %self.node_id, "another host took this node id: stopping; give each host its own cluster.node_id");
-                    lost_id.cancel();
-                    return;
+                _ = beats.tick() => match self.beat().await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::error!(node = %self.node_id, "another host took this node id: stopping; give each host its own cluster.node_id");
+                        lost_id.cancel();
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(node = %self.node_id, %error, "heartbeat not stored; retrying")
+                    }
+                },
+                _ = watches.tick() => {
+                    if let Err(error) = self.watch().await {
+                        tracing::warn!(%error, "cannot read the other nodes' heartbeats; retrying");
+                    }
                 }
-                Err(error) => {
-                    tracing::warn!(node = %self.node_id, %error, "heartbeat not stored; retrying")
-                }
-            }
-            if let Err(error) = self.watch().await {
-                tracing::warn!(%error, "cannot read the other nodes' heartbeats; retrying");
             }
         }
     }

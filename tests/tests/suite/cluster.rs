@@ -4,7 +4,7 @@
 //! same `Idempotency-Key` and a higher `X-PowerAutomation-Fence`, a `local` one interrupted, the
 //! environments not started started); a node paused past its lease (SIGSTOP) that wakes writes
 //! nothing more to the run it lost; a draining node starts nothing new; a drain names unknown
-//! nodes.
+//! nodes; a cancel and an idempotency key reach across nodes.
 
 use std::time::Duration;
 
@@ -261,6 +261,49 @@ async fn a_draining_node_starts_nothing_new_and_a_drain_names_unknown_nodes() {
     let id = started(&a, serde_json::json!({"environments": ["slow"]})).await;
     let record: Value = e2e::scenario::finished(&b, &id).await;
     assert_eq!(record["status"], "completed", "{record}");
+    assert!(a.stop().is_some_and(|status| status.success()));
+    assert!(b.stop().is_some_and(|status| status.success()));
+}
+
+/// `POST /trigger-local` on `host` as admin with `Idempotency-Key: key`.
+async fn trigger_with_key(host: &TestHost, key: &str, body: Value) -> (u16, Value) {
+    let response = host
+        .client()
+        .post(format!("{}/api/deployment/trigger-local", host.url))
+        .header("X-API-Key", ADMIN_KEY)
+        .header("Idempotency-Key", key)
+        .json(&body)
+        .send()
+        .await
+        .expect("an answer");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_cancel_or_a_repeated_key_on_another_node_reaches_the_run_where_it_runs() {
+    let server = TestPostgres::start("cluster-cancel");
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(a_dir.path(), &server, "node-a").await;
+    let b = node(b_dir.path(), &server, "node-b").await;
+    until_seen(&b, "node-a", "active").await;
+
+    // One idempotency key sent to both nodes: one deployment, the same answer.
+    let body = serde_json::json!({"environments": ["stuck"]});
+    let (status, first) = trigger_with_key(&a, "cluster-key-1", body.clone()).await;
+    assert_eq!(status, 202, "{first}");
+    let (status, again) = trigger_with_key(&b, "cluster-key-1", body).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["deployment_id"], first["deployment_id"]);
+    let id = first["deployment_id"].as_str().expect("an id").to_owned();
+    status_within(&b, &id, CLUSTER_WAIT, |status| status == "local_deploying").await;
+
+    // A cancel on node-b stops the run on node-a (which looks for cancels every 500 ms).
+    let path = format!("/api/deployment/deployments/{id}/cancel");
+    let (status, answer) = b.call(Method::POST, &path, Some(ADMIN_KEY), None).await;
+    assert!(matches!(status, 200 | 202), "{status}: {answer}");
+    let record = e2e::scenario::finished_within(&b, &id, CLUSTER_WAIT).await;
+    assert_eq!(record["status"], "cancelled", "{record}");
     assert!(a.stop().is_some_and(|status| status.success()));
     assert!(b.stop().is_some_and(|status| status.success()));
 }
