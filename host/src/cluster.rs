@@ -271,23 +271,7 @@ impl Membership {
             state,
             lease_secs: self.lease.as_secs(),
         };
-        let value = encode(&record)?;
-        let store = Arc::clone(&self.store);
-        let key = self.node_id.clone();
-        let conflict = blocking(move || {
-            let condition = match &read {
-                Some(read) => Condition::Equals(read),
-                None => Condition::Absent,
-            };
-            store.apply(&[Op {
-                collection: NODES,
-                key: &key,
-                condition,
-                write: Write::Put(&value),
-            }])
-        })
-        .await?;
-        if conflict.is_some() {
+        if !self.replace(&self.node_id, read, encode(&record)?).await? {
             // Changed since it was read (a drain, a verdict): the next beat reads it again.
             return Ok(());
         }
@@ -302,6 +286,27 @@ impl Membership {
             },
         );
         Ok(())
+    }
+
+    /// Writes `text` as node `key`'s record if the record is still `read` (absent: `None`);
+    /// false when it changed meanwhile.
+    async fn replace(&self, key: &str, read: Option<String>, text: String) -> Result<bool, String> {
+        let store = Arc::clone(&self.store);
+        let key = key.to_owned();
+        let conflict = blocking(move || {
+            let condition = match &read {
+                Some(read) => Condition::Equals(read),
+                None => Condition::Absent,
+            };
+            store.apply(&[Op {
+                collection: NODES,
+                key: &key,
+                condition,
+                write: Write::Put(&text),
+            }])
+        })
+        .await?;
+        Ok(conflict.is_none())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, View> {
@@ -346,19 +351,7 @@ impl Membership {
         }
         for (key, read, mut record) in verdicts {
             record.state = NodeState::Lost;
-            let text = encode(&record)?;
-            let store = Arc::clone(&self.store);
-            let node = key.clone();
-            let conflict = blocking(move || {
-                store.apply(&[Op {
-                    collection: NODES,
-                    key: &node,
-                    condition: Condition::Equals(&read),
-                    write: Write::Put(&text),
-                }])
-            })
-            .await?;
-            if conflict.is_none() {
+            if self.replace(&key, Some(read), encode(&record)?).await? {
                 if let Some(seen) = self.lock().nodes.get_mut(&key) {
                     seen.record.state = NodeState::Lost;
                 }
@@ -448,19 +441,11 @@ impl Membership {
             }
             record.state = NodeState::Draining;
             let text = encode(&record).map_err(DrainError::Store)?;
-            let store = Arc::clone(&self.store);
-            let key = node_id.to_owned();
-            let conflict = blocking(move || {
-                store.apply(&[Op {
-                    collection: NODES,
-                    key: &key,
-                    condition: Condition::Equals(&read),
-                    write: Write::Put(&text),
-                }])
-            })
-            .await
-            .map_err(DrainError::Store)?;
-            if conflict.is_none() {
+            let replaced = self
+                .replace(node_id, Some(read), text)
+                .await
+                .map_err(DrainError::Store)?;
+            if replaced {
                 let changed = Instant::now();
                 let mut view = self.lock();
                 let seen = view.nodes.entry(node_id.to_owned()).or_insert(Seen {
