@@ -18,7 +18,7 @@ use crate::{
         slot::{LoadContext, PluginSlot},
         watch,
     },
-    services::events::EventBus,
+    services::{cluster_events::ClusterEvents, events::EventBus},
 };
 
 pub fn init_logging(config: &Config) {
@@ -70,7 +70,7 @@ pub async fn serve(
     let address = listener
         .local_addr()
         .map_err(|error| format!("cannot read the listening address: {error}"))?;
-    let store = open_store(&config.storage.url, data_dir.path()).await?;
+    let (store, shared) = open_store(&config.storage.url, data_dir.path()).await?;
     // Named after the configured port, not the one bound: a host on port 0 keeps its id across
     // restarts, so its own earlier runs are recovered at start rather than by the watch.
     let node_id = config.cluster.node_id(config.server.listen);
@@ -88,6 +88,25 @@ pub async fn serve(
     let id_taken = CancellationToken::new();
     let beating = CancellationToken::new();
     tokio::spawn(Arc::clone(&membership).run(beating.clone(), id_taken.clone()));
+    // Before plugins start, so what they publish at start reaches every node.
+    let bus = Arc::new(EventBus::new());
+    let cluster_events = match shared {
+        Some(shared) => {
+            let (bus, node_id, boot_id) = (
+                Arc::clone(&bus),
+                node_id.clone(),
+                lifecycle.boot_id().to_owned(),
+            );
+            let started = tokio::task::spawn_blocking(move || {
+                ClusterEvents::start(shared, bus, node_id, boot_id)
+            })
+            .await
+            .map_err(|error| format!("starting the event log failed: {error}"))?
+            .map_err(|error| format!("cannot read the event log: {error}"))?;
+            Some(started)
+        }
+        None => None,
+    };
     // Plugins see this node's lifecycle record where they look for the host's.
     let store: Arc<dyn RecordStore> = Arc::new(NodeStore {
         inner: store,
@@ -106,7 +125,6 @@ pub async fn serve(
         }
     }
 
-    let bus = Arc::new(EventBus::new());
     let retirements = Retirements::default();
     let copies_dir = data_dir
         .private_subdir("plugin-copies")
@@ -219,6 +237,10 @@ pub async fn serve(
     if pending > 0 {
         tracing::warn!(pending, "plugin instances still stopping at exit");
     }
+    // What the plugins published last reaches the other nodes before this one leaves.
+    if let Some(cluster_events) = cluster_events {
+        let _ = tokio::task::spawn_blocking(move || cluster_events.stop(EVENTS_FLUSH)).await;
+    }
     // The node leaves once its runs are recorded; where another host took its id, that host's
     // record stays.
     beating.cancel();
@@ -250,20 +272,28 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
+/// How long the events a stopping host's plugins published last may take to reach the log.
+const EVENTS_FLUSH: Duration = Duration::from_secs(3);
+
 /// The record store: the embedded SQLite file in the data directory, or the PostgreSQL server
-/// `url` names, which other hosts (nodes) may share.
-async fn open_store(url: &str, data_dir: &std::path::Path) -> Result<Arc<dyn RecordStore>, String> {
+/// `url` names, which other hosts (nodes) may share (then returned a second time, as the
+/// server that also keeps the cluster's event log).
+async fn open_store(
+    url: &str,
+    data_dir: &std::path::Path,
+) -> Result<(Arc<dyn RecordStore>, Option<Arc<PgStore>>), String> {
     let url = url.to_owned();
     let path = data_dir.to_path_buf();
-    tokio::task::spawn_blocking(move || -> Result<Arc<dyn RecordStore>, String> {
+    type Opened = (Arc<dyn RecordStore>, Option<Arc<PgStore>>);
+    tokio::task::spawn_blocking(move || -> Result<Opened, String> {
         if url.is_empty() {
             let store = Store::open(&path, DATABASE_FILE).map_err(|error| error.to_string())?;
             tracing::info!(path = %store.path().display(), "store open");
-            return Ok(Arc::new(store));
+            return Ok((Arc::new(store), None));
         }
-        let store = PgStore::open(&url).map_err(|error| error.to_string())?;
+        let store = Arc::new(PgStore::open(&url).map_err(|error| error.to_string())?);
         tracing::info!(server = store.shown(), "store open on PostgreSQL");
-        Ok(Arc::new(store))
+        Ok((Arc::clone(&store) as Arc<dyn RecordStore>, Some(store)))
     })
     .await
     .map_err(|error| format!("opening the store failed: {error}"))?

@@ -27,7 +27,9 @@ pub trait HostServices: Send + Sync {
     fn log(&self, level: LogLevel, target: RStr<'_>, message: RStr<'_>);
 
     /// Publishes an event to every subscriber of the host's event stream. `data` is JSON.
-    /// Returns the event id the host assigned.
+    /// Returns the event id the host assigned, or 0 when it was not published or is numbered
+    /// later (hosts that share a database number events when they write them to the shared
+    /// log).
     fn publish(&self, kind: RStr<'_>, data: RStr<'_>) -> u64;
 
     /// Inserts or replaces `key` in `collection`. `value` is JSON.

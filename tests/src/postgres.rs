@@ -138,9 +138,17 @@ impl TestPostgres {
         &self.dir
     }
 
-    /// Ends every client connection, as a server restart or an administrator would (`psql`,
-    /// which Debian's server package brings).
+    /// Ends every client connection, as a server restart or an administrator would.
     pub fn end_connections(&self) {
+        self.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        );
+    }
+
+    /// Runs `sql` with `psql` (which Debian's server package brings); its rows, one per line,
+    /// fields separated by `|`.
+    pub fn query(&self, sql: &str) -> String {
         let beside = self.bin.join("psql");
         let psql = if beside.is_file() {
             beside
@@ -148,20 +156,36 @@ impl TestPostgres {
             PathBuf::from("psql")
         };
         let output = Command::new(&psql)
-            .args([
-                &self.url,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
-            ])
+            .args([&self.url, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
             .output()
             .unwrap_or_else(|error| panic!("running {}: {error}", psql.display()));
         assert!(
             output.status.success(),
             "psql failed: {}",
             String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The process ids of the server's backends serving connections named `application_name`.
+    pub fn backends_named(&self, application_name: &str) -> Vec<u32> {
+        self.query(&format!(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = '{application_name}'"
+        ))
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect()
+    }
+
+    /// Restarts the server (fast shutdown: clients are disconnected), on the same port and data.
+    pub fn restart(&self) {
+        let data = self.dir.join("data").display().to_string();
+        let log = self.dir.join("log").display().to_string();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D", &data, "-l", &log, "-m", "fast", "-w", "-t", "60", "restart",
+            ],
         );
     }
 }

@@ -9,7 +9,8 @@
 //!   a PostgreSQL backend can offer the same ones.
 //! - [`RecordStore`]: those operations as a trait, which [`Store`], [`PgStore`] (a shared
 //!   PostgreSQL server, for several hosts on one database) and the in-memory [`MemoryStore`]
-//!   (for tests without a disk) implement alike;
+//!   (for tests without a disk) implement alike; on PostgreSQL, also the cluster's event log
+//!   (`pa_events`, [`PgStore::append_events`], [`EventListener`]), one order for every node;
 //! - [`DataDir`]: the data directory, private (0700, files 0600) and locked for one process:
 //!   a second process exits naming the holder instead of touching what the first one runs.
 
@@ -19,6 +20,7 @@
 mod abi;
 mod data_dir;
 mod memory;
+mod pg_events;
 mod postgres;
 mod store;
 
@@ -26,6 +28,9 @@ mod store;
 pub use abi::{apply_abi, delete_abi, get_abi, list_abi, op_from_parts, put_abi};
 pub use data_dir::{DataDir, DataDirError};
 pub use memory::MemoryStore;
+pub use pg_events::{
+    EventListener, LoggedEvent, NewEvent, UserView, EVENTS_CHANNEL, LISTENER_NAME,
+};
 pub use postgres::PgStore;
 pub use store::{
     Condition, Conflict, Op, Store, StoreCounts, StoreError, Write, MAX_LIST, MAX_VALUE_LEN,

@@ -48,10 +48,22 @@ const SCHEMA: &str = "
         key TEXT COLLATE \"C\" NOT NULL,
         value TEXT NOT NULL,
         PRIMARY KEY (collection, key)
+    );
+    CREATE TABLE IF NOT EXISTS pa_events (
+        id BIGSERIAL PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        boot_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL,
+        user_data TEXT,
+        for_users BOOLEAN NOT NULL,
+        at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        UNIQUE (boot_id, seq)
     )";
 
 pub struct PgStore {
-    config: postgres::Config,
+    pub(crate) config: postgres::Config,
     /// The server as it may be shown: host, port and database, never the password.
     shown: String,
     pool: Mutex<Pool>,
@@ -68,13 +80,13 @@ struct Pool {
 
 /// A pooled connection, given back when dropped. One that broke (a server restart) is
 /// forgotten together with every idle one: those were made before it, and are as stale.
-struct Lent<'a> {
+pub(crate) struct Lent<'a> {
     store: &'a PgStore,
     client: Option<Client>,
 }
 
 impl Lent<'_> {
-    fn client(&mut self) -> Result<&mut Client, StoreError> {
+    pub(crate) fn client(&mut self) -> Result<&mut Client, StoreError> {
         self.client.as_mut().ok_or_else(|| StoreError::Postgres {
             action: "use a pooled connection".into(),
             message: "the connection was already given back".into(),
@@ -177,7 +189,7 @@ impl PgStore {
     }
 
     /// An idle connection, a new one while the pool has room, or the next one given back.
-    fn lend(&self) -> Result<Lent<'_>, StoreError> {
+    pub(crate) fn lend(&self) -> Result<Lent<'_>, StoreError> {
         let deadline = Instant::now() + POOL_WAIT;
         let mut pool = self.pool();
         loop {
@@ -222,10 +234,16 @@ impl PgStore {
 
     /// A new connection, retried with backoff (a server restarting refuses for a moment).
     fn connect(&self) -> Result<Client, StoreError> {
+        self.connect_with(&self.config)
+    }
+
+    /// A new connection with `config` (this store's, or one derived from it), retried with
+    /// backoff.
+    pub(crate) fn connect_with(&self, config: &postgres::Config) -> Result<Client, StoreError> {
         let mut wait = FIRST_BACKOFF;
         let mut attempt = 1;
         loop {
-            match self.config.connect(NoTls) {
+            match config.connect(NoTls) {
                 Ok(client) => return Ok(client),
                 Err(error) if attempt >= CONNECT_ATTEMPTS => {
                     return Err(StoreError::postgres(
@@ -244,7 +262,7 @@ impl PgStore {
 
     /// Runs a write on a pooled connection. Not run again when its connection broke: the
     /// server may have applied it.
-    fn write<T>(
+    pub(crate) fn write<T>(
         &self,
         action: impl Fn() -> String,
         call: impl Fn(&mut Client) -> Result<T, postgres::Error>,
@@ -255,7 +273,7 @@ impl PgStore {
 
     /// Runs a read on a pooled connection; one that failed because its connection broke is run
     /// once more on a new one.
-    fn read<T>(
+    pub(crate) fn read<T>(
         &self,
         action: impl Fn() -> String,
         call: impl Fn(&mut Client) -> Result<T, postgres::Error>,
@@ -286,7 +304,7 @@ fn shown(config: &postgres::Config) -> String {
 }
 
 impl StoreError {
-    fn postgres(action: impl Into<String>, error: &postgres::Error) -> StoreError {
+    pub(crate) fn postgres(action: impl Into<String>, error: &postgres::Error) -> StoreError {
         // The server's own message names what it refused; the client's wrapper alone says
         // only "db error".
         let message = match error.as_db_error() {

@@ -199,6 +199,10 @@ impl Metrics {
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
+                // Another node's events are counted there, so a sum over nodes counts each once.
+                if !event.local {
+                    continue;
+                }
                 let Ok(data) = serde_json::from_str::<serde_json::Value>(&event.data) else {
                     continue;
                 };

@@ -5,6 +5,10 @@
 //! user never receives log lines or connection details, whatever a plugin publishes. At most
 //! `server.max_streams` streams are open at once, and `server.max_streams_per_client` per key
 //! and per client address; one more is answered 503.
+//!
+//! On a host that shares its store with other nodes, every node serves the same events with the
+//! same ids: a client may resume with `Last-Event-ID` on another node, and what left this node's
+//! replay buffer is read back from the cluster's event log.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -28,7 +32,7 @@ use super::{
 };
 use crate::{
     auth::{require, Principal},
-    services::events::Event,
+    services::events::{Event, REPLAY},
 };
 
 pub async fn events(
@@ -57,21 +61,42 @@ pub async fn events(
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<u64>().ok());
-    let subscription = app.bus.subscribe_after(last_id);
+    let mut subscription = app.bus.subscribe_after(last_id);
+    // On a shared bus, what left this node's buffer is read back from the cluster's log.
+    let mut archived = Vec::new();
+    if let (true, Some(archive), Some(after)) = (subscription.gap, app.bus.archive(), last_id) {
+        let before = subscription.buffered_from;
+        match tokio::task::spawn_blocking(move || archive.between(after, before, REPLAY)).await {
+            Ok(Ok(Some(events))) => {
+                archived = events;
+                subscription.gap = false;
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "events before the replay buffer could not be read from the event log; the client is told to reload")
+            }
+            Err(error) => tracing::warn!(%error, "reading the event log failed"),
+        }
+    }
+    let seen_up_to = subscription.seen_up_to;
     let gap = subscription.gap.then(|| {
         Ok(SseEvent::default().event("reset").data(
             "{\"reason\":\"events after Last-Event-ID are no longer buffered; reload the state\"}",
         ))
     });
     // Converted as the client reads: the missed events are shared with the bus, not copied.
+    let archived = futures_util::stream::iter(archived)
+        .filter_map(move |event| std::future::ready(to_sse(&event, role).map(Ok)));
     let replay = futures_util::stream::iter(subscription.missed)
         .filter_map(move |event| std::future::ready(to_sse(&event, role).map(Ok)));
     let subscribed = app.metrics.sse_subscriber();
     let stream = futures_util::stream::iter(gap)
+        .chain(archived)
         .chain(replay)
         .chain(event_stream(
             BroadcastStream::new(subscription.receiver),
             role,
+            seen_up_to,
         ))
         // The host is stopping: end the stream, so the connection can close.
         .take_until(tokio_util::sync::CancellationToken::clone(&app.shutdown).cancelled_owned())
@@ -96,12 +121,15 @@ fn to_sse(event: &Event, role: Role) -> Option<SseEvent> {
     )
 }
 
+/// The live events, in `role`'s view, past those the client has seen.
 fn event_stream(
     receiver: BroadcastStream<Arc<Event>>,
     role: Role,
+    seen_up_to: u64,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     receiver.filter_map(move |item| {
         let event = match item {
+            Ok(event) if event.id <= seen_up_to => None,
             Ok(event) => to_sse(&event, role),
             Err(BroadcastStreamRecvError::Lagged(missed)) => Some(
                 SseEvent::default()

@@ -8,14 +8,24 @@
 //! An event may carry a second, smaller view for users: what only developers may see
 //! (connection details, log lines) is published in the full view only, and a user's stream gets
 //! the user view or nothing. Both views share the event's id.
+//!
+//! On a store several nodes share, the bus is *shared* ([`EventBus::share`]): a published event
+//! goes to the [`Outbound`] queue, is written to the cluster's event log, which numbers it, and
+//! comes back to every node's bus through [`EventBus::deliver`] (`services::cluster_events`).
+//! Every node then serves the same events with the same ids in the same order, a client may
+//! resume on any node, and what left this node's replay buffer is read back from the log
+//! ([`Archive`]).
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use plugin_api::Role;
+pub use record_store::UserView;
 use tokio::sync::broadcast;
+
+use super::outbound::{Outbound, Weighed};
 
 pub const CAPACITY: usize = 1024;
 pub const REPLAY: usize = 4096;
@@ -32,17 +42,15 @@ pub struct Event {
     /// JSON text: what developers and admins see.
     pub data: String,
     pub user_view: UserView,
+    /// Published by this process (not another node): what this node's metrics count.
+    pub local: bool,
 }
 
-/// What a subscriber with the `user` role receives of an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UserView {
-    /// The same data as everyone.
-    Same,
-    /// Another (redacted) JSON text.
-    Redacted(String),
-    /// Nothing: users do not receive this event.
-    Hidden,
+/// Events older than the replay buffer, read from where they are kept (the cluster's log).
+pub trait Archive: Send + Sync {
+    /// The events with `after < id < before`, in order, at most `limit`; `None` when events
+    /// after `after` are no longer kept. Blocks (a database read).
+    fn between(&self, after: u64, before: u64, limit: usize) -> Result<Option<Vec<Event>>, String>;
 }
 
 impl Event {
@@ -66,7 +74,23 @@ struct Recent {
     bytes: usize,
 }
 
-impl Event {
+impl Recent {
+    /// Keeps `event` (numbered after every event kept) for replay, within the bounds.
+    fn remember(&mut self, event: Arc<Event>) {
+        let size = event.size();
+        while self.events.len() >= REPLAY || self.bytes + size > REPLAY_BYTES {
+            let Some(oldest) = self.events.pop_front() else {
+                break;
+            };
+            self.bytes -= oldest.size();
+        }
+        self.next_id = event.id + 1;
+        self.bytes += size;
+        self.events.push_back(event);
+    }
+}
+
+impl Weighed for Event {
     /// What the event takes in memory, roughly: its texts.
     fn size(&self) -> usize {
         let user = match &self.user_view {
@@ -77,11 +101,24 @@ impl Event {
     }
 }
 
+impl Event {
+    fn has_nul(&self) -> bool {
+        let user = match &self.user_view {
+            UserView::Redacted(data) => data.contains('\0'),
+            UserView::Same | UserView::Hidden => false,
+        };
+        user || self.kind.contains('\0') || self.data.contains('\0')
+    }
+}
+
 pub struct EventBus {
     /// Held only to number, remember and send one event, so ids go out in order and a new
     /// subscriber's replay and live stream neither overlap nor leave a gap.
     recent: Mutex<Recent>,
     sender: broadcast::Sender<Arc<Event>>,
+    /// Set when the bus is shared: where published events go to be numbered.
+    outbound: OnceLock<Arc<Outbound<Event>>>,
+    archive: OnceLock<Arc<dyn Archive>>,
 }
 
 /// A new subscriber: the buffered events after its `Last-Event-ID`, then the live receiver.
@@ -89,6 +126,11 @@ pub struct Subscription {
     pub missed: Vec<Arc<Event>>,
     /// Events after the client's last id had already left the replay buffer.
     pub gap: bool,
+    /// The first id the replay buffer held (what an [`Archive`] is asked for goes below it).
+    pub buffered_from: u64,
+    /// Live events with ids up to this one were seen by the client already: on a shared bus a
+    /// client may resume on a node whose log reader is behind the node it came from.
+    pub seen_up_to: u64,
     pub receiver: broadcast::Receiver<Arc<Event>>,
 }
 
@@ -108,7 +150,44 @@ impl EventBus {
                 bytes: 0,
             }),
             sender,
+            outbound: OnceLock::new(),
+            archive: OnceLock::new(),
         }
+    }
+
+    /// Makes the bus shared with other nodes: from now on published events go to the returned
+    /// queue (for the cluster's log), and only [`EventBus::deliver`] numbers and sends them.
+    /// `tail` is the end of the log, kept for replay; `archive` serves what lies before it.
+    pub fn share(&self, tail: Vec<Event>, archive: Arc<dyn Archive>) -> Arc<Outbound<Event>> {
+        let outbound = Arc::clone(self.outbound.get_or_init(Arc::default));
+        let _ = self.archive.set(archive);
+        let mut recent = self.recent();
+        for event in tail {
+            recent.remember(Arc::new(event));
+        }
+        outbound
+    }
+
+    /// Numbered elsewhere (the cluster's log): kept for replay and sent to subscribers. An id
+    /// at or below one already delivered is passed over.
+    pub fn deliver(&self, event: Event) {
+        let mut recent = self.recent();
+        if event.id < recent.next_id {
+            return;
+        }
+        let event = Arc::new(event);
+        recent.remember(Arc::clone(&event));
+        let _ = self.sender.send(event);
+    }
+
+    /// The last id delivered or published (0: none).
+    pub fn last_id(&self) -> u64 {
+        self.recent().next_id - 1
+    }
+
+    /// Where events older than the replay buffer are read, on a shared bus.
+    pub fn archive(&self) -> Option<Arc<dyn Archive>> {
+        self.archive.get().cloned()
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
@@ -123,13 +202,15 @@ impl EventBus {
     }
 
     /// Publishes an event with its user view; returns its id, or 0 when the event is over
-    /// [`MAX_EVENT_BYTES`] and was not published. Never waits on subscribers.
+    /// [`MAX_EVENT_BYTES`] and was not published, or when the bus is shared (the cluster's log
+    /// numbers the event when it is written). Never waits on subscribers or on the log.
     pub fn publish_views(&self, kind: &str, data: String, user_view: UserView) -> u64 {
         let mut event = Event {
             id: 0,
             kind: kind.to_owned(),
             data,
             user_view,
+            local: true,
         };
         let size = event.size();
         if size > MAX_EVENT_BYTES {
@@ -141,19 +222,20 @@ impl EventBus {
             );
             return 0;
         }
+        if let Some(outbound) = self.outbound.get() {
+            // The log numbers it; the id is not known yet.
+            if event.has_nul() {
+                tracing::warn!(kind = %event.kind.escape_debug(), "an event holding a NUL character was not published: the event log cannot store it");
+            } else {
+                outbound.push(event);
+            }
+            return 0;
+        }
         let mut recent = self.recent();
         event.id = recent.next_id;
         let id = event.id;
-        recent.next_id += 1;
         let event = Arc::new(event);
-        while recent.events.len() >= REPLAY || recent.bytes + size > REPLAY_BYTES {
-            let Some(oldest) = recent.events.pop_front() else {
-                break;
-            };
-            recent.bytes -= oldest.size();
-        }
-        recent.bytes += size;
-        recent.events.push_back(Arc::clone(&event));
+        recent.remember(Arc::clone(&event));
         // No subscriber is not an error: events are a live view, history lives in the store.
         let _ = self.sender.send(event);
         id
@@ -168,23 +250,30 @@ impl EventBus {
     pub fn subscribe_after(&self, last_id: Option<u64>) -> Subscription {
         let recent = self.recent();
         let receiver = self.sender.subscribe();
-        let Some(last_id) = last_id else {
-            return Subscription {
-                missed: Vec::new(),
-                gap: false,
-                receiver,
-            };
-        };
-        let last_id = if last_id >= recent.next_id {
-            0
-        } else {
-            last_id
-        };
         let oldest = recent
             .events
             .front()
             .map_or(recent.next_id, |event| event.id);
+        let Some(last_id) = last_id else {
+            return Subscription {
+                missed: Vec::new(),
+                gap: false,
+                buffered_from: oldest,
+                seen_up_to: 0,
+                receiver,
+            };
+        };
+        let shared = self.outbound.get().is_some();
+        // Alone, an id this process never issued comes from an earlier run of the host; shared,
+        // from a node ahead of this one, whose events this node has yet to read.
+        let (last_id, seen_up_to) = match (last_id >= recent.next_id, shared) {
+            (true, false) => (0, 0),
+            (_, true) => (last_id, last_id),
+            (false, false) => (last_id, 0),
+        };
         Subscription {
+            buffered_from: oldest,
+            seen_up_to,
             missed: recent
                 .events
                 .iter()
@@ -286,5 +375,75 @@ mod tests {
             replay.gap,
             "the oldest events left the buffer and the client is told"
         );
+    }
+
+    struct NoArchive;
+
+    impl Archive for NoArchive {
+        fn between(&self, _: u64, _: u64, _: usize) -> Result<Option<Vec<Event>>, String> {
+            Ok(None)
+        }
+    }
+
+    fn numbered(id: u64) -> Event {
+        Event {
+            id,
+            kind: "k".into(),
+            data: id.to_string(),
+            user_view: UserView::Same,
+            local: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shared_bus_sends_what_the_log_numbered_and_queues_what_is_published() {
+        let bus = EventBus::new();
+        let outbound = bus.share(vec![numbered(3), numbered(7)], Arc::new(NoArchive));
+        assert_eq!(bus.last_id(), 7, "the log's tail is kept for replay");
+        let mut subscription = bus.subscribe_after(Some(3));
+        let missed: Vec<u64> = subscription.missed.iter().map(|event| event.id).collect();
+        assert_eq!(missed, [7]);
+        assert!(!subscription.gap, "ids of the log may have holes");
+        // Published here: queued for the log, not numbered or sent by this bus.
+        assert_eq!(bus.publish("k", "mine".into()), 0);
+        let queued = outbound.take(10, usize::MAX, std::time::Duration::ZERO);
+        assert_eq!(queued.len(), 1);
+        assert!(queued[0].event.local);
+        assert!(subscription.receiver.try_recv().is_err());
+        // Delivered from the log: sent in order; an id already delivered is passed over.
+        bus.deliver(numbered(9));
+        bus.deliver(numbered(8));
+        bus.deliver(numbered(12));
+        let mut sent = Vec::new();
+        while let Ok(event) = subscription.receiver.try_recv() {
+            sent.push(event.id);
+        }
+        assert_eq!(sent, [9, 12]);
+        assert_eq!(
+            bus.publish("k", "nul\0".into()),
+            0,
+            "refused: the log cannot keep it"
+        );
+        assert!(outbound.is_empty());
+    }
+
+    #[test]
+    fn on_a_shared_bus_a_client_ahead_of_this_node_is_not_sent_what_it_saw() {
+        let bus = EventBus::new();
+        bus.share(vec![numbered(5)], Arc::new(NoArchive));
+        // The client saw id 9 on a node whose reader is ahead of this one.
+        let ahead = bus.subscribe_after(Some(9));
+        assert!(ahead.missed.is_empty());
+        assert_eq!(ahead.seen_up_to, 9);
+        assert!(!ahead.gap);
+        // A client whose last id left the buffer is told where the buffer begins.
+        let behind = bus.subscribe_after(Some(1));
+        assert!(behind.gap);
+        assert_eq!(behind.buffered_from, 5);
+        // Alone, an id this process never issued means an earlier run: everything is replayed.
+        let alone = EventBus::new();
+        alone.publish("k", "a".into());
+        let earlier_run = alone.subscribe_after(Some(40));
+        assert_eq!((earlier_run.missed.len(), earlier_run.seen_up_to), (1, 0));
     }
 }

@@ -22,7 +22,7 @@ use serde_json::Value;
 const LEASE_SECS: u64 = 1;
 /// Bound on waits for what the cluster does on its own (seen lost, runs ended): the lease and
 /// the watchers' periods are a few seconds at most; a slow machine gets plenty more.
-const CLUSTER_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const CLUSTER_WAIT: Duration = Duration::from_secs(30);
 
 /// A node on `server` named `node`, in `dir`, with a slow and a stuck `local` environment.
 async fn node(dir: &std::path::Path, server: &TestPostgres, node: &str) -> TestHost {
@@ -30,7 +30,7 @@ async fn node(dir: &std::path::Path, server: &TestPostgres, node: &str) -> TestH
 }
 
 /// A node with `more` environments besides those of [`node`].
-async fn node_with(
+pub(crate) async fn node_with(
     dir: &std::path::Path,
     server: &TestPostgres,
     node: &str,
@@ -74,7 +74,7 @@ async fn nodes(host: &TestHost) -> Vec<(String, String, u64)> {
 }
 
 /// Waits (bounded) until `host` sees `node` in `state`.
-async fn until_seen(host: &TestHost, node: &str, state: &str) {
+pub(crate) async fn until_seen(host: &TestHost, node: &str, state: &str) {
     let seen = e2e::wait_until(CLUSTER_WAIT, || async {
         nodes(host)
             .await

@@ -3,10 +3,12 @@
 
 mod cli;
 mod cluster;
+mod cluster_events;
 mod dashboard;
 mod deployments;
 mod ec2_deployments;
 mod ec2_phase;
+mod event_log;
 mod event_order;
 mod hardening;
 mod history_paging;
