@@ -689,6 +689,7 @@ impl Coordinator {
         tokio::spawn(crate::persist::retention::run(
             self.records.clone(),
             self.settings_handle(),
+            self.node.as_ref().map(|node| node.node_id.clone()),
             stop,
         ));
     }

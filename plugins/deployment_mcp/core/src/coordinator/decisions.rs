@@ -22,6 +22,7 @@ use crate::{
     environments::Environment,
     model::{LogLine, LogStream, Timestamp},
     persist::{
+        self,
         deployments::LogPosition,
         history::{Filter, History},
         records::StoreError,
@@ -371,6 +372,7 @@ impl Coordinator {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64;
+        let mut turn: Option<bool> = None;
         for (_, entry) in waiting.entries {
             let Some(record) = self.deployments().record(&entry.deployment_id).await? else {
                 continue;
@@ -378,6 +380,28 @@ impl Coordinator {
             let Some(gate) = &record.gate else { continue };
             if gate.deadline_ms.is_none_or(|deadline| deadline > now_ms) {
                 continue;
+            }
+            // Of the nodes that share the store, the one that takes this sweep's turn closes
+            // the expired gates (a decision is conditional anyway: this saves the others the
+            // attempt and the conflict).
+            if let Some(node) = self.node() {
+                let mine = match turn {
+                    Some(mine) => mine,
+                    None => {
+                        persist::runs::take_turn(
+                            &self.records,
+                            "gate_timeouts",
+                            GATE_SWEEP,
+                            now_ms,
+                            &node.node_id,
+                        )
+                        .await?
+                    }
+                };
+                if !mine {
+                    return Ok(());
+                }
+                turn = Some(true);
             }
             let waited = record
                 .rollout

@@ -3,6 +3,9 @@
 //! background, so the store does not grow forever. A deployment that has not ended is never
 //! touched. Each deployment goes in one store transaction: it is there whole, or gone.
 //!
+//! Nodes that share the store take turns (`persist::runs::take_turn`): one of them prunes each
+//! hour.
+//!
 //! Idempotency keys are kept for a day: a client repeating a request later than that gets a new
 //! deployment.
 
@@ -28,8 +31,14 @@ pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Rows read per page.
 const PAGE: u32 = 500;
 
-/// Runs retention until `stop` is cancelled.
-pub async fn run(records: Records, settings: Arc<Settings>, stop: CancellationToken) {
+/// Runs retention until `stop` is cancelled. On `node`, one of several that share the store,
+/// only when it takes the hour's turn: retention runs once per period in the cluster.
+pub async fn run(
+    records: Records,
+    settings: Arc<Settings>,
+    node: Option<String>,
+    stop: CancellationToken,
+) {
     let mut wait = FIRST_RUN_DELAY;
     loop {
         tokio::select! {
@@ -37,7 +46,22 @@ pub async fn run(records: Records, settings: Arc<Settings>, stop: CancellationTo
             _ = tokio::time::sleep(wait) => {}
         }
         wait = INTERVAL;
-        match prune(&records, &settings, SystemTime::now()).await {
+        let now = SystemTime::now();
+        if let Some(node) = &node {
+            let now_ms = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64;
+            match super::runs::take_turn(&records, "retention", INTERVAL, now_ms, node).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(error) => {
+                    tracing::warn!("retention: {error}");
+                    continue;
+                }
+            }
+        }
+        match prune(&records, &settings, now).await {
             Ok(outcome) if outcome.deployments + outcome.idempotency_keys > 0 => {
                 tracing::info!(
                     deployments = outcome.deployments,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     deployments::ActiveEntry,
-    records::{collection, decode, Records, StoreError},
+    records::{collection, decode, encode, Records, StoreError},
     writes::{claim_text, Lease, NodeTag},
 };
 use crate::deployment::Claim;
@@ -230,6 +230,50 @@ pub async fn set_auto_deploy_boot(records: &Records, boot_id: &str) -> Result<()
     records.put(collection::META, AUTO_DEPLOY_KEY, &state).await
 }
 
+/// A periodic job's turn, in [`collection::META`] under `turn:<job>`: when the job is next due
+/// (ms since the epoch), and the node that took the last turn.
+#[derive(Debug, Serialize, Deserialize)]
+struct Turn {
+    due_ms: u64,
+    node: String,
+}
+
+/// Whether `node` takes `job`'s turn at `now_ms`: no node took it within the last `period`
+/// (the stored due time has passed), and this node's write of the next due time won, being
+/// conditional on the record as read. Nodes that share the store thus run a periodic job once
+/// per period between them, whoever wakes first.
+pub async fn take_turn(
+    records: &Records,
+    job: &str,
+    period: std::time::Duration,
+    now_ms: u64,
+    node: &str,
+) -> Result<bool, StoreError> {
+    let key = format!("turn:{job}");
+    let current = records.get_raw(collection::META, &key).await?;
+    if let Some(text) = &current {
+        // One that does not read is replaced.
+        let due = decode::<Turn>(collection::META, &key, text).map(|turn| turn.due_ms);
+        if due.is_ok_and(|due_ms| due_ms > now_ms) {
+            return Ok(false);
+        }
+    }
+    let next = Turn {
+        due_ms: now_ms.saturating_add(period.as_millis() as u64),
+        node: node.to_owned(),
+    };
+    let condition = match current {
+        Some(text) => Condition::Equals(text),
+        None => Condition::Absent,
+    };
+    let put = StoreOp::put(
+        collection::META,
+        &key,
+        encode(collection::META, &key, &next)?,
+    );
+    Ok(records.apply(vec![put.when(condition)]).await?.is_none())
+}
+
 /// The host's `host/lifecycle` record, which the host writes at each start.
 pub async fn host_lifecycle(records: &Records) -> Option<crate::HostLifecycle> {
     records
@@ -237,4 +281,41 @@ pub async fn host_lifecycle(records: &Records) -> Option<crate::HostLifecycle> {
         .await
         .ok()
         .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use plugin_local_host::LocalHost;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn one_node_takes_each_turn_of_a_periodic_job() {
+        let host = LocalHost::in_memory().expect("an in-memory host");
+        let records = Records::new(host.host.clone());
+        let hour = Duration::from_secs(3600);
+        let (a, b) = (
+            take_turn(&records, "retention", hour, 1_000, "a"),
+            take_turn(&records, "retention", hour, 1_000, "b"),
+        );
+        let (a, b) = tokio::join!(a, b);
+        let taken = [a.expect("a's try"), b.expect("b's try")];
+        assert_eq!(taken.iter().filter(|taken| **taken).count(), 1, "{taken:?}");
+        // Within the period, nobody; once it has passed, the first node that asks.
+        assert!(!take_turn(&records, "retention", hour, 3_000_000, "b")
+            .await
+            .expect("b"));
+        assert!(take_turn(&records, "retention", hour, 3_601_000, "b")
+            .await
+            .expect("b"));
+        assert!(!take_turn(&records, "retention", hour, 3_601_000, "a")
+            .await
+            .expect("a"));
+        // Another job has turns of its own.
+        assert!(take_turn(&records, "gates", hour, 3_601_000, "a")
+            .await
+            .expect("a"));
+    }
 }
