@@ -14,15 +14,11 @@
 use std::time::{Duration, Instant};
 
 use e2e::{
+    bench::percentile,
     targets::{Behaviour, Target},
     HostOptions, TestHost, ADMIN_KEY, DEVELOPER_KEY,
 };
 use serde_json::{json, Value};
-
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
-    sorted.get(index).copied().unwrap_or_default()
-}
 
 /// Waits for the end of the newest deployment through its one-line history entry, which costs
 /// the same whatever the deployment's size, so the polling does not weigh on what is measured.

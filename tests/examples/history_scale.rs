@@ -16,13 +16,8 @@ use deployment_mcp_core::{
     deployment::{DeploymentRecord, Phase},
     model::{DeploymentId, Ec2Phase, EnvironmentId, Timestamp},
 };
-use e2e::{HostOptions, TestHost, DEVELOPER_KEY, USER_KEY};
+use e2e::{bench::percentile, HostOptions, TestHost, DEVELOPER_KEY, USER_KEY};
 use serde_json::json;
-
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
-    sorted.get(index).copied().unwrap_or_default()
-}
 
 /// Writes `count` finished deployments (a fifth failed) over 20 environments.
 fn seed(dir: &std::path::Path, count: usize) {

@@ -10,79 +10,21 @@
 //! ```
 //! Arguments: subscribers (default 100), deployments per round (default 40).
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use e2e::{HostOptions, TestHost, ADMIN_KEY, USER_KEY};
-use futures_util::StreamExt;
-use serde_json::{json, Value};
+use e2e::{
+    bench::{percentile, phase_deliveries, summary},
+    HostOptions, TestHost, ADMIN_KEY, USER_KEY,
+};
+use serde_json::json;
 use tokio::sync::mpsc;
-
-/// One phase event as a subscriber received it.
-struct Delivery {
-    deployment_id: String,
-    status: String,
-    latency: Duration,
-}
-
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
-    sorted.get(index).copied().unwrap_or_default()
-}
-
-/// Opens one stream; sends every phase event's delivery to `out`. Returns once subscribed.
-async fn subscribe(host: &TestHost, out: mpsc::UnboundedSender<Delivery>) {
-    let response = host
-        .client()
-        .get(format!("{}/api/deployment/events", host.url))
-        .header("X-API-Key", USER_KEY)
-        .send()
-        .await
-        .expect("subscribe");
-    assert_eq!(response.status().as_u16(), 200);
-    tokio::spawn(async move {
-        let mut stream = response.bytes_stream();
-        let mut buffer = String::new();
-        while let Some(Ok(chunk)) = stream.next().await {
-            let arrived = SystemTime::now();
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
-                if !block.lines().any(|line| line == "event: deployment.phase") {
-                    continue;
-                }
-                let data: String = block
-                    .lines()
-                    .filter_map(|line| line.strip_prefix("data:"))
-                    .map(str::trim_start)
-                    .collect();
-                let Ok(event) = serde_json::from_str::<Value>(&data) else {
-                    continue;
-                };
-                let Some(at) = event["at"]
-                    .as_str()
-                    .and_then(|at| humantime::parse_rfc3339(at).ok())
-                else {
-                    continue;
-                };
-                let delivery = Delivery {
-                    deployment_id: event["deployment_id"].as_str().unwrap_or("").to_owned(),
-                    status: event["status"].as_str().unwrap_or("").to_owned(),
-                    latency: arrived.duration_since(at).unwrap_or_default(),
-                };
-                if out.send(delivery).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-}
 
 /// Runs `deployments` deployments one after the other with `subscribers` streams open and
 /// returns every delivery's latency, checking that each subscriber saw every run end.
 async fn round(host: &TestHost, subscribers: usize, deployments: usize) -> Vec<Duration> {
     let (sender, mut receiver) = mpsc::unbounded_channel();
     for _ in 0..subscribers {
-        subscribe(host, sender.clone()).await;
+        phase_deliveries(host, USER_KEY, sender.clone()).await;
     }
     drop(sender);
     let mut latencies = Vec::new();
@@ -114,15 +56,12 @@ async fn round(host: &TestHost, subscribers: usize, deployments: usize) -> Vec<D
 }
 
 fn report(label: &str, latencies: &[Duration]) -> Duration {
-    let p99 = percentile(latencies, 0.99);
     println!(
-        "{label:>16}: {:>6} deliveries  p50 {:>6.1} ms  p99 {:>6.1} ms  max {:>6.1} ms",
+        "{label:>16}: {:>6} deliveries  {}",
         latencies.len(),
-        percentile(latencies, 0.50).as_secs_f64() * 1e3,
-        p99.as_secs_f64() * 1e3,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        summary(latencies)
     );
-    p99
+    percentile(latencies, 0.99)
 }
 
 #[tokio::main]

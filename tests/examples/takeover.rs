@@ -13,15 +13,11 @@
 use std::time::{Duration, Instant};
 
 use e2e::{
+    bench::percentile,
     postgres::TestPostgres,
     scenario::{detail, local, options, started},
     HostOptions, TestHost,
 };
-
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
-    sorted.get(index).copied().unwrap_or_default()
-}
 
 fn node_options(server: &TestPostgres, node: &str, lease_secs: u64, kills: usize) -> HostOptions {
     // One environment per kill: a killed node's claim is its until the takeover.

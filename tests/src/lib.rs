@@ -16,6 +16,7 @@ use std::{
 pub use nix::sys::signal::Signal;
 use sha2::{Digest, Sha256};
 
+pub mod bench;
 pub mod moto;
 pub mod postgres;
 pub mod scenario;

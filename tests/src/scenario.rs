@@ -229,6 +229,19 @@ pub fn read_pid(path: &std::path::Path) -> u32 {
 
 pub type Events = tokio::sync::mpsc::UnboundedReceiver<(String, Value)>;
 
+/// Opens an SSE stream with `key` (it must answer 200).
+pub async fn open_events(host: &TestHost, key: &str) -> reqwest::Response {
+    let response = host
+        .client()
+        .get(format!("{}/api/deployment/events", host.url))
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .expect("the events stream answers");
+    assert_eq!(response.status(), 200);
+    response
+}
+
 /// Opens the SSE stream and returns the response and a reader of `(event, data)` pairs.
 pub async fn subscribe(host: &TestHost) -> (u16, Events) {
     let (status, mut with_ids) = subscribe_after(host, USER_KEY, None).await;

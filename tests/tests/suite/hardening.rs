@@ -16,7 +16,10 @@ use std::{
 
 use e2e::{
     process_alive,
-    scenario::{environments, file_appears, finished, local, options, read_pid, started, trigger},
+    scenario::{
+        environments, file_appears, finished, local, open_events, options, read_pid, started,
+        trigger,
+    },
     targets::{Behaviour, Target},
     wait_until, ExtraPlugin, HostOptions, Signal, TestHost, ADMIN_KEY, DEVELOPER_KEY, USER_KEY,
 };
@@ -26,19 +29,6 @@ use serde_json::{json, Value};
 
 fn temp() -> tempfile::TempDir {
     tempfile::tempdir().expect("a temporary directory")
-}
-
-/// Opens an SSE stream with `key`.
-async fn open_events(host: &TestHost, key: &str) -> reqwest::Response {
-    let response = host
-        .client()
-        .get(format!("{}/api/deployment/events", host.url))
-        .header("X-API-Key", key)
-        .send()
-        .await
-        .expect("the events stream answers");
-    assert_eq!(response.status(), 200);
-    response
 }
 
 /// Reads a streamed body in the background; the text so far is in the returned buffer.

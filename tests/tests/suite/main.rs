@@ -4,6 +4,7 @@
 mod cli;
 mod cluster;
 mod cluster_events;
+mod cluster_soak;
 mod dashboard;
 mod deployments;
 mod ec2_deployments;
