@@ -3,8 +3,10 @@
 //! running deployment over and finishes it (an `http_api` request in flight sent again with the
 //! same `Idempotency-Key` and a higher `X-PowerAutomation-Fence`, a `local` one interrupted, the
 //! environments not started started); a node paused past its lease (SIGSTOP) that wakes writes
-//! nothing more to the run it lost; a draining node starts nothing new; a drain names unknown
-//! nodes; a cancel and an idempotency key reach across nodes.
+//! nothing more to the run it lost; a draining node queues what it admits for the others; a
+//! drain names unknown nodes; a cancel and an idempotency key reach across nodes; concurrent
+//! triggers on three nodes start an environment once; a node at `max_running_deployments`
+//! queues, and a node with room starts what it queued.
 
 use std::time::Duration;
 
@@ -36,23 +38,23 @@ pub(crate) async fn node_with(
     node: &str,
     more: Vec<Value>,
 ) -> TestHost {
+    TestHost::start(dir, node_options(server, node, more)).await
+}
+
+fn node_options(server: &TestPostgres, node: &str, more: Vec<Value>) -> HostOptions {
     let mut environments = vec![
         local("slow", &["sleep", "3"], 120),
         local("stuck", &["sleep", "20"], 600),
     ];
     environments.extend(more);
-    TestHost::start(
-        dir,
-        HostOptions {
-            env: vec![
-                ("PA_STORAGE__URL".to_owned(), server.url.clone()),
-                ("PA_CLUSTER__NODE_ID".to_owned(), node.to_owned()),
-                ("PA_CLUSTER__LEASE_SECS".to_owned(), LEASE_SECS.to_string()),
-            ],
-            ..options(environments)
-        },
-    )
-    .await
+    HostOptions {
+        env: vec![
+            ("PA_STORAGE__URL".to_owned(), server.url.clone()),
+            ("PA_CLUSTER__NODE_ID".to_owned(), node.to_owned()),
+            ("PA_CLUSTER__LEASE_SECS".to_owned(), LEASE_SECS.to_string()),
+        ],
+        ..options(environments)
+    }
 }
 
 /// The nodes `host` sees, by id: (state, runs).
@@ -226,7 +228,7 @@ async fn drain(host: &TestHost, node: &str, key: &str) -> (u16, Value) {
 }
 
 #[tokio::test]
-async fn a_draining_node_starts_nothing_new_and_a_drain_names_unknown_nodes() {
+async fn a_draining_node_queues_what_it_admits_and_a_drain_names_unknown_nodes() {
     let server = TestPostgres::start("cluster-drain");
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = node(a_dir.path(), &server, "node-a").await;
@@ -242,25 +244,30 @@ async fn a_draining_node_starts_nothing_new_and_a_drain_names_unknown_nodes() {
     assert_eq!(answer["state"], "draining", "{answer}");
     until_seen(&b, "node-b", "draining").await;
 
-    // node-b refuses new deployments once it knows (asked with an environment that does not
-    // exist, so an answer before that starts nothing); node-a takes them.
-    let refused = e2e::wait_until(CLUSTER_WAIT, || async {
-        trigger(&b, serde_json::json!({"environments": ["nowhere"]}))
+    // node-b starts nothing new once it knows: what it admits is queued, and node-a, which has
+    // room, starts it.
+    let queued = e2e::wait_until(CLUSTER_WAIT, || async {
+        let id = started(&b, serde_json::json!({"environments": ["slow"]})).await;
+        let record = e2e::scenario::finished_within(&b, &id, CLUSTER_WAIT).await;
+        assert_eq!(record["status"], "completed", "{record}");
+        log_text(&b, &id)
             .await
-            .0
-            == 503
+            .contains("queued: node node-b drains")
     })
     .await;
-    assert!(refused, "the draining node refuses to start:\n{}", b.logs());
-    let (status, answer) = trigger(&b, serde_json::json!({"environments": ["slow"]})).await;
-    assert_eq!(
-        (status, answer["error"].as_str()),
-        (503, Some("node_draining")),
-        "{answer}"
+    assert!(
+        queued,
+        "the draining node queues what it admits:\n{}",
+        b.logs()
     );
-    let id = started(&a, serde_json::json!({"environments": ["slow"]})).await;
-    let record: Value = e2e::scenario::finished(&b, &id).await;
+    let id = started(&b, serde_json::json!({"environments": ["slow"]})).await;
+    let record = e2e::scenario::finished_within(&b, &id, CLUSTER_WAIT).await;
     assert_eq!(record["status"], "completed", "{record}");
+    let log = log_text(&b, &id).await;
+    assert!(
+        log.contains("node node-a started it from the queue"),
+        "{log}"
+    );
     assert!(a.stop().is_some_and(|status| status.success()));
     assert!(b.stop().is_some_and(|status| status.success()));
 }
@@ -304,6 +311,98 @@ async fn a_cancel_or_a_repeated_key_on_another_node_reaches_the_run_where_it_run
     assert!(matches!(status, 200 | 202), "{status}: {answer}");
     let record = e2e::scenario::finished_within(&b, &id, CLUSTER_WAIT).await;
     assert_eq!(record["status"], "cancelled", "{record}");
+    assert!(a.stop().is_some_and(|status| status.success()));
+    assert!(b.stop().is_some_and(|status| status.success()));
+}
+
+#[tokio::test]
+async fn concurrent_triggers_on_three_nodes_start_each_environment_once() {
+    let server = TestPostgres::start("cluster-concurrent");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut hosts = Vec::new();
+    for (n, dir) in dirs.iter().enumerate() {
+        hosts.push(node(dir.path(), &server, &format!("node-{n}")).await);
+    }
+    until_seen(&hosts[0], "node-2", "active").await;
+
+    // One key, sent to every node at once, three times each: one deployment for all.
+    let body = serde_json::json!({"environments": ["stuck"]});
+    let keyed = futures_util::future::join_all(
+        hosts
+            .iter()
+            .flat_map(|host| std::iter::repeat_n(host, 3))
+            .map(|host| trigger_with_key(host, "cluster-key-2", body.clone())),
+    )
+    .await;
+    let ids: Vec<&Value> = keyed
+        .iter()
+        .map(|(status, answer)| {
+            assert_eq!(*status, 202, "{keyed:?}");
+            &answer["deployment_id"]
+        })
+        .collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{keyed:?}");
+
+    // Without a key, concurrent triggers of one environment on every node: one starts it, the
+    // others are told it is busy.
+    let body = serde_json::json!({"environments": ["slow"]});
+    let answers = futures_util::future::join_all(
+        hosts
+            .iter()
+            .flat_map(|host| std::iter::repeat_n(host, 3))
+            .map(|host| trigger(host, body.clone())),
+    )
+    .await;
+    let mut statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [202, 409, 409, 409, 409, 409, 409, 409, 409],
+        "{answers:?}"
+    );
+    for host in hosts {
+        assert!(host.stop().is_some_and(|status| status.success()));
+    }
+}
+
+#[tokio::test]
+async fn a_node_at_its_limit_queues_and_a_node_with_room_starts_it() {
+    let server = TestPostgres::start("cluster-queue");
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let full = HostOptions {
+        settings: "health_check_interval_secs = 0\nmax_running_deployments = 1".into(),
+        ..node_options(&server, "node-a", Vec::new())
+    };
+    let a = TestHost::start(a_dir.path(), full).await;
+    let b = node(b_dir.path(), &server, "node-b").await;
+    until_seen(&a, "node-b", "active").await;
+
+    let first = started(&a, serde_json::json!({"environments": ["stuck"]})).await;
+    status_within(&a, &first, CLUSTER_WAIT, |status| {
+        status == "local_deploying"
+    })
+    .await;
+    // Any node says who runs it, and under which fence.
+    assert_eq!(
+        detail(&b, &first).await["run"],
+        serde_json::json!({"queued": false, "owner_node": "node-a", "lease_epoch": 1})
+    );
+    // node-a runs one already: the next one it admits is queued, and node-b starts it.
+    let second = started(&a, serde_json::json!({"environments": ["slow"]})).await;
+    let record = e2e::scenario::finished_within(&a, &second, CLUSTER_WAIT).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    let log = log_text(&a, &second).await;
+    assert!(
+        log.contains("queued: node node-a runs 1 deployment"),
+        "{log}"
+    );
+    assert!(
+        log.contains("node node-b started it from the queue"),
+        "{log}"
+    );
+    let path = format!("/api/deployment/deployments/{first}/cancel");
+    let (status, answer) = a.call(Method::POST, &path, Some(ADMIN_KEY), None).await;
+    assert!(matches!(status, 200 | 202), "{status}: {answer}");
     assert!(a.stop().is_some_and(|status| status.success()));
     assert!(b.stop().is_some_and(|status| status.success()));
 }

@@ -1,4 +1,4 @@
-//! Events on every node: two hosts on one PostgreSQL server the test starts serve a run's events
+//! Events on every node: hosts on one PostgreSQL server the test starts serve a run's events
 //! with the same ids in the same order, whichever node runs it, and a client resumes with
 //! `Last-Event-ID` on the other node; a node whose listening connection goes silent (its server
 //! process stopped, the connection still open) notices, replaces it and misses nothing; a
@@ -64,21 +64,28 @@ async fn run_of(events: &mut Events, id: &str) -> Vec<(u64, String, Value)> {
 }
 
 #[tokio::test]
-async fn every_node_serves_a_runs_events_with_the_same_ids_and_resumes_on_either() {
+async fn every_node_serves_a_runs_events_with_the_same_ids_and_resumes_on_another() {
     let server = TestPostgres::start("events-everywhere");
     let dirs = dirs();
     let (a, b) = two_nodes(&server, &dirs).await;
+    let c_dir = tempfile::tempdir().expect("a temporary directory");
+    let quick = vec![local("quick", &["echo", "hello from a run"], 30)];
+    let c = node_with(c_dir.path(), &server, "node-c", quick).await;
+    until_seen(&c, "node-a", "active").await;
     let (_, mut on_a) = subscribe_after(&a, DEVELOPER_KEY, None).await;
     let (_, mut on_b) = subscribe_after(&b, DEVELOPER_KEY, None).await;
+    let (_, mut on_c) = subscribe_after(&c, DEVELOPER_KEY, None).await;
     let (_, mut user_on_b) = subscribe_after(&b, USER_KEY, None).await;
 
     let id = started(&a, json!({"environments": ["quick"]})).await;
     let seen_on_a = run_of(&mut on_a, &id).await;
     let seen_on_b = run_of(&mut on_b, &id).await;
+    let seen_on_c = run_of(&mut on_c, &id).await;
     assert_eq!(
         seen_on_a, seen_on_b,
         "node-b serves node-a's run as node-a does"
     );
+    assert_eq!(seen_on_a, seen_on_c, "so does node-c");
     let ids: Vec<u64> = seen_on_a.iter().map(|(id, _, _)| *id).collect();
     assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
     assert!(

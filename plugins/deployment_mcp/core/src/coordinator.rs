@@ -39,7 +39,7 @@ use crate::{
         self,
         deployments::DeploymentStore,
         records::{Records, StoreError},
-        Lease, NodeTag, Outcome, Writes,
+        Lease, NodeTag,
     },
     rollout::Rollout,
     run::{
@@ -81,8 +81,6 @@ pub enum StartError {
         environment: String,
         deployment: String,
     },
-    /// This node drains: another node must start it (503).
-    Draining(String),
     /// The store failed (500).
     Store(StoreError),
 }
@@ -97,6 +95,9 @@ impl From<StoreError> for StartError {
 mod cluster_tests;
 mod decisions;
 mod health_checks;
+mod queue;
+#[cfg(test)]
+mod queue_tests;
 mod recovery;
 #[cfg(test)]
 mod tests;
@@ -124,6 +125,8 @@ pub enum Cancelled {
     Local(RunEnded),
     /// Another copy runs it: the request was left in the store for it.
     Requested,
+    /// It was queued: it ended cancelled at once.
+    Ended,
 }
 
 /// The end of a run of this copy, to wait for.
@@ -264,11 +267,6 @@ impl Coordinator {
         self: &Arc<Self>,
         request: StartRequest,
     ) -> Result<DeploymentRecord, StartError> {
-        if let Some(node) = &self.node {
-            if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(StartError::Draining(node.node_id.clone()));
-            }
-        }
         let ec2 = match (request.ec2, &self.settings.ec2) {
             (Some(false), _) | (None, None) => None,
             (None, Some(ec2)) => ec2.enabled.then(|| ec2.clone()),
@@ -325,7 +323,7 @@ impl Coordinator {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64;
-        let record = DeploymentRecord {
+        let mut record = DeploymentRecord {
             deployment_id: request
                 .deployment_id
                 .clone()
@@ -357,7 +355,9 @@ impl Coordinator {
             platform_ip: None,
         };
         let id = record.deployment_id.clone();
-        let lease = self.claim_and_record(&record, &targets).await?;
+        let Some(lease) = self.claim_and_record(&mut record, &targets).await? else {
+            return Ok(record);
+        };
         self.changed();
         tracing::info!(
             deployment = %id,
@@ -595,44 +595,6 @@ impl Coordinator {
         DeploymentStore::new(self.records.clone())
     }
 
-    /// Claims every target and writes the deployment's first records, in one transaction: either
-    /// all of it happens, or (a target is claimed already) nothing and `Busy`. Returns the
-    /// run's lease.
-    async fn claim_and_record(
-        &self,
-        record: &DeploymentRecord,
-        targets: &[Environment],
-    ) -> Result<Lease, StartError> {
-        let id = &record.deployment_id;
-        let mut writes = Writes::new(&self.records, &self.lease());
-        writes.claim(id, &record.environments)?;
-        let lease = writes.running(record, 1)?;
-        for target in targets {
-            let pending = TargetRecord::new(
-                &target.environment_id,
-                target.connection_method().as_str(),
-                TargetStatus::Pending,
-            );
-            writes.target(id, &pending)?;
-        }
-        writes.created(record)?;
-        // The phase event the start publishes is the deployment's first.
-        writes.events_published(id, 1)?;
-        match writes.commit().await? {
-            Outcome::Committed => Ok(lease),
-            Outcome::ClaimHeld {
-                environment,
-                deployment,
-            } => Err(StartError::Busy {
-                environment,
-                deployment,
-            }),
-            Outcome::Changed | Outcome::LeaseLost => Err(StartError::Store(StoreError::Host(
-                format!("starting {id}: an unexpected store conflict"),
-            ))),
-        }
-    }
-
     /// Publishes a phase change as the deployment's event `seq` (once both are stored).
     pub(crate) fn publish_phase(
         &self,
@@ -669,6 +631,7 @@ impl Coordinator {
                 stop.request(StopReason::Cancelled);
                 Ok(Cancelled::Local(RunEnded(ended)))
             }
+            None if self.cancel_queued(deployment_id, by).await? => Ok(Cancelled::Ended),
             None => {
                 persist::runs::request_cancel(&self.records, deployment_id, by).await?;
                 Ok(Cancelled::Requested)
@@ -676,16 +639,15 @@ impl Coordinator {
         }
     }
 
-    /// Starts this copy's loops: periodic health checks, the gates' deadlines, retention. They
+    /// Starts this copy's loops: periodic health checks, the gates' deadlines, the look at the
+    /// nodes and the queue, retention. They
     /// belong to the plugin's life (started once it is built, stopped by [`Self::shutdown`]),
     /// not to its HTTP layer.
     pub fn start_background(self: &Arc<Self>) {
         let stop = self.background.clone();
         tokio::spawn(Arc::clone(self).health_loop(stop.clone()));
         tokio::spawn(Arc::clone(self).gate_loop(stop.clone()));
-        if self.node.is_some() {
-            tokio::spawn(Arc::clone(self).lost_node_loop(stop.clone()));
-        }
+        tokio::spawn(Arc::clone(self).watch_loop(stop.clone()));
         tokio::spawn(crate::persist::retention::run(
             self.records.clone(),
             self.settings_handle(),

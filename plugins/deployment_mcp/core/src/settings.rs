@@ -19,6 +19,10 @@ pub struct Settings {
     /// Timeout of one health check request, in seconds.
     #[serde(default = "default_health_timeout")]
     pub health_check_timeout_secs: u64,
+    /// Deployments this node runs at once; more are queued, and the first node with room (this
+    /// one, or another on the same database) starts them, oldest first. 0: no limit.
+    #[serde(default)]
+    pub max_running_deployments: usize,
     /// Log lines kept per deployment in the store; later lines are counted, not kept.
     #[serde(default = "default_max_log_lines")]
     pub max_log_lines: usize,

@@ -25,7 +25,7 @@ use crate::{
     persist::history::{Filter, History},
     wire::{
         Accepted, Cancelling, DeploymentDetail, DeploymentEntry, HistoryPage, LogEnd, LogsAnswer,
-        TargetResult, TriggerRequest, View,
+        RunView, TargetResult, TriggerRequest, View,
     },
 };
 
@@ -91,9 +91,20 @@ pub(crate) async fn detail(State(api): Shared, DeploymentKey(id): DeploymentKey)
         .collect();
     // Only the chunks that hold the last lines are read, however long the log is.
     let tail = api.deployments().log_tail(&id, DETAIL_LOG_LINES).await?;
+    // A parked deployment keeps its entry, but no process runs it.
+    let run = match record.status {
+        Phase::AwaitingApproval => None,
+        _ => crate::persist::runs::entry_of(api.coordinator.records(), &id)
+            .await?
+            .map(|(_, entry)| RunView {
+                queued: entry.queued,
+                owner_node: entry.node_id,
+                lease_epoch: entry.epoch,
+            }),
+    };
     Ok(json(
         StatusCode::OK,
-        &DeploymentDetail::new(record, results, tail.lines, tail.first_line > 0),
+        &DeploymentDetail::new(record, results, tail.lines, tail.first_line > 0, run),
     ))
 }
 

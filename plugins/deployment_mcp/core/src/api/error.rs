@@ -50,9 +50,6 @@ pub(crate) enum ApiError {
     /// 422: well-formed, but it cannot be done.
     #[error("{message}")]
     Unprocessable { code: &'static str, message: String },
-    /// 503: this node takes no new work now (it drains); another node does.
-    #[error("{0}")]
-    Draining(String),
     /// 500: the store failed. The cause goes to the log; the caller gets a generic message.
     #[error("the deployment store could not be read or written; see the host log")]
     Store(StoreError),
@@ -111,7 +108,6 @@ impl IntoResponse for ApiError {
                 (StatusCode::CONFLICT, *code, field.map(str::to_owned))
             }
             ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, *code, None),
-            ApiError::Draining(_) => (StatusCode::SERVICE_UNAVAILABLE, "node_draining", None),
             ApiError::Store(cause) => {
                 tracing::error!("store: {cause}");
                 (StatusCode::INTERNAL_SERVER_ERROR, "store_error", None)
@@ -144,9 +140,6 @@ impl From<StartError> for ApiError {
                 "environment_busy",
                 format!("environment {environment:?} is already being deployed by {deployment}; wait for it or cancel it"),
             ),
-            StartError::Draining(node) => ApiError::Draining(format!(
-                "node {node} is draining: it starts no new deployments; send the request to another node"
-            )),
             StartError::Store(error) => ApiError::Store(error),
         }
     }

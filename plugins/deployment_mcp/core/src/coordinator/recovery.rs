@@ -11,8 +11,6 @@
 
 use std::{collections::HashSet, sync::Arc, time::SystemTime};
 
-use tokio_util::sync::CancellationToken;
-
 use super::{Coordinator, RunFrom};
 use crate::{
     deployment::{DeploymentRecord, Phase, TargetStatus},
@@ -24,11 +22,6 @@ use crate::{
     run::Start,
     wire::{self, Event, TakeoverEvent},
 };
-
-/// How often a copy looks for runs of nodes that are gone. A node is seen lost `lease_secs`
-/// after its last heartbeat (plus a third of it, the watchers' period); this adds at most half
-/// a second to the `lease_secs + 2 s` within which its runs are dealt with.
-const LOST_NODE_WATCH: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A run whose node is gone, as found.
 #[derive(Clone, Copy)]
@@ -139,19 +132,6 @@ impl Coordinator {
         // environments.
         persist::runs::forget_dead_runs(&self.records, alive, &parked, &elsewhere).await?;
         Ok(recovered)
-    }
-
-    /// Watches for runs of nodes that are gone, every [`LOST_NODE_WATCH`], until `stop`.
-    pub(super) async fn lost_node_loop(self: Arc<Self>, stop: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(LOST_NODE_WATCH) => {}
-            }
-            if let Err(error) = self.recover_lost_nodes().await {
-                tracing::warn!(%error, "cannot look for the runs of lost nodes; trying again");
-            }
-        }
     }
 
     /// Notes whether this node drains, and deals with the runs of nodes that are gone (seen

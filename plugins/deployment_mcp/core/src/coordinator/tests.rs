@@ -54,8 +54,20 @@ pub(super) fn coordinator_on_node(
     script: &Arc<Script>,
     node: Option<&str>,
 ) -> Arc<Coordinator> {
-    let settings =
-        Settings::from_json(&json!({"health_check_interval_secs": 0})).expect("default settings");
+    coordinator_with(host, script, node, json!({}))
+}
+
+/// [`coordinator_on_node`] with `settings` (health checks off unless they say otherwise).
+pub(super) fn coordinator_with(
+    host: &LocalHost,
+    script: &Arc<Script>,
+    node: Option<&str>,
+    mut settings: Value,
+) -> Arc<Coordinator> {
+    if settings.get("health_check_interval_secs").is_none() {
+        settings["health_check_interval_secs"] = json!(0);
+    }
+    let settings = Settings::from_json(&settings).expect("valid settings");
     let egress =
         Egress::new(Vec::<String>::new().try_into().expect("no networks")).expect("an HTTP client");
     Arc::new(Coordinator::reaching(

@@ -428,6 +428,11 @@ pub(crate) struct ActiveEntry {
     /// How many times the run was given to a process: a takeover gives it the next number.
     #[serde(default)]
     pub epoch: u64,
+    /// Admitted, not started: no process runs it yet, and the first node with room starts it.
+    /// It names no node (it is nobody's run), and its claims are those of the process that
+    /// admitted it (`boot_id`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub queued: bool,
 }
 
 /// The key prefix of a deployment's results and log chunks.

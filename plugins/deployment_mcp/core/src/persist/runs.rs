@@ -92,14 +92,51 @@ pub(crate) async fn running_entries(
     Ok(entries)
 }
 
-/// The deployments a node other than `node` runs (by their running entries): this node's
-/// recovery leaves them to the nodes that watch it.
+/// The deployments a node other than `node` runs (by their running entries), and those queued
+/// (nobody's run yet): this node's recovery leaves them to the nodes that watch it and to the
+/// queue.
 pub(crate) fn run_elsewhere(entry: &ActiveEntry, node: Option<&NodeTag>) -> bool {
+    if entry.queued {
+        return true;
+    }
     match (&entry.node_id, node) {
         (Some(runs_on), Some(node)) => *runs_on != node.node_id,
         // On a host with no nodes, or an entry of an earlier release: this node's.
         _ => false,
     }
+}
+
+/// The queued deployments (their running entries, with their text), oldest first.
+pub(crate) async fn queued_entries(
+    records: &Records,
+) -> Result<Vec<(String, String, ActiveEntry)>, StoreError> {
+    let mut queued = running_entries(records).await?;
+    queued.retain(|(_, _, entry)| entry.queued);
+    // History keys sort newest first.
+    queued.sort_by(|a, b| b.2.history_key.cmp(&a.2.history_key));
+    Ok(queued)
+}
+
+/// Deployment `id`'s running entry: its text and what it says.
+pub(crate) async fn entry_of(
+    records: &Records,
+    id: &DeploymentId,
+) -> Result<Option<(String, ActiveEntry)>, StoreError> {
+    let Some(text) = records.get_raw(collection::ACTIVE, id).await? else {
+        return Ok(None);
+    };
+    let entry = decode::<ActiveEntry>(collection::ACTIVE, id, &text)?;
+    Ok(Some((text, entry)))
+}
+
+/// Deployment `id`'s running entry if it is queued.
+pub(crate) async fn queued_entry(
+    records: &Records,
+    id: &DeploymentId,
+) -> Result<Option<(String, ActiveEntry)>, StoreError> {
+    Ok(entry_of(records, id)
+        .await?
+        .filter(|(_, entry)| entry.queued))
 }
 
 /// A node's record as the host keeps it (`cluster_nodes`), as far as runs care: which host

@@ -225,6 +225,7 @@ impl Writes {
             node_id: self.lease.node.as_ref().map(|node| node.node_id.clone()),
             node_boot: self.lease.node.as_ref().map(|node| node.node_boot.clone()),
             epoch,
+            queued: false,
         };
         let text = records::encode(collection::ACTIVE, id, &entry)?;
         self.push(StoreOp::put(collection::ACTIVE, id, text.clone()));
@@ -239,6 +240,23 @@ impl Writes {
             }),
             ..self.lease.clone()
         })
+    }
+
+    /// Records the deployment as queued: admitted (its claims taken by this process), to be
+    /// started by the first node with room.
+    pub fn queued(&mut self, record: &DeploymentRecord) -> Result<(), StoreError> {
+        let id = &record.deployment_id;
+        let entry = ActiveEntry {
+            boot_id: self.lease.holder().to_owned(),
+            history_key: Some(record.history_key()),
+            node_id: None,
+            node_boot: None,
+            epoch: 0,
+            queued: true,
+        };
+        let text = records::encode(collection::ACTIVE, id, &entry)?;
+        self.push(StoreOp::put(collection::ACTIVE, id, text));
+        Ok(())
     }
 
     /// Holds only while the deployment's running entry is still `entry` (the lease of a run

@@ -334,6 +334,22 @@ pub struct DeploymentDetail {
     /// The last lines (all of them are at `/logs`).
     pub logs: Vec<LogLine>,
     pub logs_truncated: bool,
+    /// Who runs it now: absent when nothing does (it ended or waits at its gate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunView>,
+}
+
+/// Who runs a deployment now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunView {
+    /// Admitted, waiting for a node with room (`max_running_deployments`).
+    pub queued: bool,
+    /// The node whose process runs it (absent while it is queued, and on a host without nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_node: Option<String>,
+    /// How many times the run was given to a process: one more after each takeover. The
+    /// `X-PowerAutomation-Fence` its HTTP triggers carry (0 while it is queued).
+    pub lease_epoch: u64,
 }
 
 impl DeploymentDetail {
@@ -342,11 +358,13 @@ impl DeploymentDetail {
         results: Vec<TargetResult>,
         logs: Vec<LogLine>,
         logs_truncated: bool,
+        run: Option<RunView>,
     ) -> DeploymentDetail {
         DeploymentDetail {
             deployment: DeploymentState::new(record, results),
             logs,
             logs_truncated,
+            run,
         }
     }
 }
