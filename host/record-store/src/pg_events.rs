@@ -22,6 +22,10 @@ use crate::{PgStore, StoreError};
 pub const EVENTS_CHANNEL: &str = "pa_events";
 /// Serializes appends across the cluster (an arbitrary, fixed advisory lock key).
 const APPEND_LOCK: i64 = 0x7061_5f65_7665_6e74;
+/// How long an append waits for the lock, and how long the server lets an append that holds it
+/// sit idle before it ends the transaction (and so frees the lock).
+const APPEND_TIMEOUTS: &str =
+    "SET LOCAL lock_timeout = '5s'; SET LOCAL idle_in_transaction_session_timeout = '10s'";
 /// The `application_name` of a listening connection, before its node's id, so an operator can
 /// tell it apart.
 pub const LISTENER_NAME: &str = "powerautomation-events";
@@ -118,6 +122,10 @@ impl PgStore {
             || format!("append {} events to the event log", events.len()),
             |client| {
                 let mut transaction = client.transaction()?;
+                // A node paused while it holds the lock (SIGSTOP, a frozen machine) must not
+                // stop every node's appends: the server ends such a transaction, and a waiter
+                // gives up and tries again.
+                transaction.batch_execute(APPEND_TIMEOUTS)?;
                 transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])?;
                 transaction.execute(
                     "INSERT INTO pa_events (node_id, boot_id, seq, kind, data, user_data, for_users)
@@ -133,6 +141,19 @@ impl PgStore {
                 // Delivered at commit, to every listening connection.
                 transaction.execute("SELECT pg_notify($1, '')", &[&EVENTS_CHANNEL])?;
                 transaction.commit()
+            },
+        )
+    }
+
+    /// The newest id of the log (`None`: it is empty).
+    pub fn newest_event_id(&self) -> Result<Option<u64>, StoreError> {
+        self.read(
+            || "read the event log".into(),
+            |client| {
+                let newest: Option<i64> = client
+                    .query_one("SELECT max(id) FROM pa_events", &[])?
+                    .try_get(0)?;
+                Ok(newest.map(|id| u64::try_from(id).unwrap_or(0)))
             },
         )
     }
@@ -225,10 +246,13 @@ impl PgStore {
 
     /// A connection of its own (not pooled) that listens on [`EVENTS_CHANNEL`], named
     /// `powerautomation-events <node_id>` on the server.
+    /// One attempt: the caller, which reads the log meanwhile, tries again.
     pub fn listen_events(&self, node_id: &str) -> Result<EventListener, StoreError> {
         let mut config = self.config.clone();
         config.application_name(&format!("{LISTENER_NAME} {node_id}"));
-        let mut client = self.connect_with(&config)?;
+        let mut client = config.connect(postgres::NoTls).map_err(|error| {
+            StoreError::postgres(format!("connect to {}", self.shown()), &error)
+        })?;
         client
             .batch_execute(&format!("LISTEN {EVENTS_CHANNEL}"))
             .map_err(|error| StoreError::postgres("listen for events", &error))?;

@@ -234,16 +234,10 @@ impl PgStore {
 
     /// A new connection, retried with backoff (a server restarting refuses for a moment).
     fn connect(&self) -> Result<Client, StoreError> {
-        self.connect_with(&self.config)
-    }
-
-    /// A new connection with `config` (this store's, or one derived from it), retried with
-    /// backoff.
-    pub(crate) fn connect_with(&self, config: &postgres::Config) -> Result<Client, StoreError> {
         let mut wait = FIRST_BACKOFF;
         let mut attempt = 1;
         loop {
-            match config.connect(NoTls) {
+            match self.config.connect(NoTls) {
                 Ok(client) => return Ok(client),
                 Err(error) if attempt >= CONNECT_ATTEMPTS => {
                     return Err(StoreError::postgres(

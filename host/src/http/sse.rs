@@ -32,8 +32,13 @@ use super::{
 };
 use crate::{
     auth::{require, Principal},
-    services::events::{Event, REPLAY},
+    services::events::Event,
 };
+
+/// Reads of the cluster's log for clients that resume from before the replay buffer, at once.
+static ARCHIVE_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+/// Events one such read returns at most; a client that missed more is told to reload.
+const ARCHIVE_LIMIT: usize = 1024;
 
 pub async fn events(
     State((app, mount)): State<(AppState, Arc<MountState>)>,
@@ -61,12 +66,30 @@ pub async fn events(
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<u64>().ok());
+    let mut last_id = last_id;
+    // On a shared bus, an id past the end of the cluster's log is from another log (a new
+    // database): the client gets what a client of an earlier run of a host gets.
+    if let (Some(archive), Some(id)) = (app.bus.archive(), last_id) {
+        if id > app.bus.last_id() {
+            let newest = tokio::task::spawn_blocking(move || archive.newest()).await;
+            if let Ok(Ok(newest)) = newest {
+                if id > newest.unwrap_or(0) {
+                    last_id = Some(0);
+                }
+            }
+        }
+    }
     let mut subscription = app.bus.subscribe_after(last_id);
     // On a shared bus, what left this node's buffer is read back from the cluster's log.
     let mut archived = Vec::new();
     if let (true, Some(archive), Some(after)) = (subscription.gap, app.bus.archive(), last_id) {
         let before = subscription.buffered_from;
-        match tokio::task::spawn_blocking(move || archive.between(after, before, REPLAY)).await {
+        // Few at a time, and few events each: a burst of reconnects must not take the store's
+        // connections or the host's memory.
+        let _reading = ARCHIVE_READS.acquire().await;
+        match tokio::task::spawn_blocking(move || archive.between(after, before, ARCHIVE_LIMIT))
+            .await
+        {
             Ok(Ok(Some(events))) => {
                 archived = events;
                 subscription.gap = false;

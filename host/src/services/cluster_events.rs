@@ -183,6 +183,15 @@ impl ClusterEvents {
     }
 }
 
+/// Dropped without [`ClusterEvents::stop`] (a start that failed later): the threads end.
+impl Drop for ClusterEvents {
+    fn drop(&mut self) {
+        self.outbound.close();
+        self.flags.stopping.store(true, Ordering::Release);
+        self.flags.abandon.store(true, Ordering::Release);
+    }
+}
+
 /// A logged event as the bus holds it.
 fn bus_event(event: LoggedEvent, boot_id: &str) -> Event {
     Event {
@@ -334,6 +343,12 @@ struct LogArchive {
 }
 
 impl Archive for LogArchive {
+    fn newest(&self) -> Result<Option<u64>, String> {
+        self.store
+            .newest_event_id()
+            .map_err(|error| error.to_string())
+    }
+
     fn between(&self, after: u64, before: u64, limit: usize) -> Result<Option<Vec<Event>>, String> {
         let failed = |error: StoreError| error.to_string();
         // Ids are not dense, so a log that starts past the next id may have lost events to

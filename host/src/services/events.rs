@@ -51,6 +51,8 @@ pub trait Archive: Send + Sync {
     /// The events with `after < id < before`, in order, at most `limit`; `None` when events
     /// after `after` are no longer kept. Blocks (a database read).
     fn between(&self, after: u64, before: u64, limit: usize) -> Result<Option<Vec<Event>>, String>;
+    /// The newest id kept (`None`: none). Blocks.
+    fn newest(&self) -> Result<Option<u64>, String>;
 }
 
 impl Event {
@@ -280,7 +282,7 @@ impl EventBus {
                 .filter(|event| event.id > last_id)
                 .cloned()
                 .collect(),
-            gap: last_id + 1 < oldest,
+            gap: last_id.saturating_add(1) < oldest,
             receiver,
         }
     }
@@ -381,6 +383,10 @@ mod tests {
 
     impl Archive for NoArchive {
         fn between(&self, _: u64, _: u64, _: usize) -> Result<Option<Vec<Event>>, String> {
+            Ok(None)
+        }
+
+        fn newest(&self) -> Result<Option<u64>, String> {
             Ok(None)
         }
     }

@@ -23,6 +23,7 @@ use crate::{
     environments::{check_id, from_json_object},
     persist::deployments::{DeploymentStore, IdempotencyRecord, IdempotencyStore},
     persist::history::{Filter, History},
+    persist::records::StoreError,
     wire::{
         Accepted, Cancelling, DeploymentDetail, DeploymentEntry, HistoryPage, LogEnd, LogsAnswer,
         RunView, TargetResult, TriggerRequest, View,
@@ -92,16 +93,20 @@ pub(crate) async fn detail(State(api): Shared, DeploymentKey(id): DeploymentKey)
     // Only the chunks that hold the last lines are read, however long the log is.
     let tail = api.deployments().log_tail(&id, DETAIL_LOG_LINES).await?;
     // A parked deployment keeps its entry, but no process runs it.
-    let run = match record.status {
+    let entry = match record.status {
         Phase::AwaitingApproval => None,
-        _ => crate::persist::runs::entry_of(api.coordinator.records(), &id)
-            .await?
-            .map(|(_, entry)| RunView {
-                queued: entry.queued,
-                owner_node: entry.node_id,
-                lease_epoch: entry.epoch,
-            }),
+        _ => match crate::persist::runs::entry_of(api.coordinator.records(), &id).await {
+            Ok(entry) => entry,
+            // An entry that does not read says nothing of who runs it; the rest is shown.
+            Err(StoreError::Decode { .. }) => None,
+            Err(error) => return Err(error.into()),
+        },
     };
+    let run = entry.map(|(_, entry)| RunView {
+        queued: entry.queued,
+        owner_node: entry.node_id,
+        lease_epoch: entry.epoch,
+    });
     Ok(json(
         StatusCode::OK,
         &DeploymentDetail::new(record, results, tail.lines, tail.first_line > 0, run),

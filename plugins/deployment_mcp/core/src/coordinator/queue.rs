@@ -35,9 +35,13 @@ impl Coordinator {
         )
     }
 
-    /// Why this copy starts no new run now: its node drains, or it runs as many as it may
+    /// Why this copy starts no new run now: it stops (a swap or the host stopping), its node
+    /// drains, or it runs as many as it may
     /// (`max_running_deployments`, 0: no limit). `None`: it has room.
     fn no_room(&self) -> Option<String> {
+        if self.background.is_cancelled() {
+            return Some(format!("{} is stopping", self.node_name()));
+        }
         if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
             return Some(format!("{} drains", self.node_name()));
         }

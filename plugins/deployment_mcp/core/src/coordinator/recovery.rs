@@ -130,7 +130,7 @@ impl Coordinator {
         }
         // Running entries and claims of runs that died with an earlier boot free their
         // environments.
-        persist::runs::forget_dead_runs(&self.records, alive, &parked, &elsewhere).await?;
+        persist::runs::forget_dead_runs(&self.records, alive, &parked, self.node()).await?;
         Ok(recovered)
     }
 

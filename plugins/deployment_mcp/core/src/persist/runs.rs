@@ -206,38 +206,44 @@ pub(crate) async fn claims_held(
 }
 
 /// Forgets the running entries and claims of processes that are gone: `alive` says which
-/// processes (boots) still run theirs, deployments in `parked` keep their claims (they wait
-/// at a gate, with no process), and those in `elsewhere` run on other nodes, whose watchers
-/// deal with them. Each claim is released only if it still holds what was read.
+/// processes (boots) still run theirs, deployments in `parked` keep their entries (they wait at
+/// a gate, with no process), and entries of runs on other nodes and of queued deployments are
+/// left to the nodes that watch and to the queue (as each entry says when it is read: another
+/// node may admit or take a deployment meanwhile). An entry goes only if it is still what was
+/// read; a claim goes only if it is still what was read and its deployment has no entry, so a
+/// deployment admitted anywhere meanwhile keeps its claims.
 pub async fn forget_dead_runs(
     records: &Records,
     alive: impl Fn(&str) -> bool,
     parked: &HashSet<String>,
-    elsewhere: &HashSet<String>,
+    node: Option<&NodeTag>,
 ) -> Result<(), StoreError> {
-    for (id, active) in records.scan::<ActiveEntry>(collection::ACTIVE, "").await? {
-        if !alive(&active.boot_id) && !parked.contains(&id) && !elsewhere.contains(&id) {
-            records.delete(collection::ACTIVE, &id).await?;
-            records.delete(collection::CANCEL, &id).await?;
+    for (id, text, entry) in running_entries(records).await? {
+        if alive(&entry.boot_id) || parked.contains(&id) || run_elsewhere(&entry, node) {
+            continue;
         }
+        let ops = vec![
+            StoreOp::delete(collection::ACTIVE, &id).when(Condition::Equals(text)),
+            StoreOp::delete(collection::CANCEL, &id),
+        ];
+        // A conflict: the entry changed since it was read (taken, or started again).
+        records.apply(ops).await?;
     }
-    let mut stale = Vec::new();
     for (environment, text) in records.rows(collection::CLAIMS).await? {
         let claim = serde_json::from_str::<Claim>(&text).ok();
-        let is_stale = claim.is_none_or(|claim| {
-            !alive(&claim.boot_id)
-                && !parked.contains(claim.deployment_id.as_str())
-                && !elsewhere.contains(claim.deployment_id.as_str())
-        });
-        if is_stale {
-            stale.push(
-                StoreOp::delete(collection::CLAIMS, &environment).when(Condition::Equals(text)),
-            );
+        let mut ops = Vec::new();
+        match claim {
+            Some(claim) if alive(&claim.boot_id) => continue,
+            Some(claim) => ops.push(StoreOp::check(
+                collection::ACTIVE,
+                claim.deployment_id.as_str(),
+                Condition::Absent,
+            )),
+            None => {}
         }
-    }
-    for op in stale {
-        // A conflict means the claim changed since it was read: it is not stale.
-        records.apply(vec![op]).await?;
+        ops.push(StoreOp::delete(collection::CLAIMS, &environment).when(Condition::Equals(text)));
+        // A conflict: the claim changed, or its deployment runs, waits or is queued.
+        records.apply(ops).await?;
     }
     Ok(())
 }
@@ -354,5 +360,83 @@ mod tests {
         assert!(take_turn(&records, "gates", hour, 3_601_000, "a")
             .await
             .expect("a"));
+    }
+
+    #[tokio::test]
+    async fn the_clean_up_of_dead_processes_keeps_what_runs_elsewhere_or_is_queued() {
+        let host = LocalHost::in_memory().expect("an in-memory host");
+        let records = Records::new(host.host.clone());
+        let put = |collection: &'static str, key: &str, value: String| {
+            let records = records.clone();
+            let key = key.to_owned();
+            async move {
+                records
+                    .apply(vec![StoreOp::put(collection, &key, value)])
+                    .await
+                    .expect("stored");
+            }
+        };
+        let entry = |value: serde_json::Value| value.to_string();
+        // Queued by a process that is gone; run by node b; run by this node's earlier process.
+        let cases = [
+            (
+                "q-env",
+                r#"{"boot_id":"gone","queued":true,"epoch":0}"#,
+                "gone",
+            ),
+            (
+                "b-env",
+                r#"{"boot_id":"b-boot","node_id":"b","node_boot":"b-boot","epoch":1}"#,
+                "b-boot",
+            ),
+            (
+                "a-env",
+                r#"{"boot_id":"gone","node_id":"a","node_boot":"a-old","epoch":1}"#,
+                "gone",
+            ),
+        ];
+        let mut ids = Vec::new();
+        for (n, (environment, active, holder)) in cases.iter().enumerate() {
+            let id = DeploymentId::generate(1_000 + n as u64);
+            let active: serde_json::Value = serde_json::from_str(active).expect("json");
+            put(collection::ACTIVE, &id, entry(active)).await;
+            put(
+                collection::CLAIMS,
+                environment,
+                claim_text(&id, holder).expect("a claim"),
+            )
+            .await;
+            ids.push(id);
+        }
+        let me = NodeTag {
+            node_id: "a".into(),
+            node_boot: "a-new".into(),
+        };
+        forget_dead_runs(&records, |boot| boot == "new", &HashSet::new(), Some(&me))
+            .await
+            .expect("cleaned");
+        let kept = |collection: &'static str, key: &str| {
+            let records = records.clone();
+            let key = key.to_owned();
+            async move {
+                records
+                    .get_raw(collection, &key)
+                    .await
+                    .expect("read")
+                    .is_some()
+            }
+        };
+        assert!(kept(collection::ACTIVE, &ids[0]).await, "the queue is kept");
+        assert!(kept(collection::CLAIMS, "q-env").await);
+        assert!(
+            kept(collection::ACTIVE, &ids[1]).await,
+            "node b's run is b's"
+        );
+        assert!(kept(collection::CLAIMS, "b-env").await);
+        assert!(
+            !kept(collection::ACTIVE, &ids[2]).await,
+            "this node's dead run goes"
+        );
+        assert!(!kept(collection::CLAIMS, "a-env").await);
     }
 }
