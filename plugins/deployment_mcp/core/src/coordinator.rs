@@ -158,6 +158,8 @@ pub struct Coordinator {
     background: CancellationToken,
     /// Bumped on every local change, so cached views know they are stale.
     generation: AtomicUsize,
+    /// Woken when a run of this copy ends: its room goes to the queue at once.
+    room_freed: tokio::sync::Notify,
     imds_identity: tokio::sync::OnceCell<Option<(String, Option<String>)>>,
 }
 
@@ -201,6 +203,7 @@ impl Coordinator {
             tasks: TaskTracker::new(),
             background: CancellationToken::new(),
             generation: AtomicUsize::new(0),
+            room_freed: tokio::sync::Notify::new(),
             imds_identity: tokio::sync::OnceCell::new(),
         }
     }
@@ -692,6 +695,7 @@ impl Coordinator {
         }
         drop(runs);
         self.changed();
+        self.room_freed.notify_one();
     }
 
     /// The end of this copy's run of `deployment_id`, when this copy runs it.

@@ -6,7 +6,8 @@
 //!
 //! A queued deployment is nobody's run: recovery leaves it alone, and a cancel ends it at once
 //! (conditional on the same entry, so a cancel and a start cannot both happen). Every copy
-//! looks at the queue, and at the nodes, every [`WATCH`].
+//! looks at the queue, and at the nodes, every [`WATCH`], and at the queue again as soon as one
+//! of its runs ends.
 
 use std::{sync::Arc, time::SystemTime};
 
@@ -113,15 +114,24 @@ impl Coordinator {
         Ok(lease)
     }
 
-    /// Looks at the nodes (their lost runs) and at the queue every [`WATCH`], until `stop`.
+    /// Looks at the nodes (their lost runs) and at the queue every [`WATCH`], and at the queue
+    /// as soon as a run of this copy ends, until `stop`.
     pub(super) async fn watch_loop(self: Arc<Self>, stop: CancellationToken) {
+        // A schedule, not a sleep after each wake-up: runs that end often do not put the look
+        // at the nodes off.
+        let mut ticks = tokio::time::interval(WATCH);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
         loop {
-            tokio::select! {
+            let watch = tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(WATCH) => {}
-            }
-            if let Err(error) = self.recover_lost_nodes().await {
-                tracing::warn!(%error, "cannot look for the runs of lost nodes; trying again");
+                _ = ticks.tick() => true,
+                _ = self.room_freed.notified() => false,
+            };
+            if watch {
+                if let Err(error) = self.recover_lost_nodes().await {
+                    tracing::warn!(%error, "cannot look for the runs of lost nodes; trying again");
+                }
             }
             if let Err(error) = self.start_queued().await {
                 tracing::warn!(%error, "cannot look at the queue; trying again");

@@ -1,7 +1,7 @@
 //! The queue, in-process with the clock paused: a node at `max_running_deployments` queues
 //! what it admits and starts it when a run ends; another node with room starts it first; a
 //! cancel ends a queued deployment at once, its environments free and never triggered; the
-//! queue outlives a restart.
+//! queue outlives a restart; the room a run leaves goes to the queue at once.
 
 use std::sync::Arc;
 
@@ -190,4 +190,39 @@ async fn a_queued_deployment_outlives_a_restart_and_the_next_process_starts_it()
     );
     assert_eq!(next.start_queued().await.expect("looked"), 1);
     assert_eq!(ended(&next, &waiting).await, Phase::Completed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_room_a_run_leaves_goes_to_the_queue_at_once() {
+    let host = LocalHost::in_memory().expect("an in-memory host");
+    let script = Script::new();
+    script.on("first", Step::Succeed(std::time::Duration::from_secs(10)));
+    let a = one_at_a_time(&host, &script, "a", &["first", "second"]).await;
+    a.start_background();
+    let first = start(&a, "first").await;
+    let second = start(&a, "second").await;
+    // Virtual time: the first run's end and the second's start, seen every 10 ms.
+    let step = std::time::Duration::from_millis(10);
+    let mut first_ended = None;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let second_started = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queue was not started"
+        );
+        if first_ended.is_none() && status(&a, &first).await.is_terminal() {
+            first_ended = Some(tokio::time::Instant::now());
+        }
+        if status(&a, &second).await != Phase::Pending {
+            break tokio::time::Instant::now();
+        }
+        tokio::time::sleep(step).await;
+    };
+    let first_ended = first_ended.expect("the first ended before the second started");
+    assert!(
+        second_started - first_ended < std::time::Duration::from_millis(100),
+        "started {:?} after the room was freed (the watch's period is 500 ms)",
+        second_started - first_ended
+    );
+    assert_eq!(ended(&a, &second).await, Phase::Completed);
 }
