@@ -147,13 +147,21 @@ impl PgStore {
 
     /// The newest id of the log (`None`: it is empty).
     pub fn newest_event_id(&self) -> Result<Option<u64>, StoreError> {
+        self.event_id_bound("SELECT max(id) FROM pa_events")
+    }
+
+    /// The oldest id the log still holds (`None`: it is empty).
+    pub fn oldest_event_id(&self) -> Result<Option<u64>, StoreError> {
+        self.event_id_bound("SELECT min(id) FROM pa_events")
+    }
+
+    /// The one id `query` (an aggregate over the log's ids) answers.
+    fn event_id_bound(&self, query: &str) -> Result<Option<u64>, StoreError> {
         self.read(
             || "read the event log".into(),
             |client| {
-                let newest: Option<i64> = client
-                    .query_one("SELECT max(id) FROM pa_events", &[])?
-                    .try_get(0)?;
-                Ok(newest.map(|id| u64::try_from(id).unwrap_or(0)))
+                let id: Option<i64> = client.query_one(query, &[])?.try_get(0)?;
+                Ok(id.map(|id| u64::try_from(id).unwrap_or(0)))
             },
         )
     }
@@ -201,19 +209,6 @@ impl PgStore {
                     .iter()
                     .map(logged)
                     .collect()
-            },
-        )
-    }
-
-    /// The oldest id the log still holds (`None`: it is empty).
-    pub fn oldest_event_id(&self) -> Result<Option<u64>, StoreError> {
-        self.read(
-            || "read the event log".into(),
-            |client| {
-                let oldest: Option<i64> = client
-                    .query_one("SELECT min(id) FROM pa_events", &[])?
-                    .try_get(0)?;
-                Ok(oldest.map(|id| u64::try_from(id).unwrap_or(0)))
             },
         )
     }
