@@ -19,8 +19,8 @@ use crate::{
 /// swap loses neither stored records nor event subscribers. Implemented by the host; the methods
 /// may block briefly (SQLite), so plugins call them off their async workers.
 ///
-/// Methods after `store_list` came with interface 1.2; a 1.1 plugin never calls them, and a
-/// 1.2 host always provides them.
+/// Methods after `store_list` came with interface 1.2 and 1.3; a plugin built against an older
+/// minor version never calls the newer ones, and a host always provides them all.
 #[sabi_trait]
 pub trait HostServices: Send + Sync {
     /// Emits one log record through the host's logger.
@@ -66,6 +66,20 @@ pub trait HostServices: Send + Sync {
     /// `Last-Event-ID` works alike for every subscriber. [`HostServices::publish`] is this
     /// with the same data for everyone. Returns the event id.
     fn publish_by_role(&self, kind: RStr<'_>, data: RStr<'_>, user_data: ROption<RStr<'_>>) -> u64;
+
+    /// [`HostServices::store_apply`], and when the batch applies, `audit` (audit drafts, JSON:
+    /// actor, via, tool, action, resource, outcome, request_id, reason, changes, environments)
+    /// chained onto the host's audit log in the same transaction, so a change is never stored
+    /// without its entry. With no operations, the entries alone. Since 1.3.
+    fn store_apply_audited(
+        &self,
+        ops: RSlice<'_, StoreOp>,
+        audit: RSlice<'_, RString>,
+    ) -> RResult<ROption<StoreConflict>, RString>;
+
+    /// A page of the audit log: `query` is JSON (the filters of `GET /api/audit`, `before`
+    /// and `limit`), the answer JSON `{"entries":[…],"next_cursor"}`, newest first. Since 1.3.
+    fn audit_query(&self, query: RStr<'_>) -> RResult<RString, RString>;
 }
 
 /// Where a plugin delivers the answer to one request. Implemented by the host; called once

@@ -62,18 +62,31 @@ fn answer<T>(result: Result<T, crate::StoreError>) -> RResult<T, RString> {
         .into()
 }
 
-/// Applies `ops` (borrowed from the calling plugin for the length of the call) and answers in
-/// ABI types.
+/// `HostServices::audit_query`.
+pub fn audit_query_abi(store: &dyn RecordStore, query: RStr<'_>) -> RResult<RString, RString> {
+    crate::audit::page_json_of(store, query.as_str())
+        .map(RString::from)
+        .map_err(RString::from)
+        .into()
+}
+
+/// Applies `ops` (borrowed from the calling plugin for the length of the call) with the audit
+/// drafts `audit` (JSON), and answers in ABI types.
 pub fn apply_abi(
     store: &dyn RecordStore,
     ops: RSlice<'_, StoreOp>,
+    audit: RSlice<'_, RString>,
 ) -> RResult<ROption<StoreConflict>, RString> {
     let ops: Result<Vec<Op<'_>>, String> = ops.iter().map(op_from_abi).collect();
     let ops = match ops {
         Ok(ops) => ops,
         Err(error) => return RResult::RErr(error.into()),
     };
-    match store.apply(&ops) {
+    let drafts = match crate::audit::read_drafts(audit.iter().map(RString::as_str)) {
+        Ok(drafts) => drafts,
+        Err(error) => return RResult::RErr(error.into()),
+    };
+    match store.apply_audited(&ops, &drafts) {
         Ok(conflict) => RResult::ROk(
             conflict
                 .map(|conflict| StoreConflict {

@@ -18,14 +18,20 @@
 
 #[cfg(feature = "plugin-api")]
 mod abi;
+pub mod audit;
 mod data_dir;
+mod failpoint;
 mod memory;
 mod pg_events;
 mod postgres;
 mod store;
 
 #[cfg(feature = "plugin-api")]
-pub use abi::{apply_abi, delete_abi, get_abi, list_abi, op_from_parts, put_abi};
+pub use abi::{apply_abi, audit_query_abi, delete_abi, get_abi, list_abi, op_from_parts, put_abi};
+pub use audit::{
+    AuditActor, AuditBounds, AuditDraft, AuditEntry, AuditOutcome, AuditQuery, AuditRecord,
+    AuditRow, AuditStatus, AuditVia, Verdict, MAX_AUDIT_PAGE,
+};
 pub use data_dir::{DataDir, DataDirError};
 pub use memory::MemoryStore;
 pub use pg_events::{
@@ -52,7 +58,27 @@ pub trait RecordStore: Send + Sync {
     ) -> Result<Vec<(String, String)>, StoreError>;
     /// Applies every operation at once if every condition holds (checked in order, against the
     /// state before the batch's own writes), else none of them, and returns the first conflict.
-    fn apply(&self, ops: &[Op<'_>]) -> Result<Option<Conflict>, StoreError>;
+    fn apply(&self, ops: &[Op<'_>]) -> Result<Option<Conflict>, StoreError> {
+        self.apply_audited(ops, &[])
+    }
+    /// [`RecordStore::apply`], with `audit` chained onto the audit log in the same transaction
+    /// when the batch applies (nothing of either when it does not). With no operations, an
+    /// append of entries alone.
+    fn apply_audited(
+        &self,
+        ops: &[Op<'_>],
+        audit: &[AuditDraft],
+    ) -> Result<Option<Conflict>, StoreError>;
+    /// A page of the audit log, newest first.
+    fn audit_query(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Entries after `after` in chain order, at most `limit` (capped at [`audit::SCAN_PAGE`]),
+    /// with their indexed columns: what `audit verify` and `audit export` read.
+    fn audit_scan(&self, after: u64, limit: u32) -> Result<Vec<AuditRow>, StoreError>;
+    /// The chain's checkpoint and head.
+    fn audit_bounds(&self) -> Result<AuditBounds, StoreError>;
+    /// Prunes at most `chunk` of the oldest entries written before `before` (the entries' time
+    /// form), moving the checkpoint over them; how many went.
+    fn audit_prune(&self, before: &str, chunk: u32) -> Result<u64, StoreError>;
     /// What the store was asked to do since it was opened.
     fn counts(&self) -> StoreCounts;
 }

@@ -9,6 +9,7 @@ use std::{
 };
 
 use crate::{
+    audit::{AuditBounds, AuditDraft, AuditEntry, AuditQuery, AuditRecord, AuditRow},
     store::{check, check_batch, Counters},
     Condition, Conflict, Op, RecordStore, StoreCounts, StoreError, Write, MAX_LIST,
 };
@@ -16,9 +17,17 @@ use crate::{
 /// Collections by name, each its keys in order.
 type Collections = BTreeMap<String, BTreeMap<String, String>>;
 
+/// The audit chain in memory: its entries in order, its checkpoint and head.
+#[derive(Default)]
+struct MemoryAudit {
+    rows: Vec<AuditRow>,
+    bounds: AuditBounds,
+}
+
 #[derive(Default)]
 pub struct MemoryStore {
     collections: Mutex<Collections>,
+    audit: Mutex<MemoryAudit>,
     counters: Counters,
 }
 
@@ -87,8 +96,18 @@ impl RecordStore for MemoryStore {
         Ok(rows)
     }
 
-    fn apply(&self, ops: &[Op<'_>]) -> Result<Option<Conflict>, StoreError> {
+    fn apply_audited(
+        &self,
+        ops: &[Op<'_>],
+        audit: &[AuditDraft],
+    ) -> Result<Option<Conflict>, StoreError> {
         check_batch(ops, &self.counters)?;
+        for draft in audit {
+            draft.check()?;
+        }
+        // The audit log's lock is taken first and held over the batch, so entries chain in the
+        // order their batches applied.
+        let mut chain = self.audit.lock().unwrap_or_else(|p| p.into_inner());
         let mut collections = self.collections();
         // Conditions are checked against the state before the batch's own writes.
         for (index, op) in ops.iter().enumerate() {
@@ -103,6 +122,24 @@ impl RecordStore for MemoryStore {
                     index,
                     current: current.cloned(),
                 }));
+            }
+        }
+        // Sealed before anything is written: a draft that cannot be sealed leaves all as it was.
+        let mut sealed = Vec::with_capacity(audit.len());
+        if !audit.is_empty() {
+            let at = crate::audit::now_text();
+            let mut prev = chain
+                .bounds
+                .head
+                .clone()
+                .unwrap_or((0, crate::audit::GENESIS.into()));
+            for draft in audit {
+                let next = crate::audit::seal(&prev, draft, &at)?;
+                prev = (next.record.seq, next.record.hash.clone());
+                sealed.push(AuditRow {
+                    record: next.record,
+                    columns: next.columns,
+                });
             }
         }
         // Written in order, as one transaction would; what each write replaced is kept, so a
@@ -138,7 +175,63 @@ impl RecordStore for MemoryStore {
             };
             undo.push((op.collection, op.key, before));
         }
+        if let Some(last) = sealed.last() {
+            chain.bounds.head = Some((last.record.seq, last.record.hash.clone()));
+            chain.rows.extend(sealed);
+        }
         Ok(None)
+    }
+
+    fn audit_query(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let chain = self.audit.lock().unwrap_or_else(|p| p.into_inner());
+        let limit = query.limit.clamp(1, crate::audit::MAX_AUDIT_PAGE) as usize;
+        Ok(chain
+            .rows
+            .iter()
+            .rev()
+            .filter(|row| {
+                serde_json::from_str::<AuditEntry>(&row.record.entry)
+                    .is_ok_and(|entry| query.matches(&entry))
+            })
+            .take(limit)
+            .map(|row| row.record.clone())
+            .collect())
+    }
+
+    fn audit_scan(&self, after: u64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        let chain = self.audit.lock().unwrap_or_else(|p| p.into_inner());
+        let limit = limit.min(crate::audit::SCAN_PAGE) as usize;
+        Ok(chain
+            .rows
+            .iter()
+            .filter(|row| row.record.seq > after)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    fn audit_bounds(&self) -> Result<AuditBounds, StoreError> {
+        Ok(self
+            .audit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bounds
+            .clone())
+    }
+
+    fn audit_prune(&self, before: &str, chunk: u32) -> Result<u64, StoreError> {
+        let mut chain = self.audit.lock().unwrap_or_else(|p| p.into_inner());
+        let old = chain
+            .rows
+            .iter()
+            .take(chunk as usize)
+            .rposition(|row| row.columns.at.as_str() < before);
+        let Some(last) = old else { return Ok(0) };
+        let pruned: Vec<AuditRow> = chain.rows.drain(..=last).collect();
+        if let Some(row) = pruned.last() {
+            chain.bounds.checkpoint = Some((row.record.seq, row.record.hash.clone()));
+        }
+        Ok(pruned.len() as u64)
     }
 
     fn counts(&self) -> StoreCounts {

@@ -172,6 +172,9 @@ impl PgStore {
         transaction
             .batch_execute(SCHEMA)
             .map_err(failed("create the schema"))?;
+        transaction
+            .batch_execute(crate::audit::postgres::SCHEMA)
+            .map_err(failed("create the audit log's schema"))?;
         transaction.commit().map_err(failed("create the schema"))?;
         drop(lent);
         Ok(store)
@@ -313,13 +316,16 @@ impl StoreError {
 }
 
 /// Whether `error` means another transaction got there first (the batch is run again). Under
-/// `SERIALIZABLE` a race is reported as a serialization failure, and upserts never raise a
-/// unique violation.
+/// `SERIALIZABLE` a race is reported as a serialization failure; the records' upserts never
+/// raise a unique violation, so one means two appends to the audit chain met (it is run again,
+/// and then chains after the other).
 fn lost_race(error: &postgres::Error) -> bool {
     matches!(
         error.code(),
         Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE
             || *code == SqlState::T_R_DEADLOCK_DETECTED
+            // Two appenders to the audit chain of a store made before its head row existed.
+            || *code == SqlState::UNIQUE_VIOLATION
     )
 }
 
@@ -356,6 +362,7 @@ fn upsert(
 fn attempt(
     client: &mut Client,
     ops: &[Op<'_>],
+    audit: &[crate::AuditDraft],
 ) -> Result<Result<Option<Conflict>, StoreError>, postgres::Error> {
     let mut transaction = client
         .build_transaction()
@@ -399,6 +406,12 @@ fn attempt(
                 let sum = current.unwrap_or(0).saturating_add(amount).to_string();
                 upsert(&mut transaction, op.collection, op.key, &sum)?;
             }
+        }
+    }
+    if !audit.is_empty() {
+        let at = crate::audit::now_text();
+        if let Err(error) = crate::audit::postgres::append(&mut transaction, audit, &at)? {
+            return Ok(Err(error));
         }
     }
     transaction.commit()?;
@@ -465,12 +478,19 @@ impl RecordStore for PgStore {
         Ok(rows)
     }
 
-    fn apply(&self, ops: &[Op<'_>]) -> Result<Option<Conflict>, StoreError> {
+    fn apply_audited(
+        &self,
+        ops: &[Op<'_>],
+        audit: &[crate::AuditDraft],
+    ) -> Result<Option<Conflict>, StoreError> {
         check_batch(ops, &self.counters)?;
+        for draft in audit {
+            draft.check()?;
+        }
         let mut wait = Duration::from_millis(1);
         for _ in 0..RACE_RETRIES {
             let mut lent = self.lend()?;
-            match attempt(lent.client()?, ops) {
+            match attempt(lent.client()?, ops, audit) {
                 Ok(answer) => return answer,
                 Err(error) if lost_race(&error) => {}
                 // A batch whose connection broke may or may not have committed: the caller
@@ -491,6 +511,40 @@ impl RecordStore for PgStore {
             action: format!("apply a batch of {} operations", ops.len()),
             message: format!("it lost {RACE_RETRIES} races with other transactions in a row"),
         })
+    }
+
+    fn audit_query(
+        &self,
+        query: &crate::AuditQuery,
+    ) -> Result<Vec<crate::AuditRecord>, StoreError> {
+        let rows = self.read(
+            || "query the audit log".into(),
+            |client| crate::audit::postgres::query(client, query),
+        )?;
+        self.counters
+            .read(rows.len(), rows.iter().map(|row| row.entry.len()).sum());
+        Ok(rows)
+    }
+
+    fn audit_scan(&self, after: u64, limit: u32) -> Result<Vec<crate::AuditRow>, StoreError> {
+        self.read(
+            || "read the audit log".into(),
+            |client| crate::audit::postgres::scan(client, after, limit),
+        )
+    }
+
+    fn audit_bounds(&self) -> Result<crate::AuditBounds, StoreError> {
+        self.read(
+            || "read the audit chain's bounds".into(),
+            crate::audit::postgres::bounds,
+        )
+    }
+
+    fn audit_prune(&self, before: &str, chunk: u32) -> Result<u64, StoreError> {
+        self.write(
+            || "prune the audit log".into(),
+            |client| crate::audit::postgres::prune(client, before, chunk),
+        )
     }
 
     fn counts(&self) -> StoreCounts {

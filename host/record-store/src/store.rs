@@ -56,6 +56,9 @@ pub enum StoreError {
         action: String,
         source: rusqlite::Error,
     },
+    /// An audit draft outside its limits (which field, what was expected).
+    #[error("audit entry {0}")]
+    BadAudit(String),
     /// The PostgreSQL server refused or could not be reached; `message` is the server's (with
     /// its SQLSTATE code) or the connection's.
     #[error("store {action}: {message}")]
@@ -63,7 +66,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    fn sqlite(action: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    pub(crate) fn sqlite(action: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> StoreError {
         let action = action.into();
         move |source| StoreError::Sqlite { action, source }
     }
@@ -306,6 +309,9 @@ impl Store {
                  ) WITHOUT ROWID;",
             )
             .map_err(StoreError::sqlite(&describe))?;
+        writer
+            .execute_batch(crate::audit::sqlite::SCHEMA)
+            .map_err(StoreError::sqlite(&describe))?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let reader = Connection::open_with_flags(
@@ -414,7 +420,20 @@ impl Store {
     /// and returns the first conflict. Conditions are checked in order, against the state
     /// before the batch's own writes.
     pub fn apply(&self, ops: &[Op<'_>]) -> Result<Option<Conflict>, StoreError> {
+        self.apply_audited(ops, &[])
+    }
+
+    /// [`Store::apply`], and when the batch applies, `audit` appended to the audit chain in
+    /// the same transaction: both are written or neither.
+    pub fn apply_audited(
+        &self,
+        ops: &[Op<'_>],
+        audit: &[crate::AuditDraft],
+    ) -> Result<Option<Conflict>, StoreError> {
         check_batch(ops, &self.counters)?;
+        for draft in audit {
+            draft.check()?;
+        }
         let mut writer = self.writer();
         let transaction = writer
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -468,10 +487,33 @@ impl Store {
                 }
             }
         }
+        if !audit.is_empty() {
+            crate::audit::sqlite::append(&transaction, audit, &crate::audit::now_text())?;
+            crate::failpoint::reached("audit-before-commit");
+        }
         transaction
             .commit()
             .map_err(StoreError::sqlite("commit a batch"))?;
+        if !audit.is_empty() {
+            crate::failpoint::reached("audit-after-commit");
+        }
         Ok(None)
+    }
+
+    /// A page of the audit log, newest first.
+    pub fn audit_query(
+        &self,
+        query: &crate::AuditQuery,
+    ) -> Result<Vec<crate::AuditRecord>, StoreError> {
+        let rows = crate::audit::sqlite::query(&self.reader(), query)?;
+        self.counters
+            .read(rows.len(), rows.iter().map(|row| row.entry.len()).sum());
+        Ok(rows)
+    }
+
+    /// Prunes at most `chunk` of the oldest audit entries written before `before`.
+    pub fn audit_prune(&self, before: &str, chunk: u32) -> Result<u64, StoreError> {
+        crate::audit::sqlite::prune(&mut self.writer(), before, chunk)
     }
 }
 
@@ -497,8 +539,31 @@ impl crate::RecordStore for Store {
         Store::list(self, collection, after, limit)
     }
 
-    fn apply(&self, ops: &[Op<'_>]) -> Result<Option<Conflict>, StoreError> {
-        Store::apply(self, ops)
+    fn apply_audited(
+        &self,
+        ops: &[Op<'_>],
+        audit: &[crate::AuditDraft],
+    ) -> Result<Option<Conflict>, StoreError> {
+        Store::apply_audited(self, ops, audit)
+    }
+
+    fn audit_query(
+        &self,
+        query: &crate::AuditQuery,
+    ) -> Result<Vec<crate::AuditRecord>, StoreError> {
+        Store::audit_query(self, query)
+    }
+
+    fn audit_scan(&self, after: u64, limit: u32) -> Result<Vec<crate::AuditRow>, StoreError> {
+        crate::audit::sqlite::scan(&self.reader(), after, limit)
+    }
+
+    fn audit_bounds(&self) -> Result<crate::AuditBounds, StoreError> {
+        crate::audit::sqlite::bounds(&self.reader())
+    }
+
+    fn audit_prune(&self, before: &str, chunk: u32) -> Result<u64, StoreError> {
+        Store::audit_prune(self, before, chunk)
     }
 
     fn counts(&self) -> StoreCounts {
@@ -573,186 +638,4 @@ fn now_ms() -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::RecordStore;
-
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("record-store-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let _ = std::fs::create_dir_all(&dir);
-        dir
-    }
-
-    #[test]
-    fn put_get_list_delete_and_reopen() -> Result<(), StoreError> {
-        let dir = temp_dir("roundtrip");
-        {
-            let store = Store::open(&dir, "t.db")?;
-            store.put("runs", "b", "{\"n\":2}")?;
-            store.put("runs", "a", "{\"n\":1}")?;
-            store.put("runs", "a", "{\"n\":3}")?;
-            store.put("other", "a", "x")?;
-            assert_eq!(store.get("runs", "a")?.as_deref(), Some("{\"n\":3}"));
-            let keys: Vec<_> = store
-                .list("runs", None, 10)?
-                .into_iter()
-                .map(|r| r.0)
-                .collect();
-            assert_eq!(keys, ["a", "b"]);
-            assert_eq!(store.list("runs", Some("a"), 10)?.len(), 1);
-            assert!(store.delete("runs", "b")?);
-            assert!(!store.delete("runs", "b")?);
-        }
-        let store = Store::open(&dir, "t.db")?;
-        assert_eq!(store.get("runs", "a")?.as_deref(), Some("{\"n\":3}"));
-        assert_eq!(store.get("runs", "b")?, None);
-        assert!(matches!(
-            store.put("", "k", "v"),
-            Err(StoreError::BadName {
-                what: "collection",
-                ..
-            })
-        ));
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.join("t.db")).map(|m| m.permissions().mode() & 0o777);
-        assert_eq!(mode.ok(), Some(0o600));
-        let _ = std::fs::remove_dir_all(&dir);
-        Ok(())
-    }
-
-    /// The operations' semantics every implementation of [`RecordStore`] must have.
-    fn batches_apply_all_or_nothing(store: &dyn RecordStore) -> Result<(), StoreError> {
-        store.put("claims", "b", "dep-1")?;
-        // The second insert conflicts: the first must not be written either.
-        let conflict = store.apply(&[
-            Op::insert("claims", "a", "dep-2"),
-            Op::insert("claims", "b", "dep-2"),
-        ])?;
-        assert_eq!(
-            conflict,
-            Some(Conflict {
-                index: 1,
-                current: Some("dep-1".into())
-            })
-        );
-        assert_eq!(store.get("claims", "a")?, None);
-        // Compare-and-set: only the holder may release.
-        let wrong = store.apply(&[Op::delete("claims", "b").when(Condition::Equals("dep-9"))])?;
-        assert_eq!(wrong.map(|c| c.index), Some(0));
-        assert_eq!(store.get("claims", "b")?.as_deref(), Some("dep-1"));
-        let released =
-            store.apply(&[Op::delete("claims", "b").when(Condition::Equals("dep-1"))])?;
-        assert_eq!(released, None);
-        assert_eq!(store.get("claims", "b")?, None);
-        // A check without a write, next to writes.
-        store.put("runs", "dep-3", "running")?;
-        let applied = store.apply(&[
-            Op {
-                collection: "runs",
-                key: "dep-3",
-                condition: Condition::Equals("running"),
-                write: Write::Keep,
-            },
-            Op::put("claims", "c", "dep-3"),
-        ])?;
-        assert_eq!(applied, None);
-        assert_eq!(store.get("claims", "c")?.as_deref(), Some("dep-3"));
-        // Counters: absent is 0, sums, and a non-number refuses the whole batch.
-        let add = |amount| Op {
-            collection: "counts",
-            key: "failed",
-            condition: Condition::Always,
-            write: Write::Add(amount),
-        };
-        store.apply(&[add(3), add(-1)])?;
-        assert_eq!(store.get("counts", "failed")?.as_deref(), Some("2"));
-        let refused = store.apply(&[
-            add(1),
-            Op {
-                collection: "claims",
-                key: "c",
-                condition: Condition::Always,
-                write: Write::Add(1),
-            },
-        ]);
-        assert!(matches!(refused, Err(StoreError::NotANumber { .. })));
-        assert_eq!(store.get("counts", "failed")?.as_deref(), Some("2"));
-        // A put then an add of the same key in one batch adds to what the batch put.
-        store.apply(&[Op::put("counts", "n", "5"), add_to("n", 2)])?;
-        assert_eq!(store.get("counts", "n")?.as_deref(), Some("7"));
-        // Listing: key order, after a key, bounded, one collection only.
-        store.put("other", "a", "x")?;
-        let keys: Vec<String> = store
-            .list("claims", None, 10)?
-            .into_iter()
-            .map(|(key, _)| key)
-            .collect();
-        assert_eq!(keys, ["c"]);
-        store.put("claims", "a", "dep-4")?;
-        let keys: Vec<String> = store
-            .list("claims", Some("a"), 1)?
-            .into_iter()
-            .map(|(key, _)| key)
-            .collect();
-        assert_eq!(keys, ["c"]);
-        assert!(matches!(
-            store.put("", "k", "v"),
-            Err(StoreError::BadName {
-                what: "collection",
-                ..
-            })
-        ));
-        Ok(())
-    }
-
-    fn add_to(key: &'static str, amount: i64) -> Op<'static> {
-        Op {
-            collection: "counts",
-            key,
-            condition: Condition::Always,
-            write: Write::Add(amount),
-        }
-    }
-
-    #[test]
-    fn a_batch_applies_all_or_nothing_on_sqlite() -> Result<(), StoreError> {
-        let dir = temp_dir("batch");
-        batches_apply_all_or_nothing(&Store::open(&dir, "t.db")?)?;
-        let _ = std::fs::remove_dir_all(&dir);
-        Ok(())
-    }
-
-    #[test]
-    fn a_batch_applies_all_or_nothing_in_memory() -> Result<(), StoreError> {
-        batches_apply_all_or_nothing(&crate::MemoryStore::new())
-    }
-
-    fn one_winner(store: std::sync::Arc<dyn RecordStore>) {
-        let winners: usize = (0..8)
-            .map(|n| {
-                let store = std::sync::Arc::clone(&store);
-                std::thread::spawn(move || {
-                    let value = format!("dep-{n}");
-                    store
-                        .apply(&[Op::insert("idempotency", "key", &value)])
-                        .map(|conflict| usize::from(conflict.is_none()))
-                        .unwrap_or(0)
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|thread| thread.join().unwrap_or(0))
-            .sum();
-        assert_eq!(winners, 1);
-    }
-
-    #[test]
-    fn concurrent_inserts_of_one_key_have_one_winner() -> Result<(), StoreError> {
-        let dir = temp_dir("race");
-        one_winner(std::sync::Arc::new(Store::open(&dir, "t.db")?));
-        one_winner(std::sync::Arc::new(crate::MemoryStore::new()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Ok(())
-    }
-}
+mod tests;
