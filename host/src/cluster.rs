@@ -291,6 +291,18 @@ impl Membership {
     /// Writes `text` as node `key`'s record if the record is still `read` (absent: `None`);
     /// false when it changed meanwhile.
     async fn replace(&self, key: &str, read: Option<String>, text: String) -> Result<bool, String> {
+        self.replace_audited(key, read, text, None).await
+    }
+
+    /// [`Membership::replace`], with the audit entry of the call that asked for it in the
+    /// same transaction.
+    async fn replace_audited(
+        &self,
+        key: &str,
+        read: Option<String>,
+        text: String,
+        audit: Option<record_store::AuditDraft>,
+    ) -> Result<bool, String> {
         let store = Arc::clone(&self.store);
         let key = key.to_owned();
         let conflict = blocking(move || {
@@ -298,12 +310,13 @@ impl Membership {
                 Some(read) => Condition::Equals(read),
                 None => Condition::Absent,
             };
-            store.apply(&[Op {
+            let ops = [Op {
                 collection: NODES,
                 key: &key,
                 condition,
                 write: Write::Put(&text),
-            }])
+            }];
+            store.apply_audited(&ops, audit.as_slice())
         })
         .await?;
         Ok(conflict.is_none())
@@ -422,7 +435,12 @@ impl Membership {
     }
 
     /// Marks a node draining: it finishes its runs and claims no new ones.
-    pub async fn drain(&self, node_id: &str) -> Result<(), DrainError> {
+    /// Marks `node_id` draining; `audit` (the call's entry) is written with the change.
+    pub async fn drain(
+        &self,
+        node_id: &str,
+        audit: Option<record_store::AuditDraft>,
+    ) -> Result<(), DrainError> {
         for _ in 0..8 {
             let store = Arc::clone(&self.store);
             let key = node_id.to_owned();
@@ -442,7 +460,7 @@ impl Membership {
             record.state = NodeState::Draining;
             let text = encode(&record).map_err(DrainError::Store)?;
             let replaced = self
-                .replace(node_id, Some(read), text)
+                .replace_audited(node_id, Some(read), text, audit.clone())
                 .await
                 .map_err(DrainError::Store)?;
             if replaced {
@@ -569,13 +587,13 @@ mod tests {
         let a = Membership::join(Arc::clone(&store), "a".into(), "boot-a".into(), 3)
             .await
             .unwrap();
-        a.drain("a").await.unwrap();
+        a.drain("a", None).await.unwrap();
         a.beat().await.unwrap();
         a.beat().await.unwrap();
         let stored = record(&store, "a").await;
         assert_eq!((stored.state, stored.beat), (NodeState::Draining, 2));
         assert!(matches!(
-            a.drain("nowhere").await,
+            a.drain("nowhere", None).await,
             Err(DrainError::NotFound(_))
         ));
         let mut lost = stored.clone();
@@ -584,7 +602,10 @@ mod tests {
         store
             .put(NODES, "gone", &serde_json::to_string(&lost).unwrap())
             .unwrap();
-        assert!(matches!(a.drain("gone").await, Err(DrainError::Lost(_))));
+        assert!(matches!(
+            a.drain("gone", None).await,
+            Err(DrainError::Lost(_))
+        ));
         // Runs are counted by the node the running entries name.
         let runs = runs_of("plugin");
         store

@@ -28,6 +28,8 @@ pub struct Config {
     #[serde(default)]
     pub cluster: ClusterConfig,
     #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -118,6 +120,28 @@ fn default_lease_secs() -> u64 {
 /// The `lease_secs` accepted: a second at least (the heartbeat's period is a third of it), and
 /// no more than five minutes, past which a lost node's runs wait longer than anyone would.
 pub const LEASE_SECS: std::ops::RangeInclusive<u64> = 1..=300;
+
+/// `[audit]`: the audit log (SPEC §4d).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Entries older than this many days are pruned, behind a checkpoint that keeps
+    /// `audit verify` passing; 0 keeps every entry.
+    #[serde(default = "default_audit_retention_days")]
+    pub retention_days: u64,
+}
+
+fn default_audit_retention_days() -> u64 {
+    365
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            retention_days: default_audit_retention_days(),
+        }
+    }
+}
 
 impl Default for ClusterConfig {
     fn default() -> Self {
@@ -352,6 +376,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             storage: StorageConfig::default(),
             cluster: ClusterConfig::default(),
+            audit: AuditConfig::default(),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
             plugins,

@@ -49,6 +49,11 @@ enum Command {
         #[arg(long, value_enum)]
         role: config::RoleName,
     },
+    /// Check or export the audit log of the store the configuration names.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Runs one plugin with `isolation = "process"` for the host that started it (internal).
     #[command(hide = true)]
     PluginRunner {
@@ -58,8 +63,67 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walks the chain from its checkpoint to its head: exit 0 when intact, 1 naming the first
+    /// entry changed, missing or out of order (3 when the store cannot be read).
+    Verify,
+    /// Writes every entry, oldest first, as NDJSON to standard output.
+    Export {
+        /// Only entries after this seq (to resume an export).
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        after: u64,
+    },
+}
+
 /// Exit code for configuration and usage errors.
 const EXIT_CONFIG: u8 = 2;
+/// Exit code when the store cannot be opened or read.
+const EXIT_STORE: u8 = 3;
+
+fn audit_verify(store: &dyn record_store::RecordStore) -> ExitCode {
+    match record_store::audit::verify(store) {
+        Ok(record_store::Verdict::Intact { entries, from, to }) => {
+            if from > 0 {
+                println!("audit log intact: {entries} entries, {} to {to} (entries up to {from} were pruned behind the checkpoint)", from + 1);
+            } else {
+                println!("audit log intact: {entries} entries");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(record_store::Verdict::Broken { seq, problem }) => {
+            eprintln!("audit log broken at entry {seq}: {problem}");
+            ExitCode::from(1)
+        }
+        Err(error) => fail(EXIT_STORE, &format!("cannot read the audit log: {error}")),
+    }
+}
+
+fn audit_export(store: &dyn record_store::RecordStore, mut after: u64) -> ExitCode {
+    use std::io::Write as _;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    loop {
+        let rows = match store.audit_scan(after, record_store::audit::SCAN_PAGE) {
+            Ok(rows) => rows,
+            Err(error) => return fail(EXIT_STORE, &format!("cannot read the audit log: {error}")),
+        };
+        let Some(last) = rows.last().map(|row| row.record.seq) else {
+            break;
+        };
+        for row in &rows {
+            if writeln!(out, "{}", row.record.to_json()).is_err() {
+                // The reader went away (a pipe closed): nothing more to write.
+                return ExitCode::SUCCESS;
+            }
+        }
+        after = last;
+    }
+    if out.flush().is_err() {
+        return ExitCode::SUCCESS;
+    }
+    ExitCode::SUCCESS
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -67,6 +131,20 @@ fn main() -> ExitCode {
         Command::Keygen { name, role } => keygen(&name, role),
         Command::PluginRunner { host_pid } => {
             powerautomation::plugin::process::runner::run(host_pid)
+        }
+        Command::Audit { command } => {
+            let config = match config::load(cli.config.as_deref()) {
+                Ok((config, _)) => config,
+                Err(error) => return fail(EXIT_CONFIG, &error),
+            };
+            let store = match server::open_store_for_reading(&config) {
+                Ok(store) => store,
+                Err(error) => return fail(EXIT_STORE, &error),
+            };
+            match command {
+                AuditCommand::Verify => audit_verify(&*store),
+                AuditCommand::Export { after } => audit_export(&*store, after),
+            }
         }
         Command::CheckConfig => match config::load(cli.config.as_deref()) {
             Ok((config, source)) => match config.masked_toml() {

@@ -5,7 +5,10 @@ use std::{sync::Arc, time::Duration};
 use plugin_api::Role;
 use tracing_subscriber::EnvFilter;
 
-use record_store::{Conflict, DataDir, Op, PgStore, RecordStore, Store, StoreCounts, StoreError};
+use record_store::{
+    AuditBounds, AuditDraft, AuditQuery, AuditRecord, AuditRow, Conflict, DataDir, Op, PgStore,
+    RecordStore, Store, StoreCounts, StoreError,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -196,6 +199,12 @@ pub async fn serve(
         config.server.max_streams,
         config.server.max_streams_per_client,
     );
+    let auditor = crate::audit::Auditor::start(
+        Arc::clone(&store),
+        config.audit.retention_days,
+        shutdown.clone(),
+    );
+    let state = state.audited(Arc::clone(&auditor));
     let app = http::router(state, Arc::new(keys), &config.server);
     tracing::info!(%address, ready_ms = started.elapsed().as_millis() as u64, "listening");
 
@@ -219,6 +228,8 @@ pub async fn serve(
         );
     }
 
+    // Refusals of the last requests are in the log before the host goes.
+    auditor.flush(EVENTS_FLUSH).await;
     tracing::info!("shutting down: stopping plugins");
     lifecycle.stopping().await;
     drop(watchers);
@@ -297,6 +308,27 @@ async fn open_store(
     })
     .await
     .map_err(|error| format!("opening the store failed: {error}"))?
+}
+
+/// The store `config` names, opened for a command that reads it beside a running host (`audit
+/// verify`, `audit export`): SQLite's file is shared safely between processes, and nothing is
+/// locked. A data directory without a store is an error, not a new store.
+pub fn open_store_for_reading(config: &Config) -> Result<Arc<dyn RecordStore>, String> {
+    if config.storage.url.is_empty() {
+        let dir = &config.storage.data_dir;
+        if !dir.join(DATABASE_FILE).exists() {
+            return Err(format!(
+                "no store in {} (storage.data_dir); start the host once, or pass --config",
+                dir.display()
+            ));
+        }
+        return Store::open(dir, DATABASE_FILE)
+            .map(|store| Arc::new(store) as Arc<dyn RecordStore>)
+            .map_err(|error| error.to_string());
+    }
+    PgStore::open(&config.storage.url)
+        .map(|store| Arc::new(store) as Arc<dyn RecordStore>)
+        .map_err(|error| error.to_string())
 }
 
 /// The host's lifecycle record (`host/lifecycle:<node_id>` in the store, which plugins read as
@@ -399,8 +431,28 @@ impl RecordStore for NodeStore {
         self.inner.list(collection, after, limit)
     }
 
-    fn apply(&self, ops: &[Op<'_>]) -> Result<Option<Conflict>, StoreError> {
-        self.inner.apply(ops)
+    fn apply_audited(
+        &self,
+        ops: &[Op<'_>],
+        audit: &[AuditDraft],
+    ) -> Result<Option<Conflict>, StoreError> {
+        self.inner.apply_audited(ops, audit)
+    }
+
+    fn audit_query(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        self.inner.audit_query(query)
+    }
+
+    fn audit_scan(&self, after: u64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        self.inner.audit_scan(after, limit)
+    }
+
+    fn audit_bounds(&self) -> Result<AuditBounds, StoreError> {
+        self.inner.audit_bounds()
+    }
+
+    fn audit_prune(&self, before: &str, chunk: u32) -> Result<u64, StoreError> {
+        self.inner.audit_prune(before, chunk)
     }
 
     fn counts(&self) -> StoreCounts {

@@ -26,6 +26,7 @@ ALL_TOOLS = {
     "list_environments", "get_environment", "check_environment_health", "list_deployments",
     "get_deployment", "get_deployment_logs", "trigger_deployment", "cancel_deployment",
     "retry_deployment", "approve_deployment", "reject_deployment", "rollback_deployment",
+    "list_audit_entries",
 }
 WRITE_TOOLS = {
     "trigger_deployment", "cancel_deployment", "retry_deployment", "approve_deployment",
@@ -71,7 +72,7 @@ def tool_names(listed):
 async def admin(session, environment):
     step("tools: every one is listed for an admin key, each with schemas and hints")
     listed = await session.list_tools()
-    check(tool_names(listed) == ALL_TOOLS, "the admin sees all twelve tools", tool_names(listed))
+    check(tool_names(listed) == ALL_TOOLS, "the admin sees all thirteen tools", tool_names(listed))
     for listed_tool in listed.tools:
         check(listed_tool.input_schema.get("type") == "object"
               and (listed_tool.output_schema or {}).get("type") == "object"
@@ -199,6 +200,17 @@ async def writes(session):
     environment = await tool(session, "get_environment", {"id": "mcp_local"})
     check(environment.structured_content["deployed_version"] == "r1",
           "mcp_local is back on r1", environment.structured_content)
+
+    step("the audit log names each call's tool")
+    audit = await tool(session, "list_audit_entries", {"via": "mcp", "action": "deployment.trigger"})
+    entries = audit.structured_content["entries"]
+    check(not audit.is_error and len(entries) >= 5
+          and all(e["tool"] == "trigger_deployment" and e["actor"]["key_name"] == "ops"
+                  and e["outcome"]["status"] == "ok" for e in entries),
+          "list_audit_entries shows the triggers made through trigger_deployment", entries[:2])
+    cancel = await tool(session, "list_audit_entries", {"action": "deployment.cancel", "limit": 1})
+    check(cancel.structured_content["entries"][0]["tool"] == "cancel_deployment",
+          "and the cancel through cancel_deployment", cancel.structured_content)
 
 
 async def user(session, environment):

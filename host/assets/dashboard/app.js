@@ -157,7 +157,8 @@
   /** Calls the API with the session's key. Resolves to {status, ok, body}; never throws. */
   async function api(method, path, body) {
     const generation = state.generation;
-    const headers = { Accept: 'application/json', 'X-API-Key': state.key || '' };
+    // The audit log records which door a call came through.
+    const headers = { Accept: 'application/json', 'X-API-Key': state.key || '', 'X-PowerAutomation-Via': 'dashboard' };
     const init = { method, headers, cache: 'no-store', credentials: 'omit' };
     if (body !== undefined) {
       headers['Content-Type'] = 'application/json';
@@ -262,6 +263,7 @@
     document.body.classList.toggle('not-admin', !admin);
     renderActive();
     renderPlugins();
+    loadAudit();
   }
 
   /** A developer endpoint answered 403: the key is a `user`'s. */
@@ -369,7 +371,54 @@
     loadDashboard();
     loadActive();
     loadHistory();
+    loadAudit();
   }
+
+  // ---------------------------------------------------------------- audit log (admins)
+
+  const AUDIT_PAGE = 25;
+
+  /** The newest audit entries matching the filters; the host's own, so it shows whatever the
+   *  plugin's state. Only for admins: anyone else is not asked (the host would refuse). */
+  async function loadAudit() {
+    if (state.role !== 'admin') return;
+    const params = new URLSearchParams({ limit: String(AUDIT_PAGE) });
+    for (const [name, id] of [['action', 'audit-action'], ['actor', 'audit-actor'], ['outcome', 'audit-outcome']]) {
+      const value = $(id).value.trim();
+      if (value) params.set(name, value);
+    }
+    const result = await api('GET', `/api/audit?${params}`);
+    if (result.stale) return;
+    const notice = $('audit-message');
+    if (!result.ok || !result.body) {
+      message(notice, errorText(result), 'error');
+      return;
+    }
+    message(notice, '');
+    const entries = Array.isArray(result.body.entries) ? result.body.entries : [];
+    const rows = clear($('audit-rows'));
+    if (!entries.length) {
+      rows.append(el('tr', null, el('td', { colspan: 7, class: 'muted', text: 'No entries match.' })));
+      return;
+    }
+    for (const entry of entries) {
+      const actor = entry.actor ? `${entry.actor.key_name} (${entry.actor.role})` : 'no key';
+      const via = entry.tool ? `${entry.via}: ${entry.tool}` : entry.via;
+      const outcome = entry.outcome || {};
+      const shown = outcome.error ? `${outcome.status} (${outcome.error})` : outcome.status;
+      rows.append(el('tr', { 'data-seq': String(entry.seq) },
+        el('td', { text: String(entry.seq) }),
+        el('td', { text: entry.at || '' }),
+        el('td', { text: actor }),
+        el('td', { text: via || '' }),
+        el('td', { text: entry.action || '' }),
+        el('td', { class: 'wide', text: entry.resource || '' }),
+        el('td', { class: `outcome-${outcome.status || ''}`, text: shown || '' })));
+    }
+  }
+
+  // Live: every few seconds while an admin looks, and at once after each event.
+  setInterval(() => { if (state.role === 'admin' && !document.hidden) loadAudit(); }, 5000);
 
   async function loadDashboard() {
     const result = await api('GET', `${API}/dashboard`);
@@ -961,7 +1010,7 @@
         // Events missed while disconnected are replayed from Last-Event-ID; without one
         // (first connect, or after a reset) the views are reloaded.
         if (events.lastId === null && connectedBefore && !state.unavailable) {
-          debounce('reload-views', 50, () => { loadDashboard(); loadActive(); loadHistory(); });
+          debounce('reload-views', 50, () => { loadDashboard(); loadActive(); loadHistory(); loadAudit(); });
         }
         await readEvents(response.body, controller.signal);
       }
@@ -1122,6 +1171,11 @@
     $('filter-status').addEventListener('change', historyFiltersChanged);
     $('filter-environment').addEventListener('change', historyFiltersChanged);
     $('history-filters').addEventListener('submit', (event) => event.preventDefault());
+    $('audit-filters').addEventListener('submit', (event) => event.preventDefault());
+    for (const id of ['audit-action', 'audit-actor']) {
+      $(id).addEventListener('input', () => debounce('audit-filter', 300, loadAudit));
+    }
+    $('audit-outcome').addEventListener('change', loadAudit);
     $('history-next').addEventListener('click', historyOlder);
     $('history-prev').addEventListener('click', historyNewer);
     $('log-close').addEventListener('click', closeLog);

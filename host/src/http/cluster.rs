@@ -3,13 +3,14 @@
 
 use axum::{
     extract::{Path, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     Extension, Json,
 };
 use plugin_api::Role;
 
-use super::{error::ApiError, AppState};
+use super::{error::ApiError, AppState, RequestId};
 use crate::{
+    audit::HostCall,
     auth::{require, Principal},
     cluster::{ClusterView, DrainError, NodeView},
 };
@@ -40,21 +41,37 @@ pub async fn drain(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,
     Path(node_id): Path<String>,
+    headers: HeaderMap,
+    request_id: Option<Extension<RequestId>>,
 ) -> Result<Json<NodeView>, ApiError> {
     let caller = require(principal.as_deref(), Role::Admin)?;
-    state
-        .membership
-        .drain(&node_id)
-        .await
-        .map_err(|error| match error {
-            DrainError::NotFound(_) => ApiError::not_found(error.to_string()),
-            DrainError::Lost(_) => {
-                ApiError::new(StatusCode::CONFLICT, "node_lost", error.to_string())
-            }
-            DrainError::Store(_) => {
-                ApiError::unavailable("store_unavailable", error.to_string(), 1)
-            }
-        })?;
+    let call = HostCall::of(
+        Some(caller),
+        &headers,
+        request_id.as_deref().map(super::RequestId::as_str),
+    );
+    let resource = format!("node:{node_id}");
+    let entry = state
+        .auditor
+        .as_ref()
+        .map(|_| call.draft("cluster.drain", resource.clone(), 200, None));
+    let drained = state.membership.drain(&node_id, entry).await;
+    if let (Err(error), Some(auditor)) = (&drained, &state.auditor) {
+        // Nothing changed: the failed call is recorded on its own.
+        let (status, code) = match error {
+            DrainError::NotFound(_) => (404, "not_found"),
+            DrainError::Lost(_) => (409, "node_lost"),
+            DrainError::Store(_) => (503, "store_unavailable"),
+        };
+        auditor
+            .record(call.draft("cluster.drain", resource, status, Some(code)))
+            .await;
+    }
+    drained.map_err(|error| match error {
+        DrainError::NotFound(_) => ApiError::not_found(error.to_string()),
+        DrainError::Lost(_) => ApiError::new(StatusCode::CONFLICT, "node_lost", error.to_string()),
+        DrainError::Store(_) => ApiError::unavailable("store_unavailable", error.to_string(), 1),
+    })?;
     tracing::info!(node = %node_id, by = %caller.name, "drain requested");
     let view = state
         .membership

@@ -7,7 +7,6 @@ use std::{collections::BTreeMap, sync::Arc};
 use axum::{
     extract::{Path, State},
     http::StatusCode,
-    response::IntoResponse,
     Extension, Json,
 };
 use plugin_api::Role;
@@ -71,8 +70,30 @@ pub async fn reload_plugin(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,
     Path(name): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
+    headers: axum::http::HeaderMap,
+    request_id: Option<Extension<super::RequestId>>,
+) -> Result<Json<Value>, ApiError> {
     let caller = require(principal.as_deref(), Role::Admin)?;
+    let answer = reload(&state, &name, caller).await;
+    if let Some(auditor) = &state.auditor {
+        // The swap is no store write: its entry follows it, with how it ended.
+        let call = crate::audit::HostCall::of(
+            Some(caller),
+            &headers,
+            request_id.as_deref().map(super::RequestId::as_str),
+        );
+        let (status, code) = match &answer {
+            Ok(_) => (200, None),
+            Err(error) => (error.status.as_u16(), Some(error.code)),
+        };
+        auditor
+            .record(call.draft("plugin.reload", format!("plugin:{name}"), status, code))
+            .await;
+    }
+    answer
+}
+
+async fn reload(state: &AppState, name: &str, caller: &Principal) -> Result<Json<Value>, ApiError> {
     let slot = state
         .slots
         .iter()

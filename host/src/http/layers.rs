@@ -30,11 +30,12 @@ use futures_util::{future::Either, FutureExt as _};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use super::refusals::{Asked, Refusals};
 use super::{
     error::{self, ApiError},
     metrics::Metrics,
 };
-use crate::{auth::KeyRing, turn::AfterOthers};
+use crate::{audit::Auditor, auth::KeyRing, turn::AfterOthers};
 
 /// Request id, metrics and JSON errors, around everything else.
 #[derive(Clone)]
@@ -325,11 +326,13 @@ where
 #[derive(Clone)]
 pub struct AuthLayer {
     ring: Arc<KeyRing>,
+    auditor: Option<Arc<Auditor>>,
 }
 
 impl AuthLayer {
-    pub fn new(ring: Arc<KeyRing>) -> AuthLayer {
-        AuthLayer { ring }
+    /// Resolves keys with `ring`; records refusals with `auditor`, when given.
+    pub fn new(ring: Arc<KeyRing>, auditor: Option<Arc<Auditor>>) -> AuthLayer {
+        AuthLayer { ring, auditor }
     }
 }
 
@@ -340,6 +343,7 @@ impl<S> Layer<S> for AuthLayer {
         Authenticate {
             inner,
             ring: Arc::clone(&self.ring),
+            auditor: self.auditor.clone(),
         }
     }
 }
@@ -348,6 +352,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Authenticate<S> {
     inner: S,
     ring: Arc<KeyRing>,
+    auditor: Option<Arc<Auditor>>,
 }
 
 impl<S> Service<Request> for Authenticate<S>
@@ -356,7 +361,7 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Either<std::future::Ready<Result<Response, S::Error>>, S::Future>;
+    type Future = Either<std::future::Ready<Result<Response, S::Error>>, Refusals<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -365,12 +370,26 @@ where
     fn call(&mut self, mut request: Request) -> Self::Future {
         match self.ring.resolve(request.headers()) {
             Ok(principal) => {
+                let asked = self
+                    .auditor
+                    .as_ref()
+                    .map(|auditor| Asked::of(auditor, &request, principal.as_ref()));
                 if let Some(principal) = principal {
                     request.extensions_mut().insert(principal);
                 }
-                Either::Right(self.inner.call(request))
+                Either::Right(Refusals::new(self.inner.call(request), asked))
             }
-            Err(refused) => Either::Left(std::future::ready(Ok(refused.into_response()))),
+            Err(refused) => {
+                if let Some(auditor) = &self.auditor {
+                    Asked::of(auditor, &request, None).record(
+                        401,
+                        None,
+                        None,
+                        Some("the API key is not valid"),
+                    );
+                }
+                Either::Left(std::future::ready(Ok(refused.into_response())))
+            }
         }
     }
 }

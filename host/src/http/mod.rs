@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, and the layers every request passes through (request id,
 //! metrics and JSON errors, tracing, timeout, authentication, body limit), outermost first.
 
+pub mod audit_log;
 pub mod cluster;
 pub mod core;
 pub mod dashboard;
@@ -9,6 +10,7 @@ pub mod error;
 pub mod layers;
 pub mod metrics;
 pub mod openapi;
+pub mod refusals;
 pub mod serve;
 pub mod shares;
 pub mod sse;
@@ -31,8 +33,8 @@ use tower::ServiceBuilder;
 use tower_http::{limit::RequestBodyLimitLayer, trace::TraceLayer};
 
 use crate::{
-    auth::KeyRing, cluster::Membership, config::ServerConfig, plugin::slot::PluginSlot,
-    services::events::EventBus,
+    audit::Auditor, auth::KeyRing, cluster::Membership, config::ServerConfig,
+    plugin::slot::PluginSlot, services::events::EventBus,
 };
 use dispatch::MountState;
 use error::ApiError;
@@ -54,6 +56,8 @@ pub struct AppState {
     pub max_streams: usize,
     /// Each key's and each client address's share of all open streams.
     pub stream_shares: Arc<shares::StreamShares>,
+    /// Where changes and refusals are recorded (`None`: not recorded, in unit tests).
+    pub auditor: Option<Arc<Auditor>>,
 }
 
 impl AppState {
@@ -76,7 +80,14 @@ impl AppState {
             plugin_streams: Arc::new(Semaphore::new(max_streams)),
             max_streams,
             stream_shares: Arc::new(shares::StreamShares::new(max_streams_per_client)),
+            auditor: None,
         }
+    }
+
+    /// Records changes and refusals with `auditor`.
+    pub fn audited(mut self, auditor: Arc<Auditor>) -> AppState {
+        self.auditor = Some(auditor);
+        self
     }
 }
 
@@ -97,6 +108,7 @@ pub fn router(state: AppState, keys: Arc<KeyRing>, server: &ServerConfig) -> Rou
         .route("/api/plugins/{name}/reload", post(core::reload_plugin))
         .route("/api/cluster", get(cluster::cluster))
         .route("/api/cluster/nodes/{node_id}/drain", post(cluster::drain))
+        .route("/api/audit", get(audit_log::list))
         .with_state(state.clone())
         .merge(dashboard::routes());
     for slot in state.slots.iter() {
@@ -135,6 +147,6 @@ pub fn router(state: AppState, keys: Arc<KeyRing>, server: &ServerConfig) -> Rou
                 .layer(layers::RequestTimeoutLayer::new(Duration::from_secs(
                     server.request_timeout_secs,
                 )))
-                .layer(layers::AuthLayer::new(keys)),
+                .layer(layers::AuthLayer::new(keys, state.auditor.clone())),
         )
 }

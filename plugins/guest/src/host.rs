@@ -57,14 +57,44 @@ impl Host {
     /// Applies `ops` atomically: all of them when every condition holds, else none and the
     /// first conflict.
     pub fn store_apply(&self, ops: &[StoreOp]) -> Result<Option<Conflict>, String> {
+        self.store_apply_audited(ops, &[])
+    }
+
+    /// [`Host::store_apply`], with `audit` (audit drafts, JSON) chained onto the host's audit
+    /// log in the same transaction when the batch applies.
+    pub fn store_apply_audited(
+        &self,
+        ops: &[StoreOp],
+        audit: &[String],
+    ) -> Result<Option<Conflict>, String> {
         let exported: RVec<plugin_api::StoreOp> = ops.iter().map(StoreOp::export).collect();
-        match self.services.store_apply(exported.as_rslice()) {
+        let drafts: RVec<RString> = audit
+            .iter()
+            .map(|draft| RString::from(draft.as_str()))
+            .collect();
+        let answer = if drafts.is_empty() {
+            self.services.store_apply(exported.as_rslice())
+        } else {
+            self.services
+                .store_apply_audited(exported.as_rslice(), drafts.as_rslice())
+        };
+        match answer {
             RResult::ROk(conflict) => Ok(conflict.into_option().map(|conflict| Conflict {
                 index: conflict.index as usize,
                 current: conflict.current.into_option().map(String::from),
             })),
             RResult::RErr(error) => Err(error.into()),
         }
+    }
+
+    /// A page of the host's audit log: `query` and the answer are JSON (see
+    /// `HostServices::audit_query`).
+    pub fn audit_query(&self, query: &str) -> Result<String, String> {
+        self.services
+            .audit_query(RStr::from_str(query))
+            .into_result()
+            .map(String::from)
+            .map_err(String::from)
     }
 
     pub fn store_put(&self, collection: &str, key: &str, value: &str) -> Result<(), String> {

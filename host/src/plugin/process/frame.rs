@@ -134,6 +134,11 @@ pub enum ServiceOp {
     },
     Apply {
         ops: Vec<StoreOpFrame>,
+        /// Audit drafts (JSON) chained in the batch's transaction.
+        audit: Vec<String>,
+    },
+    AuditQuery {
+        query: String,
     },
     Push {
         stream: u64,
@@ -164,6 +169,7 @@ pub enum ServiceResult {
     Applied(Option<(u32, Option<String>)>),
     /// A `PushOutcome` as its value.
     Pushed(u8),
+    Text(String),
     Failed(String),
 }
 

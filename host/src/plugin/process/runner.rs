@@ -582,6 +582,27 @@ impl HostServices for RemoteServices {
     }
 
     fn store_apply(&self, ops: RSlice<'_, StoreOp>) -> RResult<ROption<StoreConflict>, RString> {
+        self.store_apply_audited(ops, RSlice::from_slice(&[]))
+    }
+
+    fn audit_query(&self, query: RStr<'_>) -> RResult<RString, RString> {
+        match self.link.call(ServiceOp::AuditQuery {
+            query: query.as_str().to_owned(),
+        }) {
+            ServiceResult::Text(page) => RResult::ROk(page.into()),
+            other => failed(other),
+        }
+    }
+
+    fn store_apply_audited(
+        &self,
+        ops: RSlice<'_, StoreOp>,
+        audit: RSlice<'_, RString>,
+    ) -> RResult<ROption<StoreConflict>, RString> {
+        let audit = audit
+            .iter()
+            .map(|draft| draft.as_str().to_owned())
+            .collect();
         let ops = ops
             .iter()
             .map(|op| StoreOpFrame {
@@ -593,7 +614,7 @@ impl HostServices for RemoteServices {
                 value: op.value.as_str().to_owned(),
             })
             .collect();
-        match self.link.call(ServiceOp::Apply { ops }) {
+        match self.link.call(ServiceOp::Apply { ops, audit }) {
             ServiceResult::Applied(conflict) => RResult::ROk(
                 conflict
                     .map(|(index, current)| StoreConflict {

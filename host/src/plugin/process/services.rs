@@ -115,10 +115,17 @@ impl ChildServices {
                 Ok(rows) => ServiceResult::Rows(rows),
                 Err(error) => failed(error),
             },
-            ServiceOp::Apply { ops } => {
+            ServiceOp::AuditQuery { query } => {
+                match record_store::audit::page_json_of(&*self.store, &query) {
+                    Ok(page) => ServiceResult::Text(page),
+                    Err(message) => ServiceResult::Failed(message),
+                }
+            }
+            ServiceOp::Apply { ops, audit } => {
                 let ops: Result<Vec<Op<'_>>, String> = ops.iter().map(op_of).collect();
-                match ops {
-                    Ok(ops) => match self.store.apply(&ops) {
+                let drafts = record_store::audit::read_drafts(audit.iter().map(String::as_str));
+                match ops.and_then(|ops| drafts.map(|drafts| (ops, drafts))) {
+                    Ok((ops, drafts)) => match self.store.apply_audited(&ops, &drafts) {
                         Ok(conflict) => ServiceResult::Applied(conflict.map(|conflict| {
                             (
                                 u32::try_from(conflict.index).unwrap_or(u32::MAX),

@@ -56,8 +56,17 @@ pub async fn run(coordinator: Arc<Coordinator>, settings: Arc<Settings>, boot_id
             return;
         }
     }
-    let started = coordinator
-        .start(StartRequest {
+    // The start is the call of no key: its entry says `via: auto`.
+    let call = std::sync::Arc::new(crate::audit::AuditCall::new(
+        None,
+        crate::audit::Via::Auto,
+        None,
+        "deployment.trigger",
+        None,
+        None,
+    ));
+    let started = call
+        .scope(coordinator.start(StartRequest {
             rollout: Default::default(),
             deployment_id: None,
             environments: auto.environments.clone(),
@@ -67,8 +76,18 @@ pub async fn run(coordinator: Arc<Coordinator>, settings: Arc<Settings>, boot_id
             triggered_by: TRIGGERED_BY.to_owned(),
             request_id: None,
             retry_of: None,
-        })
+        }))
         .await;
+    if !call.recorded() {
+        let outcome = crate::audit::Outcome {
+            status: crate::audit::Status::Failed,
+            error: Some("start_failed".into()),
+            http_status: None,
+        };
+        if let Err(error) = coordinator.records().record_call(&call, &outcome).await {
+            tracing::error!("auto_deploy: cannot write the audit entry: {error}");
+        }
+    }
     match started {
         Ok(record) => tracing::info!(
             deployment = %record.deployment_id,

@@ -7,6 +7,7 @@
 //! which holds every record.
 
 pub mod api;
+pub mod audit;
 pub mod auto_deploy;
 pub mod client;
 pub mod coordinator;

@@ -192,7 +192,19 @@ impl HostServices for Services {
     }
 
     fn store_apply(&self, ops: RSlice<'_, StoreOp>) -> RResult<ROption<StoreConflict>, RString> {
-        record_store::apply_abi(&*self.store, ops)
+        record_store::apply_abi(&*self.store, ops, RSlice::from_slice(&[]))
+    }
+
+    fn store_apply_audited(
+        &self,
+        ops: RSlice<'_, StoreOp>,
+        audit: RSlice<'_, RString>,
+    ) -> RResult<ROption<StoreConflict>, RString> {
+        record_store::apply_abi(&*self.store, ops, audit)
+    }
+
+    fn audit_query(&self, query: RStr<'_>) -> RResult<RString, RString> {
+        record_store::audit_query_abi(&*self.store, query)
     }
 
     fn publish_by_role(

@@ -381,6 +381,14 @@ pub(crate) async fn cancel(
             &api.summary(&id, View::Details).await?,
         ));
     }
+    // The run records its end in its own task, maybe after this call is gone: the entry is
+    // written first, so no cancel is ever without one.
+    if let Some(call) = crate::audit::current() {
+        api.coordinator
+            .records()
+            .record_call(&call, &crate::audit::Outcome::OK)
+            .await?;
+    }
     let cancelled = api.coordinator.cancel(&id, caller.name()).await?;
     // Wait (bounded) for the run to record the end, so the answer shows it: woken by the end of
     // a run of this copy; a run of another copy is read until it ends.

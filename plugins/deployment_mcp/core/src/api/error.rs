@@ -83,6 +83,10 @@ impl ApiError {
     }
 }
 
+/// The machine code of an error answer, beside its body, for the audit entry of the call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ErrorCode(pub(crate) &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let message = self.to_string();
@@ -119,6 +123,7 @@ impl IntoResponse for ApiError {
             field,
         };
         let mut response = (status, Json(answer)).into_response();
+        response.extensions_mut().insert(ErrorCode(code));
         if let ApiError::MethodNotAllowed { allowed, .. } = &self {
             if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
                 response.headers_mut().insert(header::ALLOW, value);

@@ -35,7 +35,8 @@ pub(super) fn mcp_route(state: &ApiState, rest: Router) -> Option<Router> {
         settings.read_only,
         state.version,
         state.stop.clone(),
-    );
+    )
+    .audited(state.coordinator.records().clone());
     let rules: Arc<Vec<crate::mcp::OriginRule>> = Arc::new(
         crate::mcp::OriginRule::loopback()
             .into_iter()
@@ -65,7 +66,10 @@ pub(super) fn mcp_route(state: &ApiState, rest: Router) -> Option<Router> {
         config,
     );
     let service = tower::ServiceBuilder::new()
-        .layer(NeedsRole(Role::User))
+        .layer(NeedsRole {
+            needs: Role::User,
+            action: "mcp.call",
+        })
         .map_response(|response: http::Response<_>| response.map(Body::new))
         .service(service);
     // A browser page of another origin gets 403 before anything else, key or not.

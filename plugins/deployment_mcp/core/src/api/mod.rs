@@ -15,6 +15,7 @@
 //! failure to the JSON error answer; `openapi` the document built from the same handlers; `mcp`
 //! the MCP endpoint beside them.
 
+mod audited;
 mod deployments;
 pub mod endpoints;
 mod environments;
@@ -43,10 +44,10 @@ pub(crate) use extract::{DeploymentKey, Id, Mount, Params, RequestId, Who};
 use mcp::mcp_route;
 use request::from_http;
 pub use request::ApiRequest;
-pub use routes::route_roles;
 #[cfg(test)]
 pub(crate) use routes::ROUTES;
 use routes::{method_not_allowed, router};
+pub use routes::{route_roles, AUDIT_ACTION_HEADER, AUDIT_RESOURCE_HEADER};
 
 use crate::{coordinator::Coordinator, persist::deployments::DeploymentStore};
 

@@ -15,6 +15,7 @@ use axum::{
 use plugin_guest::{Caller, Role};
 
 use super::{
+    audited::Audited,
     deployments,
     endpoints::{self, Endpoint},
     environments, overview, ApiError, ApiState, Shared,
@@ -24,6 +25,8 @@ use super::{
 pub(crate) struct Route {
     /// Its method and path after the mount.
     pub(crate) endpoint: &'static Endpoint,
+    /// What a call of it does, as its audit entry names it (`subject.verb`).
+    pub(crate) action: &'static str,
     /// The least role that may call it; `None`: anyone, even without a key.
     pub(crate) needs: Option<Role>,
     /// The handler, for the route's method.
@@ -48,97 +51,116 @@ pub fn route_roles() -> Vec<(&'static str, &'static str, Option<Role>)> {
 pub(crate) const ROUTES: &[Route] = &[
     Route {
         endpoint: &endpoints::STATUS,
+        action: "deployment.status",
         needs: Some(Role::User),
         handler: |method| on(method, overview::status),
     },
     Route {
         endpoint: &endpoints::DASHBOARD,
+        action: "dashboard.read",
         needs: Some(Role::User),
         handler: |method| on(method, overview::dashboard),
     },
     Route {
         endpoint: &endpoints::OPENAPI,
+        action: "openapi.read",
         // Public, like the host's `/api/openapi.json` it is merged into.
         needs: None,
         handler: |method| on(method, openapi_document),
     },
     Route {
         endpoint: &endpoints::TRIGGER,
+        action: "deployment.trigger",
         needs: Some(Role::Admin),
         handler: |method| on(method, deployments::trigger_local),
     },
     Route {
         endpoint: &endpoints::ONE_CLICK,
+        action: "deployment.trigger",
         needs: Some(Role::Admin),
         handler: |method| on(method, deployments::one_click),
     },
     Route {
         endpoint: &endpoints::HISTORY,
+        action: "deployment.list",
         needs: Some(Role::Developer),
         handler: |method| on(method, deployments::history),
     },
     Route {
         endpoint: &endpoints::DEPLOYMENT,
+        action: "deployment.read",
         needs: Some(Role::Developer),
         handler: |method| on(method, deployments::detail),
     },
     Route {
         endpoint: &endpoints::LOGS,
+        action: "deployment.logs",
         needs: Some(Role::Developer),
         handler: |method| on(method, deployments::logs),
     },
     Route {
         endpoint: &endpoints::CANCEL,
+        action: "deployment.cancel",
         needs: Some(Role::Admin),
         handler: |method| on(method, deployments::cancel),
     },
     Route {
         endpoint: &endpoints::RETRY,
+        action: "deployment.retry",
         needs: Some(Role::Admin),
         handler: |method| on(method, deployments::retry),
     },
     Route {
         endpoint: &endpoints::APPROVE,
+        action: "deployment.approve",
         needs: Some(Role::Admin),
         handler: |method| on(method, deployments::approve),
     },
     Route {
         endpoint: &endpoints::REJECT,
+        action: "deployment.reject",
         needs: Some(Role::Admin),
         handler: |method| on(method, deployments::reject),
     },
     Route {
         endpoint: &endpoints::ROLLBACK,
+        action: "deployment.rollback",
         needs: Some(Role::Admin),
         handler: |method| on(method, deployments::rollback),
     },
     Route {
         endpoint: &endpoints::ENVIRONMENTS,
+        action: "environment.list",
         needs: Some(Role::Developer),
         handler: |method| on(method, environments::list),
     },
     Route {
         endpoint: &endpoints::CREATE_ENVIRONMENT,
+        action: "environment.create",
         needs: Some(Role::Admin),
         handler: |method| on(method, environments::create),
     },
     Route {
         endpoint: &endpoints::ENVIRONMENT,
+        action: "environment.read",
         needs: Some(Role::Developer),
         handler: |method| on(method, environments::get),
     },
     Route {
         endpoint: &endpoints::REPLACE_ENVIRONMENT,
+        action: "environment.update",
         needs: Some(Role::Admin),
         handler: |method| on(method, environments::replace),
     },
     Route {
         endpoint: &endpoints::DELETE_ENVIRONMENT,
+        action: "environment.delete",
         needs: Some(Role::Admin),
         handler: |method| on(method, environments::delete),
     },
     Route {
         endpoint: &endpoints::HEALTH_CHECK,
+        action: "environment.health_check",
         needs: Some(Role::Developer),
         handler: |method| on(method, environments::health_check),
     },
@@ -154,8 +176,22 @@ pub(super) fn router(state: Arc<ApiState>) -> Router {
             continue;
         };
         let mut method_router = (route.handler)(filter);
+        if route.endpoint.method != Method::GET {
+            // Every call that may change something leaves one audit entry.
+            let audited = Audited {
+                records: state.coordinator.records().clone(),
+                action: route.action,
+            };
+            method_router = method_router.route_layer(axum::middleware::from_fn_with_state(
+                audited,
+                super::audited::audited,
+            ));
+        }
         if let Some(role) = route.needs {
-            method_router = method_router.route_layer(NeedsRole(role));
+            method_router = method_router.route_layer(NeedsRole {
+                needs: role,
+                action: route.action,
+            });
         }
         router = router.route(route.endpoint.path, method_router);
     }
@@ -171,7 +207,11 @@ pub(super) fn router(state: Arc<ApiState>) -> Router {
 /// The role layer: 401 without a key, 403 below the role, else the route. A plain tower
 /// service (no boxed future): it runs on every request.
 #[derive(Clone, Copy)]
-pub(super) struct NeedsRole(pub(super) Role);
+pub(super) struct NeedsRole {
+    pub(super) needs: Role,
+    /// The route's action, which a refusal names to the host (which records refusals).
+    pub(super) action: &'static str,
+}
 
 impl<S> tower::Layer<S> for NeedsRole {
     type Service = RoleCheck<S>;
@@ -179,7 +219,8 @@ impl<S> tower::Layer<S> for NeedsRole {
     fn layer(&self, inner: S) -> RoleCheck<S> {
         RoleCheck {
             inner,
-            needs: self.0,
+            needs: self.needs,
+            action: self.action,
         }
     }
 }
@@ -188,7 +229,13 @@ impl<S> tower::Layer<S> for NeedsRole {
 pub(super) struct RoleCheck<S> {
     inner: S,
     needs: Role,
+    action: &'static str,
 }
+
+/// The headers a refusal names its action and resource in, for the host's audit entry (the
+/// host takes them off the answer).
+pub const AUDIT_ACTION_HEADER: &str = "x-powerautomation-audit-action";
+pub const AUDIT_RESOURCE_HEADER: &str = "x-powerautomation-audit-resource";
 
 impl<S> tower::Service<axum::extract::Request> for RoleCheck<S>
 where
@@ -214,9 +261,21 @@ where
             .map(|caller| caller.role);
         match plugin_guest::Refusal::of(caller, self.needs) {
             None => Either::Left(self.inner.call(request)),
-            Some(refusal) => Either::Right(std::future::ready(Ok(
-                ApiError::Refused(refusal).into_response()
-            ))),
+            Some(refusal) => {
+                let mut response = ApiError::Refused(refusal).into_response();
+                let headers = response.headers_mut();
+                headers.insert(
+                    AUDIT_ACTION_HEADER,
+                    http::HeaderValue::from_static(self.action),
+                );
+                let named = super::audited::named(request.uri().path());
+                if let Some(value) =
+                    named.and_then(|named| http::HeaderValue::from_str(&named).ok())
+                {
+                    headers.insert(AUDIT_RESOURCE_HEADER, value);
+                }
+                Either::Right(std::future::ready(Ok(response)))
+            }
         }
     }
 }

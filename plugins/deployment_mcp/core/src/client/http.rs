@@ -121,6 +121,8 @@ impl Http {
             .request(method.clone(), &url)
             .timeout(CALL_TIMEOUT)
             .header("X-API-Key", &self.api_key)
+            // The audit log says which door a call came through.
+            .header(crate::audit::VIA_HEADER, "cli")
             .header("Accept", "application/json");
         if let Some(body) = body {
             request = request

@@ -28,6 +28,8 @@ pub struct InProcess {
     /// The mount the answers' links name (`x-forwarded-prefix`); the router's default when
     /// absent.
     mount: Option<String>,
+    /// The MCP tool its calls are made for (their audit entries say `via: mcp` and the tool).
+    tool: Option<String>,
     ids: Arc<RequestIds>,
 }
 
@@ -44,6 +46,7 @@ impl InProcess {
             router,
             caller,
             mount: None,
+            tool: None,
             ids: Arc::new(RequestIds {
                 prefix: id_prefix,
                 next: AtomicU64::new(1),
@@ -57,8 +60,15 @@ impl InProcess {
             router: self.router.clone(),
             caller,
             mount,
+            tool: None,
             ids: Arc::clone(&self.ids),
         }
+    }
+
+    /// The same client, its calls made for the MCP tool `tool`.
+    pub fn through_tool(mut self, tool: &str) -> InProcess {
+        self.tool = Some(tool.to_owned());
+        self
     }
 }
 
@@ -79,6 +89,11 @@ impl Transport for InProcess {
             .header(header::CONTENT_TYPE, "application/json");
         if let Some(mount) = &self.mount {
             builder = builder.header("x-forwarded-prefix", mount);
+        }
+        if let Some(tool) = &self.tool {
+            builder = builder
+                .header(crate::audit::VIA_HEADER, "mcp")
+                .header(crate::audit::TOOL_HEADER, tool);
         }
         let mut http_request = builder
             .body(request.body.map_or_else(Body::empty, Body::from))

@@ -48,16 +48,31 @@ use tools::Entry;
 pub trait Connect: Send + Sync + 'static {
     type Api: DeploymentApi + 'static;
 
-    /// A client calling as `caller`, its answers' links under `mount` (the MCP request's own).
-    fn connect(&self, caller: Option<&Caller>, mount: Option<&str>) -> Self::Api;
+    /// A client calling as `caller`, its answers' links under `mount` (the MCP request's own),
+    /// its calls labelled as made by the MCP tool `tool` (for their audit entries).
+    fn connect(
+        &self,
+        caller: Option<&Caller>,
+        mount: Option<&str>,
+        tool: Option<&str>,
+    ) -> Self::Api;
 }
 
 /// The plugin's router in this process: each tool call is made as its MCP request's caller.
 impl Connect for InProcess {
     type Api = ApiClient<InProcess>;
 
-    fn connect(&self, caller: Option<&Caller>, mount: Option<&str>) -> ApiClient<InProcess> {
-        ApiClient::new(self.as_caller(caller.cloned(), mount.map(str::to_owned)))
+    fn connect(
+        &self,
+        caller: Option<&Caller>,
+        mount: Option<&str>,
+        tool: Option<&str>,
+    ) -> ApiClient<InProcess> {
+        let client = self.as_caller(caller.cloned(), mount.map(str::to_owned));
+        ApiClient::new(match tool {
+            Some(tool) => client.through_tool(tool),
+            None => client,
+        })
     }
 }
 
@@ -68,7 +83,7 @@ pub struct Fixed<A>(pub A);
 impl<A: DeploymentApi + Clone + 'static> Connect for Fixed<A> {
     type Api = A;
 
-    fn connect(&self, _caller: Option<&Caller>, _mount: Option<&str>) -> A {
+    fn connect(&self, _caller: Option<&Caller>, _mount: Option<&str>, _tool: Option<&str>) -> A {
         self.0.clone()
     }
 }
@@ -135,6 +150,8 @@ pub(crate) struct Call<'a, A> {
     pub(crate) context: &'a RequestContext<RoleServer>,
     /// Ends waits when the instance stops (a hot swap or shutdown), with an answer.
     pub(crate) stop: &'a CancellationToken,
+    /// The host's audit log, where this server reads it (inside the plugin).
+    pub(crate) audit: Option<&'a crate::persist::records::Records>,
 }
 
 impl<A> Call<'_, A> {
@@ -155,6 +172,9 @@ pub struct McpServer<C: Connect> {
     version: &'static str,
     /// Ends waits when the instance stops (a hot swap or shutdown), with an answer.
     stop: CancellationToken,
+    /// Where refusals of tools are recorded (the plugin's store; none over stdio, where the
+    /// caller is the operator at the terminal or the host records what its key is refused).
+    audit: Option<crate::persist::records::Records>,
 }
 
 impl<C: Connect> Clone for McpServer<C> {
@@ -166,6 +186,7 @@ impl<C: Connect> Clone for McpServer<C> {
             fixed: self.fixed.clone(),
             version: self.version,
             stop: self.stop.clone(),
+            audit: self.audit.clone(),
         }
     }
 }
@@ -185,7 +206,14 @@ impl<C: Connect> McpServer<C> {
             fixed: None,
             version,
             stop,
+            audit: None,
         }
+    }
+
+    /// Records refused tool calls in `records`' audit log.
+    pub fn audited(mut self, records: crate::persist::records::Records) -> McpServer<C> {
+        self.audit = Some(records);
+        self
     }
 
     /// Over stdio: every request is `caller`'s.
@@ -213,11 +241,16 @@ impl<C: Connect> McpServer<C> {
     }
 
     /// The client for this request: as its caller, its links under the mount it came in at.
-    fn api(&self, caller: Option<&Caller>, context: &RequestContext<RoleServer>) -> C::Api {
+    fn api(
+        &self,
+        caller: Option<&Caller>,
+        context: &RequestContext<RoleServer>,
+        tool: Option<&str>,
+    ) -> C::Api {
         let mount = Self::parts(context)
             .and_then(|parts| parts.headers.get("x-forwarded-prefix"))
             .and_then(|value| value.to_str().ok());
-        self.connect.connect(caller, mount)
+        self.connect.connect(caller, mount, tool)
     }
 
     /// The tools `role` may call here.
@@ -289,6 +322,25 @@ impl<C: Connect> ServerHandler for McpServer<C> {
                 needs: Some(spec.needs.as_str()),
                 ..ToolError::new(refusal.code, message)
             };
+            if let Some(records) = &self.audit {
+                // A refusal inside MCP never reaches the host as one: recorded here.
+                let call = crate::audit::AuditCall::new(
+                    caller.as_ref(),
+                    crate::audit::Via::Mcp,
+                    Some(spec.name.to_owned()),
+                    "mcp.call",
+                    Some(format!("tool:{}", spec.name)),
+                    None,
+                );
+                let outcome = crate::audit::Outcome {
+                    status: crate::audit::Status::Denied,
+                    error: Some(refusal.code.to_owned()),
+                    http_status: Some(refusal.status),
+                };
+                if let Err(error) = records.record_call(&call, &outcome).await {
+                    tracing::error!(tool = spec.name, "cannot write the audit entry: {error}");
+                }
+            }
             return Ok(CallToolResult::structured_error(error.to_value()).into());
         }
         if self.read_only && spec.writes {
@@ -302,10 +354,11 @@ impl<C: Connect> ServerHandler for McpServer<C> {
             return Ok(CallToolResult::structured_error(error.to_value()).into());
         }
         let call = Call {
-            api: self.api(caller.as_ref(), &context),
+            api: self.api(caller.as_ref(), &context, Some(spec.name)),
             caller: caller.as_ref(),
             context: &context,
             stop: &self.stop,
+            audit: self.audit.as_ref(),
         };
         Ok(match entry
             .call(&call, request.arguments.unwrap_or_default())
@@ -324,7 +377,7 @@ impl<C: Connect> ServerHandler for McpServer<C> {
     ) -> Result<ListResourcesResult, ErrorData> {
         let caller = self.caller(&context);
         let developer = caller.as_ref().is_some_and(|c| c.role >= Role::Developer);
-        let api = self.api(caller.as_ref(), &context);
+        let api = self.api(caller.as_ref(), &context, None);
         match resources::list(&api, developer).await {
             Ok(resources) => Ok(ListResourcesResult::with_all_items(resources)),
             Err(error) => Err(ErrorData::internal_error(
@@ -351,7 +404,7 @@ impl<C: Connect> ServerHandler for McpServer<C> {
     ) -> Result<ReadResourceResponse, ErrorData> {
         let caller = self.caller(&context);
         let developer = caller.as_ref().is_some_and(|c| c.role >= Role::Developer);
-        let api = self.api(caller.as_ref(), &context);
+        let api = self.api(caller.as_ref(), &context, None);
         match resources::read(&api, developer, &request.uri).await {
             Ok(value) => Ok(ReadResourceResult::new(vec![ResourceContents::text(
                 value.to_string(),

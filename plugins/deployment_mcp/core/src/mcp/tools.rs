@@ -16,9 +16,9 @@ use utoipa::ToSchema;
 use super::{
     follow, schema,
     types::{
-        DeploymentArguments, DeploymentOutput, DeploymentsOutput, EnvironmentArguments,
-        EnvironmentsOutput, ListDeploymentsArguments, LogArguments, LogsOutput, NoArguments,
-        TriggerArguments, TriggerOutput, MAX_LOG_LINES, MAX_WAIT_SECS,
+        AuditArguments, AuditOutput, DeploymentArguments, DeploymentOutput, DeploymentsOutput,
+        EnvironmentArguments, EnvironmentsOutput, ListDeploymentsArguments, LogArguments,
+        LogsOutput, NoArguments, TriggerArguments, TriggerOutput, MAX_LOG_LINES, MAX_WAIT_SECS,
     },
     Call, ToolError,
 };
@@ -145,7 +145,87 @@ pub(crate) fn table<A: DeploymentApi + 'static>() -> Vec<Entry<A>> {
         Entry::of::<ApproveDeployment>(),
         Entry::of::<RejectDeployment>(),
         Entry::of::<RollbackDeployment>(),
+        Entry::of::<ListAuditEntries>(),
     ]
+}
+
+struct ListAuditEntries;
+
+impl Tool for ListAuditEntries {
+    const SPEC: ToolSpec = ToolSpec {
+        name: "list_audit_entries",
+        title: "List audit entries",
+        description: "The audit log, newest first: who did what (trigger, cancel, approve, environment changes, plugin reloads, refused calls), through which door (rest, mcp with the tool, cli, dashboard, schedule, auto), and how it ended. Filters as GET /api/audit; paged with cursor.",
+        needs: Role::Admin,
+        writes: false,
+        destructive: false,
+    };
+    type Input = AuditArguments;
+    type Output = AuditOutput;
+
+    async fn run<A: DeploymentApi>(
+        call: &Call<'_, A>,
+        filter: AuditArguments,
+    ) -> Result<AuditOutput, ToolError> {
+        let Some(records) = call.audit else {
+            return Err(ToolError::new(
+                "unavailable",
+                "this MCP server does not reach the audit log; use the host's GET /api/audit",
+            ));
+        };
+        let query = audit_query(filter)?;
+        let page = records
+            .audit_page(query.to_string())
+            .await
+            .map_err(|error| ToolError::new("audit_query", error.to_string()))?;
+        serde_json::from_str(&page)
+            .map_err(|error| ToolError::new("audit_query", error.to_string()))
+    }
+}
+
+/// The tool's filters as the host's audit query: times in the entries' form, the cursor as
+/// the seq it is, the page at most 100.
+fn audit_query(filter: AuditArguments) -> Result<Value, ToolError> {
+    let time = |field: &str, text: Option<String>| -> Result<Option<String>, ToolError> {
+        text.map(|text| {
+            text.parse::<crate::model::Timestamp>()
+                .map(|at| at.to_string())
+                .map_err(|_| ToolError::field(field, "expected an RFC 3339 time"))
+        })
+        .transpose()
+    };
+    let before = filter
+        .cursor
+        .map(|cursor| {
+            cursor
+                .parse::<u64>()
+                .map_err(|_| ToolError::field("cursor", "expected the next_cursor of a page"))
+        })
+        .transpose()?;
+    if let Some(outcome) = &filter.outcome {
+        if !["ok", "denied", "failed"].contains(&outcome.as_str()) {
+            return Err(ToolError::field("outcome", "expected ok, denied or failed"));
+        }
+    }
+    if let Some(via) = &filter.via {
+        if !["rest", "mcp", "cli", "dashboard", "schedule", "auto"].contains(&via.as_str()) {
+            return Err(ToolError::field(
+                "via",
+                "expected rest, mcp, cli, dashboard, schedule or auto",
+            ));
+        }
+    }
+    let mut query = serde_json::json!({
+        "actor": filter.actor, "action": filter.action, "resource": filter.resource,
+        "environment": filter.environment, "outcome": filter.outcome, "via": filter.via,
+        "since": time("since", filter.since)?, "until": time("until", filter.until)?,
+        "request_id": filter.request_id, "before": before,
+        "limit": filter.limit.unwrap_or(50).clamp(1, 100),
+    });
+    if let Some(fields) = query.as_object_mut() {
+        fields.retain(|_, value| !value.is_null());
+    }
+    Ok(query)
 }
 
 /// One environment in the caller's view (from the dashboard, which every role may read).

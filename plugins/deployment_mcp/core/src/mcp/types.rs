@@ -62,6 +62,55 @@ pub struct ListDeploymentsArguments {
     pub environment: Option<String>,
 }
 
+/// `list_audit_entries`' filters: those of `GET /api/audit`.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditArguments {
+    /// Only entries of this key name
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Only this action, e.g. deployment.trigger, environment.update
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Only this resource, e.g. deployment:<id>, environment:<id>
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// Only entries that concern this environment
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// ok, denied or failed
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// rest, mcp, cli, dashboard, schedule or auto
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// RFC 3339: entries at or after this time
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// RFC 3339: entries at or before this time
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// Only the entries of this request
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Page size (default 50)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub limit: Option<u32>,
+    /// next_cursor of the previous page
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// A page of the audit log, newest first: each entry's seq, at, actor, via, tool, action,
+/// resource, outcome, request_id, reason, changes, environments, prev_hash and hash.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct AuditOutput {
+    pub entries: Vec<serde_json::Value>,
+    /// The cursor of the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
 /// Which lines of a deployment's log.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -245,12 +245,36 @@ impl Catalog {
     }
 
     /// Writes an environment and, when given, replaces its secrets; one transaction.
+    /// Stores an environment the API created or replaced (`before`: what it replaced), as the
+    /// change of the call: the audit entry shows both, every secret as `***`.
     async fn save(
         &self,
         stored: StoredEnvironment,
         secrets: Option<Secrets>,
+        before: Option<&StoredEnvironment>,
     ) -> Result<(), StoreError> {
-        self.records.apply(save_ops(stored, secrets)?).await?;
+        let after = secrets.as_ref().map(|secrets| {
+            shown(
+                &stored.environment,
+                secrets.api_token.is_some(),
+                secrets.webhook_secret.is_some(),
+            )
+        });
+        let mut changes = serde_json::Map::new();
+        if let Some(before) = before {
+            changes.insert("before".into(), shown_stored(before));
+        }
+        if let Some(after) = after {
+            changes.insert("after".into(), after);
+        }
+        let id = stored.environment.environment_id.to_string();
+        self.records
+            .apply_for_call(save_ops(stored, secrets)?, |call| {
+                crate::audit::fill(&mut call.resource, || format!("environment:{id}"));
+                call.environments = vec![id];
+                call.changes = Some(serde_json::Value::Object(changes));
+            })
+            .await?;
         Ok(())
     }
 
@@ -315,6 +339,7 @@ impl Catalog {
                 has_webhook_secret: false,
             },
             Some(secrets),
+            None,
         )
         .await?;
         Ok(true)
@@ -358,12 +383,13 @@ impl Catalog {
                 environment,
                 source: Source::Api,
                 updated_at: Timestamp::now(),
-                file_version: previous.file_version,
-                file_secrets_sha256: previous.file_secrets_sha256,
+                file_version: previous.file_version.clone(),
+                file_secrets_sha256: previous.file_secrets_sha256.clone(),
                 has_api_token: false,
                 has_webhook_secret: false,
             },
             Some(secrets),
+            Some(&previous),
         )
         .await?;
         Ok(Some(shown))
@@ -389,7 +415,12 @@ impl Catalog {
                 "true".to_owned(),
             ));
         }
-        match self.records.apply(ops).await? {
+        let describe = |call: &mut crate::audit::Subject| {
+            crate::audit::fill(&mut call.resource, || format!("environment:{id}"));
+            call.environments = vec![id.to_owned()];
+            call.changes = Some(serde_json::json!({ "before": shown_stored(&previous) }));
+        };
+        match self.records.apply_for_call(ops, describe).await? {
             None => Ok(Deleted::Deleted),
             Some(conflict) => Ok(Deleted::Busy {
                 deployment: conflict
@@ -435,9 +466,51 @@ impl Catalog {
     /// Records a health report; true when healthiness changed (or was unknown).
     pub async fn set_health(&self, id: &str, report: &HealthReport) -> Result<bool, StoreError> {
         let previous = self.health(id).await?;
-        self.records.put(collection::HEALTH, id, report).await?;
+        let put = StoreOp::put(
+            collection::HEALTH,
+            id,
+            records::encode(collection::HEALTH, id, report)?,
+        );
+        // A check asked for by a call is that call's change; the periodic ones are no call's.
+        self.records
+            .apply_for_call(vec![put], |call| {
+                crate::audit::fill(&mut call.resource, || format!("environment:{id}"));
+                call.environments = vec![id.to_owned()];
+                call.changes = Some(serde_json::json!({ "healthy": report.healthy }));
+            })
+            .await?;
         Ok(previous.map(|previous| previous.healthy) != Some(report.healthy))
     }
+}
+
+/// An environment as an audit entry shows it: its fields as the API takes them, URLs with
+/// their credentials masked, and each secret it has as `***`.
+fn shown(environment: &Environment, api_token: bool, webhook_secret: bool) -> serde_json::Value {
+    let mut value = serde_json::to_value(environments::EnvironmentJson::from(environment.clone()))
+        .unwrap_or(serde_json::Value::Null);
+    if let Some(fields) = value.as_object_mut() {
+        for url in ["webhook_url", "health_check_url"] {
+            if let Some(serde_json::Value::String(text)) = fields.get_mut(url) {
+                *text = crate::redact::url(text);
+            }
+        }
+        for (secret, present) in [("api_token", api_token), ("webhook_secret", webhook_secret)] {
+            if present {
+                fields.insert(secret.into(), serde_json::Value::String("***".into()));
+            } else {
+                fields.remove(secret);
+            }
+        }
+    }
+    value
+}
+
+fn shown_stored(stored: &StoredEnvironment) -> serde_json::Value {
+    shown(
+        &stored.environment,
+        stored.has_api_token,
+        stored.has_webhook_secret,
+    )
 }
 
 /// Writes per transaction when the environments file is imported.

@@ -152,6 +152,46 @@ impl Records {
         self.blocking(move |host| host.store_apply(&ops)).await
     }
 
+    /// [`Records::apply`] as the change of the call this task serves (`crate::audit`): the
+    /// call's entry, described further by `describe`, goes into the same transaction, so the
+    /// change and its entry are written together or not at all. Outside a call, or once the
+    /// call's entry is written, a plain batch.
+    pub async fn apply_for_call(
+        &self,
+        ops: Vec<StoreOp>,
+        describe: impl FnOnce(&mut crate::audit::Subject),
+    ) -> Result<Option<Conflict>, StoreError> {
+        let Some((call, draft)) = crate::audit::pending(describe) else {
+            return self.apply(ops).await;
+        };
+        let conflict = self
+            .blocking(move |host| host.store_apply_audited(&ops, &[draft]))
+            .await?;
+        if conflict.is_none() {
+            call.mark_recorded();
+        }
+        Ok(conflict)
+    }
+
+    /// Appends the entry of `call` with `outcome` alone (a call whose change went through no
+    /// transaction of its own, or that failed).
+    pub async fn record_call(
+        &self,
+        call: &crate::audit::AuditCall,
+        outcome: &crate::audit::Outcome,
+    ) -> Result<(), StoreError> {
+        let draft = call.draft(outcome);
+        self.blocking(move |host| host.store_apply_audited(&[], &[draft]).map(|_| ()))
+            .await?;
+        call.mark_recorded();
+        Ok(())
+    }
+
+    /// A page of the host's audit log (`query` and the answer as JSON).
+    pub async fn audit_page(&self, query: String) -> Result<String, StoreError> {
+        self.blocking(move |host| host.audit_query(&query)).await
+    }
+
     pub async fn delete(&self, collection: &'static str, key: &str) -> Result<bool, StoreError> {
         let key = key.to_owned();
         self.blocking(move |host| host.store_delete(collection, &key))

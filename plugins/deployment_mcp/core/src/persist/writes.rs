@@ -126,6 +126,16 @@ pub struct Writes {
     lease: Lease,
     ops: Vec<StoreOp>,
     kinds: Vec<Kind>,
+    /// What the audit entry of the call committing this is about, when this transaction
+    /// creates a deployment: its resource and environments.
+    subject: Option<Created>,
+}
+
+/// A deployment a transaction creates, as the audit entry of the call shows it.
+struct Created {
+    resource: String,
+    environments: Vec<String>,
+    changes: serde_json::Value,
 }
 
 /// The text of the claim `lease` holds on a deployment's environments.
@@ -147,6 +157,7 @@ impl Writes {
             lease: lease.clone(),
             ops: Vec::new(),
             kinds: Vec::new(),
+            subject: None,
         }
     }
 
@@ -318,6 +329,14 @@ impl Writes {
     /// A new deployment's record, its history entry and the history's indexes.
     pub fn created(&mut self, record: &DeploymentRecord) -> Result<(), StoreError> {
         let id = &record.deployment_id;
+        self.subject.get_or_insert_with(|| Created {
+            resource: format!("deployment:{id}"),
+            environments: record.environments.iter().map(|e| e.to_string()).collect(),
+            changes: serde_json::json!({
+                "version": record.version,
+                "retry_of": record.retry_of,
+            }),
+        });
         self.push(StoreOp::put(
             collection::DEPLOYMENTS,
             id,
@@ -393,7 +412,17 @@ impl Writes {
         let fenced = fence.len();
         let mut ops = fence;
         ops.extend(self.ops);
-        let Some(conflict) = self.records.apply(ops).await? else {
+        let subject = self.subject;
+        let describe = move |call: &mut crate::audit::Subject| {
+            if let Some(created) = subject {
+                crate::audit::fill(&mut call.resource, || created.resource);
+                crate::audit::fill(&mut call.changes, || created.changes);
+                if call.environments.is_empty() {
+                    call.environments = created.environments;
+                }
+            }
+        };
+        let Some(conflict) = self.records.apply_for_call(ops, describe).await? else {
             return Ok(Outcome::Committed);
         };
         if conflict.index < fenced {
