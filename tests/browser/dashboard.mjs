@@ -284,6 +284,26 @@ async function main(page, base, relay) {
   ), 'the summary and the slow_demo card follow');
   await screenshot(page, '05-cancelled');
 
+  step('the audit log: the page\'s own calls, live, filtered');
+  await page.waitForSelector('#audit', { state: 'visible', timeout: WAIT });
+  check(await holds(
+    page,
+    () => [...document.querySelectorAll('#audit-rows tr')].some((row) => row.textContent.includes('deployment.cancel')
+      && row.textContent.includes('dashboard') && row.textContent.includes('ops (admin)')),
+  ), 'the cancel made on this page is in the audit log, through the dashboard, by ops');
+  await page.selectOption('#audit-outcome', 'ok');
+  await page.fill('#audit-action', 'deployment.trigger');
+  check(await holds(
+    page,
+    () => {
+      const rows = [...document.querySelectorAll('#audit-rows tr[data-seq]')];
+      return rows.length >= 2 && rows.every((row) => row.textContent.includes('deployment.trigger'));
+    },
+  ), 'filtered to the triggers');
+  await page.fill('#audit-action', '');
+  await page.selectOption('#audit-outcome', '');
+  await screenshot(page, '06-audit');
+
   step('sign out');
   await page.click('#sign-out');
   await page.waitForSelector('#sign-in', { state: 'visible', timeout: WAIT });
@@ -299,6 +319,7 @@ async function main(page, base, relay) {
     check(!(await visible(page, '#trigger')), 'no trigger form');
     check(!(await visible(page, '#cancel-button')), 'no cancel button');
     check(!(await visible(page, '#plugin-list .reload')), 'no reload button');
+    check(!(await visible(page, '#audit')), 'no audit log');
     check(await visible(page, '#plugin-list [data-plugin="deployment_mcp"]'), 'the plugin panel renders');
     check(!(await visible(page, '#history .table-wrap')), 'the history table makes way for the message');
     check(

@@ -149,6 +149,12 @@ impl TestPostgres {
     /// Runs `sql` with `psql` (which Debian's server package brings); its rows, one per line,
     /// fields separated by `|`.
     pub fn query(&self, sql: &str) -> String {
+        self.try_query(sql)
+            .unwrap_or_else(|error| panic!("psql failed: {error}"))
+    }
+
+    /// [`TestPostgres::query`], with the server's refusal as the error instead of a failed test.
+    pub fn try_query(&self, sql: &str) -> Result<String, String> {
         let beside = self.bin.join("psql");
         let psql = if beside.is_file() {
             beside
@@ -159,12 +165,10 @@ impl TestPostgres {
             .args([&self.url, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
             .output()
             .unwrap_or_else(|error| panic!("running {}: {error}", psql.display()));
-        assert!(
-            output.status.success(),
-            "psql failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// The process ids of the server's backends serving connections named `application_name`.

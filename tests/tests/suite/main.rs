@@ -1,6 +1,7 @@
 //! The end-to-end suite, one test binary (linked once): the real `powerautomation` binary with
 //! real plugin libraries and real peers, one module per area.
 
+mod audit;
 mod cli;
 mod cluster;
 mod cluster_events;

@@ -99,6 +99,21 @@ async fn an_agent_lists_calls_follows_and_reads_over_http() {
         "developer".into(),
     ])
     .await;
+    // A tool the caller's role may not call is refused, and recorded with the tool's name.
+    let (status, refused) = host
+        .get(
+            "/api/audit?via=mcp&outcome=denied&actor=viewer",
+            Some(ADMIN_KEY),
+        )
+        .await;
+    assert_eq!(status, 200, "{refused}");
+    let entries = refused["entries"].as_array().cloned().unwrap_or_default();
+    assert!(
+        entries
+            .iter()
+            .any(|entry| entry["tool"] == "trigger_deployment" && entry["action"] == "mcp.call"),
+        "{refused}"
+    );
 
     // The endpoint is behind the host's keys and refuses foreign browser origins.
     let initialize = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",

@@ -139,6 +139,7 @@ getHealth get /health host
 getMetrics get /metrics host
 getOpenApiDocument get /api/openapi.json host
 getWhoami get /api/auth/whoami host
+listAuditEntries get /api/audit audit
 listDeployments get /api/deployment/history deployments
 listEnvironments get /api/deployment/environments environments
 listPlugins get /api/plugins plugins
