@@ -22,6 +22,8 @@ type Collections = BTreeMap<String, BTreeMap<String, String>>;
 struct MemoryAudit {
     rows: Vec<AuditRow>,
     bounds: AuditBounds,
+    /// The newest entry's time: the next is never earlier.
+    last_at: String,
 }
 
 #[derive(Default)]
@@ -127,7 +129,8 @@ impl RecordStore for MemoryStore {
         // Sealed before anything is written: a draft that cannot be sealed leaves all as it was.
         let mut sealed = Vec::with_capacity(audit.len());
         if !audit.is_empty() {
-            let at = crate::audit::now_text();
+            let at = crate::audit::next_time(&chain.last_at);
+            chain.last_at.clone_from(&at);
             let mut prev = chain
                 .bounds
                 .head

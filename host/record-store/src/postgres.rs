@@ -409,8 +409,7 @@ fn attempt(
         }
     }
     if !audit.is_empty() {
-        let at = crate::audit::now_text();
-        if let Err(error) = crate::audit::postgres::append(&mut transaction, audit, &at)? {
+        if let Err(error) = crate::audit::postgres::append(&mut transaction, audit)? {
             return Ok(Err(error));
         }
     }

@@ -488,7 +488,7 @@ impl Store {
             }
         }
         if !audit.is_empty() {
-            crate::audit::sqlite::append(&transaction, audit, &crate::audit::now_text())?;
+            crate::audit::sqlite::append(&transaction, audit)?;
             crate::failpoint::reached("audit-before-commit");
         }
         transaction

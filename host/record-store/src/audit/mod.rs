@@ -288,6 +288,18 @@ pub(crate) struct Sealed {
     pub(crate) columns: AuditColumns,
 }
 
+/// The time an entry after one written at `previous` gets: the writer's clock, or the
+/// predecessor's time when the clock is behind it (another node's, or stepped back), so times
+/// never go backwards along the chain and a time range is a range of `seq`.
+pub(crate) fn next_time(previous: &str) -> String {
+    let now = now_text();
+    if previous > now.as_str() {
+        previous.to_owned()
+    } else {
+        now
+    }
+}
+
 /// Seals `draft` after the chain's last entry (`prev`: its seq and hash).
 pub(crate) fn seal(
     prev: &(u64, String),

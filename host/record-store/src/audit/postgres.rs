@@ -30,7 +30,7 @@ pub(crate) const SCHEMA: &str = "
     CREATE INDEX IF NOT EXISTS pa_audit_by_resource ON pa_audit (resource, seq);
     CREATE INDEX IF NOT EXISTS pa_audit_by_outcome ON pa_audit (outcome, seq);
     CREATE INDEX IF NOT EXISTS pa_audit_by_via ON pa_audit (via, seq);
-    CREATE INDEX IF NOT EXISTS pa_audit_by_at ON pa_audit (at);
+    CREATE INDEX IF NOT EXISTS pa_audit_by_at ON pa_audit (at, seq);
     CREATE INDEX IF NOT EXISTS pa_audit_by_request ON pa_audit (request_id);
     CREATE TABLE IF NOT EXISTS pa_audit_environments (
         environment TEXT NOT NULL,
@@ -41,7 +41,8 @@ pub(crate) const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS pa_audit_head (
         one INT PRIMARY KEY CHECK (one = 1),
         seq BIGINT NOT NULL,
-        hash TEXT NOT NULL
+        hash TEXT NOT NULL,
+        at TEXT COLLATE \"C\" NOT NULL
     );
     CREATE TABLE IF NOT EXISTS pa_audit_checkpoint (
         one INT PRIMARY KEY CHECK (one = 1),
@@ -57,7 +58,8 @@ pub(crate) const SCHEMA: &str = "
         END IF;
         RAISE EXCEPTION 'audit entries are append-only (% refused)', TG_OP;
     END $$;
-    INSERT INTO pa_audit_head (one, seq, hash) VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000')
+    INSERT INTO pa_audit_head (one, seq, hash, at)
+        VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000', '')
         ON CONFLICT (one) DO NOTHING;
     DROP TRIGGER IF EXISTS pa_audit_append_only ON pa_audit;
     CREATE TRIGGER pa_audit_append_only BEFORE UPDATE OR DELETE ON pa_audit
@@ -85,15 +87,25 @@ fn pair(
 pub(crate) fn append(
     client: &mut impl GenericClient,
     drafts: &[AuditDraft],
-    at: &str,
 ) -> Result<Result<(), crate::StoreError>, postgres::Error> {
     // The head row is locked first: a second appender waits here, and once the first commits
     // it fails with a serialization failure and its batch is run again, after the first.
-    let mut prev = pair(
-        client,
-        "SELECT seq, hash FROM pa_audit_head WHERE one = 1 FOR UPDATE",
-    )?
-    .unwrap_or((0, GENESIS.to_owned()));
+    let head = client.query_opt(
+        "SELECT seq, hash, at FROM pa_audit_head WHERE one = 1 FOR UPDATE",
+        &[],
+    )?;
+    let (mut prev, previous_at) = match head {
+        Some(row) => {
+            let seq: i64 = row.get(0);
+            (
+                (u64::try_from(seq).unwrap_or(0), row.get(1)),
+                row.get::<_, String>(2),
+            )
+        }
+        None => ((0, GENESIS.to_owned()), String::new()),
+    };
+    let at = super::next_time(&previous_at);
+    let at = at.as_str();
     for draft in drafts {
         let sealed = match seal(&prev, draft, at) {
             Ok(sealed) => sealed,
@@ -131,9 +143,9 @@ pub(crate) fn append(
         prev = (record.seq, record.hash.clone());
     }
     client.execute(
-        "INSERT INTO pa_audit_head (one, seq, hash) VALUES (1, $1, $2)
-         ON CONFLICT (one) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash",
-        &[&seq_of(prev.0), &prev.1],
+        "INSERT INTO pa_audit_head (one, seq, hash, at) VALUES (1, $1, $2, $3)
+         ON CONFLICT (one) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash, at = EXCLUDED.at",
+        &[&seq_of(prev.0), &prev.1, &at],
     )?;
     Ok(Ok(()))
 }

@@ -87,9 +87,23 @@ pub(crate) fn select(
         &query.via.map(|v| v.as_str().to_owned()),
         &mut sql,
     );
-    text("at", ">=", &query.since, &mut sql);
-    text("at", "<=", &query.until, &mut sql);
     text("request_id", "=", &query.request_id, &mut sql);
+    // Times never go backwards along the chain (an entry takes the later of its writer's clock
+    // and its predecessor's time), so a time range is a range of `seq`: its ends are found in
+    // the time index, and the page is read by the primary key from the newest end, not sorted
+    // out of every entry in the range. No entry in range: a bound of NULL, which matches none.
+    if let Some(since) = &query.since {
+        let p = next(Param::Text(since.clone()));
+        sql.push_str(&format!(
+            " AND a.seq >= (SELECT seq FROM {prefix}audit WHERE at >= {p} ORDER BY at, seq LIMIT 1)"
+        ));
+    }
+    if let Some(until) = &query.until {
+        let p = next(Param::Text(until.clone()));
+        sql.push_str(&format!(
+            " AND a.seq <= (SELECT seq FROM {prefix}audit WHERE at <= {p} ORDER BY at DESC, seq DESC LIMIT 1)"
+        ));
+    }
     if let Some(before) = query.before {
         let p = next(Param::Int(i64::try_from(before).unwrap_or(i64::MAX)));
         sql.push_str(&format!(" AND a.seq < {p}"));

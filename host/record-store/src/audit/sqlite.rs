@@ -40,7 +40,8 @@ pub(crate) const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS audit_head (
         one INTEGER PRIMARY KEY CHECK (one = 1),
         seq INTEGER NOT NULL,
-        hash TEXT NOT NULL
+        hash TEXT NOT NULL,
+        at TEXT NOT NULL
     );
     CREATE TABLE IF NOT EXISTS audit_checkpoint (
         one INTEGER PRIMARY KEY CHECK (one = 1),
@@ -71,9 +72,17 @@ fn failed(action: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
 pub(crate) fn append(
     transaction: &Transaction<'_>,
     drafts: &[AuditDraft],
-    at: &str,
 ) -> Result<(), StoreError> {
     let mut prev = head(transaction)?.unwrap_or((0, GENESIS.to_owned()));
+    let previous_at: String = transaction
+        .query_row("SELECT at FROM audit_head WHERE one = 1", [], |row| {
+            row.get(0)
+        })
+        .optional()
+        .map_err(failed("read the audit head"))?
+        .unwrap_or_default();
+    let at = super::next_time(&previous_at);
+    let at = at.as_str();
     let mut insert = transaction
         .prepare_cached(
             "INSERT INTO audit (seq, at, actor, role, via, tool, action, resource, outcome,
@@ -116,9 +125,10 @@ pub(crate) fn append(
     }
     transaction
         .execute(
-            "INSERT INTO audit_head (one, seq, hash) VALUES (1, ?1, ?2)
-             ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-            params![i64::try_from(prev.0).unwrap_or(i64::MAX), prev.1],
+            "INSERT INTO audit_head (one, seq, hash, at) VALUES (1, ?1, ?2, ?3)
+             ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
+                                             at = excluded.at",
+            params![i64::try_from(prev.0).unwrap_or(i64::MAX), prev.1, at],
         )
         .map_err(failed("move the audit head"))?;
     Ok(())
