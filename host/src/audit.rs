@@ -167,7 +167,7 @@ impl HostCall {
 /// What a call of the host's route `template` does, and what it names (`path` is the
 /// request's): `(action, resource)`. A plugin's route names its own (in its refusal's headers).
 pub fn host_action(method: &str, template: Option<&str>, path: &str) -> (&'static str, String) {
-    let segment = |index: usize| path.split('/').nth(index).unwrap_or_default().to_owned();
+    let segment = |index: usize| shorten(path.split('/').nth(index).unwrap_or_default());
     match (method, template.unwrap_or_default()) {
         ("GET", "/api/plugins") => ("plugin.list", "plugins".into()),
         ("POST", "/api/plugins/{name}/reload") => {
@@ -224,7 +224,17 @@ async fn write_refusals(
         let drafts = std::mem::take(&mut batch);
         let count = drafts.len();
         let store = Arc::clone(&store);
-        match tokio::task::spawn_blocking(move || store.apply_audited(&[], &drafts)).await {
+        let written = tokio::task::spawn_blocking(move || {
+            // One draft out of its limits must not cost the others theirs.
+            let (fit, unfit): (Vec<AuditDraft>, Vec<AuditDraft>) =
+                drafts.into_iter().partition(|draft| draft.check().is_ok());
+            for draft in &unfit {
+                tracing::warn!(action = %draft.action, "a refused call's audit entry is out of its limits: {:?}", draft.check().err());
+            }
+            store.apply_audited(&[], &fit)
+        })
+        .await;
+        match written {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::error!(count, "cannot record refused calls: {error}"),
             Err(error) => tracing::error!(count, "cannot record refused calls: {error}"),

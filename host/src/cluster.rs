@@ -435,12 +435,13 @@ impl Membership {
     }
 
     /// Marks a node draining: it finishes its runs and claims no new ones.
-    /// Marks `node_id` draining; `audit` (the call's entry) is written with the change.
+    /// Marks `node_id` draining; `audit` (the call's entry) is written with the change. `false`:
+    /// it was draining already, nothing was written (the entry neither).
     pub async fn drain(
         &self,
         node_id: &str,
         audit: Option<record_store::AuditDraft>,
-    ) -> Result<(), DrainError> {
+    ) -> Result<bool, DrainError> {
         for _ in 0..8 {
             let store = Arc::clone(&self.store);
             let key = node_id.to_owned();
@@ -454,7 +455,7 @@ impl Membership {
                 .map_err(|error| DrainError::Store(error.to_string()))?;
             match record.state {
                 NodeState::Lost => return Err(DrainError::Lost(node_id.to_owned())),
-                NodeState::Draining => return Ok(()),
+                NodeState::Draining => return Ok(false),
                 NodeState::Active => {}
             }
             record.state = NodeState::Draining;
@@ -473,7 +474,7 @@ impl Membership {
                 seen.record = record;
                 drop(view);
                 tracing::info!(node = %node_id, "node draining: it claims no new runs");
-                return Ok(());
+                return Ok(true);
             }
             // A heartbeat came between the read and the write: read it again.
         }

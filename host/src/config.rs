@@ -484,6 +484,12 @@ impl Config {
         for (index, key) in self.auth.keys.iter().enumerate() {
             if key.name.trim().is_empty() {
                 problems.push(format!("auth.keys[{index}].name: must not be empty"));
+            } else if key.name.len() > 128 {
+                // The audit log names the key of every call; its entries take 128 bytes.
+                problems.push(format!(
+                    "auth.keys[{index}].name: at most 128 bytes (got {})",
+                    key.name.len()
+                ));
             }
             if !names.insert(key.name.as_str()) {
                 problems.push(format!(

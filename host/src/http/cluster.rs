@@ -56,16 +56,20 @@ pub async fn drain(
         .as_ref()
         .map(|_| call.draft("cluster.drain", resource.clone(), 200, None));
     let drained = state.membership.drain(&node_id, entry).await;
-    if let (Err(error), Some(auditor)) = (&drained, &state.auditor) {
-        // Nothing changed: the failed call is recorded on its own.
-        let (status, code) = match error {
-            DrainError::NotFound(_) => (404, "not_found"),
-            DrainError::Lost(_) => (409, "node_lost"),
-            DrainError::Store(_) => (503, "store_unavailable"),
+    if let Some(auditor) = &state.auditor {
+        // Nothing changed (draining already, or failed): the call is recorded on its own.
+        let unchanged = match &drained {
+            Ok(true) => None,
+            Ok(false) => Some((200, None)),
+            Err(DrainError::NotFound(_)) => Some((404, Some("not_found"))),
+            Err(DrainError::Lost(_)) => Some((409, Some("node_lost"))),
+            Err(DrainError::Store(_)) => Some((503, Some("store_unavailable"))),
         };
-        auditor
-            .record(call.draft("cluster.drain", resource, status, Some(code)))
-            .await;
+        if let Some((status, code)) = unchanged {
+            auditor
+                .record(call.draft("cluster.drain", resource, status, code))
+                .await;
+        }
     }
     drained.map_err(|error| match error {
         DrainError::NotFound(_) => ApiError::not_found(error.to_string()),

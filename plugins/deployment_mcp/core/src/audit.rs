@@ -94,7 +94,7 @@ struct Actor {
 }
 
 /// What the entry says the call was about; the handler or its transaction fills it in.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Subject {
     pub resource: Option<String>,
     pub changes: Option<Value>,
@@ -177,11 +177,6 @@ impl AuditCall {
         CALL.scope(Arc::clone(self), work).await
     }
 
-    /// Fills in what the call is about (only what is not said yet).
-    pub fn describe(&self, describe: impl FnOnce(&mut Subject)) {
-        describe(&mut self.state().subject);
-    }
-
     pub fn recorded(&self) -> bool {
         self.state().recorded
     }
@@ -192,8 +187,33 @@ impl AuditCall {
 
     /// The draft with `outcome`, as JSON for the host.
     pub fn draft(&self, outcome: &Outcome) -> String {
-        let state = self.state();
-        let subject = &state.subject;
+        let subject = self.state().subject.clone();
+        self.draft_of(&subject, outcome)
+    }
+
+    /// The draft of this call about `subject`. Changes too large for an entry are replaced by
+    /// their size and digest, so a large environment still gets its entry.
+    fn draft_of(&self, subject: &Subject, outcome: &Outcome) -> String {
+        let text = self.draft_text(subject, outcome);
+        if text.len() <= MAX_DRAFT_BYTES {
+            return text;
+        }
+        let mut smaller = subject.clone();
+        let changes = subject
+            .changes
+            .as_ref()
+            .map(Value::to_string)
+            .unwrap_or_default();
+        smaller.changes = Some(serde_json::json!({
+            "truncated": true,
+            "bytes": changes.len(),
+            "sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(changes.as_bytes())),
+        }));
+        smaller.environments.truncate(MAX_ENVIRONMENTS);
+        self.draft_text(&smaller, outcome)
+    }
+
+    fn draft_text(&self, subject: &Subject, outcome: &Outcome) -> String {
         let draft = Draft {
             actor: &self.actor,
             via: self.via,
@@ -226,13 +246,21 @@ pub fn current() -> Option<Arc<AuditCall>> {
 }
 
 /// The entry a transaction should carry: the current call's (not yet written), described
-/// further by `describe`, as a successful change. `None` outside a call.
+/// further by `describe`, as a successful change. `None` outside a call. The call itself keeps
+/// what it said before: a transaction that does not commit must not name what it would have
+/// made (a deployment id that never came to be) in the entry of the failed call.
 pub fn pending(describe: impl FnOnce(&mut Subject)) -> Option<(Arc<AuditCall>, String)> {
     let call = current()?;
-    call.describe(describe);
-    let draft = call.draft(&Outcome::OK);
+    let mut subject = call.state().subject.clone();
+    describe(&mut subject);
+    let draft = call.draft_of(&subject, &Outcome::OK);
     Some((call, draft))
 }
+
+/// The largest draft the plugin sends (the host's limit for an entry is 1 MiB).
+const MAX_DRAFT_BYTES: usize = 512 * 1024;
+/// The most environments one entry names (the host's limit).
+const MAX_ENVIRONMENTS: usize = 100_000;
 
 /// Sets `slot` unless it is set.
 pub fn fill<T>(slot: &mut Option<T>, value: impl FnOnce() -> T) {
