@@ -7,7 +7,9 @@
 #   - the MCP Python SDK in tests/mcp/.venv (the MCP tests' client),
 #   - promtool (lints /metrics), taken from Debian's prometheus package without installing
 #     the server and its service,
-#   - PostgreSQL's server (initdb, pg_ctl): the store's tests start a server of their own.
+#   - PostgreSQL's server (initdb, pg_ctl): the store's tests start a server of their own,
+#   - the system's time zone database and zdump (tzdata, libc-bin): the calendar's tests check
+#     every DST change of a few zones against what zdump reads there.
 # Idempotent and quick when everything is present: it then installs nothing and needs no network,
 # so it can run where only loopback exists. Debian packages need root (or sudo); Python packages
 # go to the active Python's site packages.
@@ -67,6 +69,10 @@ fi
 # pyenv and similar installs put new scripts behind shims that need a rehash.
 if command -v pyenv >/dev/null; then
     pyenv rehash 2>/dev/null || true
+fi
+
+if ! command -v zdump >/dev/null || [ ! -f /usr/share/zoneinfo/Europe/Berlin ]; then
+    apt_install tzdata libc-bin
 fi
 
 if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

@@ -59,6 +59,7 @@ fn seed(dir: &std::path::Path, count: usize) {
             gate: None,
             platform_instance_id: None,
             platform_ip: None,
+            window_override: None,
         };
         let failed = if status == Phase::Failed {
             vec![environment]

@@ -26,14 +26,16 @@ ALL_TOOLS = {
     "list_environments", "get_environment", "check_environment_health", "list_deployments",
     "get_deployment", "get_deployment_logs", "trigger_deployment", "cancel_deployment",
     "retry_deployment", "approve_deployment", "reject_deployment", "rollback_deployment",
-    "list_audit_entries",
+    "list_audit_entries", "list_windows", "explain_window", "create_window", "delete_window",
 }
 WRITE_TOOLS = {
     "trigger_deployment", "cancel_deployment", "retry_deployment", "approve_deployment",
-    "reject_deployment", "rollback_deployment", "check_environment_health",
+    "reject_deployment", "rollback_deployment", "check_environment_health", "create_window",
+    "delete_window",
 }
 USER_TOOLS = {"list_environments", "get_environment", "list_deployments", "get_deployment"}
-DEVELOPER_TOOLS = USER_TOOLS | {"get_deployment_logs", "check_environment_health"}
+DEVELOPER_TOOLS = USER_TOOLS | {"get_deployment_logs", "check_environment_health", "list_windows",
+                                "explain_window"}
 
 
 class Failed(Exception):
@@ -65,6 +67,10 @@ async def tool(session, name, arguments=None, progress=None):
     return result
 
 
+def rfc3339(seconds):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
 def tool_names(listed):
     return {tool.name for tool in listed.tools}
 
@@ -72,7 +78,7 @@ def tool_names(listed):
 async def admin(session, environment):
     step("tools: every one is listed for an admin key, each with schemas and hints")
     listed = await session.list_tools()
-    check(tool_names(listed) == ALL_TOOLS, "the admin sees all thirteen tools", tool_names(listed))
+    check(tool_names(listed) == ALL_TOOLS, "the admin sees all seventeen tools", tool_names(listed))
     for listed_tool in listed.tools:
         check(listed_tool.input_schema.get("type") == "object"
               and (listed_tool.output_schema or {}).get("type") == "object"
@@ -116,6 +122,32 @@ async def admin(session, environment):
     history = await tool(session, "list_deployments", {"status": "completed", "limit": 5})
     check(any(e["deployment_id"] == deployment_id for e in history.structured_content["history"]),
           "list_deployments filters the history")
+
+    step("windows: a freeze refuses the trigger, explain names it, an override passes, delete")
+    freeze = await tool(session, "create_window", {
+        "id": "mcp-freeze", "kind": "deny", "environments": [environment],
+        "start": rfc3339(time.time() - 3600), "end": rfc3339(time.time() + 86400),
+        "reason": "mcp test"})
+    check(not freeze.is_error and freeze.structured_content["created_by"] == "api:ops",
+          "create_window makes the window", freeze.structured_content)
+    listed_windows = await tool(session, "list_windows")
+    check([w["id"] for w in listed_windows.structured_content["windows"]] == ["mcp-freeze"],
+          "list_windows shows it", listed_windows.structured_content)
+    explained = await tool(session, "explain_window", {"environment": environment})
+    check(explained.structured_content["allowed"] is False
+          and explained.structured_content["window"] == "mcp-freeze",
+          "explain_window names the freeze", explained.structured_content)
+    refused = await tool(session, "trigger_deployment", {"environments": [environment]})
+    check(refused.is_error and "deployment_window_closed" in json.dumps(refused.structured_content),
+          "a trigger into the freeze is refused", refused.structured_content)
+    overridden = await tool(session, "trigger_deployment",
+                            {"environments": [environment], "override_reason": "mcp hotfix",
+                             "wait": True})
+    check(not overridden.is_error and overridden.structured_content["status"] == "completed",
+          "an override with a reason passes", overridden.structured_content)
+    removed = await tool(session, "delete_window", {"id": "mcp-freeze"})
+    check(removed.structured_content == {"deleted": "mcp-freeze"}, "delete_window removes it",
+          removed.structured_content)
 
     step("logs are bounded")
     logs = await tool(session, "get_deployment_logs", {"id": deployment_id, "tail": 2})

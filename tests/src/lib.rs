@@ -26,6 +26,8 @@ pub mod targets;
 pub const ADMIN_KEY: &str = "pa_test_admin_0123456789abcdef";
 pub const DEVELOPER_KEY: &str = "pa_test_developer_0123456789abcdef";
 pub const USER_KEY: &str = "pa_test_user_0123456789abcdef";
+/// A second admin (`ops2`), for four-eyes approvals.
+pub const SECOND_ADMIN_KEY: &str = "pa_test_second_admin_0123456789abcdef";
 
 /// How long a host may take to start before a test fails.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -247,6 +249,7 @@ keys = [
   {{ name = "ops", role = "admin", sha256 = "{admin}" }},
   {{ name = "dev", role = "developer", sha256 = "{developer}" }},
   {{ name = "viewer", role = "user", sha256 = "{user}" }},
+  {{ name = "ops2", role = "admin", sha256 = "{second_admin}" }},
 ]
 
 [log]
@@ -270,6 +273,7 @@ allowed_target_networks = {networks}
         admin = sha256_hex(ADMIN_KEY),
         developer = sha256_hex(DEVELOPER_KEY),
         user = sha256_hex(USER_KEY),
+        second_admin = sha256_hex(SECOND_ADMIN_KEY),
         plugin = dir.join("plugins/libdeployment_mcp.so").display(),
         watch = options.watch,
         plugin_config = options.plugin_config,

@@ -35,6 +35,8 @@ fn action_of(operation_id: &str) -> Option<&'static str> {
         "replaceEnvironment" => "environment.update",
         "deleteEnvironment" => "environment.delete",
         "checkEnvironmentHealth" => "environment.health_check",
+        "createWindow" => "window.create",
+        "deleteWindow" => "window.delete",
         _ => return None,
     })
 }
@@ -170,12 +172,16 @@ async fn steps(host: &TestHost, finished: &str, node: &str) -> Vec<Step> {
                 .replace("{name}", "deployment_mcp")
                 .replace("{node_id}", node)
                 .replace("/deployments/{id}", &format!("/deployments/{finished}"))
-                .replace("/environments/{id}", "/environments/walk_env");
+                .replace("/environments/{id}", "/environments/walk_env")
+                .replace("/windows/{id}", "/windows/walk_window");
             let body = match operation_id.as_str() {
                 "triggerDeployment" | "triggerDeploymentOneClick" => {
                     Some(json!({"environments": ["local_demo"]}))
                 }
                 "createEnvironment" | "replaceEnvironment" => Some(environment.clone()),
+                "createWindow" => Some(json!({"id": "walk_window", "kind": "deny",
+                    "start": "2099-01-01T00:00:00Z", "end": "2099-01-02T00:00:00Z",
+                    "environments": ["walk_env"], "reason": "the walk"})),
                 _ => None,
             };
             steps.push(Step {
@@ -187,8 +193,8 @@ async fn steps(host: &TestHost, finished: &str, node: &str) -> Vec<Step> {
         }
     }
     let order = |step: &Step| match step.operation_id.as_str() {
-        "createEnvironment" => 0,
-        "deleteEnvironment" => 2,
+        "createEnvironment" | "createWindow" => 0,
+        "deleteEnvironment" | "deleteWindow" => 2,
         "drainNode" => 3,
         _ => 1,
     };

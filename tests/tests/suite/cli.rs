@@ -777,3 +777,73 @@ fn a_canary_deploy_stops_at_its_gate_and_approve_finishes_it() {
         "the server's error names the field: {run}"
     );
 }
+
+#[tokio::test]
+async fn windows_are_listed_explained_created_and_deleted_against_a_host() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = TestHost::start(
+        dir.path(),
+        HostOptions {
+            settings: "health_check_interval_secs = 0".into(),
+            ..HostOptions::default()
+        },
+    )
+    .await;
+    let server = host.url.clone();
+    let windows = |args: &[&str]| {
+        let mut all = vec![
+            "--server",
+            server.as_str(),
+            "--api-key",
+            ADMIN_KEY,
+            "windows",
+        ];
+        all.extend_from_slice(args);
+        all.into_iter().map(str::to_owned).collect::<Vec<String>>()
+    };
+    let run_windows = |args: Vec<String>| {
+        let dir = dir.path().to_path_buf();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli_async(&dir, &args, &[]).await
+        }
+    };
+    let freeze = r#"{"id":"cli-freeze","kind":"deny","start":"2026-01-01T00:00:00Z","end":"2026-12-31T00:00:00Z","environments":["local_demo"],"reason":"cli test"}"#;
+    let created = run_windows(windows(&["create", freeze])).await;
+    assert_eq!(created.code, Some(0), "{created}");
+    let listed = run_windows(windows(&[])).await;
+    assert_eq!(listed.code, Some(0), "{listed}");
+    assert!(
+        listed.stdout.contains("cli-freeze") && listed.stdout.contains("cli test"),
+        "{listed}"
+    );
+    // Inside the freeze: exit 1, naming it; after it: exit 0.
+    let closed = run_windows(windows(&[
+        "explain",
+        "local_demo",
+        "--at",
+        "2026-06-01T00:00:00Z",
+    ]))
+    .await;
+    assert_eq!(closed.code, Some(1), "{closed}");
+    assert!(closed.stdout.contains("cli-freeze"), "{closed}");
+    let open = run_windows(windows(&[
+        "explain",
+        "local_demo",
+        "--at",
+        "2027-01-01T00:00:00Z",
+    ]))
+    .await;
+    assert_eq!(open.code, Some(0), "{open}");
+    let bad = run_windows(windows(&[
+        "create",
+        r#"{"id":"x","kind":"deny","start":"2027-01-02T00:00:00Z","end":"2027-01-01T00:00:00Z"}"#,
+    ]))
+    .await;
+    assert_ne!(bad.code, Some(0), "{bad}");
+    assert!(bad.stderr.contains("end"), "{bad}");
+    let deleted = run_windows(windows(&["delete", "cli-freeze"])).await;
+    assert_eq!(deleted.code, Some(0), "{deleted}");
+    let (_, answer) = host.get("/api/deployment/windows", Some(ADMIN_KEY)).await;
+    assert_eq!(answer["windows"], serde_json::json!([]));
+}

@@ -29,3 +29,4 @@ mod scale_counts;
 mod soak;
 mod ssh_trigger;
 mod store_postgres;
+mod windows;

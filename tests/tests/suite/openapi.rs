@@ -125,8 +125,11 @@ approveDeployment post /api/deployment/deployments/{id}/approve deployments
 cancelDeployment post /api/deployment/deployments/{id}/cancel deployments
 checkEnvironmentHealth post /api/deployment/environments/{id}/health-check environments
 createEnvironment post /api/deployment/environments environments
+createWindow post /api/deployment/windows windows
 deleteEnvironment delete /api/deployment/environments/{id} environments
+deleteWindow delete /api/deployment/windows/{id} windows
 drainNode post /api/cluster/nodes/{node_id}/drain cluster
+explainWindows get /api/deployment/windows/explain windows
 getCluster get /api/cluster cluster
 getDashboardAsset get /assets/{file} dashboard
 getDashboardPage get / dashboard
@@ -139,10 +142,12 @@ getHealth get /health host
 getMetrics get /metrics host
 getOpenApiDocument get /api/openapi.json host
 getWhoami get /api/auth/whoami host
+getWindow get /api/deployment/windows/{id} windows
 listAuditEntries get /api/audit audit
 listDeployments get /api/deployment/history deployments
 listEnvironments get /api/deployment/environments environments
 listPlugins get /api/plugins plugins
+listWindows get /api/deployment/windows windows
 rejectDeployment post /api/deployment/deployments/{id}/reject deployments
 reloadPlugin post /api/plugins/{name}/reload plugins
 replaceEnvironment put /api/deployment/environments/{id} environments

@@ -139,6 +139,23 @@ fn probes() -> Vec<(&'static str, &'static str, &'static str, Option<Value>, u16
             None,
             404,
         ),
+        ("GET", "/windows", "/windows", None, 200),
+        (
+            "POST",
+            "/windows",
+            "/windows",
+            Some(json!({ "id": "w", "kind": "sometimes" })),
+            400,
+        ),
+        (
+            "GET",
+            "/windows/explain",
+            "/windows/explain?environment=demo",
+            None,
+            200,
+        ),
+        ("GET", "/windows/{id}", "/windows/none", None, 404),
+        ("DELETE", "/windows/{id}", "/windows/none", None, 404),
     ]
 }
 
@@ -197,6 +214,11 @@ fn the_roles_are_the_contract() {
         ("PUT", "/environments/{id}", Some(Admin)),
         ("DELETE", "/environments/{id}", Some(Admin)),
         ("POST", "/environments/{id}/health-check", Some(Developer)),
+        ("GET", "/windows", Some(Developer)),
+        ("POST", "/windows", Some(Admin)),
+        ("GET", "/windows/explain", Some(Developer)),
+        ("GET", "/windows/{id}", Some(Developer)),
+        ("DELETE", "/windows/{id}", Some(Admin)),
     ];
     assert_eq!(deployment_mcp_core::api::route_roles(), pinned);
 }

@@ -11,6 +11,7 @@ mod mcp;
 mod output;
 mod progress;
 mod signals;
+mod windows;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -224,6 +225,16 @@ Example (an agent's config):
         #[arg(long)]
         read_only: bool,
     },
+    /// Deployment windows: when environments may deploy
+    #[command(after_help = "Examples:
+  deployment-mcp windows
+  deployment-mcp windows explain web-1 --at 2027-03-30T12:00:00Z
+  deployment-mcp windows create '{\"id\":\"q1-close\",\"kind\":\"deny\",\"start\":\"2027-03-28T00:00:00Z\",\"end\":\"2027-04-02T00:00:00Z\"}'
+  deployment-mcp windows delete q1-close")]
+    Windows {
+        #[command(subcommand)]
+        action: Option<windows::WindowsAction>,
+    },
     /// Past deployments, newest first
     #[command(after_help = "Examples:
   deployment-mcp history
@@ -402,7 +413,7 @@ async fn run(cli: Cli, interrupts: &mut signals::Interrupts) -> Result<u8, CliEr
     let global = &cli.global;
     let read_only = matches!(
         cli.command,
-        Command::Status { .. } | Command::History { .. }
+        Command::Status { .. } | Command::History { .. } | Command::Windows { .. }
     );
     let backend = match &global.server {
         Some(server) => Backend::remote(
@@ -523,6 +534,14 @@ async fn execute(
                 success: |record| record.status == Phase::RolledBack,
             };
             deploy::follow_to_end(backend, id, events, follow, interrupts).await
+        }
+        Command::Windows { action } => {
+            windows::run(
+                backend,
+                action.unwrap_or(windows::WindowsAction::List),
+                json,
+            )
+            .await
         }
         Command::History {
             limit,

@@ -76,6 +76,7 @@ pub async fn run(coordinator: Arc<Coordinator>, settings: Arc<Settings>, boot_id
             triggered_by: TRIGGERED_BY.to_owned(),
             request_id: None,
             retry_of: None,
+            override_reason: None,
         }))
         .await;
     if !call.recorded() {

@@ -68,6 +68,8 @@ pub struct StartRequest {
     pub retry_of: Option<DeploymentId>,
     /// Strategy, failure threshold and rollback.
     pub rollout: Rollout,
+    /// An admin's reason to deploy through closed windows.
+    pub override_reason: Option<String>,
 }
 
 #[derive(Debug)]
@@ -80,6 +82,12 @@ pub enum StartError {
     Busy {
         environment: String,
         deployment: String,
+    },
+    /// A deployment window closes a target (423).
+    WindowClosed {
+        environment: String,
+        window: String,
+        opens_at: Option<Timestamp>,
     },
     /// The store failed (500).
     Store(StoreError),
@@ -101,6 +109,7 @@ mod queue_tests;
 mod recovery;
 #[cfg(test)]
 mod tests;
+mod windows;
 pub use decisions::DecisionError;
 
 /// Where a run goes on: its log's end and the number of the last event published.
@@ -303,6 +312,7 @@ impl Coordinator {
             }
             Some(selector) => self.select_by_tags(selector).await?,
         };
+        let window_override = self.check_windows(&request, &targets).await?;
         let mut targets = targets;
         if request.rollout.is_ordered() {
             // Rollout order: `order`, then id (a stable sort keeps ids apart only by order).
@@ -356,6 +366,7 @@ impl Coordinator {
             gate: None,
             platform_instance_id: None,
             platform_ip: None,
+            window_override,
         };
         let id = record.deployment_id.clone();
         let Some(lease) = self.claim_and_record(&mut record, &targets).await? else {

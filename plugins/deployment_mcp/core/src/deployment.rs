@@ -22,6 +22,8 @@ pub enum Phase {
     Verifying,
     /// A canary's manual gate: waiting for approve or reject.
     AwaitingApproval,
+    /// Between batches, a deployment window closes the next batch: waiting for it to open.
+    AwaitingWindow,
     /// A failed deployment rolling its environments back.
     RollingBack,
     Completed,
@@ -34,7 +36,7 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in state-machine order.
-    pub const ALL: [Phase; 14] = [
+    pub const ALL: [Phase; 15] = [
         Phase::Pending,
         Phase::Ec2Deploying,
         Phase::Ec2Completed,
@@ -43,6 +45,7 @@ impl Phase {
         Phase::LocalCompleted,
         Phase::Verifying,
         Phase::AwaitingApproval,
+        Phase::AwaitingWindow,
         Phase::RollingBack,
         Phase::Completed,
         Phase::Failed,
@@ -72,6 +75,7 @@ impl Phase {
             Phase::LocalCompleted => "local_completed",
             Phase::Verifying => "verifying",
             Phase::AwaitingApproval => "awaiting_approval",
+            Phase::AwaitingWindow => "awaiting_window",
             Phase::RollingBack => "rolling_back",
             Phase::RolledBack => "rolled_back",
             Phase::Completed => "completed",
@@ -270,6 +274,19 @@ pub struct DeploymentRecord {
     pub platform_instance_id: Option<String>,
     #[serde(default)]
     pub platform_ip: Option<String>,
+    /// An admin's override of the deployment windows that were closed when it was triggered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_override: Option<Box<WindowOverride>>,
+}
+
+/// An override of closed deployment windows, kept on the deployment it let through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WindowOverride {
+    /// Who overrode (`api:<key name>`).
+    pub by: String,
+    pub reason: String,
+    /// The windows that were closed for its environments (empty: none was).
+    pub windows: Vec<String>,
 }
 
 /// A batch's state.

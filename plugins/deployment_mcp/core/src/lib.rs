@@ -9,6 +9,7 @@
 pub mod api;
 pub mod audit;
 pub mod auto_deploy;
+pub mod calendar;
 pub mod client;
 pub mod coordinator;
 pub mod deployment;
@@ -24,6 +25,7 @@ pub mod rollout;
 pub mod run;
 pub mod settings;
 pub mod triggers;
+pub mod windows;
 pub mod wire;
 
 use std::sync::Arc;

@@ -45,10 +45,23 @@ pub struct Settings {
     /// The MCP endpoint (`[plugins.deployment_mcp.settings.mcp]`).
     #[serde(default)]
     pub mcp: McpSettings,
+    /// Who may approve at a manual gate (`[plugins.deployment_mcp.settings.approvals]`).
+    #[serde(default)]
+    pub approvals: ApprovalSettings,
     /// Networks (CIDRs or addresses) every trigger, health check and redirect must resolve
     /// into; empty allows any.
     #[serde(default)]
     pub allowed_target_networks: crate::egress::TargetNetworks,
+}
+
+/// `[plugins.deployment_mcp.settings.approvals]`: who may decide at a manual gate.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalSettings {
+    /// Four eyes: the key that triggered a deployment (or retried it) may not approve it
+    /// (`403 same_approver`).
+    #[serde(default)]
+    pub distinct_approver: bool,
 }
 
 /// `[plugins.deployment_mcp.settings.mcp]`: the Model Context Protocol endpoint at

@@ -31,8 +31,22 @@ pub(crate) async fn audited(
     next: Next,
 ) -> Response {
     let call = Arc::new(call_of(&request, audited.action));
-    let response = call.scope(next.run(request)).await;
+    let named = named(request.uri().path());
+    let mut response = call.scope(next.run(request)).await;
     let status = response.status().as_u16();
+    if matches!(status, 401 | 403) {
+        // A handler's own refusal (`same_approver`) is the host's to record, like the role
+        // layer's: named the same way.
+        let headers = response.headers_mut();
+        headers.insert(
+            super::AUDIT_ACTION_HEADER,
+            axum::http::HeaderValue::from_static(audited.action),
+        );
+        if let Some(value) = named.and_then(|named| axum::http::HeaderValue::from_str(&named).ok())
+        {
+            headers.insert(super::AUDIT_RESOURCE_HEADER, value);
+        }
+    }
     if !call.recorded() && !matches!(status, 401 | 403) {
         let code = response
             .extensions()
@@ -83,6 +97,7 @@ pub(crate) fn named(path: &str) -> Option<String> {
     let kind = match segments.next()? {
         "deployments" => "deployment",
         "environments" => "environment",
+        "windows" => "window",
         _ => return None,
     };
     let id = segments

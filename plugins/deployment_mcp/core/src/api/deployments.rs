@@ -280,6 +280,10 @@ async fn trigger(api: &ApiState, call: TriggerCall, body: &[u8]) -> Answer {
         triggered_by: format!("api:{caller}"),
         request_id: Some(request_id.clone()),
         retry_of: None,
+        override_reason: request
+            .window_override
+            .as_ref()
+            .map(|overridden| overridden.reason.clone()),
     };
     let Some((key, fingerprint)) = idempotency else {
         let started = api.coordinator.start(start_request(None)).await?;
@@ -462,6 +466,7 @@ pub(crate) async fn retry(
             request_id: Some(request_id),
             retry_of: Some(record.deployment_id.clone()),
             rollout: record.rollout,
+            override_reason: None,
         })
         .await?;
     Ok(accepted(&mount, &started.deployment_id, Phase::Pending))
@@ -480,7 +485,20 @@ pub(crate) async fn approve(
     caller: Who,
     DeploymentKey(id): DeploymentKey,
 ) -> Answer {
-    api.record(&id).await?;
+    let record = api.record(&id).await?;
+    if api.coordinator.settings().approvals.distinct_approver {
+        let name = caller.name();
+        if record.triggered_by == format!("api:{name}")
+            || record.triggered_by == format!("retry:{name}")
+        {
+            return Err(ApiError::Forbidden {
+                code: "same_approver",
+                message: format!(
+                    "{name} triggered deployment {id}; approvals.distinct_approver asks another admin to approve it"
+                ),
+            });
+        }
+    }
     api.coordinator.approve(&id, caller.name()).await?;
     Ok(json(
         StatusCode::OK,

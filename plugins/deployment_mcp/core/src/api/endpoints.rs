@@ -73,6 +73,11 @@ pub static CREATE_ENVIRONMENT: Endpoint = Endpoint::new(Method::POST, "/environm
 pub static ENVIRONMENT: Endpoint = Endpoint::new(Method::GET, "/environments/{id}");
 pub static REPLACE_ENVIRONMENT: Endpoint = Endpoint::new(Method::PUT, "/environments/{id}");
 pub static DELETE_ENVIRONMENT: Endpoint = Endpoint::new(Method::DELETE, "/environments/{id}");
+pub static WINDOWS: Endpoint = Endpoint::new(Method::GET, "/windows");
+pub static CREATE_WINDOW: Endpoint = Endpoint::new(Method::POST, "/windows");
+pub static WINDOW: Endpoint = Endpoint::new(Method::GET, "/windows/{id}");
+pub static DELETE_WINDOW: Endpoint = Endpoint::new(Method::DELETE, "/windows/{id}");
+pub static EXPLAIN_WINDOWS: Endpoint = Endpoint::new(Method::GET, "/windows/explain");
 pub static HEALTH_CHECK: Endpoint = Endpoint::new(Method::POST, "/environments/{id}/health-check");
 
 #[cfg(test)]

@@ -24,6 +24,9 @@ pub(crate) enum ApiError {
     /// 401 without a key, 403 below the route's role (the guest runtime's wording).
     #[error("{}", .0.message)]
     Refused(Refusal),
+    /// 403: the caller's role may do this, but not to this deployment.
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
     /// 403: a browser page of an origin the MCP endpoint does not accept.
     #[error("origin {0:?} may not call this endpoint; add it to mcp.allowed_origins if it should")]
     ForbiddenOrigin(String),
@@ -46,6 +49,13 @@ pub(crate) enum ApiError {
         code: &'static str,
         message: String,
         field: Option<&'static str>,
+    },
+    /// 423: a deployment window closes an environment of the trigger.
+    #[error("environment {environment:?} is closed by deployment window {window:?}{}; wait, or trigger with \"override\": {{\"reason\": …}} as an admin", match .opens_at { Some(at) => format!(" until {at}"), None => String::new() })]
+    WindowClosed {
+        environment: String,
+        window: String,
+        opens_at: Option<crate::model::Timestamp>,
     },
     /// 422: well-formed, but it cannot be done.
     #[error("{message}")]
@@ -102,6 +112,7 @@ impl IntoResponse for ApiError {
                 None,
             ),
             ApiError::ForbiddenOrigin(_) => (StatusCode::FORBIDDEN, "forbidden_origin", None),
+            ApiError::Forbidden { code, .. } => (StatusCode::FORBIDDEN, *code, None),
             ApiError::NotFound { .. } | ApiError::NoRoute(_) => {
                 (StatusCode::NOT_FOUND, "not_found", None)
             }
@@ -112,15 +123,24 @@ impl IntoResponse for ApiError {
                 (StatusCode::CONFLICT, *code, field.map(str::to_owned))
             }
             ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, *code, None),
+            ApiError::WindowClosed { .. } => (StatusCode::LOCKED, "deployment_window_closed", None),
             ApiError::Store(cause) => {
                 tracing::error!("store: {cause}");
                 (StatusCode::INTERNAL_SERVER_ERROR, "store_error", None)
             }
         };
+        let (window, opens_at) = match &self {
+            ApiError::WindowClosed {
+                window, opens_at, ..
+            } => (Some(window.clone()), *opens_at),
+            _ => (None, None),
+        };
         let answer = ErrorAnswer {
             error: code.to_owned(),
             message,
             field,
+            window,
+            opens_at,
         };
         let mut response = (status, Json(answer)).into_response();
         response.extensions_mut().insert(ErrorCode(code));
@@ -145,6 +165,15 @@ impl From<StartError> for ApiError {
                 "environment_busy",
                 format!("environment {environment:?} is already being deployed by {deployment}; wait for it or cancel it"),
             ),
+            StartError::WindowClosed {
+                environment,
+                window,
+                opens_at,
+            } => ApiError::WindowClosed {
+                environment,
+                window,
+                opens_at,
+            },
             StartError::Store(error) => ApiError::Store(error),
         }
     }

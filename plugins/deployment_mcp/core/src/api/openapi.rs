@@ -39,6 +39,11 @@ use crate::{
         super::environments::replace,
         super::environments::delete,
         super::environments::health_check,
+        super::windows::list,
+        super::windows::create,
+        super::windows::get,
+        super::windows::delete,
+        super::windows::explain,
     ),
     components(schemas(
         EnvironmentJson, EnvironmentType, ConnectionMethod, LogLine, LogStream, Phase,
@@ -49,6 +54,7 @@ use crate::{
     tags(
         (name = "deployments", description = "Deployments: trigger, follow, decide, roll back, history (the deployment_mcp plugin)"),
         (name = "environments", description = "The target environments and their health (the deployment_mcp plugin)"),
+        (name = "windows", description = "Deployment windows: when environments may deploy (the deployment_mcp plugin)"),
         (name = "overview", description = "What runs now and the dashboard's aggregate (the deployment_mcp plugin)"),
     ),
 )]

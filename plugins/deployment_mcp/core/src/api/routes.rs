@@ -18,7 +18,7 @@ use super::{
     audited::Audited,
     deployments,
     endpoints::{self, Endpoint},
-    environments, overview, ApiError, ApiState, Shared,
+    environments, overview, windows, ApiError, ApiState, Shared,
 };
 
 /// One route, declared once: the router, its role layer and the OpenAPI test read [`ROUTES`].
@@ -163,6 +163,36 @@ pub(crate) const ROUTES: &[Route] = &[
         action: "environment.health_check",
         needs: Some(Role::Developer),
         handler: |method| on(method, environments::health_check),
+    },
+    Route {
+        endpoint: &endpoints::WINDOWS,
+        action: "window.list",
+        needs: Some(Role::Developer),
+        handler: |method| on(method, windows::list),
+    },
+    Route {
+        endpoint: &endpoints::CREATE_WINDOW,
+        action: "window.create",
+        needs: Some(Role::Admin),
+        handler: |method| on(method, windows::create),
+    },
+    Route {
+        endpoint: &endpoints::EXPLAIN_WINDOWS,
+        action: "window.explain",
+        needs: Some(Role::Developer),
+        handler: |method| on(method, windows::explain),
+    },
+    Route {
+        endpoint: &endpoints::WINDOW,
+        action: "window.read",
+        needs: Some(Role::Developer),
+        handler: |method| on(method, windows::get),
+    },
+    Route {
+        endpoint: &endpoints::DELETE_WINDOW,
+        action: "window.delete",
+        needs: Some(Role::Admin),
+        handler: |method| on(method, windows::delete),
     },
 ];
 

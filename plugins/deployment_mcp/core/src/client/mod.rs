@@ -24,10 +24,11 @@ pub use in_process::InProcess;
 
 use crate::{
     api::endpoints::{self, Endpoint},
+    windows::WindowSpec,
     wire::{
-        Accepted, CancelAnswer, DashboardAnswer, DeploymentDetail, DeploymentSummary,
+        Accepted, CancelAnswer, DashboardAnswer, Deleted, DeploymentDetail, DeploymentSummary,
         EnvironmentList, EnvironmentView, HealthCheckAnswer, HistoryPage, HistoryQuery, LogsAnswer,
-        LogsQuery, StatusOverview, TriggerRequest,
+        LogsQuery, StatusOverview, TriggerRequest, WindowExplanation, WindowList,
     },
 };
 
@@ -67,6 +68,18 @@ pub trait DeploymentApi: Send + Sync {
     fn reject(&self, id: &str) -> impl Future<Output = Answer<DeploymentSummary>> + Send;
     /// `POST /deployments/{id}/rollback`: rolls a finished deployment back.
     fn rollback(&self, id: &str) -> impl Future<Output = Answer<Accepted>> + Send;
+    /// `GET /windows`: every deployment window.
+    fn windows(&self) -> impl Future<Output = Answer<WindowList>> + Send;
+    /// `POST /windows`: a new window (admins).
+    fn create_window(&self, spec: &WindowSpec) -> impl Future<Output = Answer<WindowSpec>> + Send;
+    /// `DELETE /windows/{id}` (admins).
+    fn delete_window(&self, id: &str) -> impl Future<Output = Answer<Deleted>> + Send;
+    /// `GET /windows/explain`: whether `environment` may deploy at `at` (now when `None`).
+    fn explain_window(
+        &self,
+        environment: &str,
+        at: Option<&str>,
+    ) -> impl Future<Output = Answer<WindowExplanation>> + Send;
     /// Who the calls are made as.
     fn whoami(&self) -> impl Future<Output = Answer<Caller>> + Send;
 }
@@ -220,6 +233,36 @@ impl<T: Transport> DeploymentApi for ApiClient<T> {
     async fn rollback(&self, id: &str) -> Answer<Accepted> {
         let endpoint = &endpoints::ROLLBACK;
         self.call(endpoint, Some(id), "", None::<&()>, &[202]).await
+    }
+
+    async fn windows(&self) -> Answer<WindowList> {
+        self.get(&endpoints::WINDOWS, None, "").await
+    }
+
+    async fn create_window(&self, spec: &WindowSpec) -> Answer<WindowSpec> {
+        let endpoint = &endpoints::CREATE_WINDOW;
+        self.call(endpoint, None, "", Some(spec), &[201]).await
+    }
+
+    async fn delete_window(&self, id: &str) -> Answer<Deleted> {
+        let endpoint = &endpoints::DELETE_WINDOW;
+        self.call(endpoint, Some(id), "", None::<&()>, &[200]).await
+    }
+
+    async fn explain_window(
+        &self,
+        environment: &str,
+        at: Option<&str>,
+    ) -> Answer<WindowExplanation> {
+        let query = {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            query.append_pair("environment", environment);
+            if let Some(at) = at {
+                query.append_pair("at", at);
+            }
+            query.finish()
+        };
+        self.get(&endpoints::EXPLAIN_WINDOWS, None, &query).await
     }
 
     async fn whoami(&self) -> Answer<Caller> {

@@ -32,6 +32,8 @@ use crate::{
 };
 
 /// What `tools/list` says of a tool, and who may call it.
+mod windows;
+
 #[derive(Debug, Clone, Copy)]
 pub struct ToolSpec {
     pub name: &'static str,
@@ -146,6 +148,10 @@ pub(crate) fn table<A: DeploymentApi + 'static>() -> Vec<Entry<A>> {
         Entry::of::<RejectDeployment>(),
         Entry::of::<RollbackDeployment>(),
         Entry::of::<ListAuditEntries>(),
+        Entry::of::<windows::ListWindows>(),
+        Entry::of::<windows::ExplainWindow>(),
+        Entry::of::<windows::CreateWindow>(),
+        Entry::of::<windows::DeleteWindow>(),
     ]
 }
 

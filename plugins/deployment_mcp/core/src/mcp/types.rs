@@ -159,6 +159,9 @@ pub struct TriggerArguments {
     /// When it fails: roll back none (default), the failed environments, or all it changed
     #[serde(default)]
     pub rollback: Option<RollbackMode>,
+    /// Deploy through closed deployment windows: why (kept on the deployment and in the audit log)
+    #[serde(default)]
+    pub override_reason: Option<String>,
     /// Follow the deployment with progress notifications and return its final record (or its record when it waits at a gate)
     #[serde(default)]
     pub wait: bool,
@@ -180,8 +183,31 @@ impl TriggerArguments {
             max_failures: self.max_failures,
             on_failure: self.on_failure,
             rollback: self.rollback,
+            window_override: self
+                .override_reason
+                .clone()
+                .map(|reason| crate::wire::WindowOverrideRequest { reason }),
         }
     }
+}
+
+/// One deployment window.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowArguments {
+    /// The window id
+    pub id: String,
+}
+
+/// What the windows say of one environment.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainWindowArguments {
+    /// The environment id
+    pub environment: String,
+    /// An RFC 3339 instant; now when absent
+    #[serde(default)]
+    pub at: Option<String>,
 }
 
 /// `list_environments`: every environment in the caller's view.

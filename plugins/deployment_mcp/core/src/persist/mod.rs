@@ -10,7 +10,8 @@
 //! - [`deployments`], [`history`], [`catalog`]: the repositories of deployments (records,
 //!   results, logs, idempotency keys), of the newest-first history and its indexes, of
 //!   environments (with their secrets, health and versions);
-//! - [`retention`]: pruning of old deployments.
+//! - [`retention`]: pruning of old deployments;
+//! - [`windows`]: the deployment windows.
 //!
 //! Invariants: a deployment's claims, records and history indexes change together in one
 //! transaction or not at all; a record a decision was made on is written only if it is still
@@ -24,6 +25,7 @@ pub mod retention;
 pub mod runs;
 #[cfg(test)]
 pub mod test_records;
+pub mod windows;
 pub mod writes;
 
 pub use writes::{Lease, NodeTag, Outcome, Writes};

@@ -38,6 +38,8 @@ pub mod collection {
     pub const EVENT_SEQUENCES: &str = "deployment_mcp.event_sequences";
     /// Small state records of the plugin itself (e.g. which boot ran the automatic deployment).
     pub const META: &str = "deployment_mcp.meta";
+    /// Deployment windows, by id.
+    pub const WINDOWS: &str = "deployment_mcp.windows";
     /// The host's own records, which it shares with its plugins (read only).
     pub const HOST: &str = "host";
     /// In [`HOST`]: which process is running and whether it is stopping.

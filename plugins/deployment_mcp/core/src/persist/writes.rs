@@ -136,6 +136,8 @@ struct Created {
     resource: String,
     environments: Vec<String>,
     changes: serde_json::Value,
+    /// An override of closed windows: its reason is the entry's.
+    reason: Option<String>,
 }
 
 /// The text of the claim `lease` holds on a deployment's environments.
@@ -335,7 +337,12 @@ impl Writes {
             changes: serde_json::json!({
                 "version": record.version,
                 "retry_of": record.retry_of,
+                "window_override": record.window_override,
             }),
+            reason: record
+                .window_override
+                .as_ref()
+                .map(|overridden| overridden.reason.clone()),
         });
         self.push(StoreOp::put(
             collection::DEPLOYMENTS,
@@ -417,6 +424,9 @@ impl Writes {
             if let Some(created) = subject {
                 crate::audit::fill(&mut call.resource, || created.resource);
                 crate::audit::fill(&mut call.changes, || created.changes);
+                if let Some(reason) = created.reason {
+                    crate::audit::fill(&mut call.reason, || reason);
+                }
                 if call.environments.is_empty() {
                     call.environments = created.environments;
                 }

@@ -13,6 +13,7 @@ mod rollback;
 pub mod script;
 mod stop;
 mod verify;
+mod window_wait;
 pub mod writer;
 
 use std::{
@@ -352,15 +353,18 @@ impl<O: RunOwner> Run<O> {
                 _ = tokio::time::sleep(Duration::from_secs(pause)) => {}
                 _ = self.stop.requested().cancelled() => {}
             }
-            if self.stop_reason().is_some() {
-                self.end_from(
-                    index,
-                    TargetStatus::Skipped,
-                    "not started: the deployment was stopped",
-                )
-                .await;
-                return false;
-            }
+        }
+        // Between batches, a closed window holds the next one until it opens.
+        let stopped = self.stop_reason().is_some()
+            || (index > 0 && !self.wait_for_window(index, log, by_id).await);
+        if stopped {
+            self.end_from(
+                index,
+                TargetStatus::Skipped,
+                "not started: the deployment was stopped",
+            )
+            .await;
+            return false;
         }
         let context = self.context(log.clone()).await;
         self.run_batch(index, batches, by_id, &context, limit).await;

@@ -296,6 +296,9 @@ pub struct DeploymentState {
     pub batches: Vec<BatchView>,
     #[serde(default)]
     pub gate: Option<GateView>,
+    /// An admin's override of the deployment windows closed when it was triggered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_override: Option<crate::deployment::WindowOverride>,
 }
 
 impl DeploymentState {
@@ -322,6 +325,7 @@ impl DeploymentState {
             retry_of: record.retry_of,
             log_lines: record.log_lines,
             results,
+            window_override: record.window_override.map(|overridden| *overridden),
         }
     }
 }

@@ -44,6 +44,7 @@ mod environments;
 mod events;
 mod overview;
 mod requests;
+mod windows;
 
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -53,6 +54,7 @@ pub use environments::*;
 pub use events::*;
 pub use overview::*;
 pub use requests::*;
+pub use windows::*;
 
 /// A field the user role may not see: `None` leaves it out of the answer, `Some(None)` is `null`
 /// (what developers and admins get when there is nothing to show).
@@ -86,6 +88,16 @@ pub struct DeploymentPath {
     id: String,
 }
 
+/// The path parameter of `/windows/{id}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct WindowPath {
+    /// Window id.
+    #[param(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
+    #[allow(dead_code)] // Read by the derive.
+    id: String,
+}
+
 /// The path parameter of `/environments/{id}…`.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
@@ -104,6 +116,13 @@ pub struct ErrorAnswer {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// `deployment_window_closed`: the window that closes an environment of the trigger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// `deployment_window_closed`: when it opens (absent: not within 400 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub opens_at: Option<crate::model::Timestamp>,
 }
 
 #[cfg(test)]

@@ -40,6 +40,17 @@ pub struct TriggerRequest {
     /// changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackMode>,
+    /// An admin's override of closed deployment windows, with the reason (kept on the
+    /// deployment and in the audit log).
+    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+    pub window_override: Option<WindowOverrideRequest>,
+}
+
+/// `"override": {"reason": "…"}` in a trigger.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowOverrideRequest {
+    pub reason: String,
 }
 
 impl TriggerRequest {

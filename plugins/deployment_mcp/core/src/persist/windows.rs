@@ -1,0 +1,121 @@
+//! The deployment windows as stored: one record per window, by id, with who made it and when.
+//! A create or a delete is the call's change, written with its audit entry.
+
+use plugin_guest::{Condition, StoreOp};
+use serde::{Deserialize, Serialize};
+
+use super::records::{self, collection, Records, StoreError};
+use crate::{
+    model::Timestamp,
+    windows::{Window, WindowSpec, Windows, MAX_WINDOWS},
+};
+
+/// A window's record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredWindow {
+    pub spec: WindowSpec,
+    pub created_by: String,
+    pub created_at: Timestamp,
+}
+
+impl StoredWindow {
+    /// The window as the API shows it: as created, with who created it and when.
+    pub fn view(self) -> WindowSpec {
+        WindowSpec {
+            created_by: Some(self.created_by),
+            created_at: Some(self.created_at),
+            ..self.spec
+        }
+    }
+}
+
+/// What a create did.
+pub enum Created {
+    Created,
+    /// A window with this id exists.
+    Exists,
+    /// There are [`MAX_WINDOWS`] already.
+    Full,
+}
+
+/// Every window as stored, in id order.
+pub async fn all(records: &Records) -> Result<Vec<StoredWindow>, StoreError> {
+    Ok(records
+        .scan::<StoredWindow>(collection::WINDOWS, "")
+        .await?
+        .into_iter()
+        .map(|(_, stored)| stored)
+        .collect())
+}
+
+/// Every window, checked, for the checks of a trigger or an explanation. A stored window that
+/// no longer reads (its zone gone from this host's database) is logged and left out.
+pub async fn windows(records: &Records) -> Result<Windows, StoreError> {
+    let checked = all(records)
+        .await?
+        .into_iter()
+        .filter_map(|stored| match Window::new(&stored.spec) {
+            Ok(window) => Some(window),
+            Err(error) => {
+                tracing::error!(window = %stored.spec.id, "a stored deployment window cannot be read, so it is not applied: {error}");
+                None
+            }
+        })
+        .collect();
+    Ok(Windows::new(checked))
+}
+
+pub async fn get(records: &Records, id: &str) -> Result<Option<StoredWindow>, StoreError> {
+    records.get(collection::WINDOWS, id).await
+}
+
+/// Stores a new window (its spec already checked).
+pub async fn create(records: &Records, stored: &StoredWindow) -> Result<Created, StoreError> {
+    let id = stored.spec.id.clone();
+    if records
+        .page(collection::WINDOWS, None, MAX_WINDOWS as u32)
+        .await?
+        .len()
+        >= MAX_WINDOWS
+    {
+        return Ok(Created::Full);
+    }
+    let put = StoreOp::put(
+        collection::WINDOWS,
+        &id,
+        records::encode(collection::WINDOWS, &id, stored)?,
+    )
+    .when(Condition::Absent);
+    let after = serde_json::to_value(&stored.spec).unwrap_or_default();
+    let conflict = records
+        .apply_for_call(vec![put], |call| {
+            crate::audit::fill(&mut call.resource, || format!("window:{id}"));
+            call.environments = stored.spec.environments.clone().unwrap_or_default();
+            call.changes = Some(serde_json::json!({ "after": after }));
+            call.reason = stored.spec.reason.clone();
+        })
+        .await?;
+    Ok(match conflict {
+        None => Created::Created,
+        Some(_) => Created::Exists,
+    })
+}
+
+/// Removes a window; `None` when there was none.
+pub async fn delete(records: &Records, id: &str) -> Result<Option<StoredWindow>, StoreError> {
+    let Some(text) = records.get_raw(collection::WINDOWS, id).await? else {
+        return Ok(None);
+    };
+    let stored: StoredWindow = records::decode(collection::WINDOWS, id, &text)?;
+    let delete = StoreOp::delete(collection::WINDOWS, id).when(Condition::Equals(text));
+    let before = serde_json::to_value(&stored.spec).unwrap_or_default();
+    let conflict = records
+        .apply_for_call(vec![delete], |call| {
+            crate::audit::fill(&mut call.resource, || format!("window:{id}"));
+            call.environments = stored.spec.environments.clone().unwrap_or_default();
+            call.changes = Some(serde_json::json!({ "before": before }));
+        })
+        .await?;
+    // Changed or deleted meanwhile: what this call read is gone either way.
+    Ok(conflict.is_none().then_some(stored))
+}
