@@ -262,14 +262,20 @@ async fn with_distinct_approvers_the_admin_who_triggered_cannot_approve() {
 #[tokio::test]
 async fn a_rollout_reaching_a_closed_window_between_batches_waits_for_it_to_open() {
     let dir = tempfile::tempdir().expect("temp dir");
-    // The first batch takes two seconds; the freeze of the second environment begins after the
-    // trigger and ends a few seconds later, so the second batch finds it closed.
-    let list = vec![local("b1", &["sleep", "2"], 30), local("b2", &["true"], 30)];
+    // The first batch takes three seconds. The freeze of the second environment is made right
+    // after the trigger (which it would refuse otherwise) and ends six seconds later, so the
+    // second batch finds it closed.
+    let list = vec![local("b1", &["sleep", "3"], 30), local("b2", &["true"], 30)];
     let host = TestHost::start(dir.path(), options(list)).await;
+    let id = started(
+        &host,
+        json!({"environments": ["b1", "b2"], "strategy": {"type": "rolling", "batch_size": 1}}),
+    )
+    .await;
     let now = SystemTime::now();
     let end = now + Duration::from_secs(6);
     let freeze = json!({"id": "short-freeze", "kind": "deny",
-        "start": humantime::format_rfc3339_millis(now + Duration::from_millis(1500)).to_string(),
+        "start": humantime::format_rfc3339_millis(now).to_string(),
         "end": humantime::format_rfc3339_millis(end).to_string(),
         "environments": ["b2"]});
     let (status, created) = host
@@ -281,11 +287,6 @@ async fn a_rollout_reaching_a_closed_window_between_batches_waits_for_it_to_open
         )
         .await;
     assert_eq!(status, 201, "{created}");
-    let id = started(
-        &host,
-        json!({"environments": ["b1", "b2"], "strategy": {"type": "rolling", "batch_size": 1}}),
-    )
-    .await;
     let waiting = status_within(&host, &id, RUN_TIMEOUT, |now| {
         now == "awaiting_window" || e2e::scenario::is_terminal(now)
     })

@@ -29,6 +29,9 @@ const MAX_DURATION_SECS: u64 = 366 * 86_400;
 /// At most this many windows, so that a check reads a bounded set.
 pub const MAX_WINDOWS: usize = 1_000;
 
+/// At most this many environments named by one window.
+const MAX_SCOPE: usize = 1_000;
+
 /// `deny` closes what it covers; `allow` opens it (and closes it outside every allow window).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -189,17 +192,29 @@ impl Window {
                     "give environments or selector, not both",
                 ))
             }
-            (Some(list), None) if list.is_empty() || list.len() > 10_000 => {
+            (Some(list), None) if list.is_empty() || list.len() > MAX_SCOPE => {
                 return Err(FieldError::new(
                     "environments",
-                    "must list 1 to 10000 environment ids (leave it out to cover every environment)",
+                    format!("must list 1 to {MAX_SCOPE} environment ids (leave it out to cover every environment)"),
+                ))
+            }
+            (Some(list), None) if list.iter().any(|id| crate::environments::check_id(id).is_err()) => {
+                return Err(FieldError::new(
+                    "environments",
+                    "each must be an environment id (letters, digits, _ - .; at most 64)",
                 ))
             }
             (Some(list), None) => Scope::Environments(list.clone()),
-            (None, Some(selector)) if selector.is_empty() || selector.len() > 32 => {
+            (None, Some(selector))
+                if selector.is_empty()
+                    || selector.len() > 32
+                    || selector
+                        .iter()
+                        .any(|(key, value)| key.len() > 256 || value.len() > 256) =>
+            {
                 return Err(FieldError::new(
                     "selector",
-                    "needs 1 to 32 tags, e.g. {\"tier\": \"prod\"}",
+                    "needs 1 to 32 tags of at most 256 bytes each, e.g. {\"tier\": \"prod\"}",
                 ))
             }
             (None, Some(selector)) => Scope::Selector(selector.clone()),
@@ -392,7 +407,7 @@ fn closed_by<'w>(windows: &[&'w Window], at: Timestamp) -> Option<&'w str> {
 fn opens_at(windows: &[&Window], at: Timestamp) -> Option<Timestamp> {
     let mut time = at;
     // Each step passes the end of an open deny window or reaches the next allow window.
-    for _ in 0..64 {
+    for _ in 0..400 {
         if time.unix_ms() > at.unix_ms() + HORIZON_SECS * 1000 {
             return None;
         }

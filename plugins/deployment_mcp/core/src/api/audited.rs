@@ -31,6 +31,9 @@ pub(crate) async fn audited(
     next: Next,
 ) -> Response {
     let call = Arc::new(call_of(&request, audited.action));
+    // A call through MCP reaches this router in-process: the host never sees its answer, so
+    // its refusals are recorded here.
+    let in_process = door_of(&request) == Via::Mcp;
     let named = named(request.uri().path());
     let mut response = call.scope(next.run(request)).await;
     let status = response.status().as_u16();
@@ -47,7 +50,7 @@ pub(crate) async fn audited(
             headers.insert(super::AUDIT_RESOURCE_HEADER, value);
         }
     }
-    if !call.recorded() && !matches!(status, 401 | 403) {
+    if !call.recorded() && (in_process || !matches!(status, 401 | 403)) {
         let code = response
             .extensions()
             .get::<ErrorCode>()
@@ -63,6 +66,16 @@ pub(crate) async fn audited(
     response
 }
 
+/// The door `request` came through.
+fn door_of(request: &Request) -> Via {
+    Via::from_header(
+        request
+            .headers()
+            .get(VIA_HEADER)
+            .and_then(|value| value.to_str().ok()),
+    )
+}
+
 /// The call `request` is: its caller, door, resource and id. (Apart from the layer's future,
 /// which must not hold a borrow of the request, whose body is not `Sync`.)
 fn call_of(request: &Request, action: &'static str) -> AuditCall {
@@ -73,7 +86,7 @@ fn call_of(request: &Request, action: &'static str) -> AuditCall {
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned)
     };
-    let via = Via::from_header(header(VIA_HEADER).as_deref());
+    let via = door_of(request);
     let tool = header(TOOL_HEADER)
         .filter(|_| via == Via::Mcp)
         .filter(|tool| !tool.is_empty() && tool.len() <= 128);

@@ -50,6 +50,7 @@ fn resumable(phase: Phase) -> bool {
             | Phase::LocalDeploying
             | Phase::LocalCompleted
             | Phase::Verifying
+            | Phase::AwaitingWindow
     )
 }
 

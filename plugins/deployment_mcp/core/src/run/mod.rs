@@ -354,16 +354,14 @@ impl<O: RunOwner> Run<O> {
                 _ = self.stop.requested().cancelled() => {}
             }
         }
-        // Between batches, a closed window holds the next one until it opens.
-        let stopped = self.stop_reason().is_some()
-            || (index > 0 && !self.wait_for_window(index, log, by_id).await);
-        if stopped {
-            self.end_from(
-                index,
-                TargetStatus::Skipped,
-                "not started: the deployment was stopped",
-            )
-            .await;
+        // A closed window holds the batch until it opens (the first one too: a queued
+        // deployment may start well after its admission looked at the windows).
+        let ready = match self.stop_reason() {
+            Some(_) => Err("not started: the deployment was stopped".to_owned()),
+            None => self.wait_for_window(index, log, by_id).await,
+        };
+        if let Err(why) = ready {
+            self.end_from(index, TargetStatus::Skipped, &why).await;
             return false;
         }
         let context = self.context(log.clone()).await;

@@ -3,7 +3,9 @@
 //! one that closed it should open, and at least every [`RECHECK`], so a window deleted or
 //! added meanwhile counts. The run keeps its task while it waits: a restart resumes it at the
 //! same batch, which looks at the windows again. A deployment an admin triggered with an
-//! override of the windows does not wait.
+//! override of the windows does not wait. A window that does not open within the horizon ends
+//! the rollout there (the rest skipped) rather than holding its environments for good; windows
+//! that cannot be read hold the batch.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -11,7 +13,7 @@ use super::{Run, RunOwner};
 use crate::{
     deployment::Phase,
     environments::Environment,
-    model::{EnvironmentId, LogSink, Timestamp},
+    model::{EnvironmentId, LogSink, LogStream, Timestamp},
     persist,
 };
 
@@ -19,18 +21,20 @@ use crate::{
 const RECHECK: Duration = Duration::from_secs(30);
 
 impl<O: RunOwner> Run<O> {
-    /// Waits before batch `index` while a window closes one of its environments. False when the
-    /// run was stopped meanwhile.
+    /// Waits before batch `index` while a window closes one of its environments. `Err` with why
+    /// the batch and the rest must not start: the run was stopped meanwhile, or the window that
+    /// closes it does not open within the horizon.
     pub(super) async fn wait_for_window(
         &self,
         index: usize,
         log: &LogSink,
         by_id: &HashMap<EnvironmentId, Environment>,
-    ) -> bool {
+    ) -> Result<(), String> {
+        let stopped = || "not started: the deployment was stopped".to_owned();
         let ids: Vec<EnvironmentId> = {
             let record = self.record.lock().await;
             if record.window_override.is_some() {
-                return true;
+                return Ok(());
             }
             match record.batches.get(index) {
                 Some(batch) => record
@@ -40,53 +44,64 @@ impl<O: RunOwner> Run<O> {
                     .take(batch.len)
                     .cloned()
                     .collect(),
-                None => return true,
+                None => return Ok(()),
             }
         };
         let mut waiting_from: Option<Phase> = None;
         loop {
-            let windows = match persist::windows::windows(self.owner.records()).await {
-                Ok(windows) => windows,
+            let wait = match persist::windows::windows(self.owner.records()).await {
                 Err(error) => {
-                    // The next write fails the same way; the windows cannot hold the run then.
-                    tracing::warn!("cannot read the deployment windows before a batch: {error}");
-                    break;
+                    // Unread windows hold the batch: a freeze must not be missed.
+                    tracing::warn!(
+                        "cannot read the deployment windows before a batch; trying again: {error}"
+                    );
+                    RECHECK
+                }
+                Ok(windows) => {
+                    let now = Timestamp::now();
+                    let batch = ids.iter().filter_map(|id| by_id.get(id));
+                    let Some((environment, _)) = windows.closed(batch, now).into_iter().next()
+                    else {
+                        break;
+                    };
+                    let verdict = windows.explain(environment, now);
+                    let window = verdict.window.as_deref().unwrap_or("?");
+                    let Some(opens_at) = verdict.opens_at else {
+                        let why = format!(
+                            "not started: deployment window {window} closes {} and does not open within 400 days",
+                            environment.environment_id
+                        );
+                        log.line(LogStream::Error, why.clone()).await;
+                        return Err(why);
+                    };
+                    if waiting_from.is_none() {
+                        waiting_from = Some(self.record.lock().await.status);
+                        log.info(format!(
+                            "batch {} waits: deployment window {window} closes {}; it opens at {opens_at}",
+                            index + 1,
+                            environment.environment_id,
+                        ))
+                        .await;
+                        self.set_phase(Phase::AwaitingWindow, 0).await;
+                    }
+                    Duration::from_millis(opens_at.unix_ms().saturating_sub(now.unix_ms()))
                 }
             };
-            let now = Timestamp::now();
-            let batch = ids.iter().filter_map(|id| by_id.get(id));
-            let Some((environment, _)) = windows.closed(batch, now).into_iter().next() else {
-                break;
-            };
-            let verdict = windows.explain(environment, now);
-            if waiting_from.is_none() {
-                waiting_from = Some(self.record.lock().await.status);
-                let opens = verdict
-                    .opens_at
-                    .map_or("not within 400 days".to_owned(), |at| format!("at {at}"));
-                log.info(format!(
-                    "batch {} waits: deployment window {} closes {}; it opens {opens}",
-                    index + 1,
-                    verdict.window.as_deref().unwrap_or("?"),
-                    environment.environment_id,
-                ))
-                .await;
-                self.set_phase(Phase::AwaitingWindow, 0).await;
-            }
-            let until_open = verdict.opens_at.map_or(RECHECK, |at| {
-                Duration::from_millis(at.unix_ms().saturating_sub(now.unix_ms()))
-            });
-            let wait = until_open.clamp(Duration::from_millis(50), RECHECK);
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.stop.requested().cancelled() => return false,
+                _ = tokio::time::sleep(wait.clamp(Duration::from_millis(50), RECHECK)) => {}
+                _ = self.stop.requested().cancelled() => return Err(stopped()),
             }
         }
         if let Some(previous) = waiting_from {
             log.info(format!("the window is open: batch {} starts", index + 1))
                 .await;
-            self.set_phase(previous, 0).await;
+            // A run resumed while it waited comes back to the phase batches run in.
+            let phase = match previous {
+                Phase::AwaitingWindow => Phase::LocalDeploying,
+                phase => phase,
+            };
+            self.set_phase(phase, 0).await;
         }
-        true
+        Ok(())
     }
 }

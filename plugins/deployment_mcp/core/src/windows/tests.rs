@@ -187,3 +187,26 @@ fn a_rule_that_fires_too_often_is_refused() {
     assert_eq!(refused.field, "rrule");
     assert!(refused.message.contains("100000"), "{}", refused.message);
 }
+
+#[test]
+fn a_dense_rule_is_refused_west_of_utc_too_and_a_bad_until_is_named() {
+    let refused = Window::new(&spec(serde_json::json!({
+        "id": "busy", "kind": "deny", "rrule": "FREQ=SECONDLY", "time_zone": "America/New_York",
+        "dtstart": "2027-01-01T00:00:00", "duration_secs": 1
+    })))
+    .expect_err("too dense");
+    assert_eq!(refused.field, "rrule");
+    // Not ASCII: refused, not cut inside a character.
+    let refused = Window::new(&spec(serde_json::json!({
+        "id": "u", "kind": "deny", "rrule": "FREQ=DAILY;UNTIL=123é567T123456Z",
+        "dtstart": "2027-01-01T00:00:00", "duration_secs": 60
+    })))
+    .expect_err("bad until");
+    assert_eq!(refused.field, "rrule");
+    let refused = Window::new(&spec(serde_json::json!({
+        "id": "e", "kind": "deny", "start": "2027-01-01T00:00:00Z", "end": "2027-01-02T00:00:00Z",
+        "environments": ["not an id"]
+    })))
+    .expect_err("bad id");
+    assert_eq!(refused.field, "environments");
+}
