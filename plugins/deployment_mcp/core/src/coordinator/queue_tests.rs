@@ -50,6 +50,15 @@ async fn busy_and_waiting(
     script.on("busy", Step::Hang);
     let a = one_at_a_time(host, script, "a", &["busy", "waiting"]).await;
     let busy = start(&a, "busy").await;
+    // Its trigger runs (and hangs) before anything else happens to it.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !script.calls().iter().any(|call| call.environment == "busy") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "busy was never triggered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let waiting = start(&a, "waiting").await;
     (a, busy, waiting)
 }
