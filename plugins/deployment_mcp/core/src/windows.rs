@@ -355,52 +355,26 @@ impl Windows {
     /// Whether `environment` may deploy at `at`, and if not, which window closes it and when it
     /// opens.
     pub fn explain(&self, environment: &Environment, at: Timestamp) -> Verdict {
-        let covering: Vec<&Window> = self
-            .windows
-            .iter()
-            .filter(|window| window.covers(environment))
-            .collect();
-        match closed_by(&covering, at) {
+        match self.closed([environment], at).pop() {
             None => Verdict {
                 allowed: true,
                 window: None,
                 opens_at: None,
             },
-            Some(window) => Verdict {
-                allowed: false,
-                window: Some(window.to_owned()),
-                opens_at: opens_at(&covering, at),
-            },
+            Some((_, window)) => {
+                let covering: Vec<&Window> = self
+                    .windows
+                    .iter()
+                    .filter(|window| window.covers(environment))
+                    .collect();
+                Verdict {
+                    allowed: false,
+                    window: Some(window),
+                    opens_at: opens_at(&covering, at),
+                }
+            }
         }
     }
-}
-
-/// The window that closes these windows' environment at `at`, if one does.
-fn closed_by<'w>(windows: &[&'w Window], at: Timestamp) -> Option<&'w str> {
-    if let Some(deny) = windows
-        .iter()
-        .find(|window| window.kind == WindowKind::Deny && window.open_at(at).is_some())
-    {
-        return Some(&deny.id);
-    }
-    let mut allows = windows
-        .iter()
-        .filter(|window| window.kind == WindowKind::Allow)
-        .peekable();
-    allows.peek()?;
-    let allows: Vec<&&Window> = allows.collect();
-    if allows.iter().any(|window| window.open_at(at).is_some()) {
-        return None;
-    }
-    // Closed outside every allow window: named by the one that opens next.
-    allows
-        .iter()
-        .min_by_key(|window| {
-            window
-                .next_start(at)
-                .unwrap_or(Timestamp::from_unix_ms(u64::MAX / 4))
-        })
-        .map(|window| window.id.as_str())
 }
 
 /// The first instant at or after `at` at which these windows leave their environment open.
