@@ -27,15 +27,16 @@ ALL_TOOLS = {
     "get_deployment", "get_deployment_logs", "trigger_deployment", "cancel_deployment",
     "retry_deployment", "approve_deployment", "reject_deployment", "rollback_deployment",
     "list_audit_entries", "list_windows", "explain_window", "create_window", "delete_window",
+    "list_schedules", "create_schedule", "delete_schedule",
 }
 WRITE_TOOLS = {
     "trigger_deployment", "cancel_deployment", "retry_deployment", "approve_deployment",
     "reject_deployment", "rollback_deployment", "check_environment_health", "create_window",
-    "delete_window",
+    "delete_window", "create_schedule", "delete_schedule",
 }
 USER_TOOLS = {"list_environments", "get_environment", "list_deployments", "get_deployment"}
 DEVELOPER_TOOLS = USER_TOOLS | {"get_deployment_logs", "check_environment_health", "list_windows",
-                                "explain_window"}
+                                "explain_window", "list_schedules"}
 
 
 class Failed(Exception):
@@ -147,6 +148,22 @@ async def admin(session, environment):
           "an override with a reason passes", overridden.structured_content)
     removed = await tool(session, "delete_window", {"id": "mcp-freeze"})
     check(removed.structured_content == {"deleted": "mcp-freeze"}, "delete_window removes it",
+          removed.structured_content)
+
+    step("schedules: create one far ahead, list it, refuse a bad one naming its field, delete")
+    planned = await tool(session, "create_schedule", {
+        "id": "mcp-nightly", "rrule": "FREQ=DAILY;BYHOUR=2", "dtstart": "2030-01-01T02:00:00",
+        "time_zone": "Europe/Berlin", "trigger": {"environments": [environment]}})
+    check(not planned.is_error and planned.structured_content["created_by"] == "api:ops",
+          "create_schedule makes the schedule", planned.structured_content)
+    listed_schedules = await tool(session, "list_schedules")
+    check([s["id"] for s in listed_schedules.structured_content["schedules"]] == ["mcp-nightly"],
+          "list_schedules shows it", listed_schedules.structured_content)
+    bad = await tool(session, "create_schedule", {"id": "mcp-bad", "at": "2020-01-01T00:00:00Z"})
+    check(bad.is_error and bad.structured_content.get("field") == "at",
+          "a schedule in the past is refused, naming at", bad.structured_content)
+    removed = await tool(session, "delete_schedule", {"id": "mcp-nightly"})
+    check(removed.structured_content == {"deleted": "mcp-nightly"}, "delete_schedule removes it",
           removed.structured_content)
 
     step("logs are bounded")

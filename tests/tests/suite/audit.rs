@@ -37,6 +37,8 @@ fn action_of(operation_id: &str) -> Option<&'static str> {
         "checkEnvironmentHealth" => "environment.health_check",
         "createWindow" => "window.create",
         "deleteWindow" => "window.delete",
+        "createSchedule" => "schedule.create",
+        "deleteSchedule" => "schedule.delete",
         _ => return None,
     })
 }
@@ -173,7 +175,8 @@ async fn steps(host: &TestHost, finished: &str, node: &str) -> Vec<Step> {
                 .replace("{node_id}", node)
                 .replace("/deployments/{id}", &format!("/deployments/{finished}"))
                 .replace("/environments/{id}", "/environments/walk_env")
-                .replace("/windows/{id}", "/windows/walk_window");
+                .replace("/windows/{id}", "/windows/walk_window")
+                .replace("/schedules/{id}", "/schedules/walk_schedule");
             let body = match operation_id.as_str() {
                 "triggerDeployment" | "triggerDeploymentOneClick" => {
                     Some(json!({"environments": ["local_demo"]}))
@@ -182,6 +185,9 @@ async fn steps(host: &TestHost, finished: &str, node: &str) -> Vec<Step> {
                 "createWindow" => Some(json!({"id": "walk_window", "kind": "deny",
                     "start": "2099-01-01T00:00:00Z", "end": "2099-01-02T00:00:00Z",
                     "environments": ["walk_env"], "reason": "the walk"})),
+                "createSchedule" => Some(json!({"id": "walk_schedule",
+                    "at": "2099-01-01T00:00:00Z", "trigger": {"environments": ["walk_env"]},
+                    "reason": "the walk"})),
                 _ => None,
             };
             steps.push(Step {
@@ -193,8 +199,8 @@ async fn steps(host: &TestHost, finished: &str, node: &str) -> Vec<Step> {
         }
     }
     let order = |step: &Step| match step.operation_id.as_str() {
-        "createEnvironment" | "createWindow" => 0,
-        "deleteEnvironment" | "deleteWindow" => 2,
+        "createEnvironment" | "createWindow" | "createSchedule" => 0,
+        "deleteEnvironment" | "deleteWindow" | "deleteSchedule" => 2,
         "drainNode" => 3,
         _ => 1,
     };

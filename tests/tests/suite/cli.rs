@@ -781,33 +781,9 @@ fn a_canary_deploy_stops_at_its_gate_and_approve_finishes_it() {
 #[tokio::test]
 async fn windows_are_listed_explained_created_and_deleted_against_a_host() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let host = TestHost::start(
-        dir.path(),
-        HostOptions {
-            settings: "health_check_interval_secs = 0".into(),
-            ..HostOptions::default()
-        },
-    )
-    .await;
-    let server = host.url.clone();
-    let windows = |args: &[&str]| {
-        let mut all = vec![
-            "--server",
-            server.as_str(),
-            "--api-key",
-            ADMIN_KEY,
-            "windows",
-        ];
-        all.extend_from_slice(args);
-        all.into_iter().map(str::to_owned).collect::<Vec<String>>()
-    };
-    let run_windows = |args: Vec<String>| {
-        let dir = dir.path().to_path_buf();
-        async move {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            cli_async(&dir, &args, &[]).await
-        }
-    };
+    let host = quiet_host(dir.path()).await;
+    let windows = |args: &[&str]| admin_args(&host, "windows", args);
+    let run_windows = |args: Vec<String>| run_in(dir.path(), args);
     let freeze = r#"{"id":"cli-freeze","kind":"deny","start":"2026-01-01T00:00:00Z","end":"2026-12-31T00:00:00Z","environments":["local_demo"],"reason":"cli test"}"#;
     let created = run_windows(windows(&["create", freeze])).await;
     assert_eq!(created.code, Some(0), "{created}");
@@ -846,4 +822,89 @@ async fn windows_are_listed_explained_created_and_deleted_against_a_host() {
     assert_eq!(deleted.code, Some(0), "{deleted}");
     let (_, answer) = host.get("/api/deployment/windows", Some(ADMIN_KEY)).await;
     assert_eq!(answer["windows"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn schedules_are_created_listed_shown_and_deleted_against_a_host() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = quiet_host(dir.path()).await;
+    let schedules = |args: &[&str]| admin_args(&host, "schedules", args);
+    let run = |args: Vec<String>| run_in(dir.path(), args);
+    // 02:30 Berlin time daily: on 2030-03-31 the clocks skip it, and it fires at 03:30 CEST.
+    let nightly = r#"{"id":"cli-nightly","rrule":"FREQ=DAILY","dtstart":"2030-03-30T02:30:00","time_zone":"Europe/Berlin","trigger":{"environments":["local_demo"],"version":"v2"}}"#;
+    let created = run(schedules(&["create", nightly])).await;
+    assert_eq!(created.code, Some(0), "{created}");
+    let listed = run(schedules(&[])).await;
+    assert_eq!(listed.code, Some(0), "{listed}");
+    assert!(
+        listed.stdout.contains("cli-nightly") && listed.stdout.contains("local_demo @ v2"),
+        "{listed}"
+    );
+    let next = run(schedules(&[
+        "next",
+        "cli-nightly",
+        "--from",
+        "2030-03-30T00:00:00Z",
+        "--count",
+        "3",
+    ]))
+    .await;
+    assert_eq!(next.code, Some(0), "{next}");
+    assert_eq!(
+        next.stdout.lines().collect::<Vec<_>>(),
+        [
+            "2030-03-30T01:30:00.000Z",
+            "2030-03-31T01:30:00.000Z",
+            "2030-04-01T00:30:00.000Z"
+        ],
+        "{next}"
+    );
+    let shown = run(schedules(&["show", "cli-nightly"])).await;
+    assert_eq!(shown.code, Some(0), "{shown}");
+    assert!(
+        shown.stdout.contains("no runs yet") && shown.stdout.contains("2030-03-30T01:30:00.000Z"),
+        "{shown}"
+    );
+    let bad = run(schedules(&[
+        "create",
+        r#"{"id":"x","at":"2020-01-01T00:00:00Z"}"#,
+    ]))
+    .await;
+    assert_ne!(bad.code, Some(0), "{bad}");
+    assert!(bad.stderr.contains("must be in the future"), "{bad}");
+    let deleted = run(schedules(&["delete", "cli-nightly"])).await;
+    assert_eq!(deleted.code, Some(0), "{deleted}");
+    let (_, answer) = host.get("/api/deployment/schedules", Some(ADMIN_KEY)).await;
+    assert_eq!(answer["schedules"], serde_json::json!([]));
+}
+
+/// A host without periodic health checks, for the commands that manage its records.
+async fn quiet_host(dir: &Path) -> TestHost {
+    TestHost::start(
+        dir,
+        HostOptions {
+            settings: "health_check_interval_secs = 0".into(),
+            ..HostOptions::default()
+        },
+    )
+    .await
+}
+
+/// `--server <host> --api-key <admin> <command> <args>`.
+fn admin_args(host: &TestHost, command: &str, args: &[&str]) -> Vec<String> {
+    let mut all = vec![
+        "--server",
+        host.url.as_str(),
+        "--api-key",
+        ADMIN_KEY,
+        command,
+    ];
+    all.extend_from_slice(args);
+    all.into_iter().map(str::to_owned).collect()
+}
+
+/// Runs the CLI in `dir` with `args`.
+async fn run_in(dir: &Path, args: Vec<String>) -> Run {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    cli_async(dir, &args, &[]).await
 }

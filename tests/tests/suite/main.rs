@@ -26,6 +26,7 @@ mod openapi;
 mod rollouts;
 mod routes_roles;
 mod scale_counts;
+mod schedules;
 mod soak;
 mod ssh_trigger;
 mod store_postgres;

@@ -125,8 +125,10 @@ approveDeployment post /api/deployment/deployments/{id}/approve deployments
 cancelDeployment post /api/deployment/deployments/{id}/cancel deployments
 checkEnvironmentHealth post /api/deployment/environments/{id}/health-check environments
 createEnvironment post /api/deployment/environments environments
+createSchedule post /api/deployment/schedules schedules
 createWindow post /api/deployment/windows windows
 deleteEnvironment delete /api/deployment/environments/{id} environments
+deleteSchedule delete /api/deployment/schedules/{id} schedules
 deleteWindow delete /api/deployment/windows/{id} windows
 drainNode post /api/cluster/nodes/{node_id}/drain cluster
 explainWindows get /api/deployment/windows/explain windows
@@ -141,12 +143,15 @@ getEnvironment get /api/deployment/environments/{id} environments
 getHealth get /health host
 getMetrics get /metrics host
 getOpenApiDocument get /api/openapi.json host
+getSchedule get /api/deployment/schedules/{id} schedules
 getWhoami get /api/auth/whoami host
 getWindow get /api/deployment/windows/{id} windows
 listAuditEntries get /api/audit audit
 listDeployments get /api/deployment/history deployments
 listEnvironments get /api/deployment/environments environments
 listPlugins get /api/plugins plugins
+listScheduleOccurrences get /api/deployment/schedules/{id}/next schedules
+listSchedules get /api/deployment/schedules schedules
 listWindows get /api/deployment/windows windows
 rejectDeployment post /api/deployment/deployments/{id}/reject deployments
 reloadPlugin post /api/plugins/{name}/reload plugins

@@ -156,6 +156,23 @@ fn probes() -> Vec<(&'static str, &'static str, &'static str, Option<Value>, u16
         ),
         ("GET", "/windows/{id}", "/windows/none", None, 404),
         ("DELETE", "/windows/{id}", "/windows/none", None, 404),
+        ("GET", "/schedules", "/schedules", None, 200),
+        (
+            "POST",
+            "/schedules",
+            "/schedules",
+            Some(json!({ "id": "s", "at": "never" })),
+            400,
+        ),
+        ("GET", "/schedules/{id}", "/schedules/none", None, 404),
+        ("DELETE", "/schedules/{id}", "/schedules/none", None, 404),
+        (
+            "GET",
+            "/schedules/{id}/next",
+            "/schedules/none/next",
+            None,
+            404,
+        ),
     ]
 }
 
@@ -219,6 +236,11 @@ fn the_roles_are_the_contract() {
         ("GET", "/windows/explain", Some(Developer)),
         ("GET", "/windows/{id}", Some(Developer)),
         ("DELETE", "/windows/{id}", Some(Admin)),
+        ("GET", "/schedules", Some(Developer)),
+        ("POST", "/schedules", Some(Admin)),
+        ("GET", "/schedules/{id}", Some(Developer)),
+        ("DELETE", "/schedules/{id}", Some(Admin)),
+        ("GET", "/schedules/{id}/next", Some(Developer)),
     ];
     assert_eq!(deployment_mcp_core::api::route_roles(), pinned);
 }

@@ -10,6 +10,7 @@ mod deploy;
 mod mcp;
 mod output;
 mod progress;
+mod schedules;
 mod signals;
 mod windows;
 
@@ -235,6 +236,17 @@ Example (an agent's config):
         #[command(subcommand)]
         action: Option<windows::WindowsAction>,
     },
+    /// Schedules: deployments started by the calendar
+    #[command(after_help = "Examples:
+  deployment-mcp schedules
+  deployment-mcp schedules create '{\"id\":\"nightly\",\"rrule\":\"FREQ=DAILY;BYHOUR=2\",\"dtstart\":\"2027-01-01T02:00:00\",\"time_zone\":\"Europe/Berlin\"}'
+  deployment-mcp schedules next nightly --count 5
+  deployment-mcp schedules show nightly
+  deployment-mcp schedules delete nightly")]
+    Schedules {
+        #[command(subcommand)]
+        action: Option<schedules::SchedulesAction>,
+    },
     /// Past deployments, newest first
     #[command(after_help = "Examples:
   deployment-mcp history
@@ -413,7 +425,10 @@ async fn run(cli: Cli, interrupts: &mut signals::Interrupts) -> Result<u8, CliEr
     let global = &cli.global;
     let read_only = matches!(
         cli.command,
-        Command::Status { .. } | Command::History { .. } | Command::Windows { .. }
+        Command::Status { .. }
+            | Command::History { .. }
+            | Command::Windows { .. }
+            | Command::Schedules { .. }
     );
     let backend = match &global.server {
         Some(server) => Backend::remote(
@@ -539,6 +554,14 @@ async fn execute(
             windows::run(
                 backend,
                 action.unwrap_or(windows::WindowsAction::List),
+                json,
+            )
+            .await
+        }
+        Command::Schedules { action } => {
+            schedules::run(
+                backend,
+                action.unwrap_or(schedules::SchedulesAction::List),
                 json,
             )
             .await

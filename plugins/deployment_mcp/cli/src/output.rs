@@ -167,6 +167,24 @@ pub fn dash(text: Option<&str>) -> String {
     }
 }
 
+/// What a window covers or a schedule deploys: environment ids, a selector's `key=value`
+/// pairs, or `neither` when there are none.
+pub fn scope(
+    environments: Option<&[String]>,
+    selector: Option<&std::collections::BTreeMap<String, String>>,
+    neither: &str,
+) -> String {
+    match (environments, selector) {
+        (Some(list), _) => list.join(","),
+        (None, Some(selector)) => selector
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        (None, None) => neither.into(),
+    }
+}
+
 /// Items comma-separated, or `-`.
 pub fn join<T: AsRef<str>>(items: &[T]) -> String {
     if items.is_empty() {

@@ -120,13 +120,9 @@ fn when(spec: &WindowSpec) -> String {
 }
 
 fn scope(spec: &WindowSpec) -> String {
-    match (&spec.environments, &spec.selector) {
-        (Some(list), _) => list.join(","),
-        (None, Some(selector)) => selector
-            .iter()
-            .map(|(key, value)| format!("{key}={value}"))
-            .collect::<Vec<_>>()
-            .join(","),
-        (None, None) => "every environment".into(),
-    }
+    output::scope(
+        spec.environments.as_deref(),
+        spec.selector.as_ref(),
+        "every environment",
+    )
 }

@@ -72,33 +72,6 @@ pub struct StartRequest {
     pub override_reason: Option<String>,
 }
 
-#[derive(Debug)]
-pub enum StartError {
-    /// A field of the request is wrong (400).
-    BadField(FieldError),
-    /// Well-formed but cannot be done (422).
-    Invalid { code: &'static str, message: String },
-    /// A target is already being deployed (409).
-    Busy {
-        environment: String,
-        deployment: String,
-    },
-    /// A deployment window closes a target (423).
-    WindowClosed {
-        environment: String,
-        window: String,
-        opens_at: Option<Timestamp>,
-    },
-    /// The store failed (500).
-    Store(StoreError),
-}
-
-impl From<StoreError> for StartError {
-    fn from(error: StoreError) -> StartError {
-        StartError::Store(error)
-    }
-}
-
 #[cfg(test)]
 mod cluster_tests;
 mod decisions;
@@ -111,6 +84,7 @@ mod recovery;
 mod tests;
 mod windows;
 pub use decisions::DecisionError;
+pub use queue::StartError;
 
 /// Where a run goes on: its log's end and the number of the last event published.
 struct RunFrom {
@@ -169,6 +143,8 @@ pub struct Coordinator {
     generation: AtomicUsize,
     /// Woken when a run of this copy ends: its room goes to the queue at once.
     room_freed: tokio::sync::Notify,
+    /// Woken when a schedule is created or deleted through this copy: the scheduler looks again.
+    schedules_changed: tokio::sync::Notify,
     imds_identity: tokio::sync::OnceCell<Option<(String, Option<String>)>>,
 }
 
@@ -213,6 +189,7 @@ impl Coordinator {
             background: CancellationToken::new(),
             generation: AtomicUsize::new(0),
             room_freed: tokio::sync::Notify::new(),
+            schedules_changed: tokio::sync::Notify::new(),
             imds_identity: tokio::sync::OnceCell::new(),
         }
     }
@@ -278,6 +255,17 @@ impl Coordinator {
     pub async fn start(
         self: &Arc<Self>,
         request: StartRequest,
+    ) -> Result<DeploymentRecord, StartError> {
+        self.start_guarded(request, Vec::new()).await
+    }
+
+    /// [`Self::start`], creating the deployment only together with `guard` (operations that
+    /// must all apply, such as a schedule's run taken once): [`StartError::Superseded`] when
+    /// one does not.
+    pub async fn start_guarded(
+        self: &Arc<Self>,
+        request: StartRequest,
+        guard: Vec<plugin_guest::StoreOp>,
     ) -> Result<DeploymentRecord, StartError> {
         let ec2 = match (request.ec2, &self.settings.ec2) {
             (Some(false), _) | (None, None) => None,
@@ -369,7 +357,7 @@ impl Coordinator {
             window_override,
         };
         let id = record.deployment_id.clone();
-        let Some(lease) = self.claim_and_record(&mut record, &targets).await? else {
+        let Some(lease) = self.claim_and_record(&mut record, &targets, guard).await? else {
             return Ok(record);
         };
         self.changed();
@@ -597,6 +585,26 @@ impl Coordinator {
     /// claims it takes are this process's.
     pub(crate) fn lease(&self) -> Lease {
         Lease::of(&self.boot_id, self.node.clone())
+    }
+
+    /// Cancelled when this copy stops: its loops end.
+    pub fn stopping(&self) -> CancellationToken {
+        self.background.clone()
+    }
+
+    /// A schedule was created or deleted through this copy: its scheduler looks again now.
+    pub fn schedules_changed(&self) {
+        self.schedules_changed.notify_one();
+    }
+
+    /// Resolves when [`Self::schedules_changed`] was called (since the last time it resolved).
+    pub async fn schedules_changed_wait(&self) {
+        self.schedules_changed.notified().await;
+    }
+
+    /// Whether this copy's node drains: it starts nothing new (nor fires schedules).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The node this copy runs on, where the host has nodes.

@@ -23,6 +23,8 @@ pub mod persist;
 pub mod redact;
 pub mod rollout;
 pub mod run;
+pub mod scheduler;
+pub mod schedules;
 pub mod settings;
 pub mod triggers;
 pub mod windows;
@@ -136,6 +138,7 @@ pub async fn build(
         "deployment_mcp started"
     );
     coordinator.start_background();
+    tokio::spawn(scheduler::run(Arc::clone(&coordinator)));
     tokio::spawn(auto_deploy::run(
         Arc::clone(&coordinator),
         Arc::clone(&settings),

@@ -117,20 +117,11 @@ pub struct Window {
 impl Window {
     /// Checks `spec`; the error names the field at fault.
     pub fn new(spec: &WindowSpec) -> Result<Window, FieldError> {
-        for (field, given) in [
-            ("created_by", spec.created_by.is_some()),
-            ("created_at", spec.created_at.is_some()),
-        ] {
-            if given {
-                return Err(FieldError::new(field, "is set by the host; leave it out"));
-            }
-        }
-        if !valid_id(&spec.id) {
-            return Err(FieldError::new(
-                "id",
-                "must be 1 to 64 of A-Z a-z 0-9 _ - .",
-            ));
-        }
+        check_named(
+            &spec.id,
+            spec.reason.as_deref(),
+            [spec.created_by.is_some(), spec.created_at.is_some()],
+        )?;
         let zone = spec.time_zone.as_deref().unwrap_or("UTC");
         calendar::zone("time_zone", zone)?;
         let once = spec.start.is_some() || spec.end.is_some();
@@ -220,14 +211,6 @@ impl Window {
             (None, Some(selector)) => Scope::Selector(selector.clone()),
             (None, None) => Scope::Every,
         };
-        if let Some(reason) = &spec.reason {
-            if reason.len() > 1024 || reason.chars().any(char::is_control) {
-                return Err(FieldError::new(
-                    "reason",
-                    "must be at most 1024 printable characters",
-                ));
-            }
-        }
         Ok(Window {
             id: spec.id.clone(),
             kind: spec.kind,
@@ -407,6 +390,33 @@ fn opens_at(windows: &[&Window], at: Timestamp) -> Option<Timestamp> {
             .min()?;
     }
     None
+}
+
+/// What a window and a schedule share: an id, a reason, and who created it and when, which
+/// the host sets (`created`: whether `created_by`, `created_at` were given).
+pub(crate) fn check_named(
+    id: &str,
+    reason: Option<&str>,
+    created: [bool; 2],
+) -> Result<(), FieldError> {
+    for (field, given) in ["created_by", "created_at"].into_iter().zip(created) {
+        if given {
+            return Err(FieldError::new(field, "is set by the host; leave it out"));
+        }
+    }
+    if !valid_id(id) {
+        return Err(FieldError::new(
+            "id",
+            "must be 1 to 64 of A-Z a-z 0-9 _ - .",
+        ));
+    }
+    if reason.is_some_and(|reason| reason.len() > 1024 || reason.chars().any(char::is_control)) {
+        return Err(FieldError::new(
+            "reason",
+            "must be at most 1024 printable characters",
+        ));
+    }
+    Ok(())
 }
 
 fn valid_id(id: &str) -> bool {

@@ -78,6 +78,11 @@ pub static CREATE_WINDOW: Endpoint = Endpoint::new(Method::POST, "/windows");
 pub static WINDOW: Endpoint = Endpoint::new(Method::GET, "/windows/{id}");
 pub static DELETE_WINDOW: Endpoint = Endpoint::new(Method::DELETE, "/windows/{id}");
 pub static EXPLAIN_WINDOWS: Endpoint = Endpoint::new(Method::GET, "/windows/explain");
+pub static SCHEDULES: Endpoint = Endpoint::new(Method::GET, "/schedules");
+pub static CREATE_SCHEDULE: Endpoint = Endpoint::new(Method::POST, "/schedules");
+pub static SCHEDULE: Endpoint = Endpoint::new(Method::GET, "/schedules/{id}");
+pub static DELETE_SCHEDULE: Endpoint = Endpoint::new(Method::DELETE, "/schedules/{id}");
+pub static SCHEDULE_NEXT: Endpoint = Endpoint::new(Method::GET, "/schedules/{id}/next");
 pub static HEALTH_CHECK: Endpoint = Endpoint::new(Method::POST, "/environments/{id}/health-check");
 
 #[cfg(test)]

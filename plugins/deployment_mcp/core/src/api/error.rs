@@ -97,10 +97,10 @@ impl ApiError {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ErrorCode(pub(crate) &'static str);
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let message = self.to_string();
-        let (status, code, field) = match &self {
+impl ApiError {
+    /// The answer's status, error code and field at fault.
+    fn parts(&self) -> (StatusCode, &'static str, Option<String>) {
+        match self {
             ApiError::BadField(error) => (
                 StatusCode::BAD_REQUEST,
                 "invalid_field",
@@ -128,7 +128,19 @@ impl IntoResponse for ApiError {
                 tracing::error!("store: {cause}");
                 (StatusCode::INTERNAL_SERVER_ERROR, "store_error", None)
             }
-        };
+        }
+    }
+
+    /// The error code its answer carries (`environment_busy`, `deployment_window_closed`…).
+    pub fn code(&self) -> &'static str {
+        self.parts().1
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        let (status, code, field) = self.parts();
         let (window, opens_at) = match &self {
             ApiError::WindowClosed {
                 window, opens_at, ..
@@ -173,6 +185,11 @@ impl From<StartError> for ApiError {
                 environment,
                 window,
                 opens_at,
+            },
+            StartError::Superseded => ApiError::Conflict {
+                code: "superseded",
+                message: "another node handled this first; nothing was started".into(),
+                field: None,
             },
             StartError::Store(error) => ApiError::Store(error),
         }

@@ -26,6 +26,7 @@ pub mod openapi;
 mod overview;
 mod request;
 mod routes;
+mod schedules;
 mod windows;
 
 use std::sync::Arc;

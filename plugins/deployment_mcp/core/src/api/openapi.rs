@@ -44,6 +44,11 @@ use crate::{
         super::windows::get,
         super::windows::delete,
         super::windows::explain,
+        super::schedules::list,
+        super::schedules::create,
+        super::schedules::get,
+        super::schedules::delete,
+        super::schedules::next,
     ),
     components(schemas(
         EnvironmentJson, EnvironmentType, ConnectionMethod, LogLine, LogStream, Phase,
@@ -55,6 +60,7 @@ use crate::{
         (name = "deployments", description = "Deployments: trigger, follow, decide, roll back, history (the deployment_mcp plugin)"),
         (name = "environments", description = "The target environments and their health (the deployment_mcp plugin)"),
         (name = "windows", description = "Deployment windows: when environments may deploy (the deployment_mcp plugin)"),
+        (name = "schedules", description = "Schedules: deployments started by the calendar (the deployment_mcp plugin)"),
         (name = "overview", description = "What runs now and the dashboard's aggregate (the deployment_mcp plugin)"),
     ),
 )]

@@ -18,7 +18,7 @@ use super::{
     audited::Audited,
     deployments,
     endpoints::{self, Endpoint},
-    environments, overview, windows, ApiError, ApiState, Shared,
+    environments, overview, schedules, windows, ApiError, ApiState, Shared,
 };
 
 /// One route, declared once: the router, its role layer and the OpenAPI test read [`ROUTES`].
@@ -193,6 +193,36 @@ pub(crate) const ROUTES: &[Route] = &[
         action: "window.delete",
         needs: Some(Role::Admin),
         handler: |method| on(method, windows::delete),
+    },
+    Route {
+        endpoint: &endpoints::SCHEDULES,
+        action: "schedule.list",
+        needs: Some(Role::Developer),
+        handler: |method| on(method, schedules::list),
+    },
+    Route {
+        endpoint: &endpoints::CREATE_SCHEDULE,
+        action: "schedule.create",
+        needs: Some(Role::Admin),
+        handler: |method| on(method, schedules::create),
+    },
+    Route {
+        endpoint: &endpoints::SCHEDULE,
+        action: "schedule.read",
+        needs: Some(Role::Developer),
+        handler: |method| on(method, schedules::get),
+    },
+    Route {
+        endpoint: &endpoints::DELETE_SCHEDULE,
+        action: "schedule.delete",
+        needs: Some(Role::Admin),
+        handler: |method| on(method, schedules::delete),
+    },
+    Route {
+        endpoint: &endpoints::SCHEDULE_NEXT,
+        action: "schedule.next",
+        needs: Some(Role::Developer),
+        handler: |method| on(method, schedules::next),
     },
 ];
 

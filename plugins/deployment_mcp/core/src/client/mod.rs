@@ -24,11 +24,13 @@ pub use in_process::InProcess;
 
 use crate::{
     api::endpoints::{self, Endpoint},
+    schedules::ScheduleSpec,
     windows::WindowSpec,
     wire::{
         Accepted, CancelAnswer, DashboardAnswer, Deleted, DeploymentDetail, DeploymentSummary,
         EnvironmentList, EnvironmentView, HealthCheckAnswer, HistoryPage, HistoryQuery, LogsAnswer,
-        LogsQuery, StatusOverview, TriggerRequest, WindowExplanation, WindowList,
+        LogsQuery, NextRuns, ScheduleDetail, ScheduleList, StatusOverview, TriggerRequest,
+        WindowExplanation, WindowList,
     },
 };
 
@@ -80,6 +82,24 @@ pub trait DeploymentApi: Send + Sync {
         environment: &str,
         at: Option<&str>,
     ) -> impl Future<Output = Answer<WindowExplanation>> + Send;
+    /// `GET /schedules`: every schedule.
+    fn schedules(&self) -> impl Future<Output = Answer<ScheduleList>> + Send;
+    /// `GET /schedules/{id}`: one schedule with its last and next runs.
+    fn schedule(&self, id: &str) -> impl Future<Output = Answer<ScheduleDetail>> + Send;
+    /// `POST /schedules`: a new schedule (admins).
+    fn create_schedule(
+        &self,
+        spec: &ScheduleSpec,
+    ) -> impl Future<Output = Answer<ScheduleSpec>> + Send;
+    /// `DELETE /schedules/{id}` (admins).
+    fn delete_schedule(&self, id: &str) -> impl Future<Output = Answer<Deleted>> + Send;
+    /// `GET /schedules/{id}/next`: its next `count` occurrences from `from` (now when `None`).
+    fn schedule_next(
+        &self,
+        id: &str,
+        from: Option<&str>,
+        count: Option<u32>,
+    ) -> impl Future<Output = Answer<NextRuns>> + Send;
     /// Who the calls are made as.
     fn whoami(&self) -> impl Future<Output = Answer<Caller>> + Send;
 }
@@ -263,6 +283,43 @@ impl<T: Transport> DeploymentApi for ApiClient<T> {
             query.finish()
         };
         self.get(&endpoints::EXPLAIN_WINDOWS, None, &query).await
+    }
+
+    async fn schedules(&self) -> Answer<ScheduleList> {
+        self.get(&endpoints::SCHEDULES, None, "").await
+    }
+
+    async fn schedule(&self, id: &str) -> Answer<ScheduleDetail> {
+        self.get(&endpoints::SCHEDULE, Some(id), "").await
+    }
+
+    async fn create_schedule(&self, spec: &ScheduleSpec) -> Answer<ScheduleSpec> {
+        let endpoint = &endpoints::CREATE_SCHEDULE;
+        self.call(endpoint, None, "", Some(spec), &[201]).await
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Answer<Deleted> {
+        let endpoint = &endpoints::DELETE_SCHEDULE;
+        self.call(endpoint, Some(id), "", None::<&()>, &[200]).await
+    }
+
+    async fn schedule_next(
+        &self,
+        id: &str,
+        from: Option<&str>,
+        count: Option<u32>,
+    ) -> Answer<NextRuns> {
+        let query = {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            if let Some(from) = from {
+                query.append_pair("from", from);
+            }
+            if let Some(count) = count {
+                query.append_pair("count", &count.to_string());
+            }
+            query.finish()
+        };
+        self.get(&endpoints::SCHEDULE_NEXT, Some(id), &query).await
     }
 
     async fn whoami(&self) -> Answer<Caller> {

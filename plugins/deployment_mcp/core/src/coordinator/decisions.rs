@@ -525,7 +525,7 @@ impl Coordinator {
                     deployment,
                 })
             }
-            Outcome::Changed | Outcome::LeaseLost => {
+            Outcome::Changed | Outcome::LeaseLost | Outcome::Superseded => {
                 return Err(DecisionError::Conflict(id.to_string()))
             }
         }

@@ -11,12 +11,14 @@
 
 use std::{sync::Arc, time::SystemTime};
 
+use plugin_guest::StoreOp;
+
 use tokio_util::sync::CancellationToken;
 
-use super::{Coordinator, RunFrom, StartError};
+use super::{Coordinator, RunFrom};
 use crate::{
     deployment::{BatchStatus, DeploymentRecord, Phase, TargetRecord, TargetStatus},
-    environments::Environment,
+    environments::{Environment, FieldError},
     model::{DeploymentId, Ec2Phase, LogStream, Timestamp},
     persist::{self, deployments::ActiveEntry, records::StoreError, Lease, Outcome, Writes},
     run::Start,
@@ -26,6 +28,37 @@ use crate::{
 /// after its last heartbeat (plus a third of it, the watchers' period); this adds at most half
 /// a second to the `lease_secs + 2 s` within which its runs are dealt with.
 const WATCH: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Why a deployment did not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A field of the request is wrong (400).
+    BadField(FieldError),
+    /// Well-formed but cannot be done (422).
+    Invalid { code: &'static str, message: String },
+    /// A target is already being deployed (409).
+    Busy {
+        environment: String,
+        deployment: String,
+    },
+    /// A deployment window closes a target (423).
+    WindowClosed {
+        environment: String,
+        window: String,
+        opens_at: Option<Timestamp>,
+    },
+    /// A guard of the start failed (a schedule's occurrence handled elsewhere, or the schedule
+    /// changed): nothing was created (409).
+    Superseded,
+    /// The store failed (500).
+    Store(StoreError),
+}
+
+impl From<StoreError> for StartError {
+    fn from(error: StoreError) -> StartError {
+        StartError::Store(error)
+    }
+}
 
 impl Coordinator {
     /// This node, for a log line: `node <id>`, or `this node` where the host has no nodes.
@@ -62,10 +95,13 @@ impl Coordinator {
         &self,
         record: &mut DeploymentRecord,
         targets: &[Environment],
+        guard: Vec<StoreOp>,
     ) -> Result<Option<Lease>, StartError> {
         let id = record.deployment_id.clone();
         let id = &id;
         let mut writes = Writes::new(&self.records, &self.lease());
+        // First: a failed guard is named before a claim another start of it took.
+        writes.guard(guard);
         writes.claim(id, &record.environments)?;
         let no_room = self.no_room();
         let lease = match &no_room {
@@ -100,6 +136,7 @@ impl Coordinator {
                     deployment,
                 })
             }
+            Outcome::Superseded => return Err(StartError::Superseded),
             Outcome::Changed | Outcome::LeaseLost => {
                 return Err(StartError::Store(StoreError::Host(format!(
                     "starting {id}: an unexpected store conflict"

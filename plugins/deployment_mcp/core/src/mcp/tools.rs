@@ -32,6 +32,7 @@ use crate::{
 };
 
 /// What `tools/list` says of a tool, and who may call it.
+mod schedules;
 mod windows;
 
 #[derive(Debug, Clone, Copy)]
@@ -152,6 +153,9 @@ pub(crate) fn table<A: DeploymentApi + 'static>() -> Vec<Entry<A>> {
         Entry::of::<windows::ExplainWindow>(),
         Entry::of::<windows::CreateWindow>(),
         Entry::of::<windows::DeleteWindow>(),
+        Entry::of::<schedules::ListSchedules>(),
+        Entry::of::<schedules::CreateSchedule>(),
+        Entry::of::<schedules::DeleteSchedule>(),
     ]
 }
 

@@ -199,6 +199,14 @@ pub struct WindowArguments {
     pub id: String,
 }
 
+/// One schedule.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleArguments {
+    /// The schedule id
+    pub id: String,
+}
+
 /// What the windows say of one environment.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -11,7 +11,9 @@
 //!   results, logs, idempotency keys), of the newest-first history and its indexes, of
 //!   environments (with their secrets, health and versions);
 //! - [`retention`]: pruning of old deployments;
-//! - [`windows`]: the deployment windows.
+//! - [`named`]: records kept by id, created and deleted whole by a caller (audited);
+//! - [`windows`], [`schedules`]: the deployment windows; the schedules and what became of
+//!   each of their occurrences.
 //!
 //! Invariants: a deployment's claims, records and history indexes change together in one
 //! transaction or not at all; a record a decision was made on is written only if it is still
@@ -20,9 +22,11 @@
 pub mod catalog;
 pub mod deployments;
 pub mod history;
+pub mod named;
 pub mod records;
 pub mod retention;
 pub mod runs;
+pub mod schedules;
 #[cfg(test)]
 pub mod test_records;
 pub mod windows;

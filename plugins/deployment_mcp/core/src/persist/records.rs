@@ -40,6 +40,12 @@ pub mod collection {
     pub const META: &str = "deployment_mcp.meta";
     /// Deployment windows, by id.
     pub const WINDOWS: &str = "deployment_mcp.windows";
+    /// Schedules, by id.
+    pub const SCHEDULES: &str = "deployment_mcp.schedules";
+    /// `<schedule>/<created ms>/<inverted occurrence ms>` → what became of the occurrence,
+    /// newest first under each schedule. Taken insert-if-absent in the transaction that creates
+    /// the occurrence's deployment (or records it refused or skipped): each occurrence once.
+    pub const SCHEDULE_RUNS: &str = "deployment_mcp.schedule_runs";
     /// The host's own records, which it shares with its plugins (read only).
     pub const HOST: &str = "host";
     /// In [`HOST`]: which process is running and whether it is stopping.
@@ -166,6 +172,16 @@ impl Records {
         let Some((call, draft)) = crate::audit::pending(describe) else {
             return self.apply(ops).await;
         };
+        self.apply_with_entry(ops, &call, draft).await
+    }
+
+    /// `ops` with `draft`, the entry of `call`, marked written once the batch applies.
+    async fn apply_with_entry(
+        &self,
+        ops: Vec<StoreOp>,
+        call: &crate::audit::AuditCall,
+        draft: String,
+    ) -> Result<Option<Conflict>, StoreError> {
         let conflict = self
             .blocking(move |host| host.store_apply_audited(&ops, &[draft]))
             .await?;
@@ -187,6 +203,18 @@ impl Records {
             .await?;
         call.mark_recorded();
         Ok(())
+    }
+
+    /// Applies `ops` with the entry of `call` at `outcome` in the same transaction (a change
+    /// that records a failure, such as a schedule's refused occurrence); the entry is written
+    /// only if the batch applies.
+    pub async fn apply_recording(
+        &self,
+        ops: Vec<StoreOp>,
+        call: &crate::audit::AuditCall,
+        outcome: &crate::audit::Outcome,
+    ) -> Result<Option<Conflict>, StoreError> {
+        self.apply_with_entry(ops, call, call.draft(outcome)).await
     }
 
     /// A page of the host's audit log (`query` and the answer as JSON).
@@ -229,12 +257,13 @@ impl Records {
         }
     }
 
-    /// Every row whose key starts with `prefix`, in key order, decoded.
-    pub async fn scan<T: DeserializeOwned>(
+    /// The first `limit` rows whose key starts with `prefix`, in key order, as stored.
+    pub async fn first_with_prefix(
         &self,
         collection: &'static str,
         prefix: &str,
-    ) -> Result<Vec<(String, T)>, StoreError> {
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let mut rows = Vec::new();
         // Keys sort right after the prefix minus its last byte; start there and stop past it.
         let mut after = if prefix.is_empty() {
@@ -255,14 +284,32 @@ impl Records {
                     after = Some(key);
                     continue;
                 }
-                let value = decode(collection, &key, &text)?;
                 after = Some(key.clone());
-                rows.push((key, value));
+                rows.push((key, text));
+                if rows.len() >= limit {
+                    return Ok(rows);
+                }
             }
             if !full {
                 return Ok(rows);
             }
         }
+    }
+
+    /// Every row whose key starts with `prefix`, in key order, decoded.
+    pub async fn scan<T: DeserializeOwned>(
+        &self,
+        collection: &'static str,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        self.first_with_prefix(collection, prefix, usize::MAX)
+            .await?
+            .into_iter()
+            .map(|(key, text)| {
+                let value = decode(collection, &key, &text)?;
+                Ok((key, value))
+            })
+            .collect()
     }
 }
 

@@ -1,10 +1,13 @@
 //! The deployment windows as stored: one record per window, by id, with who made it and when.
 //! A create or a delete is the call's change, written with its audit entry.
 
-use plugin_guest::{Condition, StoreOp};
 use serde::{Deserialize, Serialize};
 
-use super::records::{self, collection, Records, StoreError};
+pub use super::named::Created;
+use super::{
+    named::{self, Described},
+    records::{collection, Records, StoreError},
+};
 use crate::{
     model::Timestamp,
     windows::{Window, WindowSpec, Windows, MAX_WINDOWS},
@@ -27,15 +30,6 @@ impl StoredWindow {
             ..self.spec
         }
     }
-}
-
-/// What a create did.
-pub enum Created {
-    Created,
-    /// A window with this id exists.
-    Exists,
-    /// There are [`MAX_WINDOWS`] already.
-    Full,
 }
 
 /// Every window as stored, in id order.
@@ -71,51 +65,37 @@ pub async fn get(records: &Records, id: &str) -> Result<Option<StoredWindow>, St
 
 /// Stores a new window (its spec already checked).
 pub async fn create(records: &Records, stored: &StoredWindow) -> Result<Created, StoreError> {
-    let id = stored.spec.id.clone();
-    if records
-        .page(collection::WINDOWS, None, MAX_WINDOWS as u32)
-        .await?
-        .len()
-        >= MAX_WINDOWS
-    {
-        return Ok(Created::Full);
-    }
-    let put = StoreOp::put(
+    let id = &stored.spec.id;
+    let described = Described {
+        resource: format!("window:{id}"),
+        environments: stored.spec.environments.clone().unwrap_or_default(),
+        changes: serde_json::json!({ "after": serde_json::to_value(&stored.spec).unwrap_or_default() }),
+        reason: stored.spec.reason.clone(),
+    };
+    named::create(
+        records,
         collection::WINDOWS,
-        &id,
-        records::encode(collection::WINDOWS, &id, stored)?,
+        id,
+        stored,
+        MAX_WINDOWS,
+        described,
     )
-    .when(Condition::Absent);
-    let after = serde_json::to_value(&stored.spec).unwrap_or_default();
-    let conflict = records
-        .apply_for_call(vec![put], |call| {
-            crate::audit::fill(&mut call.resource, || format!("window:{id}"));
-            call.environments = stored.spec.environments.clone().unwrap_or_default();
-            call.changes = Some(serde_json::json!({ "after": after }));
-            call.reason = stored.spec.reason.clone();
-        })
-        .await?;
-    Ok(match conflict {
-        None => Created::Created,
-        Some(_) => Created::Exists,
-    })
+    .await
 }
 
 /// Removes a window; `None` when there was none.
 pub async fn delete(records: &Records, id: &str) -> Result<Option<StoredWindow>, StoreError> {
-    let Some(text) = records.get_raw(collection::WINDOWS, id).await? else {
-        return Ok(None);
-    };
-    let stored: StoredWindow = records::decode(collection::WINDOWS, id, &text)?;
-    let delete = StoreOp::delete(collection::WINDOWS, id).when(Condition::Equals(text));
-    let before = serde_json::to_value(&stored.spec).unwrap_or_default();
-    let conflict = records
-        .apply_for_call(vec![delete], |call| {
-            crate::audit::fill(&mut call.resource, || format!("window:{id}"));
-            call.environments = stored.spec.environments.clone().unwrap_or_default();
-            call.changes = Some(serde_json::json!({ "before": before }));
-        })
-        .await?;
-    // Changed or deleted meanwhile: what this call read is gone either way.
-    Ok(conflict.is_none().then_some(stored))
+    named::delete(
+        records,
+        collection::WINDOWS,
+        id,
+        async |_: &StoredWindow| Ok(Vec::new()),
+        |stored: &StoredWindow| Described {
+            resource: format!("window:{id}"),
+            environments: stored.spec.environments.clone().unwrap_or_default(),
+            changes: serde_json::json!({ "before": serde_json::to_value(&stored.spec).unwrap_or_default() }),
+            reason: None,
+        },
+    )
+    .await
 }

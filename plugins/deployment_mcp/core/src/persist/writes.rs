@@ -111,12 +111,16 @@ pub enum Outcome {
     /// Nothing was written: the run's entry is no longer the one it was given (another node
     /// took it over); the run must stop without writing anything more.
     LeaseLost,
+    /// Nothing was written: a guard of the transaction failed (a schedule's occurrence was
+    /// handled by another node, or the schedule changed).
+    Superseded,
 }
 
 /// What each operation is, to name a conflict.
 #[derive(Debug, Clone)]
 enum Kind {
     Claim(EnvironmentId),
+    Guard,
     Other,
 }
 
@@ -166,6 +170,13 @@ impl Writes {
     fn push(&mut self, op: StoreOp) {
         self.ops.push(op);
         self.kinds.push(Kind::Other);
+    }
+
+    /// Operations the whole transaction depends on (a schedule's run, taken once); if one
+    /// fails, the transaction is [`Outcome::Superseded`].
+    pub fn guard(&mut self, ops: Vec<StoreOp>) {
+        self.kinds.extend(ops.iter().map(|_| Kind::Guard));
+        self.ops.extend(ops);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -451,6 +462,7 @@ impl Writes {
                     .map(|claim| claim.deployment_id.into_string())
                     .unwrap_or_default(),
             },
+            Some(Kind::Guard) => Outcome::Superseded,
             Some(Kind::Other) | None => Outcome::Changed,
         })
     }

@@ -44,6 +44,7 @@ mod environments;
 mod events;
 mod overview;
 mod requests;
+mod schedules;
 mod windows;
 
 use serde::{Deserialize, Serialize};
@@ -54,6 +55,7 @@ pub use environments::*;
 pub use events::*;
 pub use overview::*;
 pub use requests::*;
+pub use schedules::*;
 pub use windows::*;
 
 /// A field the user role may not see: `None` leaves it out of the answer, `Some(None)` is `null`
@@ -84,6 +86,16 @@ impl View {
 pub struct DeploymentPath {
     /// Deployment id (`dep-<ms>-<8 hex>`).
     #[param(pattern = "^dep-[0-9]+-[0-9a-f]{8}$")]
+    #[allow(dead_code)] // Read by the derive.
+    id: String,
+}
+
+/// The path parameter of `/schedules/{id}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SchedulePath {
+    /// Schedule id.
+    #[param(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     #[allow(dead_code)] // Read by the derive.
     id: String,
 }
