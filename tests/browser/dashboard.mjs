@@ -304,6 +304,60 @@ async function main(page, base, relay) {
   await page.selectOption('#audit-outcome', '');
   await screenshot(page, '06-audit');
 
+  step('the trigger form: rollout fields, a freeze refuses naming the window, an override reason passes');
+  const admin = { 'x-api-key': adminKey, 'content-type': 'application/json' };
+  const freeze = await fetch(`${url}/api/deployment/windows`, {
+    method: 'POST',
+    headers: admin,
+    body: JSON.stringify({
+      id: 'ui-freeze', kind: 'deny', environments: ['local_demo'],
+      start: new Date(Date.now() - 60_000).toISOString(), end: new Date(Date.now() + 3_600_000).toISOString(),
+    }),
+  });
+  check(freeze.status === 201, `a freeze over local_demo (${freeze.status})`);
+  for (const box of await page.locator('#trigger-environments input[type="checkbox"]').all()) {
+    await box.setChecked(false);
+  }
+  await page.check('#trigger-environments input[value="local_demo"]');
+  await page.fill('#trigger-selector', 'tier=prod');
+  await page.click('#trigger-button');
+  check(/not both/.test(await text(page, '#trigger-message')), `environments and tags together are refused on the page ("${await text(page, '#trigger-message')}")`);
+  await page.fill('#trigger-selector', '');
+  await page.click('#trigger-rollout summary');
+  await page.selectOption('#trigger-strategy', 'rolling');
+  check((await visible(page, '#trigger-batch-size')) && !(await visible(page, '#trigger-canary')), 'rolling shows its batch size, not the canary fields');
+  await page.fill('#trigger-batch-size', 'lots');
+  await page.click('#trigger-button');
+  check(/Batch size/.test(await text(page, '#trigger-message')), `a bad batch size names the field ("${await text(page, '#trigger-message')}")`);
+  await page.fill('#trigger-batch-size', '1');
+  await page.selectOption('#trigger-rollback', 'failed');
+  await page.click('#trigger-button');
+  await page.waitForFunction(() => document.getElementById('trigger-message').dataset.window === 'ui-freeze', null, { timeout: WAIT });
+  check(/Closed by window ui-freeze: it opens/.test(await text(page, '#trigger-message')), `the refusal names the window and when it opens ("${await text(page, '#trigger-message')}")`);
+  await screenshot(page, '07-window-closed');
+  const beforeOverride = await page.locator('#trigger-message').getAttribute('data-deployment-id');
+  await page.fill('#trigger-override', 'ui hotfix');
+  await page.click('#trigger-button');
+  await page.waitForFunction((before) => {
+    const now = document.getElementById('trigger-message').dataset.deploymentId;
+    return now && now !== before;
+  }, beforeOverride, { timeout: WAIT });
+  const overridden = await page.locator('#trigger-message').getAttribute('data-deployment-id');
+  const record = await (await fetch(`${url}/api/deployment/deployments/${overridden}`, { headers: admin })).json();
+  check(
+    record.rollout?.strategy?.type === 'rolling' && record.rollout?.strategy?.batch_size === 1
+      && record.rollout?.rollback === 'failed' && record.window_override?.reason === 'ui hotfix',
+    `the deployment has the form's rollout and the override (${JSON.stringify(record.rollout)}, ${JSON.stringify(record.window_override)})`,
+  );
+  const removed = await fetch(`${url}/api/deployment/windows/ui-freeze`, { method: 'DELETE', headers: admin });
+  check(removed.status === 200, 'the freeze is removed');
+  await page.waitForFunction(
+    (want) => document.getElementById('active-id').textContent === want
+      && document.getElementById('active-phase').dataset.status === 'completed',
+    overridden,
+    { timeout: DEPLOY_WAIT },
+  );
+
   step('sign out');
   await page.click('#sign-out');
   await page.waitForSelector('#sign-in', { state: 'visible', timeout: WAIT });
@@ -323,8 +377,8 @@ async function main(page, base, relay) {
     check(await visible(page, '#plugin-list [data-plugin="deployment_mcp"]'), 'the plugin panel renders');
     check(!(await visible(page, '#history .table-wrap')), 'the history table makes way for the message');
     check(
-      await appears(page, '#active-results tr[data-environment="slow_demo"] .env-status:text-is("cancelled")'),
-      'the latest deployment shows slow_demo cancelled (from /status?id=)',
+      await appears(page, '#active-results tr[data-environment="local_demo"] .env-status:text-is("succeeded")'),
+      'the latest deployment (the override) shows local_demo succeeded (from /status?id=)',
     );
     check(
       await holds(page, () => document.getElementById('live-status').dataset.state === 'live'),
@@ -367,6 +421,7 @@ async function gate(page, base) {
   await page.waitForFunction((wanted) => document.getElementById('active-id').textContent === wanted, id, { timeout: WAIT });
   await page.waitForSelector('#gate-banner', { state: 'visible', timeout: WAIT });
   check(/waits for approval/.test(await text(page, '#gate-text')), `the banner says what it waits for ("${await text(page, '#gate-text')}")`);
+  check(/Who may approve: any admin\./.test(await text(page, '#gate-text')), 'and who may approve it');
   check((await visible(page, '#approve-button')) && (await visible(page, '#reject-button')), 'Approve and Reject are offered to the admin');
   check(await text(page, '#active-phase') === 'awaiting_approval', 'the phase is awaiting_approval');
   await page.waitForSelector('#active-batches li[data-batch="2"]', { timeout: WAIT });

@@ -210,7 +210,7 @@
     if (dialog.open) dialog.close();
     $('filter-status').value = '';
     $('filter-environment').value = '';
-    $('trigger-version').value = '';
+    for (const id of ['trigger-version', 'trigger-selector', 'trigger-override']) $(id).value = '';
     clear($('trigger-environments'));
     for (const id of ['trigger-message', 'cancel-message', 'plugin-message', 'history-message']) message($(id), '');
     delete $('trigger-message').dataset.deploymentId;
@@ -720,7 +720,8 @@
     if (!waiting) return;
     const gate = active.gate || {};
     const until = gate.deadline_at ? ` until ${formatTime(gate.deadline_at)}` : '';
-    $('gate-text').textContent = `The canary succeeded. This deployment waits for approval${until}; the rest is not started.`;
+    const who = gate.not_by ? `any admin but ${gate.not_by} (who triggered it)` : 'any admin';
+    $('gate-text').textContent = `The canary succeeded. This deployment waits for approval${until}; the rest is not started. Who may approve: ${who}.`;
   }
 
   /** Each batch with its state (a rollout of more than one batch). */
@@ -782,17 +783,71 @@
 
   // ---------------------------------------------------------------- trigger
 
-  async function trigger(event) {
-    event.preventDefault();
-    const environments = [...$('trigger-environments').querySelectorAll('input:checked')].map((input) => input.value);
-    const out = $('trigger-message');
-    if (!environments.length) {
-      message(out, 'Pick at least one environment.', 'error');
-      return;
+  /** A count (`2`) or a percentage (`25%`) as the API takes it; `undefined` when empty. */
+  function amount(text, field) {
+    const value = text.trim();
+    if (!value) return undefined;
+    if (/^\d+%$/.test(value)) return value;
+    if (/^\d+$/.test(value)) return Number(value);
+    throw new Error(`${field}: a count such as 2 or a percentage such as 25%`);
+  }
+
+  /** `tier=prod, region=eu` as a selector; `undefined` when empty. */
+  function selector(text) {
+    const pairs = text.split(',').map((pair) => pair.trim()).filter(Boolean);
+    if (!pairs.length) return undefined;
+    const tags = {};
+    for (const pair of pairs) {
+      const at = pair.indexOf('=');
+      if (at < 1) throw new Error(`Tags: "${pair}" is not key=value`);
+      tags[pair.slice(0, at).trim()] = pair.slice(at + 1).trim();
     }
-    const body = { environments };
+    return tags;
+  }
+
+  /** Shows only the rollout fields of the chosen strategy. */
+  function strategyChanged() {
+    const kind = $('trigger-strategy').value;
+    for (const label of document.querySelectorAll('#trigger-rollout [data-strategy]')) {
+      show(label, label.dataset.strategy === kind);
+    }
+  }
+
+  /** The trigger's body from the form (throws naming the field at fault). */
+  function triggerBody() {
+    const environments = [...$('trigger-environments').querySelectorAll('input:checked')].map((input) => input.value);
+    const tags = selector($('trigger-selector').value);
+    if (environments.length && tags) throw new Error('Pick environments or give tags, not both.');
+    if (!environments.length && !tags) throw new Error('Pick at least one environment, or give tags.');
+    const body = tags ? { selector: tags } : { environments };
     const version = $('trigger-version').value.trim();
     if (version) body.version = version;
+    const kind = $('trigger-strategy').value;
+    if (kind === 'rolling') {
+      body.strategy = { type: 'rolling', batch_size: amount($('trigger-batch-size').value, 'Batch size') ?? 1 };
+    } else if (kind === 'canary') {
+      body.strategy = { type: 'canary', canary: amount($('trigger-canary').value, 'Canary') ?? 1, gate: $('trigger-gate').value };
+    }
+    const maxFailures = amount($('trigger-max-failures').value, 'Max failures');
+    if (maxFailures !== undefined) body.max_failures = maxFailures;
+    const rollback = $('trigger-rollback').value;
+    if (rollback !== 'none') body.rollback = rollback;
+    const reason = $('trigger-override').value.trim();
+    if (reason) body.override = { reason };
+    return body;
+  }
+
+  async function trigger(event) {
+    event.preventDefault();
+    const out = $('trigger-message');
+    delete out.dataset.window;
+    let body;
+    try {
+      body = triggerBody();
+    } catch (error) {
+      message(out, error.message, 'error');
+      return;
+    }
     const button = $('trigger-button');
     button.disabled = true;
     message(out, 'Starting…');
@@ -803,12 +858,20 @@
       const id = result.body.deployment_id;
       message(out, `Started deployment ${id}.`, 'ok');
       out.dataset.deploymentId = id;
-      showDeployment({ deployment_id: id, status: result.body.status, progress: 0, version, environments });
+      $('trigger-override').value = '';
+      showDeployment({ deployment_id: id, status: result.body.status, progress: 0, version: body.version || '', environments: body.environments || [] });
       debounce('dashboard', 300, loadDashboard);
       debounce('history', 300, loadHistory);
       return;
     }
     if (result.status === 403) setRole(state.canReadDetails ? 'developer' : 'user');
+    if (result.status === 423 && result.body) {
+      // A window closes a target: say which and when it opens; an override reason passes.
+      const opens = result.body.opens_at ? `it opens ${formatTime(result.body.opens_at)}` : 'it does not open within 400 days';
+      out.dataset.window = result.body.window || '';
+      message(out, `Closed by window ${result.body.window}: ${opens}. To deploy anyway, give an override reason.`, 'error');
+      return;
+    }
     const prefix = result.status === 409 ? 'Busy: ' : result.status === 422 ? 'Refused: ' : '';
     message(out, prefix + errorText(result), 'error');
   }
@@ -1165,6 +1228,8 @@
     });
     $('sign-out').addEventListener('click', () => signOut(''));
     $('trigger-form').addEventListener('submit', trigger);
+    $('trigger-strategy').addEventListener('change', strategyChanged);
+    strategyChanged();
     $('cancel-button').addEventListener('click', cancelActive);
     $('approve-button').addEventListener('click', () => decideGate('approve'));
     $('reject-button').addEventListener('click', () => decideGate('reject'));

@@ -228,6 +228,14 @@ async fn with_distinct_approvers_the_admin_who_triggered_cannot_approve() {
     )
     .await;
     status_within(&host, &id, RUN_TIMEOUT, |now| now == "awaiting_approval").await;
+    // The gate says who may not approve: the key that triggered it.
+    let (_, waiting) = host
+        .get(
+            &format!("/api/deployment/deployments/{id}"),
+            Some(ADMIN_KEY),
+        )
+        .await;
+    assert_eq!(waiting["gate"]["not_by"], "ops", "{waiting}");
     let approve = |key: &'static str| {
         let path = format!("/api/deployment/deployments/{id}/approve");
         let host = &host;

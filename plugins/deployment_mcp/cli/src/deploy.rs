@@ -198,8 +198,12 @@ pub async fn follow_to_end(
         print_summary(&record);
     }
     if record.status == Phase::AwaitingApproval {
+        let who = match record.gate.as_ref().and_then(|gate| gate.not_by.as_deref()) {
+            Some(key) => format!("any admin but {key} (four eyes)"),
+            None => "any admin".to_owned(),
+        };
         eprintln!(
-            "deployment {id} waits at its canary gate: `deployment-mcp approve {id}` continues it, `deployment-mcp reject {id}` ends it"
+            "deployment {id} waits at its canary gate: `deployment-mcp approve {id}` continues it ({who} may approve), `deployment-mcp reject {id}` ends it"
         );
         return Ok(EXIT_AWAITING_APPROVAL);
     }

@@ -368,6 +368,10 @@ pub struct GateRecord {
     pub decided_by: Option<String>,
     #[serde(default)]
     pub decided_at: Option<Timestamp>,
+    /// Under four eyes (`approvals.distinct_approver`): the key that may not approve it (the
+    /// one that triggered it), as the gate opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_by: Option<String>,
 }
 
 impl DeploymentRecord {

@@ -8,7 +8,11 @@
 //! schedules created through other nodes), and at once when a schedule is created or deleted
 //! through it. A draining node fires nothing: the others do.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use crate::{
     api::ApiError,
@@ -61,28 +65,41 @@ pub async fn run(coordinator: Arc<Coordinator>) {
 }
 
 /// Reads the schedules and handles what is due; the earliest instant one must be looked at
-/// again.
+/// again. What is due is decided as of the instant the look began, so that handling one
+/// schedule does not make the next one late; a schedule whose look fails is looked at again
+/// after [`RETRY`] without holding up the others.
 async fn look(
     coordinator: &Arc<Coordinator>,
     known: &mut HashMap<String, Known>,
 ) -> Result<Option<Timestamp>, StoreError> {
     let rows = schedules::all_raw(coordinator.records()).await?;
-    known.retain(|id, _| rows.iter().any(|(stored, _)| &stored.spec.id == id));
+    let now = Timestamp::now();
+    let ids: HashSet<&str> = rows
+        .iter()
+        .map(|(stored, _)| stored.spec.id.as_str())
+        .collect();
+    known.retain(|id, _| ids.contains(id.as_str()));
     let mut earliest: Option<Timestamp> = None;
-    for (stored, text) in rows {
-        let id = stored.spec.id.clone();
+    for (stored, text) in &rows {
+        let id = &stored.spec.id;
         let entry = known.entry(id.clone()).or_insert_with(|| Known {
             text: String::new(),
             schedule: None,
             look_at: None,
         });
-        if entry.text != text {
+        if entry.text != *text {
             entry.text = text.clone();
-            // The rule is checked (and its density counted) once per version of the record.
-            entry.schedule = match Schedule::new(&stored.spec) {
-                Ok(schedule) => Some(Arc::new(schedule)),
-                Err(error) => {
+            // The rule is checked (and its density counted) once per version of the record,
+            // off the runtime's threads: a rule's expansion walks it from its start.
+            let spec = stored.spec.clone();
+            entry.schedule = match tokio::task::spawn_blocking(move || Schedule::new(&spec)).await {
+                Ok(Ok(schedule)) => Some(Arc::new(schedule)),
+                Ok(Err(error)) => {
                     tracing::error!(schedule = %id, "a stored schedule cannot be read, so it does not fire: {error}");
+                    None
+                }
+                Err(error) => {
+                    tracing::error!(schedule = %id, "a stored schedule could not be checked, so it does not fire: {error}");
                     None
                 }
             };
@@ -91,26 +108,19 @@ async fn look(
         let Some(schedule) = entry.schedule.clone() else {
             continue;
         };
-        let now = Timestamp::now();
         if let Some(at) = entry.look_at.filter(|&at| at <= now) {
-            if coordinator.is_draining() {
-                entry.look_at = Some(Timestamp::from_unix_ms(now.unix_ms() + 1000).max(at));
+            let retry = Timestamp::from_unix_ms(now.unix_ms() + RETRY.as_millis() as u64);
+            entry.look_at = if coordinator.is_draining() {
+                Some(retry.max(at))
             } else {
-                let last = schedules::runs(coordinator.records(), &stored, 1)
-                    .await?
-                    .pop()
-                    .map(|run| run.occurrence);
-                let due = schedule.due(stored.created_at, last, now);
-                match due {
-                    Due::Nothing { next } => entry.look_at = next,
-                    Due::Fire { .. } | Due::Skip { .. } => {
-                        handle(coordinator, &stored, &text, due).await?;
-                        entry.look_at = schedule
-                            .next(Timestamp::from_unix_ms(now.unix_ms() + 1), 1)
-                            .pop();
+                match look_at_one(coordinator, stored, text, schedule, now).await {
+                    Ok(next) => next,
+                    Err(error) => {
+                        tracing::warn!(schedule = %id, %error, "scheduler: cannot handle this schedule now; trying again");
+                        Some(retry)
                     }
                 }
-            }
+            };
         }
         earliest = match (earliest, entry.look_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -118,6 +128,36 @@ async fn look(
         };
     }
     Ok(earliest)
+}
+
+/// Handles what is due of one schedule as of `now`; when it must be looked at next.
+async fn look_at_one(
+    coordinator: &Arc<Coordinator>,
+    stored: &StoredSchedule,
+    text: &str,
+    schedule: Arc<Schedule>,
+    now: Timestamp,
+) -> Result<Option<Timestamp>, StoreError> {
+    let last = schedules::runs(coordinator.records(), stored, 1)
+        .await?
+        .pop()
+        .map(|run| run.occurrence);
+    let created = stored.created_at;
+    let (due, after_now) = tokio::task::spawn_blocking(move || {
+        let after_now = schedule
+            .next(Timestamp::from_unix_ms(now.unix_ms() + 1), 1)
+            .pop();
+        (schedule.due(created, last, now), after_now)
+    })
+    .await
+    .map_err(|error| StoreError::Interrupted(format!("expanding the schedule's rule: {error}")))?;
+    match due {
+        Due::Nothing { next } => Ok(next),
+        Due::Fire { .. } | Due::Skip { .. } => {
+            handle(coordinator, stored, text, due).await?;
+            Ok(after_now)
+        }
+    }
 }
 
 /// Fires (or skips) one due occurrence of `stored` (whose record is `text`).
@@ -148,6 +188,7 @@ async fn handle(
                 .is_none()
             {
                 tracing::info!(schedule = %id, %occurrence, missed, "schedule: occurrence missed while no node ran; skipped (catch_up: skip)");
+                schedules::prune_runs(records, stored).await?;
             }
             return Ok(());
         }

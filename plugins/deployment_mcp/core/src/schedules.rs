@@ -187,9 +187,15 @@ impl Schedule {
         let zone = spec.time_zone.as_deref().unwrap_or("UTC");
         calendar::zone("time_zone", zone)?;
         let when = match (&spec.at, &spec.rrule, &spec.dtstart) {
-            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            (Some(_), Some(_), _) => {
                 return Err(FieldError::new(
                     "rrule",
+                    "give at (once) or rrule and dtstart (recurring), not both",
+                ))
+            }
+            (Some(_), None, Some(_)) => {
+                return Err(FieldError::new(
+                    "dtstart",
                     "give at (once) or rrule and dtstart (recurring), not both",
                 ))
             }

@@ -64,6 +64,20 @@ pub struct ApprovalSettings {
     pub distinct_approver: bool,
 }
 
+impl ApprovalSettings {
+    /// The key that may not approve a deployment `triggered_by` it (`api:<key>` or
+    /// `retry:<key>`), under four eyes; `None` when any admin may.
+    pub fn excluded_approver(&self, triggered_by: &str) -> Option<String> {
+        if !self.distinct_approver {
+            return None;
+        }
+        triggered_by
+            .strip_prefix("api:")
+            .or_else(|| triggered_by.strip_prefix("retry:"))
+            .map(str::to_owned)
+    }
+}
+
 /// `[plugins.deployment_mcp.settings.mcp]`: the Model Context Protocol endpoint at
 /// `{mount}/mcp`.
 #[derive(Debug, Clone, Deserialize)]

@@ -486,18 +486,19 @@ pub(crate) async fn approve(
     DeploymentKey(id): DeploymentKey,
 ) -> Answer {
     let record = api.record(&id).await?;
-    if api.coordinator.settings().approvals.distinct_approver {
-        let name = caller.name();
-        if record.triggered_by == format!("api:{name}")
-            || record.triggered_by == format!("retry:{name}")
-        {
-            return Err(ApiError::Forbidden {
-                code: "same_approver",
-                message: format!(
-                    "{name} triggered deployment {id}; approvals.distinct_approver asks another admin to approve it"
-                ),
-            });
-        }
+    let excluded = api
+        .coordinator
+        .settings()
+        .approvals
+        .excluded_approver(&record.triggered_by);
+    let name = caller.name();
+    if excluded.as_deref() == Some(name) {
+        return Err(ApiError::Forbidden {
+            code: "same_approver",
+            message: format!(
+                "{name} triggered deployment {id}; approvals.distinct_approver asks another admin to approve it"
+            ),
+        });
     }
     api.coordinator.approve(&id, caller.name()).await?;
     Ok(json(

@@ -145,7 +145,12 @@ pub(crate) async fn next(State(api): Shared, Id(id): Id, params: Params) -> Answ
     let stored = schedules::get(api.coordinator.records(), &id)
         .await?
         .ok_or_else(|| ApiError::not_found("schedule", &id))?;
-    let schedule = Schedule::new(&stored.spec)?;
+    let schedule = Schedule::new(&stored.spec).map_err(|error| {
+        ApiError::unprocessable(
+            "schedule_unreadable",
+            format!("the stored schedule no longer reads on this host ({error}); delete it and create it again"),
+        )
+    })?;
     Ok(json(
         StatusCode::OK,
         &NextRuns {

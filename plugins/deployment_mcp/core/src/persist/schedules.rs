@@ -46,17 +46,23 @@ impl StoredSchedule {
 }
 
 /// Every schedule as stored, in id order, with its record's text (what a run is checked
-/// against).
+/// against). A record that does not read (written by a newer version) is logged and left out,
+/// so that it does not hold up the others.
 pub async fn all_raw(records: &Records) -> Result<Vec<(StoredSchedule, String)>, StoreError> {
-    records
+    Ok(records
         .rows(collection::SCHEDULES)
         .await?
         .into_iter()
-        .map(|(key, text)| {
-            let stored = records::decode(collection::SCHEDULES, &key, &text)?;
-            Ok((stored, text))
+        .filter_map(|(key, text)| {
+            match records::decode::<StoredSchedule>(collection::SCHEDULES, &key, &text) {
+                Ok(stored) => Some((stored, text)),
+                Err(error) => {
+                    tracing::error!("{error}; the schedule is left out");
+                    None
+                }
+            }
         })
-        .collect()
+        .collect())
 }
 
 /// Every schedule as stored, in id order.

@@ -50,6 +50,7 @@ impl<O: RunOwner> Run<O> {
                     .is_none_or(|target| target.status != TargetStatus::Succeeded)
             })
         };
+        let triggered_by = self.record.lock().await.triggered_by.clone();
         let mut gate = GateRecord {
             kind: canary.gate,
             status: GateStatus::Waiting,
@@ -57,6 +58,11 @@ impl<O: RunOwner> Run<O> {
             deadline_ms: None,
             decided_by: None,
             decided_at: None,
+            not_by: self
+                .owner
+                .settings()
+                .approvals
+                .excluded_approver(&triggered_by),
         };
         if canary_failed {
             gate.status = GateStatus::Failed;

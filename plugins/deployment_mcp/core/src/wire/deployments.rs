@@ -148,6 +148,10 @@ pub struct GateView {
     /// Who approved or rejected it (`gate` when the gate decided itself, `timeout`).
     pub decided_by: Option<String>,
     pub decided_at: Option<Timestamp>,
+    /// Under four eyes (`approvals.distinct_approver`): the key that may not approve it (the
+    /// one that triggered it); any other admin may. Absent: any admin may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_by: Option<String>,
 }
 
 impl GateView {
@@ -160,6 +164,7 @@ impl GateView {
             deadline_at: gate.deadline_ms.map(Timestamp::from_unix_ms),
             decided_by: gate.decided_by.clone(),
             decided_at: gate.decided_at,
+            not_by: gate.not_by.clone(),
         })
     }
 }
