@@ -27,6 +27,9 @@ const MAX_STEPS: usize = 1_000_000;
 /// served slowly. About hourly; an hourly rule walks a million steps only after 114 years.
 pub const MAX_DENSITY: usize = 100_000;
 
+/// Ten years (of 365.25 days), in milliseconds: how far a rule is looked at from now.
+pub const TEN_YEARS_MS: u64 = 3_653 * 86_400_000;
+
 /// Local times near an instant lie within a day of its UTC time in every zone.
 const ZONE_MARGIN: chrono::TimeDelta = chrono::TimeDelta::days(1);
 
@@ -70,7 +73,8 @@ impl std::fmt::Debug for Recurrence {
 
 impl Recurrence {
     /// Reads `rule` (`FREQ=…;…`, with or without `RRULE:`), `dtstart` (a local time without an
-    /// offset, `2026-01-05T22:00:00`) and `time_zone`; each error names its field.
+    /// offset, `2026-01-05T22:00:00`) and `time_zone`; each error names its field. A new rule
+    /// is also put to [`Recurrence::check_density`].
     pub fn new(rule: &str, dtstart: &str, time_zone: &str) -> Result<Recurrence, FieldError> {
         let zone = zone("time_zone", time_zone)?;
         let local = civil::DateTime::from_str(dtstart).map_err(|_| {
@@ -114,30 +118,29 @@ impl Recurrence {
         rule.clone().build(start).map_err(|error| {
             FieldError::new("rrule", format!("not a valid RFC 5545 rule: {error}"))
         })?;
-        let recurrence = Recurrence {
+        Ok(Recurrence {
             rule,
             start,
             until,
             zone,
-        };
-        // Ten years from the later of its start and now: the expansion's cost stays bounded.
-        let from = recurrence
-            .resolve(start)
-            .map(moment)
-            .unwrap_or_else(Timestamp::now)
-            .max(Timestamp::now());
-        let ten_years = Timestamp::from_unix_ms(from.unix_ms() + 3_653 * 86_400_000);
-        if recurrence
-            .starts_between(from, ten_years, MAX_DENSITY + 1)
-            .len()
-            > MAX_DENSITY
-        {
+        })
+    }
+
+    /// Refuses a rule that fires more than [`MAX_DENSITY`] times within ten years of the later
+    /// of its start and now. Checked when a window or schedule is created, not each time a
+    /// stored one is read: the count is an expansion of up to ten years, too dear for every
+    /// trigger's window check, and every expansion stays bounded by its step limit anyway.
+    pub fn check_density(&self) -> Result<(), FieldError> {
+        let now = Timestamp::now();
+        let from = self.resolve(self.start).map(moment).unwrap_or(now).max(now);
+        let ten_years = Timestamp::from_unix_ms(from.unix_ms() + TEN_YEARS_MS);
+        if self.starts_between(from, ten_years, MAX_DENSITY + 1).len() > MAX_DENSITY {
             return Err(FieldError::new(
                 "rrule",
                 format!("fires more than {MAX_DENSITY} times within ten years; a window or schedule recurs at most about hourly"),
             ));
         }
-        Ok(recurrence)
+        Ok(())
     }
 
     /// The zone's IANA name.

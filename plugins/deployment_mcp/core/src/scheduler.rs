@@ -89,8 +89,7 @@ async fn look(
         });
         if entry.text != *text {
             entry.text = text.clone();
-            // The rule is checked (and its density counted) once per version of the record,
-            // off the runtime's threads: a rule's expansion walks it from its start.
+            // The rule is read once per version of the record, off the runtime's threads.
             let spec = stored.spec.clone();
             entry.schedule = match tokio::task::spawn_blocking(move || Schedule::new(&spec)).await {
                 Ok(Ok(schedule)) => Some(Arc::new(schedule)),

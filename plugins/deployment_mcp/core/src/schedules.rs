@@ -28,9 +28,6 @@ pub const MAX_SCHEDULES: usize = 1_000;
 /// node was up), and `catch_up` decides.
 pub const GRACE_SECS: u64 = 60;
 
-/// How far ahead next runs are looked for.
-const HORIZON_SECS: u64 = 3_653 * 86_400;
-
 /// What to do with occurrences missed while no node ran.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -169,18 +166,20 @@ impl Schedule {
             [spec.created_by.is_some(), spec.created_at.is_some()],
         )?;
         let schedule = Schedule::new(spec)?;
-        if let When::Once(at) = schedule.when {
-            if at <= now {
+        match &schedule.when {
+            When::Once(at) if *at <= now => {
                 return Err(FieldError::new(
                     "at",
                     format!("must be in the future (it is {now} now)"),
-                ));
+                ))
             }
+            When::Once(_) => {}
+            When::Recurring(rule) => rule.check_density()?,
         }
         Ok(schedule)
     }
 
-    /// Checks a stored `spec`.
+    /// Checks a stored `spec` (its rule was put to the density check when it was created).
     pub fn new(spec: &ScheduleSpec) -> Result<Schedule, FieldError> {
         // Stored ones carry who created them and when.
         check_named(&spec.id, spec.reason.as_deref(), [false, false])?;
@@ -241,7 +240,7 @@ impl Schedule {
 
     /// Its next `count` occurrences at or after `from` (within ten years).
     pub fn next(&self, from: Timestamp, count: usize) -> Vec<Timestamp> {
-        let to = Timestamp::from_unix_ms(from.unix_ms().saturating_add(HORIZON_SECS * 1000));
+        let to = Timestamp::from_unix_ms(from.unix_ms().saturating_add(calendar::TEN_YEARS_MS));
         self.starts_between(from, to, count)
     }
 

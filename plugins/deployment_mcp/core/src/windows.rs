@@ -115,7 +115,18 @@ pub struct Window {
 }
 
 impl Window {
-    /// Checks `spec`; the error names the field at fault.
+    /// Checks `spec` as a new window: as [`Window::new`], and a recurring one's rule must not
+    /// fire too often ([`Recurrence::check_density`]).
+    pub fn create(spec: &WindowSpec) -> Result<Window, FieldError> {
+        let window = Window::new(spec)?;
+        if let When::Recurring { rule, .. } = &window.when {
+            rule.check_density()?;
+        }
+        Ok(window)
+    }
+
+    /// Checks `spec` (a stored one too, whose rule was put to the density check when created);
+    /// the error names the field at fault.
     pub fn new(spec: &WindowSpec) -> Result<Window, FieldError> {
         check_named(
             &spec.id,

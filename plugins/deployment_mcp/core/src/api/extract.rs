@@ -7,7 +7,10 @@ use axum::{extract::FromRequestParts, http::request::Parts};
 use plugin_guest::{Caller, Role};
 
 use super::ApiError;
-use crate::{model::DeploymentId, wire};
+use crate::{
+    model::{DeploymentId, Timestamp},
+    wire,
+};
 
 /// The caller the host authenticated, if any.
 pub(crate) struct Who(pub(crate) Option<Caller>);
@@ -109,6 +112,25 @@ impl Params {
                 ),
             )),
         }
+    }
+
+    /// An RFC 3339 instant within ten years of `now`, `now` when absent; the error names the
+    /// parameter. Bounded because every look at a rule walks it from its start.
+    pub(crate) fn instant(
+        &self,
+        name: &'static str,
+        now: Timestamp,
+    ) -> Result<Timestamp, ApiError> {
+        let Some(text) = self.get(name) else {
+            return Ok(now);
+        };
+        let at = text
+            .parse::<Timestamp>()
+            .map_err(|error| ApiError::field(name, error.to_string()))?;
+        if at.unix_ms().abs_diff(now.unix_ms()) > crate::calendar::TEN_YEARS_MS {
+            return Err(ApiError::field(name, "must be within ten years of now"));
+        }
+        Ok(at)
     }
 }
 

@@ -122,26 +122,8 @@ pub(crate) async fn delete(State(api): Shared, Id(id): Id) -> Answer {
     responses((status = 200, description = "Its next occurrences at or after `from`, in UTC", body = crate::wire::NextRuns))
 )]
 pub(crate) async fn next(State(api): Shared, Id(id): Id, params: Params) -> Answer {
-    let now = Timestamp::now();
-    let from = match params.get("from") {
-        None => now,
-        Some(text) => text
-            .parse::<Timestamp>()
-            .map_err(|error| ApiError::field("from", error.to_string()))?,
-    };
-    // Each look walks the rule from its start: an instant far from now is not looked at.
-    const TEN_YEARS_MS: u64 = 3_653 * 86_400_000;
-    if from.unix_ms().abs_diff(now.unix_ms()) > TEN_YEARS_MS {
-        return Err(ApiError::field("from", "must be within ten years of now"));
-    }
-    let count = match params.get("count") {
-        None => 10,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|count| (1..=MAX_NEXT).contains(count))
-            .ok_or_else(|| ApiError::field("count", format!("must be 1 to {MAX_NEXT}")))?,
-    };
+    let from = params.instant("from", Timestamp::now())?;
+    let count = params.number("count", 10, 1..=MAX_NEXT)?;
     let stored = schedules::get(api.coordinator.records(), &id)
         .await?
         .ok_or_else(|| ApiError::not_found("schedule", &id))?;

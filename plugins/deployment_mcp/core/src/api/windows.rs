@@ -32,7 +32,7 @@ pub(crate) async fn list(State(api): Shared) -> Answer {
 )]
 pub(crate) async fn create(State(api): Shared, caller: Who, body: Bytes) -> Answer {
     let spec: WindowSpec = from_json_object(&body)?;
-    Window::new(&spec)?;
+    Window::create(&spec)?;
     let stored = StoredWindow {
         spec,
         created_by: format!("api:{}", caller.name()),
@@ -91,18 +91,7 @@ pub(crate) async fn explain(State(api): Shared, params: Params) -> Answer {
     let id = params
         .get("environment")
         .ok_or_else(|| ApiError::field("environment", "is required: the environment's id"))?;
-    let now = Timestamp::now();
-    let at = match params.get("at") {
-        None => now,
-        Some(text) => text
-            .parse::<Timestamp>()
-            .map_err(|error| ApiError::field("at", error.to_string()))?,
-    };
-    // Each look walks a rule from its start: an instant far from now is not looked at.
-    const TEN_YEARS_MS: u64 = 3_653 * 86_400_000;
-    if at.unix_ms().abs_diff(now.unix_ms()) > TEN_YEARS_MS {
-        return Err(ApiError::field("at", "must be within ten years of now"));
-    }
+    let at = params.instant("at", Timestamp::now())?;
     let stored = api
         .coordinator
         .catalog()
@@ -121,3 +110,4 @@ pub(crate) async fn explain(State(api): Shared, params: Params) -> Answer {
         },
     ))
 }
+
