@@ -132,6 +132,7 @@ deleteSchedule delete /api/deployment/schedules/{id} schedules
 deleteWindow delete /api/deployment/windows/{id} windows
 drainNode post /api/cluster/nodes/{node_id}/drain cluster
 explainWindows get /api/deployment/windows/explain windows
+getCalendar get /api/deployment/calendar windows
 getCluster get /api/cluster cluster
 getDashboardAsset get /assets/{file} dashboard
 getDashboardPage get / dashboard

@@ -156,6 +156,7 @@ fn probes() -> Vec<(&'static str, &'static str, &'static str, Option<Value>, u16
         ),
         ("GET", "/windows/{id}", "/windows/none", None, 404),
         ("DELETE", "/windows/{id}", "/windows/none", None, 404),
+        ("GET", "/calendar", "/calendar?days=2", None, 200),
         ("GET", "/schedules", "/schedules", None, 200),
         (
             "POST",
@@ -236,6 +237,7 @@ fn the_roles_are_the_contract() {
         ("GET", "/windows/explain", Some(Developer)),
         ("GET", "/windows/{id}", Some(Developer)),
         ("DELETE", "/windows/{id}", Some(Admin)),
+        ("GET", "/calendar", Some(Developer)),
         ("GET", "/schedules", Some(Developer)),
         ("POST", "/schedules", Some(Admin)),
         ("GET", "/schedules/{id}", Some(Developer)),

@@ -2,7 +2,8 @@
 //! naming the window and when it opens; only an admin's override with a reason passes, and it is
 //! kept on the deployment and in its audit entry; `explain` says the same; a deleted freeze
 //! lets the next trigger through; a bad window is refused naming its field. Four eyes: with
-//! `approvals.distinct_approver`, the admin who triggered cannot approve at the gate.
+//! `approvals.distinct_approver`, the admin who triggered cannot approve at the gate. The
+//! calendar shows when windows close each environment and which schedules fire at it.
 
 use std::time::{Duration, SystemTime};
 
@@ -17,13 +18,18 @@ fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
-#[tokio::test]
-async fn a_freeze_refuses_a_trigger_naming_the_window_and_an_admin_override_passes() {
-    let dir = tempfile::tempdir().expect("temp dir");
+/// A host with `prod_app` (tagged `tier: prod`) and `staging_app`, both local.
+async fn prod_and_staging(dir: &std::path::Path) -> TestHost {
     let mut prod = local("prod_app", &["true"], 30);
     prod["tags"] = json!({"tier": "prod"});
     let staging = local("staging_app", &["true"], 30);
-    let host = TestHost::start(dir.path(), options(vec![prod, staging])).await;
+    TestHost::start(dir, options(vec![prod, staging])).await
+}
+
+#[tokio::test]
+async fn a_freeze_refuses_a_trigger_naming_the_window_and_an_admin_override_passes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = prod_and_staging(dir.path()).await;
 
     let now = SystemTime::now();
     let end = rfc3339(now + Duration::from_secs(3600));
@@ -311,4 +317,115 @@ async fn a_rollout_reaching_a_closed_window_between_batches_waits_for_it_to_open
         log.contains("deployment window short-freeze closes b2"),
         "{log}"
     );
+}
+
+#[tokio::test]
+async fn the_calendar_shows_when_windows_close_each_environment_and_which_schedules_fire() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = prod_and_staging(dir.path()).await;
+
+    // Whole seconds, an hour ahead: every instant below is exact.
+    let now = SystemTime::now();
+    let from = humantime::parse_rfc3339(&rfc3339(now + Duration::from_secs(3600)))
+        .expect("an RFC 3339 time");
+    let hours = |count: u64| from + Duration::from_secs(count * 3600);
+    let local_start = rfc3339(from).trim_end_matches('Z').to_owned();
+    for (key, body) in [
+        (
+            "windows",
+            json!({"id": "freeze", "kind": "deny", "start": rfc3339(hours(1)),
+                "end": rfc3339(hours(3)), "selector": {"tier": "prod"}, "reason": "launch"}),
+        ),
+        (
+            "windows",
+            json!({"id": "six-hourly", "kind": "allow", "rrule": "FREQ=HOURLY;INTERVAL=6",
+                "dtstart": local_start, "duration_secs": 3600, "environments": ["staging_app"]}),
+        ),
+        (
+            "schedules",
+            json!({"id": "release", "at": rfc3339(hours(2)),
+                "trigger": {"selector": {"tier": "prod"}}}),
+        ),
+    ] {
+        let (status, answer) = host
+            .call(
+                Method::POST,
+                &format!("/api/deployment/{key}"),
+                Some(ADMIN_KEY),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, 201, "{answer}");
+    }
+
+    let path = format!("/api/deployment/calendar?from={}&days=1", rfc3339(from));
+    let (status, calendar) = host.get(&path, Some(DEVELOPER_KEY)).await;
+    assert_eq!(status, 200, "{calendar}");
+    let instant = |value: &serde_json::Value| {
+        humantime::parse_rfc3339(value.as_str().expect("an instant")).expect("RFC 3339")
+    };
+    let spans = |environment: &str| -> Vec<(SystemTime, SystemTime, String)> {
+        let row = calendar["environments"]
+            .as_array()
+            .expect("environments")
+            .iter()
+            .find(|row| row["environment_id"] == environment)
+            .expect("the environment's row");
+        row["closed"]
+            .as_array()
+            .expect("closed spans")
+            .iter()
+            .map(|span| {
+                let window = span["window"].as_str().unwrap_or_default().to_owned();
+                (instant(&span["start"]), instant(&span["end"]), window)
+            })
+            .collect()
+    };
+    assert_eq!(
+        spans("prod_app"),
+        [(hours(1), hours(3), "freeze".to_owned())]
+    );
+    // Open one hour in six: closed in between, named by the allow window.
+    let between = |start: u64, end: u64| (hours(start), hours(end), "six-hourly".to_owned());
+    assert_eq!(
+        spans("staging_app"),
+        [
+            between(1, 6),
+            between(7, 12),
+            between(13, 18),
+            between(19, 24)
+        ]
+    );
+    let prod_row = &calendar["environments"][0];
+    assert_eq!(prod_row["environment_id"], "prod_app", "{calendar}");
+    assert_eq!(prod_row["schedules"], json!(["release"]));
+    assert_eq!(prod_row["windows"], json!(["freeze"]));
+    assert_eq!(calendar["environments"][1]["schedules"], json!([]));
+    assert_eq!(calendar["schedules"][0]["id"], "release");
+    assert_eq!(instant(&calendar["schedules"][0]["runs"][0]), hours(2));
+    assert_eq!(calendar["windows"][0]["reason"], "launch");
+    assert_eq!(
+        calendar["windows"][1]["open"].as_array().map(Vec::len),
+        Some(4)
+    );
+
+    // A bad query names its parameter.
+    for (query, field) in [
+        ("days=0", "days"),
+        ("days=32", "days"),
+        ("from=soon", "from"),
+        ("from=1990-01-01T00:00:00Z", "from"),
+    ] {
+        let (status, answer) = host
+            .get(
+                &format!("/api/deployment/calendar?{query}"),
+                Some(DEVELOPER_KEY),
+            )
+            .await;
+        assert_eq!(
+            (status, answer["field"].as_str()),
+            (400, Some(field)),
+            "{query}: {answer}"
+        );
+    }
 }

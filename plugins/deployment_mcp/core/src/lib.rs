@@ -6,6 +6,7 @@
 //! and `health`; `persist` is the only code that knows how records lie in the host's store,
 //! which holds every record.
 
+pub mod agenda;
 pub mod api;
 pub mod audit;
 pub mod auto_deploy;

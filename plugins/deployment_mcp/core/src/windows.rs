@@ -258,6 +258,50 @@ impl Window {
         }
     }
 
+    /// Its occurrences that overlap `[from, to)`, clipped to it, in order; at most `limit`
+    /// (and whether more were left out). Overlapping occurrences of a rule come out as one.
+    pub fn occurrences(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+        limit: usize,
+    ) -> (Vec<(Timestamp, Timestamp)>, bool) {
+        let clip = |(start, end): (Timestamp, Timestamp)| (start.max(from), end.min(to));
+        match &self.when {
+            When::Once { start, end } => {
+                let overlaps = *start < to && *end > from && limit > 0;
+                (
+                    overlaps.then(|| clip((*start, *end))).into_iter().collect(),
+                    false,
+                )
+            }
+            When::Recurring {
+                rule,
+                duration_secs,
+            } => {
+                let length = duration_secs * 1000;
+                let occurrence =
+                    |start: Timestamp| (start, Timestamp::from_unix_ms(start.unix_ms() + length));
+                // The occurrence open at `from`, then those starting in the range.
+                let open = rule
+                    .last_start_at_or_before(from, *duration_secs)
+                    .map(occurrence)
+                    .filter(|(start, end)| *start < from && *end > from);
+                let starts = rule.starts_between(from, to, limit + 1);
+                let mut spans: Vec<(Timestamp, Timestamp)> = Vec::new();
+                for (start, end) in open.into_iter().chain(starts.into_iter().map(occurrence)) {
+                    match spans.last_mut() {
+                        Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                        _ => spans.push((start, end)),
+                    }
+                }
+                let truncated = spans.len() > limit;
+                spans.truncate(limit);
+                (spans.into_iter().map(clip).collect(), truncated)
+            }
+        }
+    }
+
     /// The first start of an occurrence at or after `at`, within the horizon.
     pub fn next_start(&self, at: Timestamp) -> Option<Timestamp> {
         match &self.when {

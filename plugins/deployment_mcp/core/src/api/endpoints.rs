@@ -78,6 +78,7 @@ pub static CREATE_WINDOW: Endpoint = Endpoint::new(Method::POST, "/windows");
 pub static WINDOW: Endpoint = Endpoint::new(Method::GET, "/windows/{id}");
 pub static DELETE_WINDOW: Endpoint = Endpoint::new(Method::DELETE, "/windows/{id}");
 pub static EXPLAIN_WINDOWS: Endpoint = Endpoint::new(Method::GET, "/windows/explain");
+pub static CALENDAR: Endpoint = Endpoint::new(Method::GET, "/calendar");
 pub static SCHEDULES: Endpoint = Endpoint::new(Method::GET, "/schedules");
 pub static CREATE_SCHEDULE: Endpoint = Endpoint::new(Method::POST, "/schedules");
 pub static SCHEDULE: Endpoint = Endpoint::new(Method::GET, "/schedules/{id}");

@@ -63,6 +63,9 @@ pub(crate) enum ApiError {
     /// 500: the store failed. The cause goes to the log; the caller gets a generic message.
     #[error("the deployment store could not be read or written; see the host log")]
     Store(StoreError),
+    /// 500: work behind the answer failed (a task panicked). The cause goes to the log.
+    #[error("the answer could not be computed; see the host log")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -127,6 +130,10 @@ impl ApiError {
             ApiError::Store(cause) => {
                 tracing::error!("store: {cause}");
                 (StatusCode::INTERNAL_SERVER_ERROR, "store_error", None)
+            }
+            ApiError::Internal(cause) => {
+                tracing::error!("internal: {cause}");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", None)
             }
         }
     }

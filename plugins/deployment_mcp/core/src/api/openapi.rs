@@ -44,6 +44,7 @@ use crate::{
         super::windows::get,
         super::windows::delete,
         super::windows::explain,
+        super::windows::calendar,
         super::schedules::list,
         super::schedules::create,
         super::schedules::get,

@@ -195,6 +195,12 @@ pub(crate) const ROUTES: &[Route] = &[
         handler: |method| on(method, windows::delete),
     },
     Route {
+        endpoint: &endpoints::CALENDAR,
+        action: "calendar.read",
+        needs: Some(Role::Developer),
+        handler: |method| on(method, windows::calendar),
+    },
+    Route {
         endpoint: &endpoints::SCHEDULES,
         action: "schedule.list",
         needs: Some(Role::Developer),

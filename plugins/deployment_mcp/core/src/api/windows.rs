@@ -1,13 +1,19 @@
-//! Deployment windows over HTTP (SPEC §4e): list, create, read, delete, and what the windows
-//! say of one environment at one instant.
+//! Deployment windows over HTTP (SPEC §4e): list, create, read, delete, what the windows say
+//! of one environment at one instant, and the calendar of windows and schedules per
+//! environment over some days.
 
 use axum::{body::Bytes, extract::State, http::StatusCode};
 
 use super::{json, Answer, ApiError, Id, Params, Shared, Who};
 use crate::{
-    environments::from_json_object,
+    agenda::{self, CalendarInput},
+    environments::{from_json_object, Environment},
     model::Timestamp,
-    persist::windows::{self, Created, StoredWindow},
+    persist::{
+        schedules::{self, StoredSchedule},
+        windows::{self, Created, StoredWindow},
+    },
+    schedules::Schedule,
     windows::{Window, WindowSpec, MAX_WINDOWS},
     wire::{Deleted, WindowExplanation, WindowList},
 };
@@ -111,3 +117,54 @@ pub(crate) async fn explain(State(api): Shared, params: Params) -> Answer {
     ))
 }
 
+#[utoipa::path(
+    get, path = "/calendar", operation_id = "getCalendar", tag = "windows",
+    params(
+        ("from" = Option<String>, Query, description = "RFC 3339 instant; now when absent"),
+        ("days" = Option<u32>, Query, description = "How many days from `from` (1 to 31; 7 when absent)"),
+    ),
+    responses((status = 200, description = "When each window is open and each schedule fires, and per environment when the windows close it and which schedules deploy it", body = crate::wire::Calendar))
+)]
+pub(crate) async fn calendar(State(api): Shared, params: Params) -> Answer {
+    let from = params.instant("from", Timestamp::now())?;
+    let days = params.number("days", 7, 1..=agenda::MAX_DAYS)?;
+    let to = Timestamp::from_unix_ms(from.unix_ms() + days as u64 * 86_400_000);
+    let records = api.coordinator.records();
+    let stored_windows = windows::all(records).await?;
+    let stored_schedules = schedules::all(records).await?;
+    let environments: Vec<Environment> = api
+        .coordinator
+        .catalog()
+        .list()
+        .await?
+        .into_iter()
+        .map(|stored| stored.environment)
+        .collect();
+    // Expanding rules walks them from their start: off the runtime's threads.
+    let calendar = tokio::task::spawn_blocking(move || {
+        let windows = stored_windows
+            .into_iter()
+            .filter_map(|stored: StoredWindow| {
+                // One that no longer reads is not applied to triggers either (logged there).
+                let window = Window::new(&stored.spec).ok()?;
+                Some((window, stored.spec.reason))
+            })
+            .collect();
+        let schedules = stored_schedules
+            .iter()
+            .map(|stored: &StoredSchedule| (&stored.spec, Schedule::new(&stored.spec).ok()))
+            .collect();
+        agenda::calendar(
+            CalendarInput {
+                windows,
+                schedules,
+                environments: &environments,
+            },
+            from,
+            to,
+        )
+    })
+    .await
+    .map_err(|error| ApiError::Internal(format!("the calendar's computation failed: {error}")))?;
+    Ok(json(StatusCode::OK, &calendar))
+}

@@ -1,12 +1,13 @@
 //! Deployment windows as the API shows them (SPEC §4e): each as it was created
-//! ([`WindowSpec`]), with who created it and when.
+//! ([`WindowSpec`]), with who created it and when; and the calendar of windows and schedules
+//! per environment.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::{
     model::Timestamp,
-    windows::{Verdict, WindowSpec},
+    windows::{Verdict, WindowKind, WindowSpec},
 };
 
 /// `GET /windows`.
@@ -23,4 +24,80 @@ pub struct WindowExplanation {
     pub at: Timestamp,
     #[serde(flatten)]
     pub verdict: Verdict,
+}
+
+/// `GET /calendar`: over `[from, to)`, when each window is open, when each schedule fires, and
+/// for each environment when the windows close it and which schedules fire at it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Calendar {
+    #[schema(value_type = String)]
+    pub from: Timestamp,
+    #[schema(value_type = String)]
+    pub to: Timestamp,
+    /// Every window, in id order.
+    pub windows: Vec<CalendarWindow>,
+    /// Every schedule, in id order.
+    pub schedules: Vec<CalendarSchedule>,
+    /// Every environment, in the catalog's order.
+    pub environments: Vec<EnvironmentCalendar>,
+}
+
+/// A window's occurrences within the range.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CalendarWindow {
+    pub id: String,
+    pub kind: WindowKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When it is open, clipped to the range.
+    pub open: Vec<Span>,
+    /// More occurrences lie in the range than are listed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// A schedule's occurrences within the range (none while it is disabled).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CalendarSchedule {
+    pub id: String,
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[schema(value_type = Vec<String>)]
+    pub runs: Vec<Timestamp>,
+    /// More occurrences lie in the range than are listed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// One environment's calendar.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EnvironmentCalendar {
+    pub environment_id: String,
+    /// When it may not deploy, each span with the window that closes it (as a trigger then
+    /// would be refused), in order.
+    pub closed: Vec<ClosedSpan>,
+    /// The windows that cover it.
+    pub windows: Vec<String>,
+    /// The enabled schedules whose trigger would deploy it (by its tags as they are now).
+    pub schedules: Vec<String>,
+}
+
+/// `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Span {
+    #[schema(value_type = String)]
+    pub start: Timestamp,
+    #[schema(value_type = String)]
+    pub end: Timestamp,
+}
+
+/// `[start, end)` in which `window` closes an environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClosedSpan {
+    #[schema(value_type = String)]
+    pub start: Timestamp,
+    #[schema(value_type = String)]
+    pub end: Timestamp,
+    pub window: String,
 }
