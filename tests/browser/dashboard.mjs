@@ -304,8 +304,17 @@ async function main(page, base, relay) {
   await page.selectOption('#audit-outcome', '');
   await screenshot(page, '06-audit');
 
-  step('the trigger form: rollout fields, a freeze refuses naming the window, an override reason passes');
+  step('the trigger form: rollout fields, a freeze shows before sending and refuses naming the window, an override reason passes; the calendar strip');
   const admin = { 'x-api-key': adminKey, 'content-type': 'application/json' };
+  const release = await fetch(`${url}/api/deployment/schedules`, {
+    method: 'POST',
+    headers: admin,
+    body: JSON.stringify({
+      id: 'ui-release', at: new Date(Date.now() + 7_200_000).toISOString(),
+      trigger: { environments: ['local_demo'] }, reason: 'weekly release',
+    }),
+  });
+  check(release.status === 201, `a schedule for local_demo in two hours (${release.status})`);
   const freeze = await fetch(`${url}/api/deployment/windows`, {
     method: 'POST',
     headers: admin,
@@ -319,6 +328,21 @@ async function main(page, base, relay) {
     await box.setChecked(false);
   }
   await page.check('#trigger-environments input[value="local_demo"]');
+  // Before anything is sent, the form says the freeze closes local_demo.
+  check(
+    await holds(page, () => document.getElementById('trigger-window').dataset.window === 'ui-freeze'),
+    'the form shows the freeze before sending',
+  );
+  const warning = await text(page, '#trigger-window');
+  check(/local_demo is closed by window ui-freeze until .*override reason/.test(warning), `and says until when and what it needs ("${warning}")`);
+  const localRow = '#calendar-strip .cal-track[data-environment="local_demo"]';
+  check(await appears(page, `${localRow} .cal-closed[data-window="ui-freeze"]`), 'the calendar strip shows the freeze on local_demo');
+  check(await appears(page, `${localRow} .cal-run[data-schedule="ui-release"]`), 'and the schedule on local_demo');
+  check(await visible(page, `${localRow} .cal-now`), 'and where now is');
+  const scheduleNote = await text(page, '#calendar-notes li[data-schedule="ui-release"]');
+  check(/ui-release: next .*1 environment \(weekly release\)/.test(scheduleNote), `the schedule in words ("${scheduleNote}")`);
+  await page.locator('#calendar').scrollIntoViewIfNeeded();
+  await screenshot(page, '08-calendar', { fullPage: false });
   await page.fill('#trigger-selector', 'tier=prod');
   await page.click('#trigger-button');
   check(/not both/.test(await text(page, '#trigger-message')), `environments and tags together are refused on the page ("${await text(page, '#trigger-message')}")`);
@@ -351,6 +375,12 @@ async function main(page, base, relay) {
   );
   const removed = await fetch(`${url}/api/deployment/windows/ui-freeze`, { method: 'DELETE', headers: admin });
   check(removed.status === 200, 'the freeze is removed');
+  const unscheduled = await fetch(`${url}/api/deployment/schedules/ui-release`, { method: 'DELETE', headers: admin });
+  check(unscheduled.status === 200, 'the schedule is removed');
+  await page.uncheck('#trigger-environments input[value="local_demo"]');
+  await page.check('#trigger-environments input[value="local_demo"]');
+  check(await holds(page, () => document.getElementById('trigger-window').hidden), 'the form no longer warns once the freeze is gone');
+  check(await appears(page, '#calendar-strip .cal-closed', 'detached'), 'and the strip shows nothing closed');
   await page.waitForFunction(
     (want) => document.getElementById('active-id').textContent === want
       && document.getElementById('active-phase').dataset.status === 'completed',
@@ -370,6 +400,10 @@ async function main(page, base, relay) {
     await page.waitForSelector('#env-cards [data-environment="local_demo"]', { timeout: WAIT });
     await page.waitForSelector('#history-message', { state: 'visible', timeout: WAIT });
     check(/developer/.test(await text(page, '#history-message')), 'the history says which role it needs');
+    check(
+      await holds(page, () => /developer/.test(document.getElementById('calendar-message').textContent)),
+      'so does the calendar',
+    );
     check(!(await visible(page, '#trigger')), 'no trigger form');
     check(!(await visible(page, '#cancel-button')), 'no cancel button');
     check(!(await visible(page, '#plugin-list .reload')), 'no reload button');

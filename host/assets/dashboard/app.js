@@ -28,6 +28,7 @@
     unavailable: null, // the reason the deployment plugin cannot serve, or null
     plugins: [],
     environments: [],
+    calendar: null, // the last GET /calendar answer
     active: null, // the deployment shown in the active panel
     detailSeq: 0,
     // Phase events applied to the deployment on screen, so a read that was on its way when one
@@ -212,7 +213,10 @@
     $('filter-environment').value = '';
     for (const id of ['trigger-version', 'trigger-selector', 'trigger-override']) $(id).value = '';
     clear($('trigger-environments'));
-    for (const id of ['trigger-message', 'cancel-message', 'plugin-message', 'history-message']) message($(id), '');
+    for (const id of ['trigger-message', 'trigger-window', 'cancel-message', 'plugin-message', 'history-message', 'calendar-message']) message($(id), '');
+    state.calendar = null;
+    clear($('calendar-strip'));
+    clear($('calendar-notes'));
     delete $('trigger-message').dataset.deploymentId;
     showHistoryTable(true);
     show($('app'), false);
@@ -372,6 +376,7 @@
     loadActive();
     loadHistory();
     loadAudit();
+    loadCalendar();
   }
 
   // ---------------------------------------------------------------- audit log (admins)
@@ -530,6 +535,173 @@
       select.append(el('option', { value: environment.environment_id, text: environment.environment_id }));
     }
     select.value = state.environments.some((e) => e.environment_id === current) ? current : '';
+  }
+
+  // ---------------------------------------------------------------- calendar strip
+
+  const CALENDAR_DAYS = 7;
+
+  /** Windows and schedules per environment for a week from today's local midnight (`GET
+   *  /calendar`): hatched where a window closes an environment, a mark where a schedule
+   *  would deploy it. The host computes the spans by the rule a trigger is checked by. */
+  async function loadCalendar() {
+    const notice = $('calendar-message');
+    if (!state.canReadDetails) {
+      state.calendar = null;
+      clear($('calendar-strip'));
+      clear($('calendar-notes'));
+      message(notice, 'The calendar needs a developer or admin key.');
+      renderWindowWarning();
+      return;
+    }
+    const from = new Date();
+    from.setHours(0, 0, 0, 0);
+    const params = new URLSearchParams({ from: from.toISOString(), days: String(CALENDAR_DAYS) });
+    const result = await api('GET', `${API}/calendar?${params}`);
+    if (result.stale) return;
+    if (result.status === 403) {
+      lostDetails();
+      loadCalendar();
+      return;
+    }
+    if (!result.ok || !result.body) {
+      message(notice, errorText(result), 'error');
+      return;
+    }
+    message(notice, '');
+    state.calendar = result.body;
+    renderCalendar();
+    renderWindowWarning();
+  }
+
+  // Spans end and schedules fire as time passes; windows change through the API.
+  setInterval(() => { if (state.key && !state.unavailable && !document.hidden) loadCalendar(); }, 60_000);
+
+  function formatDay(date) {
+    return date.toLocaleDateString(undefined, { weekday: 'short', day: 'numeric', month: 'short' });
+  }
+
+  function renderCalendar() {
+    const calendar = state.calendar;
+    const strip = clear($('calendar-strip'));
+    const notes = clear($('calendar-notes'));
+    if (!calendar) return;
+    const from = Date.parse(calendar.from);
+    const to = Date.parse(calendar.to);
+    if (!(to > from)) return;
+    const place = (text) => Math.min(100, Math.max(0, ((Date.parse(text) - from) / (to - from)) * 100));
+    const put = (node, left, width) => {
+      node.style.left = `${left}%`;
+      if (width !== undefined) node.style.width = `${width}%`;
+      return node;
+    };
+    $('calendar-range').textContent = `${formatDay(new Date(from))} – ${formatDay(new Date(to - 1))}`;
+    // Day lines at local midnights (a DST day is 23 or 25 hours long).
+    const days = el('div', { class: 'cal-days', 'aria-hidden': 'true' });
+    for (const day = new Date(from); day.getTime() < to; day.setDate(day.getDate() + 1)) {
+      const label = day.toLocaleDateString(undefined, { weekday: 'short', day: 'numeric' });
+      days.append(put(el('span', { class: 'cal-day', title: formatDay(day), text: label }), place(day.toISOString())));
+    }
+    strip.append(el('span'), days);
+    const now = new Date().toISOString();
+    const windows = new Map((calendar.windows || []).map((window) => [window.id, window]));
+    const schedules = new Map((calendar.schedules || []).map((schedule) => [schedule.id, schedule]));
+    for (const row of calendar.environments || []) {
+      const track = el('div', { class: 'cal-track', 'data-environment': row.environment_id });
+      for (const closed of row.closed || []) {
+        const window = windows.get(closed.window) || {};
+        const why = window.reason ? ` (${window.reason})` : '';
+        track.append(put(el('span', {
+          class: 'cal-closed',
+          'data-window': closed.window,
+          title: `Closed by ${window.kind || ''} window ${closed.window}${why}: ${formatTime(closed.start)} – ${formatTime(closed.end)}`,
+        }), place(closed.start), place(closed.end) - place(closed.start)));
+      }
+      for (const id of row.schedules || []) {
+        for (const run of (schedules.get(id) || {}).runs || []) {
+          track.append(put(el('span', {
+            class: 'cal-run', 'data-schedule': id, title: `Schedule ${id} deploys it at ${formatTime(run)}`,
+          }), place(run)));
+        }
+      }
+      if (now >= calendar.from && now < calendar.to) track.append(put(el('span', { class: 'cal-now' }), place(now)));
+      strip.append(el('span', { class: 'cal-label', text: row.environment_id }), track);
+    }
+    if (!(calendar.environments || []).length) {
+      strip.append(el('p', { class: 'muted', text: 'No environments are registered.' }));
+    }
+    // The same in words: each schedule's next run in the range, each window's kind and reason.
+    for (const schedule of calendar.schedules || []) {
+      const next = (schedule.runs || []).find((run) => run >= now);
+      const when = !schedule.enabled ? 'disabled' : next ? `next ${formatTime(next)}` : 'no run this week';
+      const targets = (calendar.environments || []).filter((row) => (row.schedules || []).includes(schedule.id)).length;
+      notes.append(el('li', { 'data-schedule': schedule.id },
+        'Schedule ', el('code', { text: schedule.id }), `: ${when}, ${targets} environment${targets === 1 ? '' : 's'}`,
+        schedule.reason ? ` (${schedule.reason})` : ''));
+    }
+    for (const window of calendar.windows || []) {
+      const covered = (calendar.environments || []).filter((row) => (row.windows || []).includes(window.id)).length;
+      notes.append(el('li', { 'data-window': window.id },
+        `${window.kind === 'deny' ? 'Freeze' : 'Allow'} window `, el('code', { text: window.id }),
+        `: ${(window.open || []).length} span${(window.open || []).length === 1 ? '' : 's'} this week, ${covered} environment${covered === 1 ? '' : 's'}`,
+        window.reason ? ` (${window.reason})` : ''));
+    }
+  }
+
+  /** The environments the form would deploy: those ticked, or the enabled ones with the tags. */
+  function formTargets() {
+    const ticked = [...$('trigger-environments').querySelectorAll('input:checked')].map((input) => input.value);
+    let tags;
+    try {
+      tags = selector($('trigger-selector').value);
+    } catch (_) {
+      return ticked;
+    }
+    if (!tags) return ticked;
+    return state.environments
+      .filter((environment) => environment.enabled !== false
+        && Object.entries(tags).every(([key, value]) => (environment.tags || {})[key] === value))
+      .map((environment) => environment.environment_id);
+  }
+
+  /** Says on the form, before it is sent, which window closes a chosen environment now and
+   *  when it opens (the host still decides: it answers 423 on the same rule). */
+  function renderWindowWarning() {
+    const out = $('trigger-window');
+    const calendar = state.calendar;
+    const now = new Date().toISOString();
+    const blocked = [];
+    if (calendar) {
+      const rows = new Map((calendar.environments || []).map((row) => [row.environment_id, row]));
+      for (const id of formTargets()) {
+        const closed = ((rows.get(id) || {}).closed || []);
+        const index = closed.findIndex((span) => span.start <= now && now < span.end);
+        if (index < 0) continue;
+        // Spans that follow on without a gap (a freeze, then outside an allow window) keep it closed.
+        let end = closed[index].end;
+        for (const span of closed.slice(index + 1)) {
+          if (span.start !== end) break;
+          end = span.end;
+        }
+        blocked.push({ id, window: closed[index].window, opens: end < calendar.to ? end : null });
+      }
+    }
+    if (!blocked.length) {
+      delete out.dataset.window;
+      message(out, '');
+      return;
+    }
+    out.dataset.window = blocked[0].window;
+    const parts = blocked.slice(0, 3).map((entry) => `${entry.id} is closed by window ${entry.window} ${entry.opens ? `until ${formatTime(entry.opens)}` : 'all week'}`);
+    const more = blocked.length > 3 ? ` (and ${blocked.length - 3} more)` : '';
+    const overriding = $('trigger-override').value.trim();
+    message(out, `${parts.join('; ')}${more}. ${overriding ? 'The override reason will be kept with the deployment.' : 'Deploying now needs an override reason.'}`);
+  }
+
+  /** A choice on the form changed: read the windows again (they may have changed), then say. */
+  function formChanged() {
+    renderWindowWarning();
+    debounce('calendar', 300, loadCalendar);
   }
 
   // ---------------------------------------------------------------- active deployment
@@ -869,6 +1041,7 @@
       // A window closes a target: say which and when it opens; an override reason passes.
       const opens = result.body.opens_at ? `it opens ${formatTime(result.body.opens_at)}` : 'it does not open within 400 days';
       out.dataset.window = result.body.window || '';
+      debounce('calendar', 0, loadCalendar);
       message(out, `Closed by window ${result.body.window}: ${opens}. To deploy anyway, give an override reason.`, 'error');
       return;
     }
@@ -1230,6 +1403,8 @@
     $('trigger-form').addEventListener('submit', trigger);
     $('trigger-strategy').addEventListener('change', strategyChanged);
     strategyChanged();
+    $('trigger-environments').addEventListener('change', formChanged);
+    for (const id of ['trigger-selector', 'trigger-override']) $(id).addEventListener('input', () => debounce('form', 200, formChanged));
     $('cancel-button').addEventListener('click', cancelActive);
     $('approve-button').addEventListener('click', () => decideGate('approve'));
     $('reject-button').addEventListener('click', () => decideGate('reject'));
