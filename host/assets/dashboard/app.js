@@ -29,6 +29,7 @@
     plugins: [],
     environments: [],
     calendar: null, // the last GET /calendar answer
+    calendarSeq: 0,
     active: null, // the deployment shown in the active panel
     detailSeq: 0,
     // Phase events applied to the deployment on screen, so a read that was on its way when one
@@ -215,8 +216,11 @@
     clear($('trigger-environments'));
     for (const id of ['trigger-message', 'trigger-window', 'cancel-message', 'plugin-message', 'history-message', 'calendar-message']) message($(id), '');
     state.calendar = null;
+    state.calendarSeq += 1;
     clear($('calendar-strip'));
     clear($('calendar-notes'));
+    $('calendar-range').textContent = '';
+    delete $('trigger-window').dataset.window;
     delete $('trigger-message').dataset.deploymentId;
     showHistoryTable(true);
     show($('app'), false);
@@ -557,8 +561,10 @@
     const from = new Date();
     from.setHours(0, 0, 0, 0);
     const params = new URLSearchParams({ from: from.toISOString(), days: String(CALENDAR_DAYS) });
+    // Reads overlap (a timer, a form change): only the newest one's answer is shown.
+    const seq = ++state.calendarSeq;
     const result = await api('GET', `${API}/calendar?${params}`);
-    if (result.stale) return;
+    if (result.stale || seq !== state.calendarSeq) return;
     if (result.status === 403) {
       lostDetails();
       loadCalendar();
@@ -606,9 +612,11 @@
     const now = new Date().toISOString();
     const windows = new Map((calendar.windows || []).map((window) => [window.id, window]));
     const schedules = new Map((calendar.schedules || []).map((schedule) => [schedule.id, schedule]));
+    const groups = calendar.groups || [];
     for (const row of calendar.environments || []) {
+      const group = groups[row.group] || {};
       const track = el('div', { class: 'cal-track', 'data-environment': row.environment_id });
-      for (const closed of row.closed || []) {
+      for (const closed of group.closed || []) {
         const window = windows.get(closed.window) || {};
         const why = window.reason ? ` (${window.reason})` : '';
         track.append(put(el('span', {
@@ -617,12 +625,17 @@
           title: `Closed by ${window.kind || ''} window ${closed.window}${why}: ${formatTime(closed.start)} – ${formatTime(closed.end)}`,
         }), place(closed.start), place(closed.end) - place(closed.start)));
       }
-      for (const id of row.schedules || []) {
+      for (const id of group.schedules || []) {
         for (const run of (schedules.get(id) || {}).runs || []) {
           track.append(put(el('span', {
             class: 'cal-run', 'data-schedule': id, title: `Schedule ${id} deploys it at ${formatTime(run)}`,
           }), place(run)));
         }
+      }
+      if (group.exact_until) {
+        // Past this instant the host did not work the spans out (too many occurrences).
+        track.append(put(el('span', { class: 'cal-unknown', title: `Not worked out after ${formatTime(group.exact_until)}: too many window occurrences for one answer` }),
+          place(group.exact_until), 100 - place(group.exact_until)));
       }
       if (now >= calendar.from && now < calendar.to) track.append(put(el('span', { class: 'cal-now' }), place(now)));
       strip.append(el('span', { class: 'cal-label', text: row.environment_id }), track);
@@ -634,13 +647,13 @@
     for (const schedule of calendar.schedules || []) {
       const next = (schedule.runs || []).find((run) => run >= now);
       const when = !schedule.enabled ? 'disabled' : next ? `next ${formatTime(next)}` : 'no run this week';
-      const targets = (calendar.environments || []).filter((row) => (row.schedules || []).includes(schedule.id)).length;
+      const targets = (calendar.environments || []).filter((row) => ((groups[row.group] || {}).schedules || []).includes(schedule.id)).length;
       notes.append(el('li', { 'data-schedule': schedule.id },
         'Schedule ', el('code', { text: schedule.id }), `: ${when}, ${targets} environment${targets === 1 ? '' : 's'}`,
         schedule.reason ? ` (${schedule.reason})` : ''));
     }
     for (const window of calendar.windows || []) {
-      const covered = (calendar.environments || []).filter((row) => (row.windows || []).includes(window.id)).length;
+      const covered = (calendar.environments || []).filter((row) => ((groups[row.group] || {}).windows || []).includes(window.id)).length;
       notes.append(el('li', { 'data-window': window.id },
         `${window.kind === 'deny' ? 'Freeze' : 'Allow'} window `, el('code', { text: window.id }),
         `: ${(window.open || []).length} span${(window.open || []).length === 1 ? '' : 's'} this week, ${covered} environment${covered === 1 ? '' : 's'}`,
@@ -672,7 +685,8 @@
     const now = new Date().toISOString();
     const blocked = [];
     if (calendar) {
-      const rows = new Map((calendar.environments || []).map((row) => [row.environment_id, row]));
+      const groups = calendar.groups || [];
+      const rows = new Map((calendar.environments || []).map((row) => [row.environment_id, groups[row.group] || {}]));
       for (const id of formTargets()) {
         const closed = ((rows.get(id) || {}).closed || []);
         const index = closed.findIndex((span) => span.start <= now && now < span.end);
@@ -1404,7 +1418,8 @@
     $('trigger-strategy').addEventListener('change', strategyChanged);
     strategyChanged();
     $('trigger-environments').addEventListener('change', formChanged);
-    for (const id of ['trigger-selector', 'trigger-override']) $(id).addEventListener('input', () => debounce('form', 200, formChanged));
+    // Tags and the reason change what the warning says, not the windows: no read for them.
+    for (const id of ['trigger-selector', 'trigger-override']) $(id).addEventListener('input', () => debounce('form', 200, renderWindowWarning));
     $('cancel-button').addEventListener('click', cancelActive);
     $('approve-button').addEventListener('click', () => decideGate('approve'));
     $('reject-button').addEventListener('click', () => decideGate('reject'));

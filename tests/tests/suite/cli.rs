@@ -859,6 +859,32 @@ async fn schedules_are_created_listed_shown_and_deleted_against_a_host() {
         ],
         "{next}"
     );
+    // The calendar lists each run on the environment it deploys.
+    let calendar = run(admin_args(
+        &host,
+        "windows",
+        &[
+            "calendar",
+            "--from",
+            "2030-03-30T00:00:00Z",
+            "--days",
+            "2",
+            "--environment",
+            "local_demo",
+        ],
+    ))
+    .await;
+    assert_eq!(calendar.code, Some(0), "{calendar}");
+    let rows: Vec<&str> = calendar
+        .stdout
+        .lines()
+        .filter(|line| line.contains("schedule cli-nightly deploys"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{calendar}");
+    assert!(
+        rows[0].starts_with("2030-03-30T01:30:00.000Z") && rows[0].contains("local_demo"),
+        "{calendar}"
+    );
     let shown = run(schedules(&["show", "cli-nightly"])).await;
     assert_eq!(shown.code, Some(0), "{shown}");
     assert!(

@@ -73,8 +73,9 @@ impl std::fmt::Debug for Recurrence {
 
 impl Recurrence {
     /// Reads `rule` (`FREQ=…;…`, with or without `RRULE:`), `dtstart` (a local time without an
-    /// offset, `2026-01-05T22:00:00`) and `time_zone`; each error names its field. A new rule
-    /// is also put to [`Recurrence::check_density`].
+    /// offset, `2026-01-05T22:00:00`) and `time_zone`; each error names its field. Creating a
+    /// window or schedule also puts the rule to [`Recurrence::check_density`]; reading one
+    /// does not.
     pub fn new(rule: &str, dtstart: &str, time_zone: &str) -> Result<Recurrence, FieldError> {
         let zone = zone("time_zone", time_zone)?;
         let local = civil::DateTime::from_str(dtstart).map_err(|_| {

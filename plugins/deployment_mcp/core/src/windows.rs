@@ -97,6 +97,15 @@ enum When {
     },
 }
 
+/// A window's occurrences within a range ([`Window::occurrences`]).
+#[derive(Debug, Clone, Default)]
+pub struct Occurrences {
+    /// `[start, end)`, in order, not overlapping.
+    pub spans: Vec<(Timestamp, Timestamp)>,
+    /// The first start left out when the range holds more than were asked for.
+    pub cut: Option<Timestamp>,
+}
+
 /// What a window covers.
 #[derive(Debug, Clone)]
 enum Scope {
@@ -258,23 +267,19 @@ impl Window {
         }
     }
 
-    /// Its occurrences that overlap `[from, to)`, clipped to it, in order; at most `limit`
-    /// (and whether more were left out). Overlapping occurrences of a rule come out as one.
-    pub fn occurrences(
-        &self,
-        from: Timestamp,
-        to: Timestamp,
-        limit: usize,
-    ) -> (Vec<(Timestamp, Timestamp)>, bool) {
+    /// Its occurrences that overlap `[from, to)`, clipped to it, in order, overlapping ones as
+    /// one; at most `limit` starts are looked at. When more lie in the range, `cut` is the
+    /// first start left out: the spans are exact before it only.
+    pub fn occurrences(&self, from: Timestamp, to: Timestamp, limit: usize) -> Occurrences {
         let clip = |(start, end): (Timestamp, Timestamp)| (start.max(from), end.min(to));
         match &self.when {
-            When::Once { start, end } => {
-                let overlaps = *start < to && *end > from && limit > 0;
-                (
-                    overlaps.then(|| clip((*start, *end))).into_iter().collect(),
-                    false,
-                )
-            }
+            When::Once { start, end } => Occurrences {
+                spans: (*start < to && *end > from)
+                    .then(|| clip((*start, *end)))
+                    .into_iter()
+                    .collect(),
+                cut: None,
+            },
             When::Recurring {
                 rule,
                 duration_secs,
@@ -287,7 +292,9 @@ impl Window {
                     .last_start_at_or_before(from, *duration_secs)
                     .map(occurrence)
                     .filter(|(start, end)| *start < from && *end > from);
-                let starts = rule.starts_between(from, to, limit + 1);
+                let mut starts = rule.starts_between(from, to, limit + 1);
+                let cut = (starts.len() > limit).then(|| starts[limit]);
+                starts.truncate(limit);
                 let mut spans: Vec<(Timestamp, Timestamp)> = Vec::new();
                 for (start, end) in open.into_iter().chain(starts.into_iter().map(occurrence)) {
                     match spans.last_mut() {
@@ -295,9 +302,10 @@ impl Window {
                         _ => spans.push((start, end)),
                     }
                 }
-                let truncated = spans.len() > limit;
-                spans.truncate(limit);
-                (spans.into_iter().map(clip).collect(), truncated)
+                Occurrences {
+                    spans: spans.into_iter().map(clip).collect(),
+                    cut,
+                }
             }
         }
     }
@@ -375,14 +383,10 @@ impl Windows {
                 continue;
             }
             // Named by the allow window that opens next.
-            let named = allows
-                .iter()
-                .min_by_key(|&&index| {
-                    next[index]
-                        .get_or_init(|| self.windows[index].next_start(at))
-                        .unwrap_or(Timestamp::from_unix_ms(u64::MAX / 4))
-                })
-                .map(|&index| self.windows[index].id.clone());
+            let named = opening_first(&allows, |index| {
+                *next[index].get_or_init(|| self.windows[index].next_start(at))
+            })
+            .map(|index| self.windows[index].id.clone());
             if let Some(window) = named {
                 closed.push((environment, window));
             }
@@ -413,6 +417,22 @@ impl Windows {
             }
         }
     }
+}
+
+/// Of the allow windows at `allows` (indices, in id order), the one whose next opening
+/// (`next`) comes first; one that never opens again (within the horizon) comes after every
+/// one that does, and a tie goes to the first.
+pub(crate) fn opening_first(
+    allows: &[usize],
+    next: impl Fn(usize) -> Option<Timestamp>,
+) -> Option<usize> {
+    allows
+        .iter()
+        .copied()
+        .min_by_key(|&index| match next(index) {
+            Some(at) => (false, Some(at)),
+            None => (true, None),
+        })
 }
 
 /// The first instant at or after `at` at which these windows leave their environment open.

@@ -29,6 +29,16 @@ fn at(text: &str) -> Timestamp {
     text.parse().expect("a time")
 }
 
+/// The group `environment` is in.
+fn group<'c>(calendar: &'c Calendar, environment: &str) -> &'c CalendarGroup {
+    let row = calendar
+        .environments
+        .iter()
+        .find(|row| row.environment_id == environment)
+        .expect("the environment's row");
+    &calendar.groups[row.group]
+}
+
 fn span(start: &str, end: &str, window: &str) -> ClosedSpan {
     ClosedSpan {
         start: at(start),
@@ -76,7 +86,7 @@ fn closed_spans_follow_deny_over_allow_and_name_the_window() {
     );
     // Berlin is UTC+1 until the 28th: the nightly window is 21:00–01:00 UTC.
     assert_eq!(
-        calendar.environments[0].closed,
+        group(&calendar, "p1").closed,
         vec![
             span("2027-03-24T12:00:00Z", "2027-03-24T20:00:00Z", "nightly"),
             span("2027-03-24T20:00:00Z", "2027-03-25T00:00:00Z", "freeze"),
@@ -89,11 +99,11 @@ fn closed_spans_follow_deny_over_allow_and_name_the_window() {
         ]
     );
     assert_eq!(
-        calendar.environments[0].windows,
+        group(&calendar, "p1").windows,
         ["all-hands", "freeze", "nightly"]
     );
     assert_eq!(
-        calendar.environments[1].closed,
+        group(&calendar, "s1").closed,
         vec![span(
             "2027-03-25T09:00:00Z",
             "2027-03-25T10:00:00Z",
@@ -141,19 +151,21 @@ fn every_instant_agrees_with_the_trigger_check_across_a_dst_change() {
             .map(|(w, _)| w)
             .collect(),
     );
-    for (environment, row) in environments.iter().zip(&calendar.environments) {
+    // Two environments, two groups.
+    assert_eq!(calendar.groups.len(), 2);
+    for environment in &environments {
+        let id = environment.environment_id.as_str();
+        let closed = &group(&calendar, id).closed;
         let mut time = from;
         while time < to {
             let verdict = check.explain(environment, time);
-            let span = row
-                .closed
+            let span = closed
                 .iter()
                 .find(|span| span.start <= time && time < span.end);
             assert_eq!(
                 span.map(|span| span.window.clone()),
                 verdict.window,
-                "{} at {time}",
-                row.environment_id
+                "{id} at {time}"
             );
             time = Timestamp::from_unix_ms(time.unix_ms() + 600_000);
         }
@@ -191,7 +203,10 @@ fn schedules_land_on_the_environments_their_trigger_deploys() {
         at("2027-03-24T00:00:00Z"),
         at("2027-03-26T00:00:00Z"),
     );
-    let of = |index: usize| calendar.environments[index].schedules.clone();
+    let of = |index: usize| {
+        let id = environments[index].environment_id.as_str();
+        group(&calendar, id).schedules.clone()
+    };
     // The disabled p2 is not deployed by tags; the disabled schedule deploys nothing.
     assert_eq!(
         (of(0), of(1), of(2)),
@@ -209,35 +224,59 @@ fn schedules_land_on_the_environments_their_trigger_deploys() {
         calendar.schedules[2].runs,
         [at("2027-03-24T06:00:00Z"), at("2027-03-25T06:00:00Z")]
     );
-    assert!(calendar
-        .environments
-        .iter()
-        .all(|row| row.closed.is_empty()));
+    assert!(calendar.groups.iter().all(|group| group.closed.is_empty()));
 }
 
 #[test]
-fn a_dense_window_is_listed_up_to_the_limit_and_says_so() {
-    let environments = [environment("p1", "prod", true)];
+fn a_dense_window_is_listed_up_to_the_limit_and_spans_stop_where_its_list_does() {
+    // The same windows over two environments: one group.
+    let environments = [
+        environment("p1", "prod", true),
+        environment("p2", "prod", true),
+    ];
+    let (from, to) = (at("2027-03-01T00:00:00Z"), at("2027-03-31T00:00:00Z"));
+    let hourly = || {
+        window(serde_json::json!({
+            "id": "hourly", "kind": "allow", "rrule": "FREQ=HOURLY",
+            "dtstart": "2027-01-01T00:00:00", "duration_secs": 600
+        }))
+    };
     let calendar = calendar(
         CalendarInput {
-            windows: vec![window(serde_json::json!({
-                "id": "hourly", "kind": "deny", "rrule": "FREQ=HOURLY",
-                "dtstart": "2027-01-01T00:00:00", "duration_secs": 600
-            }))],
+            windows: vec![hourly()],
             schedules: Vec::new(),
             environments: &environments,
         },
-        at("2027-03-01T00:00:00Z"),
-        at("2027-03-31T00:00:00Z"),
+        from,
+        to,
     );
-    let hourly = &calendar.windows[0];
-    assert_eq!(hourly.open.len(), MAX_OCCURRENCES);
-    assert!(hourly.truncated);
+    let listed = &calendar.windows[0];
+    assert_eq!(listed.open.len(), MAX_OCCURRENCES);
+    assert!(listed.truncated);
     assert_eq!(
-        hourly.open[0],
+        listed.open[0],
         Span {
             start: at("2027-03-01T00:00:00Z"),
             end: at("2027-03-01T00:10:00Z")
         }
     );
+    assert_eq!(calendar.groups.len(), 1);
+    let group = &calendar.groups[0];
+    // The 401st start is left out: the spans end there, and agree with the trigger's check
+    // up to it.
+    let cut = Timestamp::from_unix_ms(from.unix_ms() + MAX_OCCURRENCES as u64 * 3_600_000);
+    assert_eq!(group.exact_until, Some(cut));
+    assert_eq!(group.closed.len(), MAX_OCCURRENCES);
+    assert_eq!(group.closed.last().map(|span| span.end), Some(cut));
+    let check = Windows::new(vec![hourly().0]);
+    let mut time = from;
+    while time < cut {
+        let verdict = check.explain(&environments[0], time);
+        let closed = group
+            .closed
+            .iter()
+            .any(|span| span.start <= time && time < span.end);
+        assert_eq!(closed, !verdict.allowed, "at {time}");
+        time = Timestamp::from_unix_ms(time.unix_ms() + 900_000);
+    }
 }

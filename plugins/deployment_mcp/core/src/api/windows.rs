@@ -140,7 +140,13 @@ pub(crate) async fn calendar(State(api): Shared, params: Params) -> Answer {
         .into_iter()
         .map(|stored| stored.environment)
         .collect();
-    // Expanding rules walks them from their start: off the runtime's threads.
+    // Expanding rules walks them from their start: off the runtime's threads, and a few at a
+    // time, so that callers asking at once queue rather than fill the blocking pool.
+    static CALENDARS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+    let _turn = CALENDARS
+        .acquire()
+        .await
+        .map_err(|error| ApiError::Internal(format!("the calendar's queue is closed: {error}")))?;
     let calendar = tokio::task::spawn_blocking(move || {
         let windows = stored_windows
             .into_iter()

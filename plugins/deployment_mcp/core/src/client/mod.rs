@@ -27,10 +27,10 @@ use crate::{
     schedules::ScheduleSpec,
     windows::WindowSpec,
     wire::{
-        Accepted, CancelAnswer, DashboardAnswer, Deleted, DeploymentDetail, DeploymentSummary,
-        EnvironmentList, EnvironmentView, HealthCheckAnswer, HistoryPage, HistoryQuery, LogsAnswer,
-        LogsQuery, NextRuns, ScheduleDetail, ScheduleList, StatusOverview, TriggerRequest,
-        WindowExplanation, WindowList,
+        Accepted, Calendar, CancelAnswer, DashboardAnswer, Deleted, DeploymentDetail,
+        DeploymentSummary, EnvironmentList, EnvironmentView, HealthCheckAnswer, HistoryPage,
+        HistoryQuery, LogsAnswer, LogsQuery, NextRuns, ScheduleDetail, ScheduleList,
+        StatusOverview, TriggerRequest, WindowExplanation, WindowList,
     },
 };
 
@@ -82,6 +82,13 @@ pub trait DeploymentApi: Send + Sync {
         environment: &str,
         at: Option<&str>,
     ) -> impl Future<Output = Answer<WindowExplanation>> + Send;
+    /// `GET /calendar`: windows and schedules per environment over `days` days from `from`
+    /// (today's defaults when `None`).
+    fn calendar(
+        &self,
+        from: Option<&str>,
+        days: Option<u32>,
+    ) -> impl Future<Output = Answer<Calendar>> + Send;
     /// `GET /schedules`: every schedule.
     fn schedules(&self) -> impl Future<Output = Answer<ScheduleList>> + Send;
     /// `GET /schedules/{id}`: one schedule with its last and next runs.
@@ -283,6 +290,20 @@ impl<T: Transport> DeploymentApi for ApiClient<T> {
             query.finish()
         };
         self.get(&endpoints::EXPLAIN_WINDOWS, None, &query).await
+    }
+
+    async fn calendar(&self, from: Option<&str>, days: Option<u32>) -> Answer<Calendar> {
+        let query = {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            if let Some(from) = from {
+                query.append_pair("from", from);
+            }
+            if let Some(days) = days {
+                query.append_pair("days", &days.to_string());
+            }
+            query.finish()
+        };
+        self.get(&endpoints::CALENDAR, None, &query).await
     }
 
     async fn schedules(&self) -> Answer<ScheduleList> {

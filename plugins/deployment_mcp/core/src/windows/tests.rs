@@ -216,3 +216,27 @@ fn a_dense_rule_is_refused_west_of_utc_too_and_a_bad_until_is_named() {
     .expect_err("bad id");
     assert_eq!(refused.field, "environments");
 }
+
+#[test]
+fn an_allow_window_that_never_opens_again_does_not_name_the_closure() {
+    // "a-over" ended in 2020; "b-nightly" opens every night: the closure is b-nightly's.
+    let windows = Windows::new(vec![
+        window(serde_json::json!({
+            "id": "a-over", "kind": "allow",
+            "start": "2020-01-01T00:00:00Z", "end": "2020-01-02T00:00:00Z"
+        })),
+        window(serde_json::json!({
+            "id": "b-nightly", "kind": "allow", "rrule": "FREQ=DAILY",
+            "dtstart": "2027-01-01T22:00:00", "duration_secs": 3600
+        })),
+    ]);
+    let verdict = windows.explain(&environment("p1", "prod"), at("2027-03-01T12:00:00Z"));
+    assert_eq!(
+        verdict,
+        Verdict {
+            allowed: false,
+            window: Some("b-nightly".into()),
+            opens_at: Some(at("2027-03-01T22:00:00Z")),
+        }
+    );
+}

@@ -27,7 +27,9 @@ pub struct WindowExplanation {
 }
 
 /// `GET /calendar`: over `[from, to)`, when each window is open, when each schedule fires, and
-/// for each environment when the windows close it and which schedules fire at it.
+/// for each environment when the windows close it and which schedules deploy it. Environments
+/// that the same windows cover and the same schedules deploy share one group, so an answer
+/// grows with the distinct groups, not with the catalog.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Calendar {
     #[schema(value_type = String)]
@@ -38,7 +40,9 @@ pub struct Calendar {
     pub windows: Vec<CalendarWindow>,
     /// Every schedule, in id order.
     pub schedules: Vec<CalendarSchedule>,
-    /// Every environment, in the catalog's order.
+    /// What environments share, each distinct one once.
+    pub groups: Vec<CalendarGroup>,
+    /// Every environment, in the catalog's order, with its group's index.
     pub environments: Vec<EnvironmentCalendar>,
 }
 
@@ -70,17 +74,29 @@ pub struct CalendarSchedule {
     pub truncated: bool,
 }
 
-/// One environment's calendar.
+/// One environment: its group in [`Calendar::groups`].
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EnvironmentCalendar {
     pub environment_id: String,
-    /// When it may not deploy, each span with the window that closes it (as a trigger then
+    pub group: usize,
+}
+
+/// The calendar of the environments that the same windows cover and the same schedules deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CalendarGroup {
+    /// When they may not deploy, each span with the window that closes them (as a trigger then
     /// would be refused), in order.
     pub closed: Vec<ClosedSpan>,
-    /// The windows that cover it.
+    /// The windows that cover them, in id order.
     pub windows: Vec<String>,
-    /// The enabled schedules whose trigger would deploy it (by its tags as they are now).
+    /// The enabled schedules whose trigger would deploy them (by their tags as they are now),
+    /// in id order.
     pub schedules: Vec<String>,
+    /// The spans are worked out up to this instant only: a window covering them has more
+    /// occurrences in the range than one answer lists. Absent when they hold to `to`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub exact_until: Option<Timestamp>,
 }
 
 /// `[start, end)`.
