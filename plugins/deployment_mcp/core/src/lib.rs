@@ -20,6 +20,7 @@ pub mod environments;
 pub mod health;
 pub mod mcp;
 pub mod model;
+pub mod notifications;
 pub mod persist;
 pub mod redact;
 pub mod rollout;
@@ -140,6 +141,10 @@ pub async fn build(
     );
     coordinator.start_background();
     tokio::spawn(scheduler::run(Arc::clone(&coordinator)));
+    tokio::spawn(notifications::notifier::run(
+        Arc::clone(&coordinator),
+        host_boot.clone(),
+    ));
     tokio::spawn(auto_deploy::run(
         Arc::clone(&coordinator),
         Arc::clone(&settings),

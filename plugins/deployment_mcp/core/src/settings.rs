@@ -52,6 +52,88 @@ pub struct Settings {
     /// into; empty allows any.
     #[serde(default)]
     pub allowed_target_networks: crate::egress::TargetNetworks,
+    /// How notifications are sent (`[plugins.deployment_mcp.settings.notifications]`).
+    #[serde(default)]
+    pub notifications: NotificationSettings,
+}
+
+/// `[plugins.deployment_mcp.settings.notifications]`: how deliveries are sent and retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationSettings {
+    /// One attempt is cut off (and retried) after this many seconds.
+    #[serde(default = "default_attempt_timeout")]
+    pub attempt_timeout_secs: u64,
+    /// A delivery is retried for this long, then given up (dead-lettered).
+    #[serde(default = "default_retry_for")]
+    pub retry_for_secs: u64,
+    /// The first retry comes after at most this many milliseconds; each later one after twice
+    /// the last (up to an hour), the later half of it picked at random.
+    #[serde(default = "default_first_retry")]
+    pub first_retry_ms: u64,
+    /// Deliveries sent at once.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+    /// Where a person looks at a deployment, with `{deployment_id}` in it (a Slack message and
+    /// a mail link to it); no link when unset.
+    #[serde(default)]
+    pub deployment_url: Option<String>,
+}
+
+impl Default for NotificationSettings {
+    fn default() -> NotificationSettings {
+        NotificationSettings {
+            attempt_timeout_secs: default_attempt_timeout(),
+            retry_for_secs: default_retry_for(),
+            first_retry_ms: default_first_retry(),
+            max_in_flight: default_in_flight(),
+            deployment_url: None,
+        }
+    }
+}
+
+impl NotificationSettings {
+    fn problem(&self) -> Option<&'static str> {
+        if !(1..=300).contains(&self.attempt_timeout_secs) {
+            Some("notifications.attempt_timeout_secs: must be between 1 and 300")
+        } else if !(1..=7 * 86_400).contains(&self.retry_for_secs) {
+            Some("notifications.retry_for_secs: must be between 1 and 604800 (a week)")
+        } else if !(10..=2_000).contains(&self.first_retry_ms) {
+            Some("notifications.first_retry_ms: must be between 10 and 2000")
+        } else if !(1..=1_024).contains(&self.max_in_flight) {
+            Some("notifications.max_in_flight: must be between 1 and 1024")
+        } else if self.deployment_url.as_deref().is_some_and(|url| {
+            !url.contains("{deployment_id}")
+                || url::Url::parse(&url.replace("{deployment_id}", "x")).is_err()
+        }) {
+            Some("notifications.deployment_url: must be a URL with {deployment_id} in it, e.g. https://ops.example.com/deployments/{deployment_id}")
+        } else {
+            None
+        }
+    }
+
+    /// The link to deployment `id`, when there is one.
+    pub fn link(&self, id: &str) -> Option<String> {
+        self.deployment_url
+            .as_ref()
+            .map(|template| template.replace("{deployment_id}", id))
+    }
+}
+
+fn default_attempt_timeout() -> u64 {
+    10
+}
+
+fn default_retry_for() -> u64 {
+    86_400
+}
+
+fn default_first_retry() -> u64 {
+    1_000
+}
+
+fn default_in_flight() -> usize {
+    32
 }
 
 /// `[plugins.deployment_mcp.settings.approvals]`: who may decide at a manual gate.
@@ -201,7 +283,7 @@ impl Settings {
         {
             Some("auto_deploy.environments: an empty list deploys nothing; omit it to deploy every enabled environment")
         } else {
-            None
+            settings.notifications.problem()
         };
         match problem {
             Some(problem) => Err(format!(

@@ -32,6 +32,22 @@ impl Endpoint {
         }
         target
     }
+
+    /// The request target of a path with a second parameter, `{delivery}`
+    /// (`/subscriptions/{id}/deliveries/{delivery}/redeliver`): [`Endpoint::target`] with
+    /// `delivery` filled in the same way.
+    pub fn target_with_delivery(&self, id: &str, delivery: &str, query: &str) -> String {
+        // An encoded id holds no `{`, so the second replacement only fills `{delivery}`.
+        let mut target = self
+            .path
+            .replace("{id}", &encode_segment(id))
+            .replace("{delivery}", &encode_segment(delivery));
+        if !query.is_empty() {
+            target.push('?');
+            target.push_str(query);
+        }
+        target
+    }
 }
 
 impl fmt::Display for Endpoint {
@@ -84,6 +100,15 @@ pub static CREATE_SCHEDULE: Endpoint = Endpoint::new(Method::POST, "/schedules")
 pub static SCHEDULE: Endpoint = Endpoint::new(Method::GET, "/schedules/{id}");
 pub static DELETE_SCHEDULE: Endpoint = Endpoint::new(Method::DELETE, "/schedules/{id}");
 pub static SCHEDULE_NEXT: Endpoint = Endpoint::new(Method::GET, "/schedules/{id}/next");
+pub static SUBSCRIPTIONS: Endpoint = Endpoint::new(Method::GET, "/subscriptions");
+pub static CREATE_SUBSCRIPTION: Endpoint = Endpoint::new(Method::POST, "/subscriptions");
+pub static SUBSCRIPTION: Endpoint = Endpoint::new(Method::GET, "/subscriptions/{id}");
+pub static DELETE_SUBSCRIPTION: Endpoint = Endpoint::new(Method::DELETE, "/subscriptions/{id}");
+pub static DELIVERIES: Endpoint = Endpoint::new(Method::GET, "/subscriptions/{id}/deliveries");
+pub static REDELIVER: Endpoint = Endpoint::new(
+    Method::POST,
+    "/subscriptions/{id}/deliveries/{delivery}/redeliver",
+);
 pub static HEALTH_CHECK: Endpoint = Endpoint::new(Method::POST, "/environments/{id}/health-check");
 
 #[cfg(test)]
@@ -101,5 +126,9 @@ mod tests {
             "/deployments/..%2Fx%20y/logs?tail=5"
         );
         assert_eq!(STATUS.to_string(), "GET /status");
+        assert_eq!(
+            REDELIVER.target_with_delivery("hooks", "d/1 {id}", ""),
+            "/subscriptions/hooks/deliveries/d%2F1%20%7Bid%7D/redeliver"
+        );
     }
 }

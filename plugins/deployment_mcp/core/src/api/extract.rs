@@ -114,6 +114,18 @@ impl Params {
         }
     }
 
+    /// `true` or `false`, `false` when absent; the error names the parameter.
+    pub(crate) fn flag(&self, name: &'static str) -> Result<bool, ApiError> {
+        match self.get(name).as_deref() {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(text) => Err(ApiError::field(
+                name,
+                format!("{text:?} is not true or false"),
+            )),
+        }
+    }
+
     /// An RFC 3339 instant within ten years of `now`, `now` when absent; the error names the
     /// parameter. Bounded because every look at a rule walks it from its start.
     pub(crate) fn instant(

@@ -27,6 +27,7 @@ mod overview;
 mod request;
 mod routes;
 mod schedules;
+mod subscriptions;
 mod windows;
 
 use std::sync::Arc;

@@ -18,7 +18,7 @@ use super::{
     audited::Audited,
     deployments,
     endpoints::{self, Endpoint},
-    environments, overview, schedules, windows, ApiError, ApiState, Shared,
+    environments, overview, schedules, subscriptions, windows, ApiError, ApiState, Shared,
 };
 
 /// One route, declared once: the router, its role layer and the OpenAPI test read [`ROUTES`].
@@ -229,6 +229,42 @@ pub(crate) const ROUTES: &[Route] = &[
         action: "schedule.next",
         needs: Some(Role::Developer),
         handler: |method| on(method, schedules::next),
+    },
+    Route {
+        endpoint: &endpoints::SUBSCRIPTIONS,
+        action: "subscription.list",
+        needs: Some(Role::Admin),
+        handler: |method| on(method, subscriptions::list),
+    },
+    Route {
+        endpoint: &endpoints::CREATE_SUBSCRIPTION,
+        action: "subscription.create",
+        needs: Some(Role::Admin),
+        handler: |method| on(method, subscriptions::create),
+    },
+    Route {
+        endpoint: &endpoints::SUBSCRIPTION,
+        action: "subscription.read",
+        needs: Some(Role::Admin),
+        handler: |method| on(method, subscriptions::get),
+    },
+    Route {
+        endpoint: &endpoints::DELETE_SUBSCRIPTION,
+        action: "subscription.delete",
+        needs: Some(Role::Admin),
+        handler: |method| on(method, subscriptions::delete),
+    },
+    Route {
+        endpoint: &endpoints::DELIVERIES,
+        action: "subscription.deliveries",
+        needs: Some(Role::Admin),
+        handler: |method| on(method, subscriptions::deliveries),
+    },
+    Route {
+        endpoint: &endpoints::REDELIVER,
+        action: "subscription.redeliver",
+        needs: Some(Role::Admin),
+        handler: |method| on(method, subscriptions::redeliver),
     },
 ];
 

@@ -239,6 +239,7 @@ impl Coordinator {
             .run_here(&mut writes, lost.text, phase, &mut record, &why)
             .await?;
         writes.events_published(id, published + 1)?;
+        writes.took_over(&record, from, &me.node_id);
         if writes.commit().await? != Outcome::Committed {
             return Ok(false);
         }

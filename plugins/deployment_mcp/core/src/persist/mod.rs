@@ -13,7 +13,9 @@
 //! - [`retention`]: pruning of old deployments;
 //! - [`named`]: records kept by id, created and deleted whole by a caller (audited);
 //! - [`windows`], [`schedules`]: the deployment windows; the schedules and what became of
-//!   each of their occurrences.
+//!   each of their occurrences;
+//! - [`outbox`]: notifications: subscriptions, the outbox of notices, deliveries, the
+//!   notifier's lease.
 //!
 //! Invariants: a deployment's claims, records and history indexes change together in one
 //! transaction or not at all; a record a decision was made on is written only if it is still
@@ -23,6 +25,7 @@ pub mod catalog;
 pub mod deployments;
 pub mod history;
 pub mod named;
+pub mod outbox;
 pub mod records;
 pub mod retention;
 pub mod runs;

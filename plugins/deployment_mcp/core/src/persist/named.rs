@@ -23,22 +23,30 @@ pub struct Described {
     pub reason: Option<String>,
 }
 
-/// Stores `record` under `id` unless one is there or `collection` holds `max` already.
+/// Stores `record` under `id`, with the operations `more`, unless one is there or `collection`
+/// holds `max` already.
 pub async fn create<T: Serialize>(
     records: &Records,
     collection: &'static str,
     id: &str,
     record: &T,
     max: usize,
+    more: Vec<StoreOp>,
     described: Described,
 ) -> Result<Created, StoreError> {
     if records.page(collection, None, max as u32).await?.len() >= max {
         return Ok(Created::Full);
     }
-    let put = StoreOp::insert(collection, id, records::encode(collection, id, record)?);
+    let mut ops = vec![StoreOp::insert(
+        collection,
+        id,
+        records::encode(collection, id, record)?,
+    )];
+    ops.extend(more);
     let conflict = records
-        .apply_for_call(vec![put], |call| describe(call, described))
+        .apply_for_call(ops, |call| describe(call, described))
         .await?;
+    // Only the insert has a condition.
     Ok(match conflict {
         None => Created::Created,
         Some(_) => Created::Exists,

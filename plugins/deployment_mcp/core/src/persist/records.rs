@@ -46,6 +46,16 @@ pub mod collection {
     /// newest first under each schedule. Taken insert-if-absent in the transaction that creates
     /// the occurrence's deployment (or records it refused or skipped): each occurrence once.
     pub const SCHEDULE_RUNS: &str = "deployment_mcp.schedule_runs";
+    /// Subscriptions to notifications, by id (with their secrets).
+    pub const SUBSCRIPTIONS: &str = "deployment_mcp.subscriptions";
+    /// Notices and requests the notifier has still to turn into deliveries.
+    pub const OUTBOX: &str = "deployment_mcp.outbox";
+    /// `<subscription>/<delivery id>` → a delivery and its attempts.
+    pub const DELIVERIES: &str = "deployment_mcp.deliveries";
+    /// The keys of the deliveries still to be sent.
+    pub const PENDING_DELIVERIES: &str = "deployment_mcp.pending_deliveries";
+    /// The notifier's lease (`leader`) and its beat.
+    pub const NOTIFIER: &str = "deployment_mcp.notifier";
     /// The host's own records, which it shares with its plugins (read only).
     pub const HOST: &str = "host";
     /// In [`HOST`]: which process is running and whether it is stopping.

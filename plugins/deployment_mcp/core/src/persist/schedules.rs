@@ -87,6 +87,7 @@ pub async fn create(records: &Records, stored: &StoredSchedule) -> Result<Create
         id,
         stored,
         MAX_SCHEDULES,
+        Vec::new(),
         described(stored, "after"),
     )
     .await

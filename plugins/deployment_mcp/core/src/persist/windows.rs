@@ -78,6 +78,7 @@ pub async fn create(records: &Records, stored: &StoredWindow) -> Result<Created,
         id,
         stored,
         MAX_WINDOWS,
+        Vec::new(),
         described,
     )
     .await

@@ -13,13 +13,14 @@ use plugin_guest::{Condition, StoreOp};
 use super::{
     catalog::EnvironmentVersions,
     deployments::{log_chunk_op, ActiveEntry, LogPosition},
-    history,
+    history, outbox,
     records::{self, collection, target_key, Records, StoreError},
 };
 use crate::model::{DeploymentId, EnvironmentId};
 use crate::{
     deployment::{Claim, DeploymentRecord, Phase, TargetRecord},
     model::LogLine,
+    notifications::Notice,
 };
 
 /// A node among those that share the store: its id and the host process (boot) that holds the
@@ -133,6 +134,12 @@ pub struct Writes {
     /// What the audit entry of the call committing this is about, when this transaction
     /// creates a deployment: its resource and environments.
     subject: Option<Created>,
+    /// The notices of what this transaction records (an outcome, a gate, a takeover, an
+    /// override), written to the outbox with it: their deployment and its creation time.
+    notices: Vec<(DeploymentId, u64, Notice)>,
+    /// The number of the last event this transaction's writes publish: the notices' place in
+    /// their deployment's order.
+    last_event: Option<u64>,
 }
 
 /// A deployment a transaction creates, as the audit entry of the call shows it.
@@ -164,7 +171,25 @@ impl Writes {
             ops: Vec::new(),
             kinds: Vec::new(),
             subject: None,
+            notices: Vec::new(),
+            last_event: None,
         }
+    }
+
+    fn notify(&mut self, record: &DeploymentRecord, notices: Vec<Notice>) {
+        self.notices.extend(
+            notices
+                .into_iter()
+                .map(|notice| (record.deployment_id.clone(), record.created_ms, notice)),
+        );
+    }
+
+    /// Node `to_node` takes the deployment over from `from_node` (told to the subscriptions).
+    pub fn took_over(&mut self, record: &DeploymentRecord, from_node: &str, to_node: &str) {
+        self.notify(
+            record,
+            vec![Notice::of_takeover(record, from_node, to_node)],
+        );
     }
 
     fn push(&mut self, op: StoreOp) {
@@ -370,6 +395,7 @@ impl Writes {
         for op in history::created_ops(&key, &entry, &record.environments)? {
             self.push(op);
         }
+        self.notify(record, Notice::of_created(record));
         Ok(())
     }
 
@@ -407,6 +433,7 @@ impl Writes {
         for op in history::moved_ops(&key, from, &entry, members)? {
             self.push(op);
         }
+        self.notify(record, Notice::of_move(record, from));
         Ok(())
     }
 
@@ -416,6 +443,7 @@ impl Writes {
         deployment_id: &DeploymentId,
         last: u64,
     ) -> Result<(), StoreError> {
+        self.last_event = Some(last);
         self.push(StoreOp::put(
             collection::EVENT_SEQUENCES,
             deployment_id,
@@ -430,6 +458,13 @@ impl Writes {
         let fenced = fence.len();
         let mut ops = fence;
         ops.extend(self.ops);
+        // After every operation that may conflict: a conflict's index names one of those.
+        let event = self.last_event.unwrap_or(0);
+        let notified = !self.notices.is_empty();
+        for (index, (deployment, created_ms, notice)) in self.notices.into_iter().enumerate() {
+            let id = outbox::delivery_id(&deployment, created_ms, event, index);
+            ops.push(outbox::notice_op(id, notice)?);
+        }
         let subject = self.subject;
         let describe = move |call: &mut crate::audit::Subject| {
             if let Some(created) = subject {
@@ -444,6 +479,9 @@ impl Writes {
             }
         };
         let Some(conflict) = self.records.apply_for_call(ops, describe).await? else {
+            if notified {
+                crate::notifications::outbox_written();
+            }
             return Ok(Outcome::Committed);
         };
         if conflict.index < fenced {
