@@ -30,6 +30,9 @@
     environments: [],
     calendar: null, // the last GET /calendar answer
     calendarSeq: 0,
+    // The notifications card (admins): the subscription whose deliveries are shown, and the
+    // newest reads (older answers that land later are dropped).
+    notifications: { selected: null, seq: 0, deliveriesSeq: 0 },
     active: null, // the deployment shown in the active panel
     detailSeq: 0,
     // Phase events applied to the deployment on screen, so a read that was on its way when one
@@ -214,7 +217,12 @@
     $('filter-environment').value = '';
     for (const id of ['trigger-version', 'trigger-selector', 'trigger-override']) $(id).value = '';
     clear($('trigger-environments'));
-    for (const id of ['trigger-message', 'trigger-window', 'cancel-message', 'plugin-message', 'history-message', 'calendar-message']) message($(id), '');
+    for (const id of ['trigger-message', 'trigger-window', 'cancel-message', 'plugin-message', 'history-message', 'calendar-message',
+      'subscriptions-message', 'deliveries-message', 'redeliver-message']) message($(id), '');
+    state.notifications.selected = null;
+    clear($('subscriptions-list'));
+    clear($('deliveries-list'));
+    show($('deliveries'), false);
     state.calendar = null;
     state.calendarSeq += 1;
     clear($('calendar-strip'));
@@ -381,6 +389,7 @@
     loadHistory();
     loadAudit();
     loadCalendar();
+    loadSubscriptions();
   }
 
   // ---------------------------------------------------------------- audit log (admins)
@@ -428,6 +437,175 @@
 
   // Live: every few seconds while an admin looks, and at once after each event.
   setInterval(() => { if (state.role === 'admin' && !document.hidden) loadAudit(); }, 5000);
+
+  // ---------------------------------------------------------------- notifications (admins)
+
+  const DELIVERIES_SHOWN = 20;
+  const DELIVERY_STATES = new Set(['pending', 'delivered', 'dead']);
+
+  /** Where a subscription sends, as the API shows it (the host masks secrets and tokens). */
+  function channelTarget(channel) {
+    switch (channel && channel.type) {
+      case 'webhook': return channel.url || '–';
+      case 'slack': return channel.webhook_url || '–';
+      case 'email': return Array.isArray(channel.to) && channel.to.length ? channel.to.join(', ') : '–';
+      default: return '–';
+    }
+  }
+
+  /** Every subscription, then the chosen one's newest deliveries (the first one's when none is
+   *  chosen). Only for admins, like the audit log: anyone else is not asked (the API would
+   *  refuse) and the card is hidden; a refusal all the same is told on the card. */
+  async function loadSubscriptions() {
+    if (state.role !== 'admin' || state.unavailable) return;
+    const notes = state.notifications;
+    const seq = ++notes.seq;
+    const result = await api('GET', `${API}/subscriptions`);
+    if (result.stale || seq !== notes.seq) return;
+    const notice = $('subscriptions-message');
+    if (result.status === 403) {
+      notes.selected = null;
+      clear($('subscriptions-list'));
+      clear($('deliveries-list'));
+      show($('deliveries'), false);
+      message(notice, 'Notifications need an admin key.');
+      return;
+    }
+    if (!result.ok || !result.body) {
+      if (result.status !== 503) message(notice, errorText(result), 'error');
+      return;
+    }
+    message(notice, '');
+    const list = Array.isArray(result.body.subscriptions) ? result.body.subscriptions : [];
+    if (!list.some((subscription) => subscription.id === notes.selected)) {
+      notes.selected = list.length ? list[0].id : null;
+    }
+    renderSubscriptions(list);
+    loadDeliveries();
+  }
+
+  function renderSubscriptions(list) {
+    const rows = clear($('subscriptions-list'));
+    if (!list.length) {
+      rows.append(el('tr', null, el('td', {
+        colspan: 4, class: 'muted',
+        text: 'No subscriptions. Create one with POST /api/deployment/subscriptions or deployment-mcp subscriptions create.',
+      })));
+      return;
+    }
+    for (const subscription of list) {
+      const channel = subscription.channel || {};
+      const choose = () => selectSubscription(subscription.id);
+      rows.append(el('tr', {
+        class: subscription.id === state.notifications.selected ? 'sub-row selected' : 'sub-row',
+        tabindex: 0, 'data-subscription': subscription.id, title: 'Show its deliveries',
+        onclick: choose,
+        onkeydown: (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); choose(); } },
+      },
+      el('td', null, el('code', { text: subscription.id })),
+      el('td', { class: 'sub-events', text: Array.isArray(subscription.events) && subscription.events.length ? subscription.events.join(', ') : '–' }),
+      el('td', null, el('span', { class: 'pill neutral channel-type', text: channel.type || '?' })),
+      el('td', { class: 'sub-target' }, el('code', { text: channelTarget(channel) }))));
+    }
+  }
+
+  function selectSubscription(id) {
+    state.notifications.selected = id;
+    for (const row of document.querySelectorAll('#subscriptions-list .sub-row')) {
+      row.classList.toggle('selected', row.dataset.subscription === id);
+    }
+    clear($('deliveries-list'));
+    message($('redeliver-message'), '');
+    loadDeliveries();
+  }
+
+  /** The chosen subscription's newest deliveries, each with its state and latest attempt. */
+  async function loadDeliveries() {
+    const notes = state.notifications;
+    const id = notes.selected;
+    const seq = ++notes.deliveriesSeq;
+    show($('deliveries'), Boolean(id));
+    $('deliveries-of').textContent = id ? `of ${id}` : '';
+    if (!id) {
+      clear($('deliveries-list'));
+      return;
+    }
+    const params = new URLSearchParams({ limit: String(DELIVERIES_SHOWN) });
+    const result = await api('GET', `${API}/subscriptions/${encodeURIComponent(id)}/deliveries?${params}`);
+    if (result.stale || seq !== notes.deliveriesSeq || id !== notes.selected) return;
+    const notice = $('deliveries-message');
+    if (!result.ok || !result.body) {
+      if (result.status !== 503) message(notice, errorText(result), 'error');
+      // Deleted meanwhile: the list is read again (and another one chosen).
+      if (result.status === 404) debounce('subscriptions', 200, loadSubscriptions);
+      return;
+    }
+    message(notice, '');
+    renderDeliveries(id, Array.isArray(result.body.deliveries) ? result.body.deliveries : []);
+  }
+
+  /** The latest attempt's answer: its status and error, or what there is of them. */
+  function lastAnswer(delivery) {
+    const attempts = Array.isArray(delivery.attempts) ? delivery.attempts : [];
+    const last = attempts[attempts.length - 1];
+    if (!last) return null;
+    const status = last.status === undefined || last.status === null ? '' : String(last.status);
+    if (status && last.error) return { text: `${status}: ${last.error}`, failed: true };
+    if (last.error) return { text: last.error, failed: true };
+    return status ? { text: status, failed: false } : null;
+  }
+
+  function renderDeliveries(subscription, deliveries) {
+    const rows = clear($('deliveries-list'));
+    if (!deliveries.length) {
+      rows.append(el('tr', null, el('td', { colspan: 5, class: 'muted', text: 'No deliveries yet.' })));
+      return;
+    }
+    for (const delivery of deliveries) {
+      const shown = DELIVERY_STATES.has(delivery.state) ? delivery.state : 'unknown';
+      const answer = lastAnswer(delivery);
+      const redelivered = delivery.redelivered ? ` (sent again by hand ${delivery.redelivered}×)` : '';
+      const button = el('button', {
+        type: 'button', class: 'secondary redeliver', text: 'Redeliver',
+        'data-delivery': delivery.id, title: 'Send it again, with the same Idempotency-Key',
+        onclick: () => redeliver(subscription, delivery.id, button),
+      });
+      rows.append(el('tr', { class: `delivery-row delivery-${shown}`, 'data-delivery': delivery.id, 'data-state': shown },
+        el('td', null,
+          el('span', { class: 'delivery-event', title: delivery.id, text: delivery.event || '–' }),
+          el('code', { class: 'muted delivery-deployment', title: delivery.deployment_id || '', text: shortId(delivery.deployment_id) || '–' })),
+        el('td', null,
+          el('span', { class: `pill delivery-state state-${shown}`, text: shown }),
+          shown === 'pending' && delivery.next_attempt_at
+            ? el('span', { class: 'muted next-attempt' }, 'next ', timeNode(delivery.next_attempt_at))
+            : null),
+        el('td', { class: 'attempts', title: `${delivery.attempt_count ?? 0} attempts${redelivered}`, text: String(delivery.attempt_count ?? 0) }),
+        el('td', { class: answer && answer.failed ? 'delivery-answer failed' : 'delivery-answer', title: answer ? answer.text : '', text: answer ? answer.text : 'not tried yet' }),
+        el('td', null, button)));
+    }
+  }
+
+  async function redeliver(subscription, delivery, button) {
+    button.disabled = true;
+    const out = $('redeliver-message');
+    message(out, `Queuing ${delivery} again…`);
+    const path = `${API}/subscriptions/${encodeURIComponent(subscription)}/deliveries/${encodeURIComponent(delivery)}/redeliver`;
+    const result = await api('POST', path);
+    button.disabled = false;
+    if (result.stale) return;
+    if (result.ok) {
+      message(out, `Delivery ${delivery} is queued to be sent again.`, 'ok');
+    } else {
+      if (result.status === 403) setRole(state.canReadDetails ? 'developer' : 'user');
+      message(out, errorText(result), 'error');
+    }
+    loadDeliveries();
+    // The notifier sends it a moment later: read its attempt then.
+    debounce('deliveries', 2000, loadDeliveries);
+  }
+
+  // Deliveries move on by themselves (attempts, retries): read them again every 10 s.
+  setInterval(() => { if (state.key && !state.unavailable && !document.hidden) loadSubscriptions(); }, 10_000);
 
   async function loadDashboard() {
     const result = await api('GET', `${API}/dashboard`);
@@ -1366,6 +1544,8 @@
       if (TERMINAL.has(data.status)) debounce('detail', 100, () => loadDetail(data.deployment_id));
     }
     debounce('history', 200, loadHistory);
+    // A deployment that ended is notified: its deliveries appear a moment later.
+    if (TERMINAL.has(data.status)) debounce('subscriptions', 1500, loadSubscriptions);
     if (data.previous === null || data.previous === undefined || TERMINAL.has(data.status)) debounce('dashboard', 200, loadDashboard);
   }
 

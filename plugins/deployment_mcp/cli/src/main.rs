@@ -12,6 +12,7 @@ mod output;
 mod progress;
 mod schedules;
 mod signals;
+mod subscriptions;
 mod windows;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -247,6 +248,17 @@ Example (an agent's config):
         #[command(subcommand)]
         action: Option<schedules::SchedulesAction>,
     },
+    /// Subscriptions: deployment events sent to webhooks, Slack or mail
+    #[command(after_help = "Examples:
+  deployment-mcp subscriptions
+  deployment-mcp subscriptions create '{\"id\":\"ops-hook\",\"events\":[\"deployment.failed\",\"deployment.gate\"],\"channel\":{\"type\":\"webhook\",\"url\":\"https://hooks.example.com/deploy\",\"secret\":\"s3cret\"}}' --test
+  deployment-mcp subscriptions deliveries ops-hook --limit 20
+  deployment-mcp subscriptions redeliver ops-hook DELIVERY
+  deployment-mcp subscriptions delete ops-hook")]
+    Subscriptions {
+        #[command(subcommand)]
+        action: Option<subscriptions::SubscriptionsAction>,
+    },
     /// Past deployments, newest first
     #[command(after_help = "Examples:
   deployment-mcp history
@@ -429,6 +441,7 @@ async fn run(cli: Cli, interrupts: &mut signals::Interrupts) -> Result<u8, CliEr
             | Command::History { .. }
             | Command::Windows { .. }
             | Command::Schedules { .. }
+            | Command::Subscriptions { .. }
     );
     let backend = match &global.server {
         Some(server) => Backend::remote(
@@ -562,6 +575,14 @@ async fn execute(
             schedules::run(
                 backend,
                 action.unwrap_or(schedules::SchedulesAction::List),
+                json,
+            )
+            .await
+        }
+        Command::Subscriptions { action } => {
+            subscriptions::run(
+                backend,
+                action.unwrap_or(subscriptions::SubscriptionsAction::List),
                 json,
             )
             .await

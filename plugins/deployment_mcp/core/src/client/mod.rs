@@ -24,13 +24,15 @@ pub use in_process::InProcess;
 
 use crate::{
     api::endpoints::{self, Endpoint},
+    notifications::SubscriptionSpec,
     schedules::ScheduleSpec,
     windows::WindowSpec,
     wire::{
-        Accepted, Calendar, CancelAnswer, DashboardAnswer, Deleted, DeploymentDetail,
+        Accepted, Calendar, CancelAnswer, DashboardAnswer, Deleted, DeliveryList, DeploymentDetail,
         DeploymentSummary, EnvironmentList, EnvironmentView, HealthCheckAnswer, HistoryPage,
-        HistoryQuery, LogsAnswer, LogsQuery, NextRuns, ScheduleDetail, ScheduleList,
-        StatusOverview, TriggerRequest, WindowExplanation, WindowList,
+        HistoryQuery, LogsAnswer, LogsQuery, NextRuns, Redelivery, ScheduleDetail, ScheduleList,
+        StatusOverview, SubscriptionCreated, SubscriptionList, TriggerRequest, WindowExplanation,
+        WindowList,
     },
 };
 
@@ -107,6 +109,32 @@ pub trait DeploymentApi: Send + Sync {
         from: Option<&str>,
         count: Option<u32>,
     ) -> impl Future<Output = Answer<NextRuns>> + Send;
+    /// `GET /subscriptions`: every subscription, secrets masked (admins).
+    fn subscriptions(&self) -> impl Future<Output = Answer<SubscriptionList>> + Send;
+    /// `GET /subscriptions/{id}`: one subscription, secrets masked (admins).
+    fn subscription(&self, id: &str) -> impl Future<Output = Answer<SubscriptionSpec>> + Send;
+    /// `POST /subscriptions`: a new subscription (admins); with `test`, also a test delivery.
+    fn create_subscription(
+        &self,
+        spec: &SubscriptionSpec,
+        test: bool,
+    ) -> impl Future<Output = Answer<SubscriptionCreated>> + Send;
+    /// `DELETE /subscriptions/{id}`, with its deliveries (admins).
+    fn delete_subscription(&self, id: &str) -> impl Future<Output = Answer<Deleted>> + Send;
+    /// `GET /subscriptions/{id}/deliveries`: a page of its deliveries after the delivery id
+    /// `after`, at most `limit` (the API's defaults when `None`).
+    fn deliveries(
+        &self,
+        id: &str,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> impl Future<Output = Answer<DeliveryList>> + Send;
+    /// `POST /subscriptions/{id}/deliveries/{delivery}/redeliver`: sends it again (admins).
+    fn redeliver(
+        &self,
+        id: &str,
+        delivery: &str,
+    ) -> impl Future<Output = Answer<Redelivery>> + Send;
     /// Who the calls are made as.
     fn whoami(&self) -> impl Future<Output = Answer<Caller>> + Send;
 }
@@ -161,6 +189,18 @@ impl<T: Transport> ApiClient<T> {
         body: Option<&(impl Serialize + Sync)>,
         expected: &[u16],
     ) -> Answer<R> {
+        self.call_at(endpoint, endpoint.target(id, query), body, expected)
+            .await
+    }
+
+    /// [`ApiClient::call`] with the target already built (a path with more than `{id}`).
+    async fn call_at<R: DeserializeOwned>(
+        &self,
+        endpoint: &'static Endpoint,
+        target: String,
+        body: Option<&(impl Serialize + Sync)>,
+        expected: &[u16],
+    ) -> Answer<R> {
         let body = match body {
             Some(body) => Some(serde_json::to_vec(body).map_err(|error| {
                 ClientError::Transport(format!("cannot encode the request body: {error}"))
@@ -169,7 +209,7 @@ impl<T: Transport> ApiClient<T> {
         };
         let request = Request {
             endpoint,
-            target: endpoint.target(id, query),
+            target,
             body,
         };
         let reply = self.transport.send(request).await?;
@@ -341,6 +381,54 @@ impl<T: Transport> DeploymentApi for ApiClient<T> {
             query.finish()
         };
         self.get(&endpoints::SCHEDULE_NEXT, Some(id), &query).await
+    }
+
+    async fn subscriptions(&self) -> Answer<SubscriptionList> {
+        self.get(&endpoints::SUBSCRIPTIONS, None, "").await
+    }
+
+    async fn subscription(&self, id: &str) -> Answer<SubscriptionSpec> {
+        self.get(&endpoints::SUBSCRIPTION, Some(id), "").await
+    }
+
+    async fn create_subscription(
+        &self,
+        spec: &SubscriptionSpec,
+        test: bool,
+    ) -> Answer<SubscriptionCreated> {
+        let endpoint = &endpoints::CREATE_SUBSCRIPTION;
+        let query = if test { "test=true" } else { "" };
+        self.call(endpoint, None, query, Some(spec), &[201]).await
+    }
+
+    async fn delete_subscription(&self, id: &str) -> Answer<Deleted> {
+        let endpoint = &endpoints::DELETE_SUBSCRIPTION;
+        self.call(endpoint, Some(id), "", None::<&()>, &[200]).await
+    }
+
+    async fn deliveries(
+        &self,
+        id: &str,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Answer<DeliveryList> {
+        let query = {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            if let Some(after) = after {
+                query.append_pair("after", after);
+            }
+            if let Some(limit) = limit {
+                query.append_pair("limit", &limit.to_string());
+            }
+            query.finish()
+        };
+        self.get(&endpoints::DELIVERIES, Some(id), &query).await
+    }
+
+    async fn redeliver(&self, id: &str, delivery: &str) -> Answer<Redelivery> {
+        let endpoint = &endpoints::REDELIVER;
+        let target = endpoint.target_with_delivery(id, delivery, "");
+        self.call_at(endpoint, target, None::<&()>, &[202]).await
     }
 
     async fn whoami(&self) -> Answer<Caller> {
