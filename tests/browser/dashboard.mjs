@@ -15,7 +15,7 @@ import { chromium } from 'playwright-core';
 const CHROMIUM = '/usr/bin/chromium';
 const WAIT = 20_000; // one UI condition
 const DEPLOY_WAIT = 45_000; // a whole demo deployment
-const WHOLE_RUN = 150_000; // the script, whatever happens
+const WHOLE_RUN = 180_000; // the script, whatever happens
 
 const [url, adminKey, screenshotDir, ...rest] = process.argv.slice(2);
 if (!url || !adminKey || !screenshotDir) {
@@ -388,6 +388,32 @@ async function main(page, base, relay) {
     { timeout: DEPLOY_WAIT },
   );
 
+  step('notifications: the card lists subscriptions, a test delivery and redelivers it');
+  // Port 9 refuses connections: the delivery stays pending, with the error of its attempt.
+  const hook = (id) => ({ id, events: ['deployment.failed'], channel: { type: 'webhook', url: 'http://127.0.0.1:9/x' } });
+  const subscribed = await fetch(`${url}/api/deployment/subscriptions`, { method: 'POST', headers: admin, body: JSON.stringify(hook('ui-hook')) });
+  check(subscribed.status === 201, `a subscription to a webhook (${subscribed.status})`);
+  const tested = await fetch(`${url}/api/deployment/subscriptions?test=true`, { method: 'POST', headers: admin, body: JSON.stringify(hook('ui-hook-test')) });
+  const testDelivery = tested.status === 201 ? (await tested.json()).test_delivery : undefined;
+  check(Boolean(testDelivery), `another with a test delivery (${tested.status}, ${testDelivery})`);
+  check(await appears(page, '#subscriptions-list .sub-row[data-subscription="ui-hook"]'), 'the card lists the subscription');
+  await page.click('#subscriptions-list .sub-row[data-subscription="ui-hook-test"]');
+  check(
+    await appears(page, `#deliveries-list .delivery-row[data-delivery="${testDelivery}"][data-state="pending"]`),
+    'choosing the other lists its test delivery, pending',
+  );
+  await page.click(`#deliveries-list button.redeliver[data-delivery="${testDelivery}"]`);
+  check(
+    await holds(page, () => /queued/.test(document.getElementById('redeliver-message').textContent)),
+    `Redeliver queues it again ("${await text(page, '#redeliver-message')}")`,
+  );
+  await page.locator('#subscriptions-card').scrollIntoViewIfNeeded();
+  await screenshot(page, '09-notifications', { fullPage: false });
+  for (const id of ['ui-hook', 'ui-hook-test']) {
+    const unsubscribed = await fetch(`${url}/api/deployment/subscriptions/${id}`, { method: 'DELETE', headers: admin });
+    check(unsubscribed.status === 200, `subscription ${id} is removed`);
+  }
+
   step('sign out');
   await page.click('#sign-out');
   await page.waitForSelector('#sign-in', { state: 'visible', timeout: WAIT });
@@ -408,6 +434,7 @@ async function main(page, base, relay) {
     check(!(await visible(page, '#cancel-button')), 'no cancel button');
     check(!(await visible(page, '#plugin-list .reload')), 'no reload button');
     check(!(await visible(page, '#audit')), 'no audit log');
+    check(!(await visible(page, '#subscriptions-card')), 'no notifications card');
     check(await visible(page, '#plugin-list [data-plugin="deployment_mcp"]'), 'the plugin panel renders');
     check(!(await visible(page, '#history .table-wrap')), 'the history table makes way for the message');
     check(

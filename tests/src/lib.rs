@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 pub mod bench;
 pub mod moto;
 pub mod postgres;
+pub mod receiver;
 pub mod scenario;
 pub mod sshd;
 pub mod targets;

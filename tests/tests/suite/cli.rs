@@ -904,6 +904,52 @@ async fn schedules_are_created_listed_shown_and_deleted_against_a_host() {
     assert_eq!(answer["schedules"], serde_json::json!([]));
 }
 
+#[tokio::test]
+async fn subscriptions_are_created_with_a_test_listed_with_deliveries_and_deleted_against_a_host() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = quiet_host(dir.path()).await;
+    let receiver = e2e::receiver::Receiver::start(e2e::receiver::Script::default()).await;
+    let subscriptions = |args: &[&str]| admin_args(&host, "subscriptions", args);
+    let run = |args: Vec<String>| run_in(dir.path(), args);
+    let hook = json!({"id": "cli-hook", "events": ["deployment.failed"],
+        "channel": {"type": "webhook", "url": receiver.url(), "secret": "cli-secret-77"}})
+    .to_string();
+    let created = run(subscriptions(&["create", &hook, "--test"])).await;
+    assert_eq!(created.code, Some(0), "{created}");
+    assert!(!created.stdout.contains("cli-secret-77"), "{created}");
+    let listed = run(subscriptions(&[])).await;
+    assert_eq!(listed.code, Some(0), "{listed}");
+    assert!(
+        listed.stdout.contains("cli-hook") && listed.stdout.contains("deployment.failed"),
+        "{listed}"
+    );
+    assert!(!listed.stdout.contains("cli-secret-77"), "{listed}");
+    let delivered = e2e::wait_until(Duration::from_secs(30), || async {
+        !receiver.accepted().is_empty()
+    })
+    .await;
+    assert!(delivered, "{}", host.logs());
+    let deliveries = run(subscriptions(&["deliveries", "cli-hook"])).await;
+    assert_eq!(deliveries.code, Some(0), "{deliveries}");
+    assert!(
+        deliveries.stdout.contains("test") && deliveries.stdout.contains("delivered"),
+        "{deliveries}"
+    );
+    let bad = run(subscriptions(&[
+        "create",
+        r#"{"id":"x","events":["nothing"],"channel":{"type":"slack","webhook_url":"http://127.0.0.1:9/x"}}"#,
+    ]))
+    .await;
+    assert_ne!(bad.code, Some(0), "{bad}");
+    assert!(bad.stderr.contains("events"), "{bad}");
+    let deleted = run(subscriptions(&["delete", "cli-hook"])).await;
+    assert_eq!(deleted.code, Some(0), "{deleted}");
+    let (_, answer) = host
+        .get("/api/deployment/subscriptions", Some(ADMIN_KEY))
+        .await;
+    assert_eq!(answer["subscriptions"], json!([]));
+}
+
 /// A host without periodic health checks, for the commands that manage its records.
 async fn quiet_host(dir: &Path) -> TestHost {
     TestHost::start(

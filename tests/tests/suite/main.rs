@@ -22,6 +22,7 @@ mod lifecycle;
 mod loopback_only;
 mod mcp;
 mod metrics;
+mod notifications;
 mod openapi;
 mod rollouts;
 mod routes_roles;

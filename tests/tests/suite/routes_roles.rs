@@ -174,6 +174,42 @@ fn probes() -> Vec<(&'static str, &'static str, &'static str, Option<Value>, u16
             None,
             404,
         ),
+        ("GET", "/subscriptions", "/subscriptions", None, 200),
+        (
+            "POST",
+            "/subscriptions",
+            "/subscriptions",
+            Some(json!({ "id": "s", "events": [] })),
+            400,
+        ),
+        (
+            "GET",
+            "/subscriptions/{id}",
+            "/subscriptions/none",
+            None,
+            404,
+        ),
+        (
+            "DELETE",
+            "/subscriptions/{id}",
+            "/subscriptions/none",
+            None,
+            404,
+        ),
+        (
+            "GET",
+            "/subscriptions/{id}/deliveries",
+            "/subscriptions/none/deliveries",
+            None,
+            404,
+        ),
+        (
+            "POST",
+            "/subscriptions/{id}/deliveries/{delivery}/redeliver",
+            "/subscriptions/none/deliveries/none/redeliver",
+            None,
+            404,
+        ),
     ]
 }
 
@@ -243,6 +279,16 @@ fn the_roles_are_the_contract() {
         ("GET", "/schedules/{id}", Some(Developer)),
         ("DELETE", "/schedules/{id}", Some(Admin)),
         ("GET", "/schedules/{id}/next", Some(Developer)),
+        ("GET", "/subscriptions", Some(Admin)),
+        ("POST", "/subscriptions", Some(Admin)),
+        ("GET", "/subscriptions/{id}", Some(Admin)),
+        ("DELETE", "/subscriptions/{id}", Some(Admin)),
+        ("GET", "/subscriptions/{id}/deliveries", Some(Admin)),
+        (
+            "POST",
+            "/subscriptions/{id}/deliveries/{delivery}/redeliver",
+            Some(Admin),
+        ),
     ];
     assert_eq!(deployment_mcp_core::api::route_roles(), pinned);
 }
