@@ -349,8 +349,12 @@ pub struct Seen {
     /// Deployments whose events were first accepted in another order than gate waiting, gate
     /// approved, completed (or that lack one).
     pub out_of_order: Vec<String>,
-    /// Per delivery, from its event (the notice's `at`) to its first attempt, sorted.
+    /// Per delivery, from its event (the notice's `at`) to its first attempt, sorted: with the
+    /// wait for the deliveries before it in its deployment's order.
     pub to_first_attempt: Vec<Duration>,
+    /// Per delivery, from when it could be sent (its event, or the acceptance of the one before
+    /// it in its deployment's order, whichever is later) to its first attempt, sorted.
+    pub ready_to_first_attempt: Vec<Duration>,
     /// Attempts that were not accepted (500s and held ones).
     pub failed_attempts: usize,
 }
@@ -367,7 +371,35 @@ pub fn seen(receiver: &Receiver) -> Seen {
             accepted.entry(key).or_insert((0, delivery)).0 += 1;
         }
     }
+    let at = |delivery: &Delivery| {
+        humantime::parse_rfc3339(delivery.json["at"].as_str().unwrap_or_default()).ok()
+    };
     let mut by_deployment: HashMap<String, Vec<(Instant, String)>> = HashMap::new();
+    let mut lanes: HashMap<String, Vec<(SystemTime, SystemTime, SystemTime)>> = HashMap::new();
+    for (key, (_, delivery)) in &accepted {
+        if let (Some(event), Some(tried)) = (at(delivery), first.get(key)) {
+            lanes
+                .entry(
+                    delivery.json["deployment"]["deployment_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+                .or_default()
+                .push((event, tried.received_at, delivery.received_at));
+        }
+    }
+    let mut ready_to_first_attempt = Vec::new();
+    for mut lane in lanes.into_values() {
+        lane.sort();
+        let mut before: Option<SystemTime> = None;
+        for (event, tried, accepted_at) in lane {
+            let ready = before.map_or(event, |before| before.max(event));
+            ready_to_first_attempt.push(tried.duration_since(ready).unwrap_or_default());
+            before = Some(accepted_at);
+        }
+    }
+    ready_to_first_attempt.sort();
     for (_, delivery) in accepted.values() {
         let body = &delivery.json;
         let what = match body["event"].as_str() {
@@ -397,8 +429,12 @@ pub fn seen(receiver: &Receiver) -> Seen {
     let mut to_first_attempt: Vec<Duration> = first
         .values()
         .filter_map(|delivery| {
-            let at = humantime::parse_rfc3339(delivery.json["at"].as_str()?).ok()?;
-            Some(delivery.received_at.duration_since(at).unwrap_or_default())
+            Some(
+                delivery
+                    .received_at
+                    .duration_since(at(delivery)?)
+                    .unwrap_or_default(),
+            )
         })
         .collect();
     to_first_attempt.sort();
@@ -407,9 +443,10 @@ pub fn seen(receiver: &Receiver) -> Seen {
         accepted_twice: accepted.values().filter(|(count, _)| *count > 1).count(),
         out_of_order,
         to_first_attempt,
+        ready_to_first_attempt,
         failed_attempts: deliveries
             .iter()
-            .filter(|delivery| !delivery.answered.is_some_and(|status| status < 300))
+            .filter(|delivery| delivery.answered.is_none_or(|status| status >= 300))
             .count(),
     }
 }

@@ -140,30 +140,40 @@ pub enum ConnectError {
 #[derive(Clone)]
 pub struct Egress {
     http: reqwest::Client,
+    /// The same, following no redirect (notifications: a receiver answers where it is asked).
+    http_once: reqwest::Client,
     networks: Arc<TargetNetworks>,
 }
 
 impl Egress {
     pub fn new(networks: TargetNetworks) -> Result<Egress, String> {
         let networks = Arc::new(networks);
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!(
-                "powerautomation-deployment_mcp/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .dns_resolver(Arc::new(CheckedResolver {
-                networks: Arc::clone(&networks),
-            }))
-            .redirect(redirect_policy(Arc::clone(&networks)));
-        if !networks.is_unrestricted() {
-            // A proxy would be the only address checked, and it may reach anywhere.
-            builder = builder.no_proxy();
-        }
-        let http = builder
-            .build()
-            .map_err(|error| format!("cannot build the HTTP client: {error}"))?;
-        Ok(Egress { http, networks })
+        let client = |redirect: reqwest::redirect::Policy| {
+            let mut builder = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .user_agent(concat!(
+                    "powerautomation-deployment_mcp/",
+                    env!("CARGO_PKG_VERSION")
+                ))
+                .dns_resolver(Arc::new(CheckedResolver {
+                    networks: Arc::clone(&networks),
+                }))
+                .redirect(redirect);
+            if !networks.is_unrestricted() {
+                // A proxy would be the only address checked, and it may reach anywhere.
+                builder = builder.no_proxy();
+            }
+            builder
+                .build()
+                .map_err(|error| format!("cannot build the HTTP client: {error}"))
+        };
+        let http = client(redirect_policy(Arc::clone(&networks)))?;
+        let http_once = client(reqwest::redirect::Policy::none())?;
+        Ok(Egress {
+            http,
+            http_once,
+            networks,
+        })
     }
 
     pub fn networks(&self) -> &TargetNetworks {
@@ -180,6 +190,13 @@ impl Egress {
     pub fn post(&self, url: &url::Url) -> Result<reqwest::RequestBuilder, Refused> {
         self.networks.check_url(url)?;
         Ok(self.http.post(url.clone()))
+    }
+
+    /// A `POST` to `url` that follows no redirect (a 3xx is the answer), checked like
+    /// [`Egress::get`].
+    pub fn post_once(&self, url: &url::Url) -> Result<reqwest::RequestBuilder, Refused> {
+        self.networks.check_url(url)?;
+        Ok(self.http_once.post(url.clone()))
     }
 
     /// A TCP connection to `host:port`: resolved, then tried on each allowed address in turn.

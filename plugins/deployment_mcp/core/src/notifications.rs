@@ -186,6 +186,17 @@ impl Subscription {
                 ),
             ));
         }
+        if let Some((_, twice)) = spec
+            .events
+            .iter()
+            .enumerate()
+            .find(|(index, event)| spec.events[..*index].contains(event))
+        {
+            return Err(FieldError::new(
+                "events",
+                format!("{twice:?} is listed twice"),
+            ));
+        }
         let filter = match &spec.filter {
             Some(filter) => Filter::new(filter)?,
             None => Filter::default(),

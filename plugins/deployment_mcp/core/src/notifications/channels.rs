@@ -156,15 +156,25 @@ impl SmtpTarget {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        let credentials = (!url.username().is_empty()).then(|| {
-            let decode = |text: &str| {
-                url::form_urlencoded::parse(format!("v={text}").as_bytes())
-                    .next()
-                    .map(|(_, value)| value.into_owned())
-                    .unwrap_or_default()
-            };
-            (decode(url.username()), decode(url.password().unwrap_or("")))
-        });
+        if !matches!(url.path(), "" | "/") || url.fragment().is_some() {
+            return Err(FieldError::new(
+                FIELD,
+                "takes no path or fragment: smtp://[user:password@]host[:port]",
+            ));
+        }
+        let decode = |text: &str| {
+            percent_encoding::percent_decode_str(text)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let credentials = (!url.username().is_empty())
+            .then(|| (decode(url.username()), decode(url.password().unwrap_or(""))));
+        if credentials.is_some() && tls == SmtpTls::None {
+            return Err(FieldError::new(
+                FIELD,
+                "with a user and password needs TLS, so the password is not sent in the clear: smtps://… or smtp://…?tls=required",
+            ));
+        }
         Ok(SmtpTarget {
             host,
             port: url.port().unwrap_or(default_port),
@@ -214,7 +224,7 @@ pub async fn send(
     let sending = async {
         match channel {
             Channel::Webhook { url, secret } => {
-                let request = match egress.post(url) {
+                let request = match egress.post_once(url) {
                     Ok(request) => request,
                     Err(refused) => return failed(None, refused.to_string()),
                 };
@@ -237,7 +247,7 @@ pub async fn send(
                 if let Some(link) = &outgoing.link {
                     text.push_str(&format!(" <{link}|open>"));
                 }
-                let request = match egress.post(url) {
+                let request = match egress.post_once(url) {
                     Ok(request) => request.json(&SlackMessage { text }),
                     Err(refused) => return failed(None, refused.to_string()),
                 };

@@ -83,9 +83,13 @@ struct Lead {
     text: String,
     beat: u64,
     lanes: HashMap<String, Lane>,
-    sending: JoinSet<(String, Attempted)>,
-    /// The lane each attempt in flight is on (to free it should the attempt panic).
-    on_lane: HashMap<tokio::task::Id, String>,
+    sending: JoinSet<Finished>,
+    /// When the lease was last known to be held (a beat written).
+    beaten: Instant,
+    /// Outbox rows whose transaction found something changed, with how many times in a row.
+    changed: HashMap<String, u32>,
+    /// The lane and delivery of each attempt in flight (to free its lane should it panic).
+    on_lane: HashMap<tokio::task::Id, (String, String)>,
     pruned: Instant,
 }
 
@@ -95,6 +99,9 @@ struct Seen {
     beat: u64,
     since: Instant,
 }
+
+/// An attempt's lane, its delivery and what became of it.
+type Finished = (String, String, Attempted);
 
 /// What became of an attempt (or of the look before it).
 enum Attempted {
@@ -136,27 +143,30 @@ pub async fn run(coordinator: Arc<Coordinator>, host_boot: String) {
             } => Some(joined),
         };
         if let (Some(joined), Some(held)) = (finished, &mut lead) {
-            let (task, (lane, attempted)) = match joined {
+            let (task, (lane, id, attempted)) = match joined {
                 Ok(done) => done,
                 Err(error) => {
                     tracing::error!(%error, "notifier: an attempt ended abnormally; its delivery is tried again");
-                    let lane = held.on_lane.remove(&error.id()).unwrap_or_default();
-                    (
-                        error.id(),
-                        (lane, Attempted::Later(Timestamp::now().unix_ms() + 2_000)),
-                    )
+                    let (lane, id) = held.on_lane.remove(&error.id()).unwrap_or_default();
+                    let later = Attempted::Later(Timestamp::now().unix_ms() + 2_000);
+                    (error.id(), (lane, id, later))
                 }
             };
             held.on_lane.remove(&task);
-            if settle(held, &lane, attempted) {
+            if settle(held, &lane, &id, attempted) {
                 tracing::warn!("notifier: another copy leads now; this one stops sending");
                 lead = None;
+            } else {
+                // The lane's next delivery goes now, not at the next tick.
+                dispatch(&context, held);
             }
             continue;
         }
         if last_beat.is_none_or(|at| at.elapsed() >= BEAT) {
             last_beat = Some(Instant::now());
             if let Err(error) = keep_or_take(&context, &mut lead, &mut seen).await {
+                // What was seen before the store failed says nothing of the beat since.
+                seen = None;
                 tracing::warn!(%error, "notifier: cannot look at the lease; trying again");
             }
         }
@@ -175,9 +185,14 @@ pub async fn run(coordinator: Arc<Coordinator>, host_boot: String) {
         dispatch(&context, held);
         if held.pruned.elapsed() >= PRUNE_EVERY {
             held.pruned = Instant::now();
-            if let Err(error) = prune(&context, &held.text).await {
-                tracing::warn!(%error, "notifier: cannot prune old deliveries");
-            }
+            // Off the loop: reading every delivery must not hold up the beat.
+            let context = Arc::clone(&context);
+            let leader = held.text.clone();
+            tokio::spawn(async move {
+                if let Err(error) = prune(&context, &leader).await {
+                    tracing::warn!(%error, "notifier: cannot prune old deliveries");
+                }
+            });
         }
     }
     if let Some(held) = lead {
@@ -217,7 +232,10 @@ async fn keep_or_take(
         let mut writes = NotifierWrites::new(&held.text);
         writes.beat(held.beat + 1)?;
         match writes.commit(records).await? {
-            Committed::Yes => held.beat += 1,
+            Committed::Yes => {
+                held.beat += 1;
+                held.beaten = Instant::now();
+            }
             Committed::LeaseLost | Committed::Changed => {
                 tracing::warn!("notifier: the lease was taken by another copy");
                 *lead = None;
@@ -282,6 +300,8 @@ async fn keep_or_take(
         beat,
         lanes,
         sending: JoinSet::new(),
+        beaten: Instant::now(),
+        changed: HashMap::new(),
         on_lane: HashMap::new(),
         pruned: Instant::now(),
     });
@@ -297,27 +317,41 @@ fn enqueue(lanes: &mut HashMap<String, Lane>, subscription: &str, id: &str) {
         );
         return;
     };
-    lanes
+    let lane = lanes
         .entry(format!("{subscription}/{deployment}"))
         .or_insert_with(|| Lane {
             subscription: subscription.to_owned(),
             queue: BTreeMap::new(),
             due_ms: 0,
             busy: false,
-        })
+        });
+    // One put ahead of the others (a redelivery of an earlier one) goes first, and now.
+    if lane
         .queue
-        .insert((event, index), id.to_owned());
+        .first_key_value()
+        .is_some_and(|(first, _)| (event, index) < *first)
+    {
+        lane.due_ms = 0;
+    }
+    lane.queue.insert((event, index), id.to_owned());
 }
 
 /// Takes an attempt's outcome into its lane; true when the lease is lost.
-fn settle(lead: &mut Lead, lane_key: &str, attempted: Attempted) -> bool {
+fn settle(lead: &mut Lead, lane_key: &str, id: &str, attempted: Attempted) -> bool {
     let Some(lane) = lead.lanes.get_mut(lane_key) else {
         return false;
     };
     lane.busy = false;
+    let head = lane
+        .queue
+        .first_key_value()
+        .map(|(_, first)| first.as_str())
+        == Some(id);
     match attempted {
         Attempted::Done => {
-            lane.queue.pop_first();
+            // The delivery sent, which is not the first when an earlier one was put ahead of
+            // it meanwhile.
+            lane.queue.retain(|_, queued| queued != id);
             lane.due_ms = 0;
             if lane.queue.is_empty() {
                 lead.lanes.remove(lane_key);
@@ -325,7 +359,9 @@ fn settle(lead: &mut Lead, lane_key: &str, attempted: Attempted) -> bool {
             false
         }
         Attempted::Later(due_ms) => {
-            lane.due_ms = due_ms;
+            if head {
+                lane.due_ms = due_ms;
+            }
             false
         }
         Attempted::LeaseLost => true,
@@ -335,6 +371,10 @@ fn settle(lead: &mut Lead, lane_key: &str, attempted: Attempted) -> bool {
 /// Starts an attempt on every lane that is due and idle, up to the limit in flight.
 fn dispatch(context: &Arc<Context>, lead: &mut Lead) {
     let limit = context.coordinator.settings().notifications.max_in_flight;
+    // A lease not beaten for a while may be another copy's soon: send nothing more on it.
+    if lead.beaten.elapsed() > STALE / 2 {
+        return;
+    }
     let now = Timestamp::now().unix_ms();
     for (key, lane) in lead.lanes.iter_mut() {
         if lead.sending.len() >= limit {
@@ -352,6 +392,7 @@ fn dispatch(context: &Arc<Context>, lead: &mut Lead) {
         let subscription = lane.subscription.clone();
         let leader = lead.text.clone();
         let lane_key = key.clone();
+        let sent_id = id.clone();
         let handle = lead.sending.spawn(async move {
             let attempted = attempt(&context, &leader, &subscription, &id)
                 .await
@@ -359,9 +400,9 @@ fn dispatch(context: &Arc<Context>, lead: &mut Lead) {
                     tracing::warn!(%error, delivery = id, "notifier: store call failed; trying again");
                     Attempted::Later(Timestamp::now().unix_ms() + 2_000)
                 });
-            (key, attempted)
+            (key, id, attempted)
         });
-        lead.on_lane.insert(handle.id(), lane_key);
+        lead.on_lane.insert(handle.id(), (lane_key, sent_id));
     }
 }
 
@@ -394,7 +435,15 @@ async fn attempt(
         .map(|stored| Subscription::new(&stored.spec));
     let sent = match &subscription {
         // Deleted meanwhile: its deliveries go with it.
-        None => return Ok(Attempted::Done),
+        None => {
+            let mut writes = NotifierWrites::new(leader);
+            writes.drop_delivery(&record.key());
+            writes.forget_pending(&record.key());
+            return Ok(match writes.commit(records).await? {
+                Committed::LeaseLost => Attempted::LeaseLost,
+                _ => Attempted::Done,
+            });
+        }
         Some(Err(error)) => Sent::Failed {
             status: None,
             error: format!("the subscription no longer reads: {error}"),
@@ -529,17 +578,19 @@ async fn fan_out(context: &Context, lead: &mut Lead) -> Result<bool, StoreError>
     if rows.is_empty() {
         return Ok(true);
     }
-    let subscriptions: Vec<Subscription> = outbox::subscriptions(records)
-        .await?
-        .into_iter()
-        .filter_map(|stored| match Subscription::new(&stored.spec) {
-            Ok(subscription) => Some(subscription),
+    let mut read_as: HashMap<String, String> = HashMap::new();
+    let mut subscriptions: Vec<Subscription> = Vec::new();
+    for (text, stored) in outbox::subscriptions_as_read(records).await? {
+        match Subscription::new(&stored.spec) {
+            Ok(subscription) => {
+                read_as.insert(subscription.id.clone(), text);
+                subscriptions.push(subscription);
+            }
             Err(error) => {
                 tracing::error!(subscription = %stored.spec.id, "a stored subscription does not read, so it is told nothing: {error}");
-                None
             }
-        })
-        .collect();
+        }
+    }
     let catalog: HashMap<String, Environment> =
         if subscriptions.iter().any(Subscription::has_selector) {
             context
@@ -597,51 +648,51 @@ async fn fan_out(context: &Context, lead: &mut Lead) -> Result<bool, StoreError>
         }
         planned.push((key, text, made, read));
     }
-    // One transaction for the page; if a record read changed meanwhile (a subscription deleted
-    // with its deliveries), one per row, so the others go through.
+    // One transaction for the page, holding only while the subscriptions it sends to are as
+    // read (none deleted meanwhile, which would leave its new deliveries behind).
     let mut writes = NotifierWrites::new(&lead.text);
+    let mut checked = std::collections::HashSet::new();
     for (key, text, made, read) in &planned {
         writes.outbox_done(key, text);
         for record in made {
             writes.delivery(record, read.as_deref())?;
+            if checked.insert(record.subscription.clone()) {
+                if let Some(text) = read_as.get(&record.subscription) {
+                    writes.subscription_unchanged(&record.subscription, text);
+                }
+            }
         }
     }
     match writes.commit(records).await? {
         Committed::Yes => {
-            for (_, _, made, _) in &planned {
+            for (key, _, made, _) in &planned {
+                lead.changed.remove(key);
                 for record in made {
                     enqueue(&mut lead.lanes, &record.subscription, &record.id);
                 }
             }
-            return Ok(true);
+            Ok(true)
         }
-        Committed::LeaseLost => return Ok(false),
-        Committed::Changed => {}
-    }
-    for (key, text, made, read) in planned {
-        let mut writes = NotifierWrites::new(&lead.text);
-        writes.outbox_done(&key, &text);
-        for record in &made {
-            writes.delivery(record, read.as_deref())?;
-        }
-        match writes.commit(records).await? {
-            Committed::Yes => {
-                for record in &made {
-                    enqueue(&mut lead.lanes, &record.subscription, &record.id);
+        Committed::LeaseLost => Ok(false),
+        // Planned again from what is stored at the next look. A row that keeps failing (its
+        // delivery's id taken already) is dropped after a few looks, with an error.
+        Committed::Changed => {
+            for (key, text, _, _) in &planned {
+                let times = lead.changed.entry(key.clone()).or_insert(0);
+                *times += 1;
+                if *times >= 3 {
+                    tracing::error!(row = %key, "notifier: an outbox row cannot be turned into deliveries; dropped");
+                    let mut writes = NotifierWrites::new(&lead.text);
+                    writes.outbox_done(key, text);
+                    if writes.commit(records).await? == Committed::LeaseLost {
+                        return Ok(false);
+                    }
+                    lead.changed.remove(key);
                 }
             }
-            Committed::LeaseLost => return Ok(false),
-            Committed::Changed => {
-                // What it was about is gone: the row goes alone.
-                let mut writes = NotifierWrites::new(&lead.text);
-                writes.outbox_done(&key, &text);
-                if writes.commit(records).await? == Committed::LeaseLost {
-                    return Ok(false);
-                }
-            }
+            Ok(true)
         }
     }
-    Ok(true)
 }
 
 /// Deletes each subscription's finished deliveries past what is kept.
@@ -660,4 +711,46 @@ async fn prune(context: &Context, leader: &str) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lead() -> Lead {
+        Lead {
+            text: String::new(),
+            beat: 0,
+            lanes: HashMap::new(),
+            sending: JoinSet::new(),
+            beaten: Instant::now(),
+            changed: HashMap::new(),
+            on_lane: HashMap::new(),
+            pruned: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_lane_sends_in_order_and_an_earlier_one_put_ahead_is_not_lost() {
+        let mut lead = lead();
+        let first = outbox::delivery_id("dep-1-a", 1_000, 3, 0);
+        let second = outbox::delivery_id("dep-1-a", 1_000, 5, 0);
+        enqueue(&mut lead.lanes, "ops", &second);
+        let lane_key = "ops/dep-1-a".to_owned();
+        // The second is sent and fails: its lane waits for the retry.
+        settle(&mut lead, &lane_key, &second, Attempted::Later(u64::MAX));
+        assert_eq!(lead.lanes[&lane_key].due_ms, u64::MAX);
+        // While it is being sent again, the first is redelivered by hand: it goes first, now.
+        if let Some(lane) = lead.lanes.get_mut(&lane_key) {
+            lane.busy = true;
+        }
+        enqueue(&mut lead.lanes, "ops", &first);
+        assert_eq!(lead.lanes[&lane_key].due_ms, 0);
+        // The second's attempt ends accepted: the second leaves the lane, the first stays.
+        settle(&mut lead, &lane_key, &second, Attempted::Done);
+        let queued: Vec<&String> = lead.lanes[&lane_key].queue.values().collect();
+        assert_eq!(queued, [&first]);
+        settle(&mut lead, &lane_key, &first, Attempted::Done);
+        assert!(lead.lanes.is_empty());
+    }
 }

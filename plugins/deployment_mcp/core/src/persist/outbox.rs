@@ -35,6 +35,10 @@ const KEPT_ATTEMPTS: usize = 50;
 /// Finished deliveries kept per subscription (the newest).
 pub const KEPT_DELIVERIES: usize = 1_000;
 
+/// The first index of the notices of a transaction that publishes no event of its own: they
+/// sort after the notices of the transaction that published the event before them.
+pub const UNNUMBERED_INDEX: usize = 50;
+
 /// The id of a deployment's `index`th notice in the transaction that stored its events up to
 /// number `event`.
 pub fn delivery_id(deployment: &str, created_ms: u64, event: u64, index: usize) -> String {
@@ -152,6 +156,21 @@ pub async fn subscriptions(records: &Records) -> Result<Vec<StoredSubscription>,
         .into_iter()
         .map(|(_, stored)| stored)
         .collect())
+}
+
+/// Every subscription with its stored text (for a write conditional on it), in id order.
+pub async fn subscriptions_as_read(
+    records: &Records,
+) -> Result<Vec<(String, StoredSubscription)>, StoreError> {
+    records
+        .rows(collection::SUBSCRIPTIONS)
+        .await?
+        .into_iter()
+        .map(|(key, text)| {
+            let stored = records::decode(collection::SUBSCRIPTIONS, &key, &text)?;
+            Ok((text, stored))
+        })
+        .collect()
 }
 
 pub async fn subscription(
@@ -327,11 +346,11 @@ pub async fn deliveries(
 ) -> Result<Vec<DeliveryRecord>, StoreError> {
     let prefix = format!("{subscription}/");
     let mut found = Vec::new();
-    // Keys of other subscriptions whose id extends this one's may sort between the id and its
-    // first delivery: they are passed over.
+    // Ids are `A-Z a-z 0-9 _ - .`: every key of another subscription whose id extends this one's
+    // sorts before `<id>.~`, which sorts before `<id>/`.
     let mut from = Some(match after {
         Some(id) => format!("{prefix}{id}"),
-        None => subscription.to_owned(),
+        None => format!("{subscription}.~"),
     });
     loop {
         let want = limit.saturating_sub(found.len()).clamp(1, 500) as u32;
@@ -490,9 +509,10 @@ impl NotifierWrites {
             &key,
             records::encode(collection::DELIVERIES, &key, record)?,
         );
+        // A new one only where none is: a delivery's id is never reused.
         self.ops.push(match read {
             Some(text) => put.when(Condition::Equals(text.to_owned())),
-            None => put,
+            None => put.when(Condition::Absent),
         });
         self.ops.push(match record.state {
             DeliveryState::Pending => {
@@ -501,6 +521,15 @@ impl NotifierWrites {
             _ => StoreOp::delete(collection::PENDING_DELIVERIES, &key),
         });
         Ok(())
+    }
+
+    /// Holds only while subscription `id` is still `text`.
+    pub fn subscription_unchanged(&mut self, id: &str, text: &str) {
+        self.ops.push(StoreOp::check(
+            collection::SUBSCRIPTIONS,
+            id,
+            Condition::Equals(text.to_owned()),
+        ));
     }
 
     /// A pending mark whose delivery is gone.

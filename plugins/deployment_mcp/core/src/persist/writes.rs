@@ -459,10 +459,21 @@ impl Writes {
         let mut ops = fence;
         ops.extend(self.ops);
         // After every operation that may conflict: a conflict's index names one of those.
-        let event = self.last_event.unwrap_or(0);
         let notified = !self.notices.is_empty();
         for (index, (deployment, created_ms, notice)) in self.notices.into_iter().enumerate() {
-            let id = outbox::delivery_id(&deployment, created_ms, event, index);
+            // A transaction that publishes no event of its own (a run interrupted at a restart)
+            // places its notices after those of the last one that did.
+            let (event, first) = match self.last_event {
+                Some(event) => (event, 0),
+                None => (
+                    self.records
+                        .get::<u64>(collection::EVENT_SEQUENCES, &deployment)
+                        .await?
+                        .unwrap_or(0),
+                    outbox::UNNUMBERED_INDEX,
+                ),
+            };
+            let id = outbox::delivery_id(&deployment, created_ms, event, first + index);
             ops.push(outbox::notice_op(id, notice)?);
         }
         let subject = self.subject;
