@@ -133,7 +133,7 @@ fn default_first_retry() -> u64 {
 }
 
 fn default_in_flight() -> usize {
-    32
+    128
 }
 
 /// `[plugins.deployment_mcp.settings.approvals]`: who may decide at a manual gate.
