@@ -39,6 +39,9 @@ fn action_of(operation_id: &str) -> Option<&'static str> {
         "deleteWindow" => "window.delete",
         "createSchedule" => "schedule.create",
         "deleteSchedule" => "schedule.delete",
+        "createSubscription" => "subscription.create",
+        "deleteSubscription" => "subscription.delete",
+        "redeliverDelivery" => "subscription.redeliver",
         _ => return None,
     })
 }
@@ -176,7 +179,9 @@ async fn steps(host: &TestHost, finished: &str, node: &str) -> Vec<Step> {
                 .replace("/deployments/{id}", &format!("/deployments/{finished}"))
                 .replace("/environments/{id}", "/environments/walk_env")
                 .replace("/windows/{id}", "/windows/walk_window")
-                .replace("/schedules/{id}", "/schedules/walk_schedule");
+                .replace("/schedules/{id}", "/schedules/walk_schedule")
+                .replace("/subscriptions/{id}", "/subscriptions/walk_subscription")
+                .replace("{delivery}", "walk_delivery");
             let body = match operation_id.as_str() {
                 "triggerDeployment" | "triggerDeploymentOneClick" => {
                     Some(json!({"environments": ["local_demo"]}))
@@ -188,6 +193,9 @@ async fn steps(host: &TestHost, finished: &str, node: &str) -> Vec<Step> {
                 "createSchedule" => Some(json!({"id": "walk_schedule",
                     "at": "2099-01-01T00:00:00Z", "trigger": {"environments": ["walk_env"]},
                     "reason": "the walk"})),
+                "createSubscription" => Some(json!({"id": "walk_subscription",
+                    "events": ["deployment.failed"],
+                    "channel": {"type": "webhook", "url": "http://127.0.0.1:9/walk"}})),
                 _ => None,
             };
             steps.push(Step {

@@ -193,7 +193,7 @@ async fn a_webhook_failing_twice_gets_the_event_three_times_with_one_key_and_val
 #[tokio::test]
 async fn slack_and_mail_get_a_summary_and_a_receiver_that_never_accepts_is_dead_lettered() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let settings = "notifications = { first_retry_ms = 100, attempt_timeout_secs = 1, retry_for_secs = 2, deployment_url = \"https://ops.example.test/deployments/{deployment_id}\" }";
+    let settings = "notifications = { first_retry_ms = 100, attempt_timeout_secs = 1, retry_for_secs = 2, deployment_url = \"http://127.0.0.1:9/deployments/{deployment_id}\" }";
     let host = TestHost::start(
         dir.path(),
         host_options(settings, vec![local("web1", &["true"], 30)]),
@@ -242,7 +242,7 @@ async fn slack_and_mail_get_a_summary_and_a_receiver_that_never_accepts_is_dead_
         "{message}"
     );
     assert!(
-        message.contains(&format!("https://ops.example.test/deployments/{id}")),
+        message.contains(&format!("http://127.0.0.1:9/deployments/{id}")),
         "{message}"
     );
     let mail = &sink.mails()[0];

@@ -103,13 +103,13 @@ fn secrets_are_masked_when_shown() {
     );
     let slack = spec(serde_json::json!({
         "id": "b", "events": ["deployment.failed"],
-        "channel": {"type": "slack", "webhook_url": "https://hooks.example.test/services/T0/B0/XYZ"},
+        "channel": {"type": "slack", "webhook_url": "https://127.0.0.1/services/T0/B0/XYZ"},
     }))
     .masked();
     assert_eq!(
         slack.channel,
         ChannelSpec::Slack {
-            webhook_url: "https://hooks.example.test/***".to_owned()
+            webhook_url: "https://127.0.0.1/***".to_owned()
         }
     );
     let email = spec(serde_json::json!({
