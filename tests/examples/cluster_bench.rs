@@ -34,13 +34,7 @@ fn environments(triggers: usize) -> HostOptions {
 }
 
 fn on_postgres(server: &TestPostgres, node: &str, triggers: usize) -> HostOptions {
-    HostOptions {
-        env: vec![
-            ("PA_STORAGE__URL".to_owned(), server.url.clone()),
-            ("PA_CLUSTER__NODE_ID".to_owned(), node.to_owned()),
-        ],
-        ..environments(triggers)
-    }
+    server.node_options(node, None, environments(triggers))
 }
 
 /// The time each of `count` triggers took to be answered `202`, sorted.

@@ -24,14 +24,7 @@ fn node_options(server: &TestPostgres, node: &str, lease_secs: u64, kills: usize
     let environments = (0..kills)
         .map(|n| local(&format!("work-{n}"), &["sleep", "5"], 600))
         .collect();
-    HostOptions {
-        env: vec![
-            ("PA_STORAGE__URL".to_owned(), server.url.clone()),
-            ("PA_CLUSTER__NODE_ID".to_owned(), node.to_owned()),
-            ("PA_CLUSTER__LEASE_SECS".to_owned(), lease_secs.to_string()),
-        ],
-        ..options(environments)
-    }
+    server.node_options(node, Some(lease_secs), options(environments))
 }
 
 /// The status of the deployment's one environment, as `host` reads it.

@@ -631,13 +631,39 @@ where
     }
 }
 
+/// Serves `app` on a free loopback port until the returned task is aborted.
+pub async fn serve_loopback(
+    app: axum::Router,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let address = listener.local_addr().expect("local address");
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (address, task)
+}
+
 /// Resident memory of a process, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// Resident anonymous memory of a process (heaps, stacks), in KiB: what a leak grows. Unlike
+/// [`rss_kib`] it leaves out pages of mapped files, such as how much of the active plugin
+/// copy's code a request happened to touch.
+pub fn anon_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon:")
+}
+
+/// A `/proc/<pid>/status` line in kB (0 when the process or the line is gone).
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             status.lines().find_map(|line| {
-                line.strip_prefix("VmRSS:")
+                line.strip_prefix(field)
                     .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
             })
         })

@@ -138,6 +138,28 @@ impl TestPostgres {
         &self.dir
     }
 
+    /// `options` for the node `node` of a cluster on this server. `lease_secs`, when given,
+    /// is how long a silent node keeps its runs before another takes them over.
+    pub fn node_options(
+        &self,
+        node: &str,
+        lease_secs: Option<u64>,
+        mut options: crate::HostOptions,
+    ) -> crate::HostOptions {
+        options
+            .env
+            .push(("PA_STORAGE__URL".to_owned(), self.url.clone()));
+        options
+            .env
+            .push(("PA_CLUSTER__NODE_ID".to_owned(), node.to_owned()));
+        if let Some(lease_secs) = lease_secs {
+            options
+                .env
+                .push(("PA_CLUSTER__LEASE_SECS".to_owned(), lease_secs.to_string()));
+        }
+        options
+    }
+
     /// Ends every client connection, as a server restart or an administrator would.
     pub fn end_connections(&self) {
         self.query(

@@ -87,13 +87,7 @@ impl Receiver {
         let app = Router::new()
             .route("/hook", post(receive))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a loopback port");
-        let address = listener.local_addr().expect("local address");
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (address, task) = crate::serve_loopback(app).await;
         Receiver {
             address,
             shared,
@@ -201,6 +195,8 @@ pub struct Mail {
 pub struct SmtpSink {
     pub address: SocketAddr,
     mails: Arc<Mutex<Vec<Mail>>>,
+    /// Connections accepted, mail or not.
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -211,9 +207,12 @@ impl SmtpSink {
             .expect("bind a loopback port");
         let address = listener.local_addr().expect("local address");
         let mails = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let kept = Arc::clone(&mails);
+        let counted = Arc::clone(&connections);
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let kept = Arc::clone(&kept);
                 tokio::spawn(async move {
                     let _ = session(stream, kept).await;
@@ -223,6 +222,7 @@ impl SmtpSink {
         SmtpSink {
             address,
             mails,
+            connections,
             task,
         }
     }
@@ -233,6 +233,11 @@ impl SmtpSink {
 
     pub fn mails(&self) -> Vec<Mail> {
         lock(&self.mails).clone()
+    }
+
+    /// How many connections were accepted, whether or not they sent a mail.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

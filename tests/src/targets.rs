@@ -78,13 +78,7 @@ impl Target {
             .route("/webhook/deploy", post(webhook))
             .route("/health", get(health))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a loopback port");
-        let address = listener.local_addr().expect("local address");
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (address, task) = crate::serve_loopback(app).await;
         Target {
             address,
             shared,

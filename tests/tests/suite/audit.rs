@@ -539,28 +539,16 @@ async fn an_edited_or_deleted_entry_fails_verify_naming_it_on_sqlite() {
 #[tokio::test]
 async fn two_nodes_share_one_chain_and_verify_names_a_tampered_entry_on_postgres() {
     let server = TestPostgres::start("audit-chain");
-    let nodes_env = |node: &str| {
-        vec![
-            ("PA_STORAGE__URL".to_owned(), server.url.clone()),
-            ("PA_CLUSTER__NODE_ID".to_owned(), node.to_owned()),
-        ]
-    };
     let first_dir = tempfile::tempdir().expect("temp dir");
     let second_dir = tempfile::tempdir().expect("temp dir");
     let first = TestHost::start(
         first_dir.path(),
-        HostOptions {
-            env: nodes_env("audit-a"),
-            ..options_again()
-        },
+        server.node_options("audit-a", None, options_again()),
     )
     .await;
     let second = TestHost::start(
         second_dir.path(),
-        HostOptions {
-            env: nodes_env("audit-b"),
-            ..options_again()
-        },
+        server.node_options("audit-b", None, options_again()),
     )
     .await;
     // Changes on both nodes at once, and refusals.

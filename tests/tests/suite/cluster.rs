@@ -47,14 +47,7 @@ fn node_options(server: &TestPostgres, node: &str, more: Vec<Value>) -> HostOpti
         local("stuck", &["sleep", "20"], 600),
     ];
     environments.extend(more);
-    HostOptions {
-        env: vec![
-            ("PA_STORAGE__URL".to_owned(), server.url.clone()),
-            ("PA_CLUSTER__NODE_ID".to_owned(), node.to_owned()),
-            ("PA_CLUSTER__LEASE_SECS".to_owned(), LEASE_SECS.to_string()),
-        ],
-        ..options(environments)
-    }
+    server.node_options(node, Some(LEASE_SECS), options(environments))
 }
 
 /// The nodes `host` sees, by id: (state, runs).

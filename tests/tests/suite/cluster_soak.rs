@@ -44,14 +44,7 @@ fn environment(n: usize, target: &Target, starts: &Path) -> Value {
 }
 
 fn node_options(server: &TestPostgres, node: &str, environments: &[Value]) -> HostOptions {
-    HostOptions {
-        env: vec![
-            ("PA_STORAGE__URL".to_owned(), server.url.clone()),
-            ("PA_CLUSTER__NODE_ID".to_owned(), node.to_owned()),
-            ("PA_CLUSTER__LEASE_SECS".to_owned(), "1".to_owned()),
-        ],
-        ..options(environments.to_vec())
-    }
+    server.node_options(node, Some(1), options(environments.to_vec()))
 }
 
 /// Whether environment `n` has started on its node (the target got its call, or its command

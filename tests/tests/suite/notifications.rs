@@ -5,14 +5,16 @@
 //! by hand; secrets are never shown; a host killed (SIGKILL) after the event and before its
 //! delivery delivers it after the restart; with several nodes on one PostgreSQL server each
 //! delivery is sent by one node; and under receivers that fail (500s) and hang, a deduping
-//! receiver sees every event once and each deployment's events in order.
+//! receiver sees every event once and each deployment's events in order. A run interrupted by
+//! a kill is announced after the restart, and `allowed_target_networks` keeps every channel
+//! from an address outside it.
 
 use std::{collections::HashMap, path::Path, time::Duration};
 
 use e2e::{
     postgres::TestPostgres,
     receiver::{gated_deployments, gated_environments, seen, Receiver, Script, SmtpSink},
-    scenario::{finished, local, options, started},
+    scenario::{file_appears, finished, local, options, started},
     targets::sign,
     wait_until, HostOptions, TestHost, ADMIN_KEY, DEVELOPER_KEY,
 };
@@ -54,6 +56,24 @@ async fn deliveries(host: &TestHost, subscription: &str) -> Vec<Value> {
         .await;
     assert_eq!(status, 200, "{list}");
     list["deliveries"].as_array().cloned().unwrap_or_default()
+}
+
+/// The subscription's deliveries once `count` of them are recorded as delivered. A receiver
+/// sees a request before the sender records its answer, so what a receiver saw is not yet
+/// in the listing.
+async fn delivered(host: &TestHost, subscription: &str, count: usize) -> Vec<Value> {
+    let recorded = wait_until(DELIVERY_WAIT, || async {
+        let listed = deliveries(host, subscription).await;
+        listed
+            .iter()
+            .filter(|delivery| delivery["state"] == "delivered")
+            .count()
+            >= count
+    })
+    .await;
+    let listed = deliveries(host, subscription).await;
+    assert!(recorded, "{count} delivered: {listed:#?}");
+    listed
 }
 
 async fn deploy(host: &TestHost, environments: &[&str]) -> String {
@@ -117,7 +137,7 @@ async fn a_webhook_failing_twice_gets_the_event_three_times_with_one_key_and_val
     assert_eq!(body["deployment"]["deployment_id"], id.as_str(), "{body}");
     assert_eq!(body["deployment"]["status"], "completed", "{body}");
     // The record of the attempts: two 500s, then the 200.
-    let listed = deliveries(&host, "ops").await;
+    let listed = delivered(&host, "ops", 1).await;
     assert_eq!(listed.len(), 1, "{listed:?}");
     let delivery = &listed[0];
     assert_eq!(delivery["state"], "delivered", "{delivery}");
@@ -353,20 +373,112 @@ async fn a_host_killed_after_the_event_and_before_its_delivery_delivers_it_after
     );
 }
 
+#[tokio::test]
+async fn a_run_interrupted_by_a_kill_is_announced_after_the_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let marker = dir.path().join("started");
+    let command = format!("touch {}; sleep 60", marker.display());
+    let options = host_options(FAST, vec![local("slow", &["sh", "-c", &command], 120)]);
+    let host = TestHost::start(dir.path(), options.clone()).await;
+    let receiver = Receiver::start(Script::default()).await;
+    subscribe(
+        &host,
+        json!({"id": "ops", "events": ["deployment.interrupted", "deployment.completed"],
+            "channel": {"type": "webhook", "url": receiver.url()}}),
+        false,
+    )
+    .await;
+    let id = started(&host, json!({"environments": ["slow"], "version": "v1"})).await;
+    assert!(
+        file_appears(&marker, DELIVERY_WAIT).await,
+        "{}",
+        host.logs()
+    );
+    host.kill();
+    // The restart's recovery marks the run interrupted in a transaction that publishes no
+    // event of its own; its notice is still written with it and sent.
+    let host = TestHost::start(dir.path(), options).await;
+    let announced = wait_until(DELIVERY_WAIT, || async { !receiver.accepted().is_empty() }).await;
+    assert!(announced, "{:?}\n{}", receiver.deliveries(), host.logs());
+    let listed = delivered(&host, "ops", 1).await;
+    let accepted = receiver.accepted();
+    assert_eq!(accepted.len(), 1, "{accepted:?}");
+    let body = &accepted[0].json;
+    assert_eq!(body["event"], "deployment.interrupted", "{body}");
+    assert_eq!(body["deployment"]["deployment_id"], id.as_str(), "{body}");
+    assert_eq!(body["deployment"]["status"], "interrupted", "{body}");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["event"], "deployment.interrupted", "{listed:?}");
+}
+
+#[tokio::test]
+async fn allowed_target_networks_keeps_every_channel_from_an_address_outside_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Receivers listen on 127.0.0.1; only 127.0.0.2 may be reached.
+    let options = HostOptions {
+        target_networks: r#"["127.0.0.2/32"]"#.to_owned(),
+        ..host_options(FAST, vec![local("web1", &["true"], 30)])
+    };
+    let host = TestHost::start(dir.path(), options).await;
+    let hook = Receiver::start(Script::default()).await;
+    let slack = Receiver::start(Script::default()).await;
+    let sink = SmtpSink::start().await;
+    for (id, channel) in [
+        ("hook", json!({"type": "webhook", "url": hook.url()})),
+        ("chat", json!({"type": "slack", "webhook_url": slack.url()})),
+        (
+            "mail",
+            json!({"type": "email", "smtp_url": sink.url(), "to": ["ops@example.test"]}),
+        ),
+    ] {
+        subscribe(
+            &host,
+            json!({"id": id, "events": ["deployment.completed"], "channel": channel}),
+            false,
+        )
+        .await;
+    }
+    deploy(&host, &["web1"]).await;
+    for subscription in ["hook", "chat", "mail"] {
+        let refused = wait_until(DELIVERY_WAIT, || async {
+            deliveries(&host, subscription)
+                .await
+                .first()
+                .is_some_and(|delivery| {
+                    delivery["attempts"][0]["error"]
+                        .as_str()
+                        .is_some_and(|error| error.contains("allowed_target_networks"))
+                })
+        })
+        .await;
+        assert!(
+            refused,
+            "{subscription}: {:?}",
+            deliveries(&host, subscription).await
+        );
+        let delivery = &deliveries(&host, subscription).await[0];
+        assert_eq!(delivery["state"], "pending", "retried later: {delivery}");
+        assert!(
+            delivery["attempts"][0]["status"].is_null(),
+            "no answer was had: {delivery}"
+        );
+    }
+    // Refused before connecting: nothing reached any receiver.
+    assert!(hook.deliveries().is_empty() && slack.deliveries().is_empty());
+    assert!(sink.mails().is_empty() && sink.connections() == 0);
+}
+
 fn node_options(server: &TestPostgres, node: &str) -> HostOptions {
-    HostOptions {
-        env: vec![
-            ("PA_STORAGE__URL".to_owned(), server.url.clone()),
-            ("PA_CLUSTER__NODE_ID".to_owned(), node.to_owned()),
-            ("PA_CLUSTER__LEASE_SECS".to_owned(), "1".to_owned()),
-        ],
-        ..host_options(
+    server.node_options(
+        node,
+        Some(1),
+        host_options(
             FAST,
             (0..4)
                 .map(|index| local(&format!("app{index}"), &["true"], 30))
                 .collect(),
-        )
-    }
+        ),
+    )
 }
 
 async fn node(root: &Path, server: &TestPostgres, name: &str) -> TestHost {
@@ -422,7 +534,7 @@ async fn with_several_nodes_each_delivery_is_sent_once_and_a_killed_leader_is_fo
         "each sent once: {sends:?}"
     );
     // Which node sends: kill it; another takes the lease and delivers what comes next.
-    let listed = deliveries(&nodes[0], "ops").await;
+    let listed = delivered(&nodes[0], "ops", ids.len()).await;
     let sender = listed[0]["attempts"][0]["node"]
         .as_str()
         .expect("a node")
@@ -445,7 +557,7 @@ async fn with_several_nodes_each_delivery_is_sent_once_and_a_killed_leader_is_fo
     })
     .await;
     assert!(followed, "{}\n{}", alive[0].logs(), alive[1].logs());
-    let listed = deliveries(&alive[0], "ops").await;
+    let listed = delivered(&alive[0], "ops", ids.len() + 1).await;
     let newest = &listed[0];
     assert_ne!(newest["attempts"][0]["node"], sender.as_str(), "{newest}");
     let sends = sends_by_key(&receiver);

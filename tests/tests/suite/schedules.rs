@@ -281,14 +281,7 @@ async fn an_occurrence_a_freeze_closes_is_recorded_refused() {
 }
 
 fn node_options(server: &TestPostgres, node: &str) -> HostOptions {
-    HostOptions {
-        env: vec![
-            ("PA_STORAGE__URL".to_owned(), server.url.clone()),
-            ("PA_CLUSTER__NODE_ID".to_owned(), node.to_owned()),
-            ("PA_CLUSTER__LEASE_SECS".to_owned(), "1".to_owned()),
-        ],
-        ..options(vec![local("app", &["true"], 30)])
-    }
+    server.node_options(node, Some(1), options(vec![local("app", &["true"], 30)]))
 }
 
 async fn node(root: &Path, server: &TestPostgres, name: &str) -> TestHost {
