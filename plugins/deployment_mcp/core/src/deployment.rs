@@ -391,6 +391,9 @@ impl DeploymentRecord {
 /// kilobytes each time, not the whole list.
 pub const LISTED_ENVIRONMENTS: usize = 100;
 
+/// How many errors an event or a notice lists: the first ones. The record has them all.
+pub const LISTED_ERRORS: usize = 20;
+
 /// What the history lists per deployment.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
@@ -446,12 +449,7 @@ impl DeploymentRecord {
             progress: self.progress,
             version: self.version.clone(),
             triggered_by: self.triggered_by.clone(),
-            environments: self
-                .environments
-                .iter()
-                .take(LISTED_ENVIRONMENTS)
-                .cloned()
-                .collect(),
+            environments: self.listed_environments(),
             environment_count: self.environments.len(),
             failed_environments,
             failed_count,
@@ -461,6 +459,20 @@ impl DeploymentRecord {
             retry_of: self.retry_of.clone(),
             error: self.errors.last().cloned(),
         }
+    }
+
+    /// Its first [`LISTED_ENVIRONMENTS`] environments, as a list entry or an event names them.
+    pub fn listed_environments(&self) -> Vec<EnvironmentId> {
+        self.environments
+            .iter()
+            .take(LISTED_ENVIRONMENTS)
+            .cloned()
+            .collect()
+    }
+
+    /// Its first [`LISTED_ERRORS`] errors.
+    pub fn listed_errors(&self) -> Vec<String> {
+        self.errors.iter().take(LISTED_ERRORS).cloned().collect()
     }
 
     /// The history index key: newest first in key order.

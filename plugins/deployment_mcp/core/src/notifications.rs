@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::{
-    deployment::{DeploymentRecord, Phase, LISTED_ENVIRONMENTS},
+    deployment::{DeploymentRecord, Phase},
     environments::{Environment, FieldError},
     model::{EnvironmentId, Timestamp},
     wire::GateView,
@@ -30,9 +30,6 @@ use crate::{
 
 /// At most this many subscriptions.
 pub const MAX_SUBSCRIPTIONS: usize = 100;
-
-/// Errors a notice lists (the record has them all).
-const LISTED_ERRORS: usize = 20;
 
 /// What a subscription may ask to be told of.
 pub const EVENTS: [&str; 8] = [
@@ -341,14 +338,9 @@ impl DeploymentSummary {
             status: record.status,
             version: record.version.clone(),
             triggered_by: record.triggered_by.clone(),
-            environments: record
-                .environments
-                .iter()
-                .take(LISTED_ENVIRONMENTS)
-                .cloned()
-                .collect(),
+            environments: record.listed_environments(),
             environment_count: record.environments.len(),
-            errors: record.errors.iter().take(LISTED_ERRORS).cloned().collect(),
+            errors: record.listed_errors(),
             error_count: record.errors.len(),
             created_at: record.created_at,
             finished_at: record.finished_at,

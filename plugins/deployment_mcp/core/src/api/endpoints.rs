@@ -19,29 +19,29 @@ impl Endpoint {
         Endpoint { method, path }
     }
 
-    /// The request target: the path with `{id}` replaced by `id` (percent-encoded, so an
-    /// argument cannot add segments), and `query` (already encoded) when not empty.
-    pub fn target(&self, id: Option<&str>, query: &str) -> String {
-        let mut target = match id {
-            Some(id) => self.path.replace("{id}", &encode_segment(id)),
-            None => self.path.to_owned(),
-        };
-        if !query.is_empty() {
-            target.push('?');
-            target.push_str(query);
+    /// The request target: the path with its parameters (`{id}`, then `{delivery}`) filled in
+    /// order from `params`, each percent-encoded so that an argument cannot add segments, and
+    /// `query` (already encoded) when not empty. A parameter without an argument stays as it is.
+    pub fn target(&self, params: &[&str], query: &str) -> String {
+        let mut target = String::with_capacity(self.path.len() + query.len() + 1);
+        let mut params = params.iter();
+        let mut rest = self.path;
+        while let Some((before, after)) = rest.split_once('{') {
+            let Some((name, after)) = after.split_once('}') else {
+                break;
+            };
+            target.push_str(before);
+            match params.next() {
+                Some(param) => target.push_str(&encode_segment(param)),
+                None => {
+                    target.push('{');
+                    target.push_str(name);
+                    target.push('}');
+                }
+            }
+            rest = after;
         }
-        target
-    }
-
-    /// The request target of a path with a second parameter, `{delivery}`
-    /// (`/subscriptions/{id}/deliveries/{delivery}/redeliver`): [`Endpoint::target`] with
-    /// `delivery` filled in the same way.
-    pub fn target_with_delivery(&self, id: &str, delivery: &str, query: &str) -> String {
-        // An encoded id holds no `{`, so the second replacement only fills `{delivery}`.
-        let mut target = self
-            .path
-            .replace("{id}", &encode_segment(id))
-            .replace("{delivery}", &encode_segment(delivery));
+        target.push_str(rest);
         if !query.is_empty() {
             target.push('?');
             target.push_str(query);
@@ -116,19 +116,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_id_fills_its_segment_and_cannot_add_one() {
+    fn arguments_fill_their_segments_and_cannot_add_one() {
         assert_eq!(
-            DEPLOYMENT.target(Some("dep-1-ab"), ""),
+            DEPLOYMENT.target(&["dep-1-ab"], ""),
             "/deployments/dep-1-ab"
         );
         assert_eq!(
-            LOGS.target(Some("../x y"), "tail=5"),
+            LOGS.target(&["../x y"], "tail=5"),
             "/deployments/..%2Fx%20y/logs?tail=5"
         );
         assert_eq!(STATUS.to_string(), "GET /status");
         assert_eq!(
-            REDELIVER.target_with_delivery("hooks", "d/1 {id}", ""),
+            REDELIVER.target(&["hooks", "d/1 {id}"], ""),
             "/subscriptions/hooks/deliveries/d%2F1%20%7Bid%7D/redeliver"
         );
+        assert_eq!(STATUS.target(&[], "a=1"), "/status?a=1");
     }
 }

@@ -189,8 +189,13 @@ impl<T: Transport> ApiClient<T> {
         body: Option<&(impl Serialize + Sync)>,
         expected: &[u16],
     ) -> Answer<R> {
-        self.call_at(endpoint, endpoint.target(id, query), body, expected)
-            .await
+        self.call_at(
+            endpoint,
+            endpoint.target(id.as_slice(), query),
+            body,
+            expected,
+        )
+        .await
     }
 
     /// [`ApiClient::call`] with the target already built (a path with more than `{id}`).
@@ -427,7 +432,7 @@ impl<T: Transport> DeploymentApi for ApiClient<T> {
 
     async fn redeliver(&self, id: &str, delivery: &str) -> Answer<Redelivery> {
         let endpoint = &endpoints::REDELIVER;
-        let target = endpoint.target_with_delivery(id, delivery, "");
+        let target = endpoint.target(&[id, delivery], "");
         self.call_at(endpoint, target, None::<&()>, &[202]).await
     }
 

@@ -73,15 +73,12 @@ pub struct PhaseEvent {
     pub environment_count: usize,
     #[serde(default)]
     pub error_count: usize,
-    /// The first [`LISTED_ERRORS`] errors so far; absent for the user role (they name hosts and
+    /// The first [`crate::deployment::LISTED_ERRORS`] errors so far; absent for the user role (they name hosts and
     /// URLs). The deployment's record has them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<String>>,
     pub at: Timestamp,
 }
-
-/// Errors a phase event lists.
-pub const LISTED_ERRORS: usize = 20;
 
 impl PhaseEvent {
     pub fn new(
@@ -95,17 +92,10 @@ impl PhaseEvent {
             status: record.status,
             previous,
             progress: record.progress,
-            environments: record
-                .environments
-                .iter()
-                .take(LISTED_ENVIRONMENTS)
-                .cloned()
-                .collect(),
+            environments: record.listed_environments(),
             environment_count: record.environments.len(),
             error_count: record.errors.len(),
-            errors: view
-                .details()
-                .then(|| record.errors.iter().take(LISTED_ERRORS).cloned().collect()),
+            errors: view.details().then(|| record.listed_errors()),
             at,
         }
     }
