@@ -9,7 +9,10 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, OnceLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -631,18 +634,35 @@ where
     }
 }
 
+/// A server [`serve_loopback`] started.
+pub struct Served {
+    pub address: std::net::SocketAddr,
+    /// Connections accepted so far, whether or not they sent a request.
+    pub connections: Arc<AtomicUsize>,
+    /// Serves until aborted.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
 /// Serves `app` on a free loopback port until the returned task is aborted.
-pub async fn serve_loopback(
-    app: axum::Router,
-) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+pub async fn serve_loopback(app: axum::Router) -> Served {
+    use axum::serve::ListenerExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind a loopback port");
     let address = listener.local_addr().expect("local address");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    let listener = listener.tap_io(move |_| {
+        counted.fetch_add(1, Ordering::Relaxed);
+    });
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    (address, task)
+    Served {
+        address,
+        connections,
+        task,
+    }
 }
 
 /// Resident memory of a process, in KiB.

@@ -69,6 +69,8 @@ struct Shared {
 pub struct Receiver {
     pub address: SocketAddr,
     shared: Shared,
+    /// Connections accepted, whether or not they sent a request.
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -87,16 +89,22 @@ impl Receiver {
         let app = Router::new()
             .route("/hook", post(receive))
             .with_state(shared.clone());
-        let (address, task) = crate::serve_loopback(app).await;
+        let served = crate::serve_loopback(app).await;
         Receiver {
-            address,
+            address: served.address,
             shared,
-            task,
+            connections: served.connections,
+            task: served.task,
         }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}/hook", self.address)
+    }
+
+    /// How many connections were accepted, whether or not they sent a request.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every request so far, in arrival order.

@@ -78,11 +78,11 @@ impl Target {
             .route("/webhook/deploy", post(webhook))
             .route("/health", get(health))
             .with_state(shared.clone());
-        let (address, task) = crate::serve_loopback(app).await;
+        let served = crate::serve_loopback(app).await;
         Target {
-            address,
+            address: served.address,
             shared,
-            task,
+            task: served.task,
         }
     }
 

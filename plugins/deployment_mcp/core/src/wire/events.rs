@@ -73,8 +73,8 @@ pub struct PhaseEvent {
     pub environment_count: usize,
     #[serde(default)]
     pub error_count: usize,
-    /// The first [`crate::deployment::LISTED_ERRORS`] errors so far; absent for the user role (they name hosts and
-    /// URLs). The deployment's record has them all.
+    /// The first [`crate::deployment::LISTED_ERRORS`] errors so far; absent for the user role
+    /// (they name hosts and URLs). The deployment's record has them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<String>>,
     pub at: Timestamp,
