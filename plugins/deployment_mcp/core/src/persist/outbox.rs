@@ -150,8 +150,7 @@ impl StoredSubscription {
 
 /// Every subscription as stored, in id order.
 pub async fn subscriptions(records: &Records) -> Result<Vec<StoredSubscription>, StoreError> {
-    Ok(records
-        .scan::<StoredSubscription>(collection::SUBSCRIPTIONS, "")
+    Ok(subscriptions_as_read(records)
         .await?
         .into_iter()
         .map(|(_, stored)| stored)
